@@ -1,0 +1,436 @@
+"""The Bus: signed messaging over NATS for one agent identity.
+
+Outgoing messages are sealed (msgpack + Ed25519) with the agent's identity;
+incoming ones pass the agent's :class:`Guard` before a handler sees them.
+Handlers receive a :class:`Delivery` and answer with ``respond``, which
+replies in kind: a signed envelope to an envelope, plain JSON to plain JSON.
+
+Every wait is bounded: connecting (``connect_timeout``), requests and
+scatter-gather (their ``timeout``), handlers at close (``drain_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+
+from agoramesh.bus.envelope import BROADCAST, Envelope, Guard, seal
+from agoramesh.bus.identity import Identity
+from agoramesh.bus.ingress import (
+    IngressPolicy,
+    decode_json,
+    encode_json,
+    encode_json_error,
+    looks_like_json,
+)
+from agoramesh.bus.subjects import Subjects, validate_subject
+from agoramesh.config import BusConfig
+from agoramesh.errors import (
+    AgoraError,
+    BusTimeout,
+    EnvelopeError,
+    IngressDenied,
+    MalformedEnvelope,
+    NoResponders,
+    NotConnected,
+    OversizeEnvelope,
+    RejectReason,
+    error_from_wire,
+    error_to_wire,
+)
+
+__all__ = ("ERROR_TYPE", "Bus", "Delivery", "Handler", "Subscription")
+
+log = logging.getLogger("agoramesh.bus")
+
+#: Envelope type of an error reply; its body is ``{"type", "message"}``.
+ERROR_TYPE = "error"
+_MSGPACK_MAP_STARTS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One admitted message: an envelope, or a plain-JSON request (``envelope`` None)."""
+
+    bus: Bus
+    msg: Msg
+    envelope: Envelope | None
+    body: Any
+
+    @property
+    def sender(self) -> str | None:
+        """The signing agent's id; None for plain JSON (authenticated by NATS only)."""
+        return self.envelope.sender if self.envelope else None
+
+    @property
+    def type(self) -> str | None:
+        return self.envelope.type if self.envelope else None
+
+    @property
+    def is_json(self) -> bool:
+        return self.envelope is None
+
+    @property
+    def subject(self) -> str:
+        return str(self.msg.subject)
+
+    @property
+    def can_respond(self) -> bool:
+        return bool(self.msg.reply)
+
+    async def respond(self, type: str, body: Any) -> None:
+        """Reply in kind; a message without a reply subject gets nothing."""
+        reply = self.msg.reply
+        if not reply:
+            return
+        if self.envelope is None:
+            await self.bus.publish_raw(reply, encode_json(body))
+        else:
+            await self.bus.publish(reply, type, body, to=self.envelope.sender,
+                                   cid=self.envelope.cid)
+
+    async def respond_error(self, error: BaseException) -> None:
+        if self.envelope is None:
+            if self.msg.reply:
+                await self.bus.publish_raw(self.msg.reply, encode_json_error(error))
+        else:
+            await self.respond(ERROR_TYPE, error_to_wire(error))
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription:
+    """A Bus subscription; handlers already running finish (bounded) on ``stop``."""
+
+    def __init__(self, bus: Bus, subject: str, handler: Handler, *, queue: str | None,
+                 ingress: IngressPolicy, concurrency: int) -> None:
+        self.bus = bus
+        self.subject = subject
+        self.queue = queue
+        self.handler = handler
+        self.ingress = ingress
+        self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._nats: NatsSubscription | None = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        delivery = await self.bus._admit(msg, self.ingress)
+        if delivery is None:
+            return
+        if self._slots is None:
+            await self._run(delivery)
+            return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._run(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        assert self._slots is not None
+        self._slots.release()
+
+    async def _run(self, delivery: Delivery) -> None:
+        try:
+            await self.handler(delivery)
+        except Exception as exc:
+            log.warning("handler for %s failed: %s: %s", self.subject, type(exc).__name__, exc,
+                        exc_info=not isinstance(exc, AgoraError))
+            with contextlib.suppress(AgoraError, nats.errors.Error):
+                await delivery.respond_error(exc)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Unsubscribe, then wait up to ``timeout`` for running handlers, cancelling the rest."""
+        if self._nats is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._nats.unsubscribe()
+            self._nats = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks),
+                                            timeout=timeout or self.bus.config.drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        self.bus._subscriptions.discard(self)
+
+
+class Bus:
+    """Signed publish, request, scatter-gather and subscribe for one identity."""
+
+    def __init__(self, identity: Identity, config: BusConfig) -> None:
+        self.identity = identity
+        self.config = config
+        self.subjects = Subjects(config.prefix)
+        self.guard = Guard(config.envelope, agent_id=identity.agent_id)
+        self.sent: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self._nc: NatsClient | None = None
+        self._subscriptions: set[Subscription] = set()
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id
+
+    @property
+    def rejections(self) -> Counter[RejectReason]:
+        return self.guard.rejections
+
+    @property
+    def nats(self) -> NatsClient:
+        if self._nc is None or self._nc.is_closed:
+            raise NotConnected("the bus is not connected (call connect first, or it was closed)")
+        return self._nc
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    # -- connection ----------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, identity: Identity, config: BusConfig) -> Bus:
+        bus = cls(identity, config)
+        await bus.start()
+        return bus
+
+    async def start(self) -> None:
+        """Connect; fails with NotConnected within ``connect_timeout`` if no server answers."""
+        cfg = self.config
+        nc = NatsClient()
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                await nc.connect(
+                    servers=list(cfg.servers),
+                    name=cfg.name,
+                    connect_timeout=max(1, int(cfg.connect_timeout)),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=cfg.reconnect_wait,  # type: ignore[arg-type]
+                    ping_interval=cfg.ping_interval,  # type: ignore[arg-type]
+                    max_outstanding_pings=cfg.max_outstanding_pings,
+                    drain_timeout=max(1, int(cfg.drain_timeout)),
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise NotConnected(
+                f"cannot connect to {', '.join(cfg.servers)} within {cfg.connect_timeout:g}s: "
+                f"{type(exc).__name__} {exc}".rstrip()
+            ) from None
+        self._nc = nc
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("nats client error: %s", exc)
+
+    async def _on_disconnected(self) -> None:
+        log.info("bus %s disconnected; reconnecting", self.agent_id[:8])
+
+    async def _on_reconnected(self) -> None:
+        log.info("bus %s reconnected to %s", self.agent_id[:8],
+                 self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?")
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop subscriptions (running handlers get ``timeout``), flush, close. Idempotent."""
+        nc, self._nc = self._nc, None
+        if nc is None:
+            return
+        budget = self.config.drain_timeout if timeout is None else timeout
+        for subscription in list(self._subscriptions):
+            await subscription.stop(budget)
+        with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+            if nc.is_connected:
+                await nc.flush(timeout=max(0.1, budget))
+        with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+            async with asyncio.timeout(max(0.5, budget)):
+                await nc.close()
+
+    async def __aenter__(self) -> Bus:
+        if self._nc is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- sending -------------------------------------------------------------------
+
+    def seal(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
+             cid: str | None = None, ttl_ms: int | None = None) -> bytes:
+        """Envelope bytes for ``subject``; OversizeEnvelope if they would be rejected."""
+        wire = seal(self.identity, type=type, subject=subject, body=body, to=to, cid=cid,
+                    ttl_ms=ttl_ms or self.config.envelope.default_ttl_ms)
+        if len(wire) > self.config.envelope.max_bytes:
+            raise OversizeEnvelope(f"envelope of {len(wire)} bytes exceeds the "
+                                   f"{self.config.envelope.max_bytes}-byte limit")
+        self.sent[type] += 1
+        return wire
+
+    async def publish(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
+                      cid: str | None = None, ttl_ms: int | None = None,
+                      reply: str = "") -> None:
+        """Sign and publish one envelope."""
+        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms)
+        await self.publish_raw(subject, wire, reply=reply)
+
+    async def publish_raw(self, subject: str, payload: bytes, *, reply: str = "") -> None:
+        """Publish bytes as they are (plain-JSON replies, relays)."""
+        try:
+            await self.nats.publish(subject, payload, reply=reply)
+        except nats.errors.ConnectionClosedError as exc:
+            raise NotConnected(f"cannot publish on {subject}: connection closed") from exc
+        except nats.errors.BadSubjectError as exc:
+            validate_subject(subject)
+            raise exc
+
+    def _ttl_for(self, timeout: float) -> int:
+        return min(max(1, int(timeout * 1000)), self.config.envelope.max_ttl_ms)
+
+    async def request(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
+                      cid: str | None = None, timeout: float | None = None) -> Envelope:
+        """Send a signed request and return the verified reply envelope.
+
+        An ``error`` reply is raised as the error it carries (see errors.py).
+        """
+        wait = timeout or self.config.request_timeout
+        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=self._ttl_for(wait))
+        try:
+            msg = await self.nats.request(subject, wire, timeout=wait)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(f"no agent is listening on {subject}") from None
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"no reply on {subject} within {wait:g}s") from None
+        except nats.errors.ConnectionClosedError as exc:
+            raise NotConnected(f"cannot request on {subject}: connection closed") from exc
+        reply = self.guard.admit(msg.data, msg.subject)
+        self.received[reply.type] += 1
+        if reply.type == ERROR_TYPE:
+            raise error_from_wire(reply.body)
+        return reply
+
+    async def request_json(self, subject: str, body: dict[str, Any], *,
+                           timeout: float | None = None) -> Any:
+        """A plain-JSON request, as the ``nats`` CLI sends it; returns the decoded JSON reply."""
+        wait = timeout or self.config.request_timeout
+        try:
+            msg = await self.nats.request(subject, encode_json(body), timeout=wait)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(f"no agent is listening on {subject}") from None
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"no reply on {subject} within {wait:g}s") from None
+        return decode_json(msg.data, max_bytes=self.config.envelope.max_bytes)
+
+    async def gather(self, subject: str, type: str, body: Any, *, timeout: float,
+                     expected: int | None = None, to: str = BROADCAST, cid: str | None = None,
+                     verify: bool = True) -> list[Envelope]:
+        """Scatter-gather: publish once, collect replies until ``expected`` or ``timeout``.
+
+        Returns what arrived (possibly nothing) in arrival order; never raises
+        on a short count. With ``verify=False`` signatures are left for
+        ``guard.confirm`` on the replies the caller acts on.
+        """
+        nc = self.nats
+        inbox = nc.new_inbox()
+        replies: list[Envelope] = []
+        enough = asyncio.Event()
+        if expected is not None and expected <= 0:
+            enough.set()
+
+        async def collect(msg: Msg) -> None:
+            try:
+                envelope = self.guard.admit(msg.data, msg.subject, verify=verify)
+            except EnvelopeError:
+                return
+            self.received[envelope.type] += 1
+            replies.append(envelope)
+            if expected is not None and len(replies) >= expected:
+                enough.set()
+
+        sub = await nc.subscribe(inbox, cb=collect)
+        try:
+            await self.publish(subject, type, body, to=to, cid=cid,
+                               ttl_ms=self._ttl_for(timeout), reply=inbox)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await enough.wait()
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        return replies
+
+    # -- receiving -----------------------------------------------------------------
+
+    async def subscribe(self, subject: str, handler: Handler, *, queue: str | None = None,
+                        ingress: IngressPolicy = IngressPolicy.DENY,
+                        concurrency: int = 1) -> Subscription:
+        """Deliver admitted messages on ``subject`` (wildcards allowed) to ``handler``.
+
+        ``concurrency`` > 1 runs up to that many handlers at once; 1 runs them
+        in arrival order. Handler errors are logged and, for requests, sent
+        back to the requester as an error reply.
+        """
+        subscription = Subscription(self, subject, handler, queue=queue, ingress=ingress,
+                                    concurrency=concurrency)
+        subscription._nats = await self.nats.subscribe(subject, queue=queue or "",
+                                                       cb=subscription._on_message)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def _admit(self, msg: Msg, ingress: IngressPolicy) -> Delivery | None:
+        """The delivery for ``msg``, or None after counting (and answering) a rejection."""
+        data = msg.data
+        if data[:1] and data[0] in _MSGPACK_MAP_STARTS:
+            try:
+                envelope = self.guard.admit(data, msg.subject)
+            except EnvelopeError as error:
+                await self._answer_rejection(msg, error, as_json=False)
+                return None
+            self.received[envelope.type] += 1
+            return Delivery(self, msg, envelope, envelope.body)
+        policy_error: EnvelopeError
+        if not looks_like_json(data):
+            policy_error = MalformedEnvelope("payload is neither an envelope nor a JSON object")
+        elif ingress is not IngressPolicy.ALLOW:
+            policy_error = IngressDenied(f"plain JSON is not accepted on {msg.subject}; "
+                                         f"send a signed envelope")
+        else:
+            try:
+                body = decode_json(data, max_bytes=self.config.envelope.max_bytes)
+            except EnvelopeError as error:
+                policy_error = error
+            else:
+                self.received["json"] += 1
+                return Delivery(self, msg, None, body)
+        self.guard.reject(policy_error)
+        await self._answer_rejection(msg, policy_error, as_json=True)
+        return None
+
+    async def _answer_rejection(self, msg: Msg, error: EnvelopeError, *, as_json: bool) -> None:
+        """Tell a requester why, so it fails fast instead of timing out.
+
+        Replays are not answered: the original was, and answering again would
+        let anyone replay an envelope to make us talk.
+        """
+        if not msg.reply or error.reason is RejectReason.REPLAYED or self._nc is None:
+            return
+        if as_json:
+            payload = encode_json_error(error)
+        else:
+            payload = self.seal(msg.reply, ERROR_TYPE, error_to_wire(error))
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(msg.reply, payload)

@@ -1,0 +1,355 @@
+"""The signed msgpack envelope: encoding, decoding and admission.
+
+Wire format (docs/PROTOCOL.md is normative)::
+
+    wire = signed || signature
+    signed = msgpack map {v, id, type, from, to, subject, ts, exp, cid, body}
+    signature = Ed25519(sender seed, signed)          # 64 bytes
+
+The signature covers the exact bytes sent, so no canonical re-encoding is ever
+needed: a receiver verifies the bytes it got. :func:`seal` builds envelopes,
+:func:`parse` checks shape and types without crypto or clocks, and
+:class:`Guard` is the receiver: it adds subject, addressing, freshness, replay
+and signature checks, and counts every rejection by reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from heapq import heappop, heappush
+from typing import Any, Final
+
+import msgpack
+from nats.nuid import NUID
+
+from agoramesh.bus.identity import Identity, is_agent_id, verify
+from agoramesh.bus.subjects import validate_subject
+from agoramesh.config import EnvelopePolicy
+from agoramesh.errors import (
+    BadSignature,
+    EnvelopeError,
+    ExpiredEnvelope,
+    FutureEnvelope,
+    MalformedEnvelope,
+    Misaddressed,
+    OversizeEnvelope,
+    RejectReason,
+    ReplayedEnvelope,
+    SchemaError,
+    UnsupportedVersion,
+    WrongSubject,
+)
+
+__all__ = (
+    "BROADCAST",
+    "FIELDS",
+    "SIGNATURE_SIZE",
+    "VERSION",
+    "Envelope",
+    "Guard",
+    "new_id",
+    "now_ms",
+    "parse",
+    "seal",
+)
+
+VERSION: Final = 1
+BROADCAST: Final = "*"
+SIGNATURE_SIZE: Final = 64
+#: Keys of the signed map, in the order encoders write them.
+FIELDS: Final = ("v", "id", "type", "from", "to", "subject", "ts", "exp", "cid", "body")
+_FIELD_SET: Final = frozenset(FIELDS)
+_MAX_INT: Final = 2**53
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}(?:\.[a-z0-9_]{1,31}){0,3}")
+
+_nuid = NUID()
+
+
+def new_id() -> str:
+    """A fresh 22-character envelope id (NATS NUID alphabet)."""
+    return _nuid.next().decode("ascii")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded envelope. ``wire`` holds the exact bytes received or sent."""
+
+    v: int
+    id: str
+    type: str
+    sender: str
+    to: str
+    subject: str
+    ts: int
+    exp: int
+    cid: str
+    body: Any
+    wire: bytes
+
+    @property
+    def signed(self) -> bytes:
+        """The bytes the signature covers."""
+        return self.wire[:-SIGNATURE_SIZE]
+
+    @property
+    def signature(self) -> bytes:
+        return self.wire[-SIGNATURE_SIZE:]
+
+    @property
+    def is_broadcast(self) -> bool:
+        return self.to == BROADCAST
+
+    def as_dict(self) -> dict[str, Any]:
+        """The signed fields under their wire names, plus the signature in hex."""
+        return {
+            "v": self.v, "id": self.id, "type": self.type, "from": self.sender,
+            "to": self.to, "subject": self.subject, "ts": self.ts, "exp": self.exp,
+            "cid": self.cid, "body": self.body, "sig": self.signature.hex(),
+        }
+
+
+def seal(
+    identity: Identity,
+    *,
+    type: str,
+    subject: str,
+    body: Any,
+    to: str = BROADCAST,
+    cid: str | None = None,
+    ttl_ms: int = 60_000,
+    ts: int | None = None,
+    id: str | None = None,
+) -> bytes:
+    """Encode and sign an envelope; returns the exact bytes to send.
+
+    Fields are not re-validated on this hot path beyond what msgpack needs:
+    the Bus builds them from checked parts, and every receiver checks them.
+    """
+    envelope_id = id or new_id()
+    sent_at = now_ms() if ts is None else ts
+    try:
+        signed = msgpack.packb(
+            {
+                "v": VERSION,
+                "id": envelope_id,
+                "type": type,
+                "from": identity.agent_id,
+                "to": to,
+                "subject": subject,
+                "ts": sent_at,
+                "exp": sent_at + ttl_ms,
+                "cid": cid or envelope_id,
+                "body": body,
+            },
+            use_bin_type=True,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SchemaError(f"envelope body cannot be encoded as msgpack: {exc}") from exc
+    return signed + identity.sign(signed)
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise MalformedEnvelope(f"msgpack extension type {code} is not allowed")
+
+
+def _field(fields: dict[str, Any], name: str, kind: type) -> Any:
+    value = fields[name]
+    # bool is an int subclass; a boolean is never a valid int field.
+    if type(value) is not kind:
+        raise SchemaError(f"field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
+    """Decode and type-check an envelope; no signature, clock or replay checks."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedEnvelope(f"envelope must be bytes, got {type(data).__name__}")
+    size = len(data)
+    if size > max_bytes:
+        raise OversizeEnvelope(f"envelope of {size} bytes exceeds the {max_bytes}-byte limit")
+    if size <= SIGNATURE_SIZE + 1:
+        raise MalformedEnvelope(f"envelope of {size} bytes is too short to be signed")
+    wire = bytes(data)
+    if not 0x80 <= wire[0] <= 0x8F and wire[0] not in (0xDE, 0xDF):
+        raise MalformedEnvelope("envelope does not start with a msgpack map")
+    try:
+        fields = msgpack.unpackb(
+            memoryview(wire)[:-SIGNATURE_SIZE],
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_reject_ext,
+        )
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # msgpack raises many types (ValueError, StackError, ...)
+        raise MalformedEnvelope(f"envelope is not valid msgpack: {type(exc).__name__}") from exc
+    if not isinstance(fields, dict):
+        raise MalformedEnvelope("envelope is not a msgpack map")
+    if fields.keys() != _FIELD_SET:
+        missing = sorted(_FIELD_SET - fields.keys())
+        extra = sorted(str(k)[:40] for k in fields.keys() - _FIELD_SET)
+        raise SchemaError(f"envelope fields wrong: missing {missing}, unexpected {extra}")
+    version = _field(fields, "v", int)
+    if version != VERSION:
+        raise UnsupportedVersion(f"envelope version {version} is not supported (want {VERSION})")
+    envelope_id = _field(fields, "id", str)
+    kind = _field(fields, "type", str)
+    sender = _field(fields, "from", str)
+    to = _field(fields, "to", str)
+    subject = _field(fields, "subject", str)
+    ts = _field(fields, "ts", int)
+    exp = _field(fields, "exp", int)
+    cid = _field(fields, "cid", str)
+    if not _ID.fullmatch(envelope_id):
+        raise SchemaError("field 'id' must be 1-64 characters of [A-Za-z0-9_-]")
+    if not _ID.fullmatch(cid):
+        raise SchemaError("field 'cid' must be 1-64 characters of [A-Za-z0-9_-]")
+    if not _TYPE.fullmatch(kind):
+        raise SchemaError(f"field 'type' is not a valid message type: {kind[:40]!r}")
+    if not is_agent_id(sender):
+        raise SchemaError("field 'from' is not an agent id (nkey user public key)")
+    if to != BROADCAST and not is_agent_id(to):
+        raise SchemaError("field 'to' must be '*' or an agent id")
+    try:
+        validate_subject(subject)
+    except ValueError as exc:
+        raise SchemaError(f"field 'subject': {exc}") from None
+    if not 0 <= ts < exp < _MAX_INT:
+        raise SchemaError("fields 'ts' and 'exp' must satisfy 0 <= ts < exp < 2**53")
+    return Envelope(VERSION, envelope_id, kind, sender, to, subject, ts, exp, cid,
+                    fields["body"], wire)
+
+
+class _VerifiedCache:
+    """Envelopes whose signature already verified in this process.
+
+    Keyed by the signature plus a digest of the signed bytes, so a valid
+    signature reused on other bytes never hits. Several local agents receiving
+    one broadcast pay for one verification.
+    """
+
+    def __init__(self, capacity: int = 16384) -> None:
+        self._capacity = capacity
+        self._keys: dict[bytes, None] = {}
+
+    @staticmethod
+    def key(envelope: Envelope) -> bytes:
+        digest = hashlib.blake2b(envelope.signed, digest_size=16).digest()
+        return envelope.signature + digest
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._keys
+
+    def add(self, key: bytes) -> None:
+        keys = self._keys
+        keys[key] = None
+        if len(keys) > self._capacity:
+            del keys[next(iter(keys))]
+
+
+_verified = _VerifiedCache()
+
+
+class Guard:
+    """Admission control for one receiving agent.
+
+    ``admit`` runs every check and returns the envelope or raises a typed
+    :class:`EnvelopeError`; rejections are counted in :attr:`rejections` and
+    reported to ``on_reject`` hooks. With ``verify=False`` the signature and
+    replay insert are deferred to :meth:`confirm`, for envelopes that may never
+    be acted on (an auctioneer verifies only the bid it awards).
+    """
+
+    def __init__(self, policy: EnvelopePolicy, *, agent_id: str | None = None) -> None:
+        self.policy = policy
+        self.agent_id = agent_id
+        self.rejections: Counter[RejectReason] = Counter()
+        self.on_reject: list[Callable[[RejectReason], None]] = []
+        self._seen: dict[tuple[str, str], int] = {}
+        self._expiry: list[tuple[int, str, str]] = []
+
+    def reject(self, error: EnvelopeError) -> EnvelopeError:
+        """Count a rejection and return the error to raise."""
+        self.rejections[error.reason] += 1
+        for hook in self.on_reject:
+            hook(error.reason)
+        return error
+
+    def admit(
+        self, data: bytes, subject: str, *, verify: bool = True, now: int | None = None
+    ) -> Envelope:
+        """Every check for ``data`` that arrived on ``subject``."""
+        try:
+            envelope = parse(data, max_bytes=self.policy.max_bytes)
+            self._check(envelope, subject, now_ms() if now is None else now)
+            if verify:
+                self._verify_and_remember(envelope)
+        except EnvelopeError as error:
+            raise self.reject(error) from None
+        return envelope
+
+    def confirm(self, envelope: Envelope, *, now: int | None = None) -> Envelope:
+        """Finish a deferred admission: expiry, replay and signature."""
+        try:
+            self._fresh(envelope, now_ms() if now is None else now)
+            self._not_replayed(envelope)
+            self._verify_and_remember(envelope)
+        except EnvelopeError as error:
+            raise self.reject(error) from None
+        return envelope
+
+    def _check(self, envelope: Envelope, subject: str, now: int) -> None:
+        if envelope.subject != subject:
+            raise WrongSubject(
+                f"envelope signed for {envelope.subject[:80]!r} arrived on {subject[:80]!r}"
+            )
+        if envelope.to != BROADCAST and self.agent_id and envelope.to != self.agent_id:
+            raise Misaddressed(f"envelope is addressed to {envelope.to}, not to us")
+        self._fresh(envelope, now)
+        if envelope.exp - envelope.ts > self.policy.max_ttl_ms:
+            raise SchemaError(
+                f"envelope lifetime {envelope.exp - envelope.ts} ms exceeds the "
+                f"{self.policy.max_ttl_ms} ms limit"
+            )
+        self._not_replayed(envelope)
+
+    def _fresh(self, envelope: Envelope, now: int) -> None:
+        if envelope.exp <= now:
+            raise ExpiredEnvelope(f"envelope expired {now - envelope.exp} ms ago")
+        if envelope.ts > now + self.policy.max_clock_skew_ms:
+            raise FutureEnvelope(
+                f"envelope timestamp is {envelope.ts - now} ms ahead of our clock "
+                f"(limit {self.policy.max_clock_skew_ms} ms)"
+            )
+
+    def _not_replayed(self, envelope: Envelope) -> None:
+        if (envelope.sender, envelope.id) in self._seen:
+            raise ReplayedEnvelope(f"envelope {envelope.id} was already received")
+
+    def _verify_and_remember(self, envelope: Envelope) -> None:
+        key = _VerifiedCache.key(envelope)
+        if key not in _verified:
+            if not verify(envelope.sender, envelope.signed, envelope.signature):
+                raise BadSignature(f"signature does not match sender {envelope.sender}")
+            _verified.add(key)
+        self._remember(envelope)
+
+    def _remember(self, envelope: Envelope) -> None:
+        """Keep (sender, id) until the envelope expires; after that expiry rejects it."""
+        seen, expiry = self._seen, self._expiry
+        now = now_ms()
+        while expiry and (expiry[0][0] <= now or len(seen) >= self.policy.replay_cache_size):
+            _, sender, envelope_id = heappop(expiry)
+            seen.pop((sender, envelope_id), None)
+        seen[(envelope.sender, envelope.id)] = envelope.exp
+        heappush(expiry, (envelope.exp, envelope.sender, envelope.id))

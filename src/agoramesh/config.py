@@ -1,0 +1,158 @@
+"""Typed, frozen settings objects, and the one place that reads the environment.
+
+Everything else receives these objects; nothing reads ``os.environ`` on its own
+and nothing reads it at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from agoramesh.errors import ConfigError
+
+__all__ = (
+    "DEFAULT_PREFIX",
+    "BusConfig",
+    "EnvelopePolicy",
+    "Environment",
+    "Role",
+    "ServerConfig",
+    "parse_hostport",
+)
+
+DEFAULT_PREFIX = "agora"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EnvelopePolicy:
+    """What a receiver accepts. Times are milliseconds, sizes bytes."""
+
+    max_bytes: int = 1024 * 1024
+    max_clock_skew_ms: int = 30_000
+    max_ttl_ms: int = 10 * 60_000
+    default_ttl_ms: int = 60_000
+    replay_cache_size: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 128:
+            raise ConfigError(f"max_bytes must be at least 128, got {self.max_bytes}")
+        if not 0 < self.default_ttl_ms <= self.max_ttl_ms:
+            raise ConfigError(
+                f"default_ttl_ms must be in (0, max_ttl_ms={self.max_ttl_ms}], "
+                f"got {self.default_ttl_ms}"
+            )
+        if self.max_clock_skew_ms < 0 or self.replay_cache_size < 1:
+            raise ConfigError("max_clock_skew_ms must be >= 0 and replay_cache_size >= 1")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BusConfig:
+    """How a Bus connects and what it accepts.
+
+    ``connect_timeout`` bounds the whole initial connect: a dead URL fails in
+    that time instead of hanging. After a connection is made, the client
+    reconnects for ever (its own embedded server may restart), every
+    ``reconnect_wait`` seconds.
+    """
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    name: str = "agoramesh"
+    prefix: str = DEFAULT_PREFIX
+    connect_timeout: float = 3.0
+    reconnect_wait: float = 0.25
+    ping_interval: float = 5.0
+    max_outstanding_pings: int = 3
+    request_timeout: float = 5.0
+    drain_timeout: float = 2.0
+    envelope: EnvelopePolicy = field(default_factory=EnvelopePolicy)
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ConfigError("at least one server URL is needed")
+        for url in self.servers:
+            if "://" not in url:
+                raise ConfigError(f"server URL needs a scheme (nats://host:port): {url!r}")
+        if self.connect_timeout <= 0 or self.request_timeout <= 0:
+            raise ConfigError("timeouts must be positive")
+
+
+class Role(StrEnum):
+    """What an embedded server is in the mesh (see docs/ARCHITECTURE.md)."""
+
+    SEED = "seed"  # joins the route cluster and accepts leaf nodes
+    LEAF = "leaf"  # one leafnode remote listing every known seed
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerConfig:
+    """One embedded nats-server. Port ``-1`` lets the server pick a free port.
+
+    ``bootstrap`` names seeds' cluster (route) addresses ``host:port``;
+    ``hubs`` names seeds' leafnode addresses. A seed with no bootstrap starts
+    a new cluster; a leaf needs at least one hub.
+    """
+
+    name: str
+    role: Role = Role.SEED
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = -1
+    cluster_port: int = -1
+    leaf_port: int = -1
+    http_port: int = -1
+    cluster_name: str = "agora"
+    bootstrap: tuple[str, ...] = ()
+    hubs: tuple[str, ...] = ()
+    leaf_reconnect_ms: int = 250
+    max_payload: int = 1024 * 1024
+    ready_timeout: float = 10.0
+    stop_grace: float = 5.0
+    binary: Path | None = None
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ConfigError(f"server name must be letters, digits, '-_.': {self.name!r}")
+        if self.role is Role.LEAF and not self.hubs:
+            raise ConfigError("a leaf server needs at least one hub (--leaf host:port)")
+        if self.role is Role.LEAF and self.bootstrap:
+            raise ConfigError("a leaf server joins through hubs, not --bootstrap routes")
+        for addr in (*self.bootstrap, *self.hubs):
+            parse_hostport(addr)
+        for port in (self.port, self.cluster_port, self.leaf_port, self.http_port):
+            if not -1 <= port <= 65535:
+                raise ConfigError(f"port out of range: {port}")
+
+
+def parse_hostport(addr: str) -> tuple[str, int]:
+    """``host:port`` (an optional ``scheme://`` is ignored) → (host, port)."""
+    rest = addr.split("://", 1)[-1].rstrip("/")
+    host, sep, port_text = rest.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"expected host:port, got {addr!r}")
+    return host.strip("[]"), int(port_text)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Environment:
+    """The environment variables agoramesh honours, read once by :meth:`read`."""
+
+    nats_server: Path | None = None  # AGORAMESH_NATS_SERVER: nats-server binary
+    server_url: str | None = None  # AGORAMESH_SERVER: default --server for clients
+    home: Path = Path(".agoramesh")  # AGORAMESH_HOME: keys and node data
+    prefix: str = DEFAULT_PREFIX  # AGORAMESH_PREFIX: subject prefix
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
+        env = os.environ if environ is None else environ
+        binary = env.get("AGORAMESH_NATS_SERVER")
+        return cls(
+            nats_server=Path(binary) if binary else None,
+            server_url=env.get("AGORAMESH_SERVER") or None,
+            home=Path(env.get("AGORAMESH_HOME") or ".agoramesh"),
+            prefix=env.get("AGORAMESH_PREFIX") or DEFAULT_PREFIX,
+        )

@@ -1,0 +1,236 @@
+"""Every error agoramesh raises, under one root.
+
+::
+
+    AgoraError
+    ├── ConfigError (ValueError)            bad settings, flags or files
+    ├── IdentityError                       nkey seeds and key files
+    ├── SubjectError (ValueError)           an invalid capability, agent id or subject
+    ├── EnvelopeError (ValueError)          a rejected envelope; ``.reason`` says why
+    │   ├── MalformedEnvelope               not msgpack, not a map, trailing bytes
+    │   ├── SchemaError                     a field missing, extra, or of the wrong type
+    │   ├── UnsupportedVersion
+    │   ├── OversizeEnvelope
+    │   ├── BadSignature
+    │   ├── ExpiredEnvelope
+    │   ├── FutureEnvelope                  timestamp too far ahead of our clock
+    │   ├── ReplayedEnvelope
+    │   ├── WrongSubject
+    │   ├── Misaddressed
+    │   └── IngressDenied                   plain JSON where policy forbids it
+    ├── ServerError                         the embedded nats-server
+    │   ├── ServerNotFound (FileNotFoundError)
+    │   ├── ServerStartError
+    │   └── ServerCrashed
+    ├── BusError                            talking over NATS
+    │   ├── NotConnected (ConnectionError)
+    │   ├── BusTimeout (TimeoutError)
+    │   └── NoResponders
+    └── RemoteError                         an error raised on another node
+
+Errors cross the bus on purpose (see :func:`error_to_wire`): only types in
+:data:`WIRE_ERRORS` are rebuilt on the receiving side, everything else arrives
+as :class:`RemoteError` carrying the remote type name and message.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+__all__ = (
+    "WIRE_ERRORS",
+    "AgoraError",
+    "BadSignature",
+    "BusError",
+    "BusTimeout",
+    "ConfigError",
+    "EnvelopeError",
+    "ExpiredEnvelope",
+    "FutureEnvelope",
+    "IdentityError",
+    "IngressDenied",
+    "MalformedEnvelope",
+    "Misaddressed",
+    "NoResponders",
+    "NotConnected",
+    "OversizeEnvelope",
+    "RejectReason",
+    "RemoteError",
+    "ReplayedEnvelope",
+    "SchemaError",
+    "ServerCrashed",
+    "ServerError",
+    "ServerNotFound",
+    "ServerStartError",
+    "SubjectError",
+    "UnsupportedVersion",
+    "WrongSubject",
+    "error_from_wire",
+    "error_to_wire",
+)
+
+
+class AgoraError(Exception):
+    """Root of every agoramesh error."""
+
+
+class ConfigError(AgoraError, ValueError):
+    """Settings, flags or files that cannot be used."""
+
+
+class IdentityError(AgoraError):
+    """An nkey seed or key file that cannot be used."""
+
+
+class SubjectError(AgoraError, ValueError):
+    """An invalid capability name, agent id or NATS subject."""
+
+
+class RejectReason(StrEnum):
+    """Why an incoming message was rejected; the label of the rejection counters."""
+
+    MALFORMED = "malformed"
+    SCHEMA = "schema"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    OVERSIZE = "oversize"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    FUTURE = "future"
+    REPLAYED = "replayed"
+    WRONG_SUBJECT = "wrong_subject"
+    MISADDRESSED = "misaddressed"
+    INGRESS_DENIED = "ingress_denied"
+
+
+class EnvelopeError(AgoraError, ValueError):
+    """An envelope that was rejected; ``reason`` is the counter label."""
+
+    reason: ClassVar[RejectReason] = RejectReason.MALFORMED
+
+
+class MalformedEnvelope(EnvelopeError):
+    reason = RejectReason.MALFORMED
+
+
+class SchemaError(EnvelopeError):
+    reason = RejectReason.SCHEMA
+
+
+class UnsupportedVersion(EnvelopeError):
+    reason = RejectReason.UNSUPPORTED_VERSION
+
+
+class OversizeEnvelope(EnvelopeError):
+    reason = RejectReason.OVERSIZE
+
+
+class BadSignature(EnvelopeError):
+    reason = RejectReason.BAD_SIGNATURE
+
+
+class ExpiredEnvelope(EnvelopeError):
+    reason = RejectReason.EXPIRED
+
+
+class FutureEnvelope(EnvelopeError):
+    reason = RejectReason.FUTURE
+
+
+class ReplayedEnvelope(EnvelopeError):
+    reason = RejectReason.REPLAYED
+
+
+class WrongSubject(EnvelopeError):
+    reason = RejectReason.WRONG_SUBJECT
+
+
+class Misaddressed(EnvelopeError):
+    reason = RejectReason.MISADDRESSED
+
+
+class IngressDenied(EnvelopeError):
+    reason = RejectReason.INGRESS_DENIED
+
+
+class ServerError(AgoraError):
+    """The embedded nats-server could not be found, started or kept running."""
+
+
+class ServerNotFound(ServerError, FileNotFoundError):
+    """No nats-server binary next to the interpreter or at AGORAMESH_NATS_SERVER."""
+
+
+class ServerStartError(ServerError):
+    """nats-server did not become ready (bad config, port in use, peers unreachable)."""
+
+
+class ServerCrashed(ServerError):
+    """nats-server exited while the node still needed it."""
+
+
+class BusError(AgoraError):
+    """A failure talking over NATS."""
+
+
+class NotConnected(BusError, ConnectionError):
+    """No connection to a NATS server (never made, lost, or closed)."""
+
+
+class BusTimeout(BusError, TimeoutError):
+    """No (complete) answer before the deadline."""
+
+
+class NoResponders(BusError):
+    """Nobody subscribes to the subject a request was sent on."""
+
+
+class RemoteError(AgoraError):
+    """An error raised on another node whose type is not rebuilt locally."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+#: Error types that may be rebuilt from the wire, by name.
+WIRE_ERRORS: dict[str, type[AgoraError]] = {
+    cls.__name__: cls
+    for cls in (
+        ConfigError,
+        SubjectError,
+        MalformedEnvelope,
+        SchemaError,
+        UnsupportedVersion,
+        OversizeEnvelope,
+        BadSignature,
+        ExpiredEnvelope,
+        FutureEnvelope,
+        ReplayedEnvelope,
+        WrongSubject,
+        Misaddressed,
+        IngressDenied,
+        BusTimeout,
+        NoResponders,
+    )
+}
+
+
+def error_to_wire(exc: BaseException) -> dict[str, Any]:
+    """The ``{"type", "message"}`` map an error travels as."""
+    if isinstance(exc, RemoteError):
+        return {"type": exc.type_name, "message": exc.message}
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def error_from_wire(data: object) -> AgoraError:
+    """Rebuild an error sent by :func:`error_to_wire`; unknown types become RemoteError."""
+    if not isinstance(data, dict):
+        return RemoteError("RemoteError", f"unreadable error: {data!r:.200}")
+    type_name = str(data.get("type", "RemoteError"))[:100]
+    message = str(data.get("message", ""))[:2000]
+    cls = WIRE_ERRORS.get(type_name)
+    if cls is None:
+        return RemoteError(type_name, message)
+    return cls(message)
