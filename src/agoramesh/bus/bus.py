@@ -255,7 +255,7 @@ class Bus:
             await subscription.stop(budget)
         with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
             if nc.is_connected:
-                await nc.flush(timeout=max(0.1, budget))
+                await nc.flush(timeout=max(1, round(budget)))
         with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
             async with asyncio.timeout(max(0.5, budget)):
                 await nc.close()
@@ -380,15 +380,22 @@ class Bus:
                         concurrency: int = 1) -> Subscription:
         """Deliver admitted messages on ``subject`` (wildcards allowed) to ``handler``.
 
-        ``concurrency`` > 1 runs up to that many handlers at once; 1 runs them
-        in arrival order. Handler errors are logged and, for requests, sent
-        back to the requester as an error reply.
+        Returns once our server has registered the interest. ``concurrency``
+        > 1 runs up to that many handlers at once; 1 runs them in arrival
+        order. Handler errors are logged and, for requests, sent back to the
+        requester as an error reply.
         """
         subscription = Subscription(self, subject, handler, queue=queue, ingress=ingress,
                                     concurrency=concurrency)
-        subscription._nats = await self.nats.subscribe(subject, queue=queue or "",
-                                                       cb=subscription._on_message)
+        nc = self.nats
+        subscription._nats = await nc.subscribe(subject, queue=queue or "",
+                                                cb=subscription._on_message)
         self._subscriptions.add(subscription)
+        # One round trip: when subscribe returns, our server has the interest.
+        try:
+            await nc.flush(timeout=max(1, round(self.config.request_timeout)))
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"server did not confirm the subscription to {subject}") from None
         return subscription
 
     async def _admit(self, msg: Msg, ingress: IngressPolicy) -> Delivery | None:

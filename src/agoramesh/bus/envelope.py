@@ -64,6 +64,8 @@ SIGNATURE_SIZE: Final = 64
 #: Keys of the signed map, in the order encoders write them.
 FIELDS: Final = ("v", "id", "type", "from", "to", "subject", "ts", "exp", "cid", "body")
 _FIELD_SET: Final = frozenset(FIELDS)
+_HEADER: Final = 0x80 | len(FIELDS)  # 0x8a: the one valid first byte of version 1
+_MAP_HEADERS: Final = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 _MAX_INT: Final = 2**53
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}(?:\.[a-z0-9_]{1,31}){0,3}")
@@ -138,7 +140,7 @@ def seal(
     envelope_id = id or new_id()
     sent_at = now_ms() if ts is None else ts
     try:
-        signed = msgpack.packb(
+        signed: bytes = msgpack.packb(
             {
                 "v": VERSION,
                 "id": envelope_id,
@@ -162,6 +164,21 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise MalformedEnvelope(f"msgpack extension type {code} is not allowed")
 
 
+# Headers of the timestamp extension (type -1), which msgpack decodes itself
+# without calling ext_hook. A cheap byte scan gates the walk over the body.
+_TIMESTAMP_MARKERS: Final = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
+def _has_timestamp(value: Any) -> bool:
+    if isinstance(value, msgpack.Timestamp):
+        return True
+    if isinstance(value, dict):
+        return any(_has_timestamp(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_timestamp(item) for item in value)
+    return False
+
+
 def _field(fields: dict[str, Any], name: str, kind: type) -> Any:
     value = fields[name]
     # bool is an int subclass; a boolean is never a valid int field.
@@ -180,7 +197,7 @@ def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
     if size <= SIGNATURE_SIZE + 1:
         raise MalformedEnvelope(f"envelope of {size} bytes is too short to be signed")
     wire = bytes(data)
-    if not 0x80 <= wire[0] <= 0x8F and wire[0] not in (0xDE, 0xDF):
+    if wire[0] not in _MAP_HEADERS:
         raise MalformedEnvelope("envelope does not start with a msgpack map")
     try:
         fields = msgpack.unpackb(
@@ -195,13 +212,18 @@ def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
         raise MalformedEnvelope(f"envelope is not valid msgpack: {type(exc).__name__}") from exc
     if not isinstance(fields, dict):
         raise MalformedEnvelope("envelope is not a msgpack map")
+    version = fields.get("v")
+    if type(version) is int and version != VERSION:
+        raise UnsupportedVersion(f"envelope version {version} is not supported (want {VERSION})")
+    if wire[0] == _HEADER and len(fields) < len(FIELDS):
+        raise MalformedEnvelope("envelope map repeats a key")
     if fields.keys() != _FIELD_SET:
         missing = sorted(_FIELD_SET - fields.keys())
         extra = sorted(str(k)[:40] for k in fields.keys() - _FIELD_SET)
         raise SchemaError(f"envelope fields wrong: missing {missing}, unexpected {extra}")
-    version = _field(fields, "v", int)
-    if version != VERSION:
-        raise UnsupportedVersion(f"envelope version {version} is not supported (want {VERSION})")
+    if wire[0] != _HEADER:  # the same 10 keys under a map16/map32 header
+        raise MalformedEnvelope("envelope map header must be 0x8a (fixmap of 10 entries)")
+    _field(fields, "v", int)
     envelope_id = _field(fields, "id", str)
     kind = _field(fields, "type", str)
     sender = _field(fields, "from", str)
@@ -226,8 +248,10 @@ def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
         raise SchemaError(f"field 'subject': {exc}") from None
     if not 0 <= ts < exp < _MAX_INT:
         raise SchemaError("fields 'ts' and 'exp' must satisfy 0 <= ts < exp < 2**53")
-    return Envelope(VERSION, envelope_id, kind, sender, to, subject, ts, exp, cid,
-                    fields["body"], wire)
+    body = fields["body"]
+    if any(marker in wire for marker in _TIMESTAMP_MARKERS) and _has_timestamp(body):
+        raise MalformedEnvelope("msgpack extension type -1 (timestamp) is not allowed")
+    return Envelope(VERSION, envelope_id, kind, sender, to, subject, ts, exp, cid, body, wire)
 
 
 class _VerifiedCache:
@@ -291,9 +315,10 @@ class Guard:
         """Every check for ``data`` that arrived on ``subject``."""
         try:
             envelope = parse(data, max_bytes=self.policy.max_bytes)
-            self._check(envelope, subject, now_ms() if now is None else now)
+            now = now_ms() if now is None else now
+            self._check(envelope, subject, now)
             if verify:
-                self._verify_and_remember(envelope)
+                self._verify_and_remember(envelope, now)
         except EnvelopeError as error:
             raise self.reject(error) from None
         return envelope
@@ -301,9 +326,10 @@ class Guard:
     def confirm(self, envelope: Envelope, *, now: int | None = None) -> Envelope:
         """Finish a deferred admission: expiry, replay and signature."""
         try:
-            self._fresh(envelope, now_ms() if now is None else now)
+            now = now_ms() if now is None else now
+            self._fresh(envelope, now)
             self._not_replayed(envelope)
-            self._verify_and_remember(envelope)
+            self._verify_and_remember(envelope, now)
         except EnvelopeError as error:
             raise self.reject(error) from None
         return envelope
@@ -336,18 +362,17 @@ class Guard:
         if (envelope.sender, envelope.id) in self._seen:
             raise ReplayedEnvelope(f"envelope {envelope.id} was already received")
 
-    def _verify_and_remember(self, envelope: Envelope) -> None:
+    def _verify_and_remember(self, envelope: Envelope, now: int) -> None:
         key = _VerifiedCache.key(envelope)
         if key not in _verified:
             if not verify(envelope.sender, envelope.signed, envelope.signature):
                 raise BadSignature(f"signature does not match sender {envelope.sender}")
             _verified.add(key)
-        self._remember(envelope)
+        self._remember(envelope, now)
 
-    def _remember(self, envelope: Envelope) -> None:
+    def _remember(self, envelope: Envelope, now: int) -> None:
         """Keep (sender, id) until the envelope expires; after that expiry rejects it."""
         seen, expiry = self._seen, self._expiry
-        now = now_ms()
         while expiry and (expiry[0][0] <= now or len(seen) >= self.policy.replay_cache_size):
             _, sender, envelope_id = heappop(expiry)
             seen.pop((sender, envelope_id), None)

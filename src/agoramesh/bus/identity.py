@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import stat
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = ("AGENT_ID_LENGTH", "Identity", "is_agent_id", "public_key_bytes", "ve
 
 AGENT_ID_LENGTH = 56
 _USER_PREFIX = nkeys.PREFIX_BYTE_USER
+_AGENT_ID = re.compile(r"U[A-Z2-7]{55}")  # base32 of 35 bytes: no '=' padding
 
 
 def _crc16(data: bytes) -> bytes:
@@ -38,7 +40,7 @@ def _encode_public(raw: bytes) -> str:
 @lru_cache(maxsize=65536)
 def public_key_bytes(agent_id: str) -> bytes:
     """The raw 32-byte Ed25519 key inside a ``U…`` agent id (checksum checked)."""
-    if len(agent_id) != AGENT_ID_LENGTH or not agent_id.startswith("U"):
+    if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
         raise IdentityError(f"not an agent id (56-char nkey user key starting with U): "
                             f"{agent_id[:60]!r}")
     try:

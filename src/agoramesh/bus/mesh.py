@@ -30,7 +30,7 @@ class Mesh:
         self.template = template or ServerConfig(name="template", data_dir=base_dir)
         self.seeds: list[EmbeddedServer] = []
         self.leaves: list[EmbeddedServer] = []
-        self._names = itertools.count(1)
+        self._numbers = {role: itertools.count(1) for role in Role}
 
     @classmethod
     async def launch(
@@ -63,7 +63,7 @@ class Mesh:
         raise ServerError("no seed of this mesh is running")
 
     def _config(self, role: Role, **fields: object) -> ServerConfig:
-        name = f"{role.value}{next(self._names)}"
+        name = f"{role.value}{next(self._numbers[role])}"
         return replace(self.template, name=name, role=role, data_dir=self.base_dir / name,
                        **fields)  # type: ignore[arg-type]
 

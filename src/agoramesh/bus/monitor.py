@@ -58,7 +58,8 @@ class MonitorClient:
     async def route_peers(self) -> set[str]:
         """Names of the servers this one has routes to (pooled routes counted once)."""
         _, data = await self.get("/routez")
-        return {route.get("remote_name") or route["remote_id"] for route in data.get("routes") or []}
+        routes = data.get("routes") or []
+        return {route.get("remote_name") or route["remote_id"] for route in routes}
 
     async def leaf_hubs(self) -> list[str]:
         """Names of the servers this one's leafnode connections go to."""

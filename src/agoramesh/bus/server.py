@@ -8,7 +8,7 @@ leaf). ``stop(grace)`` sends SIGTERM, waits ``grace`` seconds, then kills.
 An exit nobody asked for is a crash: :attr:`crashed` is set and
 :meth:`check` raises :class:`ServerCrashed` with the log's last lines.
 
-The child runs in its own process group (a terminal's Ctrl-C reaches only
+The child runs in its own session (a terminal's Ctrl-C reaches only
 the node, which stops its server in order) and, on Linux, is sent SIGTERM if
 the node dies without stopping it.
 """
@@ -165,7 +165,7 @@ class EmbeddedServer:
             self._process = await asyncio.create_subprocess_exec(
                 str(binary), "-c", str(conf_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                process_group=0,
+                start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.config.name}")
@@ -184,10 +184,13 @@ class EmbeddedServer:
     async def _wait_ready(self) -> None:
         ports_file = self.config.data_dir / f"nats-server_{self.pid}.ports"
         self._waiting_for = "ports file"
-        while not ports_file.exists():
-            self.check()
-            await asyncio.sleep(_POLL)
-        ports = json.loads(ports_file.read_text())
+        while True:
+            try:  # the server may be half-way through writing it
+                ports = json.loads(ports_file.read_text())
+                break
+            except (OSError, ValueError):
+                self.check()
+                await asyncio.sleep(_POLL)
         monitor_host, monitor_port = parse_hostport(ports["monitoring"][0])
         self.monitor = MonitorClient(monitor_host, monitor_port)
         varz = await self.monitor.varz()
@@ -207,13 +210,14 @@ class EmbeddedServer:
     async def wait_routes(self, peers: int, *, timeout: float | None = None) -> set[str]:
         """Wait until routes to at least ``peers`` distinct servers are up."""
         self._waiting_for = f"routes to {peers} peer(s)"
-        return await self._wait_for(self._monitor().route_peers, lambda names: len(names) >= peers,
-                                    timeout)
+        peers_up: set[str] = await self._wait_for(
+            self._monitor().route_peers, lambda names: len(names) >= peers, timeout)
+        return peers_up
 
     async def wait_hub(self, *, timeout: float | None = None) -> str:
         """Wait until the leafnode link to a hub is up; returns the hub's name."""
         self._waiting_for = "a leafnode link to a hub"
-        hubs = await self._wait_for(self._monitor().leaf_hubs, bool, timeout)
+        hubs: list[str] = await self._wait_for(self._monitor().leaf_hubs, bool, timeout)
         return hubs[0]
 
     async def _wait_for(self, probe: Callable[[], Any], done: Callable[[Any], bool],
@@ -255,7 +259,8 @@ class EmbeddedServer:
         for name in ("nats-server.out", "nats-server.log"):
             path = self.config.data_dir / name
             with contextlib.suppress(OSError):
-                tail += [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-lines:]
+                text = path.read_text(errors="replace")
+                tail += [line for line in text.splitlines() if line.strip()][-lines:]
         text = " | ".join(line.strip() for line in tail[-lines:]) or "no log output"
         return f"log {self.log_path}: {text}"
 

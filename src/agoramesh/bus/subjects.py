@@ -122,10 +122,10 @@ class Subjects:
 
     def capability_of(self, subject: str) -> str | None:
         """The capability in a ``cap``/``task``/``cfp``/``help`` subject, else None."""
-        head, _, rest = subject.partition(".")
-        if head != self.prefix:
+        head = self.prefix + "."
+        if not subject.startswith(head):
             return None
-        kind, _, capability = rest.partition(".")
+        kind, _, capability = subject[len(head):].partition(".")
         if kind not in ("cap", "task", "cfp", "help") or not capability:
             return None
         return capability

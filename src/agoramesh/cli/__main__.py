@@ -1,0 +1,3 @@
+from agoramesh.cli.main import main
+
+main()

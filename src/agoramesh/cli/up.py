@@ -1,0 +1,115 @@
+"""``agoramesh up``: a local mesh on loopback until Ctrl-C.
+
+Starts N seed servers (fully routed) and optional leaves, plus a demo ``echo``
+agent that also takes plain JSON, so ``nats req agora.cap.echo '{"text":"hi"}'``
+answers at once. Prints ``mesh ready: nats://127.0.0.1:<port>`` when usable.
+SIGINT or SIGTERM stops everything in order: agents, leaves, seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from agoramesh.bus.bus import Bus, Delivery
+from agoramesh.bus.identity import Identity
+from agoramesh.bus.ingress import IngressPolicy
+from agoramesh.bus.mesh import Mesh
+from agoramesh.bus.server import EmbeddedServer
+from agoramesh.cli.output import emit, emit_json
+from agoramesh.config import BusConfig, Environment, ServerConfig
+from agoramesh.errors import ConfigError
+
+__all__ = ("echo_agent", "local_mesh", "register")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "up", help="run a local mesh on loopback until Ctrl-C",
+        description="Start a local mesh (seed servers, optional leaves, a demo echo agent) "
+                    "and keep it running until Ctrl-C.",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seed servers (default 3)")
+    parser.add_argument("--leaves", type=int, default=0, help="leaf servers (default 0)")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--dir", type=Path, help="data directory (default: a temporary one)")
+    parser.add_argument("--no-echo", action="store_true", help="do not start the echo agent")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=_up)
+
+
+@contextlib.asynccontextmanager
+async def local_mesh(env: Environment, *, seeds: int, leaves: int, host: str = "127.0.0.1",
+                     data_dir: Path | None = None) -> AsyncIterator[Mesh]:
+    """A running mesh in ``data_dir`` (or a temporary directory removed afterwards)."""
+    if seeds < 1 or leaves < 0:
+        raise ConfigError("--seeds must be at least 1 and --leaves at least 0")
+    with contextlib.ExitStack() as stack:
+        base = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agora-")))
+        template = ServerConfig(name="template", data_dir=base, host=host,
+                                binary=env.nats_server)
+        mesh = await Mesh.launch(base, seeds=seeds, leaves=leaves, template=template)
+        try:
+            yield mesh
+        finally:
+            await mesh.stop()
+
+
+async def echo_agent(url: str, env: Environment) -> Bus:
+    """A demo agent answering ``<prefix>.cap.echo`` with what it was sent (JSON allowed)."""
+    bus = await Bus.connect(Identity.generate(), BusConfig(servers=(url,), name="echo",
+                                                           prefix=env.prefix))
+
+    async def echo(delivery: Delivery) -> None:
+        await delivery.respond("task_response", {"status": "COMPLETED", "result": delivery.body})
+
+    subject = bus.subjects.cap("echo")
+    await bus.subscribe(subject, echo, queue=subject, ingress=IngressPolicy.ALLOW)
+    return bus
+
+
+def _describe(server: EmbeddedServer) -> dict[str, object]:
+    info: dict[str, object] = {"name": server.config.name, "role": server.config.role.value,
+                               "pid": server.pid, "client": server.client_url}
+    if server.config.role.value == "seed":
+        info |= {"cluster": server.cluster_address, "leaf": server.leaf_address}
+    return info
+
+
+async def _up(args: argparse.Namespace, env: Environment) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with local_mesh(env, seeds=args.seeds, leaves=args.leaves, host=args.host,
+                              data_dir=args.dir) as mesh:
+            echo = None if args.no_echo else await echo_agent(mesh.url, env)
+            try:
+                servers = [_describe(server) for server in mesh.servers]
+                if args.json:
+                    emit_json({"event": "ready", "url": mesh.url, "servers": servers})
+                else:
+                    for info in servers:
+                        emit("  ".join(f"{key}={value}" for key, value in info.items()))
+                    if echo:
+                        emit(f"echo agent {echo.agent_id} on {echo.subjects.cap('echo')}")
+                    emit(f"mesh ready: {mesh.url}")
+                    emit("press Ctrl-C to stop")
+                await stop.wait()
+            finally:
+                if echo:
+                    await echo.close()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    if args.json:
+        emit_json({"event": "stopped"})
+    else:
+        emit("mesh stopped")
+    return 0

@@ -1,0 +1,10 @@
+"""Test support: real nats-server fixtures on free loopback ports, always cleaned up.
+
+Enable in a conftest.py with ``pytest_plugins = ["agoramesh.testing.plugin"]``
+(needs pytest-asyncio).
+"""
+
+from agoramesh.testing.processes import alive, assert_stopped
+from agoramesh.testing.waiting import wait_until
+
+__all__ = ("alive", "assert_stopped", "wait_until")

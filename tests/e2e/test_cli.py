@@ -1,0 +1,154 @@
+"""The agoramesh CLI as a user runs it: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from agoramesh.bus import Identity, seal
+from agoramesh.testing import alive, assert_stopped
+
+pytestmark = pytest.mark.e2e
+
+AGORAMESH = [sys.executable, "-m", "agoramesh.cli"]
+
+
+def cli(*args: str, stdin: bytes | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AGORAMESH, *args], input=stdin.decode() if stdin else None,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> None:
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("agoramesh: error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_help_lists_commands() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("up", "demo", "keys", "decode"):
+        assert command in result.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = cli("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_keys_generate_json_and_file(tmp_path: Path) -> None:
+    result = cli("keys", "generate", "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert Identity(data["seed"]).agent_id == data["agent_id"]
+
+    seed_file = tmp_path / "agent.nk"
+    result = cli("keys", "generate", "--out", str(seed_file), "--json")
+    assert result.returncode == 0
+    agent_id = json.loads(result.stdout)["agent_id"]
+    assert stat.S_IMODE(seed_file.stat().st_mode) == 0o600
+    assert Identity.load(seed_file).agent_id == agent_id
+    assert cli("keys", "show", str(seed_file)).stdout.strip() == agent_id
+
+    assert_one_line_error(cli("keys", "generate", "--out", str(seed_file)), "refusing to overwrite")
+    seed_file.chmod(0o644)
+    assert_one_line_error(cli("keys", "show", str(seed_file)), "chmod 600")
+
+
+def test_decode_valid_tampered_and_garbage(tmp_path: Path) -> None:
+    identity = Identity.generate()
+    wire = seal(identity, type="task_request", subject="agora.cap.echo",
+                body={"text": "hi", "blob": b"\x00\x01"})
+    raw_file = tmp_path / "env.bin"
+    raw_file.write_bytes(wire)
+    result = cli("decode", str(raw_file), "--json")
+    assert result.returncode == 0, result.stderr
+    decoded = json.loads(result.stdout)
+    assert decoded["from"] == identity.agent_id and decoded["signature_valid"] is True
+    assert decoded["body"] == {"text": "hi", "blob": "0001"}
+
+    human = cli("decode", stdin=wire.hex().encode())  # hex text on stdin
+    assert human.returncode == 0 and "signature: valid" in human.stdout
+    assert "agora.cap.echo" in human.stdout
+
+    tampered = bytearray(wire)
+    tampered[-1] ^= 1
+    raw_file.write_bytes(bytes(tampered))
+    result = cli("decode", str(raw_file))
+    assert "signature: INVALID" in result.stdout
+    assert_one_line_error(result, "signature does not match")
+
+    raw_file.write_bytes(wire)
+    assert_one_line_error(cli("decode", str(raw_file), "--subject", "agora.cap.other"),
+                          "signed for 'agora.cap.echo'")
+    raw_file.write_bytes(b"\x93\x01\x02\x03" + b"\x00" * 64)
+    assert_one_line_error(cli("decode", str(raw_file)), "msgpack map")
+    assert_one_line_error(cli("decode", str(tmp_path / "missing")), "cannot read")
+    assert_one_line_error(cli("decode", stdin=b"abc"), "looks like hex but is not valid hex")
+
+
+async def _json_request(url: str, subject: str, payload: bytes) -> object:
+    client = NatsClient()
+    await client.connect(url, connect_timeout=2, allow_reconnect=False)
+    try:
+        return json.loads((await client.request(subject, payload, timeout=3)).data)
+    finally:
+        await client.close()
+
+
+def test_up_serves_until_sigint_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(tmp_path / "mesh")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        url = None
+        assert process.stdout is not None
+        for _ in range(40):  # bounded: a few lines per server, then "mesh ready"
+            line = process.stdout.readline()
+            if not line:
+                break
+            pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
+            if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
+                url = match.group(1)
+                break
+        assert url, process.stderr.read() if process.stderr else "no output"
+        assert len(pids) == 3 and all(alive(pid) for pid in pids)
+        reply = asyncio.run(_json_request(url, "agora.cap.echo", b'{"text": "hi"}'))
+        assert reply == {"status": "COMPLETED", "result": {"text": "hi"}}
+
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+        assert process.returncode == 0, err
+        assert "mesh stopped" in out
+        assert_stopped(pids)
+        assert not list((tmp_path / "mesh").glob("*/*.ports"))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_runs_and_exits_zero() -> None:
+    result = cli("demo", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["gathered"] == 10
+    assert summary["rejections"] == {"bad_signature": 1}
+    assert summary["failover_ms"] < 3000
