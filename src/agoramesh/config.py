@@ -132,7 +132,8 @@ def parse_hostport(addr: str) -> tuple[str, int]:
     """``host:port`` (an optional ``scheme://`` is ignored) → (host, port)."""
     rest = addr.split("://", 1)[-1].rstrip("/")
     host, sep, port_text = rest.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    valid_port = port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536
+    if not sep or not host or not valid_port:
         raise ConfigError(f"expected host:port, got {addr!r}")
     return host.strip("[]"), int(port_text)
 

@@ -15,7 +15,10 @@ and signature checks, and counts every rejection by reason.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import itertools
+import os
 import re
 import time
 from collections import Counter
@@ -25,7 +28,6 @@ from heapq import heappop, heappush
 from typing import Any, Final
 
 import msgpack
-from nats.nuid import NUID
 
 from agoramesh.bus.identity import Identity, is_agent_id, verify
 from agoramesh.bus.subjects import validate_subject
@@ -70,12 +72,25 @@ _MAX_INT: Final = 2**53
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}(?:\.[a-z0-9_]{1,31}){0,3}")
 
-_nuid = NUID()
+# Ids need uniqueness per sender, not secrecy: a random per-process prefix and a
+# counter from a random start are unique and ten times cheaper than a NUID.
+_ID_PREFIX = ""
+_ID_COUNTER = itertools.count()
+
+
+def _reseed_ids() -> None:
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = base64.urlsafe_b64encode(os.urandom(9)).decode("ascii")
+    _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+_reseed_ids()
+os.register_at_fork(after_in_child=_reseed_ids)  # a forked child must not repeat ids
 
 
 def new_id() -> str:
-    """A fresh 22-character envelope id (NATS NUID alphabet)."""
-    return _nuid.next().decode("ascii")
+    """A fresh envelope id: 12 random base64url characters and a hex counter (<= 28 chars)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
 
 
 def now_ms() -> int:
@@ -164,9 +179,11 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise MalformedEnvelope(f"msgpack extension type {code} is not allowed")
 
 
-# Headers of the timestamp extension (type -1), which msgpack decodes itself
-# without calling ext_hook. A cheap byte scan gates the walk over the body.
-_TIMESTAMP_MARKERS: Final = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+# Any extension header (fixext 1-16, ext 8/16/32) with type -1 (timestamp),
+# which msgpack decodes itself without calling ext_hook. A byte scan gates the
+# walk over the body; false positives only cost the walk.
+_TIMESTAMP_MARKER: Final = re.compile(
+    rb"[\xd4-\xd8]\xff|\xc7.\xff|\xc8..\xff|\xc9....\xff", re.DOTALL)
 
 
 def _has_timestamp(value: Any) -> bool:
@@ -179,12 +196,16 @@ def _has_timestamp(value: Any) -> bool:
     return False
 
 
-def _field(fields: dict[str, Any], name: str, kind: type) -> Any:
-    value = fields[name]
-    # bool is an int subclass; a boolean is never a valid int field.
-    if type(value) is not kind:
-        raise SchemaError(f"field {name!r} must be {kind.__name__}, got {type(value).__name__}")
-    return value
+_TYPED_FIELDS: Final = FIELDS[:-1]  # all but body
+_FIELD_TYPES: Final = (int, str, str, str, str, str, int, int, str)
+
+
+def _wrong_type(values: tuple[Any, ...]) -> SchemaError:
+    for name, value, kind in zip(_TYPED_FIELDS, values, _FIELD_TYPES, strict=True):
+        if type(value) is not kind:
+            return SchemaError(f"field {name!r} must be {kind.__name__}, "
+                               f"got {type(value).__name__}")
+    return SchemaError("field types are wrong")  # pragma: no cover - caller checked
 
 
 def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
@@ -196,7 +217,7 @@ def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
         raise OversizeEnvelope(f"envelope of {size} bytes exceeds the {max_bytes}-byte limit")
     if size <= SIGNATURE_SIZE + 1:
         raise MalformedEnvelope(f"envelope of {size} bytes is too short to be signed")
-    wire = bytes(data)
+    wire = data if type(data) is bytes else bytes(data)
     if wire[0] not in _MAP_HEADERS:
         raise MalformedEnvelope("envelope does not start with a msgpack map")
     try:
@@ -223,15 +244,12 @@ def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
         raise SchemaError(f"envelope fields wrong: missing {missing}, unexpected {extra}")
     if wire[0] != _HEADER:  # the same 10 keys under a map16/map32 header
         raise MalformedEnvelope("envelope map header must be 0x8a (fixmap of 10 entries)")
-    _field(fields, "v", int)
-    envelope_id = _field(fields, "id", str)
-    kind = _field(fields, "type", str)
-    sender = _field(fields, "from", str)
-    to = _field(fields, "to", str)
-    subject = _field(fields, "subject", str)
-    ts = _field(fields, "ts", int)
-    exp = _field(fields, "exp", int)
-    cid = _field(fields, "cid", str)
+    values = (version, fields["id"], fields["type"], fields["from"], fields["to"],
+              fields["subject"], fields["ts"], fields["exp"], fields["cid"])
+    # Exact types: bool is an int subclass, and never a valid int field.
+    if tuple(map(type, values)) != _FIELD_TYPES:
+        raise _wrong_type(values)
+    _, envelope_id, kind, sender, to, subject, ts, exp, cid = values
     if not _ID.fullmatch(envelope_id):
         raise SchemaError("field 'id' must be 1-64 characters of [A-Za-z0-9_-]")
     if not _ID.fullmatch(cid):
@@ -249,7 +267,7 @@ def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
     if not 0 <= ts < exp < _MAX_INT:
         raise SchemaError("fields 'ts' and 'exp' must satisfy 0 <= ts < exp < 2**53")
     body = fields["body"]
-    if any(marker in wire for marker in _TIMESTAMP_MARKERS) and _has_timestamp(body):
+    if _TIMESTAMP_MARKER.search(wire, 0, size - SIGNATURE_SIZE) and _has_timestamp(body):
         raise MalformedEnvelope("msgpack extension type -1 (timestamp) is not allowed")
     return Envelope(VERSION, envelope_id, kind, sender, to, subject, ts, exp, cid, body, wire)
 

@@ -15,6 +15,7 @@ import stat
 from functools import lru_cache
 from pathlib import Path
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 import nkeys
@@ -64,18 +65,14 @@ def is_agent_id(value: object) -> bool:
     return True
 
 
-@lru_cache(maxsize=65536)
-def _verify_key(agent_id: str) -> nacl.signing.VerifyKey:
-    return nacl.signing.VerifyKey(public_key_bytes(agent_id))
-
-
 def verify(agent_id: str, data: bytes, signature: bytes) -> bool:
     """Check an Ed25519 signature with nothing but the signer's agent id."""
-    try:
-        _verify_key(agent_id).verify(data, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, IdentityError):
+    if not isinstance(signature, bytes | bytearray) or len(signature) != 64:
         return False
-    except (TypeError, ValueError):
+    try:
+        # The libsodium binding directly: the VerifyKey wrapper costs ~7 us more per call.
+        nacl.bindings.crypto_sign_open(signature + data, public_key_bytes(agent_id))
+    except (nacl.exceptions.CryptoError, IdentityError, TypeError, ValueError):
         return False
     return True
 
@@ -83,14 +80,13 @@ def verify(agent_id: str, data: bytes, signature: bytes) -> bool:
 class Identity:
     """An agent's key pair. ``agent_id`` is the public key; ``seed`` is secret."""
 
-    __slots__ = ("_signing_key", "agent_id", "seed")
+    __slots__ = ("_secret", "agent_id", "seed")
 
     def __init__(self, seed: bytes | str) -> None:
-        seed_bytes = seed.encode("ascii") if isinstance(seed, str) else bytes(seed)
-        seed_bytes = seed_bytes.strip()
         try:
+            seed_bytes = (seed.encode("ascii") if isinstance(seed, str) else bytes(seed)).strip()
             prefix, raw = nkeys.decode_seed(bytearray(seed_bytes))
-        except (nkeys.NkeysError, ValueError, IndexError) as exc:
+        except (nkeys.NkeysError, ValueError, IndexError, TypeError) as exc:
             raise IdentityError("not an nkey seed (expected 58 characters starting 'SU')") from exc
         if prefix != _USER_PREFIX or len(raw) != 32:
             raise IdentityError("not an nkey *user* seed (expected one starting 'SU')")
@@ -99,8 +95,9 @@ class Identity:
         if _crc16(full[:-2]) != full[-2:]:
             raise IdentityError("nkey seed checksum mismatch (corrupted key?)")
         self.seed = seed_bytes
-        self._signing_key = nacl.signing.SigningKey(bytes(raw[:32]))
-        self.agent_id = _encode_public(bytes(self._signing_key.verify_key))
+        signing_key = nacl.signing.SigningKey(bytes(raw[:32]))
+        self._secret = bytes(signing_key._signing_key)  # libsodium's 64-byte secret key
+        self.agent_id = _encode_public(bytes(signing_key.verify_key))
 
     @classmethod
     def generate(cls) -> Identity:
@@ -133,8 +130,11 @@ class Identity:
 
     def save(self, path: Path, *, overwrite: bool = False) -> None:
         """Write the seed with mode 0600, created atomically; never overwrites by default."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IdentityError(f"cannot create directory {path.parent}: {exc.strerror}") from exc
         try:
             fd = os.open(path, flags, 0o600)
         except FileExistsError as exc:
@@ -147,7 +147,7 @@ class Identity:
 
     def sign(self, data: bytes) -> bytes:
         """The 64-byte Ed25519 signature of ``data``."""
-        return bytes(self._signing_key.sign(data).signature)
+        return bytes(nacl.bindings.crypto_sign(data, self._secret)[:64])
 
     def __repr__(self) -> str:
         return f"Identity({self.agent_id})"

@@ -38,8 +38,10 @@ def decode_json(data: bytes, *, max_bytes: int) -> dict[str, Any]:
     if len(data) > max_bytes:
         raise OversizeEnvelope(f"request of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        value = json.loads(data.decode("utf-8"))  # strict: no encoded surrogates
+    except UnicodeDecodeError as exc:
+        raise MalformedEnvelope(f"request is not valid UTF-8: {exc.reason}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit
         raise MalformedEnvelope(f"request is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise MalformedEnvelope(f"request must be a JSON object, got {type(value).__name__}")
@@ -47,8 +49,13 @@ def decode_json(data: bytes, *, max_bytes: int) -> dict[str, Any]:
 
 
 def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON; values JSON cannot hold (bytes, ...) become strings."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_fallback).encode()
+    """Compact UTF-8 JSON; values JSON cannot hold (bytes, ...) become strings.
+
+    A lone surrogate (legal in a JSON string escape) is written back as its
+    ``\\uXXXX`` escape, which keeps the output valid UTF-8 and valid JSON.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_fallback)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def encode_json_error(error: BaseException) -> bytes:

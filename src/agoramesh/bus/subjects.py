@@ -60,6 +60,8 @@ def validate_capability_pattern(pattern: object) -> str:
     if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_CAPABILITY_LENGTH:
         raise SubjectError(f"invalid capability pattern {pattern!r}")
     tokens = pattern.split(".")
+    if len(tokens) > 16:
+        raise SubjectError(f"invalid capability pattern {pattern[:80]!r}: at most 16 levels")
     for index, token in enumerate(tokens):
         if token == ">" and index == len(tokens) - 1:
             continue

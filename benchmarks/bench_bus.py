@@ -1,0 +1,360 @@
+"""Signed Bus messaging vs raw nats-py, side by side on the same servers.
+
+Scenarios (each measured for the raw nats-py path and the signed Bus path):
+
+* ``rr-1``  request/reply, requester and responder on one server (a 1-seed Mesh);
+* ``rr-3``  request/reply across a 3-seed mesh (requester on seed1, responder on seed3);
+* ``sg-3``  scatter-gather to 10 responders spread over the 3-seed mesh.
+
+Batches of raw and Bus rounds alternate (ABBA) so machine noise hits both alike.
+Responders run in this process, or with ``--split`` in a child process
+(``--serve``) so requesters and responders each get a core.
+
+    .venv/bin/python benchmarks/bench_bus.py [--quick] [--split] [--rounds N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import uvloop
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from agoramesh.bus.bus import Bus, Delivery
+from agoramesh.bus.identity import Identity
+from agoramesh.bus.mesh import Mesh
+from agoramesh.config import BusConfig
+from agoramesh.errors import AgoraError
+
+BODY: dict[str, Any] = {
+    "task_id": "t-000123", "task_type": "summarize", "priority": 5,
+    "parameters": {"text": "The quick brown fox jumps over the lazy dog. " * 2, "max_words": 40},
+}
+RAW = json.dumps(BODY, separators=(",", ":")).encode()  # the same body as plain bytes
+FANOUT = 10
+TIMEOUT = 2.0  # seconds per round; a round that misses it is counted, not timed
+BLOCKS = 10  # alternating raw/bus batches per scenario
+TARGETS = {"rr-1": 1.6, "rr-3": 1.6, "sg-3": 2.0}
+TITLES = {
+    "rr-1": "request/reply, 1 server",
+    "rr-3": "request/reply, 3-seed mesh (seed1 -> seed3)",
+    "sg-3": f"scatter-gather x{FANOUT}, 3-seed mesh",
+}
+Spec = list[tuple[str, str, str]]  # (kind "raw" | "bus", server URL, subject) per responder
+Op = Callable[[], Awaitable[None]]
+T = TypeVar("T")
+
+
+class ServerThread:
+    """The meshes live on a stdlib asyncio loop in a thread: uvloop 0.23 rejects the
+    ``process_group`` argument EmbeddedServer passes to ``create_subprocess_exec``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="servers", daemon=True)
+        self.thread.start()
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+async def echo(delivery: Delivery) -> None:
+    await delivery.respond("bench_result", delivery.body)
+
+
+class Clients:
+    """Every raw and Bus connection one side opens; ``close`` ends them all (bounded)."""
+
+    def __init__(self) -> None:
+        self.raws: list[NatsClient] = []
+        self.buses: list[Bus] = []
+
+    async def raw(self, url: str) -> NatsClient:
+        nc = await asyncio.wait_for(nats.connect(url, connect_timeout=3,
+                                                 allow_reconnect=False), 5)
+        self.raws.append(nc)
+        return nc
+
+    async def bus(self, url: str) -> Bus:
+        bus = await Bus.connect(Identity.generate(), BusConfig(servers=(url,), name="bench"))
+        self.buses.append(bus)
+        return bus
+
+    async def respond(self, spec: Spec) -> None:
+        """Start the responders ``spec`` describes, each on its own connection."""
+        for kind, url, subject in spec:
+            if kind == "raw":
+                nc = await self.raw(url)
+
+                async def reply(msg: Msg, nc: NatsClient = nc) -> None:
+                    await nc.publish(msg.reply, RAW)
+
+                await nc.subscribe(subject, cb=reply)
+                await nc.flush(timeout=5)
+            else:
+                bus = await self.bus(url)
+                await bus.subscribe(subject, echo)
+                await bus.nats.flush(timeout=5)
+
+    async def close(self) -> None:
+        for bus in self.buses:
+            await bus.close(timeout=1.0)
+        for nc in self.raws:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
+
+
+async def serve(spec: Spec) -> None:
+    """Child side of --split: run the responders until stdin closes (bounded)."""
+    responders = Clients()
+    try:
+        await responders.respond(spec)
+        print("READY", flush=True)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(4 * 3600):
+                await reader.read()
+    finally:
+        await responders.close()
+
+
+async def spawn(spec: Spec) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve", json.dumps(spec),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        line = await proc.stdout.readline()
+    if line.strip() != b"READY":
+        await stop_child(proc)
+        raise RuntimeError(f"responder process failed to start: {line!r}")
+    return proc
+
+
+async def stop_child(proc: asyncio.subprocess.Process) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        async with asyncio.timeout(10):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        async with asyncio.timeout(5):
+            await proc.wait()
+
+
+# -- one round of each path; TimeoutError when the full answer did not arrive ------
+
+def raw_rr(nc: NatsClient, subject: str) -> Op:
+    async def op() -> None:
+        await nc.request(subject, RAW, timeout=TIMEOUT)
+    return op
+
+
+def bus_rr(bus: Bus, subject: str) -> Op:
+    async def op() -> None:
+        await bus.request(subject, "bench_task", BODY, timeout=TIMEOUT)
+    return op
+
+
+def raw_sg(nc: NatsClient, subject: str) -> Op:
+    """What Bus.gather does, without envelopes: fresh inbox, publish, wait for FANOUT."""
+    async def op() -> None:
+        inbox, got, enough = nc.new_inbox(), [], asyncio.Event()
+
+        async def collect(msg: Msg) -> None:
+            got.append(msg.data)
+            if len(got) >= FANOUT:
+                enough.set()
+
+        sub = await nc.subscribe(inbox, cb=collect)
+        try:
+            await nc.publish(subject, RAW, reply=inbox)
+            async with asyncio.timeout(TIMEOUT):
+                await enough.wait()
+        finally:
+            await sub.unsubscribe()
+    return op
+
+
+def bus_sg(bus: Bus, subject: str) -> Op:
+    async def op() -> None:
+        replies = await bus.gather(subject, "bench_task", BODY, timeout=TIMEOUT, expected=FANOUT)
+        if len(replies) < FANOUT:
+            raise TimeoutError(f"{len(replies)} of {FANOUT} replies")
+    return op
+
+
+@dataclass
+class Scenario:
+    name: str
+    rounds: int
+    ops: dict[str, Op]
+    samples: dict[str, list[int]] = field(default_factory=lambda: {"raw": [], "bus": []})
+    misses: dict[str, int] = field(default_factory=lambda: {"raw": 0, "bus": 0})
+
+
+async def warm_up(op: Op, rounds: int) -> None:
+    """Wait (bounded) until interest has spread over the routes, then run ``rounds``."""
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                await op()
+                break
+            except (TimeoutError, AgoraError, nats.errors.Error):
+                await asyncio.sleep(0.05)
+        for _ in range(rounds):
+            await op()
+
+
+async def measure(scenarios: list[Scenario]) -> None:
+    """BLOCKS rounds of batches, raw then bus, bus then raw, ... for every scenario."""
+    clock = time.perf_counter_ns
+    for block in range(BLOCKS):
+        for sc in scenarios:
+            for side in ("raw", "bus") if block % 2 == 0 else ("bus", "raw"):
+                op, out = sc.ops[side], sc.samples[side]
+                for _ in range(math.ceil(sc.rounds / BLOCKS)):
+                    start = clock()
+                    try:
+                        await op()
+                    except TimeoutError:
+                        sc.misses[side] += 1
+                    else:
+                        out.append(clock() - start)
+
+
+def percentile(values: list[int], q: float) -> float:
+    """Nearest-rank percentile of nanosecond samples, in milliseconds."""
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank] / 1e6
+
+
+def summarize(sc: Scenario) -> dict[str, Any]:
+    row: dict[str, Any] = {"title": TITLES[sc.name], "target": TARGETS[sc.name]}
+    for side in ("raw", "bus"):
+        data = sc.samples[side]
+        row[side] = {"n": len(data), "misses": sc.misses[side],
+                     **{f"p{q}": round(percentile(data, q), 4) for q in (50, 90, 99)}}
+    row["ratio_p50"] = round(row["bus"]["p50"] / row["raw"]["p50"], 3)
+    row["pass"] = row["ratio_p50"] <= TARGETS[sc.name] and not any(sc.misses.values())
+    return row
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    rr = args.rounds or (300 if args.quick else 3000)
+    sg = args.sg_rounds or (max(1, rr // 3) if args.rounds else 100 if args.quick else 1000)
+    base = Path(tempfile.mkdtemp(prefix="agoramesh-bench-"))
+    meshes: list[Mesh] = []
+    requesters, responders, child, servers = Clients(), Clients(), None, ServerThread()
+    try:
+        meshes.append(await servers.call(Mesh.launch(base / "one", seeds=1)))
+        meshes.append(await servers.call(Mesh.launch(base / "three", seeds=3)))
+        one = meshes[0].seeds[0].client_url
+        s1, s2, s3 = (seed.client_url for seed in meshes[1].seeds)
+        spec: Spec = [("raw", one, "bench.raw.rr1"), ("bus", one, "bench.bus.rr1"),
+                      ("raw", s3, "bench.raw.rr3"), ("bus", s3, "bench.bus.rr3")]
+        spec += [(kind, (s1, s2, s3)[i % 3], f"bench.{kind}.sg3")
+                 for i in range(FANOUT) for kind in ("raw", "bus")]
+        if args.split:
+            child = await spawn(spec)
+        else:
+            await responders.respond(spec)
+        nc1, nc3 = await requesters.raw(one), await requesters.raw(s1)
+        bus1, bus3 = await requesters.bus(one), await requesters.bus(s1)
+        scenarios = [
+            Scenario("rr-1", rr, {"raw": raw_rr(nc1, "bench.raw.rr1"),
+                                  "bus": bus_rr(bus1, "bench.bus.rr1")}),
+            Scenario("rr-3", rr, {"raw": raw_rr(nc3, "bench.raw.rr3"),
+                                  "bus": bus_rr(bus3, "bench.bus.rr3")}),
+            Scenario("sg-3", sg, {"raw": raw_sg(nc3, "bench.raw.sg3"),
+                                  "bus": bus_sg(bus3, "bench.bus.sg3")}),
+        ]
+        for sc in scenarios:
+            for op in sc.ops.values():
+                await warm_up(op, max(20, sc.rounds // 10))
+        started = time.monotonic()
+        await measure(scenarios)
+        return {"mode": "split" if args.split else "single", "loop": "uvloop",
+                "rounds": {"rr": rr, "sg": sg}, "blocks": BLOCKS, "fanout": FANOUT,
+                "payload_bytes": len(RAW), "seconds": round(time.monotonic() - started, 1),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "results": {sc.name: summarize(sc) for sc in scenarios}}
+    finally:
+        await requesters.close()
+        await responders.close()
+        if child is not None:
+            await stop_child(child)
+        for mesh in reversed(meshes):
+            await servers.call(mesh.stop(grace=2.0))
+        servers.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def report(result: dict[str, Any]) -> None:
+    mode = ("split: responders in a child process" if result["mode"] == "split"
+            else "single: requesters and responders in one process")
+    print(f"\nmode {mode}; {result['loop']}; payload {result['payload_bytes']} B; "
+          f"rounds rr={result['rounds']['rr']} sg={result['rounds']['sg']} per path, "
+          f"{result['blocks']} alternating blocks; {result['seconds']} s measured\n")
+    print(f"{'scenario':<46} {'path':<4} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'miss':>5}")
+    for row in result["results"].values():
+        for side in ("raw", "bus"):
+            r = row[side]
+            print(f"{row['title']:<46} {side:<4} {r['p50']:8.3f} {r['p90']:8.3f} "
+                  f"{r['p99']:8.3f} {r['misses']:5d}")
+    print()
+    for name, row in result["results"].items():
+        verdict = "PASS" if row["pass"] else "FAIL"
+        print(f"{verdict}  {name}: p50 bus/raw = {row['ratio_p50']:.2f} "
+              f"(target <= {row['target']:.1f}) — {row['title']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few hundred rounds")
+    parser.add_argument("--split", action="store_true", help="responders in a child process")
+    parser.add_argument("--rounds", type=int, help="request/reply rounds per path (3000)")
+    parser.add_argument("--sg-rounds", type=int,
+                        help="scatter-gather rounds per path (1000, or rounds/3 with --rounds)")
+    parser.add_argument("--json", type=Path, help="write the results to this file")
+    parser.add_argument("--serve", metavar="SPEC", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if args.serve:
+            runner.run(serve([tuple(item) for item in json.loads(args.serve)]))
+            return 0
+        result = runner.run(run(args))
+    report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0  # a FAIL verdict is a finding, not a crash: see the verdict lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
