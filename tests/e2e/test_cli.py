@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,22 +111,36 @@ async def _json_request(url: str, subject: str, payload: bytes) -> object:
         await client.close()
 
 
-def test_up_serves_until_sigint_and_leaves_nothing_behind(tmp_path: Path) -> None:
+def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """Run ``agoramesh up`` until it prints ``mesh ready``; returns (process, url, server pids)."""
     process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(tmp_path / "mesh")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pids: list[int] = []
+    assert process.stdout is not None
+    for _ in range(40):  # bounded: a few lines per server, then "mesh ready"
+        line = process.stdout.readline()
+        if not line:
+            break
+        pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
+        if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
+            return process, match.group(1), pids
+    process.kill()
+    _, err = process.communicate(timeout=10)
+    raise AssertionError(f"agoramesh up did not become ready: {err}")
+
+
+def _reap(process: subprocess.Popen[str], pids: list[int]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.communicate(timeout=10)  # reaps it and closes its pipes
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_up_serves_until_sigint_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    process, url, pids = _start_up(tmp_path)
     try:
-        url = None
-        assert process.stdout is not None
-        for _ in range(40):  # bounded: a few lines per server, then "mesh ready"
-            line = process.stdout.readline()
-            if not line:
-                break
-            pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
-            if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
-                url = match.group(1)
-                break
-        assert url, process.stderr.read() if process.stderr else "no output"
         assert len(pids) == 3 and all(alive(pid) for pid in pids)
         reply = asyncio.run(_json_request(url, "agora.cap.echo", b'{"text": "hi"}'))
         assert reply == {"status": "COMPLETED", "result": {"text": "hi"}}
@@ -137,12 +152,20 @@ def test_up_serves_until_sigint_and_leaves_nothing_behind(tmp_path: Path) -> Non
         assert_stopped(pids)
         assert not list((tmp_path / "mesh").glob("*/*.ports"))
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _reap(process, pids)
+
+
+def test_servers_die_with_a_sigkilled_node(tmp_path: Path) -> None:
+    process, _, pids = _start_up(tmp_path)
+    try:
+        process.kill()  # SIGKILL: no chance to stop its servers in order
+        process.communicate(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert_stopped(pids)  # the kernel sent them SIGTERM (PR_SET_PDEATHSIG)
+    finally:
+        _reap(process, pids)
 
 
 def test_demo_runs_and_exits_zero() -> None:

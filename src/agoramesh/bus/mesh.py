@@ -40,8 +40,8 @@ class Mesh:
         """Start ``seeds`` seeds (fully routed) and ``leaves`` leaves spread over them."""
         mesh = cls(base_dir, template=template)
         try:
-            for _ in range(seeds and 1):
-                await mesh.add_seed()
+            if seeds:
+                await mesh.add_seed()  # the others bootstrap from this one
             await asyncio.gather(*(mesh.add_seed() for _ in range(seeds - 1)))
             await mesh.wait_full_mesh()
             await asyncio.gather(*(mesh.add_leaf(mesh.seeds[i % seeds]) for i in range(leaves)))
@@ -93,12 +93,13 @@ class Mesh:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop leaves first (they depend on the seeds), then seeds; all bounded."""
+        failures: list[BaseException] = []
         for group in (self.leaves, self.seeds):
             results = await asyncio.gather(*(s.stop(grace) for s in group),
                                            return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException) and not isinstance(result, Exception):
-                    raise result
+            failures += [r for r in results if isinstance(r, BaseException)]
+        if failures:  # every server got its stop; now report what went wrong
+            raise failures[0]
 
     async def __aenter__(self) -> Mesh:
         return self
