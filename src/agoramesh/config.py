@@ -146,6 +146,8 @@ class Environment:
     server_url: str | None = None  # AGORAMESH_SERVER: default --server for clients
     home: Path = Path(".agoramesh")  # AGORAMESH_HOME: keys and node data
     prefix: str = DEFAULT_PREFIX  # AGORAMESH_PREFIX: subject prefix
+    # Provider keys by agent type, from OPENAI_API_KEY / ANTHROPIC_API_KEY.
+    api_keys: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -156,4 +158,10 @@ class Environment:
             server_url=env.get("AGORAMESH_SERVER") or None,
             home=Path(env.get("AGORAMESH_HOME") or ".agoramesh"),
             prefix=env.get("AGORAMESH_PREFIX") or DEFAULT_PREFIX,
+            api_keys={kind: env[var] for kind, var in _KEY_VARIABLES.items() if env.get(var)},
         )
+
+
+_KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "codex": "OPENAI_API_KEY",
+                  "anthropic": "ANTHROPIC_API_KEY", "claude": "ANTHROPIC_API_KEY",
+                  "claude-code": "ANTHROPIC_API_KEY"}

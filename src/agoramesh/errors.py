@@ -26,6 +26,16 @@
     │   ├── NotConnected (ConnectionError)
     │   ├── BusTimeout (TimeoutError)
     │   └── NoResponders
+    ├── TaskError                           a task that could not be done
+    │   ├── InvalidInput (ValueError)       parameters fail the capability's input schema
+    │   ├── UnknownCapability (LookupError) no such capability on this agent
+    │   ├── TaskCancelled
+    │   ├── Overloaded                      at capacity, try another agent
+    │   └── BackendError                    the model/program behind the agent failed
+    │       ├── BackendAuthError            401/403: bad or missing credentials, never retried
+    │       ├── BackendRateLimited          429 after the retries ran out
+    │       ├── BackendUnavailable          5xx, connection or timeout after the retries
+    │       └── BackendBadResponse          an answer that does not parse
     └── RemoteError                         an error raised on another node
 
 Errors cross the bus on purpose (see :func:`error_to_wire`): only types in
@@ -41,6 +51,11 @@ from typing import Any, ClassVar
 __all__ = (
     "WIRE_ERRORS",
     "AgoraError",
+    "BackendAuthError",
+    "BackendBadResponse",
+    "BackendError",
+    "BackendRateLimited",
+    "BackendUnavailable",
     "BadSignature",
     "BusError",
     "BusTimeout",
@@ -50,10 +65,12 @@ __all__ = (
     "FutureEnvelope",
     "IdentityError",
     "IngressDenied",
+    "InvalidInput",
     "MalformedEnvelope",
     "Misaddressed",
     "NoResponders",
     "NotConnected",
+    "Overloaded",
     "OversizeEnvelope",
     "RejectReason",
     "RemoteError",
@@ -64,6 +81,9 @@ __all__ = (
     "ServerNotFound",
     "ServerStartError",
     "SubjectError",
+    "TaskCancelled",
+    "TaskError",
+    "UnknownCapability",
     "UnsupportedVersion",
     "WrongSubject",
     "error_from_wire",
@@ -185,6 +205,46 @@ class NoResponders(BusError):
     """Nobody subscribes to the subject a request was sent on."""
 
 
+class TaskError(AgoraError):
+    """A task that could not be done."""
+
+
+class InvalidInput(TaskError, ValueError):
+    """Task parameters that fail the capability's input schema."""
+
+
+class UnknownCapability(TaskError, LookupError):
+    """The agent has no such capability."""
+
+
+class TaskCancelled(TaskError):
+    """The task was cancelled before it finished."""
+
+
+class Overloaded(TaskError):
+    """The agent is at capacity."""
+
+
+class BackendError(TaskError):
+    """The model or program behind an agent failed."""
+
+
+class BackendAuthError(BackendError):
+    """Credentials were refused (HTTP 401/403); retrying cannot help."""
+
+
+class BackendRateLimited(BackendError):
+    """Still rate limited (HTTP 429) after the retries."""
+
+
+class BackendUnavailable(BackendError):
+    """Server errors, connection failures or timeouts after the retries."""
+
+
+class BackendBadResponse(BackendError):
+    """The backend answered something that does not parse."""
+
+
 class RemoteError(AgoraError):
     """An error raised on another node whose type is not rebuilt locally."""
 
@@ -213,6 +273,16 @@ WIRE_ERRORS: dict[str, type[AgoraError]] = {
         IngressDenied,
         BusTimeout,
         NoResponders,
+        TaskError,
+        InvalidInput,
+        UnknownCapability,
+        TaskCancelled,
+        Overloaded,
+        BackendError,
+        BackendAuthError,
+        BackendRateLimited,
+        BackendUnavailable,
+        BackendBadResponse,
     )
 }
 

@@ -1,0 +1,61 @@
+"""``agoramesh agents``: who is on the mesh, found by scatter-gather on ``agora.discover``."""
+
+from __future__ import annotations
+
+import argparse
+
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.identity import Identity
+from agoramesh.cli.output import emit, emit_json
+from agoramesh.config import BusConfig, Environment
+from agoramesh.errors import AgoraError
+from agoramesh.nodes.card import AgentCard, AgentStatus
+
+__all__ = ("add_client_options", "register")
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", help="NATS URL (default $AGORAMESH_SERVER or "
+                                         "nats://127.0.0.1:4222)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("agents", help="list the agents on the mesh")
+    add_client_options(parser)
+    parser.add_argument("--capability", help="only agents offering this (wildcards allowed)")
+    parser.add_argument("--timeout", type=float, default=1.0,
+                        help="seconds to wait for answers (default 1)")
+    parser.set_defaults(handler=_agents)
+
+
+async def _agents(args: argparse.Namespace, env: Environment) -> int:
+    url = args.server or env.server_url or "nats://127.0.0.1:4222"
+    async with Bus(Identity.generate(), BusConfig(servers=(url,), name="agoramesh-agents",
+                                                  prefix=env.prefix)) as bus:
+        query = {"capability": args.capability} if args.capability else {}
+        replies = await bus.gather(bus.subjects.discover, "discovery", query,
+                                   timeout=args.timeout)
+    rows: list[tuple[AgentCard, AgentStatus]] = []
+    for reply in replies:
+        try:
+            card = AgentCard.from_dict(reply.body["card"])
+            status = AgentStatus.from_dict(reply.body.get("status") or {})
+        except (KeyError, TypeError, ValueError, AgoraError):
+            continue
+        if card.id == reply.sender:
+            rows.append((card, status))
+    rows.sort(key=lambda row: (row[0].name, row[0].id))
+    if args.json:
+        emit_json([{**card.as_dict(), "status": status.as_dict()} for card, status in rows])
+        return 0
+    if not rows:
+        emit(f"no agents answered within {args.timeout:g}s on {url}")
+        return 0
+    emit(f"{'NAME':<16} {'TYPE':<12} {'ID':<14} {'LOAD':>5} {'LATENCY':>9} {'OK%':>5}  "
+         f"CAPABILITIES")
+    for card, status in rows:
+        emit(f"{card.name[:16]:<16} {card.type[:12]:<12} {card.id[:12] + '…':<14} "
+             f"{status.load:>5.2f} {status.avg_latency_ms:>7.1f}ms "
+             f"{status.success_rate * 100:>5.0f}  {', '.join(c.name for c in card.capabilities)}")
+    return 0

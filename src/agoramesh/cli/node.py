@@ -1,0 +1,151 @@
+"""``agoramesh node``: run one agent with its own embedded nats-server until Ctrl-C.
+
+Roles: no flag starts a seed (a new mesh, or one joining ``--bootstrap``
+routes); ``--leaf host:port`` starts a leaf attached to those hubs;
+``--connect nats://…`` embeds nothing and uses an existing NATS deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+from agoramesh.bus.identity import Identity
+from agoramesh.bus.server import EmbeddedServer
+from agoramesh.cli.output import emit, emit_json
+from agoramesh.config import BusConfig, Environment, Role, ServerConfig
+from agoramesh.errors import ConfigError, ServerCrashed
+from agoramesh.nodes.backends.base import BackendConfig
+from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
+from agoramesh.nodes.capability import Capability
+from agoramesh.nodes.node import AgentNode, NodeConfig
+
+__all__ = ("capabilities_for", "register")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "node", help="run one agent (with its own embedded nats-server)",
+        description="Run an agent node. Without --bootstrap/--leaf/--connect it starts a new "
+                    "mesh as its first seed.")
+    parser.add_argument("--type", default="offline", choices=sorted(BACKEND_TYPES),
+                        help="backend (default offline)")
+    parser.add_argument("--name", required=True, help="agent name")
+    parser.add_argument("--capability", action="append", default=[], metavar="NAME",
+                        help="capability to offer (repeatable; offline default: all)")
+    parser.add_argument("--model", help="model name for LLM backends")
+    parser.add_argument("--api-key", help="provider API key (default: OPENAI_API_KEY / "
+                                          "ANTHROPIC_API_KEY)")
+    parser.add_argument("--base-url", help="provider URL (OpenAI-compatible servers, Ollama)")
+    parser.add_argument("--command", help="program for --type command (JSON in, JSON out)")
+    where = parser.add_argument_group("mesh")
+    where.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
+                       help="a seed's cluster address to join (repeatable)")
+    where.add_argument("--leaf", action="append", default=[], metavar="HOST:PORT",
+                       help="join as a leaf of these hubs' leafnode addresses (repeatable)")
+    where.add_argument("--connect", metavar="URL", help="use this NATS server, embed none")
+    where.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    where.add_argument("--port", type=int, default=-1, help="client port (default: any free)")
+    where.add_argument("--cluster-port", type=int, default=-1, help="route port (seed)")
+    where.add_argument("--leaf-port", type=int, default=-1, help="leafnode port (seed)")
+    parser.add_argument("--max-tasks", type=int, default=8, help="concurrent tasks (default 8)")
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
+    parser.add_argument("--key-file", type=Path, help="seed file (default $AGORAMESH_HOME/"
+                                                      "<name>.nk, created if missing)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=_node)
+
+
+def capabilities_for(kind: str, names: list[str]) -> tuple[Capability, ...]:
+    """The capabilities an agent of ``kind`` offers; the offline catalogue has schemas."""
+    if kind == "offline":
+        from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES
+
+        unknown = [name for name in names if name not in OFFLINE_CAPABILITIES]
+        if unknown:
+            raise ConfigError(f"offline agents offer {', '.join(OFFLINE_CAPABILITIES)}; "
+                              f"not {', '.join(unknown)}")
+        return tuple(Capability(name=name, **OFFLINE_CAPABILITIES[name])
+                     for name in names or list(OFFLINE_CAPABILITIES))
+    if kind == "command" and not names:
+        raise ConfigError("--type command needs at least one --capability")
+    return tuple(Capability(name=name, description=f"{kind} agent")
+                 for name in names or ["chat"])
+
+
+def _server_config(args: argparse.Namespace, env: Environment, data_dir: Path) -> ServerConfig:
+    if args.leaf and args.bootstrap:
+        raise ConfigError("use --leaf or --bootstrap, not both")
+    role = Role.LEAF if args.leaf else Role.SEED
+    return ServerConfig(name=args.name.replace(" ", "-"), role=role, data_dir=data_dir,
+                        host=args.host, port=args.port, cluster_port=args.cluster_port,
+                        leaf_port=args.leaf_port, bootstrap=tuple(args.bootstrap),
+                        hubs=tuple(args.leaf), binary=env.nats_server)
+
+
+async def _node(args: argparse.Namespace, env: Environment) -> int:
+    capabilities = capabilities_for(args.type, args.capability)
+    backend = create_backend(args.type, BackendConfig(
+        model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
+        base_url=args.base_url, command=tuple(args.command.split()) if args.command else ()))
+    identity = Identity.load_or_create(args.key_file or env.home / f"{args.name}.nk")
+    server = None
+    if not args.connect:
+        server = EmbeddedServer(_server_config(args, env, env.home / "nodes" / args.name))
+    stop = asyncio.Event()
+    crashed: list[ServerCrashed] = []
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if server is not None:
+            def on_crash(error: ServerCrashed) -> None:
+                crashed.append(error)
+                stop.set()
+
+            server.on_crash.append(on_crash)
+            await server.start()
+        url = args.connect or (server.client_url if server else "")
+        node = AgentNode(identity, NodeConfig(
+            name=args.name, type=args.type, capabilities=capabilities,
+            max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat),
+            backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix))
+        if args.metrics_port:
+            import prometheus_client
+
+            prometheus_client.start_http_server(args.metrics_port, addr=args.host)
+        await node.start()
+        try:
+            _ready(args, node, server, url)
+            await stop.wait()
+        finally:
+            await node.stop()
+    finally:
+        if server is not None:
+            await server.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    if crashed:
+        raise crashed[0]
+    return 0
+
+
+def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | None,
+           url: str) -> None:
+    info: dict[str, object] = {"event": "ready", "name": node.config.name, "id": node.agent_id,
+                               "type": node.config.type, "client": url,
+                               "capabilities": [c.name for c in node.config.capabilities]}
+    if server is not None:
+        info["pid"] = server.pid
+        if server.config.role is Role.SEED:
+            info |= {"cluster": server.cluster_address, "leaf": server.leaf_address}
+    if args.json:
+        emit_json(info)
+    else:
+        emit(f"node ready: {node.config.name} ({node.config.type}) {node.agent_id}")
+        emit("  " + "  ".join(f"{k}={v}" for k, v in info.items()
+                              if k in ("client", "cluster", "leaf", "pid")))
+        emit(f"  capabilities: {', '.join(info['capabilities'])}")  # type: ignore[arg-type]

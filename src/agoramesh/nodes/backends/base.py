@@ -1,0 +1,206 @@
+"""The one interface every backend implements, and what they share.
+
+A backend turns a :class:`Task` (or a chat) into a stream: zero or more
+:class:`Chunk` items, then exactly one :class:`Completion` with the output and
+its :class:`Usage`. Backends raise only :class:`~agoramesh.errors.BackendError`
+subclasses (auth, rate limit, unavailable, bad response), so the node can tell
+the requester what went wrong in one typed word.
+
+Transient failures are retried by :func:`retrying` (tenacity): rate limits
+honour the server's ``Retry-After``, other transient errors back off
+exponentially with jitter; authentication errors are never retried. A stream
+is retried only before its first chunk: after that, the requester has seen
+output and a retry would duplicate it.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypedDict, TypeVar
+
+import tenacity
+
+from agoramesh.errors import (
+    BackendBadResponse,
+    BackendError,
+    BackendRateLimited,
+    BackendUnavailable,
+)
+from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, Usage
+
+__all__ = (
+    "Backend",
+    "BackendConfig",
+    "ChatMessage",
+    "Transient",
+    "chunk_text",
+    "collect",
+    "retrying",
+    "task_prompt",
+)
+
+T = TypeVar("T")
+
+
+class ChatMessage(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BackendConfig:
+    """Settings for one backend. Prices are USD per 1000 tokens."""
+
+    model: str | None = None
+    api_key: str | None = None
+    base_url: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 3
+    max_backoff: float = 30.0
+    temperature: float | None = None
+    max_tokens: int = 1024
+    input_price_per_1k: float = 0.0
+    output_price_per_1k: float = 0.0
+    system_prompt: str | None = None
+    command: tuple[str, ...] = ()  # CLI and command backends: the program and its arguments
+    workdir: Path | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, Any], ...] = field(default=())  # backend-specific extras
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+
+class Transient(BackendError):
+    """A failure worth retrying; ``retry_after`` is the server's hint in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 rate_limited: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited
+
+
+def _wait(config: BackendConfig) -> Callable[[tenacity.RetryCallState], float]:
+    backoff = tenacity.wait_exponential_jitter(multiplier=0.5, max=config.max_backoff)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, Transient) and error.retry_after is not None:
+            return min(max(0.0, error.retry_after), config.max_backoff)
+        return float(backoff(state))
+
+    return wait
+
+
+async def retrying(config: BackendConfig, call: Callable[[], Awaitable[T]]) -> T:
+    """``await call()``, retrying :class:`Transient` failures as configured.
+
+    When the retries run out, the last failure is raised as
+    :class:`BackendRateLimited` or :class:`BackendUnavailable`.
+    """
+    retryer = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type(Transient),
+        stop=tenacity.stop_after_attempt(config.max_retries + 1),
+        wait=_wait(config),
+        reraise=True,
+    )
+    async def attempt() -> T:  # tenacity only awaits coroutine functions, not any callable
+        return await call()
+
+    try:
+        return await retryer(attempt)
+    except Transient as exc:
+        kind = BackendRateLimited if exc.rate_limited else BackendUnavailable
+        raise kind(f"{exc} (gave up after {config.max_retries + 1} attempts)") from exc
+
+
+def task_prompt(task: Task) -> str:
+    """The prompt an LLM backend sends for a task.
+
+    ``parameters.prompt`` (or ``text`` / ``code``) is used as it is; anything
+    else is rendered as JSON under the capability name.
+    """
+    params = task.parameters
+    for key in ("prompt", "text", "code", "question"):
+        if isinstance(params.get(key), str) and len(params) == 1:
+            return str(params[key])
+    if isinstance(params.get("prompt"), str):
+        rest = {k: v for k, v in params.items() if k != "prompt"}
+        return f"{params['prompt']}\n\nInputs:\n{json.dumps(rest, indent=2, default=str)}"
+    return (f"Task: {task.task_type}\nInputs:\n"
+            f"{json.dumps(params, indent=2, default=str)}")
+
+
+async def collect(stream: AsyncIterator[StreamItem]) -> Completion:
+    """Drain a stream and return its Completion (chunks are dropped)."""
+    completion: Completion | None = None
+    async for item in stream:
+        if isinstance(item, Completion):
+            completion = item
+    if completion is None:
+        raise BackendBadResponse("the backend stream ended without a completion")
+    return completion
+
+
+class Backend(abc.ABC):
+    """One provider or program behind an agent.
+
+    Subclasses set ``type`` and implement :meth:`chat`; :meth:`execute` turns
+    a task into a chat by default. Backends own their clients: ``aclose``
+    releases them.
+    """
+
+    type: ClassVar[str]
+
+    def __init__(self, config: BackendConfig | None = None) -> None:
+        self.config = config or BackendConfig()
+
+    @property
+    def model(self) -> str | None:
+        return self.config.model
+
+    def price(self, usage: Usage) -> Usage:
+        return usage.priced(input_per_1k=self.config.input_price_per_1k,
+                            output_per_1k=self.config.output_price_per_1k)
+
+    def messages_for(self, task: Task) -> list[ChatMessage]:
+        messages: list[ChatMessage] = []
+        if self.config.system_prompt:
+            messages.append({"role": "system", "content": self.config.system_prompt})
+        messages.append({"role": "user", "content": task_prompt(task)})
+        return messages
+
+    async def execute(self, task: Task, context: dict[str, Any] | None = None
+                      ) -> AsyncIterator[StreamItem]:
+        """Stream the task's output: chunks, then one Completion.
+
+        The default asks :meth:`chat` and wraps the text as ``{"text": …}``.
+        """
+        stream = self.chat(self.messages_for(task))
+        try:
+            async for item in stream:
+                if isinstance(item, Completion):
+                    output = item.output if isinstance(item.output, dict) else {"text": item.output}
+                    yield Completion(output=output, usage=item.usage, model=item.model)
+                else:
+                    yield item
+        finally:  # a consumer that stops early must not leave the inner stream (or process) open
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+
+    @abc.abstractmethod
+    def chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[StreamItem]:
+        """Stream a reply to ``messages``: chunks, then one Completion (output: the text)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release clients and subprocesses."""
+
+
+def chunk_text(items: Sequence[StreamItem]) -> str:
+    return "".join(item.text for item in items if isinstance(item, Chunk))

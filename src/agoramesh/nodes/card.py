@@ -1,0 +1,82 @@
+"""What an agent says about itself: its identity card and its live status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agoramesh.nodes.capability import Capability, matches
+
+__all__ = ("AgentCard", "AgentStatus")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentStatus:
+    """Load and health, refreshed with every heartbeat (M-2.4)."""
+
+    capacity: int = 1
+    in_flight: int = 0
+    avg_latency_ms: float = 0.0
+    success_rate: float = 1.0
+    tasks_completed: int = 0
+    tasks_failed: int = 0
+    tokens_used: int = 0
+    cost_usd: float = 0.0
+    state: str = "ready"  # ready | busy | stopping
+
+    @property
+    def load(self) -> float:
+        return self.in_flight / self.capacity if self.capacity else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "in_flight": self.in_flight, "load": self.load,
+                "avg_latency_ms": round(self.avg_latency_ms, 3),
+                "success_rate": round(self.success_rate, 4),
+                "tasks_completed": self.tasks_completed, "tasks_failed": self.tasks_failed,
+                "tokens_used": self.tokens_used, "cost_usd": round(self.cost_usd, 8),
+                "state": self.state}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AgentStatus:
+        fields = {name: data[name] for name in (
+            "capacity", "in_flight", "avg_latency_ms", "success_rate", "tasks_completed",
+            "tasks_failed", "tokens_used", "cost_usd", "state") if name in data}
+        return cls(**fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentCard:
+    """The identity card (M-2.1): ``id`` is the agent's nkey public key."""
+
+    id: str
+    name: str
+    type: str
+    version: str
+    endpoint: str
+    capabilities: tuple[Capability, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def public_key(self) -> str:
+        return self.id  # the agent id IS the public key (nkey encoding)
+
+    def capability(self, name: str) -> Capability | None:
+        return next((cap for cap in self.capabilities if cap.name == name), None)
+
+    def offers(self, pattern: str) -> bool:
+        return any(matches(pattern, cap.name) for cap in self.capabilities)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "type": self.type, "version": self.version,
+                "public_key": self.public_key, "endpoint": self.endpoint,
+                "metadata": dict(self.metadata),
+                "capabilities": [cap.as_dict() for cap in self.capabilities]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AgentCard:
+        return cls(id=str(data["id"]), name=str(data["name"]), type=str(data["type"]),
+                   version=str(data.get("version", "")), endpoint=str(data.get("endpoint", "")),
+                   metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
+                   capabilities=tuple(Capability.from_dict(c)
+                                      for c in data.get("capabilities") or ()))

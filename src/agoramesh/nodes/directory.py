@@ -1,0 +1,83 @@
+"""The soft-state directory of peers every node keeps (M-2.3): no registry server.
+
+Entries come from signed presence messages (hello, heartbeat) and discovery
+answers; a peer that misses ``missed`` heartbeats in a row is evicted, and a
+``bye`` removes it at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from agoramesh.nodes.card import AgentCard, AgentStatus
+
+__all__ = ("Directory", "PeerEntry")
+
+
+@dataclass(slots=True)
+class PeerEntry:
+    card: AgentCard
+    status: AgentStatus
+    last_seen: float  # time.monotonic()
+    interval: float  # the peer's heartbeat interval, seconds
+
+    @property
+    def id(self) -> str:
+        return self.card.id
+
+
+class Directory:
+    """Known peers by agent id; ``on_join`` / ``on_leave`` hooks see changes."""
+
+    def __init__(self, *, missed: int = 3, clock: Callable[[], float] = time.monotonic) -> None:
+        self.missed = missed
+        self._clock = clock
+        self._peers: dict[str, PeerEntry] = {}
+        self.on_join: list[Callable[[PeerEntry], None]] = []
+        self.on_leave: list[Callable[[str, str], None]] = []  # (agent id, reason)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[PeerEntry]:
+        return iter(list(self._peers.values()))
+
+    def __contains__(self, agent_id: object) -> bool:
+        return agent_id in self._peers
+
+    def get(self, agent_id: str) -> PeerEntry | None:
+        return self._peers.get(agent_id)
+
+    def seen(self, card: AgentCard, status: AgentStatus, interval: float) -> PeerEntry:
+        """Record a sign of life (hello, heartbeat, discovery answer)."""
+        entry = self._peers.get(card.id)
+        now = self._clock()
+        if entry is None:
+            entry = self._peers[card.id] = PeerEntry(card, status, now, interval)
+            for hook in self.on_join:
+                hook(entry)
+        else:
+            entry.card, entry.status, entry.last_seen, entry.interval = card, status, now, interval
+        return entry
+
+    def remove(self, agent_id: str, reason: str = "bye") -> bool:
+        if self._peers.pop(agent_id, None) is None:
+            return False
+        for hook in self.on_leave:
+            hook(agent_id, reason)
+        return True
+
+    def evict_silent(self) -> list[str]:
+        """Drop peers silent for ``missed`` of their heartbeat intervals; returns their ids."""
+        now = self._clock()
+        silent = [entry.id for entry in self._peers.values()
+                  if now - entry.last_seen > self.missed * entry.interval]
+        for agent_id in silent:
+            self.remove(agent_id, "silent")
+        return silent
+
+    def find(self, pattern: str) -> list[PeerEntry]:
+        """Peers offering a capability matching ``pattern`` (wildcards allowed)."""
+        return [entry for entry in self._peers.values() if entry.card.offers(pattern)]

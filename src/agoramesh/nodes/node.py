@@ -1,0 +1,411 @@
+"""AgentNode: one agent on the mesh — identity card, capabilities, presence, tasks.
+
+Lifecycle (nameko-style): construct (setup) → ``start()`` → ``stop(grace)``
+→ and, when that is not possible, ``kill()``. ``stop`` says goodbye, stops
+taking new work, lets running tasks finish within ``grace`` seconds, cancels
+the rest (their requesters get a FAILED result), then closes the bus.
+
+Subjects served (DESIGN.md): ``agora.cap.<capability>`` (queue group, tasks,
+plain JSON allowed by policy), ``agora.agent.<id>`` (direct: task, cancel,
+card), ``agora.discover`` (scatter-gather), ``agora.presence.>`` (the
+directory), and ``$SRV.*`` (NATS services protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from agoramesh._version import __version__
+from agoramesh.bus.bus import Bus, Delivery, Subscription
+from agoramesh.bus.identity import Identity
+from agoramesh.bus.ingress import IngressPolicy, encode_json
+from agoramesh.config import BusConfig
+from agoramesh.errors import (
+    AgoraError,
+    BackendBadResponse,
+    ConfigError,
+    EnvelopeError,
+    InvalidInput,
+    TaskCancelled,
+    TaskError,
+    UnknownCapability,
+    error_to_wire,
+)
+from agoramesh.nodes.backends.base import Backend
+from agoramesh.nodes.capability import Capability
+from agoramesh.nodes.card import AgentCard, AgentStatus
+from agoramesh.nodes.directory import Directory
+from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
+from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
+
+__all__ = ("AgentNode", "DirectHandler", "NodeConfig")
+
+log = logging.getLogger("agoramesh.node")
+
+DirectHandler = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """One agent's settings; the bus settings travel separately (BusConfig)."""
+
+    name: str
+    type: str = "offline"
+    capabilities: tuple[Capability, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    max_concurrent_tasks: int = 8
+    heartbeat_interval: float = 1.0
+    missed_heartbeats: int = 3
+    json_ingress: bool = True  # plain JSON on agora.cap.* (authenticated by NATS only)
+    task_timeout: float = 300.0
+    stop_grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.capabilities:
+            raise ConfigError(f"agent {self.name!r} needs at least one capability")
+        names = [cap.name for cap in self.capabilities]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"agent {self.name!r} lists a capability twice: {names}")
+        if self.max_concurrent_tasks < 1 or self.heartbeat_interval <= 0:
+            raise ConfigError("max_concurrent_tasks must be >= 1 and heartbeat_interval > 0")
+
+
+class AgentNode:
+    """An agent: a Bus, a backend, its capabilities, and its view of the mesh."""
+
+    def __init__(self, identity: Identity, config: NodeConfig, backend: Backend,
+                 bus_config: BusConfig) -> None:
+        self.identity = identity
+        self.config = config
+        self.backend = backend
+        self.bus = Bus(identity, bus_config)
+        self.directory = Directory(missed=config.missed_heartbeats)
+        self.direct_handlers: dict[str, DirectHandler] = {
+            "task_request": self._on_direct_task, "task_cancel": self._on_cancel,
+            "card_request": self._on_card_request,
+        }
+        self._capabilities = {cap.name: cap for cap in config.capabilities}
+        subjects = self.bus.subjects
+        self.card = AgentCard(id=identity.agent_id, name=config.name, type=config.type,
+                              version=__version__, endpoint=subjects.agent(identity.agent_id),
+                              capabilities=config.capabilities, metadata=config.metadata)
+        self.service = ServiceInfo(
+            name=service_name(config.name), id=identity.agent_id, version=__version__,
+            description=f"agoramesh {config.type} agent {config.name}",
+            endpoints={cap.name: subjects.cap(cap.name) for cap in config.capabilities},
+            metadata={"agent_type": config.type})
+        self._running: dict[str, tuple[asyncio.Task[Any], str | None]] = {}
+        self._cancel_requested: set[str] = set()
+        self._task_subscriptions: list[Subscription] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._raw_subscriptions: list[Any] = []
+        self._completed = self._failed = self._tokens = 0
+        self._cost = 0.0
+        self._latency_ms = 0.0
+        self._state = "created"
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id
+
+    @property
+    def status(self) -> AgentStatus:
+        done = self._completed + self._failed
+        return AgentStatus(
+            capacity=self.config.max_concurrent_tasks, in_flight=len(self._running),
+            avg_latency_ms=self._latency_ms,
+            success_rate=self._completed / done if done else 1.0,
+            tasks_completed=self._completed, tasks_failed=self._failed,
+            tokens_used=self._tokens, cost_usd=self._cost,
+            state="busy" if len(self._running) >= self.config.max_concurrent_tasks
+            else ("ready" if self._state == "running" else self._state))
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, serve every subject, announce ourselves, start heartbeats."""
+        if self._state != "created":
+            raise AgoraError(f"agent {self.config.name} was already started")
+        await self.bus.start()
+        subjects = self.bus.subjects
+        ingress = IngressPolicy.ALLOW if self.config.json_ingress else IngressPolicy.DENY
+        for capability in self.config.capabilities:
+            subject = subjects.cap(capability.name)
+            self._task_subscriptions.append(await self.bus.subscribe(
+                subject, self._task_handler(capability), queue=subject, ingress=ingress,
+                concurrency=self.config.max_concurrent_tasks))
+        await self.bus.subscribe(subjects.agent(self.agent_id), self._on_direct,
+                                 concurrency=self.config.max_concurrent_tasks + 4)
+        await self.bus.subscribe(subjects.discover, self._on_discover,
+                                 ingress=IngressPolicy.ALLOW)
+        await self.bus.subscribe(subjects.presence_all, self._on_presence)
+        for subject in service_subjects(self.service.name, self.service.id):
+            self._raw_subscriptions.append(
+                await self.bus.nats.subscribe(subject, cb=self._on_service))
+        self._state = "running"
+        await self._announce("hello")
+        self._spawn(self._heartbeats(), "heartbeats")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{self.config.name}-{name}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Say bye, stop taking work, finish running tasks within ``grace``, close."""
+        if self._state in ("stopped", "created"):
+            self._state = "stopped"
+            return
+        self._state = "stopping"
+        budget = self.config.stop_grace if grace is None else grace
+        with contextlib.suppress(AgoraError, nats.errors.Error):
+            await self._announce("bye")
+        for subscription in self._task_subscriptions:
+            await subscription.stop(budget)  # waits for running tasks, cancels after budget
+        await self._cancel_background()
+        await self.bus.close(timeout=min(budget, 2.0))
+        await self.backend.aclose()
+        self._state = "stopped"
+
+    async def kill(self) -> None:
+        """Stop at once: no goodbye, running tasks cancelled."""
+        self._state = "stopping"
+        for task, _ in list(self._running.values()):
+            task.cancel()
+        await self._cancel_background()
+        await self.bus.close(timeout=0.1)
+        await self.backend.aclose()
+        self._state = "stopped"
+
+    async def _cancel_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=2.0)
+
+    async def __aenter__(self) -> AgentNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- presence and discovery --------------------------------------------------
+
+    def _presence_body(self) -> dict[str, Any]:
+        return {"card": self.card.as_dict(), "status": self.status.as_dict(),
+                "interval": self.config.heartbeat_interval}
+
+    async def _announce(self, kind: str) -> None:
+        body = {} if kind == "bye" else self._presence_body()
+        ttl = max(1000, int(self.config.heartbeat_interval * 3000))
+        await self.bus.publish(self.bus.subjects.presence(self.agent_id), kind, body, ttl_ms=ttl)
+
+    async def _heartbeats(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.directory.evict_silent()
+            try:
+                await self._announce("heartbeat")
+            except AgoraError as exc:  # reconnecting: the next beat will do
+                log.debug("heartbeat of %s not sent: %s", self.config.name, exc)
+
+    async def _on_presence(self, delivery: Delivery) -> None:
+        sender = delivery.sender
+        if sender is None or sender == self.agent_id:
+            return
+        if not delivery.subject.endswith("." + sender):
+            log.warning("presence from %s on %s ignored", sender[:8], delivery.subject)
+            return
+        if delivery.type == "bye":
+            self.directory.remove(sender, "bye")
+        elif delivery.type in ("hello", "heartbeat"):
+            self._learn(delivery.body, sender)
+
+    def _learn(self, body: Any, sender: str) -> AgentCard | None:
+        """Record a peer from a presence or discovery body it signed; None if unusable."""
+        try:
+            card = AgentCard.from_dict(body["card"])
+            status = AgentStatus.from_dict(body.get("status") or {})
+            interval = float(body.get("interval") or self.config.heartbeat_interval)
+        except (KeyError, TypeError, ValueError, AgoraError) as exc:
+            log.warning("unusable card from %s: %s", sender[:8], exc)
+            return None
+        if card.id != sender:
+            log.warning("agent %s sent a card for %s; ignored", sender[:8], card.id[:8])
+            return None
+        self.directory.seen(card, status, interval)
+        return card
+
+    async def _on_discover(self, delivery: Delivery) -> None:
+        query = delivery.body if isinstance(delivery.body, dict) else {}
+        pattern, kind, name = query.get("capability"), query.get("type"), query.get("name")
+        try:
+            if pattern and not self.card.offers(str(pattern)):
+                return
+        except AgoraError:
+            await delivery.respond_error(InvalidInput(f"bad capability pattern {pattern!r}"))
+            return
+        if (kind and kind != self.config.type) or (name and name != self.config.name):
+            return
+        await delivery.respond("discovery", self._presence_body())
+
+    async def find_agents_by_capability(self, pattern: str, *, timeout: float = 1.0
+                                        ) -> list[AgentCard]:
+        """Scatter-gather on ``agora.discover``; closes early once every known match answered."""
+        known = len(self.directory.find(pattern)) + (1 if self.card.offers(pattern) else 0)
+        replies = await self.bus.gather(self.bus.subjects.discover, "discovery",
+                                        {"capability": pattern}, timeout=timeout,
+                                        expected=known or None)
+        cards: dict[str, AgentCard] = {}
+        for reply in replies:
+            card = (self.card if reply.sender == self.agent_id
+                    else self._learn(reply.body, reply.sender))
+            if card is not None:
+                cards[card.id] = card
+        return sorted(cards.values(), key=lambda card: (card.name, card.id))
+
+    # -- services protocol -------------------------------------------------------
+
+    async def _on_service(self, msg: Msg) -> None:
+        if msg.reply:
+            with contextlib.suppress(nats.errors.Error):
+                answer = encode_json(self.service.answer(msg.subject))
+                await self.bus.nats.publish(msg.reply, answer)
+
+    # -- tasks -------------------------------------------------------------------
+
+    def _task_handler(self, capability: Capability) -> DirectHandler:
+        async def handle(delivery: Delivery) -> None:
+            await self._serve(delivery, capability)
+        return handle
+
+    async def _on_direct(self, delivery: Delivery) -> None:
+        handler = self.direct_handlers.get(delivery.type or "")
+        if handler is None:
+            await delivery.respond_error(
+                InvalidInput(f"agent {self.config.name} does not handle {delivery.type!r}"))
+            return
+        await handler(delivery)
+
+    async def _on_direct_task(self, delivery: Delivery) -> None:
+        task_type = delivery.body.get("task_type") if isinstance(delivery.body, dict) else None
+        capability = self._capabilities.get(str(task_type))
+        if capability is None:
+            await self._reply(delivery, self._failure(
+                str(delivery.body.get("task_id", "?")) if isinstance(delivery.body, dict)
+                else "?", UnknownCapability(
+                    f"agent {self.config.name} has no capability {task_type!r}; it offers "
+                    f"{', '.join(self._capabilities)}"), 0.0))
+            return
+        await self._serve(delivery, capability)
+
+    async def _on_card_request(self, delivery: Delivery) -> None:
+        await delivery.respond("card", self._presence_body())
+
+    async def _on_cancel(self, delivery: Delivery) -> None:
+        task_id = str(delivery.body.get("task_id")) if isinstance(delivery.body, dict) else ""
+        running = self._running.get(task_id)
+        allowed = running is not None and running[1] in (None, delivery.sender)
+        if running is not None and allowed:
+            self._cancel_requested.add(task_id)
+            running[0].cancel()
+        await delivery.respond("task_cancel", {"task_id": task_id, "cancelled": allowed})
+
+    async def _serve(self, delivery: Delivery, capability: Capability) -> None:
+        started = time.perf_counter()
+        body = dict(delivery.body) if isinstance(delivery.body, dict) else delivery.body
+        stream = bool(isinstance(body, dict) and body.pop("stream", False)) and not delivery.is_json
+        task_id = str(body.get("task_id", "?")) if isinstance(body, dict) else "?"
+        try:
+            task = Task.from_dict(body, task_type=capability.name)
+            task_id = task.task_id
+            capability.validate_input(task.parameters)
+            if task_id in self._running:
+                raise InvalidInput(f"task {task_id} is already running here")
+            result = await self._run(task, delivery, stream, started)
+        except TaskError as error:
+            result = self._failure(task_id, error, started)
+        except asyncio.CancelledError:  # the node is stopping: tell the requester, then go
+            failure = self._failure(task_id, TaskCancelled(
+                f"agent {self.config.name} stopped before task {task_id} finished"), started)
+            await asyncio.shield(self._reply(delivery, failure))
+            raise
+        self.service.stats.setdefault(capability.name, EndpointStats()).record(
+            int((time.perf_counter() - started) * 1e9),
+            result.error["message"] if result.error else None)
+        await self._reply(delivery, result)
+
+    async def _run(self, task: Task, delivery: Delivery, stream: bool,
+                   started: float) -> TaskResult:
+        runner = asyncio.ensure_future(self._execute(task, delivery, stream))
+        self._running[task.task_id] = (runner, delivery.sender)
+        try:
+            completion = await runner
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.task_id in self._cancel_requested and not (current and current.cancelling()):
+                raise TaskCancelled(f"task {task.task_id} was cancelled") from None
+            raise
+        finally:
+            self._running.pop(task.task_id, None)
+            self._cancel_requested.discard(task.task_id)
+            if not runner.done():
+                runner.cancel()
+        elapsed = (time.perf_counter() - started) * 1000
+        usage = completion.usage
+        self._completed += 1
+        self._tokens += usage.total_tokens
+        self._cost += usage.cost_usd
+        # Exponentially weighted: recent tasks count most for routing and bids.
+        previous = self._latency_ms if self._completed > 1 else elapsed
+        self._latency_ms = 0.8 * previous + 0.2 * elapsed
+        return TaskResult(task_id=task.task_id, status=TaskStatus.COMPLETED,
+                          result=completion.output, execution_time_ms=elapsed,
+                          tokens_used=usage.total_tokens, cost_usd=usage.cost_usd,
+                          agent_id=self.agent_id)
+
+    async def _execute(self, task: Task, delivery: Delivery, stream: bool) -> Completion:
+        limit = self.config.task_timeout
+        if task.deadline is not None:
+            limit = min(limit, task.deadline - time.time())
+        completion: Completion | None = None
+        sequence = 0
+        try:
+            async with asyncio.timeout(max(0.0, limit)):
+                async for item in self.backend.execute(task, {"agent": self.card}):
+                    if isinstance(item, Completion):
+                        completion = item
+                    elif isinstance(item, Chunk) and stream and delivery.msg.reply:
+                        sequence += 1
+                        await self.bus.publish(delivery.msg.reply, "task_chunk",
+                                               {"task_id": task.task_id, "seq": sequence,
+                                                "text": item.text}, to=delivery.sender or "*")
+        except TimeoutError:
+            raise TaskError(f"task {task.task_id} exceeded its {limit:.1f}s time limit") from None
+        if completion is None:
+            raise BackendBadResponse(f"{self.config.type} backend ended without a result")
+        return completion
+
+    def _failure(self, task_id: str, error: BaseException, started: float) -> TaskResult:
+        self._failed += 1
+        elapsed = (time.perf_counter() - started) * 1000 if started else 0.0
+        return TaskResult(task_id=task_id, status=TaskStatus.FAILED, error=error_to_wire(error),
+                          execution_time_ms=elapsed, agent_id=self.agent_id)
+
+    async def _reply(self, delivery: Delivery, result: TaskResult) -> None:
+        try:
+            await delivery.respond("task_response", result.as_dict())
+        except (EnvelopeError, nats.errors.Error, AgoraError) as exc:
+            log.warning("could not send the result of %s: %s", result.task_id, exc)

@@ -1,0 +1,147 @@
+"""Tasks and their outcomes (M-1.4): what a requester asks and what comes back.
+
+The wire shapes (``as_dict``/``from_dict``) are the bodies of the
+``task_request`` and ``task_response`` envelopes and of plain-JSON ingress.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from agoramesh.errors import InvalidInput
+
+__all__ = ("Chunk", "Completion", "StreamItem", "Task", "TaskResult", "TaskStatus", "Usage")
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Usage:
+    """Tokens and money one call (or a sum of calls) spent."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(input_tokens=self.input_tokens + other.input_tokens,
+                     output_tokens=self.output_tokens + other.output_tokens,
+                     cost_usd=self.cost_usd + other.cost_usd)
+
+    def priced(self, *, input_per_1k: float, output_per_1k: float) -> Usage:
+        """The same usage with ``cost_usd`` computed from per-1000-token prices."""
+        cost = (self.input_tokens * input_per_1k + self.output_tokens * output_per_1k) / 1000
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+                     cost_usd=round(cost, 8))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Task:
+    """A task request: ``task_type`` names the capability; priority is 0 (low) to 10."""
+
+    task_type: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    task_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    priority: int = 5
+    deadline: float | None = None  # Unix seconds
+    callback: str | None = None  # a subject to publish the result to as well
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task_type, str) or not self.task_type:
+            raise InvalidInput("task_type must be a non-empty string")
+        if not isinstance(self.parameters, dict):
+            raise InvalidInput("parameters must be an object")
+        if type(self.priority) is not int or not 0 <= self.priority <= 10:
+            raise InvalidInput(f"priority must be an integer 0-10, got {self.priority!r}")
+        if not isinstance(self.task_id, str) or not 0 < len(self.task_id) <= 128:
+            raise InvalidInput("task_id must be a string of 1-128 characters")
+        if self.deadline is not None and (
+                not isinstance(self.deadline, int | float) or isinstance(self.deadline, bool)
+                or not math.isfinite(self.deadline)):
+            raise InvalidInput("deadline must be a number of Unix seconds")
+        if self.callback is not None and not isinstance(self.callback, str):
+            raise InvalidInput("callback must be a subject string")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "task_type": self.task_type,
+                "parameters": self.parameters, "priority": self.priority,
+                "deadline": self.deadline, "callback": self.callback}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, task_type: str | None = None) -> Task:
+        """A task from a request body; ``task_type`` fills in for a body without one."""
+        if not isinstance(data, dict):
+            raise InvalidInput(f"a task must be an object, got {type(data).__name__}")
+        known = {"task_id", "task_type", "parameters", "priority", "deadline", "callback"}
+        if "parameters" not in data and not data.keys() <= known:
+            # `nats req agora.cap.echo '{"text": "hi"}'`: the whole body is the parameters.
+            data = {"parameters": data}
+        unknown = data.keys() - known
+        if unknown:
+            raise InvalidInput(f"unknown task fields: {sorted(map(str, unknown))[:5]}")
+        fields = dict(data)
+        fields.setdefault("task_type", task_type)
+        if task_type and fields["task_type"] != task_type:
+            raise InvalidInput(f"task_type {fields['task_type']!r} was sent to {task_type!r}")
+        fields = {key: value for key, value in fields.items() if value is not None}
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of streamed output."""
+
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Completion:
+    """The end of a stream: the structured output and what it cost."""
+
+    output: Any
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+
+
+StreamItem = Chunk | Completion
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskResult:
+    """A task response (M-1.4)."""
+
+    task_id: str
+    status: TaskStatus
+    result: Any = None
+    error: dict[str, Any] | None = None
+    execution_time_ms: float = 0.0
+    tokens_used: int = 0
+    cost_usd: float = 0.0
+    agent_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "status": self.status.value, "result": self.result,
+                "error": self.error, "execution_time_ms": round(self.execution_time_ms, 3),
+                "tokens_used": self.tokens_used, "cost_usd": self.cost_usd,
+                "agent_id": self.agent_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
+        return cls(task_id=str(data["task_id"]), status=TaskStatus(data["status"]),
+                   result=data.get("result"), error=data.get("error"),
+                   execution_time_ms=float(data.get("execution_time_ms") or 0.0),
+                   tokens_used=int(data.get("tokens_used") or 0),
+                   cost_usd=float(data.get("cost_usd") or 0.0), agent_id=data.get("agent_id"))
