@@ -19,10 +19,10 @@ from agoramesh.config import BusConfig, Environment, Role, ServerConfig
 from agoramesh.errors import ConfigError, ServerCrashed
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
-from agoramesh.nodes.capability import Capability
+from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import AgentNode, NodeConfig
 
-__all__ = ("capabilities_for", "register")
+__all__ = ("register",)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,23 +57,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_node)
-
-
-def capabilities_for(kind: str, names: list[str]) -> tuple[Capability, ...]:
-    """The capabilities an agent of ``kind`` offers; the offline catalogue has schemas."""
-    if kind == "offline":
-        from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES
-
-        unknown = [name for name in names if name not in OFFLINE_CAPABILITIES]
-        if unknown:
-            raise ConfigError(f"offline agents offer {', '.join(OFFLINE_CAPABILITIES)}; "
-                              f"not {', '.join(unknown)}")
-        return tuple(Capability(name=name, **OFFLINE_CAPABILITIES[name])
-                     for name in names or list(OFFLINE_CAPABILITIES))
-    if kind == "command" and not names:
-        raise ConfigError("--type command needs at least one --capability")
-    return tuple(Capability(name=name, description=f"{kind} agent")
-                 for name in names or ["chat"])
 
 
 def _server_config(args: argparse.Namespace, env: Environment, data_dir: Path) -> ServerConfig:

@@ -1,8 +1,9 @@
 """``agoramesh up``: a local mesh on loopback until Ctrl-C.
 
-Starts N seed servers (fully routed) and optional leaves, plus a demo ``echo``
-agent that also takes plain JSON, so ``nats req agora.cap.echo '{"text":"hi"}'``
-answers at once. Prints ``mesh ready: nats://127.0.0.1:<port>`` when usable.
+Starts N seed servers (fully routed) and optional leaves, plus offline demo
+agents (see :data:`DEMO_AGENTS`) that also take plain JSON, so
+``nats req agora.cap.echo '{"text":"hi"}'`` answers at once. Prints
+``mesh ready: nats://127.0.0.1:<port>`` when usable.
 SIGINT or SIGTERM stops everything in order: agents, leaves, seeds.
 """
 
@@ -16,16 +17,17 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
-from agoramesh.bus.ingress import IngressPolicy
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.config import BusConfig, Environment, ServerConfig
 from agoramesh.errors import ConfigError
+from agoramesh.nodes.backends.offline import OfflineBackend
+from agoramesh.nodes.catalog import capabilities_for
+from agoramesh.nodes.node import AgentNode, NodeConfig
 
-__all__ = ("echo_agent", "local_mesh", "register")
+__all__ = ("DEMO_AGENTS", "demo_agents", "local_mesh", "register")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +40,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--leaves", type=int, default=0, help="leaf servers (default 0)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--dir", type=Path, help="data directory (default: a temporary one)")
-    parser.add_argument("--no-echo", action="store_true", help="do not start the echo agent")
+    parser.add_argument("--no-agents", action="store_true", help="start no demo agents")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_up)
 
@@ -60,17 +62,36 @@ async def local_mesh(env: Environment, *, seeds: int, leaves: int, host: str = "
             await mesh.stop()
 
 
-async def echo_agent(url: str, env: Environment) -> Bus:
-    """A demo agent answering ``<prefix>.cap.echo`` with what it was sent (JSON allowed)."""
-    bus = await Bus.connect(Identity.generate(), BusConfig(servers=(url,), name="echo",
-                                                           prefix=env.prefix))
+#: The offline agents ``agoramesh up`` starts: (name, capabilities).
+DEMO_AGENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("coder", ("code.generate.python", "code.review.python")),
+    ("runner", ("code.run.python",)),
+    ("analyst", ("text.summarize", "math.evaluate", "echo")),
+    ("pro", ("text.debate", "vote")),
+    ("con", ("text.debate", "vote")),
+)
 
-    async def echo(delivery: Delivery) -> None:
-        await delivery.respond("task_response", {"status": "COMPLETED", "result": delivery.body})
 
-    subject = bus.subjects.cap("echo")
-    await bus.subscribe(subject, echo, queue=subject, ingress=IngressPolicy.ALLOW)
-    return bus
+async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0
+                      ) -> list[AgentNode]:
+    """Start the offline demo agents, spread over the mesh's servers; all or none."""
+    agents: list[AgentNode] = []
+    servers = mesh.servers
+    try:
+        for index, (name, capabilities) in enumerate(DEMO_AGENTS):
+            url = servers[index % len(servers)].client_url
+            agent = AgentNode(
+                Identity.generate(),
+                NodeConfig(name=name, type="offline",
+                           capabilities=capabilities_for("offline", list(capabilities)),
+                           heartbeat_interval=heartbeat),
+                OfflineBackend(), BusConfig(servers=(url,), name=name, prefix=env.prefix))
+            await agent.start()
+            agents.append(agent)
+    except BaseException:
+        await asyncio.gather(*(agent.stop(grace=1.0) for agent in agents))
+        raise
+    return agents
 
 
 def _describe(server: EmbeddedServer) -> dict[str, object]:
@@ -89,22 +110,23 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
     try:
         async with local_mesh(env, seeds=args.seeds, leaves=args.leaves, host=args.host,
                               data_dir=args.dir) as mesh:
-            echo = None if args.no_echo else await echo_agent(mesh.url, env)
+            agents = [] if args.no_agents else await demo_agents(mesh, env)
             try:
                 servers = [_describe(server) for server in mesh.servers]
                 if args.json:
-                    emit_json({"event": "ready", "url": mesh.url, "servers": servers})
+                    emit_json({"event": "ready", "url": mesh.url, "servers": servers,
+                               "agents": [agent.card.as_dict() for agent in agents]})
                 else:
                     for info in servers:
                         emit("  ".join(f"{key}={value}" for key, value in info.items()))
-                    if echo:
-                        emit(f"echo agent {echo.agent_id} on {echo.subjects.cap('echo')}")
+                    for agent in agents:
+                        emit(f"agent {agent.config.name:<8} {agent.agent_id[:12]}…  "
+                             f"{', '.join(c.name for c in agent.config.capabilities)}")
                     emit(f"mesh ready: {mesh.url}")
                     emit("press Ctrl-C to stop")
                 await stop.wait()
             finally:
-                if echo:
-                    await echo.close()
+                await asyncio.gather(*(agent.stop(grace=2.0) for agent in agents))
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

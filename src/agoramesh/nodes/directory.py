@@ -22,6 +22,7 @@ class PeerEntry:
     status: AgentStatus
     last_seen: float  # time.monotonic()
     interval: float  # the peer's heartbeat interval, seconds
+    digest: str = ""  # of the card, as its heartbeats announce it
 
     @property
     def id(self) -> str:
@@ -50,17 +51,27 @@ class Directory:
     def get(self, agent_id: str) -> PeerEntry | None:
         return self._peers.get(agent_id)
 
-    def seen(self, card: AgentCard, status: AgentStatus, interval: float) -> PeerEntry:
-        """Record a sign of life (hello, heartbeat, discovery answer)."""
+    def seen(self, card: AgentCard, status: AgentStatus, interval: float, *,
+             digest: str = "") -> PeerEntry:
+        """Record a peer's card (hello, card reply, discovery answer)."""
         entry = self._peers.get(card.id)
         now = self._clock()
         if entry is None:
-            entry = self._peers[card.id] = PeerEntry(card, status, now, interval)
+            entry = self._peers[card.id] = PeerEntry(card, status, now, interval, digest)
             for hook in self.on_join:
                 hook(entry)
         else:
-            entry.card, entry.status, entry.last_seen, entry.interval = card, status, now, interval
+            entry.card, entry.status, entry.last_seen = card, status, now
+            entry.interval, entry.digest = interval, digest
         return entry
+
+    def touch(self, agent_id: str, status: AgentStatus, interval: float) -> bool:
+        """A heartbeat from a peer we know; False if we do not know it (yet)."""
+        entry = self._peers.get(agent_id)
+        if entry is None:
+            return False
+        entry.status, entry.last_seen, entry.interval = status, self._clock(), interval
+        return True
 
     def remove(self, agent_id: str, reason: str = "bye") -> bool:
         if self._peers.pop(agent_id, None) is None:

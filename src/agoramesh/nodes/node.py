@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -98,6 +100,10 @@ class AgentNode:
         self.card = AgentCard(id=identity.agent_id, name=config.name, type=config.type,
                               version=__version__, endpoint=subjects.agent(identity.agent_id),
                               capabilities=config.capabilities, metadata=config.metadata)
+        # Heartbeats carry this digest instead of the card; peers fetch a card they lack.
+        self.card_digest = hashlib.blake2b(
+            json.dumps(self.card.as_dict(), sort_keys=True).encode(), digest_size=12).hexdigest()
+        self._fetching: set[str] = set()
         self.service = ServiceInfo(
             name=service_name(config.name), id=identity.agent_id, version=__version__,
             description=f"agoramesh {config.type} agent {config.name}",
@@ -204,10 +210,16 @@ class AgentNode:
 
     def _presence_body(self) -> dict[str, Any]:
         return {"card": self.card.as_dict(), "status": self.status.as_dict(),
-                "interval": self.config.heartbeat_interval}
+                "interval": self.config.heartbeat_interval, "digest": self.card_digest}
 
     async def _announce(self, kind: str) -> None:
-        body = {} if kind == "bye" else self._presence_body()
+        if kind == "bye":
+            body: dict[str, Any] = {}
+        elif kind == "heartbeat":  # small: status and the card's digest, not the card
+            body = {"status": self.status.as_dict(), "interval": self.config.heartbeat_interval,
+                    "digest": self.card_digest}
+        else:
+            body = self._presence_body()
         ttl = max(1000, int(self.config.heartbeat_interval * 3000))
         await self.bus.publish(self.bus.subjects.presence(self.agent_id), kind, body, ttl_ms=ttl)
 
@@ -228,10 +240,39 @@ class AgentNode:
         if not delivery.subject.endswith("." + sender):
             log.warning("presence from %s on %s ignored", sender[:8], delivery.subject)
             return
+        body = delivery.body if isinstance(delivery.body, dict) else {}
         if delivery.type == "bye":
             self.directory.remove(sender, "bye")
-        elif delivery.type in ("hello", "heartbeat"):
-            self._learn(delivery.body, sender)
+        elif delivery.type == "hello":
+            self._learn(body, sender)
+        elif delivery.type == "heartbeat":
+            self._heard(body, sender)
+
+    def _heard(self, body: dict[str, Any], sender: str) -> None:
+        """A heartbeat: refresh a known peer; fetch the card of a new or changed one."""
+        entry = self.directory.get(sender)
+        try:
+            status = AgentStatus.from_dict(body.get("status") or {})
+            interval = float(body.get("interval") or self.config.heartbeat_interval)
+        except (TypeError, ValueError) as exc:
+            log.warning("unusable heartbeat from %s: %s", sender[:8], exc)
+            return
+        if entry is not None and body.get("digest") == entry.digest:
+            self.directory.touch(sender, status, interval)
+        elif sender not in self._fetching and self._state == "running":
+            self._fetching.add(sender)
+            self._spawn(self._fetch_card(sender), f"card-{sender[:8]}")
+
+    async def _fetch_card(self, agent_id: str) -> None:
+        """Ask a peer for its card (we missed its hello, or its card changed)."""
+        try:
+            reply = await self.bus.request(self.bus.subjects.agent(agent_id), "card_request", {},
+                                           to=agent_id, timeout=self.config.heartbeat_interval)
+            self._learn(reply.body, agent_id)
+        except AgoraError as exc:
+            log.debug("no card from %s: %s", agent_id[:8], exc)
+        finally:
+            self._fetching.discard(agent_id)
 
     def _learn(self, body: Any, sender: str) -> AgentCard | None:
         """Record a peer from a presence or discovery body it signed; None if unusable."""
@@ -245,7 +286,7 @@ class AgentNode:
         if card.id != sender:
             log.warning("agent %s sent a card for %s; ignored", sender[:8], card.id[:8])
             return None
-        self.directory.seen(card, status, interval)
+        self.directory.seen(card, status, interval, digest=str(body.get("digest") or ""))
         return card
 
     async def _on_discover(self, delivery: Delivery) -> None:

@@ -4,17 +4,15 @@ System messages become the ``system`` parameter; every text delta is a
 :class:`Chunk`; the usage reported by ``message_start`` and ``message_delta``
 becomes the :class:`Completion`'s priced :class:`Usage`.
 
-The SDK's own retries are off (``max_retries=0``): :func:`retrying` retries
-429, 529, 5xx, connection failures and timeouts, but only until the first chunk
-has been yielded.
+The SDK's own retries are off (``max_retries=0``): :func:`stream_with_retries`
+retries 429, 529, 5xx, connection failures and timeouts, but only until the
+first chunk has been yielded.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import anthropic
@@ -24,15 +22,14 @@ from agoramesh.errors import (
     BackendAuthError,
     BackendBadResponse,
     BackendError,
-    BackendRateLimited,
-    BackendUnavailable,
 )
 from agoramesh.nodes.backends.base import (
     Backend,
     BackendConfig,
     ChatMessage,
     Transient,
-    retrying,
+    retry_after_seconds,
+    stream_with_retries,
 )
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Usage
 
@@ -79,11 +76,7 @@ class AnthropicBackend(Backend):
             await client.close()
 
     def chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[StreamItem]:
-        # An `async def`, not a lambda: tenacity awaits only what it sees is a coroutine function.
-        async def attempt() -> tuple[StreamItem, AsyncGenerator[StreamItem, None]]:
-            return await _first_item(self._events(messages))
-
-        return _stream_with_retries(lambda: retrying(self.config, attempt))
+        return stream_with_retries(self.config, lambda: self._events(messages), _translate)
 
     def _request(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
@@ -102,11 +95,7 @@ class AnthropicBackend(Backend):
     async def _events(self, messages: Sequence[ChatMessage]
                       ) -> AsyncGenerator[StreamItem, None]:
         """One attempt: the SDK's event stream as chunks and a completion."""
-        try:
-            stream = await self._anthropic().messages.create(**self._request(messages),
-                                                             stream=True)
-        except anthropic.AnthropicError as exc:
-            raise _translate(exc) from exc
+        stream = await self._anthropic().messages.create(**self._request(messages), stream=True)
         text: list[str] = []
         model = self.model
         input_tokens = output_tokens = 0
@@ -126,8 +115,6 @@ class AnthropicBackend(Backend):
                         input_tokens = _input_tokens(event.usage)
                 elif event.type == "message_stop":
                     stopped = True
-        except anthropic.AnthropicError as exc:
-            raise _translate(exc) from exc
         except (json.JSONDecodeError, pydantic.ValidationError, AttributeError,
                 TypeError) as exc:
             raise BackendBadResponse(f"Anthropic sent an event that does not parse: {exc}"
@@ -146,8 +133,10 @@ def _input_tokens(usage: Any) -> int:
         "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
 
 
-def _translate(exc: anthropic.AnthropicError) -> BackendError:
+def _translate(exc: Exception) -> BackendError | None:
     """The agoramesh error for an SDK error; :class:`Transient` when a retry may help."""
+    if not isinstance(exc, anthropic.AnthropicError):
+        return None
     if isinstance(exc, anthropic.APITimeoutError):
         return Transient("Anthropic request timed out")
     if isinstance(exc, anthropic.APIConnectionError):
@@ -164,57 +153,12 @@ def _translate(exc: anthropic.AnthropicError) -> BackendError:
                                     f"{message}")
         if status == 429:
             return Transient(f"rate limited by Anthropic: {message}", rate_limited=True,
-                             retry_after=_retry_after(exc.response.headers))
+                             retry_after=retry_after_seconds(exc.response.headers))
         if status in (408, 409) or status >= 500:
             return Transient(f"Anthropic unavailable (HTTP {status}): {message}",
-                             retry_after=_retry_after(exc.response.headers))
+                             retry_after=retry_after_seconds(exc.response.headers))
         return BackendError(f"Anthropic rejected the request (HTTP {status}): {message}")
     if isinstance(exc, anthropic.CredentialsError):
         return BackendAuthError(f"no usable Anthropic credentials (set api_key or "
                                 f"ANTHROPIC_API_KEY): {exc}")
     return BackendError(f"Anthropic client error: {exc}")
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    try:
-        if millis := headers.get("retry-after-ms"):
-            return max(0.0, float(millis) / 1000)
-        value = headers.get("retry-after")
-        if not value:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-async def _first_item(stream: AsyncGenerator[StreamItem, None]
-                      ) -> tuple[StreamItem, AsyncGenerator[StreamItem, None]]:
-    """Open a stream far enough to see its first item (the point of no retry)."""
-    try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        raise BackendBadResponse("the Anthropic stream ended without a completion") from None
-    except BaseException:
-        await stream.aclose()
-        raise
-    return first, stream
-
-
-async def _stream_with_retries(
-        start: Callable[[], Awaitable[tuple[StreamItem, AsyncGenerator[StreamItem, None]]]],
-) -> AsyncIterator[StreamItem]:
-    """Yield the retried first item, then the rest, which is never retried."""
-    first, rest = await start()
-    try:
-        yield first
-        async for item in rest:
-            yield item
-    except Transient as exc:  # after output was seen a retry would duplicate it
-        kind = BackendRateLimited if exc.rate_limited else BackendUnavailable
-        raise kind(f"{exc} (after output had started)") from exc
-    finally:
-        await rest.aclose()

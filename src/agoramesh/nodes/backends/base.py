@@ -8,17 +8,21 @@ the requester what went wrong in one typed word.
 
 Transient failures are retried by :func:`retrying` (tenacity): rate limits
 honour the server's ``Retry-After``, other transient errors back off
-exponentially with jitter; authentication errors are never retried. A stream
-is retried only before its first chunk: after that, the requester has seen
-output and a retry would duplicate it.
+exponentially with jitter; authentication errors are never retried.
+:func:`stream_with_retries` retries a stream only until its first item: after
+that, the requester has seen output and a retry would duplicate it.
 """
 
 from __future__ import annotations
 
 import abc
+import email.utils
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import math
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypedDict, TypeVar
 
@@ -39,7 +43,9 @@ __all__ = (
     "Transient",
     "chunk_text",
     "collect",
+    "retry_after_seconds",
     "retrying",
+    "stream_with_retries",
     "task_prompt",
 )
 
@@ -117,6 +123,83 @@ async def retrying(config: BackendConfig, call: Callable[[], Awaitable[T]]) -> T
     except Transient as exc:
         kind = BackendRateLimited if exc.rate_limited else BackendUnavailable
         raise kind(f"{exc} (gave up after {config.max_retries + 1} attempts)") from exc
+
+
+async def stream_with_retries(
+        config: BackendConfig, open_stream: Callable[[], AsyncGenerator[T, None]],
+        translate: Callable[[Exception], BackendError | None]) -> AsyncIterator[T]:
+    """Stream ``open_stream()``, opening it again (see :func:`retrying`) until its first item.
+
+    ``translate`` turns what the stream raises into a :class:`BackendError` (a
+    :class:`Transient` when a retry may help), or ``None`` to let it through as
+    it is. After the first item nothing is retried: a :class:`Transient` ends
+    the stream as :class:`BackendRateLimited` or :class:`BackendUnavailable`.
+    """
+    async def first_item() -> tuple[T, AsyncGenerator[T, None]]:
+        stream = open_stream()
+        try:
+            return await _next(stream, translate), stream
+        except StopAsyncIteration:
+            raise BackendBadResponse("the backend stream ended without a completion") from None
+        except BaseException:
+            await stream.aclose()
+            raise
+
+    first, rest = await retrying(config, first_item)
+    try:
+        yield first
+        while True:
+            try:
+                item = await _next(rest, translate)
+            except StopAsyncIteration:
+                return
+            except Transient as exc:
+                kind = BackendRateLimited if exc.rate_limited else BackendUnavailable
+                raise kind(f"{exc} (the stream had started, so it was not retried)") from exc
+            yield item
+    finally:  # a consumer that stops early must not leave the connection open
+        await rest.aclose()
+
+
+async def _next(stream: AsyncGenerator[T, None],
+                translate: Callable[[Exception], BackendError | None]) -> T:
+    try:
+        return await anext(stream)
+    except (BackendError, StopAsyncIteration):
+        raise
+    except Exception as exc:
+        if (error := translate(exc)) is None:
+            raise
+        raise error from exc
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """How long the server asks us to wait, or ``None`` when it does not say.
+
+    ``retry-after-ms`` (sent by OpenAI and Anthropic) wins over ``Retry-After``,
+    which is seconds or an HTTP date. ``headers`` should match names without
+    regard to case, as ``httpx.Headers`` does. Values that do not parse are ignored.
+    """
+    if (millis := _finite(headers.get("retry-after-ms"))) is not None:
+        return max(0.0, millis / 1000)
+    value = headers.get("retry-after") or ""
+    if (seconds := _finite(value)) is None:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # "-0000": a date in UTC from a sender that names no zone
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds)
+
+
+def _finite(text: str | None) -> float | None:
+    try:
+        number = float(text or "")
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def task_prompt(task: Task) -> str:
