@@ -227,3 +227,34 @@ async def test_stop_fails_running_tasks_cleanly(nodes: list[Any], bus_factory: B
     assert result.status is TaskStatus.FAILED and result.error
     assert result.error["type"] == "TaskCancelled" and "stopped" in result.error["message"]
     assert not alice._background
+
+
+async def test_hosted_agents_share_one_directory(nats_server: EmbeddedServer) -> None:
+    url = nats_server.client_url
+
+    def hosted(name: str, directory: Any = None) -> AgentNode:
+        return AgentNode(Identity.generate(),
+                         NodeConfig(name=name, type="toy", capabilities=(UPPER,),
+                                    heartbeat_interval=0.2),
+                         ToyBackend(), BusConfig(servers=(url,)), directory=directory)
+
+    host = hosted("host")
+    guests = [hosted(f"guest{i}", host.directory) for i in range(3)]
+    outsider = hosted("outsider")
+    everyone = [host, *guests, outsider]
+    for node in everyone:
+        await node.start()
+    try:
+        assert all(guest.directory is host.directory for guest in guests)
+        # Only the owner listens to presence: one subscription for the whole host.
+        presence = host.bus.subjects.presence_all
+        assert [s.subject for s in host.bus._subscriptions].count(presence) == 1
+        assert all(presence not in [s.subject for s in g.bus._subscriptions] for g in guests)
+        others = {node.agent_id for node in everyone} - {host.agent_id}
+        await wait_until(lambda: {e.id for e in host.directory} >= others, timeout=2)
+        assert outsider.agent_id in guests[0].directory
+        found = await guests[1].find_agents_by_capability("text.upper", timeout=1)
+        assert {card.id for card in found} == {node.agent_id for node in everyone}
+    finally:
+        for node in everyone:
+            await node.stop(grace=0.5)

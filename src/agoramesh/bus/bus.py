@@ -145,6 +145,8 @@ class Subscription:
     async def _run(self, delivery: Delivery) -> None:
         try:
             await self.handler(delivery)
+        except NotConnected as exc:  # the bus closed under a running handler: nothing to tell
+            log.debug("handler for %s stopped: %s", self.subject, exc)
         except Exception as exc:
             log.warning("handler for %s failed: %s: %s", self.subject, type(exc).__name__, exc,
                         exc_info=not isinstance(exc, AgoraError))
@@ -431,9 +433,11 @@ class Bus:
         """Tell a requester why, so it fails fast instead of timing out.
 
         Replays are not answered: the original was, and answering again would
-        let anyone replay an envelope to make us talk.
+        let anyone replay an envelope to make us talk. Expired requests are not
+        answered either: their requester has stopped waiting.
         """
-        if not msg.reply or error.reason is RejectReason.REPLAYED or self._nc is None:
+        if (not msg.reply or self._nc is None
+                or error.reason in (RejectReason.REPLAYED, RejectReason.EXPIRED)):
             return
         if as_json:
             payload = encode_json_error(error)

@@ -30,20 +30,28 @@ class Capability:
 
     def __post_init__(self) -> None:
         validate_capability(self.name)
+
+    def check(self) -> None:
+        """ConfigError if a schema is not valid JSON Schema.
+
+        Only an agent's own capabilities need this (NodeConfig calls it): a
+        peer's card is read for routing and never validates anything, and
+        checking schemas costs ~1 ms a card.
+        """
         try:
-            validator_class = jsonschema.validators.validator_for(self.input_schema)
-            validator_class.check_schema(self.input_schema)
-            jsonschema.validators.validator_for(self.output_schema).check_schema(
-                self.output_schema)
+            for schema in (self.input_schema, self.output_schema):
+                jsonschema.validators.validator_for(schema).check_schema(schema)
         except jsonschema.SchemaError as exc:
             raise ConfigError(f"capability {self.name}: invalid JSON schema: "
                               f"{exc.message}") from None
-        object.__setattr__(self, "_validator", validator_class(self.input_schema))
 
     def validate_input(self, parameters: Any) -> None:
         """InvalidInput naming the first problem, e.g. ``parameters.code: 3 is not 'string'``."""
-        error = jsonschema.exceptions.best_match(
-            self._validator.iter_errors(parameters))  # type: ignore[attr-defined]
+        validator = self.__dict__.get("_validator")
+        if validator is None:  # built on first use, kept for the capability's life
+            validator = jsonschema.validators.validator_for(self.input_schema)(self.input_schema)
+            object.__setattr__(self, "_validator", validator)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(parameters))
         if error is not None:
             where = ".".join(str(part) for part in error.absolute_path)
             location = f"parameters.{where}" if where else "parameters"

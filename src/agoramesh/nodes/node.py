@@ -55,6 +55,11 @@ log = logging.getLogger("agoramesh.node")
 
 DirectHandler = Callable[[Delivery], Awaitable[None]]
 
+# Peer cards by (agent id, digest), shared by every agent in the process: a
+# card is parsed once however many local agents hear the same hello.
+_CARDS: dict[tuple[str, str], AgentCard] = {}
+_CARD_CACHE_SIZE = 4096
+
 
 @dataclass(frozen=True, kw_only=True)
 class NodeConfig:
@@ -79,18 +84,28 @@ class NodeConfig:
             raise ConfigError(f"agent {self.name!r} lists a capability twice: {names}")
         if self.max_concurrent_tasks < 1 or self.heartbeat_interval <= 0:
             raise ConfigError("max_concurrent_tasks must be >= 1 and heartbeat_interval > 0")
+        for capability in self.capabilities:
+            capability.check()
 
 
 class AgentNode:
     """An agent: a Bus, a backend, its capabilities, and its view of the mesh."""
 
     def __init__(self, identity: Identity, config: NodeConfig, backend: Backend,
-                 bus_config: BusConfig) -> None:
+                 bus_config: BusConfig, *, directory: Directory | None = None) -> None:
+        """``directory``: share another local agent's directory instead of keeping one.
+
+        Agents hosted in one process see the same mesh; the agent that owns the
+        directory listens to presence for all of them, so N local agents cost
+        one presence subscription instead of N (and N x peers messages a beat).
+        """
         self.identity = identity
         self.config = config
         self.backend = backend
         self.bus = Bus(identity, bus_config)
-        self.directory = Directory(missed=config.missed_heartbeats)
+        self._owns_directory = directory is None
+        self.directory = directory if directory is not None else Directory(
+            missed=config.missed_heartbeats)
         self.direct_handlers: dict[str, DirectHandler] = {
             "task_request": self._on_direct_task, "task_cancel": self._on_cancel,
             "card_request": self._on_card_request,
@@ -104,6 +119,7 @@ class AgentNode:
         self.card_digest = hashlib.blake2b(
             json.dumps(self.card.as_dict(), sort_keys=True).encode(), digest_size=12).hexdigest()
         self._fetching: set[str] = set()
+        self._fetch_slots = asyncio.Semaphore(4)  # card fetches in flight, bounded
         self.service = ServiceInfo(
             name=service_name(config.name), id=identity.agent_id, version=__version__,
             description=f"agoramesh {config.type} agent {config.name}",
@@ -153,7 +169,8 @@ class AgentNode:
                                  concurrency=self.config.max_concurrent_tasks + 4)
         await self.bus.subscribe(subjects.discover, self._on_discover,
                                  ingress=IngressPolicy.ALLOW)
-        await self.bus.subscribe(subjects.presence_all, self._on_presence)
+        if self._owns_directory:
+            await self.bus.subscribe(subjects.presence_all, self._on_presence)
         for subject in service_subjects(self.service.name, self.service.id):
             self._raw_subscriptions.append(
                 await self.bus.nats.subscribe(subject, cb=self._on_service))
@@ -227,7 +244,8 @@ class AgentNode:
         interval = self.config.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            self.directory.evict_silent()
+            if self._owns_directory:
+                self.directory.evict_silent()
             try:
                 await self._announce("heartbeat")
             except AgoraError as exc:  # reconnecting: the next beat will do
@@ -266,8 +284,10 @@ class AgentNode:
     async def _fetch_card(self, agent_id: str) -> None:
         """Ask a peer for its card (we missed its hello, or its card changed)."""
         try:
-            reply = await self.bus.request(self.bus.subjects.agent(agent_id), "card_request", {},
-                                           to=agent_id, timeout=self.config.heartbeat_interval)
+            async with self._fetch_slots:
+                reply = await self.bus.request(self.bus.subjects.agent(agent_id), "card_request",
+                                               {}, to=agent_id,
+                                               timeout=2 * self.config.heartbeat_interval)
             self._learn(reply.body, agent_id)
         except AgoraError as exc:
             log.debug("no card from %s: %s", agent_id[:8], exc)
@@ -276,8 +296,15 @@ class AgentNode:
 
     def _learn(self, body: Any, sender: str) -> AgentCard | None:
         """Record a peer from a presence or discovery body it signed; None if unusable."""
+        digest = str(body.get("digest") or "")
         try:
-            card = AgentCard.from_dict(body["card"])
+            card = _CARDS.get((sender, digest)) if digest else None
+            if card is None:
+                card = AgentCard.from_dict(body["card"])
+                if digest:
+                    if len(_CARDS) >= _CARD_CACHE_SIZE:
+                        del _CARDS[next(iter(_CARDS))]
+                    _CARDS[(sender, digest)] = card
             status = AgentStatus.from_dict(body.get("status") or {})
             interval = float(body.get("interval") or self.config.heartbeat_interval)
         except (KeyError, TypeError, ValueError, AgoraError) as exc:
@@ -286,7 +313,7 @@ class AgentNode:
         if card.id != sender:
             log.warning("agent %s sent a card for %s; ignored", sender[:8], card.id[:8])
             return None
-        self.directory.seen(card, status, interval, digest=str(body.get("digest") or ""))
+        self.directory.seen(card, status, interval, digest=digest)
         return card
 
     async def _on_discover(self, delivery: Delivery) -> None:
