@@ -85,7 +85,8 @@ async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0
                 NodeConfig(name=name, type="offline",
                            capabilities=capabilities_for("offline", list(capabilities)),
                            heartbeat_interval=heartbeat),
-                OfflineBackend(), BusConfig(servers=(url,), name=name, prefix=env.prefix))
+                OfflineBackend(), BusConfig(servers=(url,), name=name, prefix=env.prefix),
+                directory=agents[0].directory if agents else None)  # one view per process
             await agent.start()
             agents.append(agent)
     except BaseException:
