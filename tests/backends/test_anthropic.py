@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +22,7 @@ from agoramesh.nodes.backends.anthropic import AnthropicBackend
 from agoramesh.nodes.backends.base import BackendConfig, ChatMessage, collect
 from agoramesh.nodes.backends.registry import create_backend
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task
+from agoramesh.testing.fake_http import FakeHTTPServer, Rendered
 
 pytestmark = pytest.mark.backends
 
@@ -79,66 +78,21 @@ def api_error(status: int, kind: str, message: str, **headers: str) -> Response:
                     headers=headers)
 
 
-@dataclass
-class Request:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    at: float
+def render(response: Response) -> Rendered:
+    if response.body is not None:
+        payload, kind = json.dumps(response.body).encode(), "application/json"
+    else:
+        payload, kind = b"".join(response.events), "text/event-stream"
+    headers = {name.replace("_", "-"): value for name, value in response.headers.items()}
+    return Rendered(response.status, kind, payload, headers)
 
 
-class FakeAnthropic:
-    """Answers each POST with the next scripted response (the last one repeats)."""
-
-    def __init__(self) -> None:
-        self.script: list[Response] = []
-        self.requests: list[Request] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                fake.requests.append(Request(
-                    self.path, {k.lower(): v for k, v in self.headers.items()},
-                    json.loads(self.rfile.read(length)), time.monotonic()))
-                response = fake.script[min(len(fake.requests), len(fake.script)) - 1]
-                if response.body is not None:
-                    payload = json.dumps(response.body).encode()
-                    self.send_response(response.status)
-                    self.send_header("content-type", "application/json")
-                else:
-                    payload = b"".join(response.events)
-                    self.send_response(response.status)
-                    self.send_header("content-type", "text/event-stream")
-                for name, value in response.headers.items():
-                    self.send_header(name.replace("_", "-"), value)
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
-
-    def __enter__(self) -> FakeAnthropic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+FakeAnthropic = FakeHTTPServer[Response]
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
+    with FakeHTTPServer(render) as server:
         yield server
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +21,7 @@ from agoramesh.nodes.backends.base import BackendConfig, ChatMessage, collect
 from agoramesh.nodes.backends.ollama import OllamaBackend
 from agoramesh.nodes.backends.registry import create_backend
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task
+from agoramesh.testing.fake_http import FakeHTTPServer, Rendered
 
 pytestmark = pytest.mark.backends
 
@@ -49,65 +48,20 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Request:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    at: float
+def render(response: Response) -> Rendered:
+    if response.error is not None:
+        return Rendered(response.status, "application/json; charset=utf-8",
+                        json.dumps({"error": response.error}).encode(), response.headers)
+    return Rendered(response.status, "application/x-ndjson", b"".join(response.lines),
+                    response.headers)
 
 
-class FakeOllama:
-    """Answers each POST with the next scripted response (the last one repeats)."""
-
-    def __init__(self) -> None:
-        self.script: list[Response] = []
-        self.requests: list[Request] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                fake.requests.append(Request(
-                    self.path, {k.lower(): v for k, v in self.headers.items()},
-                    json.loads(self.rfile.read(length)), time.monotonic()))
-                response = fake.script[min(len(fake.requests), len(fake.script)) - 1]
-                if response.error is not None:
-                    payload = json.dumps({"error": response.error}).encode()
-                    kind = "application/json; charset=utf-8"
-                else:
-                    payload, kind = b"".join(response.lines), "application/x-ndjson"
-                self.send_response(response.status)
-                self.send_header("content-type", kind)
-                for name, value in response.headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
-
-    def __enter__(self) -> FakeOllama:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+FakeOllama = FakeHTTPServer[Response]
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeOllama]:
-    with FakeOllama() as server:
+    with FakeHTTPServer(render) as server:
         yield server
 
 

@@ -19,7 +19,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.cli.up import local_mesh
 from agoramesh.config import BusConfig, Environment
-from agoramesh.errors import AgoraError, BusError
+from agoramesh.errors import BusError
 
 __all__ = ("register",)
 
@@ -137,11 +137,9 @@ async def _show(mesh: Any, env: Environment, buses: list[Bus], summary: dict[str
 
 async def _retry(call: Any, attempts: int = 10) -> Any:
     """Retry a request while interest is still propagating; bounded by ``attempts``."""
-    for attempt in range(attempts):
+    for _ in range(attempts - 1):
         try:
             return await call()
         except BusError:
-            if attempt == attempts - 1:
-                raise
             await asyncio.sleep(0.1)
-    raise AgoraError("unreachable")
+    return await call()

@@ -33,7 +33,7 @@ __all__ = ("DEMO_AGENTS", "demo_agents", "local_mesh", "register")
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "up", help="run a local mesh on loopback until Ctrl-C",
-        description="Start a local mesh (seed servers, optional leaves, a demo echo agent) "
+        description="Start a local mesh (seed servers, optional leaves, offline demo agents) "
                     "and keep it running until Ctrl-C.",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seed servers (default 3)")

@@ -129,7 +129,6 @@ class AgentNode:
         self._cancel_requested: set[str] = set()
         self._task_subscriptions: list[Subscription] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._raw_subscriptions: list[Any] = []
         self._completed = self._failed = self._tokens = 0
         self._cost = 0.0
         self._latency_ms = 0.0
@@ -172,8 +171,8 @@ class AgentNode:
         if self._owns_directory:
             await self.bus.subscribe(subjects.presence_all, self._on_presence)
         for subject in service_subjects(self.service.name, self.service.id):
-            self._raw_subscriptions.append(
-                await self.bus.nats.subscribe(subject, cb=self._on_service))
+            # Plain NATS: the protocol's requests are empty; closed with the connection.
+            await self.bus.nats.subscribe(subject, cb=self._on_service)
         self._state = "running"
         await self._announce("hello")
         self._spawn(self._heartbeats(), "heartbeats")

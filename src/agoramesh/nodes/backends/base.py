@@ -34,14 +34,13 @@ from agoramesh.errors import (
     BackendRateLimited,
     BackendUnavailable,
 )
-from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, Usage
+from agoramesh.nodes.task import Completion, StreamItem, Task, Usage
 
 __all__ = (
     "Backend",
     "BackendConfig",
     "ChatMessage",
     "Transient",
-    "chunk_text",
     "collect",
     "retry_after_seconds",
     "retrying",
@@ -283,7 +282,3 @@ class Backend(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release clients and subprocesses."""
-
-
-def chunk_text(items: Sequence[StreamItem]) -> str:
-    return "".join(item.text for item in items if isinstance(item, Chunk))
