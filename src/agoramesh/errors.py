@@ -36,6 +36,12 @@
     │       ├── BackendRateLimited          429 after the retries ran out
     │       ├── BackendUnavailable          5xx, connection or timeout after the retries
     │       └── BackendBadResponse          an answer that does not parse
+    ├── NegotiationError                    an auction or allocation that found no taker
+    │   ├── NoBidders                       no capable agent bid within the bid window
+    │   └── AuctionFailed                   every bidder declined, or the attempts ran out
+    ├── WorkflowError                       a workflow that cannot run or did not finish
+    │   ├── WorkflowInvalid (ValueError)    cycles, unknown references or selectors: before running
+    │   └── StepFailed                      a step failed after its retries
     └── RemoteError                         an error raised on another node
 
 Errors cross the bus on purpose (see :func:`error_to_wire`): only types in
@@ -51,6 +57,7 @@ from typing import Any, ClassVar
 __all__ = (
     "WIRE_ERRORS",
     "AgoraError",
+    "AuctionFailed",
     "BackendAuthError",
     "BackendBadResponse",
     "BackendError",
@@ -68,6 +75,8 @@ __all__ = (
     "InvalidInput",
     "MalformedEnvelope",
     "Misaddressed",
+    "NegotiationError",
+    "NoBidders",
     "NoResponders",
     "NotConnected",
     "Overloaded",
@@ -80,11 +89,14 @@ __all__ = (
     "ServerError",
     "ServerNotFound",
     "ServerStartError",
+    "StepFailed",
     "SubjectError",
     "TaskCancelled",
     "TaskError",
     "UnknownCapability",
     "UnsupportedVersion",
+    "WorkflowError",
+    "WorkflowInvalid",
     "WrongSubject",
     "error_from_wire",
     "error_to_wire",
@@ -245,6 +257,30 @@ class BackendBadResponse(BackendError):
     """The backend answered something that does not parse."""
 
 
+class NegotiationError(AgoraError):
+    """An auction or allocation that found no agent to do the task."""
+
+
+class NoBidders(NegotiationError):
+    """No capable agent bid within the bid window."""
+
+
+class AuctionFailed(NegotiationError):
+    """Every bidder declined the award, or the re-auction attempts ran out."""
+
+
+class WorkflowError(AgoraError):
+    """A workflow that cannot run or did not finish."""
+
+
+class WorkflowInvalid(WorkflowError, ValueError):
+    """A workflow rejected before anything ran: cycle, unknown reference, unsatisfiable selector."""
+
+
+class StepFailed(WorkflowError):
+    """A workflow step that failed after its retries."""
+
+
 class RemoteError(AgoraError):
     """An error raised on another node whose type is not rebuilt locally."""
 
@@ -283,6 +319,12 @@ WIRE_ERRORS: dict[str, type[AgoraError]] = {
         BackendRateLimited,
         BackendUnavailable,
         BackendBadResponse,
+        NegotiationError,
+        NoBidders,
+        AuctionFailed,
+        WorkflowError,
+        WorkflowInvalid,
+        StepFailed,
     )
 }
 

@@ -36,6 +36,7 @@ class Directory:
         self.missed = missed
         self._clock = clock
         self._peers: dict[str, PeerEntry] = {}
+        self._local: dict[str, AgentCard] = {}  # agents of this process sharing the directory
         self.on_join: list[Callable[[PeerEntry], None]] = []
         self.on_leave: list[Callable[[str, str], None]] = []  # (agent id, reason)
 
@@ -88,6 +89,19 @@ class Directory:
         for agent_id in silent:
             self.remove(agent_id, "silent")
         return silent
+
+    def add_local(self, card: AgentCard) -> None:
+        """An agent of this process that shares the directory (never evicted, not a peer)."""
+        self._local[card.id] = card
+
+    def remove_local(self, agent_id: str) -> None:
+        self._local.pop(agent_id, None)
+
+    def capable(self, pattern: str) -> set[str]:
+        """Ids of every agent known to offer ``pattern``: peers and this process's agents."""
+        ids = {entry.id for entry in self._peers.values() if entry.card.offers(pattern)}
+        ids.update(card.id for card in self._local.values() if card.offers(pattern))
+        return ids
 
     def find(self, pattern: str) -> list[PeerEntry]:
         """Peers offering a capability matching ``pattern`` (wildcards allowed)."""

@@ -6,9 +6,14 @@ taking new work, lets running tasks finish within ``grace`` seconds, cancels
 the rest (their requesters get a FAILED result), then closes the bus.
 
 Subjects served (DESIGN.md): ``agora.cap.<capability>`` (queue group, tasks,
-plain JSON allowed by policy), ``agora.agent.<id>`` (direct: task, cancel,
-card), ``agora.discover`` (scatter-gather), ``agora.presence.>`` (the
-directory), and ``$SRV.*`` (NATS services protocol).
+plain JSON allowed by policy), ``agora.cfp.<capability>`` (auctions: bids,
+protocols/bidder.py), ``agora.task.>`` (queue group: tasks this node auctions
+for a client, protocols/task_desk.py), ``agora.agent.<id>`` (direct: task,
+cancel, card, award), ``agora.discover`` (scatter-gather),
+``agora.presence.>`` (the directory), and ``$SRV.*`` (NATS services protocol).
+
+``node.dispatcher`` submits work from this agent (auctions it drives itself,
+``node.auctioneer``): the protocols build on it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ from agoramesh.nodes.card import AgentCard, AgentStatus
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
+from agoramesh.protocols.bidder import Bidder, BidPolicy
+from agoramesh.protocols.contract_net import Auctioneer, AuctionPolicy
+from agoramesh.protocols.dispatch import Dispatcher
+from agoramesh.protocols.task_desk import QUEUE, TaskDesk
 
 __all__ = ("AgentNode", "DirectHandler", "NodeConfig")
 
@@ -92,12 +101,16 @@ class AgentNode:
     """An agent: a Bus, a backend, its capabilities, and its view of the mesh."""
 
     def __init__(self, identity: Identity, config: NodeConfig, backend: Backend,
-                 bus_config: BusConfig, *, directory: Directory | None = None) -> None:
+                 bus_config: BusConfig, *, directory: Directory | None = None,
+                 bid_policy: BidPolicy | None = None,
+                 auction_policy: AuctionPolicy | None = None) -> None:
         """``directory``: share another local agent's directory instead of keeping one.
 
         Agents hosted in one process see the same mesh; the agent that owns the
         directory listens to presence for all of them, so N local agents cost
         one presence subscription instead of N (and N x peers messages a beat).
+        ``bid_policy`` prices this agent's bids; ``auction_policy`` governs the
+        auctions it runs.
         """
         self.identity = identity
         self.config = config
@@ -133,10 +146,24 @@ class AgentNode:
         self._cost = 0.0
         self._latency_ms = 0.0
         self._state = "created"
+        self.bidder = Bidder(self, bid_policy)
+        self.auctioneer = Auctioneer(self.bus, self.directory, policy=auction_policy,
+                                     own_card=self._own_card)
+        self.dispatcher = Dispatcher(self.bus, self.directory, auctioneer=self.auctioneer,
+                                     own_card=self._own_card)
+        self.task_desk = TaskDesk(self)
+
+    def _own_card(self) -> AgentCard:
+        return self.card
 
     @property
     def agent_id(self) -> str:
         return self.identity.agent_id
+
+    @property
+    def running_tasks(self) -> frozenset[str]:
+        """Ids of the tasks running on this agent now."""
+        return frozenset(self._running)
 
     @property
     def status(self) -> AgentStatus:
@@ -166,10 +193,16 @@ class AgentNode:
                 concurrency=self.config.max_concurrent_tasks))
         await self.bus.subscribe(subjects.agent(self.agent_id), self._on_direct,
                                  concurrency=self.config.max_concurrent_tasks + 4)
+        await self.bidder.start()
+        self._task_subscriptions.append(await self.bus.subscribe(
+            subjects.task(">"), self.task_desk.handle, queue=QUEUE, ingress=ingress,
+            concurrency=self.config.max_concurrent_tasks * 8))
         await self.bus.subscribe(subjects.discover, self._on_discover,
                                  ingress=IngressPolicy.ALLOW)
         if self._owns_directory:
             await self.bus.subscribe(subjects.presence_all, self._on_presence)
+        else:
+            self.directory.add_local(self.card)
         for subject in service_subjects(self.service.name, self.service.id):
             # Plain NATS: the protocol's requests are empty; closed with the connection.
             await self.bus.nats.subscribe(subject, cb=self._on_service)
@@ -192,6 +225,8 @@ class AgentNode:
         budget = self.config.stop_grace if grace is None else grace
         with contextlib.suppress(AgoraError, nats.errors.Error):
             await self._announce("bye")
+        self.directory.remove_local(self.agent_id)
+        await self.bidder.stop()
         for subscription in self._task_subscriptions:
             await subscription.stop(budget)  # waits for running tasks, cancels after budget
         await self._cancel_background()
@@ -202,6 +237,7 @@ class AgentNode:
     async def kill(self) -> None:
         """Stop at once: no goodbye, running tasks cancelled."""
         self._state = "stopping"
+        self.directory.remove_local(self.agent_id)
         for task, _ in list(self._running.values()):
             task.cancel()
         await self._cancel_background()
@@ -355,7 +391,7 @@ class AgentNode:
 
     def _task_handler(self, capability: Capability) -> DirectHandler:
         async def handle(delivery: Delivery) -> None:
-            await self._serve(delivery, capability)
+            await self.serve(delivery, capability)
         return handle
 
     async def _on_direct(self, delivery: Delivery) -> None:
@@ -376,7 +412,7 @@ class AgentNode:
                     f"agent {self.config.name} has no capability {task_type!r}; it offers "
                     f"{', '.join(self._capabilities)}"), 0.0))
             return
-        await self._serve(delivery, capability)
+        await self.serve(delivery, capability)
 
     async def _on_card_request(self, delivery: Delivery) -> None:
         await delivery.respond("card", self._presence_body())
@@ -390,7 +426,8 @@ class AgentNode:
             running[0].cancel()
         await delivery.respond("task_cancel", {"task_id": task_id, "cancelled": allowed})
 
-    async def _serve(self, delivery: Delivery, capability: Capability) -> None:
+    async def serve(self, delivery: Delivery, capability: Capability) -> None:
+        """Run the task in ``delivery.body`` and answer with its result (or failure)."""
         started = time.perf_counter()
         body = dict(delivery.body) if isinstance(delivery.body, dict) else delivery.body
         stream = bool(isinstance(body, dict) and body.pop("stream", False)) and not delivery.is_json

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest_asyncio
 
@@ -16,12 +17,19 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, EnvelopePolicy, ServerConfig
+from agoramesh.nodes.backends.base import Backend
+from agoramesh.nodes.backends.offline import OfflineBackend
+from agoramesh.nodes.capability import Capability
+from agoramesh.nodes.catalog import capabilities_for
+from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.testing.processes import assert_stopped
 
-__all__ = ("BusFactory", "MeshFactory", "bus_factory", "mesh_factory", "nats_server")
+__all__ = ("AgentFactory", "BusFactory", "MeshFactory", "agent_factory", "bus_factory",
+           "mesh_factory", "nats_server")
 
 MeshFactory = Callable[..., Awaitable[Mesh]]
 BusFactory = Callable[..., Awaitable[Bus]]
+AgentFactory = Callable[..., Awaitable[AgentNode]]
 
 
 @pytest_asyncio.fixture
@@ -74,3 +82,38 @@ async def bus_factory() -> AsyncIterator[BusFactory]:
     finally:
         for bus in buses:
             await bus.close(timeout=1.0)
+
+
+@pytest_asyncio.fixture
+async def agent_factory() -> AsyncIterator[AgentFactory]:
+    """``await agent_factory(url, name, capabilities, **node_config)`` → a started agent.
+
+    ``capabilities`` are offline capability names (or Capability objects with
+    ``backend=``); ``backend`` defaults to :class:`OfflineBackend`,
+    ``heartbeat_interval`` to 0.2 s. Agents started here are stopped after the
+    test. ``directory=``, ``bid_policy=`` and ``auction_policy=`` go to AgentNode.
+    """
+    agents: list[AgentNode] = []
+
+    async def make(url: str, name: str, capabilities: list[str] | list[Capability], *,
+                   backend: Backend | None = None, agent_type: str = "offline",
+                   identity: Identity | None = None, **settings: Any) -> AgentNode:
+        caps = (capabilities_for("offline", [str(c) for c in capabilities])
+                if all(isinstance(c, str) for c in capabilities)
+                else tuple(c for c in capabilities if isinstance(c, Capability)))
+        extras = {key: settings.pop(key) for key in ("directory", "bid_policy", "auction_policy")
+                  if key in settings}
+        settings.setdefault("heartbeat_interval", 0.2)
+        node = AgentNode(identity or Identity.generate(),
+                         NodeConfig(name=name, type=agent_type, capabilities=caps, **settings),
+                         backend or OfflineBackend(), BusConfig(servers=(url,), name=name),
+                         **extras)
+        await node.start()
+        agents.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in reversed(agents):
+            await node.stop(grace=1.0)

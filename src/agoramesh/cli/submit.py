@@ -1,0 +1,116 @@
+"""``agoramesh submit``: one task, auctioned (default) or sent direct, with live progress.
+
+The CLI is a client, not an agent: it learns the agents with one discovery
+round, then runs the auction itself (it is the initiator; there is no
+central controller), printing what happens on stderr while the task runs.
+The result goes to stdout; a FAILED task exits 1 with its error on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from agoramesh.cli.agents import add_client_options
+from agoramesh.cli.output import emit, emit_json
+from agoramesh.config import BusConfig, Environment
+from agoramesh.errors import ConfigError
+from agoramesh.nodes.task import TaskStatus
+from agoramesh.protocols.contract_net import Progress
+from agoramesh.protocols.dispatch import Dispatcher, Strategy, client_dispatcher
+
+__all__ = ("client_config", "parse_parameters", "progress_printer", "register")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "submit", help="submit a task (auction or direct) and print its result",
+        description="Submit one task. By default the capable agents bid for it and the best "
+                    "bid wins (contract net); --strategy direct sends it to one capable agent "
+                    "through the capability's queue group; --agent sends it to that agent.")
+    parser.add_argument("capability", help="the task's capability, e.g. math.evaluate")
+    parser.add_argument("parameters", nargs="?", default="{}",
+                        help="task parameters as a JSON object (default {})")
+    parser.add_argument("--strategy", choices=[s.value for s in Strategy],
+                        default=Strategy.AUCTION.value, help="auction (default) or direct")
+    parser.add_argument("--agent", metavar="ID", help="send to this agent id only")
+    parser.add_argument("--priority", type=int, default=5, help="0 (low) to 10 (default 5)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds for the whole task (default 60)")
+    parser.add_argument("--discover-timeout", type=float, default=0.5,
+                        help="seconds to learn the agents first (default 0.5)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_client_options(parser)
+    parser.set_defaults(handler=_submit)
+
+
+def client_config(args: argparse.Namespace, env: Environment, name: str) -> BusConfig:
+    url = args.server or env.server_url or "nats://127.0.0.1:4222"
+    return BusConfig(servers=(url,), name=name, prefix=env.prefix)
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """The task parameters from the command line: a JSON object, or a clear error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"parameters are not valid JSON: {exc.msg} at column {exc.colno}"
+                          ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"parameters must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def progress_printer(dispatcher: Dispatcher) -> Any:
+    """A Progress callback printing one human line per auction event on stderr."""
+    def name(agent_id: object) -> str:
+        for card in dispatcher.agents():
+            if card.id == agent_id:
+                return f"{card.name} ({card.id[:8]}…)"
+        return f"{str(agent_id)[:8]}…"
+
+    def show(event: Progress) -> None:
+        detail = event.detail
+        line = {
+            "cfp": lambda: f"call for proposals #{detail.get('attempt')}: "
+                           f"{detail.get('known')} capable agent(s) known",
+            "bids": lambda: f"{detail.get('bids')} bid(s) from {detail.get('answered')} "
+                            f"answer(s); best: "
+                            + ", ".join(name(a) for a in detail.get("ranking", [])[:3]),
+            "award": lambda: f"awarded to {name(detail.get('agent'))}"
+                             + (f" on its counter-offer {detail['counter']}"
+                                if detail.get("counter") else ""),
+            "accepted": lambda: f"accepted by {name(detail.get('agent'))}, working…",
+            "declined": lambda: f"declined by {name(detail.get('agent'))}: "
+                                f"{detail.get('reason')}",
+            "lost": lambda: f"lost {name(detail.get('agent'))}: no lease, re-auctioning",
+            "reauction": lambda: f"re-auction #{detail.get('attempt')}",
+            "result": lambda: f"result from {name(detail.get('agent'))}: {detail.get('status')}",
+        }.get(event.event)
+        if line is not None:
+            print(f"… {line()}", file=sys.stderr, flush=True)
+
+    return show
+
+
+async def _submit(args: argparse.Namespace, env: Environment) -> int:
+    parameters = parse_parameters(args.parameters)
+    async with client_dispatcher(client_config(args, env, "agoramesh-submit"),
+                                 discover_timeout=args.discover_timeout,
+                                 timeout=args.timeout) as dispatcher:
+        progress = None if args.quiet or args.json else progress_printer(dispatcher)
+        result = await dispatcher.submit(args.capability, parameters, agent_id=args.agent,
+                                         strategy=args.strategy, priority=args.priority,
+                                         timeout=args.timeout, progress=progress)
+    if args.json:
+        emit_json(result.as_dict())
+    elif result.status is TaskStatus.COMPLETED:
+        emit(json.dumps(result.result, indent=2, ensure_ascii=False))
+    if result.status is not TaskStatus.COMPLETED:
+        error = result.error or {}
+        print(f"agoramesh: error: task failed: {error.get('type', 'Error')}: "
+              f"{' '.join(str(error.get('message', '')).split())}", file=sys.stderr)
+        return 1
+    return 0

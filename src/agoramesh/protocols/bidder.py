@@ -1,0 +1,214 @@
+"""Contract net (M-3.1, M-3.3): the bidder's side, one per agent.
+
+An agent listens on ``agora.cfp.<capability>`` for each of its capabilities:
+
+- ``cfp``: answer ``bid`` (the :class:`BidPolicy`'s quote) or ``refuse`` (at
+  capacity, stopping, excluded by the initiator). Refusing is an answer too,
+  so the initiator can close its bid window early. A bid reserves a slot for
+  a short while; the reservation counts in the load of later bids, so
+  concurrent auctions spread over the agents instead of piling on one.
+- ``reject``: the auction went to someone else; the reservation is released.
+
+and on its direct subject for ``award``: ``decline`` (policy, capacity), or
+run the task with the node's own execution path (schema check, timeout,
+cancellation, streaming) and answer on the award's reply inbox. A result
+ready within :data:`ACCEPT_WINDOW` implies acceptance; otherwise the agent
+sends ``accept`` and then a ``lease`` every ``lease_interval`` until the
+result goes out, so the initiator can tell a slow task from a dead agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from agoramesh.bus.bus import Delivery, Subscription
+from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.nodes.capability import Capability
+from agoramesh.nodes.task import Task
+from agoramesh.protocols.scoring import Bid
+
+if TYPE_CHECKING:
+    from agoramesh.nodes.node import AgentNode
+
+__all__ = ("ACCEPT_WINDOW", "BidPolicy", "Bidder")
+
+log = logging.getLogger("agoramesh.bidder")
+
+#: Seconds a winner waits for its result before sending an explicit ``accept``.
+ACCEPT_WINDOW = 0.02
+#: Seconds a bid's reservation lasts without an award or a reject.
+RESERVATION_TTL = 5.0
+_MIN_LEASE_INTERVAL = 0.05
+
+
+class BidPolicy:
+    """How an agent prices its work and which awards it takes. Subclass to change it.
+
+    The default quote: load = (running + reserved) / capacity; latency = the
+    agent's moving average of task time (before any task: its card's
+    ``latency_ms`` metadata, else 0); cost = the capability's
+    ``cost_per_token`` times an estimate of the tokens (request size / 4,
+    doubled for the answer); success rate as observed. Terms it cannot meet
+    (``max_cost_usd``, ``deadline``) turn the bid into a counter-offer.
+    """
+
+    def quote(self, node: AgentNode, task: Task, capability: Capability,
+              terms: dict[str, Any], reserved: int) -> Bid | str:
+        """A bid, or the reason to refuse."""
+        status = node.status
+        if status.state not in ("ready", "busy"):
+            return f"agent is {status.state}"
+        if status.in_flight >= status.capacity:
+            return "at capacity"
+        latency = status.avg_latency_ms if status.tasks_completed else _hint(node, "latency_ms")
+        tokens = 2 * max(1, len(json.dumps(task.parameters, default=str)) // 4)
+        cost = capability.cost_per_token * tokens
+        counter: dict[str, float] = {}
+        max_cost = terms.get("max_cost_usd")
+        if isinstance(max_cost, int | float) and cost > max_cost:
+            counter["cost_usd"] = cost
+        deadline = terms.get("deadline")
+        finish = time.time() + latency / 1000
+        if isinstance(deadline, int | float) and finish > deadline:
+            counter["deadline"] = round(finish + latency / 2000, 3)
+        return Bid(agent_id=node.agent_id,
+                   load=min(1.0, (status.in_flight + reserved) / status.capacity),
+                   latency_ms=latency, cost_usd=cost, success_rate=status.success_rate,
+                   capacity=status.capacity, in_flight=status.in_flight, counter=counter,
+                   agent_type=node.config.type, priority=int(_hint(node, "priority")))
+
+    def accept(self, node: AgentNode, task: Task, terms: dict[str, Any]) -> str | None:
+        """None to take the award, or the reason to decline it."""
+        status = node.status
+        if status.state not in ("ready", "busy"):
+            return f"agent is {status.state}"
+        if status.in_flight >= status.capacity:
+            return "at capacity"
+        return None
+
+
+def _terms(body: dict[str, Any]) -> dict[str, Any]:
+    terms = body.get("terms")
+    return terms if isinstance(terms, dict) else {}
+
+
+def _hint(node: AgentNode, key: str) -> float:
+    try:
+        return float(node.config.metadata.get(key, 0) or 0)
+    except ValueError:
+        return 0.0
+
+
+class Bidder:
+    """One agent's participation in auctions: bids on cfps, runs what it is awarded."""
+
+    def __init__(self, node: AgentNode, policy: BidPolicy | None = None) -> None:
+        self.node = node
+        self.policy = policy or BidPolicy()
+        self._reserved: dict[str, float] = {}  # auction id -> expiry (monotonic)
+        self._subscriptions: list[Subscription] = []
+        self.bids = self.refusals = self.awards = self.declines = 0
+
+    @property
+    def reserved(self) -> int:
+        now = time.monotonic()
+        for auction_id in [a for a, expiry in self._reserved.items() if expiry < now]:
+            del self._reserved[auction_id]
+        return len(self._reserved)
+
+    async def start(self) -> None:
+        """Listen for cfps on every capability; take awards on the node's direct subject."""
+        node = self.node
+        self.node.direct_handlers["award"] = self._on_award
+        for capability in node.config.capabilities:
+            self._subscriptions.append(await node.bus.subscribe(
+                node.bus.subjects.cfp(capability.name), self._cfp_handler(capability)))
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.stop(1.0)
+        self._subscriptions.clear()
+
+    def _cfp_handler(self, capability: Capability) -> Any:
+        async def handle(delivery: Delivery) -> None:
+            if delivery.type == "cfp":
+                await self._on_cfp(delivery, capability)
+            elif delivery.type == "reject" and isinstance(delivery.body, dict):
+                self._reserved.pop(str(delivery.body.get("auction_id")), None)
+        return handle
+
+    async def _on_cfp(self, delivery: Delivery, capability: Capability) -> None:
+        body = delivery.body if isinstance(delivery.body, dict) else {}
+        auction_id, exclude = body.get("auction_id"), body.get("exclude") or []
+        if not isinstance(auction_id, str) or not isinstance(exclude, list):
+            await delivery.respond_error(InvalidInput("a cfp needs auction_id and exclude"))
+            return
+        if self.node.agent_id in exclude:
+            return  # not counted among the expected bidders
+        terms = _terms(body)
+        try:
+            task = Task.from_dict(body.get("task"), task_type=capability.name)
+            offer = self.policy.quote(self.node, task, capability, terms, self.reserved)
+        except AgoraError as exc:
+            offer = f"unusable cfp: {exc}"
+        if isinstance(offer, str):
+            self.refusals += 1
+            await delivery.respond("refuse", {"auction_id": auction_id, "reason": offer})
+            return
+        self.bids += 1
+        self._reserved[auction_id] = time.monotonic() + RESERVATION_TTL
+        await delivery.respond("bid", {"auction_id": auction_id, **offer.as_dict()})
+
+    async def _on_award(self, delivery: Delivery) -> None:
+        node = self.node
+        body = delivery.body if isinstance(delivery.body, dict) else {}
+        auction_id = str(body.get("auction_id", ""))
+        self._reserved.pop(auction_id, None)
+        terms = _terms(body)
+        try:
+            task_body = dict(body["task"])
+            lease_interval = max(_MIN_LEASE_INTERVAL, float(body.get("lease_interval", 1.0)))
+            if isinstance(terms.get("deadline"), int | float):
+                task_body["deadline"] = terms["deadline"]  # the counter-offer we made
+            task = Task.from_dict({k: v for k, v in task_body.items() if k != "stream"})
+            capability = next(c for c in node.config.capabilities if c.name == task.task_type)
+        except (KeyError, TypeError, ValueError, StopIteration, AgoraError) as exc:
+            await delivery.respond("decline", {"auction_id": auction_id,
+                                               "reason": f"unusable award: {exc}"})
+            return
+        reason = self.policy.accept(node, task, terms)
+        if reason is None and task.task_id in node.running_tasks:
+            reason = f"task {task.task_id} is already running here"
+        if reason is not None:
+            self.declines += 1
+            await delivery.respond("decline", {"auction_id": auction_id, "reason": reason})
+            return
+        self.awards += 1
+        lease = asyncio.ensure_future(self._leases(delivery, auction_id, task.task_id,
+                                                   lease_interval))
+        try:
+            await node.serve(Delivery(delivery.bus, delivery.msg, delivery.envelope, task_body),
+                             capability)
+        finally:
+            lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease
+
+    async def _leases(self, delivery: Delivery, auction_id: str, task_id: str,
+                      interval: float) -> None:
+        """``accept`` once the result is not instant, then a ``lease`` per interval."""
+        body = {"auction_id": auction_id, "task_id": task_id}
+        await asyncio.sleep(ACCEPT_WINDOW)
+        kind = "accept"
+        while True:
+            try:
+                await delivery.respond(kind, body)
+            except AgoraError as exc:  # reconnecting: the next lease may get through
+                log.debug("lease for %s not sent: %s", task_id, exc)
+            kind = "lease"
+            await asyncio.sleep(interval)

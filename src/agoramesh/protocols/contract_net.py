@@ -1,0 +1,434 @@
+"""Contract net (M-3.1, M-3.3): the auctioneer's side of an auction.
+
+One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
+
+    initiator                                   capable agents
+    cfp ──────── agora.cfp.<capability> ──────▶ every agent with the capability
+        ◀─────── bid | refuse (to inbox.b) ──── each, within the bid window
+    award ────── agora.agent.<winner> ────────▶ the best bid (its signature checked now)
+        ◀─────── decline (next bidder) | accept, lease…, task_chunk…, task_response
+    reject ───── agora.cfp.<capability> ──────▶ the others (one broadcast)
+
+- The bid window closes early once every agent the directory knows for the
+  capability has bid or refused. Bids are parsed but not verified; only the
+  bid about to be awarded is (DESIGN.md: verify only what you act on).
+- Ranking: the pluggable scorer (protocols/scoring.py), bids on the requested
+  terms first, then counter-offers the policy accepts.
+- The winner answers on the award's reply inbox: ``decline`` at once, or the
+  result; if the result is not ready within a few milliseconds it sends
+  ``accept`` and then a ``lease`` every ``lease_interval``. Silence for
+  ``missed_leases`` intervals, or the winner leaving the directory, loses the
+  task: it is re-auctioned without that agent (``max_attempts`` in all), and
+  the lost winner is asked to cancel.
+- Exactly one result comes back: later ``task_response``s for the task (from
+  a winner thought lost) are counted in ``duplicates`` and dropped.
+- Every wait has a deadline: the bid window, the award timeout, the lease,
+  and ``timeout`` over the whole run (BusTimeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from agoramesh.bus.bus import ERROR_TYPE, Bus
+from agoramesh.bus.envelope import Envelope
+from agoramesh.errors import (
+    AgoraError,
+    AuctionFailed,
+    BusTimeout,
+    EnvelopeError,
+    InvalidInput,
+    NoBidders,
+    Overloaded,
+    TaskCancelled,
+)
+from agoramesh.nodes.card import AgentCard
+from agoramesh.nodes.directory import Directory
+from agoramesh.nodes.task import Task, TaskResult, TaskStatus
+from agoramesh.protocols.scoring import Bid, Scorer, rank
+
+__all__ = ("AuctionOutcome", "AuctionPolicy", "Auctioneer", "Progress")
+
+log = logging.getLogger("agoramesh.auction")
+
+#: Failures that say "not here", not "not possible": the task goes to the next auction.
+_RETRYABLE = frozenset({Overloaded.__name__, TaskCancelled.__name__})
+#: Bids kept per auction round: a flood of (unverified) bids cannot grow memory unbounded.
+_MAX_OFFERS = 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuctionPolicy:
+    """How an initiator runs auctions. Times are seconds."""
+
+    bid_window: float = 0.5  # the longest wait for bids; closes early when all known answered
+    award_timeout: float = 2.0  # for the winner's accept / decline
+    lease_interval: float = 1.0  # asked of the winner
+    missed_leases: int = 3  # silent intervals before the winner counts as lost
+    max_attempts: int = 3  # auctions per task, re-auctions included
+    accept_counter_offers: bool = True
+    max_cost_usd: float | None = None  # asked of bidders; dearer bids come as counter-offers
+    scorer: Scorer | None = None  # None: the seed's weights
+
+    def __post_init__(self) -> None:
+        if min(self.bid_window, self.award_timeout, self.lease_interval) <= 0:
+            raise InvalidInput("bid_window, award_timeout and lease_interval must be > 0")
+        if self.missed_leases < 1 or self.max_attempts < 1:
+            raise InvalidInput("missed_leases and max_attempts must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Something that happened in an auction: ``event`` and its details."""
+
+    event: str  # cfp | bids | award | declined | accepted | lost | reauction | chunk | result
+    task_id: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "task_id": self.task_id, **self.detail}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuctionOutcome:
+    result: TaskResult
+    winner: str
+    bids: tuple[Bid, ...]  # of the auction that was won
+    attempts: int  # auctions run
+    duplicates: int = 0  # results dropped because one had already arrived
+
+
+@dataclass(slots=True)
+class _Offer:
+    bid: Bid
+    envelope: Envelope
+
+
+class _Lost(Exception):
+    """The winner went silent or left; re-auction without it."""
+
+
+class _Declined(Exception):
+    """The winner declined (or was never reachable)."""
+
+
+class _Auction:
+    """The state of one task's auctions: an inbox and what arrives on it."""
+
+    def __init__(self, bus: Bus, task: Task) -> None:
+        self.bus = bus
+        self.task = task
+        self.id = uuid.uuid4().hex
+        self.inbox = bus.nats.new_inbox()
+        self.offers: list[_Offer] = []
+        self.answered: set[str] = set()
+        self.enough = asyncio.Event()
+        self.expected: int | None = None
+        self.attempt = 0
+        self.winner_messages: asyncio.Queue[Envelope] = asyncio.Queue()
+        self.winner: str | None = None
+        self.result: TaskResult | None = None
+        self.duplicates = 0
+        self.closed_bidding = False
+        self.refused_counters = 0
+        self._subscription: Any = None
+
+    async def open(self) -> None:
+        self._subscription = await self.bus.nats.subscribe(self.inbox + ".>", cb=self._on_message)
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()
+
+    async def _on_message(self, msg: Msg) -> None:
+        guard = self.bus.guard
+        kind = msg.subject[len(self.inbox) + 1:]
+        try:
+            # Bids wait for confirm() if they win; anything else we act on is verified now.
+            envelope = guard.admit(msg.data, msg.subject, verify=not kind.startswith("b"))
+        except EnvelopeError:
+            return  # counted by the guard
+        self.bus.received[envelope.type] += 1
+        if kind == f"b{self.attempt}":
+            self._on_bid(envelope)
+        elif kind.startswith("w"):
+            if envelope.type == "task_response" and self.result is not None:
+                self.duplicates += 1  # a lost winner finishing after all: dropped
+            elif kind == f"w{self.attempt}" and envelope.sender == self.winner:
+                self.winner_messages.put_nowait(envelope)
+            elif envelope.type == "task_response":
+                self.duplicates += 1
+
+    def _on_bid(self, envelope: Envelope) -> None:
+        sender = envelope.sender
+        body = envelope.body if isinstance(envelope.body, dict) else {}
+        if (self.closed_bidding or body.get("auction_id") != self.id
+                or len(self.offers) >= _MAX_OFFERS):
+            return
+        # Not deduplicated by sender: unverified, a bid claiming an agent's id may be a
+        # forgery sent to crowd out that agent's real bid; confirm() sorts them out.
+        self.answered.add(sender)
+        if envelope.type == "bid":
+            try:
+                self.offers.append(_Offer(Bid.from_dict(body, agent_id=sender), envelope))
+            except InvalidInput as exc:
+                log.info("unusable bid from %s: %s", sender[:8], exc)
+        if self.expected is not None and len(self.answered) >= self.expected:
+            self.enough.set()
+
+
+class Auctioneer:
+    """Runs contract-net auctions for the tasks of one node or client."""
+
+    def __init__(self, bus: Bus, directory: Directory | None = None, *,
+                 policy: AuctionPolicy | None = None,
+                 own_card: Callable[[], AgentCard | None] | None = None) -> None:
+        self.bus = bus
+        self.directory = directory
+        self.policy = policy or AuctionPolicy()
+        self._own_card = own_card or (lambda: None)
+        self.auctions = 0
+        self.duplicates = 0
+
+    def known_bidders(self, capability: str, exclude: Iterable[str] = ()) -> set[str]:
+        """Ids of agents known to offer ``capability``: the early-close count."""
+        known = set() if self.directory is None else self.directory.capable(capability)
+        own = self._own_card()
+        if own is not None and own.offers(capability):
+            known.add(own.id)
+        return known.difference(exclude)
+
+    async def run(self, task: Task, *, timeout: float = 30.0, exclude: Iterable[str] = (),
+                  progress: Callable[[Progress], None] | None = None,
+                  stream: bool = False) -> AuctionOutcome:
+        """Auction ``task`` until one agent returns its result.
+
+        Raises NoBidders if nobody bids, AuctionFailed if every bidder declines
+        or the attempts run out, BusTimeout after ``timeout``.
+        """
+        notify = progress or (lambda _: None)
+        auction = _Auction(self.bus, task)
+        excluded = set(exclude)
+        self.auctions += 1
+        await auction.open()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._run(auction, excluded, notify, stream)
+        except TimeoutError:
+            raise BusTimeout(f"no result for task {task.task_id} within {timeout:g}s") from None
+        finally:
+            self.duplicates += auction.duplicates
+            await auction.close()
+
+    async def _run(self, auction: _Auction, excluded: set[str],
+                   notify: Callable[[Progress], None], stream: bool) -> AuctionOutcome:
+        task, policy = auction.task, self.policy
+        lost: list[str] = []
+        for attempt in range(1, policy.max_attempts + 1):
+            offers = await self._call_for_proposals(auction, attempt, excluded, notify)
+            if not offers:
+                if auction.refused_counters:
+                    raise AuctionFailed(
+                        f"task {task.task_id}: only counter-offers "
+                        f"({auction.refused_counters}), and the policy accepts none")
+                if lost:
+                    raise AuctionFailed(f"task {task.task_id}: winners {', '.join(lost)} were "
+                                        f"lost and no other agent bid")
+                raise NoBidders(f"no agent bid for {task.task_type} within "
+                                f"{policy.bid_window:g}s")
+            declined = 0
+            tried: set[str] = set()
+            for offer in offers:
+                if offer.bid.agent_id in tried:
+                    continue
+                try:
+                    self.bus.guard.confirm(offer.envelope)
+                except EnvelopeError:
+                    continue  # a forged or replayed bid is never awarded; the guard counted it
+                tried.add(offer.bid.agent_id)
+                try:
+                    result = await self._award(auction, offer, notify, stream)
+                except _Declined:
+                    declined += 1
+                    continue
+                except _Lost:
+                    winner = offer.bid.agent_id
+                    lost.append(winner[:8])
+                    excluded.add(winner)
+                    notify(Progress("reauction", task.task_id, {"lost": winner,
+                                                                 "attempt": attempt + 1}))
+                    break
+                if result.status is TaskStatus.FAILED and (result.error or {}).get(
+                        "type") in _RETRYABLE and attempt < policy.max_attempts:
+                    excluded.add(offer.bid.agent_id)
+                    notify(Progress("reauction", task.task_id, {
+                        "failed": offer.bid.agent_id, "attempt": attempt + 1}))
+                    break
+                auction.result = result
+                return AuctionOutcome(result=result, winner=offer.bid.agent_id,
+                                      bids=tuple(o.bid for o in offers), attempts=attempt,
+                                      duplicates=auction.duplicates)
+            else:
+                raise AuctionFailed(f"task {task.task_id}: all {len(offers)} bidders declined"
+                                    if declined else f"task {task.task_id}: no valid bid")
+        raise AuctionFailed(f"task {task.task_id} was lost {policy.max_attempts} times")
+
+    def _cfp_body(self, auction: _Auction, excluded: set[str]) -> dict[str, Any]:
+        terms: dict[str, Any] = {}
+        if auction.task.deadline is not None:
+            terms["deadline"] = auction.task.deadline
+        if self.policy.max_cost_usd is not None:
+            terms["max_cost_usd"] = self.policy.max_cost_usd
+        return {"auction_id": auction.id, "task": auction.task.as_dict(), "terms": terms,
+                "exclude": sorted(excluded)}
+
+    async def _call_for_proposals(self, auction: _Auction, attempt: int, excluded: set[str],
+                                  notify: Callable[[Progress], None]) -> list[_Offer]:
+        """Collect this attempt's bids; ranked, best first, counter-offers after."""
+        task = auction.task
+        auction.attempt, auction.offers, auction.answered = attempt, [], set()
+        auction.closed_bidding = False
+        auction.enough.clear()
+        known = self.known_bidders(task.task_type, excluded)
+        auction.expected = len(known) or None  # nobody known: wait for strangers' bids
+        window = self.policy.bid_window
+        await self.bus.publish(self.bus.subjects.cfp(task.task_type), "cfp",
+                               self._cfp_body(auction, excluded),
+                               reply=f"{auction.inbox}.b{attempt}",
+                               ttl_ms=max(1000, int(window * 2000)))
+        notify(Progress("cfp", task.task_id, {"attempt": attempt, "known": len(known)}))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(window):
+                await auction.enough.wait()
+        auction.closed_bidding = True
+        offers = [offer for offer in auction.offers if offer.bid.agent_id not in excluded]
+        plain = [offer for offer in offers if not offer.bid.is_counter_offer]
+        counters = [offer for offer in offers if offer.bid.is_counter_offer]
+        auction.refused_counters = 0 if self.policy.accept_counter_offers else len(counters)
+        if not self.policy.accept_counter_offers:
+            counters = []
+        by_bid = {id(offer.bid): offer for offer in offers}
+        ranked = [by_bid[id(bid)] for group in (plain, counters)
+                  for _, bid in rank([offer.bid for offer in group], self.policy.scorer,
+                                    salt=auction.id)]
+        notify(Progress("bids", task.task_id, {
+            "attempt": attempt, "bids": len(offers), "answered": len(auction.answered),
+            "ranking": [offer.bid.agent_id for offer in ranked]}))
+        return ranked
+
+    async def _award(self, auction: _Auction, offer: _Offer, notify: Callable[[Progress], None],
+                     stream: bool) -> TaskResult:
+        """Award ``offer``; the result, or _Declined / _Lost."""
+        task, policy, bid = auction.task, self.policy, offer.bid
+        winner = bid.agent_id
+        auction.winner = winner
+        auction.winner_messages = asyncio.Queue()
+        body: dict[str, Any] = {
+            "auction_id": auction.id, "task": {**task.as_dict(), "stream": stream},
+            "lease_interval": policy.lease_interval}
+        if bid.counter:
+            body["terms"] = dict(bid.counter)
+        notify(Progress("award", task.task_id, {"agent": winner, "counter": dict(bid.counter)}))
+        try:
+            await self.bus.publish(self.bus.subjects.agent(winner), "award", body, to=winner,
+                                   reply=f"{auction.inbox}.w{auction.attempt}",
+                                   ttl_ms=int(policy.award_timeout * 1000))
+        except AgoraError as exc:
+            log.info("award to %s not sent: %s", winner[:8], exc)
+            raise _Declined from None
+        accepted = False
+        left = asyncio.Event()
+        hook = self._watch_departure(winner, left)
+        try:
+            while True:
+                wait = (policy.lease_interval * policy.missed_leases if accepted
+                        else policy.award_timeout)
+                envelope = await self._next(auction, wait, left)
+                if envelope is None:
+                    await self._cancel_lost(winner, task.task_id)  # in case it runs after all
+                    if not accepted:
+                        notify(Progress("declined", task.task_id, {"agent": winner,
+                                                                    "reason": "no answer"}))
+                        raise _Declined
+                    notify(Progress("lost", task.task_id, {"agent": winner}))
+                    raise _Lost
+                kind = envelope.type
+                if kind == "decline" or kind == ERROR_TYPE:
+                    reason = (envelope.body.get("reason") or envelope.body.get("message")
+                              if isinstance(envelope.body, dict) else None)
+                    notify(Progress("declined", task.task_id, {"agent": winner,
+                                                                "reason": str(reason)}))
+                    raise _Declined
+                if not accepted:
+                    accepted = True
+                    notify(Progress("accepted", task.task_id, {"agent": winner}))
+                    await self._reject_others(auction, winner)
+                if kind == "task_chunk" and isinstance(envelope.body, dict):
+                    notify(Progress("chunk", task.task_id, {
+                        "agent": winner, "text": str(envelope.body.get("text", ""))}))
+                elif kind == "task_response":
+                    result = TaskResult.from_dict(envelope.body)
+                    if result.task_id != task.task_id:
+                        continue
+                    notify(Progress("result", task.task_id, {"agent": winner,
+                                                              "status": result.status.value}))
+                    return result
+        finally:
+            if hook is not None and self.directory is not None:
+                self.directory.on_leave.remove(hook)
+
+    def _watch_departure(self, winner: str, left: asyncio.Event
+                         ) -> Callable[[str, str], None] | None:
+        """A directory hook that sets ``left`` when the winner says bye or is evicted."""
+        if self.directory is None:
+            return None
+
+        def on_leave(agent_id: str, reason: str) -> None:
+            if agent_id == winner:
+                left.set()
+
+        self.directory.on_leave.append(on_leave)
+        return on_leave
+
+    async def _next(self, auction: _Auction, wait: float, left: asyncio.Event
+                    ) -> Envelope | None:
+        """The winner's next message, or None after ``wait`` or once it has left."""
+        if left.is_set():
+            return None
+        getter = asyncio.ensure_future(auction.winner_messages.get())
+        departure = asyncio.ensure_future(left.wait())
+        try:
+            done, _ = await asyncio.wait({getter, departure}, timeout=wait,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (getter, departure):
+                if not waiter.done():
+                    waiter.cancel()
+        if getter in done:
+            return getter.result()
+        return None
+
+    async def _reject_others(self, auction: _Auction, winner: str) -> None:
+        """One broadcast tells every other bidder to release what it reserved."""
+        if len(auction.offers) < 2:
+            return
+        with contextlib.suppress(AgoraError):
+            await self.bus.publish(self.bus.subjects.cfp(auction.task.task_type), "reject",
+                                   {"auction_id": auction.id, "winner": winner})
+
+    async def _cancel_lost(self, agent_id: str, task_id: str) -> None:
+        """Best effort: a winner we gave up on may still be alive behind a partition."""
+        with contextlib.suppress(AgoraError, nats.errors.Error):
+            await self.bus.publish(self.bus.subjects.agent(agent_id), "task_cancel",
+                                   {"task_id": task_id}, to=agent_id)
+

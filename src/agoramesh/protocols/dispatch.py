@@ -1,0 +1,173 @@
+"""How the protocols reach agents: the known agents, selectors, and task submission.
+
+A :class:`Dispatcher` is what collaboration modes, workflows and the HTTP API
+are written against. It wraps a Bus and the directory of the node (or client)
+that drives the work — the submitting side drives, there is no central
+controller (M-3.5) — and submits tasks by one of three routes:
+
+- ``Strategy.AUCTION`` (default): a contract-net auction among the capable
+  agents, with re-auction if the winner dies (protocols/contract_net.py);
+- ``Strategy.DIRECT``: straight to one capable agent via the capability's
+  queue group (``agora.cap.<capability>``);
+- ``agent_id=…``: to that agent and no other.
+
+Selectors (M-3.5) pick agents from the directory: ``capability:<pattern>``,
+``type:<agent type>``, ``id:<agent id>``, ``name:<agent name>``; a bare word
+is a capability pattern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from enum import StrEnum
+from typing import Any
+
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.identity import Identity
+from agoramesh.bus.subjects import validate_capability_pattern
+from agoramesh.config import BusConfig
+from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.nodes.card import AgentCard, AgentStatus
+from agoramesh.nodes.client import submit_task
+from agoramesh.nodes.directory import Directory
+from agoramesh.nodes.task import Task, TaskResult
+from agoramesh.protocols.contract_net import Auctioneer, Progress
+
+__all__ = ("SELECTOR_KINDS", "Dispatcher", "Strategy", "client_dispatcher", "discover",
+           "parse_selector")
+
+log = logging.getLogger("agoramesh.dispatch")
+
+SELECTOR_KINDS = ("capability", "type", "id", "name")
+
+
+class Strategy(StrEnum):
+    AUCTION = "auction"
+    DIRECT = "direct"
+
+
+def parse_selector(selector: str) -> tuple[str, str]:
+    """``"type:claude"`` → ``("type", "claude")``; a bare word is a capability pattern."""
+    if not isinstance(selector, str) or not selector.strip():
+        raise InvalidInput(f"an agent selector must be a non-empty string, got {selector!r}")
+    kind, sep, value = selector.strip().partition(":")
+    if not sep:
+        kind, value = "capability", kind
+    if kind not in SELECTOR_KINDS:
+        raise InvalidInput(f"unknown selector kind {kind!r} in {selector!r}; "
+                           f"use one of {', '.join(k + ':' for k in SELECTOR_KINDS)}")
+    if not value:
+        raise InvalidInput(f"selector {selector!r} names nothing after {kind}:")
+    if kind == "capability":
+        validate_capability_pattern(value)
+    return kind, value
+
+
+class Dispatcher:
+    """Submit tasks and select agents on behalf of one node or client."""
+
+    def __init__(self, bus: Bus, directory: Directory, *, auctioneer: Auctioneer | None = None,
+                 own_card: Callable[[], AgentCard | None] | None = None,
+                 timeout: float = 30.0) -> None:
+        """``own_card``: the driving agent's own card, listed with its peers (None: a client)."""
+        self.bus = bus
+        self.directory = directory
+        self._own_card = own_card or (lambda: None)
+        self.auctioneer = auctioneer or Auctioneer(bus, directory, own_card=self._own_card)
+        self.timeout = timeout
+
+    def agents(self) -> list[AgentCard]:
+        """Every agent known here (peers, and the driving agent itself), by name then id."""
+        cards = {entry.card.id: entry.card for entry in self.directory}
+        own = self._own_card()
+        if own is not None:
+            cards[own.id] = own
+        return sorted(cards.values(), key=lambda card: (card.name, card.id))
+
+    def select(self, selector: str) -> list[AgentCard]:
+        """Known agents matching ``selector`` (see the module docstring), by name then id."""
+        kind, value = parse_selector(selector)
+        match: Callable[[AgentCard], bool]
+        if kind == "capability":
+            def match(card: AgentCard) -> bool:
+                return card.offers(value)
+        elif kind == "type":
+            def match(card: AgentCard) -> bool:
+                return card.type == value
+        elif kind == "id":
+            def match(card: AgentCard) -> bool:
+                return card.id == value
+        else:
+            def match(card: AgentCard) -> bool:
+                return card.name == value
+        return [card for card in self.agents() if match(card)]
+
+    async def submit(self, capability: str, parameters: dict[str, Any] | None = None, *,
+                     agent_id: str | None = None, strategy: Strategy | str = Strategy.AUCTION,
+                     timeout: float | None = None, priority: int = 5,
+                     exclude: Iterable[str] = (), task_id: str | None = None,
+                     progress: Callable[[Progress], None] | None = None) -> TaskResult:
+        """Run one task and return its result (COMPLETED or FAILED).
+
+        Raises only when no result can be had: NoResponders / NoBidders when
+        nobody can take it, BusTimeout when ``timeout`` passes, AuctionFailed
+        when every bidder declined.
+        """
+        wait = timeout or self.timeout
+        extra = {"task_id": task_id} if task_id else {}
+        task = Task(task_type=capability, parameters=dict(parameters or {}), priority=priority,
+                    deadline=time.time() + wait, **extra)
+        route = Strategy(strategy)
+        if agent_id is not None or route is Strategy.DIRECT:
+            return await submit_task(self.bus, task, timeout=wait, agent_id=agent_id)
+        outcome = await self.auctioneer.run(task, timeout=wait, exclude=exclude,
+                                            progress=progress)
+        return outcome.result
+
+
+async def discover(bus: Bus, directory: Directory, *, timeout: float = 0.5,
+                   pattern: str | None = None, expected: int | None = None) -> int:
+    """Fill ``directory`` from one ``agora.discover`` scatter-gather; returns how many answered.
+
+    For clients without presence history (the CLI): every agent answers with
+    its card, so the wait is ``timeout`` unless ``expected`` answers come first.
+    """
+    query = {"capability": pattern} if pattern else {}
+    replies = await bus.gather(bus.subjects.discover, "discovery", query, timeout=timeout,
+                               expected=expected)
+    learned = 0
+    for reply in replies:
+        body = reply.body if isinstance(reply.body, dict) else {}
+        try:
+            card = AgentCard.from_dict(body["card"])
+            status = AgentStatus.from_dict(body.get("status") or {})
+            interval = float(body.get("interval") or 1.0)
+        except (KeyError, TypeError, ValueError, AgoraError) as exc:
+            log.warning("unusable discovery answer from %s: %s", reply.sender[:8], exc)
+            continue
+        if card.id != reply.sender:
+            continue
+        directory.seen(card, status, interval, digest=str(body.get("digest") or ""))
+        learned += 1
+    return learned
+
+
+@contextlib.asynccontextmanager
+async def client_dispatcher(config: BusConfig, *, identity: Identity | None = None,
+                            discover_timeout: float = 0.5, timeout: float = 30.0
+                            ) -> AsyncIterator[Dispatcher]:
+    """A Dispatcher for a client that is not an agent (CLI, scripts).
+
+    Connects with ``identity`` (a fresh one by default), learns the agents by
+    one discovery round, and closes the bus on exit.
+    """
+    bus = await Bus.connect(identity or Identity.generate(), config)
+    try:
+        directory = Directory()
+        await discover(bus, directory, timeout=discover_timeout)
+        yield Dispatcher(bus, directory, timeout=timeout)
+    finally:
+        await bus.close(timeout=1.0)

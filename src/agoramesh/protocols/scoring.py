@@ -1,0 +1,152 @@
+"""Bids and how they are ranked (M-3.1).
+
+A :class:`Bid` is what an agent offers for one task: its load, the latency
+and cost it expects, and its success rate so far. The default
+:func:`weighted` scorer is the seed's: ``0.30 load + 0.25 latency + 0.20 cost
++ 0.25 success rate``, each term normalised to [0, 1] where 1 is best:
+
+- load: ``1 - load`` (load is in-flight work over capacity, clipped to 1);
+- latency and cost: min-max over the bids of one auction, the cheapest or
+  fastest bid scoring 1 and the dearest or slowest 0 (all equal: all 1);
+- success rate: as reported, clipped to [0, 1].
+
+Scorers are pluggable: any ``Callable[[Sequence[Bid]], list[float]]``.
+Ranking is deterministic: higher score first, then the lower agent id (or,
+in an auction, a hash salted with the auction id; see :func:`rank`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agoramesh.errors import InvalidInput
+
+__all__ = ("DEFAULT_WEIGHTS", "Bid", "Scorer", "rank", "weighted")
+
+#: The seed's weights.
+DEFAULT_WEIGHTS: Mapping[str, float] = {"load": 0.30, "latency": 0.25, "cost": 0.20,
+                                        "success": 0.25}
+
+
+def _unit(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"bid field {name} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Bid:
+    """One agent's offer for one task.
+
+    ``counter`` holds terms the agent proposes instead of the requested ones
+    (``{"deadline": unix_s}`` and/or ``{"cost_usd": x}``); an empty mapping is
+    a plain bid on the requested terms.
+    """
+
+    agent_id: str
+    load: float = 0.0
+    latency_ms: float = 0.0
+    cost_usd: float = 0.0
+    success_rate: float = 1.0
+    capacity: int = 1
+    in_flight: int = 0
+    counter: Mapping[str, float] = field(default_factory=dict)
+    agent_type: str = ""
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("load", "latency_ms", "cost_usd", "success_rate"):
+            if _unit(getattr(self, name), name) < 0:
+                raise InvalidInput(f"bid field {name} must not be negative")
+
+    @property
+    def is_counter_offer(self) -> bool:
+        return bool(self.counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "load": round(self.load, 4), "latency_ms": round(self.latency_ms, 3),
+            "cost_usd": self.cost_usd, "success_rate": round(self.success_rate, 4),
+            "capacity": self.capacity, "in_flight": self.in_flight,
+            "agent_type": self.agent_type, "priority": self.priority}
+        if self.counter:
+            body["counter"] = dict(self.counter)
+        return body
+
+    @classmethod
+    def from_dict(cls, data: Any, *, agent_id: str) -> Bid:
+        """A bid from its wire body; ``agent_id`` is the envelope's signer, never the body's."""
+        if not isinstance(data, dict):
+            raise InvalidInput("a bid must be an object")
+        counter = data.get("counter") or {}
+        if not isinstance(counter, dict) or not all(
+                key in ("deadline", "cost_usd") for key in counter):
+            raise InvalidInput("bid counter must be an object of deadline and/or cost_usd")
+        try:
+            return cls(agent_id=agent_id, load=data.get("load", 0.0),
+                       latency_ms=data.get("latency_ms", 0.0),
+                       cost_usd=data.get("cost_usd", 0.0),
+                       success_rate=data.get("success_rate", 1.0),
+                       capacity=int(data.get("capacity", 1)),
+                       in_flight=int(data.get("in_flight", 0)),
+                       counter={str(k): _unit(v, f"counter.{k}") for k, v in counter.items()},
+                       agent_type=str(data.get("agent_type", ""))[:64],
+                       priority=int(data.get("priority", 0)))
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidInput):
+                raise
+            raise InvalidInput(f"unusable bid: {exc}") from None
+
+
+Scorer = Callable[[Sequence[Bid]], list[float]]
+
+
+def _spread(values: Sequence[float]) -> list[float]:
+    """Min-max to [0, 1] with the smallest value best (1); all equal gives all 1."""
+    low, high = min(values), max(values)
+    if high - low <= 1e-12:
+        return [1.0] * len(values)
+    return [1.0 - (value - low) / (high - low) for value in values]
+
+
+def weighted(load: float = 0.30, latency: float = 0.25, cost: float = 0.20,
+             success: float = 0.25) -> Scorer:
+    """A scorer with these weights (the defaults are the seed's)."""
+    weights = (load, latency, cost, success)
+    if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
+        raise InvalidInput("scoring weights must be non-negative with a positive sum")
+
+    def score(bids: Sequence[Bid]) -> list[float]:
+        if not bids:
+            return []
+        latency_terms = _spread([bid.latency_ms for bid in bids])
+        cost_terms = _spread([bid.cost_usd for bid in bids])
+        return [load * (1.0 - min(bid.load, 1.0)) + latency * lat + cost * money
+                + success * min(max(bid.success_rate, 0.0), 1.0)
+                for bid, lat, money in zip(bids, latency_terms, cost_terms, strict=True)]
+
+    return score
+
+
+def rank(bids: Sequence[Bid], scorer: Scorer | None = None, *,
+         salt: str = "") -> list[tuple[float, Bid]]:
+    """``(score, bid)`` best first: higher score, then the tie-break.
+
+    Ties go to the lower agent id, or with a ``salt`` (an auction id) to the
+    lower hash of salt and agent id: still deterministic for one auction,
+    but concurrent auctions among equal agents spread over all of them
+    instead of all going to the same one.
+    """
+    scores = (scorer or weighted())(bids)
+
+    def tie(bid: Bid) -> str:
+        if not salt:
+            return bid.agent_id
+        return hashlib.blake2b(f"{salt}:{bid.agent_id}".encode(), digest_size=8).hexdigest()
+
+    return sorted(zip(scores, bids, strict=True), key=lambda pair: (-round(pair[0], 9),
+                                                                     tie(pair[1])))

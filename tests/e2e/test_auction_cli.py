@@ -1,0 +1,172 @@
+"""Auctions across processes: a SIGKILLed winner, ``agoramesh submit``, ``nats req agora.task``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from agoramesh.config import BusConfig
+from agoramesh.nodes.task import Task, TaskStatus
+from agoramesh.protocols.contract_net import AuctionPolicy, Progress
+from agoramesh.protocols.dispatch import client_dispatcher
+from agoramesh.testing import alive, assert_stopped
+
+pytestmark = pytest.mark.e2e
+
+AGORAMESH = [sys.executable, "-m", "agoramesh.cli"]
+
+
+def node_process(home: Path, url: str, name: str, *capabilities: str) -> subprocess.Popen[str]:
+    args = [arg for cap in capabilities for arg in ("--capability", cap)]
+    return subprocess.Popen(
+        [*AGORAMESH, "node", "--json", "--name", name, "--connect", url, "--heartbeat", "0.2",
+         *args], env={**os.environ, "AGORAMESH_HOME": str(home / name)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, nats_server: Any) -> Iterator[dict[str, tuple[subprocess.Popen[str],
+                                                                         str]]]:
+    """Two ``agoramesh node`` processes offering code.run.python: name → (process, agent id)."""
+    started: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    try:
+        for name in ("left", "right"):
+            process = node_process(tmp_path, nats_server.client_url, name, "code.run.python")
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line, process.communicate(timeout=10)[1]
+            started[name] = (process, json.loads(line)["id"])
+        yield started
+    finally:
+        for process, _ in started.values():
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=10)
+
+
+async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_result(
+        nats_server: Any, workers: dict[str, tuple[subprocess.Popen[str], str]]) -> None:
+    by_id = {agent_id: process for process, agent_id in workers.values()}
+    config = BusConfig(servers=(nats_server.client_url,), name="client")
+    async with client_dispatcher(config, discover_timeout=0.3) as dispatcher:
+        assert {card.name for card in dispatcher.agents()} == {"left", "right"}
+        dispatcher.auctioneer.policy = AuctionPolicy(lease_interval=0.2, missed_leases=3)
+        events: list[Progress] = []
+        killed: list[str] = []
+
+        def watch(event: Progress) -> None:
+            events.append(event)
+            if event.event == "accepted" and not killed:  # the winner is working: kill it
+                killed.append(event.detail["agent"])
+                by_id[event.detail["agent"]].send_signal(signal.SIGKILL)
+
+        code = "import time; time.sleep(1.0); print('finished')"
+        task = Task(task_type="code.run.python", parameters={"code": code, "timeout": 5})
+        outcome = await dispatcher.auctioneer.run(task, timeout=20, progress=watch)
+    assert killed and outcome.winner != killed[0]
+    assert outcome.result.status is TaskStatus.COMPLETED
+    assert outcome.result.result["stdout"] == "finished\n"
+    assert outcome.attempts == 2 and outcome.duplicates == 0
+    assert [e.detail["agent"] for e in events if e.event == "lost"] == killed
+    assert sum(e.event == "result" for e in events) == 1  # exactly one result reached us
+    by_id[killed[0]].communicate(timeout=10)
+
+
+# --- agoramesh submit and nats req against `agoramesh up` -------------------------------------
+
+@pytest.fixture(scope="module")
+def up_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One ``agoramesh up`` (3 seeds, the offline demo agents) for this module's tests."""
+    home = tmp_path_factory.mktemp("up")
+    process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(home / "mesh")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    url = ""
+    assert process.stdout is not None
+    try:
+        for _ in range(40):
+            line = process.stdout.readline()
+            pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
+            if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
+                url = match.group(1)
+                break
+            if not line:
+                break
+        assert url, process.communicate(timeout=10)[1] if process.poll() is not None else ""
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate(timeout=10)
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert_stopped(pids)
+
+
+def submit(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AGORAMESH, "submit", "--server", url, *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_submit_auctions_and_shows_progress(up_mesh: str) -> None:
+    done = submit(up_mesh, "math.evaluate", '{"expression": "6*7"}')
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"value": 42}
+    progress = done.stderr.splitlines()
+    assert progress[0].startswith("… call for proposals #1: 1 capable agent(s) known")
+    assert any(line.startswith("… awarded to analyst") for line in progress)
+    assert progress[-1].startswith("… result from analyst") and "COMPLETED" in progress[-1]
+
+
+def test_submit_direct_and_json(up_mesh: str) -> None:
+    done = submit(up_mesh, "echo", '{"text": "hi"}', "--strategy", "direct", "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["status"] == "COMPLETED" and answer["result"] == {"echo": {"text": "hi"}}
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(("args", "pattern"), [
+    (("math.evaluate", "{not json"), r"parameters are not valid JSON"),
+    (("math.evaluate", "[1, 2]"), r"parameters must be a JSON object, not list"),
+    (("no.such.skill", "{}", "--quiet"), r"no agent bid for no.such.skill"),
+    (("math.evaluate", '{"expression": 3}', "--quiet"),
+     r"task failed: InvalidInput: math.evaluate: parameters.expression: 3 is not of type"),
+    (("bad..capability", "{}"), r"capability"),
+])
+def test_submit_errors_are_one_line(up_mesh: str, args: tuple[str, ...], pattern: str) -> None:
+    done = submit(up_mesh, *args)
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agoramesh: error: "), done.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+async def test_nats_req_on_agora_task_gets_the_negotiated_result(up_mesh: str) -> None:
+    """What ``nats req agora.task.text.debate '{...}'`` does: plain JSON in, JSON out."""
+    client = NatsClient()
+    await client.connect(up_mesh, connect_timeout=2, allow_reconnect=False)
+    try:
+        payload = json.dumps({"topic": "remote work", "position": "against"}).encode()
+        answers = [json.loads((await client.request("agora.task.text.debate", payload,
+                                                    timeout=5)).data) for _ in range(4)]
+    finally:
+        await client.close()
+    assert all(a["status"] == "COMPLETED" and a["result"]["stance"] == "against"
+               for a in answers)
+    assert all(a["agent_id"].startswith("U") and len(a["agent_id"]) == 56 for a in answers)

@@ -1,0 +1,410 @@
+"""Contract-net auctions on real servers: scoring, declines, forged bids, lost winners, load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgpack
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from agoramesh.bus import Identity
+from agoramesh.bus.envelope import now_ms, parse
+from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReason
+from agoramesh.nodes.backends.base import Backend, ChatMessage
+from agoramesh.nodes.capability import Capability
+from agoramesh.nodes.node import AgentNode
+from agoramesh.nodes.task import Completion, StreamItem, Task, TaskStatus
+from agoramesh.protocols.bidder import Bidder, BidPolicy
+from agoramesh.protocols.contract_net import AuctionPolicy, Progress
+from agoramesh.protocols.dispatch import Dispatcher
+from agoramesh.protocols.scoring import Bid, rank, weighted
+from agoramesh.testing import wait_until
+from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory
+
+pytestmark = pytest.mark.integration
+
+WORK = Capability(name="work.do", input_schema={
+    "type": "object", "properties": {"seconds": {"type": "number"}, "n": {"type": "integer"}}})
+
+
+class Worker(Backend):
+    """Sleeps for ``seconds`` and reports which agent did the work."""
+
+    type = "worker"
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.started: list[str] = []
+
+    async def execute(self, task: Task, context: dict[str, Any] | None = None
+                      ) -> AsyncIterator[StreamItem]:
+        self.started.append(task.task_id)
+        await asyncio.sleep(float(task.parameters.get("seconds", 0)))
+        yield Completion(output={"by": self.name, "n": task.parameters.get("n")})
+
+    async def chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[StreamItem]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+
+class Fixed(BidPolicy):
+    """Bids fixed terms, so a test knows what the scorer sees; may refuse awards."""
+
+    def __init__(self, *, load: float = 0.0, latency_ms: float = 10.0, cost_usd: float = 0.0,
+                 success_rate: float = 1.0, decline: bool = False) -> None:
+        self.terms = {"load": load, "latency_ms": latency_ms, "cost_usd": cost_usd,
+                      "success_rate": success_rate}
+        self.decline = decline
+
+    def quote(self, node: AgentNode, task: Task, capability: Capability,
+              terms: dict[str, Any], reserved: int) -> Bid | str:
+        return Bid(agent_id=node.agent_id, **self.terms)
+
+    def accept(self, node: AgentNode, task: Task, terms: dict[str, Any]) -> str | None:
+        return "I am busy after all" if self.decline else None
+
+
+async def start_workers(agent_factory: AgentFactory, urls: Sequence[str],
+                        policies: dict[str, BidPolicy | None], **settings: Any
+                        ) -> dict[str, AgentNode]:
+    nodes: dict[str, AgentNode] = {}
+    for index, (name, policy) in enumerate(policies.items()):
+        nodes[name] = await agent_factory(urls[index % len(urls)], name, [WORK],
+                                          backend=Worker(name), agent_type="worker",
+                                          bid_policy=policy, **settings)
+    everyone = set(nodes)
+    for node in nodes.values():
+        await wait_until(lambda n=node: {e.card.name for e in n.directory} | {n.config.name}
+                         >= everyone, timeout=5.0)
+    return nodes
+
+
+def expected_winner(bids: dict[str, dict[str, float]]) -> str:
+    """The seed's formula written out by hand: 0.30 load + 0.25 latency + 0.20 cost + 0.25 ok."""
+    def spread(key: str, name: str) -> float:
+        values = [terms[key] for terms in bids.values()]
+        low, high = min(values), max(values)
+        return 1.0 if high == low else 1 - (bids[name][key] - low) / (high - low)
+    score = {name: 0.30 * (1 - terms["load"]) + 0.25 * spread("latency_ms", name)
+             + 0.20 * spread("cost_usd", name) + 0.25 * terms["success_rate"]
+             for name, terms in bids.items()}
+    return max(score, key=lambda name: score[name])
+
+
+async def test_auction_awards_the_bid_the_scoring_prefers(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    terms = {"cheap": {"load": 0.5, "latency_ms": 900.0, "cost_usd": 0.001, "success_rate": 0.9},
+             "fast": {"load": 0.2, "latency_ms": 50.0, "cost_usd": 0.05, "success_rate": 0.95},
+             "idle": {"load": 0.0, "latency_ms": 400.0, "cost_usd": 0.02, "success_rate": 0.6}}
+    nodes = await start_workers(agent_factory, [nats_server.client_url],
+                                {name: Fixed(**t) for name, t in terms.items()})
+    winner = expected_winner(terms)
+    assert winner == "fast"  # the scenario is built so that scoring, not luck, decides
+    events: list[Progress] = []
+    client = nodes["idle"]
+    result = await client.dispatcher.submit("work.do", {"n": 1}, progress=events.append)
+    assert result.status is TaskStatus.COMPLETED
+    assert result.result["by"] == winner
+    assert result.agent_id == nodes[winner].agent_id
+    bids = next(e for e in events if e.event == "bids")
+    assert bids.detail["bids"] == 3 and bids.detail["answered"] == 3
+    assert bids.detail["ranking"][0] == nodes[winner].agent_id
+    # The one broadcast reject released the losers' reservations.
+    await wait_until(lambda: all(n.bidder.reserved == 0 for n in nodes.values()))
+
+
+async def test_bid_window_closes_early_once_every_known_agent_answered(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url],
+                                {"a": None, "b": None}, auction_policy=AuctionPolicy(
+                                    bid_window=30.0))
+    async with asyncio.timeout(5):  # a 30 s window that closes at the second answer
+        result = await nodes["a"].dispatcher.submit("work.do", {"n": 2}, timeout=10)
+    assert result.status is TaskStatus.COMPLETED
+
+
+async def test_a_declining_winner_falls_to_the_next_bidder(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {
+        "best": Fixed(latency_ms=1, decline=True), "second": Fixed(latency_ms=50),
+        "third": Fixed(latency_ms=500)})
+    events: list[Progress] = []
+    result = await nodes["third"].dispatcher.submit("work.do", {}, progress=events.append)
+    assert result.result["by"] == "second"
+    declined = [e for e in events if e.event == "declined"]
+    assert [e.detail["agent"] for e in declined] == [nodes["best"].agent_id]
+    assert declined[0].detail["reason"] == "I am busy after all"
+    assert nodes["best"].bidder.declines == 1
+    assert nodes["best"].backend.started == []  # type: ignore[attr-defined]
+
+
+async def test_every_bidder_declining_is_a_clear_error(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {
+        "x": Fixed(decline=True), "y": Fixed(decline=True)})
+    with pytest.raises(AuctionFailed, match="all 2 bidders declined"):
+        await nodes["x"].dispatcher.submit("work.do", {})
+
+
+async def test_no_bidder_is_a_clear_error(nats_server: Any, agent_factory: AgentFactory) -> None:
+    node = await agent_factory(nats_server.client_url, "lonely", ["echo"],
+                               auction_policy=AuctionPolicy(bid_window=0.2))
+    with pytest.raises(NoBidders, match=r"no agent bid for work\.do within 0\.2s"):
+        await node.dispatcher.submit("work.do", {})
+    result = await node.dispatcher.submit("echo", {"text": "still serving"})
+    assert result.result == {"echo": {"text": "still serving"}}
+
+
+def forge_bid(victim: str, attacker: Identity, reply: str, auction_id: str) -> bytes:
+    """A perfect bid that claims to come from ``victim`` but is signed by ``attacker``."""
+    now = now_ms()
+    fields = {"v": 1, "id": f"forged-{now}", "type": "bid", "from": victim, "to": "*",
+              "subject": reply, "ts": now, "exp": now + 5000, "cid": f"forged-{now}",
+              "body": {"auction_id": auction_id, "load": 0.0, "latency_ms": 0.0,
+                       "cost_usd": 0.0, "success_rate": 1.0}}
+    signed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return signed + attacker.sign(signed)
+
+
+class SlowBidder(Bidder):
+    """Bids 50 ms late, so an injected bid surely arrives inside the bid window."""
+
+    async def _on_cfp(self, delivery: Any, capability: Capability) -> None:
+        await asyncio.sleep(0.05)
+        await super()._on_cfp(delivery, capability)
+
+
+class Refuses(BidPolicy):
+    def quote(self, node: AgentNode, task: Task, capability: Capability,
+              terms: dict[str, Any], reserved: int) -> Bid | str:
+        return "not today"
+
+
+async def test_a_forged_bid_is_never_awarded(nats_server: Any, agent_factory: AgentFactory
+                                             ) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {
+        "honest": Fixed(load=0.9, latency_ms=900, success_rate=0.5), "victim": Refuses(),
+        "client": Fixed(load=0.95, latency_ms=1000, success_rate=0.1)})
+    honest = nodes["honest"]
+    await honest.bidder.stop()
+    honest.bidder = SlowBidder(honest, Fixed(load=0.9, latency_ms=900, success_rate=0.5))
+    await honest.bidder.start()
+    victim = nodes["victim"].agent_id
+    attacker = Identity.generate()
+    raw = NatsClient()
+    await raw.connect(nats_server.client_url)
+    injected: list[str] = []
+
+    async def inject(msg: Msg) -> None:
+        cfp = parse(msg.data)
+        if cfp.type == "cfp":  # a perfect bid in the victim's name, signed by someone else
+            injected.append(cfp.body["auction_id"])
+            await raw.publish(msg.reply, forge_bid(victim, attacker, msg.reply,
+                                                   cfp.body["auction_id"]))
+
+    await raw.subscribe("agora.cfp.work.do", cb=inject)
+    await raw.flush()
+    client = nodes["client"]
+    events: list[Progress] = []
+    try:
+        result = await client.dispatcher.submit("work.do", {}, progress=events.append)
+    finally:
+        await raw.close()
+    assert injected
+    ranking = next(e for e in events if e.event == "bids").detail["ranking"]
+    assert ranking[0] == victim  # the forgery ranked first ...
+    assert result.result["by"] == "honest"  # ... and was never awarded
+    assert [e.detail["agent"] for e in events if e.event == "award"] == [honest.agent_id]
+    assert client.bus.rejections[RejectReason.BAD_SIGNATURE] == 1
+
+
+async def test_counter_offers_are_awarded_only_when_the_policy_accepts_them(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    dear = Capability(name="work.do", cost_per_token=0.01)
+    node = await agent_factory(nats_server.client_url, "dear", [dear], backend=Worker("dear"),
+                               auction_policy=AuctionPolicy(max_cost_usd=0.001, bid_window=0.3))
+    events: list[Progress] = []
+    result = await node.dispatcher.submit("work.do", {"n": 3}, progress=events.append)
+    award = next(e for e in events if e.event == "award")
+    assert award.detail["counter"]["cost_usd"] > 0.001
+    assert result.result["by"] == "dear"
+    strict = AuctionPolicy(max_cost_usd=0.001, accept_counter_offers=False, bid_window=0.3)
+    node.auctioneer.policy = strict
+    with pytest.raises(AuctionFailed, match="only counter-offers"):
+        await node.dispatcher.submit("work.do", {"n": 4})
+
+
+class SilentBidder(Bidder):
+    """Accepts the award, then never sends a lease: a winner gone quiet."""
+
+    async def _leases(self, delivery: Any, auction_id: str, task_id: str,
+                      interval: float) -> None:
+        await delivery.respond("accept", {"auction_id": auction_id, "task_id": task_id})
+        await asyncio.Event().wait()
+
+
+async def test_a_silent_winner_loses_the_task_and_its_late_result_is_dropped(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {
+        "quiet": Fixed(latency_ms=1), "steady": Fixed(latency_ms=100),
+        "client": Fixed(latency_ms=9000, load=1.0, success_rate=0.0)},
+        auction_policy=AuctionPolicy(lease_interval=0.1, missed_leases=2, award_timeout=0.3))
+    quiet = nodes["quiet"]
+    await quiet.bidder.stop()
+    quiet.bidder = SilentBidder(quiet, Fixed(latency_ms=1))
+    await quiet.bidder.start()
+    events: list[Progress] = []
+    outcome = await nodes["client"].auctioneer.run(
+        Task(task_type="work.do", parameters={"seconds": 0.2}), timeout=10,
+        progress=events.append)
+    assert outcome.result.result["by"] == "steady"
+    assert outcome.attempts == 2
+    assert [(e.event, e.detail.get("agent")) for e in events
+            if e.event in ("award", "accepted", "lost")] == [
+        ("award", quiet.agent_id), ("accepted", quiet.agent_id), ("lost", quiet.agent_id),
+        ("award", nodes["steady"].agent_id), ("accepted", nodes["steady"].agent_id)]
+    assert quiet.backend.started  # type: ignore[attr-defined] # it did start the work
+    # Told to cancel, the lost winner answered after all: dropped, counted.
+    assert outcome.duplicates == 1
+    assert sum(e.event == "result" for e in events) == 1
+
+
+async def test_a_winner_that_never_answers_counts_as_declined_and_is_cancelled(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {
+        "mute": Fixed(latency_ms=1), "steady": Fixed(latency_ms=100),
+        "client": Fixed(latency_ms=9000, load=1.0, success_rate=0.0)},
+        auction_policy=AuctionPolicy(award_timeout=0.2))
+    mute = nodes["mute"]
+    mute.direct_handlers["award"] = lambda delivery: asyncio.sleep(0)  # swallows awards
+    events: list[Progress] = []
+    result = await nodes["client"].dispatcher.submit("work.do", {}, progress=events.append)
+    assert result.result["by"] == "steady"
+    assert [e.detail for e in events if e.event == "declined"] == [
+        {"agent": mute.agent_id, "reason": "no answer"}]
+
+
+async def test_a_killed_winner_is_detected_and_the_task_reauctioned(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {
+        "first": Fixed(latency_ms=1), "backup": Fixed(latency_ms=100),
+        "client": Fixed(latency_ms=9000, load=1.0, success_rate=0.0)},
+        auction_policy=AuctionPolicy(lease_interval=0.1, missed_leases=3))
+    first = nodes["first"]
+    events: list[Progress] = []
+    run = asyncio.ensure_future(nodes["client"].dispatcher.submit(
+        "work.do", {"seconds": 0.5}, progress=events.append, timeout=10))
+    await wait_until(lambda: bool(first.backend.started))  # type: ignore[attr-defined]
+    await first.kill()
+    result = await run
+    assert result.result["by"] == "backup"
+    # In-process kill cancels the running task, whose TaskCancelled result sends the task
+    # to a new auction; a SIGKILLed process sends nothing and is caught by its lease
+    # (tests/e2e/test_auction_cli.py).
+    assert [e.detail for e in events if e.event == "reauction"] == [
+        {"failed": first.agent_id, "attempt": 2}]
+    assert [e.detail["status"] for e in events if e.event == "result"] == [
+        "FAILED", "COMPLETED"]
+
+
+async def test_200_concurrent_auctions_over_10_agents_on_a_3_seed_mesh(
+        mesh_factory: MeshFactory, agent_factory: AgentFactory) -> None:
+    mesh = await mesh_factory(seeds=3)
+    urls = [server.client_url for server in mesh.servers]
+    workers = {f"w{i}": None for i in range(10)}
+    nodes = await start_workers(agent_factory, urls, workers, max_concurrent_tasks=32)
+    clients = list(nodes.values())[:4]
+    tasks = [Task(task_type="work.do", parameters={"n": i, "seconds": 0.01}) for i in range(200)]
+    results = await asyncio.gather(*(
+        clients[i % len(clients)].auctioneer.run(task, timeout=60)
+        for i, task in enumerate(tasks)))
+    assert [outcome.result.task_id for outcome in results] == [task.task_id for task in tasks]
+    assert all(outcome.result.status is TaskStatus.COMPLETED for outcome in results)
+    assert sorted(outcome.result.result["n"] for outcome in results) == list(range(200))
+    started = Counter(tid for node in nodes.values()
+                      for tid in node.backend.started)  # type: ignore[attr-defined]
+    assert len(started) == 200 and set(started.values()) == {1}  # no task ran twice
+    assert sum(outcome.duplicates for outcome in results) == 0
+    busy = [node for node in nodes.values() if node.backend.started]  # type: ignore[attr-defined]
+    assert len(busy) >= 5  # salted tie-breaks spread equal bids over the agents
+
+
+async def test_plain_json_on_agora_task_gets_the_negotiated_result(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {
+        "slow": Fixed(latency_ms=800), "quick": Fixed(latency_ms=5)})
+    raw = NatsClient()
+    await raw.connect(nats_server.client_url)
+    try:
+        reply = await raw.request("agora.task.work.do", json.dumps({"n": 7}).encode(),
+                                  timeout=5)
+        answer = json.loads(reply.data)
+        assert answer["status"] == "COMPLETED"
+        assert answer["result"] == {"by": "quick", "n": 7}
+        assert answer["agent_id"] == nodes["quick"].agent_id
+        bad = json.loads((await raw.request("agora.task.work.do", b'{"n": ', timeout=5)).data)
+        assert bad["error"]["type"] == "MalformedEnvelope"
+        nobody = json.loads((await raw.request("agora.task.no.such", b'{"x": 1}',
+                                               timeout=5)).data)
+        assert nobody["error"]["type"] == "NoBidders"
+    finally:
+        await raw.close()
+
+
+async def test_signed_streaming_request_on_agora_task_shows_progress(
+        nats_server: Any, agent_factory: AgentFactory, bus_factory: BusFactory) -> None:
+    await start_workers(agent_factory, [nats_server.client_url], {"solo": None})
+    bus = await bus_factory(nats_server.client_url)
+    inbox = bus.nats.new_inbox()
+    seen: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        seen.put_nowait(bus.guard.admit(msg.data, msg.subject))
+
+    await bus.nats.subscribe(inbox, cb=collect)
+    task = Task(task_type="work.do", parameters={"n": 9})
+    await bus.publish("agora.task.work.do", "task_request", {**task.as_dict(), "stream": True},
+                      reply=inbox)
+    kinds: list[str] = []
+    async with asyncio.timeout(5):
+        while not kinds or kinds[-1] != "task_response":
+            envelope = await seen.get()
+            kinds.append(envelope.type if envelope.type != "progress"
+                         else envelope.body["event"])
+    assert kinds[:3] == ["cfp", "bids", "award"]
+    assert kinds[-2:] == ["result", "task_response"]
+    assert envelope.body["result"] == {"by": "solo", "n": 9}
+
+
+def test_scorer_and_bids_reject_bad_values() -> None:
+    with pytest.raises(InvalidInput, match="latency_ms must be a finite number"):
+        Bid.from_dict({"latency_ms": "fast"}, agent_id="U1")
+    with pytest.raises(InvalidInput, match="must not be negative"):
+        Bid(agent_id="U1", cost_usd=-1)
+    with pytest.raises(InvalidInput, match="counter"):
+        Bid.from_dict({"counter": {"bribe": 1}}, agent_id="U1")
+    with pytest.raises(InvalidInput, match="weights"):
+        weighted(load=-1)
+    equal = [Bid(agent_id=name) for name in ("U3", "U1", "U2")]
+    assert [bid.agent_id for _, bid in rank(equal)] == ["U1", "U2", "U3"]
+    salted = {tuple(b.agent_id for _, b in rank(equal, salt=str(i))) for i in range(20)}
+    assert len(salted) > 1  # different auctions, different tie-breaks
+    assert rank(equal, salt="x") == rank(equal, salt="x")
+
+
+async def test_dispatcher_selectors(nats_server: Any, agent_factory: AgentFactory) -> None:
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {"a": None, "b": None})
+    dispatcher: Dispatcher = nodes["a"].dispatcher
+    assert [c.name for c in dispatcher.select("capability:work.*")] == ["a", "b"]
+    assert [c.name for c in dispatcher.select("type:worker")] == ["a", "b"]
+    assert [c.name for c in dispatcher.select(f"id:{nodes['b'].agent_id}")] == ["b"]
+    assert dispatcher.select("name:nobody") == []
+    with pytest.raises(InvalidInput, match="unknown selector kind 'colour'"):
+        dispatcher.select("colour:blue")
