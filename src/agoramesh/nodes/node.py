@@ -9,7 +9,7 @@ Subjects served (DESIGN.md): ``agora.cap.<capability>`` (queue group, tasks,
 plain JSON allowed by policy), ``agora.cfp.<capability>`` (auctions: bids,
 protocols/bidder.py), ``agora.task.>`` (queue group: tasks this node auctions
 for a client, protocols/task_desk.py), ``agora.agent.<id>`` (direct: task,
-cancel, card, award), ``agora.discover`` (scatter-gather),
+cancel, card, award, ballot), ``agora.discover`` (scatter-gather),
 ``agora.presence.>`` (the directory), and ``$SRV.*`` (NATS services protocol).
 
 ``node.dispatcher`` submits work from this agent (auctions it drives itself,
@@ -56,7 +56,9 @@ from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
 from agoramesh.protocols.bidder import Bidder, BidPolicy
 from agoramesh.protocols.contract_net import Auctioneer, AuctionPolicy
 from agoramesh.protocols.dispatch import Dispatcher
+from agoramesh.protocols.strategies import AgentProfile
 from agoramesh.protocols.task_desk import QUEUE, TaskDesk
+from agoramesh.protocols.voting import ballot_handler, default_chooser
 
 __all__ = ("AgentNode", "DirectHandler", "NodeConfig")
 
@@ -152,6 +154,9 @@ class AgentNode:
         self.dispatcher = Dispatcher(self.bus, self.directory, auctioneer=self.auctioneer,
                                      own_card=self._own_card)
         self.task_desk = TaskDesk(self)
+        # Consensus allocation (protocols/strategies.py) asks agents to vote on who gets a task.
+        self.direct_handlers["ballot"] = ballot_handler(default_chooser(
+            lambda: AgentProfile.from_card(self.card, self.status)))
 
     def _own_card(self) -> AgentCard:
         return self.card
