@@ -1,0 +1,5 @@
+"""``python -m agoramesh``: the CLI."""
+
+from agoramesh.cli.main import main
+
+main()

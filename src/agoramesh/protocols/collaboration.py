@@ -1,0 +1,856 @@
+"""Collaboration modes (M-3.4): sequential, parallel, map-reduce, debate, voting.
+
+A :class:`Collaboration` drives several tasks through a :class:`Dispatcher`
+from the node or client that asks for it (no central controller). Named
+agents (``agents``) are names, ids or selectors (``name:pro``, ``id:U…``,
+``capability:vote``, ``type:claude``); a bare word is a name, then an id.
+Work for no named agent goes by the dispatcher's default route (an auction).
+
+Failures: the failure of one agent (a FAILED result, a timeout, an agent that
+left) is *recorded* in the result — ``status``/``error`` of that record, an
+abstention in a vote — and the collaboration carries on. What stops it:
+invalid input (:class:`InvalidInput`), nobody offering a capability for unnamed
+work (:class:`NoResponders` / :class:`NoBidders`), and the whole collaboration
+overrunning ``timeout`` (:class:`BusTimeout`). Every task waits at most
+``task_timeout``.
+
+``run(request)`` takes the HTTP/CLI shape ``{mode, topic, agents, rounds,
+requirements}`` (unknown fields are refused; ``rounds`` is for debate only).
+A *record* is ``{agent, agent_id, capability, status, output, error}``
+(``status`` COMPLETED or FAILED, ``error`` ``{type, message}`` or null).
+``${topic}``, ``${previous.output.FIELD}`` and ``${steps.NAME.output.FIELD}``
+in parameters are replaced by those values (the whole value when the string is
+only the reference, else its text; a number indexes a list: ``sentences.0``);
+``topic`` is optional outside debate and voting. Per mode, request → result:
+
+- ``sequential``: requirements ``{stages: [{capability, agent?, parameters?,
+  name?}]}`` (``name`` defaults to the stage number; ``agent`` is a selector,
+  the least loaded match runs the stage) → ``{mode, steps: [{stage, name,
+  …record}], output, completed}``. It stops at the first failed stage
+  (``output`` null, ``completed`` false).
+- ``parallel``: requirements ``{capability, parameters?}``; ``agents`` is a
+  list of selectors, a count (the least loaded capable agents) or null (every
+  capable agent) → ``{mode, capability, results: [record], failed: [record]}``.
+- ``map-reduce`` (or ``map_reduce``): requirements ``{items, map?, reduce?,
+  item_field?, collect?, reduce_field?, map_parameters?, reduce_parameters?}``;
+  each item becomes one map task (an object item is merged into
+  ``map_parameters``, anything else is put in ``item_field``, default
+  ``text``), at most ``concurrency`` at a time, spread over ``agents`` if
+  named; field ``collect`` (default ``summary``; null = the whole output) of
+  every map output, in item order, joined by newlines when all are strings
+  (else a list), goes in ``reduce_field`` (default ``text``) of one reduce
+  task. ``map`` and ``reduce`` default to ``text.summarize``: a summary of
+  summaries → ``{mode, map: [{index, …record}], failed: [{index, …record}],
+  reduce: record | null, output}``.
+- ``debate``: ``topic``, ``rounds`` (default 2, 1 to 20), ``agents`` (default:
+  every agent offering ``text.debate``; at least 2), requirements ``{voters?,
+  positions?: {name: for|against}}``. Participant *i* in the given order (or
+  by name) argues ``for`` when *i* is even, ``against`` when odd, unless
+  ``positions`` says otherwise. Each round every participant in turn argues
+  (``text.debate``) given the last 50 arguments. Then every participant
+  offering ``vote`` (or the named ``voters``; or, when no participant votes,
+  every agent offering ``vote``) votes on ``["for", "against"]`` with the
+  history as the question. Majority wins; a tie goes to the side whose
+  arguments had the higher summed confidence, then to ``for`` →
+  ``{mode, topic, rounds, participants: [{agent, agent_id, position}],
+  debate_history: [{round, agent, agent_id, position, argument, confidence}],
+  failed: [{round, agent, agent_id, position, error}], consensus: {position,
+  votes: {for, against}, support: {for, against} (summed confidence),
+  decided_by: majority|confidence|order, ballots: [{agent, agent_id, choice,
+  reason}], abstained: [{agent, agent_id, error}], summary}}``.
+- ``voting``: ``topic`` is the question, requirements ``{options}`` (2 to 100
+  distinct strings), ``agents`` (default every agent offering ``vote``) →
+  ``{mode, question, options, votes: [{agent, agent_id, choice, reason}],
+  abstained: [{agent, agent_id, error}], tally: {option: n}, winner, tied}``;
+  the top option wins, ties go to the earliest in ``options``; a ballot that
+  fails or names no option is an abstention; no valid ballot: winner null.
+
+Progress events (``on_event``) are dicts with ``event`` and ``mode``:
+``started``, ``step`` (a sequential stage, a parallel or map task, the
+reduce), ``argument``, ``failed`` (a debate turn), ``vote``, ``abstain``,
+``consensus`` and ``finished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from agoramesh.bus.subjects import validate_capability
+from agoramesh.errors import (
+    AgoraError,
+    BusTimeout,
+    InvalidInput,
+    NoBidders,
+    NoResponders,
+    SubjectError,
+    error_to_wire,
+)
+from agoramesh.nodes.card import AgentCard
+from agoramesh.nodes.task import TaskStatus
+from agoramesh.protocols.dispatch import Dispatcher
+
+__all__ = ("DEBATE_CAPABILITY", "VOTE_CAPABILITY", "Collaboration", "CollaborationMode",
+           "CollaborationRequest", "EventHandler")
+
+log = logging.getLogger("agoramesh.collaboration")
+
+DEBATE_CAPABILITY = "text.debate"
+VOTE_CAPABILITY = "vote"
+
+#: Receives every progress event; exceptions it raises are logged and ignored.
+EventHandler = Callable[[dict[str, Any]], None]
+
+_T = TypeVar("_T")
+_SIDES = ("for", "against")
+_COMPLETED = TaskStatus.COMPLETED.value
+_HISTORY_SENT = 50  # arguments a debater is shown: bounds the envelope, keeps the thread
+_MAX_TOPIC = 1000  # text.debate's limit
+_MAX_QUESTION = 10_000  # vote's limit
+_MAX_ITEMS = 1000
+_MAX_AGENTS = 100
+_MAX_STAGES = 50
+_MAX_ROUNDS = 20
+_REFERENCE = re.compile(r"\$\{([^{}]*)\}")
+
+
+class CollaborationMode(StrEnum):
+    SEQUENTIAL = "sequential"
+    PARALLEL = "parallel"
+    MAP_REDUCE = "map_reduce"
+    DEBATE = "debate"
+    VOTING = "voting"
+
+    @classmethod
+    def parse(cls, value: object) -> CollaborationMode:
+        """A mode by name; ``map-reduce`` is accepted for ``map_reduce``."""
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return cls(value.strip().lower().replace("-", "_"))
+        raise InvalidInput(f"unknown mode {value!r:.60}; use one of "
+                           f"{', '.join(mode.value.replace('_', '-') for mode in cls)}")
+
+
+# --- validation: one-line InvalidInput messages ---------------------------------------------
+
+def _given(value: object, default: object) -> Any:
+    return default if value is None else value
+
+
+def _text(value: object, what: str, max_length: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what!r} must be a non-empty string")
+    if len(value) > max_length:
+        raise InvalidInput(f"{what!r} is longer than {max_length} characters")
+    return value
+
+
+def _integer(value: object, what: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidInput(f"{what!r} must be an integer from {low} to {high}")
+    return value
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{what!r} must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _only(data: Mapping[str, Any], allowed: Sequence[str], what: str) -> None:
+    unknown = sorted(str(key) for key in data if key not in allowed)
+    if unknown:
+        raise InvalidInput(f"unknown {what} field(s) {', '.join(unknown)[:200]}; "
+                           f"expected {', '.join(allowed) or 'none'}")
+
+
+def _capability(value: object, what: str) -> str:
+    try:
+        return validate_capability(value)
+    except SubjectError as exc:
+        raise InvalidInput(f"{what!r}: {exc}") from None
+
+
+def _named(value: object, what: str = "agents", *, count: bool = False
+           ) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_AGENTS
+            or not all(isinstance(item, str) and 0 < len(item.strip()) <= 200 for item in value)):
+        raise InvalidInput(f"{what!r} must be a list of 1-{_MAX_AGENTS} agent names, ids or "
+                           f"selectors{' or a count' if count else ''}")
+    return tuple(item.strip() for item in value)
+
+
+def _agents(value: object, *, count: bool) -> tuple[str, ...] | int | None:
+    """``agents``: names, ids or selectors; a count of agents too where ``count``."""
+    if count and type(value) is int:
+        return _integer(value, "agents", 1, _MAX_AGENTS)
+    return _named(value, count=count)
+
+
+def _options(value: object) -> tuple[str, ...]:
+    if (not isinstance(value, list | tuple) or not 2 <= len(value) <= 100
+            or not all(isinstance(item, str) and 0 < len(item) <= 1000 for item in value)
+            or len(set(value)) != len(value)):
+        raise InvalidInput("'options' must be a list of 2-100 distinct non-empty strings")
+    return tuple(value)
+
+
+def _positions(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+            isinstance(key, str) and side in _SIDES for key, side in value.items()):
+        raise InvalidInput("'positions' must map agent names or ids to 'for' or 'against'")
+    return dict(value)
+
+
+def _references(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [match.strip() for match in _REFERENCE.findall(value)]
+    if isinstance(value, dict):
+        return [ref for item in value.values() for ref in _references(item)]
+    if isinstance(value, list):
+        return [ref for item in value for ref in _references(item)]
+    return []
+
+
+def _check_references(parameters: object, topic: str | None, earlier: Sequence[str] = (),
+                      *, where: str = "parameters") -> None:
+    """Every ``${…}`` must name the topic (when there is one) or an earlier stage's output."""
+    for ref in _references(parameters):
+        root, _, rest = ref.partition(".")
+        if root == "topic" and not rest and topic is not None:
+            continue
+        if root == "previous" and earlier and (rest == "output" or rest.startswith("output.")):
+            continue
+        name, _, tail = rest.partition(".")
+        if root == "steps" and name in earlier and (tail == "output"
+                                                     or tail.startswith("output.")):
+            continue
+        later = ", ${previous.output.FIELD}, ${steps.NAME.output.FIELD}" if earlier else ""
+        raise InvalidInput(f"${{{ref}}} in {where} names nothing; use ${{topic}}{later}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Stage:
+    name: str
+    capability: str
+    agent: str | None
+    parameters: dict[str, Any]
+
+
+def _stages(value: object, topic: str | None) -> list[_Stage]:
+    if not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_STAGES:
+        raise InvalidInput(f"'stages' must be a list of 1-{_MAX_STAGES} stage objects")
+    stages: list[_Stage] = []
+    for number, raw in enumerate(value, 1):
+        where = f"stages[{number}]"
+        stage = _object(raw, where)
+        _only(stage, ("name", "capability", "agent", "parameters"), where)
+        name = _text(stage.get("name", str(number)), f"{where}.name", 100)
+        if name in (earlier := [s.name for s in stages]):
+            raise InvalidInput(f"{where}: the stage name {name!r} is used twice")
+        agent = stage.get("agent")
+        parameters = _object(stage.get("parameters", {}), f"{where}.parameters")
+        _check_references(parameters, topic, earlier, where=where)
+        stages.append(_Stage(name=name, capability=_capability(stage.get("capability"),
+                                                                 f"{where}.capability"),
+                             agent=None if agent is None else _text(agent, f"{where}.agent", 200),
+                             parameters=parameters))
+    return stages
+
+
+def _items(value: object) -> list[Any]:
+    if not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_ITEMS:
+        raise InvalidInput(f"'items' must be a list of 1-{_MAX_ITEMS} items")
+    return list(value)
+
+
+_REQUIREMENTS: dict[CollaborationMode, tuple[str, ...]] = {
+    CollaborationMode.SEQUENTIAL: ("stages",),
+    CollaborationMode.PARALLEL: ("capability", "parameters"),
+    CollaborationMode.MAP_REDUCE: ("items", "map", "reduce", "item_field", "collect",
+                                   "reduce_field", "map_parameters", "reduce_parameters"),
+    CollaborationMode.DEBATE: ("voters", "positions"),
+    CollaborationMode.VOTING: ("options",),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollaborationRequest:
+    """A checked ``{mode, topic, agents, rounds, requirements}`` request (see the module doc)."""
+
+    mode: CollaborationMode
+    topic: str | None = None
+    agents: tuple[str, ...] | int | None = None
+    rounds: int | None = None
+    requirements: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: object) -> CollaborationRequest:
+        """Check everything that can be checked without the mesh; InvalidInput if wrong."""
+        if not isinstance(data, Mapping):
+            raise InvalidInput(f"a collaboration request must be an object, "
+                               f"got {type(data).__name__}")
+        _only(data, ("mode", "topic", "agents", "rounds", "requirements"), "request")
+        if data.get("mode") is None:
+            raise InvalidInput("'mode' is required: sequential, parallel, map-reduce, debate "
+                               "or voting")
+        mode = CollaborationMode.parse(data["mode"])
+        topic = data.get("topic")
+        if topic is not None:
+            topic = _text(topic, "topic", _MAX_QUESTION if mode is CollaborationMode.VOTING
+                          else _MAX_TOPIC)
+        elif mode in (CollaborationMode.DEBATE, CollaborationMode.VOTING):
+            raise InvalidInput(f"'topic' is required for {mode}")
+        if data.get("rounds") is not None and mode is not CollaborationMode.DEBATE:
+            raise InvalidInput("'rounds' applies to debate only")
+        if data.get("agents") is not None and mode is CollaborationMode.SEQUENTIAL:
+            raise InvalidInput("'agents' does not apply to sequential; name an agent per stage")
+        raw = data.get("requirements")
+        requirements = {} if raw is None else _object(raw, "requirements")
+        _only(requirements, _REQUIREMENTS[mode], f"{mode} requirements")
+        request = cls(mode=mode, topic=topic,
+                      agents=_agents(data.get("agents"), count=mode is CollaborationMode.PARALLEL),
+                      rounds=data.get("rounds"), requirements=requirements)
+        _check_mode_arguments(request)
+        return request
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments of the mode's method in :class:`Collaboration`."""
+        req: Mapping[str, Any] = self.requirements or {}
+        mode = self.mode
+        if mode is CollaborationMode.DEBATE:
+            return {"topic": self.topic, "agents": self.agents,
+                    "rounds": 2 if self.rounds is None else self.rounds,
+                    "voters": req.get("voters"), "positions": req.get("positions")}
+        if mode is CollaborationMode.VOTING:
+            return {"question": self.topic, "options": req.get("options"), "agents": self.agents}
+        if mode is CollaborationMode.PARALLEL:
+            if req.get("capability") is None:
+                raise InvalidInput("parallel needs requirements.capability")
+            return {"capability": req["capability"], "parameters": req.get("parameters"),
+                    "agents": self.agents, "topic": self.topic}
+        if mode is CollaborationMode.MAP_REDUCE:
+            if req.get("items") is None:
+                raise InvalidInput("map-reduce needs requirements.items")
+            names = {"map": "map_capability", "reduce": "reduce_capability"}
+            return {"items": req["items"], "agents": self.agents, "topic": self.topic,
+                    **{names.get(key, key): value for key, value in req.items()
+                       if key != "items"}}
+        if req.get("stages") is None:
+            raise InvalidInput("sequential needs requirements.stages")
+        return {"stages": req["stages"], "topic": self.topic}
+
+
+def _check_mode_arguments(request: CollaborationRequest) -> None:
+    arguments = request.arguments()
+    match request.mode:
+        case CollaborationMode.DEBATE:
+            _text(arguments["topic"], "topic", _MAX_TOPIC)
+            _integer(arguments["rounds"], "rounds", 1, _MAX_ROUNDS)
+            _named(arguments["voters"], "voters")
+            _positions(arguments["positions"])
+        case CollaborationMode.VOTING:
+            _text(arguments["question"], "topic", _MAX_QUESTION)
+            _options(arguments["options"])
+        case CollaborationMode.PARALLEL:
+            _capability(arguments["capability"], "capability")
+            _check_references(_object(_given(arguments["parameters"], {}), "parameters"),
+                              request.topic)
+        case CollaborationMode.MAP_REDUCE:
+            _map_reduce_settings(**{key: value for key, value in arguments.items()
+                                    if key != "agents"})
+        case CollaborationMode.SEQUENTIAL:
+            _stages(arguments["stages"], request.topic)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _MapReduce:
+    items: list[Any]
+    map_capability: str
+    reduce_capability: str
+    item_field: str
+    collect: str | None
+    reduce_field: str
+    map_parameters: dict[str, Any]
+    reduce_parameters: dict[str, Any]
+
+
+def _map_reduce_settings(items: object, *, topic: str | None = None,
+                         map_capability: object = None, reduce_capability: object = None,
+                         item_field: object = None, collect: object = "summary",
+                         reduce_field: object = None, map_parameters: object = None,
+                         reduce_parameters: object = None) -> _MapReduce:
+    mapper = _capability(_given(map_capability, "text.summarize"), "map")
+    settings = _MapReduce(
+        items=_items(items), map_capability=mapper,
+        reduce_capability=_capability(_given(reduce_capability, mapper), "reduce"),
+        item_field=_text(_given(item_field, "text"), "item_field", 100),
+        collect=None if collect is None else _text(collect, "collect", 100),
+        reduce_field=_text(_given(reduce_field, "text"), "reduce_field", 100),
+        map_parameters=_object(_given(map_parameters, {}), "map_parameters"),
+        reduce_parameters=_object(_given(reduce_parameters, {}), "reduce_parameters"))
+    _check_references(settings.map_parameters, topic, where="map_parameters")
+    _check_references(settings.reduce_parameters, topic, where="reduce_parameters")
+    return settings
+
+
+# --- references and records -------------------------------------------------------------------
+
+def _lookup(scope: Mapping[str, Any], path: str) -> Any:
+    current: Any = scope
+    for part in path.strip().split("."):
+        if isinstance(current, Mapping) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            raise InvalidInput(f"${{{path.strip()}}} names nothing: there is no {part!r}")
+    return current
+
+
+def _substitute(value: Any, scope: Mapping[str, Any]) -> Any:
+    """``value`` with every ``${path}`` replaced from ``scope`` (see the module docstring)."""
+    if isinstance(value, str):
+        if whole := _REFERENCE.fullmatch(value):
+            return _lookup(scope, whole.group(1))
+        return _REFERENCE.sub(lambda match: _as_text(_lookup(scope, match.group(1))), value)
+    if isinstance(value, dict):
+        return {key: _substitute(item, scope) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, scope) for item in value]
+    return value
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                             default=str)
+
+
+def _failure(card: AgentCard | None, capability: str, error: BaseException) -> dict[str, Any]:
+    return {"agent": card.name if card else None, "agent_id": card.id if card else None,
+            "capability": capability, "status": TaskStatus.FAILED.value, "output": None,
+            "error": error_to_wire(error)}
+
+
+def _confidence(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return 0.0
+
+
+def _debate_question(topic: str, history: Sequence[Mapping[str, Any]]) -> str:
+    """The ballot question: the topic, then as many of the latest arguments as fit."""
+    head = (f"Debate: {topic}\nAfter {len(history)} argument(s), which position is better "
+            f"supported: for or against?")
+    lines: list[str] = []
+    room = _MAX_QUESTION - len(head)
+    for entry in reversed(history):
+        line = f"\n[round {entry['round']}] {entry['agent']} ({entry['position']}): " \
+               f"{entry['argument']}"
+        if len(line) > room:
+            break
+        lines.append(line)
+        room -= len(line)
+    return head + "".join(reversed(lines))
+
+
+def _consensus(topic: str, rounds: int, history: Sequence[Mapping[str, Any]],
+               ballots: list[dict[str, Any]], abstained: list[dict[str, Any]]
+               ) -> dict[str, Any]:
+    votes = {side: sum(1 for ballot in ballots if ballot["choice"] == side) for side in _SIDES}
+    support = {side: round(sum(entry["confidence"] for entry in history
+                               if entry["position"] == side), 4) for side in _SIDES}
+    if votes["for"] != votes["against"]:
+        position, decided_by = max(_SIDES, key=lambda side: votes[side]), "majority"
+    elif support["for"] != support["against"]:
+        position, decided_by = max(_SIDES, key=lambda side: support[side]), "confidence"
+    else:
+        position, decided_by = "for", "order"
+    summary = (f"{position} carries the debate on {topic!r}: {votes['for']} vote(s) for, "
+               f"{votes['against']} against, decided by {decided_by} after {rounds} round(s).")
+    best = max((entry for entry in history if entry["position"] == position),
+               key=lambda entry: entry["confidence"], default=None)
+    if best is not None:
+        summary += (f" Strongest argument ({best['agent']}, round {best['round']}): "
+                    f"{best['argument']}")
+    return {"position": position, "votes": votes, "support": support, "decided_by": decided_by,
+            "ballots": ballots, "abstained": abstained, "summary": summary}
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    mode: CollaborationMode
+    deadline: float  # loop time
+
+
+_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("agoramesh_collaboration",
+                                                                   default=None)
+
+
+class Collaboration:
+    """Runs the collaboration modes through one :class:`Dispatcher`.
+
+    ``timeout`` bounds a whole collaboration, ``task_timeout`` each task in it;
+    ``concurrency`` bounds the tasks running at once (parallel, map, ballots).
+    """
+
+    def __init__(self, dispatcher: Dispatcher, *, timeout: float = 120.0,
+                 task_timeout: float = 30.0, concurrency: int = 8,
+                 on_event: EventHandler | None = None) -> None:
+        if not timeout > 0 or not task_timeout > 0 or concurrency < 1:
+            raise InvalidInput("timeouts must be positive and concurrency at least 1")
+        self.dispatcher = dispatcher
+        self.timeout = timeout
+        self.task_timeout = task_timeout
+        self.concurrency = concurrency
+        self.on_event = on_event
+
+    async def run(self, request: CollaborationRequest | Mapping[str, Any]) -> dict[str, Any]:
+        """Run the HTTP/CLI shape ``{mode, topic, agents, rounds, requirements}``."""
+        if not isinstance(request, CollaborationRequest):
+            request = CollaborationRequest.from_dict(request)
+        modes: dict[CollaborationMode, Callable[..., Awaitable[dict[str, Any]]]] = {
+            CollaborationMode.SEQUENTIAL: self.sequential,
+            CollaborationMode.PARALLEL: self.parallel,
+            CollaborationMode.MAP_REDUCE: self.map_reduce,
+            CollaborationMode.DEBATE: self.debate,
+            CollaborationMode.VOTING: self.voting,
+        }
+        return await modes[request.mode](**request.arguments())
+
+    # --- the modes ----------------------------------------------------------------------------
+
+    async def sequential(self, stages: Sequence[Mapping[str, Any]], *,
+                         topic: str | None = None) -> dict[str, Any]:
+        """Each stage's output feeds the next through ``${previous.output…}`` references."""
+        plan = _stages(stages, topic)
+        async with self._running(CollaborationMode.SEQUENTIAL):
+            cards = [None if stage.agent is None else
+                     self._least_loaded(self._participants([stage.agent], stage.capability))
+                     for stage in plan]
+            self._emit("started", stages=[stage.name for stage in plan])
+            steps: list[dict[str, Any]] = []
+            outputs: dict[str, Any] = {}
+            previous: Any = None
+            for number, (stage, card) in enumerate(zip(plan, cards, strict=True), 1):
+                scope = {"topic": topic, "previous": {"output": previous},
+                         "steps": {name: {"output": output} for name, output in outputs.items()}}
+                try:
+                    parameters = _substitute(stage.parameters, scope)
+                except InvalidInput as exc:
+                    record = _failure(card, stage.capability, exc)
+                else:
+                    record = await self._submit(stage.capability, parameters, card)
+                steps.append({"stage": number, "name": stage.name, **record})
+                self._emit("step", **steps[-1])
+                if record["status"] != _COMPLETED:
+                    break
+                previous = outputs[stage.name] = record["output"]
+            completed = len(outputs) == len(plan)
+            self._emit("finished", completed=completed)
+            return {"mode": CollaborationMode.SEQUENTIAL.value, "steps": steps,
+                    "output": previous if completed else None, "completed": completed}
+
+    async def parallel(self, capability: str, parameters: Mapping[str, Any] | None = None,
+                       agents: Sequence[str] | int | None = None, *,
+                       topic: str | None = None) -> dict[str, Any]:
+        """The same task to several agents at once (see the module docstring for ``agents``)."""
+        capability = _capability(capability, "capability")
+        given = _object(_given(parameters, {}), "parameters")
+        _check_references(given, topic)
+        chosen = _agents(agents, count=True)
+        async with self._running(CollaborationMode.PARALLEL):
+            if isinstance(chosen, int):
+                capable = sorted(self.dispatcher.select(capability), key=self._load)
+                if len(capable) < chosen:
+                    raise NoResponders(f"{chosen} agents asked for, but only {len(capable)} "
+                                       f"known agent(s) offer {capability}")
+                cards = capable[:chosen]
+            else:
+                cards = self._participants(chosen, capability)
+            task_parameters = _substitute(given, {"topic": topic})
+            self._emit("started", capability=capability, agents=[card.name for card in cards])
+
+            async def one(card: AgentCard) -> dict[str, Any]:
+                record = await self._submit(capability, task_parameters, card)
+                self._emit("step", **record)
+                return record
+
+            records = await self._each([functools.partial(one, card) for card in cards])
+            results = [record for record in records if record["status"] == _COMPLETED]
+            failed = [record for record in records if record["status"] != _COMPLETED]
+            self._emit("finished", completed=len(results), failed=len(failed))
+            return {"mode": CollaborationMode.PARALLEL.value, "capability": capability,
+                    "results": results, "failed": failed}
+
+    async def map_reduce(self, items: Sequence[Any], *, map_capability: str | None = None,
+                         reduce_capability: str | None = None, item_field: str | None = None,
+                         collect: str | None = "summary", reduce_field: str | None = None,
+                         map_parameters: Mapping[str, Any] | None = None,
+                         reduce_parameters: Mapping[str, Any] | None = None,
+                         agents: Sequence[str] | None = None,
+                         topic: str | None = None) -> dict[str, Any]:
+        """Map every item concurrently, then reduce the collected outputs in one task."""
+        plan = _map_reduce_settings(
+            items, topic=topic, map_capability=map_capability,
+            reduce_capability=reduce_capability, item_field=item_field, collect=collect,
+            reduce_field=reduce_field, map_parameters=map_parameters,
+            reduce_parameters=reduce_parameters)
+        named = _named(agents, "agents")
+        async with self._running(CollaborationMode.MAP_REDUCE):
+            cards = [] if named is None else self._participants(named, plan.map_capability)
+            scope = {"topic": topic}
+            base = _substitute(plan.map_parameters, scope)
+            self._emit("started", items=len(plan.items), map=plan.map_capability,
+                       reduce=plan.reduce_capability)
+
+            async def one(index: int, item: Any) -> dict[str, Any]:
+                parameters = ({**base, **item} if isinstance(item, dict)
+                              else {**base, plan.item_field: item})
+                card = cards[index % len(cards)] if cards else None
+                record = {"index": index, **await self._submit(plan.map_capability, parameters,
+                                                                card)}
+                output = record["output"]
+                if record["status"] == _COMPLETED and plan.collect is not None and not (
+                        isinstance(output, dict) and plan.collect in output):
+                    record |= {"status": TaskStatus.FAILED.value, "error": error_to_wire(
+                        InvalidInput(f"the map output has no field {plan.collect!r}"))}
+                self._emit("step", phase="map", **record)
+                return record
+
+            records = await self._each([functools.partial(one, index, item)
+                                        for index, item in enumerate(plan.items)])
+            mapped = [record for record in records if record["status"] == _COMPLETED]
+            reduced: dict[str, Any] | None = None
+            if mapped:
+                values = [record["output"] if plan.collect is None
+                          else record["output"][plan.collect] for record in mapped]
+                combined: Any = ("\n".join(values) if all(isinstance(v, str) for v in values)
+                                 else values)
+                parameters = {**_substitute(plan.reduce_parameters, scope),
+                              plan.reduce_field: combined}
+                reduced = await self._submit(plan.reduce_capability, parameters, None)
+                self._emit("step", phase="reduce", **reduced)
+            self._emit("finished", mapped=len(mapped), failed=len(records) - len(mapped))
+            return {"mode": CollaborationMode.MAP_REDUCE.value, "map": mapped,
+                    "failed": [record for record in records if record["status"] != _COMPLETED],
+                    "reduce": reduced, "output": reduced["output"] if reduced else None}
+
+    async def debate(self, topic: str, agents: Sequence[str] | None = None, rounds: int = 2, *,
+                     voters: Sequence[str] | None = None,
+                     positions: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Rounds of arguments for and against ``topic``, then a vote for the consensus."""
+        topic = _text(topic, "topic", _MAX_TOPIC)
+        rounds = _integer(rounds, "rounds", 1, _MAX_ROUNDS)
+        named, voter_names = _named(agents, "agents"), _named(voters, "voters")
+        sides = _positions(dict(positions) if positions is not None else None)
+        async with self._running(CollaborationMode.DEBATE):
+            cards = self._participants(named, DEBATE_CAPABILITY, minimum=2)
+            unknown = set(sides) - {card.name for card in cards} - {card.id for card in cards}
+            if unknown:
+                raise InvalidInput(f"'positions' names no participant: {sorted(unknown)[0]!r}")
+            seats = [(card, sides.get(card.name) or sides.get(card.id) or _SIDES[index % 2])
+                     for index, card in enumerate(cards)]
+            participants = [{"agent": card.name, "agent_id": card.id, "position": position}
+                            for card, position in seats]
+            self._emit("started", topic=topic, rounds=rounds, participants=participants)
+            history: list[dict[str, Any]] = []
+            failed: list[dict[str, Any]] = []
+            for round_ in range(1, rounds + 1):
+                for card, position in seats:
+                    shown = [{key: entry[key] for key in ("round", "agent", "position",
+                                                          "argument")}
+                             for entry in history[-_HISTORY_SENT:]]
+                    record = await self._submit(DEBATE_CAPABILITY, {
+                        "topic": topic, "position": position, "round": round_,
+                        "history": shown}, card)
+                    turn = {"round": round_, "agent": card.name, "agent_id": card.id,
+                            "position": position}
+                    output = record["output"]
+                    if record["status"] == _COMPLETED and isinstance(output, dict) \
+                            and isinstance(output.get("argument"), str):
+                        history.append({**turn, "argument": output["argument"],
+                                        "confidence": _confidence(output.get("confidence"))})
+                        self._emit("argument", **history[-1])
+                    else:
+                        failed.append({**turn, "error": record["error"] or error_to_wire(
+                            InvalidInput("the answer has no argument"))})
+                        self._emit("failed", **failed[-1])
+            if voter_names is not None:
+                electorate = self._participants(voter_names, VOTE_CAPABILITY)
+            else:
+                electorate = ([card for card in cards if card.offers(VOTE_CAPABILITY)]
+                              or self.dispatcher.select(VOTE_CAPABILITY))
+            ballots, abstained = await self._ballots(_debate_question(topic, history), _SIDES,
+                                                     electorate)
+            consensus = _consensus(topic, rounds, history, ballots, abstained)
+            self._emit("consensus", position=consensus["position"], votes=consensus["votes"],
+                       decided_by=consensus["decided_by"], summary=consensus["summary"])
+            self._emit("finished")
+            return {"mode": CollaborationMode.DEBATE.value, "topic": topic, "rounds": rounds,
+                    "participants": participants, "debate_history": history, "failed": failed,
+                    "consensus": consensus}
+
+    async def voting(self, question: str, options: Sequence[str],
+                     agents: Sequence[str] | None = None) -> dict[str, Any]:
+        """Every voter picks one option; the most votes win (ties: the earliest option)."""
+        question = _text(question, "question", _MAX_QUESTION)
+        choices = _options(list(options) if isinstance(options, tuple) else options)
+        named = _named(agents, "agents")
+        async with self._running(CollaborationMode.VOTING):
+            voters = self._participants(named, VOTE_CAPABILITY)
+            self._emit("started", question=question, options=list(choices),
+                       voters=[card.name for card in voters])
+            ballots, abstained = await self._ballots(question, choices, voters)
+            tally = {option: sum(1 for ballot in ballots if ballot["choice"] == option)
+                     for option in choices}
+            top = max(tally.values())
+            tied = [option for option in choices if tally[option] == top] if ballots else []
+            winner = tied[0] if tied else None
+            self._emit("finished", winner=winner, tally=tally)
+            return {"mode": CollaborationMode.VOTING.value, "question": question,
+                    "options": list(choices), "votes": ballots, "abstained": abstained,
+                    "tally": tally, "winner": winner, "tied": tied if len(tied) > 1 else []}
+
+    # --- machinery ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _running(self, mode: CollaborationMode) -> AsyncIterator[None]:
+        token = _RUN.set(_Run(mode, asyncio.get_running_loop().time() + self.timeout))
+        try:
+            async with asyncio.timeout(self.timeout):
+                yield
+        except TimeoutError as exc:
+            if isinstance(exc, BusTimeout):
+                raise
+            raise BusTimeout(f"the {mode.value} collaboration did not finish within "
+                             f"{self.timeout:g}s") from None
+        finally:
+            _RUN.reset(token)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self.on_event is None:
+            return
+        run = _RUN.get()
+        try:
+            self.on_event({"event": event, "mode": run.mode.value if run else None, **fields})
+        except Exception:  # a progress display must not break the work it displays
+            log.exception("the collaboration event handler failed on %r", event)
+
+    def _task_timeout(self) -> float:
+        run = _RUN.get()
+        if run is None:
+            return self.task_timeout
+        left = run.deadline - asyncio.get_running_loop().time()
+        return max(0.05, min(self.task_timeout, left))
+
+    async def _submit(self, capability: str, parameters: dict[str, Any],
+                      card: AgentCard | None) -> dict[str, Any]:
+        """One task as a record; only "nobody offers it" for unnamed work is raised."""
+        try:
+            result = await self.dispatcher.submit(capability, parameters,
+                                                  agent_id=card.id if card else None,
+                                                  timeout=self._task_timeout())
+        except (NoResponders, NoBidders):
+            if card is None:
+                raise
+            return _failure(card, capability, NoResponders(f"agent {card.name} did not answer"))
+        except AgoraError as exc:
+            return _failure(card, capability, exc)
+        agent_id = result.agent_id or (card.id if card else None)
+        name = card.name if card else next(
+            (known.name for known in self.dispatcher.agents() if known.id == agent_id), None)
+        completed = result.status is TaskStatus.COMPLETED
+        return {"agent": name, "agent_id": agent_id, "capability": capability,
+                "status": result.status.value, "output": result.result if completed else None,
+                "error": None if completed else result.error or {"type": "TaskError",
+                                                                 "message": "failed"}}
+
+    async def _each(self, jobs: Sequence[Callable[[], Awaitable[_T]]]) -> list[_T]:
+        """Run ``jobs`` concurrently, at most ``concurrency`` at once; results in order."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def bounded(job: Callable[[], Awaitable[_T]]) -> _T:
+            async with gate:
+                return await job()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(bounded(job)) for job in jobs]
+        except BaseExceptionGroup as failure:
+            raise failure.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    async def _ballots(self, question: str, options: Sequence[str], voters: list[AgentCard]
+                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async def cast(card: AgentCard) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            record = await self._submit(VOTE_CAPABILITY, {
+                "question": question, "options": list(options), "voter": card.name[:200]}, card)
+            output = record["output"]
+            seat = {"agent": card.name, "agent_id": card.id}
+            if record["status"] == _COMPLETED and isinstance(output, dict) \
+                    and isinstance(output.get("choice"), str) and output["choice"] in options:
+                ballot = {**seat, "choice": output["choice"],
+                          "reason": str(output.get("reason") or "")}
+                self._emit("vote", **ballot)
+                return ballot, None
+            missing = {**seat, "error": record["error"] or error_to_wire(
+                InvalidInput(f"the ballot names none of the options: {output!r:.100}"))}
+            self._emit("abstain", **missing)
+            return None, missing
+
+        cast_ballots = await self._each([functools.partial(cast, card) for card in voters])
+        return ([ballot for ballot, _ in cast_ballots if ballot is not None],
+                [missing for _, missing in cast_ballots if missing is not None])
+
+    def _load(self, card: AgentCard) -> tuple[float, str, str]:
+        entry = self.dispatcher.directory.get(card.id)
+        return (entry.status.load if entry else 0.0, card.name, card.id)
+
+    def _least_loaded(self, cards: list[AgentCard]) -> AgentCard:
+        return min(cards, key=self._load)
+
+    def _resolve(self, spec: str) -> list[AgentCard]:
+        if ":" in spec:
+            try:
+                return self.dispatcher.select(spec)
+            except SubjectError as exc:
+                raise InvalidInput(str(exc)) from None
+        return self.dispatcher.select(f"name:{spec}") or self.dispatcher.select(f"id:{spec}")
+
+    def _participants(self, specs: Sequence[str] | None, capability: str, *,
+                      minimum: int = 1) -> list[AgentCard]:
+        """The agents ``specs`` name (all that offer ``capability`` when None), in order."""
+        if specs is None:
+            cards = self.dispatcher.select(capability)
+            if len(cards) < minimum:
+                raise NoResponders(f"{len(cards)} known agent(s) offer {capability}; at least "
+                                   f"{minimum} needed")
+            return cards
+        chosen: dict[str, AgentCard] = {}
+        for spec in specs:
+            matched = self._resolve(spec)
+            capable = [card for card in matched if card.offers(capability)]
+            if not capable:
+                known = ", ".join(card.name for card in self.dispatcher.agents()[:10]) or "none"
+                raise InvalidInput(f"agent {spec!r} does not offer {capability}" if matched
+                                   else f"no known agent matches {spec!r} (known: {known})")
+            for card in capable:
+                chosen.setdefault(card.id, card)
+        if len(chosen) < minimum:
+            raise InvalidInput(f"at least {minimum} agents offering {capability} are needed, "
+                               f"{len(chosen)} named")
+        return list(chosen.values())

@@ -1,0 +1,254 @@
+"""The HTTP API with a real HTTP client against offline agents on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from agoramesh.bus.server import EmbeddedServer
+from agoramesh.errors import NotConnected
+from agoramesh.nodes.backends.offline import OfflineBackend
+from agoramesh.nodes.node import AgentNode
+from agoramesh.nodes.task import StreamItem, Task
+from agoramesh.protocols.dispatch import Dispatcher
+from agoramesh.protocols.http_api import HttpApi, status_for
+from agoramesh.testing import wait_until
+
+pytestmark = pytest.mark.integration
+
+TEXTS = ["Solar panels turn sunlight into power. Storage keeps power for the night.",
+         "Wind turbines turn wind into power. Offshore wind is strong and steady."]
+
+
+class _Sloth(OfflineBackend):
+    """Takes two seconds over every task."""
+
+    async def execute(self, task: Task, context: dict[str, Any] | None = None
+                      ) -> AsyncIterator[StreamItem]:
+        await asyncio.sleep(2)
+        async for item in super().execute(task, context):
+            yield item
+
+
+def dispatcher_of(node: AgentNode) -> Dispatcher:
+    existing = getattr(node, "dispatcher", None)
+    if isinstance(existing, Dispatcher):
+        return existing
+    return Dispatcher(node.bus, node.directory, own_card=lambda: node.card)
+
+
+@pytest_asyncio.fixture
+async def driver(nats_server: EmbeddedServer, agent_factory: Any) -> AgentNode:
+    url = nats_server.client_url
+    node: AgentNode = await agent_factory(url, "analyst", ["text.summarize", "echo",
+                                                           "math.evaluate"])
+    for name in ("pro", "con"):
+        await agent_factory(url, name, ["text.debate", "vote"])
+    await wait_until(lambda: len(node.directory) == 2, timeout=5)
+    return node
+
+
+@pytest_asyncio.fixture
+async def api(driver: AgentNode) -> AsyncIterator[HttpApi]:
+    async with HttpApi(dispatcher_of(driver), agent_id=driver.agent_id, timeout=10,
+                       max_body=64 * 1024) as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session
+
+
+async def call(http: aiohttp.ClientSession, method: str, url: str,
+               **kwargs: Any) -> tuple[int, Any]:
+    async with http.request(method, url, **kwargs) as response:
+        assert response.content_type == "application/json"
+        return response.status, await response.json()
+
+
+def assert_error(status: int, body: Any, expected: int, type_name: str, text: str) -> None:
+    assert status == expected, body
+    assert set(body) == {"error"} and body["error"]["type"] == type_name, body
+    assert text in body["error"]["message"] and "Traceback" not in body["error"]["message"]
+
+
+async def test_health_and_agents(api: HttpApi, driver: AgentNode,
+                                 http: aiohttp.ClientSession) -> None:
+    assert api.url == f"http://127.0.0.1:{api.port}"
+    assert await call(http, "GET", f"{api.url}/api/health") == (
+        200, {"status": "ok", "agents": 3, "agent_id": driver.agent_id})
+
+    status, body = await call(http, "GET", f"{api.url}/api/agents")
+    assert status == 200
+    assert [agent["name"] for agent in body["agents"]] == ["analyst", "con", "pro"]
+    peers = [agent for agent in body["agents"] if agent["name"] != "analyst"]
+    assert all(agent["status"]["state"] == "ready" for agent in peers)
+    assert {"id", "type", "capabilities", "public_key"} <= set(body["agents"][0])
+
+    status, body = await call(http, "GET", f"{api.url}/api/agents",
+                              params={"capability": "vote"})
+    assert (status, [agent["name"] for agent in body["agents"]]) == (200, ["con", "pro"])
+    assert_error(*await call(http, "GET", f"{api.url}/api/agents",
+                             params={"capability": "a b"}), 400, "SubjectError", "capability")
+    assert_error(*await call(http, "GET", f"{api.url}/api/agents", params={"limit": "1"}),
+                 400, "InvalidInput", "limit")
+
+
+async def test_tasks_by_auction_direct_and_agent_id(api: HttpApi, driver: AgentNode,
+                                                    http: aiohttp.ClientSession) -> None:
+    url = f"{api.url}/api/tasks"
+    status, result = await call(http, "POST", url, json={"capability": "math.evaluate",
+                                                         "parameters": {"expression": "2**10"}})
+    assert status == 200 and result["status"] == "COMPLETED"
+    assert result["result"] == {"value": 1024} and result["agent_id"] == driver.agent_id
+
+    pro = next(card for card in driver.directory if card.card.name == "pro").card
+    status, result = await call(http, "POST", url, json={
+        "capability": "vote", "parameters": {"question": "a or b", "options": ["a", "b"]},
+        "agent_id": pro.id, "timeout": 5, "priority": 9})
+    assert (status, result["status"], result["agent_id"]) == (200, "COMPLETED", pro.id)
+
+    status, result = await call(http, "POST", url, json={
+        "capability": "echo", "parameters": {"text": "hi"}, "strategy": "direct"})
+    assert (status, result["result"]) == (200, {"echo": {"text": "hi"}})
+
+    status, result = await call(http, "POST", url, json={
+        "capability": "math.evaluate", "parameters": {"expression": "1/0"}})
+    assert status == 200 and result["status"] == "FAILED"
+    assert result["error"] == {"type": "InvalidInput", "message": "division by zero"}
+
+    for strategy in ("auction", "direct"):
+        status, body = await call(http, "POST", url, json={
+            "capability": "code.run.python", "parameters": {"code": "print(1)"},
+            "strategy": strategy})
+        assert status == 503 and body["error"]["type"] in ("NoBidders", "NoResponders")
+
+
+@pytest.mark.parametrize(("body", "text"), [
+    ({"parameters": {}}, "capability"),
+    ({"capability": "echo", "parameters": []}, "'parameters' must be an object"),
+    ({"capability": "echo", "strategy": "lottery"}, "'strategy'"),
+    ({"capability": "echo", "timeout": "soon"}, "'timeout'"),
+    ({"capability": "echo", "timeout": 10_000}, "'timeout'"),
+    ({"capability": "echo", "priority": 11}, "'priority'"),
+    ({"capability": "echo", "agent_id": 7}, "'agent_id'"),
+    ({"capability": "echo", "colour": "red"}, "unknown task field(s) colour"),
+])
+async def test_bad_tasks_are_400(api: HttpApi, http: aiohttp.ClientSession,
+                                 body: dict[str, Any], text: str) -> None:
+    assert_error(*await call(http, "POST", f"{api.url}/api/tasks", json=body),
+                 400, "InvalidInput", text)
+
+
+async def test_collaborate_debate_as_in_the_seed(api: HttpApi,
+                                                 http: aiohttp.ClientSession) -> None:
+    status, result = await call(http, "POST", f"{api.url}/api/collaborate", json={
+        "mode": "debate", "topic": "universal basic income", "agents": ["pro", "con"],
+        "rounds": 2, "requirements": {}})
+    assert status == 200, result
+    assert len(result["debate_history"]) == 4
+    assert [e["position"] for e in result["debate_history"]] == ["for", "against"] * 2
+    assert result["consensus"]["position"] in ("for", "against")
+    assert sum(result["consensus"]["votes"].values()) == 2
+
+
+async def test_collaborate_every_other_mode(api: HttpApi, http: aiohttp.ClientSession) -> None:
+    url = f"{api.url}/api/collaborate"
+    status, voting = await call(http, "POST", url, json={
+        "mode": "voting", "topic": "Which parser: rust or python?", "agents": None,
+        "rounds": None, "requirements": {"options": ["rust parser", "python parser"]}})
+    assert status == 200 and sum(voting["tally"].values()) == 2 and voting["winner"]
+
+    status, parallel = await call(http, "POST", url, json={
+        "mode": "parallel", "agents": ["capability:vote"],
+        "requirements": {"capability": "vote", "parameters": {"question": "x or y",
+                                                              "options": ["x", "y"]}}})
+    assert status == 200 and len(parallel["results"]) == 2 and parallel["failed"] == []
+
+    status, mapped = await call(http, "POST", url, json={
+        "mode": "map-reduce", "requirements": {"items": TEXTS,
+                                               "reduce_parameters": {"max_sentences": 1}}})
+    assert status == 200 and len(mapped["map"]) == 2
+    assert len(mapped["output"]["sentences"]) == 1
+
+    status, chained = await call(http, "POST", url, json={
+        "mode": "sequential", "topic": "6 * 7", "requirements": {"stages": [
+            {"capability": "math.evaluate", "parameters": {"expression": "${topic}"}},
+            {"capability": "echo", "parameters": {"answer": "${previous.output.value}"}}]}})
+    assert status == 200 and chained["output"] == {"echo": {"answer": 42}}
+
+
+async def test_bad_requests_get_json_errors(api: HttpApi, http: aiohttp.ClientSession) -> None:
+    url = f"{api.url}/api/collaborate"
+    assert_error(*await call(http, "POST", url, data=b"{not json"), 400, "InvalidInput",
+                 "not valid JSON")
+    assert_error(*await call(http, "POST", url, data=b"\xff\xfe"), 400, "InvalidInput",
+                 "UTF-8")
+    assert_error(*await call(http, "POST", url, data=b'{"mode": NaN}'), 400, "InvalidInput",
+                 "NaN")
+    assert_error(*await call(http, "POST", url, json=["debate"]), 400, "InvalidInput",
+                 "JSON object")
+    assert_error(*await call(http, "POST", url, json={"mode": "brainstorm", "topic": "x"}),
+                 400, "InvalidInput", "unknown mode 'brainstorm'")
+    assert_error(*await call(http, "POST", url, json={"mode": "debate", "topic": "x",
+                                                      "rounds": "three"}),
+                 400, "InvalidInput", "'rounds' must be an integer")
+    assert_error(*await call(http, "POST", url, json={"mode": "debate", "topic": 5}),
+                 400, "InvalidInput", "'topic'")
+    assert_error(*await call(http, "POST", url, json={"mode": "debate", "topic": "x",
+                                                      "agents": ["ghost", "pro"]}),
+                 400, "InvalidInput", "no known agent matches 'ghost'")
+    assert_error(*await call(http, "GET", f"{api.url}/api/nowhere"), 404, "NotFound",
+                 "no route /api/nowhere")
+    async with http.get(url) as response:
+        assert response.status == 405 and response.headers["Allow"] == "POST"
+        assert_error(405, await response.json(), 405, "MethodNotAllowed", "GET is not allowed")
+    assert_error(*await call(http, "DELETE", f"{api.url}/api/agents"), 405,
+                 "MethodNotAllowed", "DELETE")
+
+
+async def test_oversized_bodies_are_413(api: HttpApi, http: aiohttp.ClientSession) -> None:
+    big = b'{"mode": "debate", "topic": "' + b"x" * api.max_body + b'"}'
+    assert_error(*await call(http, "POST", f"{api.url}/api/collaborate", data=big),
+                 413, "RequestEntityTooLarge", "larger than")
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: caught while reading
+        for _ in range(4):
+            yield b" " * (api.max_body // 2)
+
+    assert_error(*await call(http, "POST", f"{api.url}/api/tasks", data=chunks()),
+                 413, "RequestEntityTooLarge", "larger than")
+
+
+async def test_no_agents_is_503_and_a_deadline_is_504(
+        driver: AgentNode, nats_server: EmbeddedServer, agent_factory: Any,
+        http: aiohttp.ClientSession) -> None:
+    sloth = await agent_factory(nats_server.client_url, "sloth", ["text.debate"],
+                                backend=_Sloth(), stop_grace=0.1)
+    await wait_until(lambda: sloth.agent_id in driver.directory, timeout=5)
+    async with HttpApi(dispatcher_of(driver), timeout=0.3) as api:
+        url, health = f"{api.url}/api/collaborate", f"{api.url}/api/health"
+        assert_error(*await call(http, "POST", url, json={
+            "mode": "parallel", "requirements": {"capability": "code.run.python"}}),
+            503, "NoResponders", "code.run.python")
+        assert_error(*await call(http, "POST", url, json={
+            "mode": "debate", "topic": "x", "agents": ["pro", "sloth"]}),
+            504, "BusTimeout", "within 0.3s")
+    with pytest.raises(NotConnected):
+        _ = api.url
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await call(http, "GET", health)
+
+
+def test_status_mapping() -> None:
+    from agoramesh.errors import AuctionFailed, BackendError, BusTimeout, SubjectError
+    assert [status_for(error) for error in (SubjectError("x"), AuctionFailed("x"),
+                                            BusTimeout("x"), BackendError("x"),
+                                            KeyError("x"))] == [400, 503, 504, 502, 500]
