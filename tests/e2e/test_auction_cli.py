@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -84,11 +85,14 @@ async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_resul
 
 # --- agoramesh submit and nats req against `agoramesh up` -------------------------------------
 
+HTTP: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def up_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One ``agoramesh up`` (3 seeds, the offline demo agents) for this module's tests."""
+    """One ``agoramesh up --http-port 0`` (3 seeds, offline demo agents) for this module."""
     home = tmp_path_factory.mktemp("up")
-    process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(home / "mesh")],
+    process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(home / "mesh"), "--http-port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pids: list[int] = []
     url = ""
@@ -97,6 +101,8 @@ def up_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for _ in range(40):
             line = process.stdout.readline()
             pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
+            if line.startswith("http api: "):
+                HTTP["url"] = line.split(": ", 1)[1].strip()
             if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
                 url = match.group(1)
                 break
@@ -170,3 +176,23 @@ async def test_nats_req_on_agora_task_gets_the_negotiated_result(up_mesh: str) -
     assert all(a["status"] == "COMPLETED" and a["result"]["stance"] == "against"
                for a in answers)
     assert all(a["agent_id"].startswith("U") and len(a["agent_id"]) == 56 for a in answers)
+
+
+async def test_http_api_of_a_node_runs_a_debate_for_a_real_http_client(up_mesh: str) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async with http.get(f"{HTTP['url']}/api/agents") as response:
+            assert response.status == 200
+            names = {agent["name"] for agent in (await response.json())["agents"]}
+        assert names == {"coder", "runner", "analyst", "pro", "con"}
+        request = {"mode": "debate", "topic": "four-day work week", "agents": ["pro", "con"],
+                   "rounds": 2, "requirements": {}}
+        async with http.post(f"{HTTP['url']}/api/collaborate", json=request) as response:
+            assert response.status == 200
+            debate = await response.json()
+        async with http.post(f"{HTTP['url']}/api/collaborate", data=b"{oops") as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["type"] == "InvalidInput"
+    assert [(turn["round"], turn["agent"], turn["position"]) for turn in debate[
+        "debate_history"]] == [(1, "pro", "for"), (1, "con", "against"),
+                               (2, "pro", "for"), (2, "con", "against")]
+    assert debate["consensus"]["position"] in ("for", "against")

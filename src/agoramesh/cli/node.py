@@ -21,6 +21,7 @@ from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.protocols.http_api import HttpApi
 
 __all__ = ("register",)
 
@@ -55,6 +56,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--key-file", type=Path, help="seed file (default $AGORAMESH_HOME/"
                                                       "<name>.nk, created if missing)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
+    parser.add_argument("--http-port", type=int,
+                        help="serve the HTTP API (/api/agents, /api/tasks, /api/collaborate) "
+                             "here; 0 picks a free port")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_node)
 
@@ -101,10 +105,17 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
 
             prometheus_client.start_http_server(args.metrics_port, addr=args.host)
         await node.start()
+        api = None
         try:
-            _ready(args, node, server, url)
+            if args.http_port is not None:
+                api = HttpApi(node.dispatcher, host=args.host, port=args.http_port,
+                              agent_id=node.agent_id)
+                await api.start()
+            _ready(args, node, server, url, api)
             await stop.wait()
         finally:
+            if api is not None:
+                await api.stop()
             await node.stop()
     finally:
         if server is not None:
@@ -117,7 +128,7 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
 
 
 def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | None,
-           url: str) -> None:
+           url: str, api: HttpApi | None) -> None:
     info: dict[str, object] = {"event": "ready", "name": node.config.name, "id": node.agent_id,
                                "type": node.config.type, "client": url,
                                "capabilities": [c.name for c in node.config.capabilities]}
@@ -125,10 +136,12 @@ def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | N
         info["pid"] = server.pid
         if server.config.role is Role.SEED:
             info |= {"cluster": server.cluster_address, "leaf": server.leaf_address}
+    if api is not None:
+        info["http"] = api.url
     if args.json:
         emit_json(info)
     else:
         emit(f"node ready: {node.config.name} ({node.config.type}) {node.agent_id}")
         emit("  " + "  ".join(f"{k}={v}" for k, v in info.items()
-                              if k in ("client", "cluster", "leaf", "pid")))
+                              if k in ("client", "cluster", "leaf", "pid", "http")))
         emit(f"  capabilities: {', '.join(info['capabilities'])}")  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.protocols.http_api import HttpApi
 
 __all__ = ("DEMO_AGENTS", "demo_agents", "local_mesh", "register")
 
@@ -41,6 +42,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--dir", type=Path, help="data directory (default: a temporary one)")
     parser.add_argument("--no-agents", action="store_true", help="start no demo agents")
+    parser.add_argument("--http-port", type=int,
+                        help="serve the HTTP API from the first demo agent on this port "
+                             "(0: any free port)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_up)
 
@@ -112,21 +116,33 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
         async with local_mesh(env, seeds=args.seeds, leaves=args.leaves, host=args.host,
                               data_dir=args.dir) as mesh:
             agents = [] if args.no_agents else await demo_agents(mesh, env)
+            api = None
             try:
+                if args.http_port is not None:
+                    if not agents:
+                        raise ConfigError("--http-port needs the demo agents (drop --no-agents)")
+                    api = HttpApi(agents[0].dispatcher, host=args.host, port=args.http_port,
+                                  agent_id=agents[0].agent_id)
+                    await api.start()
                 servers = [_describe(server) for server in mesh.servers]
                 if args.json:
                     emit_json({"event": "ready", "url": mesh.url, "servers": servers,
-                               "agents": [agent.card.as_dict() for agent in agents]})
+                               "agents": [agent.card.as_dict() for agent in agents],
+                               "http": api.url if api else None})
                 else:
                     for info in servers:
                         emit("  ".join(f"{key}={value}" for key, value in info.items()))
                     for agent in agents:
                         emit(f"agent {agent.config.name:<8} {agent.agent_id[:12]}…  "
                              f"{', '.join(c.name for c in agent.config.capabilities)}")
+                    if api is not None:
+                        emit(f"http api: {api.url}")
                     emit(f"mesh ready: {mesh.url}")
                     emit("press Ctrl-C to stop")
                 await stop.wait()
             finally:
+                if api is not None:
+                    await api.stop()
                 await asyncio.gather(*(agent.stop(grace=2.0) for agent in agents))
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
