@@ -15,7 +15,8 @@ from agoramesh.errors import BackendUnavailable, BusTimeout, InvalidInput, NoBid
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import StreamItem, Task
-from agoramesh.protocols.collaboration import Collaboration, CollaborationMode, CollaborationRequest
+from agoramesh.protocols.collaboration import Collaboration
+from agoramesh.protocols.collaboration_request import CollaborationMode, CollaborationRequest
 from agoramesh.protocols.dispatch import Dispatcher
 from agoramesh.testing import wait_until
 

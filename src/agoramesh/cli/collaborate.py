@@ -32,7 +32,8 @@ from agoramesh.cli.output import emit, emit_json
 from agoramesh.cli.submit import client_config
 from agoramesh.config import Environment
 from agoramesh.errors import InvalidInput, NoResponders
-from agoramesh.protocols.collaboration import Collaboration, CollaborationRequest
+from agoramesh.protocols.collaboration import Collaboration
+from agoramesh.protocols.collaboration_request import CollaborationRequest
 from agoramesh.protocols.dispatch import client_dispatcher
 
 __all__ = ("build_request", "describe_event", "outcome_error", "register")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from agoramesh._version import __version__
-from agoramesh.cli import agents, collaborate, decode, demo, keys, node, submit, up
+from agoramesh.cli import agents, collaborate, decode, demo, keys, node, submit, up, workflow
 from agoramesh.config import Environment
 from agoramesh.errors import AgoraError
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agoramesh {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (up, demo, node, agents, submit, collaborate, keys, decode):
+    for module in (up, demo, node, agents, submit, collaborate, workflow, keys, decode):
         module.register(commands)
     return parser
 

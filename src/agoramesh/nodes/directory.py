@@ -97,6 +97,10 @@ class Directory:
     def remove_local(self, agent_id: str) -> None:
         self._local.pop(agent_id, None)
 
+    def local_cards(self) -> list[AgentCard]:
+        """The cards of this process's agents that use this directory."""
+        return list(self._local.values())
+
     def capable(self, pattern: str) -> set[str]:
         """Ids of every agent known to offer ``pattern``: peers and this process's agents."""
         ids = {entry.id for entry in self._peers.values() if entry.card.offers(pattern)}

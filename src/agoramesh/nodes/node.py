@@ -206,8 +206,7 @@ class AgentNode:
                                  ingress=IngressPolicy.ALLOW)
         if self._owns_directory:
             await self.bus.subscribe(subjects.presence_all, self._on_presence)
-        else:
-            self.directory.add_local(self.card)
+        self.directory.add_local(self.card)  # siblings sharing the directory see us
         for subject in service_subjects(self.service.name, self.service.id):
             # Plain NATS: the protocol's requests are empty; closed with the connection.
             await self.bus.nats.subscribe(subject, cb=self._on_service)
@@ -372,7 +371,8 @@ class AgentNode:
     async def find_agents_by_capability(self, pattern: str, *, timeout: float = 1.0
                                         ) -> list[AgentCard]:
         """Scatter-gather on ``agora.discover``; closes early once every known match answered."""
-        known = len(self.directory.find(pattern)) + (1 if self.card.offers(pattern) else 0)
+        known = len(self.directory.capable(pattern) | (
+            {self.agent_id} if self.card.offers(pattern) else set()))
         replies = await self.bus.gather(self.bus.subjects.discover, "discovery",
                                         {"capability": pattern}, timeout=timeout,
                                         expected=known or None)

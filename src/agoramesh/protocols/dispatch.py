@@ -80,8 +80,9 @@ class Dispatcher:
         self.timeout = timeout
 
     def agents(self) -> list[AgentCard]:
-        """Every agent known here (peers, and the driving agent itself), by name then id."""
+        """Every agent known here (peers, this process's agents, the driver), by name then id."""
         cards = {entry.card.id: entry.card for entry in self.directory}
+        cards.update((card.id, card) for card in self.directory.local_cards())
         own = self._own_card()
         if own is not None:
             cards[own.id] = own

@@ -17,7 +17,8 @@ POST     ``/api/tasks``         ``{capability, parameters?, strategy?: auction|d
                                 still 200: the request was served)
 POST     ``/api/collaborate``   ``{mode, topic, agents, rounds, requirements}`` → the
                                 mode's result, e.g. ``{debate_history, consensus, …}``
-                                (shapes: :mod:`agoramesh.protocols.collaboration`)
+                                (request: :mod:`agoramesh.protocols.collaboration_request`;
+                                result: :mod:`agoramesh.protocols.collaboration`)
 =======  =====================  ==========================================================
 
 Errors are ``{"error": {"type", "message"}}``, never a stack trace:
@@ -55,7 +56,8 @@ from agoramesh.errors import (
     WorkflowInvalid,
     error_to_wire,
 )
-from agoramesh.protocols.collaboration import Collaboration, CollaborationRequest
+from agoramesh.protocols.collaboration import Collaboration
+from agoramesh.protocols.collaboration_request import CollaborationRequest
 from agoramesh.protocols.dispatch import Dispatcher, Strategy
 
 __all__ = ("MAX_BODY", "HttpApi", "status_for")
