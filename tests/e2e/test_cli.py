@@ -176,3 +176,8 @@ def test_demo_runs_and_exits_zero() -> None:
     assert summary["gathered"] == 10
     assert summary["rejections"] == {"bad_signature": 1}
     assert summary["failover_ms"] < 3000
+    assert summary["auction"]["bids"] == 2 and summary["auction"]["winner"] in ("pro", "con")
+    assert summary["workflow"] == {"status": "COMPLETED", "steps": {
+        "generate": "COMPLETED", "review": "COMPLETED", "run": "COMPLETED"}}
+    assert summary["debate"]["turns"] == 4
+    assert summary["debate"]["consensus"] in ("for", "against")

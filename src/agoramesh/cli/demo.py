@@ -1,9 +1,11 @@
 """``agoramesh demo``: the README's main job, with no network and no API keys.
 
-Today it shows the transport the rest is built on: a 3-seed + 2-leaf mesh
-forms from one bootstrap address each, a signed request crosses it leaf to
-leaf, a scatter-gather collects 10 answers and closes early, a forged envelope
-is rejected and counted, and killing a leaf's hub seed is survived.
+A 3-seed + 2-leaf mesh forms from one bootstrap address each, a signed
+request crosses it leaf to leaf, a scatter-gather collects 10 answers and
+closes early, a forged envelope is rejected and counted; then the offline
+demo agents join: a task is auctioned (contract net), a three-step workflow
+(generate → review → run) runs, two agents debate and vote; finally killing a
+leaf's hub seed is survived.
 """
 
 from __future__ import annotations
@@ -17,13 +19,32 @@ from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
 from agoramesh.cli.output import emit, emit_json
-from agoramesh.cli.up import local_mesh
+from agoramesh.cli.up import demo_agents, local_mesh
 from agoramesh.config import BusConfig, Environment
 from agoramesh.errors import BusError
+from agoramesh.nodes.node import AgentNode
+from agoramesh.protocols.collaboration import Collaboration
+from agoramesh.protocols.contract_net import Progress
+from agoramesh.protocols.workflow import Workflow
+from agoramesh.protocols.workflow_engine import run_workflow
 
-__all__ = ("register",)
+__all__ = ("WORKFLOW", "register")
 
 RESPONDERS = 10
+
+#: The showcase workflow (examples/workflows/generate_review_run.yaml, inlined).
+WORKFLOW: dict[str, Any] = {
+    "name": "generate-review-run",
+    "steps": [
+        {"name": "generate", "agent": "capability:code.generate.python",
+         "parameters": {"spec": "fibonacci numbers"}},
+        {"name": "review", "agent": "capability:code.review.python",
+         "parameters": {"code": "${steps.generate.output.code}"}},
+        {"name": "run", "agent": "capability:code.run.python",
+         "when": "${steps.review.output.score} >= 50",
+         "parameters": {"code": "${steps.generate.output.code}", "timeout": 5}},
+    ],
+}
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,6 +141,12 @@ async def _show(mesh: Any, env: Environment, buses: list[Bus], summary: dict[str
     say(f"[4] a forged envelope was refused ({answer.body['type']}: {answer.body['message']}); "
         f"bob's rejection counters: {summary['rejections']}")
 
+    agents = await demo_agents(mesh, env, heartbeat=0.5)
+    try:
+        await _negotiate(agents, summary, say)
+    finally:
+        await asyncio.gather(*(agent.stop(grace=1.0) for agent in agents))
+
     hub_name = await leaf1.wait_hub(timeout=2)
     hub = next(seed for seed in mesh.seeds if seed.config.name == hub_name)
     hub.kill()
@@ -131,8 +158,54 @@ async def _show(mesh: Any, env: Environment, buses: list[Bus], summary: dict[str
     await _retry(lambda: alice.request(subject, "task_request", {"text": "again"}, timeout=0.5),
                  attempts=20)
     summary["failover_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    say(f"[5] killed {hub_name} (leaf1's hub): leaf1 re-attached to {new_hub}, requests "
+    say(f"[8] killed {hub_name} (leaf1's hub): leaf1 re-attached to {new_hub}, requests "
         f"succeed again after {summary['failover_ms']:.0f} ms")
+
+
+async def _negotiate(agents: list[AgentNode], summary: dict[str, Any], say: Any) -> None:
+    """Steps 5-7: an auction, a workflow and a debate among the offline demo agents."""
+    driver = agents[0]  # coder drives; any agent could: there is no controller
+    names = {agent.agent_id: agent.config.name for agent in agents}
+    everyone = {agent.agent_id for agent in agents}
+    joined = asyncio.Event()
+
+    def check(_: object = None) -> None:
+        if {entry.id for entry in driver.directory} | {driver.agent_id} >= everyone:
+            joined.set()
+
+    driver.directory.on_join.append(check)
+    check()
+    try:
+        async with asyncio.timeout(10):  # hellos cross the mesh in milliseconds
+            await joined.wait()
+    finally:
+        driver.directory.on_join.remove(check)
+    dispatcher = driver.dispatcher
+    events: list[Progress] = []
+    started = time.perf_counter()
+    result = await dispatcher.submit("text.debate", {"topic": "open source", "position": "for"},
+                                     progress=events.append, timeout=10)
+    bids = next(event for event in events if event.event == "bids")
+    summary["auction"] = {"bids": bids.detail["bids"], "winner": names.get(result.agent_id or ""),
+                          "ms": round((time.perf_counter() - started) * 1000, 1)}
+    say(f"[5] auction for text.debate: {bids.detail['bids']} bids, awarded to "
+        f"{summary['auction']['winner']} (score: load, latency, cost, success), done in "
+        f"{summary['auction']['ms']:.1f} ms")
+
+    flow = await run_workflow(Workflow.from_dict(WORKFLOW), dispatcher, timeout=30)
+    steps = {name: step.status.value for name, step in flow.steps.items()}
+    summary["workflow"] = {"status": flow.status.value, "steps": steps}
+    run = flow.steps["run"].output or {}
+    say(f"[6] workflow generate → review (score {flow.steps['review'].output['score']}) → run: "
+        f"{flow.status.value}, the generated code printed {str(run.get('stdout', '')).strip()!r}")
+
+    debate = await Collaboration(dispatcher).debate("a four-day work week", ["pro", "con"],
+                                                    rounds=2)
+    consensus = debate["consensus"]
+    summary["debate"] = {"turns": len(debate["debate_history"]),
+                         "consensus": consensus["position"]}
+    say(f"[7] debate pro vs con, 2 rounds, {len(debate['debate_history'])} arguments; "
+        f"the vote's consensus: {consensus['position']}")
 
 
 async def _retry(call: Any, attempts: int = 10) -> Any:
