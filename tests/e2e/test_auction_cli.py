@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from agoramesh.config import BusConfig
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.contract_net import AuctionPolicy, Progress
 from agoramesh.protocols.dispatch import client_dispatcher
-from agoramesh.testing import alive, assert_stopped
+from agoramesh.testing import UpProcess
+from agoramesh.testing.up import AGORAMESH
 
 pytestmark = pytest.mark.e2e
 
-AGORAMESH = [sys.executable, "-m", "agoramesh.cli"]
 
 
 def node_process(home: Path, url: str, name: str, *capabilities: str) -> subprocess.Popen[str]:
@@ -85,51 +84,12 @@ async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_resul
 
 # --- agoramesh submit and nats req against `agoramesh up` -------------------------------------
 
-HTTP: dict[str, str] = {}
+def submit(up: UpProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AGORAMESH, "submit", "--server", up.url, *args],
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
-@pytest.fixture(scope="module")
-def up_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One ``agoramesh up --http-port 0`` (3 seeds, offline demo agents) for this module."""
-    home = tmp_path_factory.mktemp("up")
-    process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(home / "mesh"), "--http-port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pids: list[int] = []
-    url = ""
-    assert process.stdout is not None
-    try:
-        for _ in range(40):
-            line = process.stdout.readline()
-            pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
-            if line.startswith("http api: "):
-                HTTP["url"] = line.split(": ", 1)[1].strip()
-            if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
-                url = match.group(1)
-                break
-            if not line:
-                break
-        assert url, process.communicate(timeout=10)[1] if process.poll() is not None else ""
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate(timeout=10)
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        assert_stopped(pids)
-
-
-def submit(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*AGORAMESH, "submit", "--server", url, *args], capture_output=True,
-                          text=True, timeout=60, check=False)
-
-
-def test_submit_auctions_and_shows_progress(up_mesh: str) -> None:
+def test_submit_auctions_and_shows_progress(up_mesh: UpProcess) -> None:
     done = submit(up_mesh, "math.evaluate", '{"expression": "6*7"}')
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"value": 42}
@@ -139,7 +99,7 @@ def test_submit_auctions_and_shows_progress(up_mesh: str) -> None:
     assert progress[-1].startswith("… result from analyst") and "COMPLETED" in progress[-1]
 
 
-def test_submit_direct_and_json(up_mesh: str) -> None:
+def test_submit_direct_and_json(up_mesh: UpProcess) -> None:
     done = submit(up_mesh, "echo", '{"text": "hi"}', "--strategy", "direct", "--json")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
@@ -148,14 +108,15 @@ def test_submit_direct_and_json(up_mesh: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "pattern"), [
-    (("math.evaluate", "{not json"), r"parameters are not valid JSON"),
+    (("math.evaluate", "{not json"), r"parameters is not valid JSON"),
     (("math.evaluate", "[1, 2]"), r"parameters must be a JSON object, not list"),
     (("no.such.skill", "{}", "--quiet"), r"no agent bid for no.such.skill"),
     (("math.evaluate", '{"expression": 3}', "--quiet"),
      r"task failed: InvalidInput: math.evaluate: parameters.expression: 3 is not of type"),
     (("bad..capability", "{}"), r"capability"),
 ])
-def test_submit_errors_are_one_line(up_mesh: str, args: tuple[str, ...], pattern: str) -> None:
+def test_submit_errors_are_one_line(up_mesh: UpProcess, args: tuple[str, ...],
+                                    pattern: str) -> None:
     done = submit(up_mesh, *args)
     assert done.returncode == 1, done
     lines = done.stderr.strip().splitlines()
@@ -163,10 +124,10 @@ def test_submit_errors_are_one_line(up_mesh: str, args: tuple[str, ...], pattern
     assert re.search(pattern, lines[0]), lines[0]
 
 
-async def test_nats_req_on_agora_task_gets_the_negotiated_result(up_mesh: str) -> None:
+async def test_nats_req_on_agora_task_gets_the_negotiated_result(up_mesh: UpProcess) -> None:
     """What ``nats req agora.task.text.debate '{...}'`` does: plain JSON in, JSON out."""
     client = NatsClient()
-    await client.connect(up_mesh, connect_timeout=2, allow_reconnect=False)
+    await client.connect(up_mesh.url, connect_timeout=2, allow_reconnect=False)
     try:
         payload = json.dumps({"topic": "remote work", "position": "against"}).encode()
         answers = [json.loads((await client.request("agora.task.text.debate", payload,
@@ -178,18 +139,18 @@ async def test_nats_req_on_agora_task_gets_the_negotiated_result(up_mesh: str) -
     assert all(a["agent_id"].startswith("U") and len(a["agent_id"]) == 56 for a in answers)
 
 
-async def test_http_api_of_a_node_runs_a_debate_for_a_real_http_client(up_mesh: str) -> None:
+async def test_http_api_of_a_node_runs_a_debate_for_a_real_http_client(up_mesh: UpProcess) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        async with http.get(f"{HTTP['url']}/api/agents") as response:
+        async with http.get(f"{up_mesh.http}/api/agents") as response:
             assert response.status == 200
             names = {agent["name"] for agent in (await response.json())["agents"]}
         assert names == {"coder", "runner", "analyst", "pro", "con"}
         request = {"mode": "debate", "topic": "four-day work week", "agents": ["pro", "con"],
                    "rounds": 2, "requirements": {}}
-        async with http.post(f"{HTTP['url']}/api/collaborate", json=request) as response:
+        async with http.post(f"{up_mesh.http}/api/collaborate", json=request) as response:
             assert response.status == 200
             debate = await response.json()
-        async with http.post(f"{HTTP['url']}/api/collaborate", data=b"{oops") as response:
+        async with http.post(f"{up_mesh.http}/api/collaborate", data=b"{oops") as response:
             assert response.status == 400
             assert (await response.json())["error"]["type"] == "InvalidInput"
     assert [(turn["round"], turn["agent"], turn["position"]) for turn in debate[

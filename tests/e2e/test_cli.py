@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import stat
 import subprocess
 import sys
@@ -17,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from agoramesh.bus import Identity, seal
-from agoramesh.testing import alive, assert_stopped
+from agoramesh.testing import UpProcess, alive, assert_stopped
 
 pytestmark = pytest.mark.e2e
 
@@ -111,62 +109,34 @@ async def _json_request(url: str, subject: str, payload: bytes) -> object:
         await client.close()
 
 
-def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], str, list[int]]:
-    """Run ``agoramesh up`` until it prints ``mesh ready``; returns (process, url, server pids)."""
-    process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(tmp_path / "mesh")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pids: list[int] = []
-    assert process.stdout is not None
-    for _ in range(40):  # bounded: a few lines per server, then "mesh ready"
-        line = process.stdout.readline()
-        if not line:
-            break
-        pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
-        if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
-            return process, match.group(1), pids
-    process.kill()
-    _, err = process.communicate(timeout=10)
-    raise AssertionError(f"agoramesh up did not become ready: {err}")
-
-
-def _reap(process: subprocess.Popen[str], pids: list[int]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.communicate(timeout=10)  # reaps it and closes its pipes
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
 def test_up_serves_until_sigint_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    process, url, pids = _start_up(tmp_path)
+    up = UpProcess(tmp_path / "mesh")
     try:
-        assert len(pids) == 3 and all(alive(pid) for pid in pids)
-        reply = asyncio.run(_json_request(url, "agora.cap.echo", b'{"text": "hi"}'))
+        assert len(up.pids) == 3 and all(alive(pid) for pid in up.pids)
+        reply = asyncio.run(_json_request(up.url, "agora.cap.echo", b'{"text": "hi"}'))
         assert isinstance(reply, dict)
         assert reply["status"] == "COMPLETED" and reply["result"] == {"echo": {"text": "hi"}}
 
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
-        assert process.returncode == 0, err
+        out, err = up.interrupt()
+        assert up.process.returncode == 0, err
         assert "mesh stopped" in out
-        assert_stopped(pids)
+        assert_stopped(up.pids)
         assert not list((tmp_path / "mesh").glob("*/*.ports"))
     finally:
-        _reap(process, pids)
+        up.reap()
 
 
 def test_servers_die_with_a_sigkilled_node(tmp_path: Path) -> None:
-    process, _, pids = _start_up(tmp_path)
+    up = UpProcess(tmp_path / "mesh")
     try:
-        process.kill()  # SIGKILL: no chance to stop its servers in order
-        process.communicate(timeout=10)
+        up.process.kill()  # SIGKILL: no chance to stop its servers in order
+        up.process.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in up.pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert_stopped(pids)  # the kernel sent them SIGTERM (PR_SET_PDEATHSIG)
+        assert_stopped(up.pids)  # the kernel sent them SIGTERM (PR_SET_PDEATHSIG)
     finally:
-        _reap(process, pids)
+        up.reap()
 
 
 def test_demo_runs_and_exits_zero() -> None:

@@ -3,50 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
 
-from agoramesh.testing import alive
+from agoramesh.testing import UpProcess
+from agoramesh.testing.up import AGORAMESH
 
 pytestmark = pytest.mark.e2e
 
-AGORAMESH = [sys.executable, "-m", "agoramesh.cli"]
 
 
-@pytest.fixture(scope="module")
-def mesh_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``agoramesh up``: 3 seeds and the demo agents (pro and con debate and vote)."""
-    process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(tmp_path_factory.mktemp("up"))],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pids: list[int] = []
-    url = None
-    try:
-        assert process.stdout is not None
-        for _ in range(40):  # bounded: a line per server and agent, then "mesh ready"
-            line = process.stdout.readline()
-            pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
-            if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
-                url = match.group(1)
-                break
-            if not line:
-                break
-        assert url, "agoramesh up did not become ready"
-        yield url
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+@pytest.fixture
+def mesh_url(up_mesh: UpProcess) -> str:
+    """The shared ``agoramesh up`` (tests/e2e/conftest.py): 3 seeds and the demo agents."""
+    return up_mesh.url
 
 
 def collaborate(*args: str, server: str) -> subprocess.CompletedProcess[str]:

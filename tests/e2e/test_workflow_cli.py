@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agoramesh.testing import alive, assert_stopped
+from agoramesh.testing import UpProcess
+from agoramesh.testing.up import AGORAMESH
 
 pytestmark = pytest.mark.e2e
 
-AGORAMESH = [sys.executable, "-m", "agoramesh.cli"]
 EXAMPLE = Path(__file__).parents[2] / "examples" / "workflows" / "generate_review_run.yaml"
 FAST = ("--discover-timeout", "0.3")
 
@@ -35,37 +31,10 @@ def one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> No
     assert re.search(pattern, lines[0]), lines[0]
 
 
-@pytest.fixture(scope="module")
-def mesh_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``agoramesh up --seeds 1``: one server and the offline demo agents (coder, runner, …)."""
-    data = tmp_path_factory.mktemp("mesh")
-    process = subprocess.Popen([*AGORAMESH, "up", "--seeds", "1", "--dir", str(data)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pids: list[int] = []
-    url = None
-    try:
-        assert process.stdout is not None
-        for _ in range(20):  # bounded: a line per server and agent, then "mesh ready"
-            line = process.stdout.readline()
-            if not line:
-                break
-            pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
-            if match := re.fullmatch(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n", line):
-                url = match.group(1)
-                break
-        assert url, f"agoramesh up did not become ready: {process.stderr}"
-        yield url
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=20)
-        assert process.returncode == 0
-        assert_stopped(pids)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=10)
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+@pytest.fixture
+def mesh_url(up_mesh: UpProcess) -> str:
+    """The shared ``agoramesh up`` (tests/e2e/conftest.py): 3 seeds and the demo agents."""
+    return up_mesh.url
 
 
 def test_example_runs_with_progress(mesh_url: str) -> None:

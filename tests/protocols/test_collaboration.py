@@ -67,19 +67,12 @@ class Mesh:
         return node
 
 
-def dispatcher_of(node: AgentNode) -> Dispatcher:
-    existing = getattr(node, "dispatcher", None)
-    if isinstance(existing, Dispatcher):
-        return existing
-    return Dispatcher(node.bus, node.directory, own_card=lambda: node.card)
-
-
 @pytest_asyncio.fixture
 async def mesh(nats_server: EmbeddedServer, agent_factory: Any) -> Mesh:
     """``analyst`` drives; ``pro`` and ``con`` debate and vote."""
     url = nats_server.client_url
     driver = await agent_factory(url, "analyst", ANALYST)
-    world = Mesh(url, driver, dispatcher_of(driver), agent_factory)
+    world = Mesh(url, driver, driver.dispatcher, agent_factory)
     await world.add("pro", DEBATERS)
     await world.add("con", DEBATERS)
     return world

@@ -15,7 +15,6 @@ from agoramesh.errors import NotConnected
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import StreamItem, Task
-from agoramesh.protocols.dispatch import Dispatcher
 from agoramesh.protocols.http_api import HttpApi, status_for
 from agoramesh.testing import wait_until
 
@@ -35,13 +34,6 @@ class _Sloth(OfflineBackend):
             yield item
 
 
-def dispatcher_of(node: AgentNode) -> Dispatcher:
-    existing = getattr(node, "dispatcher", None)
-    if isinstance(existing, Dispatcher):
-        return existing
-    return Dispatcher(node.bus, node.directory, own_card=lambda: node.card)
-
-
 @pytest_asyncio.fixture
 async def driver(nats_server: EmbeddedServer, agent_factory: Any) -> AgentNode:
     url = nats_server.client_url
@@ -55,7 +47,7 @@ async def driver(nats_server: EmbeddedServer, agent_factory: Any) -> AgentNode:
 
 @pytest_asyncio.fixture
 async def api(driver: AgentNode) -> AsyncIterator[HttpApi]:
-    async with HttpApi(dispatcher_of(driver), agent_id=driver.agent_id, timeout=10,
+    async with HttpApi(driver.dispatcher, agent_id=driver.agent_id, timeout=10,
                        max_body=64 * 1024) as server:
         yield server
 
@@ -233,7 +225,7 @@ async def test_no_agents_is_503_and_a_deadline_is_504(
     sloth = await agent_factory(nats_server.client_url, "sloth", ["text.debate"],
                                 backend=_Sloth(), stop_grace=0.1)
     await wait_until(lambda: sloth.agent_id in driver.directory, timeout=5)
-    async with HttpApi(dispatcher_of(driver), timeout=0.3) as api:
+    async with HttpApi(driver.dispatcher, timeout=0.3) as api:
         url, health = f"{api.url}/api/collaborate", f"{api.url}/api/health"
         assert_error(*await call(http, "POST", url, json={
             "mode": "parallel", "requirements": {"capability": "code.run.python"}}),

@@ -28,10 +28,10 @@ import sys
 from typing import Any
 
 from agoramesh.cli.agents import add_client_options
-from agoramesh.cli.output import emit, emit_json
+from agoramesh.cli.output import emit, emit_json, json_object
 from agoramesh.cli.submit import client_config
 from agoramesh.config import Environment
-from agoramesh.errors import InvalidInput, NoResponders
+from agoramesh.errors import NoResponders
 from agoramesh.protocols.collaboration import Collaboration
 from agoramesh.protocols.collaboration_request import CollaborationRequest
 from agoramesh.protocols.dispatch import client_dispatcher
@@ -72,23 +72,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.set_defaults(handler=_collaborate)
 
 
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{flag} is not valid JSON: {exc.msg} at column {exc.colno}"
-                           ) from None
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{flag} must be a JSON object, not {type(value).__name__}")
-    return value
-
-
 def build_request(args: argparse.Namespace) -> CollaborationRequest:
     """The checked request the flags describe; InvalidInput on one line if they are wrong."""
-    requirements = _json_object(args.requirements, "--requirements") if args.requirements \
+    requirements = json_object(args.requirements, "--requirements") if args.requirements \
         else {}
     flags = {"options": args.options, "items": args.items, "capability": args.capability,
-             "parameters": (_json_object(args.parameters, "--parameters")
+             "parameters": (json_object(args.parameters, "--parameters")
                             if args.parameters else None)}
     requirements |= {key: value for key, value in flags.items() if value is not None}
     agents: list[str] | int | None = None

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
 from agoramesh.bus.ingress import encode_json
+from agoramesh.errors import InvalidInput
 
-__all__ = ("emit", "emit_json")
+__all__ = ("emit", "emit_json", "json_object")
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """A JSON object given on the command line as ``what``, or a one-line InvalidInput."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc.msg} at column {exc.colno}"
+                           ) from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
 
 
 def emit_json(value: Any) -> None:

@@ -14,14 +14,13 @@ import sys
 from typing import Any
 
 from agoramesh.cli.agents import add_client_options
-from agoramesh.cli.output import emit, emit_json
+from agoramesh.cli.output import emit, emit_json, json_object
 from agoramesh.config import BusConfig, Environment
-from agoramesh.errors import ConfigError
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.contract_net import Progress
 from agoramesh.protocols.dispatch import Dispatcher, Strategy, client_dispatcher
 
-__all__ = ("client_config", "parse_parameters", "progress_printer", "register")
+__all__ = ("client_config", "progress_printer", "register")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,18 +48,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def client_config(args: argparse.Namespace, env: Environment, name: str) -> BusConfig:
     url = args.server or env.server_url or "nats://127.0.0.1:4222"
     return BusConfig(servers=(url,), name=name, prefix=env.prefix)
-
-
-def parse_parameters(text: str) -> dict[str, Any]:
-    """The task parameters from the command line: a JSON object, or a clear error."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"parameters are not valid JSON: {exc.msg} at column {exc.colno}"
-                          ) from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"parameters must be a JSON object, not {type(value).__name__}")
-    return value
 
 
 def progress_printer(dispatcher: Dispatcher) -> Any:
@@ -96,7 +83,7 @@ def progress_printer(dispatcher: Dispatcher) -> Any:
 
 
 async def _submit(args: argparse.Namespace, env: Environment) -> int:
-    parameters = parse_parameters(args.parameters)
+    parameters = json_object(args.parameters, "parameters")
     async with client_dispatcher(client_config(args, env, "agoramesh-submit"),
                                  discover_timeout=args.discover_timeout,
                                  timeout=args.timeout) as dispatcher:

@@ -5,6 +5,7 @@ Enable in a conftest.py with ``pytest_plugins = ["agoramesh.testing.plugin"]``
 """
 
 from agoramesh.testing.processes import alive, assert_stopped
+from agoramesh.testing.up import UpProcess
 from agoramesh.testing.waiting import wait_until
 
-__all__ = ("alive", "assert_stopped", "wait_until")
+__all__ = ("UpProcess", "alive", "assert_stopped", "wait_until")
