@@ -64,7 +64,7 @@ class Fixed(BidPolicy):
         self.decline = decline
 
     def quote(self, node: AgentNode, task: Task, capability: Capability,
-              terms: dict[str, Any], reserved: int) -> Bid | str:
+              terms: dict[str, Any], reserved: float) -> Bid | str:
         return Bid(agent_id=node.agent_id, **self.terms)
 
     def accept(self, node: AgentNode, task: Task, terms: dict[str, Any]) -> str | None:
@@ -183,7 +183,7 @@ class SlowBidder(Bidder):
 
 class Refuses(BidPolicy):
     def quote(self, node: AgentNode, task: Task, capability: Capability,
-              terms: dict[str, Any], reserved: int) -> Bid | str:
+              terms: dict[str, Any], reserved: float) -> Bid | str:
         return "not today"
 
 

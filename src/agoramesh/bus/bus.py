@@ -115,18 +115,19 @@ class Subscription:
     """A Bus subscription; handlers already running finish (bounded) on ``stop``."""
 
     def __init__(self, bus: Bus, subject: str, handler: Handler, *, queue: str | None,
-                 ingress: IngressPolicy, concurrency: int) -> None:
+                 ingress: IngressPolicy, concurrency: int, verify: bool = True) -> None:
         self.bus = bus
         self.subject = subject
         self.queue = queue
         self.handler = handler
         self.ingress = ingress
+        self.verify = verify
         self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._nats: NatsSubscription | None = None
 
     async def _on_message(self, msg: Msg) -> None:
-        delivery = await self.bus._admit(msg, self.ingress)
+        delivery = await self.bus._admit(msg, self.ingress, verify=self.verify)
         if delivery is None:
             return
         if self._slots is None:
@@ -379,16 +380,19 @@ class Bus:
 
     async def subscribe(self, subject: str, handler: Handler, *, queue: str | None = None,
                         ingress: IngressPolicy = IngressPolicy.DENY,
-                        concurrency: int = 1) -> Subscription:
+                        concurrency: int = 1, verify: bool = True) -> Subscription:
         """Deliver admitted messages on ``subject`` (wildcards allowed) to ``handler``.
 
         Returns once our server has registered the interest. ``concurrency``
         > 1 runs up to that many handlers at once; 1 runs them in arrival
         order. Handler errors are logged and, for requests, sent back to the
-        requester as an error reply.
+        requester as an error reply. ``verify=False`` admits envelopes without
+        their signature check (everything else is checked): for messages the
+        handler does not act on until a verified one follows, such as calls for
+        proposals (an award, verified, is what an agent acts on).
         """
         subscription = Subscription(self, subject, handler, queue=queue, ingress=ingress,
-                                    concurrency=concurrency)
+                                    concurrency=concurrency, verify=verify)
         nc = self.nats
         subscription._nats = await nc.subscribe(subject, queue=queue or "",
                                                 cb=subscription._on_message)
@@ -400,12 +404,13 @@ class Bus:
             raise BusTimeout(f"server did not confirm the subscription to {subject}") from None
         return subscription
 
-    async def _admit(self, msg: Msg, ingress: IngressPolicy) -> Delivery | None:
+    async def _admit(self, msg: Msg, ingress: IngressPolicy, *,
+                     verify: bool = True) -> Delivery | None:
         """The delivery for ``msg``, or None after counting (and answering) a rejection."""
         data = msg.data
         if data[:1] and data[0] in _MSGPACK_MAP_STARTS:
             try:
-                envelope = self.guard.admit(data, msg.subject)
+                envelope = self.guard.admit(data, msg.subject, verify=verify)
             except EnvelopeError as error:
                 await self._answer_rejection(msg, error, as_json=False)
                 return None

@@ -37,6 +37,7 @@ class Directory:
         self._clock = clock
         self._peers: dict[str, PeerEntry] = {}
         self._local: dict[str, AgentCard] = {}  # agents of this process sharing the directory
+        self._capable: dict[str, frozenset[str]] = {}  # pattern -> ids; cleared on any change
         self.on_join: list[Callable[[PeerEntry], None]] = []
         self.on_leave: list[Callable[[str, str], None]] = []  # (agent id, reason)
 
@@ -58,10 +59,13 @@ class Directory:
         entry = self._peers.get(card.id)
         now = self._clock()
         if entry is None:
+            self._capable.clear()
             entry = self._peers[card.id] = PeerEntry(card, status, now, interval, digest)
             for hook in self.on_join:
                 hook(entry)
         else:
+            if entry.card is not card:
+                self._capable.clear()
             entry.card, entry.status, entry.last_seen = card, status, now
             entry.interval, entry.digest = interval, digest
         return entry
@@ -77,6 +81,7 @@ class Directory:
     def remove(self, agent_id: str, reason: str = "bye") -> bool:
         if self._peers.pop(agent_id, None) is None:
             return False
+        self._capable.clear()
         for hook in self.on_leave:
             hook(agent_id, reason)
         return True
@@ -93,18 +98,30 @@ class Directory:
     def add_local(self, card: AgentCard) -> None:
         """An agent of this process that shares the directory (never evicted, not a peer)."""
         self._local[card.id] = card
+        self._capable.clear()
 
     def remove_local(self, agent_id: str) -> None:
         self._local.pop(agent_id, None)
+        self._capable.clear()
 
     def local_cards(self) -> list[AgentCard]:
         """The cards of this process's agents that use this directory."""
         return list(self._local.values())
 
-    def capable(self, pattern: str) -> set[str]:
-        """Ids of every agent known to offer ``pattern``: peers and this process's agents."""
-        ids = {entry.id for entry in self._peers.values() if entry.card.offers(pattern)}
-        ids.update(card.id for card in self._local.values() if card.offers(pattern))
+    def capable(self, pattern: str) -> frozenset[str]:
+        """Ids of every agent known to offer ``pattern``: peers and this process's agents.
+
+        Memoised per pattern until the membership or a card changes: auctions
+        ask this for every task.
+        """
+        ids = self._capable.get(pattern)
+        if ids is None:
+            ids = frozenset(
+                [entry.id for entry in self._peers.values() if entry.card.offers(pattern)]
+                + [card.id for card in self._local.values() if card.offers(pattern)])
+            if len(self._capable) >= 1024:
+                self._capable.clear()
+            self._capable[pattern] = ids
         return ids
 
     def find(self, pattern: str) -> list[PeerEntry]:

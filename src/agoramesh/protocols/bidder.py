@@ -4,10 +4,16 @@ An agent listens on ``agora.cfp.<capability>`` for each of its capabilities:
 
 - ``cfp``: answer ``bid`` (the :class:`BidPolicy`'s quote) or ``refuse`` (at
   capacity, stopping, excluded by the initiator). Refusing is an answer too,
-  so the initiator can close its bid window early. A bid reserves a slot for
-  a short while; the reservation counts in the load of later bids, so
-  concurrent auctions spread over the agents instead of piling on one.
+  so the initiator can close its bid window early. A bid reserves a share of
+  a slot for a short while — one over the number of bidders the cfp names,
+  the chance of winning among equals — and the shares count in the load of
+  later bids, so concurrent auctions spread over the agents.
 - ``reject``: the auction went to someone else; the reservation is released.
+
+cfps and rejects are admitted without their signature check: bidding acts on
+nothing (the bid goes to the cfp's reply inbox), and the ``award`` the agent
+does act on is verified. A forged cfp costs a bid; a forged reject frees a
+reservation early.
 
 and on its direct subject for ``award``: ``decline`` (policy, capacity), or
 run the task with the node's own execution path (schema check, timeout,
@@ -58,16 +64,18 @@ class BidPolicy:
     """
 
     def quote(self, node: AgentNode, task: Task, capability: Capability,
-              terms: dict[str, Any], reserved: int) -> Bid | str:
-        """A bid, or the reason to refuse."""
+              terms: dict[str, Any], reserved: float) -> Bid | str:
+        """A bid, or the reason to refuse; ``reserved``: slots promised to open bids."""
         status = node.status
         if status.state not in ("ready", "busy"):
             return f"agent is {status.state}"
         if status.in_flight >= status.capacity:
             return "at capacity"
         latency = status.avg_latency_ms if status.tasks_completed else _hint(node, "latency_ms")
-        tokens = 2 * max(1, len(json.dumps(task.parameters, default=str)) // 4)
-        cost = capability.cost_per_token * tokens
+        cost = 0.0
+        if capability.cost_per_token:
+            tokens = 2 * max(1, len(json.dumps(task.parameters, default=str)) // 4)
+            cost = capability.cost_per_token * tokens
         counter: dict[str, float] = {}
         max_cost = terms.get("max_cost_usd")
         if isinstance(max_cost, int | float) and cost > max_cost:
@@ -110,16 +118,22 @@ class Bidder:
     def __init__(self, node: AgentNode, policy: BidPolicy | None = None) -> None:
         self.node = node
         self.policy = policy or BidPolicy()
-        self._reserved: dict[str, float] = {}  # auction id -> expiry (monotonic)
+        # auction id -> (expiry, share of a slot); insertion order is expiry order
+        self._reserved: dict[str, tuple[float, float]] = {}
         self._subscriptions: list[Subscription] = []
         self.bids = self.refusals = self.awards = self.declines = 0
 
     @property
-    def reserved(self) -> int:
+    def reserved(self) -> float:
+        """Slots promised to bids not yet awarded or rejected (expired ones dropped)."""
         now = time.monotonic()
-        for auction_id in [a for a, expiry in self._reserved.items() if expiry < now]:
-            del self._reserved[auction_id]
-        return len(self._reserved)
+        reservations = self._reserved
+        while reservations:
+            oldest = next(iter(reservations))
+            if reservations[oldest][0] >= now:
+                break
+            del reservations[oldest]
+        return sum(share for _, share in reservations.values())
 
     async def start(self) -> None:
         """Listen for cfps on every capability; take awards on the node's direct subject."""
@@ -127,7 +141,8 @@ class Bidder:
         self.node.direct_handlers["award"] = self._on_award
         for capability in node.config.capabilities:
             self._subscriptions.append(await node.bus.subscribe(
-                node.bus.subjects.cfp(capability.name), self._cfp_handler(capability)))
+                node.bus.subjects.cfp(capability.name), self._cfp_handler(capability),
+                verify=False))
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:
@@ -161,7 +176,9 @@ class Bidder:
             await delivery.respond("refuse", {"auction_id": auction_id, "reason": offer})
             return
         self.bids += 1
-        self._reserved[auction_id] = time.monotonic() + RESERVATION_TTL
+        bidders = body.get("bidders")
+        share = 1.0 / bidders if isinstance(bidders, int) and bidders > 1 else 1.0
+        self._reserved[auction_id] = (time.monotonic() + RESERVATION_TTL, share)
         await delivery.respond("bid", {"auction_id": auction_id, **offer.as_dict()})
 
     async def _on_award(self, delivery: Delivery) -> None:

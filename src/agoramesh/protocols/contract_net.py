@@ -38,6 +38,7 @@ from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
 
 from agoramesh.bus.bus import ERROR_TYPE, Bus
 from agoramesh.bus.envelope import Envelope
@@ -122,37 +123,28 @@ class _Declined(Exception):
 
 
 class _Auction:
-    """The state of one task's auctions: an inbox and what arrives on it."""
+    """The state of one task's auctions; messages arrive on ``<inbox>.<key>.<kind>``."""
 
-    def __init__(self, bus: Bus, task: Task) -> None:
+    def __init__(self, bus: Bus, task: Task, inbox: str) -> None:
         self.bus = bus
         self.task = task
         self.id = uuid.uuid4().hex
-        self.inbox = bus.nats.new_inbox()
+        self.inbox = f"{inbox}.{self.id[:16]}"
         self.offers: list[_Offer] = []
         self.answered: set[str] = set()
         self.enough = asyncio.Event()
         self.expected: int | None = None
         self.attempt = 0
-        self.winner_messages: asyncio.Queue[Envelope] = asyncio.Queue()
+        # The winner's messages; None: it left the directory.
+        self.winner_messages: asyncio.Queue[Envelope | None] = asyncio.Queue()
         self.winner: str | None = None
         self.result: TaskResult | None = None
         self.duplicates = 0
         self.closed_bidding = False
         self.refused_counters = 0
-        self._subscription: Any = None
 
-    async def open(self) -> None:
-        self._subscription = await self.bus.nats.subscribe(self.inbox + ".>", cb=self._on_message)
-
-    async def close(self) -> None:
-        if self._subscription is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._subscription.unsubscribe()
-
-    async def _on_message(self, msg: Msg) -> None:
+    def on_message(self, kind: str, msg: Msg) -> None:
         guard = self.bus.guard
-        kind = msg.subject[len(self.inbox) + 1:]
         try:
             # Bids wait for confirm() if they win; anything else we act on is verified now.
             envelope = guard.admit(msg.data, msg.subject, verify=not kind.startswith("b"))
@@ -199,14 +191,40 @@ class Auctioneer:
         self._own_card = own_card or (lambda: None)
         self.auctions = 0
         self.duplicates = 0
+        # One wildcard subscription for every auction of this auctioneer, not one per auction.
+        self._inbox = ""
+        self._open: dict[str, _Auction] = {}
+        self._subscribing = asyncio.Lock()
+        self._subscription: NatsSubscription | None = None
 
     def known_bidders(self, capability: str, exclude: Iterable[str] = ()) -> set[str]:
         """Ids of agents known to offer ``capability``: the early-close count."""
-        known = set() if self.directory is None else self.directory.capable(capability)
+        known = set() if self.directory is None else set(self.directory.capable(capability))
         own = self._own_card()
         if own is not None and own.offers(capability):
             known.add(own.id)
         return known.difference(exclude)
+
+    async def _inbox_prefix(self) -> str:
+        if self._inbox and self._subscription_alive():
+            return self._inbox
+        async with self._subscribing:
+            if not (self._inbox and self._subscription_alive()):
+                inbox = self.bus.nats.new_inbox()
+                self._subscription = await self.bus.nats.subscribe(f"{inbox}.*.*",
+                                                                   cb=self._route)
+                self._inbox = inbox
+        return self._inbox
+
+    def _subscription_alive(self) -> bool:
+        # A closed connection takes its subscriptions along; a new one needs a new inbox.
+        return self._subscription is not None and not self.bus.nats.is_closed
+
+    async def _route(self, msg: Msg) -> None:
+        key, _, kind = msg.subject[len(self._inbox) + 1:].partition(".")
+        auction = self._open.get(key)
+        if auction is not None:
+            auction.on_message(kind, msg)
 
     async def run(self, task: Task, *, timeout: float = 30.0, exclude: Iterable[str] = (),
                   progress: Callable[[Progress], None] | None = None,
@@ -217,10 +235,11 @@ class Auctioneer:
         or the attempts run out, BusTimeout after ``timeout``.
         """
         notify = progress or (lambda _: None)
-        auction = _Auction(self.bus, task)
+        auction = _Auction(self.bus, task, await self._inbox_prefix())
         excluded = set(exclude)
         self.auctions += 1
-        await auction.open()
+        key = auction.id[:16]
+        self._open[key] = auction
         try:
             async with asyncio.timeout(timeout):
                 return await self._run(auction, excluded, notify, stream)
@@ -228,7 +247,7 @@ class Auctioneer:
             raise BusTimeout(f"no result for task {task.task_id} within {timeout:g}s") from None
         finally:
             self.duplicates += auction.duplicates
-            await auction.close()
+            del self._open[key]
 
     async def _run(self, auction: _Auction, excluded: set[str],
                    notify: Callable[[Progress], None], stream: bool) -> AuctionOutcome:
@@ -290,7 +309,7 @@ class Auctioneer:
         if self.policy.max_cost_usd is not None:
             terms["max_cost_usd"] = self.policy.max_cost_usd
         return {"auction_id": auction.id, "task": auction.task.as_dict(), "terms": terms,
-                "exclude": sorted(excluded)}
+                "exclude": sorted(excluded), "bidders": auction.expected or 0}
 
     async def _call_for_proposals(self, auction: _Auction, attempt: int, excluded: set[str],
                                   notify: Callable[[Progress], None]) -> list[_Offer]:
@@ -347,13 +366,12 @@ class Auctioneer:
             log.info("award to %s not sent: %s", winner[:8], exc)
             raise _Declined from None
         accepted = False
-        left = asyncio.Event()
-        hook = self._watch_departure(winner, left)
+        hook = self._watch_departure(winner, auction.winner_messages)
         try:
             while True:
                 wait = (policy.lease_interval * policy.missed_leases if accepted
                         else policy.award_timeout)
-                envelope = await self._next(auction, wait, left)
+                envelope = await self._next(auction, wait)
                 if envelope is None:
                     await self._cancel_lost(winner, task.task_id)  # in case it runs after all
                     if not accepted:
@@ -387,36 +405,27 @@ class Auctioneer:
             if hook is not None and self.directory is not None:
                 self.directory.on_leave.remove(hook)
 
-    def _watch_departure(self, winner: str, left: asyncio.Event
+    def _watch_departure(self, winner: str, messages: asyncio.Queue[Envelope | None]
                          ) -> Callable[[str, str], None] | None:
-        """A directory hook that sets ``left`` when the winner says bye or is evicted."""
+        """A directory hook that wakes the award's wait when the winner says bye or is evicted."""
         if self.directory is None:
             return None
 
         def on_leave(agent_id: str, reason: str) -> None:
             if agent_id == winner:
-                left.set()
+                messages.put_nowait(None)
 
         self.directory.on_leave.append(on_leave)
         return on_leave
 
-    async def _next(self, auction: _Auction, wait: float, left: asyncio.Event
-                    ) -> Envelope | None:
+    @staticmethod
+    async def _next(auction: _Auction, wait: float) -> Envelope | None:
         """The winner's next message, or None after ``wait`` or once it has left."""
-        if left.is_set():
-            return None
-        getter = asyncio.ensure_future(auction.winner_messages.get())
-        departure = asyncio.ensure_future(left.wait())
         try:
-            done, _ = await asyncio.wait({getter, departure}, timeout=wait,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in (getter, departure):
-                if not waiter.done():
-                    waiter.cancel()
-        if getter in done:
-            return getter.result()
-        return None
+            async with asyncio.timeout(wait):
+                return await auction.winner_messages.get()
+        except TimeoutError:
+            return None
 
     async def _reject_others(self, auction: _Auction, winner: str) -> None:
         """One broadcast tells every other bidder to release what it reserved."""
