@@ -20,7 +20,7 @@ from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Completion, StreamItem, Task, TaskStatus
-from agoramesh.protocols.bidder import Bidder, BidPolicy
+from agoramesh.protocols.bidder import Bidder, BidPolicy, _desk_for
 from agoramesh.protocols.contract_net import AuctionPolicy, Progress
 from agoramesh.protocols.dispatch import Dispatcher
 from agoramesh.protocols.scoring import Bid, rank, weighted
@@ -176,9 +176,9 @@ def forge_bid(victim: str, attacker: Identity, reply: str, auction_id: str) -> b
 class SlowBidder(Bidder):
     """Bids 50 ms late, so an injected bid surely arrives inside the bid window."""
 
-    async def _on_cfp(self, delivery: Any, capability: Capability) -> None:
+    async def answer(self, cfp: Any, capability: Capability) -> None:
         await asyncio.sleep(0.05)
-        await super()._on_cfp(delivery, capability)
+        await super().answer(cfp, capability)
 
 
 class Refuses(BidPolicy):
@@ -408,3 +408,30 @@ async def test_dispatcher_selectors(nats_server: Any, agent_factory: AgentFactor
     assert dispatcher.select("name:nobody") == []
     with pytest.raises(InvalidInput, match="unknown selector kind 'colour'"):
         dispatcher.select("colour:blue")
+
+
+async def test_agents_sharing_a_directory_share_one_cfp_subscription(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    url = nats_server.client_url
+    first = await agent_factory(url, "h0", [WORK], backend=Worker("h0"), agent_type="worker")
+    hosted = [first] + [await agent_factory(url, f"h{i}", [WORK], backend=Worker(f"h{i}"),
+                                            agent_type="worker", directory=first.directory)
+                        for i in (1, 2)]
+    desk = _desk_for(first.directory)
+    assert [m[0].node for m in desk.members["work.do"]] == hosted
+    assert desk.subscriptions["work.do"][0].node is first  # one subscription for all three
+    client = await agent_factory(url, "client", ["echo"])
+    await wait_until(lambda: len(client.directory.capable("work.do")) == 3, timeout=5)
+    events: list[Progress] = []
+    await client.dispatcher.submit("work.do", {}, progress=events.append)
+    bids = next(e for e in events if e.event == "bids")
+    assert bids.detail["bids"] == 3
+    assert set(bids.detail["ranking"]) == {node.agent_id for node in hosted}
+
+    await first.stop()  # the subscription moves to a remaining agent; none is missed
+    assert desk.subscriptions["work.do"][0].node is hosted[1]
+    await wait_until(lambda: len(client.directory.capable("work.do")) == 2, timeout=5)
+    events.clear()
+    result = await client.dispatcher.submit("work.do", {}, progress=events.append)
+    assert next(e for e in events if e.event == "bids").detail["bids"] == 2
+    assert result.result["by"] in ("h1", "h2")

@@ -30,11 +30,14 @@ import contextlib
 import json
 import logging
 import time
+import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agoramesh.bus.bus import Delivery, Subscription
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError
 from agoramesh.nodes.capability import Capability
+from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task
 from agoramesh.protocols.scoring import Bid
 
@@ -120,7 +123,7 @@ class Bidder:
         self.policy = policy or BidPolicy()
         # auction id -> (expiry, share of a slot); insertion order is expiry order
         self._reserved: dict[str, tuple[float, float]] = {}
-        self._subscriptions: list[Subscription] = []
+        self._desk: _BidDesk | None = None
         self.bids = self.refusals = self.awards = self.declines = 0
 
     @property
@@ -137,49 +140,47 @@ class Bidder:
 
     async def start(self) -> None:
         """Listen for cfps on every capability; take awards on the node's direct subject."""
-        node = self.node
         self.node.direct_handlers["award"] = self._on_award
-        for capability in node.config.capabilities:
-            self._subscriptions.append(await node.bus.subscribe(
-                node.bus.subjects.cfp(capability.name), self._cfp_handler(capability),
-                verify=False))
+        desk = _desk_for(self.node.directory)
+        for capability in self.node.config.capabilities:
+            await desk.join(self, capability)
+        self._desk = desk
 
     async def stop(self) -> None:
-        for subscription in self._subscriptions:
-            await subscription.stop(1.0)
-        self._subscriptions.clear()
+        desk = self._desk
+        if desk is not None:
+            for capability in self.node.config.capabilities:
+                await desk.leave(self, capability.name)
+            self._desk = None
 
-    def _cfp_handler(self, capability: Capability) -> Any:
-        async def handle(delivery: Delivery) -> None:
-            if delivery.type == "cfp":
-                await self._on_cfp(delivery, capability)
-            elif delivery.type == "reject" and isinstance(delivery.body, dict):
-                self._reserved.pop(str(delivery.body.get("auction_id")), None)
-        return handle
+    def released(self, auction_id: str) -> None:
+        """A ``reject``: someone else won; free what this agent reserved for the auction."""
+        self._reserved.pop(auction_id, None)
 
-    async def _on_cfp(self, delivery: Delivery, capability: Capability) -> None:
-        body = delivery.body if isinstance(delivery.body, dict) else {}
-        auction_id, exclude = body.get("auction_id"), body.get("exclude") or []
-        if not isinstance(auction_id, str) or not isinstance(exclude, list):
-            await delivery.respond_error(InvalidInput("a cfp needs auction_id and exclude"))
-            return
-        if self.node.agent_id in exclude:
-            return  # not counted among the expected bidders
-        terms = _terms(body)
-        try:
-            task = Task.from_dict(body.get("task"), task_type=capability.name)
-            offer = self.policy.quote(self.node, task, capability, terms, self.reserved)
-        except AgoraError as exc:
-            offer = f"unusable cfp: {exc}"
+    async def answer(self, cfp: _Cfp, capability: Capability) -> None:
+        """Bid or refuse, signed by this agent, on the cfp's reply inbox."""
+        node = self.node
+        if node.agent_id in cfp.exclude or not cfp.reply:
+            return  # excluded agents are not counted among the expected bidders
+        offer: Bid | str
+        if cfp.task is None:
+            offer = f"unusable cfp: {cfp.problem}"
+        else:
+            try:
+                offer = self.policy.quote(node, cfp.task, capability, cfp.terms, self.reserved)
+            except AgoraError as exc:
+                offer = f"unusable cfp: {exc}"
         if isinstance(offer, str):
             self.refusals += 1
-            await delivery.respond("refuse", {"auction_id": auction_id, "reason": offer})
-            return
-        self.bids += 1
-        bidders = body.get("bidders")
-        share = 1.0 / bidders if isinstance(bidders, int) and bidders > 1 else 1.0
-        self._reserved[auction_id] = (time.monotonic() + RESERVATION_TTL, share)
-        await delivery.respond("bid", {"auction_id": auction_id, **offer.as_dict()})
+            kind, body = "refuse", {"auction_id": cfp.auction_id, "reason": offer}
+        else:
+            self.bids += 1
+            self._reserved[cfp.auction_id] = (time.monotonic() + RESERVATION_TTL, cfp.share)
+            kind, body = "bid", {"auction_id": cfp.auction_id, **offer.as_dict()}
+        try:
+            await node.bus.publish(cfp.reply, kind, body, to=cfp.initiator, cid=cfp.cid)
+        except AgoraError as exc:  # the initiator will not hear from us; its window closes
+            log.debug("%s for %s not sent: %s", kind, cfp.auction_id, exc)
 
     async def _on_award(self, delivery: Delivery) -> None:
         node = self.node
@@ -229,3 +230,99 @@ class Bidder:
                 log.debug("lease for %s not sent: %s", task_id, exc)
             kind = "lease"
             await asyncio.sleep(interval)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cfp:
+    """A call for proposals, parsed once for every local agent that answers it."""
+
+    auction_id: str
+    reply: str
+    initiator: str
+    cid: str
+    task: Task | None
+    problem: str
+    terms: dict[str, Any]
+    exclude: frozenset[str]
+    share: float  # of a slot a bid reserves: 1 / expected bidders
+
+    @classmethod
+    def parse(cls, delivery: Delivery, capability: str) -> _Cfp | None:
+        body = delivery.body if isinstance(delivery.body, dict) else {}
+        auction_id, exclude = body.get("auction_id"), body.get("exclude") or []
+        if delivery.envelope is None or not isinstance(auction_id, str) or \
+                not isinstance(exclude, list):
+            return None  # nothing to answer to
+        task: Task | None = None
+        problem = ""
+        try:
+            task = Task.from_dict(body.get("task"), task_type=capability)
+        except AgoraError as exc:
+            problem = str(exc)
+        bidders = body.get("bidders")
+        return cls(auction_id=auction_id, reply=delivery.msg.reply,
+                   initiator=delivery.envelope.sender, cid=delivery.envelope.cid, task=task,
+                   problem=problem, terms=_terms(body), exclude=frozenset(map(str, exclude)),
+                   share=1.0 / bidders if isinstance(bidders, int) and bidders > 1 else 1.0)
+
+
+class _BidDesk:
+    """One cfp subscription per capability for all the agents sharing a directory.
+
+    Agents hosted in one process receive a cfp once instead of once each:
+    it is parsed once, then every local agent offering the capability bids,
+    each signing with its own identity and sending on its own connection.
+    """
+
+    def __init__(self) -> None:
+        self.members: dict[str, list[tuple[Bidder, Capability]]] = {}
+        self.subscriptions: dict[str, tuple[Bidder, Subscription]] = {}
+        self._lock = asyncio.Lock()
+
+    async def join(self, bidder: Bidder, capability: Capability) -> None:
+        async with self._lock:
+            self.members.setdefault(capability.name, []).append((bidder, capability))
+            if capability.name not in self.subscriptions:
+                await self._subscribe(bidder, capability.name)
+
+    async def leave(self, bidder: Bidder, name: str) -> None:
+        async with self._lock:
+            members = [m for m in self.members.get(name, []) if m[0] is not bidder]
+            self.members[name] = members
+            owner, subscription = self.subscriptions.get(name, (None, None))
+            if owner is not bidder or subscription is None:
+                return
+            del self.subscriptions[name]
+            if members:  # hand the subscription over before dropping ours: no cfp missed
+                await self._subscribe(members[0][0], name)
+            else:
+                del self.members[name]
+            await subscription.stop(1.0)
+
+    async def _subscribe(self, bidder: Bidder, name: str) -> None:
+        bus = bidder.node.bus
+
+        async def handle(delivery: Delivery) -> None:
+            if delivery.type == "cfp":
+                cfp = _Cfp.parse(delivery, name)
+                if cfp is not None:
+                    for member, capability in list(self.members.get(name, ())):
+                        await member.answer(cfp, capability)
+            elif delivery.type == "reject" and isinstance(delivery.body, dict):
+                auction_id = str(delivery.body.get("auction_id"))
+                for member, _ in list(self.members.get(name, ())):
+                    member.released(auction_id)
+
+        self.subscriptions[name] = (bidder, await bus.subscribe(bus.subjects.cfp(name), handle,
+                                                                 verify=False))
+
+
+_DESKS: weakref.WeakKeyDictionary[Directory, _BidDesk] = weakref.WeakKeyDictionary()
+
+
+def _desk_for(directory: Directory) -> _BidDesk:
+    """The desk of the agents sharing ``directory`` (one process's view of the mesh)."""
+    desk = _DESKS.get(directory)
+    if desk is None:
+        desk = _DESKS[directory] = _BidDesk()
+    return desk
