@@ -81,6 +81,7 @@ from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.contract_net import Auctioneer, Progress
 from agoramesh.protocols.dispatch import discover
 from agoramesh.protocols.scoring import Bid
+from common import Warnings, WrongAnswer, percentile
 
 SEEDS, CHILDREN, PER_CHILD = 3, 2, 5
 BIDDERS = CHILDREN * PER_CHILD
@@ -119,19 +120,7 @@ BODIES = _bodies()
 RAW = {name: json.dumps(body, separators=(",", ":")).encode() for name, body in BODIES.items()}
 
 
-class WrongAnswer(Exception):
-    """A result that is not this round's echo."""
 
-
-class Warnings(logging.Handler):
-    """Counts the runtime's log warnings (a number, not hundreds of lines)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen[str(record.msg).split("%")[0].strip()[:60]] += 1
 
 
 def count_warnings() -> Warnings:
@@ -141,11 +130,6 @@ def count_warnings() -> Warnings:
     runtime_log.propagate = False
     return warnings
 
-
-def percentile(values: list[int], q: float) -> float:
-    """Nearest-rank percentile of nanosecond samples, in milliseconds."""
-    ordered = sorted(values) or [0]
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))] / 1e6
 
 
 def latency(samples: list[int]) -> dict[str, float]:

@@ -42,6 +42,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig
 from agoramesh.errors import AgoraError
+from common import percentile
 
 BODY: dict[str, Any] = {
     "task_id": "t-000123", "task_type": "summarize", "priority": 5,
@@ -234,12 +235,6 @@ async def measure(scenarios: list[Scenario]) -> None:
                     else:
                         out.append(clock() - start)
 
-
-def percentile(values: list[int], q: float) -> float:
-    """Nearest-rank percentile of nanosecond samples, in milliseconds."""
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[rank] / 1e6
 
 
 def summarize(sc: Scenario) -> dict[str, Any]:

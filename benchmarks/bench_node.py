@@ -53,6 +53,7 @@ from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
+from common import Warnings, WrongAnswer, percentile
 
 PARAMS: dict[str, Any] = {"text": "The quick brown fox jumps over the lazy dog."}
 TASK = Task(task_type="echo", parameters=PARAMS, task_id="t-000123").as_dict()
@@ -68,25 +69,8 @@ SIDES = ("raw", "node", "json", "bus")
 Op = Callable[[], Awaitable[object]]
 
 
-class WrongAnswer(Exception):
-    """A reply that is not the expected result."""
 
 
-class Warnings(logging.Handler):
-    """Counts the runtime's log warnings (shown as a number, not hundreds of lines)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen[str(record.msg).split("%")[0].strip()[:60]] += 1
-
-
-def percentile(values: list[int], q: float) -> float:
-    """Nearest-rank percentile of nanosecond samples, in milliseconds."""
-    ordered = sorted(values) or [0]
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))] / 1e6
 
 
 def settled_rss_kib() -> int:
