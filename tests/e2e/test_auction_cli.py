@@ -60,7 +60,8 @@ async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_resul
     config = BusConfig(servers=(nats_server.client_url,), name="client")
     async with client_dispatcher(config, discover_timeout=0.3) as dispatcher:
         assert {card.name for card in dispatcher.agents()} == {"left", "right"}
-        dispatcher.auctioneer.policy = AuctionPolicy(lease_interval=0.2, missed_leases=3)
+        dispatcher.auctioneer.policy = AuctionPolicy(lease_interval=0.25, missed_leases=4,
+                                                      bid_window=5)
         events: list[Progress] = []
         killed: list[str] = []
 

@@ -229,13 +229,13 @@ async def test_counter_offers_are_awarded_only_when_the_policy_accepts_them(
         nats_server: Any, agent_factory: AgentFactory) -> None:
     dear = Capability(name="work.do", cost_per_token=0.01)
     node = await agent_factory(nats_server.client_url, "dear", [dear], backend=Worker("dear"),
-                               auction_policy=AuctionPolicy(max_cost_usd=0.001, bid_window=0.3))
+                               auction_policy=AuctionPolicy(max_cost_usd=0.001, bid_window=5))
     events: list[Progress] = []
     result = await node.dispatcher.submit("work.do", {"n": 3}, progress=events.append)
     award = next(e for e in events if e.event == "award")
     assert award.detail["counter"]["cost_usd"] > 0.001
     assert result.result["by"] == "dear"
-    strict = AuctionPolicy(max_cost_usd=0.001, accept_counter_offers=False, bid_window=0.3)
+    strict = AuctionPolicy(max_cost_usd=0.001, accept_counter_offers=False, bid_window=5)
     node.auctioneer.policy = strict
     with pytest.raises(AuctionFailed, match="only counter-offers"):
         await node.dispatcher.submit("work.do", {"n": 4})
@@ -255,14 +255,15 @@ async def test_a_silent_winner_loses_the_task_and_its_late_result_is_dropped(
     nodes = await start_workers(agent_factory, [nats_server.client_url], {
         "quiet": Fixed(latency_ms=1), "steady": Fixed(latency_ms=100),
         "client": Fixed(latency_ms=9000, load=1.0, success_rate=0.0)},
-        auction_policy=AuctionPolicy(lease_interval=0.1, missed_leases=2, award_timeout=0.3))
+        auction_policy=AuctionPolicy(lease_interval=0.15, missed_leases=3, bid_window=5))
     quiet = nodes["quiet"]
     await quiet.bidder.stop()
     quiet.bidder = SilentBidder(quiet, Fixed(latency_ms=1))
     await quiet.bidder.start()
     events: list[Progress] = []
     outcome = await nodes["client"].auctioneer.run(
-        Task(task_type="work.do", parameters={"seconds": 0.2}), timeout=10,
+        # Long enough that the quiet winner is lost (0.45 s of silence) before it finishes.
+        Task(task_type="work.do", parameters={"seconds": 1.0}), timeout=10,
         progress=events.append)
     assert outcome.result.result["by"] == "steady"
     assert outcome.attempts == 2
@@ -281,7 +282,7 @@ async def test_a_winner_that_never_answers_counts_as_declined_and_is_cancelled(
     nodes = await start_workers(agent_factory, [nats_server.client_url], {
         "mute": Fixed(latency_ms=1), "steady": Fixed(latency_ms=100),
         "client": Fixed(latency_ms=9000, load=1.0, success_rate=0.0)},
-        auction_policy=AuctionPolicy(award_timeout=0.2))
+        auction_policy=AuctionPolicy(award_timeout=1.0, bid_window=5))
     mute = nodes["mute"]
     mute.direct_handlers["award"] = lambda delivery: asyncio.sleep(0)  # swallows awards
     events: list[Progress] = []
@@ -296,7 +297,7 @@ async def test_a_killed_winner_is_detected_and_the_task_reauctioned(
     nodes = await start_workers(agent_factory, [nats_server.client_url], {
         "first": Fixed(latency_ms=1), "backup": Fixed(latency_ms=100),
         "client": Fixed(latency_ms=9000, load=1.0, success_rate=0.0)},
-        auction_policy=AuctionPolicy(lease_interval=0.1, missed_leases=3))
+        auction_policy=AuctionPolicy(lease_interval=0.2, missed_leases=3, bid_window=5))
     first = nodes["first"]
     events: list[Progress] = []
     run = asyncio.ensure_future(nodes["client"].dispatcher.submit(
