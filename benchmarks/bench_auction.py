@@ -81,7 +81,7 @@ from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.contract_net import Auctioneer, Progress
 from agoramesh.protocols.dispatch import discover
 from agoramesh.protocols.scoring import Bid
-from common import Warnings, WrongAnswer, percentile
+from common import Warnings, WrongAnswer, percentile, raw_client, stop_all
 
 SEEDS, CHILDREN, PER_CHILD = 3, 2, 5
 BIDDERS = CHILDREN * PER_CHILD
@@ -134,23 +134,6 @@ def count_warnings() -> Warnings:
 
 def latency(samples: list[int]) -> dict[str, float]:
     return {f"p{q}": round(percentile(samples, q), 4) for q in (50, 90, 99)}
-
-
-async def raw_client(stack: contextlib.AsyncExitStack, url: str) -> NatsClient:
-    nc = await asyncio.wait_for(nats.connect(url, connect_timeout=3, allow_reconnect=False), 5)
-    stack.push_async_callback(lambda: asyncio.wait_for(nc.close(), 5))
-    return nc
-
-
-async def stop_all(nodes: list[AgentNode], grace: float = 1.0) -> None:
-    """Stop every node concurrently, bounded; kill whatever a stop could not finish."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(grace + 30):
-            await asyncio.gather(*(node.stop(grace) for node in nodes), return_exceptions=True)
-    for node in nodes:
-        if node.bus.is_connected:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(node.kill(), 5)
 
 
 # -- the bidder processes (--serve) -------------------------------------------------------

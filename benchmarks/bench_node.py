@@ -53,7 +53,7 @@ from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
-from common import Warnings, WrongAnswer, percentile
+from common import Warnings, WrongAnswer, percentile, raw_client, stop_all
 
 PARAMS: dict[str, Any] = {"text": "The quick brown fox jumps over the lazy dog."}
 TASK = Task(task_type="echo", parameters=PARAMS, task_id="t-000123").as_dict()
@@ -84,23 +84,6 @@ def agent(name: str, capability: Capability, url: str,
     config = NodeConfig(name=name, capabilities=(capability,), heartbeat_interval=HEARTBEAT)
     return AgentNode(Identity.generate(), config, OfflineBackend(),
                      BusConfig(servers=(url,), name=name), directory=directory)
-
-
-async def stop_all(nodes: list[AgentNode], grace: float = 1.0) -> None:
-    """Stop every node concurrently, bounded; kill whatever a stop could not finish."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(grace + 30):
-            await asyncio.gather(*(node.stop(grace) for node in nodes), return_exceptions=True)
-    for node in nodes:
-        if node.bus.is_connected:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(node.kill(), 5)
-
-
-async def raw_client(stack: contextlib.AsyncExitStack, url: str) -> NatsClient:
-    nc = await asyncio.wait_for(nats.connect(url, connect_timeout=3, allow_reconnect=False), 5)
-    stack.push_async_callback(lambda: asyncio.wait_for(nc.close(), 5))
-    return nc
 
 
 async def until_answers(op: Op, bound: float = 30.0) -> None:

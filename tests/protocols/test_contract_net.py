@@ -357,6 +357,9 @@ async def test_plain_json_on_agora_task_gets_the_negotiated_result(
         assert nobody["error"]["type"] == "NoBidders"
     finally:
         await raw.close()
+    # The malformed request never reached a desk; the other two were each taken once.
+    assert sum(node.task_desk.taken for node in nodes.values()) == 2
+    assert sum(node.task_desk.failed for node in nodes.values()) == 1
 
 
 async def test_signed_streaming_request_on_agora_task_shows_progress(
@@ -436,3 +439,23 @@ async def test_agents_sharing_a_directory_share_one_cfp_subscription(
     result = await client.dispatcher.submit("work.do", {}, progress=events.append)
     assert next(e for e in events if e.event == "bids").detail["bids"] == 2
     assert result.result["by"] in ("h1", "h2")
+
+
+class Broken(BidPolicy):
+    def quote(self, node: AgentNode, task: Task, capability: Capability,
+              terms: dict[str, Any], reserved: float) -> Bid | str:
+        raise RuntimeError("a bug in a custom policy")
+
+
+async def test_one_agents_broken_policy_does_not_silence_its_neighbours(
+        nats_server: Any, agent_factory: AgentFactory) -> None:
+    url = nats_server.client_url
+    broken = await agent_factory(url, "broken", [WORK], backend=Worker("broken"),
+                                 bid_policy=Broken())
+    await agent_factory(url, "fine", [WORK], backend=Worker("fine"),
+                        directory=broken.directory)
+    client = await agent_factory(url, "client", ["echo"],
+                                 auction_policy=AuctionPolicy(bid_window=0.5))
+    await wait_until(lambda: len(client.directory.capable("work.do")) == 2, timeout=5)
+    result = await client.dispatcher.submit("work.do", {})
+    assert result.result["by"] == "fine"

@@ -307,7 +307,11 @@ class _BidDesk:
                 cfp = _Cfp.parse(delivery, name)
                 if cfp is not None:
                     for member, capability in list(self.members.get(name, ())):
-                        await member.answer(cfp, capability)
+                        try:
+                            await member.answer(cfp, capability)
+                        except Exception:  # one agent's broken policy must not silence the rest
+                            log.exception("agent %s could not answer a cfp",
+                                          member.node.config.name)
             elif delivery.type == "reject" and isinstance(delivery.body, dict):
                 auction_id = str(delivery.body.get("auction_id"))
                 for member, _ in list(self.members.get(name, ())):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agoramesh.bus.bus import Delivery
 from agoramesh.errors import AgoraError, InvalidInput
@@ -41,7 +41,7 @@ class TaskDesk:
 
     def __init__(self, node: AgentNode) -> None:
         self.node = node
-        self.taken = self.failed = 0
+        self.taken = self.failed = 0  # tasks this node auctioned, and those that failed
 
     async def handle(self, delivery: Delivery) -> None:
         node = self.node
@@ -100,6 +100,3 @@ class TaskDesk:
                 await delivery.respond(kind, body)
             except AgoraError:
                 return
-
-    def describe(self) -> dict[str, Any]:
-        return {"taken": self.taken, "failed": self.failed}
