@@ -38,6 +38,8 @@ def test_default_prefix_builds_the_design_subjects(subjects: Subjects) -> None:
     assert subjects.discover == "agora.discover"
     assert subjects.status(AGENT) == f"agora.status.{AGENT}"
     assert subjects.help("echo") == "agora.help.echo"
+    assert subjects.telemetry(AGENT) == f"agora.telemetry.{AGENT}"
+    assert subjects.telemetry_all == "agora.telemetry.>"
 
 
 def test_custom_prefix_is_honoured() -> None:
@@ -170,7 +172,7 @@ def test_non_str_capability(subjects: Subjects, value: object) -> None:
      "*", ">", f"{AGENT[:28]}.{AGENT[29:]}"],
 )
 def test_invalid_agent_ids_raise_subject_error(subjects: Subjects, agent_id: str) -> None:
-    for build in (subjects.agent, subjects.presence, subjects.status):
+    for build in (subjects.agent, subjects.presence, subjects.status, subjects.telemetry):
         with pytest.raises(SubjectError, match="invalid agent id") as info:
             build(agent_id)
         assert "56-character" in str(info.value)

@@ -180,6 +180,9 @@ class Bus:
         self.guard = Guard(config.envelope, agent_id=identity.agent_id)
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
+        #: Called with ("sent" | "saw", fields) for every envelope; None costs nothing.
+        #: A node's trajectory recorder (observability/trajectory.py) sets it.
+        self.trace: Callable[[str, dict[str, Any]], None] | None = None
         self._nc: NatsClient | None = None
         self._subscriptions: set[Subscription] = set()
 
@@ -271,6 +274,14 @@ class Bus:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def saw(self, envelope: Envelope) -> None:
+        """Count (and trace) an admitted envelope."""
+        self.received[envelope.type] += 1
+        if self.trace is not None:
+            self.trace("saw", {"subject": envelope.subject, "type": envelope.type,
+                               "from": envelope.sender, "id": envelope.id,
+                               "cid": envelope.cid, "body": envelope.body})
+
     # -- sending -------------------------------------------------------------------
 
     def seal(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
@@ -282,6 +293,9 @@ class Bus:
             raise OversizeEnvelope(f"envelope of {len(wire)} bytes exceeds the "
                                    f"{self.config.envelope.max_bytes}-byte limit")
         self.sent[type] += 1
+        if self.trace is not None:
+            self.trace("sent", {"subject": subject, "type": type, "to": to, "cid": cid,
+                                "body": body})
         return wire
 
     async def publish(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
@@ -321,7 +335,7 @@ class Bus:
         except nats.errors.ConnectionClosedError as exc:
             raise NotConnected(f"cannot request on {subject}: connection closed") from exc
         reply = self.guard.admit(msg.data, msg.subject)
-        self.received[reply.type] += 1
+        self.saw(reply)
         if reply.type == ERROR_TYPE:
             raise error_from_wire(reply.body)
         return reply
@@ -359,7 +373,7 @@ class Bus:
                 envelope = self.guard.admit(msg.data, msg.subject, verify=verify)
             except EnvelopeError:
                 return
-            self.received[envelope.type] += 1
+            self.saw(envelope)
             replies.append(envelope)
             if expected is not None and len(replies) >= expected:
                 enough.set()
@@ -414,7 +428,7 @@ class Bus:
             except EnvelopeError as error:
                 await self._answer_rejection(msg, error, as_json=False)
                 return None
-            self.received[envelope.type] += 1
+            self.saw(envelope)
             return Delivery(self, msg, envelope, envelope.body)
         policy_error: EnvelopeError
         if not looks_like_json(data):
@@ -429,6 +443,8 @@ class Bus:
                 policy_error = error
             else:
                 self.received["json"] += 1
+                if self.trace is not None:
+                    self.trace("saw", {"subject": msg.subject, "type": "json", "body": body})
                 return Delivery(self, msg, None, body)
         self.guard.reject(policy_error)
         await self._answer_rejection(msg, policy_error, as_json=True)

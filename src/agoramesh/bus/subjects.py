@@ -122,6 +122,14 @@ class Subjects:
     def help(self, capability: str) -> str:
         return f"{self.prefix}.help.{validate_capability_pattern(capability)}"
 
+    def telemetry(self, agent_id: str) -> str:
+        """An agent's counters and recent events, once a heartbeat (``agoramesh watch``)."""
+        return f"{self.prefix}.telemetry.{_agent(agent_id)}"
+
+    @property
+    def telemetry_all(self) -> str:
+        return f"{self.prefix}.telemetry.>"
+
     def capability_of(self, subject: str) -> str | None:
         """The capability in a ``cap``/``task``/``cfp``/``help`` subject, else None."""
         head = self.prefix + "."

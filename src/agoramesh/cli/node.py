@@ -21,6 +21,8 @@ from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.observability.http import MetricsServer
+from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.http_api import HttpApi
 
 __all__ = ("register",)
@@ -55,7 +57,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
     parser.add_argument("--key-file", type=Path, help="seed file (default $AGORAMESH_HOME/"
                                                       "<name>.nk, created if missing)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus /metrics and /healthz here; 0 picks a free port")
+    parser.add_argument("--trajectory", type=Path, metavar="FILE",
+                        help="append what the agent saw, decided and sent to FILE (JSON lines)")
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API (/api/agents, /api/tasks, /api/collaborate) "
                              "here; 0 picks a free port")
@@ -96,26 +101,33 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
             server.on_crash.append(on_crash)
             await server.start()
         url = args.connect or (server.client_url if server else "")
+        trajectory = (Trajectory(args.trajectory, agent=args.name, agent_id=identity.agent_id)
+                      if args.trajectory else None)
         node = AgentNode(identity, NodeConfig(
             name=args.name, type=args.type, capabilities=capabilities,
             max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat),
-            backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix))
-        if args.metrics_port:
-            import prometheus_client
-
-            prometheus_client.start_http_server(args.metrics_port, addr=args.host)
+            backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix),
+            trajectory=trajectory)
         await node.start()
-        api = None
+        api = metrics = None
         try:
+            if args.metrics_port is not None:
+                metrics = MetricsServer(host=args.host, port=args.metrics_port)
+                metrics.collector.add_agent(node)
+                if server is not None:
+                    metrics.collector.add_server(server)
+                await metrics.start()
             if args.http_port is not None:
                 api = HttpApi(node.dispatcher, host=args.host, port=args.http_port,
                               agent_id=node.agent_id)
                 await api.start()
-            _ready(args, node, server, url, api)
+            _ready(args, node, server, url, api, metrics)
             await stop.wait()
         finally:
             if api is not None:
                 await api.stop()
+            if metrics is not None:
+                await metrics.stop()
             await node.stop()
     finally:
         if server is not None:
@@ -128,7 +140,7 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
 
 
 def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | None,
-           url: str, api: HttpApi | None) -> None:
+           url: str, api: HttpApi | None, metrics: MetricsServer | None) -> None:
     info: dict[str, object] = {"event": "ready", "name": node.config.name, "id": node.agent_id,
                                "type": node.config.type, "client": url,
                                "capabilities": [c.name for c in node.config.capabilities]}
@@ -138,10 +150,12 @@ def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | N
             info |= {"cluster": server.cluster_address, "leaf": server.leaf_address}
     if api is not None:
         info["http"] = api.url
+    if metrics is not None:
+        info["metrics"] = metrics.url + "/metrics"
     if args.json:
         emit_json(info)
     else:
         emit(f"node ready: {node.config.name} ({node.config.type}) {node.agent_id}")
         emit("  " + "  ".join(f"{k}={v}" for k, v in info.items()
-                              if k in ("client", "cluster", "leaf", "pid", "http")))
+                              if k in ("client", "cluster", "leaf", "pid", "http", "metrics")))
         emit(f"  capabilities: {', '.join(info['capabilities'])}")  # type: ignore[arg-type]

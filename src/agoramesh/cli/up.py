@@ -26,6 +26,8 @@ from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.observability.http import MetricsServer
+from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.http_api import HttpApi
 
 __all__ = ("DEMO_AGENTS", "demo_agents", "local_mesh", "register")
@@ -45,6 +47,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API from the first demo agent on this port "
                              "(0: any free port)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus /metrics and /healthz for every agent and server "
+                             "here; 0 picks a free port")
+    parser.add_argument("--trajectory-dir", type=Path, metavar="DIR",
+                        help="record each agent's trajectory as DIR/<name>.jsonl")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_up)
 
@@ -76,21 +83,28 @@ DEMO_AGENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0
-                      ) -> list[AgentNode]:
-    """Start the offline demo agents, spread over the mesh's servers; all or none."""
+async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0,
+                      trajectory_dir: Path | None = None) -> list[AgentNode]:
+    """Start the offline demo agents, spread over the mesh's servers; all or none.
+
+    ``trajectory_dir``: each agent records its trajectory in ``<dir>/<name>.jsonl``.
+    """
     agents: list[AgentNode] = []
     servers = mesh.servers
     try:
         for index, (name, capabilities) in enumerate(DEMO_AGENTS):
             url = servers[index % len(servers)].client_url
+            identity = Identity.generate()
+            trajectory = None if trajectory_dir is None else Trajectory(
+                trajectory_dir / f"{name}.jsonl", agent=name, agent_id=identity.agent_id)
             agent = AgentNode(
-                Identity.generate(),
+                identity,
                 NodeConfig(name=name, type="offline",
                            capabilities=capabilities_for("offline", list(capabilities)),
                            heartbeat_interval=heartbeat),
                 OfflineBackend(), BusConfig(servers=(url,), name=name, prefix=env.prefix),
-                directory=agents[0].directory if agents else None)  # one view per process
+                directory=agents[0].directory if agents else None,  # one view per process
+                trajectory=trajectory)
             await agent.start()
             agents.append(agent)
     except BaseException:
@@ -115,9 +129,17 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
     try:
         async with local_mesh(env, seeds=args.seeds, leaves=args.leaves, host=args.host,
                               data_dir=args.dir) as mesh:
-            agents = [] if args.no_agents else await demo_agents(mesh, env)
-            api = None
+            agents = [] if args.no_agents else await demo_agents(
+                mesh, env, trajectory_dir=args.trajectory_dir)
+            api = metrics = None
             try:
+                if args.metrics_port is not None:
+                    metrics = MetricsServer(host=args.host, port=args.metrics_port)
+                    for server in mesh.servers:
+                        metrics.collector.add_server(server)
+                    for agent in agents:
+                        metrics.collector.add_agent(agent)
+                    await metrics.start()
                 if args.http_port is not None:
                     if not agents:
                         raise ConfigError("--http-port needs the demo agents (drop --no-agents)")
@@ -128,7 +150,8 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
                 if args.json:
                     emit_json({"event": "ready", "url": mesh.url, "servers": servers,
                                "agents": [agent.card.as_dict() for agent in agents],
-                               "http": api.url if api else None})
+                               "http": api.url if api else None,
+                               "metrics": f"{metrics.url}/metrics" if metrics else None})
                 else:
                     for info in servers:
                         emit("  ".join(f"{key}={value}" for key, value in info.items()))
@@ -137,12 +160,16 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
                              f"{', '.join(c.name for c in agent.config.capabilities)}")
                     if api is not None:
                         emit(f"http api: {api.url}")
+                    if metrics is not None:
+                        emit(f"metrics: {metrics.url}/metrics")
                     emit(f"mesh ready: {mesh.url}")
                     emit("press Ctrl-C to stop")
                 await stop.wait()
             finally:
                 if api is not None:
                     await api.stop()
+                if metrics is not None:
+                    await metrics.stop()
                 await asyncio.gather(*(agent.stop(grace=2.0) for agent in agents))
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

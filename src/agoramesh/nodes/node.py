@@ -53,6 +53,8 @@ from agoramesh.nodes.card import AgentCard, AgentStatus
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
+from agoramesh.observability.stats import AgentMetrics
+from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.bidder import Bidder, BidPolicy
 from agoramesh.protocols.contract_net import Auctioneer, AuctionPolicy
 from agoramesh.protocols.dispatch import Dispatcher
@@ -70,6 +72,9 @@ DirectHandler = Callable[[Delivery], Awaitable[None]]
 # card is parsed once however many local agents hear the same hello.
 _CARDS: dict[tuple[str, str], AgentCard] = {}
 _CARD_CACHE_SIZE = 4096
+# A failed task's error type -> its outcome label (agoramesh_tasks_total); others: failed.
+_OUTCOMES = {"TaskCancelled": "cancelled", "InvalidInput": "rejected",
+             "UnknownCapability": "rejected"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,19 +110,25 @@ class AgentNode:
     def __init__(self, identity: Identity, config: NodeConfig, backend: Backend,
                  bus_config: BusConfig, *, directory: Directory | None = None,
                  bid_policy: BidPolicy | None = None,
-                 auction_policy: AuctionPolicy | None = None) -> None:
+                 auction_policy: AuctionPolicy | None = None,
+                 trajectory: Trajectory | None = None) -> None:
         """``directory``: share another local agent's directory instead of keeping one.
 
         Agents hosted in one process see the same mesh; the agent that owns the
         directory listens to presence for all of them, so N local agents cost
         one presence subscription instead of N (and N x peers messages a beat).
         ``bid_policy`` prices this agent's bids; ``auction_policy`` governs the
-        auctions it runs.
+        auctions it runs. ``trajectory`` records what the agent saw, decided and
+        sent (closed when the agent stops).
         """
         self.identity = identity
         self.config = config
         self.backend = backend
         self.bus = Bus(identity, bus_config)
+        self.metrics = AgentMetrics()
+        self.trajectory = trajectory
+        if trajectory is not None:
+            self.bus.trace = trajectory.record
         self._owns_directory = directory is None
         self.directory = directory if directory is not None else Directory(
             missed=config.missed_heartbeats)
@@ -150,7 +161,8 @@ class AgentNode:
         self._state = "created"
         self.bidder = Bidder(self, bid_policy)
         self.auctioneer = Auctioneer(self.bus, self.directory, policy=auction_policy,
-                                     own_card=self._own_card)
+                                     own_card=self._own_card, metrics=self.metrics,
+                                     trajectory=trajectory)
         self.dispatcher = Dispatcher(self.bus, self.directory, auctioneer=self.auctioneer,
                                      own_card=self._own_card)
         self.task_desk = TaskDesk(self)
@@ -223,6 +235,7 @@ class AgentNode:
     async def stop(self, grace: float | None = None) -> None:
         """Say bye, stop taking work, finish running tasks within ``grace``, close."""
         if self._state in ("stopped", "created"):
+            self._close_trajectory()
             self._state = "stopped"
             return
         self._state = "stopping"
@@ -236,6 +249,7 @@ class AgentNode:
         await self._cancel_background()
         await self.bus.close(timeout=min(budget, 2.0))
         await self.backend.aclose()
+        self._close_trajectory()
         self._state = "stopped"
 
     async def kill(self) -> None:
@@ -247,7 +261,13 @@ class AgentNode:
         await self._cancel_background()
         await self.bus.close(timeout=0.1)
         await self.backend.aclose()
+        self._close_trajectory()
         self._state = "stopped"
+
+    def _close_trajectory(self) -> None:
+        if self.trajectory is not None:
+            self.bus.trace = None
+            self.trajectory.close()
 
     async def _cancel_background(self) -> None:
         for task in list(self._background):
@@ -287,8 +307,23 @@ class AgentNode:
                 self.directory.evict_silent()
             try:
                 await self._announce("heartbeat")
+                await self._publish_telemetry()
             except AgoraError as exc:  # reconnecting: the next beat will do
                 log.debug("heartbeat of %s not sent: %s", self.config.name, exc)
+
+    def telemetry(self) -> dict[str, Any]:
+        """The body of this agent's telemetry beat (PROTOCOL.md §18); drains recent events."""
+        return {"name": self.config.name, "type": self.config.type,
+                "status": self.status.as_dict(), **self.metrics.totals(),
+                "rejections": {str(reason): count
+                               for reason, count in self.bus.rejections.items()},
+                "recent": self.metrics.take_recent()}
+
+    async def _publish_telemetry(self) -> None:
+        # Nobody but `agoramesh watch` subscribes: with no interest, servers drop it.
+        ttl = max(1000, int(self.config.heartbeat_interval * 3000))
+        await self.bus.publish(self.bus.subjects.telemetry(self.agent_id), "telemetry",
+                               self.telemetry(), ttl_ms=ttl)
 
     async def _on_presence(self, delivery: Delivery) -> None:
         sender = delivery.sender
@@ -449,12 +484,24 @@ class AgentNode:
         except asyncio.CancelledError:  # the node is stopping: tell the requester, then go
             failure = self._failure(task_id, TaskCancelled(
                 f"agent {self.config.name} stopped before task {task_id} finished"), started)
+            self._finished(capability.name, failure, time.perf_counter() - started)
             await asyncio.shield(self._reply(delivery, failure))
             raise
+        elapsed = time.perf_counter() - started
         self.service.stats.setdefault(capability.name, EndpointStats()).record(
-            int((time.perf_counter() - started) * 1e9),
-            result.error["message"] if result.error else None)
+            int(elapsed * 1e9), result.error["message"] if result.error else None)
+        self._finished(capability.name, result, elapsed)
         await self._reply(delivery, result)
+
+    def _finished(self, capability: str, result: TaskResult, seconds: float) -> None:
+        if result.status is TaskStatus.COMPLETED:
+            outcome = "completed"
+        else:
+            outcome = _OUTCOMES.get(str((result.error or {}).get("type")), "failed")
+        self.metrics.task_finished(capability, outcome, seconds, result.task_id)
+        if self.trajectory is not None:
+            self.trajectory.decided("finish", task_id=result.task_id, capability=capability,
+                                    outcome=outcome, ms=round(seconds * 1000, 3))
 
     async def _run(self, task: Task, delivery: Delivery, stream: bool,
                    started: float) -> TaskResult:
@@ -474,6 +521,8 @@ class AgentNode:
                 runner.cancel()
         elapsed = (time.perf_counter() - started) * 1000
         usage = completion.usage
+        self.metrics.spent(self.config.type, completion.model or self.backend.model or "",
+                           usage)
         self._completed += 1
         self._tokens += usage.total_tokens
         self._cost += usage.cost_usd

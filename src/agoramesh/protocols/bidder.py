@@ -177,6 +177,9 @@ class Bidder:
             self.bids += 1
             self._reserved[cfp.auction_id] = (time.monotonic() + RESERVATION_TTL, cfp.share)
             kind, body = "bid", {"auction_id": cfp.auction_id, **offer.as_dict()}
+        node.metrics.bids[capability.name, kind] += 1
+        if node.trajectory is not None:
+            node.trajectory.decided(kind, capability=capability.name, **body)
         try:
             await node.bus.publish(cfp.reply, kind, body, to=cfp.initiator, cid=cfp.cid)
         except AgoraError as exc:  # the initiator will not hear from us; its window closes
@@ -196,6 +199,7 @@ class Bidder:
             task = Task.from_dict({k: v for k, v in task_body.items() if k != "stream"})
             capability = next(c for c in node.config.capabilities if c.name == task.task_type)
         except (KeyError, TypeError, ValueError, StopIteration, AgoraError) as exc:
+            self._decided("decline", "unknown", auction_id, reason=f"unusable award: {exc}")
             await delivery.respond("decline", {"auction_id": auction_id,
                                                "reason": f"unusable award: {exc}"})
             return
@@ -204,9 +208,11 @@ class Bidder:
             reason = f"task {task.task_id} is already running here"
         if reason is not None:
             self.declines += 1
+            self._decided("decline", capability.name, auction_id, reason=reason)
             await delivery.respond("decline", {"auction_id": auction_id, "reason": reason})
             return
         self.awards += 1
+        self._decided("accept", capability.name, auction_id, task_id=task.task_id)
         lease = asyncio.ensure_future(self._leases(delivery, auction_id, task.task_id,
                                                    lease_interval))
         try:
@@ -216,6 +222,13 @@ class Bidder:
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease
+
+    def _decided(self, decision: str, capability: str, auction_id: str, **fields: Any) -> None:
+        node = self.node
+        node.metrics.awards[capability, decision] += 1
+        if node.trajectory is not None:
+            node.trajectory.decided(decision, capability=capability, auction_id=auction_id,
+                                    **fields)
 
     async def _leases(self, delivery: Delivery, auction_id: str, task_id: str,
                       interval: float) -> None:

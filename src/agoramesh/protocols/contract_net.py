@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ from agoramesh.errors import (
 from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
+from agoramesh.observability.stats import AgentMetrics
+from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.scoring import Bid, Scorer, rank
 
 __all__ = ("AuctionOutcome", "AuctionPolicy", "Auctioneer", "Progress")
@@ -142,6 +145,7 @@ class _Auction:
         self.duplicates = 0
         self.closed_bidding = False
         self.refused_counters = 0
+        self.bids_received = 0
 
     def on_message(self, kind: str, msg: Msg) -> None:
         guard = self.bus.guard
@@ -150,7 +154,7 @@ class _Auction:
             envelope = guard.admit(msg.data, msg.subject, verify=not kind.startswith("b"))
         except EnvelopeError:
             return  # counted by the guard
-        self.bus.received[envelope.type] += 1
+        self.bus.saw(envelope)
         if kind == f"b{self.attempt}":
             self._on_bid(envelope)
         elif kind.startswith("w"):
@@ -171,6 +175,7 @@ class _Auction:
         # forgery sent to crowd out that agent's real bid; confirm() sorts them out.
         self.answered.add(sender)
         if envelope.type == "bid":
+            self.bids_received += 1
             try:
                 self.offers.append(_Offer(Bid.from_dict(body, agent_id=sender), envelope))
             except InvalidInput as exc:
@@ -184,8 +189,13 @@ class Auctioneer:
 
     def __init__(self, bus: Bus, directory: Directory | None = None, *,
                  policy: AuctionPolicy | None = None,
-                 own_card: Callable[[], AgentCard | None] | None = None) -> None:
+                 own_card: Callable[[], AgentCard | None] | None = None,
+                 metrics: AgentMetrics | None = None,
+                 trajectory: Trajectory | None = None) -> None:
+        """``metrics``/``trajectory``: where auctions are counted and decisions recorded."""
         self.bus = bus
+        self.metrics = metrics or AgentMetrics()
+        self.trajectory = trajectory
         self.directory = directory
         self.policy = policy or AuctionPolicy()
         self._own_card = own_card or (lambda: None)
@@ -235,19 +245,32 @@ class Auctioneer:
         or the attempts run out, BusTimeout after ``timeout``.
         """
         notify = progress or (lambda _: None)
+        started = time.perf_counter()
         auction = _Auction(self.bus, task, await self._inbox_prefix())
         excluded = set(exclude)
         self.auctions += 1
         key = auction.id[:16]
         self._open[key] = auction
+        self.metrics.auctions_open += 1
+        outcome, winner = "failed", None
         try:
             async with asyncio.timeout(timeout):
-                return await self._run(auction, excluded, notify, stream)
+                won = await self._run(auction, excluded, notify, stream)
+            outcome, winner = "awarded", won.winner
+            return won
         except TimeoutError:
+            outcome = "timeout"
             raise BusTimeout(f"no result for task {task.task_id} within {timeout:g}s") from None
+        except NoBidders:
+            outcome = "no_bidders"
+            raise
         finally:
             self.duplicates += auction.duplicates
             del self._open[key]
+            self.metrics.auctions_open -= 1
+            self.metrics.auction_finished(task.task_type, outcome, time.perf_counter() - started,
+                                          task_id=task.task_id, bids=auction.bids_received,
+                                          winner=winner)
 
     async def _run(self, auction: _Auction, excluded: set[str],
                    notify: Callable[[Progress], None], stream: bool) -> AuctionOutcome:
@@ -284,6 +307,9 @@ class Auctioneer:
                     winner = offer.bid.agent_id
                     lost.append(winner[:8])
                     excluded.add(winner)
+                    if self.trajectory is not None:
+                        self.trajectory.decided("reauction", auction_id=auction.id,
+                                                task_id=task.task_id, lost=winner)
                     notify(Progress("reauction", task.task_id, {"lost": winner,
                                                                  "attempt": attempt + 1}))
                     break
@@ -358,6 +384,10 @@ class Auctioneer:
         if bid.counter:
             body["terms"] = dict(bid.counter)
         notify(Progress("award", task.task_id, {"agent": winner, "counter": dict(bid.counter)}))
+        if self.trajectory is not None:
+            self.trajectory.decided("award", auction_id=auction.id, task_id=task.task_id,
+                                    capability=task.task_type, winner=winner,
+                                    attempt=auction.attempt, bids=len(auction.offers))
         try:
             await self.bus.publish(self.bus.subjects.agent(winner), "award", body, to=winner,
                                    reply=f"{auction.inbox}.w{auction.attempt}",

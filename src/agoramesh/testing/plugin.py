@@ -91,7 +91,8 @@ async def agent_factory() -> AsyncIterator[AgentFactory]:
     ``capabilities`` are offline capability names (or Capability objects with
     ``backend=``); ``backend`` defaults to :class:`OfflineBackend`,
     ``heartbeat_interval`` to 0.2 s. Agents started here are stopped after the
-    test. ``directory=``, ``bid_policy=`` and ``auction_policy=`` go to AgentNode.
+    test. ``directory=``, ``bid_policy=``, ``auction_policy=`` and ``trajectory=`` go
+    to AgentNode.
     """
     agents: list[AgentNode] = []
 
@@ -101,8 +102,8 @@ async def agent_factory() -> AsyncIterator[AgentFactory]:
         caps = (capabilities_for("offline", [str(c) for c in capabilities])
                 if all(isinstance(c, str) for c in capabilities)
                 else tuple(c for c in capabilities if isinstance(c, Capability)))
-        extras = {key: settings.pop(key) for key in ("directory", "bid_policy", "auction_policy")
-                  if key in settings}
+        extras = {key: settings.pop(key) for key in ("directory", "bid_policy", "auction_policy",
+                                                      "trajectory") if key in settings}
         settings.setdefault("heartbeat_interval", 0.2)
         node = AgentNode(identity or Identity.generate(),
                          NodeConfig(name=name, type=agent_type, capabilities=caps, **settings),
