@@ -1,4 +1,4 @@
-"""One ``agoramesh up --http-port 0`` shared by the end-to-end tests that only use it."""
+"""One ``agoramesh up`` (HTTP API, metrics, trajectories) shared by the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from agoramesh.testing import UpProcess, assert_stopped
 
 @pytest.fixture(scope="session")
 def up_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
-    """3 seeds and the offline demo agents (coder, runner, analyst, pro, con), HTTP API on."""
-    up = UpProcess(tmp_path_factory.mktemp("up") / "mesh", "--http-port", "0")
+    """3 seeds and the offline demo agents (coder, runner, analyst, pro, con).
+
+    The HTTP API and the metrics endpoint are on; trajectories go to ``<dir>/trajectories``.
+    """
+    base = tmp_path_factory.mktemp("up")
+    up = UpProcess(base / "mesh", "--http-port", "0", "--metrics-port", "0",
+                   "--trajectory-dir", str(base / "trajectories"))
     try:
         yield up
         up.interrupt()

@@ -10,6 +10,7 @@ servers' monitoring ports first (bounded by ``poll_timeout``).
 from __future__ import annotations
 
 import logging
+import os
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -64,8 +65,9 @@ class MetricsServer:
             await web.TCPSite(runner, self.host, self._requested_port).start()
         except OSError as exc:
             await runner.cleanup()
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise ConfigError(f"cannot serve metrics on {self.host}:{self._requested_port}: "
-                              f"{exc.strerror or exc}") from None
+                              f"{reason}") from None
         except BaseException:
             await runner.cleanup()
             raise

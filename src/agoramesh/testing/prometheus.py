@@ -64,7 +64,7 @@ class PrometheusServer:
         self.jobs = jobs
         self.interval = interval
         self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -84,15 +84,15 @@ class PrometheusServer:
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}
                                for job, targets in self.jobs.items()],
         }))
-        log = (self.directory / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.directory / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with (self.directory / "prometheus.log").open("wb") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                binary, f"--config.file={config}",
+                f"--storage.tsdb.path={self.directory / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         async with asyncio.timeout(timeout):
             while True:
-                if self.process.poll() is not None:
+                if self.process.returncode is not None:
                     tail = (self.directory / "prometheus.log").read_text(errors="replace")
                     raise RuntimeError(f"prometheus exited: {tail[-800:]}")
                 with contextlib.suppress(OSError):
@@ -129,14 +129,14 @@ class PrometheusServer:
 
     async def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None or process.returncode is not None:
             return
         process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), 10)
+            await asyncio.wait_for(process.wait(), 10)
         except TimeoutError:
             process.kill()
-            await asyncio.to_thread(process.wait)
+            await asyncio.wait_for(process.wait(), 10)
 
     async def __aenter__(self) -> PrometheusServer:
         try:

@@ -19,7 +19,7 @@ _READY = re.compile(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n")
 
 
 class UpProcess:
-    """A running ``agoramesh up --dir DIR *args``: its URL, server PIDs and HTTP API URL."""
+    """A running ``agoramesh up --dir DIR *args``: its URL, server PIDs, HTTP API and metrics."""
 
     def __init__(self, data_dir: Path, *args: str) -> None:
         self.process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(data_dir), *args],
@@ -27,6 +27,7 @@ class UpProcess:
                                         text=True)
         self.pids: list[int] = []
         self.http: str | None = None  # with --http-port
+        self.metrics: str | None = None  # with --metrics-port: the /metrics URL
         self.url = ""
         self.stderr = ""
         self._reaped = False
@@ -38,6 +39,8 @@ class UpProcess:
             self.pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
             if line.startswith("http api: "):
                 self.http = line.split(": ", 1)[1].strip()
+            if line.startswith("metrics: "):
+                self.metrics = line.split(": ", 1)[1].strip()
             if match := _READY.fullmatch(line):
                 self.url = match.group(1)
                 return
