@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from agoramesh.errors import ConfigError
 
@@ -19,6 +20,8 @@ __all__ = (
     "BusConfig",
     "EnvelopePolicy",
     "Environment",
+    "LogFormat",
+    "LogLevel",
     "Role",
     "ServerConfig",
     "parse_hostport",
@@ -87,6 +90,22 @@ class Role(StrEnum):
     LEAF = "leaf"  # one leafnode remote listing every known seed
 
 
+class LogFormat(StrEnum):
+    """How log lines look on stderr (see agoramesh.observability.logs)."""
+
+    HUMAN = "human"  # 2026-11-21T10:00:00.123Z WARNING agoramesh.node coder: message key=value
+    JSON = "json"  # one JSON object per line, for log shippers
+
+
+class LogLevel(StrEnum):
+    """The log levels a user picks from (``--log-level``, ``AGORAMESH_LOG_LEVEL``)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ServerConfig:
     """One embedded nats-server. Port ``-1`` lets the server pick a free port.
@@ -146,6 +165,8 @@ class Environment:
     server_url: str | None = None  # AGORAMESH_SERVER: default --server for clients
     home: Path = Path(".agoramesh")  # AGORAMESH_HOME: keys and node data
     prefix: str = DEFAULT_PREFIX  # AGORAMESH_PREFIX: subject prefix
+    log_format: LogFormat = LogFormat.HUMAN  # AGORAMESH_LOG_FORMAT: human or json
+    log_level: LogLevel = LogLevel.WARNING  # AGORAMESH_LOG_LEVEL: debug, info, warning, error
     # Provider keys by agent type, from OPENAI_API_KEY / ANTHROPIC_API_KEY.
     api_keys: Mapping[str, str] = field(default_factory=dict)
 
@@ -158,8 +179,24 @@ class Environment:
             server_url=env.get("AGORAMESH_SERVER") or None,
             home=Path(env.get("AGORAMESH_HOME") or ".agoramesh"),
             prefix=env.get("AGORAMESH_PREFIX") or DEFAULT_PREFIX,
+            log_format=_choice(LogFormat, env, "AGORAMESH_LOG_FORMAT", LogFormat.HUMAN),
+            log_level=_choice(LogLevel, env, "AGORAMESH_LOG_LEVEL", LogLevel.WARNING),
             api_keys={kind: env[var] for kind, var in _KEY_VARIABLES.items() if env.get(var)},
         )
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _choice(kind: type[_E], env: Mapping[str, str], name: str, default: _E) -> _E:
+    text = (env.get(name) or "").strip().lower()
+    if not text:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise ConfigError(f"{name} must be one of {choices}, got {env[name]!r}") from None
 
 
 _KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "codex": "OPENAI_API_KEY",

@@ -53,6 +53,7 @@ from agoramesh.nodes.card import AgentCard, AgentStatus
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
+from agoramesh.observability.logs import agent_logger
 from agoramesh.observability.stats import AgentMetrics
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.bidder import Bidder, BidPolicy
@@ -126,6 +127,8 @@ class AgentNode:
         self.backend = backend
         self.bus = Bus(identity, bus_config)
         self.metrics = AgentMetrics()
+        #: This agent's logger: every record carries ``agent`` and ``agent_id``.
+        self.log = agent_logger(log, config.name, identity.agent_id)
         self.trajectory = trajectory
         if trajectory is not None:
             self.bus.trace = trajectory.record
@@ -309,7 +312,7 @@ class AgentNode:
                 await self._announce("heartbeat")
                 await self._publish_telemetry()
             except AgoraError as exc:  # reconnecting: the next beat will do
-                log.debug("heartbeat of %s not sent: %s", self.config.name, exc)
+                self.log.debug("heartbeat not sent: %s", exc)
 
     def telemetry(self) -> dict[str, Any]:
         """The body of this agent's telemetry beat (PROTOCOL.md §18); drains recent events."""
@@ -330,7 +333,7 @@ class AgentNode:
         if sender is None or sender == self.agent_id:
             return
         if not delivery.subject.endswith("." + sender):
-            log.warning("presence from %s on %s ignored", sender[:8], delivery.subject)
+            self.log.warning("presence from %s on %s ignored", sender[:8], delivery.subject)
             return
         body = delivery.body if isinstance(delivery.body, dict) else {}
         if delivery.type == "bye":
@@ -347,7 +350,7 @@ class AgentNode:
             status = AgentStatus.from_dict(body.get("status") or {})
             interval = float(body.get("interval") or self.config.heartbeat_interval)
         except (TypeError, ValueError) as exc:
-            log.warning("unusable heartbeat from %s: %s", sender[:8], exc)
+            self.log.warning("unusable heartbeat from %s: %s", sender[:8], exc)
             return
         if entry is not None and body.get("digest") == entry.digest:
             self.directory.touch(sender, status, interval)
@@ -364,7 +367,7 @@ class AgentNode:
                                                timeout=2 * self.config.heartbeat_interval)
             self._learn(reply.body, agent_id)
         except AgoraError as exc:
-            log.debug("no card from %s: %s", agent_id[:8], exc)
+            self.log.debug("no card from %s: %s", agent_id[:8], exc)
         finally:
             self._fetching.discard(agent_id)
 
@@ -382,10 +385,10 @@ class AgentNode:
             status = AgentStatus.from_dict(body.get("status") or {})
             interval = float(body.get("interval") or self.config.heartbeat_interval)
         except (KeyError, TypeError, ValueError, AgoraError) as exc:
-            log.warning("unusable card from %s: %s", sender[:8], exc)
+            self.log.warning("unusable card from %s: %s", sender[:8], exc)
             return None
         if card.id != sender:
-            log.warning("agent %s sent a card for %s; ignored", sender[:8], card.id[:8])
+            self.log.warning("agent %s sent a card for %s; ignored", sender[:8], card.id[:8])
             return None
         self.directory.seen(card, status, interval, digest=digest)
         return card
@@ -566,4 +569,5 @@ class AgentNode:
         try:
             await delivery.respond("task_response", result.as_dict())
         except (EnvelopeError, nats.errors.Error, AgoraError) as exc:
-            log.warning("could not send the result of %s: %s", result.task_id, exc)
+            self.log.warning("could not send the result of %s: %s", result.task_id, exc,
+                             extra={"task_id": result.task_id})

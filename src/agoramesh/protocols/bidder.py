@@ -183,7 +183,8 @@ class Bidder:
         try:
             await node.bus.publish(cfp.reply, kind, body, to=cfp.initiator, cid=cfp.cid)
         except AgoraError as exc:  # the initiator will not hear from us; its window closes
-            log.debug("%s for %s not sent: %s", kind, cfp.auction_id, exc)
+            node.log.debug("%s for %s not sent: %s", kind, cfp.auction_id, exc,
+                           extra={"auction_id": cfp.auction_id})
 
     async def _on_award(self, delivery: Delivery) -> None:
         node = self.node
@@ -240,7 +241,8 @@ class Bidder:
             try:
                 await delivery.respond(kind, body)
             except AgoraError as exc:  # reconnecting: the next lease may get through
-                log.debug("lease for %s not sent: %s", task_id, exc)
+                self.node.log.debug("lease for %s not sent: %s", task_id, exc,
+                                    extra={"task_id": task_id})
             kind = "lease"
             await asyncio.sleep(interval)
 

@@ -1,0 +1,570 @@
+"""The model behind ``agoramesh watch``: what the mesh is doing, from what it says.
+
+A :class:`MeshView` ingests the signed messages any client may hear —
+presence (hello, heartbeat, bye), discovery and card answers, telemetry
+beats (PROTOCOL.md §18) and calls for proposals — and answers what the
+screen shows: the agents and their load, rates over a sliding window, the
+recent tasks and auctions, envelope rejections by reason. :func:`render`
+draws one fixed-size text frame of it and is pure: the frame a test checks
+is the frame a terminal shows.
+
+Rates are deltas of cumulative counters sampled whenever an agent reports,
+not counts of events, so a lost beat loses no tasks: tasks/s from the
+status counters every heartbeat carries, bids/s from telemetry, auctions/s
+from the higher of the auctions agents report running and the calls for
+proposals heard on ``agora.cfp.>`` — ``agoramesh submit`` runs its auctions
+itself and sends no telemetry, but its calls for proposals are on the mesh
+like anyone's.
+
+Time is the caller's: every method that depends on it takes ``now`` (epoch
+seconds), so the view is deterministic under test.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NamedTuple, Protocol
+
+from agoramesh.nodes.card import AgentStatus
+
+__all__ = ("AgentRecord", "MeshEvent", "MeshView", "Message", "Presence", "Rates", "Sample",
+           "natural_height", "render")
+
+
+class Message(Protocol):
+    """What :meth:`MeshView.ingest` reads: a bus Delivery or a gathered Envelope."""
+
+    @property
+    def sender(self) -> str | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def body(self) -> Any: ...
+    @property
+    def subject(self) -> str: ...
+
+
+#: Message types an agent sends on its own subject (``<prefix>.<kind>.<agent-id>``).
+_OWN_SUBJECT = frozenset(["hello", "heartbeat", "bye", "telemetry"])
+
+
+class Presence(StrEnum):
+    LIVE = "live"
+    LEFT = "left"  # said bye
+    LOST = "lost"  # missed its heartbeats
+
+
+class Sample(NamedTuple):
+    t: float
+    tasks: int  # completed + failed, from the status
+    auctions: int | None  # run by the agent, every outcome; None before its first telemetry
+    bids: int | None  # sent by the agent; None before its first telemetry
+
+
+@dataclass(frozen=True, slots=True)
+class MeshEvent:
+    """A task or auction an agent reported, or an agent joining or leaving."""
+
+    ts: float
+    kind: str  # task | auction | agent
+    agent: str  # the reporting agent's id
+    capability: str = ""
+    outcome: str = ""  # task/auction outcome, or joined | left | lost
+    ms: float | None = None
+    task_id: str = ""
+    bids: int | None = None
+    winner: str | None = None
+
+    def as_dict(self, names: Mapping[str, str]) -> dict[str, Any]:
+        data: dict[str, Any] = {"ts": round(self.ts, 3), "kind": self.kind,
+                                "agent": self.agent, "agent_name": names.get(self.agent, "")}
+        if self.kind != "agent":
+            data |= {"capability": self.capability, "task_id": self.task_id, "ms": self.ms}
+        data["outcome"] = self.outcome
+        if self.kind == "auction":
+            data |= {"bids": self.bids, "winner": self.winner,
+                     "winner_name": names.get(self.winner or "", "")}
+        return data
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    """One agent as last heard of."""
+
+    id: str
+    first_seen: float
+    last_seen: float
+    name: str = ""
+    type: str = ""
+    capabilities: tuple[str, ...] = ()
+    has_card: bool = False
+    has_telemetry: bool = False
+    status: AgentStatus = field(default_factory=AgentStatus)
+    interval: float = 1.0  # its heartbeat interval, seconds
+    left_at: float | None = None
+    lost_reported: bool = False
+    auctions: dict[str, int] = field(default_factory=dict)
+    bids: dict[str, int] = field(default_factory=dict)
+    rejections: dict[str, int] = field(default_factory=dict)
+    samples: deque[Sample] = field(default_factory=deque)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id[:8] + "…"
+
+    def presence(self, now: float, missed: int) -> Presence:
+        if self.left_at is not None:
+            return Presence.LEFT
+        if now - self.last_seen > missed * self.interval:
+            return Presence.LOST
+        return Presence.LIVE
+
+    def gone_since(self, missed: int) -> float:
+        return self.left_at if self.left_at is not None else (
+            self.last_seen + missed * self.interval)
+
+    def sample(self, now: float) -> Sample:
+        tasks = self.status.tasks_completed + self.status.tasks_failed
+        if not self.has_telemetry:  # unknown is not zero: no jump when the first one comes
+            return Sample(now, tasks, None, None)
+        return Sample(now, tasks, sum(self.auctions.values()), self.bids.get("bid", 0))
+
+    def as_dict(self, now: float, missed: int) -> dict[str, Any]:
+        presence = self.presence(now, missed)
+        return {"id": self.id, "name": self.name, "type": self.type,
+                "state": self.status.state if presence is Presence.LIVE else str(presence),
+                "presence": str(presence), "capabilities": list(self.capabilities),
+                "status": self.status.as_dict(), "auctions": dict(self.auctions),
+                "bids": dict(self.bids), "rejections": dict(self.rejections),
+                "last_seen_s": round(now - self.last_seen, 3)}
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    auctions_per_s: float
+    tasks_per_s: float
+    bids_per_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"auctions_per_s": round(self.auctions_per_s, 3),
+                "tasks_per_s": round(self.tasks_per_s, 3),
+                "bids_per_s": round(self.bids_per_s, 3)}
+
+
+class MeshView:
+    """The mesh as heard by one watcher; fed by :meth:`ingest`, read by :func:`render`.
+
+    ``window``: seconds the rates average over. ``missed``: heartbeats an
+    agent may miss before it shows as lost. ``linger``: seconds a gone agent
+    stays on screen. ``keep_events``: recent events kept.
+    """
+
+    def __init__(self, *, server: str = "", window: float = 5.0, missed: int = 3,
+                 linger: float = 30.0, keep_events: int = 100,
+                 started: float | None = None) -> None:
+        self.server = server
+        self.window = window
+        self.missed = missed
+        self.linger = linger
+        self.started = time.time() if started is None else started
+        self.agents: dict[str, AgentRecord] = {}
+        self.events: list[MeshEvent] = []  # by ts, oldest first
+        self._keep_events = keep_events
+        self._cfps: deque[float] = deque()  # when each auction's first call was heard
+        self._auction_ids: OrderedDict[str, None] = OrderedDict()  # seen, bounded
+
+    # -- ingesting -----------------------------------------------------------------
+
+    def ingest(self, message: Message, *, now: float | None = None) -> bool:
+        """Take in one admitted envelope; False if it was not for us or unusable."""
+        if message.sender is None or message.type is None:
+            return False
+        return self.observe(message.type, message.sender, message.body,
+                            subject=message.subject, now=now)
+
+    def observe(self, type: str, sender: str, body: Any, *, subject: str | None = None,
+                now: float | None = None) -> bool:
+        """Take in a message of ``type`` signed by ``sender``; see :meth:`ingest`."""
+        now = time.time() if now is None else now
+        if not isinstance(body, Mapping):
+            return False
+        if type == "cfp":
+            return self._cfp(body, now)
+        if type in _OWN_SUBJECT and subject is not None and not subject.endswith("." + sender):
+            return False  # an agent speaks for itself only, on its own subject
+        if type == "bye":
+            record = self.agents.get(sender)
+            if record is None or record.left_at is not None:
+                return False
+            record.left_at = now
+            self._event(MeshEvent(ts=now, kind="agent", agent=sender, outcome="left"))
+            return True
+        if type in ("hello", "discovery", "card"):
+            return self._card(type, sender, body, now)
+        if type == "heartbeat":
+            record = self._record(sender, now)
+            self._status(record, body, now)
+            return True
+        if type == "telemetry":
+            return self._telemetry(sender, body, now)
+        return False
+
+    def _record(self, agent_id: str, now: float) -> AgentRecord:
+        record = self.agents.get(agent_id)
+        if record is None:
+            record = self.agents[agent_id] = AgentRecord(id=agent_id, first_seen=now,
+                                                         last_seen=now)
+        return record
+
+    def _card(self, type: str, sender: str, body: Mapping[str, Any], now: float) -> bool:
+        card = body.get("card")
+        if not isinstance(card, Mapping) or card.get("id") != sender:
+            return False
+        was = self.agents.get(sender)
+        joined = type == "hello" and (was is None or was.presence(now, self.missed)
+                                      is not Presence.LIVE)
+        record = self._record(sender, now)
+        record.name = str(card.get("name") or record.name)
+        record.type = str(card.get("type") or record.type)
+        capabilities = card.get("capabilities")
+        if isinstance(capabilities, list):
+            record.capabilities = tuple(str(c.get("name")) for c in capabilities
+                                        if isinstance(c, Mapping) and c.get("name"))
+        record.has_card = True
+        self._status(record, body, now)
+        if joined:
+            self._event(MeshEvent(ts=now, kind="agent", agent=sender, outcome="joined"))
+        return True
+
+    def _status(self, record: AgentRecord, body: Mapping[str, Any], now: float) -> None:
+        status = body.get("status")
+        if isinstance(status, Mapping):
+            record.status = _status_from(status)
+        interval = _number(body.get("interval"))
+        if interval is not None and interval > 0:
+            record.interval = interval
+        record.last_seen = now
+        record.left_at = None
+        record.lost_reported = False
+        self._sample(record, now)
+
+    def _telemetry(self, sender: str, body: Mapping[str, Any], now: float) -> bool:
+        record = self._record(sender, now)
+        if not record.has_card:  # a card, once known, names the agent; until then, this does
+            record.name = str(body.get("name") or record.name)
+            record.type = str(body.get("type") or record.type)
+        record.auctions = _counts(body.get("auctions"), record.auctions)
+        record.bids = _counts(body.get("bids"), record.bids)
+        record.rejections = _counts(body.get("rejections"), record.rejections)
+        record.has_telemetry = True
+        self._status(record, body, now)
+        recent = body.get("recent")
+        for item in recent[:64] if isinstance(recent, list) else ():
+            event = _event_from(item, sender)
+            if event is not None:
+                self._event(event)
+        return True
+
+    def _cfp(self, body: Mapping[str, Any], now: float) -> bool:
+        auction_id = body.get("auction_id")
+        if not isinstance(auction_id, str) or auction_id in self._auction_ids:
+            return False  # a re-auction of one we counted
+        self._auction_ids[auction_id] = None
+        if len(self._auction_ids) > 4096:
+            self._auction_ids.popitem(last=False)
+        self._cfps.append(now)
+        while self._cfps and self._cfps[0] <= now - self.window:
+            self._cfps.popleft()
+        return True
+
+    def _sample(self, record: AgentRecord, now: float) -> None:
+        samples = record.samples
+        samples.append(record.sample(now))
+        # Keep one sample at or before the window's start: the baseline of the delta.
+        while len(samples) > 2 and (samples[1].t <= now - self.window or len(samples) > 512):
+            samples.popleft()
+
+    def _event(self, event: MeshEvent) -> None:
+        bisect.insort(self.events, event, key=lambda e: e.ts)
+        if len(self.events) > self._keep_events:
+            del self.events[:len(self.events) - self._keep_events]
+
+    def prune(self, now: float) -> None:
+        """Note agents that fell silent, drop those gone for longer than ``linger``."""
+        for record in list(self.agents.values()):
+            presence = record.presence(now, self.missed)
+            if presence is Presence.LOST and not record.lost_reported:
+                record.lost_reported = True
+                self._event(MeshEvent(ts=record.gone_since(self.missed), kind="agent",
+                                      agent=record.id, outcome="lost"))
+            gone_for = now - record.gone_since(self.missed)
+            if presence is not Presence.LIVE and gone_for > self.linger:
+                del self.agents[record.id]
+
+    def missing_cards(self, now: float) -> list[str]:
+        """Live agents heard from without their card (we joined after their hello)."""
+        return [record.id for record in self.agents.values()
+                if not record.has_card and record.presence(now, self.missed) is Presence.LIVE]
+
+    # -- reading -------------------------------------------------------------------
+
+    def rows(self, now: float) -> list[AgentRecord]:
+        """Agents to show: live ones by name, then the gone ones."""
+        return sorted(self.agents.values(), key=lambda r: (
+            r.presence(now, self.missed) is not Presence.LIVE, r.label, r.id))
+
+    def live_count(self, now: float) -> int:
+        return sum(1 for record in self.agents.values()
+                   if record.presence(now, self.missed) is Presence.LIVE)
+
+    def rates(self, now: float) -> Rates:
+        """Per second over the last ``window`` seconds (less, just after starting)."""
+        span = max(1.0, min(self.window, now - self.started))
+        since = now - self.window
+        tasks = auctions = bids = 0
+        for record in self.agents.values():
+            tasks += _delta([s.tasks for s in record.samples if s.t <= since],
+                            [s.tasks for s in record.samples if s.t > since])
+            auctions += _delta([s.auctions for s in record.samples if s.t <= since],
+                               [s.auctions for s in record.samples if s.t > since])
+            bids += _delta([s.bids for s in record.samples if s.t <= since],
+                           [s.bids for s in record.samples if s.t > since])
+        heard = len(self._cfps) - bisect.bisect_right(self._cfps, since)
+        return Rates(auctions_per_s=max(auctions, heard) / span, tasks_per_s=tasks / span,
+                     bids_per_s=bids / span)
+
+    def names(self) -> dict[str, str]:
+        return {record.id: record.label for record in self.agents.values()}
+
+    def rejections(self) -> dict[str, int]:
+        """Envelope rejections by reason, summed over the agents, most frequent first."""
+        return _summed(record.rejections for record in self.agents.values())
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Tasks done and failed, auctions by outcome, bids by decision: all agents."""
+        return {"tasks": {"completed": sum(r.status.tasks_completed
+                                           for r in self.agents.values()),
+                          "failed": sum(r.status.tasks_failed for r in self.agents.values())},
+                "auctions": _summed(r.auctions for r in self.agents.values()),
+                "bids": _summed(r.bids for r in self.agents.values())}
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Everything the frame shows, as one JSON-ready object."""
+        names = self.names()
+        return {"server": self.server, "ts": round(now, 3), "window_s": self.window,
+                "agents": [record.as_dict(now, self.missed) for record in self.rows(now)],
+                "rates": self.rates(now).as_dict(), "totals": self.totals(),
+                "rejections": self.rejections(),
+                "recent": [event.as_dict(names) for event in self.events]}
+
+
+# -- decoding what agents send (defensively: a bad field never breaks the view) -------
+
+def _status_from(data: Mapping[str, Any]) -> AgentStatus:
+    fields: dict[str, Any] = {}
+    for name, kind in (("capacity", int), ("in_flight", int), ("avg_latency_ms", float),
+                       ("success_rate", float), ("tasks_completed", int),
+                       ("tasks_failed", int), ("tokens_used", int), ("cost_usd", float),
+                       ("state", str)):
+        value = data.get(name)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            fields[name] = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return AgentStatus(**fields)
+
+
+def _counts(value: Any, previous: dict[str, int]) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        return previous
+    return {str(key): int(count) for key, count in list(value.items())[:64]
+            if isinstance(count, int) and not isinstance(count, bool) and count >= 0}
+
+
+def _summed(maps: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counts in maps:
+        for key, count in counts.items():
+            total[key] = total.get(key, 0) + count
+    return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _delta(before: list[int | None], during: list[int | None]) -> int:
+    """How much a counter grew in the window: its last value minus its value at the start.
+
+    The start is the last value known before the window, else the first in it
+    (an agent first heard of inside the window: its earlier work is not ours
+    to count). Unknown values (None) are skipped; a restart never counts
+    negative.
+    """
+    known = [v for v in before if v is not None][-1:] + [v for v in during if v is not None]
+    return max(0, known[-1] - known[0]) if known else 0
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _event_from(item: Any, sender: str) -> MeshEvent | None:
+    if not isinstance(item, Mapping) or item.get("kind") not in ("task", "auction"):
+        return None
+    ts = _number(item.get("ts"))
+    if ts is None:
+        return None
+    winner = item.get("winner")
+    bids = item.get("bids")
+    return MeshEvent(ts=ts, kind=str(item["kind"]), agent=sender,
+                     capability=str(item.get("capability") or "")[:128],
+                     outcome=str(item.get("outcome") or "")[:32], ms=_number(item.get("ms")),
+                     task_id=str(item.get("task_id") or "")[:64],
+                     bids=bids if isinstance(bids, int) and not isinstance(bids, bool) else None,
+                     winner=winner if isinstance(winner, str) else None)
+
+
+# -- rendering -------------------------------------------------------------------------
+
+_FIXED_LINES = 8  # header, blank, table header, blank, totals, rejections, blank, recent header
+_BAR = 8
+
+
+def natural_height(view: MeshView, now: float, *, recent: int = 10) -> int:
+    """The height that shows every agent and the last ``recent`` events."""
+    return (_FIXED_LINES + max(1, len(view.agents))
+            + min(max(1, len(view.events)), recent))
+
+
+def render(view: MeshView, width: int, height: int, now: float) -> str:
+    """One frame: exactly ``height`` lines, none longer than ``width``; no escapes.
+
+    When the agents and the recent events do not all fit, the agents keep
+    their rows and the oldest events go first (at least three stay, when the
+    height allows); agents that do not fit are summed up in one line.
+    """
+    width, height = max(10, width), max(1, height)
+    rows = view.rows(now)
+    events = view.events[::-1]  # newest first
+    room = max(0, height - _FIXED_LINES)
+    want_agents, want_events = max(1, len(rows)), max(1, len(events))
+    agent_lines = max(1, min(want_agents, room - min(want_events, 3)))
+    event_lines = max(0, room - agent_lines)
+
+    lines = [_header(view, now, width), ""]
+    lines += _agent_table(view, rows, now, agent_lines)
+    lines += ["", _totals(view), _rejections(view), ""]
+    lines += _recent(view, events, event_lines)
+    lines = [_fit(line, width) for line in lines[:height]]
+    return "\n".join(lines + [""] * (height - len(lines)))
+
+
+def _fit(line: str, width: int) -> str:
+    line = line.rstrip()
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+def _header(view: MeshView, now: float, width: int) -> str:
+    live = view.live_count(now)
+    gone = len(view.agents) - live
+    rates = view.rates(now)
+    left = (f"agoramesh watch · {view.server or 'mesh'} · {live} agent{'s' * (live != 1)}"
+            + (f" (+{gone} gone)" if gone else "")
+            + f" · auctions/s {rates.auctions_per_s:.1f} · tasks/s {rates.tasks_per_s:.1f}"
+            + f" · bids/s {rates.bids_per_s:.1f}")
+    clock = time.strftime("%H:%M:%S", time.localtime(now))
+    gap = width - len(left) - len(clock)
+    return left + " " * gap + clock if gap >= 2 else left
+
+
+def _bar(in_flight: int, capacity: int) -> str:
+    filled = _BAR if capacity <= 0 else min(_BAR, round(_BAR * in_flight / capacity))
+    if in_flight > 0 and filled == 0:
+        filled = 1  # any work shows
+    return "█" * filled + "░" * (_BAR - filled)
+
+
+def _agent_table(view: MeshView, rows: list[AgentRecord], now: float,
+                 lines: int) -> list[str]:
+    name_w = min(18, max([4, *(len(r.label) for r in rows)]))
+    type_w = min(10, max([4, *(len(r.type) for r in rows)]))
+    head = (f"{'NAME':<{name_w}}  {'TYPE':<{type_w}}  {'STATE':<8}  {'LOAD':>5} {'':<8}  "
+            f"{'DONE':>5} {'FAIL':>4}  {'OK%':>4}  {'LAT ms':>7}  CAPABILITIES")
+    if not rows:
+        return [head, f"(no agents yet: listening for presence on {view.server or 'the mesh'})"]
+    shown = rows if len(rows) <= lines else rows[:lines - 1]
+    out = [head]
+    for record in shown:
+        status = record.status
+        presence = record.presence(now, view.missed)
+        state = status.state if presence is Presence.LIVE else str(presence)
+        load = f"{status.in_flight}/{status.capacity}"
+        done = status.tasks_completed + status.tasks_failed
+        ok = f"{status.success_rate * 100:.0f}" if done else "-"
+        latency = f"{status.avg_latency_ms:.1f}" if status.tasks_completed else "-"
+        capabilities = (", ".join(record.capabilities) if record.has_card
+                        else "(card pending)")
+        out.append(f"{_cut(record.label, name_w):<{name_w}}  {_cut(record.type, type_w):<{type_w}}"
+                   f"  {state[:8]:<8}  {load:>5} {_bar(status.in_flight, status.capacity)}  "
+                   f"{status.tasks_completed:>5} {status.tasks_failed:>4}  {ok:>4}  "
+                   f"{latency:>7}  {capabilities}")
+    if len(shown) < len(rows):
+        hidden = rows[len(shown):]
+        gone = sum(1 for r in hidden if r.presence(now, view.missed) is not Presence.LIVE)
+        out.append(f"… and {len(hidden)} more agent{'s' * (len(hidden) != 1)}"
+                   + (f" ({gone} gone)" if gone else ""))
+    return out
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _joined(counts: Mapping[str, int]) -> str:
+    return " · ".join(f"{count} {key}" for key, count in counts.items() if count)
+
+
+def _totals(view: MeshView) -> str:
+    totals = view.totals()
+    tasks = _joined(totals["tasks"]) or "none yet"
+    auctions = _joined(totals["auctions"]) or "none reported"
+    bids = totals["bids"]
+    return (f"tasks      {tasks}    auctions run by agents  {auctions}    "
+            f"bids {bids.get('bid', 0)} sent · {bids.get('refuse', 0)} refused")
+
+
+def _rejections(view: MeshView) -> str:
+    rejected = view.rejections()
+    return "rejected   " + (" · ".join(f"{key} {count}" for key, count in rejected.items())
+                            or "none")
+
+
+def _recent(view: MeshView, events: list[MeshEvent], lines: int) -> list[str]:
+    names = view.names()
+    cap_w = min(24, max([10, *(len(e.capability) for e in events[:lines])]))
+    head = (f"{'RECENT':<8}  {'EVENT':<7}  {'CAPABILITY':<{cap_w}}  {'OUTCOME':<10}  "
+            f"{'MS':>8}  AGENT")
+    if lines <= 0:
+        return [head]
+    if not events:
+        return [head, "(no tasks or auctions yet)"]
+    out = [head]
+    for event in events[:lines]:
+        agent = names.get(event.agent, event.agent[:8] + "…")
+        if event.kind == "auction":
+            winner = names.get(event.winner, event.winner[:8] + "…") if event.winner else "-"
+            bids = f"{event.bids} bid{'s' * (event.bids != 1)}" if event.bids is not None else ""
+            who = f"{winner}  (run by {agent}{', ' + bids if bids else ''})"
+        else:
+            who = agent
+        ms = f"{event.ms:.1f}" if event.ms is not None else "-"
+        out.append(f"{time.strftime('%H:%M:%S', time.localtime(event.ts)):<8}  "
+                   f"{event.kind:<7}  {_cut(event.capability or '-', cap_w):<{cap_w}}  "
+                   f"{event.outcome[:10]:<10}  {ms:>8}  {who}")
+    return out
