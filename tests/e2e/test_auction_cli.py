@@ -30,7 +30,7 @@ def node_process(home: Path, url: str, name: str, *capabilities: str) -> subproc
     args = [arg for cap in capabilities for arg in ("--capability", cap)]
     return subprocess.Popen(
         [*AGORAMESH, "node", "--json", "--name", name, "--connect", url, "--heartbeat", "0.2",
-         *args], env={**os.environ, "AGORAMESH_HOME": str(home / name)},
+         *args], env={**os.environ, "AGORAMESH_HOME": str(home / name), "TMPDIR": str(home)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -31,7 +31,7 @@ from agoramesh.bus.monitor import MonitorClient
 from agoramesh.config import Role, ServerConfig, parse_hostport
 from agoramesh.errors import ServerCrashed, ServerError, ServerNotFound, ServerStartError
 
-__all__ = ("EmbeddedServer", "find_nats_server", "render_config")
+__all__ = ("EmbeddedServer", "find_nats_server", "parent_death_signal", "render_config")
 
 _POLL = 0.01  # seconds between readiness probes; ports appear within ~10 ms
 
@@ -94,7 +94,7 @@ def render_config(config: ServerConfig) -> str:
     return "\n".join(f"{key}: {_render(value, '')}" for key, value in conf.items()) + "\n"
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
+def parent_death_signal() -> Callable[[], None] | None:
     """A preexec_fn asking Linux to SIGTERM the child when its parent dies.
 
     libc is loaded here, in the parent: the child of a threaded process must
@@ -179,7 +179,7 @@ class EmbeddedServer:
                 str(binary), "-c", str(conf_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(),
+                preexec_fn=parent_death_signal(),
             )
         self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.config.name}")
         try:

@@ -1,90 +1,163 @@
 """``agoramesh demo``: the README's main job, with no network and no API keys.
 
-A 3-seed + 2-leaf mesh forms from one bootstrap address each, a signed
-request crosses it leaf to leaf, a scatter-gather collects 10 answers and
-closes early, a forged envelope is rejected and counted; then the offline
-demo agents join: a task is auctioned (contract net), a three-step workflow
-(generate → review → run) runs, two agents debate and vote; finally killing a
-leaf's hub seed is survived.
+A 3-seed + 2-leaf mesh forms from one bootstrap address each; a signed request
+crosses it leaf to leaf; a scatter-gather collects 10 answers and closes early;
+a forged envelope is rejected and counted. Then the offline demo agents join,
+a client discovers them, a task is auctioned (every bid shown and scored), a
+workflow (generate → review → run) runs, two agents debate, three vote, and an
+agent in a separate process is SIGKILLed while running a task that is then
+re-auctioned and completed elsewhere (cli/demo_steps.py). Finally killing a
+leaf's hub seed is survived, and a summary closes the show.
+
+Every step prints a line when it starts and its details as they happen. With
+``--json`` those lines go to stderr and stdout gets one JSON summary. It exits
+0 once every nats-server it started (and the agent process) is gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import sys
+import tempfile
 import time
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
 
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
-from agoramesh.cli.output import emit, emit_json
-from agoramesh.cli.up import demo_agents, local_mesh
+from agoramesh.bus.mesh import Mesh
+from agoramesh.cli.demo_steps import (
+    WORKFLOW,
+    AgentProcess,
+    auction,
+    debate,
+    discovery,
+    join,
+    recovery,
+    vote,
+    workflow,
+)
+from agoramesh.cli.output import emit_json
+from agoramesh.cli.up import local_mesh
 from agoramesh.config import BusConfig, Environment
-from agoramesh.errors import BusError
+from agoramesh.errors import AgoraError, BusError, BusTimeout, ServerError
 from agoramesh.nodes.node import AgentNode
-from agoramesh.protocols.collaboration import Collaboration
-from agoramesh.protocols.contract_net import Progress
-from agoramesh.protocols.workflow import Workflow
-from agoramesh.protocols.workflow_engine import run_workflow
 
-__all__ = ("WORKFLOW", "register")
+__all__ = ("WORKFLOW", "Report", "register")
 
 RESPONDERS = 10
-
-#: The showcase workflow (examples/workflows/generate_review_run.yaml, inlined).
-WORKFLOW: dict[str, Any] = {
-    "name": "generate-review-run",
-    "steps": [
-        {"name": "generate", "agent": "capability:code.generate.python",
-         "parameters": {"spec": "fibonacci numbers"}},
-        {"name": "review", "agent": "capability:code.review.python",
-         "parameters": {"code": "${steps.generate.output.code}"}},
-        {"name": "run", "agent": "capability:code.run.python",
-         "when": "${steps.review.output.score} >= 50",
-         "parameters": {"code": "${steps.generate.output.code}", "timeout": 5}},
-    ],
-}
+DEADLINE = 90.0  # seconds for the whole show; each wait inside has its own, shorter bound
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "demo", help="run the showcase on a local mesh and exit",
-        description="Start a local mesh, show signed messaging across it, survive a seed "
-                    "failure, stop everything and exit 0.",
+        description="Start a local mesh and offline agents; show signed messaging, discovery, "
+                    "an auction, a workflow, a debate, a vote, a killed agent's task recovered "
+                    "and a seed failure survived; stop everything and exit 0.",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary on stdout at the end (progress on stderr)")
     parser.set_defaults(handler=_demo)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
+class Report:
+    """The demo's lines, written as they happen, and the numbers its summary shows."""
 
-    def ms(self, since: float | None = None) -> float:
-        return (time.perf_counter() - (self.start if since is None else since)) * 1000
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.data: dict[str, Any] = {}  # the --json summary
+        self.steps: list[tuple[str, str, float]] = []  # (key, title, ms), finished steps
+        self.started = time.perf_counter()
+        self._number = 0
+
+    def say(self, line: str = "") -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def detail(self, line: str) -> None:
+        self.say("    " + line)
+
+    @contextlib.contextmanager
+    def step(self, key: str, title: str) -> Iterator[None]:
+        """``[n] title …`` now; the step's time is recorded when it ends."""
+        self._number += 1
+        self.say(f"[{self._number}] {title} …")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps.append((key, title, round((time.perf_counter() - started) * 1000, 1)))
 
 
 async def _demo(args: argparse.Namespace, env: Environment) -> int:
-    clock = _Clock()
-    summary: dict[str, Any] = {}
-    say = (lambda _line: None) if args.json else emit
-    say("agoramesh demo: a brokerless mesh on loopback, offline")
-    async with local_mesh(env, seeds=3, leaves=2) as mesh:
-        summary["mesh_ms"] = round(clock.ms(), 1)
-        for server in mesh.servers:
-            say(f"  {server.config.role.value:4}  {server.config.name:6}  pid {server.pid:<7} "
-                f"{server.client_url}")
-        say(f"[1] mesh of 3 seeds + 2 leaves up in {summary['mesh_ms']:.0f} ms")
-        buses: list[Bus] = []
-        try:
-            await _show(mesh, env, buses, summary, say)
-        finally:
-            await asyncio.gather(*(bus.close(timeout=1.0) for bus in buses))
-    say(f"done in {clock.ms() / 1000:.1f} s; every server stopped")
+    report = Report(sys.stderr if args.json else sys.stdout)
+    report.say("agoramesh demo: a brokerless mesh on loopback, offline")
+    try:
+        async with asyncio.timeout(DEADLINE):
+            pids = await _show(report, env)
+    except TimeoutError as exc:
+        if isinstance(exc, AgoraError):
+            raise
+        raise BusTimeout(f"the demo did not finish within {DEADLINE:g} s") from None
+    running = [pid for pid in pids if _alive(pid)]
+    if running:
+        raise ServerError(f"processes still running after the demo: {running}")
+    report.data["steps_ms"] = {key: ms for key, _, ms in report.steps}
+    report.data["total_s"] = round(time.perf_counter() - report.started, 2)
+    _summary(report, pids)
     if args.json:
-        emit_json(summary)
+        emit_json(report.data)
     return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _show(report: Report, env: Environment) -> list[int]:
+    """Every step; returns the PIDs of the processes it started (all stopped by then)."""
+    buses: list[Bus] = []
+    with tempfile.TemporaryDirectory(prefix="agora-demo-") as workdir:
+        async with contextlib.AsyncExitStack() as stack:
+            with report.step("mesh", "mesh: 3 seeds + 2 leaves on loopback"):
+                started = time.perf_counter()
+                mesh = await stack.enter_async_context(local_mesh(env, seeds=3, leaves=2))
+                report.data["mesh_ms"] = round((time.perf_counter() - started) * 1000, 1)
+                for server in mesh.servers:
+                    report.detail(f"{server.config.role.value:4}  {server.config.name:6}  pid "
+                                  f"{server.pid:<7} {server.client_url}")
+                report.detail(f"up in {report.data['mesh_ms']:.0f} ms: seeds fully routed, "
+                              f"each leaf linked to a hub")
+            pids = [server.pid for server in mesh.servers if server.pid is not None]
+            report.data["pids"] = {"servers": list(pids)}
+
+            async def close_buses() -> None:
+                await asyncio.gather(*(bus.close(timeout=1.0) for bus in buses))
+
+            stack.push_async_callback(close_buses)
+            alice, subject = await _messaging(report, mesh, env, buses)
+            victim = AgentProcess("sprinter", "code.run.python", mesh.seeds[-1].client_url, env,
+                                  Path(workdir))
+            stack.push_async_callback(victim.reap)
+            await _agents(report, mesh, env, alice, victim, buses)
+            if victim.pid is not None:
+                pids.append(victim.pid)
+                report.data["pids"]["agent_process"] = victim.pid
+            await _failover(report, mesh, alice, subject)
+    return pids
 
 
 async def _connect(url: str, env: Environment, name: str, buses: list[Bus]) -> Bus:
@@ -94,118 +167,144 @@ async def _connect(url: str, env: Environment, name: str, buses: list[Bus]) -> B
     return bus
 
 
-async def _show(mesh: Any, env: Environment, buses: list[Bus], summary: dict[str, Any],
-                say: Any) -> None:
+async def _messaging(report: Report, mesh: Mesh, env: Environment,
+                     buses: list[Bus]) -> tuple[Bus, str]:
+    """Steps 2-4: a signed request leaf to leaf, a scatter-gather, a forgery refused."""
     leaf1, leaf2 = mesh.leaves
-    alice = await _connect(leaf1.client_url, env, "alice", buses)
-    bob = await _connect(leaf2.client_url, env, "bob", buses)
-    subject = bob.subjects.cap("echo")
+    with report.step("request", "a signed request from leaf1 to leaf2"):
+        alice = await _connect(leaf1.client_url, env, "alice", buses)
+        bob = await _connect(leaf2.client_url, env, "bob", buses)
+        subject = bob.subjects.cap("echo")
 
-    async def echo(delivery: Delivery) -> None:
-        await delivery.respond("task_response", {"status": "COMPLETED", "result": delivery.body})
+        async def echo(delivery: Delivery) -> None:
+            await delivery.respond("task_response", {"status": "COMPLETED",
+                                                     "result": delivery.body})
 
-    await bob.subscribe(subject, echo, queue=subject)
-    await bob.nats.flush()
-    started = time.perf_counter()
-    reply = await _retry(lambda: alice.request(subject, "task_request",
-                                               {"task_type": "echo", "text": "hello"}, timeout=1))
-    summary["request_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    say(f"[2] alice (leaf1) -> bob (leaf2): signed request answered by {reply.sender[:12]}... "
-        f"with {reply.body['result']['text']!r}, signature verified")
+        await bob.subscribe(subject, echo, queue=subject)
+        await bob.nats.flush()
+        started = time.perf_counter()
+        reply = await _retry(lambda: alice.request(subject, "task_request",
+                                                   {"task_type": "echo", "text": "hello"},
+                                                   timeout=1))
+        report.data["request_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        report.detail(f"alice (leaf1) -> bob (leaf2): answered by {reply.sender[:12]}... with "
+                      f"{reply.body['result']['text']!r}, signature verified, in "
+                      f"{report.data['request_ms']:.1f} ms")
 
-    discover = alice.subjects.discover
-    servers = mesh.servers
-    for index in range(RESPONDERS):
-        peer = await _connect(servers[index % len(servers)].client_url, env, f"peer{index}", buses)
+    with report.step("gather", f"scatter-gather to {RESPONDERS} responders across the mesh"):
+        discover = alice.subjects.discover
+        for index in range(RESPONDERS):
+            server = mesh.servers[index % len(mesh.servers)]
+            peer = await _connect(server.client_url, env, f"peer{index}", buses)
 
-        async def card(delivery: Delivery, name: str = f"peer{index}") -> None:
-            await delivery.respond("discovery", {"name": name})
+            async def card(delivery: Delivery, name: str = f"peer{index}") -> None:
+                await delivery.respond("discovery", {"name": name})
 
-        await peer.subscribe(discover, card)
-        await peer.nats.flush()
-    await asyncio.sleep(0.2)  # interest propagates across routes and leaf links
-    started = time.perf_counter()
-    answers = await alice.gather(discover, "discovery", {"query": "*"}, expected=RESPONDERS,
-                                 timeout=5.0)
-    summary["gather_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    summary["gathered"] = len(answers)
-    say(f"[3] scatter-gather: {len(answers)}/{RESPONDERS} signed answers from across the mesh "
-        f"in {summary['gather_ms']:.1f} ms (closed early; deadline was 5 s)")
+            await peer.subscribe(discover, card)
+            await peer.nats.flush()
+        await asyncio.sleep(0.2)  # interest propagates across routes and leaf links
+        started = time.perf_counter()
+        answers = await alice.gather(discover, "discovery", {"query": "*"},
+                                     expected=RESPONDERS, timeout=5.0)
+        report.data["gather_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        report.data["gathered"] = len(answers)
+        report.detail(f"{len(answers)}/{RESPONDERS} signed answers in "
+                      f"{report.data['gather_ms']:.1f} ms (closed early; deadline was 5 s)")
+        for peer in buses[2:]:
+            await peer.close(timeout=1.0)  # their stand-in answers would mix with the agents'
+        del buses[2:]
 
-    mallory = Identity.generate()
-    forged = bytearray(seal(mallory, type="task_request", subject=subject, body={"x": 1}))
-    forged[-1] ^= 0x01
-    msg = await alice.nats.request(subject, bytes(forged), timeout=1)
-    answer = alice.guard.admit(msg.data, msg.subject)
-    summary["rejections"] = {str(k): v for k, v in bob.rejections.items()}
-    say(f"[4] a forged envelope was refused ({answer.body['type']}: {answer.body['message']}); "
-        f"bob's rejection counters: {summary['rejections']}")
+    with report.step("forgery", "a forged envelope"):
+        forged = bytearray(seal(Identity.generate(), type="task_request", subject=subject,
+                                body={"x": 1}))
+        forged[-1] ^= 0x01  # one bit of the signature
+        msg = await alice.nats.request(subject, bytes(forged), timeout=1)
+        answer = alice.guard.admit(msg.data, msg.subject)
+        report.data["rejections"] = {str(k): v for k, v in bob.rejections.items()}
+        report.detail(f"refused ({answer.body['type']}: {answer.body['message'][:44]}…); "
+                      f"bob's rejection counters: {report.data['rejections']}")
+    return alice, subject
 
-    agents = await demo_agents(mesh, env, heartbeat=0.5)
+
+async def _agents(report: Report, mesh: Mesh, env: Environment, alice: Bus,
+                  victim: AgentProcess, buses: list[Bus]) -> None:
+    """Steps 5-11 with the offline agents; they are stopped before the seed failure."""
+    with report.step("agents", "agents join"):
+        agents = await join(report, mesh, env)
+    driver = agents[0]
+    names = {agent.agent_id: agent.config.name for agent in agents}
     try:
-        await _negotiate(agents, summary, say)
+        with report.step("discovery", "discovery: alice asks agora.discover who is there"):
+            await discovery(report, alice, len(agents))
+        with report.step("auction", "auction for text.debate"):
+            await auction(report, driver, names)
+        with report.step("workflow", "workflow generate → review → run"):
+            await workflow(report, driver)
+        with report.step("debate", "debate: a four-day work week, pro vs con, 2 rounds"):
+            await debate(report, driver)
+        with report.step("vote", "vote: every agent offering `vote` casts a ballot"):
+            await vote(report, driver)
+        with report.step("recovery", "a node killed mid-task, its task re-auctioned"):
+            await recovery(report, driver, victim, names)
     finally:
         await asyncio.gather(*(agent.stop(grace=1.0) for agent in agents))
+    report.data["totals"] = _totals(agents, buses, killed=1 if victim.pid else 0)
 
-    hub_name = await leaf1.wait_hub(timeout=2)
-    hub = next(seed for seed in mesh.seeds if seed.config.name == hub_name)
-    hub.kill()
-    started = time.perf_counter()
-    new_hub = await leaf1.wait_hub(timeout=5)
-    while new_hub == hub_name:
-        await asyncio.sleep(0.05)
+
+def _totals(agents: list[AgentNode], buses: list[Bus], *, killed: int) -> dict[str, Any]:
+    """What the in-process agents and clients did and refused."""
+    rejections: Counter[str] = Counter()
+    for bus in [*buses, *(agent.bus for agent in agents)]:
+        rejections.update({str(reason): count for reason, count in bus.rejections.items()})
+    statuses = [agent.status for agent in agents]
+    auctioneer = agents[0].auctioneer
+    return {
+        "agents": len(agents) + killed, "killed": killed,
+        "tasks_completed": sum(status.tasks_completed for status in statuses),
+        "tasks_failed": sum(status.tasks_failed for status in statuses),
+        "auctions": auctioneer.auctions, "duplicates": auctioneer.duplicates,
+        "bids": sum(agent.bidder.bids for agent in agents),
+        "refusals": sum(agent.bidder.refusals for agent in agents),
+        "envelopes_sent": sum(sum(bus.sent.values()) for bus in
+                              [*buses, *(agent.bus for agent in agents)]),
+        "rejections": dict(rejections)}
+
+
+async def _failover(report: Report, mesh: Mesh, alice: Bus, subject: str) -> None:
+    """The last step: kill leaf1's hub; leaf1 re-attaches and requests get through again."""
+    leaf1 = mesh.leaves[0]
+    with report.step("failover", "a seed killed under a leaf"):
+        hub_name = await leaf1.wait_hub(timeout=2)
+        hub = next(seed for seed in mesh.seeds if seed.config.name == hub_name)
+        hub.kill()
+        started = time.perf_counter()
         new_hub = await leaf1.wait_hub(timeout=5)
-    await _retry(lambda: alice.request(subject, "task_request", {"text": "again"}, timeout=0.5),
-                 attempts=20)
-    summary["failover_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    say(f"[8] killed {hub_name} (leaf1's hub): leaf1 re-attached to {new_hub}, requests "
-        f"succeed again after {summary['failover_ms']:.0f} ms")
+        while new_hub == hub_name:
+            await asyncio.sleep(0.05)
+            new_hub = await leaf1.wait_hub(timeout=5)
+        await _retry(lambda: alice.request(subject, "task_request", {"text": "again"},
+                                           timeout=0.5), attempts=20)
+        report.data["failover_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        report.detail(f"killed {hub_name} (pid {hub.pid}, leaf1's hub): leaf1 re-attached to "
+                      f"{new_hub}, requests succeed again after "
+                      f"{report.data['failover_ms']:.0f} ms")
 
 
-async def _negotiate(agents: list[AgentNode], summary: dict[str, Any], say: Any) -> None:
-    """Steps 5-7: an auction, a workflow and a debate among the offline demo agents."""
-    driver = agents[0]  # coder drives; any agent could: there is no controller
-    names = {agent.agent_id: agent.config.name for agent in agents}
-    everyone = {agent.agent_id for agent in agents}
-    joined = asyncio.Event()
-
-    def check(_: object = None) -> None:
-        if {entry.id for entry in driver.directory} | {driver.agent_id} >= everyone:
-            joined.set()
-
-    driver.directory.on_join.append(check)
-    check()
-    try:
-        async with asyncio.timeout(10):  # hellos cross the mesh in milliseconds
-            await joined.wait()
-    finally:
-        driver.directory.on_join.remove(check)
-    dispatcher = driver.dispatcher
-    events: list[Progress] = []
-    started = time.perf_counter()
-    result = await dispatcher.submit("text.debate", {"topic": "open source", "position": "for"},
-                                     progress=events.append, timeout=10)
-    bids = next(event for event in events if event.event == "bids")
-    summary["auction"] = {"bids": bids.detail["bids"], "winner": names.get(result.agent_id or ""),
-                          "ms": round((time.perf_counter() - started) * 1000, 1)}
-    say(f"[5] auction for text.debate: {bids.detail['bids']} bids, awarded to "
-        f"{summary['auction']['winner']} (score: load, latency, cost, success), done in "
-        f"{summary['auction']['ms']:.1f} ms")
-
-    flow = await run_workflow(Workflow.from_dict(WORKFLOW), dispatcher, timeout=30)
-    steps = {name: step.status.value for name, step in flow.steps.items()}
-    summary["workflow"] = {"status": flow.status.value, "steps": steps}
-    run = flow.steps["run"].output or {}
-    say(f"[6] workflow generate → review (score {flow.steps['review'].output['score']}) → run: "
-        f"{flow.status.value}, the generated code printed {str(run.get('stdout', '')).strip()!r}")
-
-    debate = await Collaboration(dispatcher).debate("a four-day work week", ["pro", "con"],
-                                                    rounds=2)
-    consensus = debate["consensus"]
-    summary["debate"] = {"turns": len(debate["debate_history"]),
-                         "consensus": consensus["position"]}
-    say(f"[7] debate pro vs con, 2 rounds, {len(debate['debate_history'])} arguments; "
-        f"the vote's consensus: {consensus['position']}")
+def _summary(report: Report, pids: list[int]) -> None:
+    report.say("summary")
+    for number, (_, title, ms) in enumerate(report.steps, 1):
+        report.detail(f"[{number:>2}] {title:<52} {ms:>8.1f} ms")
+    totals = report.data.get("totals", {})
+    recovered = report.data.get("recovery", {})
+    report.detail(f"agents: {totals.get('agents')} ({totals.get('killed')} killed; its task "
+                  f"completed by {recovered.get('completed_by')}); tasks: "
+                  f"{totals.get('tasks_completed')} completed, {totals.get('tasks_failed')} "
+                  f"failed; auctions: {totals.get('auctions')}; bids: {totals.get('bids')}, "
+                  f"refusals: {totals.get('refusals')}")
+    report.detail(f"envelopes signed and sent: {totals.get('envelopes_sent')}; rejected: "
+                  f"{totals.get('rejections') or 'none'}")
+    report.say(f"done in {report.data['total_s']:.1f} s; every process stopped (pids "
+               f"{', '.join(map(str, pids))})")
 
 
 async def _retry(call: Any, attempts: int = 10) -> Any:

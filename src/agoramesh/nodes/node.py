@@ -214,6 +214,7 @@ class AgentNode:
         await self.bus.subscribe(subjects.agent(self.agent_id), self._on_direct,
                                  concurrency=self.config.max_concurrent_tasks + 4)
         await self.bidder.start()
+        await self.auctioneer.start()
         self._task_subscriptions.append(await self.bus.subscribe(
             subjects.task(">"), self.task_desk.handle, queue=QUEUE, ingress=ingress,
             concurrency=self.config.max_concurrent_tasks * 8))
