@@ -31,7 +31,8 @@ from agoramesh.bus.monitor import MonitorClient
 from agoramesh.config import Role, ServerConfig, parse_hostport
 from agoramesh.errors import ServerCrashed, ServerError, ServerNotFound, ServerStartError
 
-__all__ = ("EmbeddedServer", "find_nats_server", "parent_death_signal", "render_config")
+__all__ = ("EmbeddedServer", "find_nats_server", "parent_death_signal", "process_alive",
+           "render_config")
 
 _POLL = 0.01  # seconds between readiness probes; ports appear within ~10 ms
 
@@ -92,6 +93,21 @@ def render_config(config: ServerConfig) -> str:
             "remotes": [{"urls": urls}],
         }
     return "\n".join(f"{key}: {_render(value, '')}" for key, value in conf.items()) + "\n"
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` names a live (not zombie) process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def parent_death_signal() -> Callable[[], None] | None:

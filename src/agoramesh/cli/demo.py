@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
+from agoramesh.bus.server import process_alive
 from agoramesh.cli.demo_steps import (
     WORKFLOW,
     AgentProcess,
@@ -106,7 +106,7 @@ async def _demo(args: argparse.Namespace, env: Environment) -> int:
         if isinstance(exc, AgoraError):
             raise
         raise BusTimeout(f"the demo did not finish within {DEADLINE:g} s") from None
-    running = [pid for pid in pids if _alive(pid)]
+    running = [pid for pid in pids if process_alive(pid)]
     if running:
         raise ServerError(f"processes still running after the demo: {running}")
     report.data["steps_ms"] = {key: ms for key, _, ms in report.steps}
@@ -115,16 +115,6 @@ async def _demo(args: argparse.Namespace, env: Environment) -> int:
     if args.json:
         emit_json(report.data)
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def _show(report: Report, env: Environment) -> list[int]:

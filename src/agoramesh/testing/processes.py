@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
+
+from agoramesh.bus.server import process_alive
 
 __all__ = ("alive", "assert_stopped")
 
 
-def alive(pid: int) -> bool:
-    """True if ``pid`` names a live (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+alive = process_alive  # True if ``pid`` names a live (not zombie) process
 
 
 def assert_stopped(pids: Iterable[int | None]) -> None:
