@@ -27,7 +27,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_bus.py && $(BIN)/python benchmarks/bench_node.py
+	$(BIN)/python benchmarks/bench_bus.py && $(BIN)/python benchmarks/bench_node.py \
+		&& $(BIN)/python benchmarks/bench_auction.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

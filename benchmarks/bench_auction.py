@@ -46,7 +46,6 @@ import contextlib
 import cProfile
 import itertools
 import json
-import logging
 import math
 import os
 import pstats
@@ -81,7 +80,15 @@ from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.contract_net import Auctioneer, Progress
 from agoramesh.protocols.dispatch import discover
 from agoramesh.protocols.scoring import Bid
-from common import Warnings, WrongAnswer, percentile, raw_client, stop_all
+from common import (
+    Warnings,
+    WrongAnswer,
+    count_warnings,
+    latency,
+    raw_client,
+    stop_all,
+    until_answers,
+)
 
 SEEDS, CHILDREN, PER_CHILD = 3, 2, 5
 BIDDERS = CHILDREN * PER_CHILD
@@ -120,22 +127,6 @@ BODIES = _bodies()
 RAW = {name: json.dumps(body, separators=(",", ":")).encode() for name, body in BODIES.items()}
 
 
-
-
-
-def count_warnings() -> Warnings:
-    warnings = Warnings()
-    runtime_log = logging.getLogger("agoramesh")
-    runtime_log.addHandler(warnings)
-    runtime_log.propagate = False
-    return warnings
-
-
-
-def latency(samples: list[int]) -> dict[str, float]:
-    return {f"p{q}": round(percentile(samples, q), 4) for q in (50, 90, 99)}
-
-
 # -- the bidder processes (--serve) -------------------------------------------------------
 
 async def serve(spec: dict[str, Any], warnings: Warnings) -> None:
@@ -172,6 +163,13 @@ async def serve(spec: dict[str, Any], warnings: Warnings) -> None:
                 await nc.subscribe(f"{RR_SUBJECT}.{index}", cb=result)
                 await nc.flush(timeout=5)
         print("READY", flush=True)
+
+        def decisions(family: str, decision: str) -> int:
+            """Bids, refusals, awards or declines of every hosted agent (node.metrics)."""
+            return sum(count for node in nodes
+                       for (_, seen), count in getattr(node.metrics, family).items()
+                       if seen == decision)
+
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -188,10 +186,10 @@ async def serve(spec: dict[str, Any], warnings: Warnings) -> None:
             if command == "stats":
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 answer = {"cpu_s": time.process_time(), "sys_s": usage.ru_stime,
-                          "bids": sum(node.bidder.bids for node in nodes),
-                          "refusals": sum(node.bidder.refusals for node in nodes),
-                          "awards": sum(node.bidder.awards for node in nodes),
-                          "declines": sum(node.bidder.declines for node in nodes),
+                          "bids": decisions("bids", "bid"),
+                          "refusals": decisions("bids", "refuse"),
+                          "awards": decisions("awards", "accept"),
+                          "declines": decisions("awards", "decline"),
                           "completed": sum(node.status.tasks_completed for node in nodes),
                           "rejections": sum(sum(node.bus.rejections.values()) for node in nodes),
                           "warnings": dict(warnings.seen)}
@@ -342,17 +340,6 @@ class Tally:
         return {"n": len(self.samples), "misses": sum(self.misses.values()),
                 "miss_kinds": dict(self.misses), "wrong": self.wrong,
                 "first_wrong": self.first_wrong, **latency(self.samples)}
-
-
-async def until_answers(op: Op, bound: float = 30.0) -> None:
-    """Retry ``op`` (bounded) until it succeeds: interest has spread, every bidder serves."""
-    async with asyncio.timeout(bound):
-        while True:
-            try:
-                await op()
-                return
-            except (TimeoutError, AgoraError, nats.errors.Error):
-                await asyncio.sleep(0.05)
 
 
 # -- scenarios ------------------------------------------------------------------------------

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.errors
 import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -41,8 +39,7 @@ from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig
-from agoramesh.errors import AgoraError
-from common import percentile
+from common import latency, raw_client, until_answers
 
 BODY: dict[str, Any] = {
     "task_id": "t-000123", "task_type": "summarize", "priority": 5,
@@ -71,14 +68,11 @@ class Clients:
     """Every raw and Bus connection one side opens; ``close`` ends them all (bounded)."""
 
     def __init__(self) -> None:
-        self.raws: list[NatsClient] = []
+        self.raws = contextlib.AsyncExitStack()
         self.buses: list[Bus] = []
 
     async def raw(self, url: str) -> NatsClient:
-        nc = await asyncio.wait_for(nats.connect(url, connect_timeout=3,
-                                                 allow_reconnect=False), 5)
-        self.raws.append(nc)
-        return nc
+        return await raw_client(self.raws, url)
 
     async def bus(self, url: str) -> Bus:
         bus = await Bus.connect(Identity.generate(), BusConfig(servers=(url,), name="bench"))
@@ -104,9 +98,8 @@ class Clients:
     async def close(self) -> None:
         for bus in self.buses:
             await bus.close(timeout=1.0)
-        for nc in self.raws:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
+        with contextlib.suppress(Exception):
+            await self.raws.aclose()
 
 
 async def serve(spec: Spec) -> None:
@@ -208,15 +201,9 @@ class Scenario:
 
 async def warm_up(op: Op, rounds: int) -> None:
     """Wait (bounded) until interest has spread over the routes, then run ``rounds``."""
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                await op()
-                break
-            except (TimeoutError, AgoraError, nats.errors.Error):
-                await asyncio.sleep(0.05)
-        for _ in range(rounds):
-            await op()
+    await until_answers(op, bound=60.0)
+    for _ in range(rounds):
+        await op()
 
 
 async def measure(scenarios: list[Scenario]) -> None:
@@ -242,7 +229,7 @@ def summarize(sc: Scenario) -> dict[str, Any]:
     for side in ("raw", "bus"):
         data = sc.samples[side]
         row[side] = {"n": len(data), "misses": sc.misses[side],
-                     **{f"p{q}": round(percentile(data, q), 4) for q in (50, 90, 99)}}
+                     **latency(data)}
     row["ratio_p50"] = round(row["bus"]["p50"] / row["raw"]["p50"], 3)
     row["pass"] = row["ratio_p50"] <= TARGETS[sc.name] and not any(sc.misses.values())
     return row

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import logging
 import math
 import shutil
 import sys
@@ -53,7 +52,15 @@ from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
-from common import Warnings, WrongAnswer, percentile, raw_client, stop_all
+from common import (
+    Warnings,
+    WrongAnswer,
+    count_warnings,
+    latency,
+    raw_client,
+    stop_all,
+    until_answers,
+)
 
 PARAMS: dict[str, Any] = {"text": "The quick brown fox jumps over the lazy dog."}
 TASK = Task(task_type="echo", parameters=PARAMS, task_id="t-000123").as_dict()
@@ -84,17 +91,6 @@ def agent(name: str, capability: Capability, url: str,
     config = NodeConfig(name=name, capabilities=(capability,), heartbeat_interval=HEARTBEAT)
     return AgentNode(Identity.generate(), config, OfflineBackend(),
                      BusConfig(servers=(url,), name=name), directory=directory)
-
-
-async def until_answers(op: Op, bound: float = 30.0) -> None:
-    """Retry ``op`` (bounded) until it succeeds: interest has spread, the agent serves."""
-    async with asyncio.timeout(bound):
-        while True:
-            try:
-                await op()
-                return
-            except (TimeoutError, AgoraError, nats.errors.Error):
-                await asyncio.sleep(0.05)
 
 
 # -- direct ------------------------------------------------------------------------------
@@ -166,7 +162,7 @@ async def direct(base: Path, rounds: int) -> dict[str, Any]:
                                "target": DIRECT_TARGET}
         for side in SIDES:
             row[side] = {"n": len(samples[side]), "misses": misses[side],
-                         **{f"p{q}": round(percentile(samples[side], q), 4) for q in (50, 90, 99)}}
+                         **latency(samples[side])}
             row[f"{side}_ratio_p50"] = round(row[side]["p50"] / row["raw"]["p50"], 3)
         row["pass"] = row["node_ratio_p50"] <= DIRECT_TARGET and not misses["node"]
         return row
@@ -353,10 +349,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="direct rounds per path (3000)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args()
-    warnings = Warnings()
-    runtime_log = logging.getLogger("agoramesh")
-    runtime_log.addHandler(warnings)
-    runtime_log.propagate = False
+    warnings = count_warnings()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(run(args, warnings))
     report(result)

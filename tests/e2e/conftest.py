@@ -25,3 +25,9 @@ def up_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
         assert_stopped(up.pids)
     finally:
         up.reap()
+
+
+@pytest.fixture
+def mesh_url(up_mesh: UpProcess) -> str:
+    """The shared ``agoramesh up``'s URL: 3 seeds and the demo agents."""
+    return up_mesh.url

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -19,44 +18,31 @@ from agoramesh.config import BusConfig
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.contract_net import AuctionPolicy, Progress
 from agoramesh.protocols.dispatch import client_dispatcher
-from agoramesh.testing import UpProcess
+from agoramesh.testing import NodeProcess, UpProcess
 from agoramesh.testing.up import AGORAMESH
 
 pytestmark = pytest.mark.e2e
 
 
-
-def node_process(home: Path, url: str, name: str, *capabilities: str) -> subprocess.Popen[str]:
-    args = [arg for cap in capabilities for arg in ("--capability", cap)]
-    return subprocess.Popen(
-        [*AGORAMESH, "node", "--json", "--name", name, "--connect", url, "--heartbeat", "0.2",
-         *args], env={**os.environ, "AGORAMESH_HOME": str(home / name), "TMPDIR": str(home)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture
-def workers(tmp_path: Path, nats_server: Any) -> Iterator[dict[str, tuple[subprocess.Popen[str],
-                                                                         str]]]:
-    """Two ``agoramesh node`` processes offering code.run.python: name → (process, agent id)."""
-    started: dict[str, tuple[subprocess.Popen[str], str]] = {}
+def workers(tmp_path: Path, nats_server: Any) -> Iterator[dict[str, NodeProcess]]:
+    """Two ``agoramesh node`` processes offering code.run.python, by name."""
+    started: dict[str, NodeProcess] = {}
     try:
         for name in ("left", "right"):
-            process = node_process(tmp_path, nats_server.client_url, name, "code.run.python")
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            assert line, process.communicate(timeout=10)[1]
-            started[name] = (process, json.loads(line)["id"])
+            started[name] = NodeProcess(
+                tmp_path / name, "--name", name, "--connect", nats_server.client_url,
+                "--heartbeat", "0.2", "--capability", "code.run.python",
+                env={"TMPDIR": str(tmp_path)})
         yield started
     finally:
-        for process, _ in started.values():
-            if process.poll() is None:
-                process.kill()
-            process.communicate(timeout=10)
+        for node in started.values():
+            node.reap()
 
 
 async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_result(
-        nats_server: Any, workers: dict[str, tuple[subprocess.Popen[str], str]]) -> None:
-    by_id = {agent_id: process for process, agent_id in workers.values()}
+        nats_server: Any, workers: dict[str, NodeProcess]) -> None:
+    by_id = {node.id: node for node in workers.values()}
     config = BusConfig(servers=(nats_server.client_url,), name="client")
     async with client_dispatcher(config, discover_timeout=0.3) as dispatcher:
         assert {card.name for card in dispatcher.agents()} == {"left", "right"}
@@ -69,7 +55,7 @@ async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_resul
             events.append(event)
             if event.event == "accepted" and not killed:  # the winner is working: kill it
                 killed.append(event.detail["agent"])
-                by_id[event.detail["agent"]].send_signal(signal.SIGKILL)
+                by_id[event.detail["agent"]].process.send_signal(signal.SIGKILL)
 
         code = "import time; time.sleep(1.0); print('finished')"
         task = Task(task_type="code.run.python", parameters={"code": code, "timeout": 5})
@@ -80,7 +66,7 @@ async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_resul
     assert outcome.attempts == 2 and outcome.duplicates == 0
     assert [e.detail["agent"] for e in events if e.event == "lost"] == killed
     assert sum(e.event == "result" for e in events) == 1  # exactly one result reached us
-    by_id[killed[0]].communicate(timeout=10)
+    by_id[killed[0]].stop(signal.SIGKILL, timeout=10)
 
 
 # --- agoramesh submit and nats req against `agoramesh up` -------------------------------------

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,24 +13,9 @@ from nats.aio.client import Client as NatsClient
 
 from agoramesh.bus import Identity, seal
 from agoramesh.testing import UpProcess, alive, assert_stopped
+from agoramesh.testing.cli import assert_one_line_error, cli
 
 pytestmark = pytest.mark.e2e
-
-AGORAMESH = [sys.executable, "-m", "agoramesh.cli"]
-
-
-def cli(*args: str, stdin: bytes | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*AGORAMESH, *args], input=stdin.decode() if stdin else None,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> None:
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("agoramesh: error: ")
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_help_lists_commands() -> None:

@@ -8,30 +8,13 @@ import subprocess
 
 import pytest
 
-from agoramesh.testing import UpProcess
-from agoramesh.testing.up import AGORAMESH
+from agoramesh.testing.cli import assert_one_line_error, cli
 
 pytestmark = pytest.mark.e2e
 
 
-
-@pytest.fixture
-def mesh_url(up_mesh: UpProcess) -> str:
-    """The shared ``agoramesh up`` (tests/e2e/conftest.py): 3 seeds and the demo agents."""
-    return up_mesh.url
-
-
 def collaborate(*args: str, server: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*AGORAMESH, "collaborate", *args, "--server", server,
-                           "--discover-timeout", "0.3"],
-                          capture_output=True, text=True, timeout=60, check=False)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> None:
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("agoramesh: error: "), result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
+    return cli("collaborate", *args, "--server", server, "--discover-timeout", "0.3")
 
 
 def test_debate_shows_progress_then_the_consensus(mesh_url: str) -> None:
@@ -85,7 +68,7 @@ def test_sequential_and_a_failed_stage(mesh_url: str) -> None:
 
     result = collaborate("--mode", "sequential", "--topic", "1 / 0", "--requirements",
                          json.dumps({"stages": stages}), server=mesh_url)
-    one_line_error(result, r"stage 1 \(1\) failed: InvalidInput: division by zero")
+    assert_one_line_error(result, r"stage 1 \(1\) failed: InvalidInput: division by zero")
     assert "FAILED" in result.stdout
 
 
@@ -96,10 +79,10 @@ def test_sequential_and_a_failed_stage(mesh_url: str) -> None:
     (["--mode", "voting", "--topic", "x", "--option", "only"], "'options' must be a list"),
 ])
 def test_bad_input_fails_on_one_line_before_connecting(args: list[str], pattern: str) -> None:
-    one_line_error(collaborate(*args, server="nats://127.0.0.1:1"), pattern)
+    assert_one_line_error(collaborate(*args, server="nats://127.0.0.1:1"), pattern)
 
 
 def test_unknown_agent_is_one_line(mesh_url: str) -> None:
     result = collaborate("--mode", "debate", "--topic", "x", "--agents", "pro,ghost",
                          server=mesh_url)
-    one_line_error(result, "no known agent matches 'ghost'")
+    assert_one_line_error(result, "no known agent matches 'ghost'")

@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +18,11 @@ from agoramesh.config import BusConfig
 from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.node import AgentNode, NodeConfig
-from agoramesh.testing import alive, wait_until
+from agoramesh.testing import AGORAMESH, NodeProcess, alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
 HEARTBEAT = 0.5
-AGORAMESH = [sys.executable, "-m", "agoramesh.cli"]
 
 
 class _NullBackend(Backend):
@@ -37,40 +34,12 @@ class _NullBackend(Backend):
         raise NotImplementedError
 
 
-class NodeProcess:
-    """An ``agoramesh node --json`` subprocess and its ready line."""
-
-    def __init__(self, home: Path, *args: str) -> None:
-        env = {**os.environ, "AGORAMESH_HOME": str(home)}
-        self.process = subprocess.Popen([*AGORAMESH, "node", "--json", *args], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.kill()
-            _, err = self.process.communicate(timeout=10)
-            raise AssertionError(f"node did not start: {err}")
-        self.ready: dict[str, Any] = json.loads(line)
-        self.ready_at = time.monotonic()
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        self.process.communicate(timeout=20)
-        return self.process.returncode
-
-
 @pytest.fixture
 def processes() -> Iterator[list[NodeProcess]]:
     started: list[NodeProcess] = []
     yield started
     for node in started:
-        if node.process.poll() is None:
-            node.process.kill()
-        node.process.communicate(timeout=10)
-        if node.ready.get("pid") and alive(int(node.ready["pid"])):
-            os.kill(int(node.ready["pid"]), signal.SIGKILL)
+        node.reap()
 
 
 async def test_node_joins_by_bootstrap_and_is_evicted_after_sigkill(
@@ -87,10 +56,9 @@ async def test_node_joins_by_bootstrap_and_is_evicted_after_sigkill(
         joiner = NodeProcess(tmp_path / "b", "--name", "beta", "--heartbeat", str(HEARTBEAT),
                              "--bootstrap", seed.ready["cluster"], "--capability", "echo")
         processes.append(joiner)
+        # Seen within two heartbeats of the joiner being ready.
         await wait_until(lambda: joiner.ready["id"] in observer.directory,
-                         timeout=2 * HEARTBEAT + 0.5)
-        joined_after = time.monotonic() - joiner.ready_at
-        assert joined_after <= 2 * HEARTBEAT
+                         timeout=2 * HEARTBEAT)
         entry = observer.directory.get(joiner.ready["id"])
         assert entry is not None and [c.name for c in entry.card.capabilities] == ["echo"]
 
@@ -101,11 +69,9 @@ async def test_node_joins_by_bootstrap_and_is_evicted_after_sigkill(
         names = {agent["name"] for agent in json.loads(listing.stdout)}
         assert {"alpha", "beta", "observer"} <= names
 
-        killed_at = time.monotonic()
         joiner.stop(signal.SIGKILL)
         await wait_until(lambda: joiner.ready["id"] not in observer.directory,
                          timeout=3 * HEARTBEAT + 1)
-        assert time.monotonic() - killed_at <= 3 * HEARTBEAT + 1
         await wait_until(lambda: not alive(int(joiner.ready["pid"])), timeout=5)
     finally:
         await observer.stop(grace=1)

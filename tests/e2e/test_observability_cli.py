@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agoramesh.observability.trajectory import read_trajectory
-from agoramesh.testing import UpProcess
+from agoramesh.testing import NodeProcess, UpProcess
 from agoramesh.testing.prometheus import promtool_check_metrics
 from agoramesh.testing.up import AGORAMESH
 
@@ -98,31 +98,25 @@ def test_up_records_a_trajectory_per_agent(up_mesh: UpProcess) -> None:
 def test_node_serves_metrics_and_healthz_and_records_its_trajectory(
         tmp_path: Path, nats_server: Any) -> None:
     trajectory = tmp_path / "solo.jsonl"
-    process = subprocess.Popen(
-        [*AGORAMESH, "node", "--json", "--name", "solo", "--connect", nats_server.client_url,
-         "--capability", "echo", "--metrics-port", "0", "--trajectory", str(trajectory)],
-        env={**os.environ, "AGORAMESH_HOME": str(tmp_path / "home")},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node = NodeProcess(tmp_path / "home", "--name", "solo", "--connect", nats_server.client_url,
+                       "--capability", "echo", "--metrics-port", "0",
+                       "--trajectory", str(trajectory))
     try:
-        assert process.stdout is not None
-        ready = json.loads(process.stdout.readline() or "{}")
-        assert ready.get("event") == "ready", process.stderr
-        status, body = get(ready["metrics"])
+        metrics = node.ready["metrics"]
+        status, body = get(metrics)
         assert status == 200
         found = samples(body)
         assert found["agoramesh_agent_up"] == [({"agent": "solo"}, 1.0)]
         assert "agoramesh_server_up" in found and not found["agoramesh_server_up"]  # --connect
-        status, body = get(ready["metrics"].removesuffix("/metrics") + "/healthz")
+        status, body = get(metrics.removesuffix("/metrics") + "/healthz")
         assert status == 200 and json.loads(body)["agents"] == {"solo": "ready"}
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=20) == 0
+        assert node.stop(signal.SIGINT) == 0, node.stderr
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
+        node.reap()
     events = read_trajectory(trajectory)
-    assert [e["type"] for e in events if e["event"] == "sent"][:1] == ["hello"]
-    assert events[-1]["event"] == "sent" and events[-1]["type"] == "bye"
+    assert events[0]["event"] == "start" and events[0]["agent_id"] == node.id
+    sent = [e["type"] for e in events if e["event"] == "sent"]
+    assert sent[:1] == ["hello"] and sent[-1] == "bye"  # its own bye may still echo back
 
 
 def test_a_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, nats_server: Any) -> None:

@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from agoramesh.testing import UpProcess
-from agoramesh.testing.up import AGORAMESH
+from agoramesh.testing.cli import assert_one_line_error, cli
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "workflows" / "generate_review_run.yaml"
 FAST = ("--discover-timeout", "0.3")
-
-
-def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*AGORAMESH, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> None:
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("agoramesh: error: ")
-    assert re.search(pattern, lines[0]), lines[0]
-
-
-@pytest.fixture
-def mesh_url(up_mesh: UpProcess) -> str:
-    """The shared ``agoramesh up`` (tests/e2e/conftest.py): 3 seeds and the demo agents."""
-    return up_mesh.url
 
 
 def test_example_runs_with_progress(mesh_url: str) -> None:
@@ -80,7 +59,7 @@ def test_a_failing_step_exits_1_with_one_line(mesh_url: str, tmp_path: Path) -> 
                     "  - {name: run, agent: 'name:runner', capability: code.run.python, "
                     "parameters: {code: 5}, depends_on: gen}\n")
     result = cli("workflow", "run", str(flow), "--server", mesh_url, *FAST)
-    one_line_error(result, r"workflow 'fails': step 'run' failed after 1 attempt: "
+    assert_one_line_error(result, r"workflow 'fails': step 'run' failed after 1 attempt: "
                            r"InvalidInput: .*parameters\.code")
     assert re.search(r"run\s+FAILED\s+by runner", result.stdout)
     assert "workflow fails FAILED in" in result.stdout
@@ -89,23 +68,24 @@ def test_a_failing_step_exits_1_with_one_line(mesh_url: str, tmp_path: Path) -> 
     unsatisfiable.write_text("name: nobody\nsteps:\n  - {name: a, agent: 'type:claude', "
                              "capability: code.review.python, parameters: {code: x}}\n")
     result = cli("workflow", "run", str(unsatisfiable), "--server", mesh_url, *FAST)
-    one_line_error(result, r"step 'a': no known agent matches 'type:claude' \(5 agents known\)")
+    assert_one_line_error(
+        result, r"step 'a': no known agent matches 'type:claude' \(5 agents known\)")
     assert result.stdout == ""
 
 
 def test_bad_files_exit_1_with_one_line_before_connecting(tmp_path: Path) -> None:
     nowhere = ("--server", "nats://127.0.0.1:1")  # never reached: the file is checked first
-    one_line_error(cli("workflow", "run", str(tmp_path / "missing.yaml"), *nowhere),
+    assert_one_line_error(cli("workflow", "run", str(tmp_path / "missing.yaml"), *nowhere),
                    r"cannot read workflow file .*missing\.yaml: No such file")
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nsteps:\n  - name: a\n   agent: x\n")
-    one_line_error(cli("workflow", "run", str(broken), *nowhere),
+    assert_one_line_error(cli("workflow", "run", str(broken), *nowhere),
                    r"broken\.yaml: invalid YAML at line 4")
     cyclic = tmp_path / "cyclic.yaml"
     cyclic.write_text("name: loop\nsteps:\n  - {name: a, agent: x, depends_on: b}\n"
                       "  - {name: b, agent: x, parameters: {v: '${steps.a.output.v}'}}\n")
-    one_line_error(cli("workflow", "check", str(cyclic)), r"steps form a cycle: a -> b -> a")
-    one_line_error(cli("workflow", "run", str(EXAMPLE), "--set", "spce=x", *nowhere),
+    assert_one_line_error(cli("workflow", "check", str(cyclic)), r"steps form a cycle: a -> b -> a")
+    assert_one_line_error(cli("workflow", "run", str(EXAMPLE), "--set", "spce=x", *nowhere),
                    r"unknown input 'spce' \(did you mean 'spec'\?\)")
 
 

@@ -68,7 +68,6 @@ async def test_publish_subscribe_delivers_verified_envelopes(pair: tuple[Bus, Bu
     sender, receiver = pair
     recorder = Recorder()
     await receiver.subscribe(SUBJECT, recorder)
-    await receiver.nats.flush()
     await sender.publish(SUBJECT, "status_update", {"progress": 0.5})
     async with asyncio.timeout(2):
         await recorder.arrived.wait()
@@ -99,7 +98,6 @@ async def test_no_responders_and_timeouts_are_typed(pair: tuple[Bus, Bus]) -> No
         return None
 
     await server.subscribe(SUBJECT, silent)
-    await server.nats.flush()
     async with asyncio.timeout(3):
         with pytest.raises(BusTimeout, match=r"within 0\.2s"):
             await client.request(SUBJECT, "task_request", {}, timeout=0.2)
@@ -114,7 +112,6 @@ async def test_handler_errors_reach_the_requester(pair: tuple[Bus, Bus]) -> None
         raise KeyError("boom")
 
     await server.subscribe(SUBJECT, failing)
-    await server.nats.flush()
     with pytest.raises(SubjectError, match="bad capability"):
         await client.request(SUBJECT, "task_request", {"kind": "known"}, timeout=2)
     with pytest.raises(RemoteError, match="KeyError: 'boom'"):
@@ -129,7 +126,6 @@ async def test_forged_envelope_is_rejected_counted_and_answered(
     _, server = pair
     recorder = Recorder()
     await server.subscribe(SUBJECT, recorder)
-    await server.nats.flush()
     forged = bytearray(seal(Identity.generate(), type="task_request", subject=SUBJECT,
                             body={"x": 1}))
     forged[-5] ^= 0x40
@@ -145,7 +141,6 @@ async def test_replayed_envelope_is_delivered_once(pair: tuple[Bus, Bus],
     sender, receiver = pair
     recorder = Recorder()
     await receiver.subscribe(SUBJECT, recorder)
-    await receiver.nats.flush()
     wire = sender.seal(SUBJECT, "status_update", {"n": 1})
     for _ in range(3):
         await raw.publish(SUBJECT, wire)
@@ -160,7 +155,6 @@ async def test_wrong_subject_and_misaddressed(pair: tuple[Bus, Bus], raw: NatsCl
     sender, receiver = pair
     recorder = Recorder()
     await receiver.subscribe("agora.>", recorder)
-    await receiver.nats.flush()
     await raw.publish(SUBJECT, sender.seal("agora.cap.other", "status_update", {}))
     stranger = Identity.generate().agent_id
     await raw.publish(SUBJECT, sender.seal(SUBJECT, "status_update", {}, to=stranger))
@@ -179,7 +173,6 @@ async def test_plain_json_is_denied_unless_policy_allows(pair: tuple[Bus, Bus],
     recorder = Recorder()
     await server.subscribe("agora.cap.closed", recorder)
     await server.subscribe("agora.cap.open", recorder, ingress=IngressPolicy.ALLOW)
-    await server.nats.flush()
 
     denied = json.loads((await raw.request("agora.cap.closed", b'{"a": 1}', timeout=2)).data)
     assert denied["error"]["type"] == "IngressDenied"
@@ -202,7 +195,6 @@ async def test_plain_json_is_denied_unless_policy_allows(pair: tuple[Bus, Bus],
 async def test_request_json_as_the_nats_cli_does(pair: tuple[Bus, Bus]) -> None:
     client, server = pair
     await server.subscribe(SUBJECT, Recorder(), ingress=IngressPolicy.ALLOW)
-    await server.nats.flush()
     assert await client.request_json(SUBJECT, {"q": "hi"}, timeout=2) == {
         "ok": True, "got": {"q": "hi"}}
 
@@ -217,7 +209,6 @@ async def test_oversize_rejected_on_both_ends(nats_server: EmbeddedServer,
         await sender.publish(SUBJECT, "status_update", {"blob": b"x" * 4096})
     recorder = Recorder()
     await receiver.subscribe(SUBJECT, recorder)
-    await receiver.nats.flush()
     big = seal(Identity.generate(), type="status_update", subject=SUBJECT,
                body={"blob": b"x" * 4096})
     await raw.publish(SUBJECT, big)
@@ -243,7 +234,6 @@ async def test_concurrent_handlers_and_bounded_close(pair: tuple[Bus, Bus]) -> N
             running -= 1
 
     await server.subscribe(SUBJECT, slow, concurrency=4)
-    await server.nats.flush()
     requests = [asyncio.create_task(client.request(SUBJECT, "task_request", {}, timeout=3))
                 for _ in range(6)]
     await wait_until(lambda: peak >= 4, timeout=3)
@@ -267,7 +257,6 @@ async def test_gather_without_verification_then_confirm(pair: tuple[Bus, Bus],
                                                         raw: NatsClient) -> None:
     asker, honest = pair
     await honest.subscribe(asker.subjects.discover, Recorder())
-    await honest.nats.flush()
     liar = Identity.generate()
 
     async def forge(msg: object) -> None:

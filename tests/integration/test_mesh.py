@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -19,14 +18,13 @@ async def _echo(delivery: Delivery) -> None:
     await delivery.respond("task_response", {"echo": delivery.body, "by": delivery.bus.agent_id})
 
 
-async def _request_until_ok(bus: Bus, subject: str, deadline: float) -> float:
-    """Retry a request until it succeeds; returns seconds taken. Bounded by ``deadline``."""
-    started = time.monotonic()
+async def _request_until_ok(bus: Bus, subject: str, deadline: float) -> None:
+    """Retry a request until it succeeds; TimeoutError after ``deadline`` seconds."""
     async with asyncio.timeout(deadline):
         while True:
             try:
                 await bus.request(subject, "task_request", {"ping": 1}, timeout=0.25)
-                return time.monotonic() - started
+                return
             except BusError:
                 await asyncio.sleep(0.02)
 
@@ -69,18 +67,16 @@ async def test_scatter_gather_to_ten_across_the_mesh_closes_early(
     subject = asker.subjects.discover
     for bus in responders:
         await bus.subscribe(subject, _echo)
-        await bus.nats.flush()
     expected = {bus.agent_id for bus in responders}
     # Interest crosses routes and leaf links asynchronously: gather until it has settled.
     async with asyncio.timeout(5):
         while len(await asker.gather(subject, "discovery", {}, expected=10, timeout=0.5)) < 10:
             pass
-    started = time.monotonic()
-    replies = await asker.gather(subject, "discovery", {"q": 1}, expected=10, timeout=10)
-    elapsed = time.monotonic() - started
+    # Its deadline is 10 s: it must close as soon as all 10 answered.
+    async with asyncio.timeout(5):
+        replies = await asker.gather(subject, "discovery", {"q": 1}, expected=10, timeout=10)
     assert {reply.sender for reply in replies} == expected
     assert len(replies) == 10
-    assert elapsed < 5, "gather must close as soon as all 10 answered, not at the deadline"
 
 
 async def test_gather_returns_short_count_at_deadline(mesh_factory: MeshFactory,
@@ -89,7 +85,6 @@ async def test_gather_returns_short_count_at_deadline(mesh_factory: MeshFactory,
     asker = await bus_factory(mesh.url)
     responder = await bus_factory(mesh.url)
     await responder.subscribe(asker.subjects.discover, _echo)
-    await responder.nats.flush()
     replies = await asker.gather(asker.subjects.discover, "discovery", {}, expected=3,
                                  timeout=0.3)
     assert [r.sender for r in replies] == [responder.agent_id]
@@ -110,8 +105,7 @@ async def test_leaf_fails_over_when_its_seed_dies(mesh_factory: MeshFactory,
     hub.kill()
     async with asyncio.timeout(5):
         await hub.crashed.wait()
-    took = await _request_until_ok(requester, subject, deadline=3)
-    assert took < 3
+    await _request_until_ok(requester, subject, deadline=3)
     new_hub = await leaf1.wait_hub(timeout=1)
     assert new_hub != hub_name and new_hub in {s.config.name for s in mesh.seeds}
     # The connection to its own embedded leaf never dropped.

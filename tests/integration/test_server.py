@@ -43,32 +43,29 @@ async def test_start_ready_and_stop(nats_server: EmbeddedServer) -> None:
 
 
 async def test_crash_is_detected_and_surfaced(tmp_path: Path) -> None:
-    server = EmbeddedServer(ServerConfig(name="crashy", data_dir=tmp_path))
-    await server.start()
-    seen: list[ServerCrashed] = []
-    server.on_crash.append(seen.append)
-    pid = server.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    async with asyncio.timeout(5):
-        await server.crashed.wait()
-    with pytest.raises(ServerCrashed, match=r"crashy \(pid \d+\) exited with code"):
-        server.check()
-    assert len(seen) == 1
-    await server.stop()
+    async with EmbeddedServer(ServerConfig(name="crashy", data_dir=tmp_path)) as server:
+        seen: list[ServerCrashed] = []
+        server.on_crash.append(seen.append)
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        async with asyncio.timeout(5):
+            await server.crashed.wait()
+        with pytest.raises(ServerCrashed, match=r"crashy \(pid \d+\) exited with code"):
+            server.check()
+        assert len(seen) == 1
     assert_stopped([pid])
 
 
 async def test_stop_kills_a_server_that_ignores_sigterm(tmp_path: Path) -> None:
-    server = EmbeddedServer(ServerConfig(name="stuck", data_dir=tmp_path))
-    await server.start()
-    pid = server.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)  # a stopped process cannot act on SIGTERM
-    async with asyncio.timeout(10):
-        await server.stop(grace=0.3)
-    assert_stopped([pid])
-    assert not server.crashed.is_set()  # a requested stop is not a crash
+    async with EmbeddedServer(ServerConfig(name="stuck", data_dir=tmp_path)) as server:
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # a stopped process cannot act on SIGTERM
+        async with asyncio.timeout(10):
+            await server.stop(grace=0.3)
+        assert_stopped([pid])
+        assert not server.crashed.is_set()  # a requested stop is not a crash
 
 
 async def test_unreachable_bootstrap_is_a_clear_start_error(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from agoramesh.bus import Identity
+from agoramesh.bus.bus import Delivery
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig
 from agoramesh.errors import BackendUnavailable, NoResponders
@@ -84,6 +85,8 @@ async def nodes(nats_server: EmbeddedServer) -> AsyncIterator[list[AgentNode]]:
 async def test_presence_directory_and_eviction(nodes: list[Any]) -> None:
     make = nodes[0]
     alice, bob = await make("alice"), await make("bob")
+    left: dict[str, str] = {}
+    alice.directory.on_leave.append(lambda agent_id, reason: left.setdefault(agent_id, reason))
     await wait_until(lambda: bob.agent_id in alice.directory and alice.agent_id in bob.directory,
                      timeout=2 * 0.2 + 1)
     entry = alice.directory.get(bob.agent_id)
@@ -91,10 +94,12 @@ async def test_presence_directory_and_eviction(nodes: list[Any]) -> None:
     assert {c.name for c in entry.card.capabilities} == {"text.upper", "slow", "broken"}
     await bob.kill()  # no bye: alice must notice the silence
     await wait_until(lambda: bob.agent_id not in alice.directory, timeout=3 * 0.2 + 1)
+    assert left[bob.agent_id] == "silent"
     carol = await make("carol")
     await wait_until(lambda: carol.agent_id in alice.directory, timeout=2)
     await carol.stop()  # bye removes at once
     await wait_until(lambda: carol.agent_id not in alice.directory, timeout=0.5)
+    assert left[carol.agent_id] == "bye"  # not a silent eviction that happened to be quick
 
 
 async def test_find_agents_by_capability_with_wildcards(nodes: list[Any]) -> None:
@@ -107,6 +112,24 @@ async def test_find_agents_by_capability_with_wildcards(nodes: list[Any]) -> Non
     assert [c.name for c in await alice.find_agents_by_capability("code.>", timeout=0.5)] == [
         "carol"]
     assert await alice.find_agents_by_capability("nothing.here", timeout=0.2) == []
+
+
+async def test_a_peer_body_that_is_not_an_object_is_ignored(
+        nodes: list[Any], bus_factory: BusFactory, nats_server: EmbeddedServer) -> None:
+    alice = await nodes[0]("alice", interval=1.0)  # card requests wait 2 intervals
+    rogue = await bus_factory(nats_server.client_url)
+
+    async def answer_junk(delivery: Delivery) -> None:
+        await delivery.respond("discovery" if delivery.type == "discovery" else "card",
+                               ["not", "a", "card"])
+
+    await rogue.subscribe(rogue.subjects.discover, answer_junk)
+    await rogue.subscribe(rogue.subjects.agent(rogue.identity.agent_id), answer_junk)
+    assert alice._learn(["not", "a", "card"], rogue.identity.agent_id) is None
+    # Nobody known offers it, so discovery waits out its window and hears the rogue.
+    assert await alice.find_agents_by_capability("nothing.here", timeout=0.3) == []
+    await alice._fetch_card(rogue.identity.agent_id)  # a card reply that is a list: no error
+    assert rogue.identity.agent_id not in alice.directory
 
 
 async def test_plain_json_task_and_services_protocol(nodes: list[Any],

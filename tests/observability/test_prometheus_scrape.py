@@ -28,14 +28,14 @@ async def test_prometheus_scrapes_the_mesh_and_sees_the_auction(
     for server in mesh.servers:
         endpoints[0].collector.add_server(server)
     endpoints[1].collector.add_agent(worker)
-    for endpoint in endpoints:
-        await endpoint.start()
     try:
+        for endpoint in endpoints:
+            await endpoint.start()
         targets = [endpoint.url.removeprefix("http://") for endpoint in endpoints]
         async with PrometheusServer(tmp_path / "prometheus", {"agoramesh": targets},
                                     interval=0.5) as prometheus:
             pid = prometheus.pid
-            await wait_until_async(lambda: _all_up(prometheus, len(targets)), timeout=20)
+            await wait_until(lambda: _all_up(prometheus, len(targets)), timeout=20, interval=0.2)
 
             await wait_until(lambda: worker.agent_id in boss.directory.capable("echo"),
                              timeout=5)
@@ -45,7 +45,8 @@ async def test_prometheus_scrapes_the_mesh_and_sees_the_auction(
             auctions = 'sum(agoramesh_auctions_total{agent="boss",outcome="awarded"})'
             tasks = 'sum(agoramesh_tasks_total{agent="worker",outcome="completed"})'
             for query in (auctions, tasks):  # each target's next scrape brings its counter
-                await wait_until_async(lambda q=query: _positive(prometheus, q), timeout=20)
+                await wait_until(lambda q=query: _positive(prometheus, q), timeout=20,
+                                 interval=0.2)
                 assert await prometheus.value(query) == 1
             assert await prometheus.value("sum(agoramesh_server_up)") == 3
             assert await prometheus.value(
@@ -65,12 +66,3 @@ async def _all_up(prometheus: PrometheusServer, count: int) -> bool:
 async def _positive(prometheus: PrometheusServer, query: str) -> bool:
     found = await prometheus.value(query)
     return found is not None and found > 0
-
-
-async def wait_until_async(condition: object, *, timeout: float) -> None:
-    """Poll an async ``condition`` every 0.2 s; TimeoutError after ``timeout``."""
-    import asyncio
-
-    async with asyncio.timeout(timeout):
-        while not await condition():  # type: ignore[operator]  # noqa: ASYNC110 - polling an API
-            await asyncio.sleep(0.2)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
+from agoramesh.bus import Identity
 from agoramesh.bus.bus import Delivery
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.nodes.task import TaskStatus
@@ -62,8 +62,10 @@ async def test_a_trajectory_records_what_each_side_saw_decided_and_sent(
     boss_path, worker_path = tmp_path / "boss.jsonl", tmp_path / "worker.jsonl"
     boss = await agent_factory(url, "boss", ["math.evaluate"],
                                trajectory=Trajectory(boss_path, agent="boss"))
-    worker = await agent_factory(url, "worker", ["echo"],
+    worker_id = Identity.generate()
+    worker = await agent_factory(url, "worker", ["echo"], identity=worker_id,
                                  trajectory=Trajectory(worker_path, agent="worker",
+                                                       agent_id=worker_id.agent_id,
                                                        max_body_bytes=900))
     await wait_until(lambda: worker.agent_id in boss.directory.capable("echo"), timeout=5)
     result = await boss.dispatcher.submit("echo", {"text": "trace me"}, timeout=5)
@@ -105,4 +107,6 @@ async def test_a_trajectory_records_what_each_side_saw_decided_and_sent(
     assert worker.trajectory is not None
     worker.trajectory.record("saw", {"type": "late"})
     assert len(worker_path.read_text().splitlines()) == len(lines)
-    await asyncio.sleep(0)
+    assert worker_events[0] == {"ts": worker_events[0]["ts"], "agent": "worker",
+                                "event": "start", "agent_id": worker.agent_id}
+    assert boss_events[0]["event"] == "start" and "agent_id" not in boss_events[0]

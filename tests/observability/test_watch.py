@@ -283,7 +283,7 @@ def test_a_short_screen_keeps_agents_over_old_events_and_sums_up_the_rest() -> N
     assert hidden == "… and 18 more agents"
     start = next(i for i, line in enumerate(lines) if line.startswith("RECENT"))
     assert len([line for line in lines[start + 1:] if line]) == 3
-    tall = render(view, 120, natural_height(view, T0 + 1), T0 + 1)
+    tall = render(view, 120, natural_height(view), T0 + 1)
     assert "… and" not in tall
     assert all(f"agent-{index:02}-with" in tall for index in range(30))
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import BackendUnavailable, BusTimeout, InvalidInput, NoBidders, NoResponders
@@ -44,16 +42,6 @@ class _Broken(OfflineBackend):
             yield item
 
 
-class _Sloth(OfflineBackend):
-    """Takes two seconds over every task."""
-
-    async def execute(self, task: Task, context: dict[str, Any] | None = None
-                      ) -> AsyncIterator[StreamItem]:
-        await asyncio.sleep(2)
-        async for item in super().execute(task, context):
-            yield item
-
-
 @dataclass
 class Mesh:
     url: str
@@ -67,15 +55,10 @@ class Mesh:
         return node
 
 
-@pytest_asyncio.fixture
-async def mesh(nats_server: EmbeddedServer, agent_factory: Any) -> Mesh:
-    """``analyst`` drives; ``pro`` and ``con`` debate and vote."""
-    url = nats_server.client_url
-    driver = await agent_factory(url, "analyst", ANALYST)
-    world = Mesh(url, driver, driver.dispatcher, agent_factory)
-    await world.add("pro", DEBATERS)
-    await world.add("con", DEBATERS)
-    return world
+@pytest.fixture
+def mesh(nats_server: EmbeddedServer, agent_factory: Any, driver: AgentNode) -> Mesh:
+    """``analyst`` drives; ``pro`` and ``con`` debate and vote (conftest.py)."""
+    return Mesh(nats_server.client_url, driver, driver.dispatcher, agent_factory)
 
 
 async def test_debate_rounds_then_consensus(mesh: Mesh) -> None:
@@ -273,8 +256,8 @@ async def test_unknown_agents_and_missing_capabilities(mesh: Mesh) -> None:
                                          "parameters": {"code": "print(1)"}}])
 
 
-async def test_slow_agents_are_bounded(mesh: Mesh) -> None:
-    await mesh.add("sloth", DEBATERS, backend=_Sloth(), stop_grace=0.1)
+async def test_slow_agents_are_bounded(mesh: Mesh, sloth_backend: OfflineBackend) -> None:
+    await mesh.add("sloth", DEBATERS, backend=sloth_backend, stop_grace=0.1)
     # Each task waits at most task_timeout: the slow debater misses its turn and its vote.
     patient = Collaboration(mesh.dispatcher, timeout=5, task_timeout=0.2)
     result = await patient.debate("x", ["pro", "sloth"], rounds=1)

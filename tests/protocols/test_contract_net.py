@@ -64,7 +64,8 @@ class Fixed(BidPolicy):
         self.decline = decline
 
     def quote(self, node: AgentNode, task: Task, capability: Capability,
-              terms: dict[str, Any], reserved: float) -> Bid | str:
+              terms: dict[str, Any], reserved: float, *,
+              request_size: int | None = None) -> Bid | str:
         return Bid(agent_id=node.agent_id, **self.terms)
 
     def accept(self, node: AgentNode, task: Task, terms: dict[str, Any]) -> str | None:
@@ -141,7 +142,7 @@ async def test_a_declining_winner_falls_to_the_next_bidder(
     declined = [e for e in events if e.event == "declined"]
     assert [e.detail["agent"] for e in declined] == [nodes["best"].agent_id]
     assert declined[0].detail["reason"] == "I am busy after all"
-    assert nodes["best"].bidder.declines == 1
+    assert nodes["best"].metrics.awards == Counter({("work.do", "decline"): 1})
     assert nodes["best"].backend.started == []  # type: ignore[attr-defined]
 
 
@@ -183,7 +184,8 @@ class SlowBidder(Bidder):
 
 class Refuses(BidPolicy):
     def quote(self, node: AgentNode, task: Task, capability: Capability,
-              terms: dict[str, Any], reserved: float) -> Bid | str:
+              terms: dict[str, Any], reserved: float, *,
+              request_size: int | None = None) -> Bid | str:
         return "not today"
 
 
@@ -302,9 +304,13 @@ async def test_a_killed_winner_is_detected_and_the_task_reauctioned(
     events: list[Progress] = []
     run = asyncio.ensure_future(nodes["client"].dispatcher.submit(
         "work.do", {"seconds": 0.5}, progress=events.append, timeout=10))
-    await wait_until(lambda: bool(first.backend.started))  # type: ignore[attr-defined]
-    await first.kill()
-    result = await run
+    try:
+        await wait_until(lambda: bool(first.backend.started))  # type: ignore[attr-defined]
+        await first.kill()
+        result = await run
+    finally:  # a failing wait must not leave the submission running
+        run.cancel()
+        await asyncio.wait([run])
     assert result.result["by"] == "backup"
     # In-process kill cancels the running task, whose TaskCancelled result sends the task
     # to a new auction; a SIGKILLed process sends nothing and is caught by its lease
@@ -357,9 +363,9 @@ async def test_plain_json_on_agora_task_gets_the_negotiated_result(
         assert nobody["error"]["type"] == "NoBidders"
     finally:
         await raw.close()
-    # The malformed request never reached a desk; the other two were each taken once.
-    assert sum(node.task_desk.taken for node in nodes.values()) == 2
-    assert sum(node.task_desk.failed for node in nodes.values()) == 1
+    # The malformed request never reached a desk; the other two were each auctioned once.
+    auctions = Counter(key for node in nodes.values() for key in node.metrics.auctions.elements())
+    assert auctions == Counter({("work.do", "awarded"): 1, ("no.such", "no_bidders"): 1})
 
 
 async def test_signed_streaming_request_on_agora_task_shows_progress(
@@ -443,7 +449,8 @@ async def test_agents_sharing_a_directory_share_one_cfp_subscription(
 
 class Broken(BidPolicy):
     def quote(self, node: AgentNode, task: Task, capability: Capability,
-              terms: dict[str, Any], reserved: float) -> Bid | str:
+              terms: dict[str, Any], reserved: float, *,
+              request_size: int | None = None) -> Bid | str:
         raise RuntimeError("a bug in a custom policy")
 
 

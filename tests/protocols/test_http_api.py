@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +13,6 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import NotConnected
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.node import AgentNode
-from agoramesh.nodes.task import StreamItem, Task
 from agoramesh.protocols.http_api import HttpApi, status_for
 from agoramesh.testing import wait_until
 
@@ -22,27 +20,6 @@ pytestmark = pytest.mark.integration
 
 TEXTS = ["Solar panels turn sunlight into power. Storage keeps power for the night.",
          "Wind turbines turn wind into power. Offshore wind is strong and steady."]
-
-
-class _Sloth(OfflineBackend):
-    """Takes two seconds over every task."""
-
-    async def execute(self, task: Task, context: dict[str, Any] | None = None
-                      ) -> AsyncIterator[StreamItem]:
-        await asyncio.sleep(2)
-        async for item in super().execute(task, context):
-            yield item
-
-
-@pytest_asyncio.fixture
-async def driver(nats_server: EmbeddedServer, agent_factory: Any) -> AgentNode:
-    url = nats_server.client_url
-    node: AgentNode = await agent_factory(url, "analyst", ["text.summarize", "echo",
-                                                           "math.evaluate"])
-    for name in ("pro", "con"):
-        await agent_factory(url, name, ["text.debate", "vote"])
-    await wait_until(lambda: len(node.directory) == 2, timeout=5)
-    return node
 
 
 @pytest_asyncio.fixture
@@ -221,9 +198,9 @@ async def test_oversized_bodies_are_413(api: HttpApi, http: aiohttp.ClientSessio
 
 async def test_no_agents_is_503_and_a_deadline_is_504(
         driver: AgentNode, nats_server: EmbeddedServer, agent_factory: Any,
-        http: aiohttp.ClientSession) -> None:
+        http: aiohttp.ClientSession, sloth_backend: OfflineBackend) -> None:
     sloth = await agent_factory(nats_server.client_url, "sloth", ["text.debate"],
-                                backend=_Sloth(), stop_grace=0.1)
+                                backend=sloth_backend, stop_grace=0.1)
     await wait_until(lambda: sloth.agent_id in driver.directory, timeout=5)
     async with HttpApi(driver.dispatcher, timeout=0.3) as api:
         url, health = f"{api.url}/api/collaborate", f"{api.url}/api/health"
@@ -244,3 +221,15 @@ def test_status_mapping() -> None:
     assert [status_for(error) for error in (SubjectError("x"), AuctionFailed("x"),
                                             BusTimeout("x"), BackendError("x"),
                                             KeyError("x"))] == [400, 503, 504, 502, 500]
+
+
+async def test_a_port_in_use_is_a_one_line_config_error(api: HttpApi, driver: AgentNode) -> None:
+    from agoramesh.errors import ConfigError
+
+    assert api.port is not None
+    with pytest.raises(ConfigError) as info:
+        await HttpApi(driver.dispatcher, port=api.port).start()
+    assert str(info.value) == (f"cannot serve the HTTP API on 127.0.0.1:{api.port}: "
+                               f"address already in use")
+    with pytest.raises(ConfigError, match="0-65535"):
+        HttpApi(driver.dispatcher, port=70000)

@@ -21,6 +21,7 @@ import pytest
 from agoramesh.errors import InvalidInput
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
+from agoramesh.protocols.scoring import suitability_scorer
 from agoramesh.protocols.strategies import (
     AgentProfile,
     NegotiationStrategy,
@@ -31,7 +32,6 @@ from agoramesh.protocols.strategies import (
     negotiate_task_allocation,
     normalize_tasks,
     resolve_conflict,
-    suitability_scorer,
 )
 
 A = AgentProfile(agent_id="agent-a", name="alpha", capabilities=("code", "review"), priority=1,

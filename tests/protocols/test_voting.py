@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +22,6 @@ from agoramesh.protocols.voting import (
     ALLOCATION,
     Tally,
     allocation_ballot,
-    ballot_handler,
     check_ballot,
     collect_votes,
     default_chooser,
@@ -147,14 +145,8 @@ def test_other_ballots_use_the_offline_vote_skill() -> None:
 
 
 async def _voters(url: str, agent_factory: AgentFactory, count: int) -> list[AgentNode]:
-    nodes = [await agent_factory(url, f"voter{n}", ["vote"]) for n in range(count)]
-    for node in nodes:
-        node.direct_handlers["ballot"] = ballot_handler(default_chooser(_live_profile(node)))
-    return nodes
-
-
-def _live_profile(node: AgentNode) -> Callable[[], AgentProfile]:
-    return lambda: AgentProfile.from_card(node.card, node.status)
+    """Agents answering ballots with the handler every AgentNode installs."""
+    return [await agent_factory(url, f"voter{n}", ["vote"]) for n in range(count)]
 
 
 async def _forge(delivery: Delivery) -> None:
@@ -177,9 +169,7 @@ async def test_collect_votes_counts_silence_and_forgery(
     ballot = allocation_ballot({"task_id": "t1", "capability": "code"},
                                [SLOW.as_bid(), FAST.as_bid()])
     voters = [node.agent_id for node in (*honest, forger)] + [ghost, silent, ghost]
-    started = time.monotonic()
     result = await collect_votes(initiator, voters, ballot, timeout=0.5)
-    assert time.monotonic() - started < 1.5
     assert isinstance(result, Tally)
     assert (result.winner, result.counts) == ("fast", {"fast": 2})
     assert (result.cast, result.invalid, result.abstentions) == (2, 1, 2)

@@ -263,17 +263,10 @@ class Probe(Backend):
         yield Completion(output=messages[-1]["content"])  # pragma: no cover - never chatted
 
 
-def _dispatcher(node: AgentNode) -> Dispatcher:
-    existing = getattr(node, "dispatcher", None)
-    if isinstance(existing, Dispatcher):
-        return existing
-    return Dispatcher(node.bus, node.directory, own_card=lambda: node.card)
-
-
 async def _acquainted(driver: AgentNode, *others: AgentNode) -> Dispatcher:
     await wait_until(lambda: all(other.agent_id in driver.directory for other in others),
                      timeout=3)
-    return _dispatcher(driver)
+    return driver.dispatcher
 
 
 def _tasks_done(*nodes: AgentNode) -> int:

@@ -25,7 +25,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from agoramesh.bus.envelope import BROADCAST, Envelope, Guard, seal
+from agoramesh.bus.envelope import BROADCAST, Envelope, Guard, looks_like_envelope, seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import (
     IngressPolicy,
@@ -56,7 +56,6 @@ log = logging.getLogger("agoramesh.bus")
 
 #: Envelope type of an error reply; its body is ``{"type", "message"}``.
 ERROR_TYPE = "error"
-_MSGPACK_MAP_STARTS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 
 
 @dataclass(slots=True)
@@ -122,8 +121,14 @@ class Subscription:
         self.handler = handler
         self.ingress = ingress
         self.verify = verify
+        # Concurrency 1 runs handlers inline in nats-py's callback task, in
+        # arrival order and without a task per message (under bursts, a task per
+        # message queues every handler behind the whole loop). unsubscribe()
+        # cancels that task, so stop() first lets the running handler finish.
         self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inline: asyncio.Future[None] | None = None  # the inline handler running now
+        self._stopping = False
         self._nats: NatsSubscription | None = None
 
     async def _on_message(self, msg: Msg) -> None:
@@ -131,7 +136,14 @@ class Subscription:
         if delivery is None:
             return
         if self._slots is None:
-            await self._run(delivery)
+            if self._stopping:
+                return  # arrived while stop() waits for the running handler
+            running = self._inline = asyncio.get_running_loop().create_future()
+            try:
+                await self._run(delivery)
+            finally:
+                running.set_result(None)
+                self._inline = None
             return
         await self._slots.acquire()
         task = asyncio.create_task(self._run(delivery))
@@ -156,13 +168,16 @@ class Subscription:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Unsubscribe, then wait up to ``timeout`` for running handlers, cancelling the rest."""
+        wait = self.bus.config.drain_timeout if timeout is None else timeout
+        self._stopping = True
+        if self._inline is not None:  # unsubscribing would cancel it: let it finish first
+            await asyncio.wait({self._inline}, timeout=wait)
         if self._nats is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._nats.unsubscribe()
             self._nats = None
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks),
-                                            timeout=timeout or self.bus.config.drain_timeout)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=wait)
             for task in pending:
                 task.cancel()
             if pending:
@@ -184,6 +199,7 @@ class Bus:
         #: A node's trajectory recorder (observability/trajectory.py) sets it.
         self.trace: Callable[[str, dict[str, Any]], None] | None = None
         self._nc: NatsClient | None = None
+        self._closing = False
         self._subscriptions: set[Subscription] = set()
 
     @property
@@ -252,13 +268,22 @@ class Bus:
                  self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?")
 
     async def close(self, timeout: float | None = None) -> None:
-        """Stop subscriptions (running handlers get ``timeout``), flush, close. Idempotent."""
-        nc, self._nc = self._nc, None
-        if nc is None:
+        """Stop subscriptions (running handlers get ``timeout``), flush, close. Idempotent.
+
+        Running handlers can still publish (and reply) until their subscription
+        has stopped; after that the bus raises NotConnected.
+        """
+        nc = self._nc
+        if nc is None or self._closing:
             return
+        self._closing = True
         budget = self.config.drain_timeout if timeout is None else timeout
-        for subscription in list(self._subscriptions):
-            await subscription.stop(budget)
+        try:
+            await asyncio.gather(*(subscription.stop(budget)
+                                   for subscription in list(self._subscriptions)))
+        finally:
+            self._nc = None
+            self._closing = False
         with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
             if nc.is_connected:
                 await nc.flush(timeout=max(1, round(budget)))
@@ -315,8 +340,20 @@ class Bus:
             validate_subject(subject)
             raise exc
 
-    def _ttl_for(self, timeout: float) -> int:
+    def ttl_for(self, timeout: float) -> int:
+        """An envelope ttl (ms) that outlives a wait of ``timeout`` seconds, within policy."""
         return min(max(1, int(timeout * 1000)), self.config.envelope.max_ttl_ms)
+
+    async def _request(self, subject: str, payload: bytes, wait: float) -> Msg:
+        """One NATS request, its failures mapped to ours."""
+        try:
+            return await self.nats.request(subject, payload, timeout=wait)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(f"no agent is listening on {subject}") from None
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"no reply on {subject} within {wait:g}s") from None
+        except nats.errors.ConnectionClosedError as exc:
+            raise NotConnected(f"cannot request on {subject}: connection closed") from exc
 
     async def request(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
                       cid: str | None = None, timeout: float | None = None) -> Envelope:
@@ -325,15 +362,8 @@ class Bus:
         An ``error`` reply is raised as the error it carries (see errors.py).
         """
         wait = timeout or self.config.request_timeout
-        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=self._ttl_for(wait))
-        try:
-            msg = await self.nats.request(subject, wire, timeout=wait)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(f"no agent is listening on {subject}") from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(f"no reply on {subject} within {wait:g}s") from None
-        except nats.errors.ConnectionClosedError as exc:
-            raise NotConnected(f"cannot request on {subject}: connection closed") from exc
+        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=self.ttl_for(wait))
+        msg = await self._request(subject, wire, wait)
         reply = self.guard.admit(msg.data, msg.subject)
         self.saw(reply)
         if reply.type == ERROR_TYPE:
@@ -344,12 +374,7 @@ class Bus:
                            timeout: float | None = None) -> Any:
         """A plain-JSON request, as the ``nats`` CLI sends it; returns the decoded JSON reply."""
         wait = timeout or self.config.request_timeout
-        try:
-            msg = await self.nats.request(subject, encode_json(body), timeout=wait)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(f"no agent is listening on {subject}") from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(f"no reply on {subject} within {wait:g}s") from None
+        msg = await self._request(subject, encode_json(body), wait)
         return decode_json(msg.data, max_bytes=self.config.envelope.max_bytes)
 
     async def gather(self, subject: str, type: str, body: Any, *, timeout: float,
@@ -381,7 +406,7 @@ class Bus:
         sub = await nc.subscribe(inbox, cb=collect)
         try:
             await self.publish(subject, type, body, to=to, cid=cid,
-                               ttl_ms=self._ttl_for(timeout), reply=inbox)
+                               ttl_ms=self.ttl_for(timeout), reply=inbox)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await enough.wait()
@@ -422,7 +447,7 @@ class Bus:
                      verify: bool = True) -> Delivery | None:
         """The delivery for ``msg``, or None after counting (and answering) a rejection."""
         data = msg.data
-        if data[:1] and data[0] in _MSGPACK_MAP_STARTS:
+        if looks_like_envelope(data):
             try:
                 envelope = self.guard.admit(data, msg.subject, verify=verify)
             except EnvelopeError as error:

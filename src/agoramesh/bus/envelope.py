@@ -54,6 +54,7 @@ __all__ = (
     "VERSION",
     "Envelope",
     "Guard",
+    "looks_like_envelope",
     "new_id",
     "now_ms",
     "parse",
@@ -208,6 +209,11 @@ def _wrong_type(values: tuple[Any, ...]) -> SchemaError:
     return SchemaError("field types are wrong")  # pragma: no cover - caller checked
 
 
+def looks_like_envelope(data: bytes) -> bool:
+    """True if ``data`` starts as a msgpack map, as every envelope does (cheap pre-check)."""
+    return bool(data) and data[0] in _MAP_HEADERS
+
+
 def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
     """Decode and type-check an envelope; no signature, clock or replay checks."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -218,7 +224,7 @@ def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
     if size <= SIGNATURE_SIZE + 1:
         raise MalformedEnvelope(f"envelope of {size} bytes is too short to be signed")
     wire = data if type(data) is bytes else bytes(data)
-    if wire[0] not in _MAP_HEADERS:
+    if not looks_like_envelope(wire):
         raise MalformedEnvelope("envelope does not start with a msgpack map")
     try:
         fields = msgpack.unpackb(

@@ -223,14 +223,12 @@ class EmbeddedServer:
         monitor_host, monitor_port = parse_hostport(ports["monitoring"][0])
         self.monitor = MonitorClient(monitor_host, monitor_port)
         varz = await self.monitor.varz()
-        self._ports = {"client": varz["port"], "monitor": monitor_port}
+        self._ports = {"client": varz["port"]}
         if self.config.role is Role.SEED:
             self._ports["cluster"] = varz["cluster"]["cluster_port"]
             self._ports["leaf"] = varz["leaf"]["port"]
         self._waiting_for = "/healthz"
-        while not await self.monitor.healthy():
-            self.check()
-            await asyncio.sleep(_POLL)
+        await self._wait_for(self.monitor.healthy, bool, None)  # bounded by start's timeout
         if self.config.role is Role.LEAF:
             await self.wait_hub()
         elif self.config.bootstrap:
@@ -243,11 +241,18 @@ class EmbeddedServer:
             self._monitor().route_peers, lambda names: len(names) >= peers, timeout)
         return peers_up
 
-    async def wait_hub(self, *, timeout: float | None = None) -> str:
-        """Wait until the leafnode link to a hub is up; returns the hub's name."""
-        self._waiting_for = "a leafnode link to a hub"
-        hubs: list[str] = await self._wait_for(self._monitor().leaf_hubs, bool, timeout)
-        return hubs[0]
+    async def wait_hub(self, *, exclude: str | None = None,
+                       timeout: float | None = None) -> str:
+        """Wait until the leafnode link to a hub (other than ``exclude``) is up; its name."""
+        self._waiting_for = ("a leafnode link to a hub" if exclude is None
+                             else f"a leafnode link to a hub other than {exclude}")
+
+        def others(hubs: list[str]) -> list[str]:
+            return [hub for hub in hubs if hub != exclude]
+
+        hubs: list[str] = await self._wait_for(self._monitor().leaf_hubs,
+                                               lambda hubs: bool(others(hubs)), timeout)
+        return others(hubs)[0]
 
     async def _wait_for(self, probe: Callable[[], Any], done: Callable[[Any], bool],
                         timeout: float | None) -> Any:

@@ -11,13 +11,21 @@ from agoramesh.config import BusConfig, Environment
 from agoramesh.errors import AgoraError
 from agoramesh.nodes.card import AgentCard, AgentStatus
 
-__all__ = ("add_client_options", "register")
+__all__ = ("add_client_options", "client_config", "register")
+
+DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", help="NATS URL (default $AGORAMESH_SERVER or "
-                                         "nats://127.0.0.1:4222)")
+    parser.add_argument("--server", help=f"NATS URL (default $AGORAMESH_SERVER or "
+                                         f"{DEFAULT_SERVER})")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def client_config(args: argparse.Namespace, env: Environment, name: str) -> BusConfig:
+    """The Bus configuration of a client command given :func:`add_client_options`."""
+    url = args.server or env.server_url or DEFAULT_SERVER
+    return BusConfig(servers=(url,), name=name, prefix=env.prefix)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,9 +38,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 async def _agents(args: argparse.Namespace, env: Environment) -> int:
-    url = args.server or env.server_url or "nats://127.0.0.1:4222"
-    async with Bus(Identity.generate(), BusConfig(servers=(url,), name="agoramesh-agents",
-                                                  prefix=env.prefix)) as bus:
+    config = client_config(args, env, "agoramesh-agents")
+    async with Bus(Identity.generate(), config) as bus:
         query = {"capability": args.capability} if args.capability else {}
         replies = await bus.gather(bus.subjects.discover, "discovery", query,
                                    timeout=args.timeout)
@@ -50,7 +57,7 @@ async def _agents(args: argparse.Namespace, env: Environment) -> int:
         emit_json([{**card.as_dict(), "status": status.as_dict()} for card, status in rows])
         return 0
     if not rows:
-        emit(f"no agents answered within {args.timeout:g}s on {url}")
+        emit(f"no agents answered within {args.timeout:g}s on {config.servers[0]}")
         return 0
     emit(f"{'NAME':<16} {'TYPE':<12} {'ID':<14} {'LOAD':>5} {'LATENCY':>9} {'OK%':>5}  "
          f"CAPABILITIES")

@@ -27,9 +27,8 @@ import json
 import sys
 from typing import Any
 
-from agoramesh.cli.agents import add_client_options
-from agoramesh.cli.output import emit, emit_json, json_object
-from agoramesh.cli.submit import client_config
+from agoramesh.cli.agents import add_client_options, client_config
+from agoramesh.cli.output import clip, emit, emit_json, json_object
 from agoramesh.config import Environment
 from agoramesh.errors import NoResponders
 from agoramesh.protocols.collaboration import Collaboration
@@ -90,16 +89,9 @@ def build_request(args: argparse.Namespace) -> CollaborationRequest:
                                            "requirements": requirements})
 
 
-def _short(value: Any, width: int = _WIDTH) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
-                                                           default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
 def _error(error: Any) -> str:
     error = error if isinstance(error, dict) else {}
-    return _short(f"{error.get('type', 'Error')}: {error.get('message', '')}")
+    return clip(f"{error.get('type', 'Error')}: {error.get('message', '')}", _WIDTH)
 
 
 def describe_event(event: dict[str, Any]) -> str | None:
@@ -109,20 +101,20 @@ def describe_event(event: dict[str, Any]) -> str | None:
     if kind == "started":
         if mode == "debate":
             seats = ", ".join(f"{p['agent']} ({p['position']})" for p in event["participants"])
-            return f"debate on {_short(event['topic'], 80)!r}, {event['rounds']} round(s): " \
+            return f"debate on {clip(event['topic'], 80)!r}, {event['rounds']} round(s): " \
                    f"{seats}"
         if mode == "voting":
-            return f"voting: {len(event['voters'])} voter(s) on {_short(event['question'], 80)!r}"
+            return f"voting: {len(event['voters'])} voter(s) on {clip(event['question'], 80)!r}"
         details = {key: value for key, value in event.items() if key not in ("event", "mode")}
-        return f"{str(mode).replace('_', '-')}: {_short(details)}"
+        return f"{str(mode).replace('_', '-')}: {clip(details, _WIDTH)}"
     if kind == "argument":
         return f"round {event['round']}  {who} ({event['position']}, " \
-               f"{event['confidence']:.2f}): {_short(event['argument'])}"
+               f"{event['confidence']:.2f}): {clip(event['argument'], _WIDTH)}"
     if kind == "failed":
         return f"round {event['round']}  {who} ({event['position']}) missed its turn: " \
                f"{_error(event.get('error'))}"
     if kind == "vote":
-        return f"vote  {who} -> {event['choice']}: {_short(event['reason'], 100)}"
+        return f"vote  {who} -> {event['choice']}: {clip(event['reason'], 100)}"
     if kind == "abstain":
         return f"vote  {who} abstains: {_error(event.get('error'))}"
     if kind == "step":
@@ -175,7 +167,7 @@ def _summary(result: dict[str, Any]) -> None:
     elif mode == "parallel":
         emit(f"{len(result['results'])} completed, {len(result['failed'])} failed")
         for record in result["results"]:
-            emit(f"  {record['agent']}: {_short(record['output'])}")
+            emit(f"  {record['agent']}: {clip(record['output'], _WIDTH)}")
     else:
         emit(f"output: {json.dumps(result['output'], indent=2, ensure_ascii=False)}")
 

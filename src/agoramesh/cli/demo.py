@@ -74,6 +74,7 @@ class Report:
         self.stream = stream
         self.data: dict[str, Any] = {}  # the --json summary
         self.steps: list[tuple[str, str, float]] = []  # (key, title, ms), finished steps
+        self.duplicates = 0  # results dropped by the auctions whose outcome a step shows
         self.started = time.perf_counter()
         self._number = 0
 
@@ -171,7 +172,6 @@ async def _messaging(report: Report, mesh: Mesh, env: Environment,
                                                      "result": delivery.body})
 
         await bob.subscribe(subject, echo, queue=subject)
-        await bob.nats.flush()
         started = time.perf_counter()
         reply = await _retry(lambda: alice.request(subject, "task_request",
                                                    {"task_type": "echo", "text": "hello"},
@@ -191,8 +191,13 @@ async def _messaging(report: Report, mesh: Mesh, env: Environment,
                 await delivery.respond("discovery", {"name": name})
 
             await peer.subscribe(discover, card)
-            await peer.nats.flush()
-        await asyncio.sleep(0.2)  # interest propagates across routes and leaf links
+        # Interest crosses routes and leaf links asynchronously: short gathers until every
+        # responder is reachable (5 s at most), then the one that is timed and shown.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while len(await alice.gather(discover, "discovery", {"query": "*"},
+                                             expected=RESPONDERS, timeout=0.5)) < RESPONDERS:
+                    pass
         started = time.perf_counter()
         answers = await alice.gather(discover, "discovery", {"query": "*"},
                                      expected=RESPONDERS, timeout=5.0)
@@ -238,23 +243,26 @@ async def _agents(report: Report, mesh: Mesh, env: Environment, alice: Bus,
             await recovery(report, driver, victim, names)
     finally:
         await asyncio.gather(*(agent.stop(grace=1.0) for agent in agents))
-    report.data["totals"] = _totals(agents, buses, killed=1 if victim.pid else 0)
+    report.data["totals"] = _totals(agents, buses, killed=1 if victim.pid else 0,
+                                    duplicates=report.duplicates)
 
 
-def _totals(agents: list[AgentNode], buses: list[Bus], *, killed: int) -> dict[str, Any]:
+def _totals(agents: list[AgentNode], buses: list[Bus], *, killed: int,
+            duplicates: int) -> dict[str, Any]:
     """What the in-process agents and clients did and refused."""
     rejections: Counter[str] = Counter()
     for bus in [*buses, *(agent.bus for agent in agents)]:
         rejections.update({str(reason): count for reason, count in bus.rejections.items()})
     statuses = [agent.status for agent in agents]
-    auctioneer = agents[0].auctioneer
+    counted = [agent.metrics.totals() for agent in agents]
     return {
         "agents": len(agents) + killed, "killed": killed,
         "tasks_completed": sum(status.tasks_completed for status in statuses),
         "tasks_failed": sum(status.tasks_failed for status in statuses),
-        "auctions": auctioneer.auctions, "duplicates": auctioneer.duplicates,
-        "bids": sum(agent.bidder.bids for agent in agents),
-        "refusals": sum(agent.bidder.refusals for agent in agents),
+        "auctions": sum(sum(totals["auctions"].values()) for totals in counted),
+        "duplicates": duplicates,
+        "bids": sum(totals["bids"]["bid"] for totals in counted),
+        "refusals": sum(totals["bids"]["refuse"] for totals in counted),
         "envelopes_sent": sum(sum(bus.sent.values()) for bus in
                               [*buses, *(agent.bus for agent in agents)]),
         "rejections": dict(rejections)}
@@ -268,10 +276,7 @@ async def _failover(report: Report, mesh: Mesh, alice: Bus, subject: str) -> Non
         hub = next(seed for seed in mesh.seeds if seed.config.name == hub_name)
         hub.kill()
         started = time.perf_counter()
-        new_hub = await leaf1.wait_hub(timeout=5)
-        while new_hub == hub_name:
-            await asyncio.sleep(0.05)
-            new_hub = await leaf1.wait_hub(timeout=5)
+        new_hub = await leaf1.wait_hub(exclude=hub_name, timeout=5)
         await _retry(lambda: alice.request(subject, "task_request", {"text": "again"},
                                            timeout=0.5), attempts=20)
         report.data["failover_ms"] = round((time.perf_counter() - started) * 1000, 1)

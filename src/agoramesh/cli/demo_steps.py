@@ -18,22 +18,18 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agoramesh.bus.bus import Bus
-from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import parent_death_signal
-from agoramesh.cli.up import DEMO_AGENTS
-from agoramesh.config import BusConfig, Environment
+from agoramesh.cli.output import clip
+from agoramesh.cli.up import demo_agents
+from agoramesh.config import Environment
 from agoramesh.errors import AgoraError, ServerError
-from agoramesh.nodes.backends.base import BackendConfig
-from agoramesh.nodes.backends.offline import OfflineBackend
-from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.directory import Directory, PeerEntry
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task
 from agoramesh.protocols.collaboration import Collaboration
 from agoramesh.protocols.contract_net import AuctionPolicy, Progress
@@ -81,11 +77,6 @@ _QUOTES = {"pro": (150, 0.002), "con": (90, 0.004)}
 _EXTRA_CAPABILITIES = {"analyst": ("vote",)}
 
 
-def _clip(text: object, width: int = 64) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= width else line[:width - 1] + "…"
-
-
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
@@ -111,46 +102,33 @@ async def _until_known(directory: Directory, ids: Iterable[str], timeout: float)
 
 async def join(report: Report, mesh: Mesh, env: Environment) -> list[AgentNode]:
     """Start the demo agents, one per server, sharing one directory; all or none."""
-    agents: list[AgentNode] = []
-    servers = mesh.servers
     started = time.perf_counter()
+    first: list[AgentNode] = []
 
     def joined(entry: PeerEntry) -> None:
         report.detail(f"{entry.card.name:<8} joined from {entry.card.metadata.get('server')}: "
-                      f"its hello reached {agents[0].config.name} after {_ms(started):.0f} ms")
+                      f"its hello reached {first[0].config.name} after {_ms(started):.0f} ms")
 
+    def on_started(agent: AgentNode) -> None:
+        if not first:
+            first.append(agent)
+            report.detail(f"{agent.config.name:<8} started on {agent.config.metadata['server']}; "
+                          f"it drives the work below (any agent could: there is no controller)")
+            agent.directory.on_join.append(joined)
+
+    agents = await demo_agents(mesh, env, heartbeat=0.5, extra_capabilities=_EXTRA_CAPABILITIES,
+                               quotes=_QUOTES, label_servers=True, auction_policy=DEMO_AUCTIONS,
+                               started=on_started)
+    driver = agents[0]
     try:
-        for index, (name, names) in enumerate(DEMO_AGENTS):
-            server = servers[index % len(servers)]
-            latency, price = _QUOTES.get(name, (0, 0.0))
-            capabilities = tuple(replace(cap, cost_per_token=price / 1000) for cap in
-                                 capabilities_for("offline", [*names,
-                                                              *_EXTRA_CAPABILITIES.get(name, ())]))
-            agent = AgentNode(
-                Identity.generate(),
-                NodeConfig(name=name, type="offline", capabilities=capabilities,
-                           heartbeat_interval=0.5,
-                           metadata={"server": server.config.name, "latency_ms": str(latency)}),
-                OfflineBackend(BackendConfig(input_price_per_1k=price, output_price_per_1k=price)),
-                BusConfig(servers=(server.client_url,), name=name, prefix=env.prefix),
-                directory=agents[0].directory if agents else None,  # one view per process
-                auction_policy=DEMO_AUCTIONS)
-            await agent.start()
-            agents.append(agent)
-            if index == 0:
-                report.detail(f"{name:<8} started on {server.config.name}; it drives the work "
-                              f"below (any agent could: there is no controller)")
-                agents[0].directory.on_join.append(joined)
-        driver = agents[0]
-        try:
-            await _until_known(driver.directory, [agent.agent_id for agent in agents[1:]], 10)
-        finally:
-            driver.directory.on_join.remove(joined)
+        await _until_known(driver.directory, [agent.agent_id for agent in agents[1:]], 10)
     except BaseException:
         await asyncio.gather(*(agent.stop(grace=1.0) for agent in agents))
         raise
+    finally:
+        driver.directory.on_join.remove(joined)
     report.data["agents_ms"] = round(_ms(started), 1)
-    report.detail(f"{len(agents)} agents on {len(servers)} servers, all known to "
+    report.detail(f"{len(agents)} agents on {len(mesh.servers)} servers, all known to "
                   f"{driver.config.name} in {report.data['agents_ms']:.0f} ms")
     return agents
 
@@ -168,7 +146,7 @@ async def discovery(report: Report, client: Bus, expected: int) -> None:
     report.detail(f"{'name':<8} {'type':<8} {'server':<6} {'endpoint':<27} capabilities")
     for row in rows:
         report.detail(f"{row['name']:<8} {row['type']:<8} {row['server']:<6} "
-                      f"{_clip(row['endpoint'], 27):<27} {', '.join(row['capabilities'])}")
+                      f"{clip(row['endpoint'], 27):<27} {', '.join(row['capabilities'])}")
     report.data["discovery"] = {"answered": answered, "ms": round(elapsed, 2), "agents": rows}
     closed = "closed early" if answered >= expected else "closed at the deadline"
     report.detail(f"{answered}/{expected} agents answered alice's scatter-gather in "
@@ -194,6 +172,7 @@ async def auction(report: Report, driver: AgentNode, names: dict[str, str]) -> N
         Task(task_type=capability, parameters={"topic": "open source", "position": "for"},
              deadline=time.time() + 10), timeout=10, progress=progress)
     elapsed = _ms(started)
+    report.duplicates += outcome.duplicates
     bidders = []
     report.detail(f"{'bidder':<8} {'cost USD':>9} {'time ms':>8} {'load':>5} {'success':>7} "
                   f"{'score':>6}")
@@ -213,7 +192,7 @@ async def auction(report: Report, driver: AgentNode, names: dict[str, str]) -> N
                               "ms": round(elapsed, 1), "bidders": bidders}
     argument = (result.result or {}).get("argument", "") if isinstance(result.result, dict) else ""
     report.detail(f"awarded to {winner} (score = .30 load + .25 time + .20 cost + .25 success): "
-                  f"{result.status.value} in {elapsed:.1f} ms, {_clip(argument, 48)!r}")
+                  f"{result.status.value} in {elapsed:.1f} ms, {clip(argument, 48)!r}")
 
 
 async def workflow(report: Report, driver: AgentNode) -> None:
@@ -243,7 +222,7 @@ async def debate(report: Report, driver: AgentNode) -> None:
     def on_event(event: dict[str, Any]) -> None:
         if event["event"] == "argument":
             report.detail(f"round {event['round']} {event['agent']:<4} ({event['position']:>7}): "
-                          f"{_clip(event['argument'])}")
+                          f"{clip(event['argument'], 64)}")
         elif event["event"] == "vote":
             report.detail(f"{event['agent']} votes {event['choice']}")
 
@@ -409,6 +388,7 @@ async def recovery(report: Report, driver: AgentNode, victim: AgentProcess,
     finally:
         driver.directory.on_leave.remove(left)
     outcome = running.result()
+    report.duplicates += outcome.duplicates
     result = outcome.result
     output = result.result if isinstance(result.result, dict) else {}
     completed_by = names.get(outcome.winner, outcome.winner[:8])

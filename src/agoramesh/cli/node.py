@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from pathlib import Path
 
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import emit, emit_json
+from agoramesh.cli.runtime import on_signals, serve_endpoints
 from agoramesh.config import BusConfig, Environment, Role, ServerConfig
-from agoramesh.errors import ConfigError, ServerCrashed
+from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
 from agoramesh.nodes.catalog import capabilities_for
@@ -88,54 +88,34 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
     if not args.connect:
         server = EmbeddedServer(_server_config(args, env, env.home / "nodes" / args.name))
     stop = asyncio.Event()
-    crashed: list[ServerCrashed] = []
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        if server is not None:
-            def on_crash(error: ServerCrashed) -> None:
-                crashed.append(error)
-                stop.set()
-
-            server.on_crash.append(on_crash)
-            await server.start()
-        url = args.connect or (server.client_url if server else "")
-        trajectory = (Trajectory(args.trajectory, agent=args.name, agent_id=identity.agent_id)
-                      if args.trajectory else None)
-        node = AgentNode(identity, NodeConfig(
-            name=args.name, type=args.type, capabilities=capabilities,
-            max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat),
-            backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix),
-            trajectory=trajectory)
-        await node.start()
-        api = metrics = None
+    with on_signals(stop.set):
         try:
-            if args.metrics_port is not None:
-                metrics = MetricsServer(host=args.host, port=args.metrics_port)
-                metrics.collector.add_agent(node)
-                if server is not None:
-                    metrics.collector.add_server(server)
-                await metrics.start()
-            if args.http_port is not None:
-                api = HttpApi(node.dispatcher, host=args.host, port=args.http_port,
-                              agent_id=node.agent_id)
-                await api.start()
-            _ready(args, node, server, url, api, metrics)
-            await stop.wait()
+            if server is not None:
+                server.on_crash.append(lambda _: stop.set())
+                await server.start()
+            url = args.connect or (server.client_url if server else "")
+            trajectory = (Trajectory(args.trajectory, agent=args.name,
+                                     agent_id=identity.agent_id) if args.trajectory else None)
+            node = AgentNode(identity, NodeConfig(
+                name=args.name, type=args.type, capabilities=capabilities,
+                max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat),
+                backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix),
+                trajectory=trajectory)
+            await node.start()
+            try:
+                async with serve_endpoints(
+                        host=args.host, metrics_port=args.metrics_port,
+                        http_port=args.http_port, api_agent=node, agents=[node],
+                        servers=[server] if server is not None else []) as endpoints:
+                    _ready(args, node, server, url, endpoints.api, endpoints.metrics)
+                    await stop.wait()
+            finally:
+                await node.stop()
         finally:
-            if api is not None:
-                await api.stop()
-            if metrics is not None:
-                await metrics.stop()
-            await node.stop()
-    finally:
-        if server is not None:
-            await server.stop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    if crashed:
-        raise crashed[0]
+            if server is not None:
+                await server.stop()
+    if server is not None:
+        server.check()  # a crash stopped us: exit with its error
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from agoramesh.bus.ingress import encode_json
 from agoramesh.errors import InvalidInput
 
-__all__ = ("emit", "emit_json", "json_object")
+__all__ = ("clip", "emit", "emit_json", "json_object")
 
 
 def json_object(text: str, what: str) -> dict[str, Any]:
@@ -22,6 +22,14 @@ def json_object(text: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
+
+
+def clip(value: Any, width: int) -> str:
+    """``value`` on one line (whitespace collapsed, non-strings as JSON), at most ``width``."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                           default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def emit_json(value: Any) -> None:

@@ -13,14 +13,14 @@ import json
 import sys
 from typing import Any
 
-from agoramesh.cli.agents import add_client_options
+from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import emit, emit_json, json_object
-from agoramesh.config import BusConfig, Environment
+from agoramesh.config import Environment
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.contract_net import Progress
 from agoramesh.protocols.dispatch import Dispatcher, Strategy, client_dispatcher
 
-__all__ = ("client_config", "progress_printer", "register")
+__all__ = ("progress_printer", "register")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,11 +43,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     add_client_options(parser)
     parser.set_defaults(handler=_submit)
-
-
-def client_config(args: argparse.Namespace, env: Environment, name: str) -> BusConfig:
-    url = args.server or env.server_url or "nats://127.0.0.1:4222"
-    return BusConfig(servers=(url,), name=name, prefix=env.prefix)
 
 
 def progress_printer(dispatcher: Dispatcher) -> Any:

@@ -12,23 +12,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import emit, emit_json
+from agoramesh.cli.runtime import Endpoints, on_signals, serve_endpoints
 from agoramesh.config import BusConfig, Environment, ServerConfig
 from agoramesh.errors import ConfigError
+from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import AgentNode, NodeConfig
-from agoramesh.observability.http import MetricsServer
 from agoramesh.observability.trajectory import Trajectory
-from agoramesh.protocols.http_api import HttpApi
+from agoramesh.protocols.contract_net import AuctionPolicy
 
 __all__ = ("DEMO_AGENTS", "demo_agents", "local_mesh", "register")
 
@@ -84,29 +85,48 @@ DEMO_AGENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0,
-                      trajectory_dir: Path | None = None) -> list[AgentNode]:
+                      trajectory_dir: Path | None = None,
+                      extra_capabilities: Mapping[str, Sequence[str]] | None = None,
+                      quotes: Mapping[str, tuple[float, float]] | None = None,
+                      label_servers: bool = False, auction_policy: AuctionPolicy | None = None,
+                      started: Callable[[AgentNode], None] | None = None) -> list[AgentNode]:
     """Start the offline demo agents, spread over the mesh's servers; all or none.
 
     ``trajectory_dir``: each agent records its trajectory in ``<dir>/<name>.jsonl``.
+    ``extra_capabilities`` and ``quotes`` (latency hint in ms, USD per 1000 tokens)
+    are by agent name; ``label_servers`` names each agent's server in its card's
+    metadata. ``started`` is called as each agent has started, before the next.
     """
     agents: list[AgentNode] = []
     servers = mesh.servers
     try:
-        for index, (name, capabilities) in enumerate(DEMO_AGENTS):
-            url = servers[index % len(servers)].client_url
+        for index, (name, names) in enumerate(DEMO_AGENTS):
+            server = servers[index % len(servers)]
             identity = Identity.generate()
             trajectory = None if trajectory_dir is None else Trajectory(
                 trajectory_dir / f"{name}.jsonl", agent=name, agent_id=identity.agent_id)
+            capabilities = capabilities_for("offline", [*names,
+                                                        *(extra_capabilities or {}).get(name, ())])
+            metadata: dict[str, str] = {"server": server.config.name} if label_servers else {}
+            backend = OfflineBackend()
+            if quotes and name in quotes:
+                latency, price = quotes[name]
+                capabilities = tuple(replace(cap, cost_per_token=price / 1000)
+                                     for cap in capabilities)
+                metadata["latency_ms"] = f"{latency:g}"
+                backend = OfflineBackend(BackendConfig(input_price_per_1k=price,
+                                                       output_price_per_1k=price))
             agent = AgentNode(
                 identity,
-                NodeConfig(name=name, type="offline",
-                           capabilities=capabilities_for("offline", list(capabilities)),
-                           heartbeat_interval=heartbeat),
-                OfflineBackend(), BusConfig(servers=(url,), name=name, prefix=env.prefix),
+                NodeConfig(name=name, type="offline", capabilities=capabilities,
+                           heartbeat_interval=heartbeat, metadata=metadata),
+                backend, BusConfig(servers=(server.client_url,), name=name, prefix=env.prefix),
                 directory=agents[0].directory if agents else None,  # one view per process
-                trajectory=trajectory)
+                auction_policy=auction_policy, trajectory=trajectory)
             await agent.start()
             agents.append(agent)
+            if started is not None:
+                started(agent)
     except BaseException:
         await asyncio.gather(*(agent.stop(grace=1.0) for agent in agents))
         raise
@@ -123,59 +143,47 @@ def _describe(server: EmbeddedServer) -> dict[str, object]:
 
 async def _up(args: argparse.Namespace, env: Environment) -> int:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    with on_signals(stop.set):
         async with local_mesh(env, seeds=args.seeds, leaves=args.leaves, host=args.host,
                               data_dir=args.dir) as mesh:
             agents = [] if args.no_agents else await demo_agents(
                 mesh, env, trajectory_dir=args.trajectory_dir)
-            api = metrics = None
             try:
-                if args.metrics_port is not None:
-                    metrics = MetricsServer(host=args.host, port=args.metrics_port)
-                    for server in mesh.servers:
-                        metrics.collector.add_server(server)
-                    for agent in agents:
-                        metrics.collector.add_agent(agent)
-                    await metrics.start()
-                if args.http_port is not None:
-                    if not agents:
-                        raise ConfigError("--http-port needs the demo agents (drop --no-agents)")
-                    api = HttpApi(agents[0].dispatcher, host=args.host, port=args.http_port,
-                                  agent_id=agents[0].agent_id)
-                    await api.start()
-                servers = [_describe(server) for server in mesh.servers]
-                if args.json:
-                    emit_json({"event": "ready", "url": mesh.url, "servers": servers,
-                               "agents": [agent.card.as_dict() for agent in agents],
-                               "http": api.url if api else None,
-                               "metrics": f"{metrics.url}/metrics" if metrics else None})
-                else:
-                    for info in servers:
-                        emit("  ".join(f"{key}={value}" for key, value in info.items()))
-                    for agent in agents:
-                        emit(f"agent {agent.config.name:<8} {agent.agent_id[:12]}…  "
-                             f"{', '.join(c.name for c in agent.config.capabilities)}")
-                    if api is not None:
-                        emit(f"http api: {api.url}")
-                    if metrics is not None:
-                        emit(f"metrics: {metrics.url}/metrics")
-                    emit(f"mesh ready: {mesh.url}")
-                    emit("press Ctrl-C to stop")
-                await stop.wait()
+                if args.http_port is not None and not agents:
+                    raise ConfigError("--http-port needs the demo agents (drop --no-agents)")
+                async with serve_endpoints(
+                        host=args.host, metrics_port=args.metrics_port,
+                        http_port=args.http_port, api_agent=agents[0] if agents else None,
+                        agents=agents, servers=mesh.servers) as endpoints:
+                    _ready(args, mesh, agents, endpoints)
+                    await stop.wait()
             finally:
-                if api is not None:
-                    await api.stop()
-                if metrics is not None:
-                    await metrics.stop()
                 await asyncio.gather(*(agent.stop(grace=2.0) for agent in agents))
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
     if args.json:
         emit_json({"event": "stopped"})
     else:
         emit("mesh stopped")
     return 0
+
+
+def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
+           endpoints: Endpoints) -> None:
+    api, metrics = endpoints.api, endpoints.metrics
+    servers = [_describe(server) for server in mesh.servers]
+    if args.json:
+        emit_json({"event": "ready", "url": mesh.url, "servers": servers,
+                   "agents": [agent.card.as_dict() for agent in agents],
+                   "http": api.url if api else None,
+                   "metrics": f"{metrics.url}/metrics" if metrics else None})
+        return
+    for info in servers:
+        emit("  ".join(f"{key}={value}" for key, value in info.items()))
+    for agent in agents:
+        emit(f"agent {agent.config.name:<8} {agent.agent_id[:12]}…  "
+             f"{', '.join(c.name for c in agent.config.capabilities)}")
+    if api is not None:
+        emit(f"http api: {api.url}")
+    if metrics is not None:
+        emit(f"metrics: {metrics.url}/metrics")
+    emit(f"mesh ready: {mesh.url}")
+    emit("press Ctrl-C to stop")

@@ -20,16 +20,16 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
-from agoramesh.cli.agents import add_client_options
+from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import emit, emit_json
-from agoramesh.config import BusConfig, Environment
+from agoramesh.cli.runtime import on_signals
+from agoramesh.config import Environment
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.observability.watch import MeshView, natural_height, render
 
@@ -135,16 +135,15 @@ class MeshWatcher:
 
 
 async def _watch(args: argparse.Namespace, env: Environment) -> int:
-    url = args.server or env.server_url or "nats://127.0.0.1:4222"
+    config = client_config(args, env, "agoramesh-watch")
     once = args.once or args.json
     duration: float | None = args.duration
     if args.interval <= 0 or (duration is not None and duration <= 0):
         raise InvalidInput("--interval and --duration must be positive")
     if args.discover_timeout < 0:
         raise InvalidInput("--discover-timeout must not be negative")
-    view = MeshView(server=url)
-    async with Bus(Identity.generate(), BusConfig(servers=(url,), name="agoramesh-watch",
-                                                  prefix=env.prefix)) as bus:
+    view = MeshView(server=config.servers[0])
+    async with Bus(Identity.generate(), config) as bus:
         watcher = MeshWatcher(bus, view)
         try:
             await watcher.start()
@@ -163,7 +162,7 @@ async def _watch(args: argparse.Namespace, env: Environment) -> int:
             emit_json(view.snapshot(now))
         else:
             width = shutil.get_terminal_size((120, 40)).columns
-            emit(render(view, width, natural_height(view, now), now).rstrip("\n"))
+            emit(render(view, width, natural_height(view), now).rstrip("\n"))
     return 0
 
 
@@ -224,16 +223,13 @@ async def _live(watcher: MeshWatcher, interval: float, duration: float | None,
                     await wake.wait()
             wake.clear()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, quit_now)
-    try:
-        out.write(HIDE_CURSOR + CLEAR)
-        out.flush()
-        await _with_discovery(watcher, discover_timeout, redraw(), on_answers=wake.set,
-                              abandon=True)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        with contextlib.suppress(OSError, ValueError):
-            out.write(SHOW_CURSOR + "\n")
+    with on_signals(quit_now):
+        try:
+            out.write(HIDE_CURSOR + CLEAR)
             out.flush()
+            await _with_discovery(watcher, discover_timeout, redraw(), on_answers=wake.set,
+                                  abandon=True)
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                out.write(SHOW_CURSOR + "\n")
+                out.flush()

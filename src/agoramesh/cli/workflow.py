@@ -31,9 +31,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agoramesh.cli.agents import add_client_options
-from agoramesh.cli.output import emit, emit_json
-from agoramesh.config import BusConfig, Environment
+from agoramesh.cli.agents import add_client_options, client_config
+from agoramesh.cli.output import clip, emit, emit_json
+from agoramesh.config import Environment
 from agoramesh.errors import ConfigError, WorkflowError
 from agoramesh.protocols.dispatch import Strategy, client_dispatcher
 from agoramesh.protocols.workflow import Workflow
@@ -113,7 +113,7 @@ async def _check(args: argparse.Namespace, env: Environment) -> int:
                      for name in names for step in [workflow.step(name)]]
         emit(f"  stage {number}: {', '.join(described)}")
     if inputs:
-        emit("inputs: " + ", ".join(f"{name}={_short(value)}" for name, value in inputs.items()))
+        emit("inputs: " + ", ".join(f"{name}={clip(value, 60)}" for name, value in inputs.items()))
     return 0
 
 
@@ -123,8 +123,8 @@ async def _run(args: argparse.Namespace, env: Environment) -> int:
     workflow.validate(inputs=inputs)  # a bad file fails here, before any connection
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError("--timeout must be positive")
-    url = args.server or env.server_url or "nats://127.0.0.1:4222"
-    config = BusConfig(servers=(url,), name="agoramesh-workflow", prefix=env.prefix)
+    config = client_config(args, env, "agoramesh-workflow")
+    url = config.servers[0]
     async with client_dispatcher(config, discover_timeout=args.discover_timeout) as dispatcher:
         known = len(dispatcher.agents())
         if not known:
@@ -148,12 +148,6 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 _AUCTION_WORDS = {"award": "awarded", "reauction": "re-auction"}
 
 
@@ -174,7 +168,7 @@ class _Printer:
         elif event.kind is EventKind.PROGRESS:
             what, rest = _AUCTION_WORDS.get(event.detail or "", event.detail or "auction"), agent
         elif event.kind is EventKind.RETRYING:
-            what, rest = "retrying", f"attempt {event.attempt}: {_short(event.detail, 100)}"
+            what, rest = "retrying", f"attempt {event.attempt}: {clip(event.detail, 100)}"
         elif event.kind is EventKind.SKIPPED:
             what, rest = "SKIPPED", event.detail or ""
         else:
@@ -182,7 +176,7 @@ class _Printer:
             took = f" in {event.elapsed_ms:.0f} ms" if event.elapsed_ms is not None else ""
             by = f"by {agent}" if agent else ""
             what = status
-            rest = f"{by}{took}" + (f": {_short(event.detail, 120)}" if event.detail else "")
+            rest = f"{by}{took}" + (f": {clip(event.detail, 120)}" if event.detail else "")
         emit(f"{event.at:7.2f}s  {event.step:<{self.width}}  {what:<9}  {rest}".rstrip())
 
     def result(self, result: WorkflowResult) -> None:

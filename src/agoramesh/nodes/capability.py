@@ -36,14 +36,18 @@ class Capability:
 
         Only an agent's own capabilities need this (NodeConfig calls it): a
         peer's card is read for routing and never validates anything, and
-        checking schemas costs ~1 ms a card.
+        checking schemas costs ~1 ms a card. A capability that passed is not
+        checked again (agents of one process share the offline capabilities).
         """
+        if self.__dict__.get("_checked"):
+            return
         try:
             for schema in (self.input_schema, self.output_schema):
                 jsonschema.validators.validator_for(schema).check_schema(schema)
         except jsonschema.SchemaError as exc:
             raise ConfigError(f"capability {self.name}: invalid JSON schema: "
                               f"{exc.message}") from None
+        object.__setattr__(self, "_checked", True)  # frozen, and its schemas are never mutated
 
     def validate_input(self, parameters: Any) -> None:
         """InvalidInput naming the first problem, e.g. ``parameters.code: 3 is not 'string'``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,11 +39,41 @@ class AgentStatus:
                 "state": self.state}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AgentStatus:
-        fields = {name: data[name] for name in (
-            "capacity", "in_flight", "avg_latency_ms", "success_rate", "tasks_completed",
-            "tasks_failed", "tokens_used", "cost_usd", "state") if name in data}
+    def from_dict(cls, data: Any) -> AgentStatus:
+        """Read a peer's status defensively: it comes from the network and reaches scoring.
+
+        A field of the wrong type or not finite is left at its default; a
+        negative number, a count past 2**53 or a success rate outside [0, 1] is
+        clamped. Nothing raises.
+        """
+        if not isinstance(data, Mapping):
+            return cls()
+        fields: dict[str, Any] = {}
+        for name, kind in _STATUS_NUMBERS.items():
+            value = data.get(name)
+            if value is None or isinstance(value, bool):
+                continue
+            try:
+                number = value if isinstance(value, int) and kind is int else float(value)
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if isinstance(number, float) and not math.isfinite(number):
+                continue
+            fields[name] = (min(max(0, int(number)), _MAX_COUNT) if kind is int
+                            else max(0.0, float(number)))
+        if "success_rate" in fields:
+            fields["success_rate"] = min(1.0, fields["success_rate"])
+        state = data.get("state")
+        if isinstance(state, str | int | float) and not isinstance(state, bool):
+            fields["state"] = str(state)[:32]
         return cls(**fields)
+
+
+# Counts beyond what a JSON number holds exactly are clamped: load divides them as floats.
+_MAX_COUNT = 2**53
+_STATUS_NUMBERS: dict[str, type[int] | type[float]] = {
+    "capacity": int, "in_flight": int, "avg_latency_ms": float, "success_rate": float,
+    "tasks_completed": int, "tasks_failed": int, "tokens_used": int, "cost_usd": float}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,8 +47,12 @@ async def stream_task(bus: Bus, task: Task, *, timeout: float = 30.0
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
             arrived.put_nowait(None)
             return
-        with contextlib.suppress(EnvelopeError):
-            arrived.put_nowait(bus.guard.admit(msg.data, msg.subject))
+        try:
+            envelope = bus.guard.admit(msg.data, msg.subject)
+        except EnvelopeError:
+            return
+        bus.saw(envelope)
+        arrived.put_nowait(envelope)
 
     subscription = await bus.nats.subscribe(inbox, cb=collect)
     agent: str | None = None
@@ -56,7 +60,7 @@ async def stream_task(bus: Bus, task: Task, *, timeout: float = 30.0
     try:
         body: dict[str, Any] = {**task.as_dict(), "stream": True}
         await bus.publish(bus.subjects.cap(task.task_type), "task_request", body, reply=inbox,
-                          ttl_ms=max(1000, int(timeout * 1000)))
+                          ttl_ms=bus.ttl_for(timeout))
         async with asyncio.timeout(timeout):
             while True:
                 envelope = await arrived.get()

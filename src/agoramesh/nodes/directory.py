@@ -123,7 +123,3 @@ class Directory:
                 self._capable.clear()
             self._capable[pattern] = ids
         return ids
-
-    def find(self, pattern: str) -> list[PeerEntry]:
-        """Peers offering a capability matching ``pattern`` (wildcards allowed)."""
-        return [entry for entry in self._peers.values() if entry.card.offers(pattern)]

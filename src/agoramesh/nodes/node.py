@@ -144,9 +144,12 @@ class AgentNode:
         self.card = AgentCard(id=identity.agent_id, name=config.name, type=config.type,
                               version=__version__, endpoint=subjects.agent(identity.agent_id),
                               capabilities=config.capabilities, metadata=config.metadata)
+        self._card_dict = self.card.as_dict()  # sent with every hello, discovery and card
         # Heartbeats carry this digest instead of the card; peers fetch a card they lack.
         self.card_digest = hashlib.blake2b(
-            json.dumps(self.card.as_dict(), sort_keys=True).encode(), digest_size=12).hexdigest()
+            json.dumps(self._card_dict, sort_keys=True).encode(), digest_size=12).hexdigest()
+        # Presence and telemetry outlive a few missed beats, never less than a second.
+        self._presence_ttl_ms = max(1000, int(config.heartbeat_interval * 3000))
         self._fetching: set[str] = set()
         self._fetch_slots = asyncio.Semaphore(4)  # card fetches in flight, bounded
         self.service = ServiceInfo(
@@ -248,8 +251,11 @@ class AgentNode:
             await self._announce("bye")
         self.directory.remove_local(self.agent_id)
         await self.bidder.stop()
-        for subscription in self._task_subscriptions:
-            await subscription.stop(budget)  # waits for running tasks, cancels after budget
+        # All at once: draining one by one would leave the others taking queue-group
+        # work meanwhile, and the grace would add up. Each waits for its running
+        # tasks and cancels them after the budget.
+        await asyncio.gather(*(subscription.stop(budget)
+                               for subscription in self._task_subscriptions))
         await self._cancel_background()
         await self.bus.close(timeout=min(budget, 2.0))
         await self.backend.aclose()
@@ -289,7 +295,7 @@ class AgentNode:
     # -- presence and discovery --------------------------------------------------
 
     def _presence_body(self) -> dict[str, Any]:
-        return {"card": self.card.as_dict(), "status": self.status.as_dict(),
+        return {"card": self._card_dict, "status": self.status.as_dict(),
                 "interval": self.config.heartbeat_interval, "digest": self.card_digest}
 
     async def _announce(self, kind: str) -> None:
@@ -300,8 +306,8 @@ class AgentNode:
                     "digest": self.card_digest}
         else:
             body = self._presence_body()
-        ttl = max(1000, int(self.config.heartbeat_interval * 3000))
-        await self.bus.publish(self.bus.subjects.presence(self.agent_id), kind, body, ttl_ms=ttl)
+        await self.bus.publish(self.bus.subjects.presence(self.agent_id), kind, body,
+                               ttl_ms=self._presence_ttl_ms)
 
     async def _heartbeats(self) -> None:
         interval = self.config.heartbeat_interval
@@ -325,9 +331,8 @@ class AgentNode:
 
     async def _publish_telemetry(self) -> None:
         # Nobody but `agoramesh watch` subscribes: with no interest, servers drop it.
-        ttl = max(1000, int(self.config.heartbeat_interval * 3000))
         await self.bus.publish(self.bus.subjects.telemetry(self.agent_id), "telemetry",
-                               self.telemetry(), ttl_ms=ttl)
+                               self.telemetry(), ttl_ms=self._presence_ttl_ms)
 
     async def _on_presence(self, delivery: Delivery) -> None:
         sender = delivery.sender
@@ -374,6 +379,9 @@ class AgentNode:
 
     def _learn(self, body: Any, sender: str) -> AgentCard | None:
         """Record a peer from a presence or discovery body it signed; None if unusable."""
+        if not isinstance(body, dict):
+            self.log.warning("unusable card from %s: the body is not an object", sender[:8])
+            return None
         digest = str(body.get("digest") or "")
         try:
             card = _CARDS.get((sender, digest)) if digest else None
@@ -525,7 +533,7 @@ class AgentNode:
                 runner.cancel()
         elapsed = (time.perf_counter() - started) * 1000
         usage = completion.usage
-        self.metrics.spent(self.config.type, completion.model or self.backend.model or "",
+        self.metrics.spent(self.config.type, completion.model or self.backend.model,
                            usage)
         self._completed += 1
         self._tokens += usage.total_tokens
@@ -546,14 +554,18 @@ class AgentNode:
         sequence = 0
         try:
             async with asyncio.timeout(max(0.0, limit)):
-                async for item in self.backend.execute(task, {"agent": self.card}):
-                    if isinstance(item, Completion):
-                        completion = item
-                    elif isinstance(item, Chunk) and stream and delivery.msg.reply:
-                        sequence += 1
-                        await self.bus.publish(delivery.msg.reply, "task_chunk",
-                                               {"task_id": task.task_id, "seq": sequence,
-                                                "text": item.text}, to=delivery.sender or "*")
+                # aclosing: a timeout or cancel landing mid-stream closes the backend's stream.
+                async with contextlib.aclosing(
+                        self.backend.execute(task, {"agent": self.card})) as items:
+                    async for item in items:
+                        if isinstance(item, Completion):
+                            completion = item
+                        elif isinstance(item, Chunk) and stream and delivery.msg.reply:
+                            sequence += 1
+                            await self.bus.publish(
+                                delivery.msg.reply, "task_chunk",
+                                {"task_id": task.task_id, "seq": sequence, "text": item.text},
+                                to=delivery.sender or "*")
         except TimeoutError:
             raise TaskError(f"task {task.task_id} exceeded its {limit:.1f}s time limit") from None
         if completion is None:

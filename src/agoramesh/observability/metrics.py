@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -107,18 +108,6 @@ class MeshCollector(Collector):
     def add_server(self, server: EmbeddedServer) -> None:
         self._servers[server.config.name] = server
 
-    def remove_server(self, server: EmbeddedServer) -> None:
-        self._servers.pop(server.config.name, None)
-        self._server_stats.pop(server.config.name, None)
-
-    @property
-    def agents(self) -> list[AgentNode]:
-        return list(self._agents.values())
-
-    @property
-    def servers(self) -> list[EmbeddedServer]:
-        return list(self._servers.values())
-
     # -- embedded servers (async: their monitoring port is HTTP) --------------------
 
     async def refresh(self, timeout: float = 1.0) -> None:
@@ -135,7 +124,7 @@ class MeshCollector(Collector):
         if monitor is None or server.crashed.is_set():
             stats["problem"] = "crashed" if server.crashed.is_set() else "not started"
             return stats
-        with contextlib.suppress(OSError, TimeoutError, ServerError):
+        with contextlib.suppress(OSError, TimeoutError, TypeError, ServerError):
             async with asyncio.timeout(timeout):
                 if not await monitor.healthy():
                     stats["problem"] = "/healthz is not ok"
@@ -173,9 +162,9 @@ class MeshCollector(Collector):
 
     def _labelled(self) -> list[tuple[str, AgentNode]]:
         nodes = list(self._agents.values())
-        names = [node.config.name for node in nodes]
-        return [(name if names.count(name) == 1 else f"{name}-{node.agent_id[:8]}", node)
-                for name, node in zip(names, nodes, strict=True)]
+        uses = Counter(node.config.name for node in nodes)
+        return [(node.config.name if uses[node.config.name] == 1
+                 else f"{node.config.name}-{node.agent_id[:8]}", node) for node in nodes]
 
     def collect(self) -> Iterator[Metric]:
         build = _family("agoramesh_build_info", ["version"])

@@ -24,6 +24,7 @@ BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 TASK_OUTCOMES = ("completed", "failed", "cancelled", "rejected")
 AUCTION_OUTCOMES = ("awarded", "no_bidders", "failed", "timeout")
 RECENT = 32  # events kept between two telemetry beats
+_LE = (*map(repr, BUCKETS), "+Inf")  # the buckets' "le" labels
 
 
 class Histogram:
@@ -44,7 +45,7 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, int]]:
         """``(le, count of observations <= le)`` pairs, ``+Inf`` last, as Prometheus wants."""
         pairs, running = [], 0
-        for bound, count in zip((*map(repr, BUCKETS), "+Inf"), self.counts, strict=True):
+        for bound, count in zip(_LE, self.counts, strict=True):
             running += count
             pairs.append((bound, running))
         return pairs

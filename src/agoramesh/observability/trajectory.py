@@ -1,7 +1,9 @@
 """Per-agent trajectories: JSON lines of what an agent saw, decided and sent.
 
-One line per event, appended as it happens::
+One line per event, appended as it happens; each run of the agent begins with
+a ``start`` line carrying its id::
 
+    {"ts": 1795000000.120, "agent": "coder", "event": "start", "agent_id": "UAX…"}
     {"ts": 1795000000.123, "agent": "coder", "event": "saw", "type": "cfp",
      "subject": "agora.cfp.code.review.python", "from": "UAB…", "body": {…}}
     {"ts": …, "agent": "coder", "event": "decided", "action": "bid", "auction_id": "…",
@@ -34,6 +36,10 @@ def _default(value: Any) -> Any:
     return repr(value)
 
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_default, separators=(",", ":"))
+
+
 class Trajectory:
     """An append-only JSON-lines file for one agent."""
 
@@ -44,8 +50,8 @@ class Trajectory:
         self.agent = agent
         self.agent_id = agent_id
         self.max_body_bytes = max_body_bytes
-        self.events = 0
         self._file: IO[str] | None = path.open("a", buffering=1, encoding="utf-8")
+        self.record("start", {"agent_id": agent_id or None})  # one per run of the agent
 
     def record(self, event: str, fields: dict[str, Any]) -> None:
         """Append one event; after :meth:`close` this does nothing."""
@@ -53,17 +59,21 @@ class Trajectory:
             return
         line: dict[str, Any] = {"ts": round(time.time(), 6), "agent": self.agent,
                                 "event": event}
+        body = ""
         for key, value in fields.items():
             if value is None:
                 continue
-            if key == "body":
-                encoded = json.dumps(value, default=_default, separators=(",", ":"))
-                if len(encoded) > self.max_body_bytes:
-                    line["body_bytes"] = len(encoded)
-                    continue
+            if key == "body":  # encoded once: its size decides whether it is written
+                body = _dumps(value)
+                if len(body) > self.max_body_bytes:
+                    line["body_bytes"] = len(body)
+                    body = ""
+                continue
             line[key] = value
-        self._file.write(json.dumps(line, default=_default, separators=(",", ":")) + "\n")
-        self.events += 1
+        encoded = _dumps(line)
+        if body:
+            encoded = f'{encoded[:-1]},"body":{body}}}'
+        self._file.write(encoded + "\n")
 
     def decided(self, action: str, **fields: Any) -> None:
         self.record("decided", {"action": action, **fields})

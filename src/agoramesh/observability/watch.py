@@ -244,7 +244,7 @@ class MeshView:
     def _status(self, record: AgentRecord, body: Mapping[str, Any], now: float) -> None:
         status = body.get("status")
         if isinstance(status, Mapping):
-            record.status = _status_from(status)
+            record.status = AgentStatus.from_dict(status)
         interval = _number(body.get("interval"))
         if interval is not None and interval > 0:
             record.interval = interval
@@ -365,22 +365,6 @@ class MeshView:
 
 # -- decoding what agents send (defensively: a bad field never breaks the view) -------
 
-def _status_from(data: Mapping[str, Any]) -> AgentStatus:
-    fields: dict[str, Any] = {}
-    for name, kind in (("capacity", int), ("in_flight", int), ("avg_latency_ms", float),
-                       ("success_rate", float), ("tasks_completed", int),
-                       ("tasks_failed", int), ("tokens_used", int), ("cost_usd", float),
-                       ("state", str)):
-        value = data.get(name)
-        if value is None or isinstance(value, bool):
-            continue
-        try:
-            fields[name] = kind(value)
-        except (TypeError, ValueError, OverflowError):
-            continue
-    return AgentStatus(**fields)
-
-
 def _counts(value: Any, previous: dict[str, int]) -> dict[str, int]:
     if not isinstance(value, Mapping):
         return previous
@@ -436,7 +420,7 @@ _FIXED_LINES = 8  # header, blank, table header, blank, totals, rejections, blan
 _BAR = 8
 
 
-def natural_height(view: MeshView, now: float, *, recent: int = 10) -> int:
+def natural_height(view: MeshView, *, recent: int = 10) -> int:
     """The height that shows every agent and the last ``recent`` events."""
     return (_FIXED_LINES + max(1, len(view.agents))
             + min(max(1, len(view.events)), recent))

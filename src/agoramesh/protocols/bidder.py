@@ -67,8 +67,13 @@ class BidPolicy:
     """
 
     def quote(self, node: AgentNode, task: Task, capability: Capability,
-              terms: dict[str, Any], reserved: float) -> Bid | str:
-        """A bid, or the reason to refuse; ``reserved``: slots promised to open bids."""
+              terms: dict[str, Any], reserved: float, *,
+              request_size: int | None = None) -> Bid | str:
+        """A bid, or the reason to refuse; ``reserved``: slots promised to open bids.
+
+        ``request_size``: characters of the task's parameters as JSON, measured
+        once per cfp for every local agent (None: measured here when needed).
+        """
         status = node.status
         if status.state not in ("ready", "busy"):
             return f"agent is {status.state}"
@@ -77,7 +82,8 @@ class BidPolicy:
         latency = status.avg_latency_ms if status.tasks_completed else _hint(node, "latency_ms")
         cost = 0.0
         if capability.cost_per_token:
-            tokens = 2 * max(1, len(json.dumps(task.parameters, default=str)) // 4)
+            size = _size(task) if request_size is None else request_size
+            tokens = 2 * max(1, size // 4)
             cost = capability.cost_per_token * tokens
         counter: dict[str, float] = {}
         max_cost = terms.get("max_cost_usd")
@@ -103,6 +109,10 @@ class BidPolicy:
         return None
 
 
+def _size(task: Task) -> int:
+    return len(json.dumps(task.parameters, default=str))
+
+
 def _terms(body: dict[str, Any]) -> dict[str, Any]:
     terms = body.get("terms")
     return terms if isinstance(terms, dict) else {}
@@ -124,7 +134,6 @@ class Bidder:
         # auction id -> (expiry, share of a slot); insertion order is expiry order
         self._reserved: dict[str, tuple[float, float]] = {}
         self._desk: _BidDesk | None = None
-        self.bids = self.refusals = self.awards = self.declines = 0
 
     @property
     def reserved(self) -> float:
@@ -167,14 +176,13 @@ class Bidder:
             offer = f"unusable cfp: {cfp.problem}"
         else:
             try:
-                offer = self.policy.quote(node, cfp.task, capability, cfp.terms, self.reserved)
+                offer = self.policy.quote(node, cfp.task, capability, cfp.terms, self.reserved,
+                                          request_size=cfp.request_size)
             except AgoraError as exc:
                 offer = f"unusable cfp: {exc}"
         if isinstance(offer, str):
-            self.refusals += 1
             kind, body = "refuse", {"auction_id": cfp.auction_id, "reason": offer}
         else:
-            self.bids += 1
             self._reserved[cfp.auction_id] = (time.monotonic() + RESERVATION_TTL, cfp.share)
             kind, body = "bid", {"auction_id": cfp.auction_id, **offer.as_dict()}
         node.metrics.bids[capability.name, kind] += 1
@@ -208,11 +216,9 @@ class Bidder:
         if reason is None and task.task_id in node.running_tasks:
             reason = f"task {task.task_id} is already running here"
         if reason is not None:
-            self.declines += 1
             self._decided("decline", capability.name, auction_id, reason=reason)
             await delivery.respond("decline", {"auction_id": auction_id, "reason": reason})
             return
-        self.awards += 1
         self._decided("accept", capability.name, auction_id, task_id=task.task_id)
         lease = asyncio.ensure_future(self._leases(delivery, auction_id, task.task_id,
                                                    lease_interval))
@@ -260,9 +266,11 @@ class _Cfp:
     terms: dict[str, Any]
     exclude: frozenset[str]
     share: float  # of a slot a bid reserves: 1 / expected bidders
+    request_size: int | None  # of the parameters as JSON; None: no bidder prices by size
 
     @classmethod
-    def parse(cls, delivery: Delivery, capability: str) -> _Cfp | None:
+    def parse(cls, delivery: Delivery, capability: str, *, priced: bool) -> _Cfp | None:
+        """``priced``: some bidder charges per token, so measure the request once here."""
         body = delivery.body if isinstance(delivery.body, dict) else {}
         auction_id, exclude = body.get("auction_id"), body.get("exclude") or []
         if delivery.envelope is None or not isinstance(auction_id, str) or \
@@ -278,7 +286,8 @@ class _Cfp:
         return cls(auction_id=auction_id, reply=delivery.msg.reply,
                    initiator=delivery.envelope.sender, cid=delivery.envelope.cid, task=task,
                    problem=problem, terms=_terms(body), exclude=frozenset(map(str, exclude)),
-                   share=1.0 / bidders if isinstance(bidders, int) and bidders > 1 else 1.0)
+                   share=1.0 / bidders if isinstance(bidders, int) and bidders > 1 else 1.0,
+                   request_size=_size(task) if priced and task is not None else None)
 
 
 class _BidDesk:
@@ -319,9 +328,11 @@ class _BidDesk:
 
         async def handle(delivery: Delivery) -> None:
             if delivery.type == "cfp":
-                cfp = _Cfp.parse(delivery, name)
+                members = list(self.members.get(name, ()))
+                cfp = _Cfp.parse(delivery, name,
+                                 priced=any(capability.cost_per_token for _, capability in members))
                 if cfp is not None:
-                    for member, capability in list(self.members.get(name, ())):
+                    for member, capability in members:
                         try:
                             await member.answer(cfp, capability)
                         except Exception:  # one agent's broken policy must not silence the rest

@@ -254,7 +254,8 @@ class Collaboration:
         chosen = _agents(agents, count=True)
         async with self._running(CollaborationMode.PARALLEL):
             if isinstance(chosen, int):
-                capable = sorted(self.dispatcher.select(capability), key=self._load)
+                capable = sorted(self.dispatcher.select(capability),
+                                 key=self.dispatcher.load_order)
                 if len(capable) < chosen:
                     raise NoResponders(f"{chosen} agents asked for, but only {len(capable)} "
                                        f"known agent(s) offer {capability}")
@@ -451,8 +452,8 @@ class Collaboration:
         except AgoraError as exc:
             return _failure(card, capability, exc)
         agent_id = result.agent_id or (card.id if card else None)
-        name = card.name if card else next(
-            (known.name for known in self.dispatcher.agents() if known.id == agent_id), None)
+        known = card or (self.dispatcher.card(agent_id) if agent_id else None)
+        name = known.name if known else None
         completed = result.status is TaskStatus.COMPLETED
         return {"agent": name, "agent_id": agent_id, "capability": capability,
                 "status": result.status.value, "output": result.result if completed else None,
@@ -496,12 +497,8 @@ class Collaboration:
         return ([ballot for ballot, _ in cast_ballots if ballot is not None],
                 [missing for _, missing in cast_ballots if missing is not None])
 
-    def _load(self, card: AgentCard) -> tuple[float, str, str]:
-        entry = self.dispatcher.directory.get(card.id)
-        return (entry.status.load if entry else 0.0, card.name, card.id)
-
     def _least_loaded(self, cards: list[AgentCard]) -> AgentCard:
-        return min(cards, key=self._load)
+        return min(cards, key=self.dispatcher.load_order)
 
     def _resolve(self, spec: str) -> list[AgentCard]:
         if ":" in spec:

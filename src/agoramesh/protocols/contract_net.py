@@ -20,8 +20,8 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
   ``missed_leases`` intervals, or the winner leaving the directory, loses the
   task: it is re-auctioned without that agent (``max_attempts`` in all), and
   the lost winner is asked to cancel.
-- Exactly one result comes back: later ``task_response``s for the task (from
-  a winner thought lost) are counted in ``duplicates`` and dropped.
+- Exactly one result comes back: other ``task_response``s for the task (from
+  a winner thought lost) are counted in the outcome's ``duplicates`` and dropped.
 - Every wait has a deadline: the bid window, the award timeout, the lease,
   and ``timeout`` over the whole run (BusTimeout).
 """
@@ -138,10 +138,9 @@ class _Auction:
         self.enough = asyncio.Event()
         self.expected: int | None = None
         self.attempt = 0
-        # The winner's messages; None: it left the directory.
-        self.winner_messages: asyncio.Queue[Envelope | None] = asyncio.Queue()
         self.winner: str | None = None
-        self.result: TaskResult | None = None
+        # The current winner's messages, a new queue per award; None: it left the directory.
+        self.winner_messages: asyncio.Queue[Envelope | None]
         self.duplicates = 0
         self.closed_bidding = False
         self.refused_counters = 0
@@ -158,12 +157,10 @@ class _Auction:
         if kind == f"b{self.attempt}":
             self._on_bid(envelope)
         elif kind.startswith("w"):
-            if envelope.type == "task_response" and self.result is not None:
-                self.duplicates += 1  # a lost winner finishing after all: dropped
-            elif kind == f"w{self.attempt}" and envelope.sender == self.winner:
+            if kind == f"w{self.attempt}" and envelope.sender == self.winner:
                 self.winner_messages.put_nowait(envelope)
             elif envelope.type == "task_response":
-                self.duplicates += 1
+                self.duplicates += 1  # a lost winner finishing after all: dropped
 
     def _on_bid(self, envelope: Envelope) -> None:
         sender = envelope.sender
@@ -199,8 +196,6 @@ class Auctioneer:
         self.directory = directory
         self.policy = policy or AuctionPolicy()
         self._own_card = own_card or (lambda: None)
-        self.auctions = 0
-        self.duplicates = 0
         # One wildcard subscription for every auction of this auctioneer, not one per auction.
         self._inbox = ""
         self._open: dict[str, _Auction] = {}
@@ -254,7 +249,6 @@ class Auctioneer:
         started = time.perf_counter()
         auction = _Auction(self.bus, task, await self._inbox_prefix())
         excluded = set(exclude)
-        self.auctions += 1
         key = auction.id[:16]
         self._open[key] = auction
         self.metrics.auctions_open += 1
@@ -271,7 +265,6 @@ class Auctioneer:
             outcome = "no_bidders"
             raise
         finally:
-            self.duplicates += auction.duplicates
             del self._open[key]
             self.metrics.auctions_open -= 1
             self.metrics.auction_finished(task.task_type, outcome, time.perf_counter() - started,
@@ -325,7 +318,6 @@ class Auctioneer:
                     notify(Progress("reauction", task.task_id, {
                         "failed": offer.bid.agent_id, "attempt": attempt + 1}))
                     break
-                auction.result = result
                 return AuctionOutcome(result=result, winner=offer.bid.agent_id,
                                       bids=tuple(o.bid for o in offers), attempts=attempt,
                                       duplicates=auction.duplicates)

@@ -88,6 +88,22 @@ class Dispatcher:
             cards[own.id] = own
         return sorted(cards.values(), key=lambda card: (card.name, card.id))
 
+    def card(self, agent_id: str) -> AgentCard | None:
+        """The card of the known agent ``agent_id`` (the driver, this process's, a peer)."""
+        own = self._own_card()
+        if own is not None and own.id == agent_id:
+            return own
+        local = next((card for card in self.directory.local_cards() if card.id == agent_id), None)
+        if local is not None:
+            return local
+        entry = self.directory.get(agent_id)
+        return entry.card if entry is not None else None
+
+    def load_order(self, card: AgentCard) -> tuple[float, str, str]:
+        """Sort key: least loaded first (load as last heard, 0 if unknown), then name, id."""
+        entry = self.directory.get(card.id)
+        return (entry.status.load if entry is not None else 0.0, card.name, card.id)
+
     def select(self, selector: str) -> list[AgentCard]:
         """Known agents matching ``selector`` (see the module docstring), by name then id."""
         kind, value = parse_selector(selector)

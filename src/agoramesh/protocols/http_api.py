@@ -41,6 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agoramesh._web import WebServer
 from agoramesh.bus.ingress import encode_json
 from agoramesh.bus.subjects import validate_capability
 from agoramesh.errors import (
@@ -96,38 +97,30 @@ def _reject_constant(name: str) -> Any:
     raise InvalidInput(f"the body is not valid JSON: {name} is not a number")
 
 
-class HttpApi:
+class HttpApi(WebServer):
     """An aiohttp server over a Dispatcher: ``await start()`` … ``await stop()``.
 
     ``port=0`` picks a free port; ``.port`` and ``.url`` tell which once
     started. ``timeout`` bounds every request, ``task_timeout`` is the default
     wait of ``POST /api/tasks``; at most ``max_concurrent`` POSTs run at once.
+    Stopping gives requests in progress 2 s to finish.
     """
+
+    what = serves = "the HTTP API"
 
     def __init__(self, dispatcher: Dispatcher, *, host: str = "127.0.0.1", port: int = 0,
                  agent_id: str | None = None, timeout: float = 120.0, task_timeout: float = 30.0,
                  max_body: int = MAX_BODY, max_concurrent: int = 32) -> None:
-        if not 0 <= port <= 65535 or timeout <= 0 or task_timeout <= 0 or max_body < 1:
-            raise ConfigError("port must be 0-65535; timeouts and max_body must be positive")
+        if timeout <= 0 or task_timeout <= 0 or max_body < 1:
+            raise ConfigError("timeouts and max_body must be positive")
+        super().__init__(host=host, port=port, shutdown_timeout=2.0)
         self.dispatcher = dispatcher
-        self.host = host
         self.agent_id = agent_id
         self.timeout = timeout
         self.task_timeout = min(task_timeout, timeout)
         self.max_body = max_body
         self.max_concurrent = max_concurrent
-        self._requested_port = port
         self._in_progress = 0
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` once started."""
-        if self.port is None:
-            raise NotConnected("the HTTP API is not started")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
 
     def application(self) -> web.Application:
         """The aiohttp application (routes and the JSON error middleware)."""
@@ -137,36 +130,6 @@ class HttpApi:
         app.router.add_post("/api/tasks", self._tasks)
         app.router.add_post("/api/collaborate", self._collaborate)
         return app
-
-    async def start(self) -> None:
-        """Listen; returns once connections are accepted."""
-        if self._runner is not None:
-            return
-        runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self._requested_port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-        log.info("HTTP API listening on %s", self.url)
-
-    async def stop(self) -> None:
-        """Stop listening and finish (within 2 s) the requests in progress."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        self.port = None
-
-    async def __aenter__(self) -> HttpApi:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # --- middleware and handlers --------------------------------------------------------------
 

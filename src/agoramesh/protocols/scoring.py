@@ -10,6 +10,13 @@ and cost it expects, and its success rate so far. The default
   fastest bid scoring 1 and the dearest or slowest 0 (all equal: all 1);
 - success rate: as reported, clipped to [0, 1].
 
+:func:`suitability_scorer` scores each bid on its own, with absolute terms
+(so one bid has nobody to be normalised against): one second of latency or
+one cent of cost halves its term, and the sum is divided by the weights' sum,
+so a score lies in [0, 1]. Task allocation (protocols/strategies.py) and
+allocation ballots (protocols/voting.py) use it with the seed's weights
+(:data:`SUITABILITY`).
+
 Scorers are pluggable: any ``Callable[[Sequence[Bid]], list[float]]``.
 Ranking is deterministic: higher score first, then the lower agent id (or,
 in an auction, a hash salted with the auction id; see :func:`rank`).
@@ -25,7 +32,8 @@ from typing import Any
 
 from agoramesh.errors import InvalidInput
 
-__all__ = ("DEFAULT_WEIGHTS", "Bid", "Scorer", "rank", "weighted")
+__all__ = ("DEFAULT_WEIGHTS", "SUITABILITY", "Bid", "Scorer", "rank", "suitability_scorer",
+           "weighted")
 
 #: The seed's weights.
 DEFAULT_WEIGHTS: Mapping[str, float] = {"load": 0.30, "latency": 0.25, "cost": 0.20,
@@ -113,9 +121,10 @@ def _spread(values: Sequence[float]) -> list[float]:
     return [1.0 - (value - low) / (high - low) for value in values]
 
 
-def weighted(load: float = 0.30, latency: float = 0.25, cost: float = 0.20,
-             success: float = 0.25) -> Scorer:
-    """A scorer with these weights (the defaults are the seed's)."""
+def weighted(load: float = DEFAULT_WEIGHTS["load"], latency: float = DEFAULT_WEIGHTS["latency"],
+             cost: float = DEFAULT_WEIGHTS["cost"],
+             success: float = DEFAULT_WEIGHTS["success"]) -> Scorer:
+    """A scorer with these weights (the defaults are :data:`DEFAULT_WEIGHTS`)."""
     weights = (load, latency, cost, success)
     if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
         raise InvalidInput("scoring weights must be non-negative with a positive sum")
@@ -130,6 +139,38 @@ def weighted(load: float = 0.30, latency: float = 0.25, cost: float = 0.20,
                 for bid, lat, money in zip(bids, latency_terms, cost_terms, strict=True)]
 
     return score
+
+
+def suitability_scorer(weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Scorer:
+    """The absolute-term scorer (module docstring), scaled by the sum of ``weights``::
+
+        (load (1 - load) + latency / (1 + latency_ms/1000) + cost / (1 + 100 cost_usd)
+         + success success_rate) / (load + latency + cost + success)
+    """
+    load, latency, cost, success = (_weight(weights.get(key, 0.0), key)
+                                    for key in ("load", "latency", "cost", "success"))
+    total = load + latency + cost + success
+    if total <= 0:
+        raise InvalidInput("scoring weights must have a positive sum")
+
+    def score(bids: Sequence[Bid]) -> list[float]:
+        return [(load * (1.0 - min(bid.load, 1.0)) + latency / (1.0 + bid.latency_ms / 1000)
+                 + cost / (1.0 + 100 * bid.cost_usd)
+                 + success * min(max(bid.success_rate, 0.0), 1.0)) / total for bid in bids]
+
+    return score
+
+
+def _weight(value: Any, key: str) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0):
+        raise InvalidInput(f"weight {key} must be a non-negative finite number, "
+                           f"got {value!r:.40}")
+    return float(value)
+
+
+#: :func:`suitability_scorer` with the seed's weights.
+SUITABILITY: Scorer = suitability_scorer()
 
 
 def rank(bids: Sequence[Bid], scorer: Scorer | None = None, *,

@@ -11,7 +11,8 @@ raises InvalidInput naming it. An agent can do a task when one of its
 capabilities matches (:func:`~agoramesh.nodes.capability.matches`).
 
 Suitability (:func:`evaluate_task_suitability`) is 0 for an agent that cannot
-do the task, else the seed's weighted score with absolute terms (one agent has
+do the task, else the seed's weighted score with absolute terms
+(:func:`~agoramesh.protocols.scoring.suitability_scorer`; one agent has
 nobody to be min-max normalised against), load and success rate clipped to
 [0, 1]; one second of latency or one cent of cost halves its term::
 
@@ -47,7 +48,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,7 @@ from agoramesh.bus.subjects import validate_capability, validate_capability_patt
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.nodes.capability import matches
 from agoramesh.nodes.card import AgentStatus
-from agoramesh.protocols.scoring import DEFAULT_WEIGHTS, Bid, Scorer, rank
+from agoramesh.protocols.scoring import SUITABILITY, Bid, rank
 from agoramesh.protocols.voting import Tally, allocation_ballot, collect_votes, tally
 
 if TYPE_CHECKING:
@@ -65,8 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = ("AgentProfile", "Allocation", "NegotiationStrategy", "TaskSpec", "allocate",
            "consensus_allocation", "evaluate_task_suitability", "handle_conflict_resolution",
-           "negotiate_task_allocation", "normalize_tasks", "resolve_conflict",
-           "suitability_scorer")
+           "negotiate_task_allocation", "normalize_tasks", "resolve_conflict")
 
 _ID_KEYS = ("task_id", "id")
 _CAPABILITY_KEYS = ("required_capability", "capability", "task_type")
@@ -204,29 +204,10 @@ def normalize_tasks(tasks: Iterable[Mapping[str, Any] | TaskSpec]) -> list[TaskS
     return specs
 
 
-def suitability_scorer(weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Scorer:
-    """The absolute-term scorer of the module docstring, scaled by the sum of the weights."""
-    load, latency, cost, success = (_number(weights.get(key, 0.0), f"weight {key}")
-                                    for key in ("load", "latency", "cost", "success"))
-    total = load + latency + cost + success
-    if total <= 0:
-        raise InvalidInput("scoring weights must have a positive sum")
-
-    def score(bids: Sequence[Bid]) -> list[float]:
-        return [(load * (1.0 - min(bid.load, 1.0)) + latency / (1.0 + bid.latency_ms / 1000)
-                 + cost / (1.0 + 100 * bid.cost_usd)
-                 + success * min(max(bid.success_rate, 0.0), 1.0)) / total for bid in bids]
-
-    return score
-
-
-_SCORE = suitability_scorer()
-
-
 def evaluate_task_suitability(profile: AgentProfile, task: Mapping[str, Any] | TaskSpec) -> float:
     """How well ``profile`` suits ``task``, in [0, 1]; 0 when it lacks the capability."""
     spec = task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task)
-    return _SCORE([profile.as_bid()])[0] if profile.can_do(spec.capability) else 0.0
+    return SUITABILITY([profile.as_bid()])[0] if profile.can_do(spec.capability) else 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,7 +255,19 @@ class _Plan:
 
     def scored(self, agents: Iterable[AgentProfile]) -> list[tuple[float, Bid]]:
         bids = [p.as_bid(assigned=self.assigned[p.agent_id]) for p in agents]
-        return rank(bids, _SCORE)
+        return rank(bids, SUITABILITY)
+
+    def contests(self, order: Sequence[TaskSpec]
+                 ) -> Iterator[tuple[TaskSpec, list[tuple[float, Bid]], dict[str, float]]]:
+        """Each task some agent can take: its bids ranked best first, and their scores.
+
+        Lazy on purpose: a task is scored only once the ones before it are settled,
+        so the loads it sees include their assignments.
+        """
+        for task in order:
+            ranked = self.scored(self.options(task))
+            if ranked:
+                yield task, ranked, {bid.agent_id: score for score, bid in ranked}
 
     def give(self, task: TaskSpec, agent_id: str, score: float, reason: str) -> None:
         self.assignments[task.task_id] = agent_id
@@ -346,11 +339,7 @@ def _consensus(plan: _Plan, order: Sequence[TaskSpec],
     tally({}, quorum=quorum)  # a bad quorum fails even when no task comes to a vote
     given = {str(task_id): ballots for task_id, ballots in (votes or {}).items()}
     tallies: dict[str, Tally] = {}
-    for task in order:
-        ranked = plan.scored(plan.options(task))
-        if not ranked:
-            continue
-        scores = {bid.agent_id: score for score, bid in ranked}
+    for task, ranked, scores in plan.contests(order):
         # One shared view of suitability: computed ballots all name the best option.
         ballots = (given[task.task_id] if task.task_id in given
                    else dict.fromkeys(plan.profiles, ranked[0][1].agent_id))
@@ -392,11 +381,7 @@ async def consensus_allocation(bus: Bus, tasks: Iterable[Mapping[str, Any] | Tas
     order = _task_order(normalize_tasks(tasks))
     plan = _Plan(profiles)
     tallies: dict[str, Tally] = {}
-    for task in order:
-        ranked = plan.scored(plan.options(task))
-        if not ranked:
-            continue
-        scores = {bid.agent_id: score for score, bid in ranked}
+    for task, ranked, scores in plan.contests(order):
         ballot = allocation_ballot(
             {"task_id": task.task_id, "capability": task.capability,
              "priority": task.priority, "description": task.description},

@@ -41,7 +41,6 @@ class TaskDesk:
 
     def __init__(self, node: AgentNode) -> None:
         self.node = node
-        self.taken = self.failed = 0  # tasks this node auctioned, and those that failed
 
     async def handle(self, delivery: Delivery) -> None:
         node = self.node
@@ -54,10 +53,8 @@ class TaskDesk:
                 raise InvalidInput(f"{delivery.subject} names no single capability")
             task = Task.from_dict(body, task_type=capability)
         except AgoraError as exc:
-            self.failed += 1
             await delivery.respond_error(exc)
             return
-        self.taken += 1
         timeout = node.config.task_timeout
         if task.deadline is not None:
             timeout = max(0.001, min(timeout, task.deadline - time.time()))
@@ -68,7 +65,6 @@ class TaskDesk:
                 task, timeout=timeout, stream=stream,
                 progress=forward.put_nowait if stream else None)
         except AgoraError as exc:
-            self.failed += 1
             await self._finish(forwarder, forward)
             await delivery.respond_error(exc)
             return

@@ -41,7 +41,7 @@ from agoramesh.bus.bus import Delivery, Handler
 from agoramesh.bus.identity import is_agent_id
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.nodes.backends import offline_skills
-from agoramesh.protocols.scoring import Bid, rank
+from agoramesh.protocols.scoring import SUITABILITY, Bid, rank
 
 if TYPE_CHECKING:
     from agoramesh.bus.bus import Bus
@@ -262,8 +262,6 @@ def allocation_ballot(task: Mapping[str, Any], bids: Sequence[Bid], *,
 
 
 def _allocation_choice(ballot: dict[str, Any], me: AgentProfile | None) -> tuple[str, str]:
-    from agoramesh.protocols.strategies import suitability_scorer  # it imports our tally
-
     bids = ballot["context"].get("bids")
     if not isinstance(bids, Mapping):
         raise InvalidInput(f"ballot {ballot['ballot_id']}: an allocation needs context.bids")
@@ -279,7 +277,7 @@ def _allocation_choice(ballot: dict[str, Any], me: AgentProfile | None) -> tuple
             candidates.append(bid)
     if not candidates:
         raise InvalidInput(f"ballot {ballot['ballot_id']}: no option has a bid with capacity")
-    score, best = rank(candidates, suitability_scorer())[0]
+    score, best = rank(candidates, SUITABILITY)[0]
     return best.agent_id, f"best suitability {score:.4f} of {len(candidates)} bid(s)"
 
 
@@ -288,7 +286,7 @@ def default_chooser(profile_provider: Callable[[], AgentProfile] | None = None) 
 
     An allocation ballot (``context.kind == "allocation"``; options are agent
     ids, ``context.bids`` their bids as dicts) gets the option whose bid ranks
-    best by :func:`~agoramesh.protocols.strategies.suitability_scorer` among
+    best by :data:`~agoramesh.protocols.scoring.SUITABILITY` among
     those with free capacity, the voter's own capacity taken from
     ``profile_provider``. Any other ballot gets the offline ``vote`` skill's
     pick for the question (or the task's description) as this voter.

@@ -15,7 +15,7 @@ steps run concurrently. Then, for each step:
    by default). ``type:``/``name:``/``id:`` selectors resolve to the known
    agents they pick that offer the capability: one agent gets the task
    directly; several hold an auction with every other capable agent excluded
-   (without an auctioneer, the least loaded of them gets it directly);
+   (with the ``direct`` strategy, the least loaded of them gets it directly);
 4. a FAILED result, no bidders/responders or a timeout is retried up to
    ``retries`` times after a short pause (0.1 s doubling, at most 1 s),
    avoiding the agent that just failed when another can do it. Parameters
@@ -55,7 +55,6 @@ from agoramesh.errors import (
     StepFailed,
     WorkflowError,
 )
-from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.task import TaskResult, TaskStatus
 from agoramesh.protocols.dispatch import Dispatcher, Strategy, parse_selector
 from agoramesh.protocols.workflow import Step, Workflow
@@ -360,7 +359,7 @@ class _Run:
                            detail=event.event)
 
         async with asyncio.timeout(wait + ATTEMPT_GRACE):
-            capable = {card.id for card in self.dispatcher.select(f"capability:{capability}")}
+            capable = self.dispatcher.auctioneer.known_bidders(capability)
             if parse_selector(step.selector)[0] == "capability":
                 exclude = avoid & capable if capable - avoid else set()
                 return await submit(capability, parameters, strategy=self.strategy,
@@ -370,17 +369,12 @@ class _Run:
                 raise NoBidders(f"no known agent matches {step.selector!r} and offers "
                                 f"{capability!r}")
             preferred = [card for card in chosen if card.id not in avoid] or chosen
-            if (len(preferred) == 1 or self.dispatcher.auctioneer is None
-                    or self.strategy is Strategy.DIRECT):
-                target = min(preferred, key=self._load)
+            if len(preferred) == 1 or self.strategy is Strategy.DIRECT:
+                target = min(preferred, key=self.dispatcher.load_order)
                 return await submit(capability, parameters, agent_id=target.id, timeout=wait)
             others = capable - {card.id for card in preferred}
             return await submit(capability, parameters, strategy=Strategy.AUCTION, timeout=wait,
                                 exclude=others, progress=progress)
-
-    def _load(self, card: AgentCard) -> tuple[float, str]:
-        entry = self.dispatcher.directory.get(card.id)
-        return (entry.status.load if entry else 0.0, card.name)
 
     # -- outcomes and events -------------------------------------------------------------
 
@@ -417,10 +411,8 @@ class _Run:
         self.done[step.name].set()
 
     def _agent_name(self, agent_id: str | None) -> str | None:
-        if agent_id is None:
-            return None
-        return next((card.name for card in self.dispatcher.agents() if card.id == agent_id),
-                    None)
+        card = self.dispatcher.card(agent_id) if agent_id is not None else None
+        return card.name if card is not None else None
 
     def _emit(self, kind: EventKind, step: Step, *, attempt: int = 1,
               status: StepStatus | None = None, agent_id: str | None = None,

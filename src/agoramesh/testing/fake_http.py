@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +25,6 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: dict[str, Any]
-    at: float  # time.monotonic()
 
 
 @dataclass
@@ -52,7 +50,7 @@ class FakeHTTPServer(Generic[R]):
                 length = int(self.headers.get("content-length", 0))
                 fake.requests.append(RecordedRequest(
                     self.path, {k.lower(): v for k, v in self.headers.items()},
-                    json.loads(self.rfile.read(length) or b"{}"), time.monotonic()))
+                    json.loads(self.rfile.read(length) or b"{}")))
                 answer = render(fake.script[min(len(fake.requests), len(fake.script)) - 1])
                 self.send_response(answer.status)
                 self.send_header("content-type", answer.content_type)

@@ -6,15 +6,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
-from agoramesh.testing.processes import alive
+from agoramesh.testing.processes import AGORAMESH, LineReader, alive
 
-__all__ = ("AGORAMESH", "UpProcess")
+__all__ = ("AGORAMESH", "READY_TIMEOUT", "UpProcess")
 
-#: The CLI as a subprocess command line (``python -m agoramesh.cli``).
-AGORAMESH = (sys.executable, "-m", "agoramesh.cli")
+#: Seconds a CLI process may take to print that it is ready.
+READY_TIMEOUT = 30.0
 _READY = re.compile(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n")
 
 
@@ -32,10 +32,26 @@ class UpProcess:
         self.stderr = ""
         self._reaped = False
         assert self.process.stdout is not None
-        for _ in range(60):  # bounded: a line per server and agent, then "mesh ready"
-            line = self.process.stdout.readline()
+        self._lines = LineReader(self.process.stdout)
+        try:
+            ready = self._read_until_ready(time.monotonic() + READY_TIMEOUT)
+        except BaseException:  # interrupted: never leave the mesh running
+            self.reap()
+            raise
+        if not ready:
+            self.reap()
+            raise AssertionError(f"agoramesh up did not become ready within {READY_TIMEOUT:g}s: "
+                                 f"{self.stderr}")
+
+    def _read_until_ready(self, deadline: float) -> bool:
+        """Read a line per server and agent up to "mesh ready"; False at EOF or the deadline."""
+        while True:
+            try:
+                line = self._lines.readline(deadline)
+            except TimeoutError:
+                return False
             if not line:
-                break
+                return False
             self.pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
             if line.startswith("http api: "):
                 self.http = line.split(": ", 1)[1].strip()
@@ -43,9 +59,7 @@ class UpProcess:
                 self.metrics = line.split(": ", 1)[1].strip()
             if match := _READY.fullmatch(line):
                 self.url = match.group(1)
-                return
-        self.reap()
-        raise AssertionError(f"agoramesh up did not become ready: {self.stderr}")
+                return True
 
     def interrupt(self, timeout: float = 20) -> tuple[str, str]:
         """SIGINT, as Ctrl-C: the orderly stop. Returns the rest of (stdout, stderr)."""
@@ -53,7 +67,7 @@ class UpProcess:
             self.process.send_signal(signal.SIGINT)
         out, self.stderr = self.process.communicate(timeout=timeout)
         self._reaped = True
-        return out, self.stderr
+        return self._lines.rest() + out, self.stderr
 
     def reap(self) -> None:
         """Kill whatever is left: the process, then any server it did not stop."""

@@ -29,6 +29,7 @@ from agoramesh.nodes.backends.base import (
     ChatMessage,
     Transient,
     retry_after_seconds,
+    status_error,
     stream_with_retries,
 )
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Usage
@@ -49,14 +50,11 @@ class AnthropicBackend(Backend):
     """Claude models over the Messages API (``type = "anthropic"``, alias ``claude``)."""
 
     type = "anthropic"
+    default_model = DEFAULT_MODEL
 
     def __init__(self, config: BackendConfig | None = None) -> None:
         super().__init__(config)
         self._client: anthropic.AsyncAnthropic | None = None
-
-    @property
-    def model(self) -> str:
-        return self.config.model or DEFAULT_MODEL
 
     def _anthropic(self) -> anthropic.AsyncAnthropic:
         # Made on first use: the SDK may read credential files, which a backend that
@@ -147,17 +145,8 @@ def _translate(exc: Exception) -> BackendError | None:
         status = exc.status_code
         if status < 400:  # an `error` event inside a 200 stream
             status = _ERROR_TYPE_STATUS.get(exc.type or "", 500)
-        message = exc.api_message or exc.message
-        if status in (401, 403):
-            return BackendAuthError(f"Anthropic refused the credentials (HTTP {status}): "
-                                    f"{message}")
-        if status == 429:
-            return Transient(f"rate limited by Anthropic: {message}", rate_limited=True,
-                             retry_after=retry_after_seconds(exc.response.headers))
-        if status in (408, 409) or status >= 500:
-            return Transient(f"Anthropic unavailable (HTTP {status}): {message}",
-                             retry_after=retry_after_seconds(exc.response.headers))
-        return BackendError(f"Anthropic rejected the request (HTTP {status}): {message}")
+        return status_error("Anthropic", status, exc.api_message or exc.message,
+                            retry_after=retry_after_seconds(exc.response.headers))
     if isinstance(exc, anthropic.CredentialsError):
         return BackendAuthError(f"no usable Anthropic credentials (set api_key or "
                                 f"ANTHROPIC_API_KEY): {exc}")

@@ -16,6 +16,7 @@ that, the requester has seen output and a retry would duplicate it.
 from __future__ import annotations
 
 import abc
+import asyncio
 import email.utils
 import json
 import math
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, Literal, TypedDict, TypeVar
 import tenacity
 
 from agoramesh.errors import (
+    BackendAuthError,
     BackendBadResponse,
     BackendError,
     BackendRateLimited,
@@ -44,6 +46,7 @@ __all__ = (
     "collect",
     "retry_after_seconds",
     "retrying",
+    "status_error",
     "stream_with_retries",
     "task_prompt",
 )
@@ -102,6 +105,11 @@ def _wait(config: BackendConfig) -> Callable[[tenacity.RetryCallState], float]:
     return wait
 
 
+async def _pause(seconds: float) -> None:
+    """The sleep between attempts (a module global: tests record the waits chosen)."""
+    await asyncio.sleep(seconds)
+
+
 async def retrying(config: BackendConfig, call: Callable[[], Awaitable[T]]) -> T:
     """``await call()``, retrying :class:`Transient` failures as configured.
 
@@ -112,6 +120,7 @@ async def retrying(config: BackendConfig, call: Callable[[], Awaitable[T]]) -> T
         retry=tenacity.retry_if_exception_type(Transient),
         stop=tenacity.stop_after_attempt(config.max_retries + 1),
         wait=_wait(config),
+        sleep=_pause,
         reraise=True,
     )
     async def attempt() -> T:  # tenacity only awaits coroutine functions, not any callable
@@ -193,6 +202,26 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return max(0.0, seconds)
 
 
+def status_error(provider: str, status: int, message: str, *,
+                 retry_after: float | None = None) -> BackendError:
+    """What an HTTP error status from ``provider`` means to the node.
+
+    401 and 403 are :class:`BackendAuthError` (never retried); 429 is a
+    rate-limited :class:`Transient`; 408, 409 and 5xx are a :class:`Transient`
+    (``retry_after``: the server's hint, see :func:`retry_after_seconds`);
+    anything else is the request's fault, a plain :class:`BackendError`.
+    """
+    if status in (401, 403):
+        return BackendAuthError(f"{provider} refused the credentials (HTTP {status}): {message}")
+    if status == 429:
+        return Transient(f"rate limited by {provider} (HTTP 429): {message}", rate_limited=True,
+                         retry_after=retry_after)
+    if status in (408, 409) or status >= 500:
+        return Transient(f"{provider} unavailable (HTTP {status}): {message}",
+                         retry_after=retry_after)
+    return BackendError(f"{provider} rejected the request (HTTP {status}): {message}")
+
+
 def _finite(text: str | None) -> float | None:
     try:
         number = float(text or "")
@@ -232,19 +261,22 @@ async def collect(stream: AsyncIterator[StreamItem]) -> Completion:
 class Backend(abc.ABC):
     """One provider or program behind an agent.
 
-    Subclasses set ``type`` and implement :meth:`chat`; :meth:`execute` turns
-    a task into a chat by default. Backends own their clients: ``aclose``
-    releases them.
+    Subclasses set ``type`` (and ``default_model``, used when the config names
+    no model) and implement :meth:`chat`; :meth:`execute` turns a task into a
+    chat by default. Backends own their clients: ``aclose`` releases them.
     """
 
     type: ClassVar[str]
+    #: The model used when the config names none; "" for backends without one.
+    default_model: ClassVar[str] = ""
 
     def __init__(self, config: BackendConfig | None = None) -> None:
         self.config = config or BackendConfig()
 
     @property
-    def model(self) -> str | None:
-        return self.config.model
+    def model(self) -> str:
+        """The configured model, else ``default_model`` ("": none known)."""
+        return self.config.model or self.default_model
 
     def price(self, usage: Usage) -> Usage:
         return usage.priced(input_per_1k=self.config.input_price_per_1k,
@@ -258,7 +290,7 @@ class Backend(abc.ABC):
         return messages
 
     async def execute(self, task: Task, context: dict[str, Any] | None = None
-                      ) -> AsyncIterator[StreamItem]:
+                      ) -> AsyncGenerator[StreamItem, None]:
         """Stream the task's output: chunks, then one Completion.
 
         The default asks :meth:`chat` and wraps the text as ``{"text": …}``.

@@ -16,16 +16,14 @@ agent that may already have edited files is not a safe retry.
 
 from __future__ import annotations
 
-import abc
-import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, ClassVar
 
 from agoramesh.errors import BackendBadResponse, BackendError
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.backends.command import ChildProcess
-from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, Usage
+from agoramesh.nodes.task import Chunk, Completion, StreamItem, Usage
 
 __all__ = ("ClaudeCodeBackend", "CodexBackend")
 
@@ -38,21 +36,6 @@ class _AgentCLI(Backend):
     executable: ClassVar[str]
     subcommand: ClassVar[tuple[str, ...]] = ()
     install_hint: ClassVar[str]
-
-    @abc.abstractmethod
-    def chat(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[StreamItem, None]:
-        """Stream the CLI's reply to ``messages``."""
-
-    async def execute(self, task: Task, context: dict[str, Any] | None = None
-                      ) -> AsyncIterator[StreamItem]:
-        # Backend.execute, but closing the chat stream when our consumer stops early:
-        # left open, it would keep the CLI running until garbage collection.
-        async with contextlib.aclosing(self.chat(self.messages_for(task))) as stream:
-            async for item in stream:
-                if isinstance(item, Completion) and not isinstance(item.output, dict):
-                    item = Completion(output={"text": item.output}, usage=item.usage,
-                                      model=item.model)
-                yield item
 
     def _child(self, flags: Sequence[str], prompt: str, *, stdin_arg: str | None
                ) -> ChildProcess:

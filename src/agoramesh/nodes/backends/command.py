@@ -206,7 +206,7 @@ class CommandBackend(Backend):
     type = "command"
 
     async def execute(self, task: Task, context: dict[str, Any] | None = None
-                      ) -> AsyncIterator[StreamItem]:
+                      ) -> AsyncGenerator[StreamItem, None]:
         request = task.as_dict()
         if context:
             request["context"] = context

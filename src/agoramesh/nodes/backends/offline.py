@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from agoramesh.errors import InvalidInput, UnknownCapability
@@ -241,17 +241,14 @@ class OfflineBackend(Backend):
     """Deterministic skills in-process; no network, no API key, no model download."""
 
     type: ClassVar[str] = "offline"
-
-    @property
-    def model(self) -> str:
-        return self.config.model or DEFAULT_MODEL
+    default_model = DEFAULT_MODEL
 
     def usage(self, given: Any, produced: Any) -> Usage:
         return self.price(Usage(input_tokens=estimate_tokens(given),
                                 output_tokens=estimate_tokens(produced)))
 
     async def execute(self, task: Task, context: dict[str, Any] | None = None
-                      ) -> AsyncIterator[StreamItem]:
+                      ) -> AsyncGenerator[StreamItem, None]:
         """Run the skill named by ``task.task_type``: progress chunks, then the Completion."""
         skill = _SKILLS.get(task.task_type)
         if skill is None:

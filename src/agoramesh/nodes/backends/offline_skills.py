@@ -17,35 +17,18 @@ import hashlib
 import math
 import operator
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from agoramesh.errors import InvalidInput
-from agoramesh.nodes.backends.offline_code import (
-    MAX_BRANCHES,
-    MAX_FUNCTION_LINES,
-    generate_python,
-    review_python,
-)
-from agoramesh.nodes.backends.offline_sandbox import (
-    MAX_CODE_BYTES,
-    MAX_TIMEOUT,
-    OUTPUT_LIMIT,
-    run_python,
-)
-
-if sys.platform != "win32":
-    pass
+from agoramesh.nodes.backends.offline_code import generate_python, review_python
+from agoramesh.nodes.backends.offline_sandbox import MAX_CODE_BYTES, MAX_TIMEOUT, run_python
 
 __all__ = (
-    "MAX_BRANCHES",
     "MAX_CODE_BYTES",
     "MAX_EXPRESSION",
-    "MAX_FUNCTION_LINES",
     "MAX_TIMEOUT",
-    "OUTPUT_LIMIT",
     "debate",
     "evaluate",
     "generate_python",

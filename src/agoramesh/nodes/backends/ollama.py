@@ -20,7 +20,6 @@ import ollama
 import pydantic
 
 from agoramesh.errors import (
-    BackendAuthError,
     BackendBadResponse,
     BackendError,
 )
@@ -30,6 +29,7 @@ from agoramesh.nodes.backends.base import (
     ChatMessage,
     Transient,
     retry_after_seconds,
+    status_error,
     stream_with_retries,
 )
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Usage
@@ -44,14 +44,11 @@ class OllamaBackend(Backend):
     """A model on an Ollama server (``type = "ollama"``); ``base_url`` is the server."""
 
     type = "ollama"
+    default_model = DEFAULT_MODEL
 
     def __init__(self, config: BackendConfig | None = None) -> None:
         super().__init__(config)
         self._client: ollama.AsyncClient | None = None
-
-    @property
-    def model(self) -> str:
-        return self.config.model or DEFAULT_MODEL
 
     def _ollama(self) -> ollama.AsyncClient:
         if self._client is None:
@@ -110,17 +107,13 @@ class OllamaBackend(Backend):
         if not isinstance(exc, ollama.ResponseError):
             return None
         status, message, model = exc.status_code, str(exc.error), self.model
-        if status in (401, 403):
-            return BackendAuthError(f"Ollama refused the credentials (HTTP {status}): {message}")
         if status == 404:
             return BackendError(f"model {model!r} not found on the Ollama server; "
                                 f"run `ollama pull {model}` ({message})")
-        if status == 429:
-            return Transient(f"rate limited by Ollama: {message}", rate_limited=True)
-        if status == -1 or status in (408, 409) or status >= 500:
-            # -1: an `error` line inside the stream, such as a model runner that crashed.
-            return Transient(f"Ollama unavailable (HTTP {status}): {message}")
-        return BackendError(f"Ollama rejected the request (HTTP {status}): {message}")
+        if status == -1:  # an `error` line inside the stream, such as a model runner that crashed
+            return Transient(f"Ollama unavailable: {message}")
+        # A 429 with its Retry-After was raised by _raise_rate_limited before the client saw it.
+        return status_error("Ollama", status, message)
 
 
 async def _raise_rate_limited(response: httpx.Response) -> None:

@@ -40,6 +40,7 @@ from agoramesh.nodes.backends.base import (
     ChatMessage,
     Transient,
     retry_after_seconds,
+    status_error,
     stream_with_retries,
 )
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Usage
@@ -56,6 +57,7 @@ class OpenAIBackend(Backend):
     """Chat Completions or the Responses API, streamed, against ``base_url``."""
 
     type = "openai"
+    default_model = DEFAULT_MODEL
 
     def __init__(self, config: BackendConfig | None = None) -> None:
         super().__init__(config)
@@ -74,10 +76,6 @@ class OpenAIBackend(Backend):
         except openai.OpenAIError as exc:
             raise ConfigError("the openai backend needs an API key: set api_key in the "
                               "agent's config or OPENAI_API_KEY") from exc
-
-    @property
-    def model(self) -> str:
-        return self.config.model or DEFAULT_MODEL
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -154,15 +152,9 @@ class OpenAIBackend(Backend):
             what = "the API key" if exc.status_code == 401 else "access"
             return BackendAuthError(f"{server} rejected {what} ({exc.status_code}): "
                                     f"{_server_message(exc)}")
-        if isinstance(exc, openai.RateLimitError):
-            return Transient(f"{server} is rate limiting us (429): {_server_message(exc)}",
-                             rate_limited=True,
-                             retry_after=retry_after_seconds(exc.response.headers))
         if isinstance(exc, openai.APIStatusError):
-            message = f"{server} answered {exc.status_code}: {_server_message(exc)}"
-            if exc.status_code >= 500 or exc.status_code == 408:
-                return Transient(message, retry_after=retry_after_seconds(exc.response.headers))
-            return BackendError(message)
+            return status_error(server, exc.status_code, _server_message(exc),
+                                retry_after=retry_after_seconds(exc.response.headers))
         if isinstance(exc, openai.APITimeoutError):
             return Transient(f"{server} did not answer within {self.config.timeout}s")
         if isinstance(exc, openai.APIConnectionError):
