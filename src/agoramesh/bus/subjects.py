@@ -122,6 +122,10 @@ class Subjects:
     def help(self, capability: str) -> str:
         return f"{self.prefix}.help.{validate_capability_pattern(capability)}"
 
+    def team(self, team: str, kind: str = ">") -> str:
+        """A decentralized-mode team's broadcasts (``kind``: a message type, or ``>``)."""
+        return f"{self.prefix}.team.{validate_capability(team)}.{kind}"
+
     def telemetry(self, agent_id: str) -> str:
         """An agent's counters and recent events, once a heartbeat (``agoramesh watch``)."""
         return f"{self.prefix}.telemetry.{_agent(agent_id)}"

@@ -16,7 +16,19 @@ import sys
 from collections.abc import Sequence
 
 from agoramesh._version import __version__
-from agoramesh.cli import agents, collaborate, decode, demo, keys, node, submit, up, watch, workflow
+from agoramesh.cli import (
+    agents,
+    collaborate,
+    decode,
+    demo,
+    episode,
+    keys,
+    node,
+    submit,
+    up,
+    watch,
+    workflow,
+)
 from agoramesh.config import Environment, LogFormat, LogLevel
 from agoramesh.errors import AgoraError
 from agoramesh.observability.logs import configure_logging
@@ -32,7 +44,8 @@ def build_parser(env: Environment | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"agoramesh {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (up, demo, node, agents, submit, collaborate, workflow, watch, keys, decode):
+    for module in (up, demo, node, agents, submit, collaborate, workflow, watch, episode, keys,
+                   decode):
         module.register(commands)
     _add_log_options(parser, env or Environment())
     return parser

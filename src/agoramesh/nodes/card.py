@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,7 +11,7 @@ from typing import Any
 
 from agoramesh.nodes.capability import Capability, matches
 
-__all__ = ("AgentCard", "AgentStatus")
+__all__ = ("AgentCard", "AgentStatus", "card_digest")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,3 +113,9 @@ class AgentCard:
                    metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
                    capabilities=tuple(Capability.from_dict(c)
                                       for c in data.get("capabilities") or ()))
+
+
+def card_digest(card: Mapping[str, Any]) -> str:
+    """The digest heartbeats carry instead of the card (PROTOCOL.md, presence)."""
+    return hashlib.blake2b(json.dumps(card, sort_keys=True).encode(),
+                           digest_size=12).hexdigest()

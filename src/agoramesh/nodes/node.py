@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -49,7 +47,7 @@ from agoramesh.errors import (
 )
 from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.card import AgentCard, AgentStatus
+from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
@@ -146,8 +144,7 @@ class AgentNode:
                               capabilities=config.capabilities, metadata=config.metadata)
         self._card_dict = self.card.as_dict()  # sent with every hello, discovery and card
         # Heartbeats carry this digest instead of the card; peers fetch a card they lack.
-        self.card_digest = hashlib.blake2b(
-            json.dumps(self._card_dict, sort_keys=True).encode(), digest_size=12).hexdigest()
+        self.card_digest = card_digest(self._card_dict)
         # Presence and telemetry outlive a few missed beats, never less than a second.
         self._presence_ttl_ms = max(1000, int(config.heartbeat_interval * 3000))
         self._fetching: set[str] = set()

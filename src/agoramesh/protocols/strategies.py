@@ -38,8 +38,16 @@ order*: agent priority high to low, then agent id.
   votes; ties go to the higher suitability, then the lower agent id; without
   a quorum the task stays unassigned, its reason starting ``no quorum``.
 
-Tasks nobody took are unassigned as ``no capable agent for …`` or ``no
-capacity: …``. :func:`negotiate_task_allocation` turns an allocation into one
+*Per-task bids* (``task_bids``: task id → {agent id: :class:`~.scoring.Bid`})
+let agents price each task on its own, for example with the time they need to
+reach it as ``latency_ms``. A task with an entry is open only to the capable
+agents that bid on it, each scored on its own bid (its load still grows with
+what it got so far), and in ``priority_based`` an agent takes the remaining
+task its bids score best rather than the first in task order. Tasks without
+an entry use the profiles as above.
+
+Tasks nobody took are unassigned as ``no capable agent for …``, ``no bid
+for …`` or ``no capacity: …``. :func:`negotiate_task_allocation` turns an allocation into one
 agent's answer; :func:`resolve_conflict` settles agents claiming one task.
 """
 
@@ -49,7 +57,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -228,7 +236,9 @@ class Allocation:
 class _Plan:
     """An allocation being built: who got what so far, and who still has room."""
 
-    def __init__(self, profiles: Iterable[AgentProfile]) -> None:
+    def __init__(self, profiles: Iterable[AgentProfile],
+                 task_bids: Mapping[str, Mapping[str, Bid]] | None = None) -> None:
+        self.task_bids = {str(task): dict(bids) for task, bids in (task_bids or {}).items()}
         self.profiles: dict[str, AgentProfile] = {}
         for profile in profiles:
             if profile.agent_id in self.profiles:
@@ -242,9 +252,28 @@ class _Plan:
     def free(self, profile: AgentProfile) -> int:
         return profile.capacity - profile.in_flight - self.assigned[profile.agent_id]
 
+    def bid(self, profile: AgentProfile, task: TaskSpec) -> Bid | None:
+        """``profile``'s bid for ``task`` with what it got so far added to its load."""
+        assigned = self.assigned[profile.agent_id]
+        own = self.task_bids.get(task.task_id)
+        if own is None:
+            return profile.as_bid(assigned=assigned)
+        bid = own.get(profile.agent_id)
+        if bid is None:
+            return None
+        extra = assigned / profile.capacity if profile.capacity else 1.0
+        return replace(bid, load=min(1.0, bid.load + extra), in_flight=bid.in_flight + assigned)
+
     def options(self, task: TaskSpec) -> list[AgentProfile]:
         """Capable agents with room; with none, the task is left with the reason why."""
         capable = [p for p in self.profiles.values() if p.can_do(task.capability)]
+        if task.task_id in self.task_bids and capable:
+            bidders = [p for p in capable if p.agent_id in self.task_bids[task.task_id]]
+            if not bidders:
+                self.reasons[task.task_id] = (f"no bid for {task.task_id!r} from the "
+                                              f"{len(capable)} agent(s) able to do it")
+                return []
+            capable = bidders
         room = [p for p in capable if self.free(p) > 0]
         if not capable:
             self.reasons[task.task_id] = f"no capable agent for {task.capability!r}"
@@ -253,8 +282,9 @@ class _Plan:
                                           f"{task.capability!r} are full")
         return room
 
-    def scored(self, agents: Iterable[AgentProfile]) -> list[tuple[float, Bid]]:
-        bids = [p.as_bid(assigned=self.assigned[p.agent_id]) for p in agents]
+    def scored(self, agents: Iterable[AgentProfile], task: TaskSpec
+               ) -> list[tuple[float, Bid]]:
+        bids = [bid for p in agents if (bid := self.bid(p, task)) is not None]
         return rank(bids, SUITABILITY)
 
     def contests(self, order: Sequence[TaskSpec]
@@ -265,7 +295,7 @@ class _Plan:
         so the loads it sees include their assignments.
         """
         for task in order:
-            ranked = self.scored(self.options(task))
+            ranked = self.scored(self.options(task), task)
             if ranked:
                 yield task, ranked, {bid.agent_id: score for score, bid in ranked}
 
@@ -298,7 +328,7 @@ def _auction(plan: _Plan, order: Sequence[TaskSpec]) -> None:
     for task in order:
         room = plan.options(task)
         if room:
-            score, best = plan.scored(room)[0]
+            score, best = plan.scored(room, task)[0]
             plan.give(task, best.agent_id, score, f"auction: best suitability {score:.4f} of "
                                                   f"{len(room)} capable agent(s) with capacity")
 
@@ -309,11 +339,18 @@ def _priority(plan: _Plan, order: Sequence[TaskSpec]) -> None:
     for round_ in itertools.count(1):
         took = False
         for agent in agents:
-            task = next((t for t in remaining if agent.can_do(t.capability)), None)
-            if task is None or plan.free(agent) <= 0:
+            if plan.free(agent) <= 0:
                 continue
+            # Its best task by its own bids; without per-task bids all score the
+            # same and the first in task order wins (max keeps the first of equals).
+            choices = [(scored[0][0], -index, task) for index, task in enumerate(remaining)
+                       if agent.can_do(task.capability)
+                       and (scored := plan.scored([agent], task))]
+            if not choices:
+                continue
+            score, _, task = max(choices, key=lambda choice: (round(choice[0], 9), choice[1]))
             remaining.remove(task)
-            plan.give(task, agent.agent_id, plan.scored([agent])[0][0],
+            plan.give(task, agent.agent_id, score,
                       f"priority: chosen by {agent.name or agent.agent_id} "
                       f"(priority {agent.priority}) in round {round_}")
             took = True
@@ -351,10 +388,12 @@ def _consensus(plan: _Plan, order: Sequence[TaskSpec],
 def allocate(tasks: Iterable[Mapping[str, Any] | TaskSpec], profiles: Iterable[AgentProfile],
              strategy: NegotiationStrategy | str = NegotiationStrategy.AUCTION_BASED, *,
              votes: Mapping[str, Mapping[str, object]] | None = None,
-             quorum: float = 0.5) -> Allocation:
+             quorum: float = 0.5,
+             task_bids: Mapping[str, Mapping[str, Bid]] | None = None) -> Allocation:
     """Allocate ``tasks`` among ``profiles`` by ``strategy`` (rules: module docstring).
 
-    ``votes`` (consensus only) maps a task id to ``{voter id: chosen agent id}``.
+    ``votes`` (consensus only) maps a task id to ``{voter id: chosen agent id}``;
+    ``task_bids`` maps a task id to the per-task bids of the agents bidding on it.
     """
     try:
         chosen = NegotiationStrategy(strategy)
@@ -362,7 +401,7 @@ def allocate(tasks: Iterable[Mapping[str, Any] | TaskSpec], profiles: Iterable[A
         raise InvalidInput(f"unknown negotiation strategy {strategy!r:.40}; use one of "
                            f"{', '.join(s.value for s in NegotiationStrategy)}") from None
     order = _task_order(normalize_tasks(tasks))
-    plan = _Plan(profiles)
+    plan = _Plan(profiles, task_bids)
     if chosen is NegotiationStrategy.CONSENSUS:
         return plan.result(chosen, order, _consensus(plan, order, votes, quorum))
     (_auction if chosen is NegotiationStrategy.AUCTION_BASED else _priority)(plan, order)
@@ -371,7 +410,9 @@ def allocate(tasks: Iterable[Mapping[str, Any] | TaskSpec], profiles: Iterable[A
 
 async def consensus_allocation(bus: Bus, tasks: Iterable[Mapping[str, Any] | TaskSpec],
                                profiles: Iterable[AgentProfile], voters: Sequence[str], *,
-                               timeout: float, quorum: float = 0.5) -> Allocation:
+                               timeout: float, quorum: float = 0.5,
+                               task_bids: Mapping[str, Mapping[str, Bid]] | None = None
+                               ) -> Allocation:
     """The consensus strategy with ballots put to ``voters`` over the bus.
 
     One ballot per task in task order, to all voters at once, each waiting at
@@ -379,7 +420,7 @@ async def consensus_allocation(bus: Bus, tasks: Iterable[Mapping[str, Any] | Tas
     :func:`~.voting.default_chooser` reach the allocation :func:`allocate` makes.
     """
     order = _task_order(normalize_tasks(tasks))
-    plan = _Plan(profiles)
+    plan = _Plan(profiles, task_bids)
     tallies: dict[str, Tally] = {}
     for task, ranked, scores in plan.contests(order):
         ballot = allocation_ballot(
@@ -397,7 +438,9 @@ def negotiate_task_allocation(
         tasks: Iterable[Mapping[str, Any] | TaskSpec],
         strategy: NegotiationStrategy | str = NegotiationStrategy.AUCTION_BASED, *,
         votes: Mapping[str, Mapping[str, object]] | None = None,
-        quorum: float = 0.5) -> dict[str, list[dict[str, Any]]]:
+        quorum: float = 0.5,
+        task_bids: Mapping[str, Mapping[str, Bid]] | None = None
+        ) -> dict[str, list[dict[str, Any]]]:
     """The seed's answer for agent ``me``: ``{accepted_tasks, rejected_tasks, proposals}``.
 
     The tasks are allocated among ``me`` and ``peers`` (a peer with my id is
@@ -409,7 +452,8 @@ def negotiate_task_allocation(
     """
     specs = normalize_tasks(tasks)
     agents = [me, *(peer for peer in peers if peer.agent_id != me.agent_id)]
-    allocation = allocate(specs, agents, strategy, votes=votes, quorum=quorum)
+    allocation = allocate(specs, agents, strategy, votes=votes, quorum=quorum,
+                          task_bids=task_bids)
     by_id = {agent.agent_id: agent for agent in agents}
     answer: dict[str, list[dict[str, Any]]] = {
         "accepted_tasks": [], "rejected_tasks": [], "proposals": []}

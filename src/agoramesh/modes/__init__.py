@@ -1,0 +1,3 @@
+"""Modes of running agents on the mesh; ``decentralized`` is the second seed's (M-7)."""
+
+__all__ = ()
