@@ -121,7 +121,9 @@ class AutonomousAgent(BaseAgent):
             raise AgoraError(f"{self.agent_id}: {self.comm.last_error}")
 
     def set_task(self, task_description: str) -> None:
+        """The episode's goal; the world may have changed, so its tasks and our abilities too."""
         super().set_task(task_description)
+        self.capabilities = list(self.simulator.get_agent_capabilities(self.agent_id))
         self.tasks = {str(t["task_id"]): dict(t) for t in self.simulator.get_tasks()}
 
     def communicate_with_peers(self, message: Mapping[str, Any]) -> dict[str, Any]:
@@ -414,9 +416,11 @@ class AutonomousAgent(BaseAgent):
         queued = self._snapshot[1]
         capacity = _CAPACITY[self.cooperation]
         digits = "".join(c for c in self.agent_id if c.isdigit())
+        # A later round is for counter-offers: room for one more task a round past the queue.
+        room = capacity if round_ == 1 else max(capacity, queued) + round_ - 1
         return AgentProfile(agent_id=self.agent_id, name=self.agent_id,
                             capabilities=tuple(self.capabilities),
-                            capacity=capacity + round_ - 1, in_flight=queued,
+                            capacity=room, in_flight=queued,
                             load=min(1.0, queued / capacity),
                             priority=max(0, 100 - int(digits or 0)))
 

@@ -108,6 +108,7 @@ class CommunicationManager:
         """Send to one teammate; True once it has the message (module docstring)."""
         target = check_agent_id(target_agent_id)
         prepared = self._prepare(message, target)
+        self.last_error = ""
         if target == self.agent_id:
             self.last_error = "an agent does not send messages to itself"
             return False
@@ -118,6 +119,7 @@ class CommunicationManager:
     def broadcast_message(self, message: Mapping[str, Any]) -> bool:
         """Send to every teammate by the configured protocol; True once all have it."""
         prepared = self._prepare(message, "broadcast")
+        self.last_error = ""
         targets = self.peers
         if not targets:
             self.last_error = "no teammates to broadcast to"
@@ -240,10 +242,11 @@ class CommunicationManager:
         return prepared
 
     def _after_send(self, message: dict[str, Any], ok: bool, target: str) -> None:
-        if not ok and not self.last_error:
-            self.last_error = f"{target} did not take message {message['message_id']}"
-        elif ok:
-            self.last_error = ""
+        if not ok:
+            known = target == "broadcast" or target in self.peers
+            self.last_error = (f"{target} did not take message {message['message_id']}" if known
+                               else f"no teammate {target} on the mesh (known: "
+                                    f"{', '.join(self.peers) or 'none'})")
         self._record("sent", message)
 
     def _record(self, direction: str, message: dict[str, Any]) -> None:

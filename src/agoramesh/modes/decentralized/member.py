@@ -218,8 +218,13 @@ class Member:
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             caps = []
         known = self.roster.get(sim_id)
-        if known is not None and known.agent_id == agent_id and not known.lost:
-            known.last_seen = time.monotonic()
+        if known is not None and not known.lost:
+            if known.agent_id == agent_id:
+                known.last_seen = time.monotonic()
+            else:  # a live teammate's name, claimed by another key: not a takeover
+                self.stats["roster_conflicts"] += 1
+                log.warning("%s: %s claims the name of live teammate %s", self.sim_id,
+                            agent_id[:12], sim_id)
             return
         self.roster[sim_id] = Teammate(sim_id, agent_id, tuple(caps[:32]))
         assert self.bus is not None
