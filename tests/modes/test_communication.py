@@ -362,6 +362,7 @@ def test_an_outsider_cannot_take_over_a_live_teammates_name(team: Team) -> None:
     still_heard = beta.send_message("alpha", status(state="still me"))
     alpha.receive_messages()
     assert roster_beta == beta.member.agent_id, "the outsider replaced beta on alpha's roster"
+    assert alpha.stats.get("roster_conflicts", 0) >= 1  # the claim was noticed and counted
     assert isinstance(outcome, InvalidInput), "a forged help_request as beta was accepted"
     assert delivered == []
     assert still_heard is True

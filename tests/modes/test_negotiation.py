@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from decentralized_support import Team, make_config
+from decentralized_support import Team, make_config, run_episode
 
 from agoramesh.modes.decentralized.autonomous_agent import AutonomousAgent
+from agoramesh.modes.decentralized.policy import estimated_steps
 from agoramesh.sim import GridWorld
 
 pytestmark = pytest.mark.integration
@@ -174,6 +175,38 @@ def test_a_full_agents_counter_offer_fills_a_later_round(team: Team) -> None:
     assert results["agent_1"]["rounds"] > 1
     # ...and no task is left with nobody while an able agent offered to take it.
     check_allocation(world, agents, extra, results)
+
+
+@pytest.mark.parametrize("when", ["first episode", "after reset"])
+def test_bids_estimate_from_where_each_bidder_is(team: Team, when: str) -> None:
+    """A teammate's bid carries estimated_time from its own position in this world, even
+    when the negotiation starts before it has acted (the seed's loop: agent_1 decides first)."""
+    world = GridWorld(num_agents=3, seed=CONTESTED_SEED)
+    agents = build(team, world, "auction_based")
+    if when == "after reset":
+        run_episode(world, agents, 200)
+        assert world.evaluate()["success"] is True
+        for agent in agents:
+            agent.reset()
+        world.reset(seed=CONTESTED_SEED + 1)
+    task_description = world.task_description()
+    for agent in agents:
+        agent.set_task(task_description)
+    tasks = {task["task_id"]: task for task in world.get_tasks()}
+    result = agents[0].negotiate_task_allocation(list(tasks.values()))
+    bids = [(message["sender_id"], bid) for direction, message in agents[0].comm.history
+            if direction == "received" and message["message_type"] == "task_negotiation"
+            and message["content"].get("negotiation_id") == result["negotiation_id"]
+            and message["content"].get("round") == 1
+            for bid in message["content"].get("bids", ())]
+    assert {sender for sender, _ in bids} == {"agent_2", "agent_3"}
+    wrong = {(sender, bid["task_id"]): (bid["estimated_time"],
+                                        estimated_steps(world.position(sender),
+                                                        tasks[bid["task_id"]]))
+             for sender, bid in bids
+             if bid["estimated_time"] != estimated_steps(world.position(sender),
+                                                         tasks[bid["task_id"]])}
+    assert wrong == {}, f"(bidder, task): (estimated_time bid, from its position) {wrong}"
 
 
 def test_negotiating_again_answers_from_the_allocation_held(team: Team) -> None:

@@ -125,6 +125,8 @@ class AutonomousAgent(BaseAgent):
         super().set_task(task_description)
         self.capabilities = list(self.simulator.get_agent_capabilities(self.agent_id))
         self.tasks = {str(t["task_id"]): dict(t) for t in self.simulator.get_tasks()}
+        # Teammates may negotiate before this agent first decides: bid from where it is.
+        self._learn(self.simulator.observe(self.agent_id))
 
     def communicate_with_peers(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """Send ``message`` to its ``receiver_id`` (or everyone); what happened, as a dict."""

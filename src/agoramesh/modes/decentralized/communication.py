@@ -247,9 +247,10 @@ class CommunicationManager:
             self.last_error = (f"{target} did not take message {message['message_id']}" if known
                                else f"no teammate {target} on the mesh (known: "
                                     f"{', '.join(self.peers) or 'none'})")
-        self._record("sent", message)
+        self.record("sent", message)
 
-    def _record(self, direction: str, message: dict[str, Any]) -> None:
+    def record(self, direction: str, message: dict[str, Any]) -> None:
+        """Add to the history and tell ``on_record`` (also for the negotiator's messages)."""
         with self._lock:
             self.history.append((direction, message))
         if self.on_record is not None:
@@ -274,5 +275,5 @@ class CommunicationManager:
             self.member.stats["dropped"] += 1
             # Negotiation was handled by the hooks already: taken, though not queued.
             return message["message_type"] == "task_negotiation" and bool(self.hooks)
-        self._record("received", message)
+        self.record("received", message)
         return True

@@ -246,6 +246,7 @@ class Negotiator:
                 "strategy": str(self.strategy), "initiator": self.me,
                 "tasks": [s.as_dict() for s in specs]})
             if peers:
+                self.comm.record("sent", announce)
                 await self.comm.broadcast_coro(announce, peers)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.comm.settings.timeout):
@@ -280,11 +281,11 @@ class Negotiator:
         sends = []
         for peer in self.comm.peers:
             mine = [t for t, owner in commitment.assignments.items() if owner == peer]
-            action = "accept" if mine else "reject"
-            sends.append(self.comm.member.send(peer, make_message(
-                self.me, peer, NEGOTIATION, {"action": action, "negotiation_id":
-                                             commitment.negotiation_id, "tasks": mine,
-                                             "allocation": body})))
+            award = make_message(self.me, peer, NEGOTIATION, {
+                "action": "accept" if mine else "reject",
+                "negotiation_id": commitment.negotiation_id, "tasks": mine, "allocation": body})
+            self.comm.record("sent", award)
+            sends.append(self.comm.member.send(peer, award))
         results = await asyncio.gather(*sends)
         if not all(results):
             log.warning("%s: %d teammate(s) missed the award of %s", self.me,
@@ -325,13 +326,14 @@ class Negotiator:
             return
         profile, bids = self.bidder(specs, round_)
         self.counts["bids_sent"] += 1
-        await self.comm.member.send(initiator, make_message(
-            self.me, initiator, NEGOTIATION, {
-                "action": "bid", "negotiation_id": nid, "round": round_, "bids": bids,
-                "profile": {"capabilities": list(profile.capabilities),
-                            "capacity": profile.capacity, "in_flight": profile.in_flight,
-                            "load": profile.load, "priority": profile.priority,
-                            "success_rate": profile.success_rate}}))
+        answer = make_message(self.me, initiator, NEGOTIATION, {
+            "action": "bid", "negotiation_id": nid, "round": round_, "bids": bids,
+            "profile": {"capabilities": list(profile.capabilities),
+                        "capacity": profile.capacity, "in_flight": profile.in_flight,
+                        "load": profile.load, "priority": profile.priority,
+                        "success_rate": profile.success_rate}})
+        self.comm.record("sent", answer)
+        await self.comm.member.send(initiator, answer)
 
     def _take_offer(self, sender: str, content: Mapping[str, Any]) -> None:
         key = (str(content.get("negotiation_id")), content.get("round"))
