@@ -100,6 +100,14 @@ class AgentCard:
     def offers(self, pattern: str) -> bool:
         return any(matches(pattern, cap.name) for cap in self.capabilities)
 
+    def answers(self, query: Mapping[str, Any]) -> bool:
+        """Whether a discovery query (optional ``capability`` pattern, ``type``, ``name``)
+        names this agent; a bad pattern raises SubjectError."""
+        pattern, kind, name = query.get("capability"), query.get("type"), query.get("name")
+        if pattern and not self.offers(str(pattern)):
+            return False
+        return not (kind and kind != self.type) and not (name and name != self.name)
+
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "type": self.type, "version": self.version,
                 "public_key": self.public_key, "endpoint": self.endpoint,

@@ -401,14 +401,12 @@ class AgentNode:
 
     async def _on_discover(self, delivery: Delivery) -> None:
         query = delivery.body if isinstance(delivery.body, dict) else {}
-        pattern, kind, name = query.get("capability"), query.get("type"), query.get("name")
         try:
-            if pattern and not self.card.offers(str(pattern)):
+            if not self.card.answers(query):
                 return
         except AgoraError:
-            await delivery.respond_error(InvalidInput(f"bad capability pattern {pattern!r}"))
-            return
-        if (kind and kind != self.config.type) or (name and name != self.config.name):
+            await delivery.respond_error(InvalidInput(
+                f"bad capability pattern {query.get('capability')!r}"))
             return
         await delivery.respond("discovery", self._presence_body())
 

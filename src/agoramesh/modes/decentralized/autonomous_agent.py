@@ -38,8 +38,9 @@ from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.modes.decentralized.base import BaseAgent
 from agoramesh.modes.decentralized.communication import CommunicationManager
 from agoramesh.modes.decentralized.config import CooperationLevel, DecentralizedConfig
-from agoramesh.modes.decentralized.negotiation import Negotiator, Offer
+from agoramesh.modes.decentralized.negotiation import Negotiator, Offer, bid_of
 from agoramesh.modes.decentralized.policy import Plan, estimated_steps, plan_task, point
+from agoramesh.protocols.scoring import SUITABILITY
 from agoramesh.protocols.strategies import AgentProfile, TaskSpec, resolve_conflict
 from agoramesh.protocols.voting import default_chooser
 from agoramesh.sim.interface import ActionStatus, SimulationEngine
@@ -50,6 +51,7 @@ log = logging.getLogger("agoramesh.decentralized")
 
 _CAPACITY = {CooperationLevel.LOW: 1, CooperationLevel.MEDIUM: 2, CooperationLevel.HIGH: 3}
 HELP_RETRY_STEPS = 8  # a help request nobody took is sent again after this many steps
+_COMMAND = re.compile(r"[A-Za-z]+")  # a command's first word
 _ACTION = re.compile(r"^\s*(?:agent_\w+_)?action\s*[:\uff1a]\s*(.+)$", re.IGNORECASE)
 
 
@@ -81,6 +83,8 @@ class AutonomousAgent(BaseAgent):
                 model=settings.llm.model_name, temperature=settings.llm.temperature,
                 api_key=settings.llm.api_key(), base_url=settings.llm.base_url,
                 max_retries=settings.communication.retry_attempts))
+        # What the bidder (on the runtime's loop) knows of us: position, tasks queued, tasks
+        # given up. Replaced whole and read whole, so the two threads need no lock.
         self._snapshot: tuple[tuple[int, int], int, frozenset[str]] = ((0, 0), 0, frozenset())
         self._clear_episode()
 
@@ -157,9 +161,6 @@ class AutonomousAgent(BaseAgent):
         profile, bids = self._offer([spec], 1)
         if not bids:
             return 0.0
-        from agoramesh.modes.decentralized.negotiation import bid_of
-        from agoramesh.protocols.scoring import SUITABILITY
-
         return round(SUITABILITY([bid_of(self.agent_id, profile, bids[0])])[0], 4)
 
     def handle_conflict_resolution(self, conflict: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,9 +168,6 @@ class AutonomousAgent(BaseAgent):
         verdict = resolve_conflict(conflict)
         verdict["keep"] = verdict["winner"] == self.agent_id
         return verdict
-
-    def set_trajectory_recorder(self, recorder: Any) -> None:
-        super().set_trajectory_recorder(recorder)
 
     def reset(self) -> None:
         """Clear communication history, negotiation state and allocations (and the episode)."""
@@ -180,11 +178,13 @@ class AutonomousAgent(BaseAgent):
 
     def close(self) -> None:
         """Leave the mesh; the last agent of the process stops the runtime."""
-        if self.llm is not None:
+        if self.comm.runtime.running:
             try:
-                self.comm.runtime.call(self.llm.aclose(), 5.0)
-            except AgoraError:
-                pass
+                self.comm.runtime.call(self.negotiator.aclose(), 5.0)
+                if self.llm is not None:
+                    self.comm.runtime.call(self.llm.aclose(), 5.0)
+            except AgoraError as exc:
+                log.warning("%s: close: %s", self.agent_id, exc)
         self.comm.close()
 
     # -- deciding ------------------------------------------------------------------
@@ -231,9 +231,8 @@ class AutonomousAgent(BaseAgent):
         owners = self.negotiator.owners()
         mine = [t for t, owner in owners.items() if owner == self.agent_id
                 and t not in self.completed]
-        with self.negotiator._lock:  # the bidder reads this from the loop thread
-            self._snapshot = (point(observation.get("position")), len(mine),
-                              frozenset(self.excluded))
+        self._snapshot = (point(observation.get("position")), len(mine),
+                          frozenset(self.excluded))
 
     def _negotiate_open_tasks(self) -> None:
         owners = self.negotiator.owners()
@@ -372,8 +371,7 @@ class AutonomousAgent(BaseAgent):
                                  f"{self.steps_on_task} steps",
             "requested_help": "take this task over", "request_id": uuid.uuid4().hex[:12]}})
         self.current, self.steps_on_task = None, 0
-        with self.negotiator._lock:
-            self._snapshot = (self._snapshot[0], self._snapshot[1], frozenset(self.excluded))
+        self._snapshot = (self._snapshot[0], self._snapshot[1], frozenset(self.excluded))
         self.negotiate_task_allocation([self.tasks[task_id]])
 
     # -- status --------------------------------------------------------------------
@@ -427,8 +425,7 @@ class AutonomousAgent(BaseAgent):
                             priority=max(0, 100 - int(digits or 0)))
 
     def _offer(self, specs: Sequence[TaskSpec], round_: int) -> Offer:
-        with self.negotiator._lock:
-            position, queued, excluded = self._snapshot
+        position, queued, excluded = self._snapshot
         profile = self._profile(round_)
         full = queued >= _CAPACITY[self.cooperation]
         bids = []
@@ -451,8 +448,7 @@ class AutonomousAgent(BaseAgent):
 
         actions = self.simulator.supported_actions(self.agent_id)
         allowed = {m.group(0).upper() for line in actions.splitlines()
-                   if (m := re.match(r"\s*([A-Za-z]+)", line))}
-        allowed = {word.strip() for word in allowed}
+                   if (m := _COMMAND.match(line.strip()))}
         queue = ", ".join(self._my_queue()) or "none"
         prompt = (f"Team task: {self.task_description}\n\n"
                   f"You are {self.agent_id}; capabilities: {', '.join(self.capabilities)}.\n"
@@ -473,14 +469,15 @@ class AutonomousAgent(BaseAgent):
             self.counts["llm_fallbacks"] += 1
             return plan.command
         text = str(completion.output)
-        action = next((m.group(1).strip() for line in text.splitlines()
-                       if (m := _ACTION.match(line))), text.strip().splitlines()[-1:] or [""])
-        action = (action if isinstance(action, str) else action[0]).strip().rstrip(".!。")
+        # The seed's parsing: the "Action:" line, else the last line of the reply.
+        lines = text.strip().splitlines() or [""]
+        action = next((m.group(1) for line in lines if (m := _ACTION.match(line))), lines[-1])
+        action = action.strip().rstrip(".!\u3002")
         if self.trajectory_recorder is not None:
             self.trajectory_recorder.record_llm_interaction(
                 agent_id=self.agent_id, interaction_index=self.step_count, prompt=prompt,
                 response=text, extracted_action=action, planner=plan.command)
-        word = re.match(r"[A-Za-z]+", action)
+        word = _COMMAND.match(action)
         if word is None or word.group(0).upper() not in allowed or len(action) > 200:
             self.counts["llm_fallbacks"] += 1
             return plan.command

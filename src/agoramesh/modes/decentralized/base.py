@@ -69,9 +69,8 @@ class BaseAgent(abc.ABC):
 
     def step(self) -> StepResult:
         """Carry out the decided action (deciding first if nothing is pending)."""
-        if self._pending is None:
-            self.decide_action()
-        action = self._pending or "WAIT"
+        # A subclass that returns without _decided still has its action carried out.
+        action = self._pending if self._pending is not None else self.decide_action()
         self._pending = None
         action = action.strip()
         self.step_count += 1

@@ -24,7 +24,6 @@ filled in; a message of the wrong shape or over 64 KiB is InvalidInput.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -32,8 +31,8 @@ import math
 import threading
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.modes.decentralized.config import CommunicationProtocol, DecentralizedConfig
@@ -46,6 +45,7 @@ log = logging.getLogger("agoramesh.decentralized")
 
 #: Sees each delivered message on the runtime's loop before it is queued.
 MessageHook = Callable[[dict[str, Any]], Awaitable[None]]
+T = TypeVar("T")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _HISTORY = 1000
 
@@ -112,7 +112,7 @@ class CommunicationManager:
         if target == self.agent_id:
             self.last_error = "an agent does not send messages to itself"
             return False
-        ok = bool(self._run(self.member.send(target, prepared)))
+        ok = self._run(self.member.send(target, prepared))
         self._after_send(prepared, ok, target)
         return ok
 
@@ -125,7 +125,7 @@ class CommunicationManager:
             self.last_error = "no teammates to broadcast to"
             return False
         call = self.broadcast_coro(prepared, targets)
-        ok = bool(self._run(call, hops=math.ceil(math.log2(len(targets) + 1))))
+        ok = self._run(call, hops=math.ceil(math.log2(len(targets) + 1)))
         self._after_send(prepared, ok, "broadcast")
         return ok
 
@@ -139,7 +139,7 @@ class CommunicationManager:
     # -- ours ----------------------------------------------------------------------
 
     def broadcast_coro(self, message: dict[str, Any], targets: Sequence[str]
-                       ) -> Awaitable[bool]:
+                       ) -> Coroutine[Any, Any, bool]:
         """The configured protocol's broadcast of a prepared message, to await on the loop."""
         protocol = self.settings.protocol
         if protocol is CommunicationProtocol.BROADCAST:
@@ -159,7 +159,7 @@ class CommunicationManager:
         ids = [check_agent_id(p) for p in peer_ids if p != self.agent_id]
         self._peers = list(dict.fromkeys(ids))
         wait = self.settings.timeout if timeout is None else timeout
-        missing: list[str] = self._run(self.member.wait_for(self._peers, wait), extra=wait)
+        missing = self._run(self.member.wait_for(self._peers, wait), extra=wait)
         if missing:
             self.last_error = f"teammates not on the mesh after {wait:g}s: {', '.join(missing)}"
             log.warning("%s: %s", self.agent_id, self.last_error)
@@ -207,14 +207,13 @@ class CommunicationManager:
 
     # -- internals -----------------------------------------------------------------
 
-    def _run(self, coro: Awaitable[Any], *, hops: int = 1, extra: float = 0.0) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, T], *, hops: int = 1, extra: float = 0.0) -> T:
         if self._closed:
-            with contextlib.suppress(AttributeError):
-                coro.close()  # type: ignore[attr-defined]
+            coro.close()
             raise AgoraError(f"agent {self.agent_id} has left the mesh (closed)")
         # Each hop may retry every attempt up to the timeout: the bound covers them all.
         bound = (self.settings.timeout * (self.settings.retry_attempts + 1) + 1.0) * hops + extra
-        return self.runtime.call(coro, bound)  # type: ignore[arg-type]
+        return self.runtime.call(coro, bound)
 
     def _prepare(self, message: Mapping[str, Any], receiver: str) -> dict[str, Any]:
         if not isinstance(message, Mapping):

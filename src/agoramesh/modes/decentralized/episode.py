@@ -91,22 +91,22 @@ class EpisodeRunner:
             self.close()
             raise
 
-    def _total(self, name: str) -> int:
+    def _sum(self, *path: str) -> int:
+        """``agent.<path…>[key]`` summed over the agents (another agent_class may lack it)."""
+        *attributes, key = path
         total = 0
         for agent in self.agents:
-            comm = getattr(agent, "comm", None)
-            total += int(comm.stats.get(name, 0)) if comm is not None else 0
+            holder: Any = agent
+            for attribute in attributes:
+                holder = getattr(holder, attribute, None)
+            if isinstance(holder, Mapping):
+                total += int(holder.get(key, 0))
         return total
-
-    def _count(self, where: str, name: str) -> int:
-        return sum(int(getattr(agent, where, {}).get(name, 0)) if where == "counts" else
-                   int(getattr(getattr(agent, "negotiator", None), "counts", {}).get(name, 0))
-                   for agent in self.agents)
 
     def run(self, seed: int) -> EpisodeResult:
         """One episode on the world of ``seed``, by the seed's usage loop."""
         self.world.reset(seed=seed)
-        sent_before = self._total("sent")
+        sent_before = self._sum("comm", "stats", "sent")
         started = time.perf_counter()
         if self.recorder is not None:
             self.recorder.start_episode(seed=seed, agents=self.world.agent_ids(),
@@ -131,10 +131,10 @@ class EpisodeRunner:
             seed=seed, success=bool(outcome["success"]), steps=steps,
             actions=int(outcome["steps"]), tasks_total=int(outcome["tasks_total"]),
             tasks_completed=int(outcome["tasks_completed"]),
-            messages=self._total("sent") - sent_before,
-            negotiations=self._count("negotiator", "negotiations"),
-            negotiation_rounds=self._count("negotiator", "rounds"),
-            help_requests=self._count("counts", "help_requests_sent"),
+            messages=self._sum("comm", "stats", "sent") - sent_before,
+            negotiations=self._sum("negotiator", "counts", "negotiations"),
+            negotiation_rounds=self._sum("negotiator", "counts", "rounds"),
+            help_requests=self._sum("counts", "help_requests_sent"),
             seconds=round(time.perf_counter() - started, 4))
         if self.recorder is not None:
             self.recorder.end_episode(**result.as_dict())

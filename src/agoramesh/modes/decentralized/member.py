@@ -263,13 +263,12 @@ class Member:
 
     async def _on_discover(self, delivery: Delivery) -> None:
         query = delivery.body if isinstance(delivery.body, dict) else {}
-        pattern = query.get("capability")
         try:
-            if pattern and not self.card.offers(str(pattern)):
+            if not self.card.answers(query):
                 return
         except AgoraError:
-            return
-        if query.get("type") not in (None, "", self.card.type):
+            await delivery.respond_error(InvalidInput(
+                f"bad capability pattern {query.get('capability')!r}"))
             return
         await delivery.respond("discovery", {
             "card": self._card, "status": AgentStatus(capacity=1).as_dict(),
@@ -371,9 +370,9 @@ class Member:
             self.stats["unknown_target"] += 1
             return False
         assert self.bus is not None
+        relayed = message.get("sender_id") != self.sim_id
         body = ({**message, "gossip": list(gossip_share), "via": self.sim_id}
-                if gossip_share or "via" in message or message.get("sender_id") != self.sim_id
-                else message)
+                if gossip_share or relayed else message)
         subject = self.bus.subjects.agent(mate.agent_id)
         for attempt in range(self.settings.retry_attempts + 1):
             if attempt:

@@ -196,6 +196,13 @@ class Negotiator:
             known = self.comm.runtime.call(self._negotiate(specs, nid), bound)
         return self.answer(specs, known)
 
+    async def aclose(self) -> None:
+        """Cancel bids still being sent (on the loop); bounded."""
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=2.0)
+
     def reset(self) -> None:
         with self._lock:
             self.commitments.clear()
@@ -336,8 +343,11 @@ class Negotiator:
         await self.comm.member.send(initiator, answer)
 
     def _take_offer(self, sender: str, content: Mapping[str, Any]) -> None:
-        key = (str(content.get("negotiation_id")), content.get("round"))
-        offers = self._collecting.get(key)  # type: ignore[arg-type]
+        round_ = content.get("round")
+        if isinstance(round_, bool) or not isinstance(round_, int):
+            return
+        key = (str(content.get("negotiation_id")), round_)
+        offers = self._collecting.get(key)
         if offers is None:
             return  # late, or not ours
         raw, bids = content.get("profile"), content.get("bids")
@@ -357,7 +367,7 @@ class Negotiator:
             log.info("%s: unusable bid from %s: %s", self.me, sender, exc)
             return
         offers[sender] = (profile, [dict(b) for b in bids])
-        self._arrived[key].set()  # type: ignore[index]
+        self._arrived[key].set()
 
     def _commit(self, commitment: Commitment) -> None:
         with self._lock:
