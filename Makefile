@@ -28,7 +28,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_bus.py && $(BIN)/python benchmarks/bench_node.py \
-		&& $(BIN)/python benchmarks/bench_auction.py && $(BIN)/python benchmarks/bench_episodes.py
+		&& $(BIN)/python benchmarks/bench_auction.py && $(BIN)/python benchmarks/bench_episodes.py \
+		&& $(BIN)/python benchmarks/bench_e2e.py && $(BIN)/python benchmarks/bench_tls.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

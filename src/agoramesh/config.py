@@ -23,7 +23,9 @@ __all__ = (
     "LogFormat",
     "LogLevel",
     "Role",
+    "ServerAuth",
     "ServerConfig",
+    "TlsConfig",
     "parse_hostport",
 )
 
@@ -53,6 +55,42 @@ class EnvelopePolicy:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TlsConfig:
+    """TLS files (PEM) from ``agoramesh certs``: the mesh's CA and this end's certificate.
+
+    Servers use ``cert_file``/``key_file`` on client, route and leafnode
+    links and require a certificate signed by ``ca_file`` from routes and
+    leaf nodes. Clients verify the server against ``ca_file``.
+    """
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("TLS needs both a certificate and its key, or neither")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerAuth:
+    """Decentralized JWT auth for a server (docs/SECURITY.md): what ``trust`` renders.
+
+    ``accounts`` maps account public keys to their JWTs (preloaded, no
+    resolver service); ``route_password`` authenticates seeds to each other;
+    ``leaf_credentials`` is the creds file a leaf server's link presents.
+    """
+
+    operator_jwt: str
+    system_account: str
+    account: str  # the members' account (a leaf's link binds its local clients to it)
+    accounts: tuple[tuple[str, str], ...]
+    route_user: str = "route"
+    route_password: str = ""
+    leaf_credentials: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class BusConfig:
     """How a Bus connects and what it accepts.
 
@@ -72,6 +110,14 @@ class BusConfig:
     request_timeout: float = 5.0
     drain_timeout: float = 2.0
     envelope: EnvelopePolicy = field(default_factory=EnvelopePolicy)
+    #: The agent's user JWT on a secured mesh (``agoramesh trust admit``); the
+    #: server's nonce is signed with the Bus identity, so no seed leaves it.
+    user_jwt: str | None = None
+    #: A ``.creds`` file (JWT + seed), as the ``nats`` CLI uses; for clients.
+    credentials: Path | None = None
+    tls: TlsConfig | None = None
+    #: Seal bodies addressed to one agent so only it can read them (PROTOCOL.md §20).
+    encrypt: bool = True
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -132,6 +178,8 @@ class ServerConfig:
     stop_grace: float = 5.0
     binary: Path | None = None
     debug: bool = False
+    tls: TlsConfig | None = None
+    auth: ServerAuth | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -164,9 +212,12 @@ class Environment:
     nats_server: Path | None = None  # AGORAMESH_NATS_SERVER: nats-server binary
     server_url: str | None = None  # AGORAMESH_SERVER: default --server for clients
     home: Path = Path(".agoramesh")  # AGORAMESH_HOME: keys and node data
+    tls_dir: Path | None = None  # AGORAMESH_TLS: certificates from `agoramesh certs`
     prefix: str = DEFAULT_PREFIX  # AGORAMESH_PREFIX: subject prefix
     log_format: LogFormat = LogFormat.HUMAN  # AGORAMESH_LOG_FORMAT: human or json
     log_level: LogLevel = LogLevel.WARNING  # AGORAMESH_LOG_LEVEL: debug, info, warning, error
+    credentials: Path | None = None  # AGORAMESH_CREDS: clients' .creds file on a secured mesh
+    trust_dir: Path | None = None  # AGORAMESH_TRUST: the trust store (default <home>/trust)
     # Provider keys by agent type, from OPENAI_API_KEY / ANTHROPIC_API_KEY.
     api_keys: Mapping[str, str] = field(default_factory=dict)
 
@@ -178,9 +229,12 @@ class Environment:
             nats_server=Path(binary) if binary else None,
             server_url=env.get("AGORAMESH_SERVER") or None,
             home=Path(env.get("AGORAMESH_HOME") or ".agoramesh"),
+            tls_dir=Path(env["AGORAMESH_TLS"]) if env.get("AGORAMESH_TLS") else None,
             prefix=env.get("AGORAMESH_PREFIX") or DEFAULT_PREFIX,
             log_format=_choice(LogFormat, env, "AGORAMESH_LOG_FORMAT", LogFormat.HUMAN),
             log_level=_choice(LogLevel, env, "AGORAMESH_LOG_LEVEL", LogLevel.WARNING),
+            credentials=Path(env["AGORAMESH_CREDS"]) if env.get("AGORAMESH_CREDS") else None,
+            trust_dir=Path(env["AGORAMESH_TRUST"]) if env.get("AGORAMESH_TRUST") else None,
             api_keys={kind: env[var] for kind, var in _KEY_VARIABLES.items() if env.get(var)},
         )
 

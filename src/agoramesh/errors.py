@@ -5,6 +5,7 @@
     AgoraError
     ├── ConfigError (ValueError)            bad settings, flags or files
     ├── IdentityError                       nkey seeds and key files
+    ├── TrustError                          the trust store, JWTs and credentials
     ├── SubjectError (ValueError)           an invalid capability, agent id or subject
     ├── EnvelopeError (ValueError)          a rejected envelope; ``.reason`` says why
     │   ├── MalformedEnvelope               not msgpack, not a map, trailing bytes
@@ -17,7 +18,8 @@
     │   ├── ReplayedEnvelope
     │   ├── WrongSubject
     │   ├── Misaddressed
-    │   └── IngressDenied                   plain JSON where policy forbids it
+    │   ├── IngressDenied                   plain JSON where policy forbids it
+    │   └── UndecryptableEnvelope           an encrypted body that does not open for us
     ├── ServerError                         the embedded nats-server
     │   ├── ServerNotFound (FileNotFoundError)
     │   ├── ServerStartError
@@ -25,7 +27,8 @@
     ├── BusError                            talking over NATS
     │   ├── NotConnected (ConnectionError)
     │   ├── BusTimeout (TimeoutError)
-    │   └── NoResponders
+    │   ├── NoResponders
+    │   └── PermissionDenied                the server refused a subscription (secured mesh)
     ├── TaskError                           a task that could not be done
     │   ├── InvalidInput (ValueError)       parameters fail the capability's input schema
     │   ├── UnknownCapability (LookupError) no such capability on this agent
@@ -42,6 +45,7 @@
     ├── WorkflowError                       a workflow that cannot run or did not finish
     │   ├── WorkflowInvalid (ValueError)    cycles, unknown references or selectors: before running
     │   └── StepFailed                      a step failed after its retries
+    ├── AccessDenied (PermissionError)      an agent's access policy refuses the request
     └── RemoteError                         an error raised on another node
 
 Errors cross the bus on purpose (see :func:`error_to_wire`): only types in
@@ -56,6 +60,7 @@ from typing import Any, ClassVar
 
 __all__ = (
     "WIRE_ERRORS",
+    "AccessDenied",
     "AgoraError",
     "AuctionFailed",
     "BackendAuthError",
@@ -81,6 +86,7 @@ __all__ = (
     "NotConnected",
     "Overloaded",
     "OversizeEnvelope",
+    "PermissionDenied",
     "RejectReason",
     "RemoteError",
     "ReplayedEnvelope",
@@ -93,6 +99,8 @@ __all__ = (
     "SubjectError",
     "TaskCancelled",
     "TaskError",
+    "TrustError",
+    "UndecryptableEnvelope",
     "UnknownCapability",
     "UnsupportedVersion",
     "WorkflowError",
@@ -115,6 +123,10 @@ class IdentityError(AgoraError):
     """An nkey seed or key file that cannot be used."""
 
 
+class TrustError(AgoraError):
+    """The trust store, a JWT or a credentials file is missing, invalid or not ours."""
+
+
 class SubjectError(AgoraError, ValueError):
     """An invalid capability name, agent id or NATS subject."""
 
@@ -133,6 +145,7 @@ class RejectReason(StrEnum):
     WRONG_SUBJECT = "wrong_subject"
     MISADDRESSED = "misaddressed"
     INGRESS_DENIED = "ingress_denied"
+    UNDECRYPTABLE = "undecryptable"
 
 
 class EnvelopeError(AgoraError, ValueError):
@@ -185,6 +198,12 @@ class IngressDenied(EnvelopeError):
     reason = RejectReason.INGRESS_DENIED
 
 
+class UndecryptableEnvelope(EnvelopeError):
+    """A boxed body that does not open, or one on a broadcast (PROTOCOL.md §20)."""
+
+    reason = RejectReason.UNDECRYPTABLE
+
+
 class ServerError(AgoraError):
     """The embedded nats-server could not be found, started or kept running."""
 
@@ -215,6 +234,10 @@ class BusTimeout(BusError, TimeoutError):
 
 class NoResponders(BusError):
     """Nobody subscribes to the subject a request was sent on."""
+
+
+class PermissionDenied(BusError, PermissionError):
+    """The server refused a publish or subscribe this member's JWT does not allow."""
 
 
 class TaskError(AgoraError):
@@ -281,6 +304,10 @@ class StepFailed(WorkflowError):
     """A workflow step that failed after its retries."""
 
 
+class AccessDenied(AgoraError, PermissionError):
+    """An agent's access policy refuses this requester the action on its capability (M-4.2)."""
+
+
 class RemoteError(AgoraError):
     """An error raised on another node whose type is not rebuilt locally."""
 
@@ -307,6 +334,7 @@ WIRE_ERRORS: dict[str, type[AgoraError]] = {
         WrongSubject,
         Misaddressed,
         IngressDenied,
+        UndecryptableEnvelope,
         BusTimeout,
         NoResponders,
         TaskError,
@@ -325,6 +353,7 @@ WIRE_ERRORS: dict[str, type[AgoraError]] = {
         WorkflowError,
         WorkflowInvalid,
         StepFailed,
+        AccessDenied,
     )
 }
 

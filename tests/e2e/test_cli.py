@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from agoramesh.bus import Identity, seal
+from agoramesh.bus.e2e import E2EKeys
 from agoramesh.testing import UpProcess, alive, assert_stopped
 from agoramesh.testing.cli import assert_one_line_error, cli
 
@@ -80,6 +81,47 @@ def test_decode_valid_tampered_and_garbage(tmp_path: Path) -> None:
     assert_one_line_error(cli("decode", str(raw_file)), "msgpack map")
     assert_one_line_error(cli("decode", str(tmp_path / "missing")), "cannot read")
     assert_one_line_error(cli("decode", stdin=b"abc"), "looks like hex but is not valid hex")
+
+
+def test_decode_shows_an_encrypted_body_and_opens_it_with_key(tmp_path: Path) -> None:
+    sender, recipient, other = Identity.generate(), Identity.generate(), Identity.generate()
+    keys = {name: tmp_path / f"{name}.nk" for name in ("sender", "recipient", "other")}
+    for name, identity in zip(keys, (sender, recipient, other), strict=True):
+        identity.save(keys[name])
+    box = E2EKeys(sender).seal_body
+    wire = seal(sender, type="chat.message", subject=f"agora.agent.{recipient.agent_id}",
+                body={"text": "for your eyes only"}, to=recipient.agent_id, box=box)
+    raw_file = tmp_path / "env.bin"
+    raw_file.write_bytes(wire)
+
+    shut = cli("decode", str(raw_file))
+    assert shut.returncode == 0, shut.stderr
+    assert "encrypted: yes ($box, " in shut.stdout and "for your eyes only" not in shut.stdout
+    as_json = json.loads(cli("decode", str(raw_file), "--json").stdout)
+    assert as_json["encrypted"] is True and as_json["opened"] is False
+    assert list(as_json["body"]) == ["$box"]
+
+    for end in ("recipient", "sender"):  # a box opens for both of its ends
+        result = cli("decode", str(raw_file), "--key", str(keys[end]), "--json")
+        assert result.returncode == 0, result.stderr
+        decoded = json.loads(result.stdout)
+        assert decoded["body"] == {"text": "for your eyes only"} and decoded["opened"] is True
+    human = cli("decode", str(raw_file), "--key", str(keys["recipient"]))
+    assert "opened with --key" in human.stdout and "for your eyes only" in human.stdout
+
+    assert_one_line_error(cli("decode", str(raw_file), "--key", str(keys["other"])),
+                          "neither the recipient")
+    keys["other"].chmod(0o644)
+    assert_one_line_error(cli("decode", str(raw_file), "--key", str(keys["other"])),
+                          "chmod 600")
+
+    # A box made with another key, signed by the sender: the signature holds, the box does not.
+    forged = seal(sender, type="chat.message", subject="agora.agent.x", body={"text": "x"},
+                  to=recipient.agent_id, box=E2EKeys(other).seal_body)
+    raw_file.write_bytes(forged)
+    result = cli("decode", str(raw_file), "--key", str(keys["recipient"]))
+    assert "signature: valid" in result.stdout
+    assert_one_line_error(result, "does not open with our key")
 
 
 async def _json_request(url: str, subject: str, payload: bytes) -> object:

@@ -9,7 +9,7 @@ import pytest
 from agoramesh.bus import Bus, Delivery
 from agoramesh.bus.mesh import Mesh
 from agoramesh.errors import BusError
-from agoramesh.testing.plugin import BusFactory, MeshFactory
+from agoramesh.testing.plugin import BusFactory, MeshFactory, over_plain_and_tls
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,7 @@ async def _request_until_ok(bus: Bus, subject: str, deadline: float) -> None:
                 await asyncio.sleep(0.02)
 
 
+@over_plain_and_tls
 async def test_mesh_forms_from_one_bootstrap_address_each(mesh_factory: MeshFactory) -> None:
     mesh: Mesh = await mesh_factory(seeds=3, leaves=2)
     first = mesh.seeds[0]
@@ -43,6 +44,7 @@ async def test_mesh_forms_from_one_bootstrap_address_each(mesh_factory: MeshFact
         assert await leaf.wait_hub(timeout=2) in {s.config.name for s in mesh.seeds}
 
 
+@over_plain_and_tls
 async def test_signed_request_leaf_to_leaf(mesh_factory: MeshFactory,
                                            bus_factory: BusFactory) -> None:
     mesh = await mesh_factory(seeds=3, leaves=2)
@@ -58,6 +60,7 @@ async def test_signed_request_leaf_to_leaf(mesh_factory: MeshFactory,
     assert requester.rejections.total() == 0 and responder.rejections.total() == 0
 
 
+@over_plain_and_tls
 async def test_scatter_gather_to_ten_across_the_mesh_closes_early(
         mesh_factory: MeshFactory, bus_factory: BusFactory) -> None:
     mesh = await mesh_factory(seeds=3, leaves=2)
@@ -90,6 +93,7 @@ async def test_gather_returns_short_count_at_deadline(mesh_factory: MeshFactory,
     assert [r.sender for r in replies] == [responder.agent_id]
 
 
+@over_plain_and_tls
 async def test_leaf_fails_over_when_its_seed_dies(mesh_factory: MeshFactory,
                                                   bus_factory: BusFactory) -> None:
     mesh = await mesh_factory(seeds=3, leaves=2)

@@ -1,7 +1,8 @@
 """docs/PROTOCOL.md's test vectors, checked byte for byte against the code.
 
 The vectors are the ```json blocks of the document; envelope vectors carry
-``"kind": "envelope"`` and negative ones ``"kind": "rejection"``. The identity
+``"kind": "envelope"``, encrypted ones (section 20) ``"kind": "encrypted"`` and
+negative ones ``"kind": "rejection"``. The identity
 tests re-implement the document's key encoding (section 3) with the standard
 library only, so the document, not the code, is what they check.
 """
@@ -9,15 +10,21 @@ library only, so the document, not the code, is what they check.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import nacl.bindings
+import nacl.public
 import nacl.signing
 import pytest
 
-from agoramesh.bus.envelope import FIELDS, Guard, parse, seal
+from agoramesh.bus.e2e import E2EKeys
+from agoramesh.bus.envelope import BOX_KEY, FIELDS, Guard, parse, seal
 from agoramesh.bus.identity import Identity, public_key_bytes, verify
 from agoramesh.bus.ingress import encode_json_error, looks_like_json
 from agoramesh.config import EnvelopePolicy
@@ -36,8 +43,9 @@ def _of_kind(kind: str) -> list[dict[str, Any]]:
 
 
 VECTORS = _of_kind("envelope")
+ENCRYPTED = _of_kind("encrypted")
 REJECTIONS = _of_kind("rejection")
-VECTORS_BY_NAME = {vector["name"]: vector for vector in VECTORS}
+VECTORS_BY_NAME = {vector["name"]: vector for vector in VECTORS + ENCRYPTED}
 
 
 def _from_doc(value: Any) -> Any:
@@ -97,10 +105,11 @@ def doc_raw_seed(seed: str) -> bytes:
 
 def test_document_has_the_required_vectors() -> None:
     assert len(VECTORS) >= 3
+    assert len(ENCRYPTED) >= 1
     assert len(REJECTIONS) >= 2
-    assert len(VECTORS_BY_NAME) == len(VECTORS), "vector names must be unique"
+    assert len(VECTORS_BY_NAME) == len(VECTORS) + len(ENCRYPTED), "vector names must be unique"
     reasons = {vector["reason"] for vector in REJECTIONS}
-    assert {"bad_signature", "wrong_subject"} <= reasons
+    assert {"bad_signature", "wrong_subject", "undecryptable"} <= reasons
     assert reasons <= {reason.value for reason in RejectReason}
 
 
@@ -201,13 +210,108 @@ def test_rejection_vector(rejection: dict[str, Any]) -> None:
         assert bytes(base) == wire
     elif "derived_from" in rejection:
         assert rejection["derived_from"] in VECTORS_BY_NAME
-    guard = Guard(EnvelopePolicy(), agent_id=rejection["receiver"])
+    opener = None
+    if "receiver_seed" in rejection:  # the receiver opens boxes addressed to it (section 20)
+        receiver = Identity(rejection["receiver_seed"])
+        assert receiver.agent_id == rejection["receiver"]
+        opener = E2EKeys(receiver).open
+    guard = Guard(EnvelopePolicy(), agent_id=rejection["receiver"], opener=opener)
     for _ in range(rejection["deliveries"] - 1):
         guard.admit(wire, rejection["arrived_on"], now=rejection["now"])
     with pytest.raises(EnvelopeError) as caught:
         guard.admit(wire, rejection["arrived_on"], now=rejection["now"])
     assert caught.value.reason == RejectReason(rejection["reason"])
     assert guard.rejections == {RejectReason(rejection["reason"]): 1}
+
+
+# -- encrypted vectors (section 20) --------------------------------------------------
+
+def doc_x25519_secret(raw_seed: bytes) -> bytes:
+    """Section 20.1: the clamped first half of SHA-512(raw seed)."""
+    secret = bytearray(hashlib.sha512(raw_seed).digest()[:32])
+    secret[0] &= 248
+    secret[31] &= 127
+    secret[31] |= 64
+    return bytes(secret)
+
+
+@pytest.fixture(params=ENCRYPTED, ids=[vector["name"] for vector in ENCRYPTED])
+def encrypted(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return dict(request.param)
+
+
+def test_encryption_keys_follow_the_documented_conversion(encrypted: dict[str, Any]) -> None:
+    for end in ("sender", "recipient"):
+        seed, agent_id = encrypted[f"{end}_seed"], encrypted[f"{end}_agent_id"]
+        secret = bytes.fromhex(encrypted[f"{end}_x25519_secret_hex"])
+        public = bytes.fromhex(encrypted[f"{end}_x25519_public_hex"])
+        assert Identity(seed).agent_id == agent_id
+        assert doc_x25519_secret(doc_raw_seed(seed)) == secret
+        assert nacl.bindings.crypto_scalarmult_base(secret) == public
+        assert nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(
+            doc_public_key(agent_id)) == public
+        assert E2EKeys(Identity(seed)).public_key == public
+    shared = bytes.fromhex(encrypted["shared_key_hex"])
+    sender_secret = bytes.fromhex(encrypted["sender_x25519_secret_hex"])
+    recipient_secret = bytes.fromhex(encrypted["recipient_x25519_secret_hex"])
+    sender_public = bytes.fromhex(encrypted["sender_x25519_public_hex"])
+    recipient_public = bytes.fromhex(encrypted["recipient_x25519_public_hex"])
+    assert nacl.bindings.crypto_box_beforenm(recipient_public, sender_secret) == shared
+    assert nacl.bindings.crypto_box_beforenm(sender_public, recipient_secret) == shared
+
+
+def test_box_follows_the_documented_construction(encrypted: dict[str, Any]) -> None:
+    plaintext = bytes.fromhex(encrypted["plaintext_hex"])
+    nonce = bytes.fromhex(encrypted["nonce_hex"])
+    box = bytes.fromhex(encrypted["box_hex"])
+    assert msgpack.packb(_from_doc(encrypted["plaintext_body"]), use_bin_type=True) == plaintext
+    assert len(nonce) == 24 and len(box) == 24 + 16 + len(plaintext)
+    # libsodium crypto_box (the "easy" layout: tag || encrypted bytes) from the documented keys.
+    sealed = nacl.bindings.crypto_box(
+        plaintext, nonce, bytes.fromhex(encrypted["recipient_x25519_public_hex"]),
+        bytes.fromhex(encrypted["sender_x25519_secret_hex"]))
+    assert nonce + sealed == box
+    shared = bytes.fromhex(encrypted["shared_key_hex"])
+    assert nacl.bindings.crypto_box_open_afternm(box[24:], nonce, shared) == plaintext
+    assert _from_doc(encrypted["fields"]["body"]) == {BOX_KEY: box}
+
+
+def test_encrypted_vector_is_sealed_byte_for_byte(encrypted: dict[str, Any]) -> None:
+    fields = encrypted["fields"]
+    assert list(fields) == list(FIELDS)
+    assert (fields["from"], fields["to"]) == (encrypted["sender_agent_id"],
+                                              encrypted["recipient_agent_id"])
+    sender = Identity(encrypted["sender_seed"])
+    box = partial(E2EKeys(sender).seal_body, nonce=bytes.fromhex(encrypted["nonce_hex"]))
+    wire = seal(sender, type=fields["type"], subject=fields["subject"],
+                body=_from_doc(encrypted["plaintext_body"]), to=fields["to"], cid=fields["cid"],
+                ttl_ms=fields["exp"] - fields["ts"], ts=fields["ts"], id=fields["id"], box=box)
+    assert wire.hex() == encrypted["wire_hex"]
+    assert encrypted["signed_hex"] + encrypted["signature_hex"] == encrypted["wire_hex"]
+    envelope = parse(wire)
+    decoded = envelope.as_dict()
+    assert decoded.pop("sig") == encrypted["signature_hex"]
+    assert decoded == _from_doc(fields)
+    assert verify(fields["from"], envelope.signed, envelope.signature)
+
+
+def test_encrypted_vector_opens_for_its_recipient_only(encrypted: dict[str, Any]) -> None:
+    fields = encrypted["fields"]
+    wire = bytes.fromhex(encrypted["wire_hex"])
+    recipient = Identity(encrypted["recipient_seed"])
+    guard = Guard(EnvelopePolicy(), agent_id=recipient.agent_id,
+                  opener=E2EKeys(recipient).open)
+    envelope = guard.admit(wire, fields["subject"], now=fields["ts"])
+    plaintext = _from_doc(encrypted["plaintext_body"])
+    assert envelope.body == plaintext and repr(envelope.body) == repr(plaintext)
+    assert envelope.wire == wire and not guard.rejections
+    # Either end holds the pair's key; any other key opens nothing.
+    sender = Identity(encrypted["sender_seed"])
+    boxed = _from_doc(fields["body"])
+    assert E2EKeys(sender).open_body(recipient.agent_id, boxed) == plaintext
+    with pytest.raises(EnvelopeError) as caught:
+        E2EKeys(Identity.generate()).open_body(sender.agent_id, boxed)
+    assert caught.value.reason is RejectReason.UNDECRYPTABLE
 
 
 # -- plain-JSON ingress shapes (section 11) ------------------------------------------

@@ -1,7 +1,9 @@
 """The Bus: signed messaging over NATS for one agent identity.
 
-Outgoing messages are sealed (msgpack + Ed25519) with the agent's identity;
-incoming ones pass the agent's :class:`Guard` before a handler sees them.
+Outgoing messages are sealed (msgpack + Ed25519) with the agent's identity,
+bodies addressed to one agent encrypted for it first (``BusConfig.encrypt``,
+PROTOCOL.md §20); incoming ones pass the agent's :class:`Guard`, which opens
+boxes addressed to us, before a handler sees them.
 Handlers receive a :class:`Delivery` and answer with ``respond``, which
 replies in kind: a signed envelope to an envelope, plain JSON to plain JSON.
 
@@ -12,11 +14,14 @@ scatter-gather (their ``timeout``), handlers at close (``drain_timeout``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -25,6 +30,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import BROADCAST, Envelope, Guard, looks_like_envelope, seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import (
@@ -35,22 +41,28 @@ from agoramesh.bus.ingress import (
     looks_like_json,
 )
 from agoramesh.bus.subjects import Subjects, validate_subject
-from agoramesh.config import BusConfig
+from agoramesh.config import BusConfig, TlsConfig
 from agoramesh.errors import (
     AgoraError,
     BusTimeout,
+    ConfigError,
     EnvelopeError,
+    IdentityError,
     IngressDenied,
     MalformedEnvelope,
     NoResponders,
     NotConnected,
     OversizeEnvelope,
+    PermissionDenied,
     RejectReason,
+    TrustError,
     error_from_wire,
     error_to_wire,
 )
+from agoramesh.security.jwt import parse_creds
 
-__all__ = ("ERROR_TYPE", "Bus", "Delivery", "Handler", "Subscription")
+__all__ = ("ERROR_TYPE", "Bus", "Delivery", "Handler", "Subscription", "client_identity",
+           "client_ssl_context", "read_credentials")
 
 log = logging.getLogger("agoramesh.bus")
 
@@ -185,6 +197,61 @@ class Subscription:
         self.bus._subscriptions.discard(self)
 
 
+def read_credentials(path: Path) -> tuple[str, Identity]:
+    """The user JWT and the identity in a ``.creds`` file; TrustError if unreadable."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TrustError(f"cannot read credentials {path}: {exc.strerror}") from None
+    token, seed = parse_creds(text)
+    try:
+        return token, Identity(seed)
+    except IdentityError as exc:
+        raise TrustError(f"credentials {path}: {exc}") from None
+
+
+def client_identity(config: BusConfig) -> Identity:
+    """The identity a client connects as: its credentials' one, else a fresh one."""
+    if config.credentials is not None:
+        return read_credentials(config.credentials)[1]
+    return Identity.generate()
+
+
+def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A client TLS context trusting the mesh's CA (and presenting our cert, if any)."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
+        if tls.cert_file is not None and tls.key_file is not None:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS files ({tls.ca_file}): {exc}") from None
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _TlsEofNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_TlsEofNoise())
+    return context
+
+
+class _TlsEofNoise(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl".
+
+    nats-py upgrades its stream to TLS under a protocol that still believes it
+    is plaintext (nats.py issue #574), so every TLS connection logs that
+    warning once the server closes it; it means nothing for us.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("returning true from eof_received()")
+
+
+def _tls_hint(cause: BaseException, tls: TlsConfig | None) -> str:
+    """Why a TLS connection failed, in the user's terms; "" for other failures."""
+    if not isinstance(cause, ssl.SSLCertVerificationError):
+        return ""
+    if tls is None:
+        return " (the server uses TLS: pass its CA with --tls DIR or $AGORAMESH_TLS)"
+    return f" (the server's certificate is not signed by {tls.ca_file}, or not for this host)"
+
+
 class Bus:
     """Signed publish, request, scatter-gather and subscribe for one identity."""
 
@@ -192,12 +259,19 @@ class Bus:
         self.identity = identity
         self.config = config
         self.subjects = Subjects(config.prefix)
-        self.guard = Guard(config.envelope, agent_id=identity.agent_id)
+        #: Our encryption keys: every boxed body addressed to us is opened on admission.
+        self.e2e = E2EKeys(identity)
+        self.guard = Guard(config.envelope, agent_id=identity.agent_id, opener=self.e2e.open)
+        self._box = self.e2e.seal_body if config.encrypt else None
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         #: Called with ("sent" | "saw", fields) for every envelope; None costs nothing.
         #: A node's trajectory recorder (observability/trajectory.py) sets it.
         self.trace: Callable[[str, dict[str, Any]], None] | None = None
+        #: The server's permission refusals (newest last, at most 100).
+        self.permission_denials: list[str] = []
+        self._denials_seen = 0
+        self._secured = config.user_jwt is not None or config.credentials is not None
         self._nc: NatsClient | None = None
         self._closing = False
         self._subscriptions: set[Subscription] = set()
@@ -237,6 +311,9 @@ class Bus:
                 await nc.connect(
                     servers=list(cfg.servers),
                     name=cfg.name,
+                    # Our inboxes carry our id, so a server can let only us read them.
+                    inbox_prefix=f"_INBOX.{self.agent_id}",
+                    **self._security_options(),
                     connect_timeout=max(1, int(cfg.connect_timeout)),
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
@@ -249,15 +326,56 @@ class Bus:
                     reconnected_cb=self._on_reconnected,
                 )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
+            # nats-py retries a failed attempt until our timeout: its last error says why.
+            cause = nc.last_error if isinstance(exc, TimeoutError) and nc.last_error else exc
             with contextlib.suppress(Exception):
                 await nc.close()
             raise NotConnected(
                 f"cannot connect to {', '.join(cfg.servers)} within {cfg.connect_timeout:g}s: "
-                f"{type(exc).__name__} {exc}".rstrip()
+                f"{type(cause).__name__} {cause}".rstrip() + _tls_hint(cause, cfg.tls)
             ) from None
+        if cfg.tls is not None and not getattr(nc, "_server_info", {}).get("tls_required"):
+            # nats-py upgrades only when the server asks: never fall back to plaintext.
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise NotConnected(f"{', '.join(cfg.servers)} does not use TLS, and this client "
+                               f"was given a CA ({cfg.tls.ca_file}): refusing plaintext")
         self._nc = nc
 
+    def _security_options(self) -> dict[str, Any]:
+        """nats-py connect options for TLS and JWT auth, from the config."""
+        cfg = self.config
+        options: dict[str, Any] = {}
+        if cfg.tls is not None:
+            options["tls"] = client_ssl_context(cfg.tls)
+        user_jwt = cfg.user_jwt
+        if cfg.credentials is not None:
+            user_jwt, identity = read_credentials(cfg.credentials)
+            if identity.agent_id != self.agent_id:
+                raise TrustError(f"credentials {cfg.credentials} are for agent "
+                                 f"{identity.agent_id[:12]}…, but this bus signs as "
+                                 f"{self.agent_id[:12]}… (use client_identity(config))")
+        if user_jwt is not None:
+            jwt = user_jwt.encode("ascii")
+            identity = self.identity
+            options["user_jwt_cb"] = lambda: jwt
+            options["signature_cb"] = lambda nonce: base64.b64encode(
+                identity.sign(nonce.encode() if isinstance(nonce, str) else nonce))
+        return options
+
     async def _on_error(self, exc: Exception) -> None:
+        if self._nc is None and isinstance(exc, nats.errors.AuthorizationError):
+            # Refused credentials: retrying until connect_timeout would not change the
+            # answer. Raised from here, it ends nats-py's connect loop at once.
+            raise exc
+        text = str(exc)
+        if "permissions violation" in text.lower():
+            # The server refused a publish or subscribe this identity is not allowed.
+            self.permission_denials.append(text)
+            self._denials_seen += 1
+            del self.permission_denials[:-100]
+            log.warning("bus %s: %s", self.agent_id[:8], text)
+            return
         log.debug("nats client error: %s", exc)
 
     async def _on_disconnected(self) -> None:
@@ -311,9 +429,13 @@ class Bus:
 
     def seal(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
              cid: str | None = None, ttl_ms: int | None = None) -> bytes:
-        """Envelope bytes for ``subject``; OversizeEnvelope if they would be rejected."""
+        """Envelope bytes for ``subject``; OversizeEnvelope if they would be rejected.
+
+        A body addressed to one agent is encrypted for it (``config.encrypt``);
+        ``trace`` still records the plaintext.
+        """
         wire = seal(self.identity, type=type, subject=subject, body=body, to=to, cid=cid,
-                    ttl_ms=ttl_ms or self.config.envelope.default_ttl_ms)
+                    ttl_ms=ttl_ms or self.config.envelope.default_ttl_ms, box=self._box)
         if len(wire) > self.config.envelope.max_bytes:
             raise OversizeEnvelope(f"envelope of {len(wire)} bytes exceeds the "
                                    f"{self.config.envelope.max_bytes}-byte limit")
@@ -433,14 +555,25 @@ class Bus:
         subscription = Subscription(self, subject, handler, queue=queue, ingress=ingress,
                                     concurrency=concurrency, verify=verify)
         nc = self.nats
+        denials = self._denials_seen
         subscription._nats = await nc.subscribe(subject, queue=queue or "",
                                                 cb=subscription._on_message)
         self._subscriptions.add(subscription)
         # One round trip: when subscribe returns, our server has the interest.
         try:
             await nc.flush(timeout=max(1, round(self.config.request_timeout)))
+            if self._secured and self._denials_seen == denials:
+                # A permissions -ERR can trail the PONG of the first round trip.
+                await nc.flush(timeout=max(1, round(self.config.request_timeout)))
         except nats.errors.TimeoutError:
             raise BusTimeout(f"server did not confirm the subscription to {subject}") from None
+        if self._denials_seen != denials and any(
+                f'subscription to "{subject.lower()}"' in text
+                for text in self.permission_denials[denials - self._denials_seen:]):
+            # The server answers a forbidden SUB with -ERR before our PING's PONG.
+            await subscription.stop(0)
+            raise PermissionDenied(f"the server refused the subscription to {subject}: "
+                                   f"this member's credentials do not allow it")
         return subscription
 
     async def _admit(self, msg: Msg, ingress: IngressPolicy, *,

@@ -11,6 +11,12 @@ needed: a receiver verifies the bytes it got. :func:`seal` builds envelopes,
 :func:`parse` checks shape and types without crypto or clocks, and
 :class:`Guard` is the receiver: it adds subject, addressing, freshness, replay
 and signature checks, and counts every rejection by reason.
+
+A body addressed to one agent may travel encrypted, as ``{"$box": bin}``
+(PROTOCOL.md §20): :func:`seal` takes a ``box`` function that encrypts it,
+and a :class:`Guard` with an ``opener`` opens boxes addressed to its agent.
+The cryptography lives in :mod:`agoramesh.bus.e2e`; this module knows only
+the shape, which plaintext bodies may never take.
 """
 
 from __future__ import annotations
@@ -43,26 +49,33 @@ from agoramesh.errors import (
     RejectReason,
     ReplayedEnvelope,
     SchemaError,
+    UndecryptableEnvelope,
     UnsupportedVersion,
     WrongSubject,
 )
 
 __all__ = (
+    "BOX_KEY",
     "BROADCAST",
     "FIELDS",
     "SIGNATURE_SIZE",
     "VERSION",
     "Envelope",
     "Guard",
+    "Opener",
+    "is_boxed",
     "looks_like_envelope",
     "new_id",
     "now_ms",
     "parse",
     "seal",
+    "unpack_body",
 )
 
 VERSION: Final = 1
 BROADCAST: Final = "*"
+#: The one key of an encrypted body, ``{"$box": nonce || ciphertext}`` (PROTOCOL.md §20).
+BOX_KEY: Final = "$box"
 SIGNATURE_SIZE: Final = 64
 #: Keys of the signed map, in the order encoders write them.
 FIELDS: Final = ("v", "id", "type", "from", "to", "subject", "ts", "exp", "cid", "body")
@@ -147,12 +160,20 @@ def seal(
     ttl_ms: int = 60_000,
     ts: int | None = None,
     id: str | None = None,
+    box: Callable[[str, Any], Any] | None = None,
 ) -> bytes:
     """Encode and sign an envelope; returns the exact bytes to send.
 
     Fields are not re-validated on this hot path beyond what msgpack needs:
     the Bus builds them from checked parts, and every receiver checks them.
+    ``box(to, body)`` encrypts a body addressed to one agent (not a broadcast)
+    before it is signed; a plaintext body shaped like a box is refused.
     """
+    if is_boxed(body):
+        raise SchemaError(f"a body that is a map with the single key {BOX_KEY!r} is reserved "
+                          f"for encrypted bodies")
+    if box is not None and to != BROADCAST:
+        body = box(to, body)
     envelope_id = id or new_id()
     sent_at = now_ms() if ts is None else ts
     try:
@@ -212,6 +233,25 @@ def _wrong_type(values: tuple[Any, ...]) -> SchemaError:
 def looks_like_envelope(data: bytes) -> bool:
     """True if ``data`` starts as a msgpack map, as every envelope does (cheap pre-check)."""
     return bool(data) and data[0] in _MAP_HEADERS
+
+
+def is_boxed(body: Any) -> bool:
+    """True for an encrypted body: a map whose one key is ``"$box"`` (whatever its value)."""
+    return isinstance(body, dict) and len(body) == 1 and BOX_KEY in body
+
+
+def unpack_body(data: bytes) -> Any:
+    """Decode a msgpack body (an opened box) under the envelope's rules: no extension types."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_reject_ext)
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # msgpack raises many types (ValueError, StackError, ...)
+        raise MalformedEnvelope(f"encrypted body is not valid msgpack: "
+                                f"{type(exc).__name__}") from exc
+    if data.find(b"\xff") >= 0 and _TIMESTAMP_MARKER.search(data) and _has_timestamp(body):
+        raise MalformedEnvelope("msgpack extension type -1 (timestamp) is not allowed")
+    return body
 
 
 def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
@@ -274,6 +314,8 @@ def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
         raise SchemaError("fields 'ts' and 'exp' must satisfy 0 <= ts < exp < 2**53")
     body = fields["body"]
     if (wire.find(b"\xff", 0, size - SIGNATURE_SIZE) >= 0  # memchr first: the regex is slow
+            # A box's bin is opaque (no extension inside), and random: it often holds 0xff.
+            and not (is_boxed(body) and type(body[BOX_KEY]) is bytes)
             and _TIMESTAMP_MARKER.search(wire, 0, size - SIGNATURE_SIZE)
             and _has_timestamp(body)):
         raise MalformedEnvelope("msgpack extension type -1 (timestamp) is not allowed")
@@ -310,6 +352,11 @@ class _VerifiedCache:
 _verified = _VerifiedCache()
 
 
+#: Opens the boxed body of an envelope addressed to us: the same envelope (same
+#: ``wire``) with the plaintext ``body``, or UndecryptableEnvelope.
+Opener = Callable[[Envelope], Envelope]
+
+
 class Guard:
     """Admission control for one receiving agent.
 
@@ -318,11 +365,18 @@ class Guard:
     reported to ``on_reject`` hooks. With ``verify=False`` the signature and
     replay insert are deferred to :meth:`confirm`, for envelopes that may never
     be acted on (an auctioneer verifies only the bid it awards).
+
+    ``opener`` (:meth:`agoramesh.bus.e2e.E2EKeys.open`) opens boxed bodies
+    addressed to ``agent_id``: admitted envelopes then carry the plaintext
+    body. A boxed body on a broadcast is always rejected; without an opener
+    (an observer) a directed box is passed on shut.
     """
 
-    def __init__(self, policy: EnvelopePolicy, *, agent_id: str | None = None) -> None:
+    def __init__(self, policy: EnvelopePolicy, *, agent_id: str | None = None,
+                 opener: Opener | None = None) -> None:
         self.policy = policy
         self.agent_id = agent_id
+        self.opener = opener
         self.rejections: Counter[RejectReason] = Counter()
         self.on_reject: list[Callable[[RejectReason], None]] = []
         self._seen: dict[tuple[str, str], int] = {}
@@ -344,7 +398,11 @@ class Guard:
             now = now_ms() if now is None else now
             self._check(envelope, subject, now)
             if verify:
-                self._verify_and_remember(envelope, now)
+                self._verify(envelope)
+            if is_boxed(envelope.body):
+                envelope = self._open(envelope)
+            if verify:
+                self._remember(envelope, now)
         except EnvelopeError as error:
             raise self.reject(error) from None
         return envelope
@@ -388,13 +446,21 @@ class Guard:
         if (envelope.sender, envelope.id) in self._seen:
             raise ReplayedEnvelope(f"envelope {envelope.id} was already received")
 
+    def _open(self, envelope: Envelope) -> Envelope:
+        if envelope.to == BROADCAST:
+            raise UndecryptableEnvelope("a broadcast envelope cannot carry an encrypted body")
+        return envelope if self.opener is None else self.opener(envelope)
+
     def _verify_and_remember(self, envelope: Envelope, now: int) -> None:
+        self._verify(envelope)
+        self._remember(envelope, now)
+
+    def _verify(self, envelope: Envelope) -> None:
         key = _VerifiedCache.key(envelope)
         if key not in _verified:
             if not verify(envelope.sender, envelope.signed, envelope.signature):
                 raise BadSignature(f"signature does not match sender {envelope.sender}")
             _verified.add(key)
-        self._remember(envelope, now)
 
     def _remember(self, envelope: Envelope, now: int) -> None:
         """Keep (sender, id) until the envelope expires; after that expiry rejects it."""

@@ -24,11 +24,12 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from agoramesh.bus.monitor import MonitorClient
-from agoramesh.config import Role, ServerConfig, parse_hostport
+from agoramesh.config import Role, ServerConfig, TlsConfig, parse_hostport
 from agoramesh.errors import ServerCrashed, ServerError, ServerNotFound, ServerStartError
 
 __all__ = ("EmbeddedServer", "find_nats_server", "parent_death_signal", "process_alive",
@@ -77,22 +78,62 @@ def render_config(config: ServerConfig) -> str:
         "max_payload": config.max_payload,
         "debug": config.debug,
     }
+    auth, tls = config.auth, config.tls
+    if auth is not None:
+        # Decentralized JWT auth: servers verify every user JWT offline against
+        # the operator; accounts are preloaded, so no resolver service runs.
+        conf["operator"] = auth.operator_jwt
+        conf["system_account"] = auth.system_account
+        conf["resolver"] = "MEMORY"
+        conf["resolver_preload"] = dict(auth.accounts)
+    if tls is not None:
+        conf["tls"] = _tls_block(tls, verify=False)  # clients authenticate by JWT
     if config.role is Role.SEED:
-        conf["cluster"] = {
+        userinfo = (f"{auth.route_user}:{auth.route_password}@"
+                    if auth is not None and auth.route_password else "")
+        cluster: dict[str, Any] = {
             "name": config.cluster_name,
             "listen": f"{host}:{config.cluster_port}",
-            "routes": [f"nats-route://{h}:{p}" for h, p in map(parse_hostport, config.bootstrap)],
+            "routes": [f"nats-route://{userinfo}{h}:{p}"
+                       for h, p in map(parse_hostport, config.bootstrap)],
         }
+        if userinfo:
+            assert auth is not None
+            cluster["authorization"] = {"user": auth.route_user,
+                                        "password": auth.route_password}
+        if tls is not None:
+            cluster["tls"] = _tls_block(tls, verify=True)
+        conf["cluster"] = cluster
         conf["leafnodes"] = {"listen": f"{host}:{config.leaf_port}"}
+        if tls is not None:
+            conf["leafnodes"]["tls"] = _tls_block(tls, verify=True)
     else:
         # ONE remote listing every hub: two remotes into one cluster would
         # deliver every message twice. Hubs gossip their peers' leaf URLs.
         urls = [f"nats-leaf://{h}:{p}" for h, p in map(parse_hostport, config.hubs)]
+        remote: dict[str, Any] = {"urls": urls}
+        if auth is not None:
+            remote["account"] = auth.account
+            if auth.leaf_credentials is not None:
+                remote["credentials"] = str(auth.leaf_credentials)
+        if tls is not None:
+            remote["tls"] = _tls_block(tls, verify=None)
         conf["leafnodes"] = {
             "reconnect": f"{config.leaf_reconnect_ms}ms",
-            "remotes": [{"urls": urls}],
+            "remotes": [remote],
         }
     return "\n".join(f"{key}: {_render(value, '')}" for key, value in conf.items()) + "\n"
+
+
+def _tls_block(tls: TlsConfig, *, verify: bool | None) -> dict[str, Any]:
+    """A nats-server ``tls {}`` block; ``verify`` requires peers' certificates (None: omit)."""
+    if tls.cert_file is None or tls.key_file is None:
+        raise ServerError("a TLS server needs a certificate and key (agoramesh certs)")
+    block: dict[str, Any] = {"cert_file": str(tls.cert_file), "key_file": str(tls.key_file),
+                             "ca_file": str(tls.ca_file), "timeout": 2}
+    if verify is not None:
+        block["verify"] = verify
+    return block
 
 
 def process_alive(pid: int) -> bool:
@@ -157,7 +198,9 @@ class EmbeddedServer:
 
     @property
     def client_url(self) -> str:
-        return f"nats://{self._advertised_host}:{self._port('client')}"
+        """``nats://host:port``, or ``tls://host:port`` when clients must use TLS."""
+        scheme = "nats" if self.config.tls is None else "tls"
+        return f"{scheme}://{self._advertised_host}:{self._port('client')}"
 
     @property
     def cluster_address(self) -> str:
@@ -202,11 +245,12 @@ class EmbeddedServer:
             async with asyncio.timeout(self.config.ready_timeout):
                 await self._wait_ready()
         except BaseException as exc:
+            tail = self._log_tail()  # before stopping: why it waited, not how it exited
             await self.stop(grace=1.0)
             if isinstance(exc, TimeoutError):
                 raise ServerStartError(
                     f"nats-server {self.config.name} not ready within "
-                    f"{self.config.ready_timeout:g}s ({self._waiting_for}); {self._log_tail()}"
+                    f"{self.config.ready_timeout:g}s ({self._waiting_for}); {tail}"
                 ) from None
             raise
 
@@ -320,6 +364,30 @@ class EmbeddedServer:
             await asyncio.wait([self._watcher])
         for leftover in (f"nats-server_{process.pid}.ports", "nats-server.pid"):
             (self.config.data_dir / leftover).unlink(missing_ok=True)
+
+    async def reload(self, config: ServerConfig, *, timeout: float = 5.0) -> None:
+        """Rewrite the config file and have the server reload it (SIGHUP); wait until it has.
+
+        Ports, name and role must not change; trust (revocations, accounts) and
+        TLS files may. Raises ServerError if the server does not confirm in time.
+        """
+        process = self._process
+        if process is None or process.returncode is not None:
+            raise ServerError(f"server {self.config.name} is not running")
+        before = (await self._monitor().varz()).get("config_load_time")
+        old = self.config  # a reload cannot move a listener: ports stay as first written
+        conf = replace(config, port=old.port, cluster_port=old.cluster_port,
+                       leaf_port=old.leaf_port, http_port=old.http_port)
+        (self.config.data_dir / "nats-server.conf").write_text(render_config(conf))
+        process.send_signal(signal.SIGHUP)
+        self._waiting_for = "a config reload"
+        try:
+            await self._wait_for(self._monitor().varz,
+                                 lambda varz: varz.get("config_load_time") != before, timeout)
+        except TimeoutError:
+            raise ServerError(f"nats-server {self.config.name} did not reload its config "
+                              f"within {timeout:g}s; {self._log_tail()}") from None
+        self.config = config
 
     def kill(self) -> None:
         """SIGKILL now, as a crash would (chaos tests, failover demos)."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from agoramesh.bus.bus import Bus
-from agoramesh.bus.identity import Identity
+from agoramesh.bus.bus import Bus, client_identity
+from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.config import BusConfig, Environment
 from agoramesh.errors import AgoraError
 from agoramesh.nodes.card import AgentCard, AgentStatus
+from agoramesh.security.certs import tls_config
 
 __all__ = ("add_client_options", "client_config", "register")
 
@@ -19,13 +21,20 @@ DEFAULT_SERVER = "nats://127.0.0.1:4222"
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help=f"NATS URL (default $AGORAMESH_SERVER or "
                                          f"{DEFAULT_SERVER})")
+    add_tls_option(parser, client=True)
+    parser.add_argument("--creds", type=Path, metavar="FILE",
+                        help="secured mesh: credentials from `agoramesh trust creds` "
+                             "(default $AGORAMESH_CREDS)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def client_config(args: argparse.Namespace, env: Environment, name: str) -> BusConfig:
     """The Bus configuration of a client command given :func:`add_client_options`."""
     url = args.server or env.server_url or DEFAULT_SERVER
-    return BusConfig(servers=(url,), name=name, prefix=env.prefix)
+    directory = tls_directory(args, env)
+    tls = tls_config(directory, client=True) if directory is not None else None
+    return BusConfig(servers=(url,), name=name, prefix=env.prefix, tls=tls,
+                     credentials=args.creds or env.credentials)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +48,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 async def _agents(args: argparse.Namespace, env: Environment) -> int:
     config = client_config(args, env, "agoramesh-agents")
-    async with Bus(Identity.generate(), config) as bus:
+    async with Bus(client_identity(config), config) as bus:
         query = {"capability": args.capability} if args.capability else {}
         replies = await bus.gather(bus.subjects.discover, "discovery", query,
                                    timeout=args.timeout)

@@ -1,4 +1,8 @@
-"""``agoramesh decode``: show what an envelope says and whether its signature holds."""
+"""``agoramesh decode``: show what an envelope says and whether its signature holds.
+
+An encrypted body (PROTOCOL.md §20) is shown as such; ``--key FILE`` (the
+recipient's seed file, or the sender's: a box opens for both ends) opens it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,21 @@ import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from agoramesh.bus.envelope import Envelope, now_ms, parse
-from agoramesh.bus.identity import verify
+from agoramesh.bus.e2e import E2EKeys
+from agoramesh.bus.envelope import BOX_KEY, Envelope, is_boxed, now_ms, parse
+from agoramesh.bus.identity import Identity, verify
 from agoramesh.bus.ingress import encode_json
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.config import Environment
-from agoramesh.errors import BadSignature, ConfigError, WrongSubject
+from agoramesh.errors import (
+    BadSignature,
+    ConfigError,
+    EnvelopeError,
+    UndecryptableEnvelope,
+    WrongSubject,
+)
 
 __all__ = ("read_envelope_bytes", "register")
 
@@ -25,11 +37,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser(
         "decode", help="decode and verify an envelope",
         description="Decode an envelope (raw bytes, or hex text) from FILE or stdin, print "
-                    "its fields and check its signature. Exits 1 if it is malformed or the "
-                    "signature does not hold.",
+                    "its fields and check its signature. An encrypted body is shown as such; "
+                    "--key opens it. Exits 1 if it is malformed, the signature does not hold "
+                    "or the body does not open.",
     )
     parser.add_argument("file", nargs="?", default="-", help="envelope file, '-' for stdin")
     parser.add_argument("--subject", help="also check it was signed for this subject")
+    parser.add_argument("--key", type=Path, metavar="FILE",
+                        help="seed file of the recipient (or the sender), to open an "
+                             "encrypted body")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_decode)
 
@@ -51,22 +67,49 @@ def read_envelope_bytes(source: str) -> bytes:
 async def _decode(args: argparse.Namespace, env: Environment) -> int:
     envelope = parse(read_envelope_bytes(args.file), max_bytes=64 * 1024 * 1024)
     valid = verify(envelope.sender, envelope.signed, envelope.signature)
+    encrypted = is_boxed(envelope.body)
+    opened: tuple[Any] | None = None  # the plaintext body, once opened (it may be None)
+    failure: EnvelopeError | None = None  # reported after the fields are shown
+    if encrypted and envelope.is_broadcast:
+        failure = UndecryptableEnvelope("a broadcast envelope cannot carry an encrypted body")
+    elif encrypted and args.key:
+        keys = E2EKeys(Identity.load(args.key))  # an unusable key file fails right here
+        try:
+            opened = (keys.open_body(_peer(envelope, keys.agent_id, args.key), envelope.body),)
+        except EnvelopeError as exc:
+            failure = exc
     if args.json:
-        emit_json({**envelope.as_dict(), "size": len(envelope.wire), "signature_valid": valid})
+        fields = envelope.as_dict()
+        if opened is not None:
+            fields["body"] = opened[0]
+        emit_json({**fields, "size": len(envelope.wire), "signature_valid": valid,
+                   "encrypted": encrypted, "opened": opened is not None})
     else:
-        _print(envelope, valid)
+        _print(envelope, valid, encrypted, opened)
     if not valid:
         raise BadSignature(f"signature does not match sender {envelope.sender}")
+    if failure is not None:
+        raise failure
     if args.subject and args.subject != envelope.subject:
         raise WrongSubject(f"envelope was signed for {envelope.subject!r}, not {args.subject!r}")
     return 0
+
+
+def _peer(envelope: Envelope, agent_id: str, key_file: Path) -> str:
+    """The other end of the box for the key's agent: a box opens for both of its ends."""
+    if agent_id == envelope.to:
+        return envelope.sender
+    if agent_id == envelope.sender:
+        return envelope.to
+    raise UndecryptableEnvelope(f"key {key_file} is agent {agent_id}, neither the recipient "
+                                f"{envelope.to} nor the sender")
 
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
-def _print(envelope: Envelope, valid: bool) -> None:
+def _print(envelope: Envelope, valid: bool, encrypted: bool, opened: tuple[Any] | None) -> None:
     left = (envelope.exp - now_ms()) / 1000
     expiry = f"in {left:.1f}s" if left > 0 else f"expired {-left:.1f}s ago"
     to = "* (broadcast)" if envelope.is_broadcast else envelope.to
@@ -78,7 +121,15 @@ def _print(envelope: Envelope, valid: bool) -> None:
     emit(f"expires:   {_when(envelope.exp)} ({expiry})")
     emit(f"size:      {len(envelope.wire)} bytes")
     emit(f"signature: {'valid' if valid else 'INVALID'}")
-    body = json.loads(encode_json(envelope.body))
+    if encrypted:
+        sealed = envelope.body[BOX_KEY]
+        size = f"{len(sealed)} bytes" if isinstance(sealed, bytes) else "not bin"
+        emit(f"encrypted: yes ($box, {size}); "
+             + ("opened with --key" if opened is not None
+                else "not opened (--key FILE, the recipient's seed file, opens it)"))
+        if opened is None:
+            return
+    body = json.loads(encode_json(envelope.body if opened is None else opened[0]))
     emit("body:")
     for line in json.dumps(body, indent=2, ensure_ascii=False).splitlines():
         emit(f"  {line}")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from agoramesh._version import __version__
 from agoramesh.cli import (
     agents,
+    certs,
     collaborate,
     decode,
     demo,
@@ -25,6 +26,7 @@ from agoramesh.cli import (
     keys,
     node,
     submit,
+    trust,
     up,
     watch,
     workflow,
@@ -45,7 +47,7 @@ def build_parser(env: Environment | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agoramesh {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (up, demo, node, agents, submit, collaborate, workflow, watch, episode, keys,
-                   decode):
+                   trust, certs, decode):
         module.register(commands)
     _add_log_options(parser, env or Environment())
     return parser

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
+from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.cli.runtime import on_signals, serve_endpoints
 from agoramesh.config import BusConfig, Environment, Role, ServerConfig
@@ -24,6 +25,9 @@ from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.observability.http import MetricsServer
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.http_api import HttpApi
+from agoramesh.security.acl import AccessPolicy, load_policy
+from agoramesh.security.certs import tls_config
+from agoramesh.security.trust import TrustStore, load_user_jwt
 
 __all__ = ("register",)
 
@@ -53,7 +57,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     where.add_argument("--port", type=int, default=-1, help="client port (default: any free)")
     where.add_argument("--cluster-port", type=int, default=-1, help="route port (seed)")
     where.add_argument("--leaf-port", type=int, default=-1, help="leafnode port (seed)")
+    add_tls_option(where, client=False)
+    where.add_argument("--trust", type=Path, metavar="DIR",
+                       help="secured mesh: the trust store (its *.jwt, route.secret and "
+                            "link.creds) this node's server enforces; with its account key "
+                            "present the node also admits itself")
+    where.add_argument("--jwt", type=Path, metavar="FILE",
+                       help="secured mesh: this agent's JWT from `agoramesh trust admit`")
     parser.add_argument("--max-tasks", type=int, default=8, help="concurrent tasks (default 8)")
+    parser.add_argument("--acl", type=Path, metavar="FILE",
+                        help="access policy (YAML or JSON, docs/SECURITY.md): who may ask this "
+                             "agent for what; default: everyone, everything")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
     parser.add_argument("--key-file", type=Path, help="seed file (default $AGORAMESH_HOME/"
                                                       "<name>.nk, created if missing)")
@@ -72,10 +86,28 @@ def _server_config(args: argparse.Namespace, env: Environment, data_dir: Path) -
     if args.leaf and args.bootstrap:
         raise ConfigError("use --leaf or --bootstrap, not both")
     role = Role.LEAF if args.leaf else Role.SEED
+    tls_dir = tls_directory(args, env)
+    trust = TrustStore.open(args.trust, prefix=env.prefix) if args.trust else None
     return ServerConfig(name=args.name.replace(" ", "-"), role=role, data_dir=data_dir,
                         host=args.host, port=args.port, cluster_port=args.cluster_port,
                         leaf_port=args.leaf_port, bootstrap=tuple(args.bootstrap),
-                        hubs=tuple(args.leaf), binary=env.nats_server)
+                        hubs=tuple(args.leaf), binary=env.nats_server,
+                        tls=tls_config(tls_dir) if tls_dir is not None else None,
+                        auth=trust.server_auth() if trust else None)
+
+
+def _membership(args: argparse.Namespace, env: Environment, identity: Identity,
+                capabilities: list[str]) -> str | None:
+    """This agent's user JWT on a secured mesh: ``--jwt``, or self-admission via ``--trust``."""
+    if args.jwt is not None:
+        return load_user_jwt(args.jwt, identity)
+    if args.trust is None:
+        return None
+    store = TrustStore.open(args.trust, prefix=env.prefix)
+    if not (args.trust / "account.nk").exists():
+        raise ConfigError(f"{args.trust} has no account key to admit this agent: pass --jwt "
+                          f"FILE from `agoramesh trust admit {identity.agent_id} …`")
+    return store.admit(identity.agent_id, capabilities=capabilities, name=args.name).jwt
 
 
 async def _node(args: argparse.Namespace, env: Environment) -> int:
@@ -83,7 +115,11 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
     backend = create_backend(args.type, BackendConfig(
         model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
         base_url=args.base_url, command=tuple(args.command.split()) if args.command else ()))
+    access = load_policy(args.acl) if args.acl else AccessPolicy()
     identity = Identity.load_or_create(args.key_file or env.home / f"{args.name}.nk")
+    user_jwt = _membership(args, env, identity, [cap.name for cap in capabilities])
+    tls_dir = tls_directory(args, env)
+    tls = tls_config(tls_dir, client=True) if tls_dir is not None else None
     server = None
     if not args.connect:
         server = EmbeddedServer(_server_config(args, env, env.home / "nodes" / args.name))
@@ -98,8 +134,10 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
                                      agent_id=identity.agent_id) if args.trajectory else None)
             node = AgentNode(identity, NodeConfig(
                 name=args.name, type=args.type, capabilities=capabilities,
-                max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat),
-                backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix),
+                max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat,
+                access=access),
+                backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix, tls=tls,
+                                   user_jwt=user_jwt),
                 trajectory=trajectory)
             await node.start()
             try:

@@ -9,7 +9,7 @@ from typing import Any
 from agoramesh.bus.ingress import encode_json
 from agoramesh.errors import InvalidInput
 
-__all__ = ("clip", "emit", "emit_json", "json_object")
+__all__ = ("clip", "emit", "emit_json", "json_object", "warn")
 
 
 def json_object(text: str, what: str) -> dict[str, Any]:
@@ -39,3 +39,8 @@ def emit_json(value: Any) -> None:
 
 def emit(line: str = "") -> None:
     print(line, flush=True)
+
+
+def warn(line: str) -> None:
+    """One line to stderr: warnings a user must see even when stdout is parsed."""
+    print(line, file=sys.stderr, flush=True)

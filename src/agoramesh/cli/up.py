@@ -3,7 +3,7 @@
 Starts N seed servers (fully routed) and optional leaves, plus offline demo
 agents (see :data:`DEMO_AGENTS`) that also take plain JSON, so
 ``nats req agora.cap.echo '{"text":"hi"}'`` answers at once. Prints
-``mesh ready: nats://127.0.0.1:<port>`` when usable.
+``mesh ready: nats://127.0.0.1:<port>`` when usable (``tls://…`` with ``--tls DIR``).
 SIGINT or SIGTERM stops everything in order: agents, leaves, seeds.
 """
 
@@ -20,9 +20,10 @@ from pathlib import Path
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
-from agoramesh.cli.output import emit, emit_json
+from agoramesh.cli.certs import add_tls_option, tls_directory
+from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import Endpoints, on_signals, serve_endpoints
-from agoramesh.config import BusConfig, Environment, ServerConfig
+from agoramesh.config import BusConfig, Environment, ServerAuth, ServerConfig, TlsConfig
 from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.offline import OfflineBackend
@@ -30,6 +31,9 @@ from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.contract_net import AuctionPolicy
+from agoramesh.security.acl import AccessPolicy, load_policy
+from agoramesh.security.certs import tls_config
+from agoramesh.security.trust import TrustStore, follow_trust
 
 __all__ = ("DEMO_AGENTS", "demo_agents", "local_mesh", "register")
 
@@ -44,6 +48,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--leaves", type=int, default=0, help="leaf servers (default 0)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--dir", type=Path, help="data directory (default: a temporary one)")
+    add_tls_option(parser, client=False)
+    parser.add_argument("--secure", action="store_true",
+                        help="enforce membership: servers admit only members of the trust store "
+                             "(created if missing), each with permissions from its capabilities")
+    parser.add_argument("--trust", type=Path, metavar="DIR",
+                        help="trust store for --secure (default $AGORAMESH_TRUST or <home>/trust)")
     parser.add_argument("--no-agents", action="store_true", help="start no demo agents")
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API from the first demo agent on this port "
@@ -53,20 +63,28 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                              "here; 0 picks a free port")
     parser.add_argument("--trajectory-dir", type=Path, metavar="DIR",
                         help="record each agent's trajectory as DIR/<name>.jsonl")
+    parser.add_argument("--acl", type=Path, metavar="FILE",
+                        help="access policy (YAML or JSON, docs/SECURITY.md) for every demo "
+                             "agent; default: everyone, everything")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_up)
 
 
 @contextlib.asynccontextmanager
 async def local_mesh(env: Environment, *, seeds: int, leaves: int, host: str = "127.0.0.1",
-                     data_dir: Path | None = None) -> AsyncIterator[Mesh]:
-    """A running mesh in ``data_dir`` (or a temporary directory removed afterwards)."""
+                     data_dir: Path | None = None, tls: TlsConfig | None = None,
+                     auth: ServerAuth | None = None) -> AsyncIterator[Mesh]:
+    """A running mesh in ``data_dir`` (or a temporary directory removed afterwards).
+
+    ``tls``: every server uses TLS on client, route and leaf links. ``auth``:
+    every server enforces membership (``TrustStore.server_auth()``).
+    """
     if seeds < 1 or leaves < 0:
         raise ConfigError("--seeds must be at least 1 and --leaves at least 0")
     with contextlib.ExitStack() as stack:
         base = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agora-")))
         template = ServerConfig(name="template", data_dir=base, host=host,
-                                binary=env.nats_server)
+                                binary=env.nats_server, tls=tls, auth=auth)
         mesh = await Mesh.launch(base, seeds=seeds, leaves=leaves, template=template)
         try:
             yield mesh
@@ -89,16 +107,23 @@ async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0,
                       extra_capabilities: Mapping[str, Sequence[str]] | None = None,
                       quotes: Mapping[str, tuple[float, float]] | None = None,
                       label_servers: bool = False, auction_policy: AuctionPolicy | None = None,
-                      started: Callable[[AgentNode], None] | None = None) -> list[AgentNode]:
+                      started: Callable[[AgentNode], None] | None = None,
+                      trust: TrustStore | None = None,
+                      access: AccessPolicy | None = None) -> list[AgentNode]:
     """Start the offline demo agents, spread over the mesh's servers; all or none.
 
     ``trajectory_dir``: each agent records its trajectory in ``<dir>/<name>.jsonl``.
     ``extra_capabilities`` and ``quotes`` (latency hint in ms, USD per 1000 tokens)
     are by agent name; ``label_servers`` names each agent's server in its card's
     metadata. ``started`` is called as each agent has started, before the next.
+    ``trust``: each agent is admitted to the secured mesh with its capabilities.
+    ``access``: every agent's access policy (default: allow everything).
     """
     agents: list[AgentNode] = []
     servers = mesh.servers
+    # The agents' buses need only the CA: client ports do not ask for certificates.
+    server_tls = mesh.template.tls
+    tls = None if server_tls is None else TlsConfig(ca_file=server_tls.ca_file)
     try:
         for index, (name, names) in enumerate(DEMO_AGENTS):
             server = servers[index % len(servers)]
@@ -116,11 +141,15 @@ async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0,
                 metadata["latency_ms"] = f"{latency:g}"
                 backend = OfflineBackend(BackendConfig(input_price_per_1k=price,
                                                        output_price_per_1k=price))
+            user_jwt = None if trust is None else trust.admit(
+                identity.agent_id, capabilities=[cap.name for cap in capabilities], name=name).jwt
             agent = AgentNode(
                 identity,
                 NodeConfig(name=name, type="offline", capabilities=capabilities,
-                           heartbeat_interval=heartbeat, metadata=metadata),
-                backend, BusConfig(servers=(server.client_url,), name=name, prefix=env.prefix),
+                           heartbeat_interval=heartbeat, metadata=metadata,
+                           access=access or AccessPolicy()),
+                backend, BusConfig(servers=(server.client_url,), name=name, prefix=env.prefix,
+                                   tls=tls, user_jwt=user_jwt),
                 directory=agents[0].directory if agents else None,  # one view per process
                 auction_policy=auction_policy, trajectory=trajectory)
             await agent.start()
@@ -142,12 +171,20 @@ def _describe(server: EmbeddedServer) -> dict[str, object]:
 
 
 async def _up(args: argparse.Namespace, env: Environment) -> int:
+    access = load_policy(args.acl) if args.acl else None  # a bad file fails before any server
     stop = asyncio.Event()
+    trust = _trust_store(args, env)
     with on_signals(stop.set):
+        tls_dir = tls_directory(args, env)
         async with local_mesh(env, seeds=args.seeds, leaves=args.leaves, host=args.host,
-                              data_dir=args.dir) as mesh:
+                              data_dir=args.dir,
+                              tls=tls_config(tls_dir) if tls_dir is not None else None,
+                              auth=trust.server_auth() if trust else None) as mesh:
             agents = [] if args.no_agents else await demo_agents(
-                mesh, env, trajectory_dir=args.trajectory_dir)
+                mesh, env, trajectory_dir=args.trajectory_dir, trust=trust,
+                access=access)
+            follower = None if trust is None else asyncio.ensure_future(
+                follow_trust(trust, lambda: mesh.servers))
             try:
                 if args.http_port is not None and not agents:
                     raise ConfigError("--http-port needs the demo agents (drop --no-agents)")
@@ -155,9 +192,12 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
                         host=args.host, metrics_port=args.metrics_port,
                         http_port=args.http_port, api_agent=agents[0] if agents else None,
                         agents=agents, servers=mesh.servers) as endpoints:
-                    _ready(args, mesh, agents, endpoints)
+                    _ready(args, mesh, agents, endpoints, trust)
                     await stop.wait()
             finally:
+                if follower is not None:
+                    follower.cancel()
+                    await asyncio.wait([follower])
                 await asyncio.gather(*(agent.stop(grace=2.0) for agent in agents))
     if args.json:
         emit_json({"event": "stopped"})
@@ -166,12 +206,31 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
     return 0
 
 
+def _trust_store(args: argparse.Namespace, env: Environment) -> TrustStore | None:
+    """The trust store for --secure (created the first time), else None and a loud warning."""
+    if not args.secure:
+        if args.trust is not None:
+            raise ConfigError("--trust needs --secure")
+        warn("WARNING: open mesh: anyone who can reach these ports can join, read every "
+             "subject and publish on any; fine for a local demo only. Use --secure to "
+             "enforce membership (docs/SECURITY.md).")
+        return None
+    directory = args.trust or env.trust_dir or env.home / "trust"
+    store = (TrustStore.open(directory, prefix=env.prefix) if (directory / "operator.jwt").exists()
+             else TrustStore.init(directory, prefix=env.prefix))
+    if not (directory / "client.creds").exists():
+        store.credentials("client")
+    return store
+
+
 def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
-           endpoints: Endpoints) -> None:
+           endpoints: Endpoints, trust: TrustStore | None = None) -> None:
     api, metrics = endpoints.api, endpoints.metrics
     servers = [_describe(server) for server in mesh.servers]
+    creds = None if trust is None else str(trust.directory / "client.creds")
     if args.json:
         emit_json({"event": "ready", "url": mesh.url, "servers": servers,
+                   "secure": trust is not None, "creds": creds,
                    "agents": [agent.card.as_dict() for agent in agents],
                    "http": api.url if api else None,
                    "metrics": f"{metrics.url}/metrics" if metrics else None})
@@ -185,5 +244,8 @@ def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
         emit(f"http api: {api.url}")
     if metrics is not None:
         emit(f"metrics: {metrics.url}/metrics")
+    if creds is not None:
+        emit(f"secured mesh: trust store {trust.directory if trust else ''}; "
+             f"clients connect with --creds {creds}")
     emit(f"mesh ready: {mesh.url}")
     emit("press Ctrl-C to stop")

@@ -24,8 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from agoramesh.bus.bus import Bus, Delivery
-from agoramesh.bus.identity import Identity
+from agoramesh.bus.bus import Bus, Delivery, client_identity
 from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.cli.runtime import on_signals
@@ -143,7 +142,7 @@ async def _watch(args: argparse.Namespace, env: Environment) -> int:
     if args.discover_timeout < 0:
         raise InvalidInput("--discover-timeout must not be negative")
     view = MeshView(server=config.servers[0])
-    async with Bus(Identity.generate(), config) as bus:
+    async with Bus(client_identity(config), config) as bus:
         watcher = MeshWatcher(bus, view)
         try:
             await watcher.start()

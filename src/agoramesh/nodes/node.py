@@ -12,6 +12,10 @@ for a client, protocols/task_desk.py), ``agora.agent.<id>`` (direct: task,
 cancel, card, award, ballot), ``agora.discover`` (scatter-gather),
 ``agora.presence.>`` (the directory), and ``$SRV.*`` (NATS services protocol).
 
+Every request the agent acts on passes ``config.access`` first
+(:meth:`AgentNode.check_access`, security/acl.py): tasks and awards need
+``execute``, cfps ``bid``, ``agora.task`` ``submit``, cancels ``cancel``.
+
 ``node.dispatcher`` submits work from this agent (auctions it drives itself,
 ``node.auctioneer``): the protocols build on it.
 """
@@ -35,6 +39,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
 from agoramesh.config import BusConfig
 from agoramesh.errors import (
+    AccessDenied,
     AgoraError,
     BackendBadResponse,
     ConfigError,
@@ -60,6 +65,7 @@ from agoramesh.protocols.dispatch import Dispatcher
 from agoramesh.protocols.strategies import AgentProfile
 from agoramesh.protocols.task_desk import QUEUE, TaskDesk
 from agoramesh.protocols.voting import ballot_handler, default_chooser
+from agoramesh.security.acl import JSON_PRINCIPAL, AccessPolicy, Action
 
 __all__ = ("AgentNode", "DirectHandler", "NodeConfig")
 
@@ -90,6 +96,8 @@ class NodeConfig:
     json_ingress: bool = True  # plain JSON on agora.cap.* (authenticated by NATS only)
     task_timeout: float = 300.0
     stop_grace: float = 5.0
+    #: Who may ask this agent for what (M-4.2); the default allows everything.
+    access: AccessPolicy = field(default_factory=AccessPolicy)
 
     def __post_init__(self) -> None:
         if not self.capabilities:
@@ -154,7 +162,8 @@ class AgentNode:
             description=f"agoramesh {config.type} agent {config.name}",
             endpoints={cap.name: subjects.cap(cap.name) for cap in config.capabilities},
             metadata={"agent_type": config.type})
-        self._running: dict[str, tuple[asyncio.Task[Any], str | None]] = {}
+        # task id -> (its runner, its requester (None: plain JSON), its capability)
+        self._running: dict[str, tuple[asyncio.Task[Any], str | None, str]] = {}
         self._cancel_requested: set[str] = set()
         self._task_subscriptions: list[Subscription] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -263,7 +272,7 @@ class AgentNode:
         """Stop at once: no goodbye, running tasks cancelled."""
         self._state = "stopping"
         self.directory.remove_local(self.agent_id)
-        for task, _ in list(self._running.values()):
+        for task, *_ in list(self._running.values()):
             task.cancel()
         await self._cancel_background()
         await self.bus.close(timeout=0.1)
@@ -324,6 +333,7 @@ class AgentNode:
                 "status": self.status.as_dict(), **self.metrics.totals(),
                 "rejections": {str(reason): count
                                for reason, count in self.bus.rejections.items()},
+                "denied": self.metrics.denials(),
                 "recent": self.metrics.take_recent()}
 
     async def _publish_telemetry(self) -> None:
@@ -436,8 +446,33 @@ class AgentNode:
 
     # -- tasks -------------------------------------------------------------------
 
+    def check_access(self, principal: str | None, capability: str,
+                     action: Action) -> AccessDenied | None:
+        """None if the access policy lets ``principal`` do ``action``, else the denial (counted).
+
+        ``principal``: the requester's verified agent id; None for plain JSON.
+        An agent never denies itself.
+        """
+        policy = self.config.access
+        if policy.is_open or principal == self.agent_id:
+            return None
+        reason = policy.decide(principal or JSON_PRINCIPAL, capability, action)
+        if reason is None:
+            return None
+        self.metrics.denied(capability, action)
+        if self.trajectory is not None:
+            self.trajectory.decided("deny", capability=capability, request=str(action),
+                                    principal=principal or JSON_PRINCIPAL, reason=reason)
+        self.log.info("denied %s on %s: %s", action, capability, reason)
+        return AccessDenied(f"agent {self.config.name} refuses {action} on {capability}: "
+                            f"{reason}")
+
     def _task_handler(self, capability: Capability) -> DirectHandler:
         async def handle(delivery: Delivery) -> None:
+            denied = self.check_access(delivery.sender, capability.name, Action.EXECUTE)
+            if denied is not None:
+                await delivery.respond_error(denied)
+                return
             await self.serve(delivery, capability)
         return handle
 
@@ -459,6 +494,10 @@ class AgentNode:
                     f"agent {self.config.name} has no capability {task_type!r}; it offers "
                     f"{', '.join(self._capabilities)}"), 0.0))
             return
+        denied = self.check_access(delivery.sender, capability.name, Action.EXECUTE)
+        if denied is not None:
+            await delivery.respond_error(denied)
+            return
         await self.serve(delivery, capability)
 
     async def _on_card_request(self, delivery: Delivery) -> None:
@@ -467,6 +506,11 @@ class AgentNode:
     async def _on_cancel(self, delivery: Delivery) -> None:
         task_id = str(delivery.body.get("task_id")) if isinstance(delivery.body, dict) else ""
         running = self._running.get(task_id)
+        if running is not None:
+            denied = self.check_access(delivery.sender, running[2], Action.CANCEL)
+            if denied is not None:
+                await delivery.respond_error(denied)
+                return
         allowed = running is not None and running[1] in (None, delivery.sender)
         if running is not None and allowed:
             self._cancel_requested.add(task_id)
@@ -513,7 +557,7 @@ class AgentNode:
     async def _run(self, task: Task, delivery: Delivery, stream: bool,
                    started: float) -> TaskResult:
         runner = asyncio.ensure_future(self._execute(task, delivery, stream))
-        self._running[task.task_id] = (runner, delivery.sender)
+        self._running[task.task_id] = (runner, delivery.sender, task.task_type)
         try:
             completion = await runner
         except asyncio.CancelledError:

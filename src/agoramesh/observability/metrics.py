@@ -59,6 +59,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "agoramesh_auctions_in_flight": ("gauge", "Auctions this agent is running now"),
     "agoramesh_bids_total": ("counter", "Answers to calls for proposals: bid or refuse"),
     "agoramesh_awards_total": ("counter", "Awards received: accepted or declined"),
+    "agoramesh_access_denied_total": (
+        "counter", "Requests this agent's access policy refused, by capability and action"),
     "agoramesh_tasks_total": ("counter", "Tasks this agent served, by outcome"),
     "agoramesh_task_duration_seconds": ("histogram", "Time to serve a task, by capability"),
     "agoramesh_tasks_in_flight": ("gauge", "Tasks running on this agent now"),
@@ -185,6 +187,7 @@ class MeshCollector(Collector):
         auctions_open = _family("agoramesh_auctions_in_flight", ["agent"])
         bids = _family("agoramesh_bids_total", ["agent", "capability", "decision"])
         awards = _family("agoramesh_awards_total", ["agent", "capability", "decision"])
+        denied = _family("agoramesh_access_denied_total", ["agent", "capability", "action"])
         tasks = _family("agoramesh_tasks_total", ["agent", "capability", "outcome"])
         task_time = _family("agoramesh_task_duration_seconds", ["agent", "capability"])
         in_flight = _family("agoramesh_tasks_in_flight", ["agent"])
@@ -214,6 +217,8 @@ class MeshCollector(Collector):
                 bids.add_metric([agent, capability, decision], count)
             for (capability, decision), count in list(stats.awards.items()):
                 awards.add_metric([agent, capability, decision], count)
+            for (capability, action), count in list(stats.access_denied.items()):
+                denied.add_metric([agent, capability, action], count)
             for (capability, outcome), count in list(stats.tasks.items()):
                 tasks.add_metric([agent, capability, outcome], count)
             for capability, histogram in list(stats.task_seconds.items()):
@@ -226,7 +231,7 @@ class MeshCollector(Collector):
                 cost.add_metric([agent, backend, model], usd)
             peers.add_metric([agent], len(node.directory))
         yield from (info, up, sent, received, rejected, auctions, auction_time, bids_in,
-                    auctions_open, bids, awards, tasks, task_time, in_flight, capacity,
+                    auctions_open, bids, awards, denied, tasks, task_time, in_flight, capacity,
                     tokens, cost, peers)
 
     def _server_families(self) -> Iterator[Metric]:

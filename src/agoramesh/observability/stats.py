@@ -67,6 +67,7 @@ class AgentMetrics:
         self.auctions_open = 0
         self.bids: Counter[tuple[str, str]] = Counter()  # (capability, bid | refuse)
         self.awards: Counter[tuple[str, str]] = Counter()  # (capability, accept | decline)
+        self.access_denied: Counter[tuple[str, str]] = Counter()  # (capability, action)
         self.tokens: Counter[tuple[str, str, str]] = Counter()  # (backend, model, kind)
         self.cost_usd: defaultdict[tuple[str, str], float] = defaultdict(float)
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -87,6 +88,17 @@ class AgentMetrics:
         self.recent.append({"kind": "auction", "ts": time.time(), "task_id": task_id,
                             "capability": capability, "outcome": outcome, "bids": bids,
                             "winner": winner, "ms": round(seconds * 1000, 3)})
+
+    def denied(self, capability: str, action: str) -> None:
+        """A request refused by the agent's access policy (security/acl.py)."""
+        self.access_denied[capability, action] += 1
+
+    def denials(self) -> dict[str, int]:
+        """Denied requests by action, summed over capabilities (telemetry)."""
+        by_action: Counter[str] = Counter()
+        for (_, action), count in self.access_denied.items():
+            by_action[action] += count
+        return dict(by_action)
 
     def spent(self, backend: str, model: str, usage: Usage) -> None:
         if usage.input_tokens:

@@ -13,7 +13,10 @@ An agent listens on ``agora.cfp.<capability>`` for each of its capabilities:
 cfps and rejects are admitted without their signature check: bidding acts on
 nothing (the bid goes to the cfp's reply inbox), and the ``award`` the agent
 does act on is verified. A forged cfp costs a bid; a forged reject frees a
-reservation early.
+reservation early. An agent with an access policy (security/acl.py) refuses
+a cfp whose initiator may not ``bid`` on the capability, and verifies the
+cfp before it bids for an initiator that may (a forger cannot borrow an
+allowed initiator's id); it declines an award whose initiator may not ``execute``.
 
 and on its direct subject for ``award``: ``decline`` (policy, capacity), or
 run the task with the node's own execution path (schema check, timeout,
@@ -35,11 +38,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agoramesh.bus.bus import Delivery, Subscription
-from agoramesh.errors import AgoraError
+from agoramesh.bus.envelope import Envelope
+from agoramesh.errors import AgoraError, EnvelopeError
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task
 from agoramesh.protocols.scoring import Bid
+from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import AgentNode
@@ -172,7 +177,15 @@ class Bidder:
         if node.agent_id in cfp.exclude or not cfp.reply:
             return  # excluded agents are not counted among the expected bidders
         offer: Bid | str
-        if cfp.task is None:
+        denied = node.check_access(cfp.initiator, capability.name, Action.BID)
+        if denied is None and not node.config.access.is_open:
+            try:  # the policy admits the initiator the cfp names: make sure it sent it
+                node.bus.guard.confirm(cfp.envelope)
+            except EnvelopeError:
+                return  # forged or replayed; the guard counted it
+        if denied is not None:
+            offer = str(denied)
+        elif cfp.task is None:
             offer = f"unusable cfp: {cfp.problem}"
         else:
             try:
@@ -212,7 +225,8 @@ class Bidder:
             await delivery.respond("decline", {"auction_id": auction_id,
                                                "reason": f"unusable award: {exc}"})
             return
-        reason = self.policy.accept(node, task, terms)
+        denied = node.check_access(delivery.sender, capability.name, Action.EXECUTE)
+        reason = str(denied) if denied is not None else self.policy.accept(node, task, terms)
         if reason is None and task.task_id in node.running_tasks:
             reason = f"task {task.task_id} is already running here"
         if reason is not None:
@@ -257,6 +271,7 @@ class Bidder:
 class _Cfp:
     """A call for proposals, parsed once for every local agent that answers it."""
 
+    envelope: Envelope  # admitted unverified: confirmed before acting for a policy
     auction_id: str
     reply: str
     initiator: str
@@ -283,7 +298,7 @@ class _Cfp:
         except AgoraError as exc:
             problem = str(exc)
         bidders = body.get("bidders")
-        return cls(auction_id=auction_id, reply=delivery.msg.reply,
+        return cls(envelope=delivery.envelope, auction_id=auction_id, reply=delivery.msg.reply,
                    initiator=delivery.envelope.sender, cid=delivery.envelope.cid, task=task,
                    problem=problem, terms=_terms(body), exclude=frozenset(map(str, exclude)),
                    share=1.0 / bidders if isinstance(bidders, int) and bidders > 1 else 1.0,

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from enum import StrEnum
 from typing import Any
 
-from agoramesh.bus.bus import Bus
+from agoramesh.bus.bus import Bus, client_identity
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.subjects import validate_capability_pattern
 from agoramesh.config import BusConfig
@@ -181,7 +181,7 @@ async def client_dispatcher(config: BusConfig, *, identity: Identity | None = No
     Connects with ``identity`` (a fresh one by default), learns the agents by
     one discovery round, and closes the bus on exit.
     """
-    bus = await Bus.connect(identity or Identity.generate(), config)
+    bus = await Bus.connect(identity or client_identity(config), config)
     try:
         directory = Directory()
         await discover(bus, directory, timeout=discover_timeout)

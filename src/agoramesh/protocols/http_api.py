@@ -45,6 +45,7 @@ from agoramesh._web import WebServer
 from agoramesh.bus.ingress import encode_json
 from agoramesh.bus.subjects import validate_capability
 from agoramesh.errors import (
+    AccessDenied,
     AgoraError,
     AuctionFailed,
     ConfigError,
@@ -75,6 +76,8 @@ def status_for(error: BaseException) -> int:
     """The HTTP status an error is answered with."""
     if isinstance(error, InvalidInput | SubjectError | ConfigError | WorkflowInvalid):
         return 400
+    if isinstance(error, AccessDenied):
+        return 403
     if isinstance(error, NoResponders | NoBidders | AuctionFailed | NotConnected | Overloaded):
         return 503
     if isinstance(error, TimeoutError):  # BusTimeout and asyncio's own

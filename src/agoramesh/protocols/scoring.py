@@ -104,7 +104,7 @@ class Bid:
                        counter={str(k): _unit(v, f"counter.{k}") for k, v in counter.items()},
                        agent_type=str(data.get("agent_type", ""))[:64],
                        priority=int(data.get("priority", 0)))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # int(inf): OverflowError
             if isinstance(exc, InvalidInput):
                 raise
             raise InvalidInput(f"unusable bid: {exc}") from None

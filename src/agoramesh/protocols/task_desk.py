@@ -12,7 +12,9 @@ a signed ``task_request`` gets a signed one. A signed request with
 ``"stream": true`` also receives the auction's progress as ``progress``
 envelopes and the winner's output as ``task_chunk`` envelopes, in order,
 before the ``task_response``. Failures (no bidder, every bidder declined,
-timeout, bad task) are error replies.
+timeout, bad task) are error replies, and so is a requester the node's access
+policy does not let ``submit`` the capability (``AccessDenied``). The node
+auctions as itself: bidders' policies see this node as the initiator.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from agoramesh.bus.bus import Delivery
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.nodes.task import Task
 from agoramesh.protocols.contract_net import Progress
+from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import AgentNode
@@ -51,6 +54,9 @@ class TaskDesk:
         try:
             if capability is None or "*" in capability or ">" in capability:
                 raise InvalidInput(f"{delivery.subject} names no single capability")
+            denied = node.check_access(delivery.sender, capability, Action.SUBMIT)
+            if denied is not None:
+                raise denied
             task = Task.from_dict(body, task_type=capability)
         except AgoraError as exc:
             await delivery.respond_error(exc)

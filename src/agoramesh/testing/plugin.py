@@ -2,6 +2,11 @@
 
 Every server picks its own free loopback ports (port ``-1``); teardown stops
 it (SIGTERM, then SIGKILL) and asserts by PID that nothing is left running.
+
+Links are plaintext unless a test asks for TLS through the ``mesh_tls``
+fixture: decorate it with :data:`over_plain_and_tls` (or parametrize
+``mesh_tls`` indirectly with ``"tls"``) and ``nats_server``, ``mesh_factory``,
+``bus_factory`` and ``agent_factory`` all use TLS, with one CA per session.
 """
 
 from __future__ import annotations
@@ -10,32 +15,61 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
-from agoramesh.config import BusConfig, EnvelopePolicy, ServerConfig
+from agoramesh.config import BusConfig, EnvelopePolicy, ServerConfig, TlsConfig
 from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.security.certs import CertificateSet, issue_certificates
 from agoramesh.testing.processes import assert_stopped
 
 __all__ = ("AgentFactory", "BusFactory", "MeshFactory", "agent_factory", "bus_factory",
-           "mesh_factory", "nats_server")
+           "mesh_factory", "mesh_tls", "nats_server", "over_plain_and_tls", "tls_certs")
 
 MeshFactory = Callable[..., Awaitable[Mesh]]
 BusFactory = Callable[..., Awaitable[Bus]]
 AgentFactory = Callable[..., Awaitable[AgentNode]]
 
+#: Run a test twice: plaintext links, then TLS on client, route and leaf links.
+over_plain_and_tls = pytest.mark.parametrize("mesh_tls", ["plain", "tls"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
+    """A CA and a node certificate (``agoramesh certs``), shared by the session."""
+    return issue_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def mesh_tls(request: pytest.FixtureRequest) -> TlsConfig | None:
+    """The servers' TLS settings: None (plaintext) unless parametrized with ``"tls"``."""
+    flavour = getattr(request, "param", "plain")
+    if flavour == "plain":
+        return None
+    if flavour == "tls":
+        certs: CertificateSet = request.getfixturevalue("tls_certs")
+        return certs.tls
+    raise ValueError(f"mesh_tls is 'plain' or 'tls', not {flavour!r}")
+
+
+def _client_tls(server_tls: TlsConfig | None) -> TlsConfig | None:
+    """What a client of such servers needs: the CA (client ports ask for no certificate)."""
+    return None if server_tls is None else TlsConfig(ca_file=server_tls.ca_file)
+
 
 @pytest_asyncio.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+async def nats_server(tmp_path: Path, mesh_tls: TlsConfig | None
+                      ) -> AsyncIterator[EmbeddedServer]:
     """One standalone embedded server (a seed with no peers)."""
-    server = EmbeddedServer(ServerConfig(name="solo", data_dir=tmp_path / "solo"))
+    server = EmbeddedServer(ServerConfig(name="solo", data_dir=tmp_path / "solo", tls=mesh_tls))
     await server.start()
     try:
         yield server
@@ -46,12 +80,19 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
 
 
 @pytest_asyncio.fixture
-async def mesh_factory(tmp_path: Path) -> AsyncIterator[MeshFactory]:
-    """``await mesh_factory(seeds=3, leaves=2)`` → a running :class:`Mesh`."""
+async def mesh_factory(tmp_path: Path, mesh_tls: TlsConfig | None
+                       ) -> AsyncIterator[MeshFactory]:
+    """``await mesh_factory(seeds=3, leaves=2)`` → a running :class:`Mesh`.
+
+    ``template=`` overrides the servers' settings (default: ``mesh_tls`` on loopback).
+    """
     meshes: list[Mesh] = []
 
-    async def make(*, seeds: int = 3, leaves: int = 0) -> Mesh:
-        mesh = await Mesh.launch(tmp_path / f"mesh{len(meshes)}", seeds=seeds, leaves=leaves)
+    async def make(*, seeds: int = 3, leaves: int = 0,
+                   template: ServerConfig | None = None) -> Mesh:
+        base = tmp_path / f"mesh{len(meshes)}"
+        template = template or ServerConfig(name="template", data_dir=base, tls=mesh_tls)
+        mesh = await Mesh.launch(base, seeds=seeds, leaves=leaves, template=template)
         meshes.append(mesh)
         return mesh
 
@@ -65,12 +106,16 @@ async def mesh_factory(tmp_path: Path) -> AsyncIterator[MeshFactory]:
 
 
 @pytest_asyncio.fixture
-async def bus_factory() -> AsyncIterator[BusFactory]:
-    """``await bus_factory(url, identity=None, policy=None)`` → a connected :class:`Bus`."""
+async def bus_factory(mesh_tls: TlsConfig | None) -> AsyncIterator[BusFactory]:
+    """``await bus_factory(url, identity=None, policy=None)`` → a connected :class:`Bus`.
+
+    Other keywords go to :class:`BusConfig`; ``tls`` defaults to trusting ``mesh_tls``'s CA.
+    """
     buses: list[Bus] = []
 
     async def make(url: str, *, identity: Identity | None = None,
                    policy: EnvelopePolicy | None = None, **config: object) -> Bus:
+        config.setdefault("tls", _client_tls(mesh_tls))
         settings = BusConfig(servers=(url,), envelope=policy or EnvelopePolicy(),
                              **config)  # type: ignore[arg-type]
         bus = await Bus.connect(identity or Identity.generate(), settings)
@@ -85,14 +130,14 @@ async def bus_factory() -> AsyncIterator[BusFactory]:
 
 
 @pytest_asyncio.fixture
-async def agent_factory() -> AsyncIterator[AgentFactory]:
+async def agent_factory(mesh_tls: TlsConfig | None) -> AsyncIterator[AgentFactory]:
     """``await agent_factory(url, name, capabilities, **node_config)`` → a started agent.
 
     ``capabilities`` are offline capability names (or Capability objects with
     ``backend=``); ``backend`` defaults to :class:`OfflineBackend`,
     ``heartbeat_interval`` to 0.2 s. Agents started here are stopped after the
     test. ``directory=``, ``bid_policy=``, ``auction_policy=`` and ``trajectory=`` go
-    to AgentNode.
+    to AgentNode. Their buses trust ``mesh_tls``'s CA when the test uses TLS.
     """
     agents: list[AgentNode] = []
 
@@ -107,7 +152,8 @@ async def agent_factory() -> AsyncIterator[AgentFactory]:
         settings.setdefault("heartbeat_interval", 0.2)
         node = AgentNode(identity or Identity.generate(),
                          NodeConfig(name=name, type=agent_type, capabilities=caps, **settings),
-                         backend or OfflineBackend(), BusConfig(servers=(url,), name=name),
+                         backend or OfflineBackend(),
+                         BusConfig(servers=(url,), name=name, tls=_client_tls(mesh_tls)),
                          **extras)
         await node.start()
         agents.append(node)

@@ -15,7 +15,7 @@ __all__ = ("AGORAMESH", "READY_TIMEOUT", "UpProcess")
 
 #: Seconds a CLI process may take to print that it is ready.
 READY_TIMEOUT = 30.0
-_READY = re.compile(r"mesh ready: (nats://127\.0\.0\.1:\d+)\n")
+_READY = re.compile(r"mesh ready: ((?:nats|tls)://127\.0\.0\.1:\d+)\n")
 
 
 class UpProcess:
@@ -26,6 +26,7 @@ class UpProcess:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
         self.pids: list[int] = []
+        self.leaf_addresses: list[str] = []  # the seeds' leafnode addresses, host:port
         self.http: str | None = None  # with --http-port
         self.metrics: str | None = None  # with --metrics-port: the /metrics URL
         self.url = ""
@@ -53,6 +54,7 @@ class UpProcess:
             if not line:
                 return False
             self.pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
+            self.leaf_addresses += re.findall(r"leaf=(\S+)", line)
             if line.startswith("http api: "):
                 self.http = line.split(": ", 1)[1].strip()
             if line.startswith("metrics: "):

@@ -1,0 +1,269 @@
+"""Attackers, forgeries and checks shared by the hostile-input suite (fixtures: conftest.py).
+
+Every test in this directory attacks a real mesh: nats-server processes from
+``agoramesh.testing.plugin``, real :class:`AgentNode` s, and an attacker that
+is nothing but a plain NATS client holding an nkey of its own (:class:`Attacker`).
+What the tests assert, whatever the attack: the hostile input is rejected and
+counted under its reason (``bus.rejections`` and the exported
+``agoramesh_envelopes_rejected_total``), it has no effect, no handler fails
+unexpectedly (:func:`unexpected_errors`), and the nodes keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import Counter
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import msgpack
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.e2e import E2EKeys
+from agoramesh.bus.envelope import SIGNATURE_SIZE, Envelope, is_boxed, new_id, now_ms, parse
+from agoramesh.bus.identity import Identity, verify
+from agoramesh.config import EnvelopePolicy
+from agoramesh.errors import EnvelopeError, RejectReason
+from agoramesh.nodes.backends.base import Backend, ChatMessage
+from agoramesh.nodes.capability import Capability
+from agoramesh.nodes.node import AgentNode
+from agoramesh.nodes.task import Completion, StreamItem, Task
+from agoramesh.observability.metrics import MeshCollector, new_registry
+
+#: The policy of the nodes under attack: small enough that an envelope over it
+#: still fits the servers' 1 MiB max_payload, so oversize is the node's call.
+SMALL = EnvelopePolicy(max_bytes=64 * 1024)
+
+#: A capability whose work takes ``seconds`` (so an attack can land mid-task).
+WORK = Capability(name="work.do", input_schema={
+    "type": "object", "properties": {"seconds": {"type": "number"}, "n": {"type": "integer"}}})
+
+
+def _error_names() -> dict[RejectReason, str]:
+    names: dict[RejectReason, str] = {}
+    pending: list[type[EnvelopeError]] = [EnvelopeError]
+    while pending:
+        kind = pending.pop()
+        pending += kind.__subclasses__()
+        if kind is not EnvelopeError:
+            names.setdefault(kind.reason, kind.__name__)
+    return names
+
+
+#: The error type name a rejection is answered with (PROTOCOL.md §8).
+ERROR_NAMES = _error_names()
+
+
+def answered(reason: RejectReason) -> bool:
+    """Whether a rejected request that has a reply subject gets an error reply.
+
+    Replays are never answered (PROTOCOL.md §9). The Bus does not answer
+    expired requests either (bus.py ``_answer_rejection``), although the
+    protocol's vector 4 is such an answer: the suite follows the code.
+    """
+    return reason not in (RejectReason.REPLAYED, RejectReason.EXPIRED)
+
+
+# -- forgeries -------------------------------------------------------------------------
+
+
+def forge(signer: Identity, *, type: str, subject: str, body: Any, sender: str | None = None,
+          to: str = "*", ts: int | None = None, ttl_ms: int = 60_000, id: str | None = None,
+          cid: str | None = None) -> bytes:
+    """An envelope claiming to come from ``sender`` (default: the signer), signed by ``signer``."""
+    sealed_at = now_ms() if ts is None else ts
+    envelope_id = id or new_id()
+    return resign(signer, {
+        "v": 1, "id": envelope_id, "type": type, "from": sender or signer.agent_id, "to": to,
+        "subject": subject, "ts": sealed_at, "exp": sealed_at + ttl_ms,
+        "cid": cid or envelope_id, "body": body})
+
+
+def fields_of(wire: bytes) -> dict[str, Any]:
+    """The signed map of an envelope, decoded (no checks)."""
+    fields: dict[str, Any] = msgpack.unpackb(wire[:-SIGNATURE_SIZE], raw=False,
+                                             strict_map_key=False)
+    return fields
+
+
+def resign(signer: Identity, fields: Any) -> bytes:
+    """``fields`` packed as they are and signed by ``signer``."""
+    signed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return signed + signer.sign(signed)
+
+
+def oversize(signer: Identity, subject: str, policy: EnvelopePolicy = SMALL, **fields: Any
+             ) -> bytes:
+    """A correctly signed envelope just over ``policy.max_bytes`` (and far under 1 MiB)."""
+    body = {"padding": b"x" * policy.max_bytes}
+    wire = forge(signer, type=fields.pop("type", "task_request"), subject=subject, body=body,
+                 **fields)
+    assert policy.max_bytes < len(wire) < 1024 * 1024
+    return wire
+
+
+def strict_json(data: bytes) -> Any:
+    """RFC 8259 JSON only: valid UTF-8, and no NaN / Infinity, which Python would accept."""
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"reply is not JSON: it contains {constant}")
+    return json.loads(data.decode("utf-8"), parse_constant=refuse)
+
+
+def check_error_envelope(reply: bytes, *, signer: str, inbox: str, reason: RejectReason
+                         ) -> None:
+    """An ``error`` reply to a rejected request (PROTOCOL.md §9, case 2)."""
+    envelope = parse(reply)
+    assert verify(signer, envelope.signed, envelope.signature)
+    assert envelope.sender == signer and envelope.subject == inbox
+    assert envelope.type == "error" and envelope.to == "*" and envelope.cid == envelope.id
+    assert envelope.body["type"] == ERROR_NAMES[reason]
+    assert isinstance(envelope.body["message"], str) and envelope.body["message"]
+
+
+def check_json_error(reply: bytes, reason: RejectReason) -> None:
+    error = strict_json(reply)["error"]
+    assert error["type"] == ERROR_NAMES[reason] and isinstance(error["message"], str)
+
+
+# -- the attacker ----------------------------------------------------------------------
+
+
+class Attacker:
+    """A plain NATS client with an nkey of its own: it publishes anything it likes.
+
+    ``inbox()`` names a fresh reply subject; replies to it are kept in arrival
+    order (:meth:`reply` waits for the next). ``no_echo``: it never hears
+    its own messages on the subjects it listens to.
+    """
+
+    def __init__(self, nc: NatsClient, identity: Identity) -> None:
+        self.nc = nc
+        self.identity = identity
+        self.keys = E2EKeys(identity)
+        self.prefix = f"_INBOX.attacker.{new_id()}"
+        self.replies: dict[str, asyncio.Queue[bytes]] = {}
+        self._numbers = itertools.count()
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id
+
+    @classmethod
+    async def connect(cls, url: str) -> Attacker:
+        nc = NatsClient()
+        await nc.connect(url, connect_timeout=2, allow_reconnect=False, no_echo=True,
+                         max_reconnect_attempts=0)
+        attacker = cls(nc, Identity.generate())
+        await nc.subscribe(f"{attacker.prefix}.>", cb=attacker._on_reply)
+        await nc.flush()
+        return attacker
+
+    async def _on_reply(self, msg: Msg) -> None:
+        self._queue(msg.subject).put_nowait(msg.data)
+
+    def _queue(self, inbox: str) -> asyncio.Queue[bytes]:
+        return self.replies.setdefault(inbox, asyncio.Queue())
+
+    def inbox(self) -> str:
+        return f"{self.prefix}.{next(self._numbers)}"
+
+    async def reply(self, inbox: str, timeout: float = 5.0) -> bytes:
+        """The next reply that arrives on ``inbox``; TimeoutError after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            return await self._queue(inbox).get()
+
+    def unanswered(self, inbox: str) -> bool:
+        return self._queue(inbox).empty()
+
+    def open(self, reply: bytes) -> Envelope:
+        """A reply envelope addressed to the attacker, its body decrypted if boxed."""
+        envelope = parse(reply)
+        return self.keys.open(envelope) if is_boxed(envelope.body) else envelope
+
+    async def publish(self, subject: str, payload: bytes, *, reply: str = "") -> None:
+        await self.nc.publish(subject, payload, reply=reply)
+
+    async def request(self, subject: str, payload: bytes, timeout: float = 5.0) -> bytes:
+        """Publish with a fresh inbox and wait for the first reply."""
+        return (await self.ask(subject, payload, timeout))[1]
+
+    async def ask(self, subject: str, payload: bytes, timeout: float = 5.0
+                  ) -> tuple[str, bytes]:
+        """Like :meth:`request`, and the inbox the reply came to."""
+        inbox = self.inbox()
+        await self.publish(subject, payload, reply=inbox)
+        return inbox, await self.reply(inbox, timeout)
+
+    async def listen(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> None:
+        """Hear ``subject`` (wildcards allowed); returns once the server has the interest."""
+        await self.nc.subscribe(subject, cb=callback)
+        await self.nc.flush()
+
+    async def flush(self) -> None:
+        await self.nc.flush(timeout=5)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+
+# -- nodes under attack ----------------------------------------------------------------
+
+
+AttackerFactory = Callable[[str], Awaitable[Attacker]]
+NodeFactory = Callable[..., Awaitable[AgentNode]]
+
+
+class Worker(Backend):
+    """Sleeps for ``seconds``, then reports who did task ``n``; records every start."""
+
+    type = "worker"
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.started: list[str] = []
+
+    async def execute(self, task: Task, context: dict[str, Any] | None = None
+                      ) -> AsyncGenerator[StreamItem, None]:
+        self.started.append(task.task_id)
+        await asyncio.sleep(float(task.parameters.get("seconds", 0)))
+        yield Completion(output={"by": self.name, "n": task.parameters.get("n")})
+
+    async def chat(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[StreamItem, None]:
+        yield Completion(output=f"{self.name} only works")
+
+
+def serving(nodes: Iterable[AgentNode]) -> list[str]:
+    """Names of the nodes that are NOT running with a connected bus (empty: all fine)."""
+    return [node.config.name for node in nodes
+            if node.status.state not in ("ready", "busy") or not node.bus.is_connected]
+
+
+def exported_rejections(nodes: Iterable[AgentNode]) -> dict[str, Counter[str]]:
+    """``agoramesh_envelopes_rejected_total`` by agent and reason, as Prometheus scrapes it."""
+    collector = MeshCollector()
+    for node in nodes:
+        collector.add_agent(node)
+    text = generate_latest(new_registry(collector)).decode()
+    exported: dict[str, Counter[str]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "agoramesh_envelopes_rejected":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                exported.setdefault(sample.labels["agent"], Counter())[
+                    sample.labels["reason"]] += int(sample.value)
+    return exported
+
+
+def counted(owner: AgentNode | Bus) -> Counter[str]:
+    """A node's (or a bus's) rejections by reason name, as they are exported."""
+    bus = owner.bus if isinstance(owner, AgentNode) else owner
+    return Counter({str(reason): n for reason, n in bus.rejections.items() if n})
