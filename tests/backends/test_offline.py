@@ -90,6 +90,13 @@ async def test_usage_is_a_deterministic_estimate_priced_from_the_config() -> Non
     assert estimate_tokens({"a": [1, "two words", None], "b": True}) == 7
 
 
+def test_estimating_tokens_never_recurses() -> None:
+    deep: Any = "two words"
+    for level in range(100_000):
+        deep = [deep, 1] if level % 2 else {"k": deep}
+    assert estimate_tokens(deep) == 2 + 50_000 + 50_000  # words, numbers, keys
+
+
 async def test_an_unknown_capability_is_refused() -> None:
     with pytest.raises(UnknownCapability, match=r"no capability 'image\.draw'"):
         await stream("image.draw", {})

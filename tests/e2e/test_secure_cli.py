@@ -122,3 +122,31 @@ def test_an_open_mesh_says_so_loudly(tmp_path: Path) -> None:
         assert up.process.returncode == 0
     finally:
         up.reap()
+
+
+def test_up_secure_over_tls(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    assert cli("certs", "--dir", str(certs)).returncode == 0
+    trust = tmp_path / "trust"
+    up = UpProcess(tmp_path / "mesh", "--secure", "--trust", str(trust), "--tls", str(certs),
+                   "--seeds", "2")
+    try:
+        assert up.url.startswith("tls://")
+        creds = str(trust / "client.creds")
+        listed = cli("agents", "--server", up.url, "--tls", str(certs), "--creds", creds,
+                     "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert len(json.loads(listed.stdout)) == 5
+        done = cli("submit", "text.summarize", '{"text": "One. Two. Three."}', "--server",
+                   up.url, "--tls", str(certs), "--creds", creds, "--json")
+        assert done.returncode == 0 and json.loads(done.stdout)["status"] == "COMPLETED"
+        # Each door shut on its own: no CA, or no credentials.
+        assert_one_line_error(cli("agents", "--server", up.url, "--creds", creds),
+                              "SSL|certificate|TLS")
+        assert_one_line_error(cli("agents", "--server", up.url, "--tls", str(certs)),
+                              "[Aa]uthorization")
+        up.interrupt()
+        assert up.process.returncode == 0, up.stderr
+        assert_stopped(up.pids)
+    finally:
+        up.reap()

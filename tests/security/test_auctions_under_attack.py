@@ -266,12 +266,6 @@ async def test_bids_with_numbers_out_of_range_are_dropped_cleanly(
     assert not serving([client, *workers])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: contract_net.py _Auction._on_bid adds every (unverified) bid's sender to "
-    "`answered` and closes the bid window once len(answered) reaches the known bidders: "
-    "forged bids in the known bidders' names (or bids from any strangers) close it before "
-    "the real bids arrive, every offer then fails confirm(), and the auction raises "
-    "AuctionFailed('no valid bid') without another round"))
 async def test_forged_bids_in_every_bidders_name_cannot_end_the_bid_window(
         nats_server: EmbeddedServer, node_factory: NodeFactory,
         attacker_factory: AttackerFactory) -> None:
@@ -291,13 +285,6 @@ async def test_forged_bids_in_every_bidders_name_cannot_end_the_bid_window(
     assert client.bus.rejections[RejectReason.BAD_SIGNATURE] >= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a rejected request is answered with an `error` envelope addressed to '*' on "
-    "whatever reply subject the request named (bus.py _answer_rejection, PROTOCOL.md §9), "
-    "and the auctioneer (contract_net.py _award) takes any `error` from the winner on "
-    "I.w<n> for a decline: junk sent to the winner's direct subject with reply=I.w1 "
-    "makes the winner itself sign a 'decline', the task is awarded again (and runs twice) "
-    "and the auction can fail"))
 async def test_a_reflected_error_reply_is_not_taken_for_the_winners_decline(
         nats_server: EmbeddedServer, node_factory: NodeFactory,
         attacker_factory: AttackerFactory) -> None:

@@ -344,16 +344,16 @@ def json_payloads(draw: st.DrawFn, max_bytes: int) -> bytes:
                                     b"\xf4\x90\x80\x80", b"\x80"]))
         return b'{"text": "' + draw(st.text(max_size=5)).encode() + bad + b'"}'
     if kind == "deep":
-        # Some hundreds of levels pass ingress, then overflow the stack (see the xfail
-        # below); Hypothesis also raises the recursion limit while it runs, so the
-        # decoder's own limit is tested beyond any: 8000 levels, still under max_bytes.
+        # Over MAX_JSON_DEPTH levels are refused before parsing; Hypothesis also raises
+        # the recursion limit while it runs, so the decoder's own limit is tested beyond
+        # any: 8000 levels, still under max_bytes.
         depth = draw(st.sampled_from([2, 40, 8000]))
         return b'{"a": ' + b"[" * depth + b"]" * depth + b"}"
     if kind == "huge_number":
         digits = draw(st.sampled_from([20, 300, 4300, 4301, 6000]))
         number = draw(st.sampled_from([b"9" * digits, b"-" + b"9" * digits, b"1e308",
                                        b"-1e308", b"1e-400", b"0.1e-99999"]))
-        # (a huge integer deadline is a bug of its own: see the xfail below)
+        # (a huge integer deadline: see test_a_huge_integer_deadline_is_invalid_input)
         key = draw(st.sampled_from([b"n", b"expression", b"priority", b"task_id"]))
         return b'{"' + key + b'": ' + number + b"}"
     if kind == "oversize":
@@ -480,9 +480,6 @@ async def test_plain_and_signed_tasks_complete_after_hostile_payloads(
     assert exported_rejections([target.node])["target"] == counted(target.node)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: bus/ingress.py decode_json accepts NaN/Infinity and overflows 1e400 to inf; "
-    "encode_json then answers with NaN/Infinity, which is not JSON (RFC 8259)"))
 async def test_non_finite_numbers_never_make_the_reply_invalid_json(target: Target) -> None:
     for payload in (b'{"x": 1e400}', b'{"x": NaN}', b'{"x": -Infinity}'):
         reply = await target.attacker.request("agora.cap.echo", payload)
@@ -490,10 +487,6 @@ async def test_non_finite_numbers_never_make_the_reply_invalid_json(target: Targ
         assert "error" in answer or answer["status"] == "COMPLETED"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: JSON nested 500-980 deep passes ingress (json.loads allows ~990), then "
-    "offline.py estimate_tokens recurses past the stack; AgentNode.serve only turns "
-    "TaskError into a FAILED task_response, so the requester gets a bare RecursionError"))
 async def test_deeply_nested_parameters_get_a_task_response(target: Target) -> None:
     payload = b'{"a": ' + b"[" * 600 + b"]" * 600 + b"}"
     answer = strict_json(await target.attacker.request("agora.cap.echo", payload))
@@ -501,10 +494,6 @@ async def test_deeply_nested_parameters_get_a_task_response(target: Target) -> N
         answer["error"]["type"] == "MalformedEnvelope", answer
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: nodes/task.py Task.__post_init__ calls math.isfinite on an int deadline; past "
-    "~1.8e308 that raises OverflowError instead of InvalidInput, so the requester gets a "
-    "bare OverflowError instead of a FAILED task_response"))
 async def test_a_huge_integer_deadline_is_invalid_input(target: Target) -> None:
     payload = b'{"parameters": {}, "deadline": ' + b"9" * 400 + b"}"
     answer = strict_json(await target.attacker.request("agora.cap.echo", payload))

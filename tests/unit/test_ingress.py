@@ -8,6 +8,7 @@ import msgpack
 import pytest
 
 from agoramesh.bus.ingress import (
+    MAX_JSON_DEPTH,
     IngressPolicy,
     decode_json,
     encode_json,
@@ -131,13 +132,44 @@ def test_decode_json_deeply_nested_is_malformed_not_recursion_error(depth: int) 
         decode_json(data, max_bytes=len(data))
 
 
-def test_decode_json_moderately_nested_is_fine() -> None:
-    data = b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}"
+def test_decode_json_nesting_up_to_the_limit_is_fine() -> None:
+    # The request object is level 1: MAX_JSON_DEPTH - 1 arrays inside it reach the limit.
+    arrays = MAX_JSON_DEPTH - 1
+    data = b'{"a": ' + b"[" * arrays + b"]" * arrays + b"}"
     value = decode_json(data, max_bytes=LIMIT)
     depth, node = 0, value["a"]
     while node:
         node, depth = node[0], depth + 1
-    assert depth == 99
+    assert depth == arrays - 1
+
+
+@pytest.mark.parametrize("wrap", [(b"[", b"]"), (b'{"k": ', b"}"), (b'[0, "]}", ', b"]")])
+def test_decode_json_one_level_past_the_limit_is_malformed(wrap: tuple[bytes, bytes]) -> None:
+    opening, closing = wrap
+    data = b'{"a": ' + opening * MAX_JSON_DEPTH + b"1" + closing * MAX_JSON_DEPTH + b"}"
+    with pytest.raises(MalformedEnvelope,
+                       match=f"{MAX_JSON_DEPTH + 1} levels deep; at most {MAX_JSON_DEPTH}"):
+        decode_json(data, max_bytes=LIMIT)
+
+
+def test_decode_json_brackets_in_strings_are_not_nesting() -> None:
+    text = "[{" * 200 + '\\"\"]}' + "é" * 3
+    data = json.dumps({"t": text, "u": ["]" * 100, "[" * 100]}, ensure_ascii=False).encode()
+    assert decode_json(data, max_bytes=LIMIT) == {"t": text, "u": ["]" * 100, "[" * 100]}
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e309",
+                                    b"1" * 400 + b".5"])
+def test_decode_json_non_finite_numbers_are_malformed(number: bytes) -> None:
+    with pytest.raises(MalformedEnvelope, match=r"not valid JSON: .*(not a JSON number|out of "
+                                                 r"range)"):
+        decode_json(b'{"x": [1, ' + number + b"]}", max_bytes=LIMIT)
+
+
+@pytest.mark.parametrize("number", [b"1e308", b"-1e308", b"1e-400", b"0.1e-99999", b"9" * 400])
+def test_decode_json_finite_extremes_are_fine(number: bytes) -> None:
+    value = decode_json(b'{"x": ' + number + b"}", max_bytes=LIMIT)["x"]
+    assert value == json.loads(number)
 
 
 def test_decode_json_huge_integer_is_malformed() -> None:
@@ -160,6 +192,22 @@ def test_encode_json_falls_back_for_values_json_cannot_hold() -> None:
     encoded = encode_json({"bytes": b"\x00\xff", "ba": bytearray(b"\x01"), "obj": Thing(),
                            "set": {1}})
     assert json.loads(encoded) == {"bytes": "00ff", "ba": "01", "obj": "a thing", "set": "{1}"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"),
+                                   {"deep": [1, {"x": float("nan")}]}, {float("inf"): 1}])
+def test_encode_json_never_writes_nan_or_infinity(value: object) -> None:
+    with pytest.raises(ValueError, match=r"cannot be written as JSON \(RFC 8259\)"):
+        encode_json(value)
+
+
+def test_encode_json_refuses_what_it_cannot_write() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    with pytest.raises(ValueError, match="cannot be written as JSON"):
+        encode_json(looped)
+    with pytest.raises(ValueError, match="cannot be written as JSON"):
+        encode_json({(1, 2): "tuple key"})
 
 
 def test_decode_of_encode_round_trips() -> None:

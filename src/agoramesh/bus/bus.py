@@ -19,7 +19,7 @@ import contextlib
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -500,20 +500,30 @@ class Bus:
         return decode_json(msg.data, max_bytes=self.config.envelope.max_bytes)
 
     async def gather(self, subject: str, type: str, body: Any, *, timeout: float,
-                     expected: int | None = None, to: str = BROADCAST, cid: str | None = None,
+                     expected: int | None = None, expected_from: Collection[str] | None = None,
+                     to: str = BROADCAST, cid: str | None = None,
                      verify: bool = True) -> list[Envelope]:
-        """Scatter-gather: publish once, collect replies until ``expected`` or ``timeout``.
+        """Scatter-gather: publish once, collect replies until enough came or ``timeout``.
 
-        Returns what arrived (possibly nothing) in arrival order; never raises
-        on a short count. With ``verify=False`` signatures are left for
-        ``guard.confirm`` on the replies the caller acts on.
+        Enough: ``expected`` replies from anyone, and a reply from each agent
+        in ``expected_from`` (when given; both when both are). Without either
+        it collects until ``timeout``. Returns what arrived (possibly nothing)
+        in arrival order, anyone's; never raises on a short count. With
+        ``verify=False`` signatures are left for ``guard.confirm`` on the
+        replies the caller acts on, and a forged sender can close the gather
+        early on ``expected_from``.
         """
         nc = self.nats
         inbox = nc.new_inbox()
         replies: list[Envelope] = []
+        waiting = None if expected_from is None else set(expected_from)
         enough = asyncio.Event()
-        if expected is not None and expected <= 0:
-            enough.set()
+
+        def check() -> None:
+            if expected is None and waiting is None:
+                return  # collect until the timeout
+            if (expected is None or len(replies) >= expected) and not waiting:
+                enough.set()
 
         async def collect(msg: Msg) -> None:
             try:
@@ -522,8 +532,11 @@ class Bus:
                 return
             self.saw(envelope)
             replies.append(envelope)
-            if expected is not None and len(replies) >= expected:
-                enough.set()
+            if waiting is not None:
+                waiting.discard(envelope.sender)
+            check()
+
+        check()
 
         sub = await nc.subscribe(inbox, cb=collect)
         try:

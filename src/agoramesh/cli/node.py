@@ -14,7 +14,7 @@ from pathlib import Path
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
-from agoramesh.cli.output import emit, emit_json
+from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import on_signals, serve_endpoints
 from agoramesh.config import BusConfig, Environment, Role, ServerConfig
 from agoramesh.errors import ConfigError
@@ -118,6 +118,10 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
     access = load_policy(args.acl) if args.acl else AccessPolicy()
     identity = Identity.load_or_create(args.key_file or env.home / f"{args.name}.nk")
     user_jwt = _membership(args, env, identity, [cap.name for cap in capabilities])
+    if user_jwt is None and args.trust is None:
+        warn("WARNING: open mesh: this node's server admits anyone who can reach its ports; "
+             "fine for a local demo only. Use --trust DIR (agoramesh trust init) to enforce "
+             "membership (docs/SECURITY.md).")
     tls_dir = tls_directory(args, env)
     tls = tls_config(tls_dir, client=True) if tls_dir is not None else None
     server = None

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agoramesh.nodes.capability import Capability, matches
+from agoramesh.errors import SchemaError, SubjectError
+from agoramesh.nodes.capability import ANY_OBJECT, Capability, matches
 
-__all__ = ("AgentCard", "AgentStatus", "card_digest")
+__all__ = ("AgentCard", "AgentStatus", "card_digest", "presence_interval")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +67,7 @@ class AgentStatus:
         if "success_rate" in fields:
             fields["success_rate"] = min(1.0, fields["success_rate"])
         state = data.get("state")
-        if isinstance(state, str | int | float) and not isinstance(state, bool):
+        if _printable(state) and not isinstance(state, bool):
             fields["state"] = str(state)[:32]
         return cls(**fields)
 
@@ -115,12 +116,129 @@ class AgentCard:
                 "capabilities": [cap.as_dict() for cap in self.capabilities]}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AgentCard:
-        return cls(id=str(data["id"]), name=str(data["name"]), type=str(data["type"]),
-                   version=str(data.get("version", "")), endpoint=str(data.get("endpoint", "")),
-                   metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
-                   capabilities=tuple(Capability.from_dict(c)
-                                      for c in data.get("capabilities") or ()))
+    def from_dict(cls, data: object) -> AgentCard:
+        """Read a peer's card (PROTOCOL.md §15): whatever arrives, the only error is SchemaError.
+
+        ``id``, ``name`` and ``type`` are strings; ``version`` and ``endpoint``
+        strings when present; ``metadata`` a map from strings to strings (a
+        number or boolean is written as text); ``capabilities`` a list of
+        capability maps (:func:`_capability`). Whether ``id`` is the signer is
+        the receiver's check.
+        """
+        card = _map(data, "card")
+        metadata = {_key(key, "card.metadata"): _scalar_text(value, f"card.metadata.{key[:40]}")
+                    for key, value in _map(_get(card, "metadata", {}), "card.metadata").items()}
+        capabilities = _list(_get(card, "capabilities", ()), "card.capabilities")
+        return cls(id=_text(card, "id", "card", required=True),
+                   name=_text(card, "name", "card", required=True),
+                   type=_text(card, "type", "card", required=True),
+                   version=_text(card, "version", "card"),
+                   endpoint=_text(card, "endpoint", "card"), metadata=metadata,
+                   capabilities=tuple(_capability(item, f"card.capabilities[{index}]")
+                                      for index, item in enumerate(capabilities)))
+
+
+def _capability(data: object, where: str) -> Capability:
+    """One capability of a peer's card; SchemaError unless every field has its type.
+
+    ``name`` is a capability name; ``description`` a string; the schemas maps
+    (missing or empty: any object); ``cost_per_token`` a finite number >= 0;
+    ``max_context`` a whole number >= 0; ``languages`` a list of strings. The
+    schemas are not checked as JSON Schema: a peer's card only routes.
+    """
+    capability = _map(data, where)
+    languages = _list(_get(capability, "languages", ()), f"{where}.languages")
+    try:
+        return Capability(
+            name=_text(capability, "name", where, required=True),
+            description=_text(capability, "description", where),
+            input_schema=_map(_get(capability, "input_schema", {}),
+                              f"{where}.input_schema") or dict(ANY_OBJECT),
+            output_schema=_map(_get(capability, "output_schema", {}),
+                               f"{where}.output_schema") or dict(ANY_OBJECT),
+            cost_per_token=_price(_get(capability, "cost_per_token", 0.0),
+                                  f"{where}.cost_per_token"),
+            max_context=_whole(_get(capability, "max_context", 0), f"{where}.max_context"),
+            languages=tuple(_key(language, f"{where}.languages") for language in languages))
+    except SubjectError as exc:  # the name is no capability
+        raise SchemaError(f"{where}.name: {exc}") from None
+
+
+def presence_interval(value: object, default: float) -> float:
+    """A presence body's ``interval``: a finite number of seconds > 0, ``default`` if absent.
+
+    SchemaError otherwise: an infinite or NaN interval would keep a silent
+    peer in the directory for ever.
+    """
+    if value is None:
+        return default
+    interval = _price(value, "interval")
+    if not interval:
+        raise SchemaError("interval must be more than 0 seconds")
+    return interval
+
+
+# Readers of one field each: the type is checked before anything converts it.
+
+def _get(data: Mapping[str, Any], name: str, default: object) -> object:
+    value = data.get(name)
+    return default if value is None else value
+
+
+def _map(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SchemaError(f"{where} must be a map, got {type(value).__name__}")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise SchemaError(f"{where} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _text(data: Mapping[str, Any], name: str, where: str, *, required: bool = False) -> str:
+    value = data.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise SchemaError(f"{where}.{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _key(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise SchemaError(f"{where} must hold strings, got {type(value).__name__}")
+    return value
+
+
+def _printable(value: object) -> bool:
+    """A string or a number that ``str`` prints (an int past 2**64 cannot come off the
+    wire, and one of thousands of digits does not print)."""
+    return isinstance(value, str | float) or (isinstance(value, int) and abs(value) < 2**64)
+
+
+def _scalar_text(value: object, where: str) -> str:
+    if _printable(value):
+        return str(value)
+    raise SchemaError(f"{where} must be a string, got {type(value).__name__}")
+
+
+def _price(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{where} must be a number, got {type(value).__name__}")
+    number = float(value) if isinstance(value, float) or abs(value) <= _MAX_COUNT else math.inf
+    if not math.isfinite(number) or number < 0:
+        raise SchemaError(f"{where} must be a finite number >= 0")
+    return number
+
+
+def _whole(value: object, where: str) -> int:
+    if isinstance(value, float) and value.is_integer():  # not inf, not NaN
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SchemaError(f"{where} must be a whole number >= 0")
+    return value
 
 
 def card_digest(card: Mapping[str, Any]) -> str:

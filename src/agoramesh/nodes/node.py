@@ -42,17 +42,20 @@ from agoramesh.errors import (
     AccessDenied,
     AgoraError,
     BackendBadResponse,
+    BackendError,
     ConfigError,
     EnvelopeError,
     InvalidInput,
+    SchemaError,
     TaskCancelled,
     TaskError,
     UnknownCapability,
+    WrongSubject,
     error_to_wire,
 )
 from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
+from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest, presence_interval
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
@@ -345,26 +348,30 @@ class AgentNode:
         sender = delivery.sender
         if sender is None or sender == self.agent_id:
             return
-        if not delivery.subject.endswith("." + sender):
+        if not delivery.subject.endswith("." + sender):  # a hello or bye for someone else
+            self.bus.guard.reject(WrongSubject(
+                f"presence from {sender} on {delivery.subject}, not its own subject"))
             self.log.warning("presence from %s on %s ignored", sender[:8], delivery.subject)
             return
-        body = delivery.body if isinstance(delivery.body, dict) else {}
         if delivery.type == "bye":
             self.directory.remove(sender, "bye")
         elif delivery.type == "hello":
-            self._learn(body, sender)
+            self._learn(delivery.body, sender)
         elif delivery.type == "heartbeat":
-            self._heard(body, sender)
+            self._heard(delivery.body, sender)
 
-    def _heard(self, body: dict[str, Any], sender: str) -> None:
+    def _heard(self, body: Any, sender: str) -> None:
         """A heartbeat: refresh a known peer; fetch the card of a new or changed one."""
         entry = self.directory.get(sender)
         try:
-            status = AgentStatus.from_dict(body.get("status") or {})
-            interval = float(body.get("interval") or self.config.heartbeat_interval)
-        except (TypeError, ValueError) as exc:
+            if not isinstance(body, dict):
+                raise SchemaError(f"the body is a {type(body).__name__}, not a map")
+            interval = presence_interval(body.get("interval"), self.config.heartbeat_interval)
+        except SchemaError as exc:
+            self.bus.guard.reject(exc)
             self.log.warning("unusable heartbeat from %s: %s", sender[:8], exc)
             return
+        status = AgentStatus.from_dict(body.get("status"))
         if entry is not None and body.get("digest") == entry.digest:
             self.directory.touch(sender, status, interval)
         elif sender not in self._fetching and self._state == "running":
@@ -385,28 +392,32 @@ class AgentNode:
             self._fetching.discard(agent_id)
 
     def _learn(self, body: Any, sender: str) -> AgentCard | None:
-        """Record a peer from a presence or discovery body it signed; None if unusable."""
-        if not isinstance(body, dict):
-            self.log.warning("unusable card from %s: the body is not an object", sender[:8])
-            return None
-        digest = str(body.get("digest") or "")
+        """Record a peer from a presence or discovery body it signed; None if unusable.
+
+        A body without a usable card of the signer's (or with an unusable
+        ``interval``) changes nothing and is counted as a ``schema`` rejection
+        (PROTOCOL.md §15).
+        """
         try:
+            if not isinstance(body, dict):
+                raise SchemaError(f"the body is a {type(body).__name__}, not a map")
+            digest = str(body.get("digest") or "")
             card = _CARDS.get((sender, digest)) if digest else None
             if card is None:
-                card = AgentCard.from_dict(body["card"])
+                card = AgentCard.from_dict(body.get("card"))
+                if card.id != sender:
+                    raise SchemaError(f"a card for {card.id[:8]}, not the signer's")
                 if digest:
                     if len(_CARDS) >= _CARD_CACHE_SIZE:
                         del _CARDS[next(iter(_CARDS))]
                     _CARDS[(sender, digest)] = card
-            status = AgentStatus.from_dict(body.get("status") or {})
-            interval = float(body.get("interval") or self.config.heartbeat_interval)
-        except (KeyError, TypeError, ValueError, AgoraError) as exc:
+            interval = presence_interval(body.get("interval"), self.config.heartbeat_interval)
+        except SchemaError as exc:
+            self.bus.guard.reject(exc)
             self.log.warning("unusable card from %s: %s", sender[:8], exc)
             return None
-        if card.id != sender:
-            self.log.warning("agent %s sent a card for %s; ignored", sender[:8], card.id[:8])
-            return None
-        self.directory.seen(card, status, interval, digest=digest)
+        self.directory.seen(card, AgentStatus.from_dict(body.get("status")), interval,
+                            digest=digest)
         return card
 
     async def _on_discover(self, delivery: Delivery) -> None:
@@ -422,12 +433,16 @@ class AgentNode:
 
     async def find_agents_by_capability(self, pattern: str, *, timeout: float = 1.0
                                         ) -> list[AgentCard]:
-        """Scatter-gather on ``agora.discover``; closes early once every known match answered."""
-        known = len(self.directory.capable(pattern) | (
-            {self.agent_id} if self.card.offers(pattern) else set()))
+        """Scatter-gather on ``agora.discover``; closes early once every known match answered.
+
+        Only the answers of the agents known to match count towards closing
+        early: anyone else's (a stranger's, an attacker's) is read, never awaited.
+        """
+        known = self.directory.capable(pattern) | (
+            {self.agent_id} if self.card.offers(pattern) else set())
         replies = await self.bus.gather(self.bus.subjects.discover, "discovery",
                                         {"capability": pattern}, timeout=timeout,
-                                        expected=known or None)
+                                        expected_from=known or None)
         cards: dict[str, AgentCard] = {}
         for reply in replies:
             card = (self.card if reply.sender == self.agent_id
@@ -538,6 +553,12 @@ class AgentNode:
             self._finished(capability.name, failure, time.perf_counter() - started)
             await asyncio.shield(self._reply(delivery, failure))
             raise
+        except Exception as exc:  # a bug in a backend (or below): still a task_response
+            self.log.exception("task %s failed unexpectedly", task_id,
+                               extra={"task_id": task_id})
+            result = self._failure(task_id, BackendError(
+                f"{self.config.type} backend failed: {type(exc).__name__}: {exc}"[:1000]),
+                started)
         elapsed = time.perf_counter() - started
         self.service.stats.setdefault(capability.name, EndpointStats()).record(
             int(elapsed * 1e9), result.error["message"] if result.error else None)
@@ -589,6 +610,8 @@ class AgentNode:
         limit = self.config.task_timeout
         if task.deadline is not None:
             limit = min(limit, task.deadline - time.time())
+            if limit <= 0:  # the requester has stopped waiting: not even a quick start
+                raise TaskError(f"task {task.task_id} was past its deadline before it ran")
         completion: Completion | None = None
         sequence = 0
         try:
@@ -604,11 +627,18 @@ class AgentNode:
                             await self.bus.publish(
                                 delivery.msg.reply, "task_chunk",
                                 {"task_id": task.task_id, "seq": sequence, "text": item.text},
-                                to=delivery.sender or "*")
+                                to=delivery.sender or "*",
+                                cid=delivery.envelope.cid if delivery.envelope else None)
         except TimeoutError:
             raise TaskError(f"task {task.task_id} exceeded its {limit:.1f}s time limit") from None
         if completion is None:
             raise BackendBadResponse(f"{self.config.type} backend ended without a result")
+        if delivery.is_json:  # NaN, say: fail the task now rather than the reply later
+            try:
+                encode_json(completion.output)
+            except ValueError as exc:
+                raise BackendBadResponse(f"{self.config.type} backend's result cannot be "
+                                         f"answered in plain JSON: {exc}") from None
         return completion
 
     def _failure(self, task_id: str, error: BaseException, started: float) -> TaskResult:

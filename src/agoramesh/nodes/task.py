@@ -2,19 +2,31 @@
 
 The wire shapes (``as_dict``/``from_dict``) are the bodies of the
 ``task_request`` and ``task_response`` envelopes and of plain-JSON ingress.
+A :class:`Task` checks what it is given, whatever the path it came by, so a
+hostile request fails as :class:`~agoramesh.errors.InvalidInput`: ``parameters``
+nest at most :data:`MAX_PARAMETER_DEPTH` levels (what runs a task may recurse
+over them), ``priority`` is an int 0-10 and ``deadline`` a number of Unix
+seconds up to :data:`MAX_DEADLINE` (so arithmetic on it never overflows).
 """
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from agoramesh.bus.ingress import MAX_JSON_DEPTH
 from agoramesh.errors import InvalidInput
 
-__all__ = ("Chunk", "Completion", "StreamItem", "Task", "TaskResult", "TaskStatus", "Usage")
+__all__ = ("MAX_DEADLINE", "MAX_PARAMETER_DEPTH", "Chunk", "Completion", "StreamItem", "Task",
+           "TaskResult", "TaskStatus", "Usage")
+
+#: How deep ``parameters`` may nest (the parameters object is level 1): as deep as a
+#: plain-JSON request may (bus/ingress.py), so every request ingress takes fits.
+MAX_PARAMETER_DEPTH = MAX_JSON_DEPTH
+#: The latest ``deadline``: 9999-12-31T23:59:59Z in Unix seconds.
+MAX_DEADLINE = 253_402_300_799
 
 
 class TaskStatus(StrEnum):
@@ -64,14 +76,19 @@ class Task:
             raise InvalidInput("task_type must be a non-empty string")
         if not isinstance(self.parameters, dict):
             raise InvalidInput("parameters must be an object")
+        if _deeper_than(self.parameters, MAX_PARAMETER_DEPTH):
+            raise InvalidInput(f"parameters nest more than {MAX_PARAMETER_DEPTH} levels deep")
         if type(self.priority) is not int or not 0 <= self.priority <= 10:
-            raise InvalidInput(f"priority must be an integer 0-10, got {self.priority!r}")
+            raise InvalidInput(f"priority must be an integer 0-10, got {self.priority!r:.40}")
         if not isinstance(self.task_id, str) or not 0 < len(self.task_id) <= 128:
             raise InvalidInput("task_id must be a string of 1-128 characters")
+        # Compared, never converted: an int past the float range (10**400) is simply too
+        # large here, where math.isfinite or a subtraction from time.time() would overflow.
         if self.deadline is not None and (
                 not isinstance(self.deadline, int | float) or isinstance(self.deadline, bool)
-                or not math.isfinite(self.deadline)):
-            raise InvalidInput("deadline must be a number of Unix seconds")
+                or not 0 <= self.deadline <= MAX_DEADLINE):  # False for NaN too
+            raise InvalidInput(f"deadline must be a number of Unix seconds from 0 to "
+                               f"{MAX_DEADLINE}, got {self.deadline!r:.40}")
         if self.callback is not None and not isinstance(self.callback, str):
             raise InvalidInput("callback must be a subject string")
 
@@ -98,6 +115,17 @@ class Task:
             raise InvalidInput(f"task_type {fields['task_type']!r} was sent to {task_type!r}")
         fields = {key: value for key, value in fields.items() if value is not None}
         return cls(**fields)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True if the lists and maps in ``value`` nest more than ``limit`` levels (no recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [child for item in level if isinstance(item, dict | list | tuple)
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return any(isinstance(item, dict | list | tuple) for item in level)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,18 +10,25 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
     reject ───── agora.cfp.<capability> ──────▶ the others (one broadcast)
 
 - The bid window closes early once every agent the directory knows for the
-  capability has bid or refused. Bids are parsed but not verified; only the
-  bid about to be awarded is (DESIGN.md: verify only what you act on).
+  capability has bid or refused (strangers' answers do not count). Answers are
+  parsed but not verified; the best bid is verified when the window closes, and
+  only bids about to be awarded after it (DESIGN.md: verify only what you act
+  on). If that check fails (or nobody bid) after an early close, forgeries in
+  the known agents' names may have closed it: the window reopens until its
+  deadline and from then on counts only answers whose signature verifies.
 - Ranking: the pluggable scorer (protocols/scoring.py), bids on the requested
   terms first, then counter-offers the policy accepts.
-- The winner answers on the award's reply inbox: ``decline`` at once, or the
-  result; if the result is not ready within a few milliseconds it sends
-  ``accept`` and then a ``lease`` every ``lease_interval``. Silence for
+- The winner answers on the award's reply inbox with the award's ``cid``:
+  ``decline`` at once, or the result; if the result is not ready within a few
+  milliseconds it sends ``accept`` and then a ``lease`` every ``lease_interval``. Silence for
   ``missed_leases`` intervals, or the winner leaving the directory, loses the
   task: it is re-auctioned without that agent (``max_attempts`` in all), and
   the lost winner is asked to cancel.
-- Exactly one result comes back: other ``task_response``s for the task (from
-  a winner thought lost) are counted in the outcome's ``duplicates`` and dropped.
+- Exactly one result comes back: a ``task_response`` from an earlier winner of
+  the auction (one thought lost) is counted in the outcome's ``duplicates`` and
+  dropped. Anything else on the inbox that does not answer an award is ignored:
+  an ``error`` any agent sends there when junk names the inbox as its reply
+  subject (PROTOCOL.md §9) is not the winner declining.
 - Every wait has a deadline: the bid window, the award timeout, the lease,
   and ``timeout`` over the whole run (BusTimeout).
 """
@@ -42,7 +49,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from agoramesh.bus.bus import ERROR_TYPE, Bus
-from agoramesh.bus.envelope import Envelope
+from agoramesh.bus.envelope import Envelope, new_id
 from agoramesh.errors import (
     AgoraError,
     AuctionFailed,
@@ -66,7 +73,8 @@ log = logging.getLogger("agoramesh.auction")
 
 #: Failures that say "not here", not "not possible": the task goes to the next auction.
 _RETRYABLE = frozenset({Overloaded.__name__, TaskCancelled.__name__})
-#: Bids kept per auction round: a flood of (unverified) bids cannot grow memory unbounded.
+#: Bids kept per auction round, and answers of known bidders: a flood of (unverified)
+#: answers cannot grow memory unbounded.
 _MAX_OFFERS = 1024
 
 
@@ -111,10 +119,19 @@ class AuctionOutcome:
     duplicates: int = 0  # results dropped because one had already arrived
 
 
-@dataclass(slots=True)
-class _Offer:
-    bid: Bid
+@dataclass(slots=True, kw_only=True)
+class _Answer:
+    """A bid or refusal; its signature is checked once, and only when it matters."""
+
     envelope: Envelope
+    verified: bool | None = None  # None: not checked; False: forged or replayed, dropped
+
+
+@dataclass(slots=True, kw_only=True)
+class _Offer(_Answer):
+    """A usable bid."""
+
+    bid: Bid
 
 
 class _Lost(Exception):
@@ -133,12 +150,18 @@ class _Auction:
         self.task = task
         self.id = uuid.uuid4().hex
         self.inbox = f"{inbox}.{self.id[:16]}"
+        # This round's bids (from anyone), and answers of the known bidders (bids and
+        # refusals, in arrival order): what a distrustful window counts again.
         self.offers: list[_Offer] = []
+        self.answers: list[_Answer] = []
+        self.known: frozenset[str] = frozenset()  # the bidders whose answers close the window
         self.answered: set[str] = set()
+        self.distrustful = False  # count only verified answers: a forgery closed the window
         self.enough = asyncio.Event()
-        self.expected: int | None = None
         self.attempt = 0
         self.winner: str | None = None
+        self.award_cid = ""
+        self.awards: dict[str, tuple[str, str]] = {}  # award cid -> (inbox kind, winner)
         # The current winner's messages, a new queue per award; None: it left the directory.
         self.winner_messages: asyncio.Queue[Envelope | None]
         self.duplicates = 0
@@ -146,39 +169,110 @@ class _Auction:
         self.refused_counters = 0
         self.bids_received = 0
 
+    def open_round(self, attempt: int, known: Iterable[str]) -> None:
+        self.attempt, self.known = attempt, frozenset(known)
+        self.offers, self.answers, self.answered = [], [], set()
+        self.closed_bidding = self.distrustful = False
+        self.enough.clear()
+
     def on_message(self, kind: str, msg: Msg) -> None:
-        guard = self.bus.guard
         try:
-            # Bids wait for confirm() if they win; anything else we act on is verified now.
-            envelope = guard.admit(msg.data, msg.subject, verify=not kind.startswith("b"))
+            # Verified later, and only what the auction acts on (DESIGN.md).
+            envelope = self.bus.guard.admit(msg.data, msg.subject, verify=False)
         except EnvelopeError:
             return  # counted by the guard
         self.bus.saw(envelope)
         if kind == f"b{self.attempt}":
             self._on_bid(envelope)
         elif kind.startswith("w"):
-            if kind == f"w{self.attempt}" and envelope.sender == self.winner:
-                self.winner_messages.put_nowait(envelope)
-            elif envelope.type == "task_response":
-                self.duplicates += 1  # a lost winner finishing after all: dropped
+            self._on_winner_message(kind, envelope)
 
     def _on_bid(self, envelope: Envelope) -> None:
         sender = envelope.sender
         body = envelope.body if isinstance(envelope.body, dict) else {}
-        if (self.closed_bidding or body.get("auction_id") != self.id
-                or len(self.offers) >= _MAX_OFFERS):
+        if self.closed_bidding or body.get("auction_id") != self.id:
             return
         # Not deduplicated by sender: unverified, a bid claiming an agent's id may be a
-        # forgery sent to crowd out that agent's real bid; confirm() sorts them out.
-        self.answered.add(sender)
-        if envelope.type == "bid":
+        # forgery sent to crowd out that agent's real bid; verify() sorts them out.
+        answer: _Answer | None = None
+        if envelope.type == "bid" and len(self.offers) < _MAX_OFFERS:
             self.bids_received += 1
             try:
-                self.offers.append(_Offer(Bid.from_dict(body, agent_id=sender), envelope))
+                offer = _Offer(envelope=envelope, bid=Bid.from_dict(body, agent_id=sender))
             except InvalidInput as exc:
                 log.info("unusable bid from %s: %s", sender[:8], exc)
-        if self.expected is not None and len(self.answered) >= self.expected:
+            else:
+                self.offers.append(offer)
+                answer = offer
+        if sender in self.known and envelope.type in ("bid", "refuse") and \
+                len(self.answers) < _MAX_OFFERS:
+            answer = answer or _Answer(envelope=envelope)
+            self.answers.append(answer)
+            self._count(answer)
+
+    def _count(self, answer: _Answer) -> None:
+        """Count a known bidder's answer towards the early close (verified if distrustful)."""
+        sender = answer.envelope.sender
+        if sender in self.answered or (self.distrustful and not self.verify(answer)):
+            return
+        self.answered.add(sender)
+        if len(self.answered) >= len(self.known):
             self.enough.set()
+
+    def verify(self, answer: _Answer) -> bool:
+        """Finish the answer's admission, once: False if forged or replayed (counted)."""
+        if answer.verified is None:
+            try:
+                self.bus.guard.confirm(answer.envelope)
+            except EnvelopeError:
+                answer.verified = False
+            else:
+                answer.verified = True
+        return answer.verified
+
+    def distrust(self) -> None:
+        """Reopen the window; from now on only answers that verify count towards closing it.
+
+        The answers already in count again if they verify: one verification per known
+        bidder, more only for forgeries.
+        """
+        self.distrustful, self.closed_bidding = True, False
+        self.answered = set()
+        self.enough.clear()
+        for answer in self.answers:
+            if answer.verified is not False:
+                self._count(answer)
+        self.answers = [answer for answer in self.answers if answer.verified is not False]
+        self.offers = [offer for offer in self.offers if offer.verified is not False]
+
+    def awarded(self, winner: str, cid: str) -> None:
+        """An award goes out: from now on the messages that answer it are ``winner``'s."""
+        self.winner, self.award_cid = winner, cid
+        self.awards[cid] = (f"w{self.attempt}", winner)
+        self.winner_messages = asyncio.Queue()
+
+    def _on_winner_message(self, kind: str, envelope: Envelope) -> None:
+        """Pass the current winner's answer on; count a former winner's late result.
+
+        An answer to an award carries the award's cid and comes from its winner on the
+        award's inbox. Anything else is dropped unverified: above all an ``error`` that
+        the winner (or anyone) sends to the inbox because junk named it as a reply subject
+        (PROTOCOL.md §9: such an error has its own cid), which is no decline.
+        """
+        current = (envelope.cid == self.award_cid and envelope.sender == self.winner
+                   and kind == f"w{self.attempt}")
+        if not current and self.awards.get(envelope.cid) != (kind, envelope.sender):
+            log.debug("ignored %s from %s on %s: it answers no award", envelope.type,
+                      envelope.sender[:8], envelope.subject)
+            return
+        try:
+            self.bus.guard.confirm(envelope)
+        except EnvelopeError:
+            return  # counted by the guard
+        if current:
+            self.winner_messages.put_nowait(envelope)
+        elif envelope.type == "task_response":
+            self.duplicates += 1  # a lost winner finishing after all: dropped
 
 
 class Auctioneer:
@@ -290,11 +384,7 @@ class Auctioneer:
             declined = 0
             tried: set[str] = set()
             for offer in offers:
-                if offer.bid.agent_id in tried:
-                    continue
-                try:
-                    self.bus.guard.confirm(offer.envelope)
-                except EnvelopeError:
+                if offer.bid.agent_id in tried or not auction.verify(offer):
                     continue  # a forged or replayed bid is never awarded; the guard counted it
                 tried.add(offer.bid.agent_id)
                 try:
@@ -333,28 +423,52 @@ class Auctioneer:
         if self.policy.max_cost_usd is not None:
             terms["max_cost_usd"] = self.policy.max_cost_usd
         return {"auction_id": auction.id, "task": auction.task.as_dict(), "terms": terms,
-                "exclude": sorted(excluded), "bidders": auction.expected or 0}
+                "exclude": sorted(excluded), "bidders": len(auction.known)}
 
     async def _call_for_proposals(self, auction: _Auction, attempt: int, excluded: set[str],
                                   notify: Callable[[Progress], None]) -> list[_Offer]:
-        """Collect this attempt's bids; ranked, best first, counter-offers after."""
+        """Collect this attempt's bids; ranked, best first, counter-offers after.
+
+        The best bid is verified here when the window closed early: the one check an
+        honest round needs (the award does not repeat it).
+        """
         task = auction.task
-        auction.attempt, auction.offers, auction.answered = attempt, [], set()
-        auction.closed_bidding = False
-        auction.enough.clear()
         known = self.known_bidders(task.task_type, excluded)
-        auction.expected = len(known) or None  # nobody known: wait for strangers' bids
+        auction.open_round(attempt, known)  # nobody known: wait for strangers' bids
         window = self.policy.bid_window
+        deadline = asyncio.get_running_loop().time() + window
         await self.bus.publish(self.bus.subjects.cfp(task.task_type), "cfp",
                                self._cfp_body(auction, excluded),
                                reply=f"{auction.inbox}.b{attempt}",
                                ttl_ms=max(1000, int(window * 2000)))
         notify(Progress("cfp", task.task_id, {"attempt": attempt, "known": len(known)}))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(window):
+        early = await self._collect(auction, deadline)
+        ranked = self._ranked(auction, excluded, notify)
+        if early and not (ranked and auction.verify(ranked[0])):
+            # Answers nobody verified closed the window and no bid (or no best bid) holds:
+            # forgeries in the known bidders' names may have closed it before their bids came.
+            auction.distrust()
+            await self._collect(auction, deadline)
+            ranked = self._ranked(auction, excluded, notify)
+        return ranked
+
+    @staticmethod
+    async def _collect(auction: _Auction, deadline: float) -> bool:
+        """Take answers until every known bidder answered or ``deadline``; True: the former."""
+        try:
+            async with asyncio.timeout_at(deadline):
                 await auction.enough.wait()
-        auction.closed_bidding = True
-        offers = [offer for offer in auction.offers if offer.bid.agent_id not in excluded]
+        except TimeoutError:
+            return False
+        finally:
+            auction.closed_bidding = True
+        return True
+
+    def _ranked(self, auction: _Auction, excluded: set[str],
+                notify: Callable[[Progress], None]) -> list[_Offer]:
+        task = auction.task
+        offers = [offer for offer in auction.offers
+                  if offer.bid.agent_id not in excluded and offer.verified is not False]
         plain = [offer for offer in offers if not offer.bid.is_counter_offer]
         counters = [offer for offer in offers if offer.bid.is_counter_offer]
         auction.refused_counters = 0 if self.policy.accept_counter_offers else len(counters)
@@ -365,7 +479,7 @@ class Auctioneer:
                   for _, bid in rank([offer.bid for offer in group], self.policy.scorer,
                                     salt=auction.id)]
         notify(Progress("bids", task.task_id, {
-            "attempt": attempt, "bids": len(offers), "answered": len(auction.answered),
+            "attempt": auction.attempt, "bids": len(offers), "answered": len(auction.answered),
             "ranking": [offer.bid.agent_id for offer in ranked]}))
         return ranked
 
@@ -373,9 +487,8 @@ class Auctioneer:
                      stream: bool) -> TaskResult:
         """Award ``offer``; the result, or _Declined / _Lost."""
         task, policy, bid = auction.task, self.policy, offer.bid
-        winner = bid.agent_id
-        auction.winner = winner
-        auction.winner_messages = asyncio.Queue()
+        winner, cid = bid.agent_id, new_id()
+        auction.awarded(winner, cid)
         body: dict[str, Any] = {
             "auction_id": auction.id, "task": {**task.as_dict(), "stream": stream},
             "lease_interval": policy.lease_interval}
@@ -388,7 +501,7 @@ class Auctioneer:
                                     attempt=auction.attempt, bids=len(auction.offers))
         try:
             await self.bus.publish(self.bus.subjects.agent(winner), "award", body, to=winner,
-                                   reply=f"{auction.inbox}.w{auction.attempt}",
+                                   cid=cid, reply=f"{auction.inbox}.w{auction.attempt}",
                                    ttl_ms=int(policy.award_timeout * 1000))
         except AgoraError as exc:
             log.info("award to %s not sent: %s", winner[:8], exc)

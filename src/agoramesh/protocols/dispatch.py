@@ -29,8 +29,8 @@ from agoramesh.bus.bus import Bus, client_identity
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.subjects import validate_capability_pattern
 from agoramesh.config import BusConfig
-from agoramesh.errors import AgoraError, InvalidInput
-from agoramesh.nodes.card import AgentCard, AgentStatus
+from agoramesh.errors import InvalidInput, SchemaError
+from agoramesh.nodes.card import AgentCard, AgentStatus, presence_interval
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task, TaskResult
@@ -151,6 +151,8 @@ async def discover(bus: Bus, directory: Directory, *, timeout: float = 0.5,
 
     For clients without presence history (the CLI): every agent answers with
     its card, so the wait is ``timeout`` unless ``expected`` answers come first.
+    An answer without a usable card of its signer's is counted as a ``schema``
+    rejection and skipped.
     """
     query = {"capability": pattern} if pattern else {}
     replies = await bus.gather(bus.subjects.discover, "discovery", query, timeout=timeout,
@@ -159,15 +161,16 @@ async def discover(bus: Bus, directory: Directory, *, timeout: float = 0.5,
     for reply in replies:
         body = reply.body if isinstance(reply.body, dict) else {}
         try:
-            card = AgentCard.from_dict(body["card"])
-            status = AgentStatus.from_dict(body.get("status") or {})
-            interval = float(body.get("interval") or 1.0)
-        except (KeyError, TypeError, ValueError, AgoraError) as exc:
+            card = AgentCard.from_dict(body.get("card"))
+            if card.id != reply.sender:
+                raise SchemaError(f"a card for {card.id[:8]}, not the signer's")
+            interval = presence_interval(body.get("interval"), 1.0)
+        except SchemaError as exc:
+            bus.guard.reject(exc)
             log.warning("unusable discovery answer from %s: %s", reply.sender[:8], exc)
             continue
-        if card.id != reply.sender:
-            continue
-        directory.seen(card, status, interval, digest=str(body.get("digest") or ""))
+        directory.seen(card, AgentStatus.from_dict(body.get("status")), interval,
+                       digest=str(body.get("digest") or ""))
         learned += 1
     return learned
 

@@ -404,7 +404,7 @@ class Member:
         replies = await self.bus.gather(
             self.bus.subjects.team(self.team, message["message_type"]),
             message["message_type"], message, timeout=self.settings.timeout,
-            expected=len(expected))
+            expected_from=expected)
         acked = {r.sender for r in replies if r.type == ACK and isinstance(r.body, dict)
                  and r.body.get("accepted") is True}
         missing = [m.sim_id for m in self.live_teammates if m.agent_id not in acked]

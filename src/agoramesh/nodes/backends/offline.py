@@ -128,14 +128,24 @@ OFFLINE_CAPABILITIES: dict[str, dict[str, Any]] = {
 
 
 def estimate_tokens(value: Any) -> int:
-    """Whitespace-separated words in the strings of ``value``; one per number, key or null."""
-    if isinstance(value, str):
-        return len(value.split())
-    if isinstance(value, dict):
-        return sum(1 + estimate_tokens(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return sum(estimate_tokens(item) for item in value)
-    return 1
+    """Whitespace-separated words in the strings of ``value``; one per number, key or null.
+
+    Iterative, so any nesting is counted without touching the recursion limit.
+    """
+    tokens = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            tokens += len(item.split())
+        elif isinstance(item, dict):
+            tokens += len(item)
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        else:
+            tokens += 1
+    return tokens
 
 
 # --- parameters ----------------------------------------------------------------------------
