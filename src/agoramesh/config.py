@@ -27,6 +27,7 @@ __all__ = (
     "ServerConfig",
     "TlsConfig",
     "parse_hostport",
+    "read_text_file",
 )
 
 DEFAULT_PREFIX = "agora"
@@ -193,6 +194,17 @@ class ServerConfig:
         for port in (self.port, self.cluster_port, self.leaf_port, self.http_port):
             if not -1 <= port <= 65535:
                 raise ConfigError(f"port out of range: {port}")
+
+
+def read_text_file(path: Path, what: str = "") -> str:
+    """A settings file's UTF-8 text; a one-line ConfigError naming ``what`` and the file."""
+    name = f"{what} {path}".strip()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name} is not UTF-8 text") from None
 
 
 def parse_hostport(addr: str) -> tuple[str, int]:

@@ -54,6 +54,7 @@ import yaml
 
 from agoramesh.bus.identity import is_agent_id
 from agoramesh.bus.subjects import validate_capability_pattern
+from agoramesh.config import read_text_file
 from agoramesh.errors import AgoraError, ConfigError
 
 __all__ = ("ADMIN", "ANY_AGENT", "JSON_PRINCIPAL", "AccessPolicy", "AclEntry", "Action",
@@ -260,12 +261,7 @@ class AccessPolicy:
 def load_policy(path: str | Path) -> AccessPolicy:
     """Read and check a policy file (YAML, or JSON for ``*.json``); one-line ConfigError."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read access policy {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"access policy {file} is not UTF-8 text") from None
+    text = read_text_file(file, "access policy")
     try:
         raw = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import yaml
 
 from agoramesh.bus.subjects import validate_subject
-from agoramesh.config import DEFAULT_PREFIX
+from agoramesh.config import DEFAULT_PREFIX, read_text_file
 from agoramesh.errors import AgoraError, ConfigError
 from agoramesh.protocols.strategies import NegotiationStrategy
 
@@ -297,12 +297,7 @@ class DecentralizedConfig:
 def load_config(path: str | Path) -> DecentralizedConfig:
     """Read and check a YAML file; ConfigError (one line) for anything unusable."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file} is not UTF-8 text") from None
+    text = read_text_file(file)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
