@@ -39,7 +39,7 @@ from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig
-from common import latency, raw_client, until_answers
+from common import latency, raw_client, time_rounds, until_answers
 
 BODY: dict[str, Any] = {
     "task_id": "t-000123", "task_type": "summarize", "priority": 5,
@@ -211,19 +211,11 @@ async def warm_up(op: Op, rounds: int) -> None:
 
 async def measure(scenarios: list[Scenario]) -> None:
     """BLOCKS rounds of batches, raw then bus, bus then raw, ... for every scenario."""
-    clock = time.perf_counter_ns
     for block in range(BLOCKS):
         for sc in scenarios:
             for side in ("raw", "bus") if block % 2 == 0 else ("bus", "raw"):
-                op, out = sc.ops[side], sc.samples[side]
-                for _ in range(math.ceil(sc.rounds / BLOCKS)):
-                    start = clock()
-                    try:
-                        await op()
-                    except TimeoutError:
-                        sc.misses[side] += 1
-                    else:
-                        out.append(clock() - start)
+                sc.misses[side] += await time_rounds(sc.ops[side], sc.samples[side],
+                                                     math.ceil(sc.rounds / BLOCKS))
 
 
 

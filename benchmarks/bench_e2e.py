@@ -23,8 +23,6 @@ message to a new peer (the X25519 setup the per-peer box cache saves).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import math
 import shutil
 import sys
@@ -35,8 +33,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import seal
@@ -44,7 +40,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig
 from bench_bus import BODY, RAW, TIMEOUT, Clients, echo, raw_rr, warm_up
-from common import latency
+from common import latency, run_and_report, time_rounds
 
 BLOCKS = 10
 TARGET = 1.3  # p50 sealed / signed
@@ -81,22 +77,14 @@ def order(block: int) -> tuple[str, ...]:
 
 async def measure(ops: dict[str, dict[str, Op]], rounds: int
                   ) -> tuple[dict[str, dict[str, list[int]]], dict[str, dict[str, int]]]:
-    clock = time.perf_counter_ns
     samples: dict[str, dict[str, list[int]]] = {name: {path: [] for path in PATHS}
                                                 for name in ops}
     misses = {name: dict.fromkeys(PATHS, 0) for name in ops}
     for block in range(BLOCKS):
         for name, paths in ops.items():
             for path in order(block):
-                op, out = paths[path], samples[name][path]
-                for _ in range(math.ceil(rounds / BLOCKS)):
-                    start = clock()
-                    try:
-                        await op()
-                    except TimeoutError:
-                        misses[name][path] += 1
-                    else:
-                        out.append(clock() - start)
+                misses[name][path] += await time_rounds(paths[path], samples[name][path],
+                                                        math.ceil(rounds / BLOCKS))
     return samples, misses
 
 
@@ -211,12 +199,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="request/reply rounds per path (3000)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(run(args))
-    report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0  # a FAIL verdict is a finding, not a crash
+    return run_and_report(run(args), report, args.json)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from typing import Any
 
 import nats
 import nats.errors
-import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -58,6 +57,7 @@ from common import (
     count_warnings,
     latency,
     raw_client,
+    run_and_report,
     stop_all,
     until_answers,
 )
@@ -349,13 +349,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="direct rounds per path (3000)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args()
-    warnings = count_warnings()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(run(args, warnings))
-    report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0  # a FAIL verdict is a finding, not a crash: see the verdict lines
+    return run_and_report(run(args, count_warnings()), report, args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import shutil
 import ssl
@@ -35,17 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import nats
-import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from agoramesh.bus.bus import Bus, client_ssl_context
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.credentials import client_ssl_context
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig, ServerConfig, TlsConfig
 from agoramesh.security.certs import issue_certificates
 from bench_bus import BLOCKS, RAW, TIMEOUT, bus_rr, echo, raw_rr, warm_up
-from common import latency
+from common import latency, run_and_report, time_rounds
 
 SIDES = ("plain", "tls")
 TITLES = {
@@ -143,19 +142,11 @@ async def launch(base: Path, tls: TlsConfig | None) -> Mesh:
 
 async def measure(scenarios: list[Scenario]) -> None:
     """BLOCKS rounds of batches, plain then TLS, TLS then plain, ... for every scenario."""
-    clock = time.perf_counter_ns
     for block in range(BLOCKS):
         for sc in scenarios:
             for side in SIDES if block % 2 == 0 else tuple(reversed(SIDES)):
-                op, out = sc.ops[side], sc.samples[side]
-                for _ in range(math.ceil(sc.rounds / BLOCKS)):
-                    start = clock()
-                    try:
-                        await op()
-                    except TimeoutError:
-                        sc.misses[side] += 1
-                    else:
-                        out.append(clock() - start)
+                sc.misses[side] += await time_rounds(sc.ops[side], sc.samples[side],
+                                                     math.ceil(sc.rounds / BLOCKS))
 
 
 def summarize(sc: Scenario) -> dict[str, Any]:
@@ -228,12 +219,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="request/reply rounds per side (3000)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(run(args))
-    report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return run_and_report(run(args), report, args.json)
 
 
 if __name__ == "__main__":

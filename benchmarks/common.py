@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
+import uvloop
 from nats.aio.client import Client as NatsClient
 
 from agoramesh.errors import AgoraError
 from agoramesh.nodes.node import AgentNode
 
 __all__ = ("Warnings", "WrongAnswer", "count_warnings", "latency", "percentile", "raw_client",
-           "stop_all", "until_answers")
+           "run_and_report", "stop_all", "time_rounds", "until_answers")
 
 
 class WrongAnswer(Exception):
@@ -83,3 +88,33 @@ async def raw_client(stack: contextlib.AsyncExitStack, url: str) -> NatsClient:
     nc = await asyncio.wait_for(nats.connect(url, connect_timeout=3, allow_reconnect=False), 5)
     stack.push_async_callback(lambda: asyncio.wait_for(nc.close(), 5))
     return nc
+
+
+async def time_rounds(op: Callable[[], Awaitable[object]], samples: list[int],
+                      rounds: int) -> int:
+    """Await ``op`` ``rounds`` times, appending each duration (ns); returns the timeouts."""
+    clock = time.perf_counter_ns
+    missed = 0
+    for _ in range(rounds):
+        start = clock()
+        try:
+            await op()
+        except TimeoutError:
+            missed += 1
+        else:
+            samples.append(clock() - start)
+    return missed
+
+
+def run_and_report(run: Coroutine[Any, Any, dict[str, Any]],
+                   report: Callable[[dict[str, Any]], None], json_path: Path | None) -> int:
+    """Run a benchmark on uvloop, print its report, save its results; exit status 0.
+
+    A FAIL verdict is a finding, not a crash: the verdict lines say it.
+    """
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(run)
+    report(result)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return 0

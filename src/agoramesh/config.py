@@ -6,12 +6,15 @@ and nothing reads it at import time.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import yaml
 
 from agoramesh.errors import ConfigError
 
@@ -27,7 +30,7 @@ __all__ = (
     "ServerConfig",
     "TlsConfig",
     "parse_hostport",
-    "read_text_file",
+    "read_settings_file",
 )
 
 DEFAULT_PREFIX = "agora"
@@ -196,15 +199,25 @@ class ServerConfig:
                 raise ConfigError(f"port out of range: {port}")
 
 
-def read_text_file(path: Path, what: str = "") -> str:
-    """A settings file's UTF-8 text; a one-line ConfigError naming ``what`` and the file."""
+def read_settings_file(path: Path, what: str = "") -> Any:
+    """A settings file, parsed: JSON for ``*.json``, else YAML; a one-line ConfigError
+    naming ``what`` and the file for anything unreadable."""
     name = f"{what} {path}".strip()
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{name} is not UTF-8 text") from None
+    try:
+        return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON at line {exc.lineno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
 
 
 def parse_hostport(addr: str) -> tuple[str, int]:

@@ -125,10 +125,11 @@ async def test_a_peer_body_that_is_not_an_object_is_ignored(
 
     await rogue.subscribe(rogue.subjects.discover, answer_junk)
     await rogue.subscribe(rogue.subjects.agent(rogue.identity.agent_id), answer_junk)
-    assert alice._learn(["not", "a", "card"], rogue.identity.agent_id) is None
+    assert alice.presence.learn(["not", "a", "card"], rogue.identity.agent_id) is None
     # Nobody known offers it, so discovery waits out its window and hears the rogue.
     assert await alice.find_agents_by_capability("nothing.here", timeout=0.3) == []
-    await alice._fetch_card(rogue.identity.agent_id)  # a card reply that is a list: no error
+    # A card reply that is a list: no error.
+    await alice.presence.fetch_card(rogue.identity.agent_id)
     assert rogue.identity.agent_id not in alice.directory
 
 

@@ -14,13 +14,10 @@ import pytest
 import pytest_asyncio
 from hostile_support import SMALL, Attacker, AttackerFactory, NodeFactory
 
-from agoramesh.bus.identity import Identity
-from agoramesh.config import BusConfig, EnvelopePolicy
-from agoramesh.nodes.backends.base import Backend
-from agoramesh.nodes.backends.offline import OfflineBackend
+from agoramesh.config import EnvelopePolicy
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.catalog import capabilities_for
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import AgentNode
+from agoramesh.testing.plugin import AgentFactory
 
 
 @pytest_asyncio.fixture
@@ -40,40 +37,19 @@ async def attacker_factory() -> AsyncIterator[AttackerFactory]:
             await attacker.close()
 
 
-@pytest_asyncio.fixture
-async def node_factory() -> AsyncIterator[NodeFactory]:
-    """``await node_factory(url, name, capabilities, policy=SMALL, backend=…, **config)``.
+@pytest.fixture
+def node_factory(agent_factory: AgentFactory) -> NodeFactory:
+    """``await node_factory(url, name, capabilities, policy=SMALL, **agent_factory_options)``.
 
-    Like the plugin's ``agent_factory``, plus the envelope policy of the node's
-    bus (default :data:`~hostile_support.SMALL`) and ``node_class``.
-    ``capabilities`` are offline capability names or Capability objects; nodes
-    are stopped after the test.
+    The plugin's ``agent_factory`` with the envelope policy of the node's bus
+    (default :data:`~hostile_support.SMALL`, so oversize fits under the server's limit).
     """
-    nodes: list[AgentNode] = []
-
     async def make(url: str, name: str, capabilities: Sequence[str | Capability], *,
-                   policy: EnvelopePolicy = SMALL, backend: Backend | None = None,
-                   identity: Identity | None = None, agent_type: str = "offline",
-                   node_class: type[AgentNode] = AgentNode, **settings: Any) -> AgentNode:
-        named = [c for c in capabilities if isinstance(c, str)]
-        caps = (*capabilities_for("offline", named),
-                *(c for c in capabilities if isinstance(c, Capability)))
-        extras = {key: settings.pop(key) for key in ("directory", "bid_policy",
-                                                      "auction_policy") if key in settings}
-        settings.setdefault("heartbeat_interval", 0.2)
-        node = node_class(identity or Identity.generate(),
-                          NodeConfig(name=name, type=agent_type, capabilities=caps, **settings),
-                          backend or OfflineBackend(),
-                          BusConfig(servers=(url,), name=name, envelope=policy), **extras)
-        await node.start()
-        nodes.append(node)
-        return node
+                   policy: EnvelopePolicy = SMALL, **options: Any) -> AgentNode:
+        return await agent_factory(url, name, capabilities, bus={"envelope": policy},
+                                   **options)
 
-    try:
-        yield make
-    finally:
-        for node in reversed(nodes):
-            await node.stop(grace=1.0)
+    return make
 
 
 # -- nothing may fail unexpectedly -----------------------------------------------------

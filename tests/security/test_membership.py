@@ -19,7 +19,8 @@ import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 
-from agoramesh.bus.bus import Bus, client_identity
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.credentials import client_identity
 from agoramesh.bus.envelope import is_boxed, parse
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
@@ -33,6 +34,7 @@ from agoramesh.nodes.task import Chunk, Task, TaskResult
 from agoramesh.protocols.dispatch import client_dispatcher
 from agoramesh.security import jwt
 from agoramesh.security.trust import Role, TrustStore, follow_trust, permissions_for
+from agoramesh.testing.plugin import AgentFactory
 from agoramesh.testing.processes import assert_stopped
 from agoramesh.testing.waiting import wait_until
 
@@ -57,30 +59,16 @@ async def secure_mesh(tmp_path: Path, store: TrustStore) -> AsyncIterator[Mesh]:
         assert_stopped(pids)
 
 
-@pytest_asyncio.fixture
-async def admitted(store: TrustStore) -> AsyncIterator[AgentMaker]:
+@pytest.fixture
+def admitted(store: TrustStore, agent_factory: AgentFactory) -> AgentMaker:
     """``await admitted(url, name, capabilities)``: an AgentNode admitted with its JWT."""
-    agents: list[AgentNode] = []
+    async def make(url: str, name: str, capabilities: list[str]) -> AgentNode:
+        identity = Identity.generate()
+        token = store.admit(identity.agent_id, capabilities=capabilities, name=name).jwt
+        return await agent_factory(url, name, capabilities, identity=identity,
+                                   bus={"user_jwt": token, "connect_timeout": 2.0})
 
-    async def make(url: str, name: str, capabilities: list[str], *,
-                   identity: Identity | None = None, admit: bool = True) -> AgentNode:
-        identity = identity or Identity.generate()
-        token = (store.admit(identity.agent_id, capabilities=capabilities, name=name).jwt
-                 if admit else None)
-        caps = capabilities_for("offline", capabilities)
-        node = AgentNode(identity, NodeConfig(name=name, type="offline", capabilities=caps,
-                                              heartbeat_interval=0.2),
-                         OfflineBackend(),
-                         BusConfig(servers=(url,), name=name, user_jwt=token, connect_timeout=2.0))
-        await node.start()
-        agents.append(node)
-        return node
-
-    try:
-        yield make
-    finally:
-        for node in reversed(agents):
-            await node.stop(grace=1.0)
+    return make
 
 
 async def bus_as(store: TrustStore, url: str, *, capabilities: tuple[str, ...] = ("echo",),

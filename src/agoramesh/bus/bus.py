@@ -14,14 +14,11 @@ scatter-gather (their ``timeout``), handlers at close (``drain_timeout``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -30,6 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from agoramesh.bus.credentials import connect_options, tls_hint
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import BROADCAST, Envelope, Guard, looks_like_envelope, seal
 from agoramesh.bus.identity import Identity
@@ -41,13 +39,11 @@ from agoramesh.bus.ingress import (
     looks_like_json,
 )
 from agoramesh.bus.subjects import Subjects, validate_subject
-from agoramesh.config import BusConfig, TlsConfig
+from agoramesh.config import BusConfig
 from agoramesh.errors import (
     AgoraError,
     BusTimeout,
-    ConfigError,
     EnvelopeError,
-    IdentityError,
     IngressDenied,
     MalformedEnvelope,
     NoResponders,
@@ -55,14 +51,11 @@ from agoramesh.errors import (
     OversizeEnvelope,
     PermissionDenied,
     RejectReason,
-    TrustError,
     error_from_wire,
     error_to_wire,
 )
-from agoramesh.security.jwt import parse_creds
 
-__all__ = ("ERROR_TYPE", "Bus", "Delivery", "Handler", "Subscription", "client_identity",
-           "client_ssl_context", "read_credentials")
+__all__ = ("ERROR_TYPE", "Bus", "Delivery", "Handler", "Subscription")
 
 log = logging.getLogger("agoramesh.bus")
 
@@ -197,61 +190,6 @@ class Subscription:
         self.bus._subscriptions.discard(self)
 
 
-def read_credentials(path: Path) -> tuple[str, Identity]:
-    """The user JWT and the identity in a ``.creds`` file; TrustError if unreadable."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise TrustError(f"cannot read credentials {path}: {exc.strerror}") from None
-    token, seed = parse_creds(text)
-    try:
-        return token, Identity(seed)
-    except IdentityError as exc:
-        raise TrustError(f"credentials {path}: {exc}") from None
-
-
-def client_identity(config: BusConfig) -> Identity:
-    """The identity a client connects as: its credentials' one, else a fresh one."""
-    if config.credentials is not None:
-        return read_credentials(config.credentials)[1]
-    return Identity.generate()
-
-
-def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """A client TLS context trusting the mesh's CA (and presenting our cert, if any)."""
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
-        if tls.cert_file is not None and tls.key_file is not None:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load TLS files ({tls.ca_file}): {exc}") from None
-    asyncio_log = logging.getLogger("asyncio")
-    if not any(isinstance(f, _TlsEofNoise) for f in asyncio_log.filters):
-        asyncio_log.addFilter(_TlsEofNoise())
-    return context
-
-
-class _TlsEofNoise(logging.Filter):
-    """Drops asyncio's "returning true from eof_received() has no effect when using ssl".
-
-    nats-py upgrades its stream to TLS under a protocol that still believes it
-    is plaintext (nats.py issue #574), so every TLS connection logs that
-    warning once the server closes it; it means nothing for us.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("returning true from eof_received()")
-
-
-def _tls_hint(cause: BaseException, tls: TlsConfig | None) -> str:
-    """Why a TLS connection failed, in the user's terms; "" for other failures."""
-    if not isinstance(cause, ssl.SSLCertVerificationError):
-        return ""
-    if tls is None:
-        return " (the server uses TLS: pass its CA with --tls DIR or $AGORAMESH_TLS)"
-    return f" (the server's certificate is not signed by {tls.ca_file}, or not for this host)"
-
-
 class Bus:
     """Signed publish, request, scatter-gather and subscribe for one identity."""
 
@@ -313,7 +251,7 @@ class Bus:
                     name=cfg.name,
                     # Our inboxes carry our id, so a server can let only us read them.
                     inbox_prefix=f"_INBOX.{self.agent_id}",
-                    **self._security_options(),
+                    **connect_options(cfg, self.identity),
                     connect_timeout=max(1, int(cfg.connect_timeout)),
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
@@ -332,7 +270,7 @@ class Bus:
                 await nc.close()
             raise NotConnected(
                 f"cannot connect to {', '.join(cfg.servers)} within {cfg.connect_timeout:g}s: "
-                f"{type(cause).__name__} {cause}".rstrip() + _tls_hint(cause, cfg.tls)
+                f"{type(cause).__name__} {cause}".rstrip() + tls_hint(cause, cfg.tls)
             ) from None
         if cfg.tls is not None and not getattr(nc, "_server_info", {}).get("tls_required"):
             # nats-py upgrades only when the server asks: never fall back to plaintext.
@@ -341,27 +279,6 @@ class Bus:
             raise NotConnected(f"{', '.join(cfg.servers)} does not use TLS, and this client "
                                f"was given a CA ({cfg.tls.ca_file}): refusing plaintext")
         self._nc = nc
-
-    def _security_options(self) -> dict[str, Any]:
-        """nats-py connect options for TLS and JWT auth, from the config."""
-        cfg = self.config
-        options: dict[str, Any] = {}
-        if cfg.tls is not None:
-            options["tls"] = client_ssl_context(cfg.tls)
-        user_jwt = cfg.user_jwt
-        if cfg.credentials is not None:
-            user_jwt, identity = read_credentials(cfg.credentials)
-            if identity.agent_id != self.agent_id:
-                raise TrustError(f"credentials {cfg.credentials} are for agent "
-                                 f"{identity.agent_id[:12]}…, but this bus signs as "
-                                 f"{self.agent_id[:12]}… (use client_identity(config))")
-        if user_jwt is not None:
-            jwt = user_jwt.encode("ascii")
-            identity = self.identity
-            options["user_jwt_cb"] = lambda: jwt
-            options["signature_cb"] = lambda nonce: base64.b64encode(
-                identity.sign(nonce.encode() if isinstance(nonce, str) else nonce))
-        return options
 
     async def _on_error(self, exc: Exception) -> None:
         if self._nc is None and isinstance(exc, nats.errors.AuthorizationError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agoramesh.bus.bus import Bus, client_identity
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.credentials import client_identity
 from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.config import BusConfig, Environment

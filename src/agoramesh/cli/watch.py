@@ -24,7 +24,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from agoramesh.bus.bus import Bus, Delivery, client_identity
+from agoramesh.bus.bus import Bus, Delivery
+from agoramesh.bus.credentials import client_identity
 from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.cli.runtime import on_signals

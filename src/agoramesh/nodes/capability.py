@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,7 @@ import jsonschema
 from agoramesh.bus.subjects import validate_capability, validate_capability_pattern
 from agoramesh.errors import ConfigError, InvalidInput
 
-__all__ = ("ANY_OBJECT", "Capability", "matches")
+__all__ = ("ANY_OBJECT", "Capability", "matches", "tokens_match")
 
 ANY_OBJECT: Mapping[str, Any] = {"type": "object"}
 
@@ -81,7 +81,11 @@ class Capability:
 def matches(pattern: str, capability: str) -> bool:
     """NATS-style match of a dotted capability: ``*`` is one token, a final ``>`` the rest."""
     validate_capability_pattern(pattern)
-    wanted, have = pattern.split("."), capability.split(".")
+    return tokens_match(pattern.split("."), capability.split("."))
+
+
+def tokens_match(wanted: Sequence[str], have: Sequence[str]) -> bool:
+    """:func:`matches` on patterns and names already split into tokens (hot paths)."""
     for index, token in enumerate(wanted):
         if token == ">":
             return len(have) > index

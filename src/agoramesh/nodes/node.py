@@ -46,17 +46,16 @@ from agoramesh.errors import (
     ConfigError,
     EnvelopeError,
     InvalidInput,
-    SchemaError,
     TaskCancelled,
     TaskError,
     UnknownCapability,
-    WrongSubject,
     error_to_wire,
 )
 from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest, presence_interval
+from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
 from agoramesh.nodes.directory import Directory
+from agoramesh.nodes.presence import Presence
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
 from agoramesh.observability.logs import agent_logger
@@ -76,10 +75,6 @@ log = logging.getLogger("agoramesh.node")
 
 DirectHandler = Callable[[Delivery], Awaitable[None]]
 
-# Peer cards by (agent id, digest), shared by every agent in the process: a
-# card is parsed once however many local agents hear the same hello.
-_CARDS: dict[tuple[str, str], AgentCard] = {}
-_CARD_CACHE_SIZE = 4096
 # A failed task's error type -> its outcome label (agoramesh_tasks_total); others: failed.
 _OUTCOMES = {"TaskCancelled": "cancelled", "InvalidInput": "rejected",
              "UnknownCapability": "rejected"}
@@ -153,13 +148,10 @@ class AgentNode:
         self.card = AgentCard(id=identity.agent_id, name=config.name, type=config.type,
                               version=__version__, endpoint=subjects.agent(identity.agent_id),
                               capabilities=config.capabilities, metadata=config.metadata)
-        self._card_dict = self.card.as_dict()  # sent with every hello, discovery and card
+        self.card_dict = self.card.as_dict()  # sent with every hello, discovery and card
         # Heartbeats carry this digest instead of the card; peers fetch a card they lack.
-        self.card_digest = card_digest(self._card_dict)
-        # Presence and telemetry outlive a few missed beats, never less than a second.
-        self._presence_ttl_ms = max(1000, int(config.heartbeat_interval * 3000))
-        self._fetching: set[str] = set()
-        self._fetch_slots = asyncio.Semaphore(4)  # card fetches in flight, bounded
+        self.card_digest = card_digest(self.card_dict)
+        self.presence = Presence(self)
         self.service = ServiceInfo(
             name=service_name(config.name), id=identity.agent_id, version=__version__,
             description=f"agoramesh {config.type} agent {config.name}",
@@ -230,19 +222,24 @@ class AgentNode:
         self._task_subscriptions.append(await self.bus.subscribe(
             subjects.task(">"), self.task_desk.handle, queue=QUEUE, ingress=ingress,
             concurrency=self.config.max_concurrent_tasks * 8))
-        await self.bus.subscribe(subjects.discover, self._on_discover,
+        await self.bus.subscribe(subjects.discover, self.presence.on_discover,
                                  ingress=IngressPolicy.ALLOW)
         if self._owns_directory:
-            await self.bus.subscribe(subjects.presence_all, self._on_presence)
+            await self.bus.subscribe(subjects.presence_all, self.presence.on_presence)
         self.directory.add_local(self.card)  # siblings sharing the directory see us
         for subject in service_subjects(self.service.name, self.service.id):
             # Plain NATS: the protocol's requests are empty; closed with the connection.
             await self.bus.nats.subscribe(subject, cb=self._on_service)
         self._state = "running"
-        await self._announce("hello")
-        self._spawn(self._heartbeats(), "heartbeats")
+        await self.presence.announce("hello")
+        self.spawn(self.presence.beat(self._owns_directory), "heartbeats")
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+    @property
+    def is_running(self) -> bool:
+        return self._state == "running"
+
+    def spawn(self, coro: Awaitable[None], name: str) -> None:
+        """Run ``coro`` in the background until it ends or the agent stops (it is cancelled)."""
         task = asyncio.ensure_future(coro)
         task.set_name(f"{self.config.name}-{name}")
         self._background.add(task)
@@ -257,7 +254,7 @@ class AgentNode:
         self._state = "stopping"
         budget = self.config.stop_grace if grace is None else grace
         with contextlib.suppress(AgoraError, nats.errors.Error):
-            await self._announce("bye")
+            await self.presence.announce("bye")
         self.directory.remove_local(self.agent_id)
         await self.bidder.stop()
         # All at once: draining one by one would leave the others taking queue-group
@@ -301,34 +298,12 @@ class AgentNode:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    # -- presence and discovery --------------------------------------------------
+    # -- presence, discovery and telemetry ------------------------------------------
 
-    def _presence_body(self) -> dict[str, Any]:
-        return {"card": self._card_dict, "status": self.status.as_dict(),
-                "interval": self.config.heartbeat_interval, "digest": self.card_digest}
-
-    async def _announce(self, kind: str) -> None:
-        if kind == "bye":
-            body: dict[str, Any] = {}
-        elif kind == "heartbeat":  # small: status and the card's digest, not the card
-            body = {"status": self.status.as_dict(), "interval": self.config.heartbeat_interval,
-                    "digest": self.card_digest}
-        else:
-            body = self._presence_body()
-        await self.bus.publish(self.bus.subjects.presence(self.agent_id), kind, body,
-                               ttl_ms=self._presence_ttl_ms)
-
-    async def _heartbeats(self) -> None:
-        interval = self.config.heartbeat_interval
-        while True:
-            await asyncio.sleep(interval)
-            if self._owns_directory:
-                self.directory.evict_silent()
-            try:
-                await self._announce("heartbeat")
-                await self._publish_telemetry()
-            except AgoraError as exc:  # reconnecting: the next beat will do
-                self.log.debug("heartbeat not sent: %s", exc)
+    async def find_agents_by_capability(self, pattern: str, *, timeout: float = 1.0
+                                        ) -> list[AgentCard]:
+        """Discovery by scatter-gather on ``agora.discover`` (see :meth:`Presence.find`)."""
+        return await self.presence.find(pattern, timeout=timeout)
 
     def telemetry(self) -> dict[str, Any]:
         """The body of this agent's telemetry beat (PROTOCOL.md §18); drains recent events."""
@@ -339,117 +314,10 @@ class AgentNode:
                 "denied": self.metrics.denials(),
                 "recent": self.metrics.take_recent()}
 
-    async def _publish_telemetry(self) -> None:
+    async def publish_telemetry(self) -> None:
         # Nobody but `agoramesh watch` subscribes: with no interest, servers drop it.
         await self.bus.publish(self.bus.subjects.telemetry(self.agent_id), "telemetry",
-                               self.telemetry(), ttl_ms=self._presence_ttl_ms)
-
-    async def _on_presence(self, delivery: Delivery) -> None:
-        sender = delivery.sender
-        if sender is None or sender == self.agent_id:
-            return
-        if not delivery.subject.endswith("." + sender):  # a hello or bye for someone else
-            self.bus.guard.reject(WrongSubject(
-                f"presence from {sender} on {delivery.subject}, not its own subject"))
-            self.log.warning("presence from %s on %s ignored", sender[:8], delivery.subject)
-            return
-        if delivery.type == "bye":
-            self.directory.remove(sender, "bye")
-        elif delivery.type == "hello":
-            self._learn(delivery.body, sender)
-        elif delivery.type == "heartbeat":
-            self._heard(delivery.body, sender)
-
-    def _heard(self, body: Any, sender: str) -> None:
-        """A heartbeat: refresh a known peer; fetch the card of a new or changed one."""
-        entry = self.directory.get(sender)
-        try:
-            if not isinstance(body, dict):
-                raise SchemaError(f"the body is a {type(body).__name__}, not a map")
-            interval = presence_interval(body.get("interval"), self.config.heartbeat_interval)
-        except SchemaError as exc:
-            self.bus.guard.reject(exc)
-            self.log.warning("unusable heartbeat from %s: %s", sender[:8], exc)
-            return
-        status = AgentStatus.from_dict(body.get("status"))
-        if entry is not None and body.get("digest") == entry.digest:
-            self.directory.touch(sender, status, interval)
-        elif sender not in self._fetching and self._state == "running":
-            self._fetching.add(sender)
-            self._spawn(self._fetch_card(sender), f"card-{sender[:8]}")
-
-    async def _fetch_card(self, agent_id: str) -> None:
-        """Ask a peer for its card (we missed its hello, or its card changed)."""
-        try:
-            async with self._fetch_slots:
-                reply = await self.bus.request(self.bus.subjects.agent(agent_id), "card_request",
-                                               {}, to=agent_id,
-                                               timeout=2 * self.config.heartbeat_interval)
-            self._learn(reply.body, agent_id)
-        except AgoraError as exc:
-            self.log.debug("no card from %s: %s", agent_id[:8], exc)
-        finally:
-            self._fetching.discard(agent_id)
-
-    def _learn(self, body: Any, sender: str) -> AgentCard | None:
-        """Record a peer from a presence or discovery body it signed; None if unusable.
-
-        A body without a usable card of the signer's (or with an unusable
-        ``interval``) changes nothing and is counted as a ``schema`` rejection
-        (PROTOCOL.md §15).
-        """
-        try:
-            if not isinstance(body, dict):
-                raise SchemaError(f"the body is a {type(body).__name__}, not a map")
-            digest = str(body.get("digest") or "")
-            card = _CARDS.get((sender, digest)) if digest else None
-            if card is None:
-                card = AgentCard.from_dict(body.get("card"))
-                if card.id != sender:
-                    raise SchemaError(f"a card for {card.id[:8]}, not the signer's")
-                if digest:
-                    if len(_CARDS) >= _CARD_CACHE_SIZE:
-                        del _CARDS[next(iter(_CARDS))]
-                    _CARDS[(sender, digest)] = card
-            interval = presence_interval(body.get("interval"), self.config.heartbeat_interval)
-        except SchemaError as exc:
-            self.bus.guard.reject(exc)
-            self.log.warning("unusable card from %s: %s", sender[:8], exc)
-            return None
-        self.directory.seen(card, AgentStatus.from_dict(body.get("status")), interval,
-                            digest=digest)
-        return card
-
-    async def _on_discover(self, delivery: Delivery) -> None:
-        query = delivery.body if isinstance(delivery.body, dict) else {}
-        try:
-            if not self.card.answers(query):
-                return
-        except AgoraError:
-            await delivery.respond_error(InvalidInput(
-                f"bad capability pattern {query.get('capability')!r}"))
-            return
-        await delivery.respond("discovery", self._presence_body())
-
-    async def find_agents_by_capability(self, pattern: str, *, timeout: float = 1.0
-                                        ) -> list[AgentCard]:
-        """Scatter-gather on ``agora.discover``; closes early once every known match answered.
-
-        Only the answers of the agents known to match count towards closing
-        early: anyone else's (a stranger's, an attacker's) is read, never awaited.
-        """
-        known = self.directory.capable(pattern) | (
-            {self.agent_id} if self.card.offers(pattern) else set())
-        replies = await self.bus.gather(self.bus.subjects.discover, "discovery",
-                                        {"capability": pattern}, timeout=timeout,
-                                        expected_from=known or None)
-        cards: dict[str, AgentCard] = {}
-        for reply in replies:
-            card = (self.card if reply.sender == self.agent_id
-                    else self._learn(reply.body, reply.sender))
-            if card is not None:
-                cards[card.id] = card
-        return sorted(cards.values(), key=lambda card: (card.name, card.id))
+                               self.telemetry(), ttl_ms=self.presence.ttl_ms)
 
     # -- services protocol -------------------------------------------------------
 
@@ -516,7 +384,7 @@ class AgentNode:
         await self.serve(delivery, capability)
 
     async def _on_card_request(self, delivery: Delivery) -> None:
-        await delivery.respond("card", self._presence_body())
+        await delivery.respond("card", self.presence.body())
 
     async def _on_cancel(self, delivery: Delivery) -> None:
         task_id = str(delivery.body.get("task_id")) if isinstance(delivery.body, dict) else ""

@@ -25,7 +25,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from enum import StrEnum
 from typing import Any
 
-from agoramesh.bus.bus import Bus, client_identity
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.credentials import client_identity
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.subjects import validate_capability_pattern
 from agoramesh.config import BusConfig

@@ -43,19 +43,17 @@ itself; that is the node's rule (:meth:`~agoramesh.nodes.node.AgentNode.check_ac
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agoramesh.bus.identity import is_agent_id
 from agoramesh.bus.subjects import validate_capability_pattern
-from agoramesh.config import read_text_file
+from agoramesh.config import read_settings_file
 from agoramesh.errors import AgoraError, ConfigError
+from agoramesh.nodes.capability import tokens_match
 
 __all__ = ("ADMIN", "ANY_AGENT", "JSON_PRINCIPAL", "AccessPolicy", "AclEntry", "Action",
            "Default", "Grants", "Permission", "load_policy")
@@ -95,16 +93,6 @@ def _split(pattern: str) -> tuple[str, ...]:
     return tuple(pattern.split("."))
 
 
-def _matches(wanted: tuple[str, ...], have: tuple[str, ...]) -> bool:
-    """NATS-style: ``*`` is one token, a final ``>`` one or more."""
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(have) > index
-        if index >= len(have) or (token != "*" and token != have[index]):
-            return False
-    return len(wanted) == len(have)
-
-
 @dataclass(frozen=True, slots=True)
 class Permission:
     """``resource:action``: the actions on the capabilities a pattern matches."""
@@ -117,7 +105,7 @@ class Permission:
         object.__setattr__(self, "_path", _split(validate_capability_pattern(self.resource)))
 
     def covers(self, resource: tuple[str, ...], action: Action) -> bool:
-        return action in self.actions and _matches(self._path, resource)
+        return action in self.actions and tokens_match(self._path, resource)
 
     def __str__(self) -> str:
         actions = (_ANY_ACTION if self.actions == _EVERY_ACTION
@@ -150,7 +138,7 @@ class AclEntry:
             _check_principal(principal, f"acl.{self.resource}")
 
     def covers(self, resource: tuple[str, ...]) -> bool:
-        return _matches(self._path, resource)
+        return tokens_match(self._path, resource)
 
     def admits(self, names: tuple[str, ...], action: Action) -> bool:
         return any(action in self.principals.get(name, ()) for name in names)
@@ -261,16 +249,7 @@ class AccessPolicy:
 def load_policy(path: str | Path) -> AccessPolicy:
     """Read and check a policy file (YAML, or JSON for ``*.json``); one-line ConfigError."""
     file = Path(path)
-    text = read_text_file(file, "access policy")
-    try:
-        raw = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file} is not valid JSON at line {exc.lineno}: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{file} is not valid YAML{where}: {problem}") from None
+    raw = read_settings_file(file, "access policy")
     try:
         return AccessPolicy.from_mapping(raw)
     except ConfigError as exc:

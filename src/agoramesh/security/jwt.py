@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import nacl.bindings
@@ -149,7 +149,6 @@ class Permissions:
     deny_subscribe: tuple[str, ...] = ()
     responses: int = 0
     response_ttl: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def claims(self) -> dict[str, Any]:
         def rule(allow: tuple[str, ...], deny: tuple[str, ...]) -> dict[str, list[str]]:
@@ -163,7 +162,7 @@ class Permissions:
         nats: dict[str, Any] = {"pub": rule(self.publish, self.deny_publish),
                                 "sub": rule(self.subscribe, self.deny_subscribe),
                                 "subs": _UNLIMITED, "data": _UNLIMITED,
-                                "payload": _UNLIMITED, **self.extra}
+                                "payload": _UNLIMITED}
         if self.responses:
             nats["resp"] = {"max": self.responses, "ttl": int(self.response_ttl * 1e9)}
         return nats

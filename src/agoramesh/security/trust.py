@@ -309,16 +309,20 @@ async def follow_trust(store: TrustStore, servers: Callable[[], Iterable[Embedde
                        interval: float = 0.5) -> None:
     """Keep ``servers`` on the store's current trust (revocations): runs until cancelled.
 
-    Every ``interval`` the store's account JWT is compared with what each
-    running server was configured with; a server behind is reloaded. One that
-    fails to reload is logged and retried on the next round.
+    Every ``interval`` the store's account JWT file is read (the rest of the
+    trust, with its signature checks, only when that changed) and compared with
+    what each running server was configured with; a server behind is reloaded.
+    One that fails to reload is logged and retried on the next round.
     """
+    seen: str | None = None
+    auth: ServerAuth | None = None
     while True:
         try:
-            auth = store.server_auth()
+            current = store.account_jwt
+            if current != seen:
+                auth, seen = store.server_auth(), current
         except TrustError as exc:
             log.warning("trust store cannot be read: %s", exc)
-            auth = None
         behind = [] if auth is None else [
             server for server in servers()
             if server.pid is not None and not server.crashed.is_set()

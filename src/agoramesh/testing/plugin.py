@@ -11,7 +11,7 @@ fixture: decorate it with :data:`over_plain_and_tls` (or parametrize
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,28 +133,31 @@ async def bus_factory(mesh_tls: TlsConfig | None) -> AsyncIterator[BusFactory]:
 async def agent_factory(mesh_tls: TlsConfig | None) -> AsyncIterator[AgentFactory]:
     """``await agent_factory(url, name, capabilities, **node_config)`` → a started agent.
 
-    ``capabilities`` are offline capability names (or Capability objects with
-    ``backend=``); ``backend`` defaults to :class:`OfflineBackend`,
+    ``capabilities`` are offline capability names and/or Capability objects
+    (with ``backend=``); ``backend`` defaults to :class:`OfflineBackend`,
     ``heartbeat_interval`` to 0.2 s. Agents started here are stopped after the
     test. ``directory=``, ``bid_policy=``, ``auction_policy=`` and ``trajectory=`` go
-    to AgentNode. Their buses trust ``mesh_tls``'s CA when the test uses TLS.
+    to AgentNode; ``bus=`` holds more BusConfig fields (``envelope``,
+    ``user_jwt``, …); ``node_class=`` builds a subclass. Their buses trust
+    ``mesh_tls``'s CA when the test uses TLS.
     """
     agents: list[AgentNode] = []
 
-    async def make(url: str, name: str, capabilities: list[str] | list[Capability], *,
+    async def make(url: str, name: str, capabilities: Sequence[str | Capability], *,
                    backend: Backend | None = None, agent_type: str = "offline",
-                   identity: Identity | None = None, **settings: Any) -> AgentNode:
-        caps = (capabilities_for("offline", [str(c) for c in capabilities])
-                if all(isinstance(c, str) for c in capabilities)
-                else tuple(c for c in capabilities if isinstance(c, Capability)))
+                   identity: Identity | None = None, bus: Mapping[str, Any] | None = None,
+                   node_class: type[AgentNode] = AgentNode, **settings: Any) -> AgentNode:
+        named = [c for c in capabilities if isinstance(c, str)]
+        objects = [c for c in capabilities if isinstance(c, Capability)]
+        caps = (*(capabilities_for("offline", named) if named or not objects else ()), *objects)
         extras = {key: settings.pop(key) for key in ("directory", "bid_policy", "auction_policy",
                                                       "trajectory") if key in settings}
         settings.setdefault("heartbeat_interval", 0.2)
-        node = AgentNode(identity or Identity.generate(),
-                         NodeConfig(name=name, type=agent_type, capabilities=caps, **settings),
-                         backend or OfflineBackend(),
-                         BusConfig(servers=(url,), name=name, tls=_client_tls(mesh_tls)),
-                         **extras)
+        bus_settings = {"tls": _client_tls(mesh_tls), **(bus or {})}
+        node = node_class(identity or Identity.generate(),
+                          NodeConfig(name=name, type=agent_type, capabilities=caps, **settings),
+                          backend or OfflineBackend(),
+                          BusConfig(servers=(url,), name=name, **bus_settings), **extras)
         await node.start()
         agents.append(node)
         return node

@@ -30,10 +30,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from agoramesh.bus.subjects import validate_subject
-from agoramesh.config import DEFAULT_PREFIX, read_text_file
+from agoramesh.config import DEFAULT_PREFIX, read_settings_file
 from agoramesh.errors import AgoraError, ConfigError
 from agoramesh.protocols.strategies import NegotiationStrategy
 
@@ -297,14 +295,7 @@ class DecentralizedConfig:
 def load_config(path: str | Path) -> DecentralizedConfig:
     """Read and check a YAML file; ConfigError (one line) for anything unusable."""
     file = Path(path)
-    text = read_text_file(file)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{file} is not valid YAML{where}: {problem}") from None
+    raw = read_settings_file(file)
     try:
         return DecentralizedConfig.from_mapping(raw)
     except ConfigError as exc:

@@ -47,6 +47,7 @@ from agoramesh.modes.decentralized.config import CommunicationSettings
 from agoramesh.modes.decentralized.runtime import MeshRuntime
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
+from agoramesh.nodes.presence import answer_discovery
 from agoramesh.protocols.voting import ballot_handler
 
 __all__ = ("MESSAGE_TYPES", "Member", "Teammate")
@@ -262,15 +263,7 @@ class Member:
             mate.last_seen = time.monotonic()
 
     async def _on_discover(self, delivery: Delivery) -> None:
-        query = delivery.body if isinstance(delivery.body, dict) else {}
-        try:
-            if not self.card.answers(query):
-                return
-        except AgoraError:
-            await delivery.respond_error(InvalidInput(
-                f"bad capability pattern {query.get('capability')!r}"))
-            return
-        await delivery.respond("discovery", {
+        await answer_discovery(delivery, self.card, lambda: {
             "card": self._card, "status": AgentStatus(capacity=1).as_dict(),
             "interval": self.heartbeat_interval, "digest": self._digest})
 
