@@ -8,6 +8,10 @@ Scenarios (each measured for the raw nats-py path and the signed Bus path):
             only the reply acted on (as an auction does: DESIGN.md, "verify what you act on");
 * ``sg-3v`` the same, verifying all 10 replies.
 
+The request/reply scenarios also time a third path, ``floor``: the least any signed
+round trip costs, with no Bus — raw nats-py carrying envelopes that are sealed and
+signed, parsed and verified once each way. ``floor/raw`` bounds what the Bus could reach.
+
 Batches of raw and Bus rounds alternate (ABBA) so machine noise hits both alike.
 Responders run in this process, or with ``--split`` in a child process
 (``--serve``) so requesters and responders each get a core.
@@ -36,7 +40,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from agoramesh.bus.bus import Bus, Delivery
-from agoramesh.bus.identity import Identity
+from agoramesh.bus.envelope import parse, seal
+from agoramesh.bus.identity import Identity, verify
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig
 from common import latency, raw_client, time_rounds, until_answers
@@ -56,7 +61,7 @@ TITLES = {
     "sg-3": f"scatter-gather x{FANOUT}, 3-seed mesh, verify the one acted on",
     "sg-3v": f"scatter-gather x{FANOUT}, 3-seed mesh, verify all {FANOUT}",
 }
-Spec = list[tuple[str, str, str]]  # (kind "raw" | "bus", server URL, subject) per responder
+Spec = list[tuple[str, str, str]]  # (kind "raw" | "bus" | "floor", URL, subject) per responder
 Op = Callable[[], Awaitable[None]]
 
 
@@ -92,6 +97,17 @@ class Clients:
                     await nc.publish(msg.reply, RAW)
 
                 await nc.subscribe(subject, cb=reply)
+                await nc.flush(timeout=5)
+            elif kind == "floor":
+                nc, identity = await self.raw(url), Identity.generate()
+
+                async def signed(msg: Msg, nc: NatsClient = nc, me: Identity = identity) -> None:
+                    request = parse(msg.data)
+                    if verify(request.sender, request.signed, request.signature):
+                        await nc.publish(msg.reply, seal(me, type="bench_result", subject=msg.reply,
+                                                         body=request.body, to=request.sender))
+
+                await nc.subscribe(subject, cb=signed)
                 await nc.flush(timeout=5)
             else:
                 bus = await self.bus(url)
@@ -160,6 +176,18 @@ def bus_rr(bus: Bus, subject: str) -> Op:
     return op
 
 
+def floor_rr(nc: NatsClient, subject: str) -> Op:
+    """The signed minimum: seal, request, parse and verify the reply; nothing else."""
+    identity = Identity.generate()
+
+    async def op() -> None:
+        wire = seal(identity, type="bench_task", subject=subject, body=BODY)
+        reply = parse((await nc.request(subject, wire, timeout=TIMEOUT)).data)
+        if not verify(reply.sender, reply.signed, reply.signature):
+            raise RuntimeError("the floor responder's reply did not verify")
+    return op
+
+
 def raw_sg(nc: NatsClient, subject: str) -> Op:
     """What Bus.gather does, without envelopes: fresh inbox, publish, wait for FANOUT."""
     async def op() -> None:
@@ -198,8 +226,12 @@ class Scenario:
     name: str
     rounds: int
     ops: dict[str, Op]
-    samples: dict[str, list[int]] = field(default_factory=lambda: {"raw": [], "bus": []})
-    misses: dict[str, int] = field(default_factory=lambda: {"raw": 0, "bus": 0})
+    samples: dict[str, list[int]] = field(default_factory=dict)
+    misses: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.samples = {side: [] for side in self.ops}
+        self.misses = {side: 0 for side in self.ops}
 
 
 async def warm_up(op: Op, rounds: int) -> None:
@@ -213,7 +245,8 @@ async def measure(scenarios: list[Scenario]) -> None:
     """BLOCKS rounds of batches, raw then bus, bus then raw, ... for every scenario."""
     for block in range(BLOCKS):
         for sc in scenarios:
-            for side in ("raw", "bus") if block % 2 == 0 else ("bus", "raw"):
+            sides = list(sc.ops)
+            for side in sides if block % 2 == 0 else reversed(sides):
                 sc.misses[side] += await time_rounds(sc.ops[side], sc.samples[side],
                                                      math.ceil(sc.rounds / BLOCKS))
 
@@ -221,11 +254,12 @@ async def measure(scenarios: list[Scenario]) -> None:
 
 def summarize(sc: Scenario) -> dict[str, Any]:
     row: dict[str, Any] = {"title": TITLES[sc.name], "target": TARGETS[sc.name]}
-    for side in ("raw", "bus"):
-        data = sc.samples[side]
+    for side, data in sc.samples.items():
         row[side] = {"n": len(data), "misses": sc.misses[side],
                      **latency(data)}
     row["ratio_p50"] = round(row["bus"]["p50"] / row["raw"]["p50"], 3)
+    if "floor" in row:
+        row["floor_ratio_p50"] = round(row["floor"]["p50"] / row["raw"]["p50"], 3)
     row["pass"] = row["ratio_p50"] <= TARGETS[sc.name] and not any(sc.misses.values())
     return row
 
@@ -241,8 +275,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         meshes.append(await Mesh.launch(base / "three", seeds=3))
         one = meshes[0].seeds[0].client_url
         s1, s2, s3 = (seed.client_url for seed in meshes[1].seeds)
-        spec: Spec = [("raw", one, "bench.raw.rr1"), ("bus", one, "bench.bus.rr1"),
-                      ("raw", s3, "bench.raw.rr3"), ("bus", s3, "bench.bus.rr3")]
+        spec: Spec = [(kind, url, f"bench.{kind}.{rr_name}")
+                      for url, rr_name in ((one, "rr1"), (s3, "rr3"))
+                      for kind in ("raw", "floor", "bus")]
         spec += [(kind, (s1, s2, s3)[i % 3], f"bench.{kind}.sg3")
                  for i in range(FANOUT) for kind in ("raw", "bus")]
         if args.split:
@@ -253,8 +288,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bus1, bus3 = await requesters.bus(one), await requesters.bus(s1)
         scenarios = [
             Scenario("rr-1", rr, {"raw": raw_rr(nc1, "bench.raw.rr1"),
+                                  "floor": floor_rr(nc1, "bench.floor.rr1"),
                                   "bus": bus_rr(bus1, "bench.bus.rr1")}),
             Scenario("rr-3", rr, {"raw": raw_rr(nc3, "bench.raw.rr3"),
+                                  "floor": floor_rr(nc3, "bench.floor.rr3"),
                                   "bus": bus_rr(bus3, "bench.bus.rr3")}),
             Scenario("sg-3", sg, {"raw": raw_sg(nc3, "bench.raw.sg3"),
                                   "bus": bus_sg(bus3, "bench.bus.sg3", verify_all=False)}),
@@ -287,17 +324,23 @@ def report(result: dict[str, Any]) -> None:
     print(f"\nmode {mode}; {result['loop']}; payload {result['payload_bytes']} B; "
           f"rounds rr={result['rounds']['rr']} sg={result['rounds']['sg']} per path, "
           f"{result['blocks']} alternating blocks; {result['seconds']} s measured\n")
-    print(f"{'scenario':<46} {'path':<4} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'miss':>5}")
+    print(f"{'scenario':<46} {'path':<5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'miss':>5}")
     for row in result["results"].values():
-        for side in ("raw", "bus"):
+        for side in ("raw", "floor", "bus"):
+            if side not in row:
+                continue
             r = row[side]
-            print(f"{row['title']:<46} {side:<4} {r['p50']:8.3f} {r['p90']:8.3f} "
+            print(f"{row['title']:<46} {side:<5} {r['p50']:8.3f} {r['p90']:8.3f} "
                   f"{r['p99']:8.3f} {r['misses']:5d}")
     print()
     for name, row in result["results"].items():
         verdict = "PASS" if row["pass"] else "FAIL"
         print(f"{verdict}  {name}: p50 bus/raw = {row['ratio_p50']:.2f} "
               f"(target <= {row['target']:.1f}) — {row['title']}")
+    for name, row in result["results"].items():
+        if "floor_ratio_p50" in row:
+            print(f"info  {name}: p50 floor/raw = {row['floor_ratio_p50']:.2f}, the signed "
+                  f"minimum (sign and verify each way, no Bus)")
 
 
 def main() -> int:
