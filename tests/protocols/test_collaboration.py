@@ -203,6 +203,83 @@ async def test_sequential_stops_at_a_failed_stage(mesh: Mesh) -> None:
     assert len(result["steps"]) == 1 and result["steps"][0]["error"]["type"] == "InvalidInput"
 
 
+async def test_references_keep_types_embed_compact_json_and_escape(mesh: Mesh) -> None:
+    result = await Collaboration(mesh.dispatcher).sequential([
+        {"name": "calc", "capability": "math.evaluate", "parameters": {"expression": "${topic}"}},
+        {"name": "data", "capability": "echo",
+         "parameters": {"list": [1, "é"], "object": {"ok": True, "none": None}}},
+        {"capability": "echo", "parameters": {
+            "value": "${steps.calc.output.value}", "list": "${previous.output.echo.list}",
+            "object": "${ previous.output.echo.object }",
+            "embedded": "${steps.calc.output.value}: ${previous.output.echo.list} "
+                        "${previous.output.echo.object}",
+            "escaped": "$${topic} is ${topic}", "only_escaped": "$${steps.calc.output}"}},
+    ], topic="6 * 7")
+    assert result["completed"] is True
+    assert result["output"]["echo"] == {
+        "value": 42, "list": [1, "é"], "object": {"ok": True, "none": None},
+        "embedded": '42: [1,"é"] {"ok":true,"none":null}',
+        "escaped": "${topic} is 6 * 7", "only_escaped": "${steps.calc.output}"}
+
+
+async def test_a_field_missing_from_an_output_fails_that_stage(mesh: Mesh) -> None:
+    result = await Collaboration(mesh.dispatcher).sequential([
+        {"capability": "math.evaluate", "parameters": {"expression": "1 + 1"}},
+        {"capability": "echo", "parameters": {"v": "got ${previous.output.valeu}"}},
+        {"capability": "echo", "parameters": {}}])
+    assert result["completed"] is False and len(result["steps"]) == 2
+    assert result["steps"][1]["status"] == "FAILED"
+    assert result["steps"][1]["error"] == {
+        "type": "InvalidInput",
+        "message": "${previous.output.valeu}: no field 'valeu' in output (fields: value)"}
+
+
+_USAGE = "use ${topic}, ${previous.output[.FIELD…]} or ${steps.NAME.output[.FIELD…]}"
+
+
+def _parallel(parameters: dict[str, Any], topic: str | None = None) -> dict[str, Any]:
+    return {"mode": "parallel", "topic": topic,
+            "requirements": {"capability": "echo", "parameters": parameters}}
+
+
+def _stages(*parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"mode": "sequential", "topic": "t", "requirements": {"stages": [
+        {"name": f"s{number}", "capability": "echo", "parameters": given}
+        for number, given in enumerate(parameters, 1)]}}
+
+
+@pytest.mark.parametrize(("request_body", "message"), [
+    (_parallel({"text": "about ${topic"}, "x"),
+     "parameters: unterminated or nested reference in 'about ${topic'"),
+    (_parallel({"text": "${topic.${x}}"}, "x"),
+     "parameters: unterminated or nested reference in '${topic.${x}}'"),
+    (_parallel({"text": "${topics}"}, "x"), f"parameters: bad reference ${{topics}}: {_USAGE}"),
+    (_parallel({"text": ["${topic.0}"]}, "x"),
+     f"parameters: bad reference ${{topic.0}}: {_USAGE}"),
+    (_parallel({"text": "${topic}"}), "parameters: ${topic} names nothing: there is no topic"),
+    ({"mode": "map-reduce", "requirements": {"items": ["a"], "reduce_parameters": {
+        "x": "${previous.output}"}}},
+     "reduce_parameters: ${previous.output} names nothing: there is no earlier stage"),
+    (_stages({"x": "${steps.s2.output}"}, {}),
+     "stages[1].parameters: ${steps.s2.output} names nothing: there is no earlier stage 's2'"),
+    (_stages({}, {"x": "${steps.s1.outptu}"}),
+     f"stages[2].parameters: bad reference ${{steps.s1.outptu}}: {_USAGE}"),
+    (_stages({}, {"x": "${previous.output"}),
+     "stages[2].parameters: unterminated or nested reference in '${previous.output'"),
+])
+def test_reference_errors_are_exact_single_lines(request_body: dict[str, Any],
+                                                 message: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        CollaborationRequest.from_dict(request_body)
+    assert str(caught.value) == message
+
+
+def test_escaped_references_need_no_topic() -> None:
+    request = CollaborationRequest.from_dict(_parallel({"text": "$${topic} costs $${price}"}))
+    assert request.requirements == {"capability": "echo",
+                                    "parameters": {"text": "$${topic} costs $${price}"}}
+
+
 @pytest.mark.parametrize(("request_body", "message"), [
     ([], "must be an object"),
     ({"topic": "x"}, "'mode' is required"),
@@ -239,6 +316,36 @@ def test_modes_accept_both_spellings() -> None:
     request = CollaborationRequest.from_dict({"mode": "voting", "topic": "q", "requirements": {
         "options": ["a", "b"]}})
     assert request.arguments() == {"question": "q", "options": ["a", "b"], "agents": None}
+
+
+def test_a_request_made_directly_is_checked_once_and_planned() -> None:
+    with pytest.raises(InvalidInput, match=r"^'rounds' must be an integer from 1 to 20$"):
+        CollaborationRequest(mode=CollaborationMode.DEBATE, topic="x", rounds=0)
+    with pytest.raises(InvalidInput, match=r"^'topic' is required for voting$"):
+        CollaborationRequest(mode=CollaborationMode.VOTING, requirements={"options": ["a", "b"]})
+    request = CollaborationRequest(mode=CollaborationMode.MAP_REDUCE, agents=(" pro ",),
+                                   requirements={"items": ["a"], "collect": None})
+    assert request.agents == ("pro",) and request.plan.agents == ("pro",)
+    assert request == CollaborationRequest.from_dict({"mode": "map-reduce", "agents": ["pro"],
+                                                      "requirements": {"items": ["a"],
+                                                                       "collect": None}})
+
+
+async def test_mode_methods_are_checked_by_the_request(mesh: Mesh) -> None:
+    collaboration = Collaboration(mesh.dispatcher)
+    with pytest.raises(InvalidInput, match=r"^'rounds' must be an integer from 1 to 20$"):
+        await collaboration.debate("x", ["pro", "con"], rounds=21)
+    with pytest.raises(InvalidInput, match=r"^'options' must be a list of 2-100 distinct"):
+        await collaboration.voting("q", ["a", "a"])
+    with pytest.raises(InvalidInput, match=r"^'capability': invalid capability"):
+        await collaboration.parallel("bad cap", {})
+    with pytest.raises(InvalidInput, match=r"^'items' must be a list of 1-1000 items$"):
+        await collaboration.map_reduce([])
+    with pytest.raises(InvalidInput, match=r"^stages\[1\]\.parameters: bad reference"):
+        await collaboration.sequential([{"capability": "echo", "parameters": {"v": "${x}"}}])
+    # What only the mesh knows is still checked by the mode.
+    with pytest.raises(InvalidInput, match=r"^'positions' names no participant: 'ghost'$"):
+        await collaboration.debate("x", ["pro", "con"], positions={"ghost": "for"})
 
 
 async def test_unknown_agents_and_missing_capabilities(mesh: Mesh) -> None:

@@ -119,6 +119,25 @@ def test_invalid_workflows_are_one_clear_line(text: str, message: str) -> None:
     assert "\n" not in str(caught.value)
 
 
+_USAGE = "use ${steps.NAME.output[.FIELD…]}, ${steps.NAME.status} or ${inputs.NAME[.FIELD…]}"
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ({"parameters": {"v": "x ${inputs.n"}},
+     "step 'a': unterminated or nested reference in 'x ${inputs.n'"),
+    ({"when": "${inputs.n > 1"}, "step 'a': unterminated or nested reference in '${inputs.n > 1'"),
+    ({"parameters": {"v": "${input.n}"}}, f"step 'a': bad reference ${{input.n}}: {_USAGE}"),
+    ({"parameters": {"v": "${steps.a.status.x}"}},
+     f"step 'a': bad reference ${{steps.a.status.x}}: {_USAGE}"),
+    ({"parameters": {"v": "${inputs\n.n}"}},
+     f"step 'a': bad reference '${{inputs\\n.n}}': {_USAGE}"),
+])
+def test_reference_errors_are_exact_single_lines(step: dict[str, Any], message: str) -> None:
+    with pytest.raises(WorkflowInvalid) as caught:
+        Step("a", agent="x", **step)
+    assert str(caught.value) == message
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("- just a string", r"bad|must be a mapping"),
     ("[1, 2]", r"must be a mapping with name and steps"),

@@ -6,8 +6,10 @@ from the node or client that asks for it (no central controller).
 :class:`~agoramesh.protocols.collaboration_request.CollaborationRequest` or
 its HTTP/CLI shape ``{mode, topic, agents, rounds, requirements}`` (the
 fields, the ``agents`` selectors and the ``${…}`` references are documented
-there); each mode is also a method. Work for no named agent goes by the
-dispatcher's default route (an auction).
+there); each mode is also a method, which makes that request. The request
+checks the input, once; a mode checks only what needs the mesh (the named
+agents exist, offer the capability, and ``positions`` names participants).
+Work for no named agent goes by the dispatcher's default route (an auction).
 
 Failures: the failure of one agent (a FAILED result, a timeout, an agent that
 left) is *recorded* in the result — ``status``/``error`` of that record, an
@@ -81,24 +83,15 @@ from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.collaboration_request import (
     _MAX_QUESTION,
-    _MAX_ROUNDS,
-    _MAX_TOPIC,
     _SIDES,
     CollaborationMode,
     CollaborationRequest,
-    _agents,
-    _capability,
-    _check_references,
-    _given,
-    _integer,
-    _map_reduce_settings,
-    _named,
-    _object,
-    _options,
-    _positions,
-    _stages,
-    _substitute,
-    _text,
+    _Debate,
+    _MapReduce,
+    _Parallel,
+    _render,
+    _Sequential,
+    _Voting,
 )
 from agoramesh.protocols.dispatch import Dispatcher
 
@@ -199,83 +192,41 @@ class Collaboration:
         self.on_event = on_event
 
     async def run(self, request: CollaborationRequest | Mapping[str, Any]) -> dict[str, Any]:
-        """Run the HTTP/CLI shape ``{mode, topic, agents, rounds, requirements}``."""
+        """Run the HTTP/CLI shape ``{mode, topic, agents, rounds, requirements}``.
+
+        The request checks its input (InvalidInput); the modes check only what
+        needs the mesh: who the named agents are and what they offer.
+        """
         if not isinstance(request, CollaborationRequest):
             request = CollaborationRequest.from_dict(request)
-        modes: dict[CollaborationMode, Callable[..., Awaitable[dict[str, Any]]]] = {
-            CollaborationMode.SEQUENTIAL: self.sequential,
-            CollaborationMode.PARALLEL: self.parallel,
-            CollaborationMode.MAP_REDUCE: self.map_reduce,
-            CollaborationMode.DEBATE: self.debate,
-            CollaborationMode.VOTING: self.voting,
-        }
-        return await modes[request.mode](**request.arguments())
+        async with self._running(request.mode):
+            match request.plan:
+                case _Sequential() as sequential:
+                    return await self._sequential(sequential)
+                case _Parallel() as parallel:
+                    return await self._parallel(parallel)
+                case _MapReduce() as map_reduce:
+                    return await self._map_reduce(map_reduce)
+                case _Debate() as debate:
+                    return await self._debate(debate)
+                case _Voting() as voting:
+                    return await self._voting(voting)
 
-    # --- the modes ----------------------------------------------------------------------------
+    # --- the modes, as methods ----------------------------------------------------------------
 
     async def sequential(self, stages: Sequence[Mapping[str, Any]], *,
                          topic: str | None = None) -> dict[str, Any]:
         """Each stage's output feeds the next through ``${previous.output…}`` references."""
-        plan = _stages(stages, topic)
-        async with self._running(CollaborationMode.SEQUENTIAL):
-            cards = [None if stage.agent is None else
-                     self._least_loaded(self._participants([stage.agent], stage.capability))
-                     for stage in plan]
-            self._emit("started", stages=[stage.name for stage in plan])
-            steps: list[dict[str, Any]] = []
-            outputs: dict[str, Any] = {}
-            previous: Any = None
-            for number, (stage, card) in enumerate(zip(plan, cards, strict=True), 1):
-                scope = {"topic": topic, "previous": {"output": previous},
-                         "steps": {name: {"output": output} for name, output in outputs.items()}}
-                try:
-                    parameters = _substitute(stage.parameters, scope)
-                except InvalidInput as exc:
-                    record = _failure(card, stage.capability, exc)
-                else:
-                    record = await self._submit(stage.capability, parameters, card)
-                steps.append({"stage": number, "name": stage.name, **record})
-                self._emit("step", **steps[-1])
-                if record["status"] != _COMPLETED:
-                    break
-                previous = outputs[stage.name] = record["output"]
-            completed = len(outputs) == len(plan)
-            self._emit("finished", completed=completed)
-            return {"mode": CollaborationMode.SEQUENTIAL.value, "steps": steps,
-                    "output": previous if completed else None, "completed": completed}
+        return await self.run({"mode": CollaborationMode.SEQUENTIAL, "topic": topic,
+                               "requirements": {"stages": stages}})
 
     async def parallel(self, capability: str, parameters: Mapping[str, Any] | None = None,
                        agents: Sequence[str] | int | None = None, *,
                        topic: str | None = None) -> dict[str, Any]:
         """The same task to several agents at once (see the module docstring for ``agents``)."""
-        capability = _capability(capability, "capability")
-        given = _object(_given(parameters, {}), "parameters")
-        _check_references(given, topic)
-        chosen = _agents(agents, count=True)
-        async with self._running(CollaborationMode.PARALLEL):
-            if isinstance(chosen, int):
-                capable = sorted(self.dispatcher.select(capability),
-                                 key=self.dispatcher.load_order)
-                if len(capable) < chosen:
-                    raise NoResponders(f"{chosen} agents asked for, but only {len(capable)} "
-                                       f"known agent(s) offer {capability}")
-                cards = capable[:chosen]
-            else:
-                cards = self._participants(chosen, capability)
-            task_parameters = _substitute(given, {"topic": topic})
-            self._emit("started", capability=capability, agents=[card.name for card in cards])
-
-            async def one(card: AgentCard) -> dict[str, Any]:
-                record = await self._submit(capability, task_parameters, card)
-                self._emit("step", **record)
-                return record
-
-            records = await self._each([functools.partial(one, card) for card in cards])
-            results = [record for record in records if record["status"] == _COMPLETED]
-            failed = [record for record in records if record["status"] != _COMPLETED]
-            self._emit("finished", completed=len(results), failed=len(failed))
-            return {"mode": CollaborationMode.PARALLEL.value, "capability": capability,
-                    "results": results, "failed": failed}
+        return await self.run({"mode": CollaborationMode.PARALLEL, "topic": topic,
+                               "agents": agents, "requirements": {
+                                   "capability": capability, "parameters": parameters}})
 
     async def map_reduce(self, items: Sequence[Any], *, map_capability: str | None = None,
                          reduce_capability: str | None = None, item_field: str | None = None,
@@ -285,126 +236,183 @@ class Collaboration:
                          agents: Sequence[str] | None = None,
                          topic: str | None = None) -> dict[str, Any]:
         """Map every item concurrently, then reduce the collected outputs in one task."""
-        plan = _map_reduce_settings(
-            items, topic=topic, map_capability=map_capability,
-            reduce_capability=reduce_capability, item_field=item_field, collect=collect,
-            reduce_field=reduce_field, map_parameters=map_parameters,
-            reduce_parameters=reduce_parameters)
-        named = _named(agents, "agents")
-        async with self._running(CollaborationMode.MAP_REDUCE):
-            cards = [] if named is None else self._participants(named, plan.map_capability)
-            scope = {"topic": topic}
-            base = _substitute(plan.map_parameters, scope)
-            self._emit("started", items=len(plan.items), map=plan.map_capability,
-                       reduce=plan.reduce_capability)
-
-            async def one(index: int, item: Any) -> dict[str, Any]:
-                parameters = ({**base, **item} if isinstance(item, dict)
-                              else {**base, plan.item_field: item})
-                card = cards[index % len(cards)] if cards else None
-                record = {"index": index, **await self._submit(plan.map_capability, parameters,
-                                                                card)}
-                output = record["output"]
-                if record["status"] == _COMPLETED and plan.collect is not None and not (
-                        isinstance(output, dict) and plan.collect in output):
-                    record |= {"status": TaskStatus.FAILED.value, "error": error_to_wire(
-                        InvalidInput(f"the map output has no field {plan.collect!r}"))}
-                self._emit("step", phase="map", **record)
-                return record
-
-            records = await self._each([functools.partial(one, index, item)
-                                        for index, item in enumerate(plan.items)])
-            mapped = [record for record in records if record["status"] == _COMPLETED]
-            reduced: dict[str, Any] | None = None
-            if mapped:
-                values = [record["output"] if plan.collect is None
-                          else record["output"][plan.collect] for record in mapped]
-                combined: Any = ("\n".join(values) if all(isinstance(v, str) for v in values)
-                                 else values)
-                parameters = {**_substitute(plan.reduce_parameters, scope),
-                              plan.reduce_field: combined}
-                reduced = await self._submit(plan.reduce_capability, parameters, None)
-                self._emit("step", phase="reduce", **reduced)
-            self._emit("finished", mapped=len(mapped), failed=len(records) - len(mapped))
-            return {"mode": CollaborationMode.MAP_REDUCE.value, "map": mapped,
-                    "failed": [record for record in records if record["status"] != _COMPLETED],
-                    "reduce": reduced, "output": reduced["output"] if reduced else None}
+        return await self.run({"mode": CollaborationMode.MAP_REDUCE, "topic": topic,
+                               "agents": agents, "requirements": {
+                                   "items": items, "map": map_capability,
+                                   "reduce": reduce_capability, "item_field": item_field,
+                                   "collect": collect, "reduce_field": reduce_field,
+                                   "map_parameters": map_parameters,
+                                   "reduce_parameters": reduce_parameters}})
 
     async def debate(self, topic: str, agents: Sequence[str] | None = None, rounds: int = 2, *,
                      voters: Sequence[str] | None = None,
                      positions: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Rounds of arguments for and against ``topic``, then a vote for the consensus."""
-        topic = _text(topic, "topic", _MAX_TOPIC)
-        rounds = _integer(rounds, "rounds", 1, _MAX_ROUNDS)
-        named, voter_names = _named(agents, "agents"), _named(voters, "voters")
-        sides = _positions(dict(positions) if positions is not None else None)
-        async with self._running(CollaborationMode.DEBATE):
-            cards = self._participants(named, DEBATE_CAPABILITY, minimum=2)
-            unknown = set(sides) - {card.name for card in cards} - {card.id for card in cards}
-            if unknown:
-                raise InvalidInput(f"'positions' names no participant: {sorted(unknown)[0]!r}")
-            seats = [(card, sides.get(card.name) or sides.get(card.id) or _SIDES[index % 2])
-                     for index, card in enumerate(cards)]
-            participants = [{"agent": card.name, "agent_id": card.id, "position": position}
-                            for card, position in seats]
-            self._emit("started", topic=topic, rounds=rounds, participants=participants)
-            history: list[dict[str, Any]] = []
-            failed: list[dict[str, Any]] = []
-            for round_ in range(1, rounds + 1):
-                for card, position in seats:
-                    shown = [{key: entry[key] for key in ("round", "agent", "position",
-                                                          "argument")}
-                             for entry in history[-_HISTORY_SENT:]]
-                    record = await self._submit(DEBATE_CAPABILITY, {
-                        "topic": topic, "position": position, "round": round_,
-                        "history": shown}, card)
-                    turn = {"round": round_, "agent": card.name, "agent_id": card.id,
-                            "position": position}
-                    output = record["output"]
-                    if record["status"] == _COMPLETED and isinstance(output, dict) \
-                            and isinstance(output.get("argument"), str):
-                        history.append({**turn, "argument": output["argument"],
-                                        "confidence": _confidence(output.get("confidence"))})
-                        self._emit("argument", **history[-1])
-                    else:
-                        failed.append({**turn, "error": record["error"] or error_to_wire(
-                            InvalidInput("the answer has no argument"))})
-                        self._emit("failed", **failed[-1])
-            if voter_names is not None:
-                electorate = self._participants(voter_names, VOTE_CAPABILITY)
-            else:
-                electorate = ([card for card in cards if card.offers(VOTE_CAPABILITY)]
-                              or self.dispatcher.select(VOTE_CAPABILITY))
-            ballots, abstained = await self._ballots(_debate_question(topic, history), _SIDES,
-                                                     electorate)
-            consensus = _consensus(topic, rounds, history, ballots, abstained)
-            self._emit("consensus", position=consensus["position"], votes=consensus["votes"],
-                       decided_by=consensus["decided_by"], summary=consensus["summary"])
-            self._emit("finished")
-            return {"mode": CollaborationMode.DEBATE.value, "topic": topic, "rounds": rounds,
-                    "participants": participants, "debate_history": history, "failed": failed,
-                    "consensus": consensus}
+        return await self.run({"mode": CollaborationMode.DEBATE, "topic": topic,
+                               "agents": agents, "rounds": rounds,
+                               "requirements": {"voters": voters, "positions": positions}})
 
     async def voting(self, question: str, options: Sequence[str],
                      agents: Sequence[str] | None = None) -> dict[str, Any]:
         """Every voter picks one option; the most votes win (ties: the earliest option)."""
-        question = _text(question, "question", _MAX_QUESTION)
-        choices = _options(list(options) if isinstance(options, tuple) else options)
-        named = _named(agents, "agents")
-        async with self._running(CollaborationMode.VOTING):
-            voters = self._participants(named, VOTE_CAPABILITY)
-            self._emit("started", question=question, options=list(choices),
-                       voters=[card.name for card in voters])
-            ballots, abstained = await self._ballots(question, choices, voters)
-            tally = {option: sum(1 for ballot in ballots if ballot["choice"] == option)
-                     for option in choices}
-            top = max(tally.values())
-            tied = [option for option in choices if tally[option] == top] if ballots else []
-            winner = tied[0] if tied else None
-            self._emit("finished", winner=winner, tally=tally)
-            return {"mode": CollaborationMode.VOTING.value, "question": question,
-                    "options": list(choices), "votes": ballots, "abstained": abstained,
-                    "tally": tally, "winner": winner, "tied": tied if len(tied) > 1 else []}
+        return await self.run({"mode": CollaborationMode.VOTING, "topic": question,
+                               "agents": agents, "requirements": {"options": options}})
+
+    # --- the modes, run from their checked plans (inside _running) -----------------------------
+
+    async def _sequential(self, plan: _Sequential) -> dict[str, Any]:
+        cards = [None if stage.agent is None else
+                 self._least_loaded(self._participants([stage.agent], stage.capability))
+                 for stage in plan.stages]
+        self._emit("started", stages=[stage.name for stage in plan.stages])
+        steps: list[dict[str, Any]] = []
+        outputs: dict[str, Any] = {}
+        previous: Any = None
+        for number, (stage, card) in enumerate(zip(plan.stages, cards, strict=True), 1):
+            try:
+                parameters = _render(stage.parameters, topic=plan.topic, previous=previous,
+                                     outputs=outputs)
+            except LookupError as exc:  # a FIELD the earlier output does not have
+                record = _failure(card, stage.capability, InvalidInput(str(exc)))
+            else:
+                record = await self._submit(stage.capability, parameters, card)
+            steps.append({"stage": number, "name": stage.name, **record})
+            self._emit("step", **steps[-1])
+            if record["status"] != _COMPLETED:
+                break
+            previous = outputs[stage.name] = record["output"]
+        completed = len(outputs) == len(plan.stages)
+        self._emit("finished", completed=completed)
+        return {"mode": CollaborationMode.SEQUENTIAL.value, "steps": steps,
+                "output": previous if completed else None, "completed": completed}
+
+    async def _parallel(self, plan: _Parallel) -> dict[str, Any]:
+        capability = plan.capability
+        if isinstance(plan.agents, int):
+            capable = sorted(self.dispatcher.select(capability), key=self.dispatcher.load_order)
+            if len(capable) < plan.agents:
+                raise NoResponders(f"{plan.agents} agents asked for, but only {len(capable)} "
+                                   f"known agent(s) offer {capability}")
+            cards = capable[:plan.agents]
+        else:
+            cards = self._participants(plan.agents, capability)
+        parameters = _render(plan.parameters, topic=plan.topic)
+        self._emit("started", capability=capability, agents=[card.name for card in cards])
+
+        async def one(card: AgentCard) -> dict[str, Any]:
+            record = await self._submit(capability, parameters, card)
+            self._emit("step", **record)
+            return record
+
+        records = await self._each([functools.partial(one, card) for card in cards])
+        results = [record for record in records if record["status"] == _COMPLETED]
+        failed = [record for record in records if record["status"] != _COMPLETED]
+        self._emit("finished", completed=len(results), failed=len(failed))
+        return {"mode": CollaborationMode.PARALLEL.value, "capability": capability,
+                "results": results, "failed": failed}
+
+    async def _map_reduce(self, plan: _MapReduce) -> dict[str, Any]:
+        cards = [] if plan.agents is None else self._participants(plan.agents,
+                                                                  plan.map_capability)
+        base = _render(plan.map_parameters, topic=plan.topic)
+        self._emit("started", items=len(plan.items), map=plan.map_capability,
+                   reduce=plan.reduce_capability)
+
+        async def one(index: int, item: Any) -> dict[str, Any]:
+            parameters = ({**base, **item} if isinstance(item, dict)
+                          else {**base, plan.item_field: item})
+            card = cards[index % len(cards)] if cards else None
+            record = {"index": index, **await self._submit(plan.map_capability, parameters,
+                                                            card)}
+            output = record["output"]
+            if record["status"] == _COMPLETED and plan.collect is not None and not (
+                    isinstance(output, dict) and plan.collect in output):
+                record |= {"status": TaskStatus.FAILED.value, "error": error_to_wire(
+                    InvalidInput(f"the map output has no field {plan.collect!r}"))}
+            self._emit("step", phase="map", **record)
+            return record
+
+        records = await self._each([functools.partial(one, index, item)
+                                    for index, item in enumerate(plan.items)])
+        mapped = [record for record in records if record["status"] == _COMPLETED]
+        reduced: dict[str, Any] | None = None
+        if mapped:
+            values = [record["output"] if plan.collect is None
+                      else record["output"][plan.collect] for record in mapped]
+            combined: Any = ("\n".join(values) if all(isinstance(v, str) for v in values)
+                             else values)
+            parameters = {**_render(plan.reduce_parameters, topic=plan.topic),
+                          plan.reduce_field: combined}
+            reduced = await self._submit(plan.reduce_capability, parameters, None)
+            self._emit("step", phase="reduce", **reduced)
+        self._emit("finished", mapped=len(mapped), failed=len(records) - len(mapped))
+        return {"mode": CollaborationMode.MAP_REDUCE.value, "map": mapped,
+                "failed": [record for record in records if record["status"] != _COMPLETED],
+                "reduce": reduced, "output": reduced["output"] if reduced else None}
+
+    async def _debate(self, plan: _Debate) -> dict[str, Any]:
+        topic, rounds, sides = plan.topic, plan.rounds, plan.positions
+        cards = self._participants(plan.agents, DEBATE_CAPABILITY, minimum=2)
+        # Only the mesh knows who takes part: the request could not check this.
+        unknown = set(sides) - {card.name for card in cards} - {card.id for card in cards}
+        if unknown:
+            raise InvalidInput(f"'positions' names no participant: {sorted(unknown)[0]!r}")
+        seats = [(card, sides.get(card.name) or sides.get(card.id) or _SIDES[index % 2])
+                 for index, card in enumerate(cards)]
+        participants = [{"agent": card.name, "agent_id": card.id, "position": position}
+                        for card, position in seats]
+        self._emit("started", topic=topic, rounds=rounds, participants=participants)
+        history: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for round_ in range(1, rounds + 1):
+            for card, position in seats:
+                shown = [{key: entry[key] for key in ("round", "agent", "position", "argument")}
+                         for entry in history[-_HISTORY_SENT:]]
+                record = await self._submit(DEBATE_CAPABILITY, {
+                    "topic": topic, "position": position, "round": round_,
+                    "history": shown}, card)
+                turn = {"round": round_, "agent": card.name, "agent_id": card.id,
+                        "position": position}
+                output = record["output"]
+                if record["status"] == _COMPLETED and isinstance(output, dict) \
+                        and isinstance(output.get("argument"), str):
+                    history.append({**turn, "argument": output["argument"],
+                                    "confidence": _confidence(output.get("confidence"))})
+                    self._emit("argument", **history[-1])
+                else:
+                    failed.append({**turn, "error": record["error"] or error_to_wire(
+                        InvalidInput("the answer has no argument"))})
+                    self._emit("failed", **failed[-1])
+        if plan.voters is not None:
+            electorate = self._participants(plan.voters, VOTE_CAPABILITY)
+        else:
+            electorate = ([card for card in cards if card.offers(VOTE_CAPABILITY)]
+                          or self.dispatcher.select(VOTE_CAPABILITY))
+        ballots, abstained = await self._ballots(_debate_question(topic, history), _SIDES,
+                                                 electorate)
+        consensus = _consensus(topic, rounds, history, ballots, abstained)
+        self._emit("consensus", position=consensus["position"], votes=consensus["votes"],
+                   decided_by=consensus["decided_by"], summary=consensus["summary"])
+        self._emit("finished")
+        return {"mode": CollaborationMode.DEBATE.value, "topic": topic, "rounds": rounds,
+                "participants": participants, "debate_history": history, "failed": failed,
+                "consensus": consensus}
+
+    async def _voting(self, plan: _Voting) -> dict[str, Any]:
+        question, choices = plan.question, plan.options
+        voters = self._participants(plan.agents, VOTE_CAPABILITY)
+        self._emit("started", question=question, options=list(choices),
+                   voters=[card.name for card in voters])
+        ballots, abstained = await self._ballots(question, choices, voters)
+        tally = {option: sum(1 for ballot in ballots if ballot["choice"] == option)
+                 for option in choices}
+        top = max(tally.values())
+        tied = [option for option in choices if tally[option] == top] if ballots else []
+        winner = tied[0] if tied else None
+        self._emit("finished", winner=winner, tally=tally)
+        return {"mode": CollaborationMode.VOTING.value, "question": question,
+                "options": list(choices), "votes": ballots, "abstained": abstained,
+                "tally": tally, "winner": winner, "tied": tied if len(tied) > 1 else []}
 
     # --- machinery ----------------------------------------------------------------------------
 

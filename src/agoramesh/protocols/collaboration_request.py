@@ -2,18 +2,26 @@
 
 A :class:`CollaborationRequest` is the HTTP/CLI shape ``{mode, topic, agents,
 rounds, requirements}`` (unknown fields are refused; ``rounds`` is for debate
-only). :meth:`CollaborationRequest.from_dict` checks everything that can be
-checked without the mesh; every problem is one line of
-:class:`~agoramesh.errors.InvalidInput`. The mode runner,
-:class:`~agoramesh.protocols.collaboration.Collaboration`, documents what each
-mode does and returns.
+only). Making one — :meth:`CollaborationRequest.from_dict` or the constructor
+— checks everything that can be checked without the mesh, once: every problem
+is one line of :class:`~agoramesh.errors.InvalidInput`, and the checked
+settings are kept in ``plan`` for the mode runner,
+:class:`~agoramesh.protocols.collaboration.Collaboration`, which documents
+what each mode does and returns (and checks only what needs the mesh).
 
 Named agents (``agents``) are names, ids or selectors (``name:pro``, ``id:U…``,
 ``capability:vote``, ``type:claude``); a bare word is a name, then an id.
-``${topic}``, ``${previous.output.FIELD}`` and ``${steps.NAME.output.FIELD}``
-in parameters are replaced by those values (the whole value when the string is
-only the reference, else its text; a number indexes a list: ``sentences.0``);
-``topic`` is optional outside debate and voting. Per mode:
+``topic`` is optional outside debate and voting.
+
+References in parameters are ``${topic}``, ``${previous.output[.FIELD…]}``
+and ``${steps.NAME.output[.FIELD…]}`` (a number indexes a list:
+``sentences.0``), with the rules workflows use
+(:mod:`~agoramesh.protocols.references`): a string that is exactly one
+reference becomes the value with its type; references inside longer text are
+stringified, strings as they are and anything else as compact JSON;
+``$${`` writes a literal ``${``. A malformed reference, or one that names
+nothing (no topic, no earlier stage of that name), is refused with the
+request; a FIELD missing from an output fails that stage. Per mode:
 
 - ``sequential``: requirements ``{stages: [{capability, agent?, parameters?,
   name?}]}`` (``name`` defaults to the stage number; ``agent`` is a selector,
@@ -39,15 +47,14 @@ only the reference, else its text; a number indexes a list: ``sentences.0``);
 from __future__ import annotations
 
 import contextlib
-import json
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from agoramesh.bus.subjects import validate_capability
 from agoramesh.errors import InvalidInput, SubjectError
+from agoramesh.protocols.references import Syntax, follow
 
 __all__ = ("CollaborationMode", "CollaborationRequest")
 
@@ -58,7 +65,6 @@ _MAX_ITEMS = 1000
 _MAX_AGENTS = 100
 _MAX_STAGES = 50
 _MAX_ROUNDS = 20
-_REFERENCE = re.compile(r"\$\{([^{}]*)\}")
 
 
 class CollaborationMode(StrEnum):
@@ -153,32 +159,76 @@ def _positions(value: object) -> dict[str, str]:
     return dict(value)
 
 
-def _references(value: object) -> list[str]:
-    if isinstance(value, str):
-        return [match.strip() for match in _REFERENCE.findall(value)]
-    if isinstance(value, dict):
-        return [ref for item in value.values() for ref in _references(item)]
-    if isinstance(value, list):
-        return [ref for item in value for ref in _references(item)]
-    return []
+def _items(value: object) -> list[Any]:
+    if not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_ITEMS:
+        raise InvalidInput(f"'items' must be a list of 1-{_MAX_ITEMS} items")
+    return list(value)
 
 
-def _check_references(parameters: object, topic: str | None, earlier: Sequence[str] = (),
+# --- references: ${…} in parameters ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """One ``${…}`` in parameters: ``root`` is ``topic``, ``previous`` or ``steps``."""
+
+    root: str
+    stage: str  # the stage ${steps.NAME…} reads, else ""
+    path: tuple[str, ...]
+    text: str
+
+
+def _read(parts: list[str], text: str) -> _Ref | None:
+    root, rest = parts[0], parts[1:]
+    if root == "topic" and not rest:
+        return _Ref("topic", "", (), text)
+    if root == "previous" and rest[:1] == ["output"]:
+        return _Ref("previous", "", tuple(rest[1:]), text)
+    if root == "steps" and rest[1:2] == ["output"]:
+        return _Ref("steps", rest[0], tuple(rest[2:]), text)
+    return None
+
+
+_SYNTAX = Syntax(_read, error=InvalidInput, usage="use ${topic}, ${previous.output[.FIELD…]} "
+                                                  "or ${steps.NAME.output[.FIELD…]}")
+
+
+def _check_references(parameters: dict[str, Any], topic: str | None, earlier: Sequence[str] = (),
                       *, where: str = "parameters") -> None:
-    """Every ``${…}`` must name the topic (when there is one) or an earlier stage's output."""
-    for ref in _references(parameters):
-        root, _, rest = ref.partition(".")
-        if root == "topic" and not rest and topic is not None:
+    """Every ``${…}`` must be well formed and name the topic or an earlier stage's output."""
+    try:
+        refs = _SYNTAX.references(parameters)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+    for ref in refs:
+        if ref.root == "topic" and topic is None:
+            missing = "there is no topic"
+        elif ref.root == "previous" and not earlier:
+            missing = "there is no earlier stage"
+        elif ref.root == "steps" and ref.stage not in earlier:
+            missing = f"there is no earlier stage {ref.stage!r}"
+        else:
             continue
-        if root == "previous" and earlier and (rest == "output" or rest.startswith("output.")):
-            continue
-        name, _, tail = rest.partition(".")
-        if root == "steps" and name in earlier and (tail == "output"
-                                                     or tail.startswith("output.")):
-            continue
-        later = ", ${previous.output.FIELD}, ${steps.NAME.output.FIELD}" if earlier else ""
-        raise InvalidInput(f"${{{ref}}} in {where} names nothing; use ${{topic}}{later}")
+        raise InvalidInput(f"{where}: {ref.text} names nothing: {missing}")
 
+
+def _render(parameters: dict[str, Any], *, topic: str | None, previous: Any = None,
+            outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``parameters`` with every reference replaced (each checked by the request).
+
+    ``previous`` is the last stage's output, ``outputs`` every earlier stage's
+    by name; LookupError names a FIELD an output does not have.
+    """
+    def lookup(ref: _Ref) -> Any:
+        if ref.root == "topic":
+            return topic
+        output = previous if ref.root == "previous" else (outputs or {})[ref.stage]
+        return follow(output, ref.path, text=ref.text, root="output")
+
+    rendered: dict[str, Any] = _SYNTAX.render(parameters, lookup)
+    return rendered
+
+
+# --- the checked settings of each mode: CollaborationRequest.plan ---------------------------------
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Stage:
@@ -188,33 +238,121 @@ class _Stage:
     parameters: dict[str, Any]
 
 
-def _stages(value: object, topic: str | None) -> list[_Stage]:
-    if not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_STAGES:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Sequential:
+    topic: str | None
+    stages: tuple[_Stage, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Parallel:
+    topic: str | None
+    capability: str
+    parameters: dict[str, Any]
+    agents: tuple[str, ...] | int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _MapReduce:
+    topic: str | None
+    items: list[Any]
+    map_capability: str
+    reduce_capability: str
+    item_field: str
+    collect: str | None
+    reduce_field: str
+    map_parameters: dict[str, Any]
+    reduce_parameters: dict[str, Any]
+    agents: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Debate:
+    topic: str
+    agents: tuple[str, ...] | None
+    rounds: int
+    voters: tuple[str, ...] | None
+    positions: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Voting:
+    question: str
+    options: tuple[str, ...]
+    agents: tuple[str, ...] | None
+
+
+_Plan = _Sequential | _Parallel | _MapReduce | _Debate | _Voting
+
+# Each takes the keyword arguments of its mode's method (CollaborationRequest.arguments(), topic
+# and agents already checked) and checks the rest.
+
+
+def _sequential_plan(stages: object, topic: str | None) -> _Sequential:
+    if not isinstance(stages, list | tuple) or not 0 < len(stages) <= _MAX_STAGES:
         raise InvalidInput(f"'stages' must be a list of 1-{_MAX_STAGES} stage objects")
-    stages: list[_Stage] = []
-    for number, raw in enumerate(value, 1):
+    plan: list[_Stage] = []
+    for number, raw in enumerate(stages, 1):
         where = f"stages[{number}]"
         stage = _object(raw, where)
         _only(stage, ("name", "capability", "agent", "parameters"), where)
         name = _text(stage.get("name", str(number)), f"{where}.name", 100)
-        if name in (earlier := [s.name for s in stages]):
+        if name in (earlier := [s.name for s in plan]):
             raise InvalidInput(f"{where}: the stage name {name!r} is used twice")
         agent = stage.get("agent")
         parameters = _object(stage.get("parameters", {}), f"{where}.parameters")
-        _check_references(parameters, topic, earlier, where=where)
-        stages.append(_Stage(name=name, capability=_capability(stage.get("capability"),
-                                                                 f"{where}.capability"),
-                             agent=None if agent is None else _text(agent, f"{where}.agent", 200),
-                             parameters=parameters))
-    return stages
+        _check_references(parameters, topic, earlier, where=f"{where}.parameters")
+        plan.append(_Stage(name=name, capability=_capability(stage.get("capability"),
+                                                               f"{where}.capability"),
+                           agent=None if agent is None else _text(agent, f"{where}.agent", 200),
+                           parameters=parameters))
+    return _Sequential(topic=topic, stages=tuple(plan))
 
 
-def _items(value: object) -> list[Any]:
-    if not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_ITEMS:
-        raise InvalidInput(f"'items' must be a list of 1-{_MAX_ITEMS} items")
-    return list(value)
+def _parallel_plan(capability: object, parameters: object, agents: tuple[str, ...] | int | None,
+                   topic: str | None) -> _Parallel:
+    checked = _object(_given(parameters, {}), "parameters")
+    _check_references(checked, topic)
+    return _Parallel(topic=topic, capability=_capability(capability, "capability"),
+                     parameters=checked, agents=agents)
 
 
+def _map_reduce_plan(items: object, *, agents: tuple[str, ...] | None, topic: str | None,
+                     map_capability: object = None, reduce_capability: object = None,
+                     item_field: object = None, collect: object = "summary",
+                     reduce_field: object = None, map_parameters: object = None,
+                     reduce_parameters: object = None) -> _MapReduce:
+    mapper = _capability(_given(map_capability, "text.summarize"), "map")
+    plan = _MapReduce(
+        topic=topic, agents=agents, items=_items(items), map_capability=mapper,
+        reduce_capability=_capability(_given(reduce_capability, mapper), "reduce"),
+        item_field=_text(_given(item_field, "text"), "item_field", 100),
+        collect=None if collect is None else _text(collect, "collect", 100),
+        reduce_field=_text(_given(reduce_field, "text"), "reduce_field", 100),
+        map_parameters=_object(_given(map_parameters, {}), "map_parameters"),
+        reduce_parameters=_object(_given(reduce_parameters, {}), "reduce_parameters"))
+    _check_references(plan.map_parameters, topic, where="map_parameters")
+    _check_references(plan.reduce_parameters, topic, where="reduce_parameters")
+    return plan
+
+
+def _debate_plan(topic: str, agents: tuple[str, ...] | None, rounds: object, *,
+                 voters: object, positions: object) -> _Debate:
+    return _Debate(topic=topic, agents=agents, rounds=_integer(rounds, "rounds", 1, _MAX_ROUNDS),
+                   voters=_named(voters, "voters"), positions=_positions(positions))
+
+
+def _voting_plan(question: str, options: object, agents: tuple[str, ...] | None) -> _Voting:
+    return _Voting(question=question, options=_options(options), agents=agents)
+
+
+_PLANS: dict[CollaborationMode, Callable[..., _Plan]] = {
+    CollaborationMode.SEQUENTIAL: _sequential_plan,
+    CollaborationMode.PARALLEL: _parallel_plan,
+    CollaborationMode.MAP_REDUCE: _map_reduce_plan,
+    CollaborationMode.DEBATE: _debate_plan,
+    CollaborationMode.VOTING: _voting_plan,
+}
 _REQUIREMENTS: dict[CollaborationMode, tuple[str, ...]] = {
     CollaborationMode.SEQUENTIAL: ("stages",),
     CollaborationMode.PARALLEL: ("capability", "parameters"),
@@ -227,17 +365,23 @@ _REQUIREMENTS: dict[CollaborationMode, tuple[str, ...]] = {
 
 @dataclass(frozen=True, kw_only=True)
 class CollaborationRequest:
-    """A checked ``{mode, topic, agents, rounds, requirements}`` request (see the module doc)."""
+    """A checked ``{mode, topic, agents, rounds, requirements}`` request (see the module doc).
+
+    Made, it has been checked (InvalidInput otherwise): ``mode`` is a
+    :class:`CollaborationMode`, ``agents`` a tuple of stripped names or a
+    count, ``requirements`` a dict, and ``plan`` the mode's checked settings.
+    """
 
     mode: CollaborationMode
     topic: str | None = None
     agents: tuple[str, ...] | int | None = None
     rounds: int | None = None
     requirements: Mapping[str, Any] | None = None
+    plan: _Plan = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, data: object) -> CollaborationRequest:
-        """Check everything that can be checked without the mesh; InvalidInput if wrong."""
+        """The request in its HTTP/CLI shape, checked; InvalidInput if wrong."""
         if not isinstance(data, Mapping):
             raise InvalidInput(f"a collaboration request must be an object, "
                                f"got {type(data).__name__}")
@@ -245,29 +389,34 @@ class CollaborationRequest:
         if data.get("mode") is None:
             raise InvalidInput("'mode' is required: sequential, parallel, map-reduce, debate "
                                "or voting")
-        mode = CollaborationMode.parse(data["mode"])
-        topic = data.get("topic")
-        if topic is not None:
-            topic = _text(topic, "topic", _MAX_QUESTION if mode is CollaborationMode.VOTING
-                          else _MAX_TOPIC)
+        return cls(mode=data["mode"], topic=data.get("topic"), agents=data.get("agents"),
+                   rounds=data.get("rounds"), requirements=data.get("requirements"))
+
+    def __post_init__(self) -> None:
+        # Everything that can be checked without the mesh, here and only here.
+        mode = CollaborationMode.parse(self.mode)
+        if self.topic is not None:
+            _text(self.topic, "topic", _MAX_QUESTION if mode is CollaborationMode.VOTING
+                  else _MAX_TOPIC)
         elif mode in (CollaborationMode.DEBATE, CollaborationMode.VOTING):
             raise InvalidInput(f"'topic' is required for {mode}")
-        if data.get("rounds") is not None and mode is not CollaborationMode.DEBATE:
+        if self.rounds is not None and mode is not CollaborationMode.DEBATE:
             raise InvalidInput("'rounds' applies to debate only")
-        if data.get("agents") is not None and mode is CollaborationMode.SEQUENTIAL:
+        if self.agents is not None and mode is CollaborationMode.SEQUENTIAL:
             raise InvalidInput("'agents' does not apply to sequential; name an agent per stage")
-        raw = data.get("requirements")
-        requirements = {} if raw is None else _object(raw, "requirements")
+        requirements = {} if self.requirements is None else _object(self.requirements,
+                                                                     "requirements")
         _only(requirements, _REQUIREMENTS[mode], f"{mode} requirements")
-        request = cls(mode=mode, topic=topic,
-                      agents=_agents(data.get("agents"), count=mode is CollaborationMode.PARALLEL),
-                      rounds=data.get("rounds"), requirements=requirements)
-        _check_mode_arguments(request)
-        return request
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "requirements", requirements)
+        object.__setattr__(self, "agents", _agents(self.agents,
+                                                   count=mode is CollaborationMode.PARALLEL))
+        object.__setattr__(self, "plan", _PLANS[mode](**self.arguments()))
 
     def arguments(self) -> dict[str, Any]:
         """The keyword arguments of the mode's method in
-        :class:`~agoramesh.protocols.collaboration.Collaboration`."""
+        :class:`~agoramesh.protocols.collaboration.Collaboration` (and of the
+        function that checks them into ``plan``)."""
         req: Mapping[str, Any] = self.requirements or {}
         mode = self.mode
         if mode is CollaborationMode.DEBATE:
@@ -291,88 +440,3 @@ class CollaborationRequest:
         if req.get("stages") is None:
             raise InvalidInput("sequential needs requirements.stages")
         return {"stages": req["stages"], "topic": self.topic}
-
-
-def _check_mode_arguments(request: CollaborationRequest) -> None:
-    arguments = request.arguments()
-    match request.mode:
-        case CollaborationMode.DEBATE:
-            _text(arguments["topic"], "topic", _MAX_TOPIC)
-            _integer(arguments["rounds"], "rounds", 1, _MAX_ROUNDS)
-            _named(arguments["voters"], "voters")
-            _positions(arguments["positions"])
-        case CollaborationMode.VOTING:
-            _text(arguments["question"], "topic", _MAX_QUESTION)
-            _options(arguments["options"])
-        case CollaborationMode.PARALLEL:
-            _capability(arguments["capability"], "capability")
-            _check_references(_object(_given(arguments["parameters"], {}), "parameters"),
-                              request.topic)
-        case CollaborationMode.MAP_REDUCE:
-            _map_reduce_settings(**{key: value for key, value in arguments.items()
-                                    if key != "agents"})
-        case CollaborationMode.SEQUENTIAL:
-            _stages(arguments["stages"], request.topic)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _MapReduce:
-    items: list[Any]
-    map_capability: str
-    reduce_capability: str
-    item_field: str
-    collect: str | None
-    reduce_field: str
-    map_parameters: dict[str, Any]
-    reduce_parameters: dict[str, Any]
-
-
-def _map_reduce_settings(items: object, *, topic: str | None = None,
-                         map_capability: object = None, reduce_capability: object = None,
-                         item_field: object = None, collect: object = "summary",
-                         reduce_field: object = None, map_parameters: object = None,
-                         reduce_parameters: object = None) -> _MapReduce:
-    mapper = _capability(_given(map_capability, "text.summarize"), "map")
-    settings = _MapReduce(
-        items=_items(items), map_capability=mapper,
-        reduce_capability=_capability(_given(reduce_capability, mapper), "reduce"),
-        item_field=_text(_given(item_field, "text"), "item_field", 100),
-        collect=None if collect is None else _text(collect, "collect", 100),
-        reduce_field=_text(_given(reduce_field, "text"), "reduce_field", 100),
-        map_parameters=_object(_given(map_parameters, {}), "map_parameters"),
-        reduce_parameters=_object(_given(reduce_parameters, {}), "reduce_parameters"))
-    _check_references(settings.map_parameters, topic, where="map_parameters")
-    _check_references(settings.reduce_parameters, topic, where="reduce_parameters")
-    return settings
-
-
-# --- references: ${…} in parameters ---------------------------------------------------------------
-
-def _lookup(scope: Mapping[str, Any], path: str) -> Any:
-    current: Any = scope
-    for part in path.strip().split("."):
-        if isinstance(current, Mapping) and part in current:
-            current = current[part]
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
-            current = current[int(part)]
-        else:
-            raise InvalidInput(f"${{{path.strip()}}} names nothing: there is no {part!r}")
-    return current
-
-
-def _substitute(value: Any, scope: Mapping[str, Any]) -> Any:
-    """``value`` with every ``${path}`` replaced from ``scope`` (see the module docstring)."""
-    if isinstance(value, str):
-        if whole := _REFERENCE.fullmatch(value):
-            return _lookup(scope, whole.group(1))
-        return _REFERENCE.sub(lambda match: _as_text(_lookup(scope, match.group(1))), value)
-    if isinstance(value, dict):
-        return {key: _substitute(item, scope) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_substitute(item, scope) for item in value]
-    return value
-
-
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
-                                                             default=str)

@@ -7,7 +7,8 @@ References
     step) and ``${inputs.NAME}`` (with a path too). A string that is exactly
     one reference becomes the referenced value with its type (a list stays a
     list); references inside a longer string are stringified — strings as they
-    are, anything else as compact JSON. ``$${`` writes a literal ``${``.
+    are, anything else as compact JSON. ``$${`` writes a literal ``${``. The
+    syntax and this rule are :mod:`.references`', shared with collaborations.
 
 Conditions
     ``when:`` is a small expression over references and literals, e.g.
@@ -28,23 +29,18 @@ reports as the step's failure.
 from __future__ import annotations
 
 import ast
-import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agoramesh.errors import WorkflowInvalid
+from agoramesh.protocols.references import Syntax, describe, follow
 
 __all__ = ("NAME_PATTERN", "Condition", "Lookup", "Reference", "references", "render")
 
 #: Step and input names: a letter or ``_``, then letters, digits, ``_`` or ``-``.
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-
-# `$${` is an escaped `${`; `${…}` a reference; a lone `${` is unterminated.
-_TOKEN = re.compile(r"\$\$\{|\$\{([^{}]*)\}|\$\{")
-_SEGMENT = re.compile(r"[^.\s${}]+")
-_HELP = "use ${steps.NAME.output[.FIELD…]}, ${steps.NAME.status} or ${inputs.NAME[.FIELD…]}"
 
 Lookup = Callable[["Reference"], Any]
 
@@ -57,22 +53,12 @@ class Reference:
     name: str
     attribute: str  # "output" or "status" for steps, "" for inputs
     path: tuple[str, ...]
-    text: str  # as written, for messages
+    text: str  # as written (spaces around trimmed), for messages
 
     @classmethod
     def parse(cls, inner: str) -> Reference:
-        text = "${" + inner + "}"
-        parts = inner.strip().split(".")
-        if not all(_SEGMENT.fullmatch(part) for part in parts):
-            raise WorkflowInvalid(f"bad reference {text}: {_HELP}")
-        source, rest = parts[0], parts[1:]
-        if source == "inputs" and rest and NAME_PATTERN.fullmatch(rest[0]):
-            return cls("inputs", rest[0], "", tuple(rest[1:]), text)
-        if source == "steps" and len(rest) >= 2 and NAME_PATTERN.fullmatch(rest[0]):
-            name, attribute, path = rest[0], rest[1], tuple(rest[2:])
-            if attribute == "output" or (attribute == "status" and not path):
-                return cls("steps", name, attribute, path, text)
-        raise WorkflowInvalid(f"bad reference {text}: {_HELP}")
+        """The reference written ``${inner}``; WorkflowInvalid when it is malformed."""
+        return _SYNTAX.parse(inner)
 
     @property
     def step(self) -> str | None:
@@ -81,75 +67,29 @@ class Reference:
 
     def follow(self, value: Any) -> Any:
         """The value at ``path`` inside ``value``; LookupError naming what is missing."""
-        for depth, segment in enumerate(self.path):
-            where = ".".join(self.path[:depth]) or ("output" if self.step else self.name)
-            if isinstance(value, Mapping):
-                if segment not in value:
-                    fields = ", ".join(map(str, list(value)[:10])) or "none"
-                    raise LookupError(f"{self.text}: no field {segment!r} in {where} "
-                                      f"(fields: {fields})")
-                value = value[segment]
-            elif isinstance(value, list) and segment.isdigit():
-                if int(segment) >= len(value):
-                    raise LookupError(f"{self.text}: {where} has only {len(value)} item(s)")
-                value = value[int(segment)]
-            else:
-                raise LookupError(f"{self.text}: {where} is {_kind(value)}, "
-                                  f"not an object with field {segment!r}")
-        return value
+        return follow(value, self.path, text=self.text,
+                      root="output" if self.step else self.name)
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else f"a {type(value).__name__}"
+def _read(parts: list[str], text: str) -> Reference | None:
+    source, rest = parts[0], parts[1:]
+    if source == "inputs" and rest and NAME_PATTERN.fullmatch(rest[0]):
+        return Reference("inputs", rest[0], "", tuple(rest[1:]), text)
+    if source == "steps" and len(rest) >= 2 and NAME_PATTERN.fullmatch(rest[0]):
+        name, attribute, path = rest[0], rest[1], tuple(rest[2:])
+        if attribute == "output" or (attribute == "status" and not path):
+            return Reference("steps", name, attribute, path, text)
+    return None
 
 
-def _tokens(text: str) -> Iterator[str | Reference]:
-    """Literal text and references, in order; WorkflowInvalid for a malformed ``${``."""
-    position = 0
-    for match in _TOKEN.finditer(text):
-        if match.start() > position:
-            yield text[position:match.start()]
-        if match.group(0) == "$${":
-            yield "${"
-        elif match.group(1) is None:
-            raise WorkflowInvalid(f"unterminated or nested reference in {text!r:.80}")
-        else:
-            yield Reference.parse(match.group(1))
-        position = match.end()
-    if position < len(text):
-        yield text[position:]
+_SYNTAX = Syntax(_read, error=WorkflowInvalid,
+                 usage="use ${steps.NAME.output[.FIELD…]}, ${steps.NAME.status} or "
+                       "${inputs.NAME[.FIELD…]}")
 
-
-def references(value: Any) -> list[Reference]:
-    """Every reference in the strings of ``value`` (nested lists and mappings too)."""
-    if isinstance(value, str):
-        return [token for token in _tokens(value) if isinstance(token, Reference)]
-    if isinstance(value, Mapping):
-        return [ref for item in value.values() for ref in references(item)]
-    if isinstance(value, list | tuple):
-        return [ref for item in value for ref in references(item)]
-    return []
-
-
-def _stringify(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def render(value: Any, lookup: Lookup) -> Any:
-    """``value`` with every reference replaced by ``lookup(reference)`` (see module doc)."""
-    if isinstance(value, str):
-        tokens = list(_tokens(value))
-        if len(tokens) == 1 and isinstance(tokens[0], Reference):
-            return lookup(tokens[0])  # exactly one reference: keep the value's type
-        return "".join(_stringify(lookup(token)) if isinstance(token, Reference) else token
-                       for token in tokens)
-    if isinstance(value, Mapping):
-        return {key: render(item, lookup) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [render(item, lookup) for item in value]
-    return value
+#: ``references(value)``: every reference in the strings of ``value`` (nested too).
+references = _SYNTAX.references
+#: ``render(value, lookup)``: ``value`` with every reference replaced (see the module doc).
+render = _SYNTAX.render
 
 
 # -- conditions ---------------------------------------------------------------------------
@@ -186,7 +126,7 @@ class Condition:
                                   f"got {when!r}")
         refs: list[Reference] = []
         source: list[str] = []
-        for token in _tokens(when):
+        for token in _SYNTAX.tokens(when):
             if isinstance(token, Reference):
                 source.append(_PLACEHOLDER.format(len(refs)))
                 refs.append(token)
@@ -254,8 +194,8 @@ def _evaluate(node: ast.expr, values: dict[str, Any]) -> Any:
                 if not _COMPARE[type(operator)](left, right):
                     return False
             except TypeError:
-                raise TypeError(f"cannot compare {_kind(left)} ({left!r:.40}) with "
-                                f"{_kind(right)} ({right!r:.40})") from None
+                raise TypeError(f"cannot compare {describe(left)} ({left!r:.40}) with "
+                                f"{describe(right)} ({right!r:.40})") from None
             left = right
         return True
     if isinstance(node, ast.List | ast.Tuple):
@@ -268,5 +208,5 @@ def _evaluate(node: ast.expr, values: dict[str, Any]) -> Any:
         try:
             return len(argument)
         except TypeError:
-            raise TypeError(f"len() of {_kind(argument)}") from None
+            raise TypeError(f"len() of {describe(argument)}") from None
     raise ValueError(f"cannot evaluate {type(node).__name__}")  # pragma: no cover - whitelisted
