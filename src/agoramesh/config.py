@@ -243,8 +243,10 @@ class Environment:
     log_level: LogLevel = LogLevel.WARNING  # AGORAMESH_LOG_LEVEL: debug, info, warning, error
     credentials: Path | None = None  # AGORAMESH_CREDS: clients' .creds file on a secured mesh
     trust_dir: Path | None = None  # AGORAMESH_TRUST: the trust store (default <home>/trust)
-    # Provider keys by agent type, from OPENAI_API_KEY / ANTHROPIC_API_KEY.
-    api_keys: Mapping[str, str] = field(default_factory=dict)
+    # AGORAMESH_API_TOKEN: default --api-token of the HTTP API; a secret, so not in repr.
+    api_token: str | None = field(default=None, repr=False)
+    # Provider keys by agent type, from OPENAI_API_KEY / ANTHROPIC_API_KEY; secrets, not in repr.
+    api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -260,6 +262,7 @@ class Environment:
             log_level=_choice(LogLevel, env, "AGORAMESH_LOG_LEVEL", LogLevel.WARNING),
             credentials=Path(env["AGORAMESH_CREDS"]) if env.get("AGORAMESH_CREDS") else None,
             trust_dir=Path(env["AGORAMESH_TRUST"]) if env.get("AGORAMESH_TRUST") else None,
+            api_token=env.get("AGORAMESH_API_TOKEN") or None,
             api_keys={kind: env[var] for kind, var in _KEY_VARIABLES.items() if env.get(var)},
         )
 

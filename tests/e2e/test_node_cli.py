@@ -1,4 +1,5 @@
-"""``agoramesh node`` and ``agoramesh agents`` as processes: joining, eviction, listing."""
+"""``agoramesh node`` and ``agoramesh agents`` as processes: joining, eviction, listing,
+the HTTP API's token."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from agoramesh.bus import Identity
@@ -88,3 +90,63 @@ def test_node_flags_errors_are_one_line(tmp_path: Path) -> None:
     result = subprocess.run([*AGORAMESH, "agents", "--server", "nats://127.0.0.1:1"],
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 1 and result.stderr.startswith("agoramesh: error: cannot connect")
+
+
+API_TOKEN = "e2e-api-token-0123456789abcdef"
+
+
+def _node_fails(tmp_path: Path, *args: str, token: str | None = None) -> list[str]:
+    """Run ``agoramesh node`` expecting exit 1 before it starts anything; its stderr lines."""
+    env = {key: value for key, value in os.environ.items() if key != "AGORAMESH_API_TOKEN"}
+    env["AGORAMESH_HOME"] = str(tmp_path)
+    if token is not None:
+        env["AGORAMESH_API_TOKEN"] = token
+    result = subprocess.run([*AGORAMESH, "node", "--name", "x", *args], env=env,
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1, result.stderr
+    return result.stderr.splitlines()
+
+
+def test_node_api_token_errors_are_one_line(tmp_path: Path) -> None:
+    short = "only-15-chars.."
+    expected = ("agoramesh: error: the HTTP API token must be at least 16 characters "
+                "(e.g. from `openssl rand -hex 32`)")
+    assert _node_fails(tmp_path, "--http-port", "0", "--api-token", short) == [expected]
+    assert _node_fails(tmp_path, "--http-port", "0", token=short) == [expected]
+    assert _node_fails(tmp_path, "--http-port", "0", "--api-token", "") == [expected]
+    assert _node_fails(tmp_path, "--api-token", API_TOKEN) == [
+        "agoramesh: error: --api-token needs --http-port"]
+    up = subprocess.run([*AGORAMESH, "up", "--http-port", "0", "--api-token", short],
+                        capture_output=True, text=True, timeout=30, check=False)
+    assert (up.returncode, up.stderr.splitlines()) == (1, [expected])  # before any server
+    # The token is checked before anything starts, so a later bad flag shows what came first.
+    bad_flag = ("--capability", "no.such.skill")
+    [flag_wins] = _node_fails(tmp_path, "--http-port", "0", "--api-token", API_TOKEN, *bad_flag,
+                              token=short)
+    assert "offline agents offer" in flag_wins
+    warning, error = _node_fails(tmp_path, "--host", "0.0.0.0", "--http-port", "0", *bad_flag)
+    assert warning.startswith("WARNING: the HTTP API on 0.0.0.0 has no token: anyone")
+    assert "offline agents offer" in error
+    [error] = _node_fails(tmp_path, "--host", "0.0.0.0", "--http-port", "0", *bad_flag,
+                          token=API_TOKEN)
+    assert "offline agents offer" in error
+
+
+async def test_node_http_api_requires_the_token_from_the_environment(
+        tmp_path: Path, processes: list[NodeProcess]) -> None:
+    node = NodeProcess(tmp_path, "--name", "guarded", "--http-port", "0",
+                       env={"AGORAMESH_API_TOKEN": API_TOKEN})
+    processes.append(node)
+    url = node.ready["http"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        async with http.get(f"{url}/api/health") as response:
+            assert response.status == 200
+        async with http.get(f"{url}/api/agents") as response:
+            assert response.status == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+            assert (await response.json())["error"]["type"] == "Unauthorized"
+        async with http.get(f"{url}/api/agents",
+                            headers={"Authorization": f"Bearer {API_TOKEN}"}) as response:
+            assert response.status == 200
+            assert node.id in {agent["id"] for agent in (await response.json())["agents"]}
+    assert node.stop() == 0
+    assert API_TOKEN not in json.dumps(node.ready) and API_TOKEN not in node.stderr

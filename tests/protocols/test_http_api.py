@@ -13,7 +13,7 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import NotConnected
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.node import AgentNode
-from agoramesh.protocols.http_api import HttpApi, status_for
+from agoramesh.protocols.http_api import HttpApi, status_for, validate_token
 from agoramesh.testing import wait_until
 
 pytestmark = pytest.mark.integration
@@ -233,3 +233,85 @@ async def test_a_port_in_use_is_a_one_line_config_error(api: HttpApi, driver: Ag
                                f"address already in use")
     with pytest.raises(ConfigError, match="0-65535"):
         HttpApi(driver.dispatcher, port=70000)
+
+
+TOKEN = "s3cret-token_of.24+chars"
+
+
+@pytest_asyncio.fixture
+async def guarded(driver: AgentNode) -> AsyncIterator[HttpApi]:
+    async with HttpApi(driver.dispatcher, agent_id=driver.agent_id, timeout=10,
+                       token=TOKEN) as server:
+        yield server
+
+
+NEEDS_HEADER, NOT_VALID = "needs an 'Authorization: Bearer <token>' header", "not valid"
+
+
+@pytest.mark.parametrize(("authorization", "text"), [
+    (None, NEEDS_HEADER), ("", NEEDS_HEADER), ("Bearer", NEEDS_HEADER),
+    ("Bearer ", NEEDS_HEADER), (f"Basic {TOKEN}", NEEDS_HEADER), (TOKEN, NEEDS_HEADER),
+    ("Bearer wrong-token-of-24-chars", NOT_VALID), (f"Bearer {TOKEN[:-1]}", NOT_VALID),
+    (f"Bearer {TOKEN}x", NOT_VALID), (f"Bearer {TOKEN} x", NOT_VALID),
+    (f"Bearer {TOKEN}\u00e9", NOT_VALID),
+], ids=["missing", "empty", "scheme-only", "scheme-and-space", "basic", "no-scheme", "wrong",
+        "prefix", "trailing-junk", "trailing-word", "non-ascii"])
+async def test_a_token_guards_every_route_but_health(guarded: HttpApi, driver: AgentNode,
+                                                     http: aiohttp.ClientSession,
+                                                     authorization: str | None,
+                                                     text: str) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    assert await call(http, "GET", f"{guarded.url}/api/health", headers=headers) == (
+        200, {"status": "ok", "agents": 3, "agent_id": driver.agent_id})
+    requests = [("GET", "/api/agents", None), ("POST", "/api/tasks", {"capability": "echo"}),
+                ("POST", "/api/collaborate", {"mode": "debate", "topic": "x"}),
+                ("POST", "/api/health", {}), ("GET", "/api/nowhere", None),
+                ("DELETE", "/api/agents", None)]
+    for method, path, body in requests:
+        async with http.request(method, guarded.url + path, json=body,
+                                headers=headers) as response:
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            assert_error(response.status, await response.json(), 401, "Unauthorized", text)
+    assert guarded.unauthorized == len(requests)
+
+
+async def test_the_right_token_is_served(guarded: HttpApi, driver: AgentNode,
+                                         http: aiohttp.ClientSession) -> None:
+    for scheme in ("Bearer", "bearer"):
+        headers = {"Authorization": f"{scheme} {TOKEN}"}
+        status, body = await call(http, "GET", f"{guarded.url}/api/agents", headers=headers)
+        assert (status, len(body["agents"])) == (200, 3)
+        status, result = await call(http, "POST", f"{guarded.url}/api/tasks", headers=headers,
+                                    json={"capability": "echo", "parameters": {"text": "hi"},
+                                          "strategy": "direct"})
+        assert (status, result["result"]) == (200, {"echo": {"text": "hi"}})
+        # Authenticated requests get the usual errors.
+        assert_error(*await call(http, "GET", f"{guarded.url}/api/nowhere", headers=headers),
+                     404, "NotFound", "no route")
+    assert guarded.unauthorized == 0
+
+
+async def test_without_a_token_an_authorization_header_is_ignored(
+        api: HttpApi, http: aiohttp.ClientSession) -> None:
+    status, body = await call(http, "GET", f"{api.url}/api/agents",
+                              headers={"Authorization": "Bearer anything"})
+    assert status == 200 and len(body["agents"]) == 3
+
+
+@pytest.mark.parametrize(("token", "text"), [
+    ("", "at least 16 characters"), ("fifteen-chars15", "at least 16 characters"),
+    ("sixteen chars ok", "may only contain"), ("sixteen-chars-é!", "may only contain"),
+])
+def test_a_bad_token_is_a_one_line_config_error(driver: AgentNode, token: str,
+                                                text: str) -> None:
+    from agoramesh.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=text) as info:
+        HttpApi(driver.dispatcher, token=token)
+    assert "\n" not in str(info.value)
+    if token:
+        assert token not in str(info.value)
+
+
+def test_validate_token_accepts_16_token_characters() -> None:
+    assert validate_token("aZ09-._~+/=aZ09-") == "aZ09-._~+/=aZ09-"

@@ -210,6 +210,17 @@ def test_environment_read_empty_strings_mean_unset() -> None:
     assert env == Environment()
 
 
+def test_environment_repr_never_shows_secrets() -> None:
+    env = Environment.read({"OPENAI_API_KEY": "sk-provider-secret-1",
+                            "ANTHROPIC_API_KEY": "sk-ant-provider-secret-2",
+                            "AGORAMESH_API_TOKEN": "http-api-token-secret-3"})
+    assert env.api_keys and env.api_token == "http-api-token-secret-3"
+    text = repr(env)
+    assert "prefix=" in text
+    for secret in ("sk-provider-secret-1", "sk-ant-provider-secret-2", "http-api-token-secret-3"):
+        assert secret not in text
+
+
 def test_environment_read_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGORAMESH_PREFIX", "from-os")
     monkeypatch.delenv("AGORAMESH_SERVER", raising=False)

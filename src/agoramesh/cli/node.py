@@ -15,7 +15,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json, warn
-from agoramesh.cli.runtime import on_signals, serve_endpoints
+from agoramesh.cli.runtime import add_api_token_option, api_token, on_signals, serve_endpoints
 from agoramesh.config import BusConfig, Environment, Role, ServerConfig
 from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
@@ -78,6 +78,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API (/api/agents, /api/tasks, /api/collaborate) "
                              "here; 0 picks a free port")
+    add_api_token_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_node)
 
@@ -111,6 +112,7 @@ def _membership(args: argparse.Namespace, env: Environment, identity: Identity,
 
 
 async def _node(args: argparse.Namespace, env: Environment) -> int:
+    token = api_token(args, env)
     capabilities = capabilities_for(args.type, args.capability)
     backend = create_backend(args.type, BackendConfig(
         model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
@@ -148,7 +150,8 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
                 async with serve_endpoints(
                         host=args.host, metrics_port=args.metrics_port,
                         http_port=args.http_port, api_agent=node, agents=[node],
-                        servers=[server] if server is not None else []) as endpoints:
+                        servers=[server] if server is not None else [],
+                        api_token=token) as endpoints:
                     _ready(args, node, server, url, endpoints.api, endpoints.metrics)
                     await stop.wait()
             finally:

@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import ipaddress
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from agoramesh.bus.server import EmbeddedServer
+from agoramesh.cli.output import warn
+from agoramesh.config import Environment
 from agoramesh.errors import ConfigError
 from agoramesh.nodes.node import AgentNode
 from agoramesh.observability.http import MetricsServer
-from agoramesh.protocols.http_api import HttpApi
+from agoramesh.protocols.http_api import HttpApi, validate_token
 
-__all__ = ("Endpoints", "on_signals", "serve_endpoints")
+__all__ = ("Endpoints", "add_api_token_option", "api_token", "on_signals", "serve_endpoints")
+
+
+def add_api_token_option(parser: argparse.ArgumentParser) -> None:
+    """``--api-token`` for a command that serves the HTTP API (``--http-port``)."""
+    parser.add_argument("--api-token", metavar="TOKEN",
+                        help="require 'Authorization: Bearer TOKEN' on the HTTP API (every "
+                             "route but /api/health); at least 16 characters; default "
+                             "$AGORAMESH_API_TOKEN, which other users cannot see in ps")
+
+
+def api_token(args: argparse.Namespace, env: Environment) -> str | None:
+    """The HTTP API's token: ``--api-token``, else ``$AGORAMESH_API_TOKEN``, else None.
+
+    Checked before anything starts; an API with no token beyond loopback gets a warning.
+    """
+    if args.http_port is None:
+        if args.api_token is not None:
+            raise ConfigError("--api-token needs --http-port")
+        return None
+    token = args.api_token if args.api_token is not None else env.api_token
+    if token is not None:
+        return validate_token(token)
+    if not _is_loopback(args.host):
+        warn(f"WARNING: the HTTP API on {args.host} has no token: anyone who can reach it "
+             f"submits work as this node. Set AGORAMESH_API_TOKEN or --api-token "
+             f"(docs/SECURITY.md).")
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name (or "" for every interface) may resolve to anything
+        return False
 
 
 @contextlib.contextmanager
@@ -42,10 +82,12 @@ class Endpoints:
 @contextlib.asynccontextmanager
 async def serve_endpoints(*, host: str, metrics_port: int | None, http_port: int | None,
                           api_agent: AgentNode | None, agents: Iterable[AgentNode] = (),
-                          servers: Iterable[EmbeddedServer] = ()) -> AsyncIterator[Endpoints]:
+                          servers: Iterable[EmbeddedServer] = (),
+                          api_token: str | None = None) -> AsyncIterator[Endpoints]:
     """Serve /metrics (``agents`` and ``servers``) and the HTTP API of ``api_agent``.
 
     A port of None serves nothing; 0 picks a free one. Both stop on exit, the API first.
+    ``api_token``: the bearer token the API requires (None: an open API).
     """
     async with contextlib.AsyncExitStack() as stack:
         metrics = api = None
@@ -61,5 +103,5 @@ async def serve_endpoints(*, host: str, metrics_port: int | None, http_port: int
                 raise ConfigError("the HTTP API needs an agent to serve it")
             api = await stack.enter_async_context(
                 HttpApi(api_agent.dispatcher, host=host, port=http_port,
-                        agent_id=api_agent.agent_id))
+                        agent_id=api_agent.agent_id, token=api_token))
         yield Endpoints(metrics=metrics, api=api)

@@ -22,7 +22,13 @@ from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json, warn
-from agoramesh.cli.runtime import Endpoints, on_signals, serve_endpoints
+from agoramesh.cli.runtime import (
+    Endpoints,
+    add_api_token_option,
+    api_token,
+    on_signals,
+    serve_endpoints,
+)
 from agoramesh.config import BusConfig, Environment, ServerAuth, ServerConfig, TlsConfig
 from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
@@ -58,6 +64,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API from the first demo agent on this port "
                              "(0: any free port)")
+    add_api_token_option(parser)
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus /metrics and /healthz for every agent and server "
                              "here; 0 picks a free port")
@@ -171,6 +178,7 @@ def _describe(server: EmbeddedServer) -> dict[str, object]:
 
 
 async def _up(args: argparse.Namespace, env: Environment) -> int:
+    token = api_token(args, env)
     access = load_policy(args.acl) if args.acl else None  # a bad file fails before any server
     stop = asyncio.Event()
     trust = _trust_store(args, env)
@@ -191,7 +199,7 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
                 async with serve_endpoints(
                         host=args.host, metrics_port=args.metrics_port,
                         http_port=args.http_port, api_agent=agents[0] if agents else None,
-                        agents=agents, servers=mesh.servers) as endpoints:
+                        agents=agents, servers=mesh.servers, api_token=token) as endpoints:
                     _ready(args, mesh, agents, endpoints, trust)
                     await stop.wait()
             finally:

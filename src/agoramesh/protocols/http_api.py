@@ -21,8 +21,14 @@ POST     ``/api/collaborate``   ``{mode, topic, agents, rounds, requirements}`` 
                                 result: :mod:`agoramesh.protocols.collaboration`)
 =======  =====================  ==========================================================
 
+With a ``token``, every request but ``GET /api/health`` must carry
+``Authorization: Bearer <token>``; without it, or with another token, the
+answer is 401 with ``WWW-Authenticate: Bearer`` before the request is routed
+or its body read. Without a token the API is open to whoever reaches it.
+
 Errors are ``{"error": {"type", "message"}}``, never a stack trace:
-400 invalid JSON, not an object, unknown fields, wrong types, bad mode; 404
+400 invalid JSON, not an object, unknown fields, wrong types, bad mode; 401
+a missing or wrong token; 404
 unknown path; 405 wrong method (with ``Allow``); 413 a body over
 ``max_body``; 503 nobody can take the work (no responders, no bidders, every
 bidder declined, not connected) or too many requests in progress; 504 a
@@ -34,12 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import string
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from agoramesh._web import WebServer
 from agoramesh.bus.ingress import encode_json
@@ -62,11 +70,15 @@ from agoramesh.protocols.collaboration import Collaboration
 from agoramesh.protocols.collaboration_request import CollaborationRequest
 from agoramesh.protocols.dispatch import Dispatcher, Strategy
 
-__all__ = ("MAX_BODY", "HttpApi", "status_for")
+__all__ = ("MAX_BODY", "MIN_TOKEN_LENGTH", "HttpApi", "status_for", "validate_token")
 
 log = logging.getLogger("agoramesh.http")
 
 MAX_BODY = 1024 * 1024
+MIN_TOKEN_LENGTH = 16
+# RFC 6750's b64token: what a bearer token may be made of, so any client can send it.
+_TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "-._~+/=")
+_OPEN_ROUTES = frozenset({("GET", "/api/health"), ("HEAD", "/api/health")})
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TASK_FIELDS = ("capability", "parameters", "strategy", "agent_id", "timeout", "priority")
@@ -100,12 +112,28 @@ def _reject_constant(name: str) -> Any:
     raise InvalidInput(f"the body is not valid JSON: {name} is not a number")
 
 
+def validate_token(token: str) -> str:
+    """``token`` if it may be the API's bearer token, else a one-line :class:`ConfigError`.
+
+    The message never contains the token.
+    """
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"the HTTP API token must be at least {MIN_TOKEN_LENGTH} characters "
+                          f"(e.g. from `openssl rand -hex 32`)")
+    if not set(token) <= _TOKEN_CHARS:
+        raise ConfigError("the HTTP API token may only contain letters, digits and - . _ ~ + / =")
+    return token
+
+
 class HttpApi(WebServer):
     """An aiohttp server over a Dispatcher: ``await start()`` … ``await stop()``.
 
     ``port=0`` picks a free port; ``.port`` and ``.url`` tell which once
     started. ``timeout`` bounds every request, ``task_timeout`` is the default
     wait of ``POST /api/tasks``; at most ``max_concurrent`` POSTs run at once.
+    ``token``: the bearer token every route but ``GET /api/health`` requires
+    (see :func:`validate_token`); None leaves the API open. ``unauthorized``
+    counts the requests refused for a missing or wrong one.
     Stopping gives requests in progress 2 s to finish.
     """
 
@@ -113,9 +141,11 @@ class HttpApi(WebServer):
 
     def __init__(self, dispatcher: Dispatcher, *, host: str = "127.0.0.1", port: int = 0,
                  agent_id: str | None = None, timeout: float = 120.0, task_timeout: float = 30.0,
-                 max_body: int = MAX_BODY, max_concurrent: int = 32) -> None:
+                 max_body: int = MAX_BODY, max_concurrent: int = 32,
+                 token: str | None = None) -> None:
         if timeout <= 0 or task_timeout <= 0 or max_body < 1:
             raise ConfigError("timeouts and max_body must be positive")
+        self._token = None if token is None else validate_token(token).encode()
         super().__init__(host=host, port=port, shutdown_timeout=2.0)
         self.dispatcher = dispatcher
         self.agent_id = agent_id
@@ -124,10 +154,12 @@ class HttpApi(WebServer):
         self.max_body = max_body
         self.max_concurrent = max_concurrent
         self._in_progress = 0
+        self.unauthorized = 0
 
     def application(self) -> web.Application:
-        """The aiohttp application (routes and the JSON error middleware)."""
-        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
+        """The aiohttp application (routes, the JSON error and the token middleware)."""
+        app = web.Application(client_max_size=self.max_body,
+                              middlewares=[self._errors, self._authenticate])
         app.router.add_get("/api/health", self._health)
         app.router.add_get("/api/agents", self._agents)
         app.router.add_post("/api/tasks", self._tasks)
@@ -160,6 +192,20 @@ class HttpApi(WebServer):
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             return _error(500, "InternalError", "internal error; see the node's log")
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if self._token is None or (request.method, request.path) in _OPEN_ROUTES:
+            return await handler(request)
+        scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        # Bytes, so any header (even one aiohttp decoded with surrogates) compares in constant time.
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+                credentials.strip(" ").encode("utf-8", "surrogatepass"), self._token):
+            return await handler(request)
+        self.unauthorized += 1
+        message = ("the bearer token is not valid" if scheme.lower() == "bearer" and credentials
+                   else "this API needs an 'Authorization: Bearer <token>' header")
+        return _error(401, "Unauthorized", message, **{"WWW-Authenticate": "Bearer"})
 
     async def _health(self, request: web.Request) -> web.Response:
         return _json({"status": "ok", "agents": len(self.dispatcher.agents()),
