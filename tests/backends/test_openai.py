@@ -1,19 +1,17 @@
 """The OpenAI backend against a real local HTTP server speaking the OpenAI wire format.
 
 The fake server streams Chat Completions and Responses API events the way the
-real API does (SSE, usage at the end), records every request, and can be told
-to answer the next requests with errors or a garbled body.
+real API does (SSE, usage at the end), for whichever API the request called,
+records every request, and can be scripted to answer with errors or a garbled
+body first.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -30,6 +28,7 @@ from agoramesh.nodes.backends.base import BackendConfig, ChatMessage, Transient,
 from agoramesh.nodes.backends.openai import OpenAIBackend
 from agoramesh.nodes.backends.registry import create_backend
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, Usage
+from agoramesh.testing.fake_http import FakeHTTPServer, RecordedRequest, Rendered
 
 pytestmark = pytest.mark.backends
 
@@ -39,19 +38,22 @@ MESSAGES: list[ChatMessage] = [{"role": "system", "content": "Be brief."},
 
 
 @dataclass(frozen=True)
-class Request:
-    path: str
-    headers: dict[str, str]  # lower-case names
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class Reply:
-    """A scripted answer; ``body=None`` means the normal stream for the path."""
+    """A scripted answer; ``body=None`` means the normal stream for the request's API."""
 
     status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
+    content_type: str = "text/event-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+STREAM = Reply()
+
+
+def api_error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    body = json.dumps({"error": {"message": message, "type": "test_error",
+                                 "param": None, "code": None}}).encode()
+    return Reply(status, body, "application/json", headers or {})
 
 
 def _sse(data: dict[str, Any], event: str | None = None) -> bytes:
@@ -107,88 +109,28 @@ def _responses_stream(model: str) -> Iterator[bytes]:
                           "usage": usage})
 
 
-class FakeOpenAI:
-    """An OpenAI-compatible HTTP server on a free loopback port, in a thread."""
+def respond(reply: Reply, request: RecordedRequest) -> Rendered:
+    """``reply`` as scripted, or the stream of the API the request called, in its model."""
+    body = reply.body
+    if body is None:
+        responses = request.path.rstrip("/").endswith("/responses")
+        stream = _responses_stream if responses else _chat_stream
+        body = b"".join(stream(str(request.body.get("model"))))
+    return Rendered(reply.status, reply.content_type, body, reply.headers)
 
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        self.replies: deque[Reply] = deque()
-        self._lock = threading.Lock()
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            # HTTP/1.0: each stream ends when the connection closes, as SSE may.
-            protocol_version = "HTTP/1.0"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                headers = {name.lower(): value for name, value in self.headers.items()}
-                reply = fake._record(Request(self.path, headers, body))
-                fake._answer(self, reply, body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-        assert not self._thread.is_alive()
-
-    def fail(self, status: int, *, times: int, message: str = "it went wrong",
-             headers: dict[str, str] | None = None) -> None:
-        body = json.dumps({"error": {"message": message, "type": "test_error",
-                                     "param": None, "code": None}}).encode()
-        for _ in range(times):
-            self.replies.append(Reply(status, {"Content-Type": "application/json",
-                                               **(headers or {})}, body))
-
-    def _record(self, request: Request) -> Reply:
-        with self._lock:
-            self.requests.append(request)
-            return self.replies.popleft() if self.replies else Reply()
-
-    @staticmethod
-    def _answer(handler: BaseHTTPRequestHandler, reply: Reply, body: dict[str, Any]) -> None:
-        handler.send_response(reply.status)
-        if reply.body is not None:
-            for name, value in reply.headers.items():
-                handler.send_header(name, value)
-            handler.send_header("Content-Length", str(len(reply.body)))
-            handler.end_headers()
-            handler.wfile.write(reply.body)
-            return
-        handler.send_header("Content-Type", "text/event-stream")
-        handler.end_headers()
-        model = str(body.get("model"))
-        path = handler.path.rstrip("/")
-        events = _responses_stream(model) if path.endswith("/responses") else _chat_stream(model)
-        for event in events:
-            handler.wfile.write(event)
-            handler.wfile.flush()
+FakeOpenAI = FakeHTTPServer[Reply]
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    server.start()
-    try:
+    with FakeHTTPServer(respond=respond) as server:
+        server.script = [STREAM]
         yield server
-    finally:
-        server.stop()
+
+
+def base_url(fake: FakeOpenAI) -> str:
+    return f"{fake.url}/v1"
 
 
 MakeBackend = Callable[..., Awaitable[OpenAIBackend]]
@@ -200,7 +142,7 @@ async def make_backend(fake: FakeOpenAI) -> AsyncIterator[MakeBackend]:
     backends: list[OpenAIBackend] = []
 
     async def make(**settings: Any) -> OpenAIBackend:
-        settings = {"model": "gpt-test", "api_key": "sk-test", "base_url": fake.base_url,
+        settings = {"model": "gpt-test", "api_key": "sk-test", "base_url": base_url(fake),
                     "max_backoff": 0.05, **settings}
         backend = OpenAIBackend(BackendConfig(**settings))
         backends.append(backend)
@@ -279,7 +221,8 @@ async def test_responses_api_streams_and_reports_usage(
 async def test_rate_limits_are_retried_after_the_servers_delay(
         fake: FakeOpenAI, make_backend: MakeBackend, headers: dict[str, str],
         retry_waits: list[float]) -> None:
-    fake.fail(429, times=2, message="Rate limit reached", headers=headers)
+    limited = api_error(429, "Rate limit reached", headers)
+    fake.script = [limited, limited, STREAM]
     backend = await make_backend(max_retries=3, max_backoff=2.0)
     completion = await collect(backend.chat(MESSAGES))
     assert completion.output == "Hello, mesh"
@@ -290,7 +233,7 @@ async def test_rate_limits_are_retried_after_the_servers_delay(
 
 async def test_rate_limits_that_persist_give_up(
         fake: FakeOpenAI, make_backend: MakeBackend) -> None:
-    fake.fail(429, times=2, message="Rate limit reached", headers={"Retry-After": "0"})
+    fake.script = [api_error(429, "Rate limit reached", {"Retry-After": "0"})]
     backend = await make_backend(max_retries=1)
     with pytest.raises(BackendRateLimited, match=r"429.*Rate limit reached.*2 attempts"):
         await collect(backend.chat(MESSAGES))
@@ -299,19 +242,19 @@ async def test_rate_limits_that_persist_give_up(
 
 async def test_a_rejected_key_is_not_retried(
         fake: FakeOpenAI, make_backend: MakeBackend) -> None:
-    fake.fail(401, times=5, message="Incorrect API key provided: sk-test.")
+    fake.script = [api_error(401, "Incorrect API key provided: sk-test.")]
     backend = await make_backend(max_retries=3)
     with pytest.raises(BackendAuthError) as caught:
         await collect(backend.chat(MESSAGES))
     assert not isinstance(caught.value, Transient)
-    assert str(caught.value) == (f"the server at {fake.base_url} rejected the API key (401): "
+    assert str(caught.value) == (f"the server at {base_url(fake)} rejected the API key (401): "
                                  "Incorrect API key provided: sk-test.")
     assert len(fake.requests) == 1
 
 
 async def test_server_errors_are_retried_then_unavailable(
         fake: FakeOpenAI, make_backend: MakeBackend) -> None:
-    fake.fail(500, times=3, message="The server had an error")
+    fake.script = [api_error(500, "The server had an error")]
     backend = await make_backend(max_retries=2)
     with pytest.raises(BackendUnavailable,
                        match=r"\(HTTP 500\): The server had an error .*3 attempts"):
@@ -321,7 +264,7 @@ async def test_server_errors_are_retried_then_unavailable(
 
 async def test_other_client_errors_carry_the_servers_message(
         fake: FakeOpenAI, make_backend: MakeBackend) -> None:
-    fake.fail(404, times=3, message="The model `gpt-nope` does not exist")
+    fake.script = [api_error(404, "The model `gpt-nope` does not exist")]
     backend = await make_backend(model="gpt-nope")
     with pytest.raises(BackendError,
                        match=r"\(HTTP 404\): The model `gpt-nope` does not exist") as caught:
@@ -346,8 +289,7 @@ async def test_an_unreachable_server_is_unavailable() -> None:
 @pytest.mark.parametrize("api", ["chat", "responses"])
 async def test_a_garbled_stream_is_a_bad_response(
         fake: FakeOpenAI, make_backend: MakeBackend, api: str) -> None:
-    fake.replies.append(Reply(headers={"Content-Type": "text/event-stream"},
-                              body=b"data: {this is not json\n\n"))
+    fake.script = [Reply(body=b"data: {this is not json\n\n"), STREAM]
     backend = await make_backend(options=(("api", api),))
     with pytest.raises(BackendBadResponse, match="malformed stream: JSONDecodeError"):
         await collect(backend.chat(MESSAGES))
@@ -357,8 +299,7 @@ async def test_a_garbled_stream_is_a_bad_response(
 @pytest.mark.parametrize("api", ["chat", "responses"])
 async def test_a_stream_without_content_is_a_bad_response(
         fake: FakeOpenAI, make_backend: MakeBackend, api: str) -> None:
-    fake.replies.append(Reply(headers={"Content-Type": "text/event-stream"},
-                              body=b"data: [DONE]\n\n"))
+    fake.script = [Reply(body=b"data: [DONE]\n\n"), STREAM]
     backend = await make_backend(options=(("api", api),))
     with pytest.raises(BackendBadResponse, match="ended the stream"):
         await collect(backend.chat(MESSAGES))
@@ -367,8 +308,7 @@ async def test_a_stream_without_content_is_a_bad_response(
 async def test_a_stream_that_breaks_after_output_is_not_retried(
         fake: FakeOpenAI, make_backend: MakeBackend) -> None:
     first = next(chunk for chunk in _chat_stream("gpt-test") if b'"Hello"' in chunk)
-    fake.replies.append(Reply(headers={"Content-Type": "text/event-stream"},
-                              body=first + b"data: {garbage\n\n"))
+    fake.script = [Reply(body=first + b"data: {garbage\n\n"), STREAM]
     backend = await make_backend(max_retries=3)
     seen: list[StreamItem] = []
     with pytest.raises(BackendBadResponse):
@@ -380,7 +320,7 @@ async def test_a_stream_that_breaks_after_output_is_not_retried(
 
 async def test_the_registry_creates_it(fake: FakeOpenAI) -> None:
     backend = create_backend("openai", BackendConfig(model="gpt-test", api_key="sk-test",
-                                                     base_url=fake.base_url))
+                                                     base_url=base_url(fake)))
     try:
         assert isinstance(backend, OpenAIBackend)
         assert backend.type == "openai"

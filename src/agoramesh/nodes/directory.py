@@ -1,8 +1,8 @@
 """The soft-state directory of peers every node keeps (M-2.3): no registry server.
 
 Entries come from signed presence messages (hello, heartbeat) and discovery
-answers; a peer that misses ``missed`` heartbeats in a row is evicted, and a
-``bye`` removes it at once.
+answers (:meth:`Directory.learn` reads both); a peer that misses ``missed``
+heartbeats in a row is evicted, and a ``bye`` removes it at once.
 """
 
 from __future__ import annotations
@@ -11,9 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from agoramesh.nodes.card import AgentCard, AgentStatus
+from agoramesh.errors import SchemaError
+from agoramesh.nodes.card import AgentCard, AgentStatus, presence_interval
 
 __all__ = ("Directory", "PeerEntry")
+
+# Peer cards by (agent id, digest), shared by every directory in the process: a
+# card is parsed once however many local agents (or clients) hear the same one.
+_CARDS: dict[tuple[str, str], AgentCard] = {}
+_CARD_CACHE_SIZE = 4096
 
 
 @dataclass(slots=True)
@@ -69,6 +75,30 @@ class Directory:
             entry.card, entry.status, entry.last_seen = card, status, now
             entry.interval, entry.digest = interval, digest
         return entry
+
+    def learn(self, body: object, sender: str, *, default_interval: float) -> AgentCard:
+        """Record a peer from a presence or discovery body it signed; returns its card.
+
+        SchemaError, and nothing is recorded, unless ``body`` is a map with a
+        usable card of the signer's own and a usable ``interval``
+        (``default_interval`` when absent). The caller counts the rejection
+        (PROTOCOL.md §15).
+        """
+        if not isinstance(body, dict):
+            raise SchemaError(f"the body is a {type(body).__name__}, not a map")
+        digest = str(body.get("digest") or "")
+        card = _CARDS.get((sender, digest)) if digest else None
+        if card is None:
+            card = AgentCard.from_dict(body.get("card"))
+            if card.id != sender:
+                raise SchemaError(f"a card for {card.id[:8]}, not the signer's")
+            if digest:
+                if len(_CARDS) >= _CARD_CACHE_SIZE:
+                    del _CARDS[next(iter(_CARDS))]
+                _CARDS[(sender, digest)] = card
+        interval = presence_interval(body.get("interval"), default_interval)
+        self.seen(card, AgentStatus.from_dict(body.get("status")), interval, digest=digest)
+        return card
 
     def touch(self, agent_id: str, status: AgentStatus, interval: float) -> bool:
         """A heartbeat from a peer we know; False if we do not know it (yet)."""

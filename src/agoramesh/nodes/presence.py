@@ -24,11 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ("Presence", "answer_discovery")
 
-# Peer cards by (agent id, digest), shared by every agent in the process: a
-# card is parsed once however many local agents hear the same hello.
-_CARDS: dict[tuple[str, str], AgentCard] = {}
-_CARD_CACHE_SIZE = 4096
-
 
 async def answer_discovery(delivery: Delivery, card: AgentCard,
                            body: Callable[[], dict[str, Any]]) -> None:
@@ -145,26 +140,12 @@ class Presence:
         """
         node = self.node
         try:
-            if not isinstance(body, dict):
-                raise SchemaError(f"the body is a {type(body).__name__}, not a map")
-            digest = str(body.get("digest") or "")
-            card = _CARDS.get((sender, digest)) if digest else None
-            if card is None:
-                card = AgentCard.from_dict(body.get("card"))
-                if card.id != sender:
-                    raise SchemaError(f"a card for {card.id[:8]}, not the signer's")
-                if digest:
-                    if len(_CARDS) >= _CARD_CACHE_SIZE:
-                        del _CARDS[next(iter(_CARDS))]
-                    _CARDS[(sender, digest)] = card
-            interval = presence_interval(body.get("interval"), node.config.heartbeat_interval)
+            return node.directory.learn(body, sender,
+                                        default_interval=node.config.heartbeat_interval)
         except SchemaError as exc:
             node.bus.guard.reject(exc)
             node.log.warning("unusable card from %s: %s", sender[:8], exc)
             return None
-        node.directory.seen(card, AgentStatus.from_dict(body.get("status")), interval,
-                            digest=digest)
-        return card
 
     async def on_discover(self, delivery: Delivery) -> None:
         await answer_discovery(delivery, self.node.card, self.body)

@@ -31,7 +31,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.subjects import validate_capability_pattern
 from agoramesh.config import BusConfig
 from agoramesh.errors import InvalidInput, SchemaError
-from agoramesh.nodes.card import AgentCard, AgentStatus, presence_interval
+from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task, TaskResult
@@ -160,18 +160,12 @@ async def discover(bus: Bus, directory: Directory, *, timeout: float = 0.5,
                                expected=expected)
     learned = 0
     for reply in replies:
-        body = reply.body if isinstance(reply.body, dict) else {}
         try:
-            card = AgentCard.from_dict(body.get("card"))
-            if card.id != reply.sender:
-                raise SchemaError(f"a card for {card.id[:8]}, not the signer's")
-            interval = presence_interval(body.get("interval"), 1.0)
+            directory.learn(reply.body, reply.sender, default_interval=1.0)
         except SchemaError as exc:
             bus.guard.reject(exc)
             log.warning("unusable discovery answer from %s: %s", reply.sender[:8], exc)
             continue
-        directory.seen(card, AgentStatus.from_dict(body.get("status")), interval,
-                       digest=str(body.get("digest") or ""))
         learned += 1
     return learned
 

@@ -3,7 +3,9 @@
 The real SDK is pointed at ``server.url``; each POST is recorded and answered
 with the next scripted response (the last one repeats). A ``render`` function
 turns a test's own response objects into status, content type, body and
-headers, so each provider's fake keeps only what is specific to it.
+headers, so each provider's fake keeps only what is specific to it; a
+``respond`` function does the same where the answer also depends on the
+request (its path, a field of its body).
 """
 
 from __future__ import annotations
@@ -38,7 +40,16 @@ class Rendered:
 class FakeHTTPServer(Generic[R]):
     """A ThreadingHTTPServer on a free loopback port; use as a context manager."""
 
-    def __init__(self, render: Callable[[R], Rendered]) -> None:
+    def __init__(self, render: Callable[[R], Rendered] | None = None, *,
+                 respond: Callable[[R, RecordedRequest], Rendered] | None = None) -> None:
+        """Answer with ``render(scripted)`` or, given instead, ``respond(scripted, request)``."""
+        if respond is None:
+            if render is None:
+                raise TypeError("FakeHTTPServer needs render or respond")
+            respond = _without_request(render)
+        elif render is not None:
+            raise TypeError("FakeHTTPServer takes render or respond, not both")
+        answer_to = respond
         self.script: list[R] = []
         self.requests: list[RecordedRequest] = []
         fake = self
@@ -48,10 +59,12 @@ class FakeHTTPServer(Generic[R]):
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
-                fake.requests.append(RecordedRequest(
+                request = RecordedRequest(
                     self.path, {k.lower(): v for k, v in self.headers.items()},
-                    json.loads(self.rfile.read(length) or b"{}")))
-                answer = render(fake.script[min(len(fake.requests), len(fake.script)) - 1])
+                    json.loads(self.rfile.read(length) or b"{}"))
+                fake.requests.append(request)
+                answer = answer_to(fake.script[min(len(fake.requests), len(fake.script)) - 1],
+                                   request)
                 self.send_response(answer.status)
                 self.send_header("content-type", answer.content_type)
                 for name, value in answer.headers.items():
@@ -76,3 +89,7 @@ class FakeHTTPServer(Generic[R]):
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+def _without_request(render: Callable[[R], Rendered]) -> Callable[[R, RecordedRequest], Rendered]:
+    return lambda scripted, _request: render(scripted)

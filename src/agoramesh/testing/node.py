@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agoramesh.testing.processes import AGORAMESH, LineReader, alive
+from agoramesh.testing.processes import CLIProcess, LineReader
 from agoramesh.testing.up import READY_TIMEOUT
 
 __all__ = ("NodeProcess",)
 
 
-class NodeProcess:
+class NodeProcess(CLIProcess):
     """A running ``agoramesh node --json *args`` with ``AGORAMESH_HOME=home``.
 
     ``ready`` is the node's ready line (``id``, ``client``, ``cluster``, ``pid``
@@ -27,13 +25,9 @@ class NodeProcess:
     """
 
     def __init__(self, home: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [*AGORAMESH, "node", "--json", *args],
-            env={**os.environ, "AGORAMESH_HOME": str(home), **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        super().__init__("node", "--json", *args,
+                         env={"AGORAMESH_HOME": str(home), **(env or {})})
         self.ready: dict[str, Any] = {}
-        self.stderr = ""
-        self._reaped = False
         assert self.process.stdout is not None
         try:
             line = LineReader(self.process.stdout).readline(time.monotonic() + READY_TIMEOUT)
@@ -55,19 +49,10 @@ class NodeProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Send ``sig`` (SIGTERM: the orderly stop) and wait; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        _, self.stderr = self.process.communicate(timeout=timeout)
-        self._reaped = True
+        self._stop(sig, timeout)
         return self.process.returncode
 
-    def reap(self) -> None:
-        """Kill whatever is left: the process, then its embedded server if it outlived it."""
-        if self.process.poll() is None:
-            self.process.kill()
-        if not self._reaped:
-            _, self.stderr = self.process.communicate(timeout=10)  # also closes the pipes
-            self._reaped = True
+    def servers(self) -> Iterable[int]:
+        """The embedded server, once the node said it is ready."""
         pid = self.ready.get("pid")
-        if pid and alive(int(pid)):
-            os.kill(int(pid), signal.SIGKILL)
+        return [int(pid)] if pid else []

@@ -1,18 +1,20 @@
 """Subprocesses in tests: the CLI's command line, reading their output with a deadline,
-checking that processes are gone by PID."""
+one CLI process reaped with its servers, checking that processes are gone by PID."""
 
 from __future__ import annotations
 
 import os
 import select
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 from agoramesh.bus.server import process_alive
 
-__all__ = ("AGORAMESH", "LineReader", "alive", "assert_stopped")
+__all__ = ("AGORAMESH", "CLIProcess", "LineReader", "alive", "assert_stopped")
 
 #: The CLI as a subprocess command line (``python -m agoramesh.cli``).
 AGORAMESH = (sys.executable, "-m", "agoramesh.cli")
@@ -63,3 +65,41 @@ class LineReader:
         """What was read after the last line returned (and is no longer in the pipe)."""
         rest, self._buffer = self._buffer, b""
         return rest.decode(errors="replace")
+
+
+class CLIProcess:
+    """``agoramesh *args`` with its output piped; :meth:`reap` (safe at any time) cleans up.
+
+    ``env`` adds to the environment. A subclass reads the ready output and
+    names, in :meth:`servers`, the PIDs of the servers the process started.
+    """
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.process = subprocess.Popen([*AGORAMESH, *args], env={**os.environ, **(env or {})},
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        self.stderr = ""
+        self._reaped = False
+
+    def servers(self) -> Iterable[int]:
+        """PIDs of the servers it started, killed by :meth:`reap` if they outlive it."""
+        return ()
+
+    def _stop(self, sig: int, timeout: float) -> str:
+        """Send ``sig`` (unless it exited) and wait up to ``timeout``; the rest of stdout."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        out, self.stderr = self.process.communicate(timeout=timeout)
+        self._reaped = True
+        return out
+
+    def reap(self) -> None:
+        """Kill whatever is left: the process, then any server of it that outlived it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        if not self._reaped:
+            _, self.stderr = self.process.communicate(timeout=10)  # also closes the pipes
+            self._reaped = True
+        for pid in self.servers():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

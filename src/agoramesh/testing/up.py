@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from agoramesh.testing.processes import AGORAMESH, LineReader, alive
+from agoramesh.testing.processes import AGORAMESH, CLIProcess, LineReader
 
 __all__ = ("AGORAMESH", "READY_TIMEOUT", "UpProcess")
 
@@ -18,20 +17,16 @@ READY_TIMEOUT = 30.0
 _READY = re.compile(r"mesh ready: ((?:nats|tls)://127\.0\.0\.1:\d+)\n")
 
 
-class UpProcess:
+class UpProcess(CLIProcess):
     """A running ``agoramesh up --dir DIR *args``: its URL, server PIDs, HTTP API and metrics."""
 
     def __init__(self, data_dir: Path, *args: str) -> None:
-        self.process = subprocess.Popen([*AGORAMESH, "up", "--dir", str(data_dir), *args],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+        super().__init__("up", "--dir", str(data_dir), *args)
         self.pids: list[int] = []
         self.leaf_addresses: list[str] = []  # the seeds' leafnode addresses, host:port
         self.http: str | None = None  # with --http-port
         self.metrics: str | None = None  # with --metrics-port: the /metrics URL
         self.url = ""
-        self.stderr = ""
-        self._reaped = False
         assert self.process.stdout is not None
         self._lines = LineReader(self.process.stdout)
         try:
@@ -65,19 +60,9 @@ class UpProcess:
 
     def interrupt(self, timeout: float = 20) -> tuple[str, str]:
         """SIGINT, as Ctrl-C: the orderly stop. Returns the rest of (stdout, stderr)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        out, self.stderr = self.process.communicate(timeout=timeout)
-        self._reaped = True
+        out = self._stop(signal.SIGINT, timeout)
         return self._lines.rest() + out, self.stderr
 
-    def reap(self) -> None:
-        """Kill whatever is left: the process, then any server it did not stop."""
-        if self.process.poll() is None:
-            self.process.kill()
-        if not self._reaped:
-            _, self.stderr = self.process.communicate(timeout=10)  # also closes the pipes
-            self._reaped = True
-        for pid in self.pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    def servers(self) -> Iterable[int]:
+        """The servers it printed as started."""
+        return self.pids
