@@ -134,7 +134,7 @@ def test_node_api_token_errors_are_one_line(tmp_path: Path) -> None:
 
 async def test_node_http_api_requires_the_token_from_the_environment(
         tmp_path: Path, processes: list[NodeProcess]) -> None:
-    node = NodeProcess(tmp_path, "--name", "guarded", "--http-port", "0",
+    node = NodeProcess(tmp_path, "--name", "guarded", "--http-port", "0", "--metrics-port", "0",
                        env={"AGORAMESH_API_TOKEN": API_TOKEN})
     processes.append(node)
     url = node.ready["http"]
@@ -148,5 +148,12 @@ async def test_node_http_api_requires_the_token_from_the_environment(
                             headers={"Authorization": f"Bearer {API_TOKEN}"}) as response:
             assert response.status == 200
             assert node.id in {agent["id"] for agent in (await response.json())["agents"]}
+        async with http.post(f"{url}/api/tasks", json={},
+                             headers={"Authorization": f"Bearer {API_TOKEN}x"}) as response:
+            assert response.status == 401
+        async with http.get(node.ready["metrics"]) as response:
+            refused = [line for line in (await response.text()).splitlines()
+                       if line.startswith("agoramesh_http_unauthorized_total{")]
+    assert refused == ['agoramesh_http_unauthorized_total{agent="guarded"} 2.0']
     assert node.stop() == 0
     assert API_TOKEN not in json.dumps(node.ready) and API_TOKEN not in node.stderr

@@ -104,4 +104,6 @@ async def serve_endpoints(*, host: str, metrics_port: int | None, http_port: int
             api = await stack.enter_async_context(
                 HttpApi(api_agent.dispatcher, host=host, port=http_port,
                         agent_id=api_agent.agent_id, token=api_token))
+            if metrics is not None:
+                metrics.collector.add_api(api, agent=api_agent.config.name)
         yield Endpoints(metrics=metrics, api=api)

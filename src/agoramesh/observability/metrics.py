@@ -40,6 +40,7 @@ from agoramesh.observability.stats import Histogram
 if TYPE_CHECKING:
     from agoramesh.bus.server import EmbeddedServer
     from agoramesh.nodes.node import AgentNode
+    from agoramesh.protocols.http_api import HttpApi
 
 __all__ = ("METRICS", "MeshCollector", "new_registry")
 
@@ -68,6 +69,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "agoramesh_tokens_total": ("counter", "Tokens used, by backend, model and kind"),
     "agoramesh_cost_usd_total": ("counter", "Money spent on backends, US dollars"),
     "agoramesh_peers": ("gauge", "Peers in this agent's directory"),
+    "agoramesh_http_unauthorized_total": (
+        "counter", "HTTP API requests refused for a missing or wrong bearer token"),
     "agoramesh_server_up": ("gauge", "1 if the embedded nats-server answers /healthz"),
     "agoramesh_server_connections": ("gauge", "Client connections of the embedded server"),
     "agoramesh_server_routes": ("gauge", "Routes of the embedded server"),
@@ -97,6 +100,7 @@ class MeshCollector(Collector):
     def __init__(self) -> None:
         self._agents: dict[str, AgentNode] = {}
         self._servers: dict[str, EmbeddedServer] = {}
+        self._apis: dict[str, HttpApi] = {}
         self._server_stats: dict[str, dict[str, Any]] = {}
 
     # -- membership ----------------------------------------------------------------
@@ -109,6 +113,10 @@ class MeshCollector(Collector):
 
     def add_server(self, server: EmbeddedServer) -> None:
         self._servers[server.config.name] = server
+
+    def add_api(self, api: HttpApi, *, agent: str) -> None:
+        """Count ``api``'s refusals under the name of the agent serving it."""
+        self._apis[agent] = api
 
     # -- embedded servers (async: their monitoring port is HTTP) --------------------
 
@@ -173,6 +181,10 @@ class MeshCollector(Collector):
         build.add_metric([__version__], 1)
         yield build
         yield from self._agent_families(self._labelled())
+        refused = _family("agoramesh_http_unauthorized_total", ["agent"])
+        for agent, api in list(self._apis.items()):
+            refused.add_metric([agent], api.unauthorized)
+        yield refused
         yield from self._server_families()
 
     def _agent_families(self, agents: list[tuple[str, AgentNode]]) -> Iterator[Metric]:
