@@ -95,6 +95,15 @@ async def test_a_client_without_credentials_cannot_connect(secure_mesh: Mesh) ->
             await raw.close()
 
 
+async def test_refused_credentials_fail_at_once_not_after_the_connect_timeout(
+        secure_mesh: Mesh) -> None:
+    async with asyncio.timeout(10):  # the connect timeout below is 60 s: no retry loop
+        with pytest.raises(NotConnected, match=r"refused this identity's credentials "
+                                               r"\(Authorization Violation\)"):
+            await Bus.connect(Identity.generate(), BusConfig(servers=(secure_mesh.url,),
+                                                             connect_timeout=60.0))
+
+
 async def test_a_jwt_from_another_trust_store_is_refused(secure_mesh: Mesh, tmp_path: Path
                                                          ) -> None:
     foreign = TrustStore.init(tmp_path / "foreign")

@@ -115,6 +115,16 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
+def _refused(exc: Exception) -> bool:
+    """True for a server's refusal of our credentials.
+
+    While connecting, nats-py reports the server's ``-ERR 'Authorization
+    Violation'`` as a plain ``nats.errors.Error``, not AuthorizationError.
+    """
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        isinstance(exc, nats.errors.Error) and "authorization violation" in str(exc).lower())
+
+
 class Subscription:
     """A Bus subscription; handlers already running finish (bounded) on ``stop``."""
 
@@ -209,7 +219,6 @@ class Bus:
         #: The server's permission refusals (newest last, at most 100).
         self.permission_denials: list[str] = []
         self._denials_seen = 0
-        self._secured = config.user_jwt is not None or config.credentials is not None
         self._nc: NatsClient | None = None
         self._closing = False
         self._subscriptions: set[Subscription] = set()
@@ -268,6 +277,11 @@ class Bus:
             cause = nc.last_error if isinstance(exc, TimeoutError) and nc.last_error else exc
             with contextlib.suppress(Exception):
                 await nc.close()
+            if isinstance(cause, Exception) and _refused(cause):
+                raise NotConnected(
+                    f"{', '.join(cfg.servers)} refused this identity's credentials "
+                    f"(Authorization Violation): not a member, revoked, expired, or the wrong "
+                    f"key for its JWT; see `agoramesh trust admit` and --creds") from None
             raise NotConnected(
                 f"cannot connect to {', '.join(cfg.servers)} within {cfg.connect_timeout:g}s: "
                 f"{type(cause).__name__} {cause}".rstrip() + tls_hint(cause, cfg.tls)
@@ -281,7 +295,7 @@ class Bus:
         self._nc = nc
 
     async def _on_error(self, exc: Exception) -> None:
-        if self._nc is None and isinstance(exc, nats.errors.AuthorizationError):
+        if self._nc is None and _refused(exc):
             # Refused credentials: retrying until connect_timeout would not change the
             # answer. Raised from here, it ends nats-py's connect loop at once.
             raise exc
@@ -489,13 +503,10 @@ class Bus:
         subscription._nats = await nc.subscribe(subject, queue=queue or "",
                                                 cb=subscription._on_message)
         self._subscriptions.add(subscription)
-        # One round trip: when subscribe returns, our server has the interest.
+        # When subscribe returns, our server has the interest (or has refused it).
         try:
-            await nc.flush(timeout=max(1, round(self.config.request_timeout)))
-            if self._secured and self._denials_seen == denials:
-                # A permissions -ERR can trail the PONG of the first round trip.
-                await nc.flush(timeout=max(1, round(self.config.request_timeout)))
-        except nats.errors.TimeoutError:
+            await self.flush()
+        except BusTimeout:
             raise BusTimeout(f"server did not confirm the subscription to {subject}") from None
         if self._denials_seen != denials and any(
                 f'subscription to "{subject.lower()}"' in text
@@ -505,6 +516,22 @@ class Bus:
             raise PermissionDenied(f"the server refused the subscription to {subject}: "
                                    f"this member's credentials do not allow it")
         return subscription
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Return once our server has processed everything this bus sent before the call.
+
+        Two round trips: nats-py writes a flush's PING straight to the socket,
+        ahead of commands (a SUB) still queued for its writer task, so the
+        first PONG can come back before the server has seen them; the second
+        PING is written after them. BusTimeout if a PONG takes over ``timeout``
+        (default: the request timeout).
+        """
+        wait = max(1, round(timeout or self.config.request_timeout))
+        try:
+            for _ in range(2):
+                await self.nats.flush(timeout=wait)
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"the server did not answer a flush within {wait}s") from None
 
     async def _admit(self, msg: Msg, ingress: IngressPolicy, *,
                      verify: bool = True) -> Delivery | None:

@@ -308,7 +308,7 @@ class Auctioneer:
         """Subscribe the reply inbox now, so its interest has crossed the mesh by the
         first auction (a bid from a far leaf cannot arrive before the interest does)."""
         await self._inbox_prefix()
-        await self.bus.nats.flush()
+        await self.bus.flush()
 
     async def _inbox_prefix(self) -> str:
         if self._inbox and self._subscription_alive():
