@@ -29,7 +29,7 @@ def demo(*args: str) -> subprocess.CompletedProcess[str]:
 def assert_every_step_shown(text: str) -> None:
     """The human-readable lines: each step's header and what it showed."""
     headers = re.findall(r"^\[(\d+)\] (.+) …$", text, re.MULTILINE)
-    assert [int(number) for number, _ in headers] == list(range(1, 13)), headers
+    assert [int(number) for number, _ in headers] == list(range(1, 14)), headers
     lines = text.splitlines()
     for name, server in AGENTS.items():  # the discovery table
         assert any(re.fullmatch(rf"\s+{name}\s+offline\s+{server}\s+agora\.agent\.U\S+ .+", line)
@@ -53,6 +53,21 @@ def assert_every_step_shown(text: str) -> None:
         r"re-auctioned without sprinter",
         r"recovered: runner completed it \(COMPLETED, printed 'slow task done'\)",
         r"killed seed\d \(pid \d+, leaf1's hub\): leaf1 re-attached to seed\d",
+        # the secured mesh: each line states what the server or a bus did
+        r"seed1 +pid \d+ +nats://\S+ +in operator mode",
+        r"stranger \(no credentials\) connects: refused by the server in \d+ ms: "
+        r"'Authorization Violation'$",
+        r"client \(role client\) -> agora\.cap\.echo: worker .* answered COMPLETED 'hello'",
+        r"subscribes to the client's inbox: PermissionDenied; the server: permissions "
+        r"violation for subscription to \"_inbox\.u",
+        r"not admitted for: PermissionDenied; the server: permissions violation for "
+        r"subscription to \"agora\.cap\.echo\"$",
+        r"captured the direct task and its result: (task_request \{\"\$box\": <\d+ bytes>\}, )+"
+        r"task_response \{\"\$box\": <\d+ bytes>\}$",
+        r"the secret in 0 of the \d+ messages audit saw; client, the recipient, opened the "
+        r"result: 'the vault code is 4711'$",
+        r"mallory revoked, .* closed mallory's connection \('[^']*revoked'\) "
+        r"\d+ ms after the revocation; its next connect refused: 'Authorization Violation'$",
         r"^summary$",
         r"agents: 6 \(1 killed; its task completed by runner\); tasks: \d+ completed, 0 failed",
         r"rejected: \{'bad_signature': 1\}",
@@ -107,12 +122,28 @@ def test_demo_json_summary_and_progress() -> None:
     assert totals["rejections"] == {"bad_signature": 1}
     assert set(summary["steps_ms"]) == {"mesh", "request", "gather", "forgery", "agents",
                                         "discovery", "auction", "workflow", "debate", "vote",
-                                        "recovery", "failover"}
+                                        "recovery", "failover", "security"}
 
-    servers, agent_process = summary["pids"]["servers"], summary["pids"]["agent_process"]
-    assert len(servers) == 5 and agent_process == recovery["killed_pid"]
-    assert shown_pids(result.stderr) == {*servers, agent_process}
-    assert_stopped([*servers, agent_process])
+    security = summary["security"]
+    assert "authorization" in security["stranger"].lower()
+    answered = security["answered"]
+    assert (answered["by"], answered["status"], answered["echo"]) == ("worker", "COMPLETED",
+                                                                      "hello")
+    denied = security["denied"]
+    assert [entry["subject"].split(".")[0] for entry in denied] == ["_INBOX", "agora"]
+    assert all("permissions violation for subscription" in entry["server"] for entry in denied)
+    observer = security["observer"]
+    # the task and its result, all sealed (a retried task would add its request)
+    assert observer["exchange"] == observer["boxed"] >= 2 and observer["bodies"] == ["$box"]
+    assert observer["leaked"] == 0 and observer["recipient_read"] == "the vault code is 4711"
+    assert "revoked" in security["revoked"]["closed"]
+    assert "authorization" in security["revoked"]["reconnect"].lower()
+
+    pids = summary["pids"]
+    servers, agent_process, secured = pids["servers"], pids["agent_process"], pids["secured"]
+    assert len(servers) == 5 and agent_process == recovery["killed_pid"] and len(secured) == 1
+    assert shown_pids(result.stderr) == {*servers, agent_process, *secured}
+    assert_stopped([*servers, agent_process, *secured])
 
 
 def test_demo_prints_progress_on_stdout() -> None:
@@ -121,5 +152,5 @@ def test_demo_prints_progress_on_stdout() -> None:
     assert_every_step_shown(result.stdout)
     assert not result.stdout.lstrip().startswith("{")
     pids = shown_pids(result.stdout)
-    assert len(pids) == 6  # 5 servers and the killed agent's process
+    assert len(pids) == 7  # 5 servers, the killed agent's process and the secured seed
     assert_stopped(pids)

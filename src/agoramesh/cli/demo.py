@@ -6,8 +6,11 @@ a forged envelope is rejected and counted. Then the offline demo agents join,
 a client discovers them, a task is auctioned (every bid shown and scored), a
 workflow (generate → review → run) runs, two agents debate, three vote, and an
 agent in a separate process is SIGKILLed while running a task that is then
-re-auctioned and completed elsewhere (cli/demo_steps.py). Finally killing a
-leaf's hub seed is survived, and a summary closes the show.
+re-auctioned and completed elsewhere (cli/demo_steps.py). Killing a leaf's hub
+seed is survived. Last, a one-seed secured mesh of its own refuses a stranger,
+answers a member, refuses subscriptions a member's JWT does not allow, shows an
+observer only sealed bodies and cuts off a revoked member (cli/demo_security.py);
+a summary closes the show.
 
 Every step prints a line when it starts and its details as they happen. With
 ``--json`` those lines go to stderr and stdout gets one JSON summary. It exits
@@ -32,6 +35,7 @@ from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import process_alive
+from agoramesh.cli.demo_security import secured_mesh
 from agoramesh.cli.demo_steps import (
     WORKFLOW,
     AgentProcess,
@@ -40,13 +44,14 @@ from agoramesh.cli.demo_steps import (
     discovery,
     join,
     recovery,
+    retry,
     vote,
     workflow,
 )
 from agoramesh.cli.output import emit_json
 from agoramesh.cli.up import local_mesh
 from agoramesh.config import BusConfig, Environment
-from agoramesh.errors import AgoraError, BusError, BusTimeout, ServerError
+from agoramesh.errors import AgoraError, BusTimeout, ServerError
 from agoramesh.nodes.node import AgentNode
 
 __all__ = ("WORKFLOW", "Report", "register")
@@ -59,8 +64,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser(
         "demo", help="run the showcase on a local mesh and exit",
         description="Start a local mesh and offline agents; show signed messaging, discovery, "
-                    "an auction, a workflow, a debate, a vote, a killed agent's task recovered "
-                    "and a seed failure survived; stop everything and exit 0.",
+                    "an auction, a workflow, a debate, a vote, a killed agent's task recovered, "
+                    "a seed failure survived and a secured mesh's refusals; stop everything "
+                    "and exit 0.",
     )
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary on stdout at the end (progress on stderr)")
@@ -148,6 +154,8 @@ async def _show(report: Report, env: Environment) -> list[int]:
                 pids.append(victim.pid)
                 report.data["pids"]["agent_process"] = victim.pid
             await _failover(report, mesh, alice, subject)
+        with report.step("security", "a secured mesh: members, permissions, sealed bodies"):
+            pids += await secured_mesh(report, env, Path(workdir) / "secured")
     return pids
 
 
@@ -173,7 +181,7 @@ async def _messaging(report: Report, mesh: Mesh, env: Environment,
 
         await bob.subscribe(subject, echo, queue=subject)
         started = time.perf_counter()
-        reply = await _retry(lambda: alice.request(subject, "task_request",
+        reply = await retry(lambda: alice.request(subject, "task_request",
                                                    {"task_type": "echo", "text": "hello"},
                                                    timeout=1))
         report.data["request_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -277,7 +285,7 @@ async def _failover(report: Report, mesh: Mesh, alice: Bus, subject: str) -> Non
         hub.kill()
         started = time.perf_counter()
         new_hub = await leaf1.wait_hub(exclude=hub_name, timeout=5)
-        await _retry(lambda: alice.request(subject, "task_request", {"text": "again"},
+        await retry(lambda: alice.request(subject, "task_request", {"text": "again"},
                                            timeout=0.5), attempts=20)
         report.data["failover_ms"] = round((time.perf_counter() - started) * 1000, 1)
         report.detail(f"killed {hub_name} (pid {hub.pid}, leaf1's hub): leaf1 re-attached to "
@@ -300,13 +308,3 @@ def _summary(report: Report, pids: list[int]) -> None:
                   f"{totals.get('rejections') or 'none'}")
     report.say(f"done in {report.data['total_s']:.1f} s; every process stopped (pids "
                f"{', '.join(map(str, pids))})")
-
-
-async def _retry(call: Any, attempts: int = 10) -> Any:
-    """Retry a request while interest is still propagating; bounded by ``attempts``."""
-    for _ in range(attempts - 1):
-        try:
-            return await call()
-        except BusError:
-            await asyncio.sleep(0.1)
-    return await call()

@@ -17,9 +17,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.mesh import Mesh
@@ -27,7 +27,7 @@ from agoramesh.bus.server import parent_death_signal
 from agoramesh.cli.output import clip
 from agoramesh.cli.up import demo_agents
 from agoramesh.config import Environment
-from agoramesh.errors import AgoraError, ServerError
+from agoramesh.errors import AgoraError, BusError, ServerError
 from agoramesh.nodes.directory import Directory, PeerEntry
 from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task
@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     from agoramesh.cli.demo import Report
 
 __all__ = ("SLOW_TASK", "WORKFLOW", "AgentProcess", "auction", "debate", "discovery",
-           "join", "recovery", "vote", "workflow")
+           "join", "recovery", "retry", "vote", "workflow")
+
+T = TypeVar("T")
 
 #: The showcase workflow (examples/workflows/generate_review_run.yaml, inlined).
 WORKFLOW: dict[str, Any] = {
@@ -96,6 +98,21 @@ async def _until_known(directory: Directory, ids: Iterable[str], timeout: float)
             await known.wait()
     finally:
         directory.on_join.remove(check)
+
+
+async def retry(call: Callable[[], Awaitable[T]], attempts: int = 10) -> T:
+    """Retry a request while interest is still propagating; bounded by ``attempts``.
+
+    A subscription's flush can return before its server has the interest (nats-py
+    writes the PING ahead of the SUB it still queues), so the first request after
+    one may find no responders: a failed attempt is tried again 0.1 s later.
+    """
+    for _ in range(attempts - 1):
+        try:
+            return await call()
+        except BusError:
+            await asyncio.sleep(0.1)
+    return await call()
 
 
 # --- agents join, discovery -----------------------------------------------------------------
