@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -16,43 +16,18 @@ from nats.aio.msg import Msg
 from agoramesh.bus import Identity
 from agoramesh.bus.envelope import now_ms, parse
 from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReason
-from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.node import AgentNode
-from agoramesh.nodes.task import Completion, StreamItem, Task, TaskStatus
+from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.bidder import Bidder, BidPolicy, _desk_for
 from agoramesh.protocols.contract_net import AuctionPolicy, Progress
 from agoramesh.protocols.dispatch import Dispatcher
 from agoramesh.protocols.scoring import Bid, rank, weighted
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory, over_plain_and_tls
+from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
-
-WORK = Capability(name="work.do", input_schema={
-    "type": "object", "properties": {"seconds": {"type": "number"}, "n": {"type": "integer"}}})
-
-
-class Worker(Backend):
-    """Sleeps for ``seconds`` and reports which agent did the work."""
-
-    type = "worker"
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-        self.started: list[str] = []
-
-    async def execute(self, task: Task, context: dict[str, Any] | None = None
-                      ) -> AsyncIterator[StreamItem]:
-        self.started.append(task.task_id)
-        await asyncio.sleep(float(task.parameters.get("seconds", 0)))
-        yield Completion(output={"by": self.name, "n": task.parameters.get("n")})
-
-    async def chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[StreamItem]:
-        raise NotImplementedError
-        yield  # pragma: no cover
-
 
 class Fixed(BidPolicy):
     """Bids fixed terms, so a test knows what the scorer sees; may refuse awards."""

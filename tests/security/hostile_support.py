@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import json
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -30,19 +30,12 @@ from agoramesh.bus.envelope import SIGNATURE_SIZE, Envelope, is_boxed, new_id, n
 from agoramesh.bus.identity import Identity, verify
 from agoramesh.config import EnvelopePolicy
 from agoramesh.errors import EnvelopeError, RejectReason
-from agoramesh.nodes.backends.base import Backend, ChatMessage
-from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.node import AgentNode
-from agoramesh.nodes.task import Completion, StreamItem, Task
 from agoramesh.observability.metrics import MeshCollector, new_registry
 
 #: The policy of the nodes under attack: small enough that an envelope over it
 #: still fits the servers' 1 MiB max_payload, so oversize is the node's call.
 SMALL = EnvelopePolicy(max_bytes=64 * 1024)
-
-#: A capability whose work takes ``seconds`` (so an attack can land mid-task).
-WORK = Capability(name="work.do", input_schema={
-    "type": "object", "properties": {"seconds": {"type": "number"}, "n": {"type": "integer"}}})
 
 
 def _error_names() -> dict[RejectReason, str]:
@@ -218,26 +211,6 @@ class Attacker:
 
 AttackerFactory = Callable[[str], Awaitable[Attacker]]
 NodeFactory = Callable[..., Awaitable[AgentNode]]
-
-
-class Worker(Backend):
-    """Sleeps for ``seconds``, then reports who did task ``n``; records every start."""
-
-    type = "worker"
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-        self.started: list[str] = []
-
-    async def execute(self, task: Task, context: dict[str, Any] | None = None
-                      ) -> AsyncGenerator[StreamItem, None]:
-        self.started.append(task.task_id)
-        await asyncio.sleep(float(task.parameters.get("seconds", 0)))
-        yield Completion(output={"by": self.name, "n": task.parameters.get("n")})
-
-    async def chat(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[StreamItem, None]:
-        yield Completion(output=f"{self.name} only works")
 
 
 def serving(nodes: Iterable[AgentNode]) -> list[str]:

@@ -32,11 +32,9 @@ from typing import Any
 
 import pytest
 from hostile_support import (
-    WORK,
     Attacker,
     AttackerFactory,
     NodeFactory,
-    Worker,
     counted,
     exported_rejections,
     forge,
@@ -55,6 +53,7 @@ from agoramesh.protocols.bidder import Bidder
 from agoramesh.protocols.contract_net import AuctionOutcome, AuctionPolicy
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import MeshFactory
+from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,9 @@ import nats.errors
 import pytest
 from hostile_support import (
     SMALL,
-    WORK,
     Attacker,
     AttackerFactory,
     NodeFactory,
-    Worker,
     check_error_envelope,
     check_json_error,
     counted,
@@ -52,6 +50,7 @@ from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.contract_net import AuctionPolicy
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import BusFactory, MeshFactory
+from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
 

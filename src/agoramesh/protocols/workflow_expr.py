@@ -55,11 +55,6 @@ class Reference:
     path: tuple[str, ...]
     text: str  # as written (spaces around trimmed), for messages
 
-    @classmethod
-    def parse(cls, inner: str) -> Reference:
-        """The reference written ``${inner}``; WorkflowInvalid when it is malformed."""
-        return _SYNTAX.parse(inner)
-
     @property
     def step(self) -> str | None:
         """The step this reference reads, if it reads one."""
