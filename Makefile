@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench up clean
+.PHONY: demo test lint bench chaos up clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 or python3 on PATH)"; exit 1; }
@@ -29,7 +29,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_bus.py && $(BIN)/python benchmarks/bench_node.py \
 		&& $(BIN)/python benchmarks/bench_auction.py && $(BIN)/python benchmarks/bench_episodes.py \
-		&& $(BIN)/python benchmarks/bench_e2e.py && $(BIN)/python benchmarks/bench_tls.py
+		&& $(BIN)/python benchmarks/bench_e2e.py && $(BIN)/python benchmarks/bench_tls.py \
+		&& $(BIN)/python benchmarks/bench_jobs.py
+
+# The chaos suite at ten times the size `make test` runs it (3,000 jobs a run, faults repeated).
+chaos: $(STAMP)
+	AGORAMESH_CHAOS_SCALE=10 $(BIN)/pytest -m chaos -s tests/chaos
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -35,8 +35,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -44,7 +42,6 @@ from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig
-from agoramesh.errors import AgoraError
 from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBackend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import submit_task
@@ -54,6 +51,7 @@ from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from common import (
     Warnings,
     WrongAnswer,
+    alternate,
     count_warnings,
     latency,
     raw_client,
@@ -145,20 +143,9 @@ async def direct(base: Path, rounds: int) -> dict[str, Any]:
             await until_answers(op)
             for _ in range(max(20, rounds // 10)):
                 await op()
-        samples: dict[str, list[int]] = {side: [] for side in SIDES}
-        misses = dict.fromkeys(SIDES, 0)
-        started, clock = time.monotonic(), time.perf_counter_ns
-        for block in range(BLOCKS):
-            for side in SIDES if block % 2 == 0 else SIDES[::-1]:
-                for _ in range(math.ceil(rounds / BLOCKS)):
-                    start = clock()
-                    try:
-                        await ops[side]()
-                    except (TimeoutError, AgoraError, nats.errors.Error, WrongAnswer):
-                        misses[side] += 1
-                    else:
-                        samples[side].append(clock() - start)
-        row: dict[str, Any] = {"rounds": rounds, "seconds": round(time.monotonic() - started, 1),
+        samples, misses, seconds = await alternate({side: ops[side] for side in SIDES}, rounds,
+                                                   BLOCKS)
+        row: dict[str, Any] = {"rounds": rounds, "seconds": round(seconds, 1),
                                "target": DIRECT_TARGET}
         for side in SIDES:
             row[side] = {"n": len(samples[side]), "misses": misses[side],

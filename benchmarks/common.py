@@ -21,8 +21,8 @@ from nats.aio.client import Client as NatsClient
 from agoramesh.errors import AgoraError
 from agoramesh.nodes.node import AgentNode
 
-__all__ = ("Warnings", "WrongAnswer", "count_warnings", "latency", "percentile", "raw_client",
-           "run_and_report", "stop_all", "time_rounds", "until_answers")
+__all__ = ("Warnings", "WrongAnswer", "alternate", "count_warnings", "latency", "percentile",
+           "raw_client", "run_and_report", "stop_all", "time_rounds", "until_answers")
 
 
 class WrongAnswer(Exception):
@@ -104,6 +104,28 @@ async def time_rounds(op: Callable[[], Awaitable[object]], samples: list[int],
         else:
             samples.append(clock() - start)
     return missed
+
+
+async def alternate(ops: dict[str, Callable[[], Awaitable[object]]], rounds: int,
+                    blocks: int = 10) -> tuple[dict[str, list[int]], dict[str, int], float]:
+    """Each op ``rounds`` times, in ``blocks`` alternating blocks (ABBA: first to last, then
+    last to first) so machine noise hits every path alike: the durations (ns) by op, the
+    misses (timeouts, errors, wrong answers: not timed) and the seconds it all took."""
+    sides = list(ops)
+    samples: dict[str, list[int]] = {side: [] for side in sides}
+    misses = dict.fromkeys(sides, 0)
+    started, clock = time.monotonic(), time.perf_counter_ns
+    for block in range(blocks):
+        for side in sides if block % 2 == 0 else sides[::-1]:
+            for _ in range(math.ceil(rounds / blocks)):
+                start = clock()
+                try:
+                    await ops[side]()
+                except (TimeoutError, AgoraError, nats.errors.Error, WrongAnswer):
+                    misses[side] += 1
+                else:
+                    samples[side].append(clock() - start)
+    return samples, misses, time.monotonic() - started
 
 
 def run_and_report(run: Coroutine[Any, Any, dict[str, Any]],

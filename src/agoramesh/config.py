@@ -20,9 +20,12 @@ from agoramesh.errors import ConfigError
 
 __all__ = (
     "DEFAULT_PREFIX",
+    "MAX_MESSAGE_BYTES",
     "BusConfig",
     "EnvelopePolicy",
     "Environment",
+    "JetStreamConfig",
+    "JobsConfig",
     "LogFormat",
     "LogLevel",
     "Role",
@@ -34,13 +37,16 @@ __all__ = (
 )
 
 DEFAULT_PREFIX = "agora"
+#: The largest message (envelope or plain JSON) by default: 1 MiB of body and 64 KiB
+#: for the envelope around it, so a 1 MiB task or result always fits in one message.
+MAX_MESSAGE_BYTES = 1024 * 1024 + 64 * 1024
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EnvelopePolicy:
     """What a receiver accepts. Times are milliseconds, sizes bytes."""
 
-    max_bytes: int = 1024 * 1024
+    max_bytes: int = MAX_MESSAGE_BYTES
     max_clock_skew_ms: int = 30_000
     max_ttl_ms: int = 10 * 60_000
     default_ttl_ms: int = 60_000
@@ -157,12 +163,75 @@ class LogLevel(StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class JetStreamConfig:
+    """A seed's JetStream store: where it lives and how much it may hold (bytes).
+
+    ``store_dir`` defaults to ``<data_dir>/jetstream``, so a node or mesh
+    started again from the same directory finds its jobs and results.
+    Past ``max_file`` (or ``max_memory``) the server refuses new messages:
+    a publish then fails with a clear StoreFull, it never blocks.
+    """
+
+    store_dir: Path | None = None
+    #: Leaf clients reach the seeds' JetStream as ``$JS.<domain>.API`` (nats-server
+    #: denies the plain ``$JS.API`` across leaf links); every seed names the same one.
+    domain: str = "agora"
+    max_memory: int = 64 * 1024 * 1024
+    max_file: int = 2 * 1024 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_memory < 1024 * 1024 or self.max_file < 1024 * 1024:
+            raise ConfigError("JetStream limits must be at least 1 MiB each "
+                              f"(max_memory={self.max_memory}, max_file={self.max_file})")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobsConfig:
+    """Durable jobs: the job stream, the result store, and how nodes take jobs.
+
+    Times are seconds, sizes bytes. ``replicas`` None: as many as there are
+    JetStream servers, at most 3. The stream and the bucket are created with
+    these limits by the first node or client that finds them missing; an
+    existing stream keeps its own.
+    """
+
+    domain: str = "agora"  # the seeds' JetStream domain (JetStreamConfig.domain)
+    replicas: int | None = None
+    max_bytes: int = 1024 * 1024 * 1024  # of queued jobs; past it a submit is StoreFull
+    max_jobs: int = 1_000_000  # queued jobs
+    max_age: float = 7 * 24 * 3600.0  # a job nobody could take is dropped after this
+    duplicate_window: float = 120.0  # a task id submitted again within it is not stored again
+    results_ttl: float = 24 * 3600.0  # results are kept this long
+    results_max_bytes: int = 1024 * 1024 * 1024
+    ack_wait: float = 10.0  # a node silent this long about a job loses it to another node
+    max_deliveries: int = 20  # deliveries that lost their node (or winner) before FAILED
+    api_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and not 1 <= self.replicas <= 5:
+            raise ConfigError(f"replicas must be 1 to 5, got {self.replicas}")
+        if min(self.max_age, self.duplicate_window, self.results_ttl, self.ack_wait,
+               self.api_timeout) <= 0:
+            raise ConfigError("job times must be positive")
+        if self.ack_wait < 1.0:
+            raise ConfigError(f"ack_wait must be at least 1 s, got {self.ack_wait:g}")
+        if min(self.max_bytes, self.results_max_bytes) < 1024 * 1024 or self.max_jobs < 1 \
+                or self.max_deliveries < 1:
+            raise ConfigError("job store limits must be at least 1 MiB and 1 job")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ServerConfig:
     """One embedded nats-server. Port ``-1`` lets the server pick a free port.
 
     ``bootstrap`` names seeds' cluster (route) addresses ``host:port``;
     ``hubs`` names seeds' leafnode addresses. A seed with no bootstrap starts
     a new cluster; a leaf needs at least one hub.
+
+    ``jetstream`` runs JetStream on a seed (leaves use their hubs' through
+    the link): clustered with the other seeds, which needs two seeds for a
+    quorum, or alone on a ``standalone`` seed. A standalone seed has no route
+    listener: it takes leaf nodes but no other seeds (a one-seed mesh).
     """
 
     name: str
@@ -177,15 +246,22 @@ class ServerConfig:
     bootstrap: tuple[str, ...] = ()
     hubs: tuple[str, ...] = ()
     leaf_reconnect_ms: int = 250
-    max_payload: int = 1024 * 1024
+    max_payload: int = MAX_MESSAGE_BYTES  # at least every receiver's max_bytes
     ready_timeout: float = 10.0
     stop_grace: float = 5.0
     binary: Path | None = None
     debug: bool = False
     tls: TlsConfig | None = None
     auth: ServerAuth | None = None
+    jetstream: JetStreamConfig | None = None
+    standalone: bool = False
 
     def __post_init__(self) -> None:
+        if self.role is Role.LEAF and (self.jetstream is not None or self.standalone):
+            raise ConfigError("a leaf server uses its hubs' JetStream: jetstream and "
+                              "standalone are for seeds")
+        if self.standalone and self.bootstrap:
+            raise ConfigError("a standalone seed takes no routes: drop --bootstrap")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise ConfigError(f"server name must be letters, digits, '-_.': {self.name!r}")
         if self.role is Role.LEAF and not self.hubs:

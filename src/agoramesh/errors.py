@@ -33,7 +33,8 @@
     │   ├── InvalidInput (ValueError)       parameters fail the capability's input schema
     │   ├── UnknownCapability (LookupError) no such capability on this agent
     │   ├── TaskCancelled
-    │   ├── Overloaded                      at capacity, try another agent
+    │   ├── Overloaded                      at capacity, try another agent (or later)
+    │   ├── ResultTooLarge                  a result that does not fit in one message
     │   └── BackendError                    the model/program behind the agent failed
     │       ├── BackendAuthError            401/403: bad or missing credentials, never retried
     │       ├── BackendRateLimited          429 after the retries ran out
@@ -45,6 +46,10 @@
     ├── WorkflowError                       a workflow that cannot run or did not finish
     │   ├── WorkflowInvalid (ValueError)    cycles, unknown references or selectors: before running
     │   └── StepFailed                      a step failed after its retries
+    ├── JobError                            durable jobs (JetStream)
+    │   ├── JetStreamUnavailable            no JetStream reachable, or it has no leader yet
+    │   ├── StoreFull                       the job stream or the result store is full
+    │   └── JobNotFound (LookupError)       no job and no result under that task id
     ├── AccessDenied (PermissionError)      an agent's access policy refuses the request
     └── RemoteError                         an error raised on another node
 
@@ -78,6 +83,9 @@ __all__ = (
     "IdentityError",
     "IngressDenied",
     "InvalidInput",
+    "JetStreamUnavailable",
+    "JobError",
+    "JobNotFound",
     "MalformedEnvelope",
     "Misaddressed",
     "NegotiationError",
@@ -90,12 +98,14 @@ __all__ = (
     "RejectReason",
     "RemoteError",
     "ReplayedEnvelope",
+    "ResultTooLarge",
     "SchemaError",
     "ServerCrashed",
     "ServerError",
     "ServerNotFound",
     "ServerStartError",
     "StepFailed",
+    "StoreFull",
     "SubjectError",
     "TaskCancelled",
     "TaskError",
@@ -106,6 +116,7 @@ __all__ = (
     "WorkflowError",
     "WorkflowInvalid",
     "WrongSubject",
+    "error_code",
     "error_from_wire",
     "error_to_wire",
 )
@@ -260,6 +271,10 @@ class Overloaded(TaskError):
     """The agent is at capacity."""
 
 
+class ResultTooLarge(TaskError):
+    """A result that does not fit in one message (the envelope limit, ``max_bytes``)."""
+
+
 class BackendError(TaskError):
     """The model or program behind an agent failed."""
 
@@ -304,6 +319,22 @@ class StepFailed(WorkflowError):
     """A workflow step that failed after its retries."""
 
 
+class JobError(AgoraError):
+    """A durable job (JetStream) that could not be submitted, stored or found."""
+
+
+class JetStreamUnavailable(JobError):
+    """No JetStream answers: not enabled where we are connected, or no leader yet."""
+
+
+class StoreFull(JobError):
+    """The job stream or the result store reached its limit; nothing more is accepted."""
+
+
+class JobNotFound(JobError, LookupError):
+    """No job is queued and no result is stored under that task id."""
+
+
 class AccessDenied(AgoraError, PermissionError):
     """An agent's access policy refuses this requester the action on its capability (M-4.2)."""
 
@@ -342,6 +373,7 @@ WIRE_ERRORS: dict[str, type[AgoraError]] = {
         UnknownCapability,
         TaskCancelled,
         Overloaded,
+        ResultTooLarge,
         BackendError,
         BackendAuthError,
         BackendRateLimited,
@@ -353,6 +385,10 @@ WIRE_ERRORS: dict[str, type[AgoraError]] = {
         WorkflowError,
         WorkflowInvalid,
         StepFailed,
+        JobError,
+        JetStreamUnavailable,
+        StoreFull,
+        JobNotFound,
         AccessDenied,
     )
 }
@@ -375,3 +411,42 @@ def error_from_wire(data: object) -> AgoraError:
     if cls is None:
         return RemoteError(type_name, message)
     return cls(message)
+
+
+#: The status code of an error type on a reply (the NATS services protocol's
+#: ``Nats-Service-Error-Code`` header, PROTOCOL.md §9), HTTP-like, by type name.
+_ERROR_CODES: dict[str, int] = {
+    # 400: the request as sent cannot be taken (envelope errors but the ones below too:
+    # expired, future, replayed, wrong subject, misaddressed, undecryptable).
+    **dict.fromkeys((
+        "ConfigError", "SubjectError", "EnvelopeError", "MalformedEnvelope", "SchemaError",
+        "UnsupportedVersion", "ExpiredEnvelope", "FutureEnvelope", "ReplayedEnvelope",
+        "WrongSubject", "Misaddressed", "UndecryptableEnvelope", "InvalidInput",
+        "WorkflowInvalid"), 400),
+    "BadSignature": 401,  # the sender is not who it claims: not authenticated
+    **dict.fromkeys(("AccessDenied", "IngressDenied", "PermissionDenied"), 403),
+    **dict.fromkeys(("UnknownCapability", "JobNotFound"), 404),
+    "TaskCancelled": 409,
+    **dict.fromkeys(("OversizeEnvelope", "ResultTooLarge"), 413),
+    **dict.fromkeys(("BackendError", "BackendAuthError", "BackendRateLimited",
+                     "BackendUnavailable", "BackendBadResponse"), 502),
+    **dict.fromkeys(("Overloaded", "NegotiationError", "NoBidders", "AuctionFailed",
+                     "NoResponders", "NotConnected", "JetStreamUnavailable", "StoreFull"), 503),
+    "BusTimeout": 504,  # a wait on the mesh ran out, as the HTTP API answers it
+}
+
+
+def error_code(type_name: str) -> int:
+    """The HTTP-like status code of an error type, by name (500 for any other name).
+
+    By name, because a FAILED task result carries ``{"type", "message"}``, not
+    an exception: 400 a bad request (``InvalidInput``, every envelope error not
+    named below), 401 ``BadSignature``, 403 refused (``AccessDenied``,
+    ``IngressDenied``), 404 nothing of that name (``UnknownCapability``,
+    ``JobNotFound``), 409 ``TaskCancelled``, 413 too large (``OversizeEnvelope``,
+    ``ResultTooLarge``), 502 the backend failed (``Backend*``), 503 nobody can
+    take it now (``Overloaded``, ``NoBidders``, ``AuctionFailed``,
+    ``NoResponders``, ``NotConnected``, ``JetStreamUnavailable``, ``StoreFull``),
+    504 ``BusTimeout``.
+    """
+    return _ERROR_CODES.get(type_name, 500)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,9 @@ else:
     record()
 if mode in ("hang", "orphan"):
     time.sleep(60)
+if mode == "late":  # a long run that records its end
+    time.sleep(30)
+    record(late=True)
 if mode == "exit":
     print("starting up", file=sys.stderr)
     print("fatal: no credentials found", file=sys.stderr, flush=True)
@@ -287,6 +290,23 @@ async def test_stopping_execute_early_kills_the_cli(tmp_path: Path) -> None:
     await stream.aclose()
     with pytest.raises(ProcessLookupError):
         os.kill(recorded(tmp_path)["pid"], 0)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux's")
+@pytest.mark.parametrize("size", [10, 200_000])  # the prompt as an argument, or on stdin
+def test_the_cli_dies_with_its_node(tmp_path: Path, kill_node: Callable[..., None],
+                                    size: int) -> None:
+    claude = fake(tmp_path / "bin", "claude", CLAUDE)
+    record = tmp_path / "record.json"
+    env = {"FAKE_RECORD": str(record), "FAKE_MODE": "late"}
+
+    def child_pid() -> int | None:
+        return int(recorded(tmp_path)["pid"]) if record.exists() else None
+
+    kill_node("claude-code", claude, env, child_pid, size=size)
+    run = recorded(tmp_path)
+    assert "late" not in run
+    assert len(run["stdin"]) == (size if size > 100_000 else 0)
 
 
 async def test_cancelling_the_task_kills_the_cli(tmp_path: Path) -> None:

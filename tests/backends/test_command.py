@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,10 @@ from agoramesh.nodes.backends.command import ChildProcess, CommandBackend
 from agoramesh.nodes.backends.registry import create_backend
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, Usage
 from agoramesh.testing.processes import alive
+from agoramesh.testing.waiting import wait_until
 
 pytestmark = pytest.mark.backends
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux's")
 
 # The mode is the task's `mode` parameter (or the last chat message).
 PROGRAM = '''
@@ -205,3 +211,168 @@ async def test_child_process_used_directly(tmp_path: Path) -> None:
         await child.finish()
     assert lines == ["hello", str(tmp_path)]
     assert child.pid is not None and not alive(child.pid)
+
+
+BIG = 4 * 1024 * 1024  # far beyond a pipe's buffer
+
+# The program a node runs in the node tests: it writes its pid to FAKE_PID, and
+# FAKE_MARKER only if it ever gets to the end of its work.
+WORKER = """
+import json, os, sys, time
+
+def note(path, text):
+    with open(path + ".tmp", "w") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
+
+if os.environ["FAKE_MODE"] == "working":
+    request = sys.stdin.read()  # the whole request, then a long job
+    note(os.environ["FAKE_PID"], str(os.getpid()))
+    time.sleep(30)
+else:  # "writing": running, while the node is still writing its stdin
+    parent = os.getppid()
+    note(os.environ["FAKE_PID"], str(os.getpid()))
+    deadline = time.monotonic() + 10
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    request = sys.stdin.read()  # whatever had arrived when the node died
+note(os.environ["FAKE_MARKER"], str(len(request)))
+print(json.dumps("done"))
+"""
+
+
+@linux_only
+@pytest.mark.parametrize("mode", ["working", "writing"])
+def test_the_program_dies_with_its_node(tmp_path: Path, kill_node: Callable[..., None],
+                                        mode: str) -> None:
+    program = tmp_path / "worker"
+    program.write_text(f"#!{sys.executable}\n{WORKER}")
+    program.chmod(0o755)
+    pid_file, marker = tmp_path / "pid", tmp_path / "marker"
+    env = {"FAKE_MODE": mode, "FAKE_PID": str(pid_file), "FAKE_MARKER": str(marker)}
+
+    def child_pid() -> int | None:
+        return int(pid_file.read_text()) if pid_file.exists() else None
+
+    kill_node("command", program, env, child_pid, size=BIG)
+    assert not marker.exists()  # neither finished its job nor ran on a truncated request
+
+
+# Stages the race parent_death_signal guards against: the parent dies after the
+# fork, before the child asks for the signal, so no signal will ever come.
+INTERMEDIATE = """
+import os, signal, subprocess, sys, time
+from agoramesh.bus.server import parent_death_signal
+
+pid_file, started = sys.argv[1], sys.argv[2]
+request = parent_death_signal(signal.SIGKILL)
+parent = os.getpid()
+
+def late_request():
+    fd = os.open(pid_file + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.rename(pid_file + ".tmp", pid_file)
+    deadline = time.monotonic() + 10
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    request()
+
+program = "import sys, time; open(sys.argv[1], 'w').close(); time.sleep(30)"
+subprocess.Popen([sys.executable, "-c", program, started], preexec_fn=late_request)
+time.sleep(30)
+"""
+
+
+@linux_only
+def test_a_child_whose_parent_died_before_exec_does_not_run(tmp_path: Path) -> None:
+    pid_file, started = tmp_path / "pid", tmp_path / "started"
+    intermediate = subprocess.Popen(
+        [sys.executable, "-c", INTERMEDIATE, str(pid_file), str(started)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child: int | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert intermediate.poll() is None, "the intermediate process exited first"
+            assert time.monotonic() < deadline, "the child never got between fork and exec"
+            time.sleep(0.02)
+        child = int(pid_file.read_text())
+        intermediate.kill()
+        intermediate.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(child), "the orphan went on to exec its program"
+        assert not started.exists()
+    finally:
+        if intermediate.poll() is None:
+            intermediate.kill()
+            intermediate.wait(timeout=10)
+        if child is not None and alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+async def test_a_large_stdin_reaches_the_program_whole() -> None:
+    code = "import sys, time; time.sleep(0.2); print(len(sys.stdin.buffer.read()))"
+    async with ChildProcess([sys.executable, "-c", code], BackendConfig(),
+                            stdin=b"x" * BIG) as child:
+        lines = [line async for line in child]
+        await child.finish()
+    assert lines == [str(BIG)]
+
+
+@pytest.mark.parametrize("code", [0, 3])
+async def test_a_program_may_exit_without_reading_its_stdin(code: int) -> None:
+    program = f"import sys; print('ok'); sys.exit({code})"
+    async with ChildProcess([sys.executable, "-c", program], BackendConfig(), name="quick",
+                            stdin=b"x" * BIG) as child:
+        lines = [line async for line in child]
+        if code:  # its exit status is the error, not the broken pipe
+            with pytest.raises(BackendError, match=r"^quick exited with code 3$"):
+                await child.finish()
+        else:
+            await child.finish()
+    assert lines == ["ok"]
+
+
+async def test_a_program_that_never_reads_its_stdin_times_out() -> None:
+    child = ChildProcess([sys.executable, "-c", "import time; time.sleep(60)"],
+                         BackendConfig(timeout=0.5), name="sleeper", stdin=b"x" * BIG)
+    try:
+        with pytest.raises(BackendUnavailable, match=r"^sleeper timed out after 0\.5s$"):
+            async with child:
+                pytest.fail("started before its stdin was written")
+        assert child.pid is not None and not alive(child.pid)
+    finally:
+        if child.pid is not None and alive(child.pid):
+            os.kill(child.pid, signal.SIGKILL)
+
+
+async def test_cancelling_while_stdin_is_written_kills_the_program(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    code = ("import os, sys, time\n"
+            "with open(sys.argv[1], 'w') as fh: fh.write(str(os.getpid()))\n"
+            "time.sleep(60)")
+    child = ChildProcess([sys.executable, "-c", code, str(pid_file)], BackendConfig(),
+                         stdin=b"x" * BIG)
+
+    async def start() -> None:
+        async with child:
+            pytest.fail("started before its stdin was written")
+
+    task = asyncio.create_task(start())
+    try:
+        # Spawned (and past asyncio's own setup of the pipes), now writing its stdin.
+        await wait_until(lambda: child.pid is not None and pid_file.exists()
+                         and pid_file.read_text() != "", timeout=10)
+        assert not task.done()
+        assert int(pid_file.read_text()) == child.pid
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert child.pid is not None and not alive(child.pid)
+    finally:
+        task.cancel()
+        if child.pid is not None and alive(child.pid):
+            os.kill(child.pid, signal.SIGKILL)

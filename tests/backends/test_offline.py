@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
+import tempfile
 import textwrap
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -533,6 +538,65 @@ async def test_run_removes_its_directory() -> None:
     workdir = Path(result["stdout"].strip())
     assert result["exit_code"] == 0 and workdir.name == "work"
     assert not exists(workdir) and not exists(workdir.parent)
+
+
+def sandboxes(marker: str) -> list[int]:
+    """The PIDs of processes running code that contains ``marker`` (a zombie has no cmdline)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+            if marker.encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+@linux_only
+async def test_a_cancelled_run_leaves_no_open_file_process_or_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled at any point of its start (even twice), a run cleans up before it ends."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(runs))  # where run_python makes its directory
+    marker = f"agoramesh-cancel-{uuid.uuid4().hex}"
+    started: list[int] = []
+
+    async def cancel(after: int, *, twice: bool = False, mid_run: bool = False) -> None:
+        pid_file = tmp_path / f"pid-{after}-{twice}-{mid_run}"
+        code = (f"# {marker}\nimport os, time\n"
+                f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(30)")
+        running = asyncio.ensure_future(stream("code.run.python", {
+            "code": code, "stdin": "x" * 100_000, "timeout": 10}))
+        for _ in range(after):
+            await asyncio.sleep(0)
+        if mid_run:
+            await wait_until(pid_file.exists, timeout=10)
+        running.cancel()
+        if twice:  # a second cancel lands while the first is being handled
+            await asyncio.sleep(0)
+            running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=15)
+        # Once the cancel has gone through: no child (not even a zombie), no directory.
+        assert sandboxes(marker) == []
+        if pid_file.exists() and (written := pid_file.read_text()):
+            pid = int(written)
+            started.append(pid)
+            assert not exists(Path(f"/proc/{pid}")), f"child {pid} was left behind"
+        assert list(runs.iterdir()) == []
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for after in range(20):
+            await cancel(after)
+            await cancel(after, twice=True)
+        await cancel(0, mid_run=True)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert started  # some cancels did land after the child started
 
 
 # --- text.debate and vote ------------------------------------------------------------------

@@ -1,34 +1,61 @@
-"""Every metric the agoramesh Grafana dashboard queries is exported by a live node."""
+"""Every metric the agoramesh Grafana dashboard queries is exported by a live node.
+
+The node's server runs JetStream (a standalone seed, as ``agoramesh up --seeds 1``
+does) with the job store created: the durable-job panels read the store's gauges,
+which a process exports only while JetStream answers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from dashboard_queries import dashboard_metric_names
 from prometheus_client.parser import text_string_to_metric_families
 
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.identity import Identity
+from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.server import EmbeddedServer
+from agoramesh.config import BusConfig, JetStreamConfig, JobsConfig, ServerConfig
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.observability.http import MetricsServer
-from agoramesh.testing import wait_until
+from agoramesh.testing import assert_stopped, wait_until
 from agoramesh.testing.plugin import AgentFactory
 
 DASHBOARD = (Path(__file__).resolve().parents[2] / "src" / "agoramesh" / "observability"
              / "dashboards" / "agoramesh.json")
 
 
+@pytest_asyncio.fixture
+async def js_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    """A standalone seed running JetStream, the job stream and result store created."""
+    server = EmbeddedServer(ServerConfig(name="solo", data_dir=tmp_path / "solo",
+                                         jetstream=JetStreamConfig(), standalone=True))
+    await server.start()
+    try:
+        async with Bus(Identity.generate(), BusConfig(servers=(server.client_url,))) as bus:
+            await JetStream(bus, JobsConfig(replicas=1)).ensure()
+        yield server
+    finally:
+        pid = server.pid
+        await server.stop(grace=2.0)
+        assert_stopped([pid])
+
+
 @pytest.mark.integration
 async def test_every_dashboard_metric_is_in_a_live_scrape(
-        nats_server: EmbeddedServer, agent_factory: AgentFactory) -> None:
-    url = nats_server.client_url
+        js_server: EmbeddedServer, agent_factory: AgentFactory) -> None:
+    url = js_server.client_url
     boss = await agent_factory(url, "boss", ["math.evaluate"])
     worker = await agent_factory(url, "worker", ["echo"])
     async with MetricsServer(port=0) as endpoint:
         for agent in (boss, worker):
             endpoint.collector.add_agent(agent)
-        endpoint.collector.add_server(nats_server)
+        endpoint.collector.add_server(js_server)
         await wait_until(lambda: worker.agent_id in boss.directory.capable("echo"), timeout=5)
         result = await boss.dispatcher.submit("echo", {"text": "dashboards"}, timeout=5)
         assert result.status is TaskStatus.COMPLETED
@@ -47,7 +74,10 @@ async def test_every_dashboard_metric_is_in_a_live_scrape(
                if name not in sampled and name not in families
                and name.removesuffix("_total") not in families}
     assert not missing, sorted(missing)
-    # And the ones an auction and a task move have values, not just a declaration.
+    # And the ones an auction, a task and the job store move have values, not just a
+    # declaration.
     for name in ("agoramesh_auctions_total", "agoramesh_tasks_total",
-                 "agoramesh_auction_duration_seconds_bucket", "agoramesh_agent_up"):
+                 "agoramesh_auction_duration_seconds_bucket", "agoramesh_agent_up",
+                 "agoramesh_jobs_total", "agoramesh_job_queue",
+                 "agoramesh_job_results_stored"):
         assert name in sampled

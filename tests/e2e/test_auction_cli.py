@@ -97,7 +97,7 @@ def test_submit_direct_and_json(up_mesh: UpProcess) -> None:
 @pytest.mark.parametrize(("args", "pattern"), [
     (("math.evaluate", "{not json"), r"parameters is not valid JSON"),
     (("math.evaluate", "[1, 2]"), r"parameters must be a JSON object, not list"),
-    (("no.such.skill", "{}", "--quiet"), r"no agent bid for no.such.skill"),
+    (("no.such.skill", "{}", "--quiet"), r"no agent offers no.such.skill"),
     (("math.evaluate", '{"expression": 3}', "--quiet"),
      r"task failed: InvalidInput: math.evaluate: parameters.expression: 3 is not of type"),
     (("bad..capability", "{}"), r"capability"),
@@ -137,7 +137,8 @@ async def test_http_api_of_a_node_runs_a_debate_for_a_real_http_client(up_mesh: 
         async with http.post(f"{up_mesh.http}/api/collaborate", json=request) as response:
             assert response.status == 200
             debate = await response.json()
-        async with http.post(f"{up_mesh.http}/api/collaborate", data=b"{oops") as response:
+        async with http.post(f"{up_mesh.http}/api/collaborate", data=b"{oops",
+                             headers={"Content-Type": "application/json"}) as response:
             assert response.status == 400
             assert (await response.json())["error"]["type"] == "InvalidInput"
     assert [(turn["round"], turn["agent"], turn["position"]) for turn in debate[

@@ -50,7 +50,7 @@ def post_task(up: UpProcess, capability: str, parameters: dict[str, Any]) -> dic
     """Through the HTTP API: the auction is run by one of ``up``'s agents."""
     assert up.http is not None
     request = urllib.request.Request(
-        up.http + "/api/tasks", method="POST",
+        up.http + "/api/tasks", method="POST", headers={"Content-Type": "application/json"},
         data=json.dumps({"capability": capability, "parameters": parameters}).encode())
     with urllib.request.urlopen(request, timeout=30) as response:
         return dict(json.loads(response.read()))

@@ -19,7 +19,7 @@ from agoramesh.errors import InvalidInput
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBackend
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import UNREADABLE_TASK_ID, AgentNode, NodeConfig
 from agoramesh.nodes.task import MAX_DEADLINE, MAX_PARAMETER_DEPTH, Completion, StreamItem, Task
 from agoramesh.testing.plugin import BusFactory
 
@@ -124,10 +124,12 @@ async def test_deeply_nested_parameters_are_invalid_input_on_every_path(
             reply = await client.request(subject, "task_request", {"task_type": "echo", **body},
                                          timeout=5)
             assert reply.body["status"] == status, (levels, reply.body)
-            if status == "FAILED":
+            if status == "FAILED":  # no task_id was sent, and the body is invalid: null
+                assert reply.body["task_id"] is None
                 assert reply.body["error"] == {
                     "type": "InvalidInput",
-                    "message": f"parameters nest more than {MAX_PARAMETER_DEPTH} levels deep"}
+                    "message": f"parameters nest more than {MAX_PARAMETER_DEPTH} levels deep"
+                               + UNREADABLE_TASK_ID}
         if status == "FAILED":  # the task desk answers a bad task with an error reply
             with pytest.raises(InvalidInput, match=f"more than {MAX_PARAMETER_DEPTH} levels"):
                 await client.request("agora.task.echo", "task_request", body, timeout=10)

@@ -13,11 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agoramesh.bus import Identity
 from agoramesh.bus.envelope import seal
+from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import ConfigError
 from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.observability.metrics import METRICS, MeshCollector
+from agoramesh.observability.metrics import JOB_STORE_METRICS, METRICS, MeshCollector
 from agoramesh.observability.stats import BUCKETS, AgentMetrics, Histogram
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory
@@ -51,7 +52,7 @@ def test_agent_metrics_totals_and_recent_events_drain() -> None:
     stats.bids["echo", "refuse"] += 1
     stats.task_finished("echo", "completed", 0.002, "t1")
     assert stats.totals() == {
-        "auctions": {"awarded": 1, "no_bidders": 1, "failed": 0, "timeout": 0},
+        "auctions": {"awarded": 1, "no_bidders": 1, "overloaded": 0, "failed": 0, "timeout": 0},
         "bids": {"bid": 2, "refuse": 1}}
     events = stats.take_recent()
     assert [(e["kind"], e["outcome"]) for e in events] == [
@@ -124,9 +125,11 @@ async def test_a_live_node_exports_every_family_and_passes_promtool(
     body, samples, families = await scrape(metrics_server.url)
     checked = promtool_check_metrics(body)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The job store's families need JetStream, which this server does not run.
     exported = {name.removesuffix("_total") if METRICS[name][0] == "counter" else name
-                for name in METRICS}
+                for name in METRICS if name not in JOB_STORE_METRICS}
     assert exported <= families
+    assert not JOB_STORE_METRICS & families
 
     assert value(samples, "agoramesh_agent_up", agent="boss") == 1
     assert value(samples, "agoramesh_agent_info", agent="worker", agent_id=worker.agent_id,
@@ -281,3 +284,93 @@ async def test_tokens_and_cost_are_counted_by_backend_and_model(
     assert (value(samples, "agoramesh_tokens_total", kind="input", **labels)
             + value(samples, "agoramesh_tokens_total", kind="output", **labels)
             == agent.status.tokens_used)
+
+
+# -- durable jobs --------------------------------------------------------------------
+
+
+class StoreAnswers(JetStream):
+    """The job store's info as JetStream would give it, or no answer at all (``hang``)."""
+
+    def __init__(self, bus: Any, *, queued: int = 0, hang: bool = False) -> None:
+        super().__init__(bus)
+        self.queued = queued
+        self.hang = hang
+        self.asked: list[str] = []
+
+    async def consumer_info(self) -> dict[str, Any]:
+        self.asked.append("consumer")
+        if self.hang:
+            await asyncio.Event().wait()
+        return {"num_pending": self.queued, "num_ack_pending": 2, "num_redelivered": 1,
+                "num_waiting": 3}
+
+    async def stream_info(self, stream: str | None = None) -> dict[str, Any]:
+        self.asked.append(stream or "jobs")
+        return {"state": {"messages": 1204, "bytes": 65536}}
+
+
+def families_of(collector: MeshCollector) -> dict[str, Any]:
+    return {family.name: family for family in collector.collect()}
+
+
+@pytest.mark.integration
+async def test_job_counters_are_exported_per_agent_every_event_even_at_zero(
+        nats_server: EmbeddedServer, agent_factory: AgentFactory, metrics_server: Any) -> None:
+    agent = await agent_factory(nats_server.client_url, "jobber", ["echo"])
+    metrics_server.collector.add_agent(agent)
+    agent.metrics.jobs["taken"] += 4
+    agent.metrics.jobs["completed"] += 3
+    agent.metrics.jobs["abandoned"] += 1
+    agent.metrics.answered_from_memory += 2
+
+    body, samples, families = await scrape(metrics_server.url)
+    checked = promtool_check_metrics(body)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    events = {dict(labels)["event"]: count for (name, labels), count in samples.items()
+              if name == "agoramesh_jobs_total"}
+    assert events == {"taken": 4, "redelivered": 0, "completed": 3, "failed": 0,
+                      "deduplicated": 0, "requeued": 0, "cancelled": 0, "abandoned": 1}
+    assert value(samples, "agoramesh_jobs_in_progress", agent="jobber") == 0
+    assert value(samples, "agoramesh_tasks_answered_from_memory_total", agent="jobber") == 2
+    # No JetStream on this server: the store's families are left out, the scrape is whole.
+    assert not JOB_STORE_METRICS & families
+    assert value(samples, "agoramesh_agent_up", agent="jobber") == 1
+
+
+@pytest.mark.integration
+async def test_job_store_gauges_are_read_once_through_the_first_agent(
+        nats_server: EmbeddedServer, agent_factory: AgentFactory) -> None:
+    collector = MeshCollector()
+    first = await agent_factory(nats_server.client_url, "first", ["echo"])
+    second = await agent_factory(nats_server.client_url, "second", ["echo"])
+    answers = StoreAnswers(first.bus, queued=12)
+    first.job_worker.js = answers
+    second.job_worker.js = StoreAnswers(second.bus, queued=99)
+    collector.add_agent(first)
+    collector.add_agent(second)
+    await collector.refresh(timeout=5)
+    assert answers.asked == ["consumer", "KV_AGORA_RESULTS"]
+    families = families_of(collector)
+    assert {(s.labels["state"], s.value) for s in families["agoramesh_job_queue"].samples} == {
+        ("queued", 12), ("in_progress", 2)}
+    for name, expected in (("agoramesh_jobs_redelivered", 1),
+                           ("agoramesh_job_results_stored", 1204),
+                           ("agoramesh_job_results_bytes", 65536)):
+        assert [(s.labels, s.value) for s in families[name].samples] == [({}, expected)]
+
+    # JetStream silent: the refresh ends at its bound, and the families are left out.
+    answers.hang = True
+    await asyncio.wait_for(collector.refresh(timeout=0.2), 10)
+    assert not JOB_STORE_METRICS & set(families_of(collector))
+    assert "agoramesh_agent_up" in families_of(collector)
+
+    # A process with no agents exports none of them.
+    answers.hang = False
+    await collector.refresh(timeout=5)
+    assert JOB_STORE_METRICS <= set(families_of(collector))
+    collector.remove_agent(first)
+    collector.remove_agent(second)
+    assert not JOB_STORE_METRICS & set(families_of(collector))
+    await collector.refresh(timeout=5)
+    assert not JOB_STORE_METRICS & set(families_of(collector))

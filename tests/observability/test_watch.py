@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -11,14 +12,23 @@ import pytest
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import Envelope, Guard, seal
 from agoramesh.bus.identity import Identity
+from agoramesh.bus.jetstream import names_for
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.bus.subjects import Subjects
 from agoramesh.cli.watch import MeshWatcher
 from agoramesh.config import EnvelopePolicy
+from agoramesh.errors import JetStreamUnavailable
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
 from agoramesh.observability.stats import AgentMetrics
-from agoramesh.observability.watch import MeshView, Presence, natural_height, render
+from agoramesh.observability.watch import (
+    JobQueue,
+    MeshView,
+    Presence,
+    natural_height,
+    read_job_queue,
+    render,
+)
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory
 
@@ -159,8 +169,8 @@ def test_recent_events_come_from_telemetry_newest_first_with_names() -> None:
     assert kinds == [("task", "completed"), ("auction", "awarded"), ("auction", "no_bidders")]
     awarded = next(e for e in snapshot["recent"] if e["outcome"] == "awarded")
     assert awarded["agent_name"] == "desk" and awarded["winner_name"] == "worker"
-    assert snapshot["totals"]["auctions"] == {"awarded": 1, "no_bidders": 1, "failed": 0,
-                                              "timeout": 0}
+    assert snapshot["totals"]["auctions"] == {"awarded": 1, "no_bidders": 1, "overloaded": 0,
+                                              "failed": 0, "timeout": 0}
     lines = lines_of(render(view, 120, 30, T0 + 1))
     recent = lines[next(i for i, line in enumerate(lines) if line.startswith("RECENT")) + 1:]
     assert "no_bidders" in recent[0] and "500.0" in recent[0]
@@ -250,6 +260,73 @@ def test_rejections_are_summed_across_agents_most_frequent_first() -> None:
     assert "rejected   none" in render(MeshView(started=T0), 120, 20, T0)
 
 
+QUEUE = JobQueue(queued=12, running=3, redelivered=1, results=1204, results_bytes=65536)
+
+
+def test_the_jobs_line_shows_the_job_store_while_it_answers() -> None:
+    view = MeshView(started=T0)
+    agent = Agent("worker")
+    view.ingest(agent.hello(), now=T0)
+    without = natural_height(view)
+    assert not any(line.startswith("jobs ") for line in lines_of(render(view, 120, 20, T0)))
+    assert view.snapshot(T0)["jobs"] is None
+
+    view.set_jobs(QUEUE)
+    lines = lines_of(render(view, 120, 20, T0))
+    rejected = next(i for i, line in enumerate(lines) if line.startswith("rejected"))
+    assert lines[rejected + 1] == ("jobs       12 queued · 3 running · 1,204 results"
+                                   " · 1 redelivered")
+    assert lines[rejected + 2] == "" and lines[rejected + 3].startswith("RECENT")
+    assert lines[3].startswith("worker")  # the table keeps its place
+    assert natural_height(view) == without + 1
+    assert json.loads(json.dumps(view.snapshot(T0)))["jobs"] == {
+        "queued": 12, "running": 3, "redelivered": 1, "results": 1204, "results_bytes": 65536}
+
+    view.set_jobs(JobQueue(queued=0, running=0, redelivered=0, results=1, results_bytes=9))
+    assert "jobs       0 queued · 0 running · 1 result\n" in render(view, 120, 20, T0)
+    view.set_jobs(None)  # JetStream stopped answering: the line goes
+    assert "jobs " not in render(view, 120, 20, T0)
+
+
+def test_job_queue_counts_come_from_consumer_and_result_stream_info() -> None:
+    consumer = {"num_pending": 12, "num_ack_pending": 3, "num_redelivered": 1,
+                "num_waiting": 4, "delivered": {"stream_seq": 40}}
+    results = {"config": {"name": "KV_AGORA_RESULTS"},
+               "state": {"messages": 1204, "bytes": 65536, "first_seq": 1}}
+    assert JobQueue.from_info(consumer, results) == QUEUE
+    # Whatever a server sends, the counts are counts.
+    assert JobQueue.from_info({"num_pending": "12", "num_ack_pending": -1,
+                               "num_redelivered": True}, {"state": None}) == JobQueue(
+        queued=0, running=0, redelivered=0, results=0, results_bytes=0)
+
+
+class FakeStore:
+    """What read_job_queue asks of a JetStream; ``mode``: answer, refuse or hang."""
+
+    names = names_for("agora")
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    async def consumer_info(self) -> dict[str, Any]:
+        if self.mode == "refuse":
+            raise JetStreamUnavailable("no JetStream answers")
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        return {"num_pending": 12, "num_ack_pending": 3, "num_redelivered": 1}
+
+    async def stream_info(self, stream: str | None = None) -> dict[str, Any]:
+        assert stream == "KV_AGORA_RESULTS"
+        return {"state": {"messages": 1204, "bytes": 65536}}
+
+
+async def test_reading_the_job_queue_is_bounded_and_never_raises() -> None:
+    assert await read_job_queue(FakeStore("answer"), 1.0) == QUEUE  # type: ignore[arg-type]
+    assert await read_job_queue(FakeStore("refuse"), 1.0) is None  # type: ignore[arg-type]
+    hung = read_job_queue(FakeStore("hang"), 0.1)  # type: ignore[arg-type]
+    assert await asyncio.wait_for(hung, 10) is None
+
+
 # -- the frame -------------------------------------------------------------------------
 
 def crowded_view() -> MeshView:
@@ -268,7 +345,9 @@ def crowded_view() -> MeshView:
 @pytest.mark.parametrize("width", [10, 30, 57, 80, 120, 200])
 @pytest.mark.parametrize("height", [1, 2, 5, 9, 12, 24, 50, 200])
 def test_every_frame_has_exactly_the_size_asked_for(width: int, height: int) -> None:
-    for view in (crowded_view(), MeshView(started=T0)):
+    with_jobs = crowded_view()
+    with_jobs.set_jobs(QUEUE)
+    for view in (crowded_view(), MeshView(started=T0), with_jobs):
         lines = lines_of(render(view, width, height, T0 + 1))
         assert len(lines) == height
         assert all(len(line) <= width for line in lines)

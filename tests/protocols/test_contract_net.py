@@ -14,12 +14,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from agoramesh.bus import Identity
-from agoramesh.bus.envelope import now_ms, parse
+from agoramesh.bus.envelope import now_ms, parse, seal
 from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReason
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task, TaskStatus
-from agoramesh.protocols.bidder import Bidder, BidPolicy, _desk_for
+from agoramesh.protocols.bidder import AWARD_TOO_LATE, Bidder, BidPolicy, _desk_for
 from agoramesh.protocols.contract_net import AuctionPolicy, Progress
 from agoramesh.protocols.dispatch import Dispatcher
 from agoramesh.protocols.scoring import Bid, rank, weighted
@@ -133,7 +133,8 @@ async def test_every_bidder_declining_is_a_clear_error(
 async def test_no_bidder_is_a_clear_error(nats_server: Any, agent_factory: AgentFactory) -> None:
     node = await agent_factory(nats_server.client_url, "lonely", ["echo"],
                                auction_policy=AuctionPolicy(bid_window=0.2))
-    with pytest.raises(NoBidders, match=r"no agent bid for work\.do within 0\.2s"):
+    with pytest.raises(NoBidders, match=r"no agent offers work\.do: none is known here and none "
+                                         r"answered within 0\.2s"):
         await node.dispatcher.submit("work.do", {})
     result = await node.dispatcher.submit("echo", {"text": "still serving"})
     assert result.result == {"echo": {"text": "still serving"}}
@@ -228,8 +229,11 @@ class SilentBidder(Bidder):
         await asyncio.Event().wait()
 
 
-async def test_a_silent_winner_loses_the_task_and_its_late_result_is_dropped(
+async def test_a_silent_winner_is_replaced_and_its_late_result_taken_when_first(
         nats_server: Any, agent_factory: AgentFactory) -> None:
+    """A winner gone quiet is replaced but not told to stop: it may only be paused. Its
+    COMPLETED result, arriving before the new winner's, is the result; the new winner is
+    told to cancel. Nothing is thrown away that would make the task run for nothing."""
     nodes = await start_workers(agent_factory, [nats_server.client_url], {
         "quiet": Fixed(latency_ms=1), "steady": Fixed(latency_ms=100),
         "client": Fixed(latency_ms=9000, load=1.0, success_rate=0.0)},
@@ -239,20 +243,22 @@ async def test_a_silent_winner_loses_the_task_and_its_late_result_is_dropped(
     quiet.bidder = SilentBidder(quiet, Fixed(latency_ms=1))
     await quiet.bidder.start()
     events: list[Progress] = []
+    steady = nodes["steady"]
     outcome = await nodes["client"].auctioneer.run(
-        # Long enough that the quiet winner is lost (0.45 s of silence) before it finishes.
+        # Long enough that the quiet winner is lost (0.45 s of silence) before it finishes,
+        # and that it finishes (at 1 s) before the new winner (awarded at ~0.5 s) does.
         Task(task_type="work.do", parameters={"seconds": 1.0}), timeout=10,
         progress=events.append)
-    assert outcome.result.result["by"] == "steady"
+    assert outcome.result.result["by"] == "quiet" and outcome.winner == quiet.agent_id
     assert outcome.attempts == 2
     assert [(e.event, e.detail.get("agent")) for e in events
-            if e.event in ("award", "accepted", "lost")] == [
+            if e.event in ("award", "accepted", "lost", "late")] == [
         ("award", quiet.agent_id), ("accepted", quiet.agent_id), ("lost", quiet.agent_id),
-        ("award", nodes["steady"].agent_id), ("accepted", nodes["steady"].agent_id)]
-    assert quiet.backend.started  # type: ignore[attr-defined] # it did start the work
-    # Told to cancel, the lost winner answered after all: dropped, counted.
-    assert outcome.duplicates == 1
+        ("award", steady.agent_id), ("accepted", steady.agent_id), ("late", quiet.agent_id)]
     assert sum(e.event == "result" for e in events) == 1
+    # The new winner was told to stop: its run ends cancelled, not completed.
+    await wait_until(lambda: steady.metrics.tasks["work.do", "cancelled"] == 1, timeout=5)
+    assert steady.metrics.tasks["work.do", "completed"] == 0
 
 
 async def test_a_winner_that_never_answers_counts_as_declined_and_is_cancelled(
@@ -268,6 +274,31 @@ async def test_a_winner_that_never_answers_counts_as_declined_and_is_cancelled(
     assert result.result["by"] == "steady"
     assert [e.detail for e in events if e.event == "declined"] == [
         {"agent": mute.agent_id, "reason": "no answer"}]
+
+
+async def test_an_award_read_too_late_is_declined_for_a_retry_not_run(
+        nats_server: Any, agent_factory: AgentFactory, bus_factory: BusFactory) -> None:
+    """An award with under 250 ms of its 2 s life left (its winner was frozen) is declined
+    with retry: its initiator is giving up on it; running it would run the task twice."""
+    backend = Worker("thawed")
+    worker = await agent_factory(nats_server.client_url, "thawed", [WORK], backend=backend)
+    client = await bus_factory(nats_server.client_url)
+    direct = worker.bus.subjects.agent(worker.agent_id)
+
+    async def award(age_ms: int) -> tuple[str, Any]:
+        task = Task(task_type=WORK.name, parameters={"n": age_ms})
+        wire = seal(client.identity, type="award", subject=direct, to=worker.agent_id,
+                    ts=now_ms() - age_ms, ttl_ms=2000,
+                    body={"auction_id": f"a{age_ms}", "task": task.as_dict()})
+        msg = await client.nats.request(direct, wire, timeout=5)
+        reply = client.guard.admit(msg.data, msg.subject)  # opens the body boxed to us
+        return reply.type, reply.body
+
+    assert await award(1900) == ("decline", {"auction_id": "a1900", "reason": AWARD_TOO_LATE,
+                                             "retry": True})
+    kind, body = await award(1000)  # 1 s left: in time
+    assert kind == "task_response" and body["result"] == {"by": "thawed", "n": 1000}
+    assert backend.started == [body["task_id"]]
 
 
 @over_plain_and_tls

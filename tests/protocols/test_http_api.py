@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import re
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,15 +16,18 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from agoramesh._web import CLIENT_TEXT, RECORD_TEXT, ClientTextFilter
 from agoramesh.bus.server import EmbeddedServer
+from agoramesh.config import MAX_MESSAGE_BYTES
 from agoramesh.errors import NotConnected
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.node import AgentNode
-from agoramesh.protocols.http_api import HttpApi, status_for, validate_token
+from agoramesh.protocols.http_api import MAX_BODY, HttpApi, status_for, validate_token
 from agoramesh.testing import wait_until
 
 pytestmark = pytest.mark.integration
 
+JSON = {"Content-Type": "application/json"}
 TEXTS = ["Solar panels turn sunlight into power. Storage keeps power for the night.",
          "Wind turbines turn wind into power. Offshore wind is strong and steady."]
 
@@ -109,6 +119,7 @@ async def test_tasks_by_auction_direct_and_agent_id(api: HttpApi, driver: AgentN
     ({"capability": "echo", "priority": 11}, "'priority'"),
     ({"capability": "echo", "agent_id": 7}, "'agent_id'"),
     ({"capability": "echo", "colour": "red"}, "unknown task field(s) colour"),
+    ({"capability": "echo", "parameters": {"n": 10**30}}, "cannot be sent on the mesh"),
 ])
 async def test_bad_tasks_are_400(api: HttpApi, http: aiohttp.ClientSession,
                                  body: dict[str, Any], text: str) -> None:
@@ -156,12 +167,12 @@ async def test_collaborate_every_other_mode(api: HttpApi, http: aiohttp.ClientSe
 
 async def test_bad_requests_get_json_errors(api: HttpApi, http: aiohttp.ClientSession) -> None:
     url = f"{api.url}/api/collaborate"
-    assert_error(*await call(http, "POST", url, data=b"{not json"), 400, "InvalidInput",
-                 "not valid JSON")
-    assert_error(*await call(http, "POST", url, data=b"\xff\xfe"), 400, "InvalidInput",
-                 "UTF-8")
-    assert_error(*await call(http, "POST", url, data=b'{"mode": NaN}'), 400, "InvalidInput",
-                 "NaN")
+    assert_error(*await call(http, "POST", url, data=b"{not json", headers=JSON), 400,
+                 "InvalidInput", "not valid JSON")
+    assert_error(*await call(http, "POST", url, data=b"\xff\xfe", headers=JSON), 400,
+                 "InvalidInput", "UTF-8")
+    assert_error(*await call(http, "POST", url, data=b'{"mode": NaN}', headers=JSON), 400,
+                 "InvalidInput", "NaN")
     assert_error(*await call(http, "POST", url, json=["debate"]), 400, "InvalidInput",
                  "JSON object")
     assert_error(*await call(http, "POST", url, json={"mode": "brainstorm", "topic": "x"}),
@@ -185,15 +196,15 @@ async def test_bad_requests_get_json_errors(api: HttpApi, http: aiohttp.ClientSe
 
 async def test_oversized_bodies_are_413(api: HttpApi, http: aiohttp.ClientSession) -> None:
     big = b'{"mode": "debate", "topic": "' + b"x" * api.max_body + b'"}'
-    assert_error(*await call(http, "POST", f"{api.url}/api/collaborate", data=big),
-                 413, "RequestEntityTooLarge", "larger than")
+    assert_error(*await call(http, "POST", f"{api.url}/api/collaborate", data=big,
+                             headers=JSON), 413, "RequestEntityTooLarge", "larger than")
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: caught while reading
         for _ in range(4):
             yield b" " * (api.max_body // 2)
 
-    assert_error(*await call(http, "POST", f"{api.url}/api/tasks", data=chunks()),
-                 413, "RequestEntityTooLarge", "larger than")
+    assert_error(*await call(http, "POST", f"{api.url}/api/tasks", data=chunks(),
+                             headers=JSON), 413, "RequestEntityTooLarge", "larger than")
 
 
 async def test_no_agents_is_503_and_a_deadline_is_504(
@@ -217,10 +228,19 @@ async def test_no_agents_is_503_and_a_deadline_is_504(
 
 
 def test_status_mapping() -> None:
-    from agoramesh.errors import AuctionFailed, BackendError, BusTimeout, SubjectError
+    from agoramesh.errors import (
+        AuctionFailed,
+        BackendError,
+        BusTimeout,
+        OversizeEnvelope,
+        SubjectError,
+    )
+    # An OversizeEnvelope that reaches status_for came back from an agent: the mesh failed.
+    # One the API would send itself is a 413 decided before sending (test_the_body_limit_…).
     assert [status_for(error) for error in (SubjectError("x"), AuctionFailed("x"),
                                             BusTimeout("x"), BackendError("x"),
-                                            KeyError("x"))] == [400, 503, 504, 502, 500]
+                                            OversizeEnvelope("x"), KeyError("x"))
+            ] == [400, 503, 504, 502, 502, 500]
 
 
 async def test_a_port_in_use_is_a_one_line_config_error(api: HttpApi, driver: AgentNode) -> None:
@@ -315,3 +335,218 @@ def test_a_bad_token_is_a_one_line_config_error(driver: AgentNode, token: str,
 
 def test_validate_token_accepts_16_token_characters() -> None:
     assert validate_token("aZ09-._~+/=aZ09-") == "aZ09-._~+/=aZ09-"
+
+
+# --- content types, body limits and what clients can make the server log ------------------
+
+
+@pytest.mark.parametrize("path", ["/api/tasks", "/api/collaborate"])
+@pytest.mark.parametrize("content_type", [None, "text/plain",
+                                          "application/x-www-form-urlencoded",
+                                          "application/octet-stream", "application/jsonp",
+                                          "application/+json", "text/json"],
+                         ids=["missing", "text", "form", "octet-stream", "jsonp", "bare-suffix",
+                              "text-json"])
+async def test_a_body_not_declared_json_is_415(api: HttpApi, http: aiohttp.ClientSession,
+                                               path: str, content_type: str | None) -> None:
+    body = b'{"capability": "echo", "mode": "debate", "topic": "x"}'
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    status, answer = await call(http, "POST", api.url + path, data=body, headers=headers,
+                                skip_auto_headers=["Content-Type"])
+    assert_error(status, answer, 415, "UnsupportedMediaType",
+                 "send Content-Type: application/json")
+    assert ("no Content-Type" if content_type is None
+            else repr(content_type)) in answer["error"]["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=UTF-8",
+                                          "Application/JSON;charset=utf-8",
+                                          "application/merge-patch+json",
+                                          "application/vnd.example+JSON"])
+async def test_json_content_types_are_accepted(api: HttpApi, http: aiohttp.ClientSession,
+                                               content_type: str) -> None:
+    body = json.dumps({"capability": "echo", "parameters": {"text": "hi"},
+                       "strategy": "direct"}).encode()
+    status, result = await call(http, "POST", f"{api.url}/api/tasks", data=body,
+                                headers={"Content-Type": content_type})
+    assert (status, result["result"]) == (200, {"echo": {"text": "hi"}})
+
+
+async def test_the_content_type_is_checked_before_the_body_is_read(api: HttpApi) -> None:
+    """A 415 comes back while the client still owes the whole body (and a 401 comes first)."""
+    assert api.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    try:
+        writer.write(b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: 100000\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 415 ")
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_the_token_is_checked_before_the_content_type(guarded: HttpApi,
+                                                            http: aiohttp.ClientSession) -> None:
+    assert_error(*await call(http, "POST", f"{guarded.url}/api/tasks", data=b"x=1",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"}),
+                 401, "Unauthorized", NEEDS_HEADER)
+
+
+@pytest_asyncio.fixture
+async def roomy(driver: AgentNode) -> AsyncIterator[HttpApi]:
+    """The API with its default body limit, MAX_BODY."""
+    async with HttpApi(driver.dispatcher, agent_id=driver.agent_id, timeout=10) as server:
+        yield server
+
+
+async def test_the_body_limit_is_what_is_accepted(roomy: HttpApi,
+                                                  http: aiohttp.ClientSession) -> None:
+    """A body of up to ``MAX_BODY`` reaches the agent whole; beyond, a 413 says why."""
+    url = f"{roomy.url}/api/tasks"
+    for strategy in ("auction", "direct"):
+        task: dict[str, Any] = {"capability": "echo", "parameters": {"text": ""},
+                                "strategy": strategy}
+        text = "x" * (MAX_BODY - 10 - len(json.dumps(task)))
+        task["parameters"]["text"] = text
+        body = json.dumps(task).encode()
+        assert len(body) == MAX_BODY - 10
+        status, result = await call(http, "POST", url, data=io.BytesIO(body), headers=JSON)
+        assert (status, result.get("status")) == (200, "COMPLETED"), str(result)[:500]
+        assert result["result"] == {"echo": {"text": text}}
+
+    over = body + b" " * 11  # still valid JSON; refused for its Content-Length alone
+    assert len(over) == MAX_BODY + 1
+    assert_error(*await call(http, "POST", url, data=io.BytesIO(over), headers=JSON), 413,
+                 "RequestEntityTooLarge", f"larger than {MAX_BODY} bytes")
+
+    # Within MAX_BODY, yet over the bus's message limit once encoded: msgpack writes
+    # each 1.5 (4 characters of JSON with its comma) in 9 bytes.
+    empty = len(json.dumps({"capability": "echo", "parameters": {"v": []}},
+                           separators=(",", ":")))
+    numbers = [1.5] * ((MAX_BODY - 10 - empty + 1) // 4)
+    body = json.dumps({"capability": "echo", "parameters": {"v": numbers}},
+                      separators=(",", ":")).encode()
+    assert MAX_BODY - 14 < len(body) <= MAX_BODY - 10
+    status, answer = await call(http, "POST", url, data=io.BytesIO(body), headers=JSON)
+    assert_error(status, answer, 413, "OversizeEnvelope", f"fit in {MAX_MESSAGE_BYTES} bytes")
+    encoded = re.fullmatch(r"the task is (\d+) bytes once encoded for the mesh; .*",
+                           answer["error"]["message"])
+    assert encoded is not None and int(encoded[1]) > 9 * len(numbers) > MAX_MESSAGE_BYTES
+
+
+@contextlib.contextmanager
+def logged_at_debug(caplog: pytest.LogCaptureFixture) -> Any:
+    with caplog.at_level(logging.DEBUG, logger="agoramesh"), \
+            caplog.at_level(logging.DEBUG, logger="aiohttp"):
+        yield
+
+
+def ours_and_aiohttp(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records
+            if record.name.split(".")[0] in ("agoramesh", "aiohttp", "asyncio")]
+
+
+async def test_a_client_hanging_up_mid_body_is_a_quiet_debug_line(
+        roomy: HttpApi, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    """Content-Length: 100000 and 10 bytes of body, then the client closes.
+
+    Closed at once, the request may be dropped before a handler reads it; with
+    ``Expect: 100-continue`` the client waits for "100 Continue", i.e. until the
+    request is being handled, so the handler's read is sure to find the loss.
+    """
+    assert roomy.port is not None
+    head = b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sending = [(b"Content-Length: 100000", b"0123456789", False),
+               (b"Content-Length: 100000", b"0123456789", True),
+               (b"Transfer-Encoding: chunked", b"a\r\n0123456789\r\n", True)]
+    with logged_at_debug(caplog):
+        for framing, body, expect in sending:
+            reader, writer = await asyncio.open_connection("127.0.0.1", roomy.port)
+            try:
+                writer.write(head + framing + b"\r\n" + (b"Expect: 100-continue\r\n" if expect
+                                                         else b"") + b"\r\n")
+                if expect:
+                    async with asyncio.timeout(5):
+                        assert await reader.readuntil(b"\r\n\r\n") == (
+                            b"HTTP/1.1 100 Continue\r\n\r\n")
+                writer.write(body)
+                await writer.drain()
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+        await wait_until(lambda: sum("did not arrive" in record.getMessage()
+                                     for record in caplog.records) >= 2, timeout=5)
+        assert await call(http, "GET", f"{roomy.url}/api/health") == (
+            200, {"status": "ok", "agents": 3, "agent_id": roomy.agent_id})
+    records = ours_and_aiohttp(caplog)
+    lost = [record for record in records if "did not arrive" in record.getMessage()]
+    assert {(record.name, record.levelno, record.getMessage()) for record in lost} == {
+        ("agoramesh.http", logging.DEBUG,
+         "POST /api/tasks: the body did not arrive: Connection lost")}
+    assert [record.getMessage() for record in records if record.levelno >= logging.WARNING
+            ] == []
+    assert [record.getMessage() for record in records if record.exc_info or record.exc_text
+            ] == []
+
+
+MALFORMED = {
+    "request-line": b"G" * (128 * 1024) + b" / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header-line": b"GET /api/health HTTP/1.1\r\nX-Junk: " + b"j" * (64 * 1024) + b"\r\n\r\n",
+    "control-bytes": b"\x1b[31m\x00" * 1000 + b" / HTTP/1.1\r\n\r\n",
+    "bad-chunk": (b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\nzz" + b"z" * (64 * 1024) + b"\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_malformed_http_is_a_bounded_debug_line(
+        api: HttpApi, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
+        request_bytes: bytes) -> None:
+    assert api.port is not None
+    with logged_at_debug(caplog):
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+        try:
+            writer.write(request_bytes)
+            await writer.drain()
+            async with asyncio.timeout(5):
+                status_line = await reader.readuntil(b"\r\n")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        assert status_line.split()[1] == b"400", status_line
+        await wait_until(lambda: any(
+            "malformed HTTP request" in record.getMessage() or "did not arrive"
+            in record.getMessage() for record in caplog.records), timeout=5)
+        assert (await call(http, "GET", f"{api.url}/api/health"))[0] == 200
+    records = ours_and_aiohttp(caplog)
+    assert records
+    for record in records:
+        message = record.getMessage()
+        assert len(message) <= RECORD_TEXT and message.isprintable(), message[:300]
+        assert record.levelno <= logging.INFO and not record.exc_info and not record.exc_text
+        for byte in "Gjz":  # the runs of the requests above: never more than CLIENT_TEXT
+            assert byte * (CLIENT_TEXT + 1) not in message
+
+
+def test_other_aiohttp_records_keep_their_level_with_bounded_text() -> None:
+    """A bug's traceback stays, clipped; a long argument is clipped where it is used."""
+    try:
+        raise RuntimeError("boom " + "q" * 5000)
+    except RuntimeError:
+        record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1,
+                                   "Unhandled exception from %s: %r", ("a" * 5000, 7),
+                                   sys.exc_info())
+    assert ClientTextFilter().filter(record)
+    message = record.getMessage()
+    assert record.levelno == logging.ERROR and len(message) <= RECORD_TEXT
+    assert message.startswith("Unhandled exception from " + "a" * CLIENT_TEXT + "… [+4800 ")
+    assert record.exc_info is None and record.exc_text is not None
+    lines = record.exc_text.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[-1].startswith("RuntimeError: boom qqq") and lines[-1].endswith(" characters]")
+    assert max(map(len, lines)) <= CLIENT_TEXT + 30

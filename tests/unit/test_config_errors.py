@@ -37,7 +37,7 @@ from agoramesh.errors import (
 
 def test_envelope_policy_defaults() -> None:
     policy = EnvelopePolicy()
-    assert policy.max_bytes == 1024 * 1024
+    assert policy.max_bytes == 1024 * 1024 + 64 * 1024
     assert policy.default_ttl_ms <= policy.max_ttl_ms
     assert policy.replay_cache_size >= 1
 

@@ -6,6 +6,9 @@ PROTOCOL.md §20); incoming ones pass the agent's :class:`Guard`, which opens
 boxes addressed to us, before a handler sees them.
 Handlers receive a :class:`Delivery` and answer with ``respond``, which
 replies in kind: a signed envelope to an envelope, plain JSON to plain JSON.
+Every error reply (an ``error`` envelope, a JSON error, a FAILED
+``task_response``) carries the NATS services protocol's error headers
+(:func:`error_headers`), so ``nats req`` and ``nats micro`` clients see it too.
 
 Every wait is bounded: connecting (``connect_timeout``), requests and
 scatter-gather (their ``timeout``), handlers at close (``drain_timeout``).
@@ -16,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,16 +55,82 @@ from agoramesh.errors import (
     OversizeEnvelope,
     PermissionDenied,
     RejectReason,
+    error_code,
     error_from_wire,
     error_to_wire,
 )
 
-__all__ = ("ERROR_TYPE", "Bus", "Delivery", "Handler", "Subscription")
+__all__ = ("ERROR_CODE_HEADER", "ERROR_HEADER", "ERROR_TYPE", "MAX_ERROR_DESCRIPTION", "Bus",
+           "Delivery", "Handler", "OnRejected", "Reply", "Subscription", "error_headers",
+           "headers_size", "reply_error")
 
 log = logging.getLogger("agoramesh.bus")
 
 #: Envelope type of an error reply; its body is ``{"type", "message"}``.
 ERROR_TYPE = "error"
+#: The NATS services (micro) protocol's error headers, set on every error reply.
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+#: The longest ``Nats-Service-Error`` value, in characters.
+MAX_ERROR_DESCRIPTION = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+#: Called with a message a subscription refused and why (``Bus.subscribe(on_rejected=)``).
+OnRejected = Callable[[Msg, EnvelopeError], None]
+
+
+def error_headers(type_name: str, message: str) -> dict[str, str]:
+    """The headers of an error reply: ``Nats-Service-Error`` and ``Nats-Service-Error-Code``.
+
+    The description is ``"<type>: <message>"`` on one line (control characters,
+    CR and LF among them, become spaces), at most :data:`MAX_ERROR_DESCRIPTION`
+    characters; the code is :func:`agoramesh.errors.error_code` of the type, in
+    decimal.
+    """
+    type_name = type_name or "RemoteError"
+    text = f"{type_name}: {message}" if message else type_name
+    description = _CONTROL.sub(" ", text).strip()[:MAX_ERROR_DESCRIPTION].rstrip()
+    return {ERROR_HEADER: description, ERROR_CODE_HEADER: str(error_code(type_name))}
+
+
+def reply_error(type: str, body: Any) -> tuple[str, str] | None:
+    """``(type name, message)`` of the error a reply carries, None for any other reply.
+
+    Error replies: an ``error`` envelope (its body), and a ``task_response``
+    whose ``status`` is ``FAILED`` (its ``error``), JSON or envelope alike.
+    """
+    if not isinstance(body, dict):
+        return None
+    if type == ERROR_TYPE:
+        error: Any = body
+    elif type == "task_response" and body.get("status") == "FAILED":
+        error = body.get("error")
+        if not isinstance(error, dict):
+            return "TaskError", "the task failed"
+    else:
+        return None
+    return str(error.get("type") or "RemoteError"), str(error.get("message") or "")
+
+
+def headers_size(headers: Mapping[str, str] | None) -> int:
+    """Bytes the headers add to a NATS message (``NATS/1.0``, one line each, a blank line)."""
+    if not headers:
+        return 0
+    return 12 + sum(len(name.encode()) + len(value.encode()) + 4
+                    for name, value in headers.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply ready to publish: its payload and headers (None: no headers)."""
+
+    payload: bytes
+    headers: dict[str, str] | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes as a NATS message: the payload and the headers."""
+        return len(self.payload) + headers_size(self.headers)
 
 
 @dataclass(slots=True)
@@ -93,21 +163,51 @@ class Delivery:
     def can_respond(self) -> bool:
         return bool(self.msg.reply)
 
+    def prepare(self, type: str, body: Any) -> Reply:
+        """The reply :meth:`respond` would send: sealed for the requester, or JSON.
+
+        Error replies (:func:`reply_error`) get the error headers. OversizeEnvelope
+        if it would exceed ``max_bytes`` as a message, headers included; ValueError
+        for a JSON reply JSON cannot carry. Needs a reply subject.
+        """
+        error = reply_error(type, body)
+        headers = error_headers(*error) if error else None
+        if self.envelope is None:
+            payload = encode_json(body)
+            limit = self.bus.config.envelope.max_bytes
+            if len(payload) + headers_size(headers) > limit:
+                raise OversizeEnvelope(f"reply of {len(payload) + headers_size(headers)} "
+                                       f"bytes exceeds the {limit}-byte limit")
+        else:
+            payload = self.bus.seal(self.msg.reply, type, body, to=self.envelope.sender,
+                                    cid=self.envelope.cid, headers=headers)
+        return Reply(payload, headers)
+
+    def measure(self, type: str, body: Any) -> int:
+        """The size :meth:`prepare` would find, without its limit (nothing is counted)."""
+        error = reply_error(type, body)
+        extra = headers_size(error_headers(*error)) if error else 0
+        if self.envelope is None:
+            return len(encode_json(body)) + extra
+        return len(self.bus.wire(self.msg.reply, type, body, to=self.envelope.sender,
+                                 cid=self.envelope.cid)) + extra
+
+    async def send(self, reply: Reply) -> None:
+        """Publish a prepared reply on the reply subject (none: nothing is sent)."""
+        if self.msg.reply:
+            await self.bus.publish_raw(self.msg.reply, reply.payload, headers=reply.headers)
+
     async def respond(self, type: str, body: Any) -> None:
         """Reply in kind; a message without a reply subject gets nothing."""
-        reply = self.msg.reply
-        if not reply:
-            return
-        if self.envelope is None:
-            await self.bus.publish_raw(reply, encode_json(body))
-        else:
-            await self.bus.publish(reply, type, body, to=self.envelope.sender,
-                                   cid=self.envelope.cid)
+        if self.msg.reply:
+            await self.send(self.prepare(type, body))
 
     async def respond_error(self, error: BaseException) -> None:
         if self.envelope is None:
             if self.msg.reply:
-                await self.bus.publish_raw(self.msg.reply, encode_json_error(error))
+                wire = error_to_wire(error)
+                await self.bus.publish_raw(self.msg.reply, encode_json_error(error),
+                                           headers=error_headers(wire["type"], wire["message"]))
         else:
             await self.respond(ERROR_TYPE, error_to_wire(error))
 
@@ -129,13 +229,16 @@ class Subscription:
     """A Bus subscription; handlers already running finish (bounded) on ``stop``."""
 
     def __init__(self, bus: Bus, subject: str, handler: Handler, *, queue: str | None,
-                 ingress: IngressPolicy, concurrency: int, verify: bool = True) -> None:
+                 ingress: IngressPolicy, concurrency: int, verify: bool = True,
+                 on_rejected: OnRejected | None = None) -> None:
         self.bus = bus
         self.subject = subject
         self.queue = queue
         self.handler = handler
         self.ingress = ingress
         self.verify = verify
+        #: Called for every message this subscription refuses (counted by the guard).
+        self.on_rejected = on_rejected
         # Concurrency 1 runs handlers inline in nats-py's callback task, in
         # arrival order and without a task per message (under bursts, a task per
         # message queues every handler behind the whole loop). unsubscribe()
@@ -147,7 +250,8 @@ class Subscription:
         self._nats: NatsSubscription | None = None
 
     async def _on_message(self, msg: Msg) -> None:
-        delivery = await self.bus._admit(msg, self.ingress, verify=self.verify)
+        delivery = await self.bus._admit(msg, self.ingress, verify=self.verify,
+                                         on_rejected=self.on_rejected)
         if delivery is None:
             return
         if self._slots is None:
@@ -358,17 +462,25 @@ class Bus:
 
     # -- sending -------------------------------------------------------------------
 
-    def seal(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
+    def wire(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
              cid: str | None = None, ttl_ms: int | None = None) -> bytes:
+        """Envelope bytes for ``subject``, whatever their size; nothing is counted or traced."""
+        return seal(self.identity, type=type, subject=subject, body=body, to=to, cid=cid,
+                    ttl_ms=ttl_ms or self.config.envelope.default_ttl_ms, box=self._box)
+
+    def seal(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
+             cid: str | None = None, ttl_ms: int | None = None,
+             headers: Mapping[str, str] | None = None) -> bytes:
         """Envelope bytes for ``subject``; OversizeEnvelope if they would be rejected.
 
         A body addressed to one agent is encrypted for it (``config.encrypt``);
-        ``trace`` still records the plaintext.
+        ``trace`` still records the plaintext. ``headers``: those it will be sent
+        with, which count towards ``max_bytes`` (servers count them in ``max_payload``).
         """
-        wire = seal(self.identity, type=type, subject=subject, body=body, to=to, cid=cid,
-                    ttl_ms=ttl_ms or self.config.envelope.default_ttl_ms, box=self._box)
-        if len(wire) > self.config.envelope.max_bytes:
-            raise OversizeEnvelope(f"envelope of {len(wire)} bytes exceeds the "
+        wire = self.wire(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms)
+        size = len(wire) + headers_size(headers)
+        if size > self.config.envelope.max_bytes:
+            raise OversizeEnvelope(f"envelope of {size} bytes exceeds the "
                                    f"{self.config.envelope.max_bytes}-byte limit")
         self.sent[type] += 1
         if self.trace is not None:
@@ -378,15 +490,16 @@ class Bus:
 
     async def publish(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
                       cid: str | None = None, ttl_ms: int | None = None,
-                      reply: str = "") -> None:
-        """Sign and publish one envelope."""
-        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms)
-        await self.publish_raw(subject, wire, reply=reply)
+                      reply: str = "", headers: dict[str, str] | None = None) -> None:
+        """Sign and publish one envelope (with NATS ``headers``, if given)."""
+        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms, headers=headers)
+        await self.publish_raw(subject, wire, reply=reply, headers=headers)
 
-    async def publish_raw(self, subject: str, payload: bytes, *, reply: str = "") -> None:
-        """Publish bytes as they are (plain-JSON replies, relays)."""
+    async def publish_raw(self, subject: str, payload: bytes, *, reply: str = "",
+                          headers: dict[str, str] | None = None) -> None:
+        """Publish bytes as they are (plain-JSON replies, relays), with ``headers`` if given."""
         try:
-            await self.nats.publish(subject, payload, reply=reply)
+            await self.nats.publish(subject, payload, reply=reply, headers=headers)
         except nats.errors.ConnectionClosedError as exc:
             raise NotConnected(f"cannot publish on {subject}: connection closed") from exc
         except nats.errors.BadSubjectError as exc:
@@ -485,7 +598,8 @@ class Bus:
 
     async def subscribe(self, subject: str, handler: Handler, *, queue: str | None = None,
                         ingress: IngressPolicy = IngressPolicy.DENY,
-                        concurrency: int = 1, verify: bool = True) -> Subscription:
+                        concurrency: int = 1, verify: bool = True,
+                        on_rejected: OnRejected | None = None) -> Subscription:
         """Deliver admitted messages on ``subject`` (wildcards allowed) to ``handler``.
 
         Returns once our server has registered the interest. ``concurrency``
@@ -494,10 +608,13 @@ class Bus:
         requester as an error reply. ``verify=False`` admits envelopes without
         their signature check (everything else is checked): for messages the
         handler does not act on until a verified one follows, such as calls for
-        proposals (an award, verified, is what an agent acts on).
+        proposals (an award, verified, is what an agent acts on). ``on_rejected``
+        is called with every message the subscription refuses (each is counted
+        in ``rejections`` too) and the error it was refused with.
         """
         subscription = Subscription(self, subject, handler, queue=queue, ingress=ingress,
-                                    concurrency=concurrency, verify=verify)
+                                    concurrency=concurrency, verify=verify,
+                                    on_rejected=on_rejected)
         nc = self.nats
         denials = self._denials_seen
         subscription._nats = await nc.subscribe(subject, queue=queue or "",
@@ -533,14 +650,16 @@ class Bus:
         except nats.errors.TimeoutError:
             raise BusTimeout(f"the server did not answer a flush within {wait}s") from None
 
-    async def _admit(self, msg: Msg, ingress: IngressPolicy, *,
-                     verify: bool = True) -> Delivery | None:
+    async def _admit(self, msg: Msg, ingress: IngressPolicy, *, verify: bool = True,
+                     on_rejected: OnRejected | None = None) -> Delivery | None:
         """The delivery for ``msg``, or None after counting (and answering) a rejection."""
         data = msg.data
         if looks_like_envelope(data):
             try:
                 envelope = self.guard.admit(data, msg.subject, verify=verify)
             except EnvelopeError as error:
+                if on_rejected is not None:
+                    on_rejected(msg, error)
                 await self._answer_rejection(msg, error, as_json=False)
                 return None
             self.saw(envelope)
@@ -562,6 +681,8 @@ class Bus:
                     self.trace("saw", {"subject": msg.subject, "type": "json", "body": body})
                 return Delivery(self, msg, None, body)
         self.guard.reject(policy_error)
+        if on_rejected is not None:
+            on_rejected(msg, policy_error)
         await self._answer_rejection(msg, policy_error, as_json=True)
         return None
 
@@ -569,15 +690,15 @@ class Bus:
         """Tell a requester why, so it fails fast instead of timing out.
 
         Replays are not answered: the original was, and answering again would
-        let anyone replay an envelope to make us talk. Expired requests are not
-        answered either: their requester has stopped waiting.
+        let anyone replay an envelope to make us talk. Expired requests are
+        answered (``ExpiredEnvelope``): with clocks apart, their requester may
+        still be waiting. The answer carries the error headers.
         """
-        if (not msg.reply or self._nc is None
-                or error.reason in (RejectReason.REPLAYED, RejectReason.EXPIRED)):
+        if not msg.reply or self._nc is None or error.reason is RejectReason.REPLAYED:
             return
-        if as_json:
-            payload = encode_json_error(error)
-        else:
-            payload = self.seal(msg.reply, ERROR_TYPE, error_to_wire(error))
-        with contextlib.suppress(nats.errors.Error):
-            await self._nc.publish(msg.reply, payload)
+        wire_error = error_to_wire(error)
+        headers = error_headers(wire_error["type"], wire_error["message"])
+        with contextlib.suppress(nats.errors.Error, EnvelopeError):  # an answer over max_bytes
+            payload = (encode_json_error(error) if as_json else
+                       self.seal(msg.reply, ERROR_TYPE, wire_error, headers=headers))
+            await self._nc.publish(msg.reply, payload, headers=headers)

@@ -37,7 +37,7 @@ import msgpack
 
 from agoramesh.bus.identity import Identity, is_agent_id, verify
 from agoramesh.bus.subjects import validate_subject
-from agoramesh.config import EnvelopePolicy
+from agoramesh.config import MAX_MESSAGE_BYTES, EnvelopePolicy
 from agoramesh.errors import (
     BadSignature,
     EnvelopeError,
@@ -254,7 +254,7 @@ def unpack_body(data: bytes) -> Any:
     return body
 
 
-def parse(data: bytes, *, max_bytes: int = 1024 * 1024) -> Envelope:
+def parse(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     """Decode and type-check an envelope; no signature, clock or replay checks."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedEnvelope(f"envelope must be bytes, got {type(data).__name__}")
@@ -390,18 +390,24 @@ class Guard:
         return error
 
     def admit(
-        self, data: bytes, subject: str, *, verify: bool = True, now: int | None = None
+        self, data: bytes, subject: str, *, verify: bool = True, now: int | None = None,
+        stored: bool = False,
     ) -> Envelope:
-        """Every check for ``data`` that arrived on ``subject``."""
+        """Every check for ``data`` that arrived on ``subject``.
+
+        ``stored``: ``data`` was read back from a store (a durable job, PROTOCOL.md
+        §21), ``now`` is when the store took it, and the replay cache is left
+        alone: a store redelivers on purpose, and the task id keeps it harmless.
+        """
         try:
             envelope = parse(data, max_bytes=self.policy.max_bytes)
             now = now_ms() if now is None else now
-            self._check(envelope, subject, now)
+            self._check(envelope, subject, now, replay=not stored)
             if verify:
                 self._verify(envelope)
             if is_boxed(envelope.body):
                 envelope = self._open(envelope)
-            if verify:
+            if verify and not stored:
                 self._remember(envelope, now)
         except EnvelopeError as error:
             raise self.reject(error) from None
@@ -418,7 +424,7 @@ class Guard:
             raise self.reject(error) from None
         return envelope
 
-    def _check(self, envelope: Envelope, subject: str, now: int) -> None:
+    def _check(self, envelope: Envelope, subject: str, now: int, *, replay: bool = True) -> None:
         if envelope.subject != subject:
             raise WrongSubject(
                 f"envelope signed for {envelope.subject[:80]!r} arrived on {subject[:80]!r}"
@@ -431,7 +437,8 @@ class Guard:
                 f"envelope lifetime {envelope.exp - envelope.ts} ms exceeds the "
                 f"{self.policy.max_ttl_ms} ms limit"
             )
-        self._not_replayed(envelope)
+        if replay:
+            self._not_replayed(envelope)
 
     def _fresh(self, envelope: Envelope, now: int) -> None:
         if envelope.exp <= now:

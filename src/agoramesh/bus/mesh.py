@@ -4,6 +4,10 @@ The first seed starts a cluster; every other seed names only that one as its
 bootstrap and route gossip completes the full mesh. Each leaf names one seed's
 leafnode address; the hubs gossip the others, so a leaf fails over to any seed.
 Used by ``agoramesh up``, ``agoramesh demo`` and the test fixtures.
+
+With a template that runs JetStream, the seeds form one JetStream cluster and
+:meth:`Mesh.launch` returns once it has a meta leader; a one-seed mesh runs
+it standalone (no route listener), since a cluster needs two for a quorum.
 """
 
 from __future__ import annotations
@@ -39,11 +43,15 @@ class Mesh:
     ) -> Mesh:
         """Start ``seeds`` seeds (fully routed) and ``leaves`` leaves spread over them."""
         mesh = cls(base_dir, template=template)
+        if seeds == 1 and mesh.template.jetstream is not None:
+            mesh.template = replace(mesh.template, standalone=True)
         try:
             if seeds:
                 await mesh.add_seed()  # the others bootstrap from this one
             await asyncio.gather(*(mesh.add_seed() for _ in range(seeds - 1)))
             await mesh.wait_full_mesh()
+            if mesh.template.jetstream is not None:
+                await mesh.wait_jetstream()
             await asyncio.gather(*(mesh.add_leaf(mesh.seeds[i % seeds]) for i in range(leaves)))
         except BaseException:
             await mesh.stop(grace=1.0)
@@ -64,12 +72,16 @@ class Mesh:
 
     def _config(self, role: Role, **fields: object) -> ServerConfig:
         name = f"{role.value}{next(self._numbers[role])}"
+        if role is Role.LEAF:  # a leaf uses its hubs' JetStream through the link
+            fields.update(jetstream=None, standalone=False)
         return replace(self.template, name=name, role=role, data_dir=self.base_dir / name,
                        **fields)  # type: ignore[arg-type]
 
     async def add_seed(self, bootstrap: EmbeddedServer | None = None) -> EmbeddedServer:
         """Start a seed routed to ``bootstrap`` (default: the first seed, if any)."""
         anchor = bootstrap or (self.seeds[0] if self.seeds else None)
+        if anchor is not None and anchor.config.standalone:
+            raise ServerError(f"{anchor.config.name} is a standalone seed: it takes no routes")
         peers = (anchor.cluster_address,) if anchor else ()
         server = EmbeddedServer(self._config(Role.SEED, bootstrap=peers))
         self.seeds.append(server)
@@ -90,6 +102,11 @@ class Mesh:
         """Wait until every live seed has a route to every other live seed."""
         live = [seed for seed in self.seeds if not seed.crashed.is_set()]
         await asyncio.gather(*(s.wait_routes(len(live) - 1, timeout=timeout) for s in live))
+
+    async def wait_jetstream(self, timeout: float = 20.0) -> None:
+        """Wait until every live seed's JetStream is healthy (a meta leader is elected)."""
+        live = [seed for seed in self.seeds if not seed.crashed.is_set()]
+        await asyncio.gather(*(s.wait_jetstream(timeout=timeout) for s in live))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop leaves first (they depend on the seeds), then seeds; all bounded."""

@@ -45,9 +45,12 @@ class MonitorClient:
         except (IndexError, ValueError) as exc:
             raise ServerError(f"unreadable monitoring reply from {self.url}{path}") from exc
 
-    async def healthy(self) -> bool:
+    async def healthy(self, *, server_only: bool = False) -> bool:
+        """``/healthz`` answers ok; ``server_only``: JetStream only needs to be enabled,
+        not to have a meta leader or healthy streams yet."""
         try:
-            status, _ = await self.get("/healthz")
+            status, _ = await self.get("/healthz?js-enabled-only=true" if server_only
+                                       else "/healthz")
         except (OSError, TimeoutError, ServerError):
             return False
         return status == 200

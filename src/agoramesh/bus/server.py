@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -63,8 +64,13 @@ def _render(value: Any, indent: str) -> str:
     return json.dumps(value)  # strings quoted and escaped; numbers and bools as JSON
 
 
-def render_config(config: ServerConfig) -> str:
-    """The nats-server configuration file for ``config`` (NATS conf syntax)."""
+def render_config(config: ServerConfig, *, self_route: str | None = None) -> str:
+    """The nats-server configuration file for ``config`` (NATS conf syntax).
+
+    ``self_route``: a seed's own route address, listed with its routes (see
+    :meth:`EmbeddedServer.start`: nats-server clusters JetStream only with a
+    configured route, and recognises and drops a route to itself).
+    """
     host = config.host
     conf: dict[str, Any] = {
         "server_name": config.name,
@@ -88,14 +94,23 @@ def render_config(config: ServerConfig) -> str:
         conf["resolver_preload"] = dict(auth.accounts)
     if tls is not None:
         conf["tls"] = _tls_block(tls, verify=False)  # clients authenticate by JWT
-    if config.role is Role.SEED:
+    if config.jetstream is not None:
+        js = config.jetstream
+        conf["jetstream"] = {"store_dir": str(js.store_dir or config.data_dir / "jetstream"),
+                             "max_memory_store": js.max_memory, "max_file_store": js.max_file,
+                             "domain": js.domain}
+    if config.role is Role.SEED and config.standalone:
+        conf["leafnodes"] = {"listen": f"{host}:{config.leaf_port}"}
+        if tls is not None:
+            conf["leafnodes"]["tls"] = _tls_block(tls, verify=True)
+    elif config.role is Role.SEED:
         userinfo = (f"{auth.route_user}:{auth.route_password}@"
                     if auth is not None and auth.route_password else "")
         cluster: dict[str, Any] = {
             "name": config.cluster_name,
             "listen": f"{host}:{config.cluster_port}",
-            "routes": [f"nats-route://{userinfo}{h}:{p}"
-                       for h, p in map(parse_hostport, config.bootstrap)],
+            "routes": [f"nats-route://{userinfo}{h}:{p}" for h, p in map(
+                parse_hostport, (*config.bootstrap, *([self_route] if self_route else [])))],
         }
         if userinfo:
             assert auth is not None
@@ -151,11 +166,14 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when its parent dies.
+def parent_death_signal(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to send ``signum`` to the child when its parent dies.
 
-    libc is loaded here, in the parent: the child of a threaded process must
-    not import anything between fork and exec.
+    A parent that dies between fork and the request would leave the child
+    orphaned with no signal coming, so the child then checks that its parent
+    is still the one that forked it and exits at once if not. libc is loaded
+    here, in the parent: the child of a threaded process must not import
+    anything between fork and exec.
     """
     if sys.platform != "linux":
         return None
@@ -163,9 +181,12 @@ def parent_death_signal() -> Callable[[], None] | None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
+    parent = os.getpid()
 
     def preexec() -> None:  # pragma: no cover - runs in the child
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl(1, signum)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
 
     return preexec
 
@@ -192,6 +213,9 @@ class EmbeddedServer:
         return self._process.pid if self._process else None
 
     def _port(self, kind: str) -> int:
+        if kind == "cluster" and self.config.standalone:
+            raise ServerError(f"server {self.config.name} is a standalone seed: it takes no "
+                              f"routes (join it as a leaf)")
         if kind not in self._ports:
             raise ServerError(f"server {self.config.name} is not started (no {kind} port yet)")
         return self._ports[kind]
@@ -232,7 +256,8 @@ class EmbeddedServer:
         for stale in data_dir.glob("*.ports"):
             stale.unlink(missing_ok=True)
         conf_path = data_dir / "nats-server.conf"
-        conf_path.write_text(render_config(self.config))
+        self_route = self._self_route()
+        conf_path.write_text(render_config(self.config, self_route=self_route))
         with (data_dir / "nats-server.out").open("ab") as out:
             self._process = await asyncio.create_subprocess_exec(
                 str(binary), "-c", str(conf_path),
@@ -254,6 +279,24 @@ class EmbeddedServer:
                 ) from None
             raise
 
+    def _self_route(self) -> str | None:
+        """The route a first seed with JetStream lists to itself (None: not such a seed).
+
+        nats-server clusters JetStream only with a configured route, and the first
+        seed has none; a route to itself is recognised and dropped. Its port must be
+        known in advance, so a free one is picked here unless the config names it
+        (a clash with another process makes the start fail, and the caller retry).
+        """
+        config = self.config
+        if (config.jetstream is None or config.role is not Role.SEED or config.standalone
+                or config.bootstrap):
+            return None
+        if config.cluster_port == -1:
+            with socket.socket() as probe:
+                probe.bind((config.host, 0))
+                self.config = config = replace(config, cluster_port=probe.getsockname()[1])
+        return f"{self._advertised_host}:{config.cluster_port}"
+
     async def _wait_ready(self) -> None:
         ports_file = self.config.data_dir / f"nats-server_{self.pid}.ports"
         self._waiting_for = "ports file"
@@ -269,14 +312,26 @@ class EmbeddedServer:
         varz = await self.monitor.varz()
         self._ports = {"client": varz["port"]}
         if self.config.role is Role.SEED:
-            self._ports["cluster"] = varz["cluster"]["cluster_port"]
+            if not self.config.standalone:
+                self._ports["cluster"] = varz["cluster"]["cluster_port"]
             self._ports["leaf"] = varz["leaf"]["port"]
         self._waiting_for = "/healthz"
-        await self._wait_for(self.monitor.healthy, bool, None)  # bounded by start's timeout
+        # A clustered JetStream is healthy only with a meta leader, which one seed alone
+        # never has: readiness is the server's (wait_jetstream waits for the rest).
+        monitor = self.monitor
+        await self._wait_for(lambda: monitor.healthy(server_only=True), bool,
+                             None)  # bounded by start's timeout
         if self.config.role is Role.LEAF:
             await self.wait_hub()
         elif self.config.bootstrap:
             await self.wait_routes(1)
+
+    async def wait_jetstream(self, *, timeout: float | None = None) -> None:
+        """Wait until this seed's JetStream is healthy: enabled, with a meta leader."""
+        if self.config.jetstream is None:
+            raise ServerError(f"server {self.config.name} runs no JetStream")
+        self._waiting_for = "JetStream (a meta leader)"
+        await self._wait_for(self._monitor().healthy, bool, timeout)
 
     async def wait_routes(self, peers: int, *, timeout: float | None = None) -> set[str]:
         """Wait until routes to at least ``peers`` distinct servers are up."""

@@ -73,6 +73,16 @@ def validate_capability_pattern(pattern: object) -> str:
     return pattern
 
 
+_TASK_TOKEN = re.compile(r"[A-Za-z0-9_=-]{1,128}|>")
+
+
+def _task_token(task_id: str) -> str:
+    if not isinstance(task_id, str) or not _TASK_TOKEN.fullmatch(task_id):
+        raise SubjectError(f"invalid durable task id {str(task_id)[:60]!r}: 1-128 letters, "
+                           f"digits, '_', '=' or '-'")
+    return task_id
+
+
 def _agent(agent_id: str) -> str:
     if not is_agent_id(agent_id):
         raise SubjectError(f"invalid agent id {agent_id[:60]!r}: expected a 56-character "
@@ -134,12 +144,24 @@ class Subjects:
     def telemetry_all(self) -> str:
         return f"{self.prefix}.telemetry.>"
 
+    def jobs(self, capability: str) -> str:
+        """A durable job (stored by JetStream, taken by any node; PROTOCOL.md §21)."""
+        return f"{self.prefix}.jobs.{validate_capability_pattern(capability)}"
+
+    def result(self, task_id: str) -> str:
+        """Where a durable job's result is published as it is stored (``>``: all of them)."""
+        return f"{self.prefix}.result.{_task_token(task_id)}"
+
+    def cancel(self, task_id: str) -> str:
+        """Asks the node driving a durable job to cancel it (``>``: all of them)."""
+        return f"{self.prefix}.cancel.{_task_token(task_id)}"
+
     def capability_of(self, subject: str) -> str | None:
-        """The capability in a ``cap``/``task``/``cfp``/``help`` subject, else None."""
+        """The capability in a ``cap``/``task``/``cfp``/``help``/``jobs`` subject, else None."""
         head = self.prefix + "."
         if not subject.startswith(head):
             return None
         kind, _, capability = subject[len(head):].partition(".")
-        if kind not in ("cap", "task", "cfp", "help") or not capability:
+        if kind not in ("cap", "task", "cfp", "help", "jobs") or not capability:
             return None
         return capability

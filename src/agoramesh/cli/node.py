@@ -3,6 +3,12 @@
 Roles: no flag starts a seed (a new mesh, or one joining ``--bootstrap``
 routes); ``--leaf host:port`` starts a leaf attached to those hubs;
 ``--connect nats://…`` embeds nothing and uses an existing NATS deployment.
+
+A seed runs JetStream (the durable jobs, stored under the node's home, so a
+restarted node finds them), clustered with the other seeds: its JetStream
+has a leader once a second seed has joined. Leaves and ``--connect`` nodes
+use the seeds' JetStream. Every node takes up to ``--max-jobs`` durable
+jobs at a time from the mesh (0: none).
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json, warn
-from agoramesh.cli.runtime import add_api_token_option, api_token, on_signals, serve_endpoints
+from agoramesh.cli.runtime import (
+    add_api_token_option,
+    add_jetstream_options,
+    api_token,
+    jetstream_config,
+    on_signals,
+    serve_endpoints,
+)
 from agoramesh.config import BusConfig, Environment, Role, ServerConfig
 from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
@@ -65,6 +78,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     where.add_argument("--jwt", type=Path, metavar="FILE",
                        help="secured mesh: this agent's JWT from `agoramesh trust admit`")
     parser.add_argument("--max-tasks", type=int, default=8, help="concurrent tasks (default 8)")
+    parser.add_argument("--max-jobs", type=int, default=32,
+                        help="durable jobs this node drives at once (default 32; 0: none)")
+    add_jetstream_options(where)
     parser.add_argument("--acl", type=Path, metavar="FILE",
                         help="access policy (YAML or JSON, docs/SECURITY.md): who may ask this "
                              "agent for what; default: everyone, everything")
@@ -89,12 +105,14 @@ def _server_config(args: argparse.Namespace, env: Environment, data_dir: Path) -
     role = Role.LEAF if args.leaf else Role.SEED
     tls_dir = tls_directory(args, env)
     trust = TrustStore.open(args.trust, prefix=env.prefix) if args.trust else None
+    # A secured mesh runs without JetStream for now (its accounts grant none).
+    jetstream = None if role is Role.LEAF or trust is not None else jetstream_config(args)
     return ServerConfig(name=args.name.replace(" ", "-"), role=role, data_dir=data_dir,
                         host=args.host, port=args.port, cluster_port=args.cluster_port,
                         leaf_port=args.leaf_port, bootstrap=tuple(args.bootstrap),
                         hubs=tuple(args.leaf), binary=env.nats_server,
                         tls=tls_config(tls_dir) if tls_dir is not None else None,
-                        auth=trust.server_auth() if trust else None)
+                        auth=trust.server_auth() if trust else None, jetstream=jetstream)
 
 
 def _membership(args: argparse.Namespace, env: Environment, identity: Identity,
@@ -141,7 +159,7 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
             node = AgentNode(identity, NodeConfig(
                 name=args.name, type=args.type, capabilities=capabilities,
                 max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat,
-                access=access),
+                access=access, max_jobs=args.max_jobs),
                 backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix, tls=tls,
                                    user_jwt=user_jwt),
                 trajectory=trajectory)

@@ -6,19 +6,54 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import re
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import warn
-from agoramesh.config import Environment
+from agoramesh.config import Environment, JetStreamConfig
 from agoramesh.errors import ConfigError
 from agoramesh.nodes.node import AgentNode
 from agoramesh.observability.http import MetricsServer
 from agoramesh.protocols.http_api import HttpApi, validate_token
 
-__all__ = ("Endpoints", "add_api_token_option", "api_token", "on_signals", "serve_endpoints")
+__all__ = ("Endpoints", "add_api_token_option", "add_jetstream_options", "api_token",
+           "jetstream_config", "on_signals", "parse_size", "serve_endpoints")
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
+          "tb": 1000**4, "tib": 1024**4}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(text: str) -> int:
+    """``512MiB``, ``2GB``, ``1048576`` → bytes (an argparse type: a bad size is a usage error)."""
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512MiB, 2GiB, 100000)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def add_jetstream_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The JetStream store of a command that starts seeds (``up``, ``node``)."""
+    parser.add_argument("--no-jetstream", action="store_true",
+                        help="seeds run no JetStream: no durable jobs on this mesh")
+    parser.add_argument("--js-max-file", type=parse_size, metavar="SIZE",
+                        default=JetStreamConfig().max_file,
+                        help="JetStream file store limit per seed (default 2GiB)")
+    parser.add_argument("--js-max-memory", type=parse_size, metavar="SIZE",
+                        default=JetStreamConfig().max_memory,
+                        help="JetStream memory store limit per seed (default 64MiB)")
+
+
+def jetstream_config(args: argparse.Namespace) -> JetStreamConfig | None:
+    """What :func:`add_jetstream_options` asked for; None with --no-jetstream."""
+    if args.no_jetstream:
+        return None
+    return JetStreamConfig(max_file=args.js_max_file, max_memory=args.js_max_memory)
 
 
 def add_api_token_option(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,12 @@ The CLI is a client, not an agent: it learns the agents with one discovery
 round, then runs the auction itself (it is the initiator; there is no
 central controller), printing what happens on stderr while the task runs.
 The result goes to stdout; a FAILED task exits 1 with its error on one line.
+
+``--durable`` hands the task to the mesh instead (a JetStream job, M-8): the
+task id is printed at once and any node runs it, even after this process is
+gone; ``--wait`` follows it to its result (``agoramesh jobs result ID`` reads it
+later). The task id (``--task-id``, else a fresh one) is the idempotency key:
+submitting the same id again does not run it again.
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ import json
 import sys
 from typing import Any
 
+from agoramesh.bus.bus import Bus
+from agoramesh.bus.credentials import client_identity
 from agoramesh.cli.agents import add_client_options, client_config
+from agoramesh.cli.jobs import print_result
 from agoramesh.cli.output import emit, emit_json, json_object
 from agoramesh.config import Environment
+from agoramesh.errors import ConfigError
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.contract_net import Progress
 from agoramesh.protocols.dispatch import Dispatcher, Strategy, client_dispatcher
+from agoramesh.protocols.jobs import Jobs
 
 __all__ = ("progress_printer", "register")
 
@@ -41,6 +52,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--discover-timeout", type=float, default=0.5,
                         help="seconds to learn the agents first (default 0.5)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    durable = parser.add_argument_group("durable jobs")
+    durable.add_argument("--durable", action="store_true",
+                         help="hand the task to the mesh as a durable job: print its task id "
+                              "and return; any node runs it, even after this process is gone")
+    durable.add_argument("--wait", action="store_true",
+                         help="with --durable: wait for the job's result (up to --timeout)")
+    durable.add_argument("--task-id", metavar="ID",
+                         help="the job's task id, its idempotency key (default: a fresh one)")
     add_client_options(parser)
     parser.set_defaults(handler=_submit)
 
@@ -79,6 +98,8 @@ def progress_printer(dispatcher: Dispatcher) -> Any:
 
 async def _submit(args: argparse.Namespace, env: Environment) -> int:
     parameters = json_object(args.parameters, "parameters")
+    if args.durable or args.wait or args.task_id:
+        return await _durable(args, env, parameters)
     async with client_dispatcher(client_config(args, env, "agoramesh-submit"),
                                  discover_timeout=args.discover_timeout,
                                  timeout=args.timeout) as dispatcher:
@@ -96,3 +117,29 @@ async def _submit(args: argparse.Namespace, env: Environment) -> int:
               f"{' '.join(str(error.get('message', '')).split())}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _durable(args: argparse.Namespace, env: Environment, parameters: dict[str, Any]) -> int:
+    if not args.durable:
+        raise ConfigError("--wait and --task-id are for durable jobs: add --durable")
+    if args.agent or args.strategy != Strategy.AUCTION.value:
+        raise ConfigError("a durable job is auctioned by whichever node takes it: "
+                          "--agent and --strategy do not apply")
+    config = client_config(args, env, "agoramesh-submit")
+    async with Bus(client_identity(config), config) as bus:
+        jobs = Jobs(bus)
+        receipt = await jobs.submit(args.capability, parameters, task_id=args.task_id,
+                                    priority=args.priority, timeout=min(args.timeout, 30.0))
+        if args.json and not args.wait:
+            emit_json({"task_id": receipt.task_id, "seq": receipt.seq,
+                       "duplicate": receipt.duplicate})
+            return 0
+        if not args.wait:
+            emit(receipt.task_id)
+            return 0
+        if not (args.quiet or args.json):
+            note = " (already submitted: the same job)" if receipt.duplicate else ""
+            print(f"… job {receipt.task_id} stored{note}; waiting for its result",
+                  file=sys.stderr, flush=True)
+        result = await jobs.wait(receipt.task_id, timeout=args.timeout)
+    return print_result(result, as_json=args.json)

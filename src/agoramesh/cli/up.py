@@ -5,6 +5,11 @@ agents (see :data:`DEMO_AGENTS`) that also take plain JSON, so
 ``nats req agora.cap.echo '{"text":"hi"}'`` answers at once. Prints
 ``mesh ready: nats://127.0.0.1:<port>`` when usable (``tls://…`` with ``--tls DIR``).
 SIGINT or SIGTERM stops everything in order: agents, leaves, seeds.
+
+The seeds run one JetStream cluster (standalone with ``--seeds 1``) holding the
+durable jobs and their results, replicated on min(3, seeds) of them and kept
+in ``--dir`` across restarts; ``--no-jetstream`` leaves it out. A secured mesh
+(``--secure``) runs without it for now.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
+from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
@@ -25,11 +32,21 @@ from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     Endpoints,
     add_api_token_option,
+    add_jetstream_options,
     api_token,
+    jetstream_config,
     on_signals,
     serve_endpoints,
 )
-from agoramesh.config import BusConfig, Environment, ServerAuth, ServerConfig, TlsConfig
+from agoramesh.config import (
+    BusConfig,
+    Environment,
+    JetStreamConfig,
+    JobsConfig,
+    ServerAuth,
+    ServerConfig,
+    TlsConfig,
+)
 from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.offline import OfflineBackend
@@ -41,7 +58,7 @@ from agoramesh.security.acl import AccessPolicy, load_policy
 from agoramesh.security.certs import tls_config
 from agoramesh.security.trust import TrustStore, follow_trust
 
-__all__ = ("DEMO_AGENTS", "demo_agents", "local_mesh", "register")
+__all__ = ("DEMO_AGENTS", "create_job_store", "demo_agents", "local_mesh", "register")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +77,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                              "(created if missing), each with permissions from its capabilities")
     parser.add_argument("--trust", type=Path, metavar="DIR",
                         help="trust store for --secure (default $AGORAMESH_TRUST or <home>/trust)")
+    add_jetstream_options(parser)
+    parser.add_argument("--jobs-ack-wait", type=float, default=JobsConfig().ack_wait,
+                        metavar="SECONDS",
+                        help="how long a node may work on a durable job without saying so "
+                             "before another node gets it (default 10; when the job store "
+                             "is created)")
     parser.add_argument("--no-agents", action="store_true", help="start no demo agents")
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API from the first demo agent on this port "
@@ -80,23 +103,42 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 @contextlib.asynccontextmanager
 async def local_mesh(env: Environment, *, seeds: int, leaves: int, host: str = "127.0.0.1",
                      data_dir: Path | None = None, tls: TlsConfig | None = None,
-                     auth: ServerAuth | None = None) -> AsyncIterator[Mesh]:
+                     auth: ServerAuth | None = None,
+                     jetstream: JetStreamConfig | None = None,
+                     jobs: JobsConfig | None = None) -> AsyncIterator[Mesh]:
     """A running mesh in ``data_dir`` (or a temporary directory removed afterwards).
 
     ``tls``: every server uses TLS on client, route and leaf links. ``auth``:
     every server enforces membership (``TrustStore.server_auth()``).
+    ``jetstream``: the seeds run JetStream, and the job stream and the result
+    store exist (replicated on min(3, seeds)) when the mesh is yielded, with
+    ``jobs``'s limits.
     """
     if seeds < 1 or leaves < 0:
         raise ConfigError("--seeds must be at least 1 and --leaves at least 0")
     with contextlib.ExitStack() as stack:
         base = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agora-")))
         template = ServerConfig(name="template", data_dir=base, host=host,
-                                binary=env.nats_server, tls=tls, auth=auth)
+                                binary=env.nats_server, tls=tls, auth=auth, jetstream=jetstream)
         mesh = await Mesh.launch(base, seeds=seeds, leaves=leaves, template=template)
         try:
+            if jetstream is not None:
+                await create_job_store(mesh, env, jobs)
             yield mesh
         finally:
             await mesh.stop()
+
+
+async def create_job_store(mesh: Mesh, env: Environment, jobs: JobsConfig | None = None
+                           ) -> None:
+    """Create the job stream, its consumer and the result store on ``mesh``'s seeds
+    (with ``jobs``'s limits; replicated on min(3, seeds) of them)."""
+    tls = None if mesh.template.tls is None else TlsConfig(ca_file=mesh.template.tls.ca_file)
+    domain = mesh.template.jetstream.domain if mesh.template.jetstream else JobsConfig().domain
+    config = replace(jobs or JobsConfig(), domain=domain, replicas=min(3, len(mesh.seeds)))
+    async with Bus(Identity.generate(), BusConfig(servers=(mesh.url,), prefix=env.prefix,
+                                                  name="agoramesh-up", tls=tls)) as bus:
+        await JetStream(bus, config).ensure()
 
 
 #: The offline agents ``agoramesh up`` starts: (name, capabilities).
@@ -128,6 +170,7 @@ async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0,
     """
     agents: list[AgentNode] = []
     servers = mesh.servers
+    seeds = [seed.client_url for seed in mesh.seeds]
     # The agents' buses need only the CA: client ports do not ask for certificates.
     server_tls = mesh.template.tls
     tls = None if server_tls is None else TlsConfig(ca_file=server_tls.ca_file)
@@ -155,8 +198,10 @@ async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0,
                 NodeConfig(name=name, type="offline", capabilities=capabilities,
                            heartbeat_interval=heartbeat, metadata=metadata,
                            access=access or AccessPolicy()),
-                backend, BusConfig(servers=(server.client_url,), name=name, prefix=env.prefix,
-                                   tls=tls, user_jwt=user_jwt),
+                # Its own server first; the seeds after it, to fail over to if it dies.
+                backend, BusConfig(servers=(server.client_url, *(url for url in seeds
+                                                                 if url != server.client_url)),
+                                   name=name, prefix=env.prefix, tls=tls, user_jwt=user_jwt),
                 directory=agents[0].directory if agents else None,  # one view per process
                 auction_policy=auction_policy, trajectory=trajectory)
             await agent.start()
@@ -173,7 +218,8 @@ def _describe(server: EmbeddedServer) -> dict[str, object]:
     info: dict[str, object] = {"name": server.config.name, "role": server.config.role.value,
                                "pid": server.pid, "client": server.client_url}
     if server.config.role.value == "seed":
-        info |= {"cluster": server.cluster_address, "leaf": server.leaf_address}
+        cluster = None if server.config.standalone else server.cluster_address
+        info |= {"cluster": cluster, "leaf": server.leaf_address}
     return info
 
 
@@ -187,7 +233,9 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
         async with local_mesh(env, seeds=args.seeds, leaves=args.leaves, host=args.host,
                               data_dir=args.dir,
                               tls=tls_config(tls_dir) if tls_dir is not None else None,
-                              auth=trust.server_auth() if trust else None) as mesh:
+                              auth=trust.server_auth() if trust else None,
+                              jetstream=None if trust else jetstream_config(args),
+                              jobs=JobsConfig(ack_wait=args.jobs_ack_wait)) as mesh:
             agents = [] if args.no_agents else await demo_agents(
                 mesh, env, trajectory_dir=args.trajectory_dir, trust=trust,
                 access=access)
@@ -236,15 +284,18 @@ def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
     api, metrics = endpoints.api, endpoints.metrics
     servers = [_describe(server) for server in mesh.servers]
     creds = None if trust is None else str(trust.directory / "client.creds")
+    js = mesh.template.jetstream
+    jetstream = None if js is None else {"domain": js.domain,
+                                         "replicas": min(3, len(mesh.seeds))}
     if args.json:
         emit_json({"event": "ready", "url": mesh.url, "servers": servers,
-                   "secure": trust is not None, "creds": creds,
+                   "secure": trust is not None, "creds": creds, "jetstream": jetstream,
                    "agents": [agent.card.as_dict() for agent in agents],
                    "http": api.url if api else None,
                    "metrics": f"{metrics.url}/metrics" if metrics else None})
         return
     for info in servers:
-        emit("  ".join(f"{key}={value}" for key, value in info.items()))
+        emit("  ".join(f"{key}={value}" for key, value in info.items() if value is not None))
     for agent in agents:
         emit(f"agent {agent.config.name:<8} {agent.agent_id[:12]}…  "
              f"{', '.join(c.name for c in agent.config.capabilities)}")
@@ -252,6 +303,9 @@ def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
         emit(f"http api: {api.url}")
     if metrics is not None:
         emit(f"metrics: {metrics.url}/metrics")
+    if jetstream is not None:
+        emit(f"durable jobs: JetStream domain {jetstream['domain']}, "
+             f"{jetstream['replicas']} replica(s) (agoramesh submit --durable, agoramesh jobs)")
     if creds is not None:
         emit(f"secured mesh: trust store {trust.directory if trust else ''}; "
              f"clients connect with --creds {creds}")

@@ -3,8 +3,11 @@
 The watcher is a client, not an agent: it listens to presence, telemetry and
 calls for proposals, asks ``agora.discover`` once so the agents already on
 the mesh show at once, and fetches the card of any agent it hears without
-one. The model and the frame are in :mod:`agoramesh.observability.watch`;
-this module moves messages into it and frames onto the terminal.
+one. It also asks JetStream for the durable-job store's counts (job
+consumer and result stream info) at most once a second, each reading bounded
+by a second; without JetStream the jobs line is simply not shown. The model
+and the frame are in :mod:`agoramesh.observability.watch`; this module moves
+messages into it and frames onto the terminal.
 
 Live mode redraws in place every ``--interval`` (cursor home, each line
 erased to its end, the rest of the screen erased: no flicker) with the
@@ -26,12 +29,13 @@ from collections.abc import Awaitable, Callable
 
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.credentials import client_identity
+from agoramesh.bus.jetstream import JetStream
 from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.cli.runtime import on_signals
-from agoramesh.config import Environment
+from agoramesh.config import Environment, JobsConfig
 from agoramesh.errors import AgoraError, InvalidInput
-from agoramesh.observability.watch import MeshView, natural_height, render
+from agoramesh.observability.watch import MeshView, natural_height, read_job_queue, render
 
 __all__ = ("MeshWatcher", "register")
 
@@ -66,10 +70,14 @@ class MeshWatcher:
     FETCH_SLOTS, FETCH_RETRY = 4, 5.0
 
     def __init__(self, bus: Bus, view: MeshView, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, jobs_every: float = 1.0) -> None:
         self.bus = bus
         self.view = view
         self.clock = clock
+        #: Seconds between two readings of the job store (each bounded by this, at most 1 s).
+        self.jobs_every = jobs_every
+        self.js = JetStream(bus, JobsConfig(api_timeout=min(1.0, jobs_every)))
+        self._jobs: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
         self._asked: dict[str, float] = {}  # agent id -> when we last asked for its card
         self._slots = asyncio.Semaphore(self.FETCH_SLOTS)
@@ -82,6 +90,16 @@ class MeshWatcher:
         # Counted, never acted on: no signature check needed (DESIGN.md, "verify only
         # what you act on").
         await self.bus.subscribe(subjects.cfp(">"), self._on_message, verify=False)
+        if self._jobs is None:
+            self._jobs = asyncio.create_task(self._read_jobs())
+
+    async def _read_jobs(self) -> None:
+        """The job store's counts into the view, at most once every ``jobs_every``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self.view.set_jobs(await read_job_queue(self.js, min(1.0, self.jobs_every)))
+            await asyncio.sleep(max(0.0, started + self.jobs_every - loop.time()))
 
     async def discover(self, timeout: float) -> None:
         """One scatter-gather on ``agora.discover``, answers taken in as they arrive.
@@ -127,11 +145,16 @@ class MeshWatcher:
         self.view.ingest(reply, now=self.clock())
 
     async def stop(self) -> None:
-        """Cancel card fetches still running (subscriptions end with the bus)."""
-        for task in list(self._fetches):
+        """Cancel card fetches and the job-store reading still running (subscriptions end
+        with the bus)."""
+        running = list(self._fetches)
+        if self._jobs is not None:
+            running.append(self._jobs)
+            self._jobs = None
+        for task in running:
             task.cancel()
-        if self._fetches:
-            await asyncio.wait(list(self._fetches), timeout=1.0)
+        if running:
+            await asyncio.wait(running, timeout=1.0)
 
 
 async def _watch(args: argparse.Namespace, env: Environment) -> int:

@@ -34,10 +34,10 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from agoramesh._version import __version__
-from agoramesh.bus.bus import Bus, Delivery, Subscription
+from agoramesh.bus.bus import Bus, Delivery, Reply, Subscription
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
-from agoramesh.config import BusConfig
+from agoramesh.config import BusConfig, JobsConfig
 from agoramesh.errors import (
     AccessDenied,
     AgoraError,
@@ -46,6 +46,8 @@ from agoramesh.errors import (
     ConfigError,
     EnvelopeError,
     InvalidInput,
+    OversizeEnvelope,
+    ResultTooLarge,
     TaskCancelled,
     TaskError,
     UnknownCapability,
@@ -58,18 +60,20 @@ from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.presence import Presence
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
+from agoramesh.nodes.task_memory import TaskMemory, task_digest
 from agoramesh.observability.logs import agent_logger
 from agoramesh.observability.stats import AgentMetrics
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.bidder import Bidder, BidPolicy
 from agoramesh.protocols.contract_net import Auctioneer, AuctionPolicy
 from agoramesh.protocols.dispatch import Dispatcher
+from agoramesh.protocols.job_worker import JobWorker
 from agoramesh.protocols.strategies import AgentProfile
 from agoramesh.protocols.task_desk import QUEUE, TaskDesk
 from agoramesh.protocols.voting import ballot_handler, default_chooser
 from agoramesh.security.acl import JSON_PRINCIPAL, AccessPolicy, Action
 
-__all__ = ("AgentNode", "DirectHandler", "NodeConfig")
+__all__ = ("UNREADABLE_TASK_ID", "AgentNode", "DirectHandler", "NodeConfig", "readable_task_id")
 
 log = logging.getLogger("agoramesh.node")
 
@@ -78,6 +82,23 @@ DirectHandler = Callable[[Delivery], Awaitable[None]]
 # A failed task's error type -> its outcome label (agoramesh_tasks_total); others: failed.
 _OUTCOMES = {"TaskCancelled": "cancelled", "InvalidInput": "rejected",
              "UnknownCapability": "rejected"}
+#: Seconds a winner tries to store a durable job's result before answering without it.
+_WINNER_STORE_PATIENCE = 1.0
+#: Appended to the error of a FAILED task_response whose request's task_id was unreadable.
+UNREADABLE_TASK_ID = "; the request's task_id could not be read (task_id is null)"
+
+
+def readable_task_id(body: Any) -> str | None:
+    """The request's ``task_id`` if it is one (a string of 1-128 characters), else None."""
+    task_id = body.get("task_id") if isinstance(body, dict) else None
+    return task_id if isinstance(task_id, str) and 0 < len(task_id) <= 128 else None
+
+
+def _described(error: Mapping[str, Any] | None) -> str | None:
+    """``"<type>: <message>"`` of a wire error (``$SRV.STATS`` last_error), None for none."""
+    if not error:
+        return None
+    return f"{error.get('type')}: {error.get('message')}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +115,8 @@ class NodeConfig:
     json_ingress: bool = True  # plain JSON on agora.cap.* (authenticated by NATS only)
     task_timeout: float = 300.0
     stop_grace: float = 5.0
+    #: Durable jobs this node drives at once (protocols/job_worker.py); 0 takes none.
+    max_jobs: int = 32
     #: Who may ask this agent for what (M-4.2); the default allows everything.
     access: AccessPolicy = field(default_factory=AccessPolicy)
 
@@ -105,6 +128,9 @@ class NodeConfig:
             raise ConfigError(f"agent {self.name!r} lists a capability twice: {names}")
         if self.max_concurrent_tasks < 1 or self.heartbeat_interval <= 0:
             raise ConfigError("max_concurrent_tasks must be >= 1 and heartbeat_interval > 0")
+        if self.max_jobs < 0:
+            raise ConfigError(f"max_jobs must be >= 0 (0 takes no durable jobs), "
+                              f"got {self.max_jobs}")
         for capability in self.capabilities:
             capability.check()
 
@@ -116,7 +142,7 @@ class AgentNode:
                  bus_config: BusConfig, *, directory: Directory | None = None,
                  bid_policy: BidPolicy | None = None,
                  auction_policy: AuctionPolicy | None = None,
-                 trajectory: Trajectory | None = None) -> None:
+                 trajectory: Trajectory | None = None, jobs: JobsConfig | None = None) -> None:
         """``directory``: share another local agent's directory instead of keeping one.
 
         Agents hosted in one process see the same mesh; the agent that owns the
@@ -124,7 +150,8 @@ class AgentNode:
         one presence subscription instead of N (and N x peers messages a beat).
         ``bid_policy`` prices this agent's bids; ``auction_policy`` governs the
         auctions it runs. ``trajectory`` records what the agent saw, decided and
-        sent (closed when the agent stops).
+        sent (closed when the agent stops). ``jobs``: the durable job stream and
+        result store this node takes jobs from and stores results in.
         """
         self.identity = identity
         self.config = config
@@ -160,6 +187,8 @@ class AgentNode:
         # task id -> (its runner, its requester (None: plain JSON), its capability)
         self._running: dict[str, tuple[asyncio.Task[Any], str | None, str]] = {}
         self._cancel_requested: set[str] = set()
+        #: Running tasks and recent results by task id: a task asked again is not run again.
+        self.memory = TaskMemory()
         self._task_subscriptions: list[Subscription] = []
         self._background: set[asyncio.Task[None]] = set()
         self._completed = self._failed = self._tokens = 0
@@ -173,6 +202,7 @@ class AgentNode:
         self.dispatcher = Dispatcher(self.bus, self.directory, auctioneer=self.auctioneer,
                                      own_card=self._own_card)
         self.task_desk = TaskDesk(self)
+        self.job_worker = JobWorker(self, jobs, max_jobs=config.max_jobs)
         # Consensus allocation (protocols/strategies.py) asks agents to vote on who gets a task.
         self.direct_handlers["ballot"] = ballot_handler(default_chooser(
             lambda: AgentProfile.from_card(self.card, self.status)))
@@ -214,7 +244,8 @@ class AgentNode:
             subject = subjects.cap(capability.name)
             self._task_subscriptions.append(await self.bus.subscribe(
                 subject, self._task_handler(capability), queue=subject, ingress=ingress,
-                concurrency=self.config.max_concurrent_tasks))
+                concurrency=self.config.max_concurrent_tasks,
+                on_rejected=self._refusal_counter(capability.name)))
         await self.bus.subscribe(subjects.agent(self.agent_id), self._on_direct,
                                  concurrency=self.config.max_concurrent_tasks + 4)
         await self.bidder.start()
@@ -222,6 +253,7 @@ class AgentNode:
         self._task_subscriptions.append(await self.bus.subscribe(
             subjects.task(">"), self.task_desk.handle, queue=QUEUE, ingress=ingress,
             concurrency=self.config.max_concurrent_tasks * 8))
+        await self.job_worker.start()
         await self.bus.subscribe(subjects.discover, self.presence.on_discover,
                                  ingress=IngressPolicy.ALLOW)
         if self._owns_directory:
@@ -259,8 +291,9 @@ class AgentNode:
         await self.bidder.stop()
         # All at once: draining one by one would leave the others taking queue-group
         # work meanwhile, and the grace would add up. Each waits for its running
-        # tasks and cancels them after the budget.
-        await asyncio.gather(*(subscription.stop(budget)
+        # tasks and cancels them after the budget; unfinished jobs go back to the stream.
+        await asyncio.gather(self.job_worker.stop(budget),
+                             *(subscription.stop(budget)
                                for subscription in self._task_subscriptions))
         await self._cancel_background()
         await self.bus.close(timeout=min(budget, 2.0))
@@ -272,6 +305,7 @@ class AgentNode:
         """Stop at once: no goodbye, running tasks cancelled."""
         self._state = "stopping"
         self.directory.remove_local(self.agent_id)
+        await self.job_worker.kill()
         for task, *_ in list(self._running.values()):
             task.cancel()
         await self._cancel_background()
@@ -350,11 +384,25 @@ class AgentNode:
         return AccessDenied(f"agent {self.config.name} refuses {action} on {capability}: "
                             f"{reason}")
 
+    def _endpoint(self, capability: str) -> EndpointStats:
+        return self.service.stats.setdefault(capability, EndpointStats())
+
+    def _refusal_counter(self, capability: str) -> Callable[[Msg, EnvelopeError], None]:
+        """Counts a request the bus refused on ``agora.cap.<capability>`` in ``$SRV.STATS``."""
+        def refused(msg: Msg, error: EnvelopeError) -> None:
+            self._endpoint(capability).record(0, _described(error_to_wire(error)))
+        return refused
+
+    async def _deny(self, delivery: Delivery, capability: str, denied: AccessDenied) -> None:
+        """Answer (and count, in ``$SRV.STATS``) a task the access policy refuses."""
+        self._endpoint(capability).record(0, _described(error_to_wire(denied)))
+        await delivery.respond_error(denied)
+
     def _task_handler(self, capability: Capability) -> DirectHandler:
         async def handle(delivery: Delivery) -> None:
             denied = self.check_access(delivery.sender, capability.name, Action.EXECUTE)
             if denied is not None:
-                await delivery.respond_error(denied)
+                await self._deny(delivery, capability.name, denied)
                 return
             await self.serve(delivery, capability)
         return handle
@@ -372,14 +420,13 @@ class AgentNode:
         capability = self._capabilities.get(str(task_type))
         if capability is None:
             await self._reply(delivery, self._failure(
-                str(delivery.body.get("task_id", "?")) if isinstance(delivery.body, dict)
-                else "?", UnknownCapability(
+                readable_task_id(delivery.body), UnknownCapability(
                     f"agent {self.config.name} has no capability {task_type!r}; it offers "
                     f"{', '.join(self._capabilities)}"), 0.0))
             return
         denied = self.check_access(delivery.sender, capability.name, Action.EXECUTE)
         if denied is not None:
-            await delivery.respond_error(denied)
+            await self._deny(delivery, capability.name, denied)
             return
         await self.serve(delivery, capability)
 
@@ -400,19 +447,28 @@ class AgentNode:
             running[0].cancel()
         await delivery.respond("task_cancel", {"task_id": task_id, "cancelled": allowed})
 
-    async def serve(self, delivery: Delivery, capability: Capability) -> None:
-        """Run the task in ``delivery.body`` and answer with its result (or failure)."""
+    async def serve(self, delivery: Delivery, capability: Capability, *,
+                    durable: bool = False) -> None:
+        """Run the task in ``delivery.body`` and answer with its result (or failure).
+
+        A result that does not fit in one message is answered FAILED with
+        ``ResultTooLarge`` instead (and counted as a failed task). A task id this
+        agent is running or has just finished is answered from that run, not run
+        again (:class:`TaskMemory`). ``durable`` (an award of a durable job): the
+        final result is stored in the result store before the answer, which
+        says ``stored``.
+        """
         started = time.perf_counter()
         body = dict(delivery.body) if isinstance(delivery.body, dict) else delivery.body
         stream = bool(isinstance(body, dict) and body.pop("stream", False)) and not delivery.is_json
-        task_id = str(body.get("task_id", "?")) if isinstance(body, dict) else "?"
+        task_id = readable_task_id(body)  # None until known: answered as null
+        task: Task | None = None
+        fresh = True  # False: answered from an earlier (or still running) run of this task
         try:
             task = Task.from_dict(body, task_type=capability.name)
             task_id = task.task_id
             capability.validate_input(task.parameters)
-            if task_id in self._running:
-                raise InvalidInput(f"task {task_id} is already running here")
-            result = await self._run(task, delivery, stream, started)
+            result, fresh = await self._run_once(task, delivery, stream, started)
         except TaskError as error:
             result = self._failure(task_id, error, started)
         except asyncio.CancelledError:  # the node is stopping: tell the requester, then go
@@ -427,11 +483,93 @@ class AgentNode:
             result = self._failure(task_id, BackendError(
                 f"{self.config.type} backend failed: {type(exc).__name__}: {exc}"[:1000]),
                 started)
+        result, reply = self._prepare(delivery, result, started)
+        if durable and task is not None:
+            reply = await self._store(delivery, result, reply)
         elapsed = time.perf_counter() - started
-        self.service.stats.setdefault(capability.name, EndpointStats()).record(
-            int(elapsed * 1e9), result.error["message"] if result.error else None)
-        self._finished(capability.name, result, elapsed)
-        await self._reply(delivery, result)
+        self._endpoint(capability.name).record(int(elapsed * 1e9), _described(result.error))
+        if fresh:
+            self._finished(capability.name, result, elapsed)
+        if reply is not None:
+            await self._send(delivery, result, reply)
+
+    async def _run_once(self, task: Task, delivery: Delivery, stream: bool,
+                        started: float) -> tuple[TaskResult, bool]:
+        """The task's result, from this run or from the run of it already made here."""
+        known = self.memory.recall(task)
+        if known is not None:
+            if known.digest != task_digest(task):
+                raise InvalidInput(f"task id {task.task_id} was used here for another task; "
+                                   f"a task id names one task")
+            self.metrics.answered_from_memory += 1
+            if known.done is not None:
+                return known.done, False
+            assert known.running is not None
+            return await asyncio.shield(known.running), False
+        self.memory.begin(task)
+        result: TaskResult | None = None
+        try:
+            result = await self._run(task, delivery, stream, started)
+        except TaskError as error:
+            result = self._failure(task.task_id, error, started)
+        finally:
+            self.memory.finish(task, result or TaskResult(
+                task_id=task.task_id, status=TaskStatus.FAILED, agent_id=self.agent_id,
+                error={"type": "TaskCancelled", "message": f"task {task.task_id} stopped"}))
+        return result, True
+
+    async def _store(self, delivery: Delivery, result: TaskResult,
+                     reply: Reply | None) -> Reply | None:
+        """Store a durable job's final result (the first stored wins); the answer says so.
+
+        One short try: while JetStream elects a leader the answer goes out unstored
+        at once, so the initiator holds the result too (and stores it, patiently)
+        instead of it living only here until the election ends.
+        """
+        stored = False
+        if result.final:
+            try:
+                await self.job_worker.store.save(result, stored_by=self.agent_id,
+                                                 patience=_WINNER_STORE_PATIENCE)
+                stored = True
+            except AgoraError as exc:  # the initiator stores it then
+                self.log.warning("could not store the result of %s: %s", result.task_id, exc,
+                                 extra={"task_id": result.task_id})
+        if reply is None or not stored:
+            return reply
+        try:
+            return delivery.prepare("task_response", {**result.as_dict(), "stored": True})
+        except OversizeEnvelope:  # the flag tipped it over: the initiator finds it stored
+            return reply
+
+    def _prepare(self, delivery: Delivery, result: TaskResult, started: float
+                 ) -> tuple[TaskResult, Reply | None]:
+        """The result and its reply; a FAILED ResultTooLarge one if it does not fit.
+
+        Nothing to send (None) when the request has no reply subject (or when not
+        even the failure fits, with a ``max_bytes`` of a few hundred bytes).
+        """
+        if not delivery.can_respond:
+            return result, None
+        body = result.as_dict()
+        try:
+            return result, delivery.prepare("task_response", body)
+        except OversizeEnvelope:
+            size = delivery.measure("task_response", body)
+        if result.status is TaskStatus.COMPLETED:
+            self._completed -= 1  # counted as done in _run; it fails now
+        name = f"task {result.task_id}" if result.task_id else "the task"
+        self.log.warning("the result of %s is too large to send (%d bytes)", name, size,
+                         extra={"task_id": result.task_id})
+        failure = self._failure(result.task_id or None, ResultTooLarge(
+            f"the result of {name} is {size} bytes as a message, over the "
+            f"{self.bus.config.envelope.max_bytes}-byte limit"), started)
+        try:
+            return failure, delivery.prepare("task_response", failure.as_dict())
+        except OversizeEnvelope as exc:  # a max_bytes too small even for that (128 bytes)
+            self.log.warning("could not send the result of %s: %s", name, exc,
+                             extra={"task_id": result.task_id})
+            return failure, None
 
     def _finished(self, capability: str, result: TaskResult, seconds: float) -> None:
         if result.status is TaskStatus.COMPLETED:
@@ -509,15 +647,32 @@ class AgentNode:
                                          f"answered in plain JSON: {exc}") from None
         return completion
 
-    def _failure(self, task_id: str, error: BaseException, started: float) -> TaskResult:
+    def _failure(self, task_id: str | None, error: BaseException, started: float
+                 ) -> TaskResult:
+        """A FAILED result; ``task_id`` None: the request's was unreadable (answered null)."""
         self._failed += 1
         elapsed = (time.perf_counter() - started) * 1000 if started else 0.0
-        return TaskResult(task_id=task_id, status=TaskStatus.FAILED, error=error_to_wire(error),
+        wire = error_to_wire(error)
+        if task_id is None:
+            wire["message"] += UNREADABLE_TASK_ID
+        return TaskResult(task_id=task_id or "", status=TaskStatus.FAILED, error=wire,
                           execution_time_ms=elapsed, agent_id=self.agent_id)
 
     async def _reply(self, delivery: Delivery, result: TaskResult) -> None:
+        """Answer with a result known to fit (a failure); errors are logged."""
+        if not delivery.can_respond:
+            return
         try:
-            await delivery.respond("task_response", result.as_dict())
+            reply = delivery.prepare("task_response", result.as_dict())
+        except (EnvelopeError, AgoraError) as exc:
+            self.log.warning("could not send the result of %s: %s", result.task_id, exc,
+                             extra={"task_id": result.task_id})
+            return
+        await self._send(delivery, result, reply)
+
+    async def _send(self, delivery: Delivery, result: TaskResult, reply: Reply) -> None:
+        try:
+            await delivery.send(reply)
         except (EnvelopeError, nats.errors.Error, AgoraError) as exc:
             self.log.warning("could not send the result of %s: %s", result.task_id, exc,
                              extra={"task_id": result.task_id})

@@ -68,12 +68,21 @@ class Presence:
                                ttl_ms=self.ttl_ms)
 
     async def beat(self, owns_directory: bool) -> None:
-        """Heartbeats (and telemetry) until cancelled; evict silent peers first."""
+        """Heartbeats (and telemetry) until cancelled; evict silent peers first.
+
+        Not on a beat that comes late (our process was paused, or starved of CPU):
+        the peers' beats are then waiting in our buffer, unread; the next beat
+        judges them, once they are read.
+        """
         node = self.node
         interval = node.config.heartbeat_interval
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             await asyncio.sleep(interval)
-            if owns_directory:
+            now, late = loop.time(), loop.time() - last > 2 * interval
+            last = now
+            if owns_directory and not late:
                 node.directory.evict_silent()
             try:
                 await self.announce("heartbeat")

@@ -3,6 +3,11 @@
 Requests on ``$SRV.*`` are empty and unauthenticated by design of that
 protocol; they are answered with plain JSON and carry no secrets: the agent's
 name, id, version, capabilities as endpoints, and request counters.
+
+An endpoint counts every task for its capability: served, FAILED, and
+refused (by the bus's admission on ``agora.cap.<capability>`` or by the
+access policy), the last two as errors; ``last_error`` is the latest error's
+``"<type>: <message>"``, as the reply's ``Nats-Service-Error`` header says it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ def service_subjects(name: str, service_id: str) -> list[str]:
 
 @dataclass(slots=True)
 class EndpointStats:
-    """Counters of one endpoint (capability), in the protocol's units (nanoseconds)."""
+    """Counters of one endpoint (capability), in the protocol's units (nanoseconds).
+
+    A refused request counts as a request and an error that took no time.
+    """
 
     num_requests: int = 0
     num_errors: int = 0

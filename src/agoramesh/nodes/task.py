@@ -147,9 +147,17 @@ class Completion:
 StreamItem = Chunk | Completion
 
 
+#: Failures a second run may not repeat (TaskResult.final).
+_NOT_FINAL = frozenset({"TaskCancelled", "Overloaded"})
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskResult:
-    """A task response (M-1.4)."""
+    """A task response (M-1.4).
+
+    ``task_id`` is ``""`` when the request's task id could not be read; on the
+    wire that is ``null`` (PROTOCOL.md §15), and ``null`` reads back as ``""``.
+    """
 
     task_id: str
     status: TaskStatus
@@ -160,15 +168,26 @@ class TaskResult:
     cost_usd: float = 0.0
     agent_id: str | None = None
 
+    @property
+    def final(self) -> bool:
+        """True unless running the task again may end otherwise: COMPLETED, or FAILED for
+        any reason but a cancellation or a busy agent (TaskCancelled, Overloaded)."""
+        return self.status is TaskStatus.COMPLETED or (
+            self.status is TaskStatus.FAILED
+            and (self.error or {}).get("type") not in _NOT_FINAL)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "status": self.status.value, "result": self.result,
+        return {"task_id": self.task_id or None, "status": self.status.value,
+                "result": self.result,
                 "error": self.error, "execution_time_ms": round(self.execution_time_ms, 3),
                 "tokens_used": self.tokens_used, "cost_usd": self.cost_usd,
                 "agent_id": self.agent_id}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskResult:
-        return cls(task_id=str(data["task_id"]), status=TaskStatus(data["status"]),
+        task_id = data.get("task_id")
+        return cls(task_id="" if task_id is None else str(task_id),
+                   status=TaskStatus(data["status"]),
                    result=data.get("result"), error=data.get("error"),
                    execution_time_ms=float(data.get("execution_time_ms") or 0.0),
                    tokens_used=int(data.get("tokens_used") or 0),

@@ -9,6 +9,11 @@ increment. Every agent series carries ``agent`` (the agent's name; an id
 prefix is appended when two hosted agents share a name). Metric names follow
 Prometheus conventions: base units in the name, ``_total`` counters, and are
 listed in :data:`METRICS` (docs/OPERATIONS.md has the table).
+
+The durable-job store (queue, results) is the mesh's, not an agent's: it is
+exported once per process, read through the first connected agent's bus
+before each scrape (:data:`JOB_STORE_METRICS`; omitted when JetStream does
+not answer in time, or when the process hosts no agent).
 """
 
 from __future__ import annotations
@@ -35,14 +40,15 @@ from prometheus_client.registry import Collector
 
 from agoramesh._version import __version__
 from agoramesh.errors import ServerError
-from agoramesh.observability.stats import Histogram
+from agoramesh.observability.stats import JOB_EVENTS, Histogram
+from agoramesh.observability.watch import JobQueue, read_job_queue
 
 if TYPE_CHECKING:
     from agoramesh.bus.server import EmbeddedServer
     from agoramesh.nodes.node import AgentNode
     from agoramesh.protocols.http_api import HttpApi
 
-__all__ = ("METRICS", "MeshCollector", "new_registry")
+__all__ = ("JOB_STORE_METRICS", "METRICS", "MeshCollector", "new_registry")
 
 #: name -> (type, help). Counters are listed with their ``_total`` suffix.
 METRICS: dict[str, tuple[str, str]] = {
@@ -69,6 +75,17 @@ METRICS: dict[str, tuple[str, str]] = {
     "agoramesh_tokens_total": ("counter", "Tokens used, by backend, model and kind"),
     "agoramesh_cost_usd_total": ("counter", "Money spent on backends, US dollars"),
     "agoramesh_peers": ("gauge", "Peers in this agent's directory"),
+    "agoramesh_jobs_total": ("counter", "Durable jobs this agent's node took, by what became "
+                                        "of them"),
+    "agoramesh_jobs_in_progress": ("gauge", "Durable jobs this agent's node drives now"),
+    "agoramesh_tasks_answered_from_memory_total": (
+        "counter", "Tasks asked again and answered from the run already made, not run again"),
+    "agoramesh_job_queue": ("gauge", "Durable jobs in the mesh's job store: queued (not yet "
+                                     "taken) or in_progress (taken, not yet acknowledged)"),
+    "agoramesh_jobs_redelivered": (
+        "gauge", "Durable jobs delivered more than once and not yet acknowledged"),
+    "agoramesh_job_results_stored": ("gauge", "Job results the mesh's result store holds"),
+    "agoramesh_job_results_bytes": ("gauge", "Bytes of the mesh's result store"),
     "agoramesh_http_unauthorized_total": (
         "counter", "HTTP API requests refused for a missing or wrong bearer token"),
     "agoramesh_server_up": ("gauge", "1 if the embedded nats-server answers /healthz"),
@@ -78,6 +95,13 @@ METRICS: dict[str, tuple[str, str]] = {
     "agoramesh_server_slow_consumers_total": (
         "counter", "Slow consumers the embedded server disconnected"),
 }
+
+#: The job store's families: exported once per process, only when JetStream answers.
+JOB_STORE_METRICS = frozenset({"agoramesh_job_queue", "agoramesh_jobs_redelivered",
+                               "agoramesh_job_results_stored", "agoramesh_job_results_bytes"})
+#: Every event of ``agoramesh_jobs_total``, exported even at 0 (stats.JOB_EVENTS, and
+#: "abandoned": a job left to another node after this one was paused past ack_wait).
+_JOB_EVENTS = tuple(dict.fromkeys((*JOB_EVENTS, "abandoned")))
 
 
 def _family(name: str, labels: Iterable[str]) -> Any:
@@ -102,6 +126,7 @@ class MeshCollector(Collector):
         self._servers: dict[str, EmbeddedServer] = {}
         self._apis: dict[str, HttpApi] = {}
         self._server_stats: dict[str, dict[str, Any]] = {}
+        self._job_queue: JobQueue | None = None
 
     # -- membership ----------------------------------------------------------------
 
@@ -121,11 +146,21 @@ class MeshCollector(Collector):
     # -- embedded servers (async: their monitoring port is HTTP) --------------------
 
     async def refresh(self, timeout: float = 1.0) -> None:
-        """Poll every server's ``/healthz`` and ``/varz``; call before :meth:`collect`."""
+        """Poll every server's ``/healthz`` and ``/varz``, and the job store; call before
+        :meth:`collect`. Each is bounded by ``timeout``; none fails the refresh."""
         names = list(self._servers)
-        polled = await asyncio.gather(*(self._poll(self._servers[name], timeout)
-                                        for name in names))
+        polled, self._job_queue = await asyncio.gather(
+            asyncio.gather(*(self._poll(self._servers[name], timeout) for name in names)),
+            self._poll_jobs(timeout))
         self._server_stats = dict(zip(names, polled, strict=True))
+
+    async def _poll_jobs(self, timeout: float) -> JobQueue | None:
+        """The job store's counts, asked through the first connected agent's bus."""
+        node = next((node for node in list(self._agents.values()) if node.bus.is_connected),
+                    None)
+        if node is None:
+            return None
+        return await read_job_queue(node.job_worker.js, timeout)
 
     @staticmethod
     async def _poll(server: EmbeddedServer, timeout: float) -> dict[str, Any]:
@@ -186,6 +221,7 @@ class MeshCollector(Collector):
             refused.add_metric([agent], api.unauthorized)
         yield refused
         yield from self._server_families()
+        yield from self._job_store_families(self._job_queue if self._agents else None)
 
     def _agent_families(self, agents: list[tuple[str, AgentNode]]) -> Iterator[Metric]:
         info = _family("agoramesh_agent_info", ["agent", "agent_id", "type", "version"])
@@ -207,6 +243,9 @@ class MeshCollector(Collector):
         tokens = _family("agoramesh_tokens_total", ["agent", "backend", "model", "kind"])
         cost = _family("agoramesh_cost_usd_total", ["agent", "backend", "model"])
         peers = _family("agoramesh_peers", ["agent"])
+        jobs = _family("agoramesh_jobs_total", ["agent", "event"])
+        jobs_running = _family("agoramesh_jobs_in_progress", ["agent"])
+        remembered = _family("agoramesh_tasks_answered_from_memory_total", ["agent"])
         for agent, node in agents:
             bus, stats = node.bus, node.metrics
             status = node.status
@@ -242,9 +281,14 @@ class MeshCollector(Collector):
             for (backend, model), usd in list(stats.cost_usd.items()):
                 cost.add_metric([agent, backend, model], usd)
             peers.add_metric([agent], len(node.directory))
+            counted = stats.jobs.copy()
+            for event in dict.fromkeys((*_JOB_EVENTS, *counted)):
+                jobs.add_metric([agent, event], counted[event])
+            jobs_running.add_metric([agent], node.job_worker.running)
+            remembered.add_metric([agent], stats.answered_from_memory)
         yield from (info, up, sent, received, rejected, auctions, auction_time, bids_in,
                     auctions_open, bids, awards, denied, tasks, task_time, in_flight, capacity,
-                    tokens, cost, peers)
+                    tokens, cost, peers, jobs, jobs_running, remembered)
 
     def _server_families(self) -> Iterator[Metric]:
         up = _family("agoramesh_server_up", ["server", "role"])
@@ -260,6 +304,21 @@ class MeshCollector(Collector):
                 leafnodes.add_metric([name], stats["leafnodes"])
                 slow.add_metric([name], stats["slow_consumers"])
         yield from (up, connections, routes, leafnodes, slow)
+
+    @staticmethod
+    def _job_store_families(queue: JobQueue | None) -> Iterator[Metric]:
+        if queue is None:
+            return
+        states = _family("agoramesh_job_queue", ["state"])
+        states.add_metric(["queued"], queue.queued)
+        states.add_metric(["in_progress"], queue.running)
+        redelivered = _family("agoramesh_jobs_redelivered", [])
+        redelivered.add_metric([], queue.redelivered)
+        stored = _family("agoramesh_job_results_stored", [])
+        stored.add_metric([], queue.results)
+        size = _family("agoramesh_job_results_bytes", [])
+        size.add_metric([], queue.results_bytes)
+        yield from (states, redelivered, stored, size)
 
 
 def new_registry(collector: MeshCollector) -> CollectorRegistry:

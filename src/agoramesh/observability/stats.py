@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agoramesh.nodes.task import Usage
 
-__all__ = ("AUCTION_OUTCOMES", "BUCKETS", "TASK_OUTCOMES", "AgentMetrics", "Histogram")
+__all__ = ("AUCTION_OUTCOMES", "BUCKETS", "JOB_EVENTS", "TASK_OUTCOMES", "AgentMetrics",
+           "Histogram")
 
 #: Histogram upper bounds, seconds: a 1 ms echo to a minute-long LLM call.
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                               1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TASK_OUTCOMES = ("completed", "failed", "cancelled", "rejected")
-AUCTION_OUTCOMES = ("awarded", "no_bidders", "failed", "timeout")
+#: What happens to the durable jobs a node takes (protocols/job_worker.py).
+JOB_EVENTS = ("taken", "redelivered", "completed", "failed", "deduplicated", "requeued",
+              "cancelled")
+AUCTION_OUTCOMES = ("awarded", "no_bidders", "overloaded", "failed", "timeout")
 RECENT = 32  # events kept between two telemetry beats
 _LE = (*map(repr, BUCKETS), "+Inf")  # the buckets' "le" labels
 
@@ -70,6 +74,8 @@ class AgentMetrics:
         self.access_denied: Counter[tuple[str, str]] = Counter()  # (capability, action)
         self.tokens: Counter[tuple[str, str, str]] = Counter()  # (backend, model, kind)
         self.cost_usd: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.jobs: Counter[str] = Counter()  # JOB_EVENTS
+        self.answered_from_memory = 0  # tasks asked again, answered without running again
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
 
     def task_finished(self, capability: str, outcome: str, seconds: float,

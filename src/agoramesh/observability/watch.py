@@ -16,24 +16,36 @@ proposals heard on ``agora.cfp.>`` — ``agoramesh submit`` runs its auctions
 itself and sends no telemetry, but its calls for proposals are on the mesh
 like anyone's.
 
+The durable-job store is not heard but asked: :func:`read_job_queue` reads
+its counts (one consumer-info and one stream-info request, bounded), and the
+watcher hands them to :meth:`MeshView.set_jobs` at most once a second; the
+metrics endpoint uses the same reading.
+
 Time is the caller's: every method that depends on it takes ``now`` (epoch
 seconds), so the view is deterministic under test.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+import nats.errors
+
+from agoramesh.errors import AgoraError
 from agoramesh.nodes.card import AgentStatus
 
-__all__ = ("AgentRecord", "MeshEvent", "MeshView", "Message", "Presence", "Rates", "Sample",
-           "natural_height", "render")
+if TYPE_CHECKING:
+    from agoramesh.bus.jetstream import JetStream
+
+__all__ = ("AgentRecord", "JobQueue", "MeshEvent", "MeshView", "Message", "Presence", "Rates",
+           "Sample", "natural_height", "read_job_queue", "render")
 
 
 class Message(Protocol):
@@ -156,6 +168,47 @@ class Rates:
                 "bids_per_s": round(self.bids_per_s, 3)}
 
 
+@dataclass(frozen=True, slots=True)
+class JobQueue:
+    """The durable-job store's counts, from its consumer and its result stream."""
+
+    queued: int  # not yet delivered to any node
+    running: int  # delivered, not yet acknowledged
+    redelivered: int  # delivered more than once, not yet acknowledged
+    results: int  # results stored (within their ttl)
+    results_bytes: int
+
+    @classmethod
+    def from_info(cls, consumer: Mapping[str, Any], results: Mapping[str, Any]) -> JobQueue:
+        """From JetStream's consumer info (of the job consumer) and stream info (of the
+        result stream)."""
+        state = results.get("state")
+        state = state if isinstance(state, Mapping) else {}
+        return cls(queued=_count(consumer.get("num_pending")),
+                   running=_count(consumer.get("num_ack_pending")),
+                   redelivered=_count(consumer.get("num_redelivered")),
+                   results=_count(state.get("messages")),
+                   results_bytes=_count(state.get("bytes")))
+
+    def as_dict(self) -> dict[str, int]:
+        return {"queued": self.queued, "running": self.running,
+                "redelivered": self.redelivered, "results": self.results,
+                "results_bytes": self.results_bytes}
+
+
+async def read_job_queue(js: JetStream, timeout: float = 1.0) -> JobQueue | None:
+    """The job store's counts, or None if JetStream does not answer within ``timeout``
+    (none runs, the store is not created yet, a leader is being elected). Never raises
+    for the store's sake: an observer carries on without it."""
+    try:
+        async with asyncio.timeout(timeout):
+            consumer = await js.consumer_info()
+            results = await js.stream_info(js.names.kv_stream)
+    except (AgoraError, TimeoutError, nats.errors.Error, OSError, ValueError):
+        return None
+    return JobQueue.from_info(consumer, results)
+
+
 class MeshView:
     """The mesh as heard by one watcher; fed by :meth:`ingest`, read by :func:`render`.
 
@@ -177,6 +230,8 @@ class MeshView:
         self._keep_events = keep_events
         self._cfps: deque[float] = deque()  # when each auction's first call was heard
         self._auction_ids: OrderedDict[str, None] = OrderedDict()  # seen, bounded
+        #: The job store's counts as last read; None while JetStream does not answer.
+        self.jobs: JobQueue | None = None
 
     # -- ingesting -----------------------------------------------------------------
 
@@ -294,6 +349,10 @@ class MeshView:
         if len(self.events) > self._keep_events:
             del self.events[:len(self.events) - self._keep_events]
 
+    def set_jobs(self, queue: JobQueue | None) -> None:
+        """The job store's counts as just read (None: JetStream did not answer)."""
+        self.jobs = queue
+
     def prune(self, now: float) -> None:
         """Note agents that fell silent, drop those gone for longer than ``linger``."""
         for record in list(self.agents.values()):
@@ -360,6 +419,7 @@ class MeshView:
                 "agents": [record.as_dict(now, self.missed) for record in self.rows(now)],
                 "rates": self.rates(now).as_dict(), "totals": self.totals(),
                 "rejections": self.rejections(),
+                "jobs": None if self.jobs is None else self.jobs.as_dict(),
                 "recent": [event.as_dict(names) for event in self.events]}
 
 
@@ -392,6 +452,10 @@ def _delta(before: list[int | None], during: list[int | None]) -> int:
     return max(0, known[-1] - known[0]) if known else 0
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -417,13 +481,18 @@ def _event_from(item: Any, sender: str) -> MeshEvent | None:
 # -- rendering -------------------------------------------------------------------------
 
 _FIXED_LINES = 8  # header, blank, table header, blank, totals, rejections, blank, recent header
+# (plus the jobs line, under rejections, while the job store answers)
 _BAR = 8
 
 
 def natural_height(view: MeshView, *, recent: int = 10) -> int:
     """The height that shows every agent and the last ``recent`` events."""
-    return (_FIXED_LINES + max(1, len(view.agents))
+    return (_fixed_lines(view) + max(1, len(view.agents))
             + min(max(1, len(view.events)), recent))
+
+
+def _fixed_lines(view: MeshView) -> int:
+    return _FIXED_LINES + (view.jobs is not None)
 
 
 def render(view: MeshView, width: int, height: int, now: float) -> str:
@@ -436,14 +505,14 @@ def render(view: MeshView, width: int, height: int, now: float) -> str:
     width, height = max(10, width), max(1, height)
     rows = view.rows(now)
     events = view.events[::-1]  # newest first
-    room = max(0, height - _FIXED_LINES)
+    room = max(0, height - _fixed_lines(view))
     want_agents, want_events = max(1, len(rows)), max(1, len(events))
     agent_lines = max(1, min(want_agents, room - min(want_events, 3)))
     event_lines = max(0, room - agent_lines)
 
     lines = [_header(view, now, width), ""]
     lines += _agent_table(view, rows, now, agent_lines)
-    lines += ["", _totals(view), _rejections(view), ""]
+    lines += ["", _totals(view), _rejections(view), *_jobs(view), ""]
     lines += _recent(view, events, event_lines)
     lines = [_fit(line, width) for line in lines[:height]]
     return "\n".join(lines + [""] * (height - len(lines)))
@@ -527,6 +596,16 @@ def _rejections(view: MeshView) -> str:
     rejected = view.rejections()
     return "rejected   " + (" · ".join(f"{key} {count}" for key, count in rejected.items())
                             or "none")
+
+
+def _jobs(view: MeshView) -> list[str]:
+    """``jobs       12 queued · 3 running · 1,204 results``; no line without the store."""
+    queue = view.jobs
+    if queue is None:
+        return []
+    line = (f"jobs       {queue.queued:,} queued · {queue.running:,} running · "
+            f"{queue.results:,} result{'s' * (queue.results != 1)}")
+    return [line + (f" · {queue.redelivered:,} redelivered" if queue.redelivered else "")]
 
 
 def _recent(view: MeshView, events: list[MeshEvent], lines: int) -> list[str]:

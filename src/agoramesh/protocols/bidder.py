@@ -24,6 +24,17 @@ cancellation, streaming) and answer on the award's reply inbox. A result
 ready within :data:`ACCEPT_WINDOW` implies acceptance; otherwise the agent
 sends ``accept`` and then a ``lease`` every ``lease_interval`` until the
 result goes out, so the initiator can tell a slow task from a dead agent.
+
+Refusals and declines that only mean "at capacity" say ``retry: true``: the
+initiator calls again a moment later instead of giving up. So does the decline
+of an award read with less than :data:`LATE_AWARD_MS` of its lifetime left
+(the agent was frozen or far behind): its initiator is giving up on it, and
+running it would run the task twice. An agent that
+already has the task (running it, or done with it a moment ago: its first
+initiator was lost and the job is auctioned again) bids saying it ``holds``
+it, whatever its load, and answers the award from that run
+(nodes/task_memory.py). A ``durable`` award's final result is stored by the
+winner in the result store before it answers.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agoramesh.bus.bus import Delivery, Subscription
-from agoramesh.bus.envelope import Envelope
+from agoramesh.bus.envelope import Envelope, now_ms
 from agoramesh.errors import AgoraError, EnvelopeError
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.directory import Directory
@@ -49,12 +60,20 @@ from agoramesh.security.acl import Action
 if TYPE_CHECKING:
     from agoramesh.nodes.node import AgentNode
 
-__all__ = ("ACCEPT_WINDOW", "BidPolicy", "Bidder")
+__all__ = ("ACCEPT_WINDOW", "AT_CAPACITY", "BidPolicy", "Bidder")
 
 log = logging.getLogger("agoramesh.bidder")
 
 #: Seconds a winner waits for its result before sending an explicit ``accept``.
 ACCEPT_WINDOW = 0.02
+#: The reason of a refusal or decline that only means "busy now": sent with ``retry: true``.
+AT_CAPACITY = "at capacity"
+#: The reason of a decline of an award read with less than :data:`LATE_AWARD_MS`
+#: (or a quarter of a shorter lifetime) left: its agent was frozen or far behind, and
+#: the initiator is about to give up on it and award again, so running it would run
+#: the task twice. Sent with ``retry: true``.
+AWARD_TOO_LATE = "award arrived too late"
+LATE_AWARD_MS = 250
 #: Seconds a bid's reservation lasts without an award or a reject.
 RESERVATION_TTL = 5.0
 _MIN_LEASE_INTERVAL = 0.05
@@ -83,7 +102,7 @@ class BidPolicy:
         if status.state not in ("ready", "busy"):
             return f"agent is {status.state}"
         if status.in_flight >= status.capacity:
-            return "at capacity"
+            return AT_CAPACITY
         latency = status.avg_latency_ms if status.tasks_completed else _hint(node, "latency_ms")
         cost = 0.0
         if capability.cost_per_token:
@@ -110,7 +129,7 @@ class BidPolicy:
         if status.state not in ("ready", "busy"):
             return f"agent is {status.state}"
         if status.in_flight >= status.capacity:
-            return "at capacity"
+            return AT_CAPACITY
         return None
 
 
@@ -183,20 +202,29 @@ class Bidder:
                 node.bus.guard.confirm(cfp.envelope)
             except EnvelopeError:
                 return  # forged or replayed; the guard counted it
+        holds = "" if cfp.task is None or denied is not None else node.memory.holds(cfp.task)
         if denied is not None:
             offer = str(denied)
         elif cfp.task is None:
             offer = f"unusable cfp: {cfp.problem}"
+        elif holds:  # ours already: no capacity needed, no price to quote
+            offer = Bid(agent_id=node.agent_id, load=0.0, success_rate=1.0, holds=holds,
+                        capacity=node.status.capacity, in_flight=node.status.in_flight,
+                        agent_type=node.config.type)
         else:
             try:
                 offer = self.policy.quote(node, cfp.task, capability, cfp.terms, self.reserved,
                                           request_size=cfp.request_size)
             except AgoraError as exc:
                 offer = f"unusable cfp: {exc}"
+        body: dict[str, Any]
         if isinstance(offer, str):
             kind, body = "refuse", {"auction_id": cfp.auction_id, "reason": offer}
+            if offer == AT_CAPACITY:
+                body["retry"] = True
         else:
-            self._reserved[cfp.auction_id] = (time.monotonic() + RESERVATION_TTL, cfp.share)
+            if not offer.holds:  # a task it holds takes no new slot
+                self._reserved[cfp.auction_id] = (time.monotonic() + RESERVATION_TTL, cfp.share)
             kind, body = "bid", {"auction_id": cfp.auction_id, **offer.as_dict()}
         node.metrics.bids[capability.name, kind] += 1
         if node.trajectory is not None:
@@ -226,19 +254,24 @@ class Bidder:
                                                "reason": f"unusable award: {exc}"})
             return
         denied = node.check_access(delivery.sender, capability.name, Action.EXECUTE)
-        reason = str(denied) if denied is not None else self.policy.accept(node, task, terms)
-        if reason is None and task.task_id in node.running_tasks:
-            reason = f"task {task.task_id} is already running here"
+        holds = node.memory.holds(task) if denied is None else ""
+        reason = str(denied) if denied is not None else (
+            None if holds else _too_late(delivery.envelope)
+            or self.policy.accept(node, task, terms))
         if reason is not None:
             self._decided("decline", capability.name, auction_id, reason=reason)
-            await delivery.respond("decline", {"auction_id": auction_id, "reason": reason})
+            decline: dict[str, Any] = {"auction_id": auction_id, "reason": reason}
+            if reason in (AT_CAPACITY, AWARD_TOO_LATE):
+                decline["retry"] = True
+            await delivery.respond("decline", decline)
             return
-        self._decided("accept", capability.name, auction_id, task_id=task.task_id)
+        self._decided("accept", capability.name, auction_id, task_id=task.task_id,
+                      **({"holds": holds} if holds else {}))
         lease = asyncio.ensure_future(self._leases(delivery, auction_id, task.task_id,
                                                    lease_interval))
         try:
             await node.serve(Delivery(delivery.bus, delivery.msg, delivery.envelope, task_body),
-                             capability)
+                             capability, durable=body.get("durable") is True)
         finally:
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,6 +298,15 @@ class Bidder:
                                     extra={"task_id": task_id})
             kind = "lease"
             await asyncio.sleep(interval)
+
+
+def _too_late(award: Envelope | None) -> str | None:
+    """:data:`AWARD_TOO_LATE` for an award about to expire (by its sender's clock): less
+    than :data:`LATE_AWARD_MS`, or a quarter of a shorter lifetime, left."""
+    if award is None:
+        return None
+    margin = min(LATE_AWARD_MS, (award.exp - award.ts) // 4)
+    return AWARD_TOO_LATE if award.exp - now_ms() < margin else None
 
 
 @dataclass(frozen=True, slots=True)

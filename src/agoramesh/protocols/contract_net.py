@@ -31,6 +31,22 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
   subject (PROTOCOL.md §9) is not the winner declining.
 - Every wait has a deadline: the bid window, the award timeout, the lease,
   and ``timeout`` over the whole run (BusTimeout).
+- Busy is not absent: a round without bids in which capable agents refused
+  because they were at capacity (or declined the award for it), or known
+  capable agents did not answer (a link reconnecting), is called again after a
+  growing pause (50 ms to 1 s) for up to ``max_wait``; then the run fails with
+  ``Overloaded`` (or ``NoBidders`` when nobody answered). ``NoBidders`` at once
+  means nobody known offers the capability and nobody answered.
+- Nothing that already arrived is ignored: before a wait for the winner ends in
+  "declined" or "lost", the initiator reads what its server already delivered
+  (a flush round trip), so an initiator that was paused (SIGSTOP, a long GC)
+  finds the accept, leases and result sitting in its buffer instead of
+  re-awarding. A COMPLETED result from a winner given up on earlier is taken
+  as the result when it comes first (the current winner is then cancelled).
+- A bid that ``holds`` the task (the agent runs it, or has just finished it:
+  a job re-auctioned after its initiator was lost) ranks first, so the work is
+  not done twice. A ``durable`` award asks the winner to store its result in
+  the result store itself; the outcome says whether it did (``stored``).
 """
 
 from __future__ import annotations
@@ -38,9 +54,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +82,7 @@ from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.observability.stats import AgentMetrics
 from agoramesh.observability.trajectory import Trajectory
-from agoramesh.protocols.scoring import Bid, Scorer, rank
+from agoramesh.protocols.scoring import HOLDS, Bid, Scorer, rank
 
 __all__ = ("AuctionOutcome", "AuctionPolicy", "Auctioneer", "Progress")
 
@@ -73,6 +90,11 @@ log = logging.getLogger("agoramesh.auction")
 
 #: Failures that say "not here", not "not possible": the task goes to the next auction.
 _RETRYABLE = frozenset({Overloaded.__name__, TaskCancelled.__name__})
+#: Refusal and decline reasons of a busy agent that did not say ``retry`` (older agents).
+_BUSY_REASONS = ("at capacity", "agent is busy")
+#: The pause before calling again for proposals when every capable agent was busy:
+#: it doubles from the first to the last, each with jitter so waiting auctions spread.
+_RETRY_FIRST, _RETRY_LAST = 0.05, 1.0
 #: Bids kept per auction round, and answers of known bidders: a flood of (unverified)
 #: answers cannot grow memory unbounded.
 _MAX_OFFERS = 1024
@@ -90,10 +112,15 @@ class AuctionPolicy:
     accept_counter_offers: bool = True
     max_cost_usd: float | None = None  # asked of bidders; dearer bids come as counter-offers
     scorer: Scorer | None = None  # None: the seed's weights
+    #: How long to keep calling for proposals while every capable agent is busy (or
+    #: unreachable) before failing with Overloaded; bounded by the run's timeout.
+    max_wait: float = 30.0
 
     def __post_init__(self) -> None:
         if min(self.bid_window, self.award_timeout, self.lease_interval) <= 0:
             raise InvalidInput("bid_window, award_timeout and lease_interval must be > 0")
+        if self.max_wait < 0:
+            raise InvalidInput("max_wait must be >= 0")
         if self.missed_leases < 1 or self.max_attempts < 1:
             raise InvalidInput("missed_leases and max_attempts must be >= 1")
 
@@ -102,7 +129,8 @@ class AuctionPolicy:
 class Progress:
     """Something that happened in an auction: ``event`` and its details."""
 
-    event: str  # cfp | bids | award | declined | accepted | lost | reauction | chunk | result
+    event: str  # cfp | bids | waiting | stale | award | declined | accepted | lost | reauction
+    #             | chunk | late | result
     task_id: str
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -115,8 +143,9 @@ class AuctionOutcome:
     result: TaskResult
     winner: str
     bids: tuple[Bid, ...]  # of the auction that was won
-    attempts: int  # auctions run
+    attempts: int  # calls for proposals made
     duplicates: int = 0  # results dropped because one had already arrived
+    stored: bool = False  # the winner stored the result itself (a durable award)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -139,7 +168,27 @@ class _Lost(Exception):
 
 
 class _Declined(Exception):
-    """The winner declined (or was never reachable)."""
+    """The winner declined (or was never reachable); ``busy``: it was at capacity."""
+
+    def __init__(self, busy: bool = False) -> None:
+        super().__init__()
+        self.busy = busy
+
+
+def _busy(body: Any) -> bool:
+    """True for a refusal or decline that says the agent is only busy (retry later)."""
+    if not isinstance(body, dict):
+        return False
+    return body.get("retry") is True or str(body.get("reason", "")) in _BUSY_REASONS
+
+
+@dataclass(frozen=True, slots=True)
+class _Late:
+    """A COMPLETED result from a winner given up on earlier, which came first."""
+
+    result: TaskResult
+    winner: str
+    stored: bool
 
 
 class _Auction:
@@ -168,12 +217,29 @@ class _Auction:
         self.closed_bidding = False
         self.refused_counters = 0
         self.bids_received = 0
+        self.busy_refusals = 0  # this round's refusals by known agents that were at capacity
+        self.late: _Late | None = None
+        self.cancelled = False
+        #: Asked before the first award, and again after a winner was lost: False calls
+        #: the auction off (a durable job found stored meanwhile).
+        self.go_ahead: Callable[[], Awaitable[bool]] | None = None
+        self.ask_go_ahead = True
+        self.lost: list[str] = []  # winners given up on (silent), told to stop at the end
+        self.called_at = 0.0  # loop time of this round's call for proposals
+        #: Stops the run at once (a late result came first, or a cancel): set by run().
+        self.interrupt: Callable[[], object] = lambda: None
 
     def open_round(self, attempt: int, known: Iterable[str]) -> None:
         self.attempt, self.known = attempt, frozenset(known)
         self.offers, self.answers, self.answered = [], [], set()
         self.closed_bidding = self.distrustful = False
+        self.busy_refusals = 0
         self.enough.clear()
+
+    @property
+    def silent(self) -> frozenset[str]:
+        """Known capable agents that have not answered this round."""
+        return self.known - self.answered
 
     def on_message(self, kind: str, msg: Msg) -> None:
         try:
@@ -208,6 +274,8 @@ class _Auction:
                 len(self.answers) < _MAX_OFFERS:
             answer = answer or _Answer(envelope=envelope)
             self.answers.append(answer)
+            if envelope.type == "refuse" and _busy(body):
+                self.busy_refusals += 1
             self._count(answer)
 
     def _count(self, answer: _Answer) -> None:
@@ -272,7 +340,22 @@ class _Auction:
         if current:
             self.winner_messages.put_nowait(envelope)
         elif envelope.type == "task_response":
-            self.duplicates += 1  # a lost winner finishing after all: dropped
+            self._former_winner_result(envelope)
+
+    def _former_winner_result(self, envelope: Envelope) -> None:
+        """A winner given up on finished after all: its COMPLETED result wins if it is first."""
+        body = envelope.body if isinstance(envelope.body, dict) else {}
+        try:
+            result = TaskResult.from_dict(body)
+        except (KeyError, TypeError, ValueError):
+            result = None
+        if (result is None or result.status is not TaskStatus.COMPLETED
+                or result.task_id != self.task.task_id or self.late is not None):
+            self.duplicates += 1  # dropped: a failure, another task, or one came already
+            return
+        self.late = _Late(result=result, winner=envelope.sender,
+                          stored=body.get("stored") is True)
+        self.interrupt()
 
 
 class Auctioneer:
@@ -295,6 +378,11 @@ class Auctioneer:
         self._open: dict[str, _Auction] = {}
         self._subscribing = asyncio.Lock()
         self._subscription: NatsSubscription | None = None
+
+    @property
+    def _stale_after(self) -> float:
+        """Seconds after which a round's bids are too old to award: call again."""
+        return max(4.0, 2 * self.policy.award_timeout + self.policy.bid_window)
 
     def known_bidders(self, capability: str, exclude: Iterable[str] = ()) -> set[str]:
         """Ids of agents known to offer ``capability``: the early-close count."""
@@ -333,11 +421,20 @@ class Auctioneer:
 
     async def run(self, task: Task, *, timeout: float = 30.0, exclude: Iterable[str] = (),
                   progress: Callable[[Progress], None] | None = None,
-                  stream: bool = False) -> AuctionOutcome:
+                  stream: bool = False, durable: bool = False,
+                  max_wait: float | None = None,
+                  go_ahead: Callable[[], Awaitable[bool]] | None = None) -> AuctionOutcome:
         """Auction ``task`` until one agent returns its result.
 
-        Raises NoBidders if nobody bids, AuctionFailed if every bidder declines
-        or the attempts run out, BusTimeout after ``timeout``.
+        Raises NoBidders if nobody bids, Overloaded if every capable agent stayed
+        busy for ``max_wait`` (default: the policy's; never past ``timeout``),
+        AuctionFailed if every bidder declines or the attempts run out,
+        TaskCancelled after :meth:`cancel`, BusTimeout after ``timeout``.
+        ``durable``: the winner stores the result in the result store itself.
+        ``go_ahead``: called and awaited before the first award, if there is one
+        (start its work early: it overlaps the bids), and again before the first
+        award after a winner was lost; False stops the run with TaskCancelled
+        and nothing more is awarded.
         """
         notify = progress or (lambda _: None)
         started = time.perf_counter()
@@ -347,74 +444,181 @@ class Auctioneer:
         self._open[key] = auction
         self.metrics.auctions_open += 1
         outcome, winner = "failed", None
+        patience = self.policy.max_wait if max_wait is None else max_wait
+        auction.go_ahead = go_ahead
+        runner = asyncio.ensure_future(self._run(auction, excluded, notify, stream, durable,
+                                                 min(patience, timeout)))
+        auction.interrupt = runner.cancel
         try:
-            async with asyncio.timeout(timeout):
-                won = await self._run(auction, excluded, notify, stream)
+            try:
+                async with asyncio.timeout(timeout):
+                    won = await runner
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are cancelled ourselves, not interrupted
+                won = await self._interrupted(auction, notify)
             outcome, winner = "awarded", won.winner
             return won
         except TimeoutError:
             outcome = "timeout"
+            await self._cancel_winner(auction)
             raise BusTimeout(f"no result for task {task.task_id} within {timeout:g}s") from None
         except NoBidders:
             outcome = "no_bidders"
             raise
+        except Overloaded:
+            outcome = "overloaded"
+            raise
         finally:
+            if not runner.done():
+                runner.cancel()
+            # Winners given up on may still be at it: nothing more is wanted of them.
+            for lost in auction.lost:
+                if lost != winner:
+                    await asyncio.shield(self._cancel_lost(lost, task.task_id))
             del self._open[key]
             self.metrics.auctions_open -= 1
             self.metrics.auction_finished(task.task_type, outcome, time.perf_counter() - started,
                                           task_id=task.task_id, bids=auction.bids_received,
                                           winner=winner)
 
+    def cancel(self, task_id: str) -> bool:
+        """Stop the auction of ``task_id`` running here (its winner is told to cancel);
+        its run raises TaskCancelled. False if no such auction runs here."""
+        for auction in self._open.values():
+            if auction.task.task_id == task_id and not auction.cancelled:
+                auction.cancelled = True
+                auction.interrupt()
+                return True
+        return False
+
+    async def _interrupted(self, auction: _Auction, notify: Callable[[Progress], None]
+                           ) -> AuctionOutcome:
+        """The run stopped early: a cancel (raise) or a former winner's late result (take it)."""
+        task = auction.task
+        if auction.cancelled:
+            await self._cancel_winner(auction)
+            raise TaskCancelled(f"task {task.task_id} was cancelled")
+        late = auction.late
+        assert late is not None
+        if auction.winner != late.winner:
+            await self._cancel_winner(auction)  # the current one runs it a second time
+        notify(Progress("late", task.task_id, {"agent": late.winner}))
+        notify(Progress("result", task.task_id, {"agent": late.winner,
+                                                  "status": late.result.status.value}))
+        if self.trajectory is not None:
+            self.trajectory.decided("late_result", auction_id=auction.id, task_id=task.task_id,
+                                    winner=late.winner)
+        return AuctionOutcome(result=late.result, winner=late.winner,
+                              bids=tuple(o.bid for o in auction.offers), attempts=auction.attempt,
+                              duplicates=auction.duplicates, stored=late.stored)
+
+    async def _cancel_winner(self, auction: _Auction) -> None:
+        if auction.winner is not None:
+            await self._cancel_lost(auction.winner, auction.task.task_id)
+
     async def _run(self, auction: _Auction, excluded: set[str],
-                   notify: Callable[[Progress], None], stream: bool) -> AuctionOutcome:
+                   notify: Callable[[Progress], None], stream: bool, durable: bool,
+                   patience: float) -> AuctionOutcome:
         task, policy = auction.task, self.policy
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + patience
+        pause = _RETRY_FIRST
         lost: list[str] = []
-        for attempt in range(1, policy.max_attempts + 1):
-            offers = await self._call_for_proposals(auction, attempt, excluded, notify)
+        auctions = 1  # auctions of this task: a lost winner or a retryable failure adds one
+        while True:
+            offers = await self._call_for_proposals(auction, auction.attempt + 1, excluded,
+                                                    notify)
+            busy = bool(auction.busy_refusals or auction.silent)
             if not offers:
                 if auction.refused_counters:
                     raise AuctionFailed(
                         f"task {task.task_id}: only counter-offers "
                         f"({auction.refused_counters}), and the policy accepts none")
+                if busy and loop.time() + pause < give_up:
+                    pause = await self._pause(auction, pause, notify)
+                    continue
                 if lost:
                     raise AuctionFailed(f"task {task.task_id}: winners {', '.join(lost)} were "
                                         f"lost and no other agent bid")
-                raise NoBidders(f"no agent bid for {task.task_type} within "
-                                f"{policy.bid_window:g}s")
-            declined = 0
+                raise self._nobody(auction, patience)
+            declined = busy_declines = 0
             tried: set[str] = set()
             for offer in offers:
+                if loop.time() - auction.called_at > self._stale_after:
+                    # Bids this old (we were paused, or winners kept us waiting) may not
+                    # stand; and someone else may have done the task meanwhile: ask again.
+                    auction.ask_go_ahead = True
+                    notify(Progress("stale", task.task_id, {"attempt": auction.attempt}))
+                    break
                 if offer.bid.agent_id in tried or not auction.verify(offer):
                     continue  # a forged or replayed bid is never awarded; the guard counted it
                 tried.add(offer.bid.agent_id)
                 try:
-                    result = await self._award(auction, offer, notify, stream)
-                except _Declined:
+                    result, stored = await self._award(auction, offer, notify, stream, durable)
+                except _Declined as decline:
                     declined += 1
+                    busy_declines += decline.busy
                     continue
                 except _Lost:
                     winner = offer.bid.agent_id
                     lost.append(winner[:8])
                     excluded.add(winner)
+                    auction.ask_go_ahead = True  # the lost one may have finished it after all
                     if self.trajectory is not None:
                         self.trajectory.decided("reauction", auction_id=auction.id,
                                                 task_id=task.task_id, lost=winner)
-                    notify(Progress("reauction", task.task_id, {"lost": winner,
-                                                                 "attempt": attempt + 1}))
+                    if auctions >= policy.max_attempts:
+                        raise AuctionFailed(f"task {task.task_id} was lost "
+                                            f"{policy.max_attempts} times") from None
+                    auctions += 1
+                    notify(Progress("reauction", task.task_id, {
+                        "lost": winner, "attempt": auction.attempt + 1}))
                     break
                 if result.status is TaskStatus.FAILED and (result.error or {}).get(
-                        "type") in _RETRYABLE and attempt < policy.max_attempts:
+                        "type") in _RETRYABLE and auctions < policy.max_attempts:
+                    auctions += 1
                     excluded.add(offer.bid.agent_id)
                     notify(Progress("reauction", task.task_id, {
-                        "failed": offer.bid.agent_id, "attempt": attempt + 1}))
+                        "failed": offer.bid.agent_id, "attempt": auction.attempt + 1}))
                     break
                 return AuctionOutcome(result=result, winner=offer.bid.agent_id,
-                                      bids=tuple(o.bid for o in offers), attempts=attempt,
-                                      duplicates=auction.duplicates)
+                                      bids=tuple(o.bid for o in offers),
+                                      attempts=auction.attempt, duplicates=auction.duplicates,
+                                      stored=stored)
             else:
+                if busy_declines and loop.time() + pause < give_up:
+                    pause = await self._pause(auction, pause, notify)
+                    continue
+                if busy_declines:
+                    raise Overloaded(f"task {task.task_id}: every bidder was at capacity for "
+                                     f"{patience:g}s")
                 raise AuctionFailed(f"task {task.task_id}: all {len(offers)} bidders declined"
                                     if declined else f"task {task.task_id}: no valid bid")
-        raise AuctionFailed(f"task {task.task_id} was lost {policy.max_attempts} times")
+            pause = _RETRY_FIRST  # a re-auction after a loss starts patient again
+
+    def _nobody(self, auction: _Auction, patience: float) -> Exception:
+        """The error of a round that found no bid and may not be called again."""
+        task = auction.task
+        if auction.busy_refusals:
+            return Overloaded(f"every agent offering {task.task_type} was at capacity for "
+                              f"{patience:g}s; try again later")
+        if auction.known:
+            return NoBidders(f"no agent bid for {task.task_type} within "
+                             f"{self.policy.bid_window:g}s ({len(auction.known)} known to "
+                             f"offer it did not answer)")
+        return NoBidders(f"no agent offers {task.task_type}: none is known here and none "
+                         f"answered within {self.policy.bid_window:g}s")
+
+    async def _pause(self, auction: _Auction, pause: float,
+                     notify: Callable[[Progress], None]) -> float:
+        """Wait before calling again for proposals; the next, longer pause."""
+        notify(Progress("waiting", auction.task.task_id, {
+            "attempt": auction.attempt, "busy": auction.busy_refusals,
+            "silent": len(auction.silent), "seconds": round(pause, 3)}))
+        await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+        return min(pause * 2, _RETRY_LAST)
 
     def _cfp_body(self, auction: _Auction, excluded: set[str]) -> dict[str, Any]:
         terms: dict[str, Any] = {}
@@ -436,13 +640,16 @@ class Auctioneer:
         known = self.known_bidders(task.task_type, excluded)
         auction.open_round(attempt, known)  # nobody known: wait for strangers' bids
         window = self.policy.bid_window
-        deadline = asyncio.get_running_loop().time() + window
+        auction.called_at = asyncio.get_running_loop().time()
+        deadline = auction.called_at + window
         await self.bus.publish(self.bus.subjects.cfp(task.task_type), "cfp",
                                self._cfp_body(auction, excluded),
                                reply=f"{auction.inbox}.b{attempt}",
                                ttl_ms=max(1000, int(window * 2000)))
         notify(Progress("cfp", task.task_id, {"attempt": attempt, "known": len(known)}))
         early = await self._collect(auction, deadline)
+        if not early and not auction.offers:
+            await self._last_look()  # bids may be read but not yet handled (we were paused)
         ranked = self._ranked(auction, excluded, notify)
         if early and not (ranked and auction.verify(ranked[0])):
             # Answers nobody verified closed the window and no bid (or no best bid) holds:
@@ -478,15 +685,23 @@ class Auctioneer:
         ranked = [by_bid[id(bid)] for group in (plain, counters)
                   for _, bid in rank([offer.bid for offer in group], self.policy.scorer,
                                     salt=auction.id)]
+        # An agent that already holds the task (running, or done) is awarded first: no
+        # second execution. Stable, so the scorer's order stands among the rest.
+        ranked.sort(key=lambda offer: HOLDS.index(offer.bid.holds) if offer.bid.holds
+                    else len(HOLDS))
         notify(Progress("bids", task.task_id, {
             "attempt": auction.attempt, "bids": len(offers), "answered": len(auction.answered),
             "ranking": [offer.bid.agent_id for offer in ranked]}))
         return ranked
 
     async def _award(self, auction: _Auction, offer: _Offer, notify: Callable[[Progress], None],
-                     stream: bool) -> TaskResult:
-        """Award ``offer``; the result, or _Declined / _Lost."""
+                     stream: bool, durable: bool) -> tuple[TaskResult, bool]:
+        """Award ``offer``; the result and whether the winner stored it, or _Declined / _Lost."""
         task, policy, bid = auction.task, self.policy, offer.bid
+        if auction.go_ahead is not None and auction.ask_go_ahead:
+            auction.ask_go_ahead = False
+            if not await auction.go_ahead():
+                raise TaskCancelled(f"task {task.task_id} was called off before its award")
         winner, cid = bid.agent_id, new_id()
         auction.awarded(winner, cid)
         body: dict[str, Any] = {
@@ -494,6 +709,8 @@ class Auctioneer:
             "lease_interval": policy.lease_interval}
         if bid.counter:
             body["terms"] = dict(bid.counter)
+        if durable:
+            body["durable"] = True
         notify(Progress("award", task.task_id, {"agent": winner, "counter": dict(bid.counter)}))
         if self.trajectory is not None:
             self.trajectory.decided("award", auction_id=auction.id, task_id=task.task_id,
@@ -512,13 +729,21 @@ class Auctioneer:
             while True:
                 wait = (policy.lease_interval * policy.missed_leases if accepted
                         else policy.award_timeout)
-                envelope = await self._next(auction, wait)
+                envelope, left = await self._next(auction, wait)
+                if envelope is None:  # silence, or it left: unless that is our own pause
+                    await self._last_look()  # what reached us while we were not looking
+                    envelope = self._ready(auction)
+                    if envelope is None and left and self._still_here(winner):
+                        continue  # its beats were waiting for us too: it never left
                 if envelope is None:
-                    await self._cancel_lost(winner, task.task_id)  # in case it runs after all
                     if not accepted:
+                        await self._cancel_lost(winner, task.task_id)  # in case it starts late
                         notify(Progress("declined", task.task_id, {"agent": winner,
                                                                     "reason": "no answer"}))
-                        raise _Declined
+                        raise _Declined(busy=True)  # unreachable for now (a link failing over)
+                    # Not cancelled: a silent winner may only be paused, and its result,
+                    # should it come first, is taken; it is told to stop once one is in.
+                    auction.lost.append(winner)
                     notify(Progress("lost", task.task_id, {"agent": winner}))
                     raise _Lost
                 kind = envelope.type
@@ -527,7 +752,7 @@ class Auctioneer:
                               if isinstance(envelope.body, dict) else None)
                     notify(Progress("declined", task.task_id, {"agent": winner,
                                                                 "reason": str(reason)}))
-                    raise _Declined
+                    raise _Declined(busy=kind == "decline" and _busy(envelope.body))
                 if not accepted:
                     accepted = True
                     notify(Progress("accepted", task.task_id, {"agent": winner}))
@@ -541,7 +766,7 @@ class Auctioneer:
                         continue
                     notify(Progress("result", task.task_id, {"agent": winner,
                                                               "status": result.status.value}))
-                    return result
+                    return result, envelope.body.get("stored") is True
         finally:
             if hook is not None and self.directory is not None:
                 self.directory.on_leave.remove(hook)
@@ -553,20 +778,55 @@ class Auctioneer:
             return None
 
         def on_leave(agent_id: str, reason: str) -> None:
-            if agent_id == winner:
+            # A goodbye ends the wait at once; silence is judged by the leases, which are
+            # meant for it (a peer evicted for missed heartbeats may only be paused).
+            if agent_id == winner and reason == "bye":
                 messages.put_nowait(None)
 
         self.directory.on_leave.append(on_leave)
         return on_leave
 
     @staticmethod
-    async def _next(auction: _Auction, wait: float) -> Envelope | None:
-        """The winner's next message, or None after ``wait`` or once it has left."""
+    async def _next(auction: _Auction, wait: float) -> tuple[Envelope | None, bool]:
+        """The winner's next message; (None, False) after ``wait``, (None, True) once the
+        directory says it has left."""
         try:
             async with asyncio.timeout(wait):
-                return await auction.winner_messages.get()
+                envelope = await auction.winner_messages.get()
         except TimeoutError:
-            return None
+            return None, False
+        return envelope, envelope is None
+
+    @staticmethod
+    def _ready(auction: _Auction) -> Envelope | None:
+        """A message of the winner's that is already here, if any (departures skipped)."""
+        queue = auction.winner_messages
+        while not queue.empty():
+            envelope = queue.get_nowait()
+            if envelope is not None:
+                return envelope
+        return None
+
+    def _still_here(self, winner: str) -> bool:
+        """True if a winner that seemed to have left is in the directory (again)."""
+        return self.directory is not None and winner in self.directory
+
+    async def _last_look(self) -> None:
+        """Read what our server already delivered before concluding nobody answered.
+
+        A paused initiator wakes up with its timers expired and its socket full;
+        the timers fire first. One flush round trip means every message sent to us
+        before it has been read, and yielding until our subscription's queue is
+        empty means each has been handled (routed to its auction). Bounded.
+        """
+        with contextlib.suppress(AgoraError, nats.errors.Error):
+            await self.bus.flush(timeout=1.0)
+        subscription = self._subscription
+        for _ in range(1000):
+            await asyncio.sleep(0)
+            if subscription is None or subscription.pending_msgs == 0:
+                break
+        await asyncio.sleep(0)  # the last one taken from the queue is being handled
 
     async def _reject_others(self, auction: _Auction, winner: str) -> None:
         """One broadcast tells every other bidder to release what it reserved."""
@@ -581,4 +841,3 @@ class Auctioneer:
         with contextlib.suppress(AgoraError, nats.errors.Error):
             await self.bus.publish(self.bus.subjects.agent(agent_id), "task_cancel",
                                    {"task_id": task_id}, to=agent_id)
-

@@ -32,8 +32,11 @@ from typing import Any
 
 from agoramesh.errors import InvalidInput
 
-__all__ = ("DEFAULT_WEIGHTS", "SUITABILITY", "Bid", "Scorer", "rank", "suitability_scorer",
-           "weighted")
+__all__ = ("DEFAULT_WEIGHTS", "HOLDS", "SUITABILITY", "Bid", "Scorer", "rank",
+           "suitability_scorer", "weighted")
+
+#: What a bid may say it holds of the task already, best first.
+HOLDS = ("done", "running")
 
 #: The seed's weights.
 DEFAULT_WEIGHTS: Mapping[str, float] = {"load": 0.30, "latency": 0.25, "cost": 0.20,
@@ -52,7 +55,9 @@ class Bid:
 
     ``counter`` holds terms the agent proposes instead of the requested ones
     (``{"deadline": unix_s}`` and/or ``{"cost_usd": x}``); an empty mapping is
-    a plain bid on the requested terms.
+    a plain bid on the requested terms. ``holds`` says the agent already has
+    this task id ``"running"`` or ``"done"`` (a re-auction after its initiator
+    was lost): awarding it costs no second execution.
     """
 
     agent_id: str
@@ -65,6 +70,7 @@ class Bid:
     counter: Mapping[str, float] = field(default_factory=dict)
     agent_type: str = ""
     priority: int = 0
+    holds: str = ""
 
     def __post_init__(self) -> None:
         for name in ("load", "latency_ms", "cost_usd", "success_rate"):
@@ -83,6 +89,8 @@ class Bid:
             "agent_type": self.agent_type, "priority": self.priority}
         if self.counter:
             body["counter"] = dict(self.counter)
+        if self.holds:
+            body["holds"] = self.holds
         return body
 
     @classmethod
@@ -103,7 +111,8 @@ class Bid:
                        in_flight=int(data.get("in_flight", 0)),
                        counter={str(k): _unit(v, f"counter.{k}") for k, v in counter.items()},
                        agent_type=str(data.get("agent_type", ""))[:64],
-                       priority=int(data.get("priority", 0)))
+                       priority=int(data.get("priority", 0)),
+                       holds=data["holds"] if data.get("holds") in HOLDS else "")
         except (TypeError, ValueError, OverflowError) as exc:  # int(inf): OverflowError
             if isinstance(exc, InvalidInput):
                 raise

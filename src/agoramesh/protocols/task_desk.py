@@ -15,18 +15,34 @@ before the ``task_response``. Failures (no bidder, every bidder declined,
 timeout, bad task) are error replies, and so is a requester the node's access
 policy does not let ``submit`` the capability (``AccessDenied``). The node
 auctions as itself: bidders' policies see this node as the initiator.
+
+The winner's result reached the node in a message, but the node's reply need
+not fit in one: plain JSON takes more bytes than msgpack (numbers, binary),
+and the reply has its own envelope and headers. A result the reply cannot
+carry is answered FAILED, ``ResultTooLarge`` (or ``BackendBadResponse`` for
+one plain JSON cannot hold, such as NaN), keeping the winner's ``agent_id``,
+time, tokens and cost: the work was done, only its answer is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-from agoramesh.bus.bus import Delivery
-from agoramesh.errors import AgoraError, InvalidInput
-from agoramesh.nodes.task import Task
+from agoramesh.bus.bus import Delivery, Reply
+from agoramesh.errors import (
+    AgoraError,
+    BackendBadResponse,
+    InvalidInput,
+    OversizeEnvelope,
+    ResultTooLarge,
+    TaskError,
+    error_to_wire,
+)
+from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.contract_net import Progress
 from agoramesh.security.acl import Action
 
@@ -79,7 +95,41 @@ class TaskDesk:
                 forwarder.cancel()
             raise
         await self._finish(forwarder, forward)
-        await delivery.respond("task_response", outcome.result.as_dict())
+        reply = self._prepare(delivery, outcome.result)
+        if reply is not None:
+            await delivery.send(reply)
+
+    def _prepare(self, delivery: Delivery, result: TaskResult) -> Reply | None:
+        """The reply carrying ``result``; a FAILED one if this reply cannot carry it.
+
+        None: nothing to send (no reply subject, or a ``max_bytes`` too small for
+        even the failure, a few hundred bytes).
+        """
+        if not delivery.can_respond:
+            return None
+        body = result.as_dict()
+        name = f"task {result.task_id}" if result.task_id else "the task"
+        error: TaskError
+        try:
+            return delivery.prepare("task_response", body)
+        except OversizeEnvelope:
+            size = delivery.measure("task_response", body)
+            limit = self.node.bus.config.envelope.max_bytes
+            error = ResultTooLarge(f"the result of {name} is {size} bytes as a message, over "
+                                   f"the {limit}-byte limit")
+        except ValueError as exc:  # NaN, say: msgpack carried it, plain JSON cannot
+            error = BackendBadResponse(f"the result of {name} cannot be answered in plain "
+                                       f"JSON: {exc}")
+        self.node.log.warning("could not pass on the result of %s: %s", name, error,
+                              extra={"task_id": result.task_id})
+        failure = dataclasses.replace(result, status=TaskStatus.FAILED, result=None,
+                                      error=error_to_wire(error))
+        try:
+            return delivery.prepare("task_response", failure.as_dict())
+        except OversizeEnvelope as exc:  # a max_bytes too small even for that (128 bytes)
+            self.node.log.warning("could not answer %s: %s", name, exc,
+                                  extra={"task_id": result.task_id})
+            return None
 
     async def _finish(self, forwarder: asyncio.Future[None] | None,
                       forward: asyncio.Queue[Progress | None]) -> None:

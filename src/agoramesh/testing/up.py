@@ -24,6 +24,7 @@ class UpProcess(CLIProcess):
         super().__init__("up", "--dir", str(data_dir), *args)
         self.pids: list[int] = []
         self.leaf_addresses: list[str] = []  # the seeds' leafnode addresses, host:port
+        self.seed_urls: list[str] = []  # the seeds' client URLs, in order
         self.http: str | None = None  # with --http-port
         self.metrics: str | None = None  # with --metrics-port: the /metrics URL
         self.url = ""
@@ -50,6 +51,8 @@ class UpProcess(CLIProcess):
                 return False
             self.pids += [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
             self.leaf_addresses += re.findall(r"leaf=(\S+)", line)
+            if "role=seed" in line:
+                self.seed_urls += re.findall(r"client=(\S+)", line)
             if line.startswith("http api: "):
                 self.http = line.split(": ", 1)[1].strip()
             if line.startswith("metrics: "):

@@ -13,7 +13,14 @@ that quotes the end of stderr.
 coding-agent CLIs (:mod:`agoramesh.nodes.backends.cli`): no shell, one
 deadline (``config.timeout``) for the whole run, stderr captured for error
 messages, and the process group killed on every way out: done, failed, timed
-out, cancelled, or a consumer that stopped iterating early.
+out, cancelled, or a consumer that stopped iterating early. A node that dies
+with no way out (SIGKILL, a crash) takes its child along: on Linux the child
+gets a parent-death SIGKILL, so the kernel kills it with the node, whether it
+is mid-run, still waiting for the rest of its input (it never runs on a
+truncated request) or not yet started (then it exits before running the
+program). Only the child is covered: processes the program itself started
+outlive the node unless the program stops them. The input is written whole,
+within the deadline, before the child counts as started.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from agoramesh.bus.server import parent_death_signal
 from agoramesh.errors import BackendBadResponse, BackendError, BackendUnavailable
 from agoramesh.nodes.backends.base import Backend, BackendConfig, ChatMessage
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, Usage
@@ -55,7 +63,16 @@ class ChildProcess:
             await child.finish()       # BackendError unless it exited with 0
 
     The child leads a new session, so leaving the block kills its whole process
-    group: tools and shells an agent started go with it.
+    group: tools and shells an agent started go with it. ``stdin`` is written
+    whole (within the deadline) and closed before the block is entered; a
+    child that exits without reading it all is judged by its exit status.
+
+    If the node itself dies (SIGKILL, a crash), no block is left: instead the
+    child is spawned with a parent-death SIGKILL (Linux only), so the kernel
+    kills it with its parent (for Linux, the thread running the event loop),
+    or it exits before exec if the parent is already gone. That signal is not
+    inherited: grandchildren the program started itself survive the node
+    unless the program stops them.
     """
 
     def __init__(self, argv: Sequence[str], config: BackendConfig, *, name: str | None = None,
@@ -84,7 +101,8 @@ class ChildProcess:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv, cwd=workdir, env={**os.environ, **dict(self._config.env)},
                 stdin=devnull if self._stdin is None else pipe, stdout=pipe, stderr=pipe,
-                limit=_LINE_LIMIT, start_new_session=True)
+                limit=_LINE_LIMIT, start_new_session=True,
+                preexec_fn=parent_death_signal(signal.SIGKILL))
         except FileNotFoundError as exc:
             if workdir is not None and exc.filename != self.argv[0]:  # Popen's name for a bad cwd
                 raise BackendError(f"{self.name}: workdir {workdir} does not exist") from None
@@ -95,11 +113,12 @@ class ChildProcess:
         except OSError as exc:
             raise BackendError(f"could not start {self.name}: {exc}") from exc
         self._stderr_reader = asyncio.create_task(self._read_stderr())
-        if self._stdin is not None and self._proc.stdin is not None:
-            # The transport buffers and flushes it; a child that never reads only
-            # costs a broken pipe, which its exit status then explains.
-            self._proc.stdin.write(self._stdin)
-            self._proc.stdin.close()
+        if self._stdin is not None:
+            try:
+                await self._write_stdin(self._stdin)
+            except BaseException:  # timed out or cancelled: no block will close it
+                await self.close()
+                raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -191,6 +210,24 @@ class ChildProcess:
     def _with_stderr(self, message: str) -> str:
         tail = self.stderr_tail()
         return f"{message}: {tail}" if tail else message
+
+    async def _write_stdin(self, data: bytes) -> None:
+        """All of ``data`` into the pipe, then EOF; bounded by the deadline."""
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                try:
+                    stdin.write(data)
+                    await stdin.drain()
+                    stdin.close()
+                    await stdin.wait_closed()  # what the transport still buffered is written
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # it stopped reading (or exited): its exit status says why
+        except TimeoutError:
+            raise self._timed_out() from None
+        finally:
+            stdin.close()
 
     async def _read_stderr(self) -> None:
         stderr = self._process.stderr

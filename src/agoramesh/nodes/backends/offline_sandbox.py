@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import IO, Any
 
 from agoramesh.errors import BackendError, InvalidInput
@@ -27,7 +29,9 @@ from agoramesh.errors import BackendError, InvalidInput
 if sys.platform != "win32":
     import resource
 
-__all__ = ("MAX_CODE_BYTES", "MAX_TIMEOUT", "OUTPUT_LIMIT", "run_python")
+__all__ = ("CLEANUP_TIMEOUT", "MAX_CODE_BYTES", "MAX_TIMEOUT", "OUTPUT_LIMIT", "run_python")
+
+log = logging.getLogger("agoramesh.backends")
 
 # --- code.run.python ---------------------------------------------------------------------
 
@@ -35,6 +39,7 @@ MAX_TIMEOUT = 10.0
 MAX_CODE_BYTES = 100_000  # a command-line argument may not exceed 128 KiB on Linux
 OUTPUT_LIMIT = 64 * 1024
 _FILE_LIMIT = 1024 * 1024
+CLEANUP_TIMEOUT = 10.0  # seconds a cancelled run may take to stop its child and clean up
 _SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -60,11 +65,23 @@ def _sandbox_limits(timeout: float) -> list[tuple[int, tuple[int, int]]]:
     return limits
 
 
-def _open_streams(root: str, stdin: str) -> tuple[IO[bytes], IO[bytes], IO[bytes]]:
+def _write_stdin(root: str, stdin: str) -> None:
     with open(os.path.join(root, "stdin"), "wb") as file:
         file.write(stdin.encode("utf-8", "replace"))
-    return (open(os.path.join(root, "stdin"), "rb"),  # run_python closes all three
-            open(os.path.join(root, "stdout"), "wb"), open(os.path.join(root, "stderr"), "wb"))
+
+
+@contextlib.contextmanager
+def _open_streams(root: str) -> Iterator[tuple[IO[bytes], IO[bytes], IO[bytes]]]:
+    """The child's stdin, stdout and stderr, closed on leaving (the child keeps its copies).
+
+    Opened in the event loop's thread, not in a worker thread whose result (the
+    open files) a cancellation could abandon; while they are open the only await
+    is the child's start, which asyncio undoes itself if it is cancelled.
+    """
+    with open(os.path.join(root, "stdin"), "rb") as stdin, \
+            open(os.path.join(root, "stdout"), "wb") as stdout, \
+            open(os.path.join(root, "stderr"), "wb") as stderr:
+        yield stdin, stdout, stderr
 
 
 def _output(path: str) -> str:
@@ -101,9 +118,46 @@ async def run_python(code: str, *, stdin: str = "", timeout: float = 2.0) -> dic
     parent never buffers a flood and a lingering descendant holding a pipe
     cannot stall the run. The child leads its own process group: when it exits
     or times out the whole group is killed, so nothing it started outlives it.
+
+    Cancelling the call stops the run rather than abandoning it: the run goes
+    on in its own task, shielded, until it has killed and reaped the child (or
+    not started it), closed its files and removed its directory (within
+    :data:`CLEANUP_TIMEOUT` seconds), then the cancellation propagates.
     """
     if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES or "\x00" in code:
         raise InvalidInput(f"code must be at most {MAX_CODE_BYTES} bytes, without NUL characters")
+    stop = asyncio.Event()
+    run = asyncio.ensure_future(_run(code, stdin, timeout, stop))
+    run.set_name("agoramesh-sandbox")
+    try:
+        return await asyncio.shield(run)
+    except asyncio.CancelledError:
+        stop.set()
+        await _wait_out(run, CLEANUP_TIMEOUT)
+        raise
+
+
+async def _wait_out(run: asyncio.Task[Any], bound: float) -> None:
+    """Wait up to ``bound`` seconds for ``run`` to end, through further cancellations."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while not run.done() and (remaining := deadline - loop.time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):  # re-raised by the caller
+            await asyncio.wait((run,), timeout=remaining)
+    if not run.done():  # stuck (an unkillable child, a slow disk): give up on it
+        log.warning("a cancelled code.run.python run did not stop within %.0f s", bound)
+        run.cancel()
+    run.add_done_callback(_retrieve)
+
+
+def _retrieve(run: asyncio.Task[Any]) -> None:
+    """Consume the result of a run nobody awaits any more, logging a failure."""
+    if not run.cancelled() and (error := run.exception()) is not None:
+        log.debug("a cancelled code.run.python run failed: %r", error)
+
+
+async def _run(code: str, stdin: str, timeout: float, stop: asyncio.Event) -> dict[str, Any]:
+    """The run itself: ``stop`` set ends it early (the child killed, or never started)."""
     limits = _sandbox_limits(timeout)
 
     def apply_limits() -> None:
@@ -116,27 +170,38 @@ async def run_python(code: str, *, stdin: str = "", timeout: float = 2.0) -> dic
     try:
         workdir = os.path.join(root, "work")
         os.mkdir(workdir)
-        streams = await asyncio.to_thread(_open_streams, root, stdin)
+        await asyncio.to_thread(_write_stdin, root, stdin)
+        if stop.is_set():
+            raise asyncio.CancelledError  # cancelled before the child started
+        with _open_streams(root) as streams:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-I", "-S", "-c", code, cwd=workdir,
+                    env={"PATH": _SANDBOX_PATH}, start_new_session=True,
+                    preexec_fn=apply_limits if limits else None,
+                    stdin=streams[0], stdout=streams[1], stderr=streams[2])
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                raise BackendError(f"could not start the sandbox: {exc}") from exc
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", "-c", code, cwd=workdir,
-                env={"PATH": _SANDBOX_PATH}, start_new_session=True,
-                preexec_fn=apply_limits if limits else None,
-                stdin=streams[0], stdout=streams[1], stderr=streams[2])
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            raise BackendError(f"could not start the sandbox: {exc}") from exc
-        finally:
-            for stream in streams:
-                stream.close()
-        try:
-            async with asyncio.timeout(timeout):
-                await process.wait()
-        except TimeoutError:
-            timed_out = True
+            timed_out = not await _ended(process, timeout, stop) and not stop.is_set()
         finally:
             _kill_group(process.pid)
-            await process.wait()
+            with contextlib.suppress(TimeoutError):  # unreaped: the child watcher reaps it
+                async with asyncio.timeout(CLEANUP_TIMEOUT):
+                    await process.wait()
     finally:
         stdout, stderr = await asyncio.to_thread(_finish, root)
     return {"stdout": stdout, "stderr": stderr, "exit_code": process.returncode,
             "timed_out": timed_out, "duration_ms": round((time.monotonic() - started) * 1000, 1)}
+
+
+async def _ended(process: asyncio.subprocess.Process, timeout: float,
+                 stop: asyncio.Event) -> bool:
+    """Wait until ``process`` exits (True), ``timeout`` passes or ``stop`` is set (False)."""
+    waits = (asyncio.ensure_future(process.wait()), asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return process.returncode is not None
