@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from dataclasses import replace
 from pathlib import Path
 
 import nats
@@ -18,11 +20,12 @@ from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
-from agoramesh.config import BusConfig, JobsConfig
+from agoramesh.bus.server import EmbeddedServer
+from agoramesh.config import BusConfig, JobsConfig, Role
 from agoramesh.errors import InvalidInput, JetStreamUnavailable, StoreFull
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.node import AgentNode
-from agoramesh.nodes.task import Task, TaskStatus
+from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.jobs import Jobs
 from agoramesh.testing import assert_stopped, wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory
@@ -270,3 +273,58 @@ async def test_an_agent_answers_a_task_it_holds_from_that_run(
     refused = await submit_task(client, other, timeout=10, agent_id=node.agent_id)
     assert refused.status is TaskStatus.FAILED
     assert "was used here for another task" in (refused.error or {}).get("message", "")
+
+
+async def test_a_result_stored_while_the_auction_waited_stops_its_award(
+        js_mesh: Mesh, agent_factory: AgentFactory, bus_factory: BusFactory) -> None:
+    """The "has it a result?" answer read as the job arrived does not stand for an award
+    long after (every bidder was busy; the driver was paused): it is asked again, and a
+    result stored meanwhile by another run of the job means no second run."""
+    node, backend = await worker(agent_factory, js_mesh.seeds[1].client_url,
+                                 max_concurrent_tasks=1)
+    client = await bus_factory(js_mesh.seeds[0].client_url)
+    busy = asyncio.ensure_future(submit_task(client, Task(
+        task_type="work.do", parameters={"n": 0, "seconds": 2.5}, task_id="busy"),
+        timeout=10, agent_id=node.agent_id))
+    await wait_until(lambda: backend.started == ["busy"], timeout=5)
+    jobs = Jobs(client)
+    receipt = await jobs.submit("work.do", {"n": 8})
+    await wait_until(lambda: node.metrics.jobs["taken"] == 1, timeout=5)
+    await asyncio.sleep(1.2)  # its auction calls again and again: the one bidder is busy
+    elsewhere = TaskResult(task_id=receipt.task_id, status=TaskStatus.COMPLETED,
+                           result={"by": "elsewhere", "n": 8}, agent_id="another")
+    assert await jobs.store.save(elsewhere, stored_by="another driver")
+    assert (await busy).status is TaskStatus.COMPLETED
+    await wait_until(lambda: node.metrics.jobs["deduplicated"] == 1, timeout=10)
+    assert backend.started == ["busy"]
+    assert (await jobs.result(receipt.task_id)) == elsewhere
+
+
+async def test_a_first_seed_whose_picked_cluster_port_was_taken_picks_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first seed of a clustered JetStream routes to itself on a port picked before
+    the server binds it; another process taking it meanwhile costs a second pick."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks: list[int] = []
+    original = EmbeddedServer._self_route
+
+    def first_pick_taken(server: EmbeddedServer) -> str | None:
+        if not picks:
+            server.config = replace(server.config, cluster_port=taken)
+        route = original(server)
+        picks.append(server.config.cluster_port)
+        return route
+
+    monkeypatch.setattr(EmbeddedServer, "_self_route", first_pick_taken)
+    config = replace(js_template(tmp_path / "js"), name="seed0", data_dir=tmp_path / "seed0",
+                     role=Role.SEED)
+    try:
+        async with EmbeddedServer(config) as server:
+            assert picks[0] == taken and picks[1] != taken
+            assert server.cluster_address.endswith(f":{picks[1]}")
+            assert "address already in use" in server.log_path.read_text()
+    finally:
+        squatter.close()

@@ -184,8 +184,13 @@ async def test_an_agent_serves_only_what_it_was_admitted_for(
                                           capabilities=capabilities_for("offline", ["echo",
                                                                                     "math.evaluate"])),
                      OfflineBackend(), BusConfig(servers=(secure_mesh.url,), user_jwt=token))
+    before = asyncio.all_tasks()
     with pytest.raises(PermissionDenied, match=r"agora\.cap\.math\.evaluate"):
         await node.start()
+    # A half-started node leaves nothing behind: no connection, no background task.
+    assert not node.bus.is_connected and not node.is_running
+    await asyncio.sleep(0)  # the closed client's own tasks see their cancellation
+    assert not {task for task in asyncio.all_tasks() - before if not task.done()}
     await node.stop(grace=0.5)
 
 

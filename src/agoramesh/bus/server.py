@@ -37,6 +37,7 @@ __all__ = ("EmbeddedServer", "find_nats_server", "parent_death_signal", "process
            "render_config")
 
 _POLL = 0.01  # seconds between readiness probes; ports appear within ~10 ms
+_PORT_ATTEMPTS = 3  # starts of a seed whose picked cluster port was taken meanwhile
 
 
 def find_nats_server(override: Path | None = None) -> Path:
@@ -255,8 +256,25 @@ class EmbeddedServer:
         data_dir.mkdir(parents=True, exist_ok=True)
         for stale in data_dir.glob("*.ports"):
             stale.unlink(missing_ok=True)
+        picked = self.config.cluster_port == -1
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                await self._launch(binary, self._self_route())
+                return
+            except ServerCrashed as exc:
+                # The cluster port picked for a self-route was taken before the server
+                # bound it (an outgoing connection's port, say): pick another.
+                if (not picked or self.config.cluster_port == -1 or attempt + 1 == _PORT_ATTEMPTS
+                        or "address already in use" not in str(exc)):
+                    raise
+                self.config = replace(self.config, cluster_port=-1)
+                self._process, self._watcher, self._error = None, None, None
+                self._stopping = False
+                self.crashed.clear()
+
+    async def _launch(self, binary: Path, self_route: str | None) -> None:
+        data_dir = self.config.data_dir
         conf_path = data_dir / "nats-server.conf"
-        self_route = self._self_route()
         conf_path.write_text(render_config(self.config, self_route=self_route))
         with (data_dir / "nats-server.out").open("ab") as out:
             self._process = await asyncio.create_subprocess_exec(
@@ -285,7 +303,8 @@ class EmbeddedServer:
         nats-server clusters JetStream only with a configured route, and the first
         seed has none; a route to itself is recognised and dropped. Its port must be
         known in advance, so a free one is picked here unless the config names it
-        (a clash with another process makes the start fail, and the caller retry).
+        (taken by another process before the server binds it, :meth:`start` picks
+        again).
         """
         config = self.config
         if (config.jetstream is None or config.role is not Role.SEED or config.standalone

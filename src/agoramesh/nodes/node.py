@@ -237,6 +237,15 @@ class AgentNode:
         """Connect, serve every subject, announce ourselves, start heartbeats."""
         if self._state != "created":
             raise AgoraError(f"agent {self.config.name} was already started")
+        try:
+            await self._start()
+        except BaseException:
+            # Half started (a subscription refused, a cancel): nothing may outlive us.
+            self._state = "starting"
+            await asyncio.shield(self.kill())
+            raise
+
+    async def _start(self) -> None:
         await self.bus.start()
         subjects = self.bus.subjects
         ingress = IngressPolicy.ALLOW if self.config.json_ingress else IngressPolicy.DENY
@@ -483,9 +492,10 @@ class AgentNode:
             result = self._failure(task_id, BackendError(
                 f"{self.config.type} backend failed: {type(exc).__name__}: {exc}"[:1000]),
                 started)
-        result, reply = self._prepare(delivery, result, started)
-        if durable and task is not None:
-            reply = await self._store(delivery, result, reply)
+        store = durable and task is not None and result.final
+        result, reply = self._prepare(delivery, result, started, stored=store)
+        if store and not await self._store(result) and reply is not None:
+            reply = self._response(delivery, result, stored=False)  # rare: sealed again
         elapsed = time.perf_counter() - started
         self._endpoint(capability.name).record(int(elapsed * 1e9), _described(result.error))
         if fresh:
@@ -518,32 +528,33 @@ class AgentNode:
                 error={"type": "TaskCancelled", "message": f"task {task.task_id} stopped"}))
         return result, True
 
-    async def _store(self, delivery: Delivery, result: TaskResult,
-                     reply: Reply | None) -> Reply | None:
-        """Store a durable job's final result (the first stored wins); the answer says so.
+    async def _store(self, result: TaskResult) -> bool:
+        """Store a durable job's final result (the first stored wins): True once it is in.
 
         One short try: while JetStream elects a leader the answer goes out unstored
         at once, so the initiator holds the result too (and stores it, patiently)
         instead of it living only here until the election ends.
         """
-        stored = False
-        if result.final:
-            try:
-                await self.job_worker.store.save(result, stored_by=self.agent_id,
-                                                 patience=_WINNER_STORE_PATIENCE)
-                stored = True
-            except AgoraError as exc:  # the initiator stores it then
-                self.log.warning("could not store the result of %s: %s", result.task_id, exc,
-                                 extra={"task_id": result.task_id})
-        if reply is None or not stored:
-            return reply
         try:
-            return delivery.prepare("task_response", {**result.as_dict(), "stored": True})
-        except OversizeEnvelope:  # the flag tipped it over: the initiator finds it stored
-            return reply
+            await self.job_worker.store.save(result, stored_by=self.agent_id,
+                                             patience=_WINNER_STORE_PATIENCE)
+        except AgoraError as exc:  # the initiator stores it then
+            self.log.warning("could not store the result of %s: %s", result.task_id, exc,
+                             extra={"task_id": result.task_id})
+            return False
+        return True
 
-    def _prepare(self, delivery: Delivery, result: TaskResult, started: float
-                 ) -> tuple[TaskResult, Reply | None]:
+    @staticmethod
+    def _response(delivery: Delivery, result: TaskResult, *, stored: bool) -> Reply:
+        """The task_response, saying ``stored`` when asked to and it still fits."""
+        body = result.as_dict()
+        if stored:
+            with contextlib.suppress(OversizeEnvelope):  # else the initiator finds it stored
+                return delivery.prepare("task_response", {**body, "stored": True})
+        return delivery.prepare("task_response", body)
+
+    def _prepare(self, delivery: Delivery, result: TaskResult, started: float, *,
+                 stored: bool = False) -> tuple[TaskResult, Reply | None]:
         """The result and its reply; a FAILED ResultTooLarge one if it does not fit.
 
         Nothing to send (None) when the request has no reply subject (or when not
@@ -551,11 +562,10 @@ class AgentNode:
         """
         if not delivery.can_respond:
             return result, None
-        body = result.as_dict()
         try:
-            return result, delivery.prepare("task_response", body)
+            return result, self._response(delivery, result, stored=stored)
         except OversizeEnvelope:
-            size = delivery.measure("task_response", body)
+            size = delivery.measure("task_response", result.as_dict())
         if result.status is TaskStatus.COMPLETED:
             self._completed -= 1  # counted as done in _run; it fails now
         name = f"task {result.task_id}" if result.task_id else "the task"
@@ -565,7 +575,7 @@ class AgentNode:
             f"the result of {name} is {size} bytes as a message, over the "
             f"{self.bus.config.envelope.max_bytes}-byte limit"), started)
         try:
-            return failure, delivery.prepare("task_response", failure.as_dict())
+            return failure, self._response(delivery, failure, stored=stored)
         except OversizeEnvelope as exc:  # a max_bytes too small even for that (128 bytes)
             self.log.warning("could not send the result of %s: %s", name, exc,
                              extra={"task_id": result.task_id})

@@ -157,6 +157,7 @@ class Bidder:
         self.policy = policy or BidPolicy()
         # auction id -> (expiry, share of a slot); insertion order is expiry order
         self._reserved: dict[str, tuple[float, float]] = {}
+        self._reserved_total = 0.0  # their shares' sum, kept as they come and go
         self._desk: _BidDesk | None = None
 
     @property
@@ -164,12 +165,23 @@ class Bidder:
         """Slots promised to bids not yet awarded or rejected (expired ones dropped)."""
         now = time.monotonic()
         reservations = self._reserved
-        while reservations:
+        while reservations:  # oldest first: they all last RESERVATION_TTL
             oldest = next(iter(reservations))
             if reservations[oldest][0] >= now:
                 break
-            del reservations[oldest]
-        return sum(share for _, share in reservations.values())
+            self._release(oldest)
+        return max(0.0, self._reserved_total)
+
+    def _reserve(self, auction_id: str, share: float) -> None:
+        self._release(auction_id)  # a new round of the same auction: counted once, renewed
+        self._reserved[auction_id] = (time.monotonic() + RESERVATION_TTL, share)
+        self._reserved_total += share
+
+    def _release(self, auction_id: str) -> None:
+        reservation = self._reserved.pop(auction_id, None)
+        if reservation is not None:
+            self._reserved_total = (self._reserved_total - reservation[1]
+                                    if self._reserved else 0.0)
 
     async def start(self) -> None:
         """Listen for cfps on every capability; take awards on the node's direct subject."""
@@ -188,7 +200,7 @@ class Bidder:
 
     def released(self, auction_id: str) -> None:
         """A ``reject``: someone else won; free what this agent reserved for the auction."""
-        self._reserved.pop(auction_id, None)
+        self._release(auction_id)
 
     async def answer(self, cfp: _Cfp, capability: Capability) -> None:
         """Bid or refuse, signed by this agent, on the cfp's reply inbox."""
@@ -224,7 +236,7 @@ class Bidder:
                 body["retry"] = True
         else:
             if not offer.holds:  # a task it holds takes no new slot
-                self._reserved[cfp.auction_id] = (time.monotonic() + RESERVATION_TTL, cfp.share)
+                self._reserve(cfp.auction_id, cfp.share)
             kind, body = "bid", {"auction_id": cfp.auction_id, **offer.as_dict()}
         node.metrics.bids[capability.name, kind] += 1
         if node.trajectory is not None:
@@ -239,7 +251,7 @@ class Bidder:
         node = self.node
         body = delivery.body if isinstance(delivery.body, dict) else {}
         auction_id = str(body.get("auction_id", ""))
-        self._reserved.pop(auction_id, None)
+        self._release(auction_id)
         terms = _terms(body)
         try:
             task_body = dict(body["task"])

@@ -73,6 +73,9 @@ _PULL_EXPIRES = 5.0
 #: How long an auction of a job keeps calling while every capable agent is busy,
 #: before the job goes back to the stream for a while (another node may have room).
 _JOB_PATIENCE = 10.0
+#: Seconds the early "has it a result?" answer stands for the award: older (this process
+#: was paused, the bids kept us waiting), a result stored meanwhile elsewhere is asked for.
+_FRESH_LOOKUP = 1.0
 _REQUEUE_FIRST, _REQUEUE_LAST = 0.25, 5.0
 #: How long a result lookup or store keeps asking while JetStream does not answer (a
 #: stream's new leader is elected within 4-9 s of the old one's server dying).
@@ -393,23 +396,32 @@ class JobWorker:
         if task.deadline is not None:
             timeout = min(timeout, task.deadline - time.time())
 
-        first = [True]
+        loop = asyncio.get_running_loop()
+        early: asyncio.Future[TaskResult | None] | None = lookup  # begun with the delivery
+        early_begun = loop.time()
 
         async def go_ahead() -> bool:
-            """No result stored yet: the first time from the early lookup; after a lost
-            winner from a new one (it may have stored its result before it was lost)."""
-            if job.cancelled:
-                return False
-            if self._lost(job):  # paused past ack_wait: another node drives it now
-                if job.handler is not None:
-                    job.handler.cancel()  # the whole delivery stops, quietly
-                    await asyncio.sleep(0)
-                return False
-            if first[0]:
-                first[0] = False
-                return not await self._has_result(job, lookup)
-            return not await self._has_result(job, asyncio.ensure_future(
-                self._lookup(task.task_id)))
+            """No result stored yet, by a lookup begun less than _FRESH_LOOKUP ago: the
+            early one if it still is (we were not paused, no winner was lost meanwhile, who
+            may have stored its result before it was lost), else a new one."""
+            nonlocal early
+            for _ in range(3):  # each round asks again only if this process was paused
+                if job.cancelled:
+                    return False
+                if self._lost(job):  # paused past ack_wait: another node drives it now
+                    if job.handler is not None:
+                        job.handler.cancel()  # the whole delivery stops, quietly
+                        await asyncio.sleep(0)
+                    return False
+                current, begun = early, early_begun
+                early = None  # the next call (after a lost winner) asks anew
+                if current is None or loop.time() - begun >= _FRESH_LOOKUP:
+                    current, begun = asyncio.ensure_future(self._lookup(task.task_id)), loop.time()
+                if await self._has_result(job, current):
+                    return False
+                if loop.time() - begun < _FRESH_LOOKUP:
+                    return True
+            raise _Requeue(0.5, "paused while asking whether it has a result")
 
         if job.cancelled or (timeout <= 0 and await self._has_result(job, lookup)):
             return None, True
