@@ -1,16 +1,20 @@
-"""Signed Bus messaging vs raw nats-py, side by side on the same servers.
+"""Authenticated Bus messaging vs raw nats-py, side by side on the same servers.
 
-Scenarios (each measured for the raw nats-py path and the signed Bus path):
+Scenarios (each measured for the raw nats-py path and the Bus paths):
 
-* ``rr-1``  request/reply, requester and responder on one server (a 1-seed Mesh);
-* ``rr-3``  request/reply across a 3-seed mesh (requester on seed1, responder on seed3);
+* ``rr-1``  request/reply to a subject (to ``*``: a signed request, a MACed reply),
+            requester and responder on one server (a 1-seed Mesh);
+* ``rr-3``  the same across a 3-seed mesh (requester on seed1, responder on seed3);
+* ``dr-1``  directed request/reply (to the responder's agent id: MACed both ways), one
+            server; ``dr-3`` across the 3-seed mesh;
 * ``sg-3``  scatter-gather to 10 responders spread over the 3-seed mesh, verifying
             only the reply acted on (as an auction does: DESIGN.md, "verify what you act on");
 * ``sg-3v`` the same, verifying all 10 replies.
 
-The request/reply scenarios also time a third path, ``floor``: the least any signed
-round trip costs, with no Bus — raw nats-py carrying envelopes that are sealed and
-signed, parsed and verified once each way. ``floor/raw`` bounds what the Bus could reach.
+The request/reply scenarios also time ``sa`` (``sign_all``: every envelope signed, as
+version 1 did: what non-repudiation costs) and ``floor``: the least any signed round
+trip costs, with no Bus — raw nats-py carrying envelopes that are sealed and signed,
+parsed and verified once each way.
 
 Batches of raw and Bus rounds alternate (ABBA) so machine noise hits both alike.
 Responders run in this process, or with ``--split`` in a child process
@@ -43,7 +47,7 @@ from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.envelope import parse, seal
 from agoramesh.bus.identity import Identity, verify
 from agoramesh.bus.mesh import Mesh
-from agoramesh.config import BusConfig
+from agoramesh.config import BusConfig, EnvelopePolicy
 from common import latency, raw_client, time_rounds, until_answers
 
 BODY: dict[str, Any] = {
@@ -54,14 +58,17 @@ RAW = json.dumps(BODY, separators=(",", ":")).encode()  # the same body as plain
 FANOUT = 10
 TIMEOUT = 2.0  # seconds per round; a round that misses it is counted, not timed
 BLOCKS = 10  # alternating raw/bus batches per scenario
-TARGETS = {"rr-1": 1.6, "rr-3": 1.6, "sg-3": 2.0, "sg-3v": 2.0}
+TARGETS = {"rr-1": 1.7, "rr-3": 1.7, "dr-1": 1.4, "dr-3": 1.4, "sg-3": 2.0, "sg-3v": 2.0}
 TITLES = {
-    "rr-1": "request/reply, 1 server",
-    "rr-3": "request/reply, 3-seed mesh (seed1 -> seed3)",
+    "rr-1": "request (sig) / reply (mac), 1 server",
+    "rr-3": "request (sig) / reply (mac), 3-seed mesh",
+    "dr-1": "directed request/reply (mac both), 1 server",
+    "dr-3": "directed request/reply (mac both), 3-seed mesh",
     "sg-3": f"scatter-gather x{FANOUT}, 3-seed mesh, verify the one acted on",
     "sg-3v": f"scatter-gather x{FANOUT}, 3-seed mesh, verify all {FANOUT}",
 }
-Spec = list[tuple[str, str, str]]  # (kind "raw" | "bus" | "floor", URL, subject) per responder
+#: (kind "raw" | "bus" | "sa" | "floor", URL, subject, nkey seed or "") per responder
+Spec = list[tuple[str, str, str, str]]
 Op = Callable[[], Awaitable[None]]
 
 
@@ -79,17 +86,19 @@ class Clients:
     async def raw(self, url: str) -> NatsClient:
         return await raw_client(self.raws, url)
 
-    async def bus(self, url: str) -> Bus:
-        # Signed only, as the foundation's targets are stated; bench_e2e.py measures what
-        # sealing directed replies (the default) adds on top.
-        bus = await Bus.connect(Identity.generate(),
-                                BusConfig(servers=(url,), name="bench", encrypt=False))
+    async def bus(self, url: str, *, sign_all: bool = False, seed: str = "") -> Bus:
+        # Not encrypted, as the foundation's targets are stated; bench_e2e.py measures what
+        # sealing directed bodies (the default) adds on top.
+        identity = Identity(seed) if seed else Identity.generate()
+        bus = await Bus.connect(identity, BusConfig(
+            servers=(url,), name="bench", encrypt=False,
+            envelope=EnvelopePolicy(sign_all=sign_all)))
         self.buses.append(bus)
         return bus
 
     async def respond(self, spec: Spec) -> None:
         """Start the responders ``spec`` describes, each on its own connection."""
-        for kind, url, subject in spec:
+        for kind, url, subject, seed in spec:
             if kind == "raw":
                 nc = await self.raw(url)
 
@@ -110,7 +119,7 @@ class Clients:
                 await nc.subscribe(subject, cb=signed)
                 await nc.flush(timeout=5)
             else:
-                bus = await self.bus(url)
+                bus = await self.bus(url, sign_all=kind == "sa", seed=seed)
                 await bus.subscribe(subject, echo)
                 await bus.nats.flush(timeout=5)
 
@@ -170,9 +179,9 @@ def raw_rr(nc: NatsClient, subject: str) -> Op:
     return op
 
 
-def bus_rr(bus: Bus, subject: str) -> Op:
+def bus_rr(bus: Bus, subject: str, to: str = "*") -> Op:
     async def op() -> None:
-        await bus.request(subject, "bench_task", BODY, timeout=TIMEOUT)
+        await bus.request(subject, "bench_task", BODY, timeout=TIMEOUT, to=to)
     return op
 
 
@@ -258,6 +267,8 @@ def summarize(sc: Scenario) -> dict[str, Any]:
         row[side] = {"n": len(data), "misses": sc.misses[side],
                      **latency(data)}
     row["ratio_p50"] = round(row["bus"]["p50"] / row["raw"]["p50"], 3)
+    if "sa" in row:
+        row["sa_ratio_p50"] = round(row["sa"]["p50"] / row["raw"]["p50"], 3)
     if "floor" in row:
         row["floor_ratio_p50"] = round(row["floor"]["p50"] / row["raw"]["p50"], 3)
     row["pass"] = row["ratio_p50"] <= TARGETS[sc.name] and not any(sc.misses.values())
@@ -275,10 +286,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         meshes.append(await Mesh.launch(base / "three", seeds=3))
         one = meshes[0].seeds[0].client_url
         s1, s2, s3 = (seed.client_url for seed in meshes[1].seeds)
-        spec: Spec = [(kind, url, f"bench.{kind}.{rr_name}")
+        # The directed scenarios' responders have known ids: the requester addresses them.
+        ids = {(kind, name): Identity.generate() for kind in ("bus", "sa")
+               for name in ("rr1", "rr3")}
+        spec: Spec = [(kind, url, f"bench.{kind}.{rr_name}",
+                       ids[kind, rr_name].seed.decode() if (kind, rr_name) in ids else "")
                       for url, rr_name in ((one, "rr1"), (s3, "rr3"))
-                      for kind in ("raw", "floor", "bus")]
-        spec += [(kind, (s1, s2, s3)[i % 3], f"bench.{kind}.sg3")
+                      for kind in ("raw", "floor", "bus", "sa")]
+        spec += [(kind, (s1, s2, s3)[i % 3], f"bench.{kind}.sg3", "")
                  for i in range(FANOUT) for kind in ("raw", "bus")]
         if args.split:
             child = await spawn(spec)
@@ -286,13 +301,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await responders.respond(spec)
         nc1, nc3 = await requesters.raw(one), await requesters.raw(s1)
         bus1, bus3 = await requesters.bus(one), await requesters.bus(s1)
+        sa1 = await requesters.bus(one, sign_all=True)
+        sa3 = await requesters.bus(s1, sign_all=True)
         scenarios = [
             Scenario("rr-1", rr, {"raw": raw_rr(nc1, "bench.raw.rr1"),
                                   "floor": floor_rr(nc1, "bench.floor.rr1"),
-                                  "bus": bus_rr(bus1, "bench.bus.rr1")}),
+                                  "bus": bus_rr(bus1, "bench.bus.rr1"),
+                                  "sa": bus_rr(sa1, "bench.sa.rr1")}),
             Scenario("rr-3", rr, {"raw": raw_rr(nc3, "bench.raw.rr3"),
                                   "floor": floor_rr(nc3, "bench.floor.rr3"),
-                                  "bus": bus_rr(bus3, "bench.bus.rr3")}),
+                                  "bus": bus_rr(bus3, "bench.bus.rr3"),
+                                  "sa": bus_rr(sa3, "bench.sa.rr3")}),
+            Scenario("dr-1", rr, {"raw": raw_rr(nc1, "bench.raw.rr1"),
+                                  "bus": bus_rr(bus1, "bench.bus.rr1",
+                                                to=ids["bus", "rr1"].agent_id),
+                                  "sa": bus_rr(sa1, "bench.sa.rr1",
+                                               to=ids["sa", "rr1"].agent_id)}),
+            Scenario("dr-3", rr, {"raw": raw_rr(nc3, "bench.raw.rr3"),
+                                  "bus": bus_rr(bus3, "bench.bus.rr3",
+                                                to=ids["bus", "rr3"].agent_id),
+                                  "sa": bus_rr(sa3, "bench.sa.rr3",
+                                               to=ids["sa", "rr3"].agent_id)}),
             Scenario("sg-3", sg, {"raw": raw_sg(nc3, "bench.raw.sg3"),
                                   "bus": bus_sg(bus3, "bench.bus.sg3", verify_all=False)}),
             Scenario("sg-3v", sg, {"raw": raw_sg(nc3, "bench.raw.sg3"),
@@ -326,7 +355,7 @@ def report(result: dict[str, Any]) -> None:
           f"{result['blocks']} alternating blocks; {result['seconds']} s measured\n")
     print(f"{'scenario':<46} {'path':<5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'miss':>5}")
     for row in result["results"].values():
-        for side in ("raw", "floor", "bus"):
+        for side in ("raw", "floor", "bus", "sa"):
             if side not in row:
                 continue
             r = row[side]
@@ -338,6 +367,9 @@ def report(result: dict[str, Any]) -> None:
         print(f"{verdict}  {name}: p50 bus/raw = {row['ratio_p50']:.2f} "
               f"(target <= {row['target']:.1f}) — {row['title']}")
     for name, row in result["results"].items():
+        if "sa_ratio_p50" in row:
+            print(f"info  {name}: p50 sign-all/raw = {row['sa_ratio_p50']:.2f}, every "
+                  f"envelope signed (--sign-all: what non-repudiation costs)")
         if "floor_ratio_p50" in row:
             print(f"info  {name}: p50 floor/raw = {row['floor_ratio_p50']:.2f}, the signed "
                   f"minimum (sign and verify each way, no Bus)")

@@ -44,13 +44,22 @@ MAX_MESSAGE_BYTES = 1024 * 1024 + 64 * 1024
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EnvelopePolicy:
-    """What a receiver accepts. Times are milliseconds, sizes bytes."""
+    """What a receiver accepts (and how a sender authenticates). Times are milliseconds,
+    sizes bytes.
+
+    ``sign_all``: sign every envelope, directed ones included, and accept signed
+    envelopes only (a MACed one is ``SignatureRequired``): every message can then
+    be shown to a third party as the sender's (non-repudiation), at the cost of
+    an Ed25519 signature and verification per message. Set it mesh-wide: an agent
+    with it refuses the MACed replies of agents without it.
+    """
 
     max_bytes: int = MAX_MESSAGE_BYTES
     max_clock_skew_ms: int = 30_000
     max_ttl_ms: int = 10 * 60_000
     default_ttl_ms: int = 60_000
     replay_cache_size: int = 200_000
+    sign_all: bool = False
 
     def __post_init__(self) -> None:
         if self.max_bytes < 128:
@@ -323,6 +332,13 @@ class Environment:
     api_token: str | None = field(default=None, repr=False)
     # Provider keys by agent type, from OPENAI_API_KEY / ANTHROPIC_API_KEY; secrets, not in repr.
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # AGORAMESH_SIGN_ALL=1: sign every envelope and accept signed ones only (mesh-wide).
+    sign_all: bool = False
+
+    @property
+    def envelope(self) -> EnvelopePolicy:
+        """The envelope policy of this process's buses."""
+        return EnvelopePolicy(sign_all=self.sign_all)
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -340,7 +356,17 @@ class Environment:
             trust_dir=Path(env["AGORAMESH_TRUST"]) if env.get("AGORAMESH_TRUST") else None,
             api_token=env.get("AGORAMESH_API_TOKEN") or None,
             api_keys={kind: env[var] for kind, var in _KEY_VARIABLES.items() if env.get(var)},
+            sign_all=_flag(env, "AGORAMESH_SIGN_ALL"),
         )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = (env.get(name) or "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {env[name]!r}")
 
 
 _E = TypeVar("_E", bound=StrEnum)

@@ -17,7 +17,9 @@
     │   ├── FutureEnvelope                  timestamp too far ahead of our clock
     │   ├── ReplayedEnvelope
     │   ├── WrongSubject
+    │   ├── WrongReply                      sent with another reply subject than it names
     │   ├── Misaddressed
+    │   ├── SignatureRequired               a MACed envelope where only signed ones are taken
     │   ├── IngressDenied                   plain JSON where policy forbids it
     │   └── UndecryptableEnvelope           an encrypted body that does not open for us
     ├── ServerError                         the embedded nats-server
@@ -104,6 +106,7 @@ __all__ = (
     "ServerError",
     "ServerNotFound",
     "ServerStartError",
+    "SignatureRequired",
     "StepFailed",
     "StoreFull",
     "SubjectError",
@@ -115,6 +118,7 @@ __all__ = (
     "UnsupportedVersion",
     "WorkflowError",
     "WorkflowInvalid",
+    "WrongReply",
     "WrongSubject",
     "error_code",
     "error_from_wire",
@@ -154,7 +158,9 @@ class RejectReason(StrEnum):
     FUTURE = "future"
     REPLAYED = "replayed"
     WRONG_SUBJECT = "wrong_subject"
+    WRONG_REPLY = "wrong_reply"
     MISADDRESSED = "misaddressed"
+    SIGNATURE_REQUIRED = "signature_required"
     INGRESS_DENIED = "ingress_denied"
     UNDECRYPTABLE = "undecryptable"
 
@@ -201,8 +207,20 @@ class WrongSubject(EnvelopeError):
     reason = RejectReason.WRONG_SUBJECT
 
 
+class WrongReply(EnvelopeError):
+    """Published with another reply subject than the one it was made for (PROTOCOL.md §8)."""
+
+    reason = RejectReason.WRONG_REPLY
+
+
 class Misaddressed(EnvelopeError):
     reason = RejectReason.MISADDRESSED
+
+
+class SignatureRequired(EnvelopeError):
+    """A MACed envelope to an agent that takes signed envelopes only (``sign_all``)."""
+
+    reason = RejectReason.SIGNATURE_REQUIRED
 
 
 class IngressDenied(EnvelopeError):
@@ -363,7 +381,9 @@ WIRE_ERRORS: dict[str, type[AgoraError]] = {
         FutureEnvelope,
         ReplayedEnvelope,
         WrongSubject,
+        WrongReply,
         Misaddressed,
+        SignatureRequired,
         IngressDenied,
         UndecryptableEnvelope,
         BusTimeout,
@@ -421,9 +441,9 @@ _ERROR_CODES: dict[str, int] = {
     **dict.fromkeys((
         "ConfigError", "SubjectError", "EnvelopeError", "MalformedEnvelope", "SchemaError",
         "UnsupportedVersion", "ExpiredEnvelope", "FutureEnvelope", "ReplayedEnvelope",
-        "WrongSubject", "Misaddressed", "UndecryptableEnvelope", "InvalidInput",
+        "WrongSubject", "WrongReply", "Misaddressed", "UndecryptableEnvelope", "InvalidInput",
         "WorkflowInvalid"), 400),
-    "BadSignature": 401,  # the sender is not who it claims: not authenticated
+    **dict.fromkeys(("BadSignature", "SignatureRequired"), 401),  # not authenticated (as asked)
     **dict.fromkeys(("AccessDenied", "IngressDenied", "PermissionDenied"), 403),
     **dict.fromkeys(("UnknownCapability", "JobNotFound"), 404),
     "TaskCancelled": 409,

@@ -60,7 +60,8 @@ def test_decode_valid_tampered_and_garbage(tmp_path: Path) -> None:
     result = cli("decode", str(raw_file), "--json")
     assert result.returncode == 0, result.stderr
     decoded = json.loads(result.stdout)
-    assert decoded["from"] == identity.agent_id and decoded["signature_valid"] is True
+    assert decoded["from"] == identity.agent_id and decoded["tag_valid"] is True
+    assert decoded["auth"] == "sig" and decoded["reply"] == ""
     assert decoded["body"] == {"text": "hi", "blob": "0001"}
 
     human = cli("decode", stdin=wire.hex().encode())  # hex text on stdin
@@ -76,7 +77,7 @@ def test_decode_valid_tampered_and_garbage(tmp_path: Path) -> None:
 
     raw_file.write_bytes(wire)
     assert_one_line_error(cli("decode", str(raw_file), "--subject", "agora.cap.other"),
-                          "signed for 'agora.cap.echo'")
+                          "made for 'agora.cap.echo'")
     raw_file.write_bytes(b"\x93\x01\x02\x03" + b"\x00" * 64)
     assert_one_line_error(cli("decode", str(raw_file)), "msgpack map")
     assert_one_line_error(cli("decode", str(tmp_path / "missing")), "cannot read")
@@ -108,6 +109,36 @@ def test_decode_shows_an_encrypted_body_and_opens_it_with_key(tmp_path: Path) ->
         assert decoded["body"] == {"text": "for your eyes only"} and decoded["opened"] is True
     human = cli("decode", str(raw_file), "--key", str(keys["recipient"]))
     assert "opened with --key" in human.stdout and "for your eyes only" in human.stdout
+
+
+def test_decode_checks_a_mac_with_either_ends_key(tmp_path: Path) -> None:
+    sender, recipient, other = Identity.generate(), Identity.generate(), Identity.generate()
+    keys = {name: tmp_path / f"{name}.nk" for name in ("sender", "recipient", "other")}
+    for name, identity in zip(keys, (sender, recipient, other), strict=True):
+        identity.save(keys[name])
+    inbox = f"_INBOX.{sender.agent_id}.reply"
+    wire = seal(sender, type="task_response", subject=inbox, reply="",
+                body={"status": "COMPLETED"}, to=recipient.agent_id,
+                pair_key=E2EKeys(sender).pair_key)
+    raw_file = tmp_path / "env.bin"
+    raw_file.write_bytes(wire)
+
+    unchecked = cli("decode", str(raw_file))  # nobody but the two ends can check a MAC
+    assert unchecked.returncode == 0, unchecked.stderr
+    assert "mac:       not checked" in unchecked.stdout and "reply:     (none)" in unchecked.stdout
+    assert json.loads(cli("decode", str(raw_file), "--json").stdout)["tag_valid"] is None
+    for end in ("recipient", "sender"):  # both ends hold the pair key
+        result = cli("decode", str(raw_file), "--key", str(keys[end]), "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["tag_valid"] is True
+    assert_one_line_error(cli("decode", str(raw_file), "--key", str(keys["other"])),
+                          "neither the recipient")
+    tampered = bytearray(wire)
+    tampered[-1] ^= 1
+    raw_file.write_bytes(bytes(tampered))
+    result = cli("decode", str(raw_file), "--key", str(keys["recipient"]))
+    assert "mac:       INVALID" in result.stdout
+    assert_one_line_error(result, "MAC does not match")
 
     assert_one_line_error(cli("decode", str(raw_file), "--key", str(keys["other"])),
                           "neither the recipient")

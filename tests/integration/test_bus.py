@@ -144,10 +144,15 @@ async def test_forged_envelope_is_rejected_counted_and_answered(
     _, server = pair
     recorder = Recorder()
     await server.subscribe(SUBJECT, recorder)
+    # It names the inbox it is sent with (raw.request would pick another), so only its
+    # signature is wrong.
+    inbox = raw.new_inbox()
+    answers = await raw.subscribe(inbox, max_msgs=1)
     forged = bytearray(seal(Identity.generate(), type="task_request", subject=SUBJECT,
-                            body={"x": 1}))
+                            body={"x": 1}, reply=inbox))
     forged[-5] ^= 0x40
-    answer = await raw.request(SUBJECT, bytes(forged), timeout=2)
+    await raw.publish(SUBJECT, bytes(forged), reply=inbox)
+    answer = await answers.next_msg(timeout=2)
     assert server.rejections[RejectReason.BAD_SIGNATURE] == 1
     assert recorder.deliveries == []
     fields = msgpack.unpackb(answer.data[:-64])

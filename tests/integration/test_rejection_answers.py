@@ -25,6 +25,7 @@ from agoramesh.bus.identity import verify
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import EnvelopeError, ExpiredEnvelope, RejectReason, RemoteError
 from agoramesh.testing.plugin import BusFactory
+from agoramesh.testing.raw import Sealer, ask
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,9 @@ async def raw(nats_server: EmbeddedServer) -> AsyncIterator[NatsClient]:
     await client.connect(nats_server.client_url, connect_timeout=2, allow_reconnect=False)
     yield client
     await client.close()
+
+
+#: Envelope bytes made for the reply subject (inbox) they are sent with.
 
 
 class Served:
@@ -61,9 +65,10 @@ async def test_an_expired_request_is_answered_with_an_expired_error(
     server = await bus_factory(nats_server.client_url)
     served = Served()
     await server.subscribe(SUBJECT, served, on_rejected=served.on_rejected)
-    stale = seal(Identity.generate(), type="task_request", subject=SUBJECT, body={"n": 1},
-                 ts=now_ms() - 120_000, ttl_ms=60_000)
-    answer = await raw.request(SUBJECT, stale, timeout=5)
+    stale = Identity.generate()
+    answer = await ask(raw, SUBJECT, lambda inbox: seal(
+        stale, type="task_request", subject=SUBJECT, body={"n": 1}, ts=now_ms() - 120_000,
+        ttl_ms=60_000, reply=inbox))
     error = parse(answer.data)
     assert verify(server.agent_id, error.signed, error.signature)
     assert error.type == "error" and error.to == "*" and error.cid == error.id
@@ -81,15 +86,18 @@ async def test_a_replay_is_still_never_answered(
     server = await bus_factory(nats_server.client_url)
     served = Served()
     await server.subscribe(SUBJECT, served, on_rejected=served.on_rejected)
-    wire = seal(Identity.generate(), type="task_request", subject=SUBJECT, body={"n": 1})
-    first = await raw.request(SUBJECT, wire, timeout=5)
-    assert parse(first.data).type == "task_response" and not first.headers
     replies: asyncio.Queue[Msg] = asyncio.Queue()
     inbox = raw.new_inbox()
     await raw.subscribe(inbox, cb=replies.put)
-    await raw.publish(SUBJECT, wire, reply=inbox)  # the replay
+    wire = seal(Identity.generate(), type="task_request", subject=SUBJECT, body={"n": 1},
+                reply=inbox)
+    await raw.publish(SUBJECT, wire, reply=inbox)
+    first = await asyncio.wait_for(replies.get(), timeout=5)
+    assert parse(first.data).type == "task_response" and not first.headers
+    # The replay, with the reply subject it names (with another it is WrongReply, answered).
+    await raw.publish(SUBJECT, wire, reply=inbox)
     asker = Identity.generate()
-    later = seal(asker, type="task_request", subject=SUBJECT, body={"n": 2})
+    later = seal(asker, type="task_request", subject=SUBJECT, body={"n": 2}, reply=inbox)
     await raw.publish(SUBJECT, later, reply=inbox)  # handled after the replay: a barrier
     answer = await asyncio.wait_for(replies.get(), timeout=5)
     # The first answer on the inbox is the later request's.
@@ -106,19 +114,30 @@ async def test_on_rejected_hears_every_refusal_and_nothing_else(
     await server.subscribe(SUBJECT, served, ingress=IngressPolicy.ALLOW,
                            on_rejected=served.on_rejected)
     await server.subscribe("agora.cap.closed", other, on_rejected=other.on_rejected)
-    good = seal(Identity.generate(), type="task_request", subject=SUBJECT, body={"n": 1})
-    payloads = [b'{"a": ', b"\x00junk", good[:-1] + bytes([good[-1] ^ 1]), good,
-                b'{"ok": 1}']
+    me = Identity.generate()
+
+    def good(inbox: str) -> bytes:
+        return seal(me, type="task_request", subject=SUBJECT, body={"n": 1}, reply=inbox)
+
+    def forged(inbox: str) -> bytes:
+        wire = good(inbox)
+        return wire[:-1] + bytes([wire[-1] ^ 1])
+
+    def elsewhere(inbox: str) -> bytes:  # made for another reply subject
+        return good(inbox + ".other")
+
+    payloads: list[bytes | Sealer] = [b'{"a": ', b"\x00junk", forged, elsewhere, good,
+                                      b'{"ok": 1}']
     for payload in payloads:
-        await raw.request(SUBJECT, payload, timeout=5)
+        await ask(raw, SUBJECT, payload)
     assert [type(error).__name__ for _, error in served.refused] == [
-        "MalformedEnvelope", "MalformedEnvelope", "BadSignature"]
+        "MalformedEnvelope", "MalformedEnvelope", "BadSignature", "WrongReply"]
     assert len(served.bodies) == 2 and other.refused == []
     denied = await raw.request("agora.cap.closed", b'{"ok": 1}', timeout=5)
     assert json.loads(denied.data)["error"]["type"] == "IngressDenied"
     assert denied.headers is not None and denied.headers[ERROR_CODE_HEADER] == "403"
     assert [type(error).__name__ for _, error in other.refused] == ["IngressDenied"]
-    assert sum(server.rejections.values()) == 4
+    assert sum(server.rejections.values()) == 5
 
 
 async def test_handler_errors_carry_the_headers_in_json_and_envelopes(
@@ -131,10 +150,11 @@ async def test_handler_errors_carry_the_headers_in_json_and_envelopes(
                                                 "message": "too busy for this"}}
     assert plain.headers == {ERROR_HEADER: "Overloaded: too busy for this",
                              ERROR_CODE_HEADER: "503"}
-    sealed = client.seal(SUBJECT, "task_request", {"fail": True})
-    answer = await client.nats.request(SUBJECT, sealed, timeout=5)
+    answer = await ask(client.nats, SUBJECT,
+                       lambda inbox: client.seal(SUBJECT, "task_request", {"fail": True},
+                                                 reply=inbox))
     assert answer.headers == {ERROR_HEADER: "Overloaded: too busy for this",
                               ERROR_CODE_HEADER: "503"}
-    reply = client.guard.admit(answer.data, answer.subject)  # the bytes verify as sent
+    reply = client.guard.admit(answer.data, answer.subject, answer.reply or "")  # as sent
     assert reply.type == "error" and reply.body == {"type": "Overloaded",
                                                     "message": "too busy for this"}

@@ -6,6 +6,7 @@ plain JSON, or envelopes it seals itself, and reads the reply's headers.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ from nats.aio.msg import Msg
 from agoramesh.bus import Identity, seal
 from agoramesh.bus.bus import ERROR_CODE_HEADER, ERROR_HEADER
 from agoramesh.bus.e2e import E2EKeys
-from agoramesh.bus.envelope import Envelope, is_boxed, parse
+from agoramesh.bus.envelope import Envelope, is_boxed, mac, parse
 from agoramesh.bus.identity import verify
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import EnvelopePolicy
@@ -26,6 +27,7 @@ from agoramesh.nodes.node import UNREADABLE_TASK_ID, AgentNode
 from agoramesh.nodes.task import TaskResult, TaskStatus
 from agoramesh.security.acl import AccessPolicy
 from agoramesh.testing.plugin import AgentFactory, BusFactory
+from agoramesh.testing.raw import Sealer, ask
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +47,15 @@ async def cli(nats_server: EmbeddedServer) -> AsyncIterator[NatsClient]:
     await client.close()
 
 
-async def ask(cli: NatsClient, subject: str, payload: bytes) -> Msg:
-    return await cli.request(subject, payload, timeout=5)
+#: Envelope bytes made for the reply subject (inbox) they are sent with.
+
+
+def flipped(make: Sealer) -> Sealer:
+    """``make``'s envelope with the last bit of its tag flipped."""
+    def damaged(inbox: str) -> bytes:
+        wire = make(inbox)
+        return wire[:-1] + bytes([wire[-1] ^ 1])
+    return damaged
 
 
 def error_of(msg: Msg) -> tuple[str, str] | None:
@@ -58,9 +67,15 @@ def error_of(msg: Msg) -> tuple[str, str] | None:
 
 
 def opened(msg: Msg, keys: E2EKeys, signer: str) -> Envelope:
-    """The reply envelope, its signature checked over the bytes as received, body opened."""
+    """The reply envelope, its tag checked over the bytes as received, body opened: a
+    signature, or (a reply to us alone) the MAC of the key ``signer`` shares with us."""
     envelope = parse(msg.data)
-    assert envelope.sender == signer and verify(signer, envelope.signed, envelope.signature)
+    assert envelope.sender == signer
+    if envelope.auth == "mac":
+        assert envelope.to == keys.agent_id
+        assert hmac.compare_digest(mac(keys.pair_key(signer), envelope.signed), envelope.tag)
+    else:
+        assert verify(signer, envelope.signed, envelope.signature)
     return keys.open(envelope) if is_boxed(envelope.body) else envelope
 
 
@@ -136,8 +151,9 @@ async def test_envelope_error_replies_carry_the_headers_over_unchanged_bytes(
     direct = agent.bus.subjects.agent(agent.agent_id)
 
     def request(body: Any, *, signer: Identity = me, subject: str = "agora.cap.echo",
-                type: str = "task_request", to: str = "*") -> bytes:
-        return seal(signer, type=type, subject=subject, body=body, to=to)
+                type: str = "task_request", to: str = "*") -> Sealer:
+        return lambda inbox: seal(signer, type=type, subject=subject, body=body, to=to,
+                                  reply=inbox)
 
     failed = await ask(cli, "agora.cap.echo", request({"task_id": "t-1",
                                                         "parameters": {"text": 5}}))
@@ -160,8 +176,7 @@ async def test_envelope_error_replies_carry_the_headers_over_unchanged_bytes(
     assert envelope.type == "error" and envelope.body["type"] == "AccessDenied"
     assert error_of(refused) == ("403", f"AccessDenied: {envelope.body['message']}")
 
-    wire = request({"parameters": {"text": "hi"}})
-    forged = await ask(cli, "agora.cap.echo", wire[:-1] + bytes([wire[-1] ^ 1]))
+    forged = await ask(cli, "agora.cap.echo", flipped(request({"parameters": {"text": "hi"}})))
     envelope = opened(forged, keys, agent.agent_id)
     assert envelope.type == "error" and envelope.to == "*"
     assert envelope.body["type"] == "BadSignature"
@@ -183,14 +198,15 @@ async def test_srv_stats_count_refused_requests_as_requests_and_errors(
     before = await stats(cli, guarded, "echo")
     assert (before["num_requests"], before["num_errors"], before["last_error"]) == (0, 0, "")
 
-    def signed(body: Any) -> bytes:
-        return seal(me, type="task_request", subject="agora.cap.echo", body=body)
+    def signed(body: Any) -> Sealer:
+        return lambda inbox: seal(me, type="task_request", subject="agora.cap.echo", body=body,
+                                  reply=inbox)
 
     good = signed({"parameters": {"text": "hi"}})
-    refusals = {
+    refusals: dict[str, bytes | Sealer] = {
         "MalformedEnvelope": b'{"text": ',
         "OversizeEnvelope": b'{"text": "' + b"x" * 70_000 + b'"}',
-        "BadSignature": good[:-1] + bytes([good[-1] ^ 1]),
+        "BadSignature": flipped(good),
     }
     for kind, payload in refusals.items():
         answer = await ask(cli, "agora.cap.echo", payload)

@@ -14,7 +14,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from agoramesh.bus import Identity
-from agoramesh.bus.envelope import now_ms, parse, seal
+from agoramesh.bus.e2e import E2EKeys
+from agoramesh.bus.envelope import AUTH_MAC, AUTH_SIG, VERSION, mac, now_ms, parse, seal
 from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReason
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.node import AgentNode
@@ -140,15 +141,21 @@ async def test_no_bidder_is_a_clear_error(nats_server: Any, agent_factory: Agent
     assert result.result == {"echo": {"text": "still serving"}}
 
 
-def forge_bid(victim: str, attacker: Identity, reply: str, auction_id: str) -> bytes:
-    """A perfect bid that claims to come from ``victim`` but is signed by ``attacker``."""
+def forge_bid(victim: str, attacker: Identity, reply: str, auction_id: str, *,
+              initiator: str, auth: str) -> bytes:
+    """A perfect bid that claims to come from ``victim`` but is made by ``attacker``:
+    signed by it (auth "sig"), or, as genuine bids are, addressed to the ``initiator``
+    and MACed, with the key the attacker shares with it (auth "mac")."""
     now = now_ms()
-    fields = {"v": 1, "id": f"forged-{now}", "type": "bid", "from": victim, "to": "*",
-              "subject": reply, "ts": now, "exp": now + 5000, "cid": f"forged-{now}",
+    fields = {"v": VERSION, "id": f"forged-{now}", "type": "bid", "from": victim,
+              "to": "*" if auth == AUTH_SIG else initiator, "subject": reply, "reply": "",
+              "ts": now, "exp": now + 5000, "cid": f"forged-{now}", "auth": auth,
               "body": {"auction_id": auction_id, "load": 0.0, "latency_ms": 0.0,
                        "cost_usd": 0.0, "success_rate": 1.0}}
     signed: bytes = msgpack.packb(fields, use_bin_type=True)
-    return signed + attacker.sign(signed)
+    if auth == AUTH_SIG:
+        return signed + attacker.sign(signed)
+    return signed + mac(E2EKeys(attacker).pair_key(initiator), signed)
 
 
 class SlowBidder(Bidder):
@@ -166,8 +173,9 @@ class Refuses(BidPolicy):
         return "not today"
 
 
-async def test_a_forged_bid_is_never_awarded(nats_server: Any, agent_factory: AgentFactory
-                                             ) -> None:
+@pytest.mark.parametrize("auth", [AUTH_SIG, AUTH_MAC])
+async def test_a_forged_bid_is_never_awarded(nats_server: Any, agent_factory: AgentFactory,
+                                             auth: str) -> None:
     nodes = await start_workers(agent_factory, [nats_server.client_url], {
         "honest": Fixed(load=0.9, latency_ms=900, success_rate=0.5), "victim": Refuses(),
         "client": Fixed(load=0.95, latency_ms=1000, success_rate=0.1)})
@@ -183,10 +191,11 @@ async def test_a_forged_bid_is_never_awarded(nats_server: Any, agent_factory: Ag
 
     async def inject(msg: Msg) -> None:
         cfp = parse(msg.data)
-        if cfp.type == "cfp":  # a perfect bid in the victim's name, signed by someone else
+        if cfp.type == "cfp":  # a perfect bid in the victim's name, made by someone else
             injected.append(cfp.body["auction_id"])
             await raw.publish(msg.reply, forge_bid(victim, attacker, msg.reply,
-                                                   cfp.body["auction_id"]))
+                                                   cfp.body["auction_id"],
+                                                   initiator=cfp.sender, auth=auth))
 
     await raw.subscribe("agora.cfp.work.do", cb=inject)
     await raw.flush()
@@ -287,11 +296,14 @@ async def test_an_award_read_too_late_is_declined_for_a_retry_not_run(
 
     async def award(age_ms: int) -> tuple[str, Any]:
         task = Task(task_type=WORK.name, parameters={"n": age_ms})
+        inbox = client.nats.new_inbox()  # the award names the reply subject it is sent with
+        replies = await client.nats.subscribe(inbox, max_msgs=1)
         wire = seal(client.identity, type="award", subject=direct, to=worker.agent_id,
-                    ts=now_ms() - age_ms, ttl_ms=2000,
+                    ts=now_ms() - age_ms, ttl_ms=2000, reply=inbox,
                     body={"auction_id": f"a{age_ms}", "task": task.as_dict()})
-        msg = await client.nats.request(direct, wire, timeout=5)
-        reply = client.guard.admit(msg.data, msg.subject)  # opens the body boxed to us
+        await client.nats.publish(direct, wire, reply=inbox)
+        msg = await replies.next_msg(timeout=5)
+        reply = client.guard.admit(msg.data, msg.subject, msg.reply or "")  # opens the box
         return reply.type, reply.body
 
     assert await award(1900) == ("decline", {"auction_id": "a1900", "reason": AWARD_TOO_LATE,

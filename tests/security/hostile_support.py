@@ -12,6 +12,7 @@ unexpectedly (:func:`unexpected_errors`), and the nodes keep serving.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import json
 from collections import Counter
@@ -26,8 +27,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.e2e import E2EKeys
-from agoramesh.bus.envelope import SIGNATURE_SIZE, Envelope, is_boxed, new_id, now_ms, parse
-from agoramesh.bus.identity import Identity, verify
+from agoramesh.bus.envelope import (
+    AUTH_MAC,
+    AUTH_SIG,
+    TAG_SIZE,
+    VERSION,
+    Envelope,
+    is_boxed,
+    mac,
+    new_id,
+    now_ms,
+    parse,
+)
+from agoramesh.bus.identity import Identity, is_agent_id, verify
 from agoramesh.config import MAX_MESSAGE_BYTES, EnvelopePolicy
 from agoramesh.errors import EnvelopeError, RejectReason
 from agoramesh.nodes.node import AgentNode
@@ -66,28 +78,46 @@ def answered(reason: RejectReason) -> bool:
 
 
 def forge(signer: Identity, *, type: str, subject: str, body: Any, sender: str | None = None,
-          to: str = "*", ts: int | None = None, ttl_ms: int = 60_000, id: str | None = None,
-          cid: str | None = None) -> bytes:
-    """An envelope claiming to come from ``sender`` (default: the signer), signed by ``signer``."""
+          to: str = "*", reply: str = "", ts: int | None = None, ttl_ms: int = 60_000,
+          id: str | None = None, cid: str | None = None, auth: str = AUTH_SIG) -> bytes:
+    """An envelope claiming to come from ``sender`` (default: the signer), made by ``signer``.
+
+    ``reply``: the reply subject it names (it must be published with that one to pass).
+    ``auth`` "sig": signed with the signer's key; "mac": MACed with the key the
+    signer shares with ``to`` (:func:`resign`).
+    """
     sealed_at = now_ms() if ts is None else ts
     envelope_id = id or new_id()
     return resign(signer, {
-        "v": 1, "id": envelope_id, "type": type, "from": sender or signer.agent_id, "to": to,
-        "subject": subject, "ts": sealed_at, "exp": sealed_at + ttl_ms,
-        "cid": cid or envelope_id, "body": body})
+        "v": VERSION, "id": envelope_id, "type": type, "from": sender or signer.agent_id,
+        "to": to, "subject": subject, "reply": reply, "ts": sealed_at, "exp": sealed_at + ttl_ms,
+        "cid": cid or envelope_id, "auth": auth, "body": body})
 
 
 def fields_of(wire: bytes) -> dict[str, Any]:
-    """The signed map of an envelope, decoded (no checks)."""
-    fields: dict[str, Any] = msgpack.unpackb(wire[:-SIGNATURE_SIZE], raw=False,
+    """The authenticated map of an envelope, decoded (no checks)."""
+    fields: dict[str, Any] = msgpack.unpackb(wire[:-TAG_SIZE], raw=False,
                                              strict_map_key=False)
     return fields
 
 
+def tag(signer: Identity, signed: bytes, *, to: str | None = None) -> bytes:
+    """The tag ``signer`` puts on ``signed``: its signature, or with ``to`` its MAC with ``to``."""
+    if to is None:
+        return signer.sign(signed)
+    return mac(E2EKeys(signer).pair_key(to), signed)
+
+
 def resign(signer: Identity, fields: Any) -> bytes:
-    """``fields`` packed as they are and signed by ``signer``."""
+    """``fields`` packed as they are, then authenticated by ``signer``: MACed with the key
+    it shares with ``fields["to"]`` when ``fields["auth"]`` is "mac" (and ``to`` is an
+    agent id), signed otherwise."""
     signed: bytes = msgpack.packb(fields, use_bin_type=True)
-    return signed + signer.sign(signed)
+    if isinstance(fields, dict) and fields.get("auth") == AUTH_MAC:
+        to = fields.get("to")
+        if isinstance(to, str) and is_agent_id(to):
+            return signed + tag(signer, signed, to=to)
+    return signed + tag(signer, signed)
 
 
 def oversize(signer: Identity, subject: str, policy: EnvelopePolicy = SMALL, **fields: Any
@@ -111,8 +141,9 @@ def check_error_envelope(reply: bytes, *, signer: str, inbox: str, reason: Rejec
                          ) -> None:
     """An ``error`` reply to a rejected request (PROTOCOL.md §9, case 2)."""
     envelope = parse(reply)
+    assert envelope.auth == AUTH_SIG  # to anyone: signed, never MACed
     assert verify(signer, envelope.signed, envelope.signature)
-    assert envelope.sender == signer and envelope.subject == inbox
+    assert envelope.sender == signer and envelope.subject == inbox and envelope.reply == ""
     assert envelope.type == "error" and envelope.to == "*" and envelope.cid == envelope.id
     assert envelope.body["type"] == ERROR_NAMES[reason]
     assert isinstance(envelope.body["message"], str) and envelope.body["message"]
@@ -124,6 +155,11 @@ def check_json_error(reply: bytes, reason: RejectReason) -> None:
 
 
 # -- the attacker ----------------------------------------------------------------------
+
+#: Envelope bytes made for the reply subject (the inbox) they will be published with.
+Sealer = Callable[[str], bytes]
+#: What :meth:`Attacker.request` sends: bytes as they are, or a :data:`Sealer`.
+Payload = bytes | Sealer
 
 
 class Attacker:
@@ -174,22 +210,38 @@ class Attacker:
         return self._queue(inbox).empty()
 
     def open(self, reply: bytes) -> Envelope:
-        """A reply envelope addressed to the attacker, its body decrypted if boxed."""
+        """A reply envelope addressed to the attacker, its body decrypted if boxed.
+
+        A MACed one must carry the MAC of the key its sender shares with the attacker.
+        """
         envelope = parse(reply)
+        if envelope.auth == AUTH_MAC:
+            assert envelope.to == self.agent_id
+            assert hmac.compare_digest(
+                mac(self.keys.pair_key(envelope.sender), envelope.signed), envelope.tag)
         return self.keys.open(envelope) if is_boxed(envelope.body) else envelope
+
+    def forge(self, **fields: Any) -> Sealer:
+        """:func:`forge` by the attacker, for the inbox it will be sent with: ``reply=inbox``."""
+        return lambda inbox: forge(self.identity, reply=inbox, **fields)
 
     async def publish(self, subject: str, payload: bytes, *, reply: str = "") -> None:
         await self.nc.publish(subject, payload, reply=reply)
 
-    async def request(self, subject: str, payload: bytes, timeout: float = 5.0) -> bytes:
+    async def request(self, subject: str, payload: Payload, timeout: float = 5.0) -> bytes:
         """Publish with a fresh inbox and wait for the first reply."""
         return (await self.ask(subject, payload, timeout))[1]
 
-    async def ask(self, subject: str, payload: bytes, timeout: float = 5.0
+    async def ask(self, subject: str, payload: Payload, timeout: float = 5.0
                   ) -> tuple[str, bytes]:
-        """Like :meth:`request`, and the inbox the reply came to."""
+        """Like :meth:`request`, and the inbox the reply came to.
+
+        ``payload``: bytes, sent as they are; or a function of the inbox that makes
+        them, for an envelope that must name the reply subject it is sent with.
+        """
         inbox = self.inbox()
-        await self.publish(subject, payload, reply=inbox)
+        await self.publish(subject, payload(inbox) if callable(payload) else payload,
+                           reply=inbox)
         return inbox, await self.reply(inbox, timeout)
 
     async def listen(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> None:

@@ -390,11 +390,12 @@ async def test_a_forged_cfp_in_an_allowed_agents_name_gets_no_bid(
     body = {"auction_id": "forged", "task": {"task_type": "echo", "parameters": ECHO},
             "terms": {}, "exclude": [], "bidders": 1}
     # Mallory claims Alice's id on a cfp she signs herself: the signature cannot match.
-    wire = bytearray(seal(ALICE, type="cfp", subject="agora.cfp.echo", body=body))
-    forged = seal(BOB, type="cfp", subject="agora.cfp.echo", body=body)
+    # (It names the inbox it is sent with, so only its signature is wrong.)
+    inbox = mallory.nats.new_inbox()
+    wire = bytearray(seal(ALICE, type="cfp", subject="agora.cfp.echo", body=body, reply=inbox))
+    forged = seal(BOB, type="cfp", subject="agora.cfp.echo", body=body, reply=inbox)
     wire[-64:] = forged[-64:]
     answers: asyncio.Queue[bytes] = asyncio.Queue()
-    inbox = mallory.nats.new_inbox()
 
     async def collect(msg: Any) -> None:
         answers.put_nowait(msg.data)

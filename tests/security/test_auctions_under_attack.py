@@ -12,8 +12,8 @@ injects, per auction:
   auction's genuine bids (the winner's, verified by then, is ``replayed``);
 - on the cfp subject: malformed bytes, oversize and expired envelopes (every bidder
   counts them);
-- on the winner's direct subject: the award replayed (``replayed``) and a forged
-  award in the auctioneer's name (``bad_signature``).
+- on the winner's direct subject: the award replayed with the reply subject it
+  names (``replayed``) and a forged award in the auctioneer's name (``bad_signature``).
 
 Every auction must still end with exactly one result (no duplicate, no loss, no task
 run twice), every attack must show in the counters of the nodes it hit, and every
@@ -90,9 +90,9 @@ class Saboteur:
         await self.attacker.listen("agora.agent.>", self.on_direct)
         await self.attacker.listen(f"agora.cfp.{WORK.name}", self.on_cfp)
 
-    async def send(self, kind: str, subject: str, payload: bytes) -> None:
+    async def send(self, kind: str, subject: str, payload: bytes, reply: str = "") -> None:
         self.sent[kind] += 1
-        await self.attacker.publish(subject, payload)
+        await self.attacker.publish(subject, payload, reply=reply)
 
     async def on_cfp(self, msg: Msg) -> None:
         cfp = parse(msg.data)
@@ -131,7 +131,8 @@ class Saboteur:
             return
         if award.type != "award" or not msg.reply:
             return
-        await self.send("replayed award", msg.subject, msg.data)
+        # With the reply subject it names (the auction's): else it would be wrong_reply.
+        await self.send("replayed award", msg.subject, msg.data, reply=msg.reply)
         await self.send("forged award", msg.subject, forge(
             self.attacker.identity, sender=award.sender, to=award.to, type="award",
             subject=msg.subject, body={"auction_id": "f" * 32, "lease_interval": 1.0,

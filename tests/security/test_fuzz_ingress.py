@@ -43,13 +43,22 @@ from hostile_support import (
     resign,
     serving,
     strict_json,
+    tag,
 )
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from agoramesh.bus import Bus, Delivery, Identity
-from agoramesh.bus.envelope import SIGNATURE_SIZE, Envelope, Guard, looks_like_envelope, parse
+from agoramesh.bus.envelope import (
+    AUTH_MAC,
+    AUTH_SIG,
+    TAG_SIZE,
+    Envelope,
+    Guard,
+    looks_like_envelope,
+    parse,
+)
 from agoramesh.bus.ingress import decode_json, looks_like_json
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import EnvelopePolicy
@@ -97,13 +106,14 @@ class Receiver:
         self.outcomes.append(delivery.envelope)
         await delivery.respond("task_response", {"ok": True})
 
-    def judge(self, data: bytes) -> RejectReason | None:
-        """The reason the reference admission gives for ``data`` (None: admitted)."""
+    def judge(self, data: bytes, reply: str) -> RejectReason | None:
+        """The reason the reference admission gives for ``data`` sent with reply subject
+        ``reply`` (None: admitted)."""
         if not looks_like_envelope(data):
             return RejectReason.INGRESS_DENIED if looks_like_json(data) else \
                 RejectReason.MALFORMED
         try:
-            self.oracle.admit(data, SUBJECT)
+            self.oracle.admit(data, SUBJECT, reply)
         except EnvelopeError as error:
             return error.reason
         return None
@@ -112,8 +122,8 @@ class Receiver:
 @pytest_asyncio.fixture
 async def receiver(nats_server: EmbeddedServer, bus_factory: BusFactory) -> Receiver:
     bus = await bus_factory(nats_server.client_url, policy=BUS_POLICY)
-    live = Receiver(bus, Guard(BUS_POLICY, agent_id=bus.agent_id, opener=bus.guard.opener),
-                    Identity.generate())
+    live = Receiver(bus, Guard(BUS_POLICY, agent_id=bus.agent_id, opener=bus.guard.opener,
+                               pair_key=bus.guard.pair_key), Identity.generate())
     bus.guard.on_reject.append(live.outcomes.append)
     await bus.subscribe(SUBJECT, live.handle)  # concurrency 1: one message at a time, in order
     return live
@@ -124,14 +134,18 @@ async def attacker(nats_server: EmbeddedServer, attacker_factory: AttackerFactor
     return await attacker_factory(nats_server.client_url)
 
 
-async def exchange(live: Receiver, attacker: Attacker, data: bytes) -> None:
-    """Send ``data`` as a request, then a genuine request; judge both from outside."""
-    expected = live.judge(data)
+async def exchange(live: Receiver, attacker: Attacker, data: bytes, hostile: str | None = None
+                   ) -> None:
+    """Send ``data`` as a request with reply subject ``hostile`` (default: a fresh inbox),
+    then a genuine request; judge both from outside."""
+    hostile = hostile or attacker.inbox()
+    expected = live.judge(data, hostile)
     note(f"outcome: {expected or 'admitted'}")
     before = sum(live.bus.rejections.values())
-    hostile, probe = attacker.inbox(), attacker.inbox()
+    probe = attacker.inbox()
     await attacker.publish(SUBJECT, data, reply=hostile)
-    genuine = forge(live.sender, type="task_request", subject=SUBJECT, body={"probe": True})
+    genuine = forge(live.sender, type="task_request", subject=SUBJECT, body={"probe": True},
+                    reply=probe)
     await attacker.publish(SUBJECT, genuine, reply=probe)
     # The subscription takes one message at a time, so once the genuine request is
     # answered, the hostile one was fully handled, and its answer (if any) went first.
@@ -196,23 +210,30 @@ def damaged(wire: bytes, ops: list[tuple[str, int, int, bytes]]) -> bytes:
 
 
 @settings(FUZZ, max_examples=150)
-@given(st.sampled_from(BODIES), byte_ops)
+@given(st.sampled_from(BODIES), byte_ops, st.sampled_from([AUTH_SIG, AUTH_MAC]))
 async def test_damaged_envelopes_are_never_admitted(
         receiver: Receiver, attacker: Attacker, body: Any,
-        ops: list[tuple[str, int, int, bytes]]) -> None:
-    genuine = forge(receiver.sender, type="task_request", subject=SUBJECT, body=body)
+        ops: list[tuple[str, int, int, bytes]], auth: str) -> None:
+    # Signed to anyone, or MACed to the receiver, for the inbox it is sent with.
+    hostile = attacker.inbox()
+    genuine = forge(receiver.sender, type="task_request", subject=SUBJECT, body=body,
+                    reply=hostile, auth=auth,
+                    to=receiver.bus.agent_id if auth == AUTH_MAC else "*")
     data = damaged(genuine, ops)
     assume(data != genuine)
-    await exchange(receiver, attacker, data)
+    await exchange(receiver, attacker, data, hostile)
 
 
 # Field-level changes: swaps, other types, missing, extra and repeated keys, other
-# headers, hostile bodies; then signed by the sender (the checks before the signature
-# decide), by an attacker in the sender's name, or left with the old signature.
+# headers, versions, reply subjects and auth values, hostile bodies; then authenticated
+# as the genuine envelope was (signed, or MACed with the receiver) by the sender (the
+# checks before the tag decide), by an attacker in the sender's name, or left with the
+# old tag.
 OTHER_VALUES: st.SearchStrategy[Any] = st.sampled_from([
     None, True, 1.5, -1, 0, 2**53, 2**64 - 1, "", "x" * 70, "agora.cap.other", b"bin", [], {},
     "UAB2CB576PHBBPQ5ODORRZ2LYCMWPZGWGCN2KDK7DXOIMZASKUY3RLKK", "a.b", "Bad Type", "*"])
-FIELDS = ("v", "id", "type", "from", "to", "subject", "ts", "exp", "cid", "body")
+FIELDS = ("v", "id", "type", "from", "to", "subject", "reply", "ts", "exp", "cid", "auth",
+          "body")
 DEEP = b"\x91" * 3000 + b"\xc0"  # 3000 nested arrays: beyond the decoder's depth limit
 
 
@@ -236,11 +257,13 @@ WINDOWS = [(-120_000, -60_000), (31_000, 91_000), (0, 600_001), (5, 5), (-1_000,
 def field_changes(draw: st.DrawFn) -> Callable[[dict[str, Any], int], bytes]:
     """A function (fields, now) -> signed bytes, the fields changed as drawn."""
     kind = draw(st.sampled_from(["swap", "retype", "drop", "extra", "repeat", "map16", "body",
-                                 "time", "version", "readdress", "resubject", "pad"]))
+                                 "time", "version", "readdress", "resubject", "rereply",
+                                 "unreply", "reauth", "pad"]))
     first, second = draw(st.sampled_from(FIELDS)), draw(st.sampled_from(FIELDS))
     value = draw(OTHER_VALUES)
     body_kind = draw(st.sampled_from(["ext", "timestamp", "deep", "int_keys", "boxed"]))
     window = draw(st.sampled_from(WINDOWS))
+    version = draw(st.sampled_from([1, 3]))  # version 1 is refused like any other
 
     def change(fields: dict[str, Any], now: int) -> bytes:
         pairs = list(fields.items())
@@ -252,63 +275,85 @@ def field_changes(draw: st.DrawFn) -> Callable[[dict[str, Any], int], bytes]:
             del fields[first]
         elif kind == "extra":
             fields["extra"] = value
-        elif kind == "repeat":  # ten entries, one key twice
-            return pack_pairs([*pairs[:9], (first, value)])
+        elif kind == "repeat":  # twelve entries, one key twice
+            return pack_pairs([*pairs[:11], (first, value)])
         elif kind == "map16":
-            return pack_pairs(pairs, header=b"\xde\x00\x0a")
+            return pack_pairs(pairs, header=b"\xde\x00\x0c")
         elif kind == "version":
-            fields["v"] = 2
+            fields["v"] = version
         elif kind == "time":
             fields["ts"], fields["exp"] = now + window[0], now + window[1]
         elif kind == "readdress":
             fields["to"] = STRANGER
         elif kind == "resubject":
             fields["subject"] = SUBJECT + ".other"
+        elif kind == "rereply":  # made for another inbox than the one it is sent with
+            fields["reply"] = fields["reply"] + ".other"
+        elif kind == "unreply":  # made for no reply, sent with one
+            fields["reply"] = ""
+        elif kind == "reauth":
+            fields["auth"] = AUTH_SIG if fields["auth"] == AUTH_MAC else AUTH_MAC
         elif kind == "pad":
             fields["body"] = b"x" * BUS_POLICY.max_bytes
         else:
             tail = {"ext": b"\xd4\x05\x00", "timestamp": b"\xd6\xff\x00\x00\x00\x01",
                     "deep": DEEP, "int_keys": b"\x81\x01\x02",
                     "boxed": packed({"$box": b"\x00" * 40})}[body_kind]
-            return pack_pairs(pairs[:9], header=b"\x8a") + packed("body") + tail
+            return pack_pairs(pairs[:11], header=b"\x8c") + packed("body") + tail
         return packed(fields)
 
     return change
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=200)
 @given(field_changes(), st.sampled_from(["sender", "sender", "attacker", "stale"]),
-       st.sampled_from(BODIES), st.sampled_from(["*", "receiver"]))
+       st.sampled_from(BODIES), st.sampled_from(["*", "receiver", "receiver by mac"]))
 async def test_changed_fields_are_rejected_for_the_first_failing_check(
         receiver: Receiver, attacker: Attacker, change: Callable[[dict[str, Any], int], bytes],
         signer: str, body: Any, to: str) -> None:
+    hostile = attacker.inbox()
+    mac_to = receiver.bus.agent_id if to == "receiver by mac" else None
     genuine = forge(receiver.sender, type="task_request", subject=SUBJECT, body=body,
-                    to=receiver.bus.agent_id if to == "receiver" else "*")
+                    to="*" if to == "*" else receiver.bus.agent_id, reply=hostile,
+                    auth=AUTH_SIG if mac_to is None else AUTH_MAC)
     fields = fields_of(genuine)
     signed = change(fields, fields["ts"])
+    # Authenticated as the genuine one was (signature, or MAC with the receiver), by the
+    # sender, or by an attacker in the sender's name; or left with the old tag.
     if signer == "sender":
-        data = signed + receiver.sender.sign(signed)
+        data = signed + tag(receiver.sender, signed, to=mac_to)
     elif signer == "attacker":
-        data = signed + attacker.identity.sign(signed)
+        data = signed + tag(attacker.identity, signed, to=mac_to)
     else:
-        data = signed + genuine[-SIGNATURE_SIZE:]
+        data = signed + genuine[-TAG_SIZE:]
     assume(data != genuine)
-    await exchange(receiver, attacker, data)
+    await exchange(receiver, attacker, data, hostile)
 
 
 async def test_replays_are_counted_but_never_answered_expired_requests_are_answered(
         receiver: Receiver, attacker: Attacker) -> None:
-    # Random data almost never reaches these two reasons: exercise them on purpose.
-    genuine = forge(receiver.sender, type="task_request", subject=SUBJECT, body={"n": 1})
-    await exchange(receiver, attacker, genuine)  # admitted and answered
+    # Random data almost never reaches these reasons: exercise them on purpose.
+    inbox = attacker.inbox()  # what the genuine request names, and each replay is sent with
+    genuine = forge(receiver.sender, type="task_request", subject=SUBJECT, body={"n": 1},
+                    reply=inbox)
+    await exchange(receiver, attacker, genuine, inbox)  # admitted and answered
     for _ in range(3):
-        await exchange(receiver, attacker, genuine)  # replayed: counted, silent
+        await exchange(receiver, attacker, genuine, inbox)  # replayed: counted, silent
+    # With another reply subject a replay is refused before the replay check, and answered.
+    await exchange(receiver, attacker, genuine)  # wrong_reply: counted, answered
+    stale_inbox = attacker.inbox()
     stale = forge(receiver.sender, type="task_request", subject=SUBJECT, body={"n": 2},
-                  ts=fields_of(genuine)["ts"] - 120_000)
-    await exchange(receiver, attacker, stale)  # expired: counted, answered
+                  ts=fields_of(genuine)["ts"] - 120_000, reply=stale_inbox)
+    await exchange(receiver, attacker, stale, stale_inbox)  # expired: counted, answered
     swapped = resign(receiver.sender, {**fields_of(genuine), "body": {"n": 3}})
-    await exchange(receiver, attacker, swapped)  # same id, new body: still a replay
-    assert receiver.bus.rejections == Counter({RejectReason.REPLAYED: 4,
+    await exchange(receiver, attacker, swapped, inbox)  # same id, new body: still a replay
+    mac_inbox = attacker.inbox()  # the same for a request MACed to the receiver
+    maced = forge(receiver.sender, type="task_request", subject=SUBJECT, body={"n": 4},
+                  to=receiver.bus.agent_id, auth=AUTH_MAC, reply=mac_inbox)
+    await exchange(receiver, attacker, maced, mac_inbox)  # admitted and answered
+    await exchange(receiver, attacker, maced, mac_inbox)  # replayed: counted, silent
+    assert receiver.bus.rejections == Counter({RejectReason.REPLAYED: 5,
+                                               RejectReason.WRONG_REPLY: 1,
                                                RejectReason.EXPIRED: 1})
 
 
@@ -377,7 +422,8 @@ async def target(nats_server: EmbeddedServer, node_factory: NodeFactory,
     node = await node_factory(nats_server.client_url, "target", ["echo", "math.evaluate"],
                               policy=NODE_POLICY)
     return Target(node, await attacker_factory(nats_server.client_url),
-                  Guard(NODE_POLICY, agent_id=node.agent_id, opener=node.bus.guard.opener))
+                  Guard(NODE_POLICY, agent_id=node.agent_id, opener=node.bus.guard.opener,
+                        pair_key=node.bus.guard.pair_key))
 
 
 #: ResultTooLarge: an echo of a request just under max_bytes does not fit in the reply.
@@ -390,10 +436,11 @@ async def ingress_exchange(target: Target, subject: str, payload: bytes, *,
     """One plain request: it is answered, and counted exactly when it was refused."""
     node, attacker = target.node, target.attacker
     before = counted(node)
+    inbox = attacker.inbox()
     reason: RejectReason | None = None
     if looks_like_envelope(payload):
         try:
-            target.oracle.admit(payload, subject)
+            target.oracle.admit(payload, subject, inbox)
         except EnvelopeError as error:
             reason = error.reason
     elif not looks_like_json(payload):
@@ -408,7 +455,8 @@ async def ingress_exchange(target: Target, subject: str, payload: bytes, *,
     note(f"outcome: {reason or 'taken'}")
     if reason is not None and not answered(reason):  # not from plain bytes, in practice
         return
-    inbox, reply = await attacker.ask(subject, payload, timeout=10)
+    await attacker.publish(subject, payload, reply=inbox)
+    reply = await attacker.reply(inbox, timeout=10)
     after = counted(node)
     if reason is not None:
         assert after - before == Counter({str(reason): 1})

@@ -25,6 +25,7 @@ from hostile_support import (
     Attacker,
     AttackerFactory,
     NodeFactory,
+    Sealer,
     check_error_envelope,
     check_json_error,
     counted,
@@ -101,8 +102,14 @@ async def test_forged_senders_are_rejected_on_every_subject_and_change_nothing(
     thief = attacker.identity
     me = target.agent_id
 
-    def in_name_of(sender: str, type: str, subject: str, body: Any, to: str = "*") -> bytes:
-        return forge(thief, sender=sender, type=type, subject=subject, body=body, to=to)
+    def in_name_of(sender: str, type: str, subject: str, body: Any, to: str = "*",
+                   reply: str = "") -> bytes:
+        return forge(thief, sender=sender, type=type, subject=subject, body=body, to=to,
+                     reply=reply)
+
+    def request_in_name_of(sender: str, type: str, subject: str, body: Any,
+                           to: str = "*") -> Sealer:  # for the inbox it is sent with
+        return lambda inbox: in_name_of(sender, type, subject, body, to, reply=inbox)
 
     # A long task of the requester's, so a forged cancel has something to cancel.
     running = asyncio.ensure_future(submit_task(
@@ -112,12 +119,13 @@ async def test_forged_senders_are_rejected_on_every_subject_and_change_nothing(
         running_id = started(target)[0]
         direct = target.bus.subjects.agent(me)
         forgeries = [  # all in someone else's name, all requests
-            (CAP, in_name_of(victim.agent_id, "task_request", CAP, task_body(1))),
-            (direct, in_name_of(victim.agent_id, "task_request", direct, task_body(2), to=me)),
-            (direct, in_name_of(victim.agent_id, "award", direct, {
+            (CAP, request_in_name_of(victim.agent_id, "task_request", CAP, task_body(1))),
+            (direct, request_in_name_of(victim.agent_id, "task_request", direct, task_body(2),
+                                        to=me)),
+            (direct, request_in_name_of(victim.agent_id, "award", direct, {
                 "auction_id": "a" * 32, "task": task_body(3), "lease_interval": 1.0}, to=me)),
-            (direct, in_name_of(requester.agent_id, "task_cancel", direct,
-                                {"task_id": running_id}, to=me)),
+            (direct, request_in_name_of(requester.agent_id, "task_cancel", direct,
+                                        {"task_id": running_id}, to=me)),
         ]
         for subject, wire in forgeries:
             inbox, reply = await attacker.ask(subject, wire)
@@ -205,21 +213,33 @@ async def test_replayed_task_requests_are_counted_unanswered_and_run_once(
     two = await submit_task(requester, Task(task_type=WORK.name, parameters={"n": 2}), timeout=5)
     assert one.status is two.status is TaskStatus.COMPLETED
     await wait_until(lambda: len(captured) == 2, timeout=5)
-    replays = []
+    # Each replayed with its own reply subject (the one it names): a replay, never answered,
+    # even to the requester's inbox, which the attacker now listens on.
+    leaked: list[Msg] = []
+
+    async def leak(msg: Msg) -> None:
+        leaked.append(msg)
+
     for msg in captured:
-        for _ in range(3):  # each time with a new reply subject: not signed, not a new request
-            inbox = attacker.inbox()
-            replays.append(inbox)
-            await attacker.publish(msg.subject, msg.data, reply=inbox)
+        await attacker.listen(msg.reply, leak)
+        for _ in range(3):
+            await attacker.publish(msg.subject, msg.data, reply=msg.reply)
+    # And with a reply subject of the attacker's (the request does not name it): refused
+    # before the replay check as wrong_reply, and answered so, but still not run.
+    for msg in captured:
+        inbox = attacker.inbox()
+        await attacker.publish(msg.subject, msg.data, reply=inbox)
+        check_error_envelope(await attacker.reply(inbox), signer=target.agent_id, inbox=inbox,
+                             reason=RejectReason.WRONG_REPLY)
     # Later requests through the same two subscriptions: answered, so the replays were handled.
-    own = forge(attacker.identity, type="card_request", subject=direct, body={},
-                to=target.agent_id)
-    assert parse(await attacker.request(direct, own)).type == "card"
+    own = attacker.forge(type="card_request", subject=direct, body={}, to=target.agent_id)
+    assert attacker.open(await attacker.request(direct, own)).type == "card"
     answer = strict_json(await attacker.request(CAP, b'{"n": 3}'))
     assert answer["status"] == "COMPLETED" and answer["result"]["n"] == 3
-    assert all(attacker.unanswered(inbox) for inbox in replays)
+    await attacker.flush()
+    assert leaked == []
     assert started(target) == [one.task_id, two.task_id, answer["task_id"]]
-    assert counted(target) == Counter({"replayed": 6})
+    assert counted(target) == Counter({"replayed": 6, "wrong_reply": 2})
     exported_agree(target)
     assert unexpected_errors() == []
 
@@ -244,7 +264,10 @@ async def test_a_replayed_award_is_refused_while_fresh_and_after_it_expired(
     await attacker.listen(client.bus.subjects.agent(winner.agent_id), replay)
     result = await client.dispatcher.submit(WORK.name, {"n": 5})
     assert result.status is TaskStatus.COMPLETED
-    await wait_until(lambda: winner.bus.rejections[RejectReason.REPLAYED] == 2, timeout=5)
+    # The award names the auction's inbox: a copy with another reply subject is refused
+    # before the replay check (wrong_reply), the copy with the same one as a replay.
+    await wait_until(lambda: winner.bus.rejections[RejectReason.REPLAYED] == 1
+                     and winner.bus.rejections[RejectReason.WRONG_REPLY] == 1, timeout=5)
     award = awards[0]
     # Later, once it expired (an award lives as long as the award timeout).
     await asyncio.sleep(max(0.0, (parse(award.data).exp - now_ms()) / 1000) + 0.05)
@@ -253,7 +276,7 @@ async def test_a_replayed_award_is_refused_while_fresh_and_after_it_expired(
     await wait_until(lambda: winner.bus.rejections[RejectReason.EXPIRED] == 1, timeout=5)
     assert started(winner) == [result.task_id]
     assert winner.metrics.awards == Counter({(WORK.name, "accept"): 1})
-    assert counted(winner) == Counter({"replayed": 2, "expired": 1})
+    assert counted(winner) == Counter({"replayed": 1, "wrong_reply": 1, "expired": 1})
     exported_agree(winner, client)
     assert unexpected_errors() == []
 
@@ -266,16 +289,16 @@ async def test_stale_future_and_overlong_envelopes(
     attacker = await attacker_factory(url)
     me, now = attacker.identity, now_ms()
 
-    def request(n: int, *, ts: int | None = None, ttl_ms: int = 60_000) -> bytes:
-        return forge(me, type="task_request", subject=CAP, body=task_body(n), ts=ts,
-                     ttl_ms=ttl_ms)
+    def request(n: int, *, ts: int | None = None, ttl_ms: int = 60_000) -> Sealer:
+        return lambda inbox: forge(me, type="task_request", subject=CAP, body=task_body(n),
+                                   ts=ts, ttl_ms=ttl_ms, reply=inbox)
 
     for reason, wire in ((RejectReason.EXPIRED, request(1, ts=now - 120_000, ttl_ms=60_000)),
                          (RejectReason.FUTURE, request(2, ts=now + 60_000)),
                          (RejectReason.SCHEMA, request(3, ttl_ms=600_001))):
         inbox, reply = await attacker.ask(CAP, wire)  # expired too: clocks may disagree
         check_error_envelope(reply, signer=target.agent_id, inbox=inbox, reason=reason)
-    skewed = parse(await attacker.request(CAP, request(4, ts=now + 20_000)))  # within skew
+    skewed = attacker.open(await attacker.request(CAP, request(4, ts=now + 20_000)))  # in skew
     assert skewed.type == "task_response"
     assert len(started(target)) == 1
     assert counted(target) == Counter({"expired": 1, "future": 1, "schema": 1})
@@ -322,6 +345,10 @@ async def test_wrong_types_are_schema_errors_or_invalid_input(
         {**genuine, "from": genuine["from"].lower()},
         {**genuine, "exp": float(genuine["exp"])},
         {**genuine, "id": True},
+        {**genuine, "reply": 5},
+        {**genuine, "reply": "not a subject"},
+        {**genuine, "auth": "none"},
+        {**genuine, "auth": "mac"},  # a broadcast is never MACed (here: signed anyway)
     ]
     for fields in envelope_level:
         inbox, reply = await attacker.ask(CAP, resign(me, fields))
@@ -331,8 +358,8 @@ async def test_wrong_types_are_schema_errors_or_invalid_input(
     for body in ({"parameters": {"seconds": "slow"}}, {"priority": "high", "parameters": {}},
                  ["not", "a", "task"], {"task_type": "other.thing"}, {"bribe": 1, "parameters": {}},
                  {"parameters": {"n": 1.5}}, None):
-        answer = attacker.open(await attacker.request(CAP, forge(
-            me, type="task_request", subject=CAP, body=body)))
+        answer = attacker.open(await attacker.request(CAP, attacker.forge(
+            type="task_request", subject=CAP, body=body)))
         assert answer.type == "task_response" and answer.body["status"] == "FAILED", answer.body
         assert answer.body["error"]["type"] == "InvalidInput"
     assert started(target) == []
@@ -352,18 +379,20 @@ async def test_envelopes_on_the_wrong_subject_or_for_someone_else(
     attacker = await attacker_factory(url)
     direct = target.bus.subjects.agent(target.agent_id)
     elsewhere = bystander.bus.subjects.agent(bystander.agent_id)
+
+    def sealed(subject: str, body: Any, to: str = "*") -> Sealer:
+        """The requester's genuine request, made for the inbox the attacker sends it with."""
+        return lambda inbox: requester.seal(subject, "task_request", body, to=to, reply=inbox)
+
     cases = [
         # genuine envelopes of the requester's, re-published by the attacker elsewhere
-        (direct, requester.seal(CAP, "task_request", task_body(1)), RejectReason.WRONG_SUBJECT),
-        (direct, requester.seal(elsewhere, "task_request", task_body(2, task_type="echo"),
-                                to=bystander.agent_id), RejectReason.WRONG_SUBJECT),
-        (CAP, requester.seal(CAP + ".v2", "task_request", task_body(3)),
+        (direct, sealed(CAP, task_body(1)), RejectReason.WRONG_SUBJECT),
+        (direct, sealed(elsewhere, task_body(2, task_type="echo"), to=bystander.agent_id),
          RejectReason.WRONG_SUBJECT),
-        # correctly signed and on the right subject, but addressed to another agent
-        (direct, requester.seal(direct, "task_request", task_body(4), to=bystander.agent_id),
-         RejectReason.MISADDRESSED),
-        (CAP, requester.seal(CAP, "task_request", task_body(5), to=bystander.agent_id),
-         RejectReason.MISADDRESSED),
+        (CAP, sealed(CAP + ".v2", task_body(3)), RejectReason.WRONG_SUBJECT),
+        # authenticated and on the right subject, but addressed to another agent
+        (direct, sealed(direct, task_body(4), to=bystander.agent_id), RejectReason.MISADDRESSED),
+        (CAP, sealed(CAP, task_body(5), to=bystander.agent_id), RejectReason.MISADDRESSED),
     ]
     for subject, wire, reason in cases:
         inbox, reply = await attacker.ask(subject, wire)
@@ -385,42 +414,48 @@ async def test_encrypted_bodies_that_do_not_open_are_undecryptable(
     direct = target.bus.subjects.agent(them)
     for_someone_else = E2EKeys(me).seal_body(Identity.generate().agent_id, task_body(1))
     cases = [
-        (direct, forge(me, type="task_request", subject=direct, to=them,
-                       body={"$box": b"\x00" * 60})),  # garbage in the box
-        (direct, forge(me, type="task_request", subject=direct, to=them,
-                       body=for_someone_else)),  # a real box, for another key
-        (CAP, forge(me, type="task_request", subject=CAP, body={"$box": b"\x00" * 60})),
+        (direct, attacker.forge(type="task_request", subject=direct, to=them,
+                                body={"$box": b"\x00" * 60})),  # garbage in the box
+        (direct, attacker.forge(type="task_request", subject=direct, to=them,
+                                body=for_someone_else)),  # a real box, for another key
+        (direct, attacker.forge(type="task_request", subject=direct, to=them, auth="mac",
+                                body={"$box": b"\x00" * 60})),  # MACed as its peers do
+        (CAP, attacker.forge(type="task_request", subject=CAP, body={"$box": b"\x00" * 60})),
     ]
     for subject, wire in cases:
         inbox, reply = await attacker.ask(subject, wire)
         check_error_envelope(reply, signer=them, inbox=inbox,
                              reason=RejectReason.UNDECRYPTABLE)
     assert started(target) == []
-    assert counted(target) == Counter({"undecryptable": 3})
+    assert counted(target) == Counter({"undecryptable": len(cases)})
     exported_agree(target)
     assert unexpected_errors() == []
 
 
 def flood_payloads(attacker: Attacker, subject: str, count: int, *, to: str = "*",
-                   forge_as: str | None = None) -> list[bytes]:
-    """``count`` hostile payloads for ``subject``, of several kinds, none of which may pass.
+                   forge_as: str | None = None, sink: str = "") -> list[tuple[bytes, str]]:
+    """``count`` hostile payloads for ``subject``, of several kinds, none of which may pass,
+    each with the reply subject to publish it with: ``sink`` for every third, else none
+    (the envelopes name the one they are sent with, so that is not what refuses them).
 
     Two in five are malformed; the others are expired, on the wrong subject, or (with
     ``forge_as``) signed by the attacker in that agent's name.
     """
     me, now = attacker.identity, now_ms()
-    kinds: list[Callable[[int], bytes]] = [
-        lambda i: b"\x8a" + i.to_bytes(4, "big") * 20,  # a map header, then junk
-        lambda i: b"%d garbage" % i,  # neither an envelope nor JSON
-        lambda i: forge(me, type="task_request", subject=subject, body={"n": i}, to=to,
-                        ts=now - 120_000),
-        lambda i: forge(me, type="task_request", subject=subject + ".x", body={"n": i},
-                        to=to),
+    kinds: list[Callable[[int, str], bytes]] = [
+        lambda i, reply: b"\x8a" + i.to_bytes(4, "big") * 20,  # a map header, then junk
+        lambda i, reply: b"%d garbage" % i,  # neither an envelope nor JSON
+        lambda i, reply: forge(me, type="task_request", subject=subject, body={"n": i}, to=to,
+                               ts=now - 120_000, reply=reply),
+        lambda i, reply: forge(me, type="task_request", subject=subject + ".x", body={"n": i},
+                               to=to, reply=reply),
     ]
     if forge_as is not None:
-        kinds.append(lambda i: forge(me, sender=forge_as, type="task_request",
-                                     subject=subject, body={"n": i}, to=to))
-    return [kinds[i % len(kinds)](i) for i in range(count)]
+        kinds.append(lambda i, reply: forge(me, sender=forge_as, type="task_request",
+                                            subject=subject, body={"n": i}, to=to,
+                                            reply=reply))
+    replies = [sink if i % 3 == 0 else "" for i in range(count)]
+    return [(kinds[i % len(kinds)](i, replies[i]), replies[i]) for i in range(count)]
 
 
 FLOOD = 3000
@@ -435,14 +470,14 @@ async def test_a_flood_on_a_direct_subject_is_counted_and_survived(
     requester = await bus_factory(url)
     attacker = await attacker_factory(url)
     direct = target.bus.subjects.agent(target.agent_id)
-    payloads = flood_payloads(attacker, direct, FLOOD, to=target.agent_id,
-                              forge_as=victim.agent_id)
-    payloads += [oversize(attacker.identity, direct, to=target.agent_id)] * 20
     sink = attacker.inbox()  # every third asks for an answer: the target talks back to all
+    payloads = flood_payloads(attacker, direct, FLOOD, to=target.agent_id,
+                              forge_as=victim.agent_id, sink=sink)
+    payloads += [(oversize(attacker.identity, direct, to=target.agent_id), sink)] * 20
     started_at = time.monotonic()
     async with asyncio.timeout(20):
-        for i, payload in enumerate(payloads):
-            await attacker.publish(direct, payload, reply=sink if i % 3 == 0 else "")
+        for payload, reply in payloads:
+            await attacker.publish(direct, payload, reply=reply)
         await attacker.flush()
         await wait_until(lambda: target.bus.rejections.total() >= len(payloads), timeout=20,
                          interval=0.05)
@@ -474,10 +509,10 @@ async def test_a_flood_on_a_cfp_subject_is_counted_and_auctions_go_on(
     # cfps are admitted without their signature check (PROTOCOL.md §16: a forged one
     # costs a bid), so this flood carries every kind but forgeries.
     payloads = flood_payloads(attacker, cfp, FLOOD)
-    payloads += [oversize(attacker.identity, cfp, type="cfp")] * 20
+    payloads += [(oversize(attacker.identity, cfp, type="cfp"), "")] * 20
     async with asyncio.timeout(20):
-        for payload in payloads:
-            await attacker.publish(cfp, payload)
+        for payload, reply in payloads:
+            await attacker.publish(cfp, payload, reply=reply)
         await attacker.flush()
         await wait_until(lambda: all(b.bus.rejections.total() >= len(payloads)
                                      for b in bidders), timeout=20, interval=0.05)

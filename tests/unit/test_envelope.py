@@ -1,8 +1,14 @@
-"""Envelope sealing, parsing and admission (agoramesh.bus.envelope).
+"""Envelope sealing, parsing and admission (agoramesh.bus.envelope), wire version 2.
 
 Malformed and wrong-type envelopes are built by hand (``msgpack.packb`` of a
 map, signed with :meth:`Identity.sign`) so each case carries exactly one
 defect and a valid signature: the rejection seen is the one under test.
+
+The admission tests (from "size" on) run twice, through the ``policy``
+fixture: with the default policy, where an envelope to one agent is MACed
+with the pair key, and with ``sign_all``, where every envelope is signed and a
+MAC is refused: the sign-everything setting passes the same suite. The
+``mac`` envelope itself is tested in test_envelope_mac.py.
 """
 
 from __future__ import annotations
@@ -11,16 +17,21 @@ import os
 import random
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import msgpack
 import nkeys
 import pytest
 
+from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import (
+    AUTH_MAC,
+    AUTH_SIG,
     BROADCAST,
     FIELDS,
     SIGNATURE_SIZE,
+    TAG_SIZE,
     VERSION,
     Envelope,
     Guard,
@@ -43,10 +54,12 @@ from agoramesh.errors import (
     ReplayedEnvelope,
     SchemaError,
     UnsupportedVersion,
+    WrongReply,
     WrongSubject,
 )
 
 SUBJECT = "agora.cap.echo"
+INBOX = "_INBOX.req.7"
 POLICY = EnvelopePolicy()
 _DROP = object()
 
@@ -59,6 +72,30 @@ def alice() -> Identity:
 @pytest.fixture(scope="module")
 def bob() -> Identity:
     return Identity.generate()
+
+
+@pytest.fixture(params=[False, True], ids=["default", "sign_all"])
+def policy(request: pytest.FixtureRequest) -> EnvelopePolicy:
+    """The receiving (and sending) policy: default, or every envelope signed."""
+    return EnvelopePolicy(sign_all=request.param)
+
+
+def sealer(policy: EnvelopePolicy, identity: Identity) -> Callable[..., bytes]:
+    """``seal`` as a Bus under ``policy`` calls it: a directed envelope is MACed
+    with the pair key, unless ``sign_all``."""
+    pair_key = None if policy.sign_all else E2EKeys(identity).pair_key
+
+    def sealed(**fields: Any) -> bytes:
+        return seal(identity, pair_key=pair_key, **fields)
+
+    return sealed
+
+
+def guard_for(policy: EnvelopePolicy, identity: Identity | None = None) -> Guard:
+    """The Guard of ``identity``'s Bus under ``policy`` (an observer's for None)."""
+    if identity is None:
+        return Guard(policy)
+    return Guard(policy, agent_id=identity.agent_id, pair_key=E2EKeys(identity).pair_key)
 
 
 @pytest.fixture
@@ -76,9 +113,11 @@ def envelope_map(identity: Identity, now: int, **overrides: Any) -> dict[str, An
         "from": identity.agent_id,
         "to": BROADCAST,
         "subject": SUBJECT,
+        "reply": "",
         "ts": now,
         "exp": now + 60_000,
         "cid": "conv-1",
+        "auth": AUTH_SIG,
         "body": {"text": "hi"},
     }
     for key, value in overrides.items():
@@ -107,8 +146,11 @@ def flip_bit(data: bytes, index: int, bit: int = 0) -> bytes:
 class Recorded:
     """A Guard plus the reasons its on_reject hook saw."""
 
-    def __init__(self, policy: EnvelopePolicy = POLICY, agent_id: str | None = None) -> None:
-        self.guard = Guard(policy, agent_id=agent_id)
+    def __init__(self, policy: EnvelopePolicy = POLICY, agent_id: str | None = None, *,
+                 identity: Identity | None = None) -> None:
+        """An observer's Guard, or ``agent_id``'s, or (``identity``) one with its pair keys."""
+        self.guard = (guard_for(policy, identity) if identity is not None
+                      else Guard(policy, agent_id=agent_id))
         self.hooked: list[RejectReason] = []
         self.guard.on_reject.append(self.hooked.append)
 
@@ -118,12 +160,13 @@ class Recorded:
         error: type[EnvelopeError],
         *,
         subject: str = SUBJECT,
+        reply: str | None = "",
         now: int,
         previous: int = 0,
     ) -> EnvelopeError:
         """Admit must raise exactly ``error`` and count it once (after ``previous``)."""
         with pytest.raises(EnvelopeError) as info:
-            self.guard.admit(data, subject, now=now)
+            self.guard.admit(data, subject, reply, now=now)
         assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
         assert info.value.reason is error.reason
         assert self.guard.rejections[error.reason] == previous + 1
@@ -156,9 +199,11 @@ BODIES = [
 
 
 @pytest.mark.parametrize("body", BODIES)
-def test_seal_then_admit_round_trips_body(alice: Identity, now: int, body: Any) -> None:
+def test_seal_then_admit_round_trips_body(
+    alice: Identity, now: int, body: Any, policy: EnvelopePolicy
+) -> None:
     wire = seal(alice, type="task.request", subject=SUBJECT, body=body, ts=now, ttl_ms=5_000)
-    guard = Guard(POLICY, agent_id=alice.agent_id)
+    guard = guard_for(policy, alice)
 
     envelope = guard.admit(wire, SUBJECT, now=now)
 
@@ -172,20 +217,47 @@ def test_seal_then_admit_round_trips_body(alice: Identity, now: int, body: Any) 
     assert (envelope.ts, envelope.exp) == (now, now + 5_000)
     assert envelope.to == BROADCAST and envelope.is_broadcast
     assert envelope.cid == envelope.id  # cid defaults to the envelope id
+    assert (envelope.reply, envelope.auth) == ("", AUTH_SIG)  # a broadcast is always signed
     assert envelope.signed + envelope.signature == wire
-    assert len(envelope.signature) == SIGNATURE_SIZE
+    assert envelope.tag == envelope.signature
+    assert len(envelope.signature) == SIGNATURE_SIZE == TAG_SIZE
     assert not guard.rejections
 
 
-def test_seal_honours_explicit_fields(alice: Identity, bob: Identity, now: int) -> None:
-    wire = seal(
-        alice, type="award", subject=SUBJECT, body=1, to=bob.agent_id,
+def test_seal_honours_explicit_fields(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
+) -> None:
+    wire = sealer(policy, alice)(
+        type="award", subject=SUBJECT, body=1, to=bob.agent_id, reply=INBOX,
         cid="conversation_7", ts=now, ttl_ms=1234, id="my-id",
     )
-    envelope = Guard(POLICY, agent_id=bob.agent_id).admit(wire, SUBJECT, now=now)
+    envelope = guard_for(policy, bob).admit(wire, SUBJECT, INBOX, now=now)
     assert (envelope.id, envelope.cid, envelope.to) == ("my-id", "conversation_7", bob.agent_id)
+    assert envelope.reply == INBOX
+    assert envelope.auth == (AUTH_SIG if policy.sign_all else AUTH_MAC)
     assert envelope.exp - envelope.ts == 1234
     assert not envelope.is_broadcast
+
+
+def test_seal_signs_a_broadcast_even_with_pair_keys(alice: Identity, now: int) -> None:
+    # A MAC convinces one recipient; a broadcast has many, so it is always signed.
+    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now,
+                pair_key=E2EKeys(alice).pair_key)
+    assert parse(wire).auth == AUTH_SIG
+    assert Guard(POLICY).admit(wire, SUBJECT, now=now).sender == alice.agent_id
+
+
+def test_seal_writes_the_twelve_fields_in_order(alice: Identity, bob: Identity, now: int) -> None:
+    wire = seal(alice, type="t", subject=SUBJECT, body=None, to=bob.agent_id, reply=INBOX,
+                ts=now, id="i", cid="c", pair_key=E2EKeys(alice).pair_key)
+    assert wire[0] == 0x8C  # fixmap of 12 entries
+    assert len(FIELDS) == 12
+    assert list(msgpack.unpackb(wire[:-TAG_SIZE])) == list(FIELDS)
+    assert msgpack.unpackb(wire[:-TAG_SIZE]) == {
+        "v": 2, "id": "i", "type": "t", "from": alice.agent_id, "to": bob.agent_id,
+        "subject": SUBJECT, "reply": INBOX, "ts": now, "exp": now + 60_000, "cid": "c",
+        "auth": "mac", "body": None,
+    }
 
 
 def test_seal_default_ts_is_now_and_ids_are_fresh(alice: Identity) -> None:
@@ -214,13 +286,13 @@ def test_as_dict_uses_wire_names_and_hex_signature(alice: Identity, now: int) ->
 
     as_dict = envelope.as_dict()
 
-    assert list(as_dict) == [*FIELDS, "sig"]
+    assert list(as_dict) == [*FIELDS, "tag"]
     assert as_dict == {
-        "v": 1, "id": "abc", "type": "t", "from": alice.agent_id, "to": "*",
-        "subject": SUBJECT, "ts": now, "exp": now + 60_000, "cid": "c",
-        "body": {"x": [1]}, "sig": wire[-64:].hex(),
+        "v": 2, "id": "abc", "type": "t", "from": alice.agent_id, "to": "*",
+        "subject": SUBJECT, "reply": "", "ts": now, "exp": now + 60_000, "cid": "c",
+        "auth": "sig", "body": {"x": [1]}, "tag": wire[-64:].hex(),
     }
-    assert bytes.fromhex(as_dict["sig"]) == envelope.signature
+    assert bytes.fromhex(as_dict["tag"]) == envelope.signature == envelope.tag
 
 
 def test_parse_accepts_bytearray_and_memoryview(alice: Identity, now: int) -> None:
@@ -239,13 +311,13 @@ def _malformed_cases(alice: Identity, now: int) -> dict[str, bytes]:
     rng = random.Random(1234)
     garbage = bytes([0x00]) + rng.randbytes(199)
     json_bytes = (
-        b'{"v": 1, "id": "x", "type": "t", "from": "U", "to": "*", "subject": "a.b",'
-        b' "ts": 1, "exp": 2, "cid": "x", "body": null}'
+        b'{"v": 2, "id": "x", "type": "t", "from": "U", "to": "*", "subject": "a.b",'
+        b' "reply": "", "ts": 1, "exp": 2, "cid": "x", "auth": "sig", "body": null}'
     )
     as_array = list(envelope_map(alice, now).values())
     return {
         "random-bytes": garbage,
-        "random-bytes-map-start": bytes([0x8A]) + rng.randbytes(199),
+        "random-bytes-map-start": bytes([0x8C]) + rng.randbytes(199),
         "json": json_bytes,
         "truncated-by-one": valid[:-1],
         "truncated-half": valid[: len(valid) // 2],
@@ -344,31 +416,32 @@ def test_non_canonical_timestamp_in_body_is_malformed(
     Recorded().rejects(_with_body_bytes(alice, now, body), MalformedEnvelope, now=now)
 
 
-def test_duplicate_key_in_eleven_entry_map_is_malformed(
+def test_duplicate_key_in_thirteen_entry_map_is_malformed(
     alice: Identity, bob: Identity, now: int
 ) -> None:
-    # 11 entries, 'to' twice: a last-wins decoder and a first-wins one would disagree.
+    # 13 entries, 'to' twice: a last-wins decoder and a first-wins one would disagree.
     fields = envelope_map(alice, now)
-    signed = bytes([0x80 | 11]) + b"".join(
+    signed = bytes([0x80 | 13]) + b"".join(
         msgpack.packb(key) + msgpack.packb(value, use_bin_type=True)
         for key, value in [("to", bob.agent_id), *fields.items()]
     )
     Recorded().rejects(sign_raw(alice, signed), MalformedEnvelope, now=now)
 
 
-def test_duplicate_key_in_ten_entry_map_is_malformed(alice: Identity, now: int) -> None:
+def test_duplicate_key_in_twelve_entry_map_is_malformed(alice: Identity, now: int) -> None:
+    # The right header (0x8c) and count, but 'id' twice and no 'cid': 11 distinct keys.
     fields = envelope_map(alice, now)
     pairs = [(k, v) for k, v in fields.items() if k != "cid"] + [("id", "other")]
-    signed = bytes([0x8A]) + b"".join(
+    signed = bytes([0x8C]) + b"".join(
         msgpack.packb(key) + msgpack.packb(value, use_bin_type=True) for key, value in pairs
     )
     Recorded().rejects(sign_raw(alice, signed), MalformedEnvelope, now=now)
 
 
-@pytest.mark.parametrize("header", [b"\xde\x00\x0a", b"\xdf\x00\x00\x00\x0a"])
+@pytest.mark.parametrize("header", [b"\xde\x00\x0c", b"\xdf\x00\x00\x00\x0c"])
 def test_non_fixmap_header_is_malformed(alice: Identity, now: int, header: bytes) -> None:
     signed = msgpack.packb(envelope_map(alice, now))
-    assert signed[0] == 0x8A
+    assert signed[0] == 0x8C
     data = sign_raw(alice, header + signed[1:])
     assert msgpack.unpackb(data[:-SIGNATURE_SIZE]) == envelope_map(alice, now)
     Recorded().rejects(data, MalformedEnvelope, now=now)
@@ -405,9 +478,11 @@ WRONG_TYPES = [
     ("from", b"U" * 56), ("from", 1), ("from", None),
     ("to", None), ("to", b"*"), ("to", 0),
     ("subject", b"agora.cap.echo"), ("subject", ["agora"]), ("subject", None),
+    ("reply", None), ("reply", b""), ("reply", b"_INBOX.x"), ("reply", 0), ("reply", False),
     ("ts", True), ("ts", 1.5), ("ts", "1"), ("ts", None),
     ("exp", True), ("exp", 2.0e12), ("exp", "2"), ("exp", None),
     ("cid", 1), ("cid", b"c"), ("cid", {}),
+    ("auth", None), ("auth", b"sig"), ("auth", 1), ("auth", ["sig"]), ("auth", True),
 ]
 
 
@@ -492,6 +567,38 @@ def test_bad_subject_is_schema_error(alice: Identity, now: int, bad: str) -> Non
 
 
 @pytest.mark.parametrize(
+    "bad", ["a..b", ".a", "a.", "a b", "_INBOX.*", "_INBOX.>", " ", "a" * 513, "_INBOX.é",
+            "tab\tsubject"],
+)
+def test_bad_reply_is_schema_error(alice: Identity, now: int, bad: str) -> None:
+    # The reply subject follows the subject rule; "" (no reply) is the one exception.
+    data = sign_map(alice, envelope_map(alice, now, reply=bad))
+    error = Recorded().rejects(data, SchemaError, reply=bad, now=now)
+    assert "'reply'" in str(error)
+
+
+@pytest.mark.parametrize("good", ["", "_INBOX.abc.1", "a", "x" * 512, "agora.reply.U1.2"])
+def test_reply_limits_accepted(alice: Identity, now: int, good: str) -> None:
+    data = sign_map(alice, envelope_map(alice, now, reply=good))
+    assert Guard(POLICY).admit(data, SUBJECT, good, now=now).reply == good
+
+
+@pytest.mark.parametrize("bad", ["", "SIG", "Mac", "sig ", "ed25519", "hmac", "none", "é"])
+def test_bad_auth_is_schema_error(alice: Identity, now: int, bad: str) -> None:
+    data = sign_map(alice, envelope_map(alice, now, auth=bad))
+    error = Recorded().rejects(data, SchemaError, now=now)
+    assert "'auth'" in str(error)
+
+
+def test_mac_on_a_broadcast_is_schema_error(alice: Identity, now: int) -> None:
+    # Whatever the tag: a MAC convinces one recipient, and '*' is not one.
+    data = sign_map(alice, envelope_map(alice, now, auth=AUTH_MAC, to=BROADCAST))
+    with pytest.raises(SchemaError, match="broadcast"):
+        parse(data)
+    Recorded().rejects(data, SchemaError, now=now)
+
+
+@pytest.mark.parametrize(
     ("ts_offset", "exp_offset"), [(0, 0), (10, 0), (0, -1)], ids=["equal", "after", "before"]
 )
 def test_ts_not_before_exp_is_schema_error(
@@ -510,16 +617,7 @@ def test_ts_exp_range_is_schema_error(alice: Identity, now: int, ts: int, exp: i
     Recorded().rejects(data, SchemaError, now=now)
 
 
-def test_lifetime_over_max_ttl_is_schema_error(alice: Identity, now: int) -> None:
-    policy = EnvelopePolicy(max_ttl_ms=10_000, default_ttl_ms=1_000)
-    too_long = seal(alice, type="t", subject=SUBJECT, body=1, ts=now, ttl_ms=10_001)
-    error = Recorded(policy).rejects(too_long, SchemaError, now=now)
-    assert "10001 ms exceeds the 10000 ms limit" in str(error)
-    limit = seal(alice, type="t", subject=SUBJECT, body=1, ts=now, ttl_ms=10_000)
-    assert Guard(policy).admit(limit, SUBJECT, now=now).exp == now + 10_000
-
-
-@pytest.mark.parametrize("version", [0, 2, 255, -1, 2**40])
+@pytest.mark.parametrize("version", [0, 1, 3, 255, -1, 2**40])
 def test_unsupported_version(alice: Identity, now: int, version: int) -> None:
     data = sign_map(alice, envelope_map(alice, now, v=version))
     with pytest.raises(UnsupportedVersion, match=f"version {version} "):
@@ -529,149 +627,244 @@ def test_unsupported_version(alice: Identity, now: int, version: int) -> None:
 
 def test_unsupported_version_wins_over_a_different_field_set(alice: Identity, now: int) -> None:
     # A future version may change the fields; the receiver should say "version", not "schema".
-    fields = {**envelope_map(alice, now, v=2, cid=_DROP), "new_field": [1]}
+    fields = {**envelope_map(alice, now, v=3, cid=_DROP), "new_field": [1]}
     Recorded().rejects(sign_map(alice, fields), UnsupportedVersion, now=now)
+
+
+def test_a_version_1_envelope_is_unsupported(alice: Identity, now: int) -> None:
+    # Exactly what a version 1 sender sent: 10 keys (no reply, no auth), header 0x8a, signed.
+    fields = envelope_map(alice, now, v=1, reply=_DROP, auth=_DROP)
+    data = sign_map(alice, fields)
+    assert data[0] == 0x8A and list(fields) == [f for f in FIELDS if f not in ("reply", "auth")]
+    with pytest.raises(UnsupportedVersion, match="version 1 is not supported"):
+        parse(data)
+    Recorded().rejects(data, UnsupportedVersion, now=now)
+
+
+def test_version_2_fields_under_an_older_count_are_schema_errors(
+    alice: Identity, now: int
+) -> None:
+    # v = 2 but a field short (a v1 layout relabelled): the key set decides, not the header.
+    for dropped in ("reply", "auth"):
+        data = sign_map(alice, envelope_map(alice, now, **{dropped: _DROP}))
+        error = Recorded().rejects(data, SchemaError, now=now)
+        assert f"missing ['{dropped}']" in str(error)
+
+
+# --- admission under both policies --------------------------------------------
+#
+# From here on every test takes ``policy`` (default and sign_all), and those
+# taking ``to`` run for a broadcast and for an envelope addressed to Bob: that
+# one is MACed under the default policy and signed under sign_all, as a Bus
+# sends it, and Bob's Guard (with his pair keys) receives both.
+
+@pytest.fixture(params=["broadcast", "directed"])
+def to(request: pytest.FixtureRequest, bob: Identity) -> str:
+    return BROADCAST if request.param == "broadcast" else bob.agent_id
+
+
+def expected_auth(policy: EnvelopePolicy, to: str) -> str:
+    return AUTH_SIG if policy.sign_all or to == BROADCAST else AUTH_MAC
+
+
+def test_the_policy_decides_how_a_directed_envelope_is_authenticated(
+    alice: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now)
+    assert parse(wire).auth == expected_auth(policy, to)
 
 
 # --- size -------------------------------------------------------------------
 
-def test_oversize_is_checked_before_parsing(alice: Identity, now: int) -> None:
-    policy = EnvelopePolicy(max_bytes=256)
-    big_valid = seal(alice, type="t", subject=SUBJECT, body="x" * 300, ts=now)
-    Recorded(policy).rejects(big_valid, OversizeEnvelope, now=now)
+def test_oversize_is_checked_before_parsing(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    small = replace(policy, max_bytes=256)
+    big_valid = sealer(policy, alice)(type="t", subject=SUBJECT, body="x" * 300, to=to, ts=now)
+    Recorded(small, identity=bob).rejects(big_valid, OversizeEnvelope, now=now)
     # Not msgpack at all, but the size check comes first.
-    error = Recorded(policy).rejects(b"\x00" * 257, OversizeEnvelope, now=now)
+    error = Recorded(small, identity=bob).rejects(b"\x00" * 257, OversizeEnvelope, now=now)
     assert "257 bytes exceeds the 256-byte limit" in str(error)
     with pytest.raises(OversizeEnvelope):
         parse(b"\xff" * 1000, max_bytes=999)
 
 
-def test_envelope_of_exactly_max_bytes_is_accepted(alice: Identity, now: int) -> None:
-    policy = EnvelopePolicy(max_bytes=300)
-    base = len(seal(alice, type="t", subject=SUBJECT, body="x" * 40, ts=now, id="i"))
-    wire = seal(alice, type="t", subject=SUBJECT, body="x" * (40 + 300 - base), ts=now, id="i")
-    assert len(wire) == 300
-    assert Guard(policy).admit(wire, SUBJECT, now=now).wire == wire
-    longer = seal(alice, type="t", subject=SUBJECT, body="x" * (41 + 300 - base), ts=now, id="j")
-    assert len(longer) == 301
-    Recorded(policy).rejects(longer, OversizeEnvelope, now=now)
+def test_envelope_of_exactly_max_bytes_is_accepted(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    limited = replace(policy, max_bytes=400)
+    send = sealer(policy, alice)
+    base = len(send(type="t", subject=SUBJECT, body="x" * 40, to=to, ts=now, id="i"))
+    wire = send(type="t", subject=SUBJECT, body="x" * (40 + 400 - base), to=to, ts=now, id="i")
+    assert len(wire) == 400
+    assert guard_for(limited, bob).admit(wire, SUBJECT, now=now).wire == wire
+    longer = send(type="t", subject=SUBJECT, body="x" * (41 + 400 - base), to=to, ts=now,
+                  id="j")
+    assert len(longer) == 401
+    Recorded(limited, identity=bob).rejects(longer, OversizeEnvelope, now=now)
 
 
-# --- signature --------------------------------------------------------------
+# --- signature (the tag) ------------------------------------------------------
 
-def test_flipped_signature_bit_is_bad_signature(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body="hello", ts=now)
+def test_flipped_signature_bit_is_bad_signature(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body="hello", to=to, ts=now)
     for index in (-1, -SIGNATURE_SIZE, -32):
-        error = Recorded().rejects(flip_bit(wire, index, 3), BadSignature, now=now)
+        error = Recorded(policy, identity=bob).rejects(flip_bit(wire, index, 3), BadSignature,
+                                                       now=now)
         assert alice.agent_id in str(error)
 
 
-def test_zero_signature_is_bad_signature(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body="hello", ts=now)
-    Recorded().rejects(wire[:-SIGNATURE_SIZE] + bytes(SIGNATURE_SIZE), BadSignature, now=now)
+def test_zero_signature_is_bad_signature(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body="hello", to=to, ts=now)
+    Recorded(policy, identity=bob).rejects(
+        wire[:-SIGNATURE_SIZE] + bytes(SIGNATURE_SIZE), BadSignature, now=now)
 
 
-def test_tampered_body_with_old_signature_is_bad_signature(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body="hello world", ts=now)
+def test_tampered_body_with_old_signature_is_bad_signature(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body="hello world", to=to, ts=now)
     assert wire.count(b"hello world") == 1
     tampered = wire.replace(b"hello world", b"jello world")
     assert parse(tampered).body == "jello world"  # still well-formed: only the signature is off
-    Recorded().rejects(tampered, BadSignature, now=now)
+    Recorded(policy, identity=bob).rejects(tampered, BadSignature, now=now)
 
 
-def test_tampered_header_field_is_bad_signature(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="task.request", subject=SUBJECT, body=1, ts=now)
+def test_tampered_header_field_is_bad_signature(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="task.request", subject=SUBJECT, body=1, to=to, ts=now)
     tampered = wire.replace(b"task.request", b"task.rejects")
     assert parse(tampered).type == "task.rejects"
-    Recorded().rejects(tampered, BadSignature, now=now)
+    Recorded(policy, identity=bob).rejects(tampered, BadSignature, now=now)
 
 
 def test_envelope_claiming_another_sender_is_bad_signature(
-    alice: Identity, bob: Identity, now: int
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
 ) -> None:
     # Alice signs a well-formed envelope whose 'from' says Bob.
     forged = sign_map(alice, envelope_map(alice, now, from_=bob.agent_id))
     assert parse(forged).sender == bob.agent_id
-    error = Recorded().rejects(forged, BadSignature, now=now)
+    error = Recorded(policy).rejects(forged, BadSignature, now=now)
     assert bob.agent_id in str(error)
 
 
-def test_signature_from_another_envelope_is_bad_signature(alice: Identity, now: int) -> None:
-    first = seal(alice, type="t", subject=SUBJECT, body=1, ts=now)
-    second = seal(alice, type="t", subject=SUBJECT, body=2, ts=now)
+def test_signature_from_another_envelope_is_bad_signature(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    send = sealer(policy, alice)
+    first = send(type="t", subject=SUBJECT, body=1, to=to, ts=now)
+    second = send(type="t", subject=SUBJECT, body=2, to=to, ts=now)
     spliced = second[:-SIGNATURE_SIZE] + first[-SIGNATURE_SIZE:]
-    Recorded().rejects(spliced, BadSignature, now=now)
+    Recorded(policy, identity=bob).rejects(spliced, BadSignature, now=now)
 
 
 # --- freshness --------------------------------------------------------------
 
-def test_expired(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now - 2_000, ttl_ms=1_000)
-    error = Recorded().rejects(wire, ExpiredEnvelope, now=now)
+def test_expired(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now - 2_000,
+                                 ttl_ms=1_000)
+    error = Recorded(policy, identity=bob).rejects(wire, ExpiredEnvelope, now=now)
     assert "expired 1000 ms ago" in str(error)
 
 
-def test_expiry_boundary(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now - 1_000, ttl_ms=1_000)
-    Recorded().rejects(wire, ExpiredEnvelope, now=now)  # exp == now is expired
-    assert Guard(POLICY).admit(wire, SUBJECT, now=now - 1).exp == now
+def test_expiry_boundary(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now - 1_000,
+                                 ttl_ms=1_000)
+    Recorded(policy, identity=bob).rejects(wire, ExpiredEnvelope, now=now)  # exp == now
+    assert guard_for(policy, bob).admit(wire, SUBJECT, now=now - 1).exp == now
 
 
-def test_future(alice: Identity, now: int) -> None:
-    policy = EnvelopePolicy(max_clock_skew_ms=5_000)
-    ahead = seal(alice, type="t", subject=SUBJECT, body=1, ts=now + 5_001)
-    error = Recorded(policy).rejects(ahead, FutureEnvelope, now=now)
+def test_future(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    skewed = replace(policy, max_clock_skew_ms=5_000)
+    send = sealer(policy, alice)
+    ahead = send(type="t", subject=SUBJECT, body=1, to=to, ts=now + 5_001)
+    error = Recorded(skewed, identity=bob).rejects(ahead, FutureEnvelope, now=now)
     assert "5001 ms ahead" in str(error)
-    at_limit = seal(alice, type="t", subject=SUBJECT, body=1, ts=now + 5_000)
-    assert Guard(policy).admit(at_limit, SUBJECT, now=now).ts == now + 5_000
+    at_limit = send(type="t", subject=SUBJECT, body=1, to=to, ts=now + 5_000)
+    assert guard_for(skewed, bob).admit(at_limit, SUBJECT, now=now).ts == now + 5_000
 
 
-def test_zero_skew_rejects_any_future_timestamp(alice: Identity, now: int) -> None:
-    policy = EnvelopePolicy(max_clock_skew_ms=0)
-    Recorded(policy).rejects(
-        seal(alice, type="t", subject=SUBJECT, body=1, ts=now + 1), FutureEnvelope, now=now
+def test_zero_skew_rejects_any_future_timestamp(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    strict = replace(policy, max_clock_skew_ms=0)
+    Recorded(strict, identity=bob).rejects(
+        sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now + 1),
+        FutureEnvelope, now=now,
     )
+
+
+def test_lifetime_over_max_ttl_is_schema_error(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    short = replace(policy, max_ttl_ms=10_000, default_ttl_ms=1_000)
+    send = sealer(policy, alice)
+    too_long = send(type="t", subject=SUBJECT, body=1, to=to, ts=now, ttl_ms=10_001)
+    error = Recorded(short, identity=bob).rejects(too_long, SchemaError, now=now)
+    assert "10001 ms exceeds the 10000 ms limit" in str(error)
+    limit = send(type="t", subject=SUBJECT, body=1, to=to, ts=now, ttl_ms=10_000)
+    assert guard_for(short, bob).admit(limit, SUBJECT, now=now).exp == now + 10_000
 
 
 # --- replay -----------------------------------------------------------------
 
-def test_same_bytes_twice_is_replayed(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now)
-    recorded = Recorded()
+def test_same_bytes_twice_is_replayed(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now)
+    recorded = Recorded(policy, identity=bob)
     assert recorded.guard.admit(wire, SUBJECT, now=now).body == 1
     error = recorded.rejects(wire, ReplayedEnvelope, now=now)
     assert "already received" in str(error)
 
 
-def test_same_id_different_bytes_is_replayed(alice: Identity, now: int) -> None:
-    recorded = Recorded()
-    recorded.guard.admit(seal(alice, type="t", subject=SUBJECT, body=1, ts=now, id="x"),
+def test_same_id_different_bytes_is_replayed(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    send = sealer(policy, alice)
+    recorded = Recorded(policy, identity=bob)
+    recorded.guard.admit(send(type="t", subject=SUBJECT, body=1, to=to, ts=now, id="x"),
                          SUBJECT, now=now)
-    again = seal(alice, type="t", subject=SUBJECT, body=2, ts=now, id="x")
+    again = send(type="t", subject=SUBJECT, body=2, to=to, ts=now, id="x")
     recorded.rejects(again, ReplayedEnvelope, now=now)
 
 
 def test_same_id_from_other_sender_is_not_a_replay(
-    alice: Identity, bob: Identity, now: int
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
 ) -> None:
-    guard = Guard(POLICY)
-    guard.admit(seal(alice, type="t", subject=SUBJECT, body=1, ts=now, id="x"), SUBJECT, now=now)
+    guard = guard_for(policy, bob)
+    guard.admit(sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now, id="x"),
+                SUBJECT, now=now)
     envelope = guard.admit(
-        seal(bob, type="t", subject=SUBJECT, body=1, ts=now, id="x"), SUBJECT, now=now
+        sealer(policy, bob)(type="t", subject=SUBJECT, body=1, to=to, ts=now, id="x"),
+        SUBJECT, now=now,
     )
     assert envelope.sender == bob.agent_id
 
 
-def test_replay_is_per_guard(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now)
-    assert Guard(POLICY).admit(wire, SUBJECT, now=now).wire == wire
-    assert Guard(POLICY).admit(wire, SUBJECT, now=now).wire == wire
+def test_replay_is_per_guard(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now)
+    assert guard_for(policy, bob).admit(wire, SUBJECT, now=now).wire == wire
+    assert guard_for(policy, bob).admit(wire, SUBJECT, now=now).wire == wire
 
 
 def test_forged_envelope_does_not_poison_replay_cache(
-    alice: Identity, bob: Identity, now: int
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
 ) -> None:
-    recorded = Recorded()
+    recorded = Recorded(policy)
     # Bob signs an envelope claiming to be Alice's message "x".
     forged = sign_map(bob, envelope_map(alice, now, id="x", body="evil"))
     recorded.rejects(forged, BadSignature, now=now)
@@ -685,95 +878,159 @@ def test_forged_envelope_does_not_poison_replay_cache(
 
 
 def test_rejected_for_other_reasons_does_not_poison_replay_cache(
-    alice: Identity, now: int
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
 ) -> None:
-    guard = Guard(POLICY)
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now)
+    guard = guard_for(policy, bob)
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now)
     with pytest.raises(WrongSubject):
         guard.admit(wire, "agora.cap.other", now=now)
+    with pytest.raises(WrongReply):
+        guard.admit(wire, SUBJECT, INBOX, now=now)
     assert guard.admit(wire, SUBJECT, now=now).wire == wire
 
 
-# --- subject and addressing -------------------------------------------------
+# --- subject, reply subject and addressing ------------------------------------
 
-def test_wrong_subject(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now)
-    error = Recorded().rejects(wire, WrongSubject, subject="agora.cap.other", now=now)
+def test_wrong_subject(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now)
+    error = Recorded(policy, identity=bob).rejects(wire, WrongSubject, subject="agora.cap.other",
+                                                   now=now)
     assert "agora.cap.echo" in str(error) and "agora.cap.other" in str(error)
 
 
-def test_wrong_subject_is_exact_not_prefix(alice: Identity, now: int) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now)
-    Recorded().rejects(wire, WrongSubject, subject=SUBJECT + ".x", now=now)
-    Recorded().rejects(wire, WrongSubject, subject="agora.cap.ech", now=now)
+def test_wrong_subject_is_exact_not_prefix(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now)
+    Recorded(policy, identity=bob).rejects(wire, WrongSubject, subject=SUBJECT + ".x", now=now)
+    Recorded(policy, identity=bob).rejects(wire, WrongSubject, subject="agora.cap.ech", now=now)
 
 
-def test_misaddressed(alice: Identity, bob: Identity, now: int) -> None:
+@pytest.mark.parametrize(
+    ("made_for", "arrived_with"),
+    [(INBOX, ""), ("", INBOX), (INBOX, INBOX + ".1"), (INBOX, "_INBOX.req"),
+     (INBOX, INBOX.upper()), (INBOX + ".1", INBOX)],
+    ids=["dropped", "added", "longer", "prefix", "case", "shorter"],
+)
+def test_wrong_reply(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str,
+    made_for: str, arrived_with: str,
+) -> None:
+    # A copy published with another reply subject (the answer would go elsewhere).
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, reply=made_for,
+                                 ts=now)
+    recorded = Recorded(policy, identity=bob)
+    error = recorded.rejects(wire, WrongReply, reply=arrived_with, now=now)
+    assert (made_for or "no reply") in str(error) and arrived_with in str(error)
+    # Rejected before the replay cache: the original still passes.
+    assert recorded.guard.admit(wire, SUBJECT, made_for, now=now).reply == made_for
+
+
+def test_wrong_subject_is_checked_before_wrong_reply(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, reply=INBOX, ts=now)
+    Recorded(policy, identity=bob).rejects(wire, WrongSubject, subject="agora.x", reply="",
+                                           now=now)
+
+
+def test_reply_none_is_not_checked(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    # A message read back from a store arrives with the store's own reply subject.
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, reply=INBOX, ts=now)
+    assert guard_for(policy, bob).admit(wire, SUBJECT, None, now=now).reply == INBOX
+
+
+def test_misaddressed(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
+) -> None:
     carol = Identity.generate()
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, to=carol.agent_id, ts=now)
-    error = Recorded(agent_id=bob.agent_id).rejects(wire, Misaddressed, now=now)
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=carol.agent_id, ts=now)
+    error = Recorded(policy, identity=bob).rejects(wire, Misaddressed, now=now)
     assert carol.agent_id in str(error)
+    # An agent id alone (no pair keys) is enough to refuse it the same way.
+    Recorded(policy, agent_id=bob.agent_id).rejects(wire, Misaddressed, now=now)
 
 
-def test_broadcast_and_own_id_are_accepted(alice: Identity, bob: Identity, now: int) -> None:
-    guard = Guard(POLICY, agent_id=bob.agent_id)
-    broadcast = seal(alice, type="t", subject=SUBJECT, body=1, ts=now)
-    direct = seal(alice, type="t", subject=SUBJECT, body=2, to=bob.agent_id, ts=now)
+def test_misaddressed_is_checked_before_freshness(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
+) -> None:
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=alice.agent_id,
+                                 ts=now - 10_000, ttl_ms=1_000)
+    Recorded(policy, identity=bob).rejects(wire, Misaddressed, now=now)
+
+
+def test_broadcast_and_own_id_are_accepted(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
+) -> None:
+    guard = guard_for(policy, bob)
+    send = sealer(policy, alice)
+    broadcast = send(type="t", subject=SUBJECT, body=1, ts=now)
+    direct = send(type="t", subject=SUBJECT, body=2, to=bob.agent_id, ts=now)
     assert guard.admit(broadcast, SUBJECT, now=now).is_broadcast
     assert guard.admit(direct, SUBJECT, now=now).to == bob.agent_id
     assert not guard.rejections
 
 
 def test_guard_without_agent_id_accepts_any_addressee(
-    alice: Identity, bob: Identity, now: int
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
 ) -> None:
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, to=bob.agent_id, ts=now)
-    assert Guard(POLICY).admit(wire, SUBJECT, now=now).to == bob.agent_id
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=bob.agent_id, ts=now)
+    assert guard_for(policy).admit(wire, SUBJECT, now=now).to == bob.agent_id
 
 
 # --- counting ---------------------------------------------------------------
 
-def test_rejections_accumulate_by_reason_and_every_hook_runs(alice: Identity, now: int) -> None:
-    guard = Guard(POLICY)
+def test_rejections_accumulate_by_reason_and_every_hook_runs(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    guard = guard_for(policy, bob)
     first: list[RejectReason] = []
     second: list[RejectReason] = []
     guard.on_reject.extend([first.append, second.append])
-    wire = seal(alice, type="t", subject=SUBJECT, body=1, ts=now)
-    attempts: list[tuple[bytes, str]] = [
-        (b"junk", SUBJECT), (b"more junk", SUBJECT), (wire, "agora.cap.x"),
-        (wire, SUBJECT), (wire, SUBJECT),
+    wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=1, to=to, ts=now)
+    attempts: list[tuple[bytes, str, str]] = [
+        (b"junk", SUBJECT, ""), (b"more junk", SUBJECT, ""), (wire, "agora.cap.x", ""),
+        (wire, SUBJECT, INBOX), (wire, SUBJECT, ""), (wire, SUBJECT, ""),
     ]
-    for data, subject in attempts[:3]:
+    for data, subject, reply in attempts[:4]:
         with pytest.raises(EnvelopeError):
-            guard.admit(data, subject, now=now)
-    guard.admit(*attempts[3], now=now)
+            guard.admit(data, subject, reply, now=now)
+    guard.admit(*attempts[4], now=now)
     with pytest.raises(ReplayedEnvelope):
-        guard.admit(*attempts[4], now=now)
-    expected = [RejectReason.MALFORMED] * 2 + [RejectReason.WRONG_SUBJECT, RejectReason.REPLAYED]
+        guard.admit(*attempts[5], now=now)
+    expected = [RejectReason.MALFORMED] * 2 + [
+        RejectReason.WRONG_SUBJECT, RejectReason.WRONG_REPLY, RejectReason.REPLAYED]
     assert first == second == expected
     assert guard.rejections == {
-        RejectReason.MALFORMED: 2, RejectReason.WRONG_SUBJECT: 1, RejectReason.REPLAYED: 1,
+        RejectReason.MALFORMED: 2, RejectReason.WRONG_SUBJECT: 1, RejectReason.WRONG_REPLY: 1,
+        RejectReason.REPLAYED: 1,
     }
 
 
-def test_reject_counts_and_returns_the_error() -> None:
-    guard = Guard(POLICY)
+def test_reject_counts_and_returns_the_error(policy: EnvelopePolicy) -> None:
+    guard = Guard(policy)
     error = ExpiredEnvelope("late")
     assert guard.reject(error) is error
     assert guard.rejections == {RejectReason.EXPIRED: 1}
 
 
-def test_admit_raises_without_exception_chain(now: int) -> None:
+def test_admit_raises_without_exception_chain(now: int, policy: EnvelopePolicy) -> None:
     with pytest.raises(MalformedEnvelope) as info:
-        Guard(POLICY).admit(b"\x00" * 100, SUBJECT, now=now)
+        Guard(policy).admit(b"\x00" * 100, SUBJECT, now=now)
     assert info.value.__suppress_context__
 
 
 # --- deferred verification --------------------------------------------------
 
-def test_deferred_admit_then_confirm(alice: Identity, now: int) -> None:
-    guard = Guard(POLICY)
-    wire = seal(alice, type="bid", subject=SUBJECT, body={"price": 3}, ts=now)
+def test_deferred_admit_then_confirm(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    guard = guard_for(policy, bob)
+    wire = sealer(policy, alice)(type="bid", subject=SUBJECT, body={"price": 3}, to=to, ts=now)
 
     envelope = guard.admit(wire, SUBJECT, verify=False, now=now)
     assert guard.confirm(envelope, now=now) is envelope
@@ -785,9 +1042,11 @@ def test_deferred_admit_then_confirm(alice: Identity, now: int) -> None:
     assert guard.rejections == {RejectReason.REPLAYED: 2}
 
 
-def test_deferred_admit_does_not_remember_until_confirmed(alice: Identity, now: int) -> None:
-    guard = Guard(POLICY)
-    wire = seal(alice, type="bid", subject=SUBJECT, body=1, ts=now)
+def test_deferred_admit_does_not_remember_until_confirmed(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    guard = guard_for(policy, bob)
+    wire = sealer(policy, alice)(type="bid", subject=SUBJECT, body=1, to=to, ts=now)
     first = guard.admit(wire, SUBJECT, verify=False, now=now)
     second = guard.admit(wire, SUBJECT, verify=False, now=now)
     assert first.wire == second.wire
@@ -796,8 +1055,10 @@ def test_deferred_admit_does_not_remember_until_confirmed(alice: Identity, now: 
         guard.confirm(first, now=now)
 
 
-def test_confirm_rejects_a_forged_envelope(alice: Identity, bob: Identity, now: int) -> None:
-    recorded = Recorded()
+def test_confirm_rejects_a_forged_envelope(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
+) -> None:
+    recorded = Recorded(policy)
     forged = sign_map(bob, envelope_map(alice, now, body="evil"))
     envelope = recorded.guard.admit(forged, SUBJECT, verify=False, now=now)  # not checked yet
     assert not recorded.guard.rejections
@@ -811,9 +1072,12 @@ def test_confirm_rejects_a_forged_envelope(alice: Identity, bob: Identity, now: 
     assert recorded.guard.admit(genuine, SUBJECT, now=now).body == "good"
 
 
-def test_confirm_rejects_an_envelope_that_expired_meanwhile(alice: Identity, now: int) -> None:
-    guard = Guard(POLICY)
-    wire = seal(alice, type="bid", subject=SUBJECT, body=1, ts=now, ttl_ms=1_000)
+def test_confirm_rejects_an_envelope_that_expired_meanwhile(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    guard = guard_for(policy, bob)
+    wire = sealer(policy, alice)(type="bid", subject=SUBJECT, body=1, to=to, ts=now,
+                                 ttl_ms=1_000)
     envelope = guard.admit(wire, SUBJECT, verify=False, now=now)
     with pytest.raises(ExpiredEnvelope):
         guard.confirm(envelope, now=now + 1_000)
@@ -821,49 +1085,56 @@ def test_confirm_rejects_an_envelope_that_expired_meanwhile(alice: Identity, now
 
 
 def test_deferred_admit_still_checks_everything_but_the_signature(
-    alice: Identity, bob: Identity, now: int
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
 ) -> None:
-    guard = Guard(POLICY, agent_id=alice.agent_id)
-    wire = seal(alice, type="bid", subject=SUBJECT, body=1, to=bob.agent_id, ts=now)
+    guard = guard_for(policy, alice)
+    wire = sealer(policy, alice)(type="bid", subject=SUBJECT, body=1, to=bob.agent_id,
+                                 reply=INBOX, ts=now)
     with pytest.raises(Misaddressed):
-        guard.admit(wire, SUBJECT, verify=False, now=now)
+        guard.admit(wire, SUBJECT, INBOX, verify=False, now=now)
     with pytest.raises(WrongSubject):
-        guard.admit(wire, "agora.x", verify=False, now=now)
+        guard.admit(wire, "agora.x", INBOX, verify=False, now=now)
+    with pytest.raises(WrongReply):
+        guard.admit(wire, SUBJECT, "", verify=False, now=now)
     with pytest.raises(MalformedEnvelope):
         guard.admit(b"\x00" * 80, SUBJECT, verify=False, now=now)
 
 
 # --- process-wide verification cache ----------------------------------------
 
-def test_verification_cache_does_not_cover_tampered_bytes(alice: Identity, now: int) -> None:
+def test_verification_cache_does_not_cover_tampered_bytes(
+    alice: Identity, now: int, policy: EnvelopePolicy
+) -> None:
     wire = seal(alice, type="t", subject=SUBJECT, body="pay 10", ts=now)
-    first = Guard(POLICY)
+    first = Guard(policy)
     assert first.admit(wire, SUBJECT, now=now).body == "pay 10"  # signature now cached
 
     tampered = wire.replace(b"pay 10", b"pay 99")
-    second = Recorded()
+    second = Recorded(policy)
     second.rejects(tampered, BadSignature, now=now)
     # The genuine bytes still pass for the second guard (cache hit or not).
     assert second.guard.admit(wire, SUBJECT, now=now).body == "pay 10"
 
 
 def test_verification_cache_does_not_cover_another_sender(
-    alice: Identity, bob: Identity, now: int
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy
 ) -> None:
     genuine = sign_map(alice, envelope_map(alice, now, id="y"))
-    assert Guard(POLICY).admit(genuine, SUBJECT, now=now).sender == alice.agent_id
+    assert Guard(policy).admit(genuine, SUBJECT, now=now).sender == alice.agent_id
     # Same signature appended to a map claiming Bob: different signed bytes.
     claimed = msgpack.packb(envelope_map(alice, now, id="y", from_=bob.agent_id))
-    Recorded().rejects(claimed + genuine[-SIGNATURE_SIZE:], BadSignature, now=now)
+    Recorded(policy).rejects(claimed + genuine[-SIGNATURE_SIZE:], BadSignature, now=now)
 
 
 # --- replay cache bounds and expiry ------------------------------------------
 
-def test_replay_cache_is_bounded(alice: Identity, now: int) -> None:
-    policy = EnvelopePolicy(replay_cache_size=3)
-    guard = Guard(policy)
+def test_replay_cache_is_bounded(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    guard = guard_for(replace(policy, replay_cache_size=3), bob)
+    send = sealer(policy, alice)
     wires = [
-        seal(alice, type="t", subject=SUBJECT, body=n, ts=now, ttl_ms=10_000 + n)
+        send(type="t", subject=SUBJECT, body=n, to=to, ts=now, ttl_ms=10_000 + n)
         for n in range(10)
     ]
     for wire in wires:
@@ -878,20 +1149,25 @@ def test_replay_cache_is_bounded(alice: Identity, now: int) -> None:
         guard.admit(wires[-1], SUBJECT, now=now)
 
 
-def test_replay_cache_size_one(alice: Identity, now: int) -> None:
-    guard = Guard(EnvelopePolicy(replay_cache_size=1))
+def test_replay_cache_size_one(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
+    guard = guard_for(replace(policy, replay_cache_size=1), bob)
     for n in range(3):
-        wire = seal(alice, type="t", subject=SUBJECT, body=n, ts=now)
+        wire = sealer(policy, alice)(type="t", subject=SUBJECT, body=n, to=to, ts=now)
         guard.admit(wire, SUBJECT, now=now)
         with pytest.raises(ReplayedEnvelope):
             guard.admit(wire, SUBJECT, now=now)
         assert len(guard._seen) == 1
 
 
-def test_replay_cache_entries_expire(alice: Identity) -> None:
-    guard = Guard(POLICY)
-    old = seal(alice, type="t", subject=SUBJECT, body=1, ts=1_000, ttl_ms=1_000)
-    later = seal(alice, type="t", subject=SUBJECT, body=2, ts=2_500, ttl_ms=60_000)
+def test_replay_cache_entries_expire(
+    alice: Identity, bob: Identity, policy: EnvelopePolicy, to: str
+) -> None:
+    guard = guard_for(policy, bob)
+    send = sealer(policy, alice)
+    old = send(type="t", subject=SUBJECT, body=1, to=to, ts=1_000, ttl_ms=1_000)
+    later = send(type="t", subject=SUBJECT, body=2, to=to, ts=2_500, ttl_ms=60_000)
     old_key = (alice.agent_id, parse(old).id)
 
     guard.admit(old, SUBJECT, now=1_500)
@@ -905,19 +1181,25 @@ def test_replay_cache_entries_expire(alice: Identity) -> None:
         guard.admit(old, SUBJECT, now=3_000)
 
 
-def test_replay_rejected_under_injected_clock(alice: Identity) -> None:
-    guard = Guard(POLICY)
-    first = seal(alice, type="t", subject=SUBJECT, body=1, ts=1_000, ttl_ms=60_000)
-    second = seal(alice, type="t", subject=SUBJECT, body=2, ts=1_000, ttl_ms=60_000)
+def test_replay_rejected_under_injected_clock(
+    alice: Identity, bob: Identity, policy: EnvelopePolicy, to: str
+) -> None:
+    guard = guard_for(policy, bob)
+    send = sealer(policy, alice)
+    first = send(type="t", subject=SUBJECT, body=1, to=to, ts=1_000, ttl_ms=60_000)
+    second = send(type="t", subject=SUBJECT, body=2, to=to, ts=1_000, ttl_ms=60_000)
     guard.admit(first, SUBJECT, now=1_500)
     guard.admit(second, SUBJECT, now=1_500)
     with pytest.raises(ReplayedEnvelope):
         guard.admit(first, SUBJECT, now=1_600)
 
 
-def test_random_valid_envelopes_round_trip(alice: Identity, now: int) -> None:
+def test_random_valid_envelopes_round_trip(
+    alice: Identity, bob: Identity, now: int, policy: EnvelopePolicy, to: str
+) -> None:
     rng = random.Random(7)
-    guard = Guard(POLICY)
+    guard = guard_for(policy, bob)
+    send = sealer(policy, alice)
     make: list[Callable[[], Any]] = [
         lambda: rng.randint(-(2**63), 2**64 - 1),
         lambda: os.urandom(rng.randint(0, 50)),
@@ -926,5 +1208,9 @@ def test_random_valid_envelopes_round_trip(alice: Identity, now: int) -> None:
     ]
     for _ in range(50):
         body = {f"k{i}": rng.choice(make)() for i in range(rng.randint(0, 6))}
-        wire = seal(alice, type="t", subject=SUBJECT, body=body, ts=now)
-        assert guard.admit(wire, SUBJECT, now=now).body == body
+        reply = rng.choice(["", INBOX, f"_INBOX.r.{rng.randint(0, 99)}"])
+        wire = send(type="t", subject=SUBJECT, body=body, to=to, reply=reply, ts=now)
+        envelope = guard.admit(wire, SUBJECT, reply, now=now)
+        assert envelope.body == body
+        assert envelope.auth == expected_auth(policy, to)
+    assert not guard.rejections

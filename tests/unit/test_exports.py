@@ -47,3 +47,26 @@ def test_package_init_only_reexports() -> None:
                    if (inspect.isclass(value) or inspect.isfunction(value))
                    and value.__module__ == module.__name__]
             assert own == [], f"{module.__name__} defines code in __init__: {own}"
+
+
+@pytest.mark.parametrize(("module", "names"), [
+    ("agoramesh.bus.envelope", ["VERSION", "FIELDS", "TAG_SIZE", "SIGNATURE_SIZE", "AUTH_SIG",
+                                "AUTH_MAC", "PairKeys", "Envelope", "Guard", "parse", "seal",
+                                "mac"]),
+    ("agoramesh.bus.e2e", ["E2EKeys", "PAIR_LABEL", "pair_key", "x25519_public_key"]),
+    ("agoramesh.errors", ["WrongReply", "SignatureRequired", "RejectReason", "WIRE_ERRORS"]),
+])
+def test_envelope_v2_surface_is_exported(module: str, names: list[str]) -> None:
+    # What another implementation, or a test vector, needs to build and check v2 envelopes.
+    exported = importlib.import_module(module).__all__
+    assert set(names) <= set(exported), sorted(set(names) - set(exported))
+
+
+def test_envelope_v2_constants() -> None:
+    from agoramesh.bus import envelope
+
+    assert envelope.VERSION == 2
+    assert envelope.FIELDS == ("v", "id", "type", "from", "to", "subject", "reply", "ts",
+                               "exp", "cid", "auth", "body")
+    assert envelope.TAG_SIZE == envelope.SIGNATURE_SIZE == 64
+    assert (envelope.AUTH_SIG, envelope.AUTH_MAC) == ("sig", "mac")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 from collections import Counter
@@ -313,8 +314,15 @@ class Bus:
         self.subjects = Subjects(config.prefix)
         #: Our encryption keys: every boxed body addressed to us is opened on admission.
         self.e2e = E2EKeys(identity)
-        self.guard = Guard(config.envelope, agent_id=identity.agent_id, opener=self.e2e.open)
+        self.guard = Guard(config.envelope, agent_id=identity.agent_id, opener=self.e2e.open,
+                           pair_key=self.e2e.pair_key)
         self._box = self.e2e.seal_body if config.encrypt else None
+        #: Directed envelopes are MACed with the pair key, unless every one is to be signed.
+        self._pair_key = None if config.envelope.sign_all else self.e2e.pair_key
+        #: Our requests' replies: one wildcard subscription, a future per request.
+        self._reply_prefix = ""
+        self._replies: dict[str, asyncio.Future[Envelope | None]] = {}
+        self._reply_ids = itertools.count()
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         #: Called with ("sent" | "saw", fields) for every envelope; None costs nothing.
@@ -437,6 +445,7 @@ class Bus:
         finally:
             self._nc = None
             self._closing = False
+            self._reply_prefix = ""
         with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
             if nc.is_connected:
                 await nc.flush(timeout=max(1, round(budget)))
@@ -463,21 +472,25 @@ class Bus:
     # -- sending -------------------------------------------------------------------
 
     def wire(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
-             cid: str | None = None, ttl_ms: int | None = None) -> bytes:
+             cid: str | None = None, ttl_ms: int | None = None, reply: str = "") -> bytes:
         """Envelope bytes for ``subject``, whatever their size; nothing is counted or traced."""
         return seal(self.identity, type=type, subject=subject, body=body, to=to, cid=cid,
-                    ttl_ms=ttl_ms or self.config.envelope.default_ttl_ms, box=self._box)
+                    reply=reply, ttl_ms=ttl_ms or self.config.envelope.default_ttl_ms,
+                    box=self._box, pair_key=self._pair_key)
 
     def seal(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
-             cid: str | None = None, ttl_ms: int | None = None,
+             cid: str | None = None, ttl_ms: int | None = None, reply: str = "",
              headers: Mapping[str, str] | None = None) -> bytes:
-        """Envelope bytes for ``subject``; OversizeEnvelope if they would be rejected.
+        """Envelope bytes for ``subject`` (to be published with reply subject ``reply``);
+        OversizeEnvelope if they would be rejected.
 
-        A body addressed to one agent is encrypted for it (``config.encrypt``);
-        ``trace`` still records the plaintext. ``headers``: those it will be sent
-        with, which count towards ``max_bytes`` (servers count them in ``max_payload``).
+        A body addressed to one agent is encrypted for it (``config.encrypt``) and
+        MACed with the key we share with it (unless ``sign_all``); everything else
+        is signed. ``trace`` still records the plaintext. ``headers``: those it will
+        be sent with, which count towards ``max_bytes`` (servers count them in
+        ``max_payload``).
         """
-        wire = self.wire(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms)
+        wire = self.wire(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms, reply=reply)
         size = len(wire) + headers_size(headers)
         if size > self.config.envelope.max_bytes:
             raise OversizeEnvelope(f"envelope of {size} bytes exceeds the "
@@ -491,8 +504,9 @@ class Bus:
     async def publish(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
                       cid: str | None = None, ttl_ms: int | None = None,
                       reply: str = "", headers: dict[str, str] | None = None) -> None:
-        """Sign and publish one envelope (with NATS ``headers``, if given)."""
-        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms, headers=headers)
+        """Seal and publish one envelope (with NATS ``headers``, if given)."""
+        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms, reply=reply,
+                         headers=headers)
         await self.publish_raw(subject, wire, reply=reply, headers=headers)
 
     async def publish_raw(self, subject: str, payload: bytes, *, reply: str = "",
@@ -523,17 +537,64 @@ class Bus:
 
     async def request(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
                       cid: str | None = None, timeout: float | None = None) -> Envelope:
-        """Send a signed request and return the verified reply envelope.
+        """Send an authenticated request and return the verified reply envelope.
 
+        The request names the reply subject it is sent with (its ``reply``
+        field), so a copy published with another one is refused by the responder.
         An ``error`` reply is raised as the error it carries (see errors.py).
         """
         wait = timeout or self.config.request_timeout
-        wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=self.ttl_for(wait))
-        msg = await self._request(subject, wire, wait)
-        reply = self.guard.admit(msg.data, msg.subject)
-        self.saw(reply)
+        inbox, future = await self._reply_to()
+        try:
+            wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=self.ttl_for(wait),
+                             reply=inbox)
+            await self.publish_raw(subject, wire, reply=inbox)
+            try:
+                async with asyncio.timeout(wait):
+                    reply = await future
+            except TimeoutError:
+                raise BusTimeout(f"no reply on {subject} within {wait:g}s") from None
+        finally:
+            self._replies.pop(inbox, None)
+        if reply is None:
+            raise NoResponders(f"no agent is listening on {subject}")
         if reply.type == ERROR_TYPE:
             raise error_from_wire(reply.body)
+        return reply
+
+    async def _reply_to(self) -> tuple[str, asyncio.Future[Envelope | None]]:
+        """A fresh reply subject under our one reply subscription, and the future of its
+        reply: the first admitted envelope (None: the server said nobody listens)."""
+        if not self._reply_prefix:
+            nc = self.nats
+            self._reply_prefix = prefix = f"{nc.new_inbox()}."
+            try:  # its SUB is queued before the first request's PUB: the server sees it first
+                await nc.subscribe(f"{prefix}*", cb=self._on_reply)
+            except BaseException:
+                self._reply_prefix = ""
+                raise
+        inbox = f"{self._reply_prefix}{next(self._reply_ids):x}"
+        future: asyncio.Future[Envelope | None] = asyncio.get_running_loop().create_future()
+        self._replies[inbox] = future
+        return inbox, future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        """Admit a reply before it answers its request: anything refused (junk, a forgery,
+        a reply made for another inbox, counted) leaves the request waiting for its own."""
+        future = self._replies.get(msg.subject)
+        if future is None or future.done():
+            return
+        with contextlib.suppress(EnvelopeError):
+            future.set_result(self.take_reply(msg))
+
+    def take_reply(self, msg: Msg) -> Envelope | None:
+        """The admitted envelope a reply ``msg`` carries (counted as seen), or None for the
+        server's "no responders" status (unsigned, as NATS sends it); EnvelopeError
+        (counted) for anything else."""
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            return None
+        reply = self.guard.admit(msg.data, msg.subject, msg.reply)
+        self.saw(reply)
         return reply
 
     async def request_json(self, subject: str, body: dict[str, Any], *,
@@ -571,7 +632,7 @@ class Bus:
 
         async def collect(msg: Msg) -> None:
             try:
-                envelope = self.guard.admit(msg.data, msg.subject, verify=verify)
+                envelope = self.guard.admit(msg.data, msg.subject, msg.reply, verify=verify)
             except EnvelopeError:
                 return
             self.saw(envelope)
@@ -656,7 +717,7 @@ class Bus:
         data = msg.data
         if looks_like_envelope(data):
             try:
-                envelope = self.guard.admit(data, msg.subject, verify=verify)
+                envelope = self.guard.admit(data, msg.subject, msg.reply, verify=verify)
             except EnvelopeError as error:
                 if on_rejected is not None:
                     on_rejected(msg, error)

@@ -6,7 +6,9 @@ random nonce and NaCl ``crypto_box`` (X25519 + XSalsa20-Poly1305) from the
 sender's key to the recipient's. The keys are the agents' nkeys: an agent id
 is an Ed25519 public key, and both halves of a pair convert to X25519, so no
 key exchange or key directory is needed. The body is encrypted *before* the
-envelope is signed; relays and observers see who talks to whom, never what.
+envelope is authenticated; relays and observers see who talks to whom, never what.
+The same shared key, through a labelled BLAKE2b, is the pair's MAC key
+(:meth:`E2EKeys.pair_key`, PROTOCOL.md §6.2).
 
 :class:`E2EKeys` holds one identity's X25519 secret and a bounded LRU of
 per-peer :class:`nacl.public.Box` objects, so the X25519 scalar multiplication
@@ -16,6 +18,7 @@ not per message: after that a seal or an open costs a few microseconds.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from typing import Any, Final
@@ -29,11 +32,23 @@ from agoramesh.bus.envelope import BOX_KEY, Envelope, is_boxed, unpack_body
 from agoramesh.bus.identity import Identity, public_key_bytes
 from agoramesh.errors import IdentityError, SchemaError, UndecryptableEnvelope
 
-__all__ = ("BOX_KEY", "MIN_BOX_SIZE", "NONCE_SIZE", "E2EKeys", "x25519_public_key")
+__all__ = ("BOX_KEY", "MIN_BOX_SIZE", "NONCE_SIZE", "PAIR_LABEL", "E2EKeys", "pair_key",
+           "x25519_public_key")
 
 NONCE_SIZE: Final = nacl.public.Box.NONCE_SIZE  # 24
 #: A box of an empty plaintext: the nonce and the 16-byte Poly1305 tag.
 MIN_BOX_SIZE: Final = NONCE_SIZE + 16
+#: The domain label of the pair-key derivation (PROTOCOL.md §6.2).
+PAIR_LABEL: Final = b"agoramesh/2 pair key"
+
+
+def pair_key(shared: bytes, a: str, b: str) -> bytes:
+    """The MAC key of agents ``a`` and ``b`` from their ``crypto_box_beforenm`` key:
+    ``BLAKE2b-256(key=shared, PAIR_LABEL || 0x00 || lower id || higher id)`` (PROTOCOL.md §6.2).
+    """
+    low, high = sorted((a, b))
+    return hashlib.blake2b(PAIR_LABEL + b"\x00" + low.encode("ascii") + high.encode("ascii"),
+                           digest_size=32, key=shared).digest()
 
 
 def x25519_public_key(agent_id: str) -> bytes:
@@ -53,7 +68,7 @@ class E2EKeys:
     peers whose Box is kept (least recently used dropped first).
     """
 
-    __slots__ = ("_boxes", "_secret", "agent_id", "cache_size")
+    __slots__ = ("_boxes", "_macs", "_secret", "agent_id", "cache_size")
 
     def __init__(self, identity: Identity, *, cache_size: int = 4096) -> None:
         if cache_size < 1:
@@ -63,6 +78,7 @@ class E2EKeys:
         self._secret = nacl.public.PrivateKey(
             nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(identity._secret))
         self._boxes: OrderedDict[str, nacl.public.Box] = OrderedDict()
+        self._macs: OrderedDict[str, bytes] = OrderedDict()
 
     @property
     def public_key(self) -> bytes:
@@ -89,6 +105,20 @@ class E2EKeys:
         if len(boxes) > self.cache_size:
             boxes.popitem(last=False)
         return box
+
+    def pair_key(self, peer: str) -> bytes:
+        """The MAC key we share with ``peer`` (cached, as its Box is): PROTOCOL.md §6.2.
+        IdentityError for a peer id that has no X25519 key."""
+        macs = self._macs
+        key = macs.get(peer)
+        if key is not None:
+            macs.move_to_end(peer)
+            return key
+        key = pair_key(self.box(peer).shared_key(), self.agent_id, peer)
+        macs[peer] = key
+        if len(macs) > self.cache_size:
+            macs.popitem(last=False)
+        return key
 
     def seal_body(self, recipient: str, body: Any, *, nonce: bytes | None = None
                   ) -> dict[str, bytes]:
@@ -132,10 +162,7 @@ class E2EKeys:
         if envelope.to != self.agent_id:
             raise UndecryptableEnvelope(f"encrypted body is addressed to {envelope.to}, "
                                         f"not to us")
-        body = self.open_body(envelope.sender, envelope.body)
-        e = envelope  # positional, as parse() builds it: dataclasses.replace costs ~4 us more
-        return Envelope(e.v, e.id, e.type, e.sender, e.to, e.subject, e.ts, e.exp, e.cid, body,
-                        e.wire)
+        return envelope.with_body(self.open_body(envelope.sender, envelope.body))
 
     def __repr__(self) -> str:
         return f"E2EKeys({self.agent_id}, peers={len(self._boxes)})"

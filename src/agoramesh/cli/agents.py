@@ -35,7 +35,7 @@ def client_config(args: argparse.Namespace, env: Environment, name: str) -> BusC
     directory = tls_directory(args, env)
     tls = tls_config(directory, client=True) if directory is not None else None
     return BusConfig(servers=(url,), name=name, prefix=env.prefix, tls=tls,
-                     credentials=args.creds or env.credentials)
+                     credentials=args.creds or env.credentials, envelope=env.envelope)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -161,7 +161,8 @@ async def _show(report: Report, env: Environment) -> list[int]:
 
 async def _connect(url: str, env: Environment, name: str, buses: list[Bus]) -> Bus:
     bus = await Bus.connect(Identity.generate(),
-                            BusConfig(servers=(url,), name=name, prefix=env.prefix))
+                            BusConfig(servers=(url,), name=name, prefix=env.prefix,
+                                      envelope=env.envelope))
     buses.append(bus)
     return bus
 
@@ -218,11 +219,14 @@ async def _messaging(report: Report, mesh: Mesh, env: Environment,
         del buses[2:]
 
     with report.step("forgery", "a forged envelope"):
+        inbox = alice.nats.new_inbox()  # chosen first: the envelope names its reply subject
         forged = bytearray(seal(Identity.generate(), type="task_request", subject=subject,
-                                body={"x": 1}))
+                                body={"x": 1}, reply=inbox))
         forged[-1] ^= 0x01  # one bit of the signature
-        msg = await alice.nats.request(subject, bytes(forged), timeout=1)
-        answer = alice.guard.admit(msg.data, msg.subject)
+        reply_to = await alice.nats.subscribe(inbox, max_msgs=1)
+        await alice.nats.publish(subject, bytes(forged), reply=inbox)
+        msg = await reply_to.next_msg(timeout=1)
+        answer = alice.guard.admit(msg.data, msg.subject, msg.reply)
         report.data["rejections"] = {str(k): v for k, v in bob.rejections.items()}
         report.detail(f"refused ({answer.body['type']}: {answer.body['message'][:44]}…); "
                       f"bob's rejection counters: {report.data['rejections']}")

@@ -130,7 +130,7 @@ class _Members:
         token = self.store.admit(identity.agent_id, capabilities=capabilities, role=role,
                                  name=name).jwt
         return BusConfig(servers=(self.url,), name=name, prefix=self.env.prefix,
-                         user_jwt=token, connect_timeout=WAIT)
+                         user_jwt=token, connect_timeout=WAIT, envelope=self.env.envelope)
 
     async def bus(self, name: str, role: Role, capabilities: tuple[str, ...] = ()) -> Bus:
         identity = Identity.generate()

@@ -24,10 +24,12 @@ from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     add_api_token_option,
     add_jetstream_options,
+    add_sign_all_option,
     api_token,
     jetstream_config,
     on_signals,
     serve_endpoints,
+    with_sign_all,
 )
 from agoramesh.config import BusConfig, Environment, Role, ServerConfig
 from agoramesh.errors import ConfigError
@@ -78,6 +80,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     where.add_argument("--jwt", type=Path, metavar="FILE",
                        help="secured mesh: this agent's JWT from `agoramesh trust admit`")
     parser.add_argument("--max-tasks", type=int, default=8, help="concurrent tasks (default 8)")
+    add_sign_all_option(parser)
     parser.add_argument("--max-jobs", type=int, default=32,
                         help="durable jobs this node drives at once (default 32; 0: none)")
     add_jetstream_options(where)
@@ -130,6 +133,7 @@ def _membership(args: argparse.Namespace, env: Environment, identity: Identity,
 
 
 async def _node(args: argparse.Namespace, env: Environment) -> int:
+    env = with_sign_all(args, env)
     token = api_token(args, env)
     capabilities = capabilities_for(args.type, args.capability)
     backend = create_backend(args.type, BackendConfig(
@@ -161,7 +165,7 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
                 max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat,
                 access=access, max_jobs=args.max_jobs),
                 backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix, tls=tls,
-                                   user_jwt=user_jwt),
+                                   user_jwt=user_jwt, envelope=env.envelope),
                 trajectory=trajectory)
             await node.start()
             try:

@@ -9,7 +9,7 @@ import ipaddress
 import re
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import warn
@@ -19,8 +19,9 @@ from agoramesh.nodes.node import AgentNode
 from agoramesh.observability.http import MetricsServer
 from agoramesh.protocols.http_api import HttpApi, validate_token
 
-__all__ = ("Endpoints", "add_api_token_option", "add_jetstream_options", "api_token",
-           "jetstream_config", "on_signals", "parse_size", "serve_endpoints")
+__all__ = ("Endpoints", "add_api_token_option", "add_jetstream_options", "add_sign_all_option",
+           "api_token", "jetstream_config", "on_signals", "parse_size", "serve_endpoints",
+           "with_sign_all")
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
@@ -54,6 +55,19 @@ def jetstream_config(args: argparse.Namespace) -> JetStreamConfig | None:
     if args.no_jetstream:
         return None
     return JetStreamConfig(max_file=args.js_max_file, max_memory=args.js_max_memory)
+
+
+def add_sign_all_option(parser: argparse.ArgumentParser) -> None:
+    """``--sign-all`` for a command that runs agents (``up``, ``node``)."""
+    parser.add_argument("--sign-all", action="store_true",
+                        help="sign every envelope (non-repudiation) and accept signed ones "
+                             "only; set it on every node of the mesh "
+                             "(or AGORAMESH_SIGN_ALL=1)")
+
+
+def with_sign_all(args: argparse.Namespace, env: Environment) -> Environment:
+    """``env`` with ``--sign-all`` applied (the variable AGORAMESH_SIGN_ALL does the same)."""
+    return replace(env, sign_all=True) if args.sign_all else env
 
 
 def add_api_token_option(parser: argparse.ArgumentParser) -> None:

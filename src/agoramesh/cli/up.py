@@ -33,10 +33,12 @@ from agoramesh.cli.runtime import (
     Endpoints,
     add_api_token_option,
     add_jetstream_options,
+    add_sign_all_option,
     api_token,
     jetstream_config,
     on_signals,
     serve_endpoints,
+    with_sign_all,
 )
 from agoramesh.config import (
     BusConfig,
@@ -68,6 +70,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "and keep it running until Ctrl-C.",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seed servers (default 3)")
+    add_sign_all_option(parser)
     parser.add_argument("--leaves", type=int, default=0, help="leaf servers (default 0)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--dir", type=Path, help="data directory (default: a temporary one)")
@@ -137,7 +140,8 @@ async def create_job_store(mesh: Mesh, env: Environment, jobs: JobsConfig | None
     domain = mesh.template.jetstream.domain if mesh.template.jetstream else JobsConfig().domain
     config = replace(jobs or JobsConfig(), domain=domain, replicas=min(3, len(mesh.seeds)))
     async with Bus(Identity.generate(), BusConfig(servers=(mesh.url,), prefix=env.prefix,
-                                                  name="agoramesh-up", tls=tls)) as bus:
+                                                  name="agoramesh-up", tls=tls,
+                                                  envelope=env.envelope)) as bus:
         await JetStream(bus, config).ensure()
 
 
@@ -201,7 +205,8 @@ async def demo_agents(mesh: Mesh, env: Environment, *, heartbeat: float = 1.0,
                 # Its own server first; the seeds after it, to fail over to if it dies.
                 backend, BusConfig(servers=(server.client_url, *(url for url in seeds
                                                                  if url != server.client_url)),
-                                   name=name, prefix=env.prefix, tls=tls, user_jwt=user_jwt),
+                                   name=name, prefix=env.prefix, tls=tls, user_jwt=user_jwt,
+                                   envelope=env.envelope),
                 directory=agents[0].directory if agents else None,  # one view per process
                 auction_policy=auction_policy, trajectory=trajectory)
             await agent.start()
@@ -224,6 +229,7 @@ def _describe(server: EmbeddedServer) -> dict[str, object]:
 
 
 async def _up(args: argparse.Namespace, env: Environment) -> int:
+    env = with_sign_all(args, env)
     token = api_token(args, env)
     access = load_policy(args.acl) if args.acl else None  # a bad file fails before any server
     stop = asyncio.Event()

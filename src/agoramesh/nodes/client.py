@@ -44,15 +44,8 @@ async def stream_task(bus: Bus, task: Task, *, timeout: float = 30.0
     arrived: asyncio.Queue[Envelope | None] = asyncio.Queue()  # None: no responders
 
     async def collect(msg: Msg) -> None:
-        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-            arrived.put_nowait(None)
-            return
-        try:
-            envelope = bus.guard.admit(msg.data, msg.subject)
-        except EnvelopeError:
-            return
-        bus.saw(envelope)
-        arrived.put_nowait(envelope)
+        with contextlib.suppress(EnvelopeError):  # refused: counted, and not ours
+            arrived.put_nowait(bus.take_reply(msg))
 
     subscription = await bus.nats.subscribe(inbox, cb=collect)
     agent: str | None = None

@@ -244,7 +244,7 @@ class _Auction:
     def on_message(self, kind: str, msg: Msg) -> None:
         try:
             # Verified later, and only what the auction acts on (DESIGN.md).
-            envelope = self.bus.guard.admit(msg.data, msg.subject, verify=False)
+            envelope = self.bus.guard.admit(msg.data, msg.subject, msg.reply, verify=False)
         except EnvelopeError:
             return  # counted by the guard
         self.bus.saw(envelope)

@@ -498,7 +498,7 @@ class JobWorker:
         data = msg.data
         requester: str | None = None
         if looks_like_envelope(data):
-            envelope = bus.guard.admit(data, msg.subject, now=stored_ms, stored=True)
+            envelope = bus.guard.admit(data, msg.subject, None, now=stored_ms, stored=True)
             bus.saw(envelope)
             if envelope.type != "task_request":
                 raise InvalidInput(f"a job envelope must be a task_request, not "

@@ -1,0 +1,30 @@
+"""A raw NATS request carrying an envelope, as a test (or another implementation) sends it.
+
+An envelope names the reply subject it is published with (PROTOCOL.md §8,
+check 5), so its sender chooses the inbox before sealing: nats-py's
+``request()``, which picks the inbox itself, cannot carry one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+__all__ = ("Sealer", "ask")
+
+#: Builds the payload for a given reply subject (an envelope naming that inbox).
+Sealer = Callable[[str], bytes]
+
+
+async def ask(nc: NatsClient, subject: str, payload: bytes | Sealer, *,
+              timeout: float = 5.0) -> Msg:
+    """A request and its first reply. ``payload``: plain bytes, sent as ``nats req`` does;
+    or a function of the inbox, for an envelope that must name it."""
+    if not callable(payload):
+        return await nc.request(subject, payload, timeout=timeout)
+    inbox = nc.new_inbox()
+    replies = await nc.subscribe(inbox, max_msgs=1)
+    await nc.publish(subject, payload(inbox), reply=inbox)
+    return await replies.next_msg(timeout=timeout)
