@@ -331,6 +331,8 @@ class Bus:
         #: The server's permission refusals (newest last, at most 100).
         self.permission_denials: list[str] = []
         self._denials_seen = 0
+        self._denials_mark = 0  # _denials_seen when the first unconfirmed subscription was made
+        self._unconfirmed: list[Subscription] = []
         self._nc: NatsClient | None = None
         self._closing = False
         self._subscriptions: set[Subscription] = set()
@@ -660,10 +662,13 @@ class Bus:
     async def subscribe(self, subject: str, handler: Handler, *, queue: str | None = None,
                         ingress: IngressPolicy = IngressPolicy.DENY,
                         concurrency: int = 1, verify: bool = True,
-                        on_rejected: OnRejected | None = None) -> Subscription:
+                        on_rejected: OnRejected | None = None,
+                        confirm: bool = True) -> Subscription:
         """Deliver admitted messages on ``subject`` (wildcards allowed) to ``handler``.
 
-        Returns once our server has registered the interest. ``concurrency``
+        Returns once our server has registered the interest (with ``confirm=False``
+        at once: :meth:`confirm` then waits for every such subscription in one
+        go, as an agent starting with many subjects does). ``concurrency``
         > 1 runs up to that many handlers at once; 1 runs them in arrival
         order. Handler errors are logged and, for requests, sent back to the
         requester as an error reply. ``verify=False`` admits envelopes without
@@ -677,23 +682,41 @@ class Bus:
                                     concurrency=concurrency, verify=verify,
                                     on_rejected=on_rejected)
         nc = self.nats
-        denials = self._denials_seen
+        if not self._unconfirmed:
+            self._denials_mark = self._denials_seen
         subscription._nats = await nc.subscribe(subject, queue=queue or "",
                                                 cb=subscription._on_message)
         self._subscriptions.add(subscription)
-        # When subscribe returns, our server has the interest (or has refused it).
+        self._unconfirmed.append(subscription)
+        if confirm:
+            await self.confirm()
+        return subscription
+
+    async def confirm(self) -> None:
+        """Return once our server has every subscription made so far (one flush for all);
+        PermissionDenied (those refused stopped) if it refused any."""
+        pending, self._unconfirmed = self._unconfirmed, []
+        if not pending:
+            return
         try:
             await self.flush()
         except BusTimeout:
-            raise BusTimeout(f"server did not confirm the subscription to {subject}") from None
-        if self._denials_seen != denials and any(
-                f'subscription to "{subject.lower()}"' in text
-                for text in self.permission_denials[denials - self._denials_seen:]):
-            # The server answers a forbidden SUB with -ERR before our PING's PONG.
+            subjects = ", ".join(subscription.subject for subscription in pending[:3])
+            raise BusTimeout(f"server did not confirm the subscription to {subjects}") from None
+        seen = self._denials_seen - self._denials_mark
+        if not seen:
+            return
+        denials = self.permission_denials[-seen:]
+        # The server answers a forbidden SUB with -ERR before our PING's PONG.
+        refused = [subscription for subscription in pending
+                   if any(f'subscription to "{subscription.subject.lower()}"' in text
+                          for text in denials)]
+        for subscription in refused:
             await subscription.stop(0)
-            raise PermissionDenied(f"the server refused the subscription to {subject}: "
-                                   f"this member's credentials do not allow it")
-        return subscription
+        if refused:
+            raise PermissionDenied(f"the server refused the subscription to "
+                                   f"{refused[0].subject}: this member's credentials do not "
+                                   f"allow it")
 
     async def flush(self, timeout: float | None = None) -> None:
         """Return once our server has processed everything this bus sent before the call.

@@ -254,23 +254,26 @@ class AgentNode:
             self._task_subscriptions.append(await self.bus.subscribe(
                 subject, self._task_handler(capability), queue=subject, ingress=ingress,
                 concurrency=self.config.max_concurrent_tasks,
-                on_rejected=self._refusal_counter(capability.name)))
+                on_rejected=self._refusal_counter(capability.name), confirm=False))
         await self.bus.subscribe(subjects.agent(self.agent_id), self._on_direct,
-                                 concurrency=self.config.max_concurrent_tasks + 4)
+                                 concurrency=self.config.max_concurrent_tasks + 4,
+                                 confirm=False)
         await self.bidder.start()
         await self.auctioneer.start()
         self._task_subscriptions.append(await self.bus.subscribe(
             subjects.task(">"), self.task_desk.handle, queue=QUEUE, ingress=ingress,
-            concurrency=self.config.max_concurrent_tasks * 8))
+            concurrency=self.config.max_concurrent_tasks * 8, confirm=False))
         await self.job_worker.start()
         await self.bus.subscribe(subjects.discover, self.presence.on_discover,
-                                 ingress=IngressPolicy.ALLOW)
+                                 ingress=IngressPolicy.ALLOW, confirm=False)
         if self._owns_directory:
-            await self.bus.subscribe(subjects.presence_all, self.presence.on_presence)
+            await self.bus.subscribe(subjects.presence_all, self.presence.on_presence,
+                                     confirm=False)
         self.directory.add_local(self.card)  # siblings sharing the directory see us
         for subject in service_subjects(self.service.name, self.service.id):
             # Plain NATS: the protocol's requests are empty; closed with the connection.
             await self.bus.nats.subscribe(subject, cb=self._on_service)
+        await self.bus.confirm()  # one flush for all of them: the server has our interest
         self._state = "running"
         await self.presence.announce("hello")
         self.spawn(self.presence.beat(self._owns_directory), "heartbeats")

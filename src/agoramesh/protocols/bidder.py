@@ -388,6 +388,7 @@ class _BidDesk:
             del self.subscriptions[name]
             if members:  # hand the subscription over before dropping ours: no cfp missed
                 await self._subscribe(members[0][0], name)
+                await members[0][0].node.bus.confirm()
             else:
                 del self.members[name]
             await subscription.stop(1.0)
@@ -412,8 +413,9 @@ class _BidDesk:
                 for member, _ in list(self.members.get(name, ())):
                     member.released(auction_id)
 
+        # Confirmed with the rest of the agent's subscriptions (AgentNode.start), or below.
         self.subscriptions[name] = (bidder, await bus.subscribe(bus.subjects.cfp(name), handle,
-                                                                 verify=False))
+                                                                 verify=False, confirm=False))
 
 
 _DESKS: weakref.WeakKeyDictionary[Directory, _BidDesk] = weakref.WeakKeyDictionary()
