@@ -14,7 +14,8 @@ Scenarios (each measured for the raw nats-py path and the Bus paths):
 The request/reply scenarios also time ``sa`` (``sign_all``: every envelope signed, as
 version 1 did: what non-repudiation costs) and ``floor``: the least any signed round
 trip costs, with no Bus — raw nats-py carrying envelopes that are sealed and signed,
-parsed and verified once each way.
+parsed and verified once each way (for ``dr-*``: MACed and checked, the same with
+a pair key).
 
 Batches of raw and Bus rounds alternate (ABBA) so machine noise hits both alike.
 Responders run in this process, or with ``--split`` in a child process
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import math
 import shutil
@@ -44,7 +46,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from agoramesh.bus.bus import Bus, Delivery
-from agoramesh.bus.envelope import parse, seal
+from agoramesh.bus.e2e import E2EKeys
+from agoramesh.bus.envelope import mac, parse, seal
 from agoramesh.bus.identity import Identity, verify
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig, EnvelopePolicy
@@ -117,6 +120,21 @@ class Clients:
                                                          body=request.body, to=request.sender))
 
                 await nc.subscribe(subject, cb=signed)
+                await nc.flush(timeout=5)
+            elif kind == "mfloor":
+                nc, me = await self.raw(url), Identity(seed)
+                keys = E2EKeys(me)
+
+                async def maced(msg: Msg, nc: NatsClient = nc, me: Identity = me,
+                                keys: E2EKeys = keys) -> None:
+                    request = parse(msg.data)
+                    if hmac.compare_digest(mac(keys.pair_key(request.sender), request.signed),
+                                           request.tag):
+                        await nc.publish(msg.reply, seal(
+                            me, type="bench_result", subject=msg.reply, body=request.body,
+                            to=request.sender, pair_key=keys.pair_key))
+
+                await nc.subscribe(subject, cb=maced)
                 await nc.flush(timeout=5)
             else:
                 bus = await self.bus(url, sign_all=kind == "sa", seed=seed)
@@ -193,6 +211,20 @@ def floor_rr(nc: NatsClient, subject: str) -> Op:
         wire = seal(identity, type="bench_task", subject=subject, body=BODY)
         reply = parse((await nc.request(subject, wire, timeout=TIMEOUT)).data)
         if not verify(reply.sender, reply.signed, reply.signature):
+            raise RuntimeError("the floor responder's reply did not verify")
+    return op
+
+
+def mac_floor_rr(nc: NatsClient, subject: str, to: str) -> Op:
+    """The MACed minimum: seal and MAC, request, parse and check the reply's MAC."""
+    identity = Identity.generate()
+    keys = E2EKeys(identity)
+
+    async def op() -> None:
+        wire = seal(identity, type="bench_task", subject=subject, body=BODY, to=to,
+                    pair_key=keys.pair_key)
+        reply = parse((await nc.request(subject, wire, timeout=TIMEOUT)).data)
+        if not hmac.compare_digest(mac(keys.pair_key(reply.sender), reply.signed), reply.tag):
             raise RuntimeError("the floor responder's reply did not verify")
     return op
 
@@ -287,12 +319,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         one = meshes[0].seeds[0].client_url
         s1, s2, s3 = (seed.client_url for seed in meshes[1].seeds)
         # The directed scenarios' responders have known ids: the requester addresses them.
-        ids = {(kind, name): Identity.generate() for kind in ("bus", "sa")
+        ids = {(kind, name): Identity.generate() for kind in ("bus", "sa", "mfloor")
                for name in ("rr1", "rr3")}
         spec: Spec = [(kind, url, f"bench.{kind}.{rr_name}",
                        ids[kind, rr_name].seed.decode() if (kind, rr_name) in ids else "")
                       for url, rr_name in ((one, "rr1"), (s3, "rr3"))
-                      for kind in ("raw", "floor", "bus", "sa")]
+                      for kind in ("raw", "floor", "mfloor", "bus", "sa")]
         spec += [(kind, (s1, s2, s3)[i % 3], f"bench.{kind}.sg3", "")
                  for i in range(FANOUT) for kind in ("raw", "bus")]
         if args.split:
@@ -313,11 +345,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                   "bus": bus_rr(bus3, "bench.bus.rr3"),
                                   "sa": bus_rr(sa3, "bench.sa.rr3")}),
             Scenario("dr-1", rr, {"raw": raw_rr(nc1, "bench.raw.rr1"),
+                                  "floor": mac_floor_rr(nc1, "bench.mfloor.rr1",
+                                                        ids["mfloor", "rr1"].agent_id),
                                   "bus": bus_rr(bus1, "bench.bus.rr1",
                                                 to=ids["bus", "rr1"].agent_id),
                                   "sa": bus_rr(sa1, "bench.sa.rr1",
                                                to=ids["sa", "rr1"].agent_id)}),
             Scenario("dr-3", rr, {"raw": raw_rr(nc3, "bench.raw.rr3"),
+                                  "floor": mac_floor_rr(nc3, "bench.mfloor.rr3",
+                                                        ids["mfloor", "rr3"].agent_id),
                                   "bus": bus_rr(bus3, "bench.bus.rr3",
                                                 to=ids["bus", "rr3"].agent_id),
                                   "sa": bus_rr(sa3, "bench.sa.rr3",
@@ -371,8 +407,10 @@ def report(result: dict[str, Any]) -> None:
             print(f"info  {name}: p50 sign-all/raw = {row['sa_ratio_p50']:.2f}, every "
                   f"envelope signed (--sign-all: what non-repudiation costs)")
         if "floor_ratio_p50" in row:
-            print(f"info  {name}: p50 floor/raw = {row['floor_ratio_p50']:.2f}, the signed "
-                  f"minimum (sign and verify each way, no Bus)")
+            what = ("MACed minimum (MAC and check each way" if name.startswith("dr")
+                    else "signed minimum (sign and verify each way")
+            print(f"info  {name}: p50 floor/raw = {row['floor_ratio_p50']:.2f}, the {what}, "
+                  f"no Bus)")
 
 
 def main() -> int:
