@@ -212,7 +212,7 @@ async def _messaging(report: Report, mesh: Mesh, env: Environment,
                                      expected=RESPONDERS, timeout=5.0)
         report.data["gather_ms"] = round((time.perf_counter() - started) * 1000, 2)
         report.data["gathered"] = len(answers)
-        report.detail(f"{len(answers)}/{RESPONDERS} signed answers in "
+        report.detail(f"{len(answers)}/{RESPONDERS} authenticated answers in "
                       f"{report.data['gather_ms']:.1f} ms (closed early; deadline was 5 s)")
         for peer in buses[2:]:
             await peer.close(timeout=1.0)  # their stand-in answers would mix with the agents'
@@ -308,7 +308,7 @@ def _summary(report: Report, pids: list[int]) -> None:
                   f"{totals.get('tasks_completed')} completed, {totals.get('tasks_failed')} "
                   f"failed; auctions: {totals.get('auctions')}; bids: {totals.get('bids')}, "
                   f"refusals: {totals.get('refusals')}")
-    report.detail(f"envelopes signed and sent: {totals.get('envelopes_sent')}; rejected: "
+    report.detail(f"envelopes sent (signed, or MACed for one agent): {totals.get('envelopes_sent')}; rejected: "
                   f"{totals.get('rejections') or 'none'}")
     report.say(f"done in {report.data['total_s']:.1f} s; every process stopped (pids "
                f"{', '.join(map(str, pids))})")
