@@ -55,7 +55,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "agoramesh_build_info": ("gauge", "agoramesh version of this process (always 1)"),
     "agoramesh_agent_info": ("gauge", "A hosted agent's id, type and version (always 1)"),
     "agoramesh_agent_up": ("gauge", "1 if the agent is running and its bus is connected"),
-    "agoramesh_envelopes_sent_total": ("counter", "Signed envelopes sent, by type"),
+    "agoramesh_envelopes_sent_total": ("counter", "Envelopes sent (signed or MACed), by type"),
     "agoramesh_envelopes_received_total": (
         "counter", "Envelopes (and plain-JSON requests, type json) admitted, by type"),
     "agoramesh_envelopes_rejected_total": ("counter", "Incoming messages rejected, by reason"),
