@@ -202,7 +202,10 @@ class AgentNode:
         self.dispatcher = Dispatcher(self.bus, self.directory, auctioneer=self.auctioneer,
                                      own_card=self._own_card)
         self.task_desk = TaskDesk(self)
-        self.job_worker = JobWorker(self, jobs, max_jobs=config.max_jobs)
+        # One job driver per process: agents hosted beside a directory owner (as `up`
+        # and benchmarks host them) leave the jobs to it; any of them can still win them.
+        self.job_worker = JobWorker(self, jobs,
+                                    max_jobs=config.max_jobs if self._owns_directory else 0)
         # Consensus allocation (protocols/strategies.py) asks agents to vote on who gets a task.
         self.direct_handlers["ballot"] = ballot_handler(default_chooser(
             lambda: AgentProfile.from_card(self.card, self.status)))
