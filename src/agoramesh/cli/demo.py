@@ -308,7 +308,8 @@ def _summary(report: Report, pids: list[int]) -> None:
                   f"{totals.get('tasks_completed')} completed, {totals.get('tasks_failed')} "
                   f"failed; auctions: {totals.get('auctions')}; bids: {totals.get('bids')}, "
                   f"refusals: {totals.get('refusals')}")
-    report.detail(f"envelopes sent (signed, or MACed for one agent): {totals.get('envelopes_sent')}; rejected: "
+    report.detail(f"envelopes sent (signed, or MACed for one agent): "
+                  f"{totals.get('envelopes_sent')}; rejected: "
                   f"{totals.get('rejections') or 'none'}")
     report.say(f"done in {report.data['total_s']:.1f} s; every process stopped (pids "
                f"{', '.join(map(str, pids))})")
