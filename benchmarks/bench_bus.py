@@ -8,7 +8,8 @@ Scenarios (each measured for the raw nats-py path and the Bus paths):
 * ``dr-1``  directed request/reply (to the responder's agent id: MACed both ways), one
             server; ``dr-3`` across the 3-seed mesh;
 * ``sg-3``  scatter-gather to 10 responders spread over the 3-seed mesh, verifying
-            only the reply acted on (as an auction does: DESIGN.md, "verify what you act on");
+            only the reply acted on (as an auction does: "verify what you act on",
+            docs/ARCHITECTURE.md);
 * ``sg-3v`` the same, verifying all 10 replies.
 
 The request/reply scenarios also time ``sa`` (``sign_all``: every envelope signed, as

@@ -1,4 +1,4 @@
-"""Subject builders and validators (DESIGN.md, "Subjects")."""
+"""Subject builders and validators (docs/PROTOCOL.md §10, "Subjects")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Subject builders and validators (DESIGN.md, "Subjects").
+"""Subject builders and validators (docs/PROTOCOL.md §10, "Subjects").
 
 Every subject agoramesh uses is built here, under a configurable prefix
 (``agora`` by default). Capability names are dotted (``code.review.python``)

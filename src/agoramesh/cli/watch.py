@@ -87,8 +87,8 @@ class MeshWatcher:
         subjects = self.bus.subjects
         await self.bus.subscribe(subjects.presence_all, self._on_message)
         await self.bus.subscribe(subjects.telemetry_all, self._on_message)
-        # Counted, never acted on: no signature check needed (DESIGN.md, "verify only
-        # what you act on").
+        # Counted, never acted on: no tag check needed ("verify what you act on",
+        # docs/ARCHITECTURE.md, "Messages").
         await self.bus.subscribe(subjects.cfp(">"), self._on_message, verify=False)
         if self._jobs is None:
             self._jobs = asyncio.create_task(self._read_jobs())

@@ -5,7 +5,7 @@ Lifecycle (nameko-style): construct (setup) → ``start()`` → ``stop(grace)``
 taking new work, lets running tasks finish within ``grace`` seconds, cancels
 the rest (their requesters get a FAILED result), then closes the bus.
 
-Subjects served (DESIGN.md): ``agora.cap.<capability>`` (queue group, tasks,
+Subjects served (docs/PROTOCOL.md §10): ``agora.cap.<capability>`` (queue group, tasks,
 plain JSON allowed by policy), ``agora.cfp.<capability>`` (auctions: bids,
 protocols/bidder.py), ``agora.task.>`` (queue group: tasks this node auctions
 for a client, protocols/task_desk.py), ``agora.agent.<id>`` (direct: task,

@@ -1,6 +1,6 @@
 """Presence and discovery for one agent node: its view of who else is on the mesh.
 
-With no registry (DESIGN.md): an agent says ``hello`` with its card,
+With no registry (docs/ARCHITECTURE.md, "Agent nodes"): an agent says ``hello`` with its card,
 ``heartbeat`` every ``heartbeat_interval`` with its status and its card's
 digest (peers fetch a card they lack or that changed), and ``bye``; every
 node keeps a soft-state :class:`Directory` that evicts a peer after missed

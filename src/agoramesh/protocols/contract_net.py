@@ -12,7 +12,7 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
 - The bid window closes early once every agent the directory knows for the
   capability has bid or refused (strangers' answers do not count). Answers are
   parsed but not verified; the best bid is verified when the window closes, and
-  only bids about to be awarded after it (DESIGN.md: verify only what you act
+  only bids about to be awarded after it (docs/ARCHITECTURE.md: verify only what you act
   on). If that check fails (or nobody bid) after an early close, forgeries in
   the known agents' names may have closed it: the window reopens until its
   deadline and from then on counts only answers whose signature verifies.
@@ -243,7 +243,7 @@ class _Auction:
 
     def on_message(self, kind: str, msg: Msg) -> None:
         try:
-            # Verified later, and only what the auction acts on (DESIGN.md).
+            # Verified later, and only what the auction acts on (docs/ARCHITECTURE.md).
             envelope = self.bus.guard.admit(msg.data, msg.subject, msg.reply, verify=False)
         except EnvelopeError:
             return  # counted by the guard
