@@ -52,7 +52,16 @@ from agoramesh.bus.envelope import mac, parse, seal
 from agoramesh.bus.identity import Identity, verify
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig, EnvelopePolicy
-from common import latency, raw_client, time_rounds, until_answers
+from common import (
+    latency,
+    raw_client,
+    run_and_report,
+    serve_until_stdin_closes,
+    spawn_child,
+    stop_child,
+    time_rounds,
+    until_answers,
+)
 
 BODY: dict[str, Any] = {
     "task_id": "t-000123", "task_type": "summarize", "priority": 5,
@@ -154,40 +163,13 @@ async def serve(spec: Spec) -> None:
     responders = Clients()
     try:
         await responders.respond(spec)
-        print("READY", flush=True)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(4 * 3600):
-                await reader.read()
+        await serve_until_stdin_closes()
     finally:
         await responders.close()
 
 
 async def spawn(spec: Spec) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve", json.dumps(spec),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        line = await proc.stdout.readline()
-    if line.strip() != b"READY":
-        await stop_child(proc)
-        raise RuntimeError(f"responder process failed to start: {line!r}")
-    return proc
-
-
-async def stop_child(proc: asyncio.subprocess.Process) -> None:
-    if proc.stdin is not None:
-        proc.stdin.close()
-    try:
-        async with asyncio.timeout(10):
-            await proc.wait()
-    except TimeoutError:
-        proc.kill()
-        async with asyncio.timeout(5):
-            await proc.wait()
+    return await spawn_child(__file__, "--serve", json.dumps(spec))
 
 
 # -- one round of each path; TimeoutError when the full answer did not arrive ------
@@ -424,15 +406,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results to this file")
     parser.add_argument("--serve", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        if args.serve:
-            runner.run(serve([tuple(item) for item in json.loads(args.serve)]))
-            return 0
-        result = runner.run(run(args))
-    report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0  # a FAIL verdict is a finding, not a crash: see the verdict lines
+    if args.serve:
+        uvloop.run(serve([tuple(item) for item in json.loads(args.serve)]))
+        return 0
+    return run_and_report(run(args), report, args.json)
 
 
 if __name__ == "__main__":

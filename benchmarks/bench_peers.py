@@ -48,7 +48,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 import uvloop
 from nats.aio.msg import Msg
 
@@ -65,7 +64,18 @@ from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.nodes.task import Task, TaskStatus
-from common import WrongAnswer, alternate, latency, raw_client, stop_all
+from common import (
+    WrongAnswer,
+    alternate,
+    latency,
+    raw_client,
+    run_and_report,
+    serve_until_stdin_closes,
+    spawn_child,
+    stop_all,
+    stop_child,
+    until_answers,
+)
 
 SKIPPED = "skipped: pip install -e '.[bench]'  (synadia-ai-agent-service is not installed)"
 #: The echo payload of every path: no task field names, so the AgentNode takes the whole
@@ -158,40 +168,15 @@ async def serve(kind: str, url: str, seed: str) -> None:
     """Child side: run one responder until stdin closes (bounded)."""
     async with contextlib.AsyncExitStack() as stack:
         await respond(stack, kind, url, seed)
-        print("READY", flush=True)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(4 * 3600):
-                await reader.read()
+        await serve_until_stdin_closes()
 
 
 async def spawn(stack: contextlib.AsyncExitStack, kind: str, url: str,
                 seed: str = "") -> asyncio.subprocess.Process:
     """A child process serving ``kind``, stopped (then killed) with ``stack``."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve", kind, url, seed,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    stack.push_async_callback(stop_child, proc)
-    assert proc.stdout is not None
-    async with asyncio.timeout(READY_BOUND):
-        line = await proc.stdout.readline()
-    if line.strip() != b"READY":
-        raise RuntimeError(f"{kind} responder process failed to start: {line!r}")
+    proc = await spawn_child(__file__, "--serve", kind, url, seed, ready_bound=READY_BOUND)
+    stack.push_async_callback(stop_child, proc, STOP_BOUND)
     return proc
-
-
-async def stop_child(proc: asyncio.subprocess.Process) -> None:
-    if proc.stdin is not None:
-        proc.stdin.close()
-    try:
-        async with asyncio.timeout(STOP_BOUND):
-            await proc.wait()
-    except TimeoutError:
-        proc.kill()
-        async with asyncio.timeout(5):
-            await proc.wait()
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -302,13 +287,7 @@ async def wire(url: str, ops: dict[str, Op], rounds: int = 20) -> dict[str, dict
 
 async def warm_up(op: Op, rounds: int) -> None:
     """Retry (bounded) until the path answers, then run ``rounds`` untimed rounds."""
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                await op()
-                break
-            except (TimeoutError, AgoraError, nats.errors.Error, WrongAnswer):
-                await asyncio.sleep(0.05)
+    await until_answers(op, also=(WrongAnswer,))
     for _ in range(rounds):
         await op()
 
@@ -428,15 +407,10 @@ def main() -> int:
     if not synadia_installed():
         print(SKIPPED)
         return 0
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        if args.serve:
-            runner.run(serve(*args.serve))
-            return 0
-        result = runner.run(run(args))
-    report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0  # a FAIL verdict is a finding, not a crash: see the verdict lines
+    if args.serve:
+        uvloop.run(serve(*args.serve))
+        return 0
+    return run_and_report(run(args), report, args.json)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -22,7 +23,8 @@ from agoramesh.errors import AgoraError
 from agoramesh.nodes.node import AgentNode
 
 __all__ = ("Warnings", "WrongAnswer", "alternate", "count_warnings", "latency", "percentile",
-           "raw_client", "run_and_report", "stop_all", "time_rounds", "until_answers")
+           "raw_client", "run_and_report", "serve_until_stdin_closes", "spawn_child",
+           "stop_all", "stop_child", "time_rounds", "until_answers")
 
 
 class WrongAnswer(Exception):
@@ -60,15 +62,18 @@ def latency(samples: list[int]) -> dict[str, float]:
     return {f"p{q}": round(percentile(samples, q), 4) for q in (50, 90, 99)}
 
 
-async def until_answers(op: Callable[[], Awaitable[object]], bound: float = 30.0) -> None:
+async def until_answers(op: Callable[[], Awaitable[object]], bound: float = 30.0,
+                        also: tuple[type[Exception], ...] = ()) -> None:
     """Retry ``op`` (at most ``bound`` seconds) until it succeeds: interest has spread
-    over the routes and whoever answers it is serving."""
+    over the routes and whoever answers it is serving. ``also``: more exceptions that
+    mean "not yet" rather than a failure."""
+    not_yet: tuple[type[Exception], ...] = (TimeoutError, AgoraError, nats.errors.Error, *also)
     async with asyncio.timeout(bound):
         while True:
             try:
                 await op()
                 return
-            except (TimeoutError, AgoraError, nats.errors.Error):
+            except not_yet:
                 await asyncio.sleep(0.05)
 
 
@@ -126,6 +131,50 @@ async def alternate(ops: dict[str, Callable[[], Awaitable[object]]], rounds: int
                 else:
                     samples[side].append(clock() - start)
     return samples, misses, time.monotonic() - started
+
+
+async def spawn_child(script: str, *args: str, ready_bound: float = 30.0
+                      ) -> asyncio.subprocess.Process:
+    """``python script args…`` as a child process, once it has printed READY
+    (:func:`serve_until_stdin_closes`); stopped (:func:`stop_child`) if it does not."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, script, *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(ready_bound):
+            line = await proc.stdout.readline()
+        if line.strip() != b"READY":
+            raise RuntimeError(f"{args[:2]} child process failed to start: {line!r}")
+    except BaseException:
+        await stop_child(proc)
+        raise
+    return proc
+
+
+async def stop_child(proc: asyncio.subprocess.Process, bound: float = 10.0) -> None:
+    """Close the child's stdin (its signal to stop), then kill it after ``bound`` seconds."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        async with asyncio.timeout(bound):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        async with asyncio.timeout(5):
+            await proc.wait()
+
+
+async def serve_until_stdin_closes(bound: float = 4 * 3600) -> None:
+    """Child side of :func:`spawn_child`: print READY, then wait until stdin closes (the
+    parent stopped it or died), at most ``bound`` seconds."""
+    print("READY", flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(bound):
+            await reader.read()
 
 
 def run_and_report(run: Coroutine[Any, Any, dict[str, Any]],

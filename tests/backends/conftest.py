@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from backend_support import kill_midway
 
 from agoramesh.nodes.backends import base
-from agoramesh.testing.processes import alive
 
 # A node in miniature: one chat with one backend (prompt of `size` bytes), in its own process.
 NODE = """
@@ -39,50 +35,17 @@ def retry_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return waits
 
 
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    """True once ``pid`` has stopped running (a zombie counts), False after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @pytest.fixture
 def kill_node(tmp_path: Path) -> Callable[..., None]:
     """``kill_node(kind, program, env, child_pid, size=...)`` SIGKILLs a node mid-run.
 
     The node is a Python process chatting with a ``kind`` backend that runs
-    ``program`` (``env`` is its environment). Once ``child_pid()`` names the
-    program's process, the node is SIGKILLed; the program must be gone soon
-    after. Both are killed by PID, whatever happens.
+    ``program`` (``env`` is its environment); see :func:`kill_midway`.
     """
 
     def run(kind: str, program: Path, env: dict[str, str],
-                  child_pid: Callable[[], int | None], *, size: int = 10) -> None:
-        log = tmp_path / "node.log"
-        with log.open("wb") as stderr:
-            node = subprocess.Popen([sys.executable, "-c", NODE, kind, str(program), str(size)],
-                                    env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=stderr)
-        child: int | None = None
-        try:
-            deadline = time.monotonic() + 30
-            while (child := child_pid()) is None and node.poll() is None:
-                assert time.monotonic() < deadline, "the backend's program never started"
-                time.sleep(0.02)
-            assert child is not None, f"the node exited first: {log.read_text()}"
-            pid = child
-            assert alive(pid)
-            node.kill()
-            node.wait(timeout=10)
-            assert gone(pid), f"pid {pid} outlived its node"
-        finally:
-            if node.poll() is None:
-                node.kill()
-                node.wait(timeout=10)
-            if child is not None and alive(child):
-                os.kill(child, signal.SIGKILL)
+            child_pid: Callable[[], int | None], *, size: int = 10) -> None:
+        kill_midway([sys.executable, "-c", NODE, kind, str(program), str(size)], env,
+                    child_pid, tmp_path / "node.log")
 
     return run

@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from backend_support import kill_midway
 
 from agoramesh.errors import InvalidInput, UnknownCapability
 from agoramesh.nodes.backends.base import BackendConfig, ChatMessage
@@ -641,3 +642,33 @@ async def test_vote_breaks_ties_by_a_stable_hash_of_the_voter() -> None:
     again = await run("vote", {"question": "Pick one", "options": ["red", "green", "blue"],
                                "voter": "n2"})
     assert again["choice"] == "green" and "stable hash" in again["reason"]
+
+
+# A node in miniature running one code.run.python task, in its own process.
+SANDBOX_NODE = """
+import asyncio, sys
+from agoramesh.nodes.backends.offline import OfflineBackend
+from agoramesh.nodes.task import Task
+
+async def main():
+    task = Task(task_type="code.run.python", parameters={"code": sys.argv[1], "timeout": 10})
+    async for _ in OfflineBackend().execute(task):
+        pass
+
+asyncio.run(main())
+"""
+
+
+def test_the_sandboxed_program_dies_with_its_node(tmp_path: Path) -> None:
+    """SIGKILL of the node kills the sandbox child too (a parent-death signal): no orphan
+    runs on, unwatched, until its own limits stop it."""
+    pid_file = tmp_path / "pid"
+    code = (f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+            f"time.sleep(30)\n")
+
+    def child_pid() -> int | None:
+        text = pid_file.read_text() if pid_file.exists() else ""
+        return int(text) if text else None
+
+    kill_midway([sys.executable, "-c", SANDBOX_NODE, code], {}, child_pid,
+                tmp_path / "node.log")

@@ -121,6 +121,35 @@ async def test_no_responders_and_timeouts_are_typed(pair: tuple[Bus, Bus]) -> No
             await client.request(SUBJECT, "task_request", {}, timeout=0.2)
 
 
+async def test_a_request_in_flight_when_the_bus_closes_ends_at_once(
+        pair: tuple[Bus, Bus]) -> None:
+    """Closing the bus fails a waiting request with NotConnected, not its 30 s timeout;
+    a bus started again gets a reply subscription of its own."""
+    client, server = pair
+
+    async def silent(delivery: Delivery) -> None:
+        return None
+
+    await server.subscribe(SUBJECT, silent)
+    waiting = asyncio.ensure_future(client.request(SUBJECT, "task_request", {}, timeout=30))
+    await wait_until(lambda: bool(client._replies), timeout=2)
+    async with asyncio.timeout(5):
+        await client.close(timeout=0.5)
+        with pytest.raises(NotConnected):
+            await waiting
+
+    async def echo(delivery: Delivery) -> None:
+        await delivery.respond("echo", delivery.body)
+
+    await server.subscribe(SUBJECT + ".echo", echo)
+    await client.start()
+    try:
+        reply = await client.request(SUBJECT + ".echo", "task_request", {"n": 1}, timeout=3)
+        assert reply.body == {"n": 1}
+    finally:
+        await client.close(timeout=0.5)
+
+
 async def test_handler_errors_reach_the_requester(pair: tuple[Bus, Bus]) -> None:
     client, server = pair
 

@@ -44,6 +44,10 @@ from agoramesh.config import MAX_MESSAGE_BYTES, EnvelopePolicy
 from agoramesh.errors import EnvelopeError, RejectReason
 from agoramesh.nodes.node import AgentNode
 from agoramesh.observability.metrics import MeshCollector, new_registry
+from agoramesh.testing.workers import Worker
+
+#: The capability subject of the :data:`~agoramesh.testing.workers.WORK` agents under attack.
+CAP = "agora.cap.work.do"
 
 #: The policy of the nodes under attack: small enough that an envelope over it
 #: still fits the servers' max_payload (1 MiB + 64 KiB), so oversize is the node's call.
@@ -285,6 +289,20 @@ def exported_rejections(nodes: Iterable[AgentNode]) -> dict[str, Counter[str]]:
                 exported.setdefault(sample.labels["agent"], Counter())[
                     sample.labels["reason"]] += int(sample.value)
     return exported
+
+
+def exported_agree(*nodes: AgentNode) -> None:
+    """Each node's exported rejections are the ones its bus counted."""
+    exported = exported_rejections(nodes)
+    for node in nodes:
+        assert exported.get(node.config.name, Counter()) == counted(node), node.config.name
+
+
+def started(node: AgentNode) -> list[str]:
+    """The task ids a :class:`Worker` node has started, in order."""
+    backend = node.backend
+    assert isinstance(backend, Worker)
+    return backend.started
 
 
 def counted(owner: AgentNode | Bus) -> Counter[str]:

@@ -36,10 +36,11 @@ from hostile_support import (
     AttackerFactory,
     NodeFactory,
     counted,
-    exported_rejections,
+    exported_agree,
     forge,
     oversize,
     serving,
+    started,
 )
 from nats.aio.msg import Msg
 
@@ -59,12 +60,6 @@ pytestmark = pytest.mark.integration
 
 AUCTIONS = 200
 SECONDS = 0.15  # per task: long enough that replays land while the auction is open
-
-
-def started(node: AgentNode) -> list[str]:
-    backend = node.backend
-    assert isinstance(backend, Worker)
-    return backend.started
 
 
 def perfect_bid(attacker: Attacker, victim: str, inbox: str, auction_id: str) -> bytes:
@@ -212,8 +207,7 @@ async def test_200_concurrent_auctions_under_attack_each_end_with_one_result(
     await wait_until(lambda: total(bidders)["expired"] == 6 * saboteur.sent["expired cfp"],
                      timeout=10)
     assert not serving(everyone)
-    exported = exported_rejections(everyone)
-    assert all(exported.get(node.config.name, Counter()) == counted(node) for node in everyone)
+    exported_agree(*everyone)
     assert unexpected_errors() == []
     assert elapsed < 45
 

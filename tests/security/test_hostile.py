@@ -21,6 +21,7 @@ from typing import Any
 import nats.errors
 import pytest
 from hostile_support import (
+    CAP,
     SMALL,
     Attacker,
     AttackerFactory,
@@ -29,12 +30,13 @@ from hostile_support import (
     check_error_envelope,
     check_json_error,
     counted,
-    exported_rejections,
+    exported_agree,
     fields_of,
     forge,
     oversize,
     resign,
     serving,
+    started,
     strict_json,
 )
 from nats.aio.msg import Msg
@@ -56,18 +58,9 @@ from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
 
-CAP = "agora.cap.work.do"
-
-
 def task_body(n: int, seconds: float = 0.0, task_type: str | None = None) -> dict[str, Any]:
     task = Task(task_type=task_type or WORK.name, parameters={"n": n, "seconds": seconds})
     return task.as_dict()
-
-
-def started(node: AgentNode) -> list[str]:
-    backend = node.backend
-    assert isinstance(backend, Worker)
-    return backend.started
 
 
 async def knows(node: AgentNode, *peers: AgentNode) -> None:
@@ -78,12 +71,6 @@ def capabilities_of(node: AgentNode, peer: AgentNode) -> set[str]:
     entry = node.directory.get(peer.agent_id)
     assert entry is not None, f"{peer.config.name} is not in {node.config.name}'s directory"
     return {capability.name for capability in entry.card.capabilities}
-
-
-def exported_agree(*nodes: AgentNode) -> None:
-    exported = exported_rejections(nodes)
-    for node in nodes:
-        assert exported.get(node.config.name, Counter()) == counted(node), node.config.name
 
 
 async def test_forged_senders_are_rejected_on_every_subject_and_change_nothing(

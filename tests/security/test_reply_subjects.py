@@ -26,15 +26,17 @@ from typing import Any
 
 import pytest
 from hostile_support import (
+    CAP,
     SMALL,
     Attacker,
     AttackerFactory,
     NodeFactory,
     check_error_envelope,
     counted,
-    exported_rejections,
+    exported_agree,
     forge,
     serving,
+    started,
 )
 from nats.aio.msg import Msg
 
@@ -52,21 +54,6 @@ from agoramesh.testing.plugin import BusFactory, MeshFactory
 from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
-
-CAP = "agora.cap.work.do"
-
-
-def started(node: AgentNode) -> list[str]:
-    backend = node.backend
-    assert isinstance(backend, Worker)
-    return backend.started
-
-
-def exported_agree(*nodes: AgentNode) -> None:
-    exported = exported_rejections(nodes)
-    for node in nodes:
-        assert exported.get(node.config.name, Counter()) == counted(node), node.config.name
-
 
 async def test_a_request_republished_with_another_reply_subject_is_refused_as_wrong_reply(
         mesh_factory: MeshFactory, node_factory: NodeFactory, bus_factory: BusFactory,

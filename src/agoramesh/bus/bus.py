@@ -407,6 +407,7 @@ class Bus:
             raise NotConnected(f"{', '.join(cfg.servers)} does not use TLS, and this client "
                                f"was given a CA ({cfg.tls.ca_file}): refusing plaintext")
         self._nc = nc
+        self._reply_prefix = ""  # a new connection: our reply subscription is made on it anew
 
     async def _on_error(self, exc: Exception) -> None:
         if self._nc is None and _refused(exc):
@@ -447,7 +448,9 @@ class Bus:
         finally:
             self._nc = None
             self._closing = False
-            self._reply_prefix = ""
+            for future in self._replies.values():  # requests still waiting fail now
+                if not future.done():
+                    future.set_exception(NotConnected("the bus closed before the reply came"))
         with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
             if nc.is_connected:
                 await nc.flush(timeout=max(1, round(budget)))
@@ -695,7 +698,8 @@ class Bus:
     async def confirm(self) -> None:
         """Return once our server has every subscription made so far (one flush for all);
         PermissionDenied (those refused stopped) if it refused any."""
-        pending, self._unconfirmed = self._unconfirmed, []
+        # The mark is this batch's: a subscribe made while we flush starts the next batch.
+        pending, mark, self._unconfirmed = self._unconfirmed, self._denials_mark, []
         if not pending:
             return
         try:
@@ -703,7 +707,7 @@ class Bus:
         except BusTimeout:
             subjects = ", ".join(subscription.subject for subscription in pending[:3])
             raise BusTimeout(f"server did not confirm the subscription to {subjects}") from None
-        seen = self._denials_seen - self._denials_mark
+        seen = self._denials_seen - mark
         if not seen:
             return
         denials = self.permission_denials[-seen:]

@@ -329,9 +329,8 @@ class JetStream:
                     await js.add_consumer(self.names.stream, cfg)
                     return
                 except nats.js.errors.APIError as exc:
-                    if exc.err_code == 10148:  # created meanwhile, with another config
-                        return
-                    if exc.code != 503 and exc.err_code not in _PLACEMENT:
+                    # 10148: created meanwhile, with another config: its ack_wait is read next.
+                    if exc.code != 503 and exc.err_code not in (*_PLACEMENT, 10148):
                         raise self._error(exc, "creating the job consumer") from None
                     last = exc
             except nats.js.errors.APIError as exc:

@@ -60,7 +60,7 @@ def _client_options_after(sub: argparse.ArgumentParser, parent: argparse.Argumen
 
 
 def print_result(result: TaskResult, *, as_json: bool) -> int:
-    """A job's result on stdout (its error on stderr); the exit code: 1 unless COMPLETED."""
+    """A task's result on stdout (its error on stderr); the exit code: 1 unless COMPLETED."""
     if as_json:
         emit_json(result.as_dict())
     elif result.status is TaskStatus.COMPLETED:

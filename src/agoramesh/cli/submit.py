@@ -15,7 +15,6 @@ submitting the same id again does not run it again.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -26,7 +25,6 @@ from agoramesh.cli.jobs import print_result
 from agoramesh.cli.output import emit, emit_json, json_object
 from agoramesh.config import Environment
 from agoramesh.errors import ConfigError
-from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.contract_net import Progress
 from agoramesh.protocols.dispatch import Dispatcher, Strategy, client_dispatcher
 from agoramesh.protocols.jobs import Jobs
@@ -107,16 +105,7 @@ async def _submit(args: argparse.Namespace, env: Environment) -> int:
         result = await dispatcher.submit(args.capability, parameters, agent_id=args.agent,
                                          strategy=args.strategy, priority=args.priority,
                                          timeout=args.timeout, progress=progress)
-    if args.json:
-        emit_json(result.as_dict())
-    elif result.status is TaskStatus.COMPLETED:
-        emit(json.dumps(result.result, indent=2, ensure_ascii=False))
-    if result.status is not TaskStatus.COMPLETED:
-        error = result.error or {}
-        print(f"agoramesh: error: task failed: {error.get('type', 'Error')}: "
-              f"{' '.join(str(error.get('message', '')).split())}", file=sys.stderr)
-        return 1
-    return 0
+    return print_result(result, as_json=args.json)
 
 
 async def _durable(args: argparse.Namespace, env: Environment, parameters: dict[str, Any]) -> int:

@@ -243,8 +243,12 @@ class AgentNode:
         try:
             await self._start()
         except BaseException:
-            # Half started (a subscription refused, a cancel): nothing may outlive us.
+            # Half started (a subscription refused, a cancel): nothing may outlive us,
+            # not even our place at the bid desk agents sharing our directory use (it
+            # may hold their cfp subscription, on our bus).
             self._state = "starting"
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.bidder.stop())
             await asyncio.shield(self.kill())
             raise
 

@@ -80,8 +80,8 @@ class Presence:
         last = loop.time()
         while True:
             await asyncio.sleep(interval)
-            now, late = loop.time(), loop.time() - last > 2 * interval
-            last = now
+            now = loop.time()
+            late, last = now - last > 2 * interval, now
             if owns_directory and not late:
                 node.directory.evict_silent()
             try:

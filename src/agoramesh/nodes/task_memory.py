@@ -92,11 +92,13 @@ class TaskMemory:
             entry[1].set_result(result)
         if not result.final:
             return
-        self._done[task.task_id] = (time.monotonic() + self.ttl,
-                                    entry[0] if entry else task_digest(task), result)
+        now = time.monotonic()
+        self._done[task.task_id] = (now + self.ttl, entry[0] if entry else task_digest(task),
+                                    result)
         self._done.move_to_end(task.task_id)
-        while len(self._done) > self.size:
-            self._done.popitem(last=False)
+        done = self._done  # oldest first, and so soonest to expire (one ttl for all)
+        while done and (len(done) > self.size or next(iter(done.values()))[0] < now):
+            done.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._running) + len(self._done)

@@ -99,9 +99,6 @@ METRICS: dict[str, tuple[str, str]] = {
 #: The job store's families: exported once per process, only when JetStream answers.
 JOB_STORE_METRICS = frozenset({"agoramesh_job_queue", "agoramesh_jobs_redelivered",
                                "agoramesh_job_results_stored", "agoramesh_job_results_bytes"})
-#: Every event of ``agoramesh_jobs_total``, exported even at 0 (stats.JOB_EVENTS, and
-#: "abandoned": a job left to another node after this one was paused past ack_wait).
-_JOB_EVENTS = tuple(dict.fromkeys((*JOB_EVENTS, "abandoned")))
 
 
 def _family(name: str, labels: Iterable[str]) -> Any:
@@ -282,7 +279,7 @@ class MeshCollector(Collector):
                 cost.add_metric([agent, backend, model], usd)
             peers.add_metric([agent], len(node.directory))
             counted = stats.jobs.copy()
-            for event in dict.fromkeys((*_JOB_EVENTS, *counted)):
+            for event in dict.fromkeys((*JOB_EVENTS, *counted)):  # every event, even at 0
                 jobs.add_metric([agent, event], counted[event])
             jobs_running.add_metric([agent], node.job_worker.running)
             remembered.add_metric([agent], stats.answered_from_memory)

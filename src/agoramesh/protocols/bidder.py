@@ -186,10 +186,10 @@ class Bidder:
     async def start(self) -> None:
         """Listen for cfps on every capability; take awards on the node's direct subject."""
         self.node.direct_handlers["award"] = self._on_award
-        desk = _desk_for(self.node.directory)
+        # Set first: stop() (AgentNode.start failing) also undoes joins made before one failed.
+        desk = self._desk = _desk_for(self.node.directory)
         for capability in self.node.config.capabilities:
             await desk.join(self, capability)
-        self._desk = desk
 
     async def stop(self) -> None:
         desk = self._desk
@@ -220,8 +220,9 @@ class Bidder:
         elif cfp.task is None:
             offer = f"unusable cfp: {cfp.problem}"
         elif holds:  # ours already: no capacity needed, no price to quote
+            status = node.status
             offer = Bid(agent_id=node.agent_id, load=0.0, success_rate=1.0, holds=holds,
-                        capacity=node.status.capacity, in_flight=node.status.in_flight,
+                        capacity=status.capacity, in_flight=status.in_flight,
                         agent_type=node.config.type)
         else:
             try:

@@ -191,6 +191,15 @@ def _only_query(request: web.Request, *allowed: str) -> None:
         raise InvalidInput(f"unknown query parameter(s) {', '.join(unknown)[:200]}")
 
 
+def _task_id(given: str, what: str) -> str:
+    """``given`` if it is a valid durable task id, else an InvalidInput starting ``what``."""
+    try:
+        return valid_task_id(given)
+    except InvalidInput:
+        raise InvalidInput(f"{what} 1-128 letters, digits, '_', '=' or '-', "
+                           f"got {given[:60]!r}") from None
+
+
 def _job_parameters(data: bytes, capability: str, max_bytes: int) -> dict[str, Any] | None:
     """The parameters of a job as the stream holds it, or None if they cannot be read.
 
@@ -329,9 +338,7 @@ class HttpApi(WebServer):
                       "agent_id": self.agent_id})
 
     async def _agents(self, request: web.Request) -> web.Response:
-        unknown = sorted(set(request.query) - {"capability"})
-        if unknown:
-            raise InvalidInput(f"unknown query parameter(s) {', '.join(unknown)[:200]}")
+        _only_query(request, "capability")
         pattern = request.query.get("capability")
         cards = (self.dispatcher.agents() if pattern is None
                  else self.dispatcher.select(f"capability:{pattern}"))
@@ -412,11 +419,7 @@ class HttpApi(WebServer):
         if durable is False:
             raise InvalidInput(f"an {IDEMPOTENCY_KEY} header makes the task durable, and the "
                                f"body says \"durable\": false")
-        try:
-            return True, valid_task_id(key)
-        except InvalidInput:
-            raise InvalidInput(f"the {IDEMPOTENCY_KEY} header is the durable task id: 1-128 "
-                               f"letters, digits, '_', '=' or '-', got {key[:60]!r}") from None
+        return True, _task_id(key, f"the {IDEMPOTENCY_KEY} header is the durable task id:")
 
     def _wait(self, request: web.Request) -> float | None:
         """``?wait=SECONDS``: above 0 and at most ``timeout``; None without it."""
@@ -503,12 +506,7 @@ class HttpApi(WebServer):
 
     async def _task_result(self, request: web.Request) -> web.Response:
         _only_query(request, "wait")
-        task_id = request.match_info["task_id"]
-        try:
-            valid_task_id(task_id)
-        except InvalidInput:
-            raise InvalidInput(f"a durable task id is 1-128 letters, digits, '_', '=' or '-', "
-                               f"got {task_id[:60]!r}") from None
+        task_id = _task_id(request.match_info["task_id"], "a durable task id is")
         wait = self._wait(request)
         loop = asyncio.get_running_loop()
         ends = loop.time() + self.timeout

@@ -58,7 +58,7 @@ from agoramesh.errors import (
     error_to_wire,
 )
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
-from agoramesh.protocols.jobs import ResultStore, is_final
+from agoramesh.protocols.jobs import ResultStore
 from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:
@@ -438,7 +438,7 @@ class JobWorker:
                 return None, True  # done before: whoever can run it no longer matters
             return self._unplaced(job, exc), False
         result = outcome.result
-        if not is_final(result):  # the winner stopped, or was busy after all: run it again
+        if not result.final:  # the winner stopped, or was busy after all: run it again
             raise _Requeue(0.5, f"{(result.error or {}).get('type')}")
         return result, outcome.stored
 

@@ -46,17 +46,9 @@ from agoramesh.errors import (
 )
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 
-__all__ = ("JobInfo", "JobReceipt", "Jobs", "JobsStatus", "ResultStore", "is_final",
-           "result_record")
+__all__ = ("JobInfo", "JobReceipt", "Jobs", "JobsStatus", "ResultStore", "result_record")
 
 _POLL = 1.0  # seconds between looks at the store while waiting for a live result
-
-
-def is_final(result: TaskResult) -> bool:
-    """True if ``result`` may be stored as the task's result (TaskResult.final): a
-    cancellation or a busy agent is never stored by a winner or an initiator (the job
-    runs again instead), only by an explicit cancel."""
-    return result.final
 
 
 def result_record(result: TaskResult, *, stored_by: str) -> bytes:
@@ -287,7 +279,11 @@ class Jobs:
             stored = await self.store.load(task_id)
             if stored is None:  # expired between the two reads: nothing left to cancel
                 raise JobNotFound(f"no job {task_id}")
-            return stored
+            if stored.final:  # it finished first
+                return stored
+            # A cancellation is stored: maybe ours, the reply to our store lost (a seed
+            # died) and the retry refused. Its driver must still be told to stop.
+            cancelled = stored
         with contextlib.suppress(AgoraError, nats.errors.Error):
             await self.bus.publish_raw(self.bus.subjects.cancel(task_id),
                                        encode_json({"task_id": task_id}))

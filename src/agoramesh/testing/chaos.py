@@ -421,18 +421,28 @@ async def _drive(mesh: _Mesh, settings: ChaosSettings, faults: Sequence[Fault],
         injections = [asyncio.ensure_future(_inject(mesh, fault, started, notes))
                       for fault in faults]
         pending: set[asyncio.Task[Any]] = set()
-        for n in range(settings.tasks):
-            await asyncio.sleep(max(0.0, started + n / settings.rate - time.monotonic()))
-            task_id = f"chaos-{n:05d}"
-            submitted.append(task_id)
-            pending.add(asyncio.ensure_future(jobs.submit(
-                CAPABILITY, {"n": n, "seconds": round(rng.uniform(*settings.seconds), 3)},
-                task_id=task_id, timeout=30)))
-        done, _ = await asyncio.wait(pending, timeout=60)
-        refused = [task for task in done if task.exception() is not None]
-        for task in refused:
-            notes.append(f"submit failed: {task.exception()!r}")
-        await asyncio.gather(*injections, return_exceptions=True)
+        try:
+            for n in range(settings.tasks):
+                await asyncio.sleep(max(0.0, started + n / settings.rate - time.monotonic()))
+                task_id = f"chaos-{n:05d}"
+                submitted.append(task_id)
+                pending.add(asyncio.ensure_future(jobs.submit(
+                    CAPABILITY, {"n": n, "seconds": round(rng.uniform(*settings.seconds), 3)},
+                    task_id=task_id, timeout=30)))
+            done, late = await asyncio.wait(pending, timeout=60) if pending else (set(), set())
+            for task in done:
+                if task.exception() is not None:
+                    notes.append(f"submit failed: {task.exception()!r}")
+            if late:
+                notes.append(f"{len(late)} submits unanswered after 60s")
+            # A fault that could not be injected makes the run's figures meaningless.
+            for outcome in await asyncio.gather(*injections, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        finally:
+            for task in (*pending, *injections):
+                task.cancel()
+            await asyncio.gather(*pending, *injections, return_exceptions=True)
         stored = await _collect(jobs, submitted, started + settings.drain)
         seconds = time.monotonic() - started
         await asyncio.sleep(0.5)  # a late second live result would arrive by now

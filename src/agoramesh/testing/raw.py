@@ -7,8 +7,10 @@ check 5), so its sender chooses the inbox before sealing: nats-py's
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -26,5 +28,9 @@ async def ask(nc: NatsClient, subject: str, payload: bytes | Sealer, *,
         return await nc.request(subject, payload, timeout=timeout)
     inbox = nc.new_inbox()
     replies = await nc.subscribe(inbox, max_msgs=1)
-    await nc.publish(subject, payload(inbox), reply=inbox)
-    return await replies.next_msg(timeout=timeout)
+    try:
+        await nc.publish(subject, payload(inbox), reply=inbox)
+        return await replies.next_msg(timeout=timeout)
+    finally:  # no reply: the subscription would outlive the request
+        with contextlib.suppress(nats.errors.Error):
+            await replies.unsubscribe()

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
+from agoramesh.bus.server import parent_death_signal
 from agoramesh.errors import BackendError, InvalidInput
 
 if sys.platform != "win32":
@@ -159,8 +160,11 @@ def _retrieve(run: asyncio.Task[Any]) -> None:
 async def _run(code: str, stdin: str, timeout: float, stop: asyncio.Event) -> dict[str, Any]:
     """The run itself: ``stop`` set ends it early (the child killed, or never started)."""
     limits = _sandbox_limits(timeout)
+    die_with_node = parent_death_signal(signal.SIGKILL)  # SIGKILL of the node: no orphan
 
-    def apply_limits() -> None:
+    def prepare() -> None:  # pragma: no cover - runs in the child
+        if die_with_node is not None:
+            die_with_node()
         for which, pair in limits:
             resource.setrlimit(which, pair)
 
@@ -178,7 +182,7 @@ async def _run(code: str, stdin: str, timeout: float, stop: asyncio.Event) -> di
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-I", "-S", "-c", code, cwd=workdir,
                     env={"PATH": _SANDBOX_PATH}, start_new_session=True,
-                    preexec_fn=apply_limits if limits else None,
+                    preexec_fn=prepare if limits or die_with_node else None,
                     stdin=streams[0], stdout=streams[1], stderr=streams[2])
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 raise BackendError(f"could not start the sandbox: {exc}") from exc
