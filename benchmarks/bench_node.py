@@ -6,12 +6,14 @@
               ``json`` = plain JSON from a raw client to ``agora.cap.echo``, as ``nats req``
               sends it; ``bus`` = signed ``Bus.request`` to a bare Bus responder answering a
               TaskResult-sized body (the signed floor under ``node``). Target: node/raw p50.
-* ``join100`` 100 AgentNodes in this process (each its own Identity and Bus, heartbeat 1 s,
-              capability ``echo``) start on a 3-seed mesh, spread over the seeds; an observer
-              AgentNode times until its directory holds all 100 and until
+* ``join100`` 100 AgentNodes in this process under one AgentHost (each its own Identity,
+              signing its own hello; one connection per seed, one directory, one heartbeat
+              batch a second; capability ``echo``) start on a 3-seed mesh, spread over the
+              seeds; an observer AgentNode times until its directory holds all 100 and until
               ``find_agents_by_capability("echo")`` returns all 100, both from the moment the
               first agent starts. Also start-up and stop times, CPU while the 100 idle, VmRSS
-              per hosted agent (after gc), and tracemalloc's heap per agent (10 agents).
+              per hosted agent (after gc), and tracemalloc's heap per standalone agent (10).
+              benchmarks/bench_hosting.py does 1,000 in one process and 5,000 over five.
 
     .venv/bin/python benchmarks/bench_node.py [--quick] [--rounds N] [--json FILE]
 """
@@ -45,7 +47,7 @@ from agoramesh.config import BusConfig
 from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBackend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import submit_task
-from agoramesh.nodes.directory import Directory
+from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from common import (
@@ -85,10 +87,10 @@ def settled_rss_kib() -> int:
 
 
 def agent(name: str, capability: Capability, url: str,
-          directory: Directory | None = None) -> AgentNode:
+          host: AgentHost | None = None) -> AgentNode:
     config = NodeConfig(name=name, capabilities=(capability,), heartbeat_interval=HEARTBEAT)
     return AgentNode(Identity.generate(), config, OfflineBackend(),
-                     BusConfig(servers=(url,), name=name), directory=directory)
+                     BusConfig(servers=(url,), name=name), host=host)
 
 
 # -- direct ------------------------------------------------------------------------------
@@ -170,10 +172,12 @@ async def join(base: Path) -> dict[str, Any]:
         for nc in [await raw_client(stack, url) for url in urls]:  # observer reachable
             await until_answers(partial(nc.request, "$SRV.PING.observer", b"", timeout=0.5))
         rss_before = settled_rss_kib()
-        # Hosted agents share one directory: the first listens to presence for all of them.
-        host = agent("agent-000", echo, urls[0])
-        agents = [host] + [agent(f"agent-{i:03d}", echo, urls[i % len(urls)], host.directory)
-                           for i in range(1, AGENTS)]
+        # Hosted agents share a connection per seed, one directory and one beat (AgentHost).
+        host = AgentHost(BusConfig(servers=(urls[0],), name="host"), heartbeat_interval=HEARTBEAT)
+        await host.start()
+        stack.push_async_callback(host.stop, 1.0)
+        agents = [agent(f"agent-{i:03d}", echo, urls[i % len(urls)], host)
+                  for i in range(AGENTS)]
         stack.push_async_callback(stop_all, agents)  # runs first; stop() is idempotent
         marks: dict[str, float] = {}
         known_at_stop: set[str] = set()
@@ -217,7 +221,7 @@ async def join(base: Path) -> dict[str, Any]:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(poller, 5)
         while time.perf_counter() - t0 < JOIN_BOUND:  # bounded poll: all know all (+observer)
-            if len(host.directory) >= AGENTS:  # the other 99 and the observer
+            if len(host.directory) > AGENTS:  # the 100 and the observer
                 marks["converged"] = time.perf_counter() - t0
                 break
             await asyncio.sleep(0.05)

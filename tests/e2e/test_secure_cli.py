@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agoramesh.bus.credentials import parse_creds
 from agoramesh.security import jwt
 from agoramesh.testing import NodeProcess, UpProcess, assert_stopped
 from agoramesh.testing.cli import assert_one_line_error, cli
@@ -35,7 +36,7 @@ def test_trust_init_admit_creds_list_revoke(tmp_path: Path) -> None:
     assert creds.returncode == 0, creds.stderr
     creds_file = Path(json.loads(creds.stdout)["creds_file"])
     assert creds_file.stat().st_mode & 0o077 == 0
-    token, _ = jwt.parse_creds(creds_file.read_text())
+    token, _ = parse_creds(creds_file.read_text())
     assert jwt.decode(token)["nats"]["sub"]["allow"] == [">"]
     assert jwt.decode(token)["nats"]["pub"]["deny"] == [">"]  # reads, never speaks
 

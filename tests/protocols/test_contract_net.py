@@ -455,7 +455,7 @@ async def test_agents_sharing_a_directory_share_one_cfp_subscription(
                                             agent_type="worker", directory=first.directory)
                         for i in (1, 2)]
     desk = _desk_for(first.directory)
-    assert [m[0].node for m in desk.members["work.do"]] == hosted
+    assert [m[0].node for m in desk.members["work.do"].values()] == hosted
     assert desk.subscriptions["work.do"][0].node is first  # one subscription for all three
     client = await agent_factory(url, "client", ["echo"])
     await wait_until(lambda: len(client.directory.capable("work.do")) == 3, timeout=5)

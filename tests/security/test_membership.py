@@ -20,7 +20,7 @@ import pytest_asyncio
 from nats.aio.msg import Msg
 
 from agoramesh.bus.bus import Bus
-from agoramesh.bus.credentials import client_identity
+from agoramesh.bus.credentials import client_identity, parse_creds
 from agoramesh.bus.envelope import is_boxed, parse
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
@@ -29,6 +29,7 @@ from agoramesh.errors import NoResponders, NotConnected, PermissionDenied, Trust
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import stream_task
+from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.node import AgentNode, NodeConfig
 from agoramesh.nodes.task import Chunk, Task, TaskResult
 from agoramesh.protocols.dispatch import client_dispatcher
@@ -235,7 +236,7 @@ async def test_plain_json_from_an_authenticated_nats_client(
         secure_mesh: Mesh, store: TrustStore, admitted: AgentMaker, tmp_path: Path) -> None:
     await admitted(secure_mesh.leaves[1].client_url, "worker", ["echo"])
     creds = store.credentials("natscli")
-    agent_id = jwt.decode(jwt.parse_creds(creds.read_text())[0])["sub"]
+    agent_id = jwt.decode(parse_creds(creds.read_text())[0])["sub"]
     # What `nats --creds F --inbox-prefix _INBOX.<id> req agora.cap.echo '{…}'` does.
     nc = await nats.connect(secure_mesh.url, user_credentials=str(creds),
                             inbox_prefix=f"_INBOX.{agent_id}", allow_reconnect=False)
@@ -259,7 +260,7 @@ async def test_a_wildcard_sniffer_with_credentials_sees_only_ciphertext(
     worker = await admitted(secure_mesh.leaves[1].client_url, "worker", ["echo"])
     requester = await admitted(secure_mesh.leaves[0].client_url, "requester", ["math.evaluate"])
     creds = store.credentials("audit", role=Role.OBSERVER)
-    observer_id = jwt.decode(jwt.parse_creds(creds.read_text())[0])["sub"]
+    observer_id = jwt.decode(parse_creds(creds.read_text())[0])["sub"]
     sniffed: list[tuple[str, bytes]] = []
     sniffer = nats.NATS()
     await sniffer.connect(secure_mesh.seeds[1].client_url, user_credentials=str(creds),
@@ -278,9 +279,12 @@ async def test_a_wildcard_sniffer_with_credentials_sees_only_ciphertext(
                                      for subject, _ in sniffed), timeout=3.0)
     finally:
         await sniffer.close()
-    replies = [parse(data) for subject, data in sniffed
-               if subject.startswith(f"_INBOX.{requester.agent_id}")]
-    assert replies and all(is_boxed(reply.body) for reply in replies)
+    # Cards (a card reply, a discovery answer) are public, as every hello says them.
+    replies = [reply for reply in (parse(data) for subject, data in sniffed
+                                   if subject.startswith(f"_INBOX.{requester.agent_id}"))
+               if reply.type not in ("card", "discovery")]
+    assert any(reply.type == "task_response" for reply in replies)
+    assert all(is_boxed(reply.body) for reply in replies)
     requests = [parse(data) for subject, data in sniffed
                 if subject == f"agora.agent.{worker.agent_id}"]
     assert requests and all(is_boxed(request.body) for request in requests)
@@ -380,3 +384,42 @@ def test_the_store_signs_a_verifiable_chain(store: TrustStore, tmp_path: Path) -
 
 async def _ignore(_: object) -> None:
     return None
+
+
+async def test_a_host_admitted_with_no_capability_beats_for_agents_with_their_own_jwts(
+        secure_mesh: Mesh, store: TrustStore, admitted: AgentMaker) -> None:
+    """A host is a member like an agent with no capability: its batches pass the servers'
+    permissions; its agents keep their own connections (a connection is one identity)."""
+    observer = await admitted(secure_mesh.leaves[0].client_url, "observer", ["vote"])
+    url = secure_mesh.leaves[1].client_url
+    identity = Identity.generate()
+    host = AgentHost(BusConfig(servers=(url,), user_jwt=store.admit(
+        identity.agent_id, name="host").jwt, connect_timeout=2.0), identity=identity,
+        heartbeat_interval=0.2)
+    await host.start()
+    agents: list[AgentNode] = []
+    try:
+        for index in range(3):
+            member = Identity.generate()
+            token = store.admit(member.agent_id, capabilities=["echo"], name=f"h{index}").jwt
+            node = AgentNode(member, NodeConfig(
+                name=f"h{index}", capabilities=capabilities_for("offline", ["echo"]),
+                heartbeat_interval=0.2), OfflineBackend(),
+                BusConfig(servers=(url,), user_jwt=token, connect_timeout=2.0), host=host)
+            await node.start()
+            agents.append(node)
+        assert all(node.bus.connection is not host.bus.connection for node in agents)
+        await wait_until(lambda: all(n.agent_id in observer.directory for n in agents),
+                         timeout=5.0)
+        await asyncio.sleep(1.2)  # six beats: the host's batches alone keep them
+        assert all(n.agent_id in observer.directory for n in agents)
+        entry = observer.directory.get(agents[0].agent_id)
+        assert entry is not None and entry.host == host.agent_id
+        assert not host.bus.permission_denials
+        # (The first agent drives durable jobs: its JetStream probe is refused, as on any
+        # secured mesh, which runs no JetStream; nothing else is.)
+        assert all("$js." in denial for node in agents for denial in node.bus.permission_denials)
+    finally:
+        await host.stop(grace=1.0)
+    await wait_until(lambda: not any(n.agent_id in observer.directory for n in agents),
+                     timeout=3.0)

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import nats
@@ -28,7 +28,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from agoramesh.bus.credentials import connect_options, tls_hint
+from agoramesh.bus.connection import Connection
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import BROADCAST, Envelope, Guard, looks_like_envelope, seal
 from agoramesh.bus.identity import Identity
@@ -76,16 +76,6 @@ log = logging.getLogger("agoramesh.bus")
 
 #: Called with a message a subscription refused and why (``Bus.subscribe(on_rejected=)``).
 OnRejected = Callable[[Msg, EnvelopeError], None]
-
-
-def _refused(exc: Exception) -> bool:
-    """True for a server's refusal of our credentials.
-
-    While connecting, nats-py reports the server's ``-ERR 'Authorization
-    Violation'`` as a plain ``nats.errors.Error``, not AuthorizationError.
-    """
-    return isinstance(exc, nats.errors.AuthorizationError) or (
-        isinstance(exc, nats.errors.Error) and "authorization violation" in str(exc).lower())
 
 
 class Subscription:
@@ -170,9 +160,16 @@ class Subscription:
 class Bus:
     """Signed publish, request, scatter-gather and subscribe for one identity."""
 
-    def __init__(self, identity: Identity, config: BusConfig) -> None:
+    def __init__(self, identity: Identity, config: BusConfig, *,
+                 connection: Connection | None = None) -> None:
+        """``connection``: share it (agents hosted in one process) instead of opening one."""
         self.identity = identity
         self.config = config
+        self._connection = connection or Connection(config, identity)
+        self._shared = connection is not None
+        #: Plain NATS subscriptions of ours (reply inbox, ``$SRV``, auction inboxes):
+        #: ended with a connection of our own, unsubscribed from a shared one.
+        self._raw: list[NatsSubscription] = []
         self.subjects = Subjects(config.prefix)
         #: Our encryption keys: every boxed body addressed to us is opened on admission.
         self.e2e = E2EKeys(identity)
@@ -225,73 +222,33 @@ class Bus:
         await bus.start()
         return bus
 
+    @property
+    def connection(self) -> Connection:
+        """The NATS connection this bus uses: its own, or one it shares."""
+        return self._connection
+
     async def start(self) -> None:
-        """Connect; fails with NotConnected within ``connect_timeout`` if no server answers."""
-        cfg = self.config
-        nc = NatsClient()
-        try:
-            async with asyncio.timeout(cfg.connect_timeout):
-                await nc.connect(
-                    servers=list(cfg.servers),
-                    name=cfg.name,
-                    # Our inboxes carry our id, so a server can let only us read them.
-                    inbox_prefix=f"_INBOX.{self.agent_id}",
-                    **connect_options(cfg, self.identity),
-                    connect_timeout=max(1, int(cfg.connect_timeout)),
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=cfg.reconnect_wait,  # type: ignore[arg-type]
-                    ping_interval=cfg.ping_interval,  # type: ignore[arg-type]
-                    max_outstanding_pings=cfg.max_outstanding_pings,
-                    drain_timeout=max(1, int(cfg.drain_timeout)),
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            # nats-py retries a failed attempt until our timeout: its last error says why.
-            cause = nc.last_error if isinstance(exc, TimeoutError) and nc.last_error else exc
-            with contextlib.suppress(Exception):
-                await nc.close()
-            if isinstance(cause, Exception) and _refused(cause):
-                raise NotConnected(
-                    f"{', '.join(cfg.servers)} refused this identity's credentials "
-                    f"(Authorization Violation): not a member, revoked, expired, or the wrong "
-                    f"key for its JWT; see `agoramesh trust admit` and --creds") from None
-            raise NotConnected(
-                f"cannot connect to {', '.join(cfg.servers)} within {cfg.connect_timeout:g}s: "
-                f"{type(cause).__name__} {cause}".rstrip() + tls_hint(cause, cfg.tls)
-            ) from None
-        if cfg.tls is not None and not getattr(nc, "_server_info", {}).get("tls_required"):
-            # nats-py upgrades only when the server asks: never fall back to plaintext.
-            with contextlib.suppress(Exception):
-                await nc.close()
-            raise NotConnected(f"{', '.join(cfg.servers)} does not use TLS, and this client "
-                               f"was given a CA ({cfg.tls.ca_file}): refusing plaintext")
-        self._nc = nc
+        """Connect (or join the shared connection); NotConnected within ``connect_timeout``
+        if no server answers."""
+        self._nc = await self._connection.acquire(self, self._denied)
         self._reply_prefix = ""  # a new connection: our reply subscription is made on it anew
 
-    async def _on_error(self, exc: Exception) -> None:
-        if self._nc is None and _refused(exc):
-            # Refused credentials: retrying until connect_timeout would not change the
-            # answer. Raised from here, it ends nats-py's connect loop at once.
-            raise exc
-        text = str(exc)
-        if "permissions violation" in text.lower():
-            # The server refused a publish or subscribe this identity is not allowed.
-            self.permission_denials.append(text)
-            self._denials_seen += 1
-            del self.permission_denials[:-100]
-            log.warning("bus %s: %s", self.agent_id[:8], text)
-            return
-        log.debug("nats client error: %s", exc)
+    def _denied(self, text: str) -> None:
+        """The server refused a publish or subscribe on our connection."""
+        self.permission_denials.append(text)
+        self._denials_seen += 1
+        del self.permission_denials[:-100]
 
-    async def _on_disconnected(self) -> None:
-        log.info("bus %s disconnected; reconnecting", self.agent_id[:8])
+    def new_inbox(self) -> str:
+        """A fresh reply subject of ours, ``_INBOX.<agent-id>.<nuid>``."""
+        return self._connection.new_inbox(self.agent_id)
 
-    async def _on_reconnected(self) -> None:
-        log.info("bus %s reconnected to %s", self.agent_id[:8],
-                 self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?")
+    async def subscribe_raw(self, subject: str, cb: Callable[[Msg], Awaitable[None]], *,
+                            queue: str = "") -> NatsSubscription:
+        """A plain NATS subscription (no admission), ended when this bus closes."""
+        subscription = await self.nats.subscribe(subject, queue=queue, cb=cb)
+        self._raw.append(subscription)
+        return subscription
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop subscriptions (running handlers get ``timeout``), flush, close. Idempotent.
@@ -313,12 +270,12 @@ class Bus:
             for future in self._replies.values():  # requests still waiting fail now
                 if not future.done():
                     future.set_exception(NotConnected("the bus closed before the reply came"))
-        with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
-            if nc.is_connected:
-                await nc.flush(timeout=max(1, round(budget)))
-        with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
-            async with asyncio.timeout(max(0.5, budget)):
-                await nc.close()
+        raw, self._raw = self._raw, []
+        if self._shared:  # the connection outlives us: take our interest off it
+            for subscription in raw:
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
+        await self._connection.release(self, budget)
 
     async def __aenter__(self) -> Bus:
         if self._nc is None:
@@ -433,10 +390,9 @@ class Bus:
         """A fresh reply subject under our one reply subscription, and the future of its
         reply: the first admitted envelope (None: the server said nobody listens)."""
         if not self._reply_prefix:
-            nc = self.nats
-            self._reply_prefix = prefix = f"{nc.new_inbox()}."
+            self._reply_prefix = prefix = f"{self.new_inbox()}."
             try:  # its SUB is queued before the first request's PUB: the server sees it first
-                await nc.subscribe(f"{prefix}*", cb=self._on_reply)
+                await self.subscribe_raw(f"{prefix}*", self._on_reply)
             except BaseException:
                 self._reply_prefix = ""
                 raise
@@ -474,7 +430,8 @@ class Bus:
     async def gather(self, subject: str, type: str, body: Any, *, timeout: float,
                      expected: int | None = None, expected_from: Collection[str] | None = None,
                      to: str = BROADCAST, cid: str | None = None,
-                     verify: bool = True) -> list[Envelope]:
+                     verify: bool = True,
+                     each: Callable[[Envelope], object] | None = None) -> list[Envelope]:
         """Scatter-gather: publish once, collect replies until enough came or ``timeout``.
 
         Enough: ``expected`` replies from anyone, and a reply from each agent
@@ -483,10 +440,11 @@ class Bus:
         in arrival order, anyone's; never raises on a short count. With
         ``verify=False`` signatures are left for ``guard.confirm`` on the
         replies the caller acts on, and a forged sender can close the gather
-        early on ``expected_from``.
+        early on ``expected_from``. ``each`` is called with every admitted reply as
+        it arrives (a directory learning the mesh need not wait for the deadline).
         """
         nc = self.nats
-        inbox = nc.new_inbox()
+        inbox = self.new_inbox()
         replies: list[Envelope] = []
         waiting = None if expected_from is None else set(expected_from)
         enough = asyncio.Event()
@@ -504,6 +462,8 @@ class Bus:
                 return
             self.saw(envelope)
             replies.append(envelope)
+            if each is not None:
+                each(envelope)
             if waiting is not None:
                 waiting.discard(envelope.sender)
             check()
@@ -594,9 +554,9 @@ class Bus:
         (default: the request timeout).
         """
         wait = max(1, round(timeout or self.config.request_timeout))
+        _ = self.nats  # NotConnected once closed
         try:
-            for _ in range(2):
-                await self.nats.flush(timeout=wait)
+            await self._connection.flush(wait)
         except nats.errors.TimeoutError:
             raise BusTimeout(f"the server did not answer a flush within {wait}s") from None
 

@@ -17,10 +17,9 @@ from typing import Any
 from agoramesh.bus.identity import Identity
 from agoramesh.config import BusConfig, TlsConfig
 from agoramesh.errors import ConfigError, IdentityError, TrustError
-from agoramesh.security.jwt import parse_creds
 
-__all__ = ("client_identity", "client_ssl_context", "connect_options", "read_credentials",
-           "tls_hint")
+__all__ = ("client_identity", "client_ssl_context", "connect_options", "format_creds",
+           "parse_creds", "read_credentials", "tls_hint")
 
 
 def read_credentials(path: Path) -> tuple[str, Identity]:
@@ -97,3 +96,31 @@ def connect_options(config: BusConfig, identity: Identity) -> dict[str, Any]:
         options["signature_cb"] = lambda nonce: base64.b64encode(
             identity.sign(nonce.encode() if isinstance(nonce, str) else nonce))
     return options
+
+
+def format_creds(user_jwt: str, user_seed: bytes) -> str:
+    """A ``.creds`` file (the JWT and the seed), as the ``nats`` CLI and nats-py read it."""
+    return (
+        "-----BEGIN NATS USER JWT-----\n"
+        f"{user_jwt}\n"
+        "------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n"
+        "NKEY Seed printed below can be used to sign and prove identity.\n"
+        "NKEYs are sensitive and should be treated as secrets.\n\n"
+        "-----BEGIN USER NKEY SEED-----\n"
+        f"{user_seed.decode('ascii')}\n"
+        "------END USER NKEY SEED------\n\n"
+        "*************************************************************\n"
+    )
+
+
+def parse_creds(text: str) -> tuple[str, bytes]:
+    """(jwt, seed) from a ``.creds`` file's text; TrustError if it is not one."""
+    blocks: list[str] = []
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("-----BEGIN ") and index + 1 < len(lines):
+            blocks.append(lines[index + 1].strip())
+    if len(blocks) != 2 or not blocks[1].startswith("SU"):
+        raise TrustError("not a NATS .creds file (expected a user JWT and a user seed)")
+    return blocks[0], blocks[1].encode("ascii")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
-from agoramesh.bus.envelope import Envelope
+from agoramesh.bus.envelope import BROADCAST, Envelope
 from agoramesh.bus.ingress import encode_json, encode_json_error
 from agoramesh.errors import OversizeEnvelope, error_code, error_to_wire
 
@@ -121,7 +121,7 @@ class Delivery:
     def can_respond(self) -> bool:
         return bool(self.msg.reply)
 
-    def prepare(self, type: str, body: Any) -> Reply:
+    def prepare(self, type: str, body: Any, *, public: bool = False) -> Reply:
         """The reply :meth:`respond` would send: sealed for the requester, or JSON.
 
         Error replies (:func:`reply_error`) get the error headers. OversizeEnvelope
@@ -137,7 +137,8 @@ class Delivery:
                 raise OversizeEnvelope(f"reply of {len(payload) + headers_size(headers)} "
                                        f"bytes exceeds the {limit}-byte limit")
         else:
-            payload = self.bus.seal(self.msg.reply, type, body, to=self.envelope.sender,
+            to = BROADCAST if public else self.envelope.sender
+            payload = self.bus.seal(self.msg.reply, type, body, to=to,
                                     cid=self.envelope.cid, headers=headers)
         return Reply(payload, headers)
 
@@ -155,10 +156,16 @@ class Delivery:
         if self.msg.reply:
             await self.bus.publish_raw(self.msg.reply, reply.payload, headers=reply.headers)
 
-    async def respond(self, type: str, body: Any) -> None:
-        """Reply in kind; a message without a reply subject gets nothing."""
+    async def respond(self, type: str, body: Any, *, public: bool = False) -> None:
+        """Reply in kind; a message without a reply subject gets nothing.
+
+        ``public``: a statement anyone may read and check, such as a card (every hello
+        broadcasts it): addressed to everyone (``to`` = ``*``), so signed and never
+        encrypted. For a one-off answer to many askers (a discovery sweep) one
+        signature is cheaper than deriving a pair key for each (PROTOCOL.md §6.3).
+        """
         if self.msg.reply:
-            await self.send(self.prepare(type, body))
+            await self.send(self.prepare(type, body, public=public))
 
     async def respond_error(self, error: BaseException) -> None:
         if self.envelope is None:

@@ -9,6 +9,7 @@ so NATS wildcards select families of capabilities (``code.review.*``,
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agoramesh.bus.identity import is_agent_id
@@ -19,6 +20,7 @@ __all__ = (
     "MAX_CAPABILITY_LENGTH",
     "MAX_SUBJECT_LENGTH",
     "Subjects",
+    "tokens_match",
     "validate_capability",
     "validate_capability_pattern",
     "validate_subject",
@@ -165,3 +167,14 @@ class Subjects:
         if kind not in ("cap", "task", "cfp", "help", "jobs") or not capability:
             return None
         return capability
+
+
+def tokens_match(wanted: Sequence[str], have: Sequence[str]) -> bool:
+    """Subject-style matching (``*`` one token, ``>`` the rest) of a pattern and a name,
+    both already split into tokens (hot paths: capabilities, access rules)."""
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have) or (token != "*" and token != have[index]):
+            return False
+    return len(wanted) == len(have)

@@ -219,7 +219,7 @@ async def _messaging(report: Report, mesh: Mesh, env: Environment,
         del buses[2:]
 
     with report.step("forgery", "a forged envelope"):
-        inbox = alice.nats.new_inbox()  # chosen first: the envelope names its reply subject
+        inbox = alice.new_inbox()  # chosen first: the envelope names its reply subject
         forged = bytearray(seal(Identity.generate(), type="task_request", subject=subject,
                                 body={"x": 1}, reply=inbox))
         forged[-1] ^= 0x01  # one bit of the signature

@@ -3,11 +3,13 @@
 The watcher is a client, not an agent: it listens to presence, telemetry and
 calls for proposals, asks ``agora.discover`` once so the agents already on
 the mesh show at once, and fetches the card of any agent it hears without
-one. It also asks JetStream for the durable-job store's counts (job
-consumer and result stream info) at most once a second, each reading bounded
-by a second; without JetStream the jobs line is simply not shown. The model
-and the frame are in :mod:`agoramesh.observability.watch`; this module moves
-messages into it and frames onto the terminal.
+one (or that a host's heartbeat or telemetry batch names: only the agent's
+card says whether that host speaks for it). It also asks JetStream for the
+durable-job store's counts (job consumer and result stream info) at most
+once a second, each reading bounded by a second; without JetStream the jobs
+line is simply not shown. The model and the frame are in
+:mod:`agoramesh.observability.watch`; this module moves messages into it
+and frames onto the terminal.
 
 Live mode redraws in place every ``--interval`` (cursor home, each line
 erased to its end, the rest of the screen erased: no flicker) with the
@@ -41,6 +43,9 @@ __all__ = ("MeshWatcher", "register")
 
 log = logging.getLogger("agoramesh.watch")
 
+#: What tells of agents whose card we may lack: their own beats, or their host's batches.
+_BEATS = frozenset({"heartbeat", "telemetry", "heartbeat_batch", "telemetry_batch"})
+
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
 CLEAR, HOME, ERASE_LINE, ERASE_BELOW = "\x1b[2J", "\x1b[H", "\x1b[K", "\x1b[J"
 
@@ -68,6 +73,8 @@ class MeshWatcher:
 
     #: Card fetches in flight at once, and how long before asking a silent agent again.
     FETCH_SLOTS, FETCH_RETRY = 4, 5.0
+    #: Card fetches started and not yet done, at most (the others are asked on a later beat).
+    FETCH_QUEUE = 64
 
     def __init__(self, bus: Bus, view: MeshView, *,
                  clock: Callable[[], float] = time.time, jobs_every: float = 1.0) -> None:
@@ -109,7 +116,7 @@ class MeshWatcher:
         followed it, and the screen would wait for the slowest agent.
         """
         bus = self.bus
-        inbox = bus.nats.new_inbox()
+        inbox = bus.new_inbox()
         answers = await bus.subscribe(inbox, self._on_message)
         try:
             await bus.publish(bus.subjects.discover, "discovery", {}, reply=inbox,
@@ -121,11 +128,13 @@ class MeshWatcher:
     async def _on_message(self, delivery: Delivery) -> None:
         now = self.clock()
         self.view.ingest(delivery, now=now)
-        if delivery.type in ("heartbeat", "telemetry"):
+        if delivery.type in _BEATS:
             self.fetch_missing_cards(now)
 
     def fetch_missing_cards(self, now: float) -> None:
         for agent_id in self.view.missing_cards(now):
+            if len(self._fetches) >= self.FETCH_QUEUE:
+                return
             if now - self._asked.get(agent_id, -self.FETCH_RETRY) < self.FETCH_RETRY:
                 continue
             if len(self._asked) >= 4096:  # agents come and go: forget old askings

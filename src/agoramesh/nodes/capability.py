@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 
-from agoramesh.bus.subjects import validate_capability, validate_capability_pattern
+from agoramesh.bus.subjects import tokens_match, validate_capability, validate_capability_pattern
 from agoramesh.errors import ConfigError, InvalidInput
 
-__all__ = ("ANY_OBJECT", "Capability", "matches", "tokens_match")
+__all__ = ("ANY_OBJECT", "Capability", "matches")
 
 ANY_OBJECT: Mapping[str, Any] = {"type": "object"}
 
@@ -82,13 +82,3 @@ def matches(pattern: str, capability: str) -> bool:
     """NATS-style match of a dotted capability: ``*`` is one token, a final ``>`` the rest."""
     validate_capability_pattern(pattern)
     return tokens_match(pattern.split("."), capability.split("."))
-
-
-def tokens_match(wanted: Sequence[str], have: Sequence[str]) -> bool:
-    """:func:`matches` on patterns and names already split into tokens (hot paths)."""
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(have) > index
-        if index >= len(have) or (token != "*" and token != have[index]):
-            return False
-    return len(wanted) == len(have)

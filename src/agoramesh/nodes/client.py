@@ -40,7 +40,7 @@ async def stream_task(bus: Bus, task: Task, *, timeout: float = 30.0
 
     Leaving the loop early cancels the task on the agent (best effort).
     """
-    inbox = bus.nats.new_inbox()
+    inbox = bus.new_inbox()
     arrived: asyncio.Queue[Envelope | None] = asyncio.Queue()  # None: no responders
 
     async def collect(msg: Msg) -> None:

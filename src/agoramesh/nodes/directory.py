@@ -1,8 +1,9 @@
 """The soft-state directory of peers every node keeps (M-2.3): no registry server.
 
-Entries come from signed presence messages (hello, heartbeat) and discovery
-answers (:meth:`Directory.learn` reads both); a peer that misses ``missed``
-heartbeats in a row is evicted, and a ``bye`` removes it at once.
+Entries come from signed presence messages (hello, heartbeat, a host's
+heartbeat batch) and discovery answers (:meth:`Directory.learn` reads both); a
+peer that misses ``missed`` heartbeats in a row is evicted, and a ``bye``
+removes it at once (a host's bye, every agent that named that host).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from agoramesh.bus.identity import is_agent_id
 from agoramesh.errors import SchemaError
 from agoramesh.nodes.card import AgentCard, AgentStatus, presence_interval
 
@@ -29,6 +31,8 @@ class PeerEntry:
     last_seen: float  # time.monotonic()
     interval: float  # the peer's heartbeat interval, seconds
     digest: str = ""  # of the card, as its heartbeats announce it
+    host: str = ""  # the id of the host that beats for it ("": it beats itself)
+    status_mark: int | None = None  # hash of the status map ``status`` was read from
 
     @property
     def id(self) -> str:
@@ -60,20 +64,21 @@ class Directory:
         return self._peers.get(agent_id)
 
     def seen(self, card: AgentCard, status: AgentStatus, interval: float, *,
-             digest: str = "") -> PeerEntry:
+             digest: str = "", host: str = "") -> PeerEntry:
         """Record a peer's card (hello, card reply, discovery answer)."""
         entry = self._peers.get(card.id)
         now = self._clock()
         if entry is None:
             self._capable.clear()
-            entry = self._peers[card.id] = PeerEntry(card, status, now, interval, digest)
+            entry = self._peers[card.id] = PeerEntry(card, status, now, interval, digest, host)
             for hook in self.on_join:
                 hook(entry)
         else:
             if entry.card is not card:
                 self._capable.clear()
             entry.card, entry.status, entry.last_seen = card, status, now
-            entry.interval, entry.digest = interval, digest
+            entry.interval, entry.digest, entry.host = interval, digest, host
+            entry.status_mark = None
         return entry
 
     def learn(self, body: object, sender: str, *, default_interval: float) -> AgentCard:
@@ -97,15 +102,23 @@ class Directory:
                     del _CARDS[next(iter(_CARDS))]
                 _CARDS[(sender, digest)] = card
         interval = presence_interval(body.get("interval"), default_interval)
-        self.seen(card, AgentStatus.from_dict(body.get("status")), interval, digest=digest)
+        host = body.get("host", "")
+        if host != "" and not is_agent_id(host):
+            raise SchemaError("host must be the id of the agent's host")
+        self.seen(card, AgentStatus.from_dict(body.get("status")), interval, digest=digest,
+                  host=host)
         return card
 
-    def touch(self, agent_id: str, status: AgentStatus, interval: float) -> bool:
-        """A heartbeat from a peer we know; False if we do not know it (yet)."""
+    def touch(self, agent_id: str, status: AgentStatus, interval: float, *,
+              mark: int | None = None) -> bool:
+        """A heartbeat from a peer we know; False if we do not know it (yet). ``mark``:
+        a hash of the status map ``status`` was read from (the next beat with the same
+        map need not be read again)."""
         entry = self._peers.get(agent_id)
         if entry is None:
             return False
         entry.status, entry.last_seen, entry.interval = status, self._clock(), interval
+        entry.status_mark = mark
         return True
 
     def remove(self, agent_id: str, reason: str = "bye") -> bool:
@@ -115,6 +128,13 @@ class Directory:
         for hook in self.on_leave:
             hook(agent_id, reason)
         return True
+
+    def remove_hosted(self, host: str) -> list[str]:
+        """Drop every peer whose card body named ``host`` as its host (the host said bye)."""
+        hosted = [entry.id for entry in self._peers.values() if entry.host == host]
+        for agent_id in hosted:
+            self.remove(agent_id, "bye")
+        return hosted
 
     def evict_silent(self) -> list[str]:
         """Drop peers silent for ``missed`` of their heartbeat intervals; returns their ids."""

@@ -57,6 +57,7 @@ from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
 from agoramesh.nodes.directory import Directory
+from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.presence import Presence
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
@@ -142,28 +143,37 @@ class AgentNode:
                  bus_config: BusConfig, *, directory: Directory | None = None,
                  bid_policy: BidPolicy | None = None,
                  auction_policy: AuctionPolicy | None = None,
-                 trajectory: Trajectory | None = None, jobs: JobsConfig | None = None) -> None:
-        """``directory``: share another local agent's directory instead of keeping one.
+                 trajectory: Trajectory | None = None, jobs: JobsConfig | None = None,
+                 host: AgentHost | None = None) -> None:
+        """``host``: run as one of many agents in this process (nodes/host.py): share the
+        host's connection (when this agent has no credentials of its own), directory,
+        presence, discovery and ``$SRV`` subscriptions, and beat in its batches.
 
-        Agents hosted in one process see the same mesh; the agent that owns the
-        directory listens to presence for all of them, so N local agents cost
-        one presence subscription instead of N (and N x peers messages a beat).
+        ``directory``: share another local agent's directory instead of keeping one
+        (without a host): that agent listens to presence for all of them.
         ``bid_policy`` prices this agent's bids; ``auction_policy`` governs the
         auctions it runs. ``trajectory`` records what the agent saw, decided and
         sent (closed when the agent stops). ``jobs``: the durable job stream and
         result store this node takes jobs from and stores results in.
         """
+        if host is not None and directory is not None:
+            raise ConfigError("an agent with a host uses the host's directory: pass one of "
+                              "host= and directory=")
         self.identity = identity
         self.config = config
         self.backend = backend
-        self.bus = Bus(identity, bus_config)
+        self.host = host
+        self.bus = Bus(identity, bus_config,
+                       connection=host.connection_for(bus_config) if host else None)
         self.metrics = AgentMetrics()
         #: This agent's logger: every record carries ``agent`` and ``agent_id``.
         self.log = agent_logger(log, config.name, identity.agent_id)
         self.trajectory = trajectory
         if trajectory is not None:
             self.bus.trace = trajectory.record
-        self._owns_directory = directory is None
+        self._owns_directory = directory is None and host is None
+        if host is not None:
+            directory = host.directory
         self.directory = directory if directory is not None else Directory(
             missed=config.missed_heartbeats)
         self.direct_handlers: dict[str, DirectHandler] = {
@@ -178,7 +188,8 @@ class AgentNode:
         self.card_dict = self.card.as_dict()  # sent with every hello, discovery and card
         # Heartbeats carry this digest instead of the card; peers fetch a card they lack.
         self.card_digest = card_digest(self.card_dict)
-        self.presence = Presence(self)
+        self.presence = (Presence(self) if host is None else
+                         Presence(self, host=host.agent_id, interval=host.interval))
         self.service = ServiceInfo(
             name=service_name(config.name), id=identity.agent_id, version=__version__,
             description=f"agoramesh {config.type} agent {config.name}",
@@ -195,6 +206,8 @@ class AgentNode:
         self._cost = 0.0
         self._latency_ms = 0.0
         self._state = "created"
+        self._status_key: tuple[object, ...] = ()
+        self._status_map: dict[str, Any] = {}
         self.bidder = Bidder(self, bid_policy)
         self.auctioneer = Auctioneer(self.bus, self.directory, policy=auction_policy,
                                      own_card=self._own_card, metrics=self.metrics,
@@ -204,8 +217,8 @@ class AgentNode:
         self.task_desk = TaskDesk(self)
         # One job driver per process: agents hosted beside a directory owner (as `up`
         # and benchmarks host them) leave the jobs to it; any of them can still win them.
-        self.job_worker = JobWorker(self, jobs,
-                                    max_jobs=config.max_jobs if self._owns_directory else 0)
+        drives_jobs = host.takes_jobs(self) if host is not None else self._owns_directory
+        self.job_worker = JobWorker(self, jobs, max_jobs=config.max_jobs if drives_jobs else 0)
         # Consensus allocation (protocols/strategies.py) asks agents to vote on who gets a task.
         self.direct_handlers["ballot"] = ballot_handler(default_chooser(
             lambda: AgentProfile.from_card(self.card, self.status)))
@@ -234,6 +247,15 @@ class AgentNode:
             state="busy" if len(self._running) >= self.config.max_concurrent_tasks
             else ("ready" if self._state == "running" else self._state))
 
+    def status_dict(self) -> dict[str, Any]:
+        """``status.as_dict()``, made again only when something in it changed: an idle
+        agent's beat (a thousand of them a second in one host) reuses the last one."""
+        key = (len(self._running), self._completed, self._failed, self._tokens, self._cost,
+               self._latency_ms, self._state)
+        if key != self._status_key:
+            self._status_key, self._status_map = key, self.status.as_dict()
+        return self._status_map
+
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
@@ -253,6 +275,9 @@ class AgentNode:
             raise
 
     async def _start(self) -> None:
+        if self.host is not None and not self.host.is_running:
+            raise AgoraError(f"the host of agent {self.config.name} is not running: "
+                             f"start it before its agents")
         await self.bus.start()
         subjects = self.bus.subjects
         ingress = IngressPolicy.ALLOW if self.config.json_ingress else IngressPolicy.DENY
@@ -266,24 +291,28 @@ class AgentNode:
                                  concurrency=self.config.max_concurrent_tasks + 4,
                                  confirm=False)
         await self.bidder.start()
-        await self.auctioneer.start()
+        await self.auctioneer.start(confirm=False)
         self._task_subscriptions.append(await self.bus.subscribe(
             subjects.task(">"), self.task_desk.handle, queue=QUEUE, ingress=ingress,
             concurrency=self.config.max_concurrent_tasks * 8, confirm=False))
         await self.job_worker.start()
-        await self.bus.subscribe(subjects.discover, self.presence.on_discover,
-                                 ingress=IngressPolicy.ALLOW, confirm=False)
-        if self._owns_directory:
-            await self.bus.subscribe(subjects.presence_all, self.presence.on_presence,
-                                     confirm=False)
+        if self.host is None:  # a host listens, answers discovery and $SRV for its agents
+            await self.bus.subscribe(subjects.discover, self.presence.on_discover,
+                                     ingress=IngressPolicy.ALLOW, confirm=False)
+            if self._owns_directory:
+                await self.bus.subscribe(subjects.presence_all, self.presence.on_presence,
+                                         confirm=False)
+            for subject in service_subjects(self.service.name, self.service.id):
+                # Plain NATS: the protocol's requests are empty.
+                await self.bus.subscribe_raw(subject, self._on_service)
         self.directory.add_local(self.card)  # siblings sharing the directory see us
-        for subject in service_subjects(self.service.name, self.service.id):
-            # Plain NATS: the protocol's requests are empty; closed with the connection.
-            await self.bus.nats.subscribe(subject, cb=self._on_service)
         await self.bus.confirm()  # one flush for all of them: the server has our interest
         self._state = "running"
         await self.presence.announce("hello")
-        self.spawn(self.presence.beat(self._owns_directory), "heartbeats")
+        if self.host is not None:
+            self.host.add(self)  # after our hello: its batches speak for a known agent
+        else:
+            self.spawn(self.presence.beat(self._owns_directory), "heartbeats")
 
     @property
     def is_running(self) -> bool:
@@ -296,16 +325,22 @@ class AgentNode:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Say bye, stop taking work, finish running tasks within ``grace``, close."""
+    async def stop(self, grace: float | None = None, *, say_bye: bool = True) -> None:
+        """Say bye, stop taking work, finish running tasks within ``grace``, close.
+
+        ``say_bye=False``: no bye of our own (our host's bye spoke for us).
+        """
         if self._state in ("stopped", "created"):
             self._close_trajectory()
             self._state = "stopped"
             return
         self._state = "stopping"
+        if self.host is not None:
+            self.host.remove(self)
         budget = self.config.stop_grace if grace is None else grace
-        with contextlib.suppress(AgoraError, nats.errors.Error):
-            await self.presence.announce("bye")
+        if say_bye:
+            with contextlib.suppress(AgoraError, nats.errors.Error):
+                await self.presence.announce("bye")
         self.directory.remove_local(self.agent_id)
         await self.bidder.stop()
         # All at once: draining one by one would leave the others taking queue-group
@@ -323,6 +358,8 @@ class AgentNode:
     async def kill(self) -> None:
         """Stop at once: no goodbye, running tasks cancelled."""
         self._state = "stopping"
+        if self.host is not None:
+            self.host.remove(self)
         self.directory.remove_local(self.agent_id)
         await self.job_worker.kill()
         for task, *_ in list(self._running.values()):
@@ -361,7 +398,7 @@ class AgentNode:
     def telemetry(self) -> dict[str, Any]:
         """The body of this agent's telemetry beat (PROTOCOL.md §18); drains recent events."""
         return {"name": self.config.name, "type": self.config.type,
-                "status": self.status.as_dict(), **self.metrics.totals(),
+                "status": self.status_dict(), **self.metrics.totals(),
                 "rejections": {str(reason): count
                                for reason, count in self.bus.rejections.items()},
                 "denied": self.metrics.denials(),
@@ -450,7 +487,7 @@ class AgentNode:
         await self.serve(delivery, capability)
 
     async def _on_card_request(self, delivery: Delivery) -> None:
-        await delivery.respond("card", self.presence.body())
+        await delivery.respond("card", self.presence.body(), public=True)  # as hello says
 
     async def _on_cancel(self, delivery: Delivery) -> None:
         task_id = str(delivery.body.get("task_id")) if isinstance(delivery.body, dict) else ""

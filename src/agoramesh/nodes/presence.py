@@ -1,28 +1,48 @@
-"""Presence and discovery for one agent node: its view of who else is on the mesh.
+"""Presence and discovery: what an agent says of itself, and who else is on the mesh.
 
 With no registry (docs/ARCHITECTURE.md, "Agent nodes"): an agent says ``hello`` with its card,
 ``heartbeat`` every ``heartbeat_interval`` with its status and its card's
 digest (peers fetch a card they lack or that changed), and ``bye``; every
-node keeps a soft-state :class:`Directory` that evicts a peer after missed
+process keeps a soft-state :class:`Directory` that evicts a peer after missed
 beats. ``agora.discover`` is a scatter-gather answered with the same card.
-Every body is read as hostile: one that is not a usable card of its signer's
-changes nothing and is counted as a rejection (PROTOCOL.md §15).
+
+Agents hosted in one process (nodes/host.py) still say their own hello (its
+``host`` field names the host) and bye, but beat together: their host
+sends one ``heartbeat_batch`` a beat for all of them, which a receiver
+applies only to agents whose own signed card body named that host, and a
+host's ``bye`` drops every agent that named it.
+
+:class:`PeerWatch` is the listening side (a standalone agent's, or a host's);
+:class:`Presence` what one agent says. Every body is read as hostile: one that
+is not a usable card of its signer's changes nothing and is counted as a
+rejection (PROTOCOL.md §15).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from agoramesh.bus.bus import Delivery
+from agoramesh.bus.bus import Bus, Delivery
+from agoramesh.bus.envelope import Envelope
+from agoramesh.bus.identity import is_agent_id
 from agoramesh.errors import AgoraError, InvalidInput, SchemaError, WrongSubject
 from agoramesh.nodes.card import AgentCard, AgentStatus, presence_interval
+from agoramesh.nodes.directory import Directory
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import AgentNode
 
-__all__ = ("Presence", "answer_discovery")
+__all__ = ("MAX_BATCH", "PeerWatch", "Presence", "answer_discovery")
+
+#: Entries one ``heartbeat_batch`` (or ``telemetry_batch``) carries at most.
+MAX_BATCH = 1024
+#: Card fetches a watch keeps waiting at most (others are asked on a later beat).
+_MAX_FETCHING = 256
+#: Agents named by a batch before their card, remembered at most.
+_MAX_UNKNOWN = 8192
 
 
 async def answer_discovery(delivery: Delivery, card: AgentCard,
@@ -36,32 +56,218 @@ async def answer_discovery(delivery: Delivery, card: AgentCard,
         await delivery.respond_error(InvalidInput(
             f"bad capability pattern {query.get('capability')!r}"))
         return
-    await delivery.respond("discovery", body())
+    await delivery.respond("discovery", body(), public=True)  # a card: public anyway
+
+
+def _fingerprint(status: object) -> int | None:
+    """A hash of a status map as received (None if it has no hashable form)."""
+    if not isinstance(status, dict):
+        return None
+    try:
+        return hash(tuple(status.items()))
+    except TypeError:  # a list or map inside: read it the long way
+        return None
+
+
+class PeerWatch:
+    """Listens to ``agora.presence.>`` and keeps ``directory`` up to date.
+
+    ``bus`` fetches the cards it lacks; ``interval``: the heartbeat interval
+    assumed for a peer that does not say its own; ``spawn`` runs a card fetch
+    in the background (owned by the caller); ``running`` says whether to still
+    start any; ``own``: the id whose presence to ignore (our own).
+    """
+
+    def __init__(self, bus: Bus, directory: Directory, *, interval: float, own: str,
+                 spawn: Callable[[Awaitable[None], str], None], running: Callable[[], bool],
+                 log: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+        self.bus = bus
+        self.directory = directory
+        self.interval = interval
+        self.own = own
+        self._spawn = spawn
+        self._running = running
+        self.log = log
+        self._fetching: set[str] = set()
+        self._fetch_slots = asyncio.Semaphore(4)  # card fetches in flight, bounded
+        #: Agents a batch named that we did not know: their hello may still be on its
+        #: way (on another connection than the batch), so only a second batch naming
+        #: them fetches their card. Bounded.
+        self._unknown: dict[str, str] = {}
+
+    async def on_presence(self, delivery: Delivery) -> None:
+        sender = delivery.sender
+        if sender is None or sender == self.own:
+            return
+        if not delivery.subject.endswith("." + sender):  # a hello or bye for someone else
+            self.bus.guard.reject(WrongSubject(
+                f"presence from {sender} on {delivery.subject}, not its own subject"))
+            self.log.warning("presence from %s on %s ignored", sender[:8], delivery.subject)
+            return
+        if delivery.type == "bye":  # an agent leaves; a host takes its agents along
+            self.directory.remove(sender, "bye")
+            self.directory.remove_hosted(sender)
+        elif delivery.type == "hello":
+            self.learn(delivery.body, sender)
+        elif delivery.type == "heartbeat":
+            self._heard(delivery.body, sender)
+        elif delivery.type == "heartbeat_batch":
+            self._heard_batch(delivery.body, sender)
+
+    def _heard(self, body: Any, sender: str) -> None:
+        """A heartbeat: refresh a known peer; fetch the card of a new or changed one."""
+        try:
+            if not isinstance(body, dict):
+                raise SchemaError(f"the body is a {type(body).__name__}, not a map")
+            interval = presence_interval(body.get("interval"), self.interval)
+        except SchemaError as exc:
+            self.bus.guard.reject(exc)
+            self.log.warning("unusable heartbeat from %s: %s", sender[:8], exc)
+            return
+        self._beat(sender, body, interval)
+
+    def _beat(self, agent_id: str, beat: dict[str, Any], interval: float) -> None:
+        entry = self.directory.get(agent_id)
+        if entry is None or beat.get("digest") != entry.digest:
+            self.fetch(agent_id)
+            return
+        raw = beat.get("status")
+        mark = _fingerprint(raw)  # an idle agent beats the same status: read it once
+        status = (entry.status if mark is not None and mark == entry.status_mark
+                  else AgentStatus.from_dict(raw))
+        self.directory.touch(agent_id, status, interval, mark=mark)
+
+    def _heard_batch(self, body: Any, host: str) -> None:
+        """A host's beat for its agents: each entry refreshes an agent whose card named it.
+
+        An entry for an agent we do not know yet fetches its card (whose own
+        ``host`` field then says whether this host speaks for it); entries for
+        agents whose card names another host change nothing and are counted
+        (``wrong_subject``), unusable ones too (``schema``), once per batch.
+        """
+        try:
+            if not isinstance(body, dict):
+                raise SchemaError(f"the body is a {type(body).__name__}, not a map")
+            interval = presence_interval(body.get("interval"), self.interval)
+            beats = body.get("beats")
+            if not isinstance(beats, list) or len(beats) > MAX_BATCH:
+                raise SchemaError(f"beats must be a list of at most {MAX_BATCH} maps")
+        except SchemaError as exc:
+            self.bus.guard.reject(exc)
+            self.log.warning("unusable heartbeat batch from %s: %s", host[:8], exc)
+            return
+        unusable = foreign = 0
+        for beat in beats:
+            agent_id = beat.get("id") if isinstance(beat, dict) else None
+            entry = self.directory.get(agent_id) if isinstance(agent_id, str) else None
+            if entry is None and not (isinstance(agent_id, str) and is_agent_id(agent_id)):
+                unusable += 1  # (a known id is a valid one: checked once, when learnt)
+                continue
+            assert isinstance(agent_id, str) and isinstance(beat, dict)
+            if entry is not None and entry.host != host:
+                foreign += 1
+            elif entry is None and self._unknown.get(agent_id) != host:
+                if len(self._unknown) >= _MAX_UNKNOWN:
+                    del self._unknown[next(iter(self._unknown))]
+                self._unknown[agent_id] = host  # the next batch naming it fetches it
+            else:
+                self._unknown.pop(agent_id, None)
+                self._beat(agent_id, beat, interval)
+        if unusable:
+            self.bus.guard.reject(SchemaError(
+                f"{unusable} unusable entries in a heartbeat batch from {host}"))
+        if foreign:
+            self.bus.guard.reject(WrongSubject(
+                f"a heartbeat batch from {host} speaks for {foreign} agents that did not "
+                f"name it as their host"))
+            self.log.warning("heartbeat batch from %s speaks for %d agents it does not host",
+                             host[:8], foreign)
+
+    def fetch(self, agent_id: str) -> None:
+        """Ask ``agent_id`` for its card in the background, unless asked already."""
+        if (agent_id in self._fetching or len(self._fetching) >= _MAX_FETCHING
+                or not self._running()):
+            return
+        self._fetching.add(agent_id)
+        self._spawn(self.fetch_card(agent_id), f"card-{agent_id[:8]}")
+
+    async def sweep(self, timeout: float) -> int:
+        """Learn every agent on the mesh now, by one ``agora.discover`` scatter-gather
+        whose answers are learnt as they arrive (a host that joins a mesh of thousands
+        asks once, instead of fetching each card its first batches name); returns how
+        many answered."""
+        def learn(envelope: Envelope) -> None:
+            if envelope.sender is not None and envelope.sender != self.own:
+                self.learn(envelope.body, envelope.sender)
+
+        answers = await self.bus.gather(self.bus.subjects.discover, "discovery", {},
+                                        timeout=timeout, each=learn)
+        return len(answers)
+
+    async def fetch_card(self, agent_id: str) -> None:
+        """Ask a peer for its card (we missed its hello, or its card changed)."""
+        try:
+            async with self._fetch_slots:
+                reply = await self.bus.request(self.bus.subjects.agent(agent_id),
+                                               "card_request", {}, to=agent_id,
+                                               timeout=2 * self.interval)
+            self.learn(reply.body, agent_id)
+        except AgoraError as exc:
+            self.log.debug("no card from %s: %s", agent_id[:8], exc)
+        finally:
+            self._fetching.discard(agent_id)
+
+    def learn(self, body: Any, sender: str) -> AgentCard | None:
+        """Record a peer from a presence or discovery body it signed; None if unusable.
+
+        A body without a usable card of the signer's (or with an unusable
+        ``interval`` or ``host``) changes nothing and is counted as a ``schema``
+        rejection (PROTOCOL.md §15).
+        """
+        try:
+            return self.directory.learn(body, sender, default_interval=self.interval)
+        except SchemaError as exc:
+            self.bus.guard.reject(exc)
+            self.log.warning("unusable card from %s: %s", sender[:8], exc)
+            return None
 
 
 class Presence:
-    """An agent's hello, heartbeats and bye, and what it learns of its peers."""
+    """An agent's hello, heartbeats and bye, its discovery answers, and its peer watch."""
 
-    def __init__(self, node: AgentNode) -> None:
+    def __init__(self, node: AgentNode, *, host: str = "", interval: float | None = None) -> None:
+        """``host``: the id of the host beating for this agent ("" for none: it beats itself);
+        ``interval``: its beat (default: the agent's ``heartbeat_interval``)."""
         self.node = node
+        self.host = host
+        self.interval = node.config.heartbeat_interval if interval is None else interval
         # Presence and telemetry outlive a few missed beats, never less than a second.
-        self.ttl_ms = max(1000, int(node.config.heartbeat_interval * 3000))
-        self._fetching: set[str] = set()
-        self._fetch_slots = asyncio.Semaphore(4)  # card fetches in flight, bounded
+        self.ttl_ms = max(1000, int(self.interval * 3000))
+        self.watch = PeerWatch(node.bus, node.directory, interval=self.interval,
+                               own=node.agent_id, spawn=node.spawn,
+                               running=lambda: node.is_running, log=node.log)
 
     def body(self) -> dict[str, Any]:
-        """The card, status, interval and digest: a hello, a discovery answer, a card."""
+        """The card, status, interval, digest (and host): a hello, a discovery answer, a card."""
         node = self.node
-        return {"card": node.card_dict, "status": node.status.as_dict(),
-                "interval": node.config.heartbeat_interval, "digest": node.card_digest}
+        body = {"card": node.card_dict, "status": node.status.as_dict(),
+                "interval": self.interval, "digest": node.card_digest}
+        if self.host:
+            body["host"] = self.host
+        return body
+
+    def beat_entry(self) -> dict[str, Any]:
+        """This agent's entry in its host's ``heartbeat_batch``."""
+        node = self.node
+        return {"id": node.agent_id, "status": node.status_dict(), "digest": node.card_digest}
 
     async def announce(self, kind: str) -> None:
         node = self.node
         if kind == "bye":
             body: dict[str, Any] = {}
         elif kind == "heartbeat":  # small: status and the card's digest, not the card
-            body = {"status": node.status.as_dict(),
-                    "interval": node.config.heartbeat_interval, "digest": node.card_digest}
+            body = {"status": node.status_dict(),
+                    "interval": self.interval, "digest": node.card_digest}
         else:
             body = self.body()
         await node.bus.publish(node.bus.subjects.presence(node.agent_id), kind, body,
@@ -75,7 +281,7 @@ class Presence:
         judges them, once they are read.
         """
         node = self.node
-        interval = node.config.heartbeat_interval
+        interval = self.interval
         loop = asyncio.get_running_loop()
         last = loop.time()
         while True:
@@ -91,70 +297,14 @@ class Presence:
                 node.log.debug("heartbeat not sent: %s", exc)
 
     async def on_presence(self, delivery: Delivery) -> None:
-        node = self.node
-        sender = delivery.sender
-        if sender is None or sender == node.agent_id:
-            return
-        if not delivery.subject.endswith("." + sender):  # a hello or bye for someone else
-            node.bus.guard.reject(WrongSubject(
-                f"presence from {sender} on {delivery.subject}, not its own subject"))
-            node.log.warning("presence from %s on %s ignored", sender[:8], delivery.subject)
-            return
-        if delivery.type == "bye":
-            node.directory.remove(sender, "bye")
-        elif delivery.type == "hello":
-            self.learn(delivery.body, sender)
-        elif delivery.type == "heartbeat":
-            self._heard(delivery.body, sender)
-
-    def _heard(self, body: Any, sender: str) -> None:
-        """A heartbeat: refresh a known peer; fetch the card of a new or changed one."""
-        node = self.node
-        entry = node.directory.get(sender)
-        try:
-            if not isinstance(body, dict):
-                raise SchemaError(f"the body is a {type(body).__name__}, not a map")
-            interval = presence_interval(body.get("interval"), node.config.heartbeat_interval)
-        except SchemaError as exc:
-            node.bus.guard.reject(exc)
-            node.log.warning("unusable heartbeat from %s: %s", sender[:8], exc)
-            return
-        status = AgentStatus.from_dict(body.get("status"))
-        if entry is not None and body.get("digest") == entry.digest:
-            node.directory.touch(sender, status, interval)
-        elif sender not in self._fetching and node.is_running:
-            self._fetching.add(sender)
-            node.spawn(self.fetch_card(sender), f"card-{sender[:8]}")
-
-    async def fetch_card(self, agent_id: str) -> None:
-        """Ask a peer for its card (we missed its hello, or its card changed)."""
-        node = self.node
-        try:
-            async with self._fetch_slots:
-                reply = await node.bus.request(node.bus.subjects.agent(agent_id),
-                                               "card_request", {}, to=agent_id,
-                                               timeout=2 * node.config.heartbeat_interval)
-            self.learn(reply.body, agent_id)
-        except AgoraError as exc:
-            node.log.debug("no card from %s: %s", agent_id[:8], exc)
-        finally:
-            self._fetching.discard(agent_id)
+        await self.watch.on_presence(delivery)
 
     def learn(self, body: Any, sender: str) -> AgentCard | None:
-        """Record a peer from a presence or discovery body it signed; None if unusable.
+        """See :meth:`PeerWatch.learn`."""
+        return self.watch.learn(body, sender)
 
-        A body without a usable card of the signer's (or with an unusable
-        ``interval``) changes nothing and is counted as a ``schema`` rejection
-        (PROTOCOL.md §15).
-        """
-        node = self.node
-        try:
-            return node.directory.learn(body, sender,
-                                        default_interval=node.config.heartbeat_interval)
-        except SchemaError as exc:
-            node.bus.guard.reject(exc)
-            node.log.warning("unusable card from %s: %s", sender[:8], exc)
-            return None
+    async def fetch_card(self, agent_id: str) -> None:
+        await self.watch.fetch_card(agent_id)
 
     async def on_discover(self, delivery: Delivery) -> None:
         await answer_discovery(delivery, self.node.card, self.body)

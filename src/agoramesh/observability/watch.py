@@ -21,6 +21,15 @@ its counts (one consumer-info and one stream-info request, bounded), and the
 watcher hands them to :meth:`MeshView.set_jobs` at most once a second; the
 metrics endpoint uses the same reading.
 
+Agents hosted in one process (nodes/host.py) do not beat themselves: their
+host signs one ``heartbeat_batch`` and one ``telemetry_batch`` a beat for
+all of them, and its ``bye`` takes them all along. A batch entry speaks for an
+agent only if that agent's own signed hello, card or discovery answer named
+the batch's signer as its ``host``; an entry for an agent not known yet
+shows nothing, but lists the agent in :meth:`MeshView.missing_cards`, so
+the watcher fetches its card and the card says whether that host speaks
+for it.
+
 Time is the caller's: every method that depends on it takes ``now`` (epoch
 seconds), so the view is deterministic under test.
 """
@@ -38,8 +47,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import nats.errors
 
+from agoramesh.bus.identity import is_agent_id
 from agoramesh.errors import AgoraError
 from agoramesh.nodes.card import AgentStatus
+from agoramesh.nodes.presence import MAX_BATCH
 
 if TYPE_CHECKING:
     from agoramesh.bus.jetstream import JetStream
@@ -61,8 +72,11 @@ class Message(Protocol):
     def subject(self) -> str: ...
 
 
-#: Message types an agent sends on its own subject (``<prefix>.<kind>.<agent-id>``).
-_OWN_SUBJECT = frozenset(["hello", "heartbeat", "bye", "telemetry"])
+#: Message types an agent (or a host) sends on its own subject (``<prefix>.<kind>.<id>``).
+_OWN_SUBJECT = frozenset(["hello", "heartbeat", "bye", "telemetry", "heartbeat_batch",
+                          "telemetry_batch"])
+#: Agents named in host batches before we know their card, remembered at most.
+_MAX_UNKNOWN = 4096
 
 
 class Presence(StrEnum):
@@ -118,6 +132,7 @@ class AgentRecord:
     has_telemetry: bool = False
     status: AgentStatus = field(default_factory=AgentStatus)
     interval: float = 1.0  # its heartbeat interval, seconds
+    host: str = ""  # the host its own card body named: whose batches speak for it
     left_at: float | None = None
     lost_reported: bool = False
     auctions: dict[str, int] = field(default_factory=dict)
@@ -209,6 +224,14 @@ async def read_job_queue(js: JetStream, timeout: float = 1.0) -> JobQueue | None
     return JobQueue.from_info(consumer, results)
 
 
+class _Unknown(NamedTuple):
+    """An agent a host's batch named before we had its card."""
+
+    host: str  # the batch's signer
+    heard: float  # when last named
+    interval: float  # the batch's beat interval
+
+
 class MeshView:
     """The mesh as heard by one watcher; fed by :meth:`ingest`, read by :func:`render`.
 
@@ -230,6 +253,8 @@ class MeshView:
         self._keep_events = keep_events
         self._cfps: deque[float] = deque()  # when each auction's first call was heard
         self._auction_ids: OrderedDict[str, None] = OrderedDict()  # seen, bounded
+        #: Agents named in host batches whose card we lack, by id (bounded, oldest first).
+        self._unknown: OrderedDict[str, _Unknown] = OrderedDict()
         #: The job store's counts as last read; None while JetStream does not answer.
         self.jobs: JobQueue | None = None
 
@@ -253,12 +278,7 @@ class MeshView:
         if type in _OWN_SUBJECT and subject is not None and not subject.endswith("." + sender):
             return False  # an agent speaks for itself only, on its own subject
         if type == "bye":
-            record = self.agents.get(sender)
-            if record is None or record.left_at is not None:
-                return False
-            record.left_at = now
-            self._event(MeshEvent(ts=now, kind="agent", agent=sender, outcome="left"))
-            return True
+            return self._bye(sender, now)
         if type in ("hello", "discovery", "card"):
             return self._card(type, sender, body, now)
         if type == "heartbeat":
@@ -266,8 +286,69 @@ class MeshView:
             self._status(record, body, now)
             return True
         if type == "telemetry":
-            return self._telemetry(sender, body, now)
+            self._telemetry(self._record(sender, now), body, now)
+            return True
+        if type == "heartbeat_batch":
+            return self._batch(sender, body, "beats", now)
+        if type == "telemetry_batch":
+            return self._batch(sender, body, "agents", now)
         return False
+
+    def _bye(self, sender: str, now: float) -> bool:
+        """An agent leaves; a host's bye takes along every agent that named it."""
+        for agent_id, unknown in list(self._unknown.items()):
+            if unknown.host == sender:
+                del self._unknown[agent_id]
+        leaving = [record for record in self.agents.values() if record.left_at is None
+                   and (record.id == sender or record.host == sender)]
+        for record in leaving:
+            record.left_at = now
+            self._event(MeshEvent(ts=now, kind="agent", agent=record.id, outcome="left"))
+        return bool(leaving)
+
+    def _batch(self, host: str, body: Mapping[str, Any], key: str, now: float) -> bool:
+        """A host's ``heartbeat_batch`` (``key`` "beats") or ``telemetry_batch`` ("agents").
+
+        Each entry is applied as the agent's own heartbeat or telemetry would
+        be, but only to an agent whose card named ``host``; an agent we do not
+        know yet is remembered for a card fetch, one whose card named another
+        host (or none) is left alone (unless it is gone: then its card is asked
+        again, in case it moved), an entry that is not a map with an id is skipped.
+        """
+        entries = body.get(key)
+        if not isinstance(entries, list) or len(entries) > MAX_BATCH:
+            return False
+        interval = _number(body.get("interval"))
+        if interval is not None and interval <= 0:
+            interval = None
+        used = False
+        for entry in entries:
+            agent_id = entry.get("id") if isinstance(entry, Mapping) else None
+            if not isinstance(agent_id, str) or not agent_id:
+                continue
+            record = self.agents.get(agent_id)
+            if record is None or (record.host != host and record.presence(
+                    now, self.missed) is not Presence.LIVE):
+                if is_agent_id(agent_id):  # a subject we may ask for its card
+                    self._remember_unknown(agent_id, host, interval, now)
+                    used = True
+            elif record.host == host:
+                if key == "beats":
+                    self._status(record, {"status": entry.get("status"),
+                                          "interval": interval}, now)
+                else:
+                    self._telemetry(record, entry, now)
+                used = True
+        return used
+
+    def _remember_unknown(self, agent_id: str, host: str, interval: float | None,
+                          now: float) -> None:
+        was = self._unknown.pop(agent_id, None)
+        if interval is None:
+            interval = was.interval if was is not None and was.host == host else 1.0
+        self._unknown[agent_id] = _Unknown(host, now, interval)
+        while len(self._unknown) > _MAX_UNKNOWN:
+            self._unknown.popitem(last=False)
 
     def _record(self, agent_id: str, now: float) -> AgentRecord:
         record = self.agents.get(agent_id)
@@ -284,6 +365,10 @@ class MeshView:
         joined = type == "hello" and (was is None or was.presence(now, self.missed)
                                       is not Presence.LIVE)
         record = self._record(sender, now)
+        self._unknown.pop(sender, None)
+        host = body.get("host")
+        # Only the agent's own body says who beats for it; a malformed host is none.
+        record.host = host if isinstance(host, str) and is_agent_id(host) else ""
         record.name = str(card.get("name") or record.name)
         record.type = str(card.get("type") or record.type)
         capabilities = card.get("capabilities")
@@ -308,8 +393,8 @@ class MeshView:
         record.lost_reported = False
         self._sample(record, now)
 
-    def _telemetry(self, sender: str, body: Mapping[str, Any], now: float) -> bool:
-        record = self._record(sender, now)
+    def _telemetry(self, record: AgentRecord, body: Mapping[str, Any], now: float) -> None:
+        """An agent's telemetry beat (its own, or its entry in its host's batch)."""
         if not record.has_card:  # a card, once known, names the agent; until then, this does
             record.name = str(body.get("name") or record.name)
             record.type = str(body.get("type") or record.type)
@@ -320,10 +405,9 @@ class MeshView:
         self._status(record, body, now)
         recent = body.get("recent")
         for item in recent[:64] if isinstance(recent, list) else ():
-            event = _event_from(item, sender)
+            event = _event_from(item, record.id)
             if event is not None:
                 self._event(event)
-        return True
 
     def _cfp(self, body: Mapping[str, Any], now: float) -> bool:
         auction_id = body.get("auction_id")
@@ -354,7 +438,11 @@ class MeshView:
         self.jobs = queue
 
     def prune(self, now: float) -> None:
-        """Note agents that fell silent, drop those gone for longer than ``linger``."""
+        """Note agents that fell silent, drop those gone for longer than ``linger``
+        (and forget unknown agents no host has named for ``missed`` of its beats)."""
+        for agent_id, unknown in list(self._unknown.items()):
+            if not self._claimed(unknown, now):
+                del self._unknown[agent_id]
         for record in list(self.agents.values()):
             presence = record.presence(now, self.missed)
             if presence is Presence.LOST and not record.lost_reported:
@@ -366,9 +454,18 @@ class MeshView:
                 del self.agents[record.id]
 
     def missing_cards(self, now: float) -> list[str]:
-        """Live agents heard from without their card (we joined after their hello)."""
-        return [record.id for record in self.agents.values()
-                if not record.has_card and record.presence(now, self.missed) is Presence.LIVE]
+        """Agents to ask for their card: live ones heard from without it (we joined after
+        their hello), and those a host's batch named lately that we do not know yet."""
+        missing = [record.id for record in self.agents.values()
+                   if not record.has_card and record.presence(now, self.missed) is Presence.LIVE]
+        return missing + [agent_id for agent_id, unknown in self._unknown.items()
+                          if self._claimed(unknown, now) and (
+                              agent_id not in self.agents or self.agents[agent_id]
+                              .presence(now, self.missed) is not Presence.LIVE)]
+
+    def _claimed(self, unknown: _Unknown, now: float) -> bool:
+        """Whether a host named this unknown agent within ``missed`` of its beats."""
+        return now - unknown.heard <= self.missed * unknown.interval
 
     # -- reading -------------------------------------------------------------------
 

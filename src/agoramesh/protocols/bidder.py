@@ -369,27 +369,29 @@ class _BidDesk:
     """
 
     def __init__(self) -> None:
-        self.members: dict[str, list[tuple[Bidder, Capability]]] = {}
+        #: capability -> {id(bidder): (bidder, capability)}, in joining order.
+        self.members: dict[str, dict[int, tuple[Bidder, Capability]]] = {}
         self.subscriptions: dict[str, tuple[Bidder, Subscription]] = {}
         self._lock = asyncio.Lock()
 
     async def join(self, bidder: Bidder, capability: Capability) -> None:
         async with self._lock:
-            self.members.setdefault(capability.name, []).append((bidder, capability))
+            self.members.setdefault(capability.name, {})[id(bidder)] = (bidder, capability)
             if capability.name not in self.subscriptions:
                 await self._subscribe(bidder, capability.name)
 
     async def leave(self, bidder: Bidder, name: str) -> None:
         async with self._lock:
-            members = [m for m in self.members.get(name, []) if m[0] is not bidder]
-            self.members[name] = members
+            members = self.members.get(name, {})
+            members.pop(id(bidder), None)
             owner, subscription = self.subscriptions.get(name, (None, None))
             if owner is not bidder or subscription is None:
                 return
             del self.subscriptions[name]
             if members:  # hand the subscription over before dropping ours: no cfp missed
-                await self._subscribe(members[0][0], name)
-                await members[0][0].node.bus.confirm()
+                heir = next(iter(members.values()))[0]
+                await self._subscribe(heir, name)
+                await heir.node.bus.confirm()
             else:
                 del self.members[name]
             await subscription.stop(1.0)
@@ -399,7 +401,7 @@ class _BidDesk:
 
         async def handle(delivery: Delivery) -> None:
             if delivery.type == "cfp":
-                members = list(self.members.get(name, ()))
+                members = list(self.members.get(name, {}).values())
                 cfp = _Cfp.parse(delivery, name,
                                  priced=any(capability.cost_per_token for _, capability in members))
                 if cfp is not None:
@@ -411,7 +413,7 @@ class _BidDesk:
                                           member.node.config.name)
             elif delivery.type == "reject" and isinstance(delivery.body, dict):
                 auction_id = str(delivery.body.get("auction_id"))
-                for member, _ in list(self.members.get(name, ())):
+                for member, _ in list(self.members.get(name, {}).values()):
                     member.released(auction_id)
 
         # Confirmed with the rest of the agent's subscriptions (AgentNode.start), or below.

@@ -392,20 +392,22 @@ class Auctioneer:
             known.add(own.id)
         return known.difference(exclude)
 
-    async def start(self) -> None:
+    async def start(self, *, confirm: bool = True) -> None:
         """Subscribe the reply inbox now, so its interest has crossed the mesh by the
-        first auction (a bid from a far leaf cannot arrive before the interest does)."""
+        first auction (a bid from a far leaf cannot arrive before the interest does).
+
+        ``confirm=False``: the caller's next ``bus.confirm()`` covers it (one flush)."""
         await self._inbox_prefix()
-        await self.bus.flush()
+        if confirm:
+            await self.bus.flush()
 
     async def _inbox_prefix(self) -> str:
         if self._inbox and self._subscription_alive():
             return self._inbox
         async with self._subscribing:
             if not (self._inbox and self._subscription_alive()):
-                inbox = self.bus.nats.new_inbox()
-                self._subscription = await self.bus.nats.subscribe(f"{inbox}.*.*",
-                                                                   cb=self._route)
+                inbox = self.bus.new_inbox()
+                self._subscription = await self.bus.subscribe_raw(f"{inbox}.*.*", self._route)
                 self._inbox = inbox
         return self._inbox
 

@@ -199,7 +199,7 @@ class JobWorker:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
         nc = self.node.bus.nats
-        inbox = nc.new_inbox()
+        inbox = self.node.bus.new_inbox()
         self._subscriptions.append(await nc.subscribe(f"{inbox}.*", cb=self._delivered))
         self._subscriptions.append(await nc.subscribe(
             self.node.bus.subjects.cancel(">"), cb=self._on_cancel))

@@ -50,10 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from agoramesh.bus.identity import is_agent_id
-from agoramesh.bus.subjects import validate_capability_pattern
+from agoramesh.bus.subjects import tokens_match, validate_capability_pattern
 from agoramesh.config import read_settings_file
 from agoramesh.errors import AgoraError, ConfigError
-from agoramesh.nodes.capability import tokens_match
 
 __all__ = ("ADMIN", "ANY_AGENT", "JSON_PRINCIPAL", "AccessPolicy", "AclEntry", "Action",
            "Default", "Grants", "Permission", "load_policy")

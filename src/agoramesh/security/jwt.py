@@ -32,11 +32,9 @@ __all__ = (
     "Permissions",
     "decode",
     "encode",
-    "format_creds",
     "issue_account",
     "issue_operator",
     "issue_user",
-    "parse_creds",
     "public_key",
 )
 
@@ -175,31 +173,3 @@ def issue_user(account_seed: bytes, user: str, permissions: Permissions, *, name
         raise TrustError(f"not a user public key: {user[:60]!r}")
     return encode(account_seed, user, "user", permissions.claims(), name=name,
                   expires=expires)
-
-
-def format_creds(user_jwt: str, user_seed: bytes) -> str:
-    """A ``.creds`` file (the JWT and the seed), as the ``nats`` CLI and nats-py read it."""
-    return (
-        "-----BEGIN NATS USER JWT-----\n"
-        f"{user_jwt}\n"
-        "------END NATS USER JWT------\n\n"
-        "************************* IMPORTANT *************************\n"
-        "NKEY Seed printed below can be used to sign and prove identity.\n"
-        "NKEYs are sensitive and should be treated as secrets.\n\n"
-        "-----BEGIN USER NKEY SEED-----\n"
-        f"{user_seed.decode('ascii')}\n"
-        "------END USER NKEY SEED------\n\n"
-        "*************************************************************\n"
-    )
-
-
-def parse_creds(text: str) -> tuple[str, bytes]:
-    """(jwt, seed) from a ``.creds`` file's text; TrustError if it is not one."""
-    blocks: list[str] = []
-    lines = text.splitlines()
-    for index, line in enumerate(lines):
-        if line.startswith("-----BEGIN ") and index + 1 < len(lines):
-            blocks.append(lines[index + 1].strip())
-    if len(blocks) != 2 or not blocks[1].startswith("SU"):
-        raise TrustError("not a NATS .creds file (expected a user JWT and a user seed)")
-    return blocks[0], blocks[1].encode("ascii")

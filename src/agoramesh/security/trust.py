@@ -35,6 +35,7 @@ from typing import Any
 
 import nkeys
 
+from agoramesh.bus.credentials import format_creds
 from agoramesh.bus.identity import Identity, is_agent_id
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.bus.subjects import validate_capability
@@ -169,7 +170,7 @@ class TrustStore:
         link = Identity.generate()
         link_jwt = jwt.issue_user(account, link.agent_id,
                                   Permissions(publish=(">",), subscribe=(">",)), name="leaf-link")
-        _write_secret(directory / "link.creds", jwt.format_creds(link_jwt, link.seed).encode())
+        _write_secret(directory / "link.creds", format_creds(link_jwt, link.seed).encode())
         return store
 
     @classmethod
@@ -266,7 +267,7 @@ class TrustStore:
                             name=name, ttl=ttl)
         path = out or self.directory / f"{name}.creds"
         try:
-            _write_secret(path, jwt.format_creds(member.jwt, identity.seed).encode())
+            _write_secret(path, format_creds(member.jwt, identity.seed).encode())
         except OSError as exc:
             raise TrustError(f"cannot write {path}: {exc.strerror}") from None
         return path

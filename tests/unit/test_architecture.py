@@ -1,0 +1,282 @@
+"""The shape of the house: layers import one way, no package cycle, rooms stay small,
+and nats-py is used only by the bus.
+
+The import graph is read from the source (``ast``): every ``import`` of an
+agoramesh module, at module level or inside a function (an import inside a
+function still ties the two modules together), except those under ``if
+TYPE_CHECKING:``, which exist for the type checker only.
+
+What the code does not meet yet is listed below as debt, each item with the
+change that removes it (docs/ARCHITECTURE.md, "Layers"). The lists must
+shrink: a new violation fails, and so does a listed one that is gone (delete
+it from the list in the change that fixes it).
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PACKAGE = "agoramesh"
+
+#: Lowest first. A module may import modules of its own layer and of layers below.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("agoramesh.errors", "agoramesh.config", "agoramesh._version"),
+    ("agoramesh.sim",),  # the grid world: a library of its own
+    ("agoramesh.bus",),
+    ("agoramesh.security",),
+    ("agoramesh.observability",),  # what an agent records: stats, logs, trajectories
+    ("agoramesh.nodes",),
+    ("agoramesh.protocols",),
+    ("agoramesh._web", "agoramesh.modes", "agoramesh.cli", "agoramesh.testing",
+     "agoramesh.__main__", "agoramesh"),
+)
+
+#: Layering debt: (importer, imported) module pairs that point up.
+LAYER_DEBT: frozenset[tuple[str, str]] = frozenset({
+    # AgentNode builds its protocols itself; an assembly module above both is to.
+    ("agoramesh.nodes.node", "agoramesh.protocols.bidder"),
+    ("agoramesh.nodes.node", "agoramesh.protocols.contract_net"),
+    ("agoramesh.nodes.node", "agoramesh.protocols.dispatch"),
+    ("agoramesh.nodes.node", "agoramesh.protocols.job_worker"),
+    ("agoramesh.nodes.node", "agoramesh.protocols.strategies"),
+    ("agoramesh.nodes.node", "agoramesh.protocols.task_desk"),
+    ("agoramesh.nodes.node", "agoramesh.protocols.voting"),
+    # The watch model and the metrics views read nodes: they belong above them.
+    ("agoramesh.observability.watch", "agoramesh.nodes.card"),
+    ("agoramesh.observability.watch", "agoramesh.nodes.presence"),
+    ("agoramesh.observability.http", "agoramesh._web"),
+    ("agoramesh.protocols.http_api", "agoramesh._web"),
+})
+
+#: Modules over :data:`MAX_MODULE_LINES` lines, to be split.
+MODULE_DEBT: frozenset[str] = frozenset({
+    "agoramesh.bus.bus", "agoramesh.bus.envelope", "agoramesh.nodes.node",
+    "agoramesh.observability.watch", "agoramesh.protocols.collaboration",
+    "agoramesh.protocols.contract_net", "agoramesh.protocols.http_api",
+    "agoramesh.protocols.job_worker", "agoramesh.protocols.strategies", "agoramesh.sim.world",
+})
+
+#: Classes over :data:`MAX_CLASS_LINES` lines or :data:`MAX_METHODS` methods, to be split.
+CLASS_DEBT: frozenset[str] = frozenset({
+    "agoramesh.bus.bus.Bus", "agoramesh.bus.jetstream.JetStream",
+    "agoramesh.bus.server.EmbeddedServer",
+    "agoramesh.modes.decentralized.autonomous_agent.AutonomousAgent",
+    "agoramesh.modes.decentralized.member.Member", "agoramesh.nodes.node.AgentNode",
+    "agoramesh.protocols.collaboration.Collaboration",
+    "agoramesh.protocols.contract_net.Auctioneer", "agoramesh.protocols.http_api.HttpApi",
+    "agoramesh.protocols.job_worker.JobWorker", "agoramesh.sim.world.GridWorld",
+})
+
+#: Modules outside ``bus/`` (and ``testing/``, which plays raw clients on purpose) that
+#: still use nats-py; the Bus is to offer what they need.
+NATS_DEBT: frozenset[str] = frozenset({
+    "agoramesh.cli.demo_security", "agoramesh.modes.decentralized.member",
+    "agoramesh.nodes.client", "agoramesh.nodes.host", "agoramesh.nodes.node",
+    "agoramesh.observability.watch", "agoramesh.protocols.contract_net",
+    "agoramesh.protocols.job_worker", "agoramesh.protocols.jobs",
+})
+
+MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_METHODS = 500, 300, 25
+
+
+# -- reading the source -------------------------------------------------------------------
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in (SRC / PACKAGE).rglob("*.py"):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return "TYPE_CHECKING" in ast.unparse(test)
+
+
+def imports_of(name: str, path: Path, known: Iterable[str]) -> set[str]:
+    """The agoramesh modules ``name`` imports at run time (TYPE_CHECKING blocks excluded)."""
+    known = set(known)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package[:len(package) - child.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                for alias in child.names:
+                    full = f"{base}.{alias.name}"
+                    found.add(full if full in known else base)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {module for module in found if module in known and module != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imports_of(name, path, found) for name, path in found.items()}
+
+
+def layer_of(module: str) -> int:
+    best, index = -1, -1
+    for number, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            matches = module == prefix or module.startswith(prefix + ".")
+            if matches and len(prefix) > best:
+                best, index = len(prefix), number
+    if index < 0:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+    return index
+
+
+def upward_imports(graph: Mapping[str, Iterable[str]]) -> set[tuple[str, str]]:
+    """Every (importer, imported) pair where the imported module is in a higher layer."""
+    return {(module, target) for module, targets in graph.items() for target in targets
+            if layer_of(target) > layer_of(module)}
+
+
+def package_of(module: str) -> str:
+    """The top-level package a module belongs to (``agoramesh.nodes`` for
+    ``agoramesh.nodes.backends.openai``); the root package for itself."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Groups of top-level packages that import each other (strongly connected, more
+    than one). The root package is left out: it re-exports what users build with, by
+    design."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        source = package_of(module)
+        for target in targets:
+            destination = package_of(target)
+            if PACKAGE not in (source, destination) and source != destination:
+                packages.setdefault(source, set()).add(destination)
+    return _strongly_connected(packages)
+
+
+def _strongly_connected(graph: Mapping[str, set[str]]) -> list[list[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    counter = itertools.count()
+    groups: list[list[str]] = []
+
+    def strong(node: str) -> None:
+        index[node] = low[node] = next(counter)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                strong(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            strong(node)
+    return groups
+
+
+# -- the checks ---------------------------------------------------------------------------
+
+def test_layers_point_down_but_for_the_listed_debt() -> None:
+    upward = upward_imports(import_graph())
+    assert not upward - LAYER_DEBT, "new imports pointing up a layer (docs/ARCHITECTURE.md)"
+    assert not LAYER_DEBT - upward, "debt paid: remove these from LAYER_DEBT"
+
+
+def test_no_package_cycle_beyond_the_layering_debt() -> None:
+    graph = import_graph()
+    for module, target in LAYER_DEBT:  # the debt is what keeps today's cycles
+        graph[module].discard(target)
+    assert package_cycles(graph) == []
+
+
+def test_a_back_edge_is_caught() -> None:
+    """The checks themselves: a bus module importing a node is refused, twice over."""
+    graph = {"agoramesh.bus.bus": {"agoramesh.errors"},
+             "agoramesh.nodes.node": {"agoramesh.bus.bus"},
+             "agoramesh.nodes.card": set(), "agoramesh.errors": set()}
+    assert upward_imports(graph) == set() and package_cycles(graph) == []
+    graph["agoramesh.bus.bus"].add("agoramesh.nodes.card")
+    assert upward_imports(graph) == {("agoramesh.bus.bus", "agoramesh.nodes.card")}
+    assert package_cycles(graph) == [["agoramesh.bus", "agoramesh.nodes"]]
+
+
+def test_an_import_inside_a_function_counts_and_type_checking_does_not(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text("from typing import TYPE_CHECKING\n"
+                      "if TYPE_CHECKING:\n    from agoramesh.nodes import node\n"
+                      "def f():\n    from agoramesh.protocols import bidder\n")
+    known = {"agoramesh.nodes.node", "agoramesh.protocols.bidder", "agoramesh.bus.x"}
+    assert imports_of("agoramesh.bus.x", source, known) == {"agoramesh.protocols.bidder"}
+
+
+def test_modules_stay_under_the_line_limit_but_for_the_listed_debt() -> None:
+    long = {name for name, path in modules().items()
+            if len(path.read_text().splitlines()) > MAX_MODULE_LINES}
+    assert not long - MODULE_DEBT, f"modules over {MAX_MODULE_LINES} lines"
+    assert not MODULE_DEBT - long, "debt paid: remove these from MODULE_DEBT"
+
+
+def test_classes_stay_small_but_for_the_listed_debt() -> None:
+    big = set()
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                methods = sum(isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                              for item in node.body)
+                if lines > MAX_CLASS_LINES or methods > MAX_METHODS:
+                    big.add(f"{name}.{node.name}")
+    assert not big - CLASS_DEBT, (f"classes over {MAX_CLASS_LINES} lines or "
+                                  f"{MAX_METHODS} methods")
+    assert not CLASS_DEBT - big, "debt paid: remove these from CLASS_DEBT"
+
+
+def _uses_nats(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "nats"
+                                                for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "nats":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("exempt", [("agoramesh.bus", "agoramesh.testing")])
+def test_only_the_bus_uses_nats_py_but_for_the_listed_debt(exempt: tuple[str, ...]) -> None:
+    users = {name for name, path in modules().items()
+             if not name.startswith(exempt) and _uses_nats(path)}
+    assert not users - NATS_DEBT, "nats-py used outside bus/: give the Bus what is needed"
+    assert not NATS_DEBT - users, "debt paid: remove these from NATS_DEBT"
