@@ -65,6 +65,7 @@ import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
@@ -75,7 +76,7 @@ from agoramesh.errors import AgoraError
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.directory import Directory
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.contract_net import Auctioneer, Progress
 from agoramesh.protocols.dispatch import discover

@@ -35,12 +35,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from common import Warnings, count_warnings, run_and_report
 
 HEARTBEAT, IDLE = 1.0, 5.0

@@ -42,6 +42,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
@@ -49,7 +50,7 @@ from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig, JetStreamConfig, JobsConfig, ServerConfig
 from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBackend
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.jobs import Jobs
 from agoramesh.testing.node import NodeProcess

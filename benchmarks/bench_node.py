@@ -40,6 +40,7 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
@@ -48,7 +49,7 @@ from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBacken
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.host import AgentHost
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from common import (
     Warnings,

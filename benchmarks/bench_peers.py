@@ -52,6 +52,7 @@ import uvloop
 from nats.aio.msg import Msg
 
 from agoramesh._version import __version__ as agoramesh_version
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
@@ -62,7 +63,7 @@ from agoramesh.errors import AgoraError
 from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBackend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import submit_task
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskStatus
 from common import (
     WrongAnswer,

@@ -19,8 +19,8 @@ import nats.errors
 import uvloop
 from nats.aio.client import Client as NatsClient
 
+from agoramesh.agent import AgentNode
 from agoramesh.errors import AgoraError
-from agoramesh.nodes.node import AgentNode
 
 __all__ = ("Warnings", "WrongAnswer", "alternate", "count_warnings", "latency", "percentile",
            "raw_client", "run_and_report", "serve_until_stdin_closes", "spawn_child",

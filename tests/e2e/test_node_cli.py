@@ -15,11 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
 from agoramesh.config import BusConfig
 from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.testing import AGORAMESH, NodeProcess, alive, wait_until
 
 pytestmark = pytest.mark.e2e

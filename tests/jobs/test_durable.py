@@ -16,6 +16,7 @@ import nats
 import pytest
 from jobs_support import js_template
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
@@ -24,7 +25,6 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, JobsConfig, Role
 from agoramesh.errors import InvalidInput, JetStreamUnavailable, StoreFull
 from agoramesh.nodes.client import submit_task
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.jobs import Jobs
 from agoramesh.testing import assert_stopped, wait_until

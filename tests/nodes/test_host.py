@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
@@ -21,7 +22,7 @@ from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.host import AgentHost
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.presence import MAX_BATCH
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.testing.waiting import wait_until

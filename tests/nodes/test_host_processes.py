@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.mesh import Mesh
-from agoramesh.nodes.node import AgentNode
 from agoramesh.testing.processes import LineReader, alive
 from agoramesh.testing.waiting import wait_until
 

@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity, seal
 from agoramesh.bus.bus import ERROR_CODE_HEADER, ERROR_HEADER
 from agoramesh.bus.e2e import E2EKeys
@@ -23,7 +24,7 @@ from agoramesh.bus.identity import verify
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import EnvelopePolicy
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import UNREADABLE_TASK_ID, AgentNode
+from agoramesh.nodes.node import UNREADABLE_TASK_ID
 from agoramesh.nodes.task import TaskResult, TaskStatus
 from agoramesh.security.acl import AccessPolicy
 from agoramesh.testing.plugin import AgentFactory, BusFactory

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
 from agoramesh.bus.bus import Delivery
 from agoramesh.bus.server import EmbeddedServer
@@ -18,7 +19,7 @@ from agoramesh.errors import BackendUnavailable, NoResponders
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import cancel_task, stream_task, submit_task
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, TaskResult, TaskStatus, Usage
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import BusFactory

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import ERROR_CODE_HEADER, ERROR_HEADER
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import MAX_MESSAGE_BYTES
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import submit_task
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Completion, StreamItem, Task, TaskResult, TaskStatus
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory

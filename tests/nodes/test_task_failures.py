@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig
@@ -19,7 +20,7 @@ from agoramesh.errors import InvalidInput
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBackend
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import UNREADABLE_TASK_ID, AgentNode, NodeConfig
+from agoramesh.nodes.node import UNREADABLE_TASK_ID, NodeConfig
 from agoramesh.nodes.task import MAX_DEADLINE, MAX_PARAMETER_DEPTH, Completion, StreamItem, Task
 from agoramesh.testing.plugin import BusFactory
 

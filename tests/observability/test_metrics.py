@@ -11,12 +11,12 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import ConfigError
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.observability.metrics import JOB_STORE_METRICS, METRICS, MeshCollector
 from agoramesh.observability.stats import BUCKETS, AgentMetrics, Histogram

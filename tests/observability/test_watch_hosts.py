@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import Envelope, Guard, seal
 from agoramesh.bus.identity import Identity
@@ -26,7 +27,7 @@ from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.host import AgentHost
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.presence import MAX_BATCH
 from agoramesh.observability.stats import AgentMetrics
 from agoramesh.observability.watch import MeshView, Presence, render

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.nodes.backends.offline import OfflineBackend
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import StreamItem, Task
 from agoramesh.testing import wait_until
 

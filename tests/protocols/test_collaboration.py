@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import BackendUnavailable, BusTimeout, InvalidInput, NoBidders, NoResponders
 from agoramesh.nodes.backends.offline import OfflineBackend
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import StreamItem, Task
 from agoramesh.protocols.collaboration import Collaboration
 from agoramesh.protocols.collaboration_request import CollaborationMode, CollaborationRequest

@@ -13,12 +13,12 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import AUTH_MAC, AUTH_SIG, VERSION, mac, now_ms, parse, seal
 from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReason
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.bidder import AWARD_TOO_LATE, Bidder, BidPolicy, _desk_for
 from agoramesh.protocols.contract_net import AuctionPolicy, Progress

@@ -17,11 +17,11 @@ import pytest
 import pytest_asyncio
 
 from agoramesh._web import CLIENT_TEXT, RECORD_TEXT, ClientTextFilter
+from agoramesh.agent import AgentNode
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import MAX_MESSAGE_BYTES
 from agoramesh.errors import NotConnected
 from agoramesh.nodes.backends.offline import OfflineBackend
-from agoramesh.nodes.node import AgentNode
 from agoramesh.protocols.http_api import MAX_BODY, HttpApi, status_for, validate_token
 from agoramesh.testing import wait_until
 

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
@@ -29,7 +30,6 @@ from agoramesh.errors import (
     NoBidders,
     StoreFull,
 )
-from agoramesh.nodes.node import AgentNode
 from agoramesh.protocols.http_api import IDEMPOTENCY_KEY, HttpApi, status_for
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, MeshFactory

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import InvalidInput
-from agoramesh.nodes.node import AgentNode
 from agoramesh.protocols.strategies import (
     AgentProfile,
     NegotiationStrategy,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.workflow import parse_inputs
 from agoramesh.errors import (
@@ -22,7 +23,6 @@ from agoramesh.errors import (
 )
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Completion, StreamItem, Task
 from agoramesh.protocols.dispatch import Dispatcher
 from agoramesh.protocols.workflow import Step, Workflow

@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 from hostile_support import SMALL, Attacker, AttackerFactory, NodeFactory
 
+from agoramesh.agent import AgentNode
 from agoramesh.config import EnvelopePolicy
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import AgentNode
 from agoramesh.testing.plugin import AgentFactory
 
 

@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import (
@@ -42,7 +43,6 @@ from agoramesh.bus.envelope import (
 from agoramesh.bus.identity import Identity, is_agent_id, verify
 from agoramesh.config import MAX_MESSAGE_BYTES, EnvelopePolicy
 from agoramesh.errors import EnvelopeError, RejectReason
-from agoramesh.nodes.node import AgentNode
 from agoramesh.observability.metrics import MeshCollector, new_registry
 from agoramesh.testing.workers import Worker
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from nats.aio.client import Client as NatsClient
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
@@ -30,7 +31,7 @@ from agoramesh.errors import (
 )
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import cancel_task, submit_task
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.observability.metrics import MeshCollector
 from agoramesh.security import acl

@@ -44,11 +44,11 @@ from hostile_support import (
 )
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.envelope import now_ms, parse
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import EnvelopeError, RejectReason
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.bidder import Bidder
 from agoramesh.protocols.contract_net import AuctionOutcome, AuctionPolicy

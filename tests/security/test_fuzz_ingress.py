@@ -49,6 +49,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus import Bus, Delivery, Identity
 from agoramesh.bus.envelope import (
     AUTH_MAC,
@@ -63,7 +64,6 @@ from agoramesh.bus.ingress import decode_json, looks_like_json
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import EnvelopePolicy
 from agoramesh.errors import EnvelopeError, RejectReason
-from agoramesh.nodes.node import AgentNode
 from agoramesh.testing.plugin import BusFactory
 
 pytestmark = pytest.mark.integration

@@ -41,6 +41,7 @@ from hostile_support import (
 )
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Delivery
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import now_ms, parse
@@ -49,7 +50,6 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import MAX_MESSAGE_BYTES
 from agoramesh.errors import RejectReason
 from agoramesh.nodes.client import submit_task
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.contract_net import AuctionPolicy
 from agoramesh.testing import wait_until

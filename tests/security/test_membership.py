@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.credentials import client_identity, parse_creds
 from agoramesh.bus.envelope import is_boxed, parse
@@ -30,7 +31,7 @@ from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import stream_task
 from agoramesh.nodes.host import AgentHost
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Chunk, Task, TaskResult
 from agoramesh.protocols.dispatch import client_dispatcher
 from agoramesh.security import jwt

@@ -40,6 +40,7 @@ from hostile_support import (
 )
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import AUTH_MAC, AUTH_SIG, BROADCAST, Envelope, parse
 from agoramesh.bus.identity import verify
@@ -47,7 +48,6 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import EnvelopePolicy
 from agoramesh.errors import BusTimeout, EnvelopeError, RejectReason
 from agoramesh.nodes.client import submit_task
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import BusFactory, MeshFactory

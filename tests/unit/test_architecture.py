@@ -33,20 +33,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("agoramesh.observability",),  # what an agent records: stats, logs, trajectories
     ("agoramesh.nodes",),
     ("agoramesh.protocols",),
+    ("agoramesh.agent",),  # the assembly: AgentNode = BaseNode + its protocols
     ("agoramesh._web", "agoramesh.modes", "agoramesh.cli", "agoramesh.testing",
      "agoramesh.__main__", "agoramesh"),
 )
 
 #: Layering debt: (importer, imported) module pairs that point up.
 LAYER_DEBT: frozenset[tuple[str, str]] = frozenset({
-    # AgentNode builds its protocols itself; an assembly module above both is to.
-    ("agoramesh.nodes.node", "agoramesh.protocols.bidder"),
-    ("agoramesh.nodes.node", "agoramesh.protocols.contract_net"),
-    ("agoramesh.nodes.node", "agoramesh.protocols.dispatch"),
-    ("agoramesh.nodes.node", "agoramesh.protocols.job_worker"),
-    ("agoramesh.nodes.node", "agoramesh.protocols.strategies"),
-    ("agoramesh.nodes.node", "agoramesh.protocols.task_desk"),
-    ("agoramesh.nodes.node", "agoramesh.protocols.voting"),
     # The watch model and the metrics views read nodes: they belong above them.
     ("agoramesh.observability.watch", "agoramesh.nodes.card"),
     ("agoramesh.observability.watch", "agoramesh.nodes.presence"),
@@ -67,7 +60,7 @@ CLASS_DEBT: frozenset[str] = frozenset({
     "agoramesh.bus.bus.Bus", "agoramesh.bus.jetstream.JetStream",
     "agoramesh.bus.server.EmbeddedServer",
     "agoramesh.modes.decentralized.autonomous_agent.AutonomousAgent",
-    "agoramesh.modes.decentralized.member.Member", "agoramesh.nodes.node.AgentNode",
+    "agoramesh.modes.decentralized.member.Member", "agoramesh.nodes.node.BaseNode",
     "agoramesh.protocols.collaboration.Collaboration",
     "agoramesh.protocols.contract_net.Auctioneer", "agoramesh.protocols.http_api.HttpApi",
     "agoramesh.protocols.job_worker.JobWorker", "agoramesh.sim.world.GridWorld",

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
@@ -52,7 +53,6 @@ from agoramesh.cli.output import emit_json
 from agoramesh.cli.up import local_mesh
 from agoramesh.config import BusConfig, Environment
 from agoramesh.errors import AgoraError, BusTimeout, ServerError
-from agoramesh.nodes.node import AgentNode
 
 __all__ = ("WORKFLOW", "Report", "register")
 

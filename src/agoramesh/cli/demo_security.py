@@ -27,6 +27,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.credentials import connect_options
 from agoramesh.bus.envelope import BOX_KEY, is_boxed, looks_like_envelope, parse
@@ -39,7 +40,7 @@ from agoramesh.errors import AgoraError, BusTimeout, PermissionDenied
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import submit_task
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskResult
 from agoramesh.security.trust import Role, TrustStore
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import parent_death_signal
@@ -29,7 +30,6 @@ from agoramesh.cli.up import demo_agents
 from agoramesh.config import Environment
 from agoramesh.errors import AgoraError, BusError, ServerError
 from agoramesh.nodes.directory import Directory, PeerEntry
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import Task
 from agoramesh.protocols.collaboration import Collaboration
 from agoramesh.protocols.contract_net import AuctionPolicy, Progress

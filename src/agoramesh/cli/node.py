@@ -17,6 +17,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
@@ -36,7 +37,7 @@ from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
 from agoramesh.nodes.catalog import capabilities_for
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.observability.http import MetricsServer
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.http_api import HttpApi

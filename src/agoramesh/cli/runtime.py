@@ -11,11 +11,11 @@ import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import warn
 from agoramesh.config import Environment, JetStreamConfig
 from agoramesh.errors import ConfigError
-from agoramesh.nodes.node import AgentNode
 from agoramesh.observability.http import MetricsServer
 from agoramesh.protocols.http_api import HttpApi, validate_token
 

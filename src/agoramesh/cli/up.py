@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
@@ -53,7 +54,7 @@ from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.contract_net import AuctionPolicy
 from agoramesh.security.acl import AccessPolicy, load_policy

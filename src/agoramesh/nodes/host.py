@@ -1,11 +1,11 @@
 """AgentHost: many agents in one process, at the cost of a few.
 
-An agent on its own (``AgentNode`` without a host) has its own NATS
+An agent on its own (``BaseNode`` without a host) has its own NATS
 connection, listens to presence, answers discovery and the services protocol,
 and signs a heartbeat and a telemetry envelope every beat. A thousand of them
 in one process would be a thousand connections and two thousand signatures a
 second, checked again by every process on the mesh. Agents given a host
-instead (``AgentNode(..., host=host)``) share what can be shared:
+instead (``BaseNode(..., host=host)``) share what can be shared:
 
 - **one connection** per distinct server list (:class:`~agoramesh.bus.connection.Connection`),
   for agents that connect without credentials of their own (an agent with a
@@ -49,7 +49,7 @@ from agoramesh.nodes.presence import MAX_BATCH, PeerWatch
 from agoramesh.observability.logs import agent_logger
 
 if TYPE_CHECKING:
-    from agoramesh.nodes.node import AgentNode
+    from agoramesh.nodes.node import BaseNode
 
 __all__ = ("AgentHost",)
 
@@ -83,9 +83,9 @@ class AgentHost:
                                own=self.agent_id, spawn=self.spawn,
                                running=lambda: self.is_running, log=self.log)
         #: The running agents this host beats for, by id.
-        self.agents: dict[str, AgentNode] = {}
+        self.agents: dict[str, BaseNode] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._job_driver: AgentNode | None = None
+        self._job_driver: BaseNode | None = None
         self._state = "created"
 
     @property
@@ -114,19 +114,19 @@ class AgentHost:
             connection = self._connections[key] = Connection(config, self.identity)
         return connection
 
-    def takes_jobs(self, node: AgentNode) -> bool:
+    def takes_jobs(self, node: BaseNode) -> bool:
         """True for the one agent of this host that drives durable jobs (the first asking)."""
         if self._job_driver is None:
             self._job_driver = node
         return self._job_driver is node
 
-    def add(self, node: AgentNode) -> None:
+    def add(self, node: BaseNode) -> None:
         """``node`` is running: beat for it, answer discovery and ``$SRV`` for it."""
         if not self.is_running:
             raise AgoraError(f"host {self.name} is not running: start it before its agents")
         self.agents[node.agent_id] = node
 
-    def remove(self, node: AgentNode) -> None:
+    def remove(self, node: BaseNode) -> None:
         self.agents.pop(node.agent_id, None)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -200,7 +200,7 @@ class AgentHost:
 
     # -- the beat ------------------------------------------------------------------------
 
-    def _running(self) -> list[AgentNode]:
+    def _running(self) -> list[BaseNode]:
         return [node for node in self.agents.values() if node.is_running]
 
     async def _beat(self) -> None:

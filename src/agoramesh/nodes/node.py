@@ -1,23 +1,23 @@
-"""AgentNode: one agent on the mesh — identity card, capabilities, presence, tasks.
+"""BaseNode: one agent on the mesh — identity card, capabilities, presence, tasks.
+
+The protocols (bids, auctions, the task desk, durable jobs, ballots) are added
+by :class:`agoramesh.agent.AgentNode`, the class users build agents with; this
+module is what they run on.
 
 Lifecycle (nameko-style): construct (setup) → ``start()`` → ``stop(grace)``
 → and, when that is not possible, ``kill()``. ``stop`` says goodbye, stops
 taking new work, lets running tasks finish within ``grace`` seconds, cancels
 the rest (their requesters get a FAILED result), then closes the bus.
 
-Subjects served (docs/PROTOCOL.md §10): ``agora.cap.<capability>`` (queue group, tasks,
-plain JSON allowed by policy), ``agora.cfp.<capability>`` (auctions: bids,
-protocols/bidder.py), ``agora.task.>`` (queue group: tasks this node auctions
-for a client, protocols/task_desk.py), ``agora.agent.<id>`` (direct: task,
-cancel, card, award, ballot), ``agora.discover`` (scatter-gather),
-``agora.presence.>`` (the directory), and ``$SRV.*`` (NATS services protocol).
+Subjects served here (docs/PROTOCOL.md §10): ``agora.cap.<capability>`` (queue
+group, tasks, plain JSON allowed by policy), ``agora.agent.<id>`` (direct: task,
+cancel, card; the protocols add award and ballot), ``agora.discover``
+(scatter-gather), ``agora.presence.>`` (the directory), and ``$SRV.*`` (NATS
+services protocol). A hosted agent leaves the last three to its host.
 
 Every request the agent acts on passes ``config.access`` first
-(:meth:`AgentNode.check_access`, security/acl.py): tasks and awards need
+(:meth:`BaseNode.check_access`, security/acl.py): tasks and awards need
 ``execute``, cfps ``bid``, ``agora.task`` ``submit``, cancels ``cancel``.
-
-``node.dispatcher`` submits work from this agent (auctions it drives itself,
-``node.auctioneer``): the protocols build on it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from agoramesh._version import __version__
 from agoramesh.bus.bus import Bus, Delivery, Reply, Subscription
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
-from agoramesh.config import BusConfig, JobsConfig
+from agoramesh.config import BusConfig
 from agoramesh.errors import (
     AccessDenied,
     AgoraError,
@@ -65,16 +65,9 @@ from agoramesh.nodes.task_memory import TaskMemory, task_digest
 from agoramesh.observability.logs import agent_logger
 from agoramesh.observability.stats import AgentMetrics
 from agoramesh.observability.trajectory import Trajectory
-from agoramesh.protocols.bidder import Bidder, BidPolicy
-from agoramesh.protocols.contract_net import Auctioneer, AuctionPolicy
-from agoramesh.protocols.dispatch import Dispatcher
-from agoramesh.protocols.job_worker import JobWorker
-from agoramesh.protocols.strategies import AgentProfile
-from agoramesh.protocols.task_desk import QUEUE, TaskDesk
-from agoramesh.protocols.voting import ballot_handler, default_chooser
 from agoramesh.security.acl import JSON_PRINCIPAL, AccessPolicy, Action
 
-__all__ = ("UNREADABLE_TASK_ID", "AgentNode", "DirectHandler", "NodeConfig", "readable_task_id")
+__all__ = ("UNREADABLE_TASK_ID", "BaseNode", "DirectHandler", "NodeConfig", "readable_task_id")
 
 log = logging.getLogger("agoramesh.node")
 
@@ -83,8 +76,6 @@ DirectHandler = Callable[[Delivery], Awaitable[None]]
 # A failed task's error type -> its outcome label (agoramesh_tasks_total); others: failed.
 _OUTCOMES = {"TaskCancelled": "cancelled", "InvalidInput": "rejected",
              "UnknownCapability": "rejected"}
-#: Seconds a winner tries to store a durable job's result before answering without it.
-_WINNER_STORE_PATIENCE = 1.0
 #: Appended to the error of a FAILED task_response whose request's task_id was unreadable.
 UNREADABLE_TASK_ID = "; the request's task_id could not be read (task_id is null)"
 
@@ -136,25 +127,26 @@ class NodeConfig:
             capability.check()
 
 
-class AgentNode:
-    """An agent: a Bus, a backend, its capabilities, and its view of the mesh."""
+class BaseNode:
+    """An agent on the mesh without negotiation: a Bus, a backend, its capabilities, its
+    presence and its view of the mesh, and the tasks it runs.
+
+    :class:`agoramesh.agent.AgentNode` adds the protocols (bids, auctions, the task
+    desk, durable jobs, ballots) through the hooks :meth:`_start_protocols`,
+    :meth:`_retire`, :meth:`_drain` and :meth:`_abandon`.
+    """
 
     def __init__(self, identity: Identity, config: NodeConfig, backend: Backend,
                  bus_config: BusConfig, *, directory: Directory | None = None,
-                 bid_policy: BidPolicy | None = None,
-                 auction_policy: AuctionPolicy | None = None,
-                 trajectory: Trajectory | None = None, jobs: JobsConfig | None = None,
-                 host: AgentHost | None = None) -> None:
+                 trajectory: Trajectory | None = None, host: AgentHost | None = None) -> None:
         """``host``: run as one of many agents in this process (nodes/host.py): share the
         host's connection (when this agent has no credentials of its own), directory,
         presence, discovery and ``$SRV`` subscriptions, and beat in its batches.
 
         ``directory``: share another local agent's directory instead of keeping one
         (without a host): that agent listens to presence for all of them.
-        ``bid_policy`` prices this agent's bids; ``auction_policy`` governs the
-        auctions it runs. ``trajectory`` records what the agent saw, decided and
-        sent (closed when the agent stops). ``jobs``: the durable job stream and
-        result store this node takes jobs from and stores results in.
+        ``trajectory`` records what the agent saw, decided and sent (closed when
+        the agent stops).
         """
         if host is not None and directory is not None:
             raise ConfigError("an agent with a host uses the host's directory: pass one of "
@@ -208,23 +200,14 @@ class AgentNode:
         self._state = "created"
         self._status_key: tuple[object, ...] = ()
         self._status_map: dict[str, Any] = {}
-        self.bidder = Bidder(self, bid_policy)
-        self.auctioneer = Auctioneer(self.bus, self.directory, policy=auction_policy,
-                                     own_card=self._own_card, metrics=self.metrics,
-                                     trajectory=trajectory)
-        self.dispatcher = Dispatcher(self.bus, self.directory, auctioneer=self.auctioneer,
-                                     own_card=self._own_card)
-        self.task_desk = TaskDesk(self)
-        # One job driver per process: agents hosted beside a directory owner (as `up`
-        # and benchmarks host them) leave the jobs to it; any of them can still win them.
-        drives_jobs = host.takes_jobs(self) if host is not None else self._owns_directory
-        self.job_worker = JobWorker(self, jobs, max_jobs=config.max_jobs if drives_jobs else 0)
-        # Consensus allocation (protocols/strategies.py) asks agents to vote on who gets a task.
-        self.direct_handlers["ballot"] = ballot_handler(default_chooser(
-            lambda: AgentProfile.from_card(self.card, self.status)))
+        #: Stores a durable job's final result (the first stored wins; AgoraError if it
+        #: could not); None: this node has no result store.
+        self.result_store: Callable[[TaskResult], Awaitable[None]] | None = None
 
-    def _own_card(self) -> AgentCard:
-        return self.card
+    @property
+    def owns_directory(self) -> bool:
+        """True when this agent keeps (and listens for) its directory itself."""
+        return self._owns_directory
 
     @property
     def agent_id(self) -> str:
@@ -270,7 +253,7 @@ class AgentNode:
             # may hold their cfp subscription, on our bus).
             self._state = "starting"
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.bidder.stop())
+                await asyncio.shield(self._retire())
             await asyncio.shield(self.kill())
             raise
 
@@ -290,12 +273,7 @@ class AgentNode:
         await self.bus.subscribe(subjects.agent(self.agent_id), self._on_direct,
                                  concurrency=self.config.max_concurrent_tasks + 4,
                                  confirm=False)
-        await self.bidder.start()
-        await self.auctioneer.start(confirm=False)
-        self._task_subscriptions.append(await self.bus.subscribe(
-            subjects.task(">"), self.task_desk.handle, queue=QUEUE, ingress=ingress,
-            concurrency=self.config.max_concurrent_tasks * 8, confirm=False))
-        await self.job_worker.start()
+        await self._start_protocols(ingress)
         if self.host is None:  # a host listens, answers discovery and $SRV for its agents
             await self.bus.subscribe(subjects.discover, self.presence.on_discover,
                                      ingress=IngressPolicy.ALLOW, confirm=False)
@@ -342,11 +320,11 @@ class AgentNode:
             with contextlib.suppress(AgoraError, nats.errors.Error):
                 await self.presence.announce("bye")
         self.directory.remove_local(self.agent_id)
-        await self.bidder.stop()
+        await self._retire()
         # All at once: draining one by one would leave the others taking queue-group
         # work meanwhile, and the grace would add up. Each waits for its running
         # tasks and cancels them after the budget; unfinished jobs go back to the stream.
-        await asyncio.gather(self.job_worker.stop(budget),
+        await asyncio.gather(*self._drain(budget),
                              *(subscription.stop(budget)
                                for subscription in self._task_subscriptions))
         await self._cancel_background()
@@ -361,7 +339,7 @@ class AgentNode:
         if self.host is not None:
             self.host.remove(self)
         self.directory.remove_local(self.agent_id)
-        await self.job_worker.kill()
+        await self._abandon()
         for task, *_ in list(self._running.values()):
             task.cancel()
         await self._cancel_background()
@@ -369,6 +347,21 @@ class AgentNode:
         await self.backend.aclose()
         self._close_trajectory()
         self._state = "stopped"
+
+    # -- what the protocols add (agoramesh.agent.AgentNode) ---------------------------
+
+    async def _start_protocols(self, ingress: IngressPolicy) -> None:
+        """Subscribe what the protocols serve (unconfirmed: ``start`` confirms them all)."""
+
+    async def _retire(self) -> None:
+        """Stop taking part in negotiations (first thing on stop; and on a failed start)."""
+
+    def _drain(self, budget: float) -> list[Awaitable[None]]:
+        """What to wait for, besides running tasks, while stopping within ``budget``."""
+        return []
+
+    async def _abandon(self) -> None:
+        """Drop everything at once (kill): nothing is handed back."""
 
     def _close_trajectory(self) -> None:
         if self.trajectory is not None:
@@ -381,7 +374,7 @@ class AgentNode:
         if self._background:
             await asyncio.wait(list(self._background), timeout=2.0)
 
-    async def __aenter__(self) -> AgentNode:
+    async def __aenter__(self) -> BaseNode:
         await self.start()
         return self
 
@@ -576,15 +569,12 @@ class AgentNode:
         return result, True
 
     async def _store(self, result: TaskResult) -> bool:
-        """Store a durable job's final result (the first stored wins): True once it is in.
-
-        One short try: while JetStream elects a leader the answer goes out unstored
-        at once, so the initiator holds the result too (and stores it, patiently)
-        instead of it living only here until the election ends.
-        """
+        """Store a durable job's final result (``result_store``): True once it is in;
+        False (logged) if it is not, and the initiator then stores it."""
+        if self.result_store is None:
+            return False
         try:
-            await self.job_worker.store.save(result, stored_by=self.agent_id,
-                                             patience=_WINNER_STORE_PATIENCE)
+            await self.result_store(result)
         except AgoraError as exc:  # the initiator stores it then
             self.log.warning("could not store the result of %s: %s", result.task_id, exc,
                              extra={"task_id": result.task_id})

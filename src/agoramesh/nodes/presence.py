@@ -33,7 +33,7 @@ from agoramesh.nodes.card import AgentCard, AgentStatus, presence_interval
 from agoramesh.nodes.directory import Directory
 
 if TYPE_CHECKING:
-    from agoramesh.nodes.node import AgentNode
+    from agoramesh.nodes.node import BaseNode
 
 __all__ = ("MAX_BATCH", "PeerWatch", "Presence", "answer_discovery")
 
@@ -235,7 +235,7 @@ class PeerWatch:
 class Presence:
     """An agent's hello, heartbeats and bye, its discovery answers, and its peer watch."""
 
-    def __init__(self, node: AgentNode, *, host: str = "", interval: float | None = None) -> None:
+    def __init__(self, node: BaseNode, *, host: str = "", interval: float | None = None) -> None:
         """``host``: the id of the host beating for this agent ("" for none: it beats itself);
         ``interval``: its beat (default: the agent's ``heartbeat_interval``)."""
         self.node = node

@@ -44,8 +44,8 @@ from agoramesh.observability.stats import JOB_EVENTS, Histogram
 from agoramesh.observability.watch import JobQueue, read_job_queue
 
 if TYPE_CHECKING:
+    from agoramesh.agent import AgentNode
     from agoramesh.bus.server import EmbeddedServer
-    from agoramesh.nodes.node import AgentNode
     from agoramesh.protocols.http_api import HttpApi
 
 __all__ = ("JOB_STORE_METRICS", "METRICS", "MeshCollector", "new_registry")

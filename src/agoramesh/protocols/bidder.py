@@ -58,7 +58,7 @@ from agoramesh.protocols.scoring import Bid
 from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:
-    from agoramesh.nodes.node import AgentNode
+    from agoramesh.nodes.node import BaseNode
 
 __all__ = ("ACCEPT_WINDOW", "AT_CAPACITY", "BidPolicy", "Bidder")
 
@@ -90,7 +90,7 @@ class BidPolicy:
     (``max_cost_usd``, ``deadline``) turn the bid into a counter-offer.
     """
 
-    def quote(self, node: AgentNode, task: Task, capability: Capability,
+    def quote(self, node: BaseNode, task: Task, capability: Capability,
               terms: dict[str, Any], reserved: float, *,
               request_size: int | None = None) -> Bid | str:
         """A bid, or the reason to refuse; ``reserved``: slots promised to open bids.
@@ -123,7 +123,7 @@ class BidPolicy:
                    capacity=status.capacity, in_flight=status.in_flight, counter=counter,
                    agent_type=node.config.type, priority=int(_hint(node, "priority")))
 
-    def accept(self, node: AgentNode, task: Task, terms: dict[str, Any]) -> str | None:
+    def accept(self, node: BaseNode, task: Task, terms: dict[str, Any]) -> str | None:
         """None to take the award, or the reason to decline it."""
         status = node.status
         if status.state not in ("ready", "busy"):
@@ -142,7 +142,7 @@ def _terms(body: dict[str, Any]) -> dict[str, Any]:
     return terms if isinstance(terms, dict) else {}
 
 
-def _hint(node: AgentNode, key: str) -> float:
+def _hint(node: BaseNode, key: str) -> float:
     try:
         return float(node.config.metadata.get(key, 0) or 0)
     except ValueError:
@@ -152,7 +152,7 @@ def _hint(node: AgentNode, key: str) -> float:
 class Bidder:
     """One agent's participation in auctions: bids on cfps, runs what it is awarded."""
 
-    def __init__(self, node: AgentNode, policy: BidPolicy | None = None) -> None:
+    def __init__(self, node: BaseNode, policy: BidPolicy | None = None) -> None:
         self.node = node
         self.policy = policy or BidPolicy()
         # auction id -> (expiry, share of a slot); insertion order is expiry order
@@ -186,7 +186,7 @@ class Bidder:
     async def start(self) -> None:
         """Listen for cfps on every capability; take awards on the node's direct subject."""
         self.node.direct_handlers["award"] = self._on_award
-        # Set first: stop() (AgentNode.start failing) also undoes joins made before one failed.
+        # Set first: stop() (BaseNode.start failing) also undoes joins made before one failed.
         desk = self._desk = _desk_for(self.node.directory)
         for capability in self.node.config.capabilities:
             await desk.join(self, capability)
@@ -416,7 +416,7 @@ class _BidDesk:
                 for member, _ in list(self.members.get(name, {}).values()):
                     member.released(auction_id)
 
-        # Confirmed with the rest of the agent's subscriptions (AgentNode.start), or below.
+        # Confirmed with the rest of the agent's subscriptions (BaseNode.start), or below.
         self.subscriptions[name] = (bidder, await bus.subscribe(bus.subjects.cfp(name), handle,
                                                                  verify=False, confirm=False))
 

@@ -62,7 +62,8 @@ from agoramesh.protocols.jobs import ResultStore
 from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:
-    from agoramesh.nodes.node import AgentNode
+    from agoramesh.nodes.node import BaseNode
+    from agoramesh.protocols.contract_net import Auctioneer
 
 __all__ = ("JobWorker",)
 
@@ -112,9 +113,11 @@ class _Requeue(Exception):  # a signal, not an error: the job goes back to the s
 class JobWorker:
     """Takes durable jobs for one node (``max_jobs`` at once) and sees each to one result."""
 
-    def __init__(self, node: AgentNode, config: JobsConfig | None = None, *,
-                 max_jobs: int = 32) -> None:
+    def __init__(self, node: BaseNode, auctioneer: Auctioneer,
+                 config: JobsConfig | None = None, *, max_jobs: int = 32) -> None:
+        """``node`` runs jobs it wins and checks access; ``auctioneer`` auctions them."""
         self.node = node
+        self.auctioneer = auctioneer
         self.config = config or JobsConfig()
         self.max_jobs = max_jobs
         self.js = JetStream(node.bus, self.config)
@@ -281,7 +284,7 @@ class JobWorker:
         job = self._jobs.get(task_id)
         if job is not None:
             job.cancelled = True
-            self.node.auctioneer.cancel(task_id)
+            self.auctioneer.cancel(task_id)
 
     # -- one job ----------------------------------------------------------------------------
 
@@ -429,7 +432,7 @@ class JobWorker:
             return self._failed(task, TaskError(f"job {task.task_id} passed its deadline before "
                                                 f"an agent could take it")), False
         try:
-            outcome = await node.auctioneer.run(task, timeout=timeout, durable=True,
+            outcome = await self.auctioneer.run(task, timeout=timeout, durable=True,
                                                 max_wait=_JOB_PATIENCE, go_ahead=go_ahead)
         except TaskCancelled:
             return None, True

@@ -47,7 +47,8 @@ from agoramesh.protocols.contract_net import Progress
 from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:
-    from agoramesh.nodes.node import AgentNode
+    from agoramesh.nodes.node import BaseNode
+    from agoramesh.protocols.contract_net import Auctioneer
 
 __all__ = ("QUEUE", "TaskDesk")
 
@@ -58,8 +59,10 @@ QUEUE = "agora.task"
 class TaskDesk:
     """Takes external tasks for a node and auctions them."""
 
-    def __init__(self, node: AgentNode) -> None:
+    def __init__(self, node: BaseNode, auctioneer: Auctioneer) -> None:
+        """``node`` runs the checks and answers; ``auctioneer`` runs the auctions."""
         self.node = node
+        self.auctioneer = auctioneer
 
     async def handle(self, delivery: Delivery) -> None:
         node = self.node
@@ -83,7 +86,7 @@ class TaskDesk:
         forward: asyncio.Queue[Progress | None] = asyncio.Queue()
         forwarder = asyncio.ensure_future(self._forward(delivery, forward)) if stream else None
         try:
-            outcome = await node.auctioneer.run(
+            outcome = await self.auctioneer.run(
                 task, timeout=timeout, stream=stream,
                 progress=forward.put_nowait if stream else None)
         except AgoraError as exc:

@@ -31,12 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.identity import Identity
 from agoramesh.config import BusConfig, EnvelopePolicy
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.host import AgentHost
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 
 __all__ = ("main", "rss_kib", "run")
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
@@ -27,7 +28,7 @@ from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.catalog import capabilities_for
-from agoramesh.nodes.node import AgentNode, NodeConfig
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.security.certs import CertificateSet, issue_certificates
 from agoramesh.testing.processes import assert_stopped
 
