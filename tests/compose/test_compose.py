@@ -28,14 +28,14 @@ import yaml
 from dashboard_queries import dashboard_exprs, dashboard_metric_names, metric_identifiers
 from nats_conf import conf_port, parse_conf
 
-from agoramesh.observability.metrics import METRICS
+from agoramesh.monitoring.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 PROMETHEUS_FILE = COMPOSE_DIR / "prometheus" / "prometheus.yml"
 PROVISIONING = COMPOSE_DIR / "grafana" / "provisioning"
-AGORAMESH_DASHBOARD = ROOT / "src" / "agoramesh" / "observability" / "dashboards" / "agoramesh.json"
+AGORAMESH_DASHBOARD = ROOT / "src" / "agoramesh" / "monitoring" / "dashboards" / "agoramesh.json"
 NATS_DASHBOARD = COMPOSE_DIR / "grafana" / "dashboards" / "nats.json"
 PROFILES = ("openai", "anthropic", "ollama")
 NATS_CONF_TARGET = "/etc/nats/nats.conf"
@@ -540,7 +540,7 @@ def test_dashboard_ships_in_the_package() -> None:
     patterns = config.get("options.package_data", "agoramesh", fallback="").split()
     relative = AGORAMESH_DASHBOARD.relative_to(ROOT / "src" / "agoramesh").as_posix()
     assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), \
-        f"add observability/dashboards/*.json to [options.package_data] agoramesh ({patterns})"
+        f"add monitoring/dashboards/*.json to [options.package_data] agoramesh ({patterns})"
 
 
 # -- the rest of compose/ -------------------------------------------------------------

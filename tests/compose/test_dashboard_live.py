@@ -21,12 +21,12 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, JetStreamConfig, JobsConfig, ServerConfig
+from agoramesh.monitoring.http import MetricsServer
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.observability.http import MetricsServer
 from agoramesh.testing import assert_stopped, wait_until
 from agoramesh.testing.plugin import AgentFactory
 
-DASHBOARD = (Path(__file__).resolve().parents[2] / "src" / "agoramesh" / "observability"
+DASHBOARD = (Path(__file__).resolve().parents[2] / "src" / "agoramesh" / "monitoring"
              / "dashboards" / "agoramesh.json")
 
 

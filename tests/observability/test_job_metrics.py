@@ -14,9 +14,10 @@ from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.watch import MeshWatcher
 from agoramesh.config import BusConfig, JetStreamConfig, JobsConfig, ServerConfig
+from agoramesh.monitoring.http import MetricsServer
+from agoramesh.monitoring.mesh_view import MeshView
+from agoramesh.monitoring.screen import render
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.observability.http import MetricsServer
-from agoramesh.observability.watch import MeshView, render
 from agoramesh.protocols.jobs import Jobs
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory

@@ -17,8 +17,8 @@ from agoramesh.bus.envelope import seal
 from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import ConfigError
+from agoramesh.monitoring.metrics import JOB_STORE_METRICS, METRICS, MeshCollector
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.observability.metrics import JOB_STORE_METRICS, METRICS, MeshCollector
 from agoramesh.observability.stats import BUCKETS, AgentMetrics, Histogram
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory
@@ -87,7 +87,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 @pytest_asyncio.fixture
 async def metrics_server() -> AsyncIterator[Any]:
-    from agoramesh.observability.http import MetricsServer
+    from agoramesh.monitoring.http import MetricsServer
 
     server = MetricsServer(port=0)
     await server.start()
@@ -252,7 +252,7 @@ async def test_openmetrics_is_served_when_asked_for(metrics_server: Any) -> None
 
 
 async def test_a_port_in_use_is_a_one_line_config_error(metrics_server: Any) -> None:
-    from agoramesh.observability.http import MetricsServer
+    from agoramesh.monitoring.http import MetricsServer
 
     with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:"
                                           f"{metrics_server.port}"):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from agoramesh.monitoring.http import MetricsServer
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.observability.http import MetricsServer
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, MeshFactory
 from agoramesh.testing.processes import alive

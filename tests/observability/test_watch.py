@@ -18,17 +18,13 @@ from agoramesh.bus.subjects import Subjects
 from agoramesh.cli.watch import MeshWatcher
 from agoramesh.config import EnvelopePolicy
 from agoramesh.errors import JetStreamUnavailable
+from agoramesh.monitoring.job_queue import JobQueue, read_job_queue
+from agoramesh.monitoring.mesh_view import MeshView
+from agoramesh.monitoring.records import Presence
+from agoramesh.monitoring.screen import natural_height, render
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
 from agoramesh.observability.stats import AgentMetrics
-from agoramesh.observability.watch import (
-    JobQueue,
-    MeshView,
-    Presence,
-    natural_height,
-    read_job_queue,
-    render,
-)
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory
 

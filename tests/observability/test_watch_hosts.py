@@ -22,6 +22,9 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.bus.subjects import Subjects
 from agoramesh.cli.watch import MeshWatcher
 from agoramesh.config import BusConfig, EnvelopePolicy
+from agoramesh.monitoring.mesh_view import MeshView
+from agoramesh.monitoring.records import Presence
+from agoramesh.monitoring.screen import render
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
@@ -30,7 +33,6 @@ from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.presence import MAX_BATCH
 from agoramesh.observability.stats import AgentMetrics
-from agoramesh.observability.watch import MeshView, Presence, render
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import BusFactory
 

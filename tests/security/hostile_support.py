@@ -43,7 +43,7 @@ from agoramesh.bus.envelope import (
 from agoramesh.bus.identity import Identity, is_agent_id, verify
 from agoramesh.config import MAX_MESSAGE_BYTES, EnvelopePolicy
 from agoramesh.errors import EnvelopeError, RejectReason
-from agoramesh.observability.metrics import MeshCollector, new_registry
+from agoramesh.monitoring.metrics import MeshCollector, new_registry
 from agoramesh.testing.workers import Worker
 
 #: The capability subject of the :data:`~agoramesh.testing.workers.WORK` agents under attack.

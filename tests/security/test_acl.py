@@ -29,11 +29,11 @@ from agoramesh.errors import (
     error_from_wire,
     error_to_wire,
 )
+from agoramesh.monitoring.metrics import MeshCollector
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import cancel_task, submit_task
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
-from agoramesh.observability.metrics import MeshCollector
 from agoramesh.security import acl
 from agoramesh.security.acl import (
     JSON_PRINCIPAL,

@@ -34,11 +34,11 @@ from agoramesh.cli.runtime import (
 )
 from agoramesh.config import BusConfig, Environment, Role, ServerConfig
 from agoramesh.errors import ConfigError
+from agoramesh.monitoring.http import MetricsServer
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import NodeConfig
-from agoramesh.observability.http import MetricsServer
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.http_api import HttpApi
 from agoramesh.security.acl import AccessPolicy, load_policy

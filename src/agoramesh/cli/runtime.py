@@ -16,7 +16,7 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import warn
 from agoramesh.config import Environment, JetStreamConfig
 from agoramesh.errors import ConfigError
-from agoramesh.observability.http import MetricsServer
+from agoramesh.monitoring.http import MetricsServer
 from agoramesh.protocols.http_api import HttpApi, validate_token
 
 __all__ = ("Endpoints", "add_api_token_option", "add_jetstream_options", "add_sign_all_option",

@@ -7,9 +7,9 @@ one (or that a host's heartbeat or telemetry batch names: only the agent's
 card says whether that host speaks for it). It also asks JetStream for the
 durable-job store's counts (job consumer and result stream info) at most
 once a second, each reading bounded by a second; without JetStream the jobs
-line is simply not shown. The model and the frame are in
-:mod:`agoramesh.observability.watch`; this module moves messages into it
-and frames onto the terminal.
+line is simply not shown. The model is :mod:`agoramesh.monitoring.mesh_view`
+and the frame :mod:`agoramesh.monitoring.screen`; this module moves messages
+into the one and frames of the other onto the terminal.
 
 Live mode redraws in place every ``--interval`` (cursor home, each line
 erased to its end, the rest of the screen erased: no flicker) with the
@@ -37,7 +37,9 @@ from agoramesh.cli.output import emit, emit_json
 from agoramesh.cli.runtime import on_signals
 from agoramesh.config import Environment, JobsConfig
 from agoramesh.errors import AgoraError, InvalidInput
-from agoramesh.observability.watch import MeshView, natural_height, read_job_queue, render
+from agoramesh.monitoring.job_queue import read_job_queue
+from agoramesh.monitoring.mesh_view import MeshView
+from agoramesh.monitoring.screen import natural_height, render
 
 __all__ = ("MeshWatcher", "register")
 

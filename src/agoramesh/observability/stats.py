@@ -2,7 +2,7 @@
 
 Recording is a dict increment: no locks, no label lookups, no formatting. The
 Prometheus families are built from these at scrape time
-(:mod:`agoramesh.observability.metrics`), and the telemetry an agent publishes
+(:mod:`agoramesh.monitoring.metrics`), and the telemetry an agent publishes
 once a heartbeat for ``agoramesh watch`` is a summary of them (PROTOCOL.md §18).
 """
 

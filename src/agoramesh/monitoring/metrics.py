@@ -40,8 +40,8 @@ from prometheus_client.registry import Collector
 
 from agoramesh._version import __version__
 from agoramesh.errors import ServerError
+from agoramesh.monitoring.job_queue import JobQueue, read_job_queue
 from agoramesh.observability.stats import JOB_EVENTS, Histogram
-from agoramesh.observability.watch import JobQueue, read_job_queue
 
 if TYPE_CHECKING:
     from agoramesh.agent import AgentNode

@@ -4,9 +4,8 @@ A :class:`MeshView` ingests the signed messages any client may hear —
 presence (hello, heartbeat, bye), discovery and card answers, telemetry
 beats (PROTOCOL.md §18) and calls for proposals — and answers what the
 screen shows: the agents and their load, rates over a sliding window, the
-recent tasks and auctions, envelope rejections by reason. :func:`render`
-draws one fixed-size text frame of it and is pure: the frame a test checks
-is the frame a terminal shows.
+recent tasks and auctions, envelope rejections by reason
+(:mod:`~agoramesh.monitoring.screen` draws them).
 
 Rates are deltas of cumulative counters sampled whenever an agent reports,
 not counts of events, so a lost beat loses no tasks: tasks/s from the
@@ -16,10 +15,9 @@ proposals heard on ``agora.cfp.>`` — ``agoramesh submit`` runs its auctions
 itself and sends no telemetry, but its calls for proposals are on the mesh
 like anyone's.
 
-The durable-job store is not heard but asked: :func:`read_job_queue` reads
-its counts (one consumer-info and one stream-info request, bounded), and the
-watcher hands them to :meth:`MeshView.set_jobs` at most once a second; the
-metrics endpoint uses the same reading.
+The durable-job store is not heard but asked
+(:mod:`~agoramesh.monitoring.job_queue`); the watcher hands its counts to
+:meth:`MeshView.set_jobs`.
 
 Agents hosted in one process (nodes/host.py) do not beat themselves: their
 host signs one ``heartbeat_batch`` and one ``telemetry_batch`` a beat for
@@ -36,27 +34,19 @@ seconds), so the view is deterministic under test.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
-
-import nats.errors
+from typing import Any, NamedTuple, Protocol
 
 from agoramesh.bus.identity import is_agent_id
-from agoramesh.errors import AgoraError
+from agoramesh.monitoring.job_queue import JobQueue
+from agoramesh.monitoring.records import AgentRecord, MeshEvent, Presence, Rates
 from agoramesh.nodes.card import AgentStatus
 from agoramesh.nodes.presence import MAX_BATCH
 
-if TYPE_CHECKING:
-    from agoramesh.bus.jetstream import JetStream
-
-__all__ = ("AgentRecord", "JobQueue", "MeshEvent", "MeshView", "Message", "Presence", "Rates",
-           "Sample", "natural_height", "read_job_queue", "render")
+__all__ = ("MeshView", "Message")
 
 
 class Message(Protocol):
@@ -79,151 +69,6 @@ _OWN_SUBJECT = frozenset(["hello", "heartbeat", "bye", "telemetry", "heartbeat_b
 _MAX_UNKNOWN = 4096
 
 
-class Presence(StrEnum):
-    LIVE = "live"
-    LEFT = "left"  # said bye
-    LOST = "lost"  # missed its heartbeats
-
-
-class Sample(NamedTuple):
-    t: float
-    tasks: int  # completed + failed, from the status
-    auctions: int | None  # run by the agent, every outcome; None before its first telemetry
-    bids: int | None  # sent by the agent; None before its first telemetry
-
-
-@dataclass(frozen=True, slots=True)
-class MeshEvent:
-    """A task or auction an agent reported, or an agent joining or leaving."""
-
-    ts: float
-    kind: str  # task | auction | agent
-    agent: str  # the reporting agent's id
-    capability: str = ""
-    outcome: str = ""  # task/auction outcome, or joined | left | lost
-    ms: float | None = None
-    task_id: str = ""
-    bids: int | None = None
-    winner: str | None = None
-
-    def as_dict(self, names: Mapping[str, str]) -> dict[str, Any]:
-        data: dict[str, Any] = {"ts": round(self.ts, 3), "kind": self.kind,
-                                "agent": self.agent, "agent_name": names.get(self.agent, "")}
-        if self.kind != "agent":
-            data |= {"capability": self.capability, "task_id": self.task_id, "ms": self.ms}
-        data["outcome"] = self.outcome
-        if self.kind == "auction":
-            data |= {"bids": self.bids, "winner": self.winner,
-                     "winner_name": names.get(self.winner or "", "")}
-        return data
-
-
-@dataclass(slots=True)
-class AgentRecord:
-    """One agent as last heard of."""
-
-    id: str
-    first_seen: float
-    last_seen: float
-    name: str = ""
-    type: str = ""
-    capabilities: tuple[str, ...] = ()
-    has_card: bool = False
-    has_telemetry: bool = False
-    status: AgentStatus = field(default_factory=AgentStatus)
-    interval: float = 1.0  # its heartbeat interval, seconds
-    host: str = ""  # the host its own card body named: whose batches speak for it
-    left_at: float | None = None
-    lost_reported: bool = False
-    auctions: dict[str, int] = field(default_factory=dict)
-    bids: dict[str, int] = field(default_factory=dict)
-    rejections: dict[str, int] = field(default_factory=dict)
-    samples: deque[Sample] = field(default_factory=deque)
-
-    @property
-    def label(self) -> str:
-        return self.name or self.id[:8] + "…"
-
-    def presence(self, now: float, missed: int) -> Presence:
-        if self.left_at is not None:
-            return Presence.LEFT
-        if now - self.last_seen > missed * self.interval:
-            return Presence.LOST
-        return Presence.LIVE
-
-    def gone_since(self, missed: int) -> float:
-        return self.left_at if self.left_at is not None else (
-            self.last_seen + missed * self.interval)
-
-    def sample(self, now: float) -> Sample:
-        tasks = self.status.tasks_completed + self.status.tasks_failed
-        if not self.has_telemetry:  # unknown is not zero: no jump when the first one comes
-            return Sample(now, tasks, None, None)
-        return Sample(now, tasks, sum(self.auctions.values()), self.bids.get("bid", 0))
-
-    def as_dict(self, now: float, missed: int) -> dict[str, Any]:
-        presence = self.presence(now, missed)
-        return {"id": self.id, "name": self.name, "type": self.type,
-                "state": self.status.state if presence is Presence.LIVE else str(presence),
-                "presence": str(presence), "capabilities": list(self.capabilities),
-                "status": self.status.as_dict(), "auctions": dict(self.auctions),
-                "bids": dict(self.bids), "rejections": dict(self.rejections),
-                "last_seen_s": round(now - self.last_seen, 3)}
-
-
-@dataclass(frozen=True, slots=True)
-class Rates:
-    auctions_per_s: float
-    tasks_per_s: float
-    bids_per_s: float
-
-    def as_dict(self) -> dict[str, float]:
-        return {"auctions_per_s": round(self.auctions_per_s, 3),
-                "tasks_per_s": round(self.tasks_per_s, 3),
-                "bids_per_s": round(self.bids_per_s, 3)}
-
-
-@dataclass(frozen=True, slots=True)
-class JobQueue:
-    """The durable-job store's counts, from its consumer and its result stream."""
-
-    queued: int  # not yet delivered to any node
-    running: int  # delivered, not yet acknowledged
-    redelivered: int  # delivered more than once, not yet acknowledged
-    results: int  # results stored (within their ttl)
-    results_bytes: int
-
-    @classmethod
-    def from_info(cls, consumer: Mapping[str, Any], results: Mapping[str, Any]) -> JobQueue:
-        """From JetStream's consumer info (of the job consumer) and stream info (of the
-        result stream)."""
-        state = results.get("state")
-        state = state if isinstance(state, Mapping) else {}
-        return cls(queued=_count(consumer.get("num_pending")),
-                   running=_count(consumer.get("num_ack_pending")),
-                   redelivered=_count(consumer.get("num_redelivered")),
-                   results=_count(state.get("messages")),
-                   results_bytes=_count(state.get("bytes")))
-
-    def as_dict(self) -> dict[str, int]:
-        return {"queued": self.queued, "running": self.running,
-                "redelivered": self.redelivered, "results": self.results,
-                "results_bytes": self.results_bytes}
-
-
-async def read_job_queue(js: JetStream, timeout: float = 1.0) -> JobQueue | None:
-    """The job store's counts, or None if JetStream does not answer within ``timeout``
-    (none runs, the store is not created yet, a leader is being elected). Never raises
-    for the store's sake: an observer carries on without it."""
-    try:
-        async with asyncio.timeout(timeout):
-            consumer = await js.consumer_info()
-            results = await js.stream_info(js.names.kv_stream)
-    except (AgoraError, TimeoutError, nats.errors.Error, OSError, ValueError):
-        return None
-    return JobQueue.from_info(consumer, results)
-
-
 class _Unknown(NamedTuple):
     """An agent a host's batch named before we had its card."""
 
@@ -233,7 +78,8 @@ class _Unknown(NamedTuple):
 
 
 class MeshView:
-    """The mesh as heard by one watcher; fed by :meth:`ingest`, read by :func:`render`.
+    """The mesh as heard by one watcher; fed by :meth:`ingest`, drawn by
+    :func:`~agoramesh.monitoring.screen.render`.
 
     ``window``: seconds the rates average over. ``missed``: heartbeats an
     agent may miss before it shows as lost. ``linger``: seconds a gone agent
@@ -549,10 +395,6 @@ def _delta(before: list[int | None], during: list[int | None]) -> int:
     return max(0, known[-1] - known[0]) if known else 0
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -573,158 +415,3 @@ def _event_from(item: Any, sender: str) -> MeshEvent | None:
                      task_id=str(item.get("task_id") or "")[:64],
                      bids=bids if isinstance(bids, int) and not isinstance(bids, bool) else None,
                      winner=winner if isinstance(winner, str) else None)
-
-
-# -- rendering -------------------------------------------------------------------------
-
-_FIXED_LINES = 8  # header, blank, table header, blank, totals, rejections, blank, recent header
-# (plus the jobs line, under rejections, while the job store answers)
-_BAR = 8
-
-
-def natural_height(view: MeshView, *, recent: int = 10) -> int:
-    """The height that shows every agent and the last ``recent`` events."""
-    return (_fixed_lines(view) + max(1, len(view.agents))
-            + min(max(1, len(view.events)), recent))
-
-
-def _fixed_lines(view: MeshView) -> int:
-    return _FIXED_LINES + (view.jobs is not None)
-
-
-def render(view: MeshView, width: int, height: int, now: float) -> str:
-    """One frame: exactly ``height`` lines, none longer than ``width``; no escapes.
-
-    When the agents and the recent events do not all fit, the agents keep
-    their rows and the oldest events go first (at least three stay, when the
-    height allows); agents that do not fit are summed up in one line.
-    """
-    width, height = max(10, width), max(1, height)
-    rows = view.rows(now)
-    events = view.events[::-1]  # newest first
-    room = max(0, height - _fixed_lines(view))
-    want_agents, want_events = max(1, len(rows)), max(1, len(events))
-    agent_lines = max(1, min(want_agents, room - min(want_events, 3)))
-    event_lines = max(0, room - agent_lines)
-
-    lines = [_header(view, now, width), ""]
-    lines += _agent_table(view, rows, now, agent_lines)
-    lines += ["", _totals(view), _rejections(view), *_jobs(view), ""]
-    lines += _recent(view, events, event_lines)
-    lines = [_fit(line, width) for line in lines[:height]]
-    return "\n".join(lines + [""] * (height - len(lines)))
-
-
-def _fit(line: str, width: int) -> str:
-    line = line.rstrip()
-    return line if len(line) <= width else line[:width - 1] + "…"
-
-
-def _header(view: MeshView, now: float, width: int) -> str:
-    live = view.live_count(now)
-    gone = len(view.agents) - live
-    rates = view.rates(now)
-    left = (f"agoramesh watch · {view.server or 'mesh'} · {live} agent{'s' * (live != 1)}"
-            + (f" (+{gone} gone)" if gone else "")
-            + f" · auctions/s {rates.auctions_per_s:.1f} · tasks/s {rates.tasks_per_s:.1f}"
-            + f" · bids/s {rates.bids_per_s:.1f}")
-    clock = time.strftime("%H:%M:%S", time.localtime(now))
-    gap = width - len(left) - len(clock)
-    return left + " " * gap + clock if gap >= 2 else left
-
-
-def _bar(in_flight: int, capacity: int) -> str:
-    filled = _BAR if capacity <= 0 else min(_BAR, round(_BAR * in_flight / capacity))
-    if in_flight > 0 and filled == 0:
-        filled = 1  # any work shows
-    return "█" * filled + "░" * (_BAR - filled)
-
-
-def _agent_table(view: MeshView, rows: list[AgentRecord], now: float,
-                 lines: int) -> list[str]:
-    name_w = min(18, max([4, *(len(r.label) for r in rows)]))
-    type_w = min(10, max([4, *(len(r.type) for r in rows)]))
-    head = (f"{'NAME':<{name_w}}  {'TYPE':<{type_w}}  {'STATE':<8}  {'LOAD':>5} {'':<8}  "
-            f"{'DONE':>5} {'FAIL':>4}  {'OK%':>4}  {'LAT ms':>7}  CAPABILITIES")
-    if not rows:
-        return [head, f"(no agents yet: listening for presence on {view.server or 'the mesh'})"]
-    shown = rows if len(rows) <= lines else rows[:lines - 1]
-    out = [head]
-    for record in shown:
-        status = record.status
-        presence = record.presence(now, view.missed)
-        state = status.state if presence is Presence.LIVE else str(presence)
-        load = f"{status.in_flight}/{status.capacity}"
-        done = status.tasks_completed + status.tasks_failed
-        ok = f"{status.success_rate * 100:.0f}" if done else "-"
-        latency = f"{status.avg_latency_ms:.1f}" if status.tasks_completed else "-"
-        capabilities = (", ".join(record.capabilities) if record.has_card
-                        else "(card pending)")
-        out.append(f"{_cut(record.label, name_w):<{name_w}}  {_cut(record.type, type_w):<{type_w}}"
-                   f"  {state[:8]:<8}  {load:>5} {_bar(status.in_flight, status.capacity)}  "
-                   f"{status.tasks_completed:>5} {status.tasks_failed:>4}  {ok:>4}  "
-                   f"{latency:>7}  {capabilities}")
-    if len(shown) < len(rows):
-        hidden = rows[len(shown):]
-        gone = sum(1 for r in hidden if r.presence(now, view.missed) is not Presence.LIVE)
-        out.append(f"… and {len(hidden)} more agent{'s' * (len(hidden) != 1)}"
-                   + (f" ({gone} gone)" if gone else ""))
-    return out
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
-def _joined(counts: Mapping[str, int]) -> str:
-    return " · ".join(f"{count} {key}" for key, count in counts.items() if count)
-
-
-def _totals(view: MeshView) -> str:
-    totals = view.totals()
-    tasks = _joined(totals["tasks"]) or "none yet"
-    auctions = _joined(totals["auctions"]) or "none reported"
-    bids = totals["bids"]
-    return (f"tasks      {tasks}    auctions run by agents  {auctions}    "
-            f"bids {bids.get('bid', 0)} sent · {bids.get('refuse', 0)} refused")
-
-
-def _rejections(view: MeshView) -> str:
-    rejected = view.rejections()
-    return "rejected   " + (" · ".join(f"{key} {count}" for key, count in rejected.items())
-                            or "none")
-
-
-def _jobs(view: MeshView) -> list[str]:
-    """``jobs       12 queued · 3 running · 1,204 results``; no line without the store."""
-    queue = view.jobs
-    if queue is None:
-        return []
-    line = (f"jobs       {queue.queued:,} queued · {queue.running:,} running · "
-            f"{queue.results:,} result{'s' * (queue.results != 1)}")
-    return [line + (f" · {queue.redelivered:,} redelivered" if queue.redelivered else "")]
-
-
-def _recent(view: MeshView, events: list[MeshEvent], lines: int) -> list[str]:
-    names = view.names()
-    cap_w = min(24, max([10, *(len(e.capability) for e in events[:lines])]))
-    head = (f"{'RECENT':<8}  {'EVENT':<7}  {'CAPABILITY':<{cap_w}}  {'OUTCOME':<10}  "
-            f"{'MS':>8}  AGENT")
-    if lines <= 0:
-        return [head]
-    if not events:
-        return [head, "(no tasks or auctions yet)"]
-    out = [head]
-    for event in events[:lines]:
-        agent = names.get(event.agent, event.agent[:8] + "…")
-        if event.kind == "auction":
-            winner = names.get(event.winner, event.winner[:8] + "…") if event.winner else "-"
-            bids = f"{event.bids} bid{'s' * (event.bids != 1)}" if event.bids is not None else ""
-            who = f"{winner}  (run by {agent}{', ' + bids if bids else ''})"
-        else:
-            who = agent
-        ms = f"{event.ms:.1f}" if event.ms is not None else "-"
-        out.append(f"{time.strftime('%H:%M:%S', time.localtime(event.ts)):<8}  "
-                   f"{event.kind:<7}  {_cut(event.capability or '-', cap_w):<{cap_w}}  "
-                   f"{event.outcome[:10]:<10}  {ms:>8}  {who}")
-    return out

@@ -15,7 +15,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from agoramesh._web import WebServer
-from agoramesh.observability.metrics import MeshCollector, new_registry
+from agoramesh.monitoring.metrics import MeshCollector, new_registry
 
 __all__ = ("MetricsServer",)
 
