@@ -18,6 +18,9 @@ services protocol). A hosted agent leaves the last three to its host.
 Every request the agent acts on passes ``config.access`` first
 (:meth:`BaseNode.check_access`, security/acl.py): tasks and awards need
 ``execute``, cfps ``bid``, ``agora.task`` ``submit``, cancels ``cancel``.
+
+A task naming a ``callback`` subject has its final result published there as
+well, in kind, by the agent that ran it (:meth:`BaseNode.serve`, PROTOCOL.md §15).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +39,10 @@ from nats.aio.msg import Msg
 
 from agoramesh._version import __version__
 from agoramesh.bus.bus import Bus, Delivery, Reply, Subscription
+from agoramesh.bus.envelope import BROADCAST
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
+from agoramesh.bus.replies import error_headers, headers_size, reply_error
 from agoramesh.config import BusConfig
 from agoramesh.errors import (
     AccessDenied,
@@ -192,6 +198,8 @@ class BaseNode:
         self._cancel_requested: set[str] = set()
         #: Running tasks and recent results by task id: a task asked again is not run again.
         self.memory = TaskMemory()
+        #: Results published on tasks' callback subjects: "published", and "failed" (logged).
+        self.callbacks: Counter[str] = Counter()
         self._task_subscriptions: list[Subscription] = []
         self._background: set[asyncio.Task[None]] = set()
         self._completed = self._failed = self._tokens = 0
@@ -505,17 +513,21 @@ class BaseNode:
         agent is running or has just finished is answered from that run, not run
         again (:class:`TaskMemory`). ``durable`` (an award of a durable job): the
         final result is stored in the result store before the answer, which
-        says ``stored``.
+        says ``stored``. A task with a ``callback`` has its final result published
+        there too, after the answer, unless it was answered from an earlier run
+        (:meth:`_publish_callback`).
         """
         started = time.perf_counter()
         body = dict(delivery.body) if isinstance(delivery.body, dict) else delivery.body
         stream = bool(isinstance(body, dict) and body.pop("stream", False)) and not delivery.is_json
         task_id = readable_task_id(body)  # None until known: answered as null
         task: Task | None = None
+        callback: str | None = None
         fresh = True  # False: answered from an earlier (or still running) run of this task
         try:
             task = Task.from_dict(body, task_type=capability.name)
             task_id = task.task_id
+            callback = self._callback_of(task)
             capability.validate_input(task.parameters)
             result, fresh = await self._run_once(task, delivery, stream, started)
         except TaskError as error:
@@ -542,6 +554,49 @@ class BaseNode:
             self._finished(capability.name, result, elapsed)
         if reply is not None:
             await self._send(delivery, result, reply)
+        if callback is not None and fresh and result.final:
+            await self._publish_callback(delivery, callback, result)
+
+    def _callback_of(self, task: Task) -> str | None:
+        """The task's callback subject; InvalidInput for one of the mesh's own subjects,
+        where agents would take the result, published in our name, for a request."""
+        callback, prefix = task.callback, self.bus.subjects.prefix
+        if callback is not None and (callback == prefix or callback.startswith(prefix + ".")):
+            raise InvalidInput(f"callback {callback[:80]!r} is one of the mesh's own subjects "
+                               f"({prefix}.>): name a subject outside them")
+        return callback
+
+    async def _publish_callback(self, delivery: Delivery, subject: str,
+                                result: TaskResult) -> None:
+        """Publish ``result`` on the task's callback subject, as the reply carries it.
+
+        To an envelope: a ``task_response`` addressed to ``*``, so signed and never
+        encrypted (who reads the callback is not known), with the request's cid. To
+        plain JSON: the JSON of the reply. A FAILED result has the error headers.
+        A failure (too large, disconnected) is logged and counted, and is not the
+        task's; the server's refusal of a subject we may not publish on comes later,
+        as every permission refusal does (logged, ``Bus.permission_denials``).
+        """
+        body = result.as_dict()
+        error = reply_error("task_response", body)
+        headers = error_headers(*error) if error else None
+        try:
+            if delivery.envelope is None:
+                payload = encode_json(body)
+                limit = self.bus.config.envelope.max_bytes
+                size = len(payload) + headers_size(headers)
+                if size > limit:
+                    raise OversizeEnvelope(f"{size} bytes exceed the {limit}-byte limit")
+                await self.bus.publish_raw(subject, payload, headers=headers)
+            else:
+                await self.bus.publish(subject, "task_response", body, to=BROADCAST,
+                                       cid=delivery.envelope.cid, headers=headers)
+        except (AgoraError, ValueError, nats.errors.Error) as exc:
+            self.callbacks["failed"] += 1
+            self.log.warning("could not publish the result of %s on its callback %s: %s",
+                             result.task_id, subject, exc, extra={"task_id": result.task_id})
+            return
+        self.callbacks["published"] += 1
 
     async def _run_once(self, task: Task, delivery: Delivery, stream: bool,
                         started: float) -> tuple[TaskResult, bool]:

@@ -5,8 +5,10 @@ The wire shapes (``as_dict``/``from_dict``) are the bodies of the
 A :class:`Task` checks what it is given, whatever the path it came by, so a
 hostile request fails as :class:`~agoramesh.errors.InvalidInput`: ``parameters``
 nest at most :data:`MAX_PARAMETER_DEPTH` levels (what runs a task may recurse
-over them), ``priority`` is an int 0-10 and ``deadline`` a number of Unix
-seconds up to :data:`MAX_DEADLINE` (so arithmetic on it never overflows).
+over them), ``priority`` is an int 0-10, ``deadline`` a number of Unix
+seconds up to :data:`MAX_DEADLINE` (so arithmetic on it never overflows) and
+``callback`` a subject the agent may publish the result on
+(:func:`validate_callback`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,48 @@ from enum import StrEnum
 from typing import Any
 
 from agoramesh.bus.ingress import MAX_JSON_DEPTH
-from agoramesh.errors import InvalidInput
+from agoramesh.bus.subjects import validate_subject
+from agoramesh.errors import InvalidInput, SubjectError
 
-__all__ = ("MAX_DEADLINE", "MAX_PARAMETER_DEPTH", "Chunk", "Completion", "StreamItem", "Task",
-           "TaskResult", "TaskStatus", "Usage")
+__all__ = ("MAX_CALLBACK_LENGTH", "MAX_DEADLINE", "MAX_PARAMETER_DEPTH", "Chunk", "Completion",
+           "StreamItem", "Task", "TaskResult", "TaskStatus", "Usage", "validate_callback")
 
 #: How deep ``parameters`` may nest (the parameters object is level 1): as deep as a
 #: plain-JSON request may (bus/ingress.py), so every request ingress takes fits.
 MAX_PARAMETER_DEPTH = MAX_JSON_DEPTH
 #: The latest ``deadline``: 9999-12-31T23:59:59Z in Unix seconds.
 MAX_DEADLINE = 253_402_300_799
+#: The longest ``callback`` subject, in characters.
+MAX_CALLBACK_LENGTH = 256
+#: Where a callback may not point: reply inboxes (a result there could pass for the
+#: answer to someone else's request) and the server's own APIs (JetStream, $SYS, $SRV).
+_CALLBACK_FORBIDDEN = ("_INBOX.", "$")
+
+
+def validate_callback(subject: object) -> str:
+    """A subject a task's result may be published on as well, or InvalidInput.
+
+    A concrete subject (no wildcards), at most :data:`MAX_CALLBACK_LENGTH`
+    characters, that is neither a reply inbox nor one of the server's. The agent
+    running the task publishes there in its own name, so a requester must not be
+    able to steer that into someone's pending request or an API the agent may call
+    (the mesh's own subjects are refused by the agent, which knows their prefix).
+    """
+    if not isinstance(subject, str):
+        raise InvalidInput(f"callback must be a subject string, got {type(subject).__name__}")
+    if len(subject) > MAX_CALLBACK_LENGTH:
+        raise InvalidInput(f"callback must be a subject of at most {MAX_CALLBACK_LENGTH} "
+                           f"characters, got {len(subject)}")
+    try:
+        validate_subject(subject)
+    except SubjectError:
+        raise InvalidInput(f"callback {subject[:80]!r} is not a subject to publish on: "
+                           f"dot-separated, non-empty tokens of printable ASCII, no spaces "
+                           f"or wildcards (* >)") from None
+    if subject.startswith(_CALLBACK_FORBIDDEN):
+        raise InvalidInput(f"callback {subject[:80]!r} may not be a reply inbox (_INBOX.) "
+                           f"or a server subject ($...)")
+    return subject
 
 
 class TaskStatus(StrEnum):
@@ -89,8 +123,8 @@ class Task:
                 or not 0 <= self.deadline <= MAX_DEADLINE):  # False for NaN too
             raise InvalidInput(f"deadline must be a number of Unix seconds from 0 to "
                                f"{MAX_DEADLINE}, got {self.deadline!r:.40}")
-        if self.callback is not None and not isinstance(self.callback, str):
-            raise InvalidInput("callback must be a subject string")
+        if self.callback is not None:
+            validate_callback(self.callback)
 
     def as_dict(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "task_type": self.task_type,
