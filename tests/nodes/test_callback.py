@@ -13,6 +13,7 @@ import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.envelope import AUTH_SIG, BROADCAST, parse
@@ -22,7 +23,6 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, EnvelopePolicy, ServerConfig
 from agoramesh.errors import InvalidInput
 from agoramesh.nodes.client import stream_task, submit_task
-from agoramesh.nodes.node import AgentNode
 from agoramesh.nodes.task import MAX_CALLBACK_LENGTH, Chunk, Task, TaskResult, TaskStatus
 from agoramesh.security.trust import TrustStore
 from agoramesh.testing import wait_until
