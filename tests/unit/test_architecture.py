@@ -1,10 +1,5 @@
 """The shape of the house: layers import one way, no package cycle, rooms stay small,
-and nats-py is used only by the bus.
-
-The import graph is read from the source (``ast``): every ``import`` of an
-agoramesh module, at module level or inside a function (an import inside a
-function still ties the two modules together), except those under ``if
-TYPE_CHECKING:``, which exist for the type checker only.
+and nats-py is used only by the bus (the import graph: agoramesh.testing.architecture).
 
 What the code does not meet yet is listed below as debt, each item with the
 change that removes it (docs/ARCHITECTURE.md, "Layers"). The lists must
@@ -15,14 +10,20 @@ it from the list in the change that fixes it).
 from __future__ import annotations
 
 import ast
-import itertools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-PACKAGE = "agoramesh"
+from agoramesh.testing.architecture import (
+    import_graph,
+    imports_of,
+    markdown,
+    modules,
+    package_cycles,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 #: Lowest first. A module may import modules of its own layer and of layers below.
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -74,55 +75,6 @@ NATS_DEBT: frozenset[str] = frozenset({
 MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_METHODS = 500, 300, 25
 
 
-# -- reading the source -------------------------------------------------------------------
-
-def modules() -> dict[str, Path]:
-    found = {}
-    for path in (SRC / PACKAGE).rglob("*.py"):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        found[".".join(parts)] = path
-    return found
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return "TYPE_CHECKING" in ast.unparse(test)
-
-
-def imports_of(name: str, path: Path, known: Iterable[str]) -> set[str]:
-    """The agoramesh modules ``name`` imports at run time (TYPE_CHECKING blocks excluded)."""
-    known = set(known)
-    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child.test):
-                for other in child.orelse:
-                    visit(other)
-                continue
-            if isinstance(child, ast.Import):
-                found.update(alias.name for alias in child.names)
-            elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    anchor = package[:len(package) - child.level + 1]
-                    base = ".".join([*anchor, *([base] if base else [])])
-                for alias in child.names:
-                    full = f"{base}.{alias.name}"
-                    found.add(full if full in known else base)
-            visit(child)
-
-    visit(ast.parse(path.read_text()))
-    return {module for module in found if module in known and module != name}
-
-
-def import_graph() -> dict[str, set[str]]:
-    found = modules()
-    return {name: imports_of(name, path, found) for name, path in found.items()}
-
-
 def layer_of(module: str) -> int:
     best, index = -1, -1
     for number, prefixes in enumerate(LAYERS):
@@ -139,61 +91,6 @@ def upward_imports(graph: Mapping[str, Iterable[str]]) -> set[tuple[str, str]]:
     """Every (importer, imported) pair where the imported module is in a higher layer."""
     return {(module, target) for module, targets in graph.items() for target in targets
             if layer_of(target) > layer_of(module)}
-
-
-def package_of(module: str) -> str:
-    """The top-level package a module belongs to (``agoramesh.nodes`` for
-    ``agoramesh.nodes.backends.openai``); the root package for itself."""
-    return ".".join(module.split(".")[:2])
-
-
-def package_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
-    """Groups of top-level packages that import each other (strongly connected, more
-    than one). The root package is left out: it re-exports what users build with, by
-    design."""
-    packages: dict[str, set[str]] = {}
-    for module, targets in graph.items():
-        source = package_of(module)
-        for target in targets:
-            destination = package_of(target)
-            if PACKAGE not in (source, destination) and source != destination:
-                packages.setdefault(source, set()).add(destination)
-    return _strongly_connected(packages)
-
-
-def _strongly_connected(graph: Mapping[str, set[str]]) -> list[list[str]]:
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    counter = itertools.count()
-    groups: list[list[str]] = []
-
-    def strong(node: str) -> None:
-        index[node] = low[node] = next(counter)
-        stack.append(node)
-        on_stack.add(node)
-        for target in graph.get(node, ()):
-            if target not in index:
-                strong(target)
-                low[node] = min(low[node], low[target])
-            elif target in on_stack:
-                low[node] = min(low[node], index[target])
-        if low[node] == index[node]:
-            group = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                group.append(member)
-                if member == node:
-                    break
-            if len(group) > 1:
-                groups.append(sorted(group))
-
-    for node in sorted(graph):
-        if node not in index:
-            strong(node)
-    return groups
 
 
 # -- the checks ---------------------------------------------------------------------------
@@ -269,3 +166,8 @@ def test_only_the_bus_uses_nats_py_but_for_the_listed_debt(exempt: tuple[str, ..
              if not name.startswith(exempt) and _uses_nats(path)}
     assert not users - NATS_DEBT, "nats-py used outside bus/: give the Bus what is needed"
     assert not NATS_DEBT - users, "debt paid: remove these from NATS_DEBT"
+
+
+def test_the_import_graph_picture_is_up_to_date() -> None:
+    assert (DOCS / "import-graph.md").read_text() == markdown(import_graph()), (
+        "docs/import-graph.md is stale: run `make graph`")

@@ -70,3 +70,12 @@ def test_envelope_v2_constants() -> None:
                                "exp", "cid", "auth", "body")
     assert envelope.TAG_SIZE == envelope.SIGNATURE_SIZE == 64
     assert (envelope.AUTH_SIG, envelope.AUTH_MAC) == ("sig", "mac")
+
+
+def test_the_package_exports_what_users_build_with() -> None:
+    """A user builds a mesh, agents and a client from the top-level package alone."""
+    for name in ("Mesh", "AgentNode", "NodeConfig", "AgentHost", "Capability", "BusConfig",
+                 "Identity", "Dispatcher", "Task", "TaskResult", "submit_task", "stream_task",
+                 "cancel_task", "Bus", "AgoraError"):
+        assert name in agoramesh.__all__ and getattr(agoramesh, name) is not None
+    assert agoramesh.AgentNode.__module__ == "agoramesh.agent"
