@@ -16,13 +16,14 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from agoramesh._web import CLIENT_TEXT, RECORD_TEXT, ClientTextFilter
 from agoramesh.agent import AgentNode
+from agoramesh.api.json_http import status_for
+from agoramesh.api.server import MAX_BODY, HttpApi, validate_token
+from agoramesh.api.web import CLIENT_TEXT, RECORD_TEXT, ClientTextFilter
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import MAX_MESSAGE_BYTES
 from agoramesh.errors import NotConnected
 from agoramesh.nodes.backends.offline import OfflineBackend
-from agoramesh.protocols.http_api import MAX_BODY, HttpApi, status_for, validate_token
 from agoramesh.testing import wait_until
 
 pytestmark = pytest.mark.integration

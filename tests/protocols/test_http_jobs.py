@@ -18,6 +18,9 @@ import pytest
 import pytest_asyncio
 
 from agoramesh.agent import AgentNode
+from agoramesh.api.json_http import status_for
+from agoramesh.api.server import HttpApi
+from agoramesh.api.tasks import IDEMPOTENCY_KEY
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
@@ -30,7 +33,6 @@ from agoramesh.errors import (
     NoBidders,
     StoreFull,
 )
-from agoramesh.protocols.http_api import IDEMPOTENCY_KEY, HttpApi, status_for
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, MeshFactory
 from agoramesh.testing.workers import WORK, Worker

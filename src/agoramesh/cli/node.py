@@ -18,6 +18,7 @@ import asyncio
 from pathlib import Path
 
 from agoramesh.agent import AgentNode
+from agoramesh.api.server import HttpApi
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
@@ -40,7 +41,6 @@ from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.observability.trajectory import Trajectory
-from agoramesh.protocols.http_api import HttpApi
 from agoramesh.security.acl import AccessPolicy, load_policy
 from agoramesh.security.certs import tls_config
 from agoramesh.security.trust import TrustStore, load_user_jwt

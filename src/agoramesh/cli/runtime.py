@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from agoramesh.agent import AgentNode
+from agoramesh.api.server import HttpApi, validate_token
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import warn
 from agoramesh.config import Environment, JetStreamConfig
 from agoramesh.errors import ConfigError
 from agoramesh.monitoring.http import MetricsServer
-from agoramesh.protocols.http_api import HttpApi, validate_token
 
 __all__ = ("Endpoints", "add_api_token_option", "add_jetstream_options", "add_sign_all_option",
            "api_token", "jetstream_config", "on_signals", "parse_size", "serve_endpoints",

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from agoramesh._web import WebServer
+from agoramesh.api.web import WebServer
 from agoramesh.monitoring.metrics import MeshCollector, new_registry
 
 __all__ = ("MetricsServer",)

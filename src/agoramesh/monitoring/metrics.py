@@ -45,8 +45,8 @@ from agoramesh.observability.stats import JOB_EVENTS, Histogram
 
 if TYPE_CHECKING:
     from agoramesh.agent import AgentNode
+    from agoramesh.api.server import HttpApi
     from agoramesh.bus.server import EmbeddedServer
-    from agoramesh.protocols.http_api import HttpApi
 
 __all__ = ("JOB_STORE_METRICS", "METRICS", "MeshCollector", "new_registry")
 

@@ -1,0 +1,33 @@
+"""``POST /api/collaborate``: a collaboration run for an HTTP client.
+
+The request is :class:`~agoramesh.protocols.collaboration_request.CollaborationRequest`
+(``{mode, topic, agents, rounds, requirements}``, checked once); the answer is
+the mode's result from :class:`~agoramesh.protocols.collaboration.Collaboration`,
+e.g. ``{debate_history, consensus, …}``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from agoramesh.api.json_http import json_response, read_json
+from agoramesh.protocols.collaboration import Collaboration
+from agoramesh.protocols.collaboration_request import CollaborationRequest
+
+if TYPE_CHECKING:
+    from agoramesh.api.server import HttpApi
+
+__all__ = ("collaborate",)
+
+
+async def collaborate(api: HttpApi, request: web.Request) -> web.Response:
+    """Run the requested collaboration over ``api``'s dispatcher, within its timeouts."""
+    collaboration_request = CollaborationRequest.from_dict(
+        await read_json(request, api.max_body))
+    collaboration = Collaboration(api.dispatcher, timeout=api.timeout,
+                                  task_timeout=api.task_timeout)
+    async with api.slot(api.timeout):
+        result = await collaboration.run(collaboration_request)
+    return json_response(result)
