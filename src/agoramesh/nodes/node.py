@@ -34,9 +34,10 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from agoramesh._version import __version__
-from agoramesh.bus.bus import Bus, Delivery, Reply, Subscription
+from agoramesh.bus.bus import Bus, Delivery, Reply
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
+from agoramesh.bus.subscription import Subscription
 from agoramesh.config import BusConfig, JobsConfig
 from agoramesh.errors import (
     AccessDenied,
