@@ -9,11 +9,13 @@ import msgpack
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from agoramesh.bus import Bus, Delivery, Identity, IngressPolicy, seal
+from agoramesh.bus import Bus, Delivery, Envelope, Identity, IngressPolicy, seal
+from agoramesh.bus.message import Message
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, EnvelopePolicy
 from agoramesh.errors import (
     BadSignature,
+    BusError,
     BusTimeout,
     NoResponders,
     NotConnected,
@@ -132,7 +134,7 @@ async def test_a_request_in_flight_when_the_bus_closes_ends_at_once(
 
     await server.subscribe(SUBJECT, silent)
     waiting = asyncio.ensure_future(client.request(SUBJECT, "task_request", {}, timeout=30))
-    await wait_until(lambda: bool(client._replies), timeout=2)
+    await wait_until(lambda: bool(client._requests._waiting), timeout=2)
     async with asyncio.timeout(5):
         await client.close(timeout=0.5)
         with pytest.raises(NotConnected):
@@ -330,3 +332,61 @@ async def test_gather_without_verification_then_confirm(pair: tuple[Bus, Bus],
     assert asker.guard.confirm(genuine) is genuine
     with pytest.raises(BadSignature):
         asker.guard.confirm(forged)
+
+
+async def test_an_inbox_hands_over_admitted_replies_and_no_responders(
+        pair: tuple[Bus, Bus], raw: NatsClient) -> None:
+    client, server = pair
+    await server.subscribe(SUBJECT, Recorder())
+    arrived: list[Envelope | None] = []
+    inbox, listener = await client.inbox(arrived.append)
+    await raw.publish(inbox, b"junk")  # refused: counted, never handed over
+    await client.publish(SUBJECT, "task_request", {"n": 1}, reply=inbox)
+    await wait_until(lambda: bool(arrived) and client.rejections[RejectReason.MALFORMED] == 1,
+                     timeout=2)
+    assert arrived[0] is not None and arrived[0].sender == server.agent_id
+    assert arrived[0].body == {"ok": True, "got": {"n": 1}}
+    await client.publish_raw(SUBJECT + ".nobody", b"{}", reply=inbox)
+    await wait_until(lambda: len(arrived) == 2, timeout=2)
+    assert arrived[1] is None  # the server's "no responders"
+    await listener.stop()
+    await listener.stop()  # idempotent
+    assert listener not in client._listeners
+
+
+async def test_listen_hands_over_plain_messages_until_stopped(pair: tuple[Bus, Bus],
+                                                              raw: NatsClient) -> None:
+    client, _ = pair
+    heard: list[tuple[str, str, bytes, dict[str, str] | None]] = []
+
+    async def hear(msg: Message) -> None:
+        heard.append((msg.subject, msg.reply, msg.data, msg.headers))
+
+    listener = await client.listen("plain.>", hear)
+    await raw.publish("plain.one", b"hi", reply="back", headers={"Kind": "test"})
+    await wait_until(lambda: bool(heard), timeout=2)
+    assert heard == [("plain.one", "back", b"hi", {"Kind": "test"})]
+    await listener.stop()
+    await client.flush()
+    await raw.publish("plain.two", b"again")
+    await raw.flush()
+    await client.flush()
+    assert len(heard) == 1
+
+
+async def test_nats_py_errors_come_out_as_ours(pair: tuple[Bus, Bus]) -> None:
+    client, _ = pair
+
+    async def ignore(msg: Message) -> None:
+        return None
+
+    with pytest.raises(BusError, match="MaxPayloadError"):
+        await client.publish_raw(SUBJECT, b"x" * (client.nats.max_payload + 1))
+    with pytest.raises(SubjectError):
+        await client.listen("not a subject", ignore)
+    await client.close()
+    with pytest.raises(NotConnected):
+        await client.listen(SUBJECT, ignore)
+    with pytest.raises(NotConnected):
+        await client.inbox(print)
+

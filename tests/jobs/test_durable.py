@@ -230,6 +230,10 @@ async def test_a_full_store_refuses_a_job_clearly(mesh_factory: MeshFactory, tmp
     assert status.queued == stored  # nothing was dropped to make room
 
 
+# Every server dies at once: nats-py's clients reconnect with asyncio.wait_for(
+# open_connection(...)), which on Python 3.11 can lose a connection that completes as its
+# timeout fires (CPython gh-86296, fixed in 3.12); its writer is then collected unclosed.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_queued_jobs_survive_a_whole_mesh_restart(tmp_path: Path, agent_factory: AgentFactory
                                                         ) -> None:
     base = tmp_path / "persistent"

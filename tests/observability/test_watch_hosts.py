@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from agoramesh.agent import AgentNode
+from agoramesh.bus.admission import Guard
 from agoramesh.bus.bus import Bus
-from agoramesh.bus.envelope import Envelope, Guard, seal
+from agoramesh.bus.envelope import Envelope, seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.bus.subjects import Subjects

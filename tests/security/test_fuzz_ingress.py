@@ -51,12 +51,12 @@ from hypothesis.errors import InvalidArgument
 
 from agoramesh.agent import AgentNode
 from agoramesh.bus import Bus, Delivery, Identity
+from agoramesh.bus.admission import Guard
 from agoramesh.bus.envelope import (
     AUTH_MAC,
     AUTH_SIG,
     TAG_SIZE,
     Envelope,
-    Guard,
     looks_like_envelope,
     parse,
 )

@@ -452,8 +452,11 @@ async def test_a_flood_on_a_direct_subject_is_counted_and_survived(
         nats_server: EmbeddedServer, node_factory: NodeFactory, bus_factory: BusFactory,
         attacker_factory: AttackerFactory, unexpected_errors: Callable[[], list[str]]) -> None:
     url = nats_server.client_url
-    target = await node_factory(url, "target", [WORK], backend=Worker("target"))
-    victim = await node_factory(url, "victim", ["echo"])
+    # Slow beats: a heartbeat queued behind the flood on a loaded machine must not expire
+    # and add to the counts (their lifetime is 3 beats).
+    target = await node_factory(url, "target", [WORK], backend=Worker("target"),
+                                heartbeat_interval=5.0)
+    victim = await node_factory(url, "victim", ["echo"], heartbeat_interval=5.0)
     requester = await bus_factory(url)
     attacker = await attacker_factory(url)
     direct = target.bus.subjects.agent(target.agent_id)

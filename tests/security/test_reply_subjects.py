@@ -189,12 +189,12 @@ async def test_a_reply_made_for_another_inbox_does_not_keep_the_genuine_reply_ou
     captured = await replies_for_other_inboxes(target, requester, attacker)
     ran = list(started(target))
 
-    async def slip_in(msg: Msg) -> None:  # ahead of the genuine reply, which takes 0.3 s
+    async def slip_in(msg: Msg) -> None:  # ahead of the genuine reply, which takes 1 s
         for data in captured:
             await attacker.publish(msg.reply, data)
 
     await attacker.listen(CAP, slip_in)
-    task = Task(task_type=WORK.name, parameters={"n": 2, "seconds": 0.3})
+    task = Task(task_type=WORK.name, parameters={"n": 2, "seconds": 1.0})
     result = await submit_task(requester, task, timeout=5)
     assert result.status is TaskStatus.COMPLETED and result.task_id == task.task_id
     assert result.result["n"] == 2

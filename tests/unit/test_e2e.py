@@ -16,6 +16,7 @@ import msgpack
 import nacl.public
 import pytest
 
+from agoramesh.bus.admission import Guard
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.e2e import MIN_BOX_SIZE, NONCE_SIZE, E2EKeys, x25519_public_key
 from agoramesh.bus.envelope import (
@@ -24,7 +25,6 @@ from agoramesh.bus.envelope import (
     BOX_KEY,
     BROADCAST,
     VERSION,
-    Guard,
     is_boxed,
     mac,
     new_id,

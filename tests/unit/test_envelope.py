@@ -24,6 +24,7 @@ import msgpack
 import nkeys
 import pytest
 
+from agoramesh.bus.admission import Guard
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import (
     AUTH_MAC,
@@ -34,7 +35,6 @@ from agoramesh.bus.envelope import (
     TAG_SIZE,
     VERSION,
     Envelope,
-    Guard,
     new_id,
     now_ms,
     parse,

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from agoramesh.bus.admission import Guard
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import (
     AUTH_MAC,
@@ -25,7 +26,6 @@ from agoramesh.bus.envelope import (
     FIELDS,
     SIGNATURE_SIZE,
     Envelope,
-    Guard,
     mac,
     parse,
     seal,

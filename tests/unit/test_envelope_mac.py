@@ -24,6 +24,7 @@ import nacl.bindings
 import nkeys
 import pytest
 
+from agoramesh.bus.admission import Guard
 from agoramesh.bus.e2e import PAIR_LABEL, E2EKeys, pair_key
 from agoramesh.bus.envelope import (
     AUTH_MAC,
@@ -32,7 +33,6 @@ from agoramesh.bus.envelope import (
     FIELDS,
     TAG_SIZE,
     Envelope,
-    Guard,
     parse,
     seal,
 )

@@ -28,8 +28,9 @@ import nacl.exceptions
 import pytest
 
 from agoramesh.bus import e2e
+from agoramesh.bus.admission import Guard
 from agoramesh.bus.e2e import E2EKeys
-from agoramesh.bus.envelope import BOX_KEY, FIELDS, Guard, parse, seal
+from agoramesh.bus.envelope import BOX_KEY, FIELDS, parse, seal
 from agoramesh.bus.identity import Identity, public_key_bytes, verify
 from agoramesh.bus.ingress import encode_json_error, looks_like_json
 from agoramesh.config import EnvelopePolicy

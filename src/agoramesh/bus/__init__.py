@@ -1,7 +1,8 @@
 """Mesh and transport: identities, envelopes, subjects, the embedded server, the Bus."""
 
-from agoramesh.bus.bus import ERROR_TYPE, Bus, Delivery, Handler, Subscription
-from agoramesh.bus.envelope import BROADCAST, Envelope, Guard, parse, seal
+from agoramesh.bus.admission import Guard
+from agoramesh.bus.bus import ERROR_TYPE, Bus, Delivery, Handler
+from agoramesh.bus.envelope import BROADCAST, Envelope, parse, seal
 from agoramesh.bus.identity import Identity, is_agent_id, verify
 from agoramesh.bus.ingress import IngressPolicy
 from agoramesh.bus.mesh import Mesh
@@ -12,6 +13,7 @@ from agoramesh.bus.subjects import (
     validate_capability_pattern,
     validate_subject,
 )
+from agoramesh.bus.subscription import Subscription
 
 __all__ = (
     "BROADCAST",

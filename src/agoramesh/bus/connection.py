@@ -29,14 +29,25 @@ from nats.nuid import NUID
 from agoramesh.bus.credentials import connect_options, tls_hint
 from agoramesh.bus.identity import Identity
 from agoramesh.config import BusConfig
-from agoramesh.errors import NotConnected
+from agoramesh.errors import BusError, NotConnected
 
-__all__ = ("Connection", "OnDenied")
+__all__ = ("Connection", "OnDenied", "bus_error")
 
 log = logging.getLogger("agoramesh.bus")
 
 #: Called with the text of each permission refusal the server sends on the connection.
 OnDenied = Callable[[str], None]
+
+
+def bus_error(exc: nats.errors.Error, action: str) -> BusError:
+    """nats-py's ``exc``, raised while trying to ``action`` ("publish on <subject>"), as
+    ours: NotConnected for a closed (or closing) connection, else a BusError saying why.
+
+    Callers of the Bus then catch agoramesh's errors only, never nats-py's.
+    """
+    if isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.ConnectionDrainingError):
+        return NotConnected(f"cannot {action}: connection closed")
+    return BusError(f"cannot {action}: {type(exc).__name__} {exc}".rstrip())
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:

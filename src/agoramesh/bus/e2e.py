@@ -64,7 +64,7 @@ class E2EKeys:
     """One identity's encryption keys and its per-peer boxes.
 
     ``seal_body`` encrypts a body for a recipient; ``open`` is a
-    :class:`~agoramesh.bus.envelope.Guard` opener. ``cache_size`` bounds the
+    :class:`~agoramesh.bus.admission.Guard` opener. ``cache_size`` bounds the
     peers whose Box is kept (least recently used dropped first).
     """
 

@@ -22,10 +22,11 @@ of :class:`~agoramesh.config.JobsConfig`:
 
 With another subject prefix the names follow it (``FOO_JOBS`` for ``foo``).
 Hot paths (publish, store, get, pull, acks) are plain NATS requests with the
-JetStream headers, so each costs one round trip; the rest uses nats-py's
-JetStream manager. Failures map to agoramesh errors: no JetStream reachable
-or no leader yet is :class:`~agoramesh.errors.JetStreamUnavailable`, a full
-store :class:`~agoramesh.errors.StoreFull`.
+JetStream headers, so each costs one round trip; creating the assets
+(:mod:`agoramesh.bus.jetstream_assets`) uses nats-py's JetStream manager.
+Failures map to agoramesh errors: no JetStream reachable or no leader yet is
+:class:`~agoramesh.errors.JetStreamUnavailable`, a full store
+:class:`~agoramesh.errors.StoreFull`.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import api as js_api
 
 from agoramesh.bus.bus import Bus
+from agoramesh.bus.connection import bus_error
+from agoramesh.bus.jetstream_assets import FULL_CODES, UNAVAILABLE_CODES, Assets
 from agoramesh.config import JobsConfig
 from agoramesh.errors import (
     AgoraError,
@@ -60,12 +61,8 @@ log = logging.getLogger("agoramesh.jetstream")
 
 #: A task id that can be a result key and a subject token: what durable jobs accept.
 _TASK_ID = re.compile(r"[A-Za-z0-9_=-]{1,128}")
-# JetStream API error codes (nats-server errors.json) that mean "no room".
-_FULL_CODES = frozenset({10023, 10047, 10077, 10027})
+# JetStream API error codes (nats-server errors.json); more in jetstream_assets.
 _WRONG_LAST_SEQUENCE = frozenset({10071, 10164})  # "wrong last sequence" (with/without it)
-_NOT_FOUND = frozenset({10059, 10014, 10037})  # stream, consumer, message not found
-_PLACEMENT = frozenset({10005, 10074, 10023})  # too few peers for these replicas
-_UNAVAILABLE = frozenset({10008, 10039, 10076})  # temporarily unavailable, not enabled
 # Headers the server adds to a direct get, and publish expectations stored with a message.
 _DIRECT_GET_HEADERS = frozenset({"Nats-Stream", "Nats-Sequence", "Nats-Subject",
                                  "Nats-Time-Stamp", "Nats-Num-Pending", "Nats-Last-Sequence",
@@ -167,13 +164,15 @@ class JetStream:
                                        f"(a leader may be being elected)") from None
         except nats.errors.ConnectionClosedError as exc:
             raise NotConnected("cannot reach JetStream: connection closed") from exc
+        except nats.errors.Error as exc:
+            raise bus_error(exc, f"send {what} to JetStream") from exc
 
     def _raise_for(self, error: tuple[int, int, str], what: str) -> None:
         code, err_code, description = error
         text = f"JetStream refused {what}: {description} (err_code {err_code})"
-        if err_code in _FULL_CODES or "maximum" in description or "exceeded" in description:
+        if err_code in FULL_CODES or "maximum" in description or "exceeded" in description:
             raise StoreFull(text)
-        if code == 503 or err_code in _UNAVAILABLE:
+        if code == 503 or err_code in UNAVAILABLE_CODES:
             raise JetStreamUnavailable(text)
         raise AgoraError(text)
 
@@ -204,11 +203,13 @@ class JetStream:
                 why = "no answer within 2s"
             except nats.errors.ConnectionClosedError as exc:
                 raise NotConnected("cannot reach JetStream: connection closed") from exc
+            except nats.errors.Error as exc:
+                raise bus_error(exc, "reach JetStream") from exc
             else:
                 error = _api_error(msg.data)
                 if error is None:
                     return
-                if error[0] != 503 and error[1] not in _UNAVAILABLE:
+                if error[0] != 503 and error[1] not in UNAVAILABLE_CODES:
                     self._raise_for(error, "an account info request")
                 why = error[2]
             if time.monotonic() >= deadline:
@@ -243,117 +244,11 @@ class JetStream:
         deadline = time.monotonic() + timeout
         await self._reachable(deadline)
         js = self.bus.nats.jetstream(domain=self.config.domain, timeout=self.config.api_timeout)
-        replicas = await self._create(js, self._stream_config, self.names.stream, deadline)
-        await self._create(js, self._bucket_config, self.names.kv_stream, deadline, replicas)
-        await self._create_consumer(js, deadline)
+        try:
+            self.ack_wait = await Assets(js, self.config, self.names).create(deadline)
+        except nats.errors.Error as exc:  # what Assets does not take for a refusal
+            raise bus_error(exc, "create the JetStream assets") from exc
         self._ensured = True
-
-    def _stream_config(self, replicas: int) -> js_api.StreamConfig:
-        cfg = self.config
-        return js_api.StreamConfig(
-            name=self.names.stream, subjects=[f"{self.names.jobs}.>"],
-            description="agoramesh durable jobs: one message per task, by capability",
-            retention=js_api.RetentionPolicy.WORK_QUEUE, storage=js_api.StorageType.FILE,
-            discard=js_api.DiscardPolicy.NEW, max_bytes=cfg.max_bytes, max_msgs=cfg.max_jobs,
-            max_age=cfg.max_age, duplicate_window=cfg.duplicate_window,
-            num_replicas=replicas, allow_direct=True)
-
-    def _bucket_config(self, replicas: int) -> js_api.StreamConfig:
-        cfg = self.config
-        return js_api.StreamConfig(
-            name=self.names.kv_stream, subjects=[f"$KV.{self.names.bucket}.>"],
-            description="agoramesh task results by task id (first stored wins)",
-            max_msgs_per_subject=1, max_age=cfg.results_ttl, max_bytes=cfg.results_max_bytes,
-            discard=js_api.DiscardPolicy.NEW, storage=js_api.StorageType.FILE,
-            num_replicas=replicas, allow_direct=True, allow_rollup_hdrs=True, deny_delete=True,
-            duplicate_window=min(120.0, cfg.results_ttl), max_consumers=-1, max_msgs=-1,
-            republish=self._republish)
-
-    @property
-    def _republish(self) -> js_api.RePublish:
-        """Every stored result, live on ``<prefix>.result.<task-id>``."""
-        return js_api.RePublish(src=f"$KV.{self.names.bucket}.>",
-                                dest=f"{self.names.jobs.rpartition('.')[0]}.result.>")
-
-    async def _create(self, js: Any, config_for: Any, name: str, deadline: float,
-                      replicas: int | None = None) -> int:
-        """Create stream ``name`` unless it exists; the replicas it has."""
-        tries = [replicas] if replicas else (
-            [self.config.replicas] if self.config.replicas else [3, 2, 1])
-        while True:
-            last: Exception | None = None
-            try:
-                info = await js.stream_info(name)
-                if name == self.names.kv_stream and info.config.republish is None:
-                    # Made before results were republished: add it (nothing else changes).
-                    info.config.republish = self._republish
-                    await js.update_stream(info.config)
-                return int(info.config.num_replicas or 1)
-            except nats.js.errors.NotFoundError:
-                for count in tries:
-                    try:
-                        await js.add_stream(config_for(count))
-                        log.info("created %s with %d replica(s)", name, count)
-                        return count
-                    except nats.js.errors.APIError as exc:
-                        last = exc
-                        if exc.err_code == 10058:  # created meanwhile by another node
-                            break
-                        if exc.err_code not in _PLACEMENT and exc.code != 503:
-                            raise self._error(exc, f"creating stream {name}") from None
-            except nats.js.errors.APIError as exc:  # ServiceUnavailableError among them
-                if exc.code not in (None, 503):
-                    raise self._error(exc, f"reading stream {name}") from None
-                last = exc
-            except nats.errors.TimeoutError as exc:  # a leader being elected
-                last = exc
-            if time.monotonic() >= deadline:
-                raise self._error(last, f"creating stream {name}")
-            await asyncio.sleep(0.1)
-
-    async def _create_consumer(self, js: Any, deadline: float) -> None:
-        cfg = js_api.ConsumerConfig(
-            durable_name=self.names.consumer, name=self.names.consumer,
-            description="agoramesh: every node takes jobs from here",
-            ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait,
-            max_deliver=-1, filter_subject=f"{self.names.jobs}.>",
-            deliver_policy=js_api.DeliverPolicy.ALL, max_ack_pending=-1, max_waiting=4096)
-        while True:
-            last: Exception | None = None
-            try:
-                info = await js.consumer_info(self.names.stream, self.names.consumer)
-                self.ack_wait = float(info.config.ack_wait or self.ack_wait)
-                return
-            except nats.js.errors.NotFoundError:
-                try:
-                    await js.add_consumer(self.names.stream, cfg)
-                    return
-                except nats.js.errors.APIError as exc:
-                    # 10148: created meanwhile, with another config: its ack_wait is read next.
-                    if exc.code != 503 and exc.err_code not in (*_PLACEMENT, 10148):
-                        raise self._error(exc, "creating the job consumer") from None
-                    last = exc
-            except nats.js.errors.APIError as exc:
-                if exc.code not in (None, 503):
-                    raise self._error(exc, "reading the job consumer") from None
-                last = exc
-            except nats.errors.TimeoutError as exc:  # a leader being elected
-                last = exc
-            if time.monotonic() >= deadline:
-                raise self._error(last, "creating the job consumer")
-            await asyncio.sleep(0.1)
-
-    @staticmethod
-    def _error(exc: BaseException | None, what: str) -> AgoraError:
-        if isinstance(exc, nats.js.errors.APIError) and exc.code is not None:
-            code, err_code = int(exc.code or 0), int(exc.err_code or 0)
-            text = f"JetStream refused {what}: {exc.description} (err_code {err_code})"
-            if err_code in _FULL_CODES:
-                return StoreFull(text)
-            if code == 503 or err_code in _UNAVAILABLE:
-                return JetStreamUnavailable(text)
-            return AgoraError(text)
-        return JetStreamUnavailable(f"JetStream unavailable {what}: {exc!r}")
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -16,10 +16,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nats.aio.msg import Msg
-
 from agoramesh.bus.envelope import BROADCAST, Envelope
 from agoramesh.bus.ingress import encode_json, encode_json_error
+from agoramesh.bus.message import Message
 from agoramesh.errors import OversizeEnvelope, error_code, error_to_wire
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ class Delivery:
     """One admitted message: an envelope, or a plain-JSON request (``envelope`` None)."""
 
     bus: Bus
-    msg: Msg
+    msg: Message
     envelope: Envelope | None
     body: Any
 

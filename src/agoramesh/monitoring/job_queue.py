@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agoramesh.bus.jetstream import JetStream
+from agoramesh.errors import AgoraError
 
 __all__ = ("JobQueue", "read_job_queue")
 
@@ -51,14 +52,13 @@ class JobQueue:
 async def read_job_queue(js: JetStream, timeout: float = 1.0) -> JobQueue | None:
     """The job store's counts, or None if JetStream does not answer within ``timeout``
     (none runs, the store is not created yet, a leader is being elected). Never raises
-    for the store's sake: an observer carries on without it. Hence ``Exception``: besides
-    AgoraError, the JetStream wrapper lets a few transport errors through (a draining
-    connection, a full outbound buffer)."""
+    for the store's sake: an observer carries on without it (the JetStream wrapper raises
+    transport failures as AgoraErrors)."""
     try:
         async with asyncio.timeout(timeout):
             consumer = await js.consumer_info()
             results = await js.stream_info(js.names.kv_stream)
-    except Exception:
+    except (AgoraError, TimeoutError, OSError, ValueError):
         return None
     return JobQueue.from_info(consumer, results)
 

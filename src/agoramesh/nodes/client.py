@@ -7,12 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats.errors
-from nats.aio.msg import Msg
-
 from agoramesh.bus.bus import ERROR_TYPE, Bus
 from agoramesh.bus.envelope import Envelope
-from agoramesh.errors import AgoraError, BusTimeout, EnvelopeError, NoResponders, error_from_wire
+from agoramesh.errors import AgoraError, BusTimeout, NoResponders, error_from_wire
 from agoramesh.nodes.task import Chunk, Task, TaskResult
 
 __all__ = ("cancel_task", "stream_task", "submit_task")
@@ -40,14 +37,8 @@ async def stream_task(bus: Bus, task: Task, *, timeout: float = 30.0
 
     Leaving the loop early cancels the task on the agent (best effort).
     """
-    inbox = bus.new_inbox()
     arrived: asyncio.Queue[Envelope | None] = asyncio.Queue()  # None: no responders
-
-    async def collect(msg: Msg) -> None:
-        with contextlib.suppress(EnvelopeError):  # refused: counted, and not ours
-            arrived.put_nowait(bus.take_reply(msg))
-
-    subscription = await bus.nats.subscribe(inbox, cb=collect)
+    inbox, listener = await bus.inbox(arrived.put_nowait)
     agent: str | None = None
     finished = False
     try:
@@ -73,8 +64,7 @@ async def stream_task(bus: Bus, task: Task, *, timeout: float = 30.0
     except TimeoutError:
         raise BusTimeout(f"no result for task {task.task_id} within {timeout:g}s") from None
     finally:
-        with contextlib.suppress(nats.errors.Error):
-            await subscription.unsubscribe()
+        await listener.stop()
         if agent and not finished:
             with contextlib.suppress(AgoraError):
                 await cancel_task(bus, agent, task.task_id, timeout=1.0)

@@ -35,13 +35,11 @@ import logging
 from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
-from nats.aio.msg import Msg
-
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.connection import Connection
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
+from agoramesh.bus.message import Message
 from agoramesh.config import BusConfig
 from agoramesh.errors import AgoraError, ConfigError, InvalidInput, OversizeEnvelope
 from agoramesh.nodes.directory import Directory
@@ -143,7 +141,7 @@ class AgentHost:
                                      confirm=False)
             await self.bus.subscribe(subjects.discover, self._on_discover,
                                      ingress=IngressPolicy.ALLOW, concurrency=4, confirm=False)
-            await self.bus.subscribe_raw("$SRV.>", self._on_service)
+            await self.bus.listen("$SRV.>", self._on_service)
             await self.bus.confirm()
         except BaseException:
             self._state = "stopped"
@@ -159,7 +157,7 @@ class AgentHost:
             self._state = "stopped"
             return
         self._state = "stopping"
-        with contextlib.suppress(AgoraError, nats.errors.Error):
+        with contextlib.suppress(AgoraError):
             await self.bus.publish(self.bus.subjects.presence(self.agent_id), "bye", {},
                                    ttl_ms=self.ttl_ms)
         await asyncio.gather(*(node.stop(grace, say_bye=False)
@@ -265,11 +263,11 @@ class AgentHost:
                     f"bad capability pattern {query.get('capability')!r}"))
                 return
             if matches:
-                with contextlib.suppress(AgoraError, nats.errors.Error):
+                with contextlib.suppress(AgoraError):
                     await dataclasses.replace(delivery, bus=node.bus).respond(
                         "discovery", node.presence.body(), public=True)
 
-    async def _on_service(self, msg: Msg) -> None:
+    async def _on_service(self, msg: Message) -> None:
         """``$SRV.<verb>[.<name>[.<id>]]``: each hosted agent it names answers (plain JSON)."""
         tokens = msg.subject.split(".")
         if not msg.reply or len(tokens) > 4 or tokens[1] not in _VERBS:
@@ -279,7 +277,7 @@ class AgentHost:
         for node in self._running():
             service = node.service
             if (name is None or service.name == name) and (agent_id in (None, service.id)):
-                with contextlib.suppress(AgoraError, nats.errors.Error):
+                with contextlib.suppress(AgoraError):
                     await self.bus.publish_raw(msg.reply, encode_json(service.answer(msg.subject)))
 
 

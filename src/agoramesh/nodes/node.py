@@ -38,11 +38,12 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from agoramesh._version import __version__
-from agoramesh.bus.bus import Bus, Delivery, Reply, Subscription
+from agoramesh.bus.bus import Bus, Delivery, Reply
 from agoramesh.bus.envelope import BROADCAST
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
 from agoramesh.bus.replies import error_headers, headers_size, reply_error
+from agoramesh.bus.subscription import Subscription
 from agoramesh.config import BusConfig
 from agoramesh.errors import (
     AccessDenied,

@@ -48,8 +48,9 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agoramesh.bus.bus import Delivery, Subscription
+from agoramesh.bus.bus import Delivery
 from agoramesh.bus.envelope import Envelope, now_ms
+from agoramesh.bus.subscription import Subscription
 from agoramesh.errors import AgoraError, EnvelopeError
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.directory import Directory

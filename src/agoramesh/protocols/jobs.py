@@ -28,12 +28,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
-from nats.aio.msg import Msg
-
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.ingress import encode_json
 from agoramesh.bus.jetstream import JetStream, PubAck, StoredMessage, valid_task_id
+from agoramesh.bus.message import Message
 from agoramesh.config import JobsConfig
 from agoramesh.errors import (
     AgoraError,
@@ -226,16 +224,14 @@ class Jobs:
     async def _listening(self, task_id: str) -> Any:
         arrived: asyncio.Queue[bytes] = asyncio.Queue()
 
-        async def on_result(msg: Msg) -> None:
+        async def on_result(msg: Message) -> None:
             arrived.put_nowait(msg.data)
 
-        nc = self.bus.nats
-        subscription = await nc.subscribe(self.bus.subjects.result(task_id), cb=on_result)
+        listener = await self.bus.listen(self.bus.subjects.result(task_id), on_result)
         try:
             yield arrived
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await subscription.unsubscribe()
+            await listener.stop()
 
     async def _await(self, task_id: str, arrived: asyncio.Queue[bytes],
                      timeout: float) -> TaskResult:
@@ -284,7 +280,7 @@ class Jobs:
             # A cancellation is stored: maybe ours, the reply to our store lost (a seed
             # died) and the retry refused. Its driver must still be told to stop.
             cancelled = stored
-        with contextlib.suppress(AgoraError, nats.errors.Error):
+        with contextlib.suppress(AgoraError):
             await self.bus.publish_raw(self.bus.subjects.cancel(task_id),
                                        encode_json({"task_id": task_id}))
         return cancelled

@@ -37,10 +37,11 @@ from typing import Any
 import nats.errors
 
 from agoramesh._version import __version__
-from agoramesh.bus.bus import Bus, Delivery, Subscription
+from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy
 from agoramesh.bus.server import EmbeddedServer
+from agoramesh.bus.subscription import Subscription
 from agoramesh.config import BusConfig
 from agoramesh.errors import AgoraError, BusError, EnvelopeError, InvalidInput
 from agoramesh.modes.decentralized.config import CommunicationSettings
