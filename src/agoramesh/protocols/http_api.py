@@ -114,10 +114,10 @@ from agoramesh.errors import (
     error_to_wire,
 )
 from agoramesh.nodes.task import Task, TaskResult
-from agoramesh.protocols.collaboration import Collaboration
-from agoramesh.protocols.collaboration_request import CollaborationRequest
-from agoramesh.protocols.dispatch import Dispatcher, Strategy
-from agoramesh.protocols.jobs import JobReceipt, Jobs
+from agoramesh.protocols.allocation.dispatch import Dispatcher, Strategy
+from agoramesh.protocols.collaboration.collaboration import Collaboration
+from agoramesh.protocols.collaboration.request import CollaborationRequest
+from agoramesh.protocols.jobs.jobs import JobReceipt, Jobs
 
 __all__ = ("IDEMPOTENCY_KEY", "MAX_BODY", "MIN_TOKEN_LENGTH", "HttpApi", "status_for",
            "validate_token")

@@ -3,7 +3,7 @@
 A :class:`Collaboration` drives several tasks through a :class:`Dispatcher`
 from the node or client that asks for it (no central controller).
 ``run(request)`` takes a
-:class:`~agoramesh.protocols.collaboration_request.CollaborationRequest` or
+:class:`~agoramesh.protocols.collaboration.request.CollaborationRequest` or
 its HTTP/CLI shape ``{mode, topic, agents, rounds, requirements}`` (the
 fields, the ``agents`` selectors and the ``${…}`` references are documented
 there); each mode is also a method, which makes that request. The request
@@ -81,7 +81,8 @@ from agoramesh.errors import (
 )
 from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.protocols.collaboration_request import (
+from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.collaboration.request import (
     _MAX_QUESTION,
     _SIDES,
     CollaborationMode,
@@ -93,7 +94,6 @@ from agoramesh.protocols.collaboration_request import (
     _Sequential,
     _Voting,
 )
-from agoramesh.protocols.dispatch import Dispatcher
 
 __all__ = ("DEBATE_CAPABILITY", "VOTE_CAPABILITY", "Collaboration", "EventHandler")
 

@@ -12,7 +12,7 @@ capabilities matches (:func:`~agoramesh.nodes.capability.matches`).
 
 Suitability (:func:`evaluate_task_suitability`) is 0 for an agent that cannot
 do the task, else the seed's weighted score with absolute terms
-(:func:`~agoramesh.protocols.scoring.suitability_scorer`; one agent has
+(:func:`~agoramesh.protocols.auction.scoring.suitability_scorer`; one agent has
 nobody to be min-max normalised against), load and success rate clipped to
 [0, 1]; one second of latency or one cent of cost halves its term::
 
@@ -65,8 +65,8 @@ from agoramesh.bus.subjects import validate_capability, validate_capability_patt
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.nodes.capability import matches
 from agoramesh.nodes.card import AgentStatus
-from agoramesh.protocols.scoring import SUITABILITY, Bid, rank
-from agoramesh.protocols.voting import Tally, allocation_ballot, collect_votes, tally
+from agoramesh.protocols.allocation.voting import Tally, allocation_ballot, collect_votes, tally
+from agoramesh.protocols.auction.scoring import SUITABILITY, Bid, rank
 
 if TYPE_CHECKING:
     from agoramesh.bus.bus import Bus

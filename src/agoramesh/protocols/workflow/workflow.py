@@ -72,9 +72,9 @@ from typing import Any
 import yaml
 
 from agoramesh.errors import ConfigError, WorkflowInvalid
-from agoramesh.protocols.dispatch import Dispatcher
-from agoramesh.protocols.workflow_expr import NAME_PATTERN, references
-from agoramesh.protocols.workflow_step import (
+from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.workflow.expr import NAME_PATTERN, references
+from agoramesh.protocols.workflow.step import (
     Step,
     _check_json,
     _did_you_mean,

@@ -58,12 +58,12 @@ from agoramesh.errors import (
     error_to_wire,
 )
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
-from agoramesh.protocols.jobs import ResultStore
+from agoramesh.protocols.jobs.jobs import ResultStore
 from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
-    from agoramesh.protocols.contract_net import Auctioneer
+    from agoramesh.protocols.auction.auctioneer import Auctioneer
 
 __all__ = ("JobWorker",)
 
