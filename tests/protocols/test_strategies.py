@@ -21,16 +21,18 @@ import pytest
 from agoramesh.errors import InvalidInput
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
+from agoramesh.protocols.allocation.negotiation import (
+    handle_conflict_resolution,
+    negotiate_task_allocation,
+    resolve_conflict,
+)
 from agoramesh.protocols.allocation.strategies import (
     AgentProfile,
     NegotiationStrategy,
     TaskSpec,
     allocate,
     evaluate_task_suitability,
-    handle_conflict_resolution,
-    negotiate_task_allocation,
     normalize_tasks,
-    resolve_conflict,
 )
 from agoramesh.protocols.auction.scoring import suitability_scorer
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.modes.decentralized.communication import make_message
+from agoramesh.protocols.allocation.negotiation import resolve_conflict
 from agoramesh.protocols.allocation.strategies import (
     AgentProfile,
     NegotiationStrategy,
@@ -48,7 +49,6 @@ from agoramesh.protocols.allocation.strategies import (
     allocate,
     consensus_allocation,
     normalize_tasks,
-    resolve_conflict,
 )
 from agoramesh.protocols.auction.scoring import Bid
 
