@@ -55,8 +55,8 @@ steps in references or ``depends_on``, cycles (named by their path), unknown
 or missing inputs, and — given a dispatcher — selectors no known agent
 satisfies, capabilities the selected agents lack, parameters their input
 schema cannot accept, and output fields their output schema does not have.
-:class:`Step` lives in :mod:`.workflow_step`, references and conditions in
-:mod:`.workflow_expr`, running in :mod:`.workflow_engine`.
+:class:`Step` lives in :mod:`.step`, references and conditions in
+:mod:`.expr`, running in :mod:`.engine`.
 YAML is read with a safe loader (``yaml.SafeLoader``) that also rejects
 duplicate keys, which ``yaml.safe_load`` would silently drop.
 """
