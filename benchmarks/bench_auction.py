@@ -78,9 +78,10 @@ from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
-from agoramesh.protocols.contract_net import Auctioneer, Progress
-from agoramesh.protocols.dispatch import discover
-from agoramesh.protocols.scoring import Bid
+from agoramesh.protocols.allocation.dispatch import discover
+from agoramesh.protocols.auction.auctioneer import Auctioneer
+from agoramesh.protocols.auction.policy import Progress
+from agoramesh.protocols.auction.scoring import Bid
 from common import (
     Warnings,
     WrongAnswer,

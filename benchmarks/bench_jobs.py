@@ -52,7 +52,7 @@ from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBacken
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.protocols.jobs import Jobs
+from agoramesh.protocols.jobs.jobs import Jobs
 from agoramesh.testing.node import NodeProcess
 from common import (
     WrongAnswer,

@@ -4,18 +4,18 @@
 presence, tasks, services); the protocols build on it. This module, above
 both, puts them together:
 
-- a :class:`~agoramesh.protocols.bidder.Bidder` answering calls for proposals
+- a :class:`~agoramesh.protocols.auction.bidder.Bidder` answering calls for proposals
   on ``agora.cfp.<capability>`` and awards on its direct subject;
-- an :class:`~agoramesh.protocols.contract_net.Auctioneer` for the auctions it
-  drives, and a :class:`~agoramesh.protocols.dispatch.Dispatcher` on top
+- an :class:`~agoramesh.protocols.auction.auctioneer.Auctioneer` for the auctions it
+  drives, and a :class:`~agoramesh.protocols.allocation.dispatch.Dispatcher` on top
   (``node.dispatcher``: how work is submitted from this agent);
-- a :class:`~agoramesh.protocols.task_desk.TaskDesk` on ``agora.task.>``
+- a :class:`~agoramesh.protocols.auction.task_desk.TaskDesk` on ``agora.task.>``
   (queue group: tasks it auctions for plain clients);
-- a :class:`~agoramesh.protocols.job_worker.JobWorker` taking durable jobs
+- a :class:`~agoramesh.protocols.jobs.worker.JobWorker` taking durable jobs
   (one per process: agents hosted beside a directory owner or a host's first
   agent leave them to it, and still bid on them), and the result store their
   winners write to;
-- ballots for consensus allocation (protocols/strategies.py, voting.py).
+- ballots for consensus allocation (protocols/allocation/strategies.py, voting.py).
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.node import BaseNode, NodeConfig
 from agoramesh.nodes.task import TaskResult
 from agoramesh.observability.trajectory import Trajectory
-from agoramesh.protocols.bidder import Bidder, BidPolicy
-from agoramesh.protocols.contract_net import Auctioneer, AuctionPolicy
-from agoramesh.protocols.dispatch import Dispatcher
-from agoramesh.protocols.job_worker import JobWorker
-from agoramesh.protocols.strategies import AgentProfile
-from agoramesh.protocols.task_desk import QUEUE, TaskDesk
-from agoramesh.protocols.voting import ballot_handler, default_chooser
+from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.allocation.strategies import AgentProfile
+from agoramesh.protocols.allocation.voting import ballot_handler, default_chooser
+from agoramesh.protocols.auction.auctioneer import Auctioneer
+from agoramesh.protocols.auction.bidder import Bidder, BidPolicy
+from agoramesh.protocols.auction.policy import AuctionPolicy
+from agoramesh.protocols.auction.task_desk import QUEUE, TaskDesk
+from agoramesh.protocols.jobs.worker import JobWorker
 
 __all__ = ("AgentNode",)
 
@@ -73,7 +74,8 @@ class AgentNode(BaseNode):
         self.job_worker = JobWorker(self, self.auctioneer, jobs,
                                     max_jobs=config.max_jobs if drives_jobs else 0)
         self.result_store = self._save_result
-        # Consensus allocation (protocols/strategies.py) asks agents to vote on who gets a task.
+        # Consensus allocation (protocols/allocation/strategies.py) asks agents to vote on
+        # who gets a task.
         self.direct_handlers["ballot"] = ballot_handler(default_chooser(
             lambda: AgentProfile.from_card(self.card, self.status)))
 

@@ -16,8 +16,8 @@ from nats.aio.client import Client as NatsClient
 
 from agoramesh.config import BusConfig
 from agoramesh.nodes.task import Task, TaskStatus
-from agoramesh.protocols.contract_net import AuctionPolicy, Progress
-from agoramesh.protocols.dispatch import client_dispatcher
+from agoramesh.protocols.allocation.dispatch import client_dispatcher
+from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.testing import NodeProcess, UpProcess
 from agoramesh.testing.up import AGORAMESH
 

@@ -26,7 +26,7 @@ from agoramesh.config import BusConfig, JobsConfig, Role
 from agoramesh.errors import InvalidInput, JetStreamUnavailable, StoreFull
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
-from agoramesh.protocols.jobs import Jobs
+from agoramesh.protocols.jobs.jobs import Jobs
 from agoramesh.testing import assert_stopped, wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory
 from agoramesh.testing.workers import WORK, Worker

@@ -24,7 +24,7 @@ from agoramesh.modes.decentralized.config import (
     DecentralizedConfig,
     load_config,
 )
-from agoramesh.protocols.strategies import NegotiationStrategy
+from agoramesh.protocols.allocation.strategies import NegotiationStrategy
 from agoramesh.sim import GridWorld
 
 #: The four sections of M-7 and their keys, as the seed's config file has them.

@@ -18,7 +18,7 @@ from agoramesh.monitoring.http import MetricsServer
 from agoramesh.monitoring.mesh_view import MeshView
 from agoramesh.monitoring.screen import render
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.protocols.jobs import Jobs
+from agoramesh.protocols.jobs.jobs import Jobs
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory
 from agoramesh.testing.prometheus import promtool_check_metrics

@@ -13,9 +13,9 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import BackendUnavailable, BusTimeout, InvalidInput, NoBidders, NoResponders
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.task import StreamItem, Task
-from agoramesh.protocols.collaboration import Collaboration
-from agoramesh.protocols.collaboration_request import CollaborationMode, CollaborationRequest
-from agoramesh.protocols.dispatch import Dispatcher
+from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.collaboration.collaboration import Collaboration
+from agoramesh.protocols.collaboration.request import CollaborationMode, CollaborationRequest
 from agoramesh.testing import wait_until
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ from agoramesh.bus.envelope import AUTH_MAC, AUTH_SIG, VERSION, mac, now_ms, par
 from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReason
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Task, TaskStatus
-from agoramesh.protocols.bidder import AWARD_TOO_LATE, Bidder, BidPolicy, _desk_for
-from agoramesh.protocols.contract_net import AuctionPolicy, Progress
-from agoramesh.protocols.dispatch import Dispatcher
-from agoramesh.protocols.scoring import Bid, rank, weighted
+from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.auction.bidder import AWARD_TOO_LATE, Bidder, BidPolicy, _desk_for
+from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
+from agoramesh.protocols.auction.scoring import Bid, rank, weighted
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory, over_plain_and_tls
 from agoramesh.testing.workers import WORK, Worker

@@ -21,18 +21,20 @@ import pytest
 from agoramesh.errors import InvalidInput
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
-from agoramesh.protocols.scoring import suitability_scorer
-from agoramesh.protocols.strategies import (
+from agoramesh.protocols.allocation.negotiation import (
+    handle_conflict_resolution,
+    negotiate_task_allocation,
+    resolve_conflict,
+)
+from agoramesh.protocols.allocation.strategies import (
     AgentProfile,
     NegotiationStrategy,
     TaskSpec,
     allocate,
     evaluate_task_suitability,
-    handle_conflict_resolution,
-    negotiate_task_allocation,
     normalize_tasks,
-    resolve_conflict,
 )
+from agoramesh.protocols.auction.scoring import suitability_scorer
 
 A = AgentProfile(agent_id="agent-a", name="alpha", capabilities=("code", "review"), priority=1,
                  capacity=2, success_rate=0.9, latency_ms=200, cost_usd=0.001)

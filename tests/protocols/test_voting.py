@@ -12,13 +12,13 @@ from agoramesh.bus.bus import Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import InvalidInput
-from agoramesh.protocols.strategies import (
+from agoramesh.protocols.allocation.strategies import (
     AgentProfile,
     NegotiationStrategy,
     allocate,
     consensus_allocation,
 )
-from agoramesh.protocols.voting import (
+from agoramesh.protocols.allocation.voting import (
     ALLOCATION,
     Tally,
     allocation_ballot,

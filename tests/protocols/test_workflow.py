@@ -24,16 +24,16 @@ from agoramesh.errors import (
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Completion, StreamItem, Task
-from agoramesh.protocols.dispatch import Dispatcher
-from agoramesh.protocols.workflow import Step, Workflow
-from agoramesh.protocols.workflow_engine import (
+from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.workflow.engine import (
     EventKind,
     StepStatus,
     WorkflowEvent,
     WorkflowStatus,
     run_workflow,
 )
-from agoramesh.protocols.workflow_expr import Condition, Reference, references, render
+from agoramesh.protocols.workflow.expr import Condition, Reference, references, render
+from agoramesh.protocols.workflow.workflow import Step, Workflow
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory
 

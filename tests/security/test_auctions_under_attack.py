@@ -50,8 +50,8 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.errors import EnvelopeError, RejectReason
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Task, TaskStatus
-from agoramesh.protocols.bidder import Bidder
-from agoramesh.protocols.contract_net import AuctionOutcome, AuctionPolicy
+from agoramesh.protocols.auction.bidder import Bidder
+from agoramesh.protocols.auction.policy import AuctionOutcome, AuctionPolicy
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import MeshFactory
 from agoramesh.testing.workers import WORK, Worker

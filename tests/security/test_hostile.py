@@ -51,7 +51,7 @@ from agoramesh.config import MAX_MESSAGE_BYTES
 from agoramesh.errors import RejectReason
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.task import Task, TaskStatus
-from agoramesh.protocols.contract_net import AuctionPolicy
+from agoramesh.protocols.auction.policy import AuctionPolicy
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import BusFactory, MeshFactory
 from agoramesh.testing.workers import WORK, Worker

@@ -33,7 +33,7 @@ from agoramesh.nodes.client import stream_task
 from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Chunk, Task, TaskResult
-from agoramesh.protocols.dispatch import client_dispatcher
+from agoramesh.protocols.allocation.dispatch import client_dispatcher
 from agoramesh.security import jwt
 from agoramesh.security.trust import Role, TrustStore, follow_trust, permissions_for
 from agoramesh.testing.plugin import AgentFactory

@@ -24,7 +24,7 @@ from agoramesh.bus.server import EmbeddedServer, render_config
 from agoramesh.config import BusConfig, Environment, Role, ServerConfig, TlsConfig
 from agoramesh.errors import ConfigError, NotConnected, ServerStartError
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.protocols.contract_net import Progress
+from agoramesh.protocols.auction.policy import Progress
 from agoramesh.security.certs import (
     CA_CERT,
     CA_KEY,

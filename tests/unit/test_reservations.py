@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from agoramesh.protocols import bidder as bidder_module
-from agoramesh.protocols.bidder import Bidder
+from agoramesh.protocols.auction import bidder as bidder_module
+from agoramesh.protocols.auction.bidder import Bidder
 
 
 def test_reservations_are_summed_renewed_released_and_expired(

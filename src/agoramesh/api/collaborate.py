@@ -1,8 +1,8 @@
 """``POST /api/collaborate``: a collaboration run for an HTTP client.
 
-The request is :class:`~agoramesh.protocols.collaboration_request.CollaborationRequest`
+The request is :class:`~agoramesh.protocols.collaboration.request.CollaborationRequest`
 (``{mode, topic, agents, rounds, requirements}``, checked once); the answer is
-the mode's result from :class:`~agoramesh.protocols.collaboration.Collaboration`,
+the mode's result from :class:`~agoramesh.protocols.collaboration.collaboration.Collaboration`,
 e.g. ``{debate_history, consensus, …}``.
 """
 
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from agoramesh.api.json_http import json_response, read_json
-from agoramesh.protocols.collaboration import Collaboration
-from agoramesh.protocols.collaboration_request import CollaborationRequest
+from agoramesh.protocols.collaboration.collaboration import Collaboration
+from agoramesh.protocols.collaboration.request import CollaborationRequest
 
 if TYPE_CHECKING:
     from agoramesh.api.server import HttpApi

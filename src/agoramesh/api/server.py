@@ -1,7 +1,7 @@
 """The HTTP API (M-6): the mesh for clients that do not speak NATS, on any node.
 
 An :class:`HttpApi` serves one :class:`Dispatcher` (a node's, or a client's
-from :func:`~agoramesh.protocols.dispatch.client_dispatcher`). JSON in, JSON
+from :func:`~agoramesh.protocols.allocation.dispatch.client_dispatcher`). JSON in, JSON
 out; request bodies must be JSON objects sent as ``Content-Type:
 application/json`` (or any ``application/*+json``), and unknown fields are
 refused.
@@ -24,7 +24,7 @@ GET      ``/api/tasks/{id}``    a durable task's stored result (the task result 
                                 ``?wait=SECONDS`` waits for it
 POST     ``/api/collaborate``   ``{mode, topic, agents, rounds, requirements}`` → the
                                 mode's result, e.g. ``{debate_history, consensus, …}``
-                                (request: :mod:`agoramesh.protocols.collaboration_request`;
+                                (request: :mod:`agoramesh.protocols.collaboration.request`;
                                 result: :mod:`agoramesh.protocols.collaboration`)
 =======  =====================  ==========================================================
 
@@ -82,8 +82,8 @@ from agoramesh.api.tasks import TaskRoutes
 from agoramesh.api.web import WebServer
 from agoramesh.config import JobsConfig
 from agoramesh.errors import AgoraError, ConfigError, Overloaded, error_to_wire
-from agoramesh.protocols.dispatch import Dispatcher
-from agoramesh.protocols.jobs import Jobs
+from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.jobs.jobs import Jobs
 
 __all__ = ("MAX_BODY", "MIN_TOKEN_LENGTH", "HttpApi", "validate_token")
 

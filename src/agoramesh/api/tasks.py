@@ -1,7 +1,7 @@
 """The task routes of the HTTP API: ``POST /api/tasks`` and ``GET /api/tasks/{id}``.
 
 A task is run where the client asks (``strategy``, ``agent_id``) and its result
-answered, or it is durable (:mod:`agoramesh.protocols.jobs`: stored in
+answered, or it is durable (:mod:`agoramesh.protocols.jobs.jobs`: stored in
 JetStream, run by whichever node takes it, its result stored once by task id)
 when the POST has an ``Idempotency-Key`` header, whose value is its task id
 (1-128 of ``A-Z a-z 0-9 _ = -``), or ``"durable": true`` (a fresh id);
@@ -46,8 +46,8 @@ from agoramesh.errors import (
     SubjectError,
 )
 from agoramesh.nodes.task import Task, TaskResult
-from agoramesh.protocols.dispatch import Strategy
-from agoramesh.protocols.jobs import JobReceipt
+from agoramesh.protocols.allocation.dispatch import Strategy
+from agoramesh.protocols.jobs.jobs import JobReceipt
 
 if TYPE_CHECKING:
     from agoramesh.api.server import HttpApi

@@ -6,7 +6,7 @@ with one line. Then the client learns the agents by one discovery round
 (``--discover-timeout``) and drives the collaboration itself — there is no
 central controller — printing one line per event on stdout (each argument,
 vote, stage, task), then a summary. ``--json`` prints only the result object
-(the shapes of :mod:`agoramesh.protocols.collaboration`).
+(the shapes of :mod:`agoramesh.protocols.collaboration.collaboration`).
 
 Requirements come from ``--requirements JSON`` and, for convenience, from
 ``--option`` (voting), ``--item`` (map-reduce), ``--capability`` and
@@ -31,9 +31,9 @@ from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import clip, emit, emit_json, json_object
 from agoramesh.config import Environment
 from agoramesh.errors import NoResponders
-from agoramesh.protocols.collaboration import Collaboration
-from agoramesh.protocols.collaboration_request import CollaborationRequest
-from agoramesh.protocols.dispatch import client_dispatcher
+from agoramesh.protocols.allocation.dispatch import client_dispatcher
+from agoramesh.protocols.collaboration.collaboration import Collaboration
+from agoramesh.protocols.collaboration.request import CollaborationRequest
 
 __all__ = ("build_request", "describe_event", "outcome_error", "register")
 

@@ -31,12 +31,12 @@ from agoramesh.config import Environment
 from agoramesh.errors import AgoraError, BusError, ServerError
 from agoramesh.nodes.directory import Directory, PeerEntry
 from agoramesh.nodes.task import Task
-from agoramesh.protocols.collaboration import Collaboration
-from agoramesh.protocols.contract_net import AuctionPolicy, Progress
-from agoramesh.protocols.dispatch import discover
-from agoramesh.protocols.scoring import rank
-from agoramesh.protocols.workflow import Workflow
-from agoramesh.protocols.workflow_engine import EventKind, WorkflowEvent, run_workflow
+from agoramesh.protocols.allocation.dispatch import discover
+from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
+from agoramesh.protocols.auction.scoring import rank
+from agoramesh.protocols.collaboration.collaboration import Collaboration
+from agoramesh.protocols.workflow.engine import EventKind, WorkflowEvent, run_workflow
+from agoramesh.protocols.workflow.workflow import Workflow
 
 if TYPE_CHECKING:
     from agoramesh.cli.demo import Report

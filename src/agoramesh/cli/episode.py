@@ -24,7 +24,7 @@ from agoramesh.modes.decentralized.config import (
     load_config,
 )
 from agoramesh.modes.decentralized.episode import EpisodeResult, EpisodeRunner, summarize
-from agoramesh.protocols.strategies import NegotiationStrategy
+from agoramesh.protocols.allocation.strategies import NegotiationStrategy
 
 __all__ = ("register",)
 

@@ -22,7 +22,7 @@ from agoramesh.cli.output import clip, emit, emit_json
 from agoramesh.config import Environment
 from agoramesh.errors import JobNotFound
 from agoramesh.nodes.task import TaskResult, TaskStatus
-from agoramesh.protocols.jobs import Jobs
+from agoramesh.protocols.jobs.jobs import Jobs
 
 __all__ = ("print_result", "register")
 

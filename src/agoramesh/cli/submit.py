@@ -25,9 +25,9 @@ from agoramesh.cli.jobs import print_result
 from agoramesh.cli.output import emit, emit_json, json_object
 from agoramesh.config import Environment
 from agoramesh.errors import ConfigError
-from agoramesh.protocols.contract_net import Progress
-from agoramesh.protocols.dispatch import Dispatcher, Strategy, client_dispatcher
-from agoramesh.protocols.jobs import Jobs
+from agoramesh.protocols.allocation.dispatch import Dispatcher, Strategy, client_dispatcher
+from agoramesh.protocols.auction.policy import Progress
+from agoramesh.protocols.jobs.jobs import Jobs
 
 __all__ = ("progress_printer", "register")
 

@@ -56,7 +56,7 @@ from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.observability.trajectory import Trajectory
-from agoramesh.protocols.contract_net import AuctionPolicy
+from agoramesh.protocols.auction.policy import AuctionPolicy
 from agoramesh.security.acl import AccessPolicy, load_policy
 from agoramesh.security.certs import tls_config
 from agoramesh.security.trust import TrustStore, follow_trust

@@ -35,14 +35,14 @@ from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import clip, emit, emit_json
 from agoramesh.config import Environment
 from agoramesh.errors import ConfigError, WorkflowError
-from agoramesh.protocols.dispatch import Strategy, client_dispatcher
-from agoramesh.protocols.workflow import Workflow
-from agoramesh.protocols.workflow_engine import (
+from agoramesh.protocols.allocation.dispatch import Strategy, client_dispatcher
+from agoramesh.protocols.workflow.engine import (
     EventKind,
     WorkflowEvent,
     WorkflowResult,
     run_workflow,
 )
+from agoramesh.protocols.workflow.workflow import Workflow
 
 __all__ = ("parse_inputs", "register")
 

@@ -114,7 +114,7 @@ class NodeConfig:
     json_ingress: bool = True  # plain JSON on agora.cap.* (authenticated by NATS only)
     task_timeout: float = 300.0
     stop_grace: float = 5.0
-    #: Durable jobs this node drives at once (protocols/job_worker.py); 0 takes none.
+    #: Durable jobs this node drives at once (protocols/jobs/worker.py); 0 takes none.
     max_jobs: int = 32
     #: Who may ask this agent for what (M-4.2); the default allows everything.
     access: AccessPolicy = field(default_factory=AccessPolicy)

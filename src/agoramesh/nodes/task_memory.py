@@ -5,7 +5,7 @@ task id it is running, or finished a moment ago, answers from what it has: a
 second request for a running task waits for the same execution, and one for a
 finished task gets the result it had. That is what happens when an
 initiator is lost mid-task and the job is auctioned again by another node:
-this agent bids as the one that ``holds`` it (protocols/scoring.py) and is
+this agent bids as the one that ``holds`` it (protocols/auction/scoring.py) and is
 awarded it, and nothing runs twice.
 
 The same id with other content is a different task: asking for it is refused

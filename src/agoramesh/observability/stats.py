@@ -23,7 +23,7 @@ __all__ = ("AUCTION_OUTCOMES", "BUCKETS", "JOB_EVENTS", "TASK_OUTCOMES", "AgentM
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                               1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TASK_OUTCOMES = ("completed", "failed", "cancelled", "rejected")
-#: What happens to the durable jobs a node takes (protocols/job_worker.py); "abandoned":
+#: What happens to the durable jobs a node takes (protocols/jobs/worker.py); "abandoned":
 #: a job left to another node after this one was paused past ack_wait.
 JOB_EVENTS = ("taken", "redelivered", "completed", "failed", "deduplicated", "requeued",
               "cancelled", "abandoned")

@@ -1,7 +1,7 @@
 """``${…}`` references in strings: one syntax and one substitution rule for every caller.
 
-Workflows (:mod:`.workflow_expr`: ``${steps.NAME.output.FIELD}``,
-``${inputs.NAME}``) and collaborations (:mod:`.collaboration_request`:
+Workflows (:mod:`.workflow.expr`: ``${steps.NAME.output.FIELD}``,
+``${inputs.NAME}``) and collaborations (:mod:`.collaboration.request`:
 ``${topic}``, ``${previous.output.FIELD}``, ``${steps.NAME.output.FIELD}``)
 share everything here; each brings only its namespace, as a :class:`Syntax`.
 

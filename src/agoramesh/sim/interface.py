@@ -15,7 +15,7 @@ A task, as :meth:`SimulationEngine.get_tasks` lists it, is a dict with at
 least ``task_id`` (str), ``required_capability`` (str), ``priority`` (0-10),
 ``description`` (str) and ``location`` (``[x, y]``, where the work starts);
 other keys (``kind``, ``object``, ``target``) ride along. Its shape is the
-one :func:`agoramesh.protocols.strategies.normalize_tasks` accepts.
+one :func:`agoramesh.protocols.allocation.strategies.normalize_tasks` accepts.
 """
 
 from __future__ import annotations

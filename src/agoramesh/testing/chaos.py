@@ -46,7 +46,7 @@ from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.config import BusConfig, JobsConfig
 from agoramesh.errors import AgoraError
-from agoramesh.protocols.jobs import Jobs
+from agoramesh.protocols.jobs.jobs import Jobs
 from agoramesh.testing import chaos_worker
 from agoramesh.testing.processes import AGORAMESH, LineReader, alive
 

@@ -40,9 +40,10 @@ from agoramesh.modes.decentralized.communication import CommunicationManager
 from agoramesh.modes.decentralized.config import CooperationLevel, DecentralizedConfig
 from agoramesh.modes.decentralized.negotiation import Negotiator, Offer, bid_of
 from agoramesh.modes.decentralized.policy import Plan, estimated_steps, plan_task, point
-from agoramesh.protocols.scoring import SUITABILITY
-from agoramesh.protocols.strategies import AgentProfile, TaskSpec, resolve_conflict
-from agoramesh.protocols.voting import default_chooser
+from agoramesh.protocols.allocation.negotiation import resolve_conflict
+from agoramesh.protocols.allocation.strategies import AgentProfile, TaskSpec
+from agoramesh.protocols.allocation.voting import default_chooser
+from agoramesh.protocols.auction.scoring import SUITABILITY
 from agoramesh.sim.interface import ActionStatus, SimulationEngine
 
 __all__ = ("AutonomousAgent",)

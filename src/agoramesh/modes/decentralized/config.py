@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from agoramesh.bus.subjects import validate_subject
 from agoramesh.config import DEFAULT_PREFIX, read_settings_file
 from agoramesh.errors import AgoraError, ConfigError
-from agoramesh.protocols.strategies import NegotiationStrategy
+from agoramesh.protocols.allocation.strategies import NegotiationStrategy
 
 __all__ = ("AGENT_CLASS", "AgentSettings", "CommunicationProtocol", "CommunicationSettings",
            "CooperationLevel", "DecentralizedConfig", "ExecutionSettings", "LLMSettings",

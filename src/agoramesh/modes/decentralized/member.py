@@ -49,7 +49,7 @@ from agoramesh.modes.decentralized.runtime import MeshRuntime
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
 from agoramesh.nodes.presence import answer_discovery
-from agoramesh.protocols.voting import ballot_handler
+from agoramesh.protocols.allocation.voting import ballot_handler
 
 __all__ = ("MESSAGE_TYPES", "Member", "Teammate")
 

@@ -11,7 +11,7 @@ One agent, the *initiator*, negotiates a set of tasks (PROTOCOL.md §19):
    its capacity in a later round, a ``counter_offer``;
 3. with every live teammate's answer or at ``timeout``, the initiator
    allocates by the configured strategy
-   (:func:`~agoramesh.protocols.strategies.allocate` with per-task bids:
+   (:func:`~agoramesh.protocols.allocation.strategies.allocate` with per-task bids:
    ``auction_based`` best bid, ``priority_based`` agents' turns,
    ``consensus`` a ballot per task put to every teammate over the bus);
    tasks left over go to the next round, up to ``negotiation_rounds``;
@@ -21,7 +21,7 @@ One agent, the *initiator*, negotiates a set of tasks (PROTOCOL.md §19):
 Every agent thus holds the same allocation, and ``negotiate_task_allocation``
 on the same tasks answers from it without negotiating again. Two initiators
 of the same tasks (agents in different processes) are settled by
-:func:`~agoramesh.protocols.strategies.resolve_conflict`: the earlier
+:func:`~agoramesh.protocols.allocation.strategies.resolve_conflict`: the earlier
 decision wins, then the lower initiator id. A later negotiation of some of
 the tasks (one given up, or whose agent was lost) overrides their owner.
 """
@@ -41,16 +41,16 @@ from typing import TYPE_CHECKING, Any
 
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.modes.decentralized.communication import make_message
-from agoramesh.protocols.scoring import Bid
-from agoramesh.protocols.strategies import (
+from agoramesh.protocols.allocation.negotiation import resolve_conflict
+from agoramesh.protocols.allocation.strategies import (
     AgentProfile,
     NegotiationStrategy,
     TaskSpec,
     allocate,
     consensus_allocation,
     normalize_tasks,
-    resolve_conflict,
 )
+from agoramesh.protocols.auction.scoring import Bid
 
 if TYPE_CHECKING:
     from agoramesh.modes.decentralized.communication import CommunicationManager

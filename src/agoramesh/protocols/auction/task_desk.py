@@ -43,12 +43,12 @@ from agoramesh.errors import (
     error_to_wire,
 )
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
-from agoramesh.protocols.contract_net import Progress
+from agoramesh.protocols.auction.policy import Progress
 from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
-    from agoramesh.protocols.contract_net import Auctioneer
+    from agoramesh.protocols.auction.auctioneer import Auctioneer
 
 __all__ = ("QUEUE", "TaskDesk")
 

@@ -55,7 +55,7 @@ from agoramesh.errors import AgoraError, EnvelopeError
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task
-from agoramesh.protocols.scoring import Bid
+from agoramesh.protocols.auction.scoring import Bid
 from agoramesh.security.acl import Action
 
 if TYPE_CHECKING:

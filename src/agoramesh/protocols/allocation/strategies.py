@@ -12,7 +12,7 @@ capabilities matches (:func:`~agoramesh.nodes.capability.matches`).
 
 Suitability (:func:`evaluate_task_suitability`) is 0 for an agent that cannot
 do the task, else the seed's weighted score with absolute terms
-(:func:`~agoramesh.protocols.scoring.suitability_scorer`; one agent has
+(:func:`~agoramesh.protocols.auction.scoring.suitability_scorer`; one agent has
 nobody to be min-max normalised against), load and success rate clipped to
 [0, 1]; one second of latency or one cent of cost halves its term::
 
@@ -47,8 +47,8 @@ task its bids score best rather than the first in task order. Tasks without
 an entry use the profiles as above.
 
 Tasks nobody took are unassigned as ``no capable agent for …``, ``no bid
-for …`` or ``no capacity: …``. :func:`negotiate_task_allocation` turns an allocation into one
-agent's answer; :func:`resolve_conflict` settles agents claiming one task.
+for …`` or ``no capacity: …``. An allocation becomes one agent's answer, and
+agents claiming one task are settled, in :mod:`~agoramesh.protocols.allocation.negotiation`.
 """
 
 from __future__ import annotations
@@ -65,16 +65,16 @@ from agoramesh.bus.subjects import validate_capability, validate_capability_patt
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.nodes.capability import matches
 from agoramesh.nodes.card import AgentStatus
-from agoramesh.protocols.scoring import SUITABILITY, Bid, rank
-from agoramesh.protocols.voting import Tally, allocation_ballot, collect_votes, tally
+from agoramesh.protocols.allocation.voting import Tally, allocation_ballot, collect_votes, tally
+from agoramesh.protocols.auction.scoring import SUITABILITY, Bid, rank
 
 if TYPE_CHECKING:
     from agoramesh.bus.bus import Bus
     from agoramesh.nodes.card import AgentCard
 
 __all__ = ("AgentProfile", "Allocation", "NegotiationStrategy", "TaskSpec", "allocate",
-           "consensus_allocation", "evaluate_task_suitability", "handle_conflict_resolution",
-           "negotiate_task_allocation", "normalize_tasks", "resolve_conflict")
+           "consensus_allocation", "evaluate_task_suitability", "non_negative",
+           "normalize_tasks")
 
 _ID_KEYS = ("task_id", "id")
 _CAPABILITY_KEYS = ("required_capability", "capability", "task_type")
@@ -86,7 +86,8 @@ class NegotiationStrategy(StrEnum):
     PRIORITY_BASED = "priority_based"
 
 
-def _number(value: Any, what: str, *, integer: bool = False) -> float:
+def non_negative(value: Any, what: str, *, integer: bool = False) -> float:
+    """``value`` as a float, or InvalidInput naming ``what`` if it is not a non-negative number."""
     if (isinstance(value, bool) or not isinstance(value, int if integer else int | float)
             or not math.isfinite(value) or value < 0):
         noun = "integer" if integer else "finite number"
@@ -120,12 +121,12 @@ class AgentProfile:
             object.__setattr__(self, "capabilities", tuple(map(validate_capability, names)))
         except AgoraError as exc:
             raise InvalidInput(f"{who}: {exc}") from None
-        _number(self.capacity, f"{who}: capacity", integer=True)
-        _number(self.in_flight, f"{who}: in_flight", integer=True)
+        non_negative(self.capacity, f"{who}: capacity", integer=True)
+        non_negative(self.in_flight, f"{who}: in_flight", integer=True)
         if type(self.priority) is not int:
             raise InvalidInput(f"{who}: priority must be an integer, got {self.priority!r:.40}")
         for name in ("load", "success_rate", "latency_ms", "cost_usd"):
-            _number(getattr(self, name), f"{who}: {name}")
+            non_negative(getattr(self, name), f"{who}: {name}")
 
     def can_do(self, capability: str) -> bool:
         """Whether one of our capabilities matches ``capability`` (a name or pattern)."""
@@ -431,99 +432,3 @@ async def consensus_allocation(bus: Bus, tasks: Iterable[Mapping[str, Any] | Tas
             bus, voters, ballot, timeout=timeout, quorum=quorum,
             tie_break=_by_score(scores)), scores)
     return plan.result(NegotiationStrategy.CONSENSUS, order, tallies)
-
-
-def negotiate_task_allocation(
-        me: AgentProfile, peers: Sequence[AgentProfile],
-        tasks: Iterable[Mapping[str, Any] | TaskSpec],
-        strategy: NegotiationStrategy | str = NegotiationStrategy.AUCTION_BASED, *,
-        votes: Mapping[str, Mapping[str, object]] | None = None,
-        quorum: float = 0.5,
-        task_bids: Mapping[str, Mapping[str, Bid]] | None = None
-        ) -> dict[str, list[dict[str, Any]]]:
-    """The seed's answer for agent ``me``: ``{accepted_tasks, rejected_tasks, proposals}``.
-
-    The tasks are allocated among ``me`` and ``peers`` (a peer with my id is
-    skipped). Tasks given to me are accepted as given; the rest are rejected,
-    each with an added ``reason``. A rejected task given to another agent gets
-    a proposal ``{task_id, proposed_agent, reason, score}`` naming that agent
-    with its suitability for the task; a task nobody got has no proposal.
-    Lists follow the input order of the tasks.
-    """
-    specs = normalize_tasks(tasks)
-    agents = [me, *(peer for peer in peers if peer.agent_id != me.agent_id)]
-    allocation = allocate(specs, agents, strategy, votes=votes, quorum=quorum,
-                          task_bids=task_bids)
-    by_id = {agent.agent_id: agent for agent in agents}
-    answer: dict[str, list[dict[str, Any]]] = {
-        "accepted_tasks": [], "rejected_tasks": [], "proposals": []}
-    for spec in specs:
-        owner = allocation.assignments.get(spec.task_id)
-        if owner == me.agent_id:
-            answer["accepted_tasks"].append(spec.as_dict())
-            continue
-        reason = allocation.reasons[spec.task_id]
-        if owner is not None:
-            theirs, mine = (evaluate_task_suitability(by_id[owner], spec),
-                            evaluate_task_suitability(me, spec))
-            label = by_id[owner].name or owner
-            if not me.can_do(spec.capability):
-                reason = f"I cannot do {spec.capability!r}; {label} can ({theirs:.4f})"
-            elif theirs > mine:
-                reason = f"{label} is better suited ({theirs:.4f} vs my {mine:.4f})"
-            else:
-                reason = f"allocated to {label} ({allocation.strategy}): {reason}"
-            answer["proposals"].append({"task_id": spec.wire_id, "proposed_agent": owner,
-                                        "reason": reason, "score": round(theirs, 4)})
-        answer["rejected_tasks"].append({**spec.as_dict(), "reason": reason})
-    return answer
-
-
-def _claim(raw: Any, task_id: Any) -> tuple[float, float, str]:
-    """A claim's sort key: best first, so missing score or time (inf) ranks last."""
-    raw = {"agent_id": raw} if isinstance(raw, str) else raw
-    agent = raw.get("agent_id") if isinstance(raw, Mapping) else None
-    if not isinstance(agent, str) or not agent:
-        raise InvalidInput(f"task {task_id!r}: each claim needs an agent_id (or is one)")
-    score, at = raw.get("score"), raw.get("claimed_at")
-    return (math.inf if score is None else -_number(score, f"claim of {agent!r:.60}: score"),
-            math.inf if at is None else _number(at, f"claim of {agent!r:.60}: claimed_at"),
-            agent)
-
-
-def resolve_conflict(conflict: Mapping[str, Any]) -> dict[str, Any]:
-    """Settle agents claiming one task: ``{task_id, winner, losers, reason}``.
-
-    ``conflict`` is ``{"task_id", "claims": [{"agent_id", "score"?, "claimed_at"?}]}``
-    (``agents`` is accepted for ``claims``, and a bare agent id as a claim).
-    The winner has the higher score, then the earlier ``claimed_at`` (Unix
-    seconds), then the lower agent id; a claim without a score or a time
-    ranks after those with one. An agent claiming twice keeps its best claim.
-    ``losers`` are the other agents, best first.
-    """
-    if not isinstance(conflict, Mapping):
-        raise InvalidInput(f"a conflict must be an object, got {type(conflict).__name__}")
-    task_id = conflict.get("task_id", conflict.get("id"))
-    if isinstance(task_id, bool) or not isinstance(task_id, str | int) or task_id == "":
-        raise InvalidInput("a conflict needs the task_id that is claimed")
-    raw = conflict.get("claims", conflict.get("agents"))
-    if isinstance(raw, str | Mapping) or not isinstance(raw, Sequence) or not raw:
-        raise InvalidInput(f"task {task_id!r}: claims must be a non-empty list")
-    best: dict[str, tuple[float, float, str]] = {}
-    for claim in sorted(_claim(item, task_id) for item in raw):
-        best.setdefault(claim[2], claim)
-    first, *rest = best.values()  # dicts keep insertion order: best claim first
-    if not rest:
-        reason = "uncontested claim"
-    elif first[0] != rest[0][0]:
-        reason = f"highest score {-first[0]:g}"
-    elif first[1] != rest[0][1]:
-        reason = f"equal score, earliest claim at {first[1]:.3f}"
-    else:
-        reason = "equal score and claim time: lowest agent id"
-    return {"task_id": task_id, "winner": first[2], "losers": [c[2] for c in rest],
-            "reason": reason}
-
-
-#: The name the decentralized-mode API (M-7) knows this by.
-handle_conflict_resolution = resolve_conflict

@@ -2,7 +2,7 @@
 
 A job is a task published to JetStream on ``agora.jobs.<capability>`` with the
 task id as ``Nats-Msg-Id``; whichever node takes it from the shared consumer
-runs the auction (protocols/job_worker.py); the first result stored under the
+runs the auction (protocols/jobs/worker.py); the first result stored under the
 task id is the result (:class:`ResultStore`), published on
 ``agora.result.<task-id>`` as it is stored. PROTOCOL.md §21 has the formats.
 

@@ -56,12 +56,12 @@ from agoramesh.errors import (
     WorkflowError,
 )
 from agoramesh.nodes.task import TaskResult, TaskStatus
-from agoramesh.protocols.dispatch import Dispatcher, Strategy, parse_selector
-from agoramesh.protocols.workflow import Step, Workflow
-from agoramesh.protocols.workflow_expr import Reference, render
+from agoramesh.protocols.allocation.dispatch import Dispatcher, Strategy, parse_selector
+from agoramesh.protocols.workflow.expr import Reference, render
+from agoramesh.protocols.workflow.workflow import Step, Workflow
 
 if TYPE_CHECKING:
-    from agoramesh.protocols.contract_net import Progress
+    from agoramesh.protocols.auction.policy import Progress
 
 __all__ = ("EventKind", "StepResult", "StepStatus", "WorkflowEvent", "WorkflowResult",
            "WorkflowStatus", "run_workflow")

@@ -13,8 +13,8 @@ and cost it expects, and its success rate so far. The default
 :func:`suitability_scorer` scores each bid on its own, with absolute terms
 (so one bid has nobody to be normalised against): one second of latency or
 one cent of cost halves its term, and the sum is divided by the weights' sum,
-so a score lies in [0, 1]. Task allocation (protocols/strategies.py) and
-allocation ballots (protocols/voting.py) use it with the seed's weights
+so a score lies in [0, 1]. Task allocation (protocols/allocation/strategies.py) and
+allocation ballots (protocols/allocation/voting.py) use it with the seed's weights
 (:data:`SUITABILITY`).
 
 Scorers are pluggable: any ``Callable[[Sequence[Bid]], list[float]]``.

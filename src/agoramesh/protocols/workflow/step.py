@@ -1,6 +1,6 @@
 """One step of a workflow (M-3.5): an agent selector, a task, and when and how to run it.
 
-See :mod:`agoramesh.protocols.workflow` for the format. A Step checks itself
+See :mod:`agoramesh.protocols.workflow.workflow` for the format. A Step checks itself
 when it is built (names, selector, capability, JSON parameters, references,
 condition, retries, timeout) and, given a :class:`Dispatcher`, against the
 agents it knows (:meth:`Step.check_agents`): some known agent must match the
@@ -20,8 +20,8 @@ from typing import Any
 from agoramesh.errors import AgoraError, WorkflowInvalid
 from agoramesh.nodes.capability import matches
 from agoramesh.nodes.card import AgentCard
-from agoramesh.protocols.dispatch import Dispatcher, parse_selector
-from agoramesh.protocols.workflow_expr import NAME_PATTERN, Condition, Reference, references
+from agoramesh.protocols.allocation.dispatch import Dispatcher, parse_selector
+from agoramesh.protocols.workflow.expr import NAME_PATTERN, Condition, Reference, references
 
 __all__ = ("MAX_RETRIES", "STEP_FIELDS", "Step")
 

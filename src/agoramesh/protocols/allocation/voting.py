@@ -41,11 +41,11 @@ from agoramesh.bus.bus import Delivery, Handler
 from agoramesh.bus.identity import is_agent_id
 from agoramesh.errors import AgoraError, InvalidInput
 from agoramesh.nodes.backends import offline_skills
-from agoramesh.protocols.scoring import SUITABILITY, Bid, rank
+from agoramesh.protocols.auction.scoring import SUITABILITY, Bid, rank
 
 if TYPE_CHECKING:
     from agoramesh.bus.bus import Bus
-    from agoramesh.protocols.strategies import AgentProfile
+    from agoramesh.protocols.allocation.strategies import AgentProfile
 
 __all__ = ("ALLOCATION", "BALLOT_TYPE", "MAX_OPTIONS", "VOTE_TYPE", "Chooser", "Tally",
            "allocation_ballot", "ballot_handler", "check_ballot", "collect_votes",
@@ -286,7 +286,7 @@ def default_chooser(profile_provider: Callable[[], AgentProfile] | None = None) 
 
     An allocation ballot (``context.kind == "allocation"``; options are agent
     ids, ``context.bids`` their bids as dicts) gets the option whose bid ranks
-    best by :data:`~agoramesh.protocols.scoring.SUITABILITY` among
+    best by :data:`~agoramesh.protocols.auction.scoring.SUITABILITY` among
     those with free capacity, the voter's own capacity taken from
     ``profile_provider``. Any other ballot gets the offline ``vote`` skill's
     pick for the question (or the task's description) as this voter.

@@ -6,7 +6,7 @@ only). Making one — :meth:`CollaborationRequest.from_dict` or the constructor
 — checks everything that can be checked without the mesh, once: every problem
 is one line of :class:`~agoramesh.errors.InvalidInput`, and the checked
 settings are kept in ``plan`` for the mode runner,
-:class:`~agoramesh.protocols.collaboration.Collaboration`, which documents
+:class:`~agoramesh.protocols.collaboration.collaboration.Collaboration`, which documents
 what each mode does and returns (and checks only what needs the mesh).
 
 Named agents (``agents``) are names, ids or selectors (``name:pro``, ``id:U…``,
@@ -415,7 +415,7 @@ class CollaborationRequest:
 
     def arguments(self) -> dict[str, Any]:
         """The keyword arguments of the mode's method in
-        :class:`~agoramesh.protocols.collaboration.Collaboration` (and of the
+        :class:`~agoramesh.protocols.collaboration.collaboration.Collaboration` (and of the
         function that checks them into ``plan``)."""
         req: Mapping[str, Any] = self.requirements or {}
         mode = self.mode

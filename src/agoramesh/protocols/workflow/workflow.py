@@ -55,8 +55,8 @@ steps in references or ``depends_on``, cycles (named by their path), unknown
 or missing inputs, and — given a dispatcher — selectors no known agent
 satisfies, capabilities the selected agents lack, parameters their input
 schema cannot accept, and output fields their output schema does not have.
-:class:`Step` lives in :mod:`.workflow_step`, references and conditions in
-:mod:`.workflow_expr`, running in :mod:`.workflow_engine`.
+:class:`Step` lives in :mod:`.step`, references and conditions in
+:mod:`.expr`, running in :mod:`.engine`.
 YAML is read with a safe loader (``yaml.SafeLoader``) that also rejects
 duplicate keys, which ``yaml.safe_load`` would silently drop.
 """
@@ -72,9 +72,9 @@ from typing import Any
 import yaml
 
 from agoramesh.errors import ConfigError, WorkflowInvalid
-from agoramesh.protocols.dispatch import Dispatcher
-from agoramesh.protocols.workflow_expr import NAME_PATTERN, references
-from agoramesh.protocols.workflow_step import (
+from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.workflow.expr import NAME_PATTERN, references
+from agoramesh.protocols.workflow.step import (
     Step,
     _check_json,
     _did_you_mean,

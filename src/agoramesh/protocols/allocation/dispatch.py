@@ -6,7 +6,7 @@ that drives the work — the submitting side drives, there is no central
 controller (M-3.5) — and submits tasks by one of three routes:
 
 - ``Strategy.AUCTION`` (default): a contract-net auction among the capable
-  agents, with re-auction if the winner dies (protocols/contract_net.py);
+  agents, with re-auction if the winner dies (protocols/auction/auctioneer.py);
 - ``Strategy.DIRECT``: straight to one capable agent via the capability's
   queue group (``agora.cap.<capability>``);
 - ``agent_id=…``: to that agent and no other.
@@ -35,7 +35,8 @@ from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task, TaskResult
-from agoramesh.protocols.contract_net import Auctioneer, Progress
+from agoramesh.protocols.auction.auctioneer import Auctioneer
+from agoramesh.protocols.auction.policy import Progress
 
 __all__ = ("SELECTOR_KINDS", "Dispatcher", "Strategy", "client_dispatcher", "discover",
            "parse_selector")
