@@ -59,8 +59,7 @@ CLASS_DEBT: frozenset[str] = frozenset({
 #: still use nats-py; the Bus is to offer what they need.
 NATS_DEBT: frozenset[str] = frozenset({
     "agoramesh.cli.demo_security", "agoramesh.modes.decentralized.member",
-    "agoramesh.protocols.auction.auctioneer",
-    "agoramesh.protocols.auction.award", "agoramesh.protocols.jobs.delivery",
+    "agoramesh.protocols.jobs.delivery",
     "agoramesh.protocols.jobs.intake", "agoramesh.protocols.jobs.worker",
 })
 

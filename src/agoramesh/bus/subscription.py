@@ -69,8 +69,19 @@ class Listener:
 
     def __init__(self, bus: Bus, subscription: NatsSubscription) -> None:
         self.bus = bus
-        #: nats-py's subscription (the auctioneer reads how many messages wait in it).
+        #: nats-py's subscription (for the bus layer only).
         self.nats = subscription
+        self._client = bus.nats
+
+    @property
+    def pending(self) -> int:
+        """Messages delivered to this listener and not handled yet."""
+        return int(self.nats.pending_msgs)
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection it was made on has closed (it is gone with it)."""
+        return not self._client.is_closed
 
     @classmethod
     async def open(cls, bus: Bus, subject: str, callback: Callable[[Msg], Awaitable[None]],
