@@ -59,8 +59,6 @@ CLASS_DEBT: frozenset[str] = frozenset({
 #: still use nats-py; the Bus is to offer what they need.
 NATS_DEBT: frozenset[str] = frozenset({
     "agoramesh.cli.demo_security", "agoramesh.modes.decentralized.member",
-    "agoramesh.protocols.jobs.delivery",
-    "agoramesh.protocols.jobs.intake", "agoramesh.protocols.jobs.worker",
 })
 
 MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_METHODS = 500, 300, 25
