@@ -24,7 +24,7 @@ from agoramesh.bus.identity import verify
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import EnvelopePolicy
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import UNREADABLE_TASK_ID
+from agoramesh.nodes.execution import UNREADABLE_TASK_ID
 from agoramesh.nodes.task import TaskResult, TaskStatus
 from agoramesh.security.acl import AccessPolicy
 from agoramesh.testing.plugin import AgentFactory, BusFactory

@@ -215,7 +215,7 @@ async def test_cancel_a_running_task(nodes: list[Any], bus_factory: BusFactory,
     client = await bus_factory(nats_server.client_url)
     task = Task(task_type="slow", parameters={"seconds": 30})
     pending = asyncio.create_task(submit_task(client, task, timeout=5))
-    await wait_until(lambda: task.task_id in alice._running, timeout=2)
+    await wait_until(lambda: task.task_id in alice.running_tasks, timeout=2)
     assert await cancel_task(client, alice.agent_id, task.task_id)
     result = await pending
     assert result.status is TaskStatus.FAILED and result.error
@@ -245,7 +245,7 @@ async def test_stop_fails_running_tasks_cleanly(nodes: list[Any], bus_factory: B
     client = await bus_factory(nats_server.client_url)
     pending = asyncio.create_task(
         submit_task(client, Task(task_type="slow", parameters={"seconds": 30}), timeout=5))
-    await wait_until(lambda: bool(alice._running), timeout=2)
+    await wait_until(lambda: bool(alice.running_tasks), timeout=2)
     async with asyncio.timeout(5):
         await alice.stop(grace=0.2)
     result = await pending  # answered at once, not left to time out

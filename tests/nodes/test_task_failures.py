@@ -20,7 +20,8 @@ from agoramesh.errors import InvalidInput
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.backends.offline import OFFLINE_CAPABILITIES, OfflineBackend
 from agoramesh.nodes.capability import Capability
-from agoramesh.nodes.node import UNREADABLE_TASK_ID, NodeConfig
+from agoramesh.nodes.execution import UNREADABLE_TASK_ID
+from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import MAX_DEADLINE, MAX_PARAMETER_DEPTH, Completion, StreamItem, Task
 from agoramesh.testing.plugin import BusFactory
 

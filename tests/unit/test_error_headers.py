@@ -24,7 +24,7 @@ from agoramesh.bus.bus import (
     reply_error,
 )
 from agoramesh.errors import WIRE_ERRORS, EnvelopeError, error_code
-from agoramesh.nodes.node import readable_task_id
+from agoramesh.nodes.execution import readable_task_id
 from agoramesh.nodes.task import TaskResult, TaskStatus
 
 CODES = {

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
 
 from agoramesh.bus.admission import Guard
 from agoramesh.bus.connection import Connection, bus_error
@@ -139,12 +137,6 @@ class Bus:
         """A plain NATS subscription (no admission): ``callback`` gets each message on
         ``subject`` as it arrives, until ``stop()`` or this bus closes."""
         return await Listener.open(self, subject, callback, queue)
-
-    async def subscribe_raw(self, subject: str, cb: Callable[[Msg], Awaitable[None]], *,
-                            queue: str = "") -> NatsSubscription:
-        """:meth:`listen`, returning nats-py's subscription itself: for code in the bus layer,
-        and for callers not yet moved to :meth:`listen` (docs/ARCHITECTURE.md, "Layers")."""
-        return (await Listener.open(self, subject, cb, queue)).nats
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop subscriptions (running handlers get ``timeout``), flush, close. Idempotent.

@@ -45,6 +45,7 @@ from nats.aio.msg import Msg
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.connection import bus_error
 from agoramesh.bus.jetstream_assets import FULL_CODES, UNAVAILABLE_CODES, Assets
+from agoramesh.bus.message import Message
 from agoramesh.config import JobsConfig
 from agoramesh.errors import (
     AgoraError,
@@ -54,7 +55,8 @@ from agoramesh.errors import (
     StoreFull,
 )
 
-__all__ = ("JetStream", "Names", "PubAck", "StoredMessage", "ack", "names_for",
+__all__ = ("JetStream", "JobDelivery", "Names", "PubAck", "StoredMessage", "ack", "delivery_of",
+           "names_for",
            "progress_interval", "valid_task_id")
 
 log = logging.getLogger("agoramesh.jetstream")
@@ -340,14 +342,34 @@ class JetStream:
         return stored.data
 
 
-async def ack(msg: Msg, kind: bytes = b"+ACK", body: bytes = b"") -> None:
-    """Acknowledge a delivered job (``+ACK``, ``+WPI``, ``-NAK``, ``+TERM``); best effort."""
-    if not msg.reply or msg._client is None:
+async def ack(bus: Bus, msg: Message, kind: bytes = b"+ACK", body: bytes = b"") -> None:
+    """Acknowledge a delivered job (``+ACK``, ``+WPI``, ``-NAK``, ``+TERM``) on ``bus``;
+    best effort."""
+    if not msg.reply:
         return
     try:
-        await msg._client.publish(msg.reply, kind + body)
-    except (nats.errors.Error, OSError) as exc:  # the redelivery decides, then
+        await bus.publish_raw(msg.reply, kind + body)
+    except AgoraError as exc:  # the redelivery decides, then
         log.debug("%s for %s not sent: %s", kind.decode(), msg.subject, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class JobDelivery:
+    """What a delivered job's reply subject says about it."""
+
+    deliveries: int  # how many times it was delivered, this time included
+    sequence: int  # its sequence in the job stream
+    stored_ms: int  # when it was stored, Unix milliseconds
+
+
+def delivery_of(msg: Message) -> JobDelivery | None:
+    """The delivery data of a message a JetStream consumer delivered; None for another."""
+    try:
+        meta = Msg.Metadata._from_reply(msg.reply)
+    except (nats.errors.Error, ValueError, IndexError):
+        return None
+    return JobDelivery(meta.num_delivered, meta.sequence.stream,
+                       int(meta.timestamp.timestamp() * 1000))
 
 
 def progress_interval(ack_wait: float) -> float:

@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from agoramesh.bus.connection import bus_error
 from agoramesh.bus.envelope import looks_like_envelope
 from agoramesh.bus.ingress import IngressPolicy, decode_json, encode_json_error, looks_like_json
+from agoramesh.bus.message import Message
 from agoramesh.bus.replies import ERROR_TYPE, Delivery, Handler, error_headers
 from agoramesh.errors import (
     AgoraError,
@@ -47,7 +48,7 @@ __all__ = ("Confirmations", "Listener", "OnRejected", "Subscription", "nats_subs
 log = logging.getLogger("agoramesh.bus")
 
 #: Called with a message a subscription refused and why (``Bus.subscribe(on_rejected=)``).
-OnRejected = Callable[[Msg, EnvelopeError], None]
+OnRejected = Callable[[Message, EnvelopeError], None]
 
 
 async def nats_subscribe(bus: Bus, subject: str, callback: Callable[[Msg], Awaitable[None]],
@@ -68,8 +69,19 @@ class Listener:
 
     def __init__(self, bus: Bus, subscription: NatsSubscription) -> None:
         self.bus = bus
-        #: nats-py's subscription (the auctioneer reads how many messages wait in it).
+        #: nats-py's subscription (for the bus layer only).
         self.nats = subscription
+        self._client = bus.nats
+
+    @property
+    def pending(self) -> int:
+        """Messages delivered to this listener and not handled yet."""
+        return int(self.nats.pending_msgs)
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection it was made on has closed (it is gone with it)."""
+        return not self._client.is_closed
 
     @classmethod
     async def open(cls, bus: Bus, subject: str, callback: Callable[[Msg], Awaitable[None]],

@@ -28,35 +28,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
-from nats.aio.msg import Msg
-
 from agoramesh._version import __version__
-from agoramesh.bus.bus import Bus, Delivery, Reply
-from agoramesh.bus.envelope import BROADCAST
+from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
-from agoramesh.bus.replies import error_headers, headers_size, reply_error
+from agoramesh.bus.message import Message
 from agoramesh.bus.subscription import Subscription
 from agoramesh.config import BusConfig
 from agoramesh.errors import (
     AccessDenied,
     AgoraError,
-    BackendBadResponse,
-    BackendError,
     ConfigError,
     EnvelopeError,
     InvalidInput,
-    OversizeEnvelope,
-    ResultTooLarge,
-    TaskCancelled,
-    TaskError,
     UnknownCapability,
     error_to_wire,
 )
@@ -64,40 +53,23 @@ from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
 from agoramesh.nodes.directory import Directory
+from agoramesh.nodes.execution import TaskRunner, described, readable_task_id
 from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.presence import Presence
 from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
-from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
-from agoramesh.nodes.task_memory import TaskMemory, task_digest
+from agoramesh.nodes.task import TaskResult
+from agoramesh.nodes.task_memory import TaskMemory
 from agoramesh.observability.logs import agent_logger
 from agoramesh.observability.stats import AgentMetrics
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.security.acl import JSON_PRINCIPAL, AccessPolicy, Action
 
-__all__ = ("UNREADABLE_TASK_ID", "BaseNode", "DirectHandler", "NodeConfig", "readable_task_id")
+__all__ = ("BaseNode", "DirectHandler", "NodeConfig")
 
 log = logging.getLogger("agoramesh.node")
 
 DirectHandler = Callable[[Delivery], Awaitable[None]]
 
-# A failed task's error type -> its outcome label (agoramesh_tasks_total); others: failed.
-_OUTCOMES = {"TaskCancelled": "cancelled", "InvalidInput": "rejected",
-             "UnknownCapability": "rejected"}
-#: Appended to the error of a FAILED task_response whose request's task_id was unreadable.
-UNREADABLE_TASK_ID = "; the request's task_id could not be read (task_id is null)"
-
-
-def readable_task_id(body: Any) -> str | None:
-    """The request's ``task_id`` if it is one (a string of 1-128 characters), else None."""
-    task_id = body.get("task_id") if isinstance(body, dict) else None
-    return task_id if isinstance(task_id, str) and 0 < len(task_id) <= 128 else None
-
-
-def _described(error: Mapping[str, Any] | None) -> str | None:
-    """``"<type>: <message>"`` of a wire error (``$SRV.STATS`` last_error), None for none."""
-    if not error:
-        return None
-    return f"{error.get('type')}: {error.get('message')}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,18 +166,10 @@ class BaseNode:
             description=f"agoramesh {config.type} agent {config.name}",
             endpoints={cap.name: subjects.cap(cap.name) for cap in config.capabilities},
             metadata={"agent_type": config.type})
-        # task id -> (its runner, its requester (None: plain JSON), its capability)
-        self._running: dict[str, tuple[asyncio.Task[Any], str | None, str]] = {}
-        self._cancel_requested: set[str] = set()
-        #: Running tasks and recent results by task id: a task asked again is not run again.
-        self.memory = TaskMemory()
-        #: Results published on tasks' callback subjects: "published", and "failed" (logged).
-        self.callbacks: Counter[str] = Counter()
+        #: The tasks it runs, has just run, and their counts (nodes/execution.py).
+        self.tasks = TaskRunner(self)
         self._task_subscriptions: list[Subscription] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._completed = self._failed = self._tokens = 0
-        self._cost = 0.0
-        self._latency_ms = 0.0
         self._state = "created"
         self._status_key: tuple[object, ...] = ()
         self._status_map: dict[str, Any] = {}
@@ -225,25 +189,37 @@ class BaseNode:
     @property
     def running_tasks(self) -> frozenset[str]:
         """Ids of the tasks running on this agent now."""
-        return frozenset(self._running)
+        return frozenset(self.tasks.running)
+
+    @property
+    def memory(self) -> TaskMemory:
+        """Running tasks and recent results by task id (a task asked again is not rerun)."""
+        return self.tasks.memory
+
+    @property
+    def callbacks(self) -> Counter[str]:
+        """Results published on tasks' callback subjects: "published", "failed"."""
+        return self.tasks.callbacks
 
     @property
     def status(self) -> AgentStatus:
-        done = self._completed + self._failed
+        tasks = self.tasks
+        done = tasks.completed + tasks.failed
         return AgentStatus(
-            capacity=self.config.max_concurrent_tasks, in_flight=len(self._running),
-            avg_latency_ms=self._latency_ms,
-            success_rate=self._completed / done if done else 1.0,
-            tasks_completed=self._completed, tasks_failed=self._failed,
-            tokens_used=self._tokens, cost_usd=self._cost,
-            state="busy" if len(self._running) >= self.config.max_concurrent_tasks
+            capacity=self.config.max_concurrent_tasks, in_flight=len(tasks.running),
+            avg_latency_ms=tasks.latency_ms,
+            success_rate=tasks.completed / done if done else 1.0,
+            tasks_completed=tasks.completed, tasks_failed=tasks.failed,
+            tokens_used=tasks.tokens, cost_usd=tasks.cost,
+            state="busy" if len(tasks.running) >= self.config.max_concurrent_tasks
             else ("ready" if self._state == "running" else self._state))
 
     def status_dict(self) -> dict[str, Any]:
         """``status.as_dict()``, made again only when something in it changed: an idle
         agent's beat (a thousand of them a second in one host) reuses the last one."""
-        key = (len(self._running), self._completed, self._failed, self._tokens, self._cost,
-               self._latency_ms, self._state)
+        tasks = self.tasks
+        key = (len(tasks.running), tasks.completed, tasks.failed, tasks.tokens, tasks.cost,
+               tasks.latency_ms, self._state)
         if key != self._status_key:
             self._status_key, self._status_map = key, self.status.as_dict()
         return self._status_map
@@ -291,7 +267,7 @@ class BaseNode:
                                          confirm=False)
             for subject in service_subjects(self.service.name, self.service.id):
                 # Plain NATS: the protocol's requests are empty.
-                await self.bus.subscribe_raw(subject, self._on_service)
+                await self.bus.listen(subject, self._on_service)
         self.directory.add_local(self.card)  # siblings sharing the directory see us
         await self.bus.confirm()  # one flush for all of them: the server has our interest
         self._state = "running"
@@ -326,7 +302,7 @@ class BaseNode:
             self.host.remove(self)
         budget = self.config.stop_grace if grace is None else grace
         if say_bye:
-            with contextlib.suppress(AgoraError, nats.errors.Error):
+            with contextlib.suppress(AgoraError):
                 await self.presence.announce("bye")
         self.directory.remove_local(self.agent_id)
         await self._retire()
@@ -349,7 +325,7 @@ class BaseNode:
             self.host.remove(self)
         self.directory.remove_local(self.agent_id)
         await self._abandon()
-        for task, *_ in list(self._running.values()):
+        for task, *_ in list(self.tasks.running.values()):
             task.cancel()
         await self._cancel_background()
         await self.bus.close(timeout=0.1)
@@ -413,11 +389,11 @@ class BaseNode:
 
     # -- services protocol -------------------------------------------------------
 
-    async def _on_service(self, msg: Msg) -> None:
+    async def _on_service(self, msg: Message) -> None:
         if msg.reply:
-            with contextlib.suppress(nats.errors.Error):
-                answer = encode_json(self.service.answer(msg.subject))
-                await self.bus.nats.publish(msg.reply, answer)
+            with contextlib.suppress(AgoraError):
+                await self.bus.publish_raw(msg.reply,
+                                           encode_json(self.service.answer(msg.subject)))
 
     # -- tasks -------------------------------------------------------------------
 
@@ -442,18 +418,19 @@ class BaseNode:
         return AccessDenied(f"agent {self.config.name} refuses {action} on {capability}: "
                             f"{reason}")
 
-    def _endpoint(self, capability: str) -> EndpointStats:
+    def endpoint(self, capability: str) -> EndpointStats:
+        """The ``$SRV.STATS`` counters of ``capability``."""
         return self.service.stats.setdefault(capability, EndpointStats())
 
-    def _refusal_counter(self, capability: str) -> Callable[[Msg, EnvelopeError], None]:
+    def _refusal_counter(self, capability: str) -> Callable[[Message, EnvelopeError], None]:
         """Counts a request the bus refused on ``agora.cap.<capability>`` in ``$SRV.STATS``."""
-        def refused(msg: Msg, error: EnvelopeError) -> None:
-            self._endpoint(capability).record(0, _described(error_to_wire(error)))
+        def refused(msg: Message, error: EnvelopeError) -> None:
+            self.endpoint(capability).record(0, described(error_to_wire(error)))
         return refused
 
     async def _deny(self, delivery: Delivery, capability: str, denied: AccessDenied) -> None:
         """Answer (and count, in ``$SRV.STATS``) a task the access policy refuses."""
-        self._endpoint(capability).record(0, _described(error_to_wire(denied)))
+        self.endpoint(capability).record(0, described(error_to_wire(denied)))
         await delivery.respond_error(denied)
 
     def _task_handler(self, capability: Capability) -> DirectHandler:
@@ -477,7 +454,7 @@ class BaseNode:
         task_type = delivery.body.get("task_type") if isinstance(delivery.body, dict) else None
         capability = self._capabilities.get(str(task_type))
         if capability is None:
-            await self._reply(delivery, self._failure(
+            await self.tasks.reply(delivery, self.tasks.failure(
                 readable_task_id(delivery.body), UnknownCapability(
                     f"agent {self.config.name} has no capability {task_type!r}; it offers "
                     f"{', '.join(self._capabilities)}"), 0.0))
@@ -493,289 +470,17 @@ class BaseNode:
 
     async def _on_cancel(self, delivery: Delivery) -> None:
         task_id = str(delivery.body.get("task_id")) if isinstance(delivery.body, dict) else ""
-        running = self._running.get(task_id)
+        running = self.tasks.running.get(task_id)
         if running is not None:
             denied = self.check_access(delivery.sender, running[2], Action.CANCEL)
             if denied is not None:
                 await delivery.respond_error(denied)
                 return
-        allowed = running is not None and running[1] in (None, delivery.sender)
-        if running is not None and allowed:
-            self._cancel_requested.add(task_id)
-            running[0].cancel()
-        await delivery.respond("task_cancel", {"task_id": task_id, "cancelled": allowed})
+        cancelled = self.tasks.cancel(task_id, delivery.sender)
+        await delivery.respond("task_cancel", {"task_id": task_id, "cancelled": cancelled})
 
     async def serve(self, delivery: Delivery, capability: Capability, *,
                     durable: bool = False) -> None:
-        """Run the task in ``delivery.body`` and answer with its result (or failure).
-
-        A result that does not fit in one message is answered FAILED with
-        ``ResultTooLarge`` instead (and counted as a failed task). A task id this
-        agent is running or has just finished is answered from that run, not run
-        again (:class:`TaskMemory`). ``durable`` (an award of a durable job): the
-        final result is stored in the result store before the answer, which
-        says ``stored``. A task with a ``callback`` has its final result published
-        there too, after the answer, unless it was answered from an earlier run
-        (:meth:`_publish_callback`).
-        """
-        started = time.perf_counter()
-        body = dict(delivery.body) if isinstance(delivery.body, dict) else delivery.body
-        stream = bool(isinstance(body, dict) and body.pop("stream", False)) and not delivery.is_json
-        task_id = readable_task_id(body)  # None until known: answered as null
-        task: Task | None = None
-        callback: str | None = None
-        fresh = True  # False: answered from an earlier (or still running) run of this task
-        try:
-            task = Task.from_dict(body, task_type=capability.name)
-            task_id = task.task_id
-            callback = self._callback_of(task)
-            capability.validate_input(task.parameters)
-            result, fresh = await self._run_once(task, delivery, stream, started)
-        except TaskError as error:
-            result = self._failure(task_id, error, started)
-        except asyncio.CancelledError:  # the node is stopping: tell the requester, then go
-            failure = self._failure(task_id, TaskCancelled(
-                f"agent {self.config.name} stopped before task {task_id} finished"), started)
-            self._finished(capability.name, failure, time.perf_counter() - started)
-            await asyncio.shield(self._reply(delivery, failure))
-            raise
-        except Exception as exc:  # a bug in a backend (or below): still a task_response
-            self.log.exception("task %s failed unexpectedly", task_id,
-                               extra={"task_id": task_id})
-            result = self._failure(task_id, BackendError(
-                f"{self.config.type} backend failed: {type(exc).__name__}: {exc}"[:1000]),
-                started)
-        store = durable and task is not None and result.final
-        result, reply = self._prepare(delivery, result, started, stored=store)
-        if store and not await self._store(result) and reply is not None:
-            reply = self._response(delivery, result, stored=False)  # rare: sealed again
-        elapsed = time.perf_counter() - started
-        self._endpoint(capability.name).record(int(elapsed * 1e9), _described(result.error))
-        if fresh:
-            self._finished(capability.name, result, elapsed)
-        if reply is not None:
-            await self._send(delivery, result, reply)
-        if callback is not None and fresh and result.final:
-            await self._publish_callback(delivery, callback, result)
-
-    def _callback_of(self, task: Task) -> str | None:
-        """The task's callback subject; InvalidInput for one of the mesh's own subjects,
-        where agents would take the result, published in our name, for a request."""
-        callback, prefix = task.callback, self.bus.subjects.prefix
-        if callback is not None and (callback == prefix or callback.startswith(prefix + ".")):
-            raise InvalidInput(f"callback {callback[:80]!r} is one of the mesh's own subjects "
-                               f"({prefix}.>): name a subject outside them")
-        return callback
-
-    async def _publish_callback(self, delivery: Delivery, subject: str,
-                                result: TaskResult) -> None:
-        """Publish ``result`` on the task's callback subject, as the reply carries it.
-
-        To an envelope: a ``task_response`` addressed to ``*``, so signed and never
-        encrypted (who reads the callback is not known), with the request's cid. To
-        plain JSON: the JSON of the reply. A FAILED result has the error headers.
-        A failure (too large, disconnected) is logged and counted, and is not the
-        task's; the server's refusal of a subject we may not publish on comes later,
-        as every permission refusal does (logged, ``Bus.permission_denials``).
-        """
-        body = result.as_dict()
-        error = reply_error("task_response", body)
-        headers = error_headers(*error) if error else None
-        try:
-            if delivery.envelope is None:
-                payload = encode_json(body)
-                limit = self.bus.config.envelope.max_bytes
-                size = len(payload) + headers_size(headers)
-                if size > limit:
-                    raise OversizeEnvelope(f"{size} bytes exceed the {limit}-byte limit")
-                await self.bus.publish_raw(subject, payload, headers=headers)
-            else:
-                await self.bus.publish(subject, "task_response", body, to=BROADCAST,
-                                       cid=delivery.envelope.cid, headers=headers)
-        except (AgoraError, ValueError, nats.errors.Error) as exc:
-            self.callbacks["failed"] += 1
-            self.log.warning("could not publish the result of %s on its callback %s: %s",
-                             result.task_id, subject, exc, extra={"task_id": result.task_id})
-            return
-        self.callbacks["published"] += 1
-
-    async def _run_once(self, task: Task, delivery: Delivery, stream: bool,
-                        started: float) -> tuple[TaskResult, bool]:
-        """The task's result, from this run or from the run of it already made here."""
-        known = self.memory.recall(task)
-        if known is not None:
-            if known.digest != task_digest(task):
-                raise InvalidInput(f"task id {task.task_id} was used here for another task; "
-                                   f"a task id names one task")
-            self.metrics.answered_from_memory += 1
-            if known.done is not None:
-                return known.done, False
-            assert known.running is not None
-            return await asyncio.shield(known.running), False
-        self.memory.begin(task)
-        result: TaskResult | None = None
-        try:
-            result = await self._run(task, delivery, stream, started)
-        except TaskError as error:
-            result = self._failure(task.task_id, error, started)
-        finally:
-            self.memory.finish(task, result or TaskResult(
-                task_id=task.task_id, status=TaskStatus.FAILED, agent_id=self.agent_id,
-                error={"type": "TaskCancelled", "message": f"task {task.task_id} stopped"}))
-        return result, True
-
-    async def _store(self, result: TaskResult) -> bool:
-        """Store a durable job's final result (``result_store``): True once it is in;
-        False (logged) if it is not, and the initiator then stores it."""
-        if self.result_store is None:
-            return False
-        try:
-            await self.result_store(result)
-        except AgoraError as exc:  # the initiator stores it then
-            self.log.warning("could not store the result of %s: %s", result.task_id, exc,
-                             extra={"task_id": result.task_id})
-            return False
-        return True
-
-    @staticmethod
-    def _response(delivery: Delivery, result: TaskResult, *, stored: bool) -> Reply:
-        """The task_response, saying ``stored`` when asked to and it still fits."""
-        body = result.as_dict()
-        if stored:
-            with contextlib.suppress(OversizeEnvelope):  # else the initiator finds it stored
-                return delivery.prepare("task_response", {**body, "stored": True})
-        return delivery.prepare("task_response", body)
-
-    def _prepare(self, delivery: Delivery, result: TaskResult, started: float, *,
-                 stored: bool = False) -> tuple[TaskResult, Reply | None]:
-        """The result and its reply; a FAILED ResultTooLarge one if it does not fit.
-
-        Nothing to send (None) when the request has no reply subject (or when not
-        even the failure fits, with a ``max_bytes`` of a few hundred bytes).
-        """
-        if not delivery.can_respond:
-            return result, None
-        try:
-            return result, self._response(delivery, result, stored=stored)
-        except OversizeEnvelope:
-            size = delivery.measure("task_response", result.as_dict())
-        if result.status is TaskStatus.COMPLETED:
-            self._completed -= 1  # counted as done in _run; it fails now
-        name = f"task {result.task_id}" if result.task_id else "the task"
-        self.log.warning("the result of %s is too large to send (%d bytes)", name, size,
-                         extra={"task_id": result.task_id})
-        failure = self._failure(result.task_id or None, ResultTooLarge(
-            f"the result of {name} is {size} bytes as a message, over the "
-            f"{self.bus.config.envelope.max_bytes}-byte limit"), started)
-        try:
-            return failure, self._response(delivery, failure, stored=stored)
-        except OversizeEnvelope as exc:  # a max_bytes too small even for that (128 bytes)
-            self.log.warning("could not send the result of %s: %s", name, exc,
-                             extra={"task_id": result.task_id})
-            return failure, None
-
-    def _finished(self, capability: str, result: TaskResult, seconds: float) -> None:
-        if result.status is TaskStatus.COMPLETED:
-            outcome = "completed"
-        else:
-            outcome = _OUTCOMES.get(str((result.error or {}).get("type")), "failed")
-        self.metrics.task_finished(capability, outcome, seconds, result.task_id)
-        if self.trajectory is not None:
-            self.trajectory.decided("finish", task_id=result.task_id, capability=capability,
-                                    outcome=outcome, ms=round(seconds * 1000, 3))
-
-    async def _run(self, task: Task, delivery: Delivery, stream: bool,
-                   started: float) -> TaskResult:
-        runner = asyncio.ensure_future(self._execute(task, delivery, stream))
-        self._running[task.task_id] = (runner, delivery.sender, task.task_type)
-        try:
-            completion = await runner
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.task_id in self._cancel_requested and not (current and current.cancelling()):
-                raise TaskCancelled(f"task {task.task_id} was cancelled") from None
-            raise
-        finally:
-            self._running.pop(task.task_id, None)
-            self._cancel_requested.discard(task.task_id)
-            if not runner.done():
-                runner.cancel()
-        elapsed = (time.perf_counter() - started) * 1000
-        usage = completion.usage
-        self.metrics.spent(self.config.type, completion.model or self.backend.model,
-                           usage)
-        self._completed += 1
-        self._tokens += usage.total_tokens
-        self._cost += usage.cost_usd
-        # Exponentially weighted: recent tasks count most for routing and bids.
-        previous = self._latency_ms if self._completed > 1 else elapsed
-        self._latency_ms = 0.8 * previous + 0.2 * elapsed
-        return TaskResult(task_id=task.task_id, status=TaskStatus.COMPLETED,
-                          result=completion.output, execution_time_ms=elapsed,
-                          tokens_used=usage.total_tokens, cost_usd=usage.cost_usd,
-                          agent_id=self.agent_id)
-
-    async def _execute(self, task: Task, delivery: Delivery, stream: bool) -> Completion:
-        limit = self.config.task_timeout
-        if task.deadline is not None:
-            limit = min(limit, task.deadline - time.time())
-            if limit <= 0:  # the requester has stopped waiting: not even a quick start
-                raise TaskError(f"task {task.task_id} was past its deadline before it ran")
-        completion: Completion | None = None
-        sequence = 0
-        try:
-            async with asyncio.timeout(max(0.0, limit)):
-                # aclosing: a timeout or cancel landing mid-stream closes the backend's stream.
-                async with contextlib.aclosing(
-                        self.backend.execute(task, {"agent": self.card})) as items:
-                    async for item in items:
-                        if isinstance(item, Completion):
-                            completion = item
-                        elif isinstance(item, Chunk) and stream and delivery.msg.reply:
-                            sequence += 1
-                            await self.bus.publish(
-                                delivery.msg.reply, "task_chunk",
-                                {"task_id": task.task_id, "seq": sequence, "text": item.text},
-                                to=delivery.sender or "*",
-                                cid=delivery.envelope.cid if delivery.envelope else None)
-        except TimeoutError:
-            raise TaskError(f"task {task.task_id} exceeded its {limit:.1f}s time limit") from None
-        if completion is None:
-            raise BackendBadResponse(f"{self.config.type} backend ended without a result")
-        if delivery.is_json:  # NaN, say: fail the task now rather than the reply later
-            try:
-                encode_json(completion.output)
-            except ValueError as exc:
-                raise BackendBadResponse(f"{self.config.type} backend's result cannot be "
-                                         f"answered in plain JSON: {exc}") from None
-        return completion
-
-    def _failure(self, task_id: str | None, error: BaseException, started: float
-                 ) -> TaskResult:
-        """A FAILED result; ``task_id`` None: the request's was unreadable (answered null)."""
-        self._failed += 1
-        elapsed = (time.perf_counter() - started) * 1000 if started else 0.0
-        wire = error_to_wire(error)
-        if task_id is None:
-            wire["message"] += UNREADABLE_TASK_ID
-        return TaskResult(task_id=task_id or "", status=TaskStatus.FAILED, error=wire,
-                          execution_time_ms=elapsed, agent_id=self.agent_id)
-
-    async def _reply(self, delivery: Delivery, result: TaskResult) -> None:
-        """Answer with a result known to fit (a failure); errors are logged."""
-        if not delivery.can_respond:
-            return
-        try:
-            reply = delivery.prepare("task_response", result.as_dict())
-        except (EnvelopeError, AgoraError) as exc:
-            self.log.warning("could not send the result of %s: %s", result.task_id, exc,
-                             extra={"task_id": result.task_id})
-            return
-        await self._send(delivery, result, reply)
-
-    async def _send(self, delivery: Delivery, result: TaskResult, reply: Reply) -> None:
-        try:
-            await delivery.send(reply)
-        except (EnvelopeError, nats.errors.Error, AgoraError) as exc:
-            self.log.warning("could not send the result of %s: %s", result.task_id, exc,
-                             extra={"task_id": result.task_id})
+        """Run the task in ``delivery.body`` and answer with its result (or failure);
+        see :meth:`TaskRunner.serve`."""
+        await self.tasks.serve(delivery, capability, durable=durable)

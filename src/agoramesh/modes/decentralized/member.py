@@ -34,8 +34,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
-
 from agoramesh._version import __version__
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
@@ -155,7 +153,7 @@ class Member:
         if self._background:
             await asyncio.wait(list(self._background), timeout=2.0)
         if self.bus is not None and self.bus.is_connected:
-            with contextlib.suppress(AgoraError, nats.errors.Error):
+            with contextlib.suppress(AgoraError):
                 await self._presence("bye")
             await self.bus.close(timeout=1.0)
         await self.runtime.release_server(self.server)
@@ -202,7 +200,7 @@ class Member:
         log.info("%s: teammate %s lost (%s)", self.sim_id, mate.sim_id, reason)
         watch = self._watching.pop(mate.agent_id, None)
         if watch is not None:
-            with contextlib.suppress(AgoraError, nats.errors.Error):
+            with contextlib.suppress(AgoraError):
                 await watch.stop(timeout=0.5)
         for hook in self.on_lost:
             hook(mate)

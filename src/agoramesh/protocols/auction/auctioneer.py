@@ -57,11 +57,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-import nats.errors
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
-
 from agoramesh.bus.bus import Bus
+from agoramesh.bus.message import Message
+from agoramesh.bus.subscription import Listener
 from agoramesh.errors import (
     AgoraError,
     AuctionFailed,
@@ -107,7 +105,7 @@ class Auctioneer:
         self._inbox = ""
         self._open: dict[str, Auction] = {}
         self._subscribing = asyncio.Lock()
-        self._subscription: NatsSubscription | None = None
+        self._subscription: Listener | None = None
 
     @property
     def _stale_after(self) -> float:
@@ -137,15 +135,15 @@ class Auctioneer:
         async with self._subscribing:
             if not (self._inbox and self._subscription_alive()):
                 inbox = self.bus.new_inbox()
-                self._subscription = await self.bus.subscribe_raw(f"{inbox}.*.*", self._route)
+                self._subscription = await self.bus.listen(f"{inbox}.*.*", self._route)
                 self._inbox = inbox
         return self._inbox
 
     def _subscription_alive(self) -> bool:
         # A closed connection takes its subscriptions along; a new one needs a new inbox.
-        return self._subscription is not None and not self.bus.nats.is_closed
+        return self._subscription is not None and self._subscription.alive
 
-    async def _route(self, msg: Msg) -> None:
+    async def _route(self, msg: Message) -> None:
         key, _, kind = msg.subject[len(self._inbox) + 1:].partition(".")
         auction = self._open.get(key)
         if auction is not None:
@@ -378,11 +376,11 @@ class Auctioneer:
         before it has been read, and yielding until our subscription's queue is
         empty means each has been handled (routed to its auction). Bounded.
         """
-        with contextlib.suppress(AgoraError, nats.errors.Error):
+        with contextlib.suppress(AgoraError):
             await self.bus.flush(timeout=1.0)
         subscription = self._subscription
         for _ in range(1000):
             await asyncio.sleep(0)
-            if subscription is None or subscription.pending_msgs == 0:
+            if subscription is None or subscription.pending == 0:
                 break
         await asyncio.sleep(0)  # the last one taken from the queue is being handled

@@ -13,8 +13,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats.errors
-
 from agoramesh.bus.bus import ERROR_TYPE, Bus
 from agoramesh.bus.envelope import Envelope, new_id
 from agoramesh.errors import AgoraError, TaskCancelled
@@ -172,7 +170,7 @@ class AwardPhase:
 
 async def cancel_lost(bus: Bus, agent_id: str, task_id: str) -> None:
     """Best effort: a winner we gave up on may still be alive behind a partition."""
-    with contextlib.suppress(AgoraError, nats.errors.Error):
+    with contextlib.suppress(AgoraError):
         await bus.publish(bus.subjects.agent(agent_id), "task_cancel",
                           {"task_id": task_id}, to=agent_id)
 

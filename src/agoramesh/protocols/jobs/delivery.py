@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nats.aio.msg import Msg
-
 from agoramesh.bus.jetstream import JetStream, ack, progress_interval
+from agoramesh.bus.message import Message
 from agoramesh.config import JobsConfig
 from agoramesh.errors import (
     AgoraError,
@@ -56,7 +55,7 @@ _STORE_PATIENCE = 20.0
 class Job:
     """A job taken from the stream, as its latest delivery left it."""
 
-    msg: Msg
+    msg: Message
     task: Task
     requester: str | None
     deliveries: int
@@ -100,7 +99,7 @@ class Delivery:
                 lookup.cancel()
         if result is None:  # it had one (done before, or cancelled): nothing ran
             metrics.jobs["deduplicated" if job.had_result else "cancelled"] += 1
-            await ack(job.msg)
+            await ack(self.node.bus, job.msg)
             return
         if not stored:
             stored = await self.store.save(result, stored_by=self.node.agent_id,
@@ -109,7 +108,7 @@ class Delivery:
             metrics.jobs["completed" if result.status is TaskStatus.COMPLETED else "failed"] += 1
         else:
             metrics.jobs["deduplicated"] += 1  # a result was stored first (a late one)
-        await ack(job.msg)
+        await ack(self.node.bus, job.msg)
 
     async def _lookup(self, task_id: str) -> TaskResult | None:
         """The job's stored result, asked until JetStream answers (a leader election after a
@@ -222,7 +221,8 @@ class Delivery:
                     job.handler.cancel()
                 return
             job.last_progress = loop.time()
-            await ack(job.msg, b"+WPI")  # the latest delivery's, should it be delivered again
+            # The latest delivery's, should it be delivered again.
+            await ack(self.node.bus, job.msg, b"+WPI")
 
     def lost(self) -> bool:
         """True (and the job marked abandoned) if our last "in progress" is older than

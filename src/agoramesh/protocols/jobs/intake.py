@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import nats.errors
-from nats.aio.msg import Msg
-
 from agoramesh.bus.envelope import looks_like_envelope
 from agoramesh.bus.ingress import decode_json, looks_like_json
-from agoramesh.bus.jetstream import ack, valid_task_id
+from agoramesh.bus.jetstream import ack, delivery_of, valid_task_id
+from agoramesh.bus.message import Message
 from agoramesh.errors import (
     IngressDenied,
     InvalidInput,
@@ -31,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ("parse_job", "refuse")
 
 
-def parse_job(node: BaseNode, msg: Msg, deliveries: int, stored_ms: int) -> Job:
+def parse_job(node: BaseNode, msg: Message, deliveries: int, stored_ms: int) -> Job:
     """The job in ``msg``: a signed task_request or plain JSON (PROTOCOL.md §21)."""
     bus = node.bus
     capability = bus.subjects.capability_of(msg.subject)
@@ -63,7 +60,8 @@ def parse_job(node: BaseNode, msg: Msg, deliveries: int, stored_ms: int) -> Job:
     if header and from_body and header != from_body:
         raise InvalidInput(f"the job's Nats-Msg-Id {header[:60]!r} and its task_id "
                            f"{from_body[:60]!r} differ")
-    seq = msg.metadata.sequence.stream if msg.reply else 0
+    delivery = delivery_of(msg)
+    seq = delivery.sequence if delivery is not None else 0
     task = replace(task, task_id=valid_task_id(header or from_body or f"job-{seq}"))
     denied = node.check_access(requester, capability, Action.SUBMIT)
     if denied is not None:
@@ -71,14 +69,14 @@ def parse_job(node: BaseNode, msg: Msg, deliveries: int, stored_ms: int) -> Job:
     return Job(msg=msg, task=task, requester=requester, deliveries=deliveries)
 
 
-async def refuse(node: BaseNode, store: ResultStore, msg: Msg,
+async def refuse(node: BaseNode, store: ResultStore, msg: Message,
              error: BaseException) -> None:
     """A job that cannot run as sent: its result is the refusal (if its id is readable)."""
     node.metrics.jobs["failed"] += 1
     task_id = (msg.headers or {}).get("Nats-Msg-Id")
-    if task_id is None:
-        with contextlib.suppress(nats.errors.Error, ValueError):
-            task_id = f"job-{msg.metadata.sequence.stream}"
+    delivery = delivery_of(msg)
+    if task_id is None and delivery is not None:
+        task_id = f"job-{delivery.sequence}"
     node.log.info("job %s refused: %s", task_id, error, extra={"task_id": task_id})
     try:
         result = TaskResult(task_id=valid_task_id(task_id or ""), status=TaskStatus.FAILED,
@@ -88,4 +86,4 @@ async def refuse(node: BaseNode, store: ResultStore, msg: Msg,
         pass  # no id to store it under: the refusal is only counted
     except (JetStreamUnavailable, NotConnected):
         return  # delivered again later, refused again then
-    await ack(msg)
+    await ack(node.bus, msg)

@@ -37,10 +37,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import nats.errors
-from nats.aio.msg import Msg
-
-from agoramesh.bus.jetstream import JetStream, ack
+from agoramesh.bus.jetstream import JetStream, ack, delivery_of
+from agoramesh.bus.message import Message
+from agoramesh.bus.subscription import Listener
 from agoramesh.config import JobsConfig
 from agoramesh.errors import (
     AccessDenied,
@@ -91,7 +90,7 @@ class JobWorker:
         self._stopping = False
         self._abandon = False  # killed: hand nothing back, as a crash would
         self._main: asyncio.Task[None] | None = None
-        self._subscriptions: list[object] = []
+        self._subscriptions: list[Listener] = []
 
     @property
     def running(self) -> int:
@@ -155,25 +154,23 @@ class JobWorker:
                     await self.js.ensure()
                     break
                 reason = "no JetStream answers"
-            except (AgoraError, TimeoutError, nats.errors.Error) as exc:
+            except (AgoraError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
             if not said:
                 self.node.log.info("not taking durable jobs yet: %s; trying again", reason)
                 said = True
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
-        nc = self.node.bus.nats
-        inbox = self.node.bus.new_inbox()
-        self._subscriptions.append(await nc.subscribe(f"{inbox}.*", cb=self._delivered))
-        self._subscriptions.append(await nc.subscribe(
-            self.node.bus.subjects.cancel(">"), cb=self._on_cancel))
+        bus = self.node.bus
+        inbox = bus.new_inbox()
+        self._subscriptions.append(await bus.listen(f"{inbox}.*", self._delivered))
+        self._subscriptions.append(await bus.listen(bus.subjects.cancel(">"), self._on_cancel))
         self.node.log.debug("taking durable jobs (up to %d at once)", self.max_jobs)
         return inbox
 
     async def _unsubscribe(self) -> None:
         for subscription in self._subscriptions:
-            with contextlib.suppress(nats.errors.Error, AttributeError):
-                await subscription.unsubscribe()  # type: ignore[attr-defined]
+            await subscription.stop()
         self._subscriptions.clear()
         for reply in list(self._pulls):
             self._forget(reply)
@@ -196,7 +193,7 @@ class JobWorker:
                 self._requested += room
                 try:
                     await self.js.pull(reply, room, _PULL_EXPIRES)
-                except (AgoraError, nats.errors.Error) as exc:
+                except AgoraError as exc:
                     self._forget(reply)
                     self.node.log.debug("pull request not sent: %s", exc)
                     await asyncio.sleep(1.0)
@@ -211,7 +208,7 @@ class JobWorker:
         if pull is not None:
             self._requested -= pull.remaining
 
-    async def _delivered(self, msg: Msg) -> None:
+    async def _delivered(self, msg: Message) -> None:
         headers = msg.headers or {}
         if not msg.data and "Status" in headers:  # on the pull's reply subject: its end
             if headers["Status"] != "100":
@@ -230,7 +227,8 @@ class JobWorker:
             if pull.remaining <= 0:
                 del self._pulls[oldest]
         if self._stopping:
-            await ack(msg, b"-NAK")  # not ours to run any more: to another node at once
+            # Not ours to run any more: to another node at once.
+            await ack(self.node.bus, msg, b"-NAK")
             return
         task = asyncio.ensure_future(self._handle(msg))
         self._tasks.add(task)
@@ -240,7 +238,7 @@ class JobWorker:
         self._tasks.discard(task)
         self._wake.set()
 
-    async def _on_cancel(self, msg: Msg) -> None:
+    async def _on_cancel(self, msg: Message) -> None:
         task_id = msg.subject.rpartition(".")[2]
         job = self._jobs.get(task_id)
         if job is not None:
@@ -249,13 +247,11 @@ class JobWorker:
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Message) -> None:
         metrics = self.node.metrics
-        try:
-            meta = msg.metadata
-            deliveries, stored_ms = meta.num_delivered, int(meta.timestamp.timestamp() * 1000)
-        except (nats.errors.Error, ValueError, IndexError):
-            deliveries, stored_ms = 1, int(time.time() * 1000)
+        info = delivery_of(msg)
+        deliveries, stored_ms = ((info.deliveries, info.stored_ms) if info is not None
+                                 else (1, int(time.time() * 1000)))
         metrics.jobs["taken"] += 1
         if deliveries > 1:
             metrics.jobs["redelivered"] += 1
@@ -287,7 +283,7 @@ class JobWorker:
             metrics.jobs["requeued"] += 1
             self.node.log.info("job %s back to the stream for %.2fs: %s", job.task.task_id,
                                requeue.delay, requeue, extra={"task_id": job.task.task_id})
-            await ack(job.msg, b"-NAK",
+            await ack(self.node.bus, job.msg, b"-NAK",
                       json.dumps({"delay": int(requeue.delay * 1e9)}).encode())
         except asyncio.CancelledError:
             if job.abandoned:
@@ -296,7 +292,7 @@ class JobWorker:
                                    "were paused", job.task.task_id,
                                    extra={"task_id": job.task.task_id})
             elif not self._abandon:  # we are stopping: to another node now
-                await asyncio.shield(ack(job.msg, b"-NAK"))
+                await asyncio.shield(ack(self.node.bus, job.msg, b"-NAK"))
             raise
         except (JetStreamUnavailable, NotConnected) as exc:
             # Not acknowledged: JetStream delivers it again after ack_wait, here or elsewhere.
