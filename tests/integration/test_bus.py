@@ -363,6 +363,7 @@ async def test_listen_hands_over_plain_messages_until_stopped(pair: tuple[Bus, B
         heard.append((msg.subject, msg.reply, msg.data, msg.headers))
 
     listener = await client.listen("plain.>", hear)
+    await client.flush()  # listen does not wait for the server: this does
     await raw.publish("plain.one", b"hi", reply="back", headers={"Kind": "test"})
     await wait_until(lambda: bool(heard), timeout=2)
     assert heard == [("plain.one", "back", b"hi", {"Kind": "test"})]

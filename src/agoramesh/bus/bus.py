@@ -135,7 +135,8 @@ class Bus:
     async def listen(self, subject: str, callback: MessageHandler, *,
                      queue: str = "") -> Listener:
         """A plain NATS subscription (no admission): ``callback`` gets each message on
-        ``subject`` as it arrives, until ``stop()`` or this bus closes."""
+        ``subject`` as it arrives, until ``stop()`` or this bus closes. Returns at once:
+        ``flush()`` (or the next ``confirm()``) waits for the server to have it."""
         return await Listener.open(self, subject, callback, queue)
 
     async def close(self, timeout: float | None = None) -> None:
