@@ -11,7 +11,7 @@ API (:func:`submit_task`, :func:`stream_task`, :func:`cancel_task`, or a
 from agoramesh._version import __version__
 from agoramesh.agent import AgentNode
 from agoramesh.bus import Bus, EmbeddedServer, Envelope, Identity, IngressPolicy, Mesh, Subjects
-from agoramesh.config import BusConfig, EnvelopePolicy, JobsConfig, Role, ServerConfig
+from agoramesh.config import BusConfig, EnvelopePolicy, JobsConfig, ServerConfig, ServerRole
 from agoramesh.errors import AgoraError
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import cancel_task, stream_task, submit_task
@@ -36,8 +36,8 @@ __all__ = (
     "JobsConfig",
     "Mesh",
     "NodeConfig",
-    "Role",
     "ServerConfig",
+    "ServerRole",
     "Subjects",
     "Task",
     "TaskResult",

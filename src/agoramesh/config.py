@@ -28,9 +28,9 @@ __all__ = (
     "JobsConfig",
     "LogFormat",
     "LogLevel",
-    "Role",
     "ServerAuth",
     "ServerConfig",
+    "ServerRole",
     "TlsConfig",
     "parse_hostport",
     "read_settings_file",
@@ -148,7 +148,7 @@ class BusConfig:
             raise ConfigError("timeouts must be positive")
 
 
-class Role(StrEnum):
+class ServerRole(StrEnum):
     """What an embedded server is in the mesh (see docs/ARCHITECTURE.md)."""
 
     SEED = "seed"  # joins the route cluster and accepts leaf nodes
@@ -244,7 +244,7 @@ class ServerConfig:
     """
 
     name: str
-    role: Role = Role.SEED
+    role: ServerRole = ServerRole.SEED
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = -1
@@ -266,16 +266,16 @@ class ServerConfig:
     standalone: bool = False
 
     def __post_init__(self) -> None:
-        if self.role is Role.LEAF and (self.jetstream is not None or self.standalone):
+        if self.role is ServerRole.LEAF and (self.jetstream is not None or self.standalone):
             raise ConfigError("a leaf server uses its hubs' JetStream: jetstream and "
                               "standalone are for seeds")
         if self.standalone and self.bootstrap:
             raise ConfigError("a standalone seed takes no routes: drop --bootstrap")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise ConfigError(f"server name must be letters, digits, '-_.': {self.name!r}")
-        if self.role is Role.LEAF and not self.hubs:
+        if self.role is ServerRole.LEAF and not self.hubs:
             raise ConfigError("a leaf server needs at least one hub (--leaf host:port)")
-        if self.role is Role.LEAF and self.bootstrap:
+        if self.role is ServerRole.LEAF and self.bootstrap:
             raise ConfigError("a leaf server joins through hubs, not --bootstrap routes")
         for addr in (*self.bootstrap, *self.hubs):
             parse_hostport(addr)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agoramesh.bus.server import EmbeddedServer, render_config
-from agoramesh.config import Role, ServerConfig
+from agoramesh.config import ServerConfig, ServerRole
 from agoramesh.errors import ServerCrashed, ServerNotFound, ServerStartError
 from agoramesh.testing import alive, assert_stopped
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_leaf_config_has_one_remote_listing_every_hub(tmp_path: Path) -> None:
-    config = ServerConfig(name="leaf", role=Role.LEAF, data_dir=tmp_path,
+    config = ServerConfig(name="leaf", role=ServerRole.LEAF, data_dir=tmp_path,
                           hubs=("127.0.0.1:7001", "127.0.0.1:7002", "10.0.0.3:7003"))
     text = render_config(config)
     assert text.count("remotes") == 1

@@ -22,7 +22,7 @@ from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
-from agoramesh.config import BusConfig, JobsConfig, Role
+from agoramesh.config import BusConfig, JobsConfig, ServerRole
 from agoramesh.errors import InvalidInput, JetStreamUnavailable, StoreFull
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
@@ -324,7 +324,7 @@ async def test_a_first_seed_whose_picked_cluster_port_was_taken_picks_again(
 
     monkeypatch.setattr(EmbeddedServer, "_self_route", first_pick_taken)
     config = replace(js_template(tmp_path / "js"), name="seed0", data_dir=tmp_path / "seed0",
-                     role=Role.SEED)
+                     role=ServerRole.SEED)
     try:
         async with EmbeddedServer(config) as server:
             assert picks[0] == taken and picks[1] != taken

@@ -35,7 +35,7 @@ from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Chunk, Task, TaskResult
 from agoramesh.protocols.allocation.dispatch import client_dispatcher
 from agoramesh.security import jwt
-from agoramesh.security.trust import Role, TrustStore, follow_trust, permissions_for
+from agoramesh.security.trust import MemberRole, TrustStore, follow_trust, permissions_for
 from agoramesh.testing.plugin import AgentFactory
 from agoramesh.testing.processes import assert_stopped
 from agoramesh.testing.waiting import wait_until
@@ -74,7 +74,7 @@ def admitted(store: TrustStore, agent_factory: AgentFactory) -> AgentMaker:
 
 
 async def bus_as(store: TrustStore, url: str, *, capabilities: tuple[str, ...] = ("echo",),
-                 role: Role = Role.AGENT, identity: Identity | None = None) -> Bus:
+                 role: MemberRole = MemberRole.AGENT, identity: Identity | None = None) -> Bus:
     identity = identity or Identity.generate()
     token = store.admit(identity.agent_id, capabilities=capabilities, role=role).jwt
     return await Bus.connect(identity, BusConfig(servers=(url,), user_jwt=token,
@@ -131,7 +131,7 @@ async def test_an_expired_membership_is_refused(secure_mesh: Mesh, store: TrustS
     identity = Identity.generate()
     account_seed = (store.directory / "account.nk").read_bytes().strip()
     expired = jwt.encode(account_seed, identity.agent_id, "user",
-                         permissions_for(identity.agent_id, Role.AGENT, ["echo"]).claims(),
+                         permissions_for(identity.agent_id, MemberRole.AGENT, ["echo"]).claims(),
                          issued_at=1_700_000_000, expires=1_700_000_100)
     with pytest.raises(NotConnected, match="Authorization Violation"):
         await Bus.connect(identity, BusConfig(servers=(secure_mesh.url,), user_jwt=expired,
@@ -260,7 +260,7 @@ async def test_a_wildcard_sniffer_with_credentials_sees_only_ciphertext(
     secret = "the launch code is 0000 and nobody may read it"
     worker = await admitted(secure_mesh.leaves[1].client_url, "worker", ["echo"])
     requester = await admitted(secure_mesh.leaves[0].client_url, "requester", ["math.evaluate"])
-    creds = store.credentials("audit", role=Role.OBSERVER)
+    creds = store.credentials("audit", role=MemberRole.OBSERVER)
     observer_id = jwt.decode(parse_creds(creds.read_text())[0])["sub"]
     sniffed: list[tuple[str, bytes]] = []
     sniffer = nats.NATS()
@@ -346,19 +346,19 @@ async def test_the_leaf_link_needs_the_link_credential(
 
 def test_permissions_follow_capabilities_and_role() -> None:
     agent = Identity.generate().agent_id
-    perms = permissions_for(agent, Role.AGENT, ["code.review.python"])
+    perms = permissions_for(agent, MemberRole.AGENT, ["code.review.python"])
     assert f"_INBOX.{agent}.>" in perms.subscribe
     assert "agora.cap.code.review.python" in perms.subscribe
     assert f"agora.agent.{agent}" in perms.subscribe
     assert not any(s.startswith("_INBOX.") and agent not in s for s in perms.subscribe)
     assert f"agora.presence.{agent}" in perms.publish and "agora.presence.>" not in perms.publish
     assert perms.responses > 0
-    observer = permissions_for(agent, Role.OBSERVER)
+    observer = permissions_for(agent, MemberRole.OBSERVER)
     assert observer.subscribe == (">",) and observer.deny_publish == (">",)
     with pytest.raises(TrustError, match="invalid capability"):
-        permissions_for(agent, Role.AGENT, ["bad capability"])
+        permissions_for(agent, MemberRole.AGENT, ["bad capability"])
     with pytest.raises(TrustError, match="not an agent id"):
-        permissions_for("UNOTANID", Role.AGENT, ["echo"])
+        permissions_for("UNOTANID", MemberRole.AGENT, ["echo"])
 
 
 def test_the_store_signs_a_verifiable_chain(store: TrustStore, tmp_path: Path) -> None:

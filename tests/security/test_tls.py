@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agoramesh.bus import Bus, Identity
 from agoramesh.bus.server import EmbeddedServer, render_config
-from agoramesh.config import BusConfig, Environment, Role, ServerConfig, TlsConfig
+from agoramesh.config import BusConfig, Environment, ServerConfig, ServerRole, TlsConfig
 from agoramesh.errors import ConfigError, NotConnected, ServerStartError
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.auction.policy import Progress
@@ -118,7 +118,7 @@ def test_rendered_config_has_tls_on_every_link(tls_certs: CertificateSet, tmp_pa
     # Clients: encrypted, no certificate asked; routes and leaf nodes: mutual TLS.
     assert seed.count(f'cert_file: "{tls_certs.cert_file}"') == 3
     assert seed.count("verify: false") == 1 and seed.count("verify: true") == 2
-    leaf = render_config(ServerConfig(name="l", role=Role.LEAF, data_dir=tmp_path,
+    leaf = render_config(ServerConfig(name="l", role=ServerRole.LEAF, data_dir=tmp_path,
                                       hubs=("127.0.0.1:7422",), tls=tls_certs.tls))
     assert leaf.count(f'ca_file: "{tls_certs.ca_file}"') == 2  # client port + the remote
 
@@ -138,7 +138,7 @@ async def test_auction_between_agents_on_two_leaves(
     for server in mesh.servers:
         varz = await server._monitor().varz()
         assert bool(varz.get("tls_required")) is (mesh_tls is not None)
-        if server.config.role is Role.SEED:  # routes and leaf links: mutual TLS
+        if server.config.role is ServerRole.SEED:  # routes and leaf links: mutual TLS
             for link in (varz["cluster"], varz["leaf"]):
                 assert bool(link.get("tls_required") and link.get("tls_verify")) is (
                     mesh_tls is not None)
@@ -185,10 +185,10 @@ async def test_a_client_given_a_ca_refuses_a_plaintext_server(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("role", [Role.SEED, Role.LEAF])
+@pytest.mark.parametrize("role", [ServerRole.SEED, ServerRole.LEAF])
 async def test_a_link_with_a_certificate_from_another_ca_is_refused(
         mesh_factory: MeshFactory, bus_factory: BusFactory, tls_certs: CertificateSet,
-        tmp_path: Path, role: Role) -> None:
+        tmp_path: Path, role: ServerRole) -> None:
     mesh = await mesh_factory(seeds=2, template=ServerConfig(name="t", data_dir=tmp_path / "m",
                                                              tls=tls_certs.tls))
     hub = mesh.seeds[0]
@@ -196,7 +196,7 @@ async def test_a_link_with_a_certificate_from_another_ca_is_refused(
     # It trusts the mesh's CA, so only the mesh's side can refuse it: by its certificate.
     rogue_tls = TlsConfig(ca_file=tls_certs.ca_file, cert_file=other.cert_file,
                           key_file=other.key_file)
-    links = ({"bootstrap": (hub.cluster_address,)} if role is Role.SEED
+    links = ({"bootstrap": (hub.cluster_address,)} if role is ServerRole.SEED
              else {"hubs": (hub.leaf_address,)})
     rogue = EmbeddedServer(ServerConfig(name=f"rogue-{role}", role=role,
                                         data_dir=tmp_path / "rogue", tls=rogue_tls,
@@ -207,7 +207,7 @@ async def test_a_link_with_a_certificate_from_another_ca_is_refused(
                 await rogue.start()
     finally:
         await rogue.stop(grace=1.0)
-    kind = "route" if role is Role.SEED else "leafnode"
+    kind = "route" if role is ServerRole.SEED else "leafnode"
     log = hub.log_path.read_text()
     assert f"TLS {kind} handshake error" in log
     assert "certificate signed by unknown authority" in log

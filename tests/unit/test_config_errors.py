@@ -13,8 +13,8 @@ from agoramesh.config import (
     BusConfig,
     EnvelopePolicy,
     Environment,
-    Role,
     ServerConfig,
+    ServerRole,
     parse_hostport,
 )
 from agoramesh.errors import (
@@ -107,9 +107,9 @@ def test_bus_config_validation(kwargs: dict[str, object], match: str) -> None:
 
 def test_server_config_seed_and_leaf(tmp_path: Path) -> None:
     seed = ServerConfig(name="seed-1", data_dir=tmp_path, bootstrap=("10.0.0.1:6222",))
-    assert seed.role is Role.SEED
+    assert seed.role is ServerRole.SEED
     leaf = ServerConfig(
-        name="leaf_1.x", role=Role.LEAF, data_dir=tmp_path, hubs=("nats-leaf://h:7422",)
+        name="leaf_1.x", role=ServerRole.LEAF, data_dir=tmp_path, hubs=("nats-leaf://h:7422",)
     )
     assert leaf.hubs == ("nats-leaf://h:7422",)
     assert ServerConfig(name="p", data_dir=tmp_path, port=65535, http_port=0).port == 65535
@@ -122,8 +122,8 @@ def test_server_config_seed_and_leaf(tmp_path: Path) -> None:
         ({"name": "has space"}, "server name"),
         ({"name": "a/b"}, "server name"),
         ({"name": "a:b"}, "server name"),
-        ({"role": Role.LEAF}, "needs at least one hub"),
-        ({"role": Role.LEAF, "hubs": ("h:1",), "bootstrap": ("h:2",)}, "not --bootstrap"),
+        ({"role": ServerRole.LEAF}, "needs at least one hub"),
+        ({"role": ServerRole.LEAF, "hubs": ("h:1",), "bootstrap": ("h:2",)}, "not --bootstrap"),
         ({"hubs": ("no-port",)}, "expected host:port"),
         ({"bootstrap": ("h:99999",)}, "expected host:port"),
         ({"bootstrap": ("h:1", ":2")}, "expected host:port"),

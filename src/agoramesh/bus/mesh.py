@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from agoramesh.bus.server import EmbeddedServer
-from agoramesh.config import Role, ServerConfig
+from agoramesh.config import ServerConfig, ServerRole
 from agoramesh.errors import ServerError
 
 __all__ = ("Mesh",)
@@ -34,7 +34,7 @@ class Mesh:
         self.template = template or ServerConfig(name="template", data_dir=base_dir)
         self.seeds: list[EmbeddedServer] = []
         self.leaves: list[EmbeddedServer] = []
-        self._numbers = {role: itertools.count(1) for role in Role}
+        self._numbers = {role: itertools.count(1) for role in ServerRole}
 
     @classmethod
     async def launch(
@@ -70,9 +70,9 @@ class Mesh:
                 return seed.client_url
         raise ServerError("no seed of this mesh is running")
 
-    def _config(self, role: Role, **fields: object) -> ServerConfig:
+    def _config(self, role: ServerRole, **fields: object) -> ServerConfig:
         name = f"{role.value}{next(self._numbers[role])}"
-        if role is Role.LEAF:  # a leaf uses its hubs' JetStream through the link
+        if role is ServerRole.LEAF:  # a leaf uses its hubs' JetStream through the link
             fields.update(jetstream=None, standalone=False)
         return replace(self.template, name=name, role=role, data_dir=self.base_dir / name,
                        **fields)  # type: ignore[arg-type]
@@ -83,7 +83,7 @@ class Mesh:
         if anchor is not None and anchor.config.standalone:
             raise ServerError(f"{anchor.config.name} is a standalone seed: it takes no routes")
         peers = (anchor.cluster_address,) if anchor else ()
-        server = EmbeddedServer(self._config(Role.SEED, bootstrap=peers))
+        server = EmbeddedServer(self._config(ServerRole.SEED, bootstrap=peers))
         self.seeds.append(server)
         await server.start()
         return server
@@ -93,7 +93,7 @@ class Mesh:
         if not self.seeds and hub is None:
             raise ServerError("a leaf needs a seed to attach to; start a seed first")
         anchor = hub or self.seeds[0]
-        server = EmbeddedServer(self._config(Role.LEAF, hubs=(anchor.leaf_address,)))
+        server = EmbeddedServer(self._config(ServerRole.LEAF, hubs=(anchor.leaf_address,)))
         self.leaves.append(server)
         await server.start()
         return server

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agoramesh.bus.monitor import MonitorClient
-from agoramesh.config import Role, ServerConfig, TlsConfig, parse_hostport
+from agoramesh.config import ServerConfig, ServerRole, TlsConfig, parse_hostport
 from agoramesh.errors import ServerCrashed, ServerError, ServerNotFound, ServerStartError
 
 __all__ = ("EmbeddedServer", "find_nats_server", "parent_death_signal", "process_alive",
@@ -100,11 +100,11 @@ def render_config(config: ServerConfig, *, self_route: str | None = None) -> str
         conf["jetstream"] = {"store_dir": str(js.store_dir or config.data_dir / "jetstream"),
                              "max_memory_store": js.max_memory, "max_file_store": js.max_file,
                              "domain": js.domain}
-    if config.role is Role.SEED and config.standalone:
+    if config.role is ServerRole.SEED and config.standalone:
         conf["leafnodes"] = {"listen": f"{host}:{config.leaf_port}"}
         if tls is not None:
             conf["leafnodes"]["tls"] = _tls_block(tls, verify=True)
-    elif config.role is Role.SEED:
+    elif config.role is ServerRole.SEED:
         userinfo = (f"{auth.route_user}:{auth.route_password}@"
                     if auth is not None and auth.route_password else "")
         cluster: dict[str, Any] = {
@@ -307,7 +307,7 @@ class EmbeddedServer:
         again).
         """
         config = self.config
-        if (config.jetstream is None or config.role is not Role.SEED or config.standalone
+        if (config.jetstream is None or config.role is not ServerRole.SEED or config.standalone
                 or config.bootstrap):
             return None
         if config.cluster_port == -1:
@@ -330,7 +330,7 @@ class EmbeddedServer:
         self.monitor = MonitorClient(monitor_host, monitor_port)
         varz = await self.monitor.varz()
         self._ports = {"client": varz["port"]}
-        if self.config.role is Role.SEED:
+        if self.config.role is ServerRole.SEED:
             if not self.config.standalone:
                 self._ports["cluster"] = varz["cluster"]["cluster_port"]
             self._ports["leaf"] = varz["leaf"]["port"]
@@ -340,7 +340,7 @@ class EmbeddedServer:
         monitor = self.monitor
         await self._wait_for(lambda: monitor.healthy(server_only=True), bool,
                              None)  # bounded by start's timeout
-        if self.config.role is Role.LEAF:
+        if self.config.role is ServerRole.LEAF:
             await self.wait_hub()
         elif self.config.bootstrap:
             await self.wait_routes(1)

@@ -42,7 +42,7 @@ from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskResult
-from agoramesh.security.trust import Role, TrustStore
+from agoramesh.security.trust import MemberRole, TrustStore
 
 if TYPE_CHECKING:
     from agoramesh.cli.demo import Report
@@ -126,14 +126,14 @@ class _Members:
         self.buses: list[Bus] = []
         self.agents: list[AgentNode] = []
 
-    def _config(self, name: str, identity: Identity, role: Role,
+    def _config(self, name: str, identity: Identity, role: MemberRole,
                 capabilities: tuple[str, ...]) -> BusConfig:
         token = self.store.admit(identity.agent_id, capabilities=capabilities, role=role,
                                  name=name).jwt
         return BusConfig(servers=(self.url,), name=name, prefix=self.env.prefix,
                          user_jwt=token, connect_timeout=WAIT, envelope=self.env.envelope)
 
-    async def bus(self, name: str, role: Role, capabilities: tuple[str, ...] = ()) -> Bus:
+    async def bus(self, name: str, role: MemberRole, capabilities: tuple[str, ...] = ()) -> Bus:
         identity = Identity.generate()
         bus = await Bus.connect(identity, self._config(name, identity, role, capabilities))
         self.buses.append(bus)
@@ -145,7 +145,7 @@ class _Members:
         config = NodeConfig(name=name, type="offline",
                             capabilities=capabilities_for("offline", [capability]))
         agent = AgentNode(identity, config, OfflineBackend(),
-                          self._config(name, identity, Role.AGENT, (capability,)))
+                          self._config(name, identity, MemberRole.AGENT, (capability,)))
         self.agents.append(agent)
         await agent.start()
         return agent
@@ -178,12 +178,12 @@ async def secured_mesh(report: Report, env: Environment, workdir: Path) -> list[
         async with _Members(store, seed.client_url, env) as members, \
                 _within("the secured mesh's members did not finish", 4 * WAIT):
             worker = await members.agent("worker", "echo")
-            client = await members.bus("client", Role.CLIENT)
+            client = await members.bus("client", MemberRole.CLIENT)
             await _answered(report, facts, client, worker)
-            mallory = await members.bus("mallory", Role.AGENT, ("text.summarize",))
+            mallory = await members.bus("mallory", MemberRole.AGENT, ("text.summarize",))
             with _quiet_denials():
                 await _denied(report, facts, mallory, client)
-            audit = await members.bus("audit", Role.OBSERVER)
+            audit = await members.bus("audit", MemberRole.OBSERVER)
             await _sealed(report, facts, audit, client, worker)
             await _revoked(report, facts, store, seed, mallory)
     return pids

@@ -33,7 +33,7 @@ from agoramesh.cli.runtime import (
     serve_endpoints,
     with_sign_all,
 )
-from agoramesh.config import BusConfig, Environment, Role, ServerConfig
+from agoramesh.config import BusConfig, Environment, ServerConfig, ServerRole
 from agoramesh.errors import ConfigError
 from agoramesh.monitoring.http import MetricsServer
 from agoramesh.nodes.backends.base import BackendConfig
@@ -106,11 +106,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _server_config(args: argparse.Namespace, env: Environment, data_dir: Path) -> ServerConfig:
     if args.leaf and args.bootstrap:
         raise ConfigError("use --leaf or --bootstrap, not both")
-    role = Role.LEAF if args.leaf else Role.SEED
+    role = ServerRole.LEAF if args.leaf else ServerRole.SEED
     tls_dir = tls_directory(args, env)
     trust = TrustStore.open(args.trust, prefix=env.prefix) if args.trust else None
     # A secured mesh runs without JetStream for now (its accounts grant none).
-    jetstream = None if role is Role.LEAF or trust is not None else jetstream_config(args)
+    jetstream = None if role is ServerRole.LEAF or trust is not None else jetstream_config(args)
     return ServerConfig(name=args.name.replace(" ", "-"), role=role, data_dir=data_dir,
                         host=args.host, port=args.port, cluster_port=args.cluster_port,
                         leaf_port=args.leaf_port, bootstrap=tuple(args.bootstrap),
@@ -194,7 +194,7 @@ def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | N
                                "capabilities": [c.name for c in node.config.capabilities]}
     if server is not None:
         info["pid"] = server.pid
-        if server.config.role is Role.SEED:
+        if server.config.role is ServerRole.SEED:
             info |= {"cluster": server.cluster_address, "leaf": server.leaf_address}
     if api is not None:
         info["http"] = api.url

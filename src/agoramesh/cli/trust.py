@@ -17,7 +17,7 @@ from agoramesh.bus.identity import is_agent_id
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.config import Environment
 from agoramesh.errors import ConfigError, TrustError
-from agoramesh.security.trust import Role, TrustStore
+from agoramesh.security.trust import MemberRole, TrustStore
 
 __all__ = ("parse_duration", "register", "trust_dir")
 
@@ -67,7 +67,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     admit.add_argument("agent_id", help="the agent's id (U…, from `agoramesh keys show`)")
     admit.add_argument("--capability", action="append", default=[], metavar="NAME",
                        help="a capability the agent serves (repeat)")
-    admit.add_argument("--role", choices=[role.value for role in Role], default=Role.AGENT.value,
+    admit.add_argument("--role", choices=[role.value for role in MemberRole],
+                       default=MemberRole.AGENT.value,
                        help="agent (default), client or observer")
     admit.add_argument("--name", default="", help="a label for `trust list`")
     admit.add_argument("--expires", type=parse_duration, metavar="DURATION",
@@ -79,8 +80,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    "Create a new identity admitted as a client (or observer) and write its "
                    ".creds file (mode 0600) for `agoramesh … --creds` and `nats --creds`.")
     creds.add_argument("name", help="a label, also the file name <dir>/<name>.creds")
-    creds.add_argument("--role", choices=[Role.CLIENT.value, Role.OBSERVER.value],
-                       default=Role.CLIENT.value, help="client (default) or observer")
+    creds.add_argument("--role", choices=[MemberRole.CLIENT.value, MemberRole.OBSERVER.value],
+                       default=MemberRole.CLIENT.value, help="client (default) or observer")
     creds.add_argument("--expires", type=parse_duration, metavar="DURATION",
                        help="JWT lifetime (e.g. 12h); default: until revoked")
     creds.add_argument("--out", type=Path, help="write the .creds file here instead")
@@ -119,8 +120,8 @@ def _check_id(agent_id: str) -> str:
 async def _admit(args: argparse.Namespace, env: Environment) -> int:
     agent_id = _check_id(args.agent_id)
     store = TrustStore.open(trust_dir(args, env), prefix=env.prefix)
-    role = Role(args.role)
-    if role is Role.AGENT and not args.capability:
+    role = MemberRole(args.role)
+    if role is MemberRole.AGENT and not args.capability:
         raise ConfigError("an agent needs at least one --capability (or use --role client)")
     member = store.admit(agent_id, capabilities=args.capability, role=role,
                          name=args.name, ttl=args.expires)
@@ -142,7 +143,7 @@ async def _admit(args: argparse.Namespace, env: Environment) -> int:
 
 async def _creds(args: argparse.Namespace, env: Environment) -> int:
     store = TrustStore.open(trust_dir(args, env), prefix=env.prefix)
-    path = store.credentials(args.name, role=Role(args.role), ttl=args.expires, out=args.out)
+    path = store.credentials(args.name, role=MemberRole(args.role), ttl=args.expires, out=args.out)
     if args.json:
         emit_json({"name": args.name, "role": args.role, "creds_file": str(path)})
     else:

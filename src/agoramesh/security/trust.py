@@ -44,7 +44,7 @@ from agoramesh.errors import SubjectError, TrustError
 from agoramesh.security import jwt
 from agoramesh.security.jwt import Permissions
 
-__all__ = ("Member", "Role", "TrustStore", "follow_trust", "load_user_jwt", "permissions_for")
+__all__ = ("Member", "MemberRole", "TrustStore", "follow_trust", "load_user_jwt", "permissions_for")
 
 log = logging.getLogger("agoramesh.trust")
 
@@ -54,7 +54,7 @@ RESPONSES_PER_REQUEST = 100_000
 RESPONSE_TTL = 3600.0
 
 
-class Role(StrEnum):
+class MemberRole(StrEnum):
     """What a member of a secured mesh is admitted as."""
 
     AGENT = "agent"  # serves its capabilities, bids, auctions, messages others
@@ -62,7 +62,7 @@ class Role(StrEnum):
     OBSERVER = "observer"  # reads every subject, publishes nothing (monitoring, audits)
 
 
-def permissions_for(agent_id: str, role: Role, capabilities: Iterable[str] = (), *,
+def permissions_for(agent_id: str, role: MemberRole, capabilities: Iterable[str] = (), *,
                     prefix: str = DEFAULT_PREFIX) -> Permissions:
     """A member's publish/subscribe permissions, derived from its role and capabilities.
 
@@ -77,10 +77,10 @@ def permissions_for(agent_id: str, role: Role, capabilities: Iterable[str] = (),
     p = prefix
     inbox = f"_INBOX.{agent_id}.>"
     ask = (f"{p}.cap.>", f"{p}.task.>", f"{p}.cfp.>", f"{p}.agent.*", f"{p}.discover")
-    if role is Role.OBSERVER:
+    if role is MemberRole.OBSERVER:
         # An empty allow-list would mean "no restriction": deny every publish outright.
         return Permissions(subscribe=(">",), deny_publish=(">",))
-    if role is Role.CLIENT:
+    if role is MemberRole.CLIENT:
         return Permissions(
             publish=(*ask, "$SRV.>"),
             subscribe=(inbox, f"{p}.presence.>", f"{p}.telemetry.>", f"{p}.status.>"),
@@ -106,7 +106,7 @@ class Member:
     """One admitted identity, as recorded in the store."""
 
     agent_id: str
-    role: Role
+    role: MemberRole
     capabilities: tuple[str, ...]
     name: str
     issued_at: int
@@ -242,7 +242,8 @@ class TrustStore:
     # -- members -------------------------------------------------------------------
 
     def admit(self, agent_id: str, *, capabilities: Sequence[str] = (),
-              role: Role = Role.AGENT, name: str = "", ttl: float | None = None) -> Member:
+              role: MemberRole = MemberRole.AGENT, name: str = "",
+              ttl: float | None = None) -> Member:
         """Sign a user JWT for ``agent_id`` with permissions from its role and capabilities."""
         permissions = permissions_for(agent_id, role, capabilities, prefix=self.prefix)
         # Issued one second after any revocation of this key, so re-admission works.
@@ -258,7 +259,7 @@ class TrustStore:
         _write_public(users / f"{agent_id}.json", json.dumps(member.as_dict(), indent=2) + "\n")
         return member
 
-    def credentials(self, name: str, *, role: Role = Role.CLIENT,
+    def credentials(self, name: str, *, role: MemberRole = MemberRole.CLIENT,
                     capabilities: Sequence[str] = (), ttl: float | None = None,
                     out: Path | None = None) -> Path:
         """A new identity admitted as ``role``, written as a ``.creds`` file (mode 0600)."""
@@ -289,7 +290,7 @@ class TrustStore:
             try:
                 record = json.loads(path.read_text())
                 token = (path.with_suffix(".jwt")).read_text().strip()
-                found.append(Member(record["agent_id"], Role(record["role"]),
+                found.append(Member(record["agent_id"], MemberRole(record["role"]),
                                     tuple(record["capabilities"]), record["name"],
                                     int(record["issued_at"]), record.get("expires"), token))
             except (OSError, ValueError, KeyError, TypeError):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agoramesh.bus.server import EmbeddedServer
-from agoramesh.config import Role, ServerConfig
+from agoramesh.config import ServerConfig, ServerRole
 from agoramesh.errors import AgoraError, BusTimeout, ServerError
 from agoramesh.modes.decentralized.config import MeshSettings
 
@@ -170,7 +170,7 @@ class MeshRuntime:
         self._numbers += 1
         name = f"{self.team}-{self._numbers}"
         server = EmbeddedServer(ServerConfig(
-            name=name, role=Role.SEED, data_dir=self._base_dir / name,
+            name=name, role=ServerRole.SEED, data_dir=self._base_dir / name,
             cluster_name=f"team-{self.team}",
             bootstrap=(anchor.cluster_address,) if anchor else ()))
         others = [s for s in self._servers if s.pid is not None and not s.crashed.is_set()]
