@@ -302,7 +302,7 @@ async def test_a_denied_agent_gets_access_denied_and_the_node_keeps_serving(
     assert also.status is TaskStatus.COMPLETED  # echo's ACL does not cover math.evaluate
 
     assert denials(guarded) == {("echo", "execute"): 2}
-    assert guarded.telemetry()["denied"] == {"execute": 2}
+    assert guarded.presence.telemetry()["denied"] == {"execute": 2}
     assert guarded.metrics.tasks["echo", "completed"] == 1
     assert sum(guarded.metrics.tasks.values()) == 2  # denied requests are not tasks
     assert guarded.status.state == "ready"

@@ -51,7 +51,7 @@ MODULE_DEBT: frozenset[str] = frozenset({
 CLASS_DEBT: frozenset[str] = frozenset({
     "agoramesh.bus.server.EmbeddedServer",
     "agoramesh.modes.decentralized.autonomous_agent.AutonomousAgent",
-    "agoramesh.modes.decentralized.member.Member", "agoramesh.nodes.node.BaseNode",
+    "agoramesh.modes.decentralized.member.Member",
     "agoramesh.sim.world.GridWorld",
 })
 

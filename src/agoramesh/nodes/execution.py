@@ -81,8 +81,7 @@ class TaskRunner:
         self.latency_ms = 0.0
 
     def cancel(self, task_id: str, requester: str | None) -> bool:
-        """Cancel a running task for ``requester`` (its own requester, or anyone's for a
-        plain-JSON one); False if it is not running here or not theirs."""
+        """Cancel a running task for its requester (anyone, for plain JSON); False if not."""
         running = self.running.get(task_id)
         if running is None or running[1] not in (None, requester):
             return False
@@ -135,7 +134,8 @@ class TaskRunner:
         if store and not await self._store(result) and reply is not None:
             reply = self._response(delivery, result, stored=False)  # rare: sealed again
         elapsed = time.perf_counter() - started
-        self.node.endpoint(capability.name).record(int(elapsed * 1e9), described(result.error))
+        self.node.reception.endpoint(capability.name).record(int(elapsed * 1e9),
+                                                             described(result.error))
         if fresh:
             self._finished(capability.name, result, elapsed)
         if reply is not None:

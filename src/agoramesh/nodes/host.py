@@ -228,7 +228,8 @@ class AgentHost:
                             [node.presence.beat_entry() for node in nodes],
                             {"interval": self.interval})
         await self._publish(subjects.telemetry(self.agent_id), "telemetry_batch", "agents",
-                            [{"id": node.agent_id, **node.telemetry()} for node in nodes], {})
+                            [{"id": node.agent_id, **node.presence.telemetry()}
+                             for node in nodes], {})
 
     async def _publish(self, subject: str, type: str, key: str, entries: list[dict[str, Any]],
                        extra: dict[str, Any]) -> None:

@@ -36,39 +36,33 @@ from typing import Any
 from agoramesh._version import __version__
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
-from agoramesh.bus.ingress import IngressPolicy, encode_json
-from agoramesh.bus.message import Message
+from agoramesh.bus.ingress import IngressPolicy
 from agoramesh.bus.subscription import Subscription
 from agoramesh.config import BusConfig
 from agoramesh.errors import (
     AccessDenied,
     AgoraError,
     ConfigError,
-    EnvelopeError,
-    InvalidInput,
-    UnknownCapability,
-    error_to_wire,
 )
 from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
 from agoramesh.nodes.directory import Directory
-from agoramesh.nodes.execution import TaskRunner, described, readable_task_id
+from agoramesh.nodes.execution import TaskRunner
 from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.presence import Presence
-from agoramesh.nodes.services import EndpointStats, ServiceInfo, service_name, service_subjects
+from agoramesh.nodes.reception import Reception
+from agoramesh.nodes.services import ServiceInfo, service_name, service_subjects
 from agoramesh.nodes.task import TaskResult
 from agoramesh.nodes.task_memory import TaskMemory
 from agoramesh.observability.logs import agent_logger
 from agoramesh.observability.stats import AgentMetrics
 from agoramesh.observability.trajectory import Trajectory
-from agoramesh.security.acl import JSON_PRINCIPAL, AccessPolicy, Action
+from agoramesh.security.acl import AccessPolicy, Action
 
-__all__ = ("BaseNode", "DirectHandler", "NodeConfig")
+__all__ = ("BaseNode", "NodeConfig")
 
 log = logging.getLogger("agoramesh.node")
-
-DirectHandler = Callable[[Delivery], Awaitable[None]]
 
 
 
@@ -147,11 +141,7 @@ class BaseNode:
             directory = host.directory
         self.directory = directory if directory is not None else Directory(
             missed=config.missed_heartbeats)
-        self.direct_handlers: dict[str, DirectHandler] = {
-            "task_request": self._on_direct_task, "task_cancel": self._on_cancel,
-            "card_request": self._on_card_request,
-        }
-        self._capabilities = {cap.name: cap for cap in config.capabilities}
+        self.capabilities = {cap.name: cap for cap in config.capabilities}
         subjects = self.bus.subjects
         self.card = AgentCard(id=identity.agent_id, name=config.name, type=config.type,
                               version=__version__, endpoint=subjects.agent(identity.agent_id),
@@ -161,6 +151,10 @@ class BaseNode:
         self.card_digest = card_digest(self.card_dict)
         self.presence = (Presence(self) if host is None else
                          Presence(self, host=host.agent_id, interval=host.interval))
+        #: What arrives at this agent and who may ask (nodes/reception.py).
+        self.reception = Reception(self)
+        #: Handlers of the direct subject by envelope type (the protocols add theirs).
+        self.direct_handlers = self.reception.direct_handlers
         self.service = ServiceInfo(
             name=service_name(config.name), id=identity.agent_id, version=__version__,
             description=f"agoramesh {config.type} agent {config.name}",
@@ -252,10 +246,10 @@ class BaseNode:
         for capability in self.config.capabilities:
             subject = subjects.cap(capability.name)
             self._task_subscriptions.append(await self.bus.subscribe(
-                subject, self._task_handler(capability), queue=subject, ingress=ingress,
+                subject, self.reception.task_handler(capability), queue=subject, ingress=ingress,
                 concurrency=self.config.max_concurrent_tasks,
-                on_rejected=self._refusal_counter(capability.name), confirm=False))
-        await self.bus.subscribe(subjects.agent(self.agent_id), self._on_direct,
+                on_rejected=self.reception.refusal_counter(capability.name), confirm=False))
+        await self.bus.subscribe(subjects.agent(self.agent_id), self.reception.on_direct,
                                  concurrency=self.config.max_concurrent_tasks + 4,
                                  confirm=False)
         await self._start_protocols(ingress)
@@ -267,7 +261,7 @@ class BaseNode:
                                          confirm=False)
             for subject in service_subjects(self.service.name, self.service.id):
                 # Plain NATS: the protocol's requests are empty.
-                await self.bus.listen(subject, self._on_service)
+                await self.bus.listen(subject, self.reception.on_service)
         self.directory.add_local(self.card)  # siblings sharing the directory see us
         await self.bus.confirm()  # one flush for all of them: the server has our interest
         self._state = "running"
@@ -373,111 +367,11 @@ class BaseNode:
         """Discovery by scatter-gather on ``agora.discover`` (see :meth:`Presence.find`)."""
         return await self.presence.find(pattern, timeout=timeout)
 
-    def telemetry(self) -> dict[str, Any]:
-        """The body of this agent's telemetry beat (PROTOCOL.md §18); drains recent events."""
-        return {"name": self.config.name, "type": self.config.type,
-                "status": self.status_dict(), **self.metrics.totals(),
-                "rejections": {str(reason): count
-                               for reason, count in self.bus.rejections.items()},
-                "denied": self.metrics.denials(),
-                "recent": self.metrics.take_recent()}
-
-    async def publish_telemetry(self) -> None:
-        # Nobody but `agoramesh watch` subscribes: with no interest, servers drop it.
-        await self.bus.publish(self.bus.subjects.telemetry(self.agent_id), "telemetry",
-                               self.telemetry(), ttl_ms=self.presence.ttl_ms)
-
-    # -- services protocol -------------------------------------------------------
-
-    async def _on_service(self, msg: Message) -> None:
-        if msg.reply:
-            with contextlib.suppress(AgoraError):
-                await self.bus.publish_raw(msg.reply,
-                                           encode_json(self.service.answer(msg.subject)))
-
-    # -- tasks -------------------------------------------------------------------
-
     def check_access(self, principal: str | None, capability: str,
                      action: Action) -> AccessDenied | None:
-        """None if the access policy lets ``principal`` do ``action``, else the denial (counted).
-
-        ``principal``: the requester's verified agent id; None for plain JSON.
-        An agent never denies itself.
-        """
-        policy = self.config.access
-        if policy.is_open or principal == self.agent_id:
-            return None
-        reason = policy.decide(principal or JSON_PRINCIPAL, capability, action)
-        if reason is None:
-            return None
-        self.metrics.denied(capability, action)
-        if self.trajectory is not None:
-            self.trajectory.decided("deny", capability=capability, request=str(action),
-                                    principal=principal or JSON_PRINCIPAL, reason=reason)
-        self.log.info("denied %s on %s: %s", action, capability, reason)
-        return AccessDenied(f"agent {self.config.name} refuses {action} on {capability}: "
-                            f"{reason}")
-
-    def endpoint(self, capability: str) -> EndpointStats:
-        """The ``$SRV.STATS`` counters of ``capability``."""
-        return self.service.stats.setdefault(capability, EndpointStats())
-
-    def _refusal_counter(self, capability: str) -> Callable[[Message, EnvelopeError], None]:
-        """Counts a request the bus refused on ``agora.cap.<capability>`` in ``$SRV.STATS``."""
-        def refused(msg: Message, error: EnvelopeError) -> None:
-            self.endpoint(capability).record(0, described(error_to_wire(error)))
-        return refused
-
-    async def _deny(self, delivery: Delivery, capability: str, denied: AccessDenied) -> None:
-        """Answer (and count, in ``$SRV.STATS``) a task the access policy refuses."""
-        self.endpoint(capability).record(0, described(error_to_wire(denied)))
-        await delivery.respond_error(denied)
-
-    def _task_handler(self, capability: Capability) -> DirectHandler:
-        async def handle(delivery: Delivery) -> None:
-            denied = self.check_access(delivery.sender, capability.name, Action.EXECUTE)
-            if denied is not None:
-                await self._deny(delivery, capability.name, denied)
-                return
-            await self.serve(delivery, capability)
-        return handle
-
-    async def _on_direct(self, delivery: Delivery) -> None:
-        handler = self.direct_handlers.get(delivery.type or "")
-        if handler is None:
-            await delivery.respond_error(
-                InvalidInput(f"agent {self.config.name} does not handle {delivery.type!r}"))
-            return
-        await handler(delivery)
-
-    async def _on_direct_task(self, delivery: Delivery) -> None:
-        task_type = delivery.body.get("task_type") if isinstance(delivery.body, dict) else None
-        capability = self._capabilities.get(str(task_type))
-        if capability is None:
-            await self.tasks.reply(delivery, self.tasks.failure(
-                readable_task_id(delivery.body), UnknownCapability(
-                    f"agent {self.config.name} has no capability {task_type!r}; it offers "
-                    f"{', '.join(self._capabilities)}"), 0.0))
-            return
-        denied = self.check_access(delivery.sender, capability.name, Action.EXECUTE)
-        if denied is not None:
-            await self._deny(delivery, capability.name, denied)
-            return
-        await self.serve(delivery, capability)
-
-    async def _on_card_request(self, delivery: Delivery) -> None:
-        await delivery.respond("card", self.presence.body(), public=True)  # as hello says
-
-    async def _on_cancel(self, delivery: Delivery) -> None:
-        task_id = str(delivery.body.get("task_id")) if isinstance(delivery.body, dict) else ""
-        running = self.tasks.running.get(task_id)
-        if running is not None:
-            denied = self.check_access(delivery.sender, running[2], Action.CANCEL)
-            if denied is not None:
-                await delivery.respond_error(denied)
-                return
-        cancelled = self.tasks.cancel(task_id, delivery.sender)
-        await delivery.respond("task_cancel", {"task_id": task_id, "cancelled": cancelled})
+        """None if the access policy lets ``principal`` do ``action``, else the denial
+        (counted); see :meth:`Reception.check_access`."""
+        return self.reception.check_access(principal, capability, action)
 
     async def serve(self, delivery: Delivery, capability: Capability, *,
                     durable: bool = False) -> None:

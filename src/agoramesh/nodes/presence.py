@@ -292,9 +292,25 @@ class Presence:
                 node.directory.evict_silent()
             try:
                 await self.announce("heartbeat")
-                await node.publish_telemetry()
+                await self.publish_telemetry()
             except AgoraError as exc:  # reconnecting: the next beat will do
                 node.log.debug("heartbeat not sent: %s", exc)
+
+    def telemetry(self) -> dict[str, Any]:
+        """The body of this agent's telemetry beat (PROTOCOL.md §18); drains recent events."""
+        node = self.node
+        return {"name": node.config.name, "type": node.config.type,
+                "status": node.status_dict(), **node.metrics.totals(),
+                "rejections": {str(reason): count
+                               for reason, count in node.bus.rejections.items()},
+                "denied": node.metrics.denials(),
+                "recent": node.metrics.take_recent()}
+
+    async def publish_telemetry(self) -> None:
+        # Nobody but `agoramesh watch` subscribes: with no interest, servers drop it.
+        node = self.node
+        await node.bus.publish(node.bus.subjects.telemetry(node.agent_id), "telemetry",
+                               self.telemetry(), ttl_ms=self.ttl_ms)
 
     async def on_presence(self, delivery: Delivery) -> None:
         await self.watch.on_presence(delivery)
