@@ -33,7 +33,7 @@ from agoramesh.bus.monitor import MonitorClient
 from agoramesh.config import ServerConfig, ServerRole, TlsConfig, parse_hostport
 from agoramesh.errors import ServerCrashed, ServerError, ServerNotFound, ServerStartError
 
-__all__ = ("EmbeddedServer", "find_nats_server", "parent_death_signal", "process_alive",
+__all__ = ("EmbeddedServer", "find_nats_server", "log_tail", "parent_death_signal", "process_alive",
            "render_config")
 
 _POLL = 0.01  # seconds between readiness probes; ports appear within ~10 ms
@@ -192,6 +192,18 @@ def parent_death_signal(signum: int = signal.SIGTERM) -> Callable[[], None] | No
     return preexec
 
 
+def log_tail(data_dir: Path, log_path: Path, lines: int = 3) -> str:
+    """The last ``lines`` lines a server wrote (its stdout capture and its log file), for
+    an error message: ``log <path>: <line> | <line> …``."""
+    tail: list[str] = []
+    for name in ("nats-server.out", "nats-server.log"):
+        with contextlib.suppress(OSError):
+            text = (data_dir / name).read_text(errors="replace")
+            tail += [line for line in text.splitlines() if line.strip()][-lines:]
+    text = " | ".join(line.strip() for line in tail[-lines:]) or "no log output"
+    return f"log {log_path}: {text}"
+
+
 class EmbeddedServer:
     """One supervised nats-server process."""
 
@@ -288,7 +300,8 @@ class EmbeddedServer:
             async with asyncio.timeout(self.config.ready_timeout):
                 await self._wait_ready()
         except BaseException as exc:
-            tail = self._log_tail()  # before stopping: why it waited, not how it exited
+            # Before stopping: why it waited, not how it exited.
+            tail = log_tail(self.config.data_dir, self.log_path)
             await self.stop(grace=1.0)
             if isinstance(exc, TimeoutError):
                 raise ServerStartError(
@@ -400,21 +413,11 @@ class EmbeddedServer:
             return
         self._error = ServerCrashed(
             f"nats-server {self.config.name} (pid {self._process.pid}) exited with code "
-            f"{code}; {self._log_tail()}"
+            f"{code}; {log_tail(self.config.data_dir, self.log_path)}"
         )
         self.crashed.set()
         for hook in self.on_crash:
             hook(self._error)
-
-    def _log_tail(self, lines: int = 3) -> str:
-        tail: list[str] = []
-        for name in ("nats-server.out", "nats-server.log"):
-            path = self.config.data_dir / name
-            with contextlib.suppress(OSError):
-                text = path.read_text(errors="replace")
-                tail += [line for line in text.splitlines() if line.strip()][-lines:]
-        text = " | ".join(line.strip() for line in tail[-lines:]) or "no log output"
-        return f"log {self.log_path}: {text}"
 
     async def stop(self, grace: float | None = None) -> None:
         """SIGTERM, wait up to ``grace`` seconds (default from config), then SIGKILL."""
@@ -460,7 +463,8 @@ class EmbeddedServer:
                                  lambda varz: varz.get("config_load_time") != before, timeout)
         except TimeoutError:
             raise ServerError(f"nats-server {self.config.name} did not reload its config "
-                              f"within {timeout:g}s; {self._log_tail()}") from None
+                              f"within {timeout:g}s; "
+                              f"{log_tail(self.config.data_dir, self.log_path)}") from None
         self.config = config
 
     def kill(self) -> None:
