@@ -59,7 +59,7 @@ def unidentified_deliveries(world: GridWorld) -> dict[str, str]:
     """Deliver task id → object, for objects that start unidentified (the world's own state:
     nothing public lists objects out of every agent's view)."""
     return {t["task_id"]: t["object"] for t in world.get_tasks()
-            if t["kind"] == "deliver" and not world._objects[t["object"]].identified}
+            if t["kind"] == "deliver" and not world._state.objects[t["object"]].identified}
 
 
 @dataclasses.dataclass
