@@ -32,6 +32,7 @@ Failures map to agoramesh errors: no JetStream reachable or no leader yet is
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -66,6 +67,8 @@ _TASK_ID = re.compile(r"[A-Za-z0-9_=-]{1,128}")
 # JetStream API error codes (nats-server errors.json); more in jetstream_assets.
 _WRONG_LAST_SEQUENCE = frozenset({10071, 10164})  # "wrong last sequence" (with/without it)
 # Headers the server adds to a direct get, and publish expectations stored with a message.
+#: JetStream's "no message found" (a message get of a subject never stored).
+_NO_MESSAGE = 10037
 _DIRECT_GET_HEADERS = frozenset({"Nats-Stream", "Nats-Sequence", "Nats-Subject",
                                  "Nats-Time-Stamp", "Nats-Num-Pending", "Nats-Last-Sequence",
                                  "Nats-Expected-Stream", "Nats-Expected-Last-Subject-Sequence"})
@@ -334,12 +337,30 @@ class JetStream:
         return False  # pragma: no cover - _raise_for raised
 
     async def result(self, task_id: str) -> bytes | None:
-        """The stored result of ``task_id``, or None."""
-        stored = await self.get_message(self.names.kv_stream,
-                                        last_for=self.names.kv_subject(valid_task_id(task_id)))
-        if stored is None or stored.headers.get("KV-Operation") in ("DEL", "PURGE"):
+        """The stored result of ``task_id``, or None.
+
+        Asked of the stream's leader, not of any replica (a direct get): a follower
+        may not have a result stored a moment ago yet (a seed just died, a leader
+        was elected), and "no result" is what decides whether a job runs again.
+        """
+        subject = self.names.kv_subject(valid_task_id(task_id))
+        reply = await self._request(f"{self.api}.STREAM.MSG.GET.{self.names.kv_stream}",
+                                    json.dumps({"last_by_subj": subject}).encode(),
+                                    what="a read of the results")
+        error = _api_error(reply.data)
+        if error is not None:
+            if error[1] == _NO_MESSAGE or error[0] == 404:
+                return None
+            self._raise_for(error, f"the read of the result of {task_id}")
+        try:
+            message = json.loads(reply.data)["message"]
+            headers = base64.b64decode(message.get("hdrs") or "")
+            data = base64.b64decode(message.get("data") or "")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JetStreamUnavailable(f"unreadable result of {task_id}: {exc}") from None
+        if b"KV-Operation: DEL" in headers or b"KV-Operation: PURGE" in headers:
             return None
-        return stored.data
+        return data
 
 
 async def ack(bus: Bus, msg: Message, kind: bytes = b"+ACK", body: bytes = b"") -> None:
