@@ -43,7 +43,7 @@ from agoramesh.bus.message import Message
 from agoramesh.config import BusConfig
 from agoramesh.errors import AgoraError, ConfigError, InvalidInput, OversizeEnvelope
 from agoramesh.nodes.directory import Directory
-from agoramesh.nodes.presence import MAX_BATCH, PeerWatch
+from agoramesh.nodes.presence import MAX_BATCH, PeerWatch, beat_every
 from agoramesh.observability.logs import agent_logger
 
 if TYPE_CHECKING:
@@ -202,20 +202,9 @@ class AgentHost:
         return [node for node in self.agents.values() if node.is_running]
 
     async def _beat(self) -> None:
-        """Every interval: evict silent peers (not on a late beat: see Presence.beat), then
-        one heartbeat batch and one telemetry batch for every running agent."""
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(self.interval)
-            now = loop.time()
-            late, last = now - last > 2 * self.interval, now
-            if not late:
-                self.directory.evict_silent()
-            try:
-                await self.beat()
-            except AgoraError as exc:  # reconnecting: the next beat will do
-                self.log.debug("heartbeat batch not sent: %s", exc)
+        """Every interval: evict silent peers, then one heartbeat batch and one telemetry
+        batch for every running agent (:func:`beat_every`)."""
+        await beat_every(self.interval, self.directory, self.beat, self.log)
 
     async def beat(self) -> None:
         """Send one heartbeat batch and one telemetry batch now (none once stopping: our

@@ -35,7 +35,7 @@ from agoramesh.nodes.directory import Directory
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
 
-__all__ = ("MAX_BATCH", "PeerWatch", "Presence", "answer_discovery")
+__all__ = ("MAX_BATCH", "PeerWatch", "Presence", "answer_discovery", "beat_every")
 
 #: Entries one ``heartbeat_batch`` (or ``telemetry_batch``) carries at most.
 MAX_BATCH = 1024
@@ -67,6 +67,30 @@ def _fingerprint(status: object) -> int | None:
         return hash(tuple(status.items()))
     except TypeError:  # a list or map inside: read it the long way
         return None
+
+
+async def beat_every(interval: float, directory: Directory | None,
+                     send: Callable[[], Awaitable[None]],
+                     log: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+    """Every ``interval`` until cancelled: evict ``directory``'s silent peers, then
+    ``send`` this beat (a failure is logged: reconnecting, the next beat will do).
+
+    No eviction on a beat that comes late (our process was paused, or starved of
+    CPU): the peers' beats are then waiting in our buffer, unread; the next beat
+    judges them, once they are read.
+    """
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while True:
+        await asyncio.sleep(interval)
+        now = loop.time()
+        late, last = now - last > 2 * interval, now
+        if directory is not None and not late:
+            directory.evict_silent()
+        try:
+            await send()
+        except AgoraError as exc:
+            log.debug("beat not sent: %s", exc)
 
 
 class PeerWatch:
@@ -274,27 +298,14 @@ class Presence:
                                ttl_ms=self.ttl_ms)
 
     async def beat(self, owns_directory: bool) -> None:
-        """Heartbeats (and telemetry) until cancelled; evict silent peers first.
+        """Heartbeats (and telemetry) until cancelled; evict silent peers first
+        (:func:`beat_every`)."""
+        await beat_every(self.interval, self.node.directory if owns_directory else None,
+                         self._send_beat, self.node.log)
 
-        Not on a beat that comes late (our process was paused, or starved of CPU):
-        the peers' beats are then waiting in our buffer, unread; the next beat
-        judges them, once they are read.
-        """
-        node = self.node
-        interval = self.interval
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            late, last = now - last > 2 * interval, now
-            if owns_directory and not late:
-                node.directory.evict_silent()
-            try:
-                await self.announce("heartbeat")
-                await self.publish_telemetry()
-            except AgoraError as exc:  # reconnecting: the next beat will do
-                node.log.debug("heartbeat not sent: %s", exc)
+    async def _send_beat(self) -> None:
+        await self.announce("heartbeat")
+        await self.publish_telemetry()
 
     def telemetry(self) -> dict[str, Any]:
         """The body of this agent's telemetry beat (PROTOCOL.md §18); drains recent events."""
