@@ -10,6 +10,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from agoramesh.bus import Bus, Delivery, Envelope, Identity, IngressPolicy, seal
+from agoramesh.bus.connection import refusal
 from agoramesh.bus.message import Message
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, EnvelopePolicy
@@ -391,3 +392,25 @@ async def test_nats_py_errors_come_out_as_ours(pair: tuple[Bus, Bus]) -> None:
     with pytest.raises(NotConnected):
         await client.inbox(print)
 
+
+
+async def test_refusal_is_none_for_an_open_server_and_a_clear_error_for_a_dead_port(
+        nats_server: EmbeddedServer) -> None:
+    """`refusal` connects once as the nats CLI does: an open server lets it in (None);
+    a port nobody listens on is NotConnected within the bound, not a hang."""
+    assert await refusal(nats_server.client_url, {}) is None
+    with pytest.raises(NotConnected, match="no answer from"):
+        await refusal("nats://127.0.0.1:1", {}, timeout=0.5)
+
+
+async def test_a_closed_connection_wakes_its_waiters(nats_server: EmbeddedServer,
+                                                    bus_factory: BusFactory) -> None:
+    """`Connection.closed()` wakes when the connection ends; a close of ours has no reason
+    (a server's reason, a revoked member's, is shown by the security demo's test)."""
+    bus = await bus_factory(nats_server.client_url)
+    waiter = asyncio.ensure_future(bus.connection.closed())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await bus.close()
+    async with asyncio.timeout(5):
+        assert await waiter == ""

@@ -53,9 +53,7 @@ CLASS_DEBT: frozenset[str] = frozenset({
 
 #: Modules outside ``bus/`` (and ``testing/``, which plays raw clients on purpose) that
 #: still use nats-py; the Bus is to offer what they need.
-NATS_DEBT: frozenset[str] = frozenset({
-    "agoramesh.cli.demo_security",
-})
+NATS_DEBT: frozenset[str] = frozenset()
 
 MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_METHODS = 500, 300, 25
 

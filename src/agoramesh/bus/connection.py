@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -31,7 +32,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.config import BusConfig
 from agoramesh.errors import BusError, NotConnected
 
-__all__ = ("Connection", "OnDenied", "bus_error")
+__all__ = ("Connection", "OnDenied", "bus_error", "refusal")
 
 log = logging.getLogger("agoramesh.bus")
 
@@ -83,6 +84,10 @@ class Connection:
         self._nuid = NUID()
         self._next_flush: asyncio.Future[None] | None = None  # what the next round answers
         self._flusher: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        #: Why the connection closed, as the client last heard it ('' until then, or if it
+        #: closed without an error).
+        self.close_reason = ""
 
     @property
     def users(self) -> int:
@@ -173,6 +178,8 @@ class Connection:
     async def _connect(self) -> NatsClient:
         cfg = self.config
         nc = NatsClient()
+        self._closed.clear()
+        self.close_reason = ""
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 await nc.connect(
@@ -191,6 +198,7 @@ class Connection:
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
                 )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             # nats-py retries a failed attempt until our timeout: its last error says why.
@@ -229,6 +237,18 @@ class Connection:
             return
         log.debug("nats client error: %s", exc)
 
+    async def _on_closed(self) -> None:
+        nc = self._nc
+        error = nc.last_error if nc is not None else None
+        self.close_reason = str(error or "").removeprefix("nats: ").strip("'")
+        self._closed.set()
+
+    async def closed(self) -> str:
+        """Wait until the connection closes (by the server, e.g. a revoked member's, or a
+        close of ours); :attr:`close_reason`. Callers bound the wait."""
+        await self._closed.wait()
+        return self.close_reason
+
     async def _on_disconnected(self) -> None:
         log.info("connection %s disconnected; reconnecting", self.identity.agent_id[:8])
 
@@ -236,3 +256,32 @@ class Connection:
         nc = self._nc
         log.info("connection %s reconnected to %s", self.identity.agent_id[:8],
                  nc.connected_url.netloc if nc and nc.connected_url else "?")
+
+
+async def refusal(url: str, options: dict[str, Any], *, timeout: float = 1.0) -> str | None:
+    """Connect once to ``url``, without retrying, as the ``nats`` CLI does; the server's
+    reason to refuse (its ``-ERR`` text), or None if it let the connection in.
+
+    ``options``: what :func:`~agoramesh.bus.credentials.connect_options` gives (credentials,
+    TLS). NotConnected if nothing answers within ``timeout``.
+    """
+    client = NatsClient()
+
+    async def quiet(_: Exception) -> None:  # the refusal is the answer, not an error to log
+        return None
+
+    try:
+        async with asyncio.timeout(timeout):
+            await client.connect(url, allow_reconnect=False, max_reconnect_attempts=0,
+                                 connect_timeout=max(1, round(timeout)), error_cb=quiet,
+                                 **options)
+    except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+        cause = client.last_error or exc
+        raise NotConnected(f"no answer from {url} to a connect within {timeout:g} s: "
+                           f"{type(cause).__name__} {cause}".rstrip()) from None
+    except nats.errors.Error as refused:
+        return str(refused).removeprefix("nats: ").strip("'")
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+    return None

@@ -23,15 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-
 from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
+from agoramesh.bus.connection import refusal
 from agoramesh.bus.credentials import connect_options
 from agoramesh.bus.envelope import BOX_KEY, is_boxed, looks_like_envelope, parse
 from agoramesh.bus.identity import Identity
+from agoramesh.bus.message import Message
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.demo_steps import retry
 from agoramesh.cli.up import local_mesh
@@ -84,24 +82,18 @@ async def _within(what: str, seconds: float = WAIT) -> AsyncIterator[None]:
 
 
 async def _refusal(url: str, options: dict[str, Any]) -> str:
-    """Connect once, without retrying, as the ``nats`` CLI does; the server's reason to refuse.
+    """Connect once, as the ``nats`` CLI does; the server's reason to refuse.
 
     AgoraError if the server lets the connection in.
     """
-    client = NatsClient()
+    refused = await refusal(url, options, timeout=WAIT)
+    if refused is None:
+        raise AgoraError(f"demo: the secured seed admitted a connection it should refuse ({url})")
+    return refused
 
-    async def quiet(_: Exception) -> None:  # the refusal is the point, not an error to log
-        return None
 
-    try:
-        async with _within(f"no answer from {url} to a connect"):
-            await client.connect(url, allow_reconnect=False, max_reconnect_attempts=0,
-                                 connect_timeout=1, error_cb=quiet, **options)
-    except nats.errors.Error as refused:
-        return str(refused).removeprefix("nats: ").strip("'")
-    finally:
-        await client.close()
-    raise AgoraError(f"demo: the secured seed admitted a connection it should refuse ({url})")
+async def _ignore(_: Message) -> None:
+    """Nobody asks mallory anything: its subscription is held, not read."""
 
 
 @contextlib.contextmanager
@@ -232,12 +224,12 @@ async def _sealed(report: Report, facts: dict[str, Any], audit: Bus, client: Bus
     captured: list[tuple[str, bytes]] = []
     replied = asyncio.Event()
 
-    async def capture(msg: Msg) -> None:
+    async def capture(msg: Message) -> None:
         captured.append((msg.subject, bytes(msg.data)))
         if msg.subject.startswith(inbox) and looks_like_envelope(msg.data):
             replied.set()  # the request, published before the reply, was captured first
 
-    await audit.nats.subscribe(">", cb=capture)
+    await audit.listen(">", capture)
     await audit.flush(timeout=WAIT)  # the server has the SUB (Bus.flush says why twice)
     result = await retry(lambda: submit_task(client, Task(task_type="echo",
                                                           parameters={"text": SECRET}),
@@ -271,17 +263,14 @@ async def _revoked(report: Report, facts: dict[str, Any], store: TrustStore,
     Mallory holds a subscription its JWT allows (its own capability): it ends when
     the server closes the connection, and the client's last error says why.
     """
-    nc = mallory.nats  # kept: once closed, the Bus no longer hands it out
-    held = await nc.subscribe(mallory.subjects.cap("text.summarize"))
+    await mallory.listen(mallory.subjects.cap("text.summarize"), _ignore)
     started = time.perf_counter()
     store.revoke(mallory.agent_id)
     await seed.reload(replace(seed.config, auth=store.server_auth()), timeout=WAIT)
     reloaded = _ms(started)
     async with _within("the server did not close the revoked member's connection"):
-        async for _ in held.messages:
-            pass  # nobody asks mallory anything; the loop ends with the connection
+        closed = await mallory.connection.closed() or "?"
     cut = _ms(started)
-    closed = str(nc.last_error or "?").removeprefix("nats: ")
     refused = await _refusal(seed.client_url, connect_options(mallory.config, mallory.identity))
     facts["revoked"] = {"reload_ms": round(reloaded, 1), "cut_ms": round(cut, 1),
                         "closed": closed, "reconnect": refused}
