@@ -256,7 +256,7 @@ async def test_a_silent_winner_is_replaced_and_its_late_result_taken_when_first(
     outcome = await nodes["client"].auctioneer.run(
         # Long enough that the quiet winner is lost (0.45 s of silence) before it finishes,
         # and that it finishes (at 1 s) before the new winner (awarded at ~0.5 s) does.
-        Task(task_type="work.do", parameters={"seconds": 1.0}), timeout=10,
+        Task(capability="work.do", parameters={"seconds": 1.0}), timeout=10,
         progress=events.append)
     assert outcome.result.result["by"] == "quiet" and outcome.winner == quiet.agent_id
     assert outcome.attempts == 2
@@ -295,7 +295,7 @@ async def test_an_award_read_too_late_is_declined_for_a_retry_not_run(
     direct = worker.bus.subjects.agent(worker.agent_id)
 
     async def award(age_ms: int) -> tuple[str, Any]:
-        task = Task(task_type=WORK.name, parameters={"n": age_ms})
+        task = Task(capability=WORK.name, parameters={"n": age_ms})
         inbox = client.nats.new_inbox()  # the award names the reply subject it is sent with
         replies = await client.nats.subscribe(inbox, max_msgs=1)
         wire = seal(client.identity, type="award", subject=direct, to=worker.agent_id,
@@ -355,7 +355,7 @@ async def test_200_concurrent_auctions_over_10_agents_on_a_3_seed_mesh(
                                 auction_policy=AuctionPolicy(bid_window=5.0),
                                 heartbeat_interval=1.0)
     clients = list(nodes.values())[:4]
-    tasks = [Task(task_type="work.do", parameters={"n": i, "seconds": 0.01}) for i in range(200)]
+    tasks = [Task(capability="work.do", parameters={"n": i, "seconds": 0.01}) for i in range(200)]
     results = await asyncio.gather(*(
         clients[i % len(clients)].auctioneer.run(task, timeout=60)
         for i, task in enumerate(tasks)))
@@ -406,7 +406,7 @@ async def test_signed_streaming_request_on_agora_task_shows_progress(
         seen.put_nowait(bus.guard.admit(msg.data, msg.subject))
 
     await bus.nats.subscribe(inbox, cb=collect)
-    task = Task(task_type="work.do", parameters={"n": 9})
+    task = Task(capability="work.do", parameters={"n": 9})
     await bus.publish("agora.task.work.do", "task_request", {**task.as_dict(), "stream": True},
                       reply=inbox)
     kinds: list[str] = []

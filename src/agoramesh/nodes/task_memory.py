@@ -34,7 +34,7 @@ Holds = Literal["running", "done", ""]
 
 def task_digest(task: Task) -> str:
     """What makes two tasks with one id the same task: type and parameters."""
-    canonical = json.dumps([task.task_type, task.parameters], sort_keys=True,
+    canonical = json.dumps([task.capability, task.parameters], sort_keys=True,
                            separators=(",", ":"), default=str, ensure_ascii=False)
     return hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"),
                            digest_size=16).hexdigest()

@@ -261,7 +261,7 @@ class Bidder:
             if isinstance(terms.get("deadline"), int | float):
                 task_body["deadline"] = terms["deadline"]  # the counter-offer we made
             task = Task.from_dict({k: v for k, v in task_body.items() if k != "stream"})
-            capability = next(c for c in node.config.capabilities if c.name == task.task_type)
+            capability = next(c for c in node.config.capabilities if c.name == task.capability)
         except (KeyError, TypeError, ValueError, StopIteration, AgoraError) as exc:
             self._decided("decline", "unknown", auction_id, reason=f"unusable award: {exc}")
             await delivery.respond("decline", {"auction_id": auction_id,
@@ -350,7 +350,7 @@ class _Cfp:
         task: Task | None = None
         problem = ""
         try:
-            task = Task.from_dict(body.get("task"), task_type=capability)
+            task = Task.from_dict(body.get("task"), capability=capability)
         except AgoraError as exc:
             problem = str(exc)
         bidders = body.get("bidders")
