@@ -21,7 +21,7 @@ from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReaso
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.allocation.dispatch import Dispatcher
-from agoramesh.protocols.auction.bidder import AWARD_TOO_LATE, Bidder, BidPolicy, _desk_for
+from agoramesh.protocols.auction.bidder import AWARD_TOO_LATE, Bidder, BidStrategy, _desk_for
 from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.protocols.auction.scoring import Bid, rank, weighted
 from agoramesh.testing import wait_until
@@ -30,7 +30,7 @@ from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
 
-class Fixed(BidPolicy):
+class Fixed(BidStrategy):
     """Bids fixed terms, so a test knows what the scorer sees; may refuse awards."""
 
     def __init__(self, *, load: float = 0.0, latency_ms: float = 10.0, cost_usd: float = 0.0,
@@ -49,13 +49,13 @@ class Fixed(BidPolicy):
 
 
 async def start_workers(agent_factory: AgentFactory, urls: Sequence[str],
-                        policies: dict[str, BidPolicy | None], **settings: Any
+                        strategies: dict[str, BidStrategy | None], **settings: Any
                         ) -> dict[str, AgentNode]:
     nodes: dict[str, AgentNode] = {}
-    for index, (name, policy) in enumerate(policies.items()):
+    for index, (name, strategy) in enumerate(strategies.items()):
         nodes[name] = await agent_factory(urls[index % len(urls)], name, [WORK],
                                           backend=Worker(name), agent_type="worker",
-                                          bid_policy=policy, **settings)
+                                          bid_strategy=strategy, **settings)
     everyone = set(nodes)
     for node in nodes.values():
         await wait_until(lambda n=node: {e.card.name for e in n.directory} | {n.config.name}
@@ -64,7 +64,7 @@ async def start_workers(agent_factory: AgentFactory, urls: Sequence[str],
 
 
 def expected_winner(bids: dict[str, dict[str, float]]) -> str:
-    """The seed's formula written out by hand: 0.30 load + 0.25 latency + 0.20 cost + 0.25 ok."""
+    """M-3.1's formula written out by hand: 0.30 load + 0.25 latency + 0.20 cost + 0.25 ok."""
     def spread(key: str, name: str) -> float:
         values = [terms[key] for terms in bids.values()]
         low, high = min(values), max(values)
@@ -166,7 +166,7 @@ class SlowBidder(Bidder):
         await super().answer(cfp, capability)
 
 
-class Refuses(BidPolicy):
+class Refuses(BidStrategy):
     def quote(self, node: AgentNode, task: Task, capability: Capability,
               terms: dict[str, Any], reserved: float, *,
               request_size: int | None = None) -> Bid | str:
@@ -474,18 +474,18 @@ async def test_agents_sharing_a_directory_share_one_cfp_subscription(
     assert result.result["by"] in ("h1", "h2")
 
 
-class Broken(BidPolicy):
+class Broken(BidStrategy):
     def quote(self, node: AgentNode, task: Task, capability: Capability,
               terms: dict[str, Any], reserved: float, *,
               request_size: int | None = None) -> Bid | str:
-        raise RuntimeError("a bug in a custom policy")
+        raise RuntimeError("a bug in a custom bid strategy")
 
 
-async def test_one_agents_broken_policy_does_not_silence_its_neighbours(
+async def test_one_agents_broken_bid_strategy_does_not_silence_its_neighbours(
         nats_server: Any, agent_factory: AgentFactory) -> None:
     url = nats_server.client_url
     broken = await agent_factory(url, "broken", [WORK], backend=Worker("broken"),
-                                 bid_policy=Broken())
+                                 bid_strategy=Broken())
     await agent_factory(url, "fine", [WORK], backend=Worker("fine"),
                         directory=broken.directory)
     client = await agent_factory(url, "client", ["echo"],
