@@ -11,7 +11,7 @@ a Bus with its own Identity and a Directory filled by ``discover(bus, directory,
 expected=10)``, so every auction closes its bid window as soon as the 10 have answered.
 
 * ``seq``  sequential rounds, warmed up, in 10 alternating (ABBA) blocks:
-           ``auction`` = ``Auctioneer(bus, directory).run(Task(task_type="echo",
+           ``auction`` = ``Auctioneer(bus, directory).run(Task(capability="echo",
            parameters={"text": …}), timeout=10)`` — cfp to the 10, 10 bids, award to the
            best, its result (and the reject broadcast the auction sends); the result must be
            COMPLETED and echo this round's text (a wrong answer fails the run).
@@ -111,7 +111,7 @@ Phases = dict[str, list[int]]  # part of an operation -> durations, ns
 def _bodies() -> dict[str, dict[str, Any]]:
     """The auction's message bodies for one echo task (docs/PROTOCOL.md §16 shapes)."""
     # Fixed ids (uuid4 hex-sized): the same bytes in every process of a run.
-    task = Task(task_type="echo", parameters={"text": f"{TEXT} #0000000"}, task_id="7" * 32)
+    task = Task(capability="echo", parameters={"text": f"{TEXT} #0000000"}, task_id="7" * 32)
     auction_id, agent = "a" * 32, "U" * 56
     bid = Bid(agent_id=agent, load=0.125, latency_ms=0.412, capacity=8, agent_type="offline")
     result = TaskResult(task_id=task.task_id, status=TaskStatus.COMPLETED,
@@ -298,7 +298,7 @@ def auction_op(auctioneer: Auctioneer, phases: Phases | None = None) -> Op:
 
     async def op() -> None:
         params = {"text": f"{TEXT} #{next(turn):07d}"}
-        task = Task(task_type="echo", parameters=params)
+        task = Task(capability="echo", parameters=params)
         marks = {"start": clock()}
 
         def progress(event: Progress) -> None:

@@ -64,7 +64,7 @@ from common import (
 )
 
 PARAMS: dict[str, Any] = {"text": "The quick brown fox jumps over the lazy dog."}
-TASK = Task(task_type="echo", parameters=PARAMS, task_id="t-000123").as_dict()
+TASK = Task(capability="echo", parameters=PARAMS, task_id="t-000123").as_dict()
 RAW = json.dumps(TASK, separators=(",", ":")).encode()  # the task body as plain bytes
 PLAIN = json.dumps(PARAMS, separators=(",", ":")).encode()  # `nats req agora.cap.echo '{…}'`
 RESULT = TaskResult(task_id="t-000123", status=TaskStatus.COMPLETED, result={"echo": PARAMS},
@@ -101,7 +101,7 @@ def direct_ops(nc: NatsClient, bus: Bus) -> dict[str, Op]:
         await nc.request("bench.raw.echo", RAW, timeout=TIMEOUT)
 
     async def node() -> None:
-        result = await submit_task(bus, Task(task_type="echo", parameters=PARAMS),
+        result = await submit_task(bus, Task(capability="echo", parameters=PARAMS),
                                    timeout=TIMEOUT)
         if result.status is not TaskStatus.COMPLETED:
             raise WrongAnswer(result.error)

@@ -253,7 +253,7 @@ async def requesters(stack: contextlib.AsyncExitStack, url: str,
             raise WrongAnswer(str(answer)[:200])
 
     async def node() -> None:
-        result = await submit_task(buses["node"], Task(task_type="echo", parameters=BODY),
+        result = await submit_task(buses["node"], Task(capability="echo", parameters=BODY),
                                    timeout=TIMEOUT, agent_id=ids["node"])
         if result.status is not TaskStatus.COMPLETED or result.result != {"echo": BODY}:
             raise WrongAnswer(result.error)

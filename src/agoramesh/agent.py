@@ -36,7 +36,7 @@ from agoramesh.protocols.allocation.dispatch import Dispatcher
 from agoramesh.protocols.allocation.strategies import AgentProfile
 from agoramesh.protocols.allocation.voting import ballot_handler, default_chooser
 from agoramesh.protocols.auction.auctioneer import Auctioneer
-from agoramesh.protocols.auction.bidder import Bidder, BidPolicy
+from agoramesh.protocols.auction.bidder import Bidder, BidStrategy
 from agoramesh.protocols.auction.policy import AuctionPolicy
 from agoramesh.protocols.auction.task_desk import QUEUE, TaskDesk
 from agoramesh.protocols.jobs.worker import JobWorker
@@ -52,16 +52,16 @@ class AgentNode(BaseNode):
 
     def __init__(self, identity: Identity, config: NodeConfig, backend: Backend,
                  bus_config: BusConfig, *, directory: Directory | None = None,
-                 bid_policy: BidPolicy | None = None,
+                 bid_strategy: BidStrategy | None = None,
                  auction_policy: AuctionPolicy | None = None,
                  trajectory: Trajectory | None = None, jobs: JobsConfig | None = None,
                  host: AgentHost | None = None) -> None:
-        """``bid_policy`` prices this agent's bids; ``auction_policy`` governs the
+        """``bid_strategy`` prices this agent's bids; ``auction_policy`` governs the
         auctions it runs; ``jobs``: the durable job stream and result store this node
         takes jobs from and stores results in. The rest: :class:`BaseNode`."""
         super().__init__(identity, config, backend, bus_config, directory=directory,
                          trajectory=trajectory, host=host)
-        self.bidder = Bidder(self, bid_policy)
+        self.bidder = Bidder(self, bid_strategy)
         self.auctioneer = Auctioneer(self.bus, self.directory, policy=auction_policy,
                                      own_card=self._own_card, metrics=self.metrics,
                                      trajectory=trajectory)

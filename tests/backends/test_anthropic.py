@@ -154,7 +154,7 @@ async def test_chat_streams_chunks_then_a_priced_completion(fake: FakeAnthropic,
 async def test_execute_wraps_the_text(fake: FakeAnthropic, make: Make) -> None:
     fake.script = [Response(events=reply("a summary"))]
     backend = make(system_prompt="You summarize.", temperature=0.2)
-    task = Task(task_type="summarize", parameters={"text": "A long text."})
+    task = Task(capability="summarize", parameters={"text": "A long text."})
     completion = await collect(backend.execute(task))
     assert completion.output == {"text": "a summary"}
     [request] = fake.requests

@@ -165,7 +165,7 @@ async def test_claude_execute_wraps_the_text_and_passes_extra_flags(tmp_path: Pa
     executable = fake(tmp_path / "bin", "claude", CLAUDE)
     claude = backend(tmp_path, "claude-code", system_prompt="Be brief.",
                      command=(str(executable), "--permission-mode", "plan"))
-    completion = await collect(claude.execute(Task(task_type="greet",
+    completion = await collect(claude.execute(Task(capability="greet",
                                                    parameters={"prompt": "hi"})))
     assert completion.output == {"text": "Hello, world."}
     assert completion.model == "claude-fake-1"  # from the init event when none is configured
@@ -284,7 +284,7 @@ async def test_stopping_early_kills_the_cli(tmp_path: Path, kind: str) -> None:
 
 
 async def test_stopping_execute_early_kills_the_cli(tmp_path: Path) -> None:
-    stream = backend(tmp_path, "claude-code", "stall").execute(Task(task_type="greet"))
+    stream = backend(tmp_path, "claude-code", "stall").execute(Task(capability="greet"))
     assert isinstance(stream, AsyncGenerator)
     assert await anext(stream) == Chunk("Hello, ")
     await stream.aclose()

@@ -95,7 +95,7 @@ def recorded(tmp_path: Path) -> dict[str, Any]:
 
 
 def task(mode: str, **parameters: Any) -> Task:
-    return Task(task_type="count_words", parameters={"mode": mode, **parameters},
+    return Task(capability="count_words", parameters={"mode": mode, **parameters},
                 task_id="t-1")
 
 

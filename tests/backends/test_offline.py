@@ -36,22 +36,22 @@ SOLAR = ("Solar power is growing fast. Many countries now build solar farms. The
          "nice yesterday. Solar farms need land and solar panels need sun. My cat sleeps a lot.")
 
 
-async def stream(task_type: str, parameters: dict[str, Any],
+async def stream(capability: str, parameters: dict[str, Any],
                  backend: OfflineBackend | None = None) -> list[StreamItem]:
     backend = backend or OfflineBackend()
-    return [item async for item in backend.execute(Task(task_type=task_type,
+    return [item async for item in backend.execute(Task(capability=capability,
                                                         parameters=parameters))]
 
 
-async def run(task_type: str, parameters: dict[str, Any]) -> dict[str, Any]:
+async def run(capability: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """The skill's output, after checking the stream's shape and both schemas."""
-    jsonschema.validate(parameters, OFFLINE_CAPABILITIES[task_type]["input_schema"])
-    items = await stream(task_type, parameters)
+    jsonschema.validate(parameters, OFFLINE_CAPABILITIES[capability]["input_schema"])
+    items = await stream(capability, parameters)
     assert all(isinstance(item, Chunk) for item in items[:-1]) and len(items) >= 2
     completion = items[-1]
     assert isinstance(completion, Completion)
     assert isinstance(completion.output, dict)
-    jsonschema.validate(completion.output, OFFLINE_CAPABILITIES[task_type]["output_schema"])
+    jsonschema.validate(completion.output, OFFLINE_CAPABILITIES[capability]["output_schema"])
     return completion.output
 
 
@@ -108,7 +108,7 @@ async def test_an_unknown_capability_is_refused() -> None:
         await stream("image.draw", {})
 
 
-@pytest.mark.parametrize(("task_type", "parameters"), [
+@pytest.mark.parametrize(("capability", "parameters"), [
     ("math.evaluate", {}),
     ("math.evaluate", {"expression": 42}),
     ("text.summarize", {"text": ["not", "text"]}),
@@ -130,10 +130,10 @@ async def test_an_unknown_capability_is_refused() -> None:
     ("vote", {"question": "which?", "options": ["a", 2]}),
     ("vote", {"question": "which?", "options": "ab"}),
 ])
-async def test_wrong_parameters_are_invalid_input(task_type: str,
+async def test_wrong_parameters_are_invalid_input(capability: str,
                                                   parameters: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput):
-        await stream(task_type, parameters)
+        await stream(capability, parameters)
 
 
 async def test_chat_streams_a_summary_of_the_last_user_message() -> None:
@@ -651,7 +651,7 @@ from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.task import Task
 
 async def main():
-    task = Task(task_type="code.run.python", parameters={"code": sys.argv[1], "timeout": 10})
+    task = Task(capability="code.run.python", parameters={"code": sys.argv[1], "timeout": 10})
     async for _ in OfflineBackend().execute(task):
         pass
 

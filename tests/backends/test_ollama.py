@@ -115,7 +115,7 @@ async def test_chat_streams_chunks_then_a_priced_completion(fake: FakeOllama,
 async def test_execute_wraps_the_text(fake: FakeOllama, make: Make) -> None:
     fake.script = [Response(lines=reply("four"))]
     backend = make(system_prompt="Answer in words.", api_key="secret")
-    completion = await collect(backend.execute(Task(task_type="math",
+    completion = await collect(backend.execute(Task(capability="math",
                                                     parameters={"question": "2+2?"})))
     assert completion.output == {"text": "four"}
     [request] = fake.requests

@@ -183,7 +183,7 @@ async def test_chat_streams_chunks_then_a_priced_completion(
 async def test_execute_returns_the_text_as_output(
         fake: FakeOpenAI, make_backend: MakeBackend) -> None:
     backend = await make_backend(system_prompt="You are terse.")
-    completion = await collect(backend.execute(Task(task_type="greet",
+    completion = await collect(backend.execute(Task(capability="greet",
                                                     parameters={"prompt": "Say hello."})))
     assert completion.output == {"text": "Hello, mesh"}
     assert completion.usage.total_tokens == 15
@@ -203,7 +203,7 @@ async def test_responses_api_streams_and_reports_usage(
     assert items[-1] == Completion(
         output="Hello, mesh", model="gpt-test",
         usage=Usage(input_tokens=12, output_tokens=3, cost_usd=0.018))
-    completion = await collect(backend.execute(Task(task_type="greet",
+    completion = await collect(backend.execute(Task(capability="greet",
                                                     parameters={"text": "hi"})))
     assert completion.output == {"text": "Hello, mesh"}
 

@@ -58,7 +58,7 @@ async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_resul
                 by_id[event.detail["agent"]].process.send_signal(signal.SIGKILL)
 
         code = "import time; time.sleep(1.0); print('finished')"
-        task = Task(task_type="code.run.python", parameters={"code": code, "timeout": 5})
+        task = Task(capability="code.run.python", parameters={"code": code, "timeout": 5})
         outcome = await dispatcher.auctioneer.run(task, timeout=20, progress=watch)
     assert killed and outcome.winner != killed[0]
     assert outcome.result.status is TaskStatus.COMPLETED

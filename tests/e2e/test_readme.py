@@ -27,7 +27,7 @@ def test_readme_python_tour_runs(tmp_path: Path) -> None:
 
 
 def test_readme_decentralized_example_runs() -> None:
-    """The seed's usage loop in the README succeeds over a real mesh and leaves no server."""
+    """M-7's usage loop in the README succeeds over a real mesh and leaves no server."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     code = blocks[1] + (
         "\nimport agoramesh.bus.server as s\n"

@@ -109,7 +109,7 @@ async def test_task_result_is_ciphertext_on_the_wire(
     direct_secret = f"direct {uuid.uuid4().hex}"
 
     async def shout(text: str, agent_id: str | None = None) -> Any:
-        result = await submit_task(requester, Task(task_type="text.shout",
+        result = await submit_task(requester, Task(capability="text.shout",
                                                    parameters={"text": text}),
                                    agent_id=agent_id, timeout=3)
         assert result.status is TaskStatus.COMPLETED, result

@@ -265,7 +265,7 @@ async def test_an_agent_answers_a_task_it_holds_from_that_run(
     """Asked again for a task id it runs, or has run, an agent does not run it twice."""
     node, backend = await worker(agent_factory, js_mesh.seeds[1].client_url)
     client = await bus_factory(js_mesh.seeds[0].client_url)
-    task = Task(task_type="work.do", parameters={"n": 6, "seconds": 0.3}, task_id="held-1")
+    task = Task(capability="work.do", parameters={"n": 6, "seconds": 0.3}, task_id="held-1")
     both = await asyncio.gather(
         submit_task(client, task, timeout=10, agent_id=node.agent_id),
         submit_task(client, task, timeout=10, agent_id=node.agent_id))
@@ -273,7 +273,7 @@ async def test_an_agent_answers_a_task_it_holds_from_that_run(
     assert [r.result for r in (*both, again)] == [{"by": "worker", "n": 6}] * 3
     assert backend.started == ["held-1"]
     assert node.metrics.answered_from_memory == 2
-    other = Task(task_type="work.do", parameters={"n": 7}, task_id="held-1")
+    other = Task(capability="work.do", parameters={"n": 7}, task_id="held-1")
     refused = await submit_task(client, other, timeout=10, agent_id=node.agent_id)
     assert refused.status is TaskStatus.FAILED
     assert "was used here for another task" in (refused.error or {}).get("message", "")
@@ -288,7 +288,7 @@ async def test_a_result_stored_while_the_auction_waited_stops_its_award(
                                  max_concurrent_tasks=1)
     client = await bus_factory(js_mesh.seeds[0].client_url)
     busy = asyncio.ensure_future(submit_task(client, Task(
-        task_type="work.do", parameters={"n": 0, "seconds": 2.5}, task_id="busy"),
+        capability="work.do", parameters={"n": 0, "seconds": 2.5}, task_id="busy"),
         timeout=10, agent_id=node.agent_id))
     await wait_until(lambda: backend.started == ["busy"], timeout=5)
     jobs = Jobs(client)

@@ -94,7 +94,7 @@ async def test_an_envelope_request_gets_a_signed_task_response_on_its_callback(
     client = await bus_factory(nats_server.client_url)
     reader = await bus_factory(nats_server.client_url)
     arrived = await collect(reader, "results.echo")
-    task = Task(task_type="echo", parameters={"text": "hi"}, callback="results.echo")
+    task = Task(capability="echo", parameters={"text": "hi"}, callback="results.echo")
     reply = await client.request(client.subjects.cap("echo"), "task_request", task.as_dict(),
                                  cid="conversation-1")
     assert reply.body["status"] == "COMPLETED"
@@ -137,7 +137,7 @@ async def test_a_failed_task_is_published_with_the_error_headers(
     await agent_factory(nats_server.client_url, "calculator", ["math.evaluate"])
     results = await listen("results.>")
     client = await bus_factory(nats_server.client_url)
-    task = Task(task_type="math.evaluate", parameters={"expression": "1/0"},
+    task = Task(capability="math.evaluate", parameters={"expression": "1/0"},
                 callback="results.signed")
     result = await submit_task(client, task, timeout=5)
     assert result.status is TaskStatus.FAILED and result.error is not None
@@ -160,12 +160,12 @@ async def test_a_task_answered_from_memory_is_not_published_again(
     agent = await agent_factory(nats_server.client_url, "echoer", ["echo"])
     client = await bus_factory(nats_server.client_url)
     arrived = await collect(await bus_factory(nats_server.client_url), "results.>")
-    task = Task(task_type="echo", parameters={"text": "once"}, callback="results.once")
+    task = Task(capability="echo", parameters={"text": "once"}, callback="results.once")
     first = await submit_task(client, task)
     again = await submit_task(client, task)
     assert again == first and agent.metrics.answered_from_memory == 1
     # Another task after the repeat: its result is the next (and last) one published.
-    await submit_task(client, Task(task_type="echo", parameters={"text": "marker"},
+    await submit_task(client, Task(capability="echo", parameters={"text": "marker"},
                                    callback="results.marker"))
     await wait_until(lambda: any(d.subject == "results.marker" for d in arrived), timeout=3.0)
     assert [d.subject for d in arrived] == ["results.once", "results.marker"]
@@ -175,9 +175,9 @@ async def test_a_task_answered_from_memory_is_not_published_again(
 def test_a_bad_callback_is_invalid_input() -> None:
     for callback in BAD_CALLBACKS:
         with pytest.raises(InvalidInput, match="callback"):
-            Task(task_type="echo", callback=callback)
-    assert Task(task_type="echo", callback="a" * MAX_CALLBACK_LENGTH).callback
-    assert Task(task_type="echo", callback="results.$x._INBOX").callback == "results.$x._INBOX"
+            Task(capability="echo", callback=callback)
+    assert Task(capability="echo", callback="a" * MAX_CALLBACK_LENGTH).callback
+    assert Task(capability="echo", callback="results.$x._INBOX").callback == "results.$x._INBOX"
 
 
 async def test_a_bad_callback_fails_the_task_at_once_with_one_clear_line(
@@ -219,7 +219,7 @@ async def test_the_winner_of_an_auction_publishes_on_the_callback(
     arrived = await collect(await bus_factory(url), "results.>")
     # An auction this agent runs itself (Dispatcher.submit's path).
     outcome = await workers[0].auctioneer.run(
-        Task(task_type="work.do", parameters={"n": 1}, callback="results.auctioned"),
+        Task(capability="work.do", parameters={"n": 1}, callback="results.auctioned"),
         timeout=10.0)
     assert outcome.result.status is TaskStatus.COMPLETED
     await wait_until(lambda: len(arrived) == 1, timeout=3.0)
@@ -246,12 +246,12 @@ async def test_a_streamed_task_publishes_only_its_final_result(
     results = await listen("results.>")
     client = await bus_factory(nats_server.client_url)
     items = [item async for item in stream_task(client, Task(
-        task_type="echo", parameters={"text": "x"}, callback="results.streamed"))]
+        capability="echo", parameters={"text": "x"}, callback="results.streamed"))]
     assert any(isinstance(item, Chunk) for item in items)
     final = items[-1]
     assert isinstance(final, TaskResult) and final.status is TaskStatus.COMPLETED
     # The marker: a later task's result is published after anything of the first.
-    await submit_task(client, Task(task_type="echo", callback="results.marker"))
+    await submit_task(client, Task(capability="echo", callback="results.marker"))
     await wait_until(lambda: len(results.messages) == 2, timeout=3.0)
     assert [msg.subject for msg in results.messages] == ["results.streamed", "results.marker"]
     published = parse(results.messages[0].data)
@@ -315,7 +315,7 @@ async def test_on_a_secured_mesh_a_refused_callback_is_logged_not_fatal(
         caplog.set_level(logging.WARNING, "agoramesh")
         for n in range(2):
             result = await submit_task(client, Task(
-                task_type="echo", parameters={"n": n}, callback="results.secured"))
+                capability="echo", parameters={"n": n}, callback="results.secured"))
             assert result.status is TaskStatus.COMPLETED
         await wait_until(lambda: any("results.secured" in text
                                      for text in agent.bus.permission_denials), timeout=3.0)

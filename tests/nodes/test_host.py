@@ -85,10 +85,10 @@ async def test_hosted_agents_serve_tasks_discovery_and_the_services_protocol(
         mesh_url: str, bus_factory: Callable[..., Awaitable[Bus]]) -> None:
     async with running_host(mesh_url, 5) as (host, nodes):
         client = await bus_factory(mesh_url)
-        result = await submit_task(client, Task(task_type="echo", parameters={"text": "hi"}),
+        result = await submit_task(client, Task(capability="echo", parameters={"text": "hi"}),
                                    agent_id=nodes[3].agent_id, timeout=5.0)
         assert result.status is TaskStatus.COMPLETED and result.agent_id == nodes[3].agent_id
-        queued = await submit_task(client, Task(task_type="echo", parameters={"text": "q"}),
+        queued = await submit_task(client, Task(capability="echo", parameters={"text": "q"}),
                                    timeout=5.0)
         assert queued.agent_id in {node.agent_id for node in nodes}
         answers = await client.gather(client.subjects.discover, "discovery",

@@ -46,9 +46,9 @@ class ToyBackend(Backend):
     async def execute(self, task: Task, context: dict[str, Any] | None = None
                       ) -> AsyncIterator[StreamItem]:
         self.calls += 1
-        if task.task_type == "broken":
+        if task.capability == "broken":
             raise BackendUnavailable("the toy backend is down")
-        if task.task_type == "slow":
+        if task.capability == "slow":
             await asyncio.sleep(float(task.parameters.get("seconds", 10)))
             yield Completion(output={"slept": True})
             return
@@ -184,19 +184,19 @@ async def test_typed_outcomes_and_the_node_keeps_serving(nodes: list[Any],
     make = nodes[0]
     alice = await make("alice")
     client = await bus_factory(nats_server.client_url)
-    bad = await submit_task(client, Task(task_type="text.upper", parameters={"txt": "x"}))
+    bad = await submit_task(client, Task(capability="text.upper", parameters={"txt": "x"}))
     assert bad.status is TaskStatus.FAILED and bad.error and bad.error["type"] == "InvalidInput"
-    broken = await submit_task(client, Task(task_type="broken"))
+    broken = await submit_task(client, Task(capability="broken"))
     assert broken.error and broken.error["type"] == "BackendUnavailable"
     with pytest.raises(NoResponders, match=r"agora\.cap\.unknown"):
-        await submit_task(client, Task(task_type="unknown"), timeout=1)
-    direct = await submit_task(client, Task(task_type="unknown"), agent_id=alice.agent_id)
+        await submit_task(client, Task(capability="unknown"), timeout=1)
+    direct = await submit_task(client, Task(capability="unknown"), agent_id=alice.agent_id)
     assert direct.error and direct.error["type"] == "UnknownCapability"
-    good = await submit_task(client, Task(task_type="text.upper", parameters={"text": "ok"}))
+    good = await submit_task(client, Task(capability="text.upper", parameters={"text": "ok"}))
     assert good.status is TaskStatus.COMPLETED and good.result == {"text": "OK"}
     status = alice.status
     assert status.tasks_completed == 1 and status.tasks_failed == 3
-    assert status.tokens_used == 2 and status.cost_usd == pytest.approx(0.001)
+    assert status.tokens_used == 2 and status.total_cost_usd == pytest.approx(0.001)
 
 
 async def test_streamed_chunks_then_result(nodes: list[Any], bus_factory: BusFactory,
@@ -204,7 +204,7 @@ async def test_streamed_chunks_then_result(nodes: list[Any], bus_factory: BusFac
     await nodes[0]("alice")
     client = await bus_factory(nats_server.client_url)
     items = [item async for item in stream_task(
-        client, Task(task_type="text.upper", parameters={"text": "one two three"}))]
+        client, Task(capability="text.upper", parameters={"text": "one two three"}))]
     assert [i.text for i in items if isinstance(i, Chunk)] == ["ONE ", "TWO ", "THREE "]
     assert isinstance(items[-1], TaskResult) and items[-1].result == {"text": "ONE TWO THREE"}
 
@@ -213,14 +213,14 @@ async def test_cancel_a_running_task(nodes: list[Any], bus_factory: BusFactory,
                                      nats_server: EmbeddedServer) -> None:
     alice = await nodes[0]("alice")
     client = await bus_factory(nats_server.client_url)
-    task = Task(task_type="slow", parameters={"seconds": 30})
+    task = Task(capability="slow", parameters={"seconds": 30})
     pending = asyncio.create_task(submit_task(client, task, timeout=5))
     await wait_until(lambda: task.task_id in alice.running_tasks, timeout=2)
     assert await cancel_task(client, alice.agent_id, task.task_id)
     result = await pending
     assert result.status is TaskStatus.FAILED and result.error
     assert result.error["type"] == "TaskCancelled"
-    follow = await submit_task(client, Task(task_type="text.upper", parameters={"text": "a"}))
+    follow = await submit_task(client, Task(capability="text.upper", parameters={"text": "a"}))
     assert follow.status is TaskStatus.COMPLETED
 
 
@@ -230,7 +230,7 @@ async def test_queue_group_shares_load(nodes: list[Any], bus_factory: BusFactory
     alice, bob = await make("alice", UPPER), await make("bob", UPPER)
     client = await bus_factory(nats_server.client_url)
     results = await asyncio.gather(*(
-        submit_task(client, Task(task_type="text.upper", parameters={"text": f"n{i}"}))
+        submit_task(client, Task(capability="text.upper", parameters={"text": f"n{i}"}))
         for i in range(100)))
     assert all(r.status is TaskStatus.COMPLETED for r in results)
     served = {r.agent_id for r in results}
@@ -244,7 +244,7 @@ async def test_stop_fails_running_tasks_cleanly(nodes: list[Any], bus_factory: B
     alice = await nodes[0]("alice")
     client = await bus_factory(nats_server.client_url)
     pending = asyncio.create_task(
-        submit_task(client, Task(task_type="slow", parameters={"seconds": 30}), timeout=5))
+        submit_task(client, Task(capability="slow", parameters={"seconds": 30}), timeout=5))
     await wait_until(lambda: bool(alice.running_tasks), timeout=2)
     async with asyncio.timeout(5):
         await alice.stop(grace=0.2)

@@ -89,9 +89,9 @@ async def test_an_oversize_result_over_plain_json(bulky: AgentNode,
 async def test_an_oversize_result_of_a_signed_request(
         bulky: AgentNode, bus_factory: BusFactory, nats_server: EmbeddedServer) -> None:
     client = await bus_factory(nats_server.client_url)
-    task = Task(task_type="bulk.make")
+    task = Task(capability="bulk.make")
     too_large(await submit_task(client, task, timeout=10), task.task_id)
-    direct = Task(task_type="bulk.make")
+    direct = Task(capability="bulk.make")
     too_large(await submit_task(client, direct, agent_id=bulky.agent_id, timeout=10),
               direct.task_id)
     assert (bulky.status.tasks_completed, bulky.status.tasks_failed) == (0, 2)
@@ -114,7 +114,7 @@ async def test_a_one_mebibyte_result_fits(nats_server: EmbeddedServer,
     await agent_factory(nats_server.client_url, "echoer", ["echo"])
     text = "x" * MIB
     client = await bus_factory(nats_server.client_url)
-    result = await submit_task(client, Task(task_type="echo", parameters={"text": text}),
+    result = await submit_task(client, Task(capability="echo", parameters={"text": text}),
                                timeout=10)
     assert result.status is TaskStatus.COMPLETED, result.error
     assert result.result == {"echo": {"text": text}}

@@ -38,7 +38,7 @@ class FaultyBackend(Backend):
 
     async def execute(self, task: Task, context: dict[str, Any] | None = None
                       ) -> AsyncGenerator[StreamItem, None]:
-        if task.task_type == "crash":
+        if task.capability == "crash":
             raise RecursionError("maximum recursion depth exceeded")
         yield Completion(output={"value": float("nan")})
 

@@ -280,7 +280,7 @@ async def test_tokens_and_cost_are_counted_by_backend_and_model(
     _, samples, _ = await scrape(metrics_server.url)
     labels = {"agent": "priced", "backend": "offline", "model": "m1"}
     assert value(samples, "agoramesh_cost_usd_total", **labels) == pytest.approx(
-        agent.status.cost_usd)
+        agent.status.total_cost_usd)
     assert (value(samples, "agoramesh_tokens_total", kind="input", **labels)
             + value(samples, "agoramesh_tokens_total", kind="output", **labels)
             == agent.status.tokens_used)

@@ -36,7 +36,7 @@ class _Broken(OfflineBackend):
 
     async def execute(self, task: Task, context: dict[str, Any] | None = None
                       ) -> AsyncIterator[StreamItem]:
-        if task.task_type in ("text.debate", "vote"):
+        if task.capability in ("text.debate", "vote"):
             raise BackendUnavailable("the model is down")
         async for item in super().execute(task, context):
             yield item

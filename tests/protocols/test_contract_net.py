@@ -21,7 +21,7 @@ from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReaso
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.allocation.dispatch import Dispatcher
-from agoramesh.protocols.auction.bidder import AWARD_TOO_LATE, Bidder, BidPolicy, _desk_for
+from agoramesh.protocols.auction.bidder import AWARD_TOO_LATE, Bidder, BidStrategy, _desk_for
 from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.protocols.auction.scoring import Bid, rank, weighted
 from agoramesh.testing import wait_until
@@ -30,7 +30,7 @@ from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
 
-class Fixed(BidPolicy):
+class Fixed(BidStrategy):
     """Bids fixed terms, so a test knows what the scorer sees; may refuse awards."""
 
     def __init__(self, *, load: float = 0.0, latency_ms: float = 10.0, cost_usd: float = 0.0,
@@ -49,13 +49,13 @@ class Fixed(BidPolicy):
 
 
 async def start_workers(agent_factory: AgentFactory, urls: Sequence[str],
-                        policies: dict[str, BidPolicy | None], **settings: Any
+                        strategies: dict[str, BidStrategy | None], **settings: Any
                         ) -> dict[str, AgentNode]:
     nodes: dict[str, AgentNode] = {}
-    for index, (name, policy) in enumerate(policies.items()):
+    for index, (name, strategy) in enumerate(strategies.items()):
         nodes[name] = await agent_factory(urls[index % len(urls)], name, [WORK],
                                           backend=Worker(name), agent_type="worker",
-                                          bid_policy=policy, **settings)
+                                          bid_strategy=strategy, **settings)
     everyone = set(nodes)
     for node in nodes.values():
         await wait_until(lambda n=node: {e.card.name for e in n.directory} | {n.config.name}
@@ -64,7 +64,7 @@ async def start_workers(agent_factory: AgentFactory, urls: Sequence[str],
 
 
 def expected_winner(bids: dict[str, dict[str, float]]) -> str:
-    """The seed's formula written out by hand: 0.30 load + 0.25 latency + 0.20 cost + 0.25 ok."""
+    """M-3.1's formula written out by hand: 0.30 load + 0.25 latency + 0.20 cost + 0.25 ok."""
     def spread(key: str, name: str) -> float:
         values = [terms[key] for terms in bids.values()]
         low, high = min(values), max(values)
@@ -166,7 +166,7 @@ class SlowBidder(Bidder):
         await super().answer(cfp, capability)
 
 
-class Refuses(BidPolicy):
+class Refuses(BidStrategy):
     def quote(self, node: AgentNode, task: Task, capability: Capability,
               terms: dict[str, Any], reserved: float, *,
               request_size: int | None = None) -> Bid | str:
@@ -256,7 +256,7 @@ async def test_a_silent_winner_is_replaced_and_its_late_result_taken_when_first(
     outcome = await nodes["client"].auctioneer.run(
         # Long enough that the quiet winner is lost (0.45 s of silence) before it finishes,
         # and that it finishes (at 1 s) before the new winner (awarded at ~0.5 s) does.
-        Task(task_type="work.do", parameters={"seconds": 1.0}), timeout=10,
+        Task(capability="work.do", parameters={"seconds": 1.0}), timeout=10,
         progress=events.append)
     assert outcome.result.result["by"] == "quiet" and outcome.winner == quiet.agent_id
     assert outcome.attempts == 2
@@ -295,7 +295,7 @@ async def test_an_award_read_too_late_is_declined_for_a_retry_not_run(
     direct = worker.bus.subjects.agent(worker.agent_id)
 
     async def award(age_ms: int) -> tuple[str, Any]:
-        task = Task(task_type=WORK.name, parameters={"n": age_ms})
+        task = Task(capability=WORK.name, parameters={"n": age_ms})
         inbox = client.nats.new_inbox()  # the award names the reply subject it is sent with
         replies = await client.nats.subscribe(inbox, max_msgs=1)
         wire = seal(client.identity, type="award", subject=direct, to=worker.agent_id,
@@ -355,7 +355,7 @@ async def test_200_concurrent_auctions_over_10_agents_on_a_3_seed_mesh(
                                 auction_policy=AuctionPolicy(bid_window=5.0),
                                 heartbeat_interval=1.0)
     clients = list(nodes.values())[:4]
-    tasks = [Task(task_type="work.do", parameters={"n": i, "seconds": 0.01}) for i in range(200)]
+    tasks = [Task(capability="work.do", parameters={"n": i, "seconds": 0.01}) for i in range(200)]
     results = await asyncio.gather(*(
         clients[i % len(clients)].auctioneer.run(task, timeout=60)
         for i, task in enumerate(tasks)))
@@ -406,7 +406,7 @@ async def test_signed_streaming_request_on_agora_task_shows_progress(
         seen.put_nowait(bus.guard.admit(msg.data, msg.subject))
 
     await bus.nats.subscribe(inbox, cb=collect)
-    task = Task(task_type="work.do", parameters={"n": 9})
+    task = Task(capability="work.do", parameters={"n": 9})
     await bus.publish("agora.task.work.do", "task_request", {**task.as_dict(), "stream": True},
                       reply=inbox)
     kinds: list[str] = []
@@ -474,18 +474,18 @@ async def test_agents_sharing_a_directory_share_one_cfp_subscription(
     assert result.result["by"] in ("h1", "h2")
 
 
-class Broken(BidPolicy):
+class Broken(BidStrategy):
     def quote(self, node: AgentNode, task: Task, capability: Capability,
               terms: dict[str, Any], reserved: float, *,
               request_size: int | None = None) -> Bid | str:
-        raise RuntimeError("a bug in a custom policy")
+        raise RuntimeError("a bug in a custom bid strategy")
 
 
-async def test_one_agents_broken_policy_does_not_silence_its_neighbours(
+async def test_one_agents_broken_bid_strategy_does_not_silence_its_neighbours(
         nats_server: Any, agent_factory: AgentFactory) -> None:
     url = nats_server.client_url
     broken = await agent_factory(url, "broken", [WORK], backend=Worker("broken"),
-                                 bid_policy=Broken())
+                                 bid_strategy=Broken())
     await agent_factory(url, "fine", [WORK], backend=Worker("fine"),
                         directory=broken.directory)
     client = await agent_factory(url, "client", ["echo"],

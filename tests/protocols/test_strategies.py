@@ -299,7 +299,7 @@ def test_profile_from_card_and_status() -> None:
                      capabilities=(Capability(name="vote"), Capability(name="text.summarize")),
                      metadata={"priority": "7"})
     status = AgentStatus(capacity=4, in_flight=1, avg_latency_ms=250.0, success_rate=0.5,
-                         tasks_completed=3, tasks_failed=1, cost_usd=0.02)
+                         tasks_completed=3, tasks_failed=1, total_cost_usd=0.02)
     profile = AgentProfile.from_card(card, status)
     assert profile == AgentProfile(agent_id=card.id, name="n",
                                    capabilities=("vote", "text.summarize"), load=0.25,

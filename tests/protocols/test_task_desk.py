@@ -94,7 +94,7 @@ async def test_a_signed_requester_gets_the_same_result(maker: AgentNode,
                                                         nats_server: EmbeddedServer) -> None:
     """Sealed for a signed requester, the result stays msgpack: it fits, and arrives whole."""
     client = await bus_factory(nats_server.client_url)
-    task = Task(task_type="bulk.numbers")
+    task = Task(capability="bulk.numbers")
     reply = await client.request("agora.task.bulk.numbers", "task_request", task.as_dict(),
                                  timeout=10)
     result = TaskResult.from_dict(reply.body)

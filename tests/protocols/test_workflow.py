@@ -267,16 +267,16 @@ class Probe(Backend):
 
     async def execute(self, task: Task, context: dict[str, Any] | None = None
                       ) -> AsyncIterator[StreamItem]:
-        self.calls[task.task_type] += 1
-        if task.task_type == "probe.broken" or (
-                task.task_type == "probe.flaky" and self.calls[task.task_type] <= self.flaky):
-            calls = self.calls[task.task_type]
-            raise BackendUnavailable(f"{task.task_type} is down (call {calls})")
-        label = str(task.parameters.get("label", task.task_type))
+        self.calls[task.capability] += 1
+        if task.capability == "probe.broken" or (
+                task.capability == "probe.flaky" and self.calls[task.capability] <= self.flaky):
+            calls = self.calls[task.capability]
+            raise BackendUnavailable(f"{task.capability} is down (call {calls})")
+        label = str(task.parameters.get("label", task.capability))
         start = time.monotonic()
         await asyncio.sleep(float(task.parameters.get("seconds", 0)))
         self.intervals[label] = (start, time.monotonic())
-        yield Completion(output={"label": label, "calls": self.calls[task.task_type]})
+        yield Completion(output={"label": label, "calls": self.calls[task.capability]})
 
     async def chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[StreamItem]:
         yield Completion(output=messages[-1]["content"])  # pragma: no cover - never chatted

@@ -290,14 +290,14 @@ async def test_a_denied_agent_gets_access_denied_and_the_node_keeps_serving(
     with pytest.raises(AccessDenied, match=re.escape(
             f"agent guarded refuses execute on echo: the ACL of echo does not give execute "
             f"to {B}")):
-        await submit_task(bob, Task(task_type="echo", parameters=ECHO), timeout=5)
+        await submit_task(bob, Task(capability="echo", parameters=ECHO), timeout=5)
     with pytest.raises(AccessDenied):  # the same on its direct subject
-        await submit_task(bob, Task(task_type="echo", parameters=ECHO), timeout=5,
+        await submit_task(bob, Task(capability="echo", parameters=ECHO), timeout=5,
                           agent_id=guarded.agent_id)
 
-    ok = await submit_task(alice, Task(task_type="echo", parameters=ECHO), timeout=5)
+    ok = await submit_task(alice, Task(capability="echo", parameters=ECHO), timeout=5)
     assert ok.status is TaskStatus.COMPLETED and ok.agent_id == guarded.agent_id
-    also = await submit_task(bob, Task(task_type="math.evaluate",
+    also = await submit_task(bob, Task(capability="math.evaluate",
                                        parameters={"expression": "6*7"}), timeout=5)
     assert also.status is TaskStatus.COMPLETED  # echo's ACL does not cover math.evaluate
 
@@ -424,7 +424,7 @@ async def test_submit_and_cancel_are_checked(nats_server: EmbeddedServer,
     assert reply.body["status"] == "COMPLETED"  # the node auctions as itself: it may bid
 
     async def started(owner: Bus, seconds: float) -> tuple[Task, asyncio.Future[TaskResult]]:
-        task = Task(task_type="code.run.python",
+        task = Task(capability="code.run.python",
                     parameters={"code": f"import time; time.sleep({seconds})", "timeout": 10})
         running = asyncio.ensure_future(submit_task(owner, task, timeout=10))
         await wait_until(lambda: task.task_id in node.running_tasks, timeout=5)

@@ -175,7 +175,7 @@ async def test_200_concurrent_auctions_under_attack_each_end_with_one_result(
     saboteur = Saboteur(attacker, bidders)
     await saboteur.start()
 
-    tasks = [Task(task_type=WORK.name, parameters={"n": n, "seconds": SECONDS})
+    tasks = [Task(capability=WORK.name, parameters={"n": n, "seconds": SECONDS})
              for n in range(AUCTIONS)]
     began = time.monotonic()
     async with asyncio.timeout(45):
@@ -292,7 +292,7 @@ async def test_a_reflected_error_reply_is_not_taken_for_the_winners_decline(
 
     await attacker.listen("agora.agent.>", reflect)
     outcome = await client.auctioneer.run(
-        Task(task_type=WORK.name, parameters={"n": 1, "seconds": 0.3}), timeout=10)
+        Task(capability=WORK.name, parameters={"n": 1, "seconds": 0.3}), timeout=10)
     assert outcome.result.status is TaskStatus.COMPLETED and outcome.attempts == 1
     runs = Counter(task_id for worker in workers for task_id in started(worker))
     assert set(runs.values()) == {1}, "the task ran on two agents"

@@ -58,8 +58,8 @@ from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
 
-def task_body(n: int, seconds: float = 0.0, task_type: str | None = None) -> dict[str, Any]:
-    task = Task(task_type=task_type or WORK.name, parameters={"n": n, "seconds": seconds})
+def task_body(n: int, seconds: float = 0.0, capability: str | None = None) -> dict[str, Any]:
+    task = Task(capability=capability or WORK.name, parameters={"n": n, "seconds": seconds})
     return task.as_dict()
 
 
@@ -100,7 +100,7 @@ async def test_forged_senders_are_rejected_on_every_subject_and_change_nothing(
 
     # A long task of the requester's, so a forged cancel has something to cancel.
     running = asyncio.ensure_future(submit_task(
-        requester, Task(task_type=WORK.name, parameters={"n": 7, "seconds": 1.0}), timeout=10))
+        requester, Task(capability=WORK.name, parameters={"n": 7, "seconds": 1.0}), timeout=10))
     try:
         await wait_until(lambda: len(started(target)) == 1, timeout=5)
         running_id = started(target)[0]
@@ -195,9 +195,9 @@ async def test_replayed_task_requests_are_counted_unanswered_and_run_once(
     direct = target.bus.subjects.agent(target.agent_id)
     await attacker.listen(direct, capture)
     await attacker.listen(CAP, capture)
-    one = await submit_task(requester, Task(task_type=WORK.name, parameters={"n": 1}),
+    one = await submit_task(requester, Task(capability=WORK.name, parameters={"n": 1}),
                             agent_id=target.agent_id, timeout=5)
-    two = await submit_task(requester, Task(task_type=WORK.name, parameters={"n": 2}), timeout=5)
+    two = await submit_task(requester, Task(capability=WORK.name, parameters={"n": 2}), timeout=5)
     assert one.status is two.status is TaskStatus.COMPLETED
     await wait_until(lambda: len(captured) == 2, timeout=5)
     # Each replayed with its own reply subject (the one it names): a replay, never answered,
@@ -374,7 +374,7 @@ async def test_envelopes_on_the_wrong_subject_or_for_someone_else(
     cases = [
         # genuine envelopes of the requester's, re-published by the attacker elsewhere
         (direct, sealed(CAP, task_body(1)), RejectReason.WRONG_SUBJECT),
-        (direct, sealed(elsewhere, task_body(2, task_type="echo"), to=bystander.agent_id),
+        (direct, sealed(elsewhere, task_body(2, capability="echo"), to=bystander.agent_id),
          RejectReason.WRONG_SUBJECT),
         (CAP, sealed(CAP + ".v2", task_body(3)), RejectReason.WRONG_SUBJECT),
         # authenticated and on the right subject, but addressed to another agent
@@ -474,7 +474,7 @@ async def test_a_flood_on_a_direct_subject_is_counted_and_survived(
     assert counted(target) == Counter({"malformed": 2 * FLOOD // 5, "bad_signature": FLOOD // 5,
                                        "wrong_subject": FLOOD // 5, "expired": FLOOD // 5,
                                        "oversize": 20})
-    result = await submit_task(requester, Task(task_type=WORK.name, parameters={"n": 1}),
+    result = await submit_task(requester, Task(capability=WORK.name, parameters={"n": 1}),
                                agent_id=target.agent_id, timeout=5)
     assert result.status is TaskStatus.COMPLETED and started(target) == [result.task_id]
     varz = await nats_server.monitor.varz() if nats_server.monitor else {}

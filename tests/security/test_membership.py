@@ -219,7 +219,7 @@ async def test_a_secured_mesh_runs_requests_auctions_and_streams_across_leaves(
     assert [r.status.value for r in results] == ["COMPLETED"] * 10
     # A streamed task: several replies (chunks, then the result) on one reply subject.
     items = [item async for item in stream_task(requester.bus, Task(
-        task_type="text.summarize", parameters={"text": "One. Two. Three. Four."}),
+        capability="text.summarize", parameters={"text": "One. Two. Three. Four."}),
         timeout=5.0)]
     assert len(items) >= 3 and isinstance(items[-1], TaskResult)
     assert all(isinstance(item, Chunk) for item in items[:-1])

@@ -74,8 +74,8 @@ async def test_a_request_republished_with_another_reply_subject_is_refused_as_wr
     await attacker.listen(CAP, rewrite)
     await attacker.listen(direct, rewrite)
     # Both kinds of request: signed, to any agent of the capability; MACed, to the target.
-    anyone = Task(task_type=WORK.name, parameters={"n": 1, "seconds": 0.2})
-    one = Task(task_type=WORK.name, parameters={"n": 2, "seconds": 0.2})
+    anyone = Task(capability=WORK.name, parameters={"n": 1, "seconds": 0.2})
+    one = Task(capability=WORK.name, parameters={"n": 2, "seconds": 0.2})
     results = [await submit_task(requester, anyone, timeout=5),
                await submit_task(requester, one, agent_id=target.agent_id, timeout=5)]
     assert [r.status for r in results] == [TaskStatus.COMPLETED] * 2
@@ -105,7 +105,7 @@ async def test_a_rewritten_copy_that_arrives_first_does_not_spoil_the_genuine_re
     direct = target.bus.subjects.agent(target.agent_id)
     replies: asyncio.Queue[Msg] = asyncio.Queue()
     for subject, to in ((CAP, BROADCAST), (direct, target.agent_id)):
-        task = Task(task_type=WORK.name, parameters={"n": len(started(target))})
+        task = Task(capability=WORK.name, parameters={"n": len(started(target))})
         genuine = requester.nats.new_inbox()
         await requester.nats.subscribe(genuine, cb=replies.put, max_msgs=1)
         wire = requester.seal(subject, "task_request", task.as_dict(), to=to, reply=genuine)
@@ -139,7 +139,7 @@ async def replies_for_other_inboxes(target: AgentNode, requester: Bus, attacker:
                 earlier.append(msg.data)
 
     await attacker.listen("_INBOX.>", keep)
-    first = await submit_task(requester, Task(task_type=WORK.name, parameters={"n": 1}),
+    first = await submit_task(requester, Task(capability=WORK.name, parameters={"n": 1}),
                               timeout=5)
     assert first.status is TaskStatus.COMPLETED
     await wait_until(lambda: bool(earlier), timeout=5)
@@ -194,7 +194,7 @@ async def test_a_reply_made_for_another_inbox_does_not_keep_the_genuine_reply_ou
             await attacker.publish(msg.reply, data)
 
     await attacker.listen(CAP, slip_in)
-    task = Task(task_type=WORK.name, parameters={"n": 2, "seconds": 1.0})
+    task = Task(capability=WORK.name, parameters={"n": 2, "seconds": 1.0})
     result = await submit_task(requester, task, timeout=5)
     assert result.status is TaskStatus.COMPLETED and result.task_id == task.task_id
     assert result.result["n"] == 2
@@ -215,7 +215,7 @@ async def test_a_mac_in_another_agents_name_is_a_bad_signature(
     def request(n: int, **fields: Any) -> Callable[[str], bytes]:
         """A task request to the target MACed by the attacker with its key with the target."""
         return attacker.forge(type="task_request", subject=direct, to=target.agent_id,
-                              auth=AUTH_MAC, body=Task(task_type=WORK.name,
+                              auth=AUTH_MAC, body=Task(capability=WORK.name,
                                                        parameters={"n": n}).as_dict(), **fields)
 
     # In its own name the MAC is right: the request runs (so the MAC is made as peers do).
@@ -266,7 +266,7 @@ async def test_a_mesh_that_signs_everything_runs_tasks_and_auctions(
     nodes = [*bidders, client]
     await wait_until(lambda: len(client.directory.capable(WORK.name)) == 2, timeout=5)
 
-    direct = await submit_task(requester, Task(task_type=WORK.name, parameters={"n": 1}),
+    direct = await submit_task(requester, Task(capability=WORK.name, parameters={"n": 1}),
                                agent_id=bidders[0].agent_id, timeout=5)
     assert direct.status is TaskStatus.COMPLETED and direct.agent_id == bidders[0].agent_id
     auctioned = await client.dispatcher.submit(WORK.name, {"n": 2})
@@ -292,7 +292,7 @@ async def test_a_mesh_that_signs_everything_runs_tasks_and_auctions(
     inbox, reply = await attacker.ask(target.bus.subjects.agent(target.agent_id), attacker.forge(
         type="task_request", subject=target.bus.subjects.agent(target.agent_id),
         to=target.agent_id, auth=AUTH_MAC,
-        body=Task(task_type=WORK.name, parameters={"n": 3}).as_dict()))
+        body=Task(capability=WORK.name, parameters={"n": 3}).as_dict()))
     check_error_envelope(reply, signer=target.agent_id, inbox=inbox,
                          reason=RejectReason.SIGNATURE_REQUIRED)
     assert started(target) == ran

@@ -9,7 +9,7 @@ import pytest
 from agoramesh.nodes.card import AgentStatus
 
 HONEST = AgentStatus(capacity=4, in_flight=1, avg_latency_ms=250.5, success_rate=0.75,
-                     tasks_completed=3, tasks_failed=1, tokens_used=2**50, cost_usd=0.25,
+                     tasks_completed=3, tasks_failed=1, tokens_used=2**50, total_cost_usd=0.25,
                      state="busy")
 
 
@@ -36,7 +36,7 @@ def test_out_of_range_numbers_are_clamped() -> None:
                                     "success_rate": 7, "tasks_completed": -2,
                                     "tokens_used": 10**400, "cost_usd": -0.5})
     assert status == AgentStatus(capacity=0, in_flight=0, avg_latency_ms=0.0, success_rate=1.0,
-                                 tasks_completed=0, tokens_used=2**53, cost_usd=0.0)
+                                 tasks_completed=0, tokens_used=2**53, total_cost_usd=0.0)
     assert status.load == 1.0  # no capacity: full, never a division by zero
     huge = AgentStatus.from_dict({"capacity": 1, "in_flight": 10**400})
     assert huge.load == 2.0**53  # a float, not an OverflowError
@@ -46,6 +46,12 @@ def test_out_of_range_numbers_are_clamped() -> None:
 def test_numbers_in_strings_and_floats_for_counts_are_read() -> None:
     status = AgentStatus.from_dict({"capacity": "8", "in_flight": 2.0, "cost_usd": "0.5",
                                     "state": 3})
-    assert (status.capacity, status.in_flight, status.cost_usd) == (8, 2, 0.5)
+    assert (status.capacity, status.in_flight, status.total_cost_usd) == (8, 2, 0.5)
     assert status.state == "3"
     assert len(AgentStatus.from_dict({"state": "x" * 10_000}).state) == 32
+
+
+def test_the_total_cost_is_cost_usd_on_the_wire() -> None:
+    body = AgentStatus(total_cost_usd=1.5).as_dict()
+    assert body["cost_usd"] == 1.5 and "total_cost_usd" not in body
+    assert AgentStatus.from_dict({"total_cost_usd": 2.0}).total_cost_usd == 0.0

@@ -26,40 +26,53 @@ def nested(levels: int) -> Any:
 def test_a_deadline_out_of_range_or_of_the_wrong_type_is_invalid_input(deadline: Any) -> None:
     with pytest.raises(InvalidInput, match="deadline must be a number of Unix seconds from 0 "
                                            f"to {MAX_DEADLINE}"):
-        Task.from_dict({"parameters": {}, "deadline": deadline}, task_type="echo")
+        Task.from_dict({"parameters": {}, "deadline": deadline}, capability="echo")
 
 
 @pytest.mark.parametrize("deadline", [0, 0.0, 1_700_000_000, 1_700_000_000.25, MAX_DEADLINE,
                                       float(MAX_DEADLINE)])
 def test_deadlines_in_range_are_kept_as_given(deadline: float) -> None:
-    task = Task.from_dict({"parameters": {}, "deadline": deadline}, task_type="echo")
+    task = Task.from_dict({"parameters": {}, "deadline": deadline}, capability="echo")
     assert task.deadline == deadline and type(task.deadline) is type(deadline)
 
 
 @pytest.mark.parametrize("priority", [10**400, -1, 11, 5.0, 1e308, math.nan, True, "5", None])
 def test_a_priority_out_of_range_or_of_the_wrong_type_is_invalid_input(priority: Any) -> None:
     with pytest.raises(InvalidInput, match="priority must be an integer 0-10"):
-        Task(task_type="echo", priority=priority)
+        Task(capability="echo", priority=priority)
 
 
 def test_a_huge_value_is_quoted_short_in_the_message() -> None:
     with pytest.raises(InvalidInput) as caught:
-        Task(task_type="echo", priority=10**400)
+        Task(capability="echo", priority=10**400)
     assert len(str(caught.value)) < 100
 
 
 def test_parameters_nest_at_most_the_ingress_limit() -> None:
     assert MAX_PARAMETER_DEPTH == MAX_JSON_DEPTH  # every request ingress takes fits
-    Task(task_type="echo", parameters={"a": nested(MAX_PARAMETER_DEPTH - 1)})
-    Task(task_type="echo", parameters={"a": [1, "x", None, {"b": nested(MAX_PARAMETER_DEPTH - 3)}]})
+    Task(capability="echo", parameters={"a": nested(MAX_PARAMETER_DEPTH - 1)})
+    Task(capability="echo",
+         parameters={"a": [1, "x", None, {"b": nested(MAX_PARAMETER_DEPTH - 3)}]})
     for too_deep in ({"a": nested(MAX_PARAMETER_DEPTH)}, {"a": [1, {"b": nested(5000)}]},
                      {"t": (nested(MAX_PARAMETER_DEPTH),)}):
         with pytest.raises(InvalidInput, match=f"more than {MAX_PARAMETER_DEPTH} levels deep"):
-            Task(task_type="echo", parameters=too_deep)
+            Task(capability="echo", parameters=too_deep)
 
 
 def test_a_cyclic_parameter_is_too_deep_not_a_hang() -> None:
     looped: list[Any] = []
     looped.append(looped)
     with pytest.raises(InvalidInput, match="levels deep"):
-        Task(task_type="echo", parameters={"loop": looped})
+        Task(capability="echo", parameters={"loop": looped})
+
+
+def test_the_capability_is_task_type_on_the_wire() -> None:
+    task = Task(capability="echo", parameters={"text": "hi"}, task_id="t1")
+    body = task.as_dict()
+    assert body["task_type"] == "echo" and "capability" not in body
+    assert Task.from_dict(body) == task
+    assert Task.from_dict({"parameters": {}}, capability="echo").capability == "echo"
+    with pytest.raises(InvalidInput, match=r"task_type 'echo' was sent to 'math\.evaluate'"):
+        Task.from_dict(body, capability="math.evaluate")
+    with pytest.raises(InvalidInput, match=r"unknown task fields: \['capability'\]"):
+        Task.from_dict({"capability": "echo", "parameters": {}})

@@ -90,7 +90,7 @@ def _job_parameters(data: bytes, capability: str, max_bytes: int) -> dict[str, A
             return None
         if is_boxed(body):
             return None
-        return Task.from_dict(body, task_type=capability).parameters
+        return Task.from_dict(body, capability=capability).parameters
     except (AgoraError, TypeError, ValueError):
         return None
 

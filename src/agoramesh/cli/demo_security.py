@@ -185,7 +185,7 @@ async def _answered(report: Report, facts: dict[str, Any], client: Bus,
                     worker: AgentNode) -> None:
     """An admitted client's signed request to an admitted agent's capability."""
     started = time.perf_counter()
-    result = await retry(lambda: submit_task(client, Task(task_type="echo",
+    result = await retry(lambda: submit_task(client, Task(capability="echo",
                                                           parameters={"text": "hello"}),
                                              timeout=1.0), attempts=5)
     by = worker.config.name if result.agent_id == worker.agent_id else str(result.agent_id)[:12]
@@ -231,7 +231,7 @@ async def _sealed(report: Report, facts: dict[str, Any], audit: Bus, client: Bus
 
     await audit.listen(">", capture)
     await audit.flush(timeout=WAIT)  # the server has the SUB (Bus.flush says why twice)
-    result = await retry(lambda: submit_task(client, Task(task_type="echo",
+    result = await retry(lambda: submit_task(client, Task(capability="echo",
                                                           parameters={"text": SECRET}),
                                              agent_id=worker.agent_id, timeout=1.0),
                          attempts=5)

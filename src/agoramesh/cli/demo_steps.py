@@ -186,7 +186,7 @@ async def auction(report: Report, driver: AgentNode, names: dict[str, str]) -> N
                           f"bid(s) from {event.detail['answered']} answer(s)")
 
     outcome = await driver.auctioneer.run(
-        Task(task_type=capability, parameters={"topic": "open source", "position": "for"},
+        Task(capability=capability, parameters={"topic": "open source", "position": "for"},
              deadline=time.time() + 10), timeout=10, progress=progress)
     elapsed = _ms(started)
     report.duplicates += outcome.duplicates
@@ -385,7 +385,7 @@ async def recovery(report: Report, driver: AgentNode, victim: AgentProcess,
         elif event.event == "reauction":
             report.detail(f"re-auctioned without {names.get(str(event.detail.get('lost')), '?')}")
 
-    task = Task(task_type=victim.capability, parameters={"code": SLOW_TASK, "timeout": 5},
+    task = Task(capability=victim.capability, parameters={"code": SLOW_TASK, "timeout": 5},
                 deadline=time.time() + 20)
     driver.directory.on_leave.append(left)
     try:

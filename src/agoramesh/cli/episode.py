@@ -34,8 +34,8 @@ DEFAULT_CONFIG = Path("config/baseline/decentralized_config.yaml")
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "episode", help="run decentralized-mode episodes in the built-in simulator",
-        description="Run the second seed's usage loop: N autonomous agents on the mesh "
-                    "negotiate and complete a grid world's tasks until one says DONE.")
+        description="Run the decentralized mode's usage loop (M-7): N autonomous agents on "
+                    "the mesh negotiate and complete a grid world's tasks until one says DONE.")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help=f"YAML configuration (default {DEFAULT_CONFIG})")
     parser.add_argument("--agents", type=int, help="agents (default agent_config.num_agents)")

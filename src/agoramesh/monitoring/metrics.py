@@ -275,7 +275,7 @@ class MeshCollector(Collector):
             capacity.add_metric([agent], status.capacity)
             for (backend, model, kind), count in list(stats.tokens.items()):
                 tokens.add_metric([agent, backend, model, kind], count)
-            for (backend, model), usd in list(stats.cost_usd.items()):
+            for (backend, model), usd in list(stats.total_cost_usd.items()):
                 cost.add_metric([agent, backend, model], usd)
             peers.add_metric([agent], len(node.directory))
             counted = stats.jobs.copy()

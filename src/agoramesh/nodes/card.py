@@ -17,7 +17,11 @@ __all__ = ("AgentCard", "AgentStatus", "card_digest", "presence_interval")
 
 @dataclass(frozen=True, kw_only=True)
 class AgentStatus:
-    """Load and health, refreshed with every heartbeat (M-2.4)."""
+    """Load and health, refreshed with every heartbeat (M-2.4).
+
+    The counts and ``total_cost_usd`` are running totals since the agent
+    started; on the wire the total is ``cost_usd`` (PROTOCOL.md §15, presence).
+    """
 
     capacity: int = 1
     in_flight: int = 0
@@ -26,7 +30,7 @@ class AgentStatus:
     tasks_completed: int = 0
     tasks_failed: int = 0
     tokens_used: int = 0
-    cost_usd: float = 0.0
+    total_cost_usd: float = 0.0
     state: str = "ready"  # ready | busy | stopping
 
     @property
@@ -38,7 +42,7 @@ class AgentStatus:
                 "avg_latency_ms": round(self.avg_latency_ms, 3),
                 "success_rate": round(self.success_rate, 4),
                 "tasks_completed": self.tasks_completed, "tasks_failed": self.tasks_failed,
-                "tokens_used": self.tokens_used, "cost_usd": round(self.cost_usd, 8),
+                "tokens_used": self.tokens_used, "cost_usd": round(self.total_cost_usd, 8),
                 "state": self.state}
 
     @classmethod
@@ -62,8 +66,8 @@ class AgentStatus:
                 continue
             if isinstance(number, float) and not math.isfinite(number):
                 continue
-            fields[name] = (min(max(0, int(number)), _MAX_COUNT) if kind is int
-                            else max(0.0, float(number)))
+            fields[_STATUS_FIELDS.get(name, name)] = (
+                min(max(0, int(number)), _MAX_COUNT) if kind is int else max(0.0, float(number)))
         if "success_rate" in fields:
             fields["success_rate"] = min(1.0, fields["success_rate"])
         state = data.get("state")
@@ -77,6 +81,8 @@ _MAX_COUNT = 2**53
 _STATUS_NUMBERS: dict[str, type[int] | type[float]] = {
     "capacity": int, "in_flight": int, "avg_latency_ms": float, "success_rate": float,
     "tasks_completed": int, "tasks_failed": int, "tokens_used": int, "cost_usd": float}
+#: Wire names that differ from the field's: the status's ``cost_usd`` is a running total.
+_STATUS_FIELDS = {"cost_usd": "total_cost_usd"}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ __all__ = ("cancel_task", "stream_task", "submit_task")
 async def submit_task(bus: Bus, task: Task, *, timeout: float = 30.0,
                       agent_id: str | None = None) -> TaskResult:
     """Send ``task`` to one capable agent (queue group), or to ``agent_id`` directly."""
-    subject = bus.subjects.agent(agent_id) if agent_id else bus.subjects.cap(task.task_type)
+    subject = bus.subjects.agent(agent_id) if agent_id else bus.subjects.cap(task.capability)
     reply = await bus.request(subject, "task_request", task.as_dict(), timeout=timeout,
                               to=agent_id or "*")
     return TaskResult.from_dict(reply.body)
@@ -43,14 +43,14 @@ async def stream_task(bus: Bus, task: Task, *, timeout: float = 30.0
     finished = False
     try:
         body: dict[str, Any] = {**task.as_dict(), "stream": True}
-        await bus.publish(bus.subjects.cap(task.task_type), "task_request", body, reply=inbox,
+        await bus.publish(bus.subjects.cap(task.capability), "task_request", body, reply=inbox,
                           ttl_ms=bus.ttl_for(timeout))
         async with asyncio.timeout(timeout):
             while True:
                 envelope = await arrived.get()
                 if envelope is None:
                     finished = True
-                    raise NoResponders(f"no agent offers {task.task_type}")
+                    raise NoResponders(f"no agent offers {task.capability}")
                 agent = envelope.sender
                 if envelope.type == "task_chunk":
                     yield Chunk(str(envelope.body.get("text", "")))

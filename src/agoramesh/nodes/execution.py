@@ -77,7 +77,7 @@ class TaskRunner:
         #: Results published on tasks' callback subjects: "published", and "failed" (logged).
         self.callbacks: Counter[str] = Counter()
         self.completed = self.failed = self.tokens = 0
-        self.cost = 0.0
+        self.total_cost_usd = 0.0
         self.latency_ms = 0.0
 
     def cancel(self, task_id: str, requester: str | None) -> bool:
@@ -110,7 +110,7 @@ class TaskRunner:
         callback: str | None = None
         fresh = True  # False: answered from an earlier (or still running) run of this task
         try:
-            task = Task.from_dict(body, task_type=capability.name)
+            task = Task.from_dict(body, capability=capability.name)
             task_id = task.task_id
             callback = self._callback_of(task)
             capability.validate_input(task.parameters)
@@ -272,7 +272,7 @@ class TaskRunner:
     async def _run(self, task: Task, delivery: Delivery, stream: bool,
                    started: float) -> TaskResult:
         runner = asyncio.ensure_future(self._execute(task, delivery, stream))
-        self.running[task.task_id] = (runner, delivery.sender, task.task_type)
+        self.running[task.task_id] = (runner, delivery.sender, task.capability)
         try:
             completion = await runner
         except asyncio.CancelledError:
@@ -291,7 +291,7 @@ class TaskRunner:
                            usage)
         self.completed += 1
         self.tokens += usage.total_tokens
-        self.cost += usage.cost_usd
+        self.total_cost_usd += usage.cost_usd
         # Exponentially weighted: recent tasks count most for routing and bids.
         previous = self.latency_ms if self.completed > 1 else elapsed
         self.latency_ms = 0.8 * previous + 0.2 * elapsed

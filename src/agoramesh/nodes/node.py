@@ -204,7 +204,7 @@ class BaseNode:
             avg_latency_ms=tasks.latency_ms,
             success_rate=tasks.completed / done if done else 1.0,
             tasks_completed=tasks.completed, tasks_failed=tasks.failed,
-            tokens_used=tasks.tokens, cost_usd=tasks.cost,
+            tokens_used=tasks.tokens, total_cost_usd=tasks.total_cost_usd,
             state="busy" if len(tasks.running) >= self.config.max_concurrent_tasks
             else ("ready" if self._state == "running" else self._state))
 
@@ -212,8 +212,8 @@ class BaseNode:
         """``status.as_dict()``, made again only when something in it changed: an idle
         agent's beat (a thousand of them a second in one host) reuses the last one."""
         tasks = self.tasks
-        key = (len(tasks.running), tasks.completed, tasks.failed, tasks.tokens, tasks.cost,
-               tasks.latency_ms, self._state)
+        key = (len(tasks.running), tasks.completed, tasks.failed, tasks.tokens,
+               tasks.total_cost_usd, tasks.latency_ms, self._state)
         if key != self._status_key:
             self._status_key, self._status_map = key, self.status.as_dict()
         return self._status_map

@@ -109,12 +109,12 @@ class Reception:
         await handler(delivery)
 
     async def _on_direct_task(self, delivery: Delivery) -> None:
-        task_type = delivery.body.get("task_type") if isinstance(delivery.body, dict) else None
-        capability = self.node.capabilities.get(str(task_type))
+        wanted = delivery.body.get("task_type") if isinstance(delivery.body, dict) else None
+        capability = self.node.capabilities.get(str(wanted))
         if capability is None:
             await self.node.tasks.reply(delivery, self.node.tasks.failure(
                 readable_task_id(delivery.body), UnknownCapability(
-                    f"agent {self.node.config.name} has no capability {task_type!r}; it offers "
+                    f"agent {self.node.config.name} has no capability {wanted!r}; it offers "
                     f"{', '.join(self.node.capabilities)}"), 0.0))
             return
         denied = self.check_access(delivery.sender, capability.name, Action.EXECUTE)

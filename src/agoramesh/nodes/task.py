@@ -1,7 +1,8 @@
 """Tasks and their outcomes (M-1.4): what a requester asks and what comes back.
 
 The wire shapes (``as_dict``/``from_dict``) are the bodies of the
-``task_request`` and ``task_response`` envelopes and of plain-JSON ingress.
+``task_request`` and ``task_response`` envelopes and of plain-JSON ingress;
+a task's :attr:`Task.capability` is ``task_type`` there (PROTOCOL.md §15).
 A :class:`Task` checks what it is given, whatever the path it came by, so a
 hostile request fails as :class:`~agoramesh.errors.InvalidInput`: ``parameters``
 nest at most :data:`MAX_PARAMETER_DEPTH` levels (what runs a task may recurse
@@ -96,9 +97,9 @@ class Usage:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Task:
-    """A task request: ``task_type`` names the capability; priority is 0 (low) to 10."""
+    """A task request for one ``capability``; priority is 0 (low) to 10."""
 
-    task_type: str
+    capability: str
     parameters: dict[str, Any] = field(default_factory=dict)
     task_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     priority: int = 5
@@ -106,8 +107,8 @@ class Task:
     callback: str | None = None  # a subject to publish the result to as well
 
     def __post_init__(self) -> None:
-        if not isinstance(self.task_type, str) or not self.task_type:
-            raise InvalidInput("task_type must be a non-empty string")
+        if not isinstance(self.capability, str) or not self.capability:
+            raise InvalidInput("the capability (task_type) must be a non-empty string")
         if not isinstance(self.parameters, dict):
             raise InvalidInput("parameters must be an object")
         if _deeper_than(self.parameters, MAX_PARAMETER_DEPTH):
@@ -127,13 +128,14 @@ class Task:
             validate_callback(self.callback)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "task_type": self.task_type,
+        return {"task_id": self.task_id, "task_type": self.capability,
                 "parameters": self.parameters, "priority": self.priority,
                 "deadline": self.deadline, "callback": self.callback}
 
     @classmethod
-    def from_dict(cls, data: Any, *, task_type: str | None = None) -> Task:
-        """A task from a request body; ``task_type`` fills in for a body without one."""
+    def from_dict(cls, data: Any, *, capability: str | None = None) -> Task:
+        """A task from a request body; ``capability`` fills in for a body without ``task_type``
+        (the subject named it) and must match one that has it."""
         if not isinstance(data, dict):
             raise InvalidInput(f"a task must be an object, got {type(data).__name__}")
         known = {"task_id", "task_type", "parameters", "priority", "deadline", "callback"}
@@ -143,10 +145,11 @@ class Task:
         unknown = data.keys() - known
         if unknown:
             raise InvalidInput(f"unknown task fields: {sorted(map(str, unknown))[:5]}")
-        fields = dict(data)
-        fields.setdefault("task_type", task_type)
-        if task_type and fields["task_type"] != task_type:
-            raise InvalidInput(f"task_type {fields['task_type']!r} was sent to {task_type!r}")
+        fields = {"capability" if key == "task_type" else key: value
+                  for key, value in data.items()}
+        fields.setdefault("capability", capability)
+        if capability and fields["capability"] != capability:
+            raise InvalidInput(f"task_type {fields['capability']!r} was sent to {capability!r}")
         fields = {key: value for key, value in fields.items() if value is not None}
         return cls(**fields)
 

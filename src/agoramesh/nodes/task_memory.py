@@ -10,7 +10,7 @@ awarded it, and nothing runs twice.
 
 The same id with other content is a different task: asking for it is refused
 (``InvalidInput``), never answered with the other task's result. Content is
-the task type and parameters, compared by a BLAKE2b digest. Only final
+the capability and parameters, compared by a BLAKE2b digest. Only final
 results are remembered (TaskResult.final), at most ``size`` of them for
 ``ttl`` seconds.
 """
@@ -34,7 +34,7 @@ Holds = Literal["running", "done", ""]
 
 def task_digest(task: Task) -> str:
     """What makes two tasks with one id the same task: type and parameters."""
-    canonical = json.dumps([task.task_type, task.parameters], sort_keys=True,
+    canonical = json.dumps([task.capability, task.parameters], sort_keys=True,
                            separators=(",", ":"), default=str, ensure_ascii=False)
     return hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"),
                            digest_size=16).hexdigest()

@@ -74,7 +74,7 @@ class AgentMetrics:
         self.awards: Counter[tuple[str, str]] = Counter()  # (capability, accept | decline)
         self.access_denied: Counter[tuple[str, str]] = Counter()  # (capability, action)
         self.tokens: Counter[tuple[str, str, str]] = Counter()  # (backend, model, kind)
-        self.cost_usd: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.total_cost_usd: defaultdict[tuple[str, str], float] = defaultdict(float)
         self.jobs: Counter[str] = Counter()  # JOB_EVENTS
         self.answered_from_memory = 0  # tasks asked again, answered without running again
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -113,7 +113,7 @@ class AgentMetrics:
         if usage.output_tokens:
             self.tokens[backend, model, "output"] += usage.output_tokens
         if usage.cost_usd:
-            self.cost_usd[backend, model] += usage.cost_usd
+            self.total_cost_usd[backend, model] += usage.cost_usd
 
     def take_recent(self) -> list[dict[str, Any]]:
         """The events since the last call, oldest first (at most :data:`RECENT`)."""

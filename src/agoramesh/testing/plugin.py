@@ -137,7 +137,7 @@ async def agent_factory(mesh_tls: TlsConfig | None) -> AsyncIterator[AgentFactor
     ``capabilities`` are offline capability names and/or Capability objects
     (with ``backend=``); ``backend`` defaults to :class:`OfflineBackend`,
     ``heartbeat_interval`` to 0.2 s. Agents started here are stopped after the
-    test. ``directory=``, ``bid_policy=``, ``auction_policy=`` and ``trajectory=`` go
+    test. ``directory=``, ``bid_strategy=``, ``auction_policy=`` and ``trajectory=`` go
     to AgentNode; ``bus=`` holds more BusConfig fields (``envelope``,
     ``user_jwt``, …); ``node_class=`` builds a subclass. Their buses trust
     ``mesh_tls``'s CA when the test uses TLS.
@@ -151,7 +151,7 @@ async def agent_factory(mesh_tls: TlsConfig | None) -> AsyncIterator[AgentFactor
         named = [c for c in capabilities if isinstance(c, str)]
         objects = [c for c in capabilities if isinstance(c, Capability)]
         caps = (*(capabilities_for("offline", named) if named or not objects else ()), *objects)
-        extras = {key: settings.pop(key) for key in ("directory", "bid_policy", "auction_policy",
+        extras = {key: settings.pop(key) for key in ("directory", "bid_strategy", "auction_policy",
                                                       "trajectory") if key in settings}
         settings.setdefault("heartbeat_interval", 0.2)
         bus_settings = {"tls": _client_tls(mesh_tls), **(bus or {})}

@@ -243,7 +243,7 @@ def task_prompt(task: Task) -> str:
     if isinstance(params.get("prompt"), str):
         rest = {k: v for k, v in params.items() if k != "prompt"}
         return f"{params['prompt']}\n\nInputs:\n{json.dumps(rest, indent=2, default=str)}"
-    return (f"Task: {task.task_type}\nInputs:\n"
+    return (f"Task: {task.capability}\nInputs:\n"
             f"{json.dumps(params, indent=2, default=str)}")
 
 

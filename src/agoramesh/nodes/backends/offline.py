@@ -259,14 +259,14 @@ class OfflineBackend(Backend):
 
     async def execute(self, task: Task, context: dict[str, Any] | None = None
                       ) -> AsyncGenerator[StreamItem, None]:
-        """Run the skill named by ``task.task_type``: progress chunks, then the Completion."""
-        skill = _SKILLS.get(task.task_type)
+        """Run the skill named by ``task.capability``: progress chunks, then the Completion."""
+        skill = _SKILLS.get(task.capability)
         if skill is None:
-            raise UnknownCapability(f"the offline backend has no capability {task.task_type!r}; "
+            raise UnknownCapability(f"the offline backend has no capability {task.capability!r}; "
                                     f"it has {', '.join(_SKILLS)}")
-        yield Chunk(f"{task.task_type}: started\n")
+        yield Chunk(f"{task.capability}: started\n")
         progress, output = await skill(task.parameters)
-        yield Chunk(f"{task.task_type}: {progress}\n")
+        yield Chunk(f"{task.capability}: {progress}\n")
         yield Completion(output=output, usage=self.usage(task.parameters, output),
                          model=self.model)
 

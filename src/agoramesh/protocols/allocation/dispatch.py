@@ -137,7 +137,7 @@ class Dispatcher:
         """
         wait = timeout or self.timeout
         extra = {"task_id": task_id} if task_id else {}
-        task = Task(task_type=capability, parameters=dict(parameters or {}), priority=priority,
+        task = Task(capability=capability, parameters=dict(parameters or {}), priority=priority,
                     deadline=time.time() + wait, **extra)
         route = Strategy(strategy)
         if agent_id is not None or route is Strategy.DIRECT:

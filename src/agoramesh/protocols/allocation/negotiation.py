@@ -1,9 +1,9 @@
 """One agent's side of an allocation (M-3.2, M-7): its answer, and claims settled.
 
 :func:`negotiate_task_allocation` turns an allocation of
-:mod:`~agoramesh.protocols.allocation.strategies` into one agent's answer in the
-seed's shape; :func:`resolve_conflict` settles agents claiming one task, the same
-way on every agent.
+:mod:`~agoramesh.protocols.allocation.strategies` into one agent's answer
+(accepted, rejected, proposals); :func:`resolve_conflict` settles agents claiming one
+task, the same way on every agent.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def negotiate_task_allocation(
         quorum: float = 0.5,
         task_bids: Mapping[str, Mapping[str, Bid]] | None = None
         ) -> dict[str, list[dict[str, Any]]]:
-    """The seed's answer for agent ``me``: ``{accepted_tasks, rejected_tasks, proposals}``.
+    """Agent ``me``'s answer: ``{accepted_tasks, rejected_tasks, proposals}``.
 
     The tasks are allocated among ``me`` and ``peers`` (a peer with my id is
     skipped). Tasks given to me are accepted as given; the rest are rejected,

@@ -3,15 +3,18 @@
 All but :func:`consensus_allocation` is pure and deterministic, so every node
 computing an allocation from the same tasks and profiles gets the same one.
 
-Tasks are mappings in the seed's shape: ``task_id`` or ``id`` (a string or an
-integer); the capability as ``required_capability``, ``capability`` or
-``task_type`` (a name or a pattern such as ``code.*``); ``priority`` 0-10
-(default 5); an optional ``description``; other keys ride along. A bad task
+Tasks are mappings, as JSON brings them: ``task_id`` or ``id`` (a string or
+an integer); the capability (a name or a pattern such as ``code.*``; in
+Python, :attr:`TaskSpec.capability`) under the first of three keys present,
+the spellings task maps come in: ``required_capability`` (the decentralized
+mode's task maps, PROTOCOL.md §19), ``capability`` or ``task_type`` (as a §15
+task body names it); ``priority`` 0-10 (default 5); an optional
+``description``; other keys ride along. A bad task
 raises InvalidInput naming it. An agent can do a task when one of its
 capabilities matches (:func:`~agoramesh.nodes.capability.matches`).
 
 Suitability (:func:`evaluate_task_suitability`) is 0 for an agent that cannot
-do the task, else the seed's weighted score with absolute terms
+do the task, else M-3.1's weighted score with absolute terms
 (:func:`~agoramesh.protocols.auction.scoring.suitability_scorer`; one agent has
 nobody to be min-max normalised against), load and success rate clipped to
 [0, 1]; one second of latency or one cent of cost halves its term::
@@ -77,6 +80,7 @@ __all__ = ("AgentProfile", "Allocation", "NegotiationStrategy", "TaskSpec", "all
            "normalize_tasks")
 
 _ID_KEYS = ("task_id", "id")
+#: Where a task map may hold its capability, first found first (module docstring).
 _CAPABILITY_KEYS = ("required_capability", "capability", "task_type")
 
 
@@ -152,8 +156,8 @@ class AgentProfile:
                    load=min(1.0, max(0.0, status.load)), capacity=max(0, status.capacity),
                    in_flight=max(0, status.in_flight), success_rate=status.success_rate,
                    latency_ms=status.avg_latency_ms,
-                   # status.cost_usd is a running total; a bid wants the cost of one task
-                   cost_usd=status.cost_usd / finished if finished else 0.0)
+                   # a bid wants the cost of one task; the status has the total so far
+                   cost_usd=status.total_cost_usd / finished if finished else 0.0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

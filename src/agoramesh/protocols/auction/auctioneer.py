@@ -209,7 +209,7 @@ class Auctioneer:
                     await asyncio.shield(cancel_lost(self.bus, lost, task.task_id))
             del self._open[key]
             self.metrics.auctions_open -= 1
-            self.metrics.auction_finished(task.task_type, outcome, time.perf_counter() - started,
+            self.metrics.auction_finished(task.capability, outcome, time.perf_counter() - started,
                                           task_id=task.task_id, bids=auction.bids_received,
                                           winner=winner)
 
@@ -342,12 +342,12 @@ class Auctioneer:
         honest round needs (the award does not repeat it).
         """
         task = auction.task
-        known = self.known_bidders(task.task_type, excluded)
+        known = self.known_bidders(task.capability, excluded)
         auction.open_round(attempt, known)  # nobody known: wait for strangers' bids
         window = self.policy.bid_window
         auction.called_at = asyncio.get_running_loop().time()
         deadline = auction.called_at + window
-        await self.bus.publish(self.bus.subjects.cfp(task.task_type), "cfp",
+        await self.bus.publish(self.bus.subjects.cfp(task.capability), "cfp",
                                auction.cfp_body(self.policy, excluded),
                                reply=f"{auction.inbox}.b{attempt}",
                                ttl_ms=max(1000, int(window * 2000)))

@@ -60,7 +60,7 @@ class AwardPhase:
         notify(Progress("award", task.task_id, {"agent": winner, "counter": dict(bid.counter)}))
         if self.trajectory is not None:
             self.trajectory.decided("award", auction_id=auction.id, task_id=task.task_id,
-                                    capability=task.task_type, winner=winner,
+                                    capability=task.capability, winner=winner,
                                     attempt=auction.attempt, bids=len(auction.offers))
         try:
             await self.bus.publish(self.bus.subjects.agent(winner), "award", body, to=winner,
@@ -163,7 +163,7 @@ class AwardPhase:
         if len(auction.offers) < 2:
             return
         with contextlib.suppress(AgoraError):
-            await self.bus.publish(self.bus.subjects.cfp(auction.task.task_type), "reject",
+            await self.bus.publish(self.bus.subjects.cfp(auction.task.capability), "reject",
                                    {"auction_id": auction.id, "winner": winner})
 
 

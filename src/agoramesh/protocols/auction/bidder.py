@@ -2,7 +2,7 @@
 
 An agent listens on ``agora.cfp.<capability>`` for each of its capabilities:
 
-- ``cfp``: answer ``bid`` (the :class:`BidPolicy`'s quote) or ``refuse`` (at
+- ``cfp``: answer ``bid`` (the :class:`BidStrategy`'s quote) or ``refuse`` (at
   capacity, stopping, excluded by the initiator). Refusing is an answer too,
   so the initiator can close its bid window early. A bid reserves a share of
   a slot for a short while — one over the number of bidders the cfp names,
@@ -61,7 +61,7 @@ from agoramesh.security.acl import Action
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
 
-__all__ = ("ACCEPT_WINDOW", "AT_CAPACITY", "BidPolicy", "Bidder")
+__all__ = ("ACCEPT_WINDOW", "AT_CAPACITY", "BidStrategy", "Bidder")
 
 log = logging.getLogger("agoramesh.bidder")
 
@@ -80,7 +80,7 @@ RESERVATION_TTL = 5.0
 _MIN_LEASE_INTERVAL = 0.05
 
 
-class BidPolicy:
+class BidStrategy:
     """How an agent prices its work and which awards it takes. Subclass to change it.
 
     The default quote: load = (running + reserved) / capacity; latency = the
@@ -153,9 +153,9 @@ def _hint(node: BaseNode, key: str) -> float:
 class Bidder:
     """One agent's participation in auctions: bids on cfps, runs what it is awarded."""
 
-    def __init__(self, node: BaseNode, policy: BidPolicy | None = None) -> None:
+    def __init__(self, node: BaseNode, strategy: BidStrategy | None = None) -> None:
         self.node = node
-        self.policy = policy or BidPolicy()
+        self.strategy = strategy or BidStrategy()
         # auction id -> (expiry, share of a slot); insertion order is expiry order
         self._reserved: dict[str, tuple[float, float]] = {}
         self._reserved_total = 0.0  # their shares' sum, kept as they come and go
@@ -227,7 +227,7 @@ class Bidder:
                         agent_type=node.config.type)
         else:
             try:
-                offer = self.policy.quote(node, cfp.task, capability, cfp.terms, self.reserved,
+                offer = self.strategy.quote(node, cfp.task, capability, cfp.terms, self.reserved,
                                           request_size=cfp.request_size)
             except AgoraError as exc:
                 offer = f"unusable cfp: {exc}"
@@ -261,7 +261,7 @@ class Bidder:
             if isinstance(terms.get("deadline"), int | float):
                 task_body["deadline"] = terms["deadline"]  # the counter-offer we made
             task = Task.from_dict({k: v for k, v in task_body.items() if k != "stream"})
-            capability = next(c for c in node.config.capabilities if c.name == task.task_type)
+            capability = next(c for c in node.config.capabilities if c.name == task.capability)
         except (KeyError, TypeError, ValueError, StopIteration, AgoraError) as exc:
             self._decided("decline", "unknown", auction_id, reason=f"unusable award: {exc}")
             await delivery.respond("decline", {"auction_id": auction_id,
@@ -271,7 +271,7 @@ class Bidder:
         holds = node.memory.holds(task) if denied is None else ""
         reason = str(denied) if denied is not None else (
             None if holds else _too_late(delivery.envelope)
-            or self.policy.accept(node, task, terms))
+            or self.strategy.accept(node, task, terms))
         if reason is not None:
             self._decided("decline", capability.name, auction_id, reason=reason)
             decline: dict[str, Any] = {"auction_id": auction_id, "reason": reason}
@@ -350,7 +350,7 @@ class _Cfp:
         task: Task | None = None
         problem = ""
         try:
-            task = Task.from_dict(body.get("task"), task_type=capability)
+            task = Task.from_dict(body.get("task"), capability=capability)
         except AgoraError as exc:
             problem = str(exc)
         bidders = body.get("bidders")
@@ -409,7 +409,7 @@ class _BidDesk:
                     for member, capability in members:
                         try:
                             await member.answer(cfp, capability)
-                        except Exception:  # one agent's broken policy must not silence the rest
+                        except Exception:  # one agent's broken strategy must not silence the rest
                             log.exception("agent %s could not answer a cfp",
                                           member.node.config.name)
             elif delivery.type == "reject" and isinstance(delivery.body, dict):

@@ -27,7 +27,7 @@ class AuctionPolicy:
     max_attempts: int = 3  # auctions per task, re-auctions included
     accept_counter_offers: bool = True
     max_cost_usd: float | None = None  # asked of bidders; dearer bids come as counter-offers
-    scorer: Scorer | None = None  # None: the seed's weights
+    scorer: Scorer | None = None  # None: weighted(), M-3.1's weights
     #: How long to keep calling for proposals while every capable agent is busy (or
     #: unreachable) before failing with Overloaded; bounded by the run's timeout.
     max_wait: float = 30.0

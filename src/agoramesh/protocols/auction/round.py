@@ -290,11 +290,11 @@ class Auction:
         """The error of a round that found no bid and may not be called again."""
         task = self.task
         if self.busy_refusals:
-            return Overloaded(f"every agent offering {task.task_type} was at capacity for "
+            return Overloaded(f"every agent offering {task.capability} was at capacity for "
                               f"{patience:g}s; try again later")
         if self.known:
-            return NoBidders(f"no agent bid for {task.task_type} within "
+            return NoBidders(f"no agent bid for {task.capability} within "
                              f"{bid_window:g}s ({len(self.known)} known to "
                              f"offer it did not answer)")
-        return NoBidders(f"no agent offers {task.task_type}: none is known here and none "
+        return NoBidders(f"no agent offers {task.capability}: none is known here and none "
                          f"answered within {bid_window:g}s")

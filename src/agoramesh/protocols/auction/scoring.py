@@ -2,7 +2,7 @@
 
 A :class:`Bid` is what an agent offers for one task: its load, the latency
 and cost it expects, and its success rate so far. The default
-:func:`weighted` scorer is the seed's: ``0.30 load + 0.25 latency + 0.20 cost
+:func:`weighted` scorer is M-3.1's: ``0.30 load + 0.25 latency + 0.20 cost
 + 0.25 success rate``, each term normalised to [0, 1] where 1 is best:
 
 - load: ``1 - load`` (load is in-flight work over capacity, clipped to 1);
@@ -14,7 +14,7 @@ and cost it expects, and its success rate so far. The default
 (so one bid has nobody to be normalised against): one second of latency or
 one cent of cost halves its term, and the sum is divided by the weights' sum,
 so a score lies in [0, 1]. Task allocation (protocols/allocation/strategies.py) and
-allocation ballots (protocols/allocation/voting.py) use it with the seed's weights
+allocation ballots (protocols/allocation/voting.py) use it with M-3.1's weights
 (:data:`SUITABILITY`).
 
 Scorers are pluggable: any ``Callable[[Sequence[Bid]], list[float]]``.
@@ -38,7 +38,7 @@ __all__ = ("DEFAULT_WEIGHTS", "HOLDS", "SUITABILITY", "Bid", "Scorer", "rank",
 #: What a bid may say it holds of the task already, best first.
 HOLDS = ("done", "running")
 
-#: The seed's weights.
+#: M-3.1's weights.
 DEFAULT_WEIGHTS: Mapping[str, float] = {"load": 0.30, "latency": 0.25, "cost": 0.20,
                                         "success": 0.25}
 
@@ -178,7 +178,7 @@ def _weight(value: Any, key: str) -> float:
     return float(value)
 
 
-#: :func:`suitability_scorer` with the seed's weights.
+#: :func:`suitability_scorer` with M-3.1's weights.
 SUITABILITY: Scorer = suitability_scorer()
 
 

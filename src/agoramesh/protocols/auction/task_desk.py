@@ -76,7 +76,7 @@ class TaskDesk:
             denied = node.check_access(delivery.sender, capability, Action.SUBMIT)
             if denied is not None:
                 raise denied
-            task = Task.from_dict(body, task_type=capability)
+            task = Task.from_dict(body, capability=capability)
         except AgoraError as exc:
             await delivery.respond_error(exc)
             return

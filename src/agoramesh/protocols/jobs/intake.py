@@ -53,7 +53,7 @@ def parse_job(node: BaseNode, msg: Message, deliveries: int, stored_ms: int) -> 
     else:
         raise bus.guard.reject(MalformedEnvelope(
             "job is neither an envelope nor a JSON object"))
-    task = Task.from_dict(body, task_type=capability)
+    task = Task.from_dict(body, capability=capability)
     header = (msg.headers or {}).get("Nats-Msg-Id")
     given = body.get("task_id") if isinstance(body, dict) else None
     from_body = given if isinstance(given, str) and given == task.task_id else None

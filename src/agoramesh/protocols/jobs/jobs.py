@@ -168,14 +168,14 @@ class Jobs:
         fails while a leader is elected is sent again, with the same task id,
         so it is stored once. Raises StoreFull, JetStreamUnavailable, InvalidInput.
         """
-        task = Task(task_type=capability, parameters=dict(parameters or {}),
+        task = Task(capability=capability, parameters=dict(parameters or {}),
                     task_id=valid_task_id(task_id or uuid.uuid4().hex), priority=priority,
                     deadline=deadline)
         return await self.submit_task(task, timeout=timeout)
 
     async def submit_task(self, task: Task, *, timeout: float = 10.0) -> JobReceipt:
         valid_task_id(task.task_id)
-        subject = self.bus.subjects.jobs(task.task_type)
+        subject = self.bus.subjects.jobs(task.capability)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         await self._ensure(deadline)
@@ -187,7 +187,7 @@ class Jobs:
             try:
                 ack: PubAck = await self.js.publish(subject, wire, msg_id=task.task_id,
                                                     timeout=max(0.2, min(left, 2.0)))
-                return JobReceipt(task_id=task.task_id, capability=task.task_type,
+                return JobReceipt(task_id=task.task_id, capability=task.capability,
                                   seq=ack.seq, duplicate=ack.duplicate)
             except (JetStreamUnavailable, NotConnected):
                 if loop.time() + pause >= deadline:
@@ -203,7 +203,7 @@ class Jobs:
                   timeout: float = 60.0, task_id: str | None = None,
                   priority: int = 5, deadline: float | None = None) -> TaskResult:
         """Submit and wait: the result, stored and delivered once, within ``timeout``."""
-        task = Task(task_type=capability, parameters=dict(parameters or {}),
+        task = Task(capability=capability, parameters=dict(parameters or {}),
                     task_id=valid_task_id(task_id or uuid.uuid4().hex), priority=priority,
                     deadline=deadline)
         async with self._listening(task.task_id) as arrived:
