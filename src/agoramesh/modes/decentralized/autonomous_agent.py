@@ -39,7 +39,7 @@ from agoramesh.modes.decentralized.help import HelpDesk
 from agoramesh.modes.decentralized.llm import ask, extract_action, is_allowed, open_model, prompt
 from agoramesh.modes.decentralized.negotiation import Negotiator
 from agoramesh.modes.decentralized.policy import Plan, plan_task
-from agoramesh.modes.decentralized.tasks import Task, point
+from agoramesh.modes.decentralized.tasks import Task, point, read_tasks
 from agoramesh.protocols.allocation.negotiation import resolve_conflict
 from agoramesh.protocols.allocation.voting import default_chooser
 from agoramesh.sim.interface import ActionStatus, SimulationEngine
@@ -114,7 +114,7 @@ class AutonomousAgent(BaseAgent):
         self.capabilities = list(self.simulator.get_agent_capabilities(self.sim_id))
         self.bidder.standing = dataclasses.replace(self.bidder.standing,
                                                    capabilities=tuple(self.capabilities))
-        self._list_tasks()
+        self.tasks = read_tasks(self.simulator.get_tasks())
         # Teammates may negotiate before this agent first decides: bid from where it is.
         self._learn(self.simulator.observe(self.sim_id))
 
@@ -173,7 +173,7 @@ class AutonomousAgent(BaseAgent):
 
     def decide_action(self) -> str:
         if not self.tasks:
-            self._list_tasks()
+            self.tasks = read_tasks(self.simulator.get_tasks())
         if self.simulator.is_done():
             return self._decided("DONE")
         self._read_messages()
@@ -187,10 +187,6 @@ class AutonomousAgent(BaseAgent):
             action = self._ask_llm(plan)
         self.last_plan = plan
         return self._decided(action)
-
-    def _list_tasks(self) -> None:
-        self.tasks = {task.task_id: task
-                      for task in map(Task.read, self.simulator.get_tasks())}
 
     def _read_messages(self) -> None:
         for message in self.comm.receive_messages():
@@ -341,8 +337,3 @@ class AutonomousAgent(BaseAgent):
             self.counts["llm_fallbacks"] += 1
             return plan.command
         return action
-
-    def _record_message(self, direction: str, message: dict[str, Any]) -> None:
-        if self.trajectory_recorder is not None:
-            self.trajectory_recorder.record_message(agent_id=self.sim_id,
-                                                    direction=direction, message=message)

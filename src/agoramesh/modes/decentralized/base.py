@@ -64,6 +64,12 @@ class BaseAgent(abc.ABC):
         """Record steps (and what the subclass records) with ``recorder``; None stops."""
         self.trajectory_recorder = recorder
 
+    def _record_message(self, direction: str, message: dict[str, Any]) -> None:
+        """Record a message this agent sent or received (a communication hook)."""
+        if self.trajectory_recorder is not None:
+            self.trajectory_recorder.record_message(agent_id=self.sim_id, direction=direction,
+                                                    message=message)
+
     def _decided(self, action: str) -> str:
         """Subclasses return their action through this: the next :meth:`step` carries it out."""
         self._pending = action

@@ -130,10 +130,16 @@ class Member:
                 and self.presence.is_live(mate.agent_id))
 
     @property
-    def _joined(self) -> tuple[Bus, TeamPresence]:
-        if self.bus is None or self.presence is None:
+    def _bus(self) -> Bus:
+        if self.bus is None:
             raise AgoraError(f"agent {self.sim_id} has not joined the mesh")
-        return self.bus, self.presence
+        return self.bus
+
+    @property
+    def _presence(self) -> TeamPresence:
+        if self.presence is None:
+            raise AgoraError(f"agent {self.sim_id} has not joined the mesh")
+        return self.presence
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -195,13 +201,13 @@ class Member:
         mate.lost = True
         self.stats["teammates_lost"] += 1
         log.info("%s: teammate %s lost (%s)", self.sim_id, mate.sim_id, reason)
-        self._joined[1].unfollow(agent_id)
+        self._presence.unfollow(agent_id)
         self._changed.set()
 
     async def _learn(self, agent_id: str, body: Any) -> None:
         """A teammate's roster entry, from its signed roster message."""
         if agent_id != self.agent_id and self.roster.read(agent_id, body) is not None:
-            await self._joined[1].follow(agent_id)
+            await self._presence.follow(agent_id)
             self._changed.set()
 
     async def wait_for(self, sim_ids: Sequence[str], timeout: float) -> list[str]:
@@ -211,7 +217,7 @@ class Member:
             return [sid for sid in sim_ids
                     if sid != self.sim_id and not self._is_live(self.roster.get(sid))]
 
-        bus = self._joined[0]
+        bus = self._bus
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while missing() and (left := deadline - loop.time()) > 0:
@@ -236,7 +242,7 @@ class Member:
             return  # our own broadcast
         if delivery.type == ROSTER:
             await self._learn(sender, delivery.body)
-            bus = self._joined[0]
+            bus = self._bus
             with contextlib.suppress(AgoraError):  # tell the newcomer who we are
                 await bus.publish(bus.subjects.agent(sender), ROSTER, self.roster.body(),
                                   to=sender)
@@ -248,7 +254,7 @@ class Member:
         if kind == ROSTER:
             await self._learn(str(delivery.sender), delivery.body)
         elif kind == "card_request":
-            await self._joined[1].on_card_request(delivery)
+            await self._presence.on_card_request(delivery)
         elif kind == "ballot" and self.chooser is not None:
             await ballot_handler(self.chooser)(delivery)
         elif kind in MESSAGE_TYPES:
@@ -293,7 +299,7 @@ class Member:
         if mate is None or not self._is_live(mate):
             self.stats["unknown_target"] += 1
             return False
-        bus = self._joined[0]
+        bus = self._bus
         relayed = message.get("sender_id") != self.sim_id
         body = ({**message, "gossip": list(gossip_share), "via": self.sim_id}
                 if gossip_share or relayed else message)
@@ -322,7 +328,7 @@ class Member:
 
     async def broadcast(self, message: dict[str, Any]) -> bool:
         """One publish to the team subject; True when every live teammate acknowledged."""
-        bus = self._joined[0]
+        bus = self._bus
         live = self.live_teammates
         self.stats["sent"] += 1
         replies = await bus.gather(

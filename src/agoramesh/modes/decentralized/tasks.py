@@ -14,11 +14,11 @@ at its default, so a bad dict makes an agent wait, never crash.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ("HelpAsked", "HelpTask", "Point", "Task", "point")
+__all__ = ("HelpAsked", "HelpTask", "Point", "Task", "point", "read_tasks")
 
 Point = tuple[int, int]
 
@@ -69,6 +69,11 @@ class Task:
                    location=_point_or_none(data.get("location")),
                    object=_text(data.get("object")), target=_point_or_none(data.get("target")),
                    source=dict(data))
+
+
+def read_tasks(tasks: Iterable[Mapping[str, Any]]) -> dict[str, Task]:
+    """The simulator's task list, typed, by task id."""
+    return {task.task_id: task for task in map(Task.read, tasks)}
 
 
 @dataclass(frozen=True, slots=True)
