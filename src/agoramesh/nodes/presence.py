@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
 
 __all__ = ("MAX_BATCH", "PeerWatch", "Presence", "answer_discovery", "beat_every",
-           "presence_body")
+           "presence_body", "presence_ttl_ms")
 
 #: Entries one ``heartbeat_batch`` (or ``telemetry_batch``) carries at most.
 MAX_BATCH = 1024
@@ -73,6 +73,12 @@ def presence_body(kind: str, *, card: dict[str, Any], status: dict[str, Any], in
     if host:
         body["host"] = host
     return body
+
+
+def presence_ttl_ms(interval: float) -> int:
+    """How long presence (and telemetry) envelopes live: a few missed beats, never less
+    than a second (PROTOCOL.md §15)."""
+    return max(1000, int(interval * 3000))
 
 
 def _fingerprint(status: object) -> int | None:
@@ -281,8 +287,7 @@ class Presence:
         self.node = node
         self.host = host
         self.interval = node.config.heartbeat_interval if interval is None else interval
-        # Presence and telemetry outlive a few missed beats, never less than a second.
-        self.ttl_ms = max(1000, int(self.interval * 3000))
+        self.ttl_ms = presence_ttl_ms(self.interval)
         self.watch = PeerWatch(node.bus, node.directory, interval=self.interval,
                                own=node.agent_id, spawn=node.spawn,
                                running=lambda: node.is_running, log=node.log)

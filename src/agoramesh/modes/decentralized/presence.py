@@ -31,7 +31,13 @@ from agoramesh.bus.subscription import Subscription
 from agoramesh.errors import AgoraError
 from agoramesh.nodes.card import AgentCard, AgentStatus, card_digest
 from agoramesh.nodes.directory import Directory
-from agoramesh.nodes.presence import PeerWatch, answer_discovery, beat_every, presence_body
+from agoramesh.nodes.presence import (
+    PeerWatch,
+    answer_discovery,
+    beat_every,
+    presence_body,
+    presence_ttl_ms,
+)
 
 __all__ = ("TeamPresence",)
 
@@ -59,8 +65,7 @@ class TeamPresence:
         self.card = card
         self.interval = interval
         self._spawn = spawn
-        # Presence outlives a few missed beats, never less than a second.
-        self.ttl_ms = max(1000, int(interval * 3000))
+        self.ttl_ms = presence_ttl_ms(interval)
         self.directory = Directory()
         self.watch = PeerWatch(bus, self.directory, interval=interval, own=card.id,
                                spawn=spawn, running=running, log=log)
