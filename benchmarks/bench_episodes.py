@@ -1,6 +1,6 @@
 """Decentralized-mode episodes over 10 seeds: success rate, steps, messages (issue 6).
 
-Runs the seed's usage loop (``EpisodeRunner``, the same code as ``agoramesh
+Runs M-7's usage loop (``EpisodeRunner``, the same code as ``agoramesh
 episode``) in the built-in grid world for each negotiation strategy and
 communication protocol, and for each cooperation level, every agent with its
 own embedded nats-server. There is no raw nats-py path to compare with: what
