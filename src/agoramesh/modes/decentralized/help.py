@@ -126,8 +126,9 @@ class HelpDesk:
     # -- answers -------------------------------------------------------------------
 
     def on_answer(self, sender: str, content: Mapping[str, Any]) -> None:
-        """A ``task_negotiation`` about a help request: a helper's accept (the first is
-        thanked by taking it, later ones are turned down) or a requester's reject."""
+        """A ``task_negotiation`` about a help request: a helper's ``accept`` (the first
+        helper is taken, later ones are turned down) or a requester's ``reject`` (it has
+        help already: ours is no longer wanted)."""
         request_id = str(content.get("help_request_id"))
         if content.get("action") == "reject":
             self.given.pop(request_id, None)
