@@ -33,7 +33,7 @@ TIMEOUT = 2.0
 
 
 def baseline() -> dict[str, Any]:
-    """The baseline YAML as the seed loads it: a plain dict, fresh on every call."""
+    """The baseline YAML as M-7's loop loads it: a plain dict, fresh on every call."""
     loaded = yaml.safe_load(BASELINE.read_text(encoding="utf-8"))
     assert isinstance(loaded, dict)
     return loaded
@@ -98,24 +98,24 @@ class Team:
             self.runtimes.append(comm.runtime)
 
     def adopt(self, agent: AutonomousAgent) -> AutonomousAgent:
-        """Track an agent built by the test itself (the seed's loop builds its own)."""
+        """Track an agent built by the test itself (M-7's loop builds its own)."""
         self.agents.append(agent)
         self._track(agent.comm)
         return agent
 
     def agents_for(self, simulator: SimulationEngine, config: Mapping[str, Any], *,
                    peers: bool = True) -> list[AutonomousAgent]:
-        """One agent per simulator agent id, peers set (the seed's first two loops)."""
-        agents = [self.adopt(AutonomousAgent(simulator, agent_id, config))
-                  for agent_id in simulator.agent_ids()]
+        """One agent per sim id, peers set (M-7's first two loops)."""
+        agents = [self.adopt(AutonomousAgent(simulator, sim_id, config))
+                  for sim_id in simulator.sim_ids()]
         if peers:
             for agent in agents:
                 agent.set_peer_agents([other for other in agents if other is not agent])
         return agents
 
-    def comm(self, agent_id: str, config: Mapping[str, Any],
+    def comm(self, sim_id: str, config: Mapping[str, Any],
              capabilities: Sequence[str] = ()) -> CommunicationManager:
-        comm = CommunicationManager(agent_id, config=config, capabilities=capabilities)
+        comm = CommunicationManager(sim_id, config=config, capabilities=capabilities)
         self.comms.append(comm)
         self._track(comm)
         return comm
@@ -134,7 +134,7 @@ class Team:
 
 def run_episode(simulator: SimulationEngine, agents: Sequence[AutonomousAgent],
                 max_steps: int, *, on_round: Callable[[int], None] | None = None) -> int:
-    """The seed's loop (decide, step, DONE ends the round), stopped once the world is done.
+    """M-7's loop (decide, step, DONE ends the round), stopped once the world is done.
 
     Returns the number of rounds played.
     """

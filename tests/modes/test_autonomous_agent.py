@@ -1,4 +1,4 @@
-"""``AutonomousAgent`` end to end: the seed's loop, help and status traffic, reset,
+"""``AutonomousAgent`` end to end: M-7's loop, help and status traffic, reset,
 the BaseAgent contract and trajectories, over a real mesh (M-7).
 """
 
@@ -42,16 +42,16 @@ class RecordingWorld(GridWorld):
         self.seen_complete: dict[str, set[str]] = {}
         super().__init__(**kwargs)
 
-    def observe(self, agent_id: str) -> dict[str, Any]:
-        view = super().observe(agent_id)
-        self.seen_complete.setdefault(agent_id, set()).update(
+    def observe(self, sim_id: str) -> dict[str, Any]:
+        view = super().observe(sim_id)
+        self.seen_complete.setdefault(sim_id, set()).update(
             t["task_id"] for t in view["tasks"] if t["status"] == "complete")
         return view
 
-    def process_command(self, agent_id: str, command: str) -> Any:
-        status, message, result = super().process_command(agent_id, command)
+    def process_command(self, sim_id: str, command: str) -> Any:
+        status, message, result = super().process_command(sim_id, command)
         if result:
-            self.seen_complete.setdefault(agent_id, set()).update(result["completed_tasks"])
+            self.seen_complete.setdefault(sim_id, set()).update(result["completed_tasks"])
         return status, message, result
 
 
@@ -107,10 +107,10 @@ def played(module_team: Team, tmp_path_factory: pytest.TempPathFactory
             recorder.close()
 
 
-# -- 1. the seed's usage example -----------------------------------------------------------
+# -- 1. M-7's usage example ----------------------------------------------------------------
 
-def test_the_seeds_usage_example_runs_as_written(team: Team) -> None:
-    config = yaml.safe_load(BASELINE.read_text(encoding="utf-8"))  # the dict, as the seed has it
+def test_the_specifications_usage_example_runs_as_written(team: Team) -> None:
+    config = yaml.safe_load(BASELINE.read_text(encoding="utf-8"))  # the dict, as M-7's loop has it
     simulator = GridWorld(num_agents=config["agent_config"]["num_agents"], seed=HELP_SEED)
     max_steps = config["execution"]["max_total_steps"]
 
@@ -126,7 +126,7 @@ def test_the_seeds_usage_example_runs_as_written(team: Team) -> None:
     task_description = simulator.task_description()
     for agent in agents:
         agent.set_task(task_description)
-    for step in range(max_steps):  # noqa: B007 - the seed's loop, verbatim
+    for step in range(max_steps):  # noqa: B007 - M-7's loop, verbatim
         for agent in agents:
             action = agent.decide_action()
             status, message, result = agent.step()
@@ -141,7 +141,7 @@ def test_the_seeds_usage_example_runs_as_written(team: Team) -> None:
     assert outcome["success"] is True
     assert outcome["tasks_completed"] == outcome["tasks_total"] == len(simulator.get_tasks())
     assert simulator.is_done()
-    assert step == max_steps - 1  # the seed's break only left the inner loop
+    assert step == max_steps - 1  # M-7's break only left the inner loop
     assert "DONE" in action and status is ActionStatus.SUCCESS  # later DONEs are harmless
     assert message == "the episode is over" and result is not None and result["done"] is True
     # Messages really crossed NATS: every agent sent and received, each through its own
@@ -163,7 +163,7 @@ def test_the_seeds_usage_example_runs_as_written(team: Team) -> None:
 def test_the_help_world_needs_help(played: dict[str, Episode]) -> None:
     """The scenario's premises, read from the world itself."""
     world = played["high"].world
-    caps = {a: world.get_agent_capabilities(a) for a in world.agent_ids()}
+    caps = {a: world.get_agent_capabilities(a) for a in world.sim_ids()}
     assert caps["agent_3"] == ["manipulation"]
     assert [a for a, held in caps.items() if "vision" in held] == ["agent_2"]
     assert played["high"].unidentified, "some delivery starts with an unidentified object"
@@ -173,18 +173,18 @@ def test_a_blocked_agent_asks_for_help_and_a_vision_agent_gives_it(
         played: dict[str, Episode]) -> None:
     episode = played["high"]
     assert episode.evaluation["success"] is True
-    by_id = {agent.agent_id: agent for agent in episode.agents}
+    by_id = {agent.sim_id: agent for agent in episode.agents}
     requester, helper = by_id["agent_3"], by_id["agent_2"]
     assert requester.counts["help_requests_sent"] >= 1
     assert helper.counts["help_given"] >= 1
     assert requester.counts["help_received"] >= 1
     # It asked about deliveries it owned whose objects were unidentified.
     owners = requester.negotiator.owners()
-    assert requester.help_asked
-    for task_id, asked in requester.help_asked.items():
+    assert requester.help.asked
+    for task_id, asked in requester.help.asked.items():
         assert task_id in episode.unidentified
         assert owners[task_id] == "agent_3"
-        assert asked["helper"] == "agent_2"
+        assert asked.helper == "agent_2"
     # And the deliveries were made: the objects got identified (PICK needs that).
     completed = set(episode.evaluation["completed"])
     assert set(episode.unidentified) <= completed
@@ -221,7 +221,7 @@ def test_low_cooperation_helps_later_than_high(played: dict[str, Episode]) -> No
 def test_status_updates_reach_every_teammate(played: dict[str, Episode]) -> None:
     for episode in played.values():
         for agent in episode.agents:
-            teammates = {a.agent_id for a in episode.agents} - {agent.agent_id}
+            teammates = {a.sim_id for a in episode.agents} - {agent.sim_id}
             assert set(agent.peer_status) == teammates
             for content in agent.peer_status.values():
                 assert {"agent_status", "current_task", "progress",
@@ -237,7 +237,7 @@ def test_agents_learn_completions_from_teammates_status_updates(
     every_task = {t["task_id"] for t in episode.world.get_tasks()}
     learnt_somewhere = False
     for agent in episode.agents:
-        seen = episode.world.seen_complete.get(agent.agent_id, set())
+        seen = episode.world.seen_complete.get(agent.sim_id, set())
         reported = {str(t) for d, m in agent.comm.history
                     if d == "received" and m["message_type"] == "status_update"
                     for t in m["content"].get("completed_tasks", ())}
@@ -263,9 +263,9 @@ def test_the_trajectory_records_steps_messages_and_negotiations(
     messages = [r for r in records if r["event"] == "message"]
     negotiations = [r for r in records if r["event"] == "negotiation"]
     assert len(steps) == episode.evaluation["steps"]
-    assert {r["agent_id"] for r in steps} == {a.agent_id for a in episode.agents}
+    assert {r["agent_id"] for r in steps} == {a.sim_id for a in episode.agents}
     for agent in episode.agents:
-        mine = [r["step"] for r in steps if r["agent_id"] == agent.agent_id]
+        mine = [r["step"] for r in steps if r["agent_id"] == agent.sim_id]
         assert mine == list(range(1, agent.step_count + 1))
     assert {r["direction"] for r in messages} == {"sent", "received"}
     assert {r["message"]["message_type"] for r in messages} == MESSAGE_TYPES
@@ -297,7 +297,7 @@ def seed_with(capabilities: dict[str, list[str]], *, same: bool, not_seed: int) 
     """A GridWorld seed whose agents' capabilities are (or are not) ``capabilities``."""
     for seed in range(200):
         world = GridWorld(num_agents=3, seed=seed)
-        caps = {a: world.get_agent_capabilities(a) for a in world.agent_ids()}
+        caps = {a: world.get_agent_capabilities(a) for a in world.sim_ids()}
         if seed != not_seed and (caps == capabilities) == same:
             return seed
     raise AssertionError("no such seed")
@@ -313,7 +313,7 @@ def assert_clean(agent: AutonomousAgent) -> None:
     assert agent.step_count == 0
     assert agent.task_description == ""
     assert agent.tasks == {} and agent.completed == set() and agent.peer_status == {}
-    assert agent.help_asked == {} and agent.help_given == {} and agent.help_deferred == {}
+    assert agent.help.asked == {} and agent.help.given == {} and agent.help.deferred == {}
     assert set(agent.counts.values()) == {0}
 
 
@@ -330,7 +330,7 @@ def test_reset_clears_the_episode_and_the_team_plays_another(
         agent.reset()
     for agent in agents:
         assert_clean(agent)
-    caps = {a: world.get_agent_capabilities(a) for a in world.agent_ids()}
+    caps = {a: world.get_agent_capabilities(a) for a in world.sim_ids()}
     other = seed_with(caps, same=capabilities == "same", not_seed=first_seed)
     world.reset(seed=other)
     run_episode(world, agents, MAX_ROUNDS)
@@ -338,7 +338,7 @@ def test_reset_clears_the_episode_and_the_team_plays_another(
     assert outcome["invalid_actions"] == 0, (
         f"agents acted on stale capabilities: they have "
         f"{[a.get_agent_capabilities() for a in agents]}, the world says "
-        f"{[world.get_agent_capabilities(a.agent_id) for a in agents]}")
+        f"{[world.get_agent_capabilities(a.sim_id) for a in agents]}")
     assert outcome["success"] is True
 
 
@@ -347,8 +347,8 @@ def test_reset_clears_the_episode_and_the_team_plays_another(
 class Scripted(BaseAgent):
     """A BaseAgent whose decisions are a script: what BaseAgent itself guarantees."""
 
-    def __init__(self, simulator: Any, agent_id: str, script: list[str]) -> None:
-        super().__init__(simulator, agent_id, {})
+    def __init__(self, simulator: Any, sim_id: str, script: list[str]) -> None:
+        super().__init__(simulator, sim_id, {})
         self.script = list(script)
         self.decisions = 0
 
@@ -403,12 +403,12 @@ def test_decide_then_step_carries_out_exactly_that_action_once(
         agent_.set_task(world.task_description())
     action = agent.decide_action()
     assert isinstance(action, str) and action
-    before = world.evaluate()["steps_by_agent"][agent.agent_id]
+    before = world.evaluate()["steps_by_agent"][agent.sim_id]
     status, message, result = agent.step()
     assert isinstance(status, ActionStatus) and isinstance(message, str)
     assert isinstance(result, dict)
     assert agent.history[-1]["action"] == action
-    assert world.evaluate()["steps_by_agent"][agent.agent_id] == before + 1
+    assert world.evaluate()["steps_by_agent"][agent.sim_id] == before + 1
     assert agent.step_count == 1
 
 
@@ -420,7 +420,7 @@ def test_step_without_decide_action_decides_itself(
     agent = agents[1]
     agent.step()
     assert agent.step_count == 1
-    assert world.evaluate()["steps_by_agent"][agent.agent_id] == 1
+    assert world.evaluate()["steps_by_agent"][agent.sim_id] == 1
     assert agent.history[-1]["action"] == agent.last_plan.command  # what it decided
     assert agent.negotiator.owners(), "deciding negotiated the tasks first"
 
@@ -431,7 +431,7 @@ def test_mode_name_capabilities_suitability_and_conflicts(
     for agent in agents:
         assert agent.get_mode_name() == "decentralized"
         caps = agent.get_agent_capabilities()
-        assert caps == world.get_agent_capabilities(agent.agent_id)
+        assert caps == world.get_agent_capabilities(agent.sim_id)
         caps.append("flight")  # a copy
         assert "flight" not in agent.get_agent_capabilities()
         for task in world.get_tasks():
@@ -444,13 +444,13 @@ def test_mode_name_capabilities_suitability_and_conflicts(
         assert agent.evaluate_task_suitability(flight) == 0.0
     conflict = {"task_id": "task_1", "claims": [{"agent_id": "agent_2", "score": 0.4},
                                                 {"agent_id": "agent_1", "score": 0.9}]}
-    verdicts = {agent.agent_id: agent.handle_conflict_resolution(conflict) for agent in agents}
-    for agent_id, verdict in verdicts.items():
+    verdicts = {agent.sim_id: agent.handle_conflict_resolution(conflict) for agent in agents}
+    for sim_id, verdict in verdicts.items():
         assert verdict["task_id"] == "task_1"
         assert verdict["winner"] == "agent_1"
         assert verdict["losers"] == ["agent_2"]
         assert isinstance(verdict["reason"], str) and verdict["reason"]
-        assert verdict["keep"] is (agent_id == "agent_1")
+        assert verdict["keep"] is (sim_id == "agent_1")
     with pytest.raises(InvalidInput):
         agents[0].handle_conflict_resolution({"task_id": "task_1", "claims": []})
 
@@ -492,7 +492,7 @@ def test_set_task_and_set_peer_agents_check_their_input(
     assert agents[0].comm.peers == ["agent_2", "agent_3"]
 
 
-def test_a_bad_simulator_or_agent_id_is_invalid_input_before_joining() -> None:
+def test_a_bad_simulator_or_sim_id_is_invalid_input_before_joining() -> None:
     before = set(nats_children())
     world = GridWorld(num_agents=3, seed=HELP_SEED)
     with pytest.raises(InvalidInput, match="SimulationEngine"):

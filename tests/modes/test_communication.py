@@ -160,7 +160,7 @@ def test_broadcast_reaches_every_peer_exactly_once(team: Team, protocol: str) ->
     assert sender.broadcast_message(message) is True
     for comm in others:
         got = comm.receive_messages()
-        assert [m["message_id"] for m in got] == [message["message_id"]], comm.agent_id
+        assert [m["message_id"] for m in got] == [message["message_id"]], comm.sim_id
         assert got[0]["sender_id"] == "peer_0"
         assert got[0]["receiver_id"] == "broadcast"
         assert "gossip" not in got[0] and "via" not in got[0]  # relay fields are stripped
@@ -267,8 +267,8 @@ def test_bad_messages_are_one_line_invalid_input(
 
 
 @pytest.mark.parametrize("bad_id", ["", "has space", "dot.ted", "x" * 65, "broadcast", 7, None])
-def test_invalid_agent_ids_are_refused_before_joining(bad_id: Any) -> None:
-    with pytest.raises(InvalidInput, match="agent ids are") as caught:
+def test_invalid_sim_ids_are_refused_before_joining(bad_id: Any) -> None:
+    with pytest.raises(InvalidInput, match="sim ids are") as caught:
         CommunicationManager(bad_id)
     assert "\n" not in str(caught.value)
 
@@ -276,11 +276,11 @@ def test_invalid_agent_ids_are_refused_before_joining(bad_id: Any) -> None:
 def test_invalid_target_and_peer_ids_are_invalid_input(
         mates: dict[str, CommunicationManager]) -> None:
     alpha = mates["alpha"]
-    with pytest.raises(InvalidInput, match="agent ids are"):
+    with pytest.raises(InvalidInput, match="sim ids are"):
         alpha.send_message("agent 2", status())
-    with pytest.raises(InvalidInput, match="agent ids are"):
+    with pytest.raises(InvalidInput, match="sim ids are"):
         alpha.send_message("broadcast", status())
-    with pytest.raises(InvalidInput, match="agent ids are"):
+    with pytest.raises(InvalidInput, match="sim ids are"):
         alpha.set_peers(["beta", "*"])
 
 

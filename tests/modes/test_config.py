@@ -27,7 +27,7 @@ from agoramesh.modes.decentralized.config import (
 from agoramesh.protocols.allocation.strategies import NegotiationStrategy
 from agoramesh.sim import GridWorld
 
-#: The four sections of M-7 and their keys, as the seed's config file has them.
+#: The four sections of M-7 and their keys, as M-7's config file has them.
 M7_KEYS = {
     "agent_config": {"agent_class", "num_agents", "negotiation_strategy", "cooperation_level"},
     "communication_config": {"protocol", "timeout", "max_message_queue", "retry_attempts"},

@@ -16,6 +16,7 @@ from decentralized_support import Team, make_config, run_episode
 
 from agoramesh.modes.decentralized.autonomous_agent import AutonomousAgent
 from agoramesh.modes.decentralized.policy import estimated_steps
+from agoramesh.modes.decentralized.tasks import Task
 from agoramesh.sim import GridWorld
 
 pytestmark = pytest.mark.integration
@@ -33,44 +34,44 @@ def build(team: Team, world: GridWorld, strategy: str, protocol: str = "direct",
           cooperation: str = "high") -> list[AutonomousAgent]:
     config = make_config(agent_config={"negotiation_strategy": strategy,
                                        "cooperation_level": cooperation,
-                                       "num_agents": len(world.agent_ids())},
+                                       "num_agents": len(world.sim_ids())},
                          communication_config={"protocol": protocol})
     return team.agents_for(world, config)
 
 
 def negotiate_everywhere(agents: Sequence[AutonomousAgent], tasks: list[dict[str, Any]]
                          ) -> dict[str, dict[str, Any]]:
-    return {agent.agent_id: agent.negotiate_task_allocation(tasks) for agent in agents}
+    return {agent.sim_id: agent.negotiate_task_allocation(tasks) for agent in agents}
 
 
 def check_allocation(world: GridWorld, agents: Sequence[AutonomousAgent],
                      tasks: list[dict[str, Any]], results: Mapping[str, dict[str, Any]]) -> None:
     """No duplicates, no gaps, and one story told by every agent."""
     ids = [task["task_id"] for task in tasks]
-    caps = {agent.agent_id: set(world.get_agent_capabilities(agent.agent_id))
+    caps = {agent.sim_id: set(world.get_agent_capabilities(agent.sim_id))
             for agent in agents}
     doable = {task["task_id"] for task in tasks
               if any(task["required_capability"] in held for held in caps.values())}
-    accepted = {agent_id: result["accepted_tasks"] for agent_id, result in results.items()}
+    accepted = {sim_id: result["accepted_tasks"] for sim_id, result in results.items()}
     # No gaps: every task some agent can do is accepted by someone...
     assert set().union(*map(set, accepted.values())) == doable
     # ...and no duplicates: by exactly one agent.
     assert sum(len(tasks_) for tasks_ in accepted.values()) == len(doable)
-    owner = {task: agent_id for agent_id, tasks_ in accepted.items() for task in tasks_}
-    for agent_id, result in results.items():
+    owner = {task: sim_id for sim_id, tasks_ in accepted.items() for task in tasks_}
+    for sim_id, result in results.items():
         assert len(set(result["accepted_tasks"])) == len(result["accepted_tasks"])
         # The rejected tasks are exactly the others, in the order given.
         assert result["rejected_tasks"] == [t for t in ids if t not in result["accepted_tasks"]]
         assert result["accepted_tasks"] == [t for t in ids if t in result["accepted_tasks"]]
         for task in result["accepted_tasks"]:  # nobody is given what it cannot do
             spec = next(t for t in tasks if t["task_id"] == task)
-            assert spec["required_capability"] in caps[agent_id]
+            assert spec["required_capability"] in caps[sim_id]
         # A proposal names the agent that accepted the task, for each task someone else took.
         proposed = {p["task_id"]: p["agent_id"] for p in result["proposals"]}
         assert len(proposed) == len(result["proposals"])
         assert proposed == {t: owner[t] for t in result["rejected_tasks"] if t in owner}
         for proposal in result["proposals"]:
-            assert proposal["agent_id"] != agent_id
+            assert proposal["agent_id"] != sim_id
             assert 0.0 <= proposal["score"] <= 1.0
         assert result["allocation"] == owner
         assert result["unassigned"] == [t for t in ids if t not in doable]
@@ -89,15 +90,15 @@ def test_every_agent_gets_the_same_allocation_without_gaps_or_duplicates(
     results = negotiate_everywhere(agents, tasks)
     check_allocation(world, agents, tasks, results)
     first, *others = agents
-    assert results[first.agent_id]["initiator"] == first.agent_id
-    assert results[first.agent_id]["strategy"] == strategy
+    assert results[first.sim_id]["initiator"] == first.sim_id
+    assert results[first.sim_id]["strategy"] == strategy
     # The first negotiated over the mesh; the others bid and were awarded, not re-negotiating.
     assert first.negotiator.counts["negotiations"] == 1
     for other in others:
         assert other.negotiator.counts["negotiations"] == 0
         assert other.negotiator.counts["bids_sent"] >= 1
         assert other.negotiator.counts["awards_received"] == 1
-        assert other.negotiator.owners() == results[first.agent_id]["allocation"]
+        assert other.negotiator.owners() == results[first.sim_id]["allocation"]
     # The strategy named is the one that decided.
     label = {"auction_based": "auction:", "consensus": "consensus:",
              "priority_based": "priority:"}[strategy]
@@ -136,7 +137,7 @@ def test_a_big_low_cooperation_team_fills_every_task_over_several_rounds(
     world = GridWorld(num_agents=5, seed=3)
     tasks = world.get_tasks()
     # More tasks than the first round can take: under "low" each agent takes one per round.
-    assert len(tasks) > len(world.agent_ids())
+    assert len(tasks) > len(world.sim_ids())
     agents = build(team, world, strategy, cooperation="low")
     results = negotiate_everywhere(agents, tasks)
     check_allocation(world, agents, tasks, results)
@@ -148,7 +149,7 @@ def test_a_full_agents_counter_offer_fills_a_later_round(team: Team) -> None:
     """Under "low" an agent with a full queue bids no more in round 1, but counter-offers
     later; when it is the only agent able to do a task, that counter-offer must win."""
     world = GridWorld(num_agents=3, seed=0)  # one capability each: nobody can stand in
-    assert all(len(world.get_agent_capabilities(a)) == 1 for a in world.agent_ids())
+    assert all(len(world.get_agent_capabilities(a)) == 1 for a in world.sim_ids())
     agents = build(team, world, "auction_based", cooperation="low")
     tasks = world.get_tasks()
     task_description = world.task_description()
@@ -157,7 +158,7 @@ def test_a_full_agents_counter_offer_fills_a_later_round(team: Team) -> None:
     first = negotiate_everywhere(agents, tasks)
     check_allocation(world, agents, tasks, first)
     for agent in agents:
-        assert first[agent.agent_id]["accepted_tasks"], "each agent has work queued"
+        assert first[agent.sim_id]["accepted_tasks"], "each agent has work queued"
         agent.decide_action()  # it takes stock of its queue: full under "low"
     deliver = next(task for task in tasks if task["required_capability"] == "manipulation")
     extra = [{**deliver, "task_id": "extra_delivery"}]
@@ -180,7 +181,7 @@ def test_a_full_agents_counter_offer_fills_a_later_round(team: Team) -> None:
 @pytest.mark.parametrize("when", ["first episode", "after reset"])
 def test_bids_estimate_from_where_each_bidder_is(team: Team, when: str) -> None:
     """A teammate's bid carries estimated_time from its own position in this world, even
-    when the negotiation starts before it has acted (the seed's loop: agent_1 decides first)."""
+    when the negotiation starts before it has acted (M-7's loop: agent_1 decides first)."""
     world = GridWorld(num_agents=3, seed=CONTESTED_SEED)
     agents = build(team, world, "auction_based")
     if when == "after reset":
@@ -202,10 +203,10 @@ def test_bids_estimate_from_where_each_bidder_is(team: Team, when: str) -> None:
     assert {sender for sender, _ in bids} == {"agent_2", "agent_3"}
     wrong = {(sender, bid["task_id"]): (bid["estimated_time"],
                                         estimated_steps(world.position(sender),
-                                                        tasks[bid["task_id"]]))
+                                                        Task.read(tasks[bid["task_id"]])))
              for sender, bid in bids
              if bid["estimated_time"] != estimated_steps(world.position(sender),
-                                                         tasks[bid["task_id"]])}
+                                                         Task.read(tasks[bid["task_id"]]))}
     assert wrong == {}, f"(bidder, task): (estimated_time bid, from its position) {wrong}"
 
 

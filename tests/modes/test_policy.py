@@ -11,13 +11,8 @@ from typing import Any
 
 import pytest
 
-from agoramesh.modes.decentralized.policy import (
-    Plan,
-    distance,
-    estimated_steps,
-    plan_task,
-    point,
-)
+from agoramesh.modes.decentralized.policy import Plan, distance, estimated_steps, plan_task
+from agoramesh.modes.decentralized.tasks import Task, point
 from agoramesh.sim import ActionStatus, GridWorld
 
 SURVEY = {"task_id": "t1", "kind": "survey", "location": [3, 4], "waypoint": "wp_1"}
@@ -32,8 +27,8 @@ MANIP = ("manipulation",)
 
 def plan(task: dict[str, Any], position: tuple[int, int], capabilities: tuple[str, ...] = (),
          carrying: str | None = None, objects: dict[str, dict[str, Any]] | None = None) -> Plan:
-    return plan_task(task, position=position, capabilities=capabilities, carrying=carrying,
-                     objects=objects or {})
+    return plan_task(Task.read(task), position=position, capabilities=capabilities,
+                     carrying=carrying, objects=objects or {})
 
 
 # -- survey -------------------------------------------------------------------------------
@@ -121,7 +116,7 @@ def test_an_unknown_task_kind_waits_and_says_why() -> None:
     ((2, 2), {"kind": "inspect"}, 1),  # no location: the work is here
 ])
 def test_estimated_steps(start: tuple[int, int], task: dict[str, Any], steps: int) -> None:
-    assert estimated_steps(start, task) == steps
+    assert estimated_steps(start, Task.read(task)) == steps
 
 
 def test_distance_and_point() -> None:
@@ -134,18 +129,18 @@ def test_distance_and_point() -> None:
 
 # -- against the world ---------------------------------------------------------------------
 
-def walk(world: GridWorld, agent_id: str, task: dict[str, Any], limit: int = 80) -> list[str]:
+def walk(world: GridWorld, sim_id: str, task: dict[str, Any], limit: int = 80) -> list[str]:
     """Follow the policy for one task in ``world``; the commands sent."""
     sent: list[str] = []
-    caps = tuple(world.get_agent_capabilities(agent_id))
+    caps = tuple(world.get_agent_capabilities(sim_id))
     while world.task_status(task["task_id"]) != "complete":
         assert len(sent) < limit, f"no progress on {task['task_id']}: {sent[-5:]}"
-        seen = world.observe(agent_id)
+        seen = world.observe(sim_id)
         objects = {o["name"]: o for o in seen["objects"]}
-        next_plan = plan_task(task, position=tuple(seen["position"]), capabilities=caps,
-                              carrying=seen["carrying"], objects=objects)
-        assert next_plan.needs is None, f"{agent_id} is blocked: {next_plan}"
-        status, message, _ = world.process_command(agent_id, next_plan.command)
+        next_plan = plan_task(Task.read(task), position=tuple(seen["position"]),
+                              capabilities=caps, carrying=seen["carrying"], objects=objects)
+        assert next_plan.needs is None, f"{sim_id} is blocked: {next_plan}"
+        status, message, _ = world.process_command(sim_id, next_plan.command)
         assert status is ActionStatus.SUCCESS, message
         sent.append(next_plan.command)
     return sent
@@ -154,9 +149,9 @@ def walk(world: GridWorld, agent_id: str, task: dict[str, Any], limit: int = 80)
 @pytest.mark.parametrize("seed", range(4))
 def test_the_policy_finishes_every_task_its_agent_can_do_alone(seed: int) -> None:
     world = GridWorld(num_agents=3, seed=seed, obstacle_ratio=0.0)
-    vision = next(a for a in world.agent_ids() if "vision" in world.get_agent_capabilities(a))
+    vision = next(a for a in world.sim_ids() if "vision" in world.get_agent_capabilities(a))
     for task in world.get_tasks():
-        doers = [a for a in world.agent_ids()
+        doers = [a for a in world.sim_ids()
                  if task["required_capability"] in world.get_agent_capabilities(a)]
         assert doers, "every task of a GridWorld is someone's"
         if task["kind"] == "deliver" and "vision" not in world.get_agent_capabilities(doers[0]):
@@ -167,8 +162,8 @@ def test_the_policy_finishes_every_task_its_agent_can_do_alone(seed: int) -> Non
             for _ in range(80):
                 seen = world.observe(vision)
                 objects = {o["name"]: o for o in seen["objects"]}
-                step = plan_task(scan_for, position=tuple(seen["position"]), capabilities=caps,
-                                 carrying=seen["carrying"], objects=objects)
+                step = plan_task(Task.read(scan_for), position=tuple(seen["position"]),
+                                 capabilities=caps, carrying=seen["carrying"], objects=objects)
                 if step.command == "WAIT" and objects.get(task["object"], {}).get("identified"):
                     break
                 status, message, _ = world.process_command(vision, step.command)

@@ -26,7 +26,7 @@ def test_an_episode_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "episode.jsonl"
     world = GridWorld(seed=0)
     with TrajectoryRecorder(str(path)) as recorder:
-        recorder.start_episode(seed=0, agents=world.agent_ids(), mode="decentralized")
+        recorder.start_episode(seed=0, agents=world.sim_ids(), mode="decentralized")
         status, message, result = world.process_command("agent_1", "WAIT")
         recorder.record_step(agent_id="agent_1", step=1, action="WAIT", status=status,
                              message=message, result=result)

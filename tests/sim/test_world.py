@@ -22,12 +22,12 @@ FUZZ = settings(max_examples=200, derandomize=True, database=None, deadline=None
 
 def holder(world: GridWorld, capability: str, *, without: str | None = None) -> str:
     """The first agent with ``capability`` (and, if given, lacking ``without``)."""
-    return next(a for a in world.agent_ids() if capability in world.get_agent_capabilities(a)
+    return next(a for a in world.sim_ids() if capability in world.get_agent_capabilities(a)
                 and (without is None or without not in world.get_agent_capabilities(a)))
 
 
 def lacking(world: GridWorld, capability: str) -> str:
-    return next(a for a in world.agent_ids() if capability not in world.get_agent_capabilities(a))
+    return next(a for a in world.sim_ids() if capability not in world.get_agent_capabilities(a))
 
 
 def walk(world: GridWorld, agent: str, cell: list[int] | tuple[int, int]) -> None:
@@ -122,7 +122,7 @@ def test_a_grid_world_is_a_simulation_engine() -> None:
 def test_the_same_seed_gives_the_same_world_and_seeds_differ() -> None:
     def snapshot(world: GridWorld) -> tuple[object, ...]:
         return (world.render(), world.get_tasks(),
-                [world.get_agent_capabilities(a) for a in world.agent_ids()],
+                [world.get_agent_capabilities(a) for a in world.sim_ids()],
                 world.observe("agent_1"))
 
     assert snapshot(GridWorld(seed=7)) == snapshot(GridWorld(seed=7))
@@ -139,17 +139,17 @@ def test_reset_regenerates_and_clears_every_counter() -> None:
     assert (world.render(), world.get_tasks()) == fresh
     assert world.evaluate() == {
         "success": False, "done": False, "tasks_total": 6, "tasks_completed": 0,
-        "completed": [], "steps": 0, "steps_by_agent": dict.fromkeys(world.agent_ids(), 0),
+        "completed": [], "steps": 0, "steps_by_agent": dict.fromkeys(world.sim_ids(), 0),
         "invalid_actions": 0, "failed_actions": 0}
     world.reset(seed=5)
     assert world.render() == GridWorld(seed=5).render()
     world.reset(num_agents=5)
-    assert world.agent_ids() == [f"agent_{i}" for i in range(1, 6)]
+    assert world.sim_ids() == [f"agent_{i}" for i in range(1, 6)]
     assert world.render() == GridWorld(seed=5, num_agents=5).render()
-    before = (world.render(), world.agent_ids())
+    before = (world.render(), world.sim_ids())
     with pytest.raises(InvalidInput, match="num_agents"):
         world.reset(seed=9, num_agents=0)
-    assert (world.render(), world.agent_ids()) == before  # a refused reset changes nothing
+    assert (world.render(), world.sim_ids()) == before  # a refused reset changes nothing
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -178,7 +178,7 @@ def test_every_required_capability_is_held_and_the_pool_is_dealt_round_robin(
     for seed in range(30):
         world = GridWorld(num_agents=num_agents, seed=seed)
         held = set()
-        for index, agent in enumerate(world.agent_ids()):
+        for index, agent in enumerate(world.sim_ids()):
             caps = world.get_agent_capabilities(agent)
             assert POOL[index % 3] in caps and 1 <= len(caps) <= 2 and caps == sorted(caps)
             held |= set(caps)
@@ -186,7 +186,7 @@ def test_every_required_capability_is_held_and_the_pool_is_dealt_round_robin(
         assert {t["required_capability"] for t in tasks} <= held
         if num_agents >= 3:
             assert {t["kind"] for t in tasks} == {"inspect", "deliver", "survey"}
-        starts = [world.position(a) for a in world.agent_ids()]
+        starts = [world.position(a) for a in world.sim_ids()]
         assert len(set(starts)) == len(starts)
         for task in tasks:
             assert 3 <= task["priority"] <= 8
@@ -339,7 +339,7 @@ def test_pick_waits_for_a_vision_agent_then_carries_and_delivers() -> None:
 
 def test_place_off_the_zone_completes_nothing_and_cargo_can_be_taken_by_another() -> None:
     world = GridWorld(num_agents=6, seed=2)
-    first, second, *_ = [a for a in world.agent_ids()
+    first, second, *_ = [a for a in world.sim_ids()
                          if "manipulation" in world.get_agent_capabilities(a)]
     task = next(t for t in world.get_tasks() if t["kind"] == "deliver")
     seer = holder(world, "vision")
@@ -444,7 +444,7 @@ def test_unknown_agents_are_a_programming_error() -> None:
 @pytest.mark.parametrize("radius", [0, 1, 2, 4])
 def test_observe_sees_exactly_what_lies_within_the_view_radius(radius: int) -> None:
     world = GridWorld(num_agents=5, seed=8, view_radius=radius, width=10, height=10)
-    for agent in world.agent_ids():
+    for agent in world.sim_ids():
         view, full = world.observe(agent), everything(world, agent)
         me = view["position"]
 
@@ -475,7 +475,7 @@ def test_get_tasks_returns_copies() -> None:
 
 def test_describe_and_supported_actions_speak_for_the_agent() -> None:
     world = GridWorld(seed=0)
-    for agent in world.agent_ids():
+    for agent in world.sim_ids():
         caps = world.get_agent_capabilities(agent)
         text = world.describe(agent)
         assert text.startswith(f"You are {agent} at ") and all(cap in text for cap in caps)
@@ -496,7 +496,7 @@ def test_render_marks_agents_and_features() -> None:
     world = GridWorld(seed=0, obstacle_ratio=0.0)
     picture = world.render()
     assert "#" not in picture
-    for index, agent in enumerate(world.agent_ids(), start=1):
+    for index, agent in enumerate(world.sim_ids(), start=1):
         x, y = world.position(agent)
         assert picture.split("\n")[y][x] == str(index)
     assert {"Z", "w", "o"} <= set(picture)
@@ -517,7 +517,7 @@ COMMANDS = st.one_of(
 @given(st.lists(st.tuples(st.integers(0, 2), COMMANDS), min_size=1, max_size=6))
 def test_no_command_text_makes_the_world_raise(plays: list[tuple[int, str]]) -> None:
     world = GridWorld(seed=0)
-    agents = world.agent_ids()
+    agents = world.sim_ids()
     for index, command in plays:
         status, message, result = world.process_command(agents[index], command)
         assert isinstance(status, ActionStatus)

@@ -46,10 +46,7 @@ LAYER_DEBT: frozenset[tuple[str, str]] = frozenset()
 MODULE_DEBT: frozenset[str] = frozenset()
 
 #: Classes over :data:`MAX_CLASS_LINES` lines or :data:`MAX_METHODS` methods, to be split.
-CLASS_DEBT: frozenset[str] = frozenset({
-    "agoramesh.modes.decentralized.autonomous_agent.AutonomousAgent",
-    "agoramesh.modes.decentralized.member.Member",
-})
+CLASS_DEBT: frozenset[str] = frozenset()
 
 #: Modules outside ``bus/`` (and ``testing/``, which plays raw clients on purpose) that
 #: still use nats-py; the Bus is to offer what they need.

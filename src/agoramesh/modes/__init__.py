@@ -1,3 +1,3 @@
-"""Modes of running agents on the mesh; ``decentralized`` is the second seed's (M-7)."""
+"""Modes of running agents on the mesh; ``decentralized`` is M-7's."""
 
 __all__ = ()

@@ -35,7 +35,8 @@ from agoramesh.nodes.directory import Directory
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
 
-__all__ = ("MAX_BATCH", "PeerWatch", "Presence", "answer_discovery", "beat_every")
+__all__ = ("MAX_BATCH", "PeerWatch", "Presence", "answer_discovery", "beat_every",
+           "presence_body", "presence_ttl_ms")
 
 #: Entries one ``heartbeat_batch`` (or ``telemetry_batch``) carries at most.
 MAX_BATCH = 1024
@@ -57,6 +58,27 @@ async def answer_discovery(delivery: Delivery, card: AgentCard,
             f"bad capability pattern {query.get('capability')!r}"))
         return
     await delivery.respond("discovery", body(), public=True)  # a card: public anyway
+
+
+def presence_body(kind: str, *, card: dict[str, Any], status: dict[str, Any], interval: float,
+                  digest: str, host: str = "") -> dict[str, Any]:
+    """The body of a ``hello`` (the shape of ``card`` replies and discovery answers too),
+    ``heartbeat`` or ``bye`` (PROTOCOL.md §15): a heartbeat is small, its card's digest
+    instead of the card; ``host`` names the host beating for the agent ("" for none)."""
+    if kind == "bye":
+        return {}
+    if kind == "heartbeat":
+        return {"status": status, "interval": interval, "digest": digest}
+    body = {"card": card, "status": status, "interval": interval, "digest": digest}
+    if host:
+        body["host"] = host
+    return body
+
+
+def presence_ttl_ms(interval: float) -> int:
+    """How long presence (and telemetry) envelopes live: a few missed beats, never less
+    than a second (PROTOCOL.md §15)."""
+    return max(1000, int(interval * 3000))
 
 
 def _fingerprint(status: object) -> int | None:
@@ -265,8 +287,7 @@ class Presence:
         self.node = node
         self.host = host
         self.interval = node.config.heartbeat_interval if interval is None else interval
-        # Presence and telemetry outlive a few missed beats, never less than a second.
-        self.ttl_ms = max(1000, int(self.interval * 3000))
+        self.ttl_ms = presence_ttl_ms(self.interval)
         self.watch = PeerWatch(node.bus, node.directory, interval=self.interval,
                                own=node.agent_id, spawn=node.spawn,
                                running=lambda: node.is_running, log=node.log)
@@ -274,11 +295,8 @@ class Presence:
     def body(self) -> dict[str, Any]:
         """The card, status, interval, digest (and host): a hello, a discovery answer, a card."""
         node = self.node
-        body = {"card": node.card_dict, "status": node.status.as_dict(),
-                "interval": self.interval, "digest": node.card_digest}
-        if self.host:
-            body["host"] = self.host
-        return body
+        return presence_body("hello", card=node.card_dict, status=node.status.as_dict(),
+                             interval=self.interval, digest=node.card_digest, host=self.host)
 
     def beat_entry(self) -> dict[str, Any]:
         """This agent's entry in its host's ``heartbeat_batch``."""
@@ -287,13 +305,9 @@ class Presence:
 
     async def announce(self, kind: str) -> None:
         node = self.node
-        if kind == "bye":
-            body: dict[str, Any] = {}
-        elif kind == "heartbeat":  # small: status and the card's digest, not the card
-            body = {"status": node.status_dict(),
-                    "interval": self.interval, "digest": node.card_digest}
-        else:
-            body = self.body()
+        body = (self.body() if kind == "hello" else
+                presence_body(kind, card=node.card_dict, status=node.status_dict(),
+                              interval=self.interval, digest=node.card_digest))
         await node.bus.publish(node.bus.subjects.presence(node.agent_id), kind, body,
                                ttl_ms=self.ttl_ms)
 

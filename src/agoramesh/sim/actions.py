@@ -41,9 +41,9 @@ def supported_actions(agent: Agent) -> str:
                      if _NEEDS.get(word) in (None, *agent.capabilities))
 
 
-def process_command(state: WorldState, agent_id: str, command: str) -> StepResult:
-    """Carry out one step of ``agent_id``'s and count it, unless the episode is over."""
-    agent = state.agent(agent_id)
+def process_command(state: WorldState, sim_id: str, command: str) -> StepResult:
+    """Carry out one step of ``sim_id``'s and count it, unless the episode is over."""
+    agent = state.agent(sim_id)
     completed: list[str] = []
     if state.done:  # the episode's numbers are final: late commands are not counted
         if isinstance(command, str) and _DONE_WORD.search(command[:_MAX_COMMAND]):
@@ -51,14 +51,14 @@ def process_command(state: WorldState, agent_id: str, command: str) -> StepResul
         return ActionStatus.INVALID, "the episode is over", _result(state, agent, [])
     status, message = _dispatch(state, agent, command, completed)
     state.steps += 1
-    state.steps_by_agent[agent_id] += 1
+    state.steps_by_agent[sim_id] += 1
     state.invalid += status is ActionStatus.INVALID
     state.failed += status is ActionStatus.FAILURE
     return status, message, _result(state, agent, completed)
 
 
 def _result(state: WorldState, agent: Agent, completed: list[str]) -> dict[str, Any]:
-    return {"agent_id": agent.agent_id, "position": list(agent.position),
+    return {"agent_id": agent.sim_id, "position": list(agent.position),
             "carrying": agent.carrying, "completed_tasks": completed,
             "done": state.done, "step": state.steps}
 
@@ -77,13 +77,13 @@ def _dispatch(state: WorldState, agent: Agent, command: str,
         return ActionStatus.INVALID, f"unknown command {parts[0]!r:.40}; {_VALID}"
     needs = _NEEDS.get(word)
     if needs is not None and needs not in agent.capabilities:
-        return ActionStatus.INVALID, f"{agent.agent_id} has no {needs} capability"
+        return ActionStatus.INVALID, f"{agent.sim_id} has no {needs} capability"
     if len(args) != _ARITY[word]:
         return ActionStatus.INVALID, (
             f"{word} takes {_ARITY[word]} argument{'' if _ARITY[word] == 1 else 's'}, "
             f"got {len(args)}; {_VALID}")
     if word == "WAIT":
-        return ActionStatus.SUCCESS, f"{agent.agent_id} waits at {fmt(agent.position)}"
+        return ActionStatus.SUCCESS, f"{agent.sim_id} waits at {fmt(agent.position)}"
     if word == "MOVE":
         return _move(state, agent, args[0])
     if word == "GOTO":
@@ -117,10 +117,10 @@ def _move(state: WorldState, agent: Agent, direction: str) -> tuple[ActionStatus
     x, y = agent.position
     target = (x + delta[0], y + delta[1])
     if not state.grid.is_open(target):
-        return ActionStatus.FAILURE, (f"{agent.agent_id} cannot move {direction.lower()} "
+        return ActionStatus.FAILURE, (f"{agent.sim_id} cannot move {direction.lower()} "
                                       f"from {fmt(agent.position)}: blocked")
     _step_to(state, agent, target)
-    return ActionStatus.SUCCESS, f"{agent.agent_id} moved to {fmt(target)}"
+    return ActionStatus.SUCCESS, f"{agent.sim_id} moved to {fmt(target)}"
 
 
 def _goto(state: WorldState, agent: Agent, x_text: str,
@@ -132,10 +132,10 @@ def _goto(state: WorldState, agent: Agent, x_text: str,
     if not state.grid.is_open(goal):
         return ActionStatus.INVALID, f"{fmt(goal)} is a wall or outside the grid"
     if goal == agent.position:
-        return ActionStatus.SUCCESS, f"{agent.agent_id} is already at {fmt(goal)}"
+        return ActionStatus.SUCCESS, f"{agent.sim_id} is already at {fmt(goal)}"
     path = state.grid.path(agent.position, goal)
     _step_to(state, agent, path[1])
-    return ActionStatus.SUCCESS, (f"{agent.agent_id} moved to {fmt(path[1])}, "
+    return ActionStatus.SUCCESS, (f"{agent.sim_id} moved to {fmt(path[1])}, "
                                   f"{len(path) - 2} steps from {fmt(goal)}")
 
 
@@ -158,7 +158,7 @@ def _scan(state: WorldState, agent: Agent, completed: list[str]) -> tuple[Action
         obj.identified = True
         _complete(state, "inspect", completed, name=obj.name)
     names = ", ".join(o.name for o in found)
-    return ActionStatus.SUCCESS, f"{agent.agent_id} identified {names}{_note(completed)}"
+    return ActionStatus.SUCCESS, f"{agent.sim_id} identified {names}{_note(completed)}"
 
 
 def _pick(state: WorldState, agent: Agent, name: str) -> tuple[ActionStatus, str]:
@@ -167,7 +167,7 @@ def _pick(state: WorldState, agent: Agent, name: str) -> tuple[ActionStatus, str
         return ActionStatus.INVALID, (f"no object named {name!r:.30}; objects are "
                                       f"{', '.join(state.objects) or 'none'}")
     if agent.carrying is not None:
-        return ActionStatus.FAILURE, f"{agent.agent_id} already carries {agent.carrying}"
+        return ActionStatus.FAILURE, f"{agent.sim_id} already carries {agent.carrying}"
     if obj.carried_by is not None:
         return ActionStatus.FAILURE, f"{obj.name} is carried by {obj.carried_by}"
     if obj.position != agent.position:
@@ -176,17 +176,17 @@ def _pick(state: WorldState, agent: Agent, name: str) -> tuple[ActionStatus, str
     if not obj.identified:
         return ActionStatus.FAILURE, (f"{obj.name} is unidentified: a vision agent must "
                                       "SCAN it first")
-    obj.carried_by, agent.carrying = agent.agent_id, obj.name
-    return ActionStatus.SUCCESS, f"{agent.agent_id} picked up {obj.name}"
+    obj.carried_by, agent.carrying = agent.sim_id, obj.name
+    return ActionStatus.SUCCESS, f"{agent.sim_id} picked up {obj.name}"
 
 
 def _place(state: WorldState, agent: Agent, completed: list[str]) -> tuple[ActionStatus, str]:
     if agent.carrying is None:
-        return ActionStatus.FAILURE, f"{agent.agent_id} carries nothing"
+        return ActionStatus.FAILURE, f"{agent.sim_id} carries nothing"
     obj = state.objects[agent.carrying]
     obj.carried_by, agent.carrying = None, None
     _complete(state, "deliver", completed, name=obj.name, cell=agent.position)
-    return ActionStatus.SUCCESS, (f"{agent.agent_id} placed {obj.name} at "
+    return ActionStatus.SUCCESS, (f"{agent.sim_id} placed {obj.name} at "
                                   f"{fmt(agent.position)}{_note(completed)}")
 
 
@@ -197,7 +197,7 @@ def _mark(state: WorldState, agent: Agent, completed: list[str]) -> tuple[Action
     _complete(state, "survey", completed, waypoint=here[0])
     if not completed:
         return ActionStatus.SUCCESS, f"{here[0]} was already surveyed"
-    return ActionStatus.SUCCESS, f"{agent.agent_id} surveyed {here[0]}{_note(completed)}"
+    return ActionStatus.SUCCESS, f"{agent.sim_id} surveyed {here[0]}{_note(completed)}"
 
 
 def _note(completed: list[str]) -> str:

@@ -5,11 +5,12 @@ any object with these methods; :class:`agoramesh.sim.GridWorld` is the
 built-in one. Another framework's simulator implements them (structural
 typing: no base class to inherit) and its agents run on the mesh unchanged.
 
-Contract, for every method: agent ids are strings such as ``"agent_1"``;
-bad input is never an exception but an :attr:`ActionStatus.INVALID` result
-(``process_command``) or a :class:`~agoramesh.errors.InvalidInput` for an
-unknown agent id (every other method). Implementations must be safe to call
-from more than one thread (the built-in one holds a lock).
+Contract, for every method: agents are named by *sim ids*, strings such as
+``"agent_1"`` (not the nkey agent ids of the mesh); bad input is never an
+exception but an :attr:`ActionStatus.INVALID` result (``process_command``)
+or a :class:`~agoramesh.errors.InvalidInput` for an unknown sim id (every
+other method). Implementations must be safe to call from more than one
+thread (the built-in one holds a lock).
 
 A task, as :meth:`SimulationEngine.get_tasks` lists it, is a dict with at
 least ``task_id`` (str), ``required_capability`` (str), ``priority`` (0-10),
@@ -43,12 +44,12 @@ StepResult = tuple[ActionStatus, str, dict[str, Any] | None]
 class SimulationEngine(Protocol):
     """A world agents act in, one text command at a time."""
 
-    def agent_ids(self) -> list[str]:
-        """The agents of this episode, in a stable order."""
+    def sim_ids(self) -> list[str]:
+        """The sim ids of this episode's agents, in a stable order."""
         ...
 
-    def get_agent_capabilities(self, agent_id: str) -> list[str]:
-        """What ``agent_id`` can do (for example ``["vision", "navigation"]``)."""
+    def get_agent_capabilities(self, sim_id: str) -> list[str]:
+        """What ``sim_id`` can do (for example ``["vision", "navigation"]``)."""
         ...
 
     def get_tasks(self) -> list[dict[str, Any]]:
@@ -59,20 +60,20 @@ class SimulationEngine(Protocol):
         """The episode's goal in one paragraph, for ``set_task`` and LLM prompts."""
         ...
 
-    def process_command(self, agent_id: str, command: str) -> StepResult:
-        """Carry out one command for ``agent_id``; an action containing DONE ends the episode."""
+    def process_command(self, sim_id: str, command: str) -> StepResult:
+        """Carry out one command for ``sim_id``; an action containing DONE ends the episode."""
         ...
 
-    def observe(self, agent_id: str) -> dict[str, Any]:
-        """What ``agent_id`` perceives now, as a JSON-able dict."""
+    def observe(self, sim_id: str) -> dict[str, Any]:
+        """What ``sim_id`` perceives now, as a JSON-able dict."""
         ...
 
-    def describe(self, agent_id: str) -> str:
+    def describe(self, sim_id: str) -> str:
         """The observation in plain words, for an LLM prompt."""
         ...
 
-    def supported_actions(self, agent_id: str) -> str:
-        """The commands ``agent_id`` may send, one per line with their arguments."""
+    def supported_actions(self, sim_id: str) -> str:
+        """The commands ``sim_id`` may send, one per line with their arguments."""
         ...
 
     def is_done(self) -> bool:

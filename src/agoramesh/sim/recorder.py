@@ -7,6 +7,10 @@ One line per event, appended as it happens::
      "action": "GOTO 2 3", "status": "SUCCESS", "message": "…", "result": {…}}
     {"ts": …, "event": "episode_end", "success": true, "steps": 42}
 
+A record's ``agent_id`` (and the ``agent_id`` keyword of the ``record_*``
+methods that write it) is the agent's sim id, its name in the simulator: the
+field keeps the name the recorder interface has always given it.
+
 The file is line-buffered and every line is written under a lock, so a crash
 loses at most the line being written and agents recording from several
 threads never interleave; :func:`read_trajectory` skips a torn last line.

@@ -19,7 +19,7 @@ KIND_CAPABILITY: dict[TaskKind, str] = {
 
 @dataclass
 class Agent:
-    agent_id: str
+    sim_id: str
     capabilities: frozenset[str]
     position: Cell
     carrying: str | None = None
@@ -75,10 +75,10 @@ class WorldState:
     failed: int = 0
     steps_by_agent: dict[str, int] = field(default_factory=dict)
 
-    def agent(self, agent_id: str) -> Agent:
-        agent = self.agents.get(agent_id)
+    def agent(self, sim_id: str) -> Agent:
+        agent = self.agents.get(sim_id)
         if agent is None:
-            raise InvalidInput(f"unknown agent {agent_id!r:.40}; agents are "
+            raise InvalidInput(f"unknown agent {sim_id!r:.40}; agents are "
                                f"{', '.join(self.agents)}")
         return agent
 

@@ -36,36 +36,36 @@ def evaluate(state: WorldState) -> dict[str, Any]:
         "invalid_actions": state.invalid, "failed_actions": state.failed}
 
 
-def observe(state: WorldState, agent_id: str, view_radius: int) -> dict[str, Any]:
-    """What ``agent_id`` sees within ``view_radius`` cells (Manhattan), and what it carries."""
-    agent = state.agent(agent_id)
+def observe(state: WorldState, sim_id: str, view_radius: int) -> dict[str, Any]:
+    """What ``sim_id`` sees within ``view_radius`` cells (Manhattan), and what it carries."""
+    agent = state.agent(sim_id)
 
     def seen(cells: Iterable[Cell | None]) -> bool:
         return any(c is not None and manhattan(c, agent.position) <= view_radius
                    for c in cells)
 
     return {
-        "agent_id": agent_id, "position": list(agent.position),
+        "agent_id": sim_id, "position": list(agent.position),
         "capabilities": sorted(agent.capabilities), "carrying": agent.carrying,
         "step": state.steps, "done": state.done,
         "objects": [{"name": o.name, "position": list(o.position),
                      "identified": o.identified, "carried_by": o.carried_by}
                     for o in state.objects.values()
-                    if o.carried_by == agent_id or seen([o.position])],
+                    if o.carried_by == sim_id or seen([o.position])],
         "zones": [{"name": n, "position": list(c)}
                   for n, c in state.zones.items() if seen([c])],
         "waypoints": [{"name": n, "position": list(c)}
                       for n, c in state.waypoints.items() if seen([c])],
-        "agents": [{"agent_id": a.agent_id, "position": list(a.position)}
+        "agents": [{"agent_id": a.sim_id, "position": list(a.position)}
                    for a in state.agents.values()
-                   if a.agent_id != agent_id and seen([a.position])],
+                   if a.sim_id != sim_id and seen([a.position])],
         "tasks": [{"task_id": t.task_id, "status": "complete" if t.complete else "open"}
                   for t in state.tasks if seen([t.location, t.target, state.object_at(t)])]}
 
 
-def describe(state: WorldState, agent_id: str, view_radius: int) -> str:
+def describe(state: WorldState, sim_id: str, view_radius: int) -> str:
     """:func:`observe` as the few lines of prose an LLM agent reads."""
-    view = observe(state, agent_id, view_radius)
+    view = observe(state, sim_id, view_radius)
     things = [f"{o['name']} at {fmt(o['position'])} "
               f"({'identified' if o['identified'] else 'unidentified'}"
               f"{', carried by ' + o['carried_by'] if o['carried_by'] else ''})"
@@ -76,7 +76,7 @@ def describe(state: WorldState, agent_id: str, view_radius: int) -> str:
     tasks = [f"{t['task_id']} ({t['status']})" for t in view["tasks"]]
     done = sum(t.complete for t in state.tasks)
     return "\n".join([
-        f"You are {agent_id} at {fmt(view['position'])} with capabilities: "
+        f"You are {sim_id} at {fmt(view['position'])} with capabilities: "
         f"{', '.join(view['capabilities'])}.",
         f"You carry {view['carrying'] or 'nothing'}. Step {view['step']}; "
         f"{done} of {len(state.tasks)} tasks complete"

@@ -79,17 +79,17 @@ class GridWorld:
 
     # -- read-only views ----------------------------------------------------------------------
 
-    def agent_ids(self) -> list[str]:
+    def sim_ids(self) -> list[str]:
         with self._lock:
             return list(self._state.agents)
 
-    def get_agent_capabilities(self, agent_id: str) -> list[str]:
+    def get_agent_capabilities(self, sim_id: str) -> list[str]:
         with self._lock:
-            return sorted(self._state.agent(agent_id).capabilities)
+            return sorted(self._state.agent(sim_id).capabilities)
 
-    def position(self, agent_id: str) -> tuple[int, int]:
+    def position(self, sim_id: str) -> tuple[int, int]:
         with self._lock:
-            return self._state.agent(agent_id).position
+            return self._state.agent(sim_id).position
 
     def get_tasks(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -115,17 +115,17 @@ class GridWorld:
         with self._lock:
             return views.evaluate(self._state)
 
-    def observe(self, agent_id: str) -> dict[str, Any]:
+    def observe(self, sim_id: str) -> dict[str, Any]:
         with self._lock:
-            return views.observe(self._state, agent_id, self.view_radius)
+            return views.observe(self._state, sim_id, self.view_radius)
 
-    def describe(self, agent_id: str) -> str:
+    def describe(self, sim_id: str) -> str:
         with self._lock:
-            return views.describe(self._state, agent_id, self.view_radius)
+            return views.describe(self._state, sim_id, self.view_radius)
 
-    def supported_actions(self, agent_id: str) -> str:
+    def supported_actions(self, sim_id: str) -> str:
         with self._lock:
-            return actions.supported_actions(self._state.agent(agent_id))
+            return actions.supported_actions(self._state.agent(sim_id))
 
     def render(self) -> str:
         """An ASCII map: ``#`` wall, ``.`` free, ``1``-``9`` agents (``@`` beyond), ``o``
@@ -135,6 +135,6 @@ class GridWorld:
 
     # -- commands -----------------------------------------------------------------------------
 
-    def process_command(self, agent_id: str, command: str) -> StepResult:
+    def process_command(self, sim_id: str, command: str) -> StepResult:
         with self._lock:
-            return actions.process_command(self._state, agent_id, command)
+            return actions.process_command(self._state, sim_id, command)

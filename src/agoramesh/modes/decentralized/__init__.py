@@ -1,8 +1,8 @@
-"""The second seed's decentralized mode: a synchronous step API over the mesh (M-7).
+"""The decentralized mode: M-7's synchronous step API over the mesh.
 
 ``AutonomousAgent`` (autonomous_agent.py) and ``CommunicationManager``
-(communication.py) are the seed's classes; ``BaseAgent`` (base.py) and the
-simulator protocol (:mod:`agoramesh.sim.interface`) are what another
+(communication.py) are the classes M-7 specifies; ``BaseAgent`` (base.py)
+and the simulator protocol (:mod:`agoramesh.sim.interface`) are what another
 framework implements to use them.
 """
 

@@ -1,13 +1,15 @@
-"""``BaseAgent``: the step loop every simulation agent shares (the seed's core class).
+"""``BaseAgent``: the step loop every simulation agent shares (M-7's core class).
 
-An agent is built as ``Agent(simulator, agent_id, config)``; the user's loop
-calls ``decide_action()`` and then ``step()``, which carries the decided
-action out through ``simulator.process_command`` and returns its
-``(status, message, result)``. ``step()`` alone decides first, as the seed's
-single-agent loop does, so both ways of driving an agent work; an action is
-never carried out twice. Subclasses implement :meth:`decide_action` (returning
-through :meth:`_decided`),
-:meth:`get_mode_name` and may extend :meth:`on_step` and :meth:`reset`.
+An agent is built as ``Agent(simulator, sim_id, config)``, ``sim_id`` being
+its name in the simulator (``agent_1``); the user's loop calls
+``decide_action()`` and then ``step()``, which carries the decided action out
+through ``simulator.process_command`` and returns its ``(status, message,
+result)``. ``step()`` alone decides first, as M-7's single-agent loop does,
+so both ways of driving an agent work; an action is never carried out twice.
+Subclasses implement :meth:`decide_action` (returning through
+:meth:`_decided`) and :meth:`get_mode_name`, and may extend :meth:`on_step`
+and :meth:`reset`. A trajectory recorder's records name the agent by its sim
+id, in their ``agent_id`` field.
 """
 
 from __future__ import annotations
@@ -27,16 +29,16 @@ MAX_HISTORY = 200
 class BaseAgent(abc.ABC):
     """One agent in a simulator; see the module docstring for the loop."""
 
-    def __init__(self, simulator: SimulationEngine, agent_id: str,
+    def __init__(self, simulator: SimulationEngine, sim_id: str,
                  config: Mapping[str, Any] | Any = None) -> None:
         if not isinstance(simulator, SimulationEngine):
             raise InvalidInput(f"simulator must implement SimulationEngine "
                                f"(agoramesh.sim.interface), got {type(simulator).__name__}")
-        if agent_id not in simulator.agent_ids():
-            raise InvalidInput(f"the simulator has no agent {agent_id!r:.40}; it has "
-                               f"{', '.join(simulator.agent_ids())}")
+        if sim_id not in simulator.sim_ids():
+            raise InvalidInput(f"the simulator has no agent {sim_id!r:.40}; it has "
+                               f"{', '.join(simulator.sim_ids())}")
         self.simulator = simulator
-        self.agent_id = agent_id
+        self.sim_id = sim_id
         self.config = config
         self.history: list[dict[str, Any]] = []
         self.step_count = 0
@@ -62,6 +64,12 @@ class BaseAgent(abc.ABC):
         """Record steps (and what the subclass records) with ``recorder``; None stops."""
         self.trajectory_recorder = recorder
 
+    def _record_message(self, direction: str, message: dict[str, Any]) -> None:
+        """Record a message this agent sent or received (a communication hook)."""
+        if self.trajectory_recorder is not None:
+            self.trajectory_recorder.record_message(agent_id=self.sim_id, direction=direction,
+                                                    message=message)
+
     def _decided(self, action: str) -> str:
         """Subclasses return their action through this: the next :meth:`step` carries it out."""
         self._pending = action
@@ -74,7 +82,7 @@ class BaseAgent(abc.ABC):
         self._pending = None
         action = action.strip()
         self.step_count += 1
-        status, message, result = self.simulator.process_command(self.agent_id, action)
+        status, message, result = self.simulator.process_command(self.sim_id, action)
         if status in (ActionStatus.FAILURE, ActionStatus.INVALID):
             self.consecutive_failures += 1
         else:
@@ -84,7 +92,7 @@ class BaseAgent(abc.ABC):
         del self.history[:-MAX_HISTORY]
         if self.trajectory_recorder is not None:
             self.trajectory_recorder.record_step(
-                agent_id=self.agent_id, step=self.step_count, action=action,
+                agent_id=self.sim_id, step=self.step_count, action=action,
                 status=str(status), message=message, result=result)
         self.on_step(action, status, message, result)
         return status, message, result

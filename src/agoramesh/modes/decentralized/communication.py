@@ -1,9 +1,9 @@
-"""The seed's ``CommunicationManager``: synchronous messaging over the real mesh (M-7).
+"""``CommunicationManager``: synchronous messaging over the real mesh (M-7).
 
-``CommunicationManager(agent_id)`` joins the mesh through the process's
+``CommunicationManager(sim_id)`` joins the mesh through the process's
 :class:`~.runtime.MeshRuntime` (started on first use) as a
 :class:`~.member.Member` with its own key, server and bus, then offers the
-seed's three calls:
+three calls M-7 specifies:
 
 - ``send_message(target, message) -> bool``: True once ``target`` has the
   message in its inbox (an acknowledged, retried request);
@@ -15,11 +15,12 @@ seed's three calls:
   first, at most ``max_message_queue`` waiting (more are refused, and the
   sender's call returns False).
 
-A message is the seed's dict: ``sender_id``, ``receiver_id`` (an agent id
-or ``"broadcast"``), ``message_type`` (``task_negotiation``,
-``status_update`` or ``help_request``), ``content`` (an object) and
-``timestamp`` (ISO 8601, UTC); we add ``message_id``. Missing fields are
-filled in; a message of the wrong shape or over 64 KiB is InvalidInput.
+Agents are named by their sim ids (the simulator's names, ``agent_1``). A
+message is a dict: ``sender_id``, ``receiver_id`` (a sim id or
+``"broadcast"``), ``message_type`` (``task_negotiation``, ``status_update``
+or ``help_request``), ``content`` (an object) and ``timestamp`` (ISO 8601,
+UTC); we add ``message_id``. Missing fields are filled in; a message of the
+wrong shape or over 64 KiB is InvalidInput.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from agoramesh.modes.decentralized.config import CommunicationProtocol, Decentra
 from agoramesh.modes.decentralized.member import MAX_MESSAGE_BYTES, MESSAGE_TYPES, Member
 from agoramesh.modes.decentralized.runtime import MeshRuntime
 
-__all__ = ("CommunicationManager", "check_agent_id", "make_message")
+__all__ = ("CommunicationManager", "check_sim_id", "make_message")
 
 log = logging.getLogger("agoramesh.decentralized")
 
@@ -56,33 +57,34 @@ def _now_iso() -> str:
 
 def make_message(sender_id: str, receiver_id: str, message_type: str,
                  content: Mapping[str, Any]) -> dict[str, Any]:
-    """A message in the seed's shape, with a fresh ``message_id`` and the time now."""
+    """A message of M-7's shape, with a fresh ``message_id`` and the time now."""
     return {"sender_id": sender_id, "receiver_id": receiver_id, "message_type": message_type,
             "content": dict(content), "timestamp": _now_iso(),
             "message_id": uuid.uuid4().hex}
 
 
-def check_agent_id(agent_id: Any) -> str:
-    if (not isinstance(agent_id, str) or not 0 < len(agent_id) <= 64
-            or not set(agent_id) <= _ID_CHARS or agent_id == "broadcast"):
-        raise InvalidInput(f"agent ids are 1-64 letters, digits, '_' or '-' (not 'broadcast'), "
-                           f"got {agent_id!r:.60}")
-    return agent_id
+def check_sim_id(sim_id: Any) -> str:
+    """A sim id (an agent's name in the simulator), or InvalidInput."""
+    if (not isinstance(sim_id, str) or not 0 < len(sim_id) <= 64
+            or not set(sim_id) <= _ID_CHARS or sim_id == "broadcast"):
+        raise InvalidInput(f"sim ids are 1-64 letters, digits, '_' or '-' (not 'broadcast'), "
+                           f"got {sim_id!r:.60}")
+    return sim_id
 
 
 class CommunicationManager:
-    """One agent's messaging: the seed's API over a :class:`Member` (module docstring)."""
+    """One agent's messaging: M-7's calls over a :class:`Member` (module docstring)."""
 
-    def __init__(self, agent_id: str, *,
+    def __init__(self, sim_id: str, *,
                  config: DecentralizedConfig | Mapping[str, Any] | None = None,
                  capabilities: Sequence[str] = (), runtime: MeshRuntime | None = None,
                  start_timeout: float = 30.0) -> None:
-        self.agent_id = check_agent_id(agent_id)
+        self.sim_id = check_sim_id(sim_id)
         self.config = DecentralizedConfig.from_mapping(config)
         self.settings = self.config.communication
         self._owns_runtime = runtime is None
         self.runtime = runtime if runtime is not None else MeshRuntime.shared(self.config.mesh)
-        self.member = Member(self.runtime, agent_id, capabilities=capabilities,
+        self.member = Member(self.runtime, sim_id, capabilities=capabilities,
                              settings=self.settings,
                              heartbeat_interval=self.config.mesh.heartbeat_interval)
         self.member.on_message = self._on_message
@@ -102,14 +104,14 @@ class CommunicationManager:
             self._release()
             raise
 
-    # -- the seed's API ------------------------------------------------------------
+    # -- M-7's calls ---------------------------------------------------------------
 
-    def send_message(self, target_agent_id: str, message: Mapping[str, Any]) -> bool:
+    def send_message(self, target_sim_id: str, message: Mapping[str, Any]) -> bool:
         """Send to one teammate; True once it has the message (module docstring)."""
-        target = check_agent_id(target_agent_id)
+        target = check_sim_id(target_sim_id)
         prepared = self._prepare(message, target)
         self.last_error = ""
-        if target == self.agent_id:
+        if target == self.sim_id:
             self.last_error = "an agent does not send messages to itself"
             return False
         ok = self._run(self.member.send(target, prepared))
@@ -156,13 +158,13 @@ class CommunicationManager:
 
     def set_peers(self, peer_ids: Sequence[str], *, timeout: float | None = None) -> list[str]:
         """Name the teammates; waits (bounded) until each is on the roster. Returns the missing."""
-        ids = [check_agent_id(p) for p in peer_ids if p != self.agent_id]
+        ids = [check_sim_id(p) for p in peer_ids if p != self.sim_id]
         self._peers = list(dict.fromkeys(ids))
         wait = self.settings.timeout if timeout is None else timeout
         missing = self._run(self.member.wait_for(self._peers, wait), extra=wait)
         if missing:
             self.last_error = f"teammates not on the mesh after {wait:g}s: {', '.join(missing)}"
-            log.warning("%s: %s", self.agent_id, self.last_error)
+            log.warning("%s: %s", self.sim_id, self.last_error)
         return missing
 
     @property
@@ -191,7 +193,7 @@ class CommunicationManager:
             if self.runtime.running:
                 self.runtime.call(self.member.close(), 10.0)
         except AgoraError as exc:
-            log.warning("%s: close: %s", self.agent_id, exc)
+            log.warning("%s: close: %s", self.sim_id, exc)
         finally:
             self._release()
 
@@ -210,7 +212,7 @@ class CommunicationManager:
     def _run(self, coro: Coroutine[Any, Any, T], *, hops: int = 1, extra: float = 0.0) -> T:
         if self._closed:
             coro.close()
-            raise AgoraError(f"agent {self.agent_id} has left the mesh (closed)")
+            raise AgoraError(f"agent {self.sim_id} has left the mesh (closed)")
         # Each hop may retry every attempt up to the timeout: the bound covers them all.
         bound = (self.settings.timeout * (self.settings.retry_attempts + 1) + 1.0) * hops + extra
         return self.runtime.call(coro, bound)
@@ -222,14 +224,14 @@ class CommunicationManager:
         if kind not in MESSAGE_TYPES:
             raise InvalidInput(f"message_type must be one of {', '.join(MESSAGE_TYPES)}, "
                                f"got {kind!r:.40}")
-        sender = message.get("sender_id", self.agent_id)
-        if sender != self.agent_id:
-            raise InvalidInput(f"sender_id must be this agent ({self.agent_id}), "
+        sender = message.get("sender_id", self.sim_id)
+        if sender != self.sim_id:
+            raise InvalidInput(f"sender_id must be this agent ({self.sim_id}), "
                                f"got {sender!r:.40}")
         content = message.get("content", {})
         if not isinstance(content, Mapping):
             raise InvalidInput(f"content must be a dict, got {type(content).__name__}")
-        prepared = {**make_message(self.agent_id, receiver, kind, content),
+        prepared = {**make_message(self.sim_id, receiver, kind, content),
                     **{k: v for k, v in message.items() if k in ("timestamp", "message_id")
                        and isinstance(v, str) and v}}
         try:
@@ -256,7 +258,7 @@ class CommunicationManager:
             try:
                 self.on_record(direction, message)
             except Exception as exc:  # a recorder must not break messaging
-                log.warning("%s: recording a message failed: %s", self.agent_id, exc)
+                log.warning("%s: recording a message failed: %s", self.sim_id, exc)
 
     async def _on_message(self, message: dict[str, Any]) -> bool:
         """On the loop: hooks first, then the inbox (refused when full)."""
@@ -264,7 +266,7 @@ class CommunicationManager:
             try:
                 await hook(message)
             except AgoraError as exc:
-                log.warning("%s: a message hook failed: %s", self.agent_id, exc)
+                log.warning("%s: a message hook failed: %s", self.sim_id, exc)
         message["received_at"] = _now_iso()
         with self._lock:
             full = len(self._inbox) >= self.settings.max_message_queue

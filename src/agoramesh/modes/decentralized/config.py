@@ -1,9 +1,10 @@
 """The decentralized mode's settings: ``config/baseline/decentralized_config.yaml``.
 
-The file has the seed's four sections (M-7); :func:`load_config` reads it and
-:meth:`DecentralizedConfig.from_mapping` checks a mapping already loaded (the
-seed passes the YAML's dict to each agent). Every bad value is a one-line
-:class:`~agoramesh.errors.ConfigError` naming the key, as ``section.key``.
+The file has the four sections M-7 specifies; :func:`load_config` reads it
+and :meth:`DecentralizedConfig.from_mapping` checks a mapping already loaded
+(M-7's usage loop passes the YAML's dict to each agent). Every bad value is a
+one-line :class:`~agoramesh.errors.ConfigError` naming the key, as
+``section.key``.
 
 Two optional keys and one optional section are ours, absent from the
 baseline file: ``llm_config.backend`` (an agent type such as ``openai``,
@@ -13,7 +14,7 @@ policy and ``model_name`` is only recorded) with ``llm_config.base_url`` and
 instead of embedding servers), ``team`` (the subject scope; default a fresh
 id per process), ``prefix`` and ``heartbeat_interval``.
 
-Keys we do not know are tolerated, since a seed framework's configs carry its
+Keys we do not know are tolerated, since another framework's configs carry its
 own (``max_history``, ``environment_description``…), except a key that looks
 like a misspelling of one of ours: ``negotation_strategy`` is an error that
 says ``did you mean negotiation_strategy``.
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 from agoramesh.bus.subjects import validate_subject
 from agoramesh.config import DEFAULT_PREFIX, read_settings_file
 from agoramesh.errors import AgoraError, ConfigError
+from agoramesh.nodes.backends.registry import BACKEND_TYPES
 from agoramesh.protocols.allocation.strategies import NegotiationStrategy
 
 __all__ = ("AGENT_CLASS", "AgentSettings", "CommunicationProtocol", "CommunicationSettings",
@@ -176,12 +178,9 @@ class LLMSettings:
     def from_mapping(cls, raw: Mapping[str, Any]) -> LLMSettings:
         where = "llm_config"
         backend = _text(raw, "backend", None, where)
-        if backend is not None:
-            from agoramesh.nodes.backends.registry import BACKEND_TYPES
-
-            if backend not in BACKEND_TYPES:
-                raise ConfigError(f"{where}.backend must be one of {', '.join(BACKEND_TYPES)}, "
-                                  f"got {backend!r:.40}")
+        if backend is not None and backend not in BACKEND_TYPES:
+            raise ConfigError(f"{where}.backend must be one of {', '.join(BACKEND_TYPES)}, "
+                              f"got {backend!r:.40}")
         return cls(model_name=_text(raw, "model_name", "gpt-4", where) or "gpt-4",
                    temperature=float(_number(raw, "temperature", 0.2, where, high=2.0)),
                    backend=backend, base_url=_text(raw, "base_url", None, where),
@@ -274,7 +273,7 @@ class DecentralizedConfig:
             raw=dict(raw))
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as the file spells them (the seed's sections, then ours)."""
+        """The settings as the file spells them (M-7's sections, then ours)."""
         return {
             "agent_config": {"agent_class": self.agent.agent_class,
                              "num_agents": self.agent.num_agents,

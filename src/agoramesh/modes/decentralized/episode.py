@@ -1,8 +1,8 @@
-"""Running episodes: the seed's usage loop over the built-in simulator, measured.
+"""Running episodes: M-7's usage loop over the built-in simulator, measured.
 
 :class:`EpisodeRunner` builds the agents once (``agent_config.agent_class``,
-one per simulator agent), then runs one episode per seed exactly as the
-seed's usage example does — set peers, set the task, ``decide_action()`` /
+one per simulator agent), then runs one episode per world seed exactly as
+M-7's usage example does — set peers, set the task, ``decide_action()`` /
 ``step()`` for each agent until an action contains DONE or
 ``max_total_steps`` rounds pass — and resets the agents after each. Used by
 ``agoramesh episode`` and ``benchmarks/bench_episodes.py``.
@@ -26,13 +26,13 @@ from agoramesh.sim.world import GridWorld
 
 __all__ = ("EpisodeResult", "EpisodeRunner", "load_agent_class", "summarize")
 
-#: The seed's own path for the class, accepted for ours.
-_SEED_PATH = "modes.decentralized.autonomous_agent.AutonomousAgent"
+#: The class's path in M-7's own configuration, accepted for ours.
+_SPEC_PATH = "modes.decentralized.autonomous_agent.AutonomousAgent"
 
 
 def load_agent_class(path: str) -> type[BaseAgent]:
     """The class ``agent_config.agent_class`` names; ConfigError if it cannot be used."""
-    if path == _SEED_PATH:
+    if path == _SPEC_PATH:
         path = "agoramesh." + path
     module_name, _, class_name = path.rpartition(".")
     try:
@@ -66,7 +66,7 @@ class EpisodeResult:
 
 
 class EpisodeRunner:
-    """Agents built once over one :class:`GridWorld`; :meth:`run` plays one seed."""
+    """Agents built once over one :class:`GridWorld`; :meth:`run` plays one world seed."""
 
     def __init__(self, config: DecentralizedConfig | Mapping[str, Any], *,
                  num_agents: int | None = None, world_size: int = 8,
@@ -80,8 +80,8 @@ class EpisodeRunner:
         self.recorder = TrajectoryRecorder(trajectory) if trajectory is not None else None
         self.agents: list[Any] = []
         try:
-            for agent_id in self.world.agent_ids():
-                self.agents.append(agent_class(self.world, agent_id, self.config.raw or
+            for sim_id in self.world.sim_ids():
+                self.agents.append(agent_class(self.world, sim_id, self.config.raw or
                                                self.config.as_dict()))
             for agent in self.agents:
                 agent.set_peer_agents([a for a in self.agents if a is not agent])
@@ -104,12 +104,12 @@ class EpisodeRunner:
         return total
 
     def run(self, seed: int) -> EpisodeResult:
-        """One episode on the world of ``seed``, by the seed's usage loop."""
+        """One episode on the world of ``seed``, by M-7's usage loop."""
         self.world.reset(seed=seed)
         sent_before = self._sum("comm", "stats", "sent")
         started = time.perf_counter()
         if self.recorder is not None:
-            self.recorder.start_episode(seed=seed, agents=self.world.agent_ids(),
+            self.recorder.start_episode(seed=seed, agents=self.world.sim_ids(),
                                         config=self.config.as_dict())
         task_description = self.world.task_description()
         for agent in self.agents:

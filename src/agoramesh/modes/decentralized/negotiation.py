@@ -37,10 +37,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agoramesh.errors import AgoraError, InvalidInput
-from agoramesh.modes.decentralized.communication import make_message
+from agoramesh.modes.decentralized.communication import CommunicationManager, make_message
 from agoramesh.protocols.allocation.negotiation import resolve_conflict
 from agoramesh.protocols.allocation.strategies import (
     AgentProfile,
@@ -51,9 +51,6 @@ from agoramesh.protocols.allocation.strategies import (
     normalize_tasks,
 )
 from agoramesh.protocols.auction.scoring import Bid
-
-if TYPE_CHECKING:
-    from agoramesh.modes.decentralized.communication import CommunicationManager
 
 __all__ = ("Commitment", "Negotiator", "Offer", "bid_of", "negotiation_id")
 
@@ -145,7 +142,7 @@ class Negotiator:
 
     @property
     def me(self) -> str:
-        return self.comm.agent_id
+        return self.comm.sim_id
 
     # -- the agent's view ----------------------------------------------------------
 
@@ -161,7 +158,8 @@ class Negotiator:
         return owners
 
     def answer(self, specs: Sequence[TaskSpec], commitment: Commitment) -> dict[str, Any]:
-        """The seed's ``{accepted_tasks, rejected_tasks, proposals}`` for this agent."""
+        """This agent's ``{accepted_tasks, rejected_tasks, proposals}`` (M-7's answer to
+        ``negotiate_task_allocation``), with the allocation it comes from."""
         accepted, rejected, proposals = [], [], []
         for spec in specs:
             owner = commitment.assignments.get(spec.task_id)

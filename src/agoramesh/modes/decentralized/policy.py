@@ -1,12 +1,11 @@
 """The deterministic policy: the next command for one task, from what the agent knows.
 
 Pure functions over plain data, so they are easy to test and the same on
-every run. Tasks are the simulator's dicts (``kind`` ``inspect``,
-``deliver`` or ``survey``; ``location``, ``object``, ``target``); objects
-are what observations and teammates' status updates said of them. A task
-the agent cannot move on alone (a delivery of an object nobody has
-identified, by an agent without vision) is *blocked*, and the agent asks
-for help.
+every run. Tasks are typed (:class:`~.tasks.Task`: ``kind`` ``inspect``,
+``deliver`` or ``survey``); objects are what observations and teammates'
+status updates said of them. A task the agent cannot move on alone (a
+delivery of an object nobody has identified, by an agent without vision) is
+*blocked*, and the agent asks for help.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ("Plan", "distance", "estimated_steps", "goto", "plan_task", "point")
+from agoramesh.modes.decentralized.tasks import Point, Task, point
 
-Point = tuple[int, int]
+__all__ = ("Plan", "distance", "estimated_steps", "goto", "plan_task")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +28,6 @@ class Plan:
     note: str = ""
 
 
-def point(value: Any, default: Point = (0, 0)) -> Point:
-    if (isinstance(value, list | tuple) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        return int(value[0]), int(value[1])
-    return default
-
-
 def distance(a: Point, b: Point) -> int:
     return abs(a[0] - b[0]) + abs(a[1] - b[1])
 
@@ -44,33 +36,32 @@ def goto(target: Point) -> str:
     return f"GOTO {target[0]} {target[1]}"
 
 
-def estimated_steps(start: Point, task: Mapping[str, Any]) -> int:
+def estimated_steps(start: Point, task: Task) -> int:
     """Steps to do ``task`` from ``start`` on an open grid (walls make it a lower bound)."""
-    where = point(task.get("location"), start)
+    where = task.location or start
     steps = distance(start, where)
-    if task.get("kind") == "deliver":
-        steps += distance(where, point(task.get("target"), where)) + 2  # PICK, PLACE
+    if task.kind == "deliver":
+        steps += distance(where, task.target or where) + 2  # PICK, PLACE
     else:
         steps += 1  # SCAN or MARK
     return steps
 
 
-def plan_task(task: Mapping[str, Any], *, position: Point, capabilities: Sequence[str],
+def plan_task(task: Task, *, position: Point, capabilities: Sequence[str],
               carrying: str | None, objects: Mapping[str, Mapping[str, Any]]) -> Plan:
-    """The next command toward ``task`` (a help task has ``kind`` ``inspect``)."""
-    kind = task.get("kind")
-    name = str(task.get("object") or "")
+    """The next command toward ``task`` (a help task is an ``inspect``)."""
+    kind, name = task.kind, task.object
     seen = objects.get(name, {})
-    where = point(seen.get("position"), point(task.get("location"), position))
+    where = point(seen.get("position"), task.location or position)
     if kind == "survey":
-        spot = point(task.get("location"), position)
+        spot = task.location or position
         return Plan("MARK") if position == spot else Plan(goto(spot))
     if kind == "inspect":
         if seen.get("identified"):
             return Plan("WAIT", note=f"{name} is identified already")
         return Plan("SCAN") if distance(position, where) <= 1 else Plan(goto(where))
     if kind == "deliver":
-        target = point(task.get("target"), position)
+        target = task.target or position
         if carrying == name:
             return Plan("PLACE") if position == target else Plan(goto(target))
         if carrying:  # something else in hand: put it down first
