@@ -28,8 +28,12 @@ __all__ = ("Mesh",)
 class Mesh:
     """Seeds and leaves on one machine, started and stopped together."""
 
-    def __init__(self, base_dir: Path, *, template: ServerConfig | None = None) -> None:
+    def __init__(self, base_dir: Path, *, template: ServerConfig | None = None,
+                 names: str = "") -> None:
+        """``names``: a prefix of the servers' names (``seed1``…), for a mesh that joins
+        another one (server names are unique in a cluster)."""
         self.base_dir = base_dir
+        self.names = names
         # Per-server fields (name, role, data_dir, bootstrap, hubs) are replaced per server.
         self.template = template or ServerConfig(name="template", data_dir=base_dir)
         self.seeds: list[EmbeddedServer] = []
@@ -39,15 +43,19 @@ class Mesh:
     @classmethod
     async def launch(
         cls, base_dir: Path, *, seeds: int = 3, leaves: int = 0,
-        template: ServerConfig | None = None,
+        template: ServerConfig | None = None, join: tuple[str, ...] = (), names: str = "",
     ) -> Mesh:
-        """Start ``seeds`` seeds (fully routed) and ``leaves`` leaves spread over them."""
-        mesh = cls(base_dir, template=template)
-        if seeds == 1 and mesh.template.jetstream is not None:
+        """Start ``seeds`` seeds (fully routed) and ``leaves`` leaves spread over them.
+
+        ``join``: cluster addresses of seeds of a running mesh the first seed routes to
+        (the others then learn the whole mesh by gossip).
+        """
+        mesh = cls(base_dir, template=template, names=names)
+        if seeds == 1 and mesh.template.jetstream is not None and not join:
             mesh.template = replace(mesh.template, standalone=True)
         try:
             if seeds:
-                await mesh.add_seed()  # the others bootstrap from this one
+                await mesh.add_seed(join=join)  # the others bootstrap from this one
             await asyncio.gather(*(mesh.add_seed() for _ in range(seeds - 1)))
             await mesh.wait_full_mesh()
             if mesh.template.jetstream is not None:
@@ -71,18 +79,20 @@ class Mesh:
         raise ServerError("no seed of this mesh is running")
 
     def _config(self, role: ServerRole, **fields: object) -> ServerConfig:
-        name = f"{role.value}{next(self._numbers[role])}"
+        name = f"{self.names}{role.value}{next(self._numbers[role])}"
         if role is ServerRole.LEAF:  # a leaf uses its hubs' JetStream through the link
             fields.update(jetstream=None, standalone=False)
         return replace(self.template, name=name, role=role, data_dir=self.base_dir / name,
                        **fields)  # type: ignore[arg-type]
 
-    async def add_seed(self, bootstrap: EmbeddedServer | None = None) -> EmbeddedServer:
-        """Start a seed routed to ``bootstrap`` (default: the first seed, if any)."""
+    async def add_seed(self, bootstrap: EmbeddedServer | None = None, *,
+                       join: tuple[str, ...] = ()) -> EmbeddedServer:
+        """Start a seed routed to ``bootstrap`` (default: the first seed, if any) and to the
+        cluster addresses in ``join``."""
         anchor = bootstrap or (self.seeds[0] if self.seeds else None)
         if anchor is not None and anchor.config.standalone:
             raise ServerError(f"{anchor.config.name} is a standalone seed: it takes no routes")
-        peers = (anchor.cluster_address,) if anchor else ()
+        peers = (*((anchor.cluster_address,) if anchor else ()), *join)
         server = EmbeddedServer(self._config(ServerRole.SEED, bootstrap=peers))
         self.seeds.append(server)
         await server.start()

@@ -3,6 +3,9 @@
 Roles: no flag starts a seed (a new mesh, or one joining ``--bootstrap``
 routes); ``--leaf host:port`` starts a leaf attached to those hubs;
 ``--connect nats://…`` embeds nothing and uses an existing NATS deployment.
+``--discover mdns`` finds the seeds of ``--mesh`` on the LAN instead of being
+given addresses: a seed routes to every seed it hears of within a second (none:
+it starts the mesh) and announces itself; ``--role leaf`` waits for one.
 
 A seed runs JetStream (the durable jobs, stored under the node's home, so a
 restarted node finds them), clustered with the other seeds: its JetStream
@@ -20,8 +23,16 @@ from pathlib import Path
 from agoramesh.agent import AgentNode
 from agoramesh.api.server import HttpApi
 from agoramesh.bus.identity import Identity
+from agoramesh.bus.mdns import SeedAd
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
+from agoramesh.cli.discovery import (
+    add_discovery_options,
+    announced,
+    check_discovery_options,
+    discovered_seeds,
+    lan_discovery,
+)
 from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     add_api_token_option,
@@ -69,6 +80,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     where.add_argument("--leaf", action="append", default=[], metavar="HOST:PORT",
                        help="join as a leaf of these hubs' leafnode addresses (repeatable)")
     where.add_argument("--connect", metavar="URL", help="use this NATS server, embed none")
+    where.add_argument("--role", choices=[role.value for role in ServerRole],
+                       help="the embedded server's role (default: leaf with --leaf, else seed)")
+    add_discovery_options(where)
     where.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     where.add_argument("--port", type=int, default=-1, help="client port (default: any free)")
     where.add_argument("--cluster-port", type=int, default=-1, help="route port (seed)")
@@ -103,18 +117,35 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.set_defaults(handler=_node)
 
 
-def _server_config(args: argparse.Namespace, env: Environment, data_dir: Path) -> ServerConfig:
+def _role(args: argparse.Namespace) -> ServerRole:
+    """The embedded server's role, once the flags are checked against each other."""
+    check_discovery_options(args)
     if args.leaf and args.bootstrap:
         raise ConfigError("use --leaf or --bootstrap, not both")
-    role = ServerRole.LEAF if args.leaf else ServerRole.SEED
+    if args.discover and (args.leaf or args.bootstrap or args.connect):
+        raise ConfigError("--discover mdns finds the seeds: drop --bootstrap/--leaf/--connect")
+    role = ServerRole(args.role) if args.role else (
+        ServerRole.LEAF if args.leaf else ServerRole.SEED)
+    if role is ServerRole.SEED and args.leaf:
+        raise ConfigError("--role seed does not take --leaf (a seed's peers are --bootstrap)")
+    if role is ServerRole.LEAF and not (args.leaf or args.discover):
+        raise ConfigError("a leaf needs its hubs: --leaf HOST:PORT or --discover mdns")
+    return role
+
+
+def _server_config(args: argparse.Namespace, env: Environment, data_dir: Path,
+                   found: list[SeedAd]) -> ServerConfig:
+    role = _role(args)
+    bootstrap = (*args.bootstrap, *(ad.cluster for ad in found if role is ServerRole.SEED))
+    hubs = (*args.leaf, *(ad.leaf for ad in found if role is ServerRole.LEAF))
     tls_dir = tls_directory(args, env)
     trust = TrustStore.open(args.trust, prefix=env.prefix) if args.trust else None
     # A secured mesh runs without JetStream for now (its accounts grant none).
     jetstream = None if role is ServerRole.LEAF or trust is not None else jetstream_config(args)
     return ServerConfig(name=args.name.replace(" ", "-"), role=role, data_dir=data_dir,
                         host=args.host, port=args.port, cluster_port=args.cluster_port,
-                        leaf_port=args.leaf_port, bootstrap=tuple(args.bootstrap),
-                        hubs=tuple(args.leaf), binary=env.nats_server,
+                        leaf_port=args.leaf_port, bootstrap=bootstrap,
+                        hubs=hubs, binary=env.nats_server,
                         tls=tls_config(tls_dir) if tls_dir is not None else None,
                         auth=trust.server_auth() if trust else None, jetstream=jetstream)
 
@@ -134,6 +165,7 @@ def _membership(args: argparse.Namespace, env: Environment, identity: Identity,
 
 
 async def _node(args: argparse.Namespace, env: Environment) -> int:
+    role = _role(args)
     env = with_sign_all(args, env)
     token = api_token(args, env)
     capabilities = capabilities_for(args.type, args.capability)
@@ -147,48 +179,55 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
         warn("WARNING: open mesh: this node's server admits anyone who can reach its ports; "
              "fine for a local demo only. Use --trust DIR (agoramesh trust init) to enforce "
              "membership (docs/SECURITY.md).")
+    trust = TrustStore.open(args.trust, prefix=env.prefix) if args.trust else None
     tls_dir = tls_directory(args, env)
     tls = tls_config(tls_dir, client=True) if tls_dir is not None else None
-    server = None
-    if not args.connect:
-        server = EmbeddedServer(_server_config(args, env, env.home / "nodes" / args.name))
     stop = asyncio.Event()
-    with on_signals(stop.set):
-        try:
-            if server is not None:
-                server.on_crash.append(lambda _: stop.set())
-                await server.start()
-            url = args.connect or (server.client_url if server else "")
-            trajectory = (Trajectory(args.trajectory, agent=args.name,
-                                     agent_id=identity.agent_id) if args.trajectory else None)
-            node = AgentNode(identity, NodeConfig(
-                name=args.name, type=args.type, capabilities=capabilities,
-                max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat,
-                access=access, max_jobs=args.max_jobs),
-                backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix, tls=tls,
-                                   user_jwt=user_jwt, envelope=env.envelope),
-                trajectory=trajectory)
-            await node.start()
+    async with lan_discovery(args, trust) as discovery:
+        found = ([] if discovery is None else
+                 await discovered_seeds(discovery, role, args.discover_timeout))
+        server = None
+        if not args.connect:
+            server = EmbeddedServer(_server_config(args, env, env.home / "nodes" / args.name,
+                                                   found))
+        with on_signals(stop.set):
             try:
-                async with serve_endpoints(
-                        host=args.host, metrics_port=args.metrics_port,
-                        http_port=args.http_port, api_agent=node, agents=[node],
-                        servers=[server] if server is not None else [],
-                        api_token=token) as endpoints:
-                    _ready(args, node, server, url, endpoints.api, endpoints.metrics)
-                    await stop.wait()
+                if server is not None:
+                    server.on_crash.append(lambda _: stop.set())
+                    await server.start()
+                url = args.connect or (server.client_url if server else "")
+                trajectory = (Trajectory(args.trajectory, agent=args.name,
+                                         agent_id=identity.agent_id) if args.trajectory else None)
+                node = AgentNode(identity, NodeConfig(
+                    name=args.name, type=args.type, capabilities=capabilities,
+                    max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat,
+                    access=access, max_jobs=args.max_jobs),
+                    backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix,
+                                       tls=tls, user_jwt=user_jwt, envelope=env.envelope),
+                    trajectory=trajectory)
+                await node.start()
+                seeds = [server] if server is not None and role is ServerRole.SEED else []
+                try:
+                    async with announced(discovery, seeds), serve_endpoints(
+                            host=args.host, metrics_port=args.metrics_port,
+                            http_port=args.http_port, api_agent=node, agents=[node],
+                            servers=[server] if server is not None else [],
+                            api_token=token) as endpoints:
+                        _ready(args, node, server, url, endpoints.api, endpoints.metrics, found)
+                        await stop.wait()
+                finally:
+                    await node.stop()
             finally:
-                await node.stop()
-        finally:
-            if server is not None:
-                await server.stop()
+                if server is not None:
+                    await server.stop()
     if server is not None:
         server.check()  # a crash stopped us: exit with its error
     return 0
 
 
 def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | None,
-           url: str, api: HttpApi | None, metrics: MetricsServer | None) -> None:
+           url: str, api: HttpApi | None, metrics: MetricsServer | None,
+           found: list[SeedAd]) -> None:
     info: dict[str, object] = {"event": "ready", "name": node.config.name, "id": node.agent_id,
                                "type": node.config.type, "client": url,
                                "capabilities": [c.name for c in node.config.capabilities]}
@@ -196,6 +235,8 @@ def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | N
         info["pid"] = server.pid
         if server.config.role is ServerRole.SEED:
             info |= {"cluster": server.cluster_address, "leaf": server.leaf_address}
+    if args.discover:
+        info |= {"mesh": args.mesh, "discovered": sorted(ad.server for ad in found)}
     if api is not None:
         info["http"] = api.url
     if metrics is not None:
@@ -205,5 +246,6 @@ def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | N
     else:
         emit(f"node ready: {node.config.name} ({node.config.type}) {node.agent_id}")
         emit("  " + "  ".join(f"{k}={v}" for k, v in info.items()
-                              if k in ("client", "cluster", "leaf", "pid", "http", "metrics")))
+                              if k in ("client", "cluster", "leaf", "pid", "http", "metrics",
+                                       "mesh", "discovered")))
         emit(f"  capabilities: {', '.join(info['capabilities'])}")  # type: ignore[arg-type]

@@ -26,9 +26,18 @@ from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
+from agoramesh.bus.mdns import SeedAd
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
+from agoramesh.cli.discovery import (
+    add_discovery_options,
+    announced,
+    check_discovery_options,
+    discovered_seeds,
+    lan_discovery,
+    server_names,
+)
 from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     Endpoints,
@@ -48,6 +57,7 @@ from agoramesh.config import (
     JobsConfig,
     ServerAuth,
     ServerConfig,
+    ServerRole,
     TlsConfig,
 )
 from agoramesh.errors import ConfigError
@@ -75,6 +85,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--leaves", type=int, default=0, help="leaf servers (default 0)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--dir", type=Path, help="data directory (default: a temporary one)")
+    add_discovery_options(parser)
     add_tls_option(parser, client=False)
     parser.add_argument("--secure", action="store_true",
                         help="enforce membership: servers admit only members of the trust store "
@@ -109,14 +120,16 @@ async def local_mesh(env: Environment, *, seeds: int, leaves: int, host: str = "
                      data_dir: Path | None = None, tls: TlsConfig | None = None,
                      auth: ServerAuth | None = None,
                      jetstream: JetStreamConfig | None = None,
-                     jobs: JobsConfig | None = None) -> AsyncIterator[Mesh]:
+                     jobs: JobsConfig | None = None,
+                     join: tuple[str, ...] = (), names: str = "") -> AsyncIterator[Mesh]:
     """A running mesh in ``data_dir`` (or a temporary directory removed afterwards).
 
     ``tls``: every server uses TLS on client, route and leaf links. ``auth``:
     every server enforces membership (``TrustStore.server_auth()``).
     ``jetstream``: the seeds run JetStream, and the job stream and the result
     store exist (replicated on min(3, seeds)) when the mesh is yielded, with
-    ``jobs``'s limits.
+    ``jobs``'s limits. ``join``: cluster addresses of a running mesh's seeds to route to;
+    ``names``: a prefix of the servers' names (see :class:`Mesh`).
     """
     if seeds < 1 or leaves < 0:
         raise ConfigError("--seeds must be at least 1 and --leaves at least 0")
@@ -124,7 +137,8 @@ async def local_mesh(env: Environment, *, seeds: int, leaves: int, host: str = "
         base = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agora-")))
         template = ServerConfig(name="template", data_dir=base, host=host,
                                 binary=env.nats_server, tls=tls, auth=auth, jetstream=jetstream)
-        mesh = await Mesh.launch(base, seeds=seeds, leaves=leaves, template=template)
+        mesh = await Mesh.launch(base, seeds=seeds, leaves=leaves, template=template,
+                                 join=join, names=names)
         try:
             if jetstream is not None:
                 await create_job_store(mesh, env, jobs)
@@ -230,22 +244,29 @@ def _describe(server: EmbeddedServer) -> dict[str, object]:
 
 
 async def _up(args: argparse.Namespace, env: Environment) -> int:
+    check_discovery_options(args)
     env = with_sign_all(args, env)
     token = api_token(args, env)
     access = load_policy(args.acl) if args.acl else None  # a bad file fails before any server
     stop = asyncio.Event()
     trust = _trust_store(args, env)
     with on_signals(stop.set):
-        tls_dir = tls_directory(args, env)
-        async with local_mesh(env, seeds=args.seeds, leaves=args.leaves, host=args.host,
-                              data_dir=args.dir,
-                              tls=tls_config(tls_dir) if tls_dir is not None else None,
-                              auth=trust.server_auth() if trust else None,
-                              jetstream=None if trust else jetstream_config(args),
-                              jobs=JobsConfig(ack_wait=args.jobs_ack_wait)) as mesh:
+        async with contextlib.AsyncExitStack() as stack:
+            tls_dir = tls_directory(args, env)
+            discovery = await stack.enter_async_context(lan_discovery(args, trust))
+            found = ([] if discovery is None else
+                     await discovered_seeds(discovery, ServerRole.SEED, args.discover_timeout))
+            mesh = await stack.enter_async_context(local_mesh(
+                env, seeds=args.seeds, leaves=args.leaves, host=args.host, data_dir=args.dir,
+                tls=tls_config(tls_dir) if tls_dir is not None else None,
+                auth=trust.server_auth() if trust else None,
+                jetstream=None if trust else jetstream_config(args),
+                jobs=JobsConfig(ack_wait=args.jobs_ack_wait),
+                join=tuple(ad.cluster for ad in found),
+                names="" if discovery is None else server_names(args.dir)))
+            await stack.enter_async_context(announced(discovery, mesh.seeds))
             agents = [] if args.no_agents else await demo_agents(
-                mesh, env, trajectory_dir=args.trajectory_dir, trust=trust,
-                access=access)
+                mesh, env, trajectory_dir=args.trajectory_dir, trust=trust, access=access)
             follower = None if trust is None else asyncio.ensure_future(
                 follow_trust(trust, lambda: mesh.servers))
             try:
@@ -255,7 +276,7 @@ async def _up(args: argparse.Namespace, env: Environment) -> int:
                         host=args.host, metrics_port=args.metrics_port,
                         http_port=args.http_port, api_agent=agents[0] if agents else None,
                         agents=agents, servers=mesh.servers, api_token=token) as endpoints:
-                    _ready(args, mesh, agents, endpoints, trust)
+                    _ready(args, mesh, agents, endpoints, trust, found)
                     await stop.wait()
             finally:
                 if follower is not None:
@@ -287,7 +308,8 @@ def _trust_store(args: argparse.Namespace, env: Environment) -> TrustStore | Non
 
 
 def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
-           endpoints: Endpoints, trust: TrustStore | None = None) -> None:
+           endpoints: Endpoints, trust: TrustStore | None = None,
+           found: list[SeedAd] | None = None) -> None:
     api, metrics = endpoints.api, endpoints.metrics
     servers = [_describe(server) for server in mesh.servers]
     creds = None if trust is None else str(trust.directory / "client.creds")
@@ -299,7 +321,9 @@ def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
                    "secure": trust is not None, "creds": creds, "jetstream": jetstream,
                    "agents": [agent.card.as_dict() for agent in agents],
                    "http": api.url if api else None,
-                   "metrics": f"{metrics.url}/metrics" if metrics else None})
+                   "metrics": f"{metrics.url}/metrics" if metrics else None,
+                   "mesh": args.mesh if args.discover else None,
+                   "discovered": sorted(ad.server for ad in found or ())})
         return
     for info in servers:
         emit("  ".join(f"{key}={value}" for key, value in info.items() if value is not None))
@@ -313,6 +337,10 @@ def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
     if jetstream is not None:
         emit(f"durable jobs: JetStream domain {jetstream['domain']}, "
              f"{jetstream['replicas']} replica(s) (agoramesh submit --durable, agoramesh jobs)")
+    if args.discover:
+        joined = ", ".join(sorted(ad.server for ad in found or ()))
+        emit(f"mesh {args.mesh!r} (mDNS): " + (f"joined seeds {joined}" if joined
+                                                 else "no seed heard of: this is its first"))
     if creds is not None:
         emit(f"secured mesh: trust store {trust.directory if trust else ''}; "
              f"clients connect with --creds {creds}")

@@ -208,6 +208,11 @@ class TrustStore:
         return str(jwt.decode(self.account_jwt)["sub"])
 
     @property
+    def operator(self) -> str:
+        """The operator's public key (``O…``): the authority a secured mesh trusts."""
+        return str(jwt.decode(self.operator_jwt)["sub"])
+
+    @property
     def operator_jwt(self) -> str:
         return self._read("operator.jwt")
 
