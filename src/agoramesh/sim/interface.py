@@ -7,7 +7,7 @@ typing: no base class to inherit) and its agents run on the mesh unchanged.
 
 Contract, for every method: agent ids are strings such as ``"agent_1"``;
 bad input is never an exception but an :attr:`ActionStatus.INVALID` result
-(``process_command``) or a :class:`~agoramesh.errors.InvalidInput` for an
+(``process_command``) or a :class:`~agoramesh.errors.InvalidWorldCall` for an
 unknown agent id (every other method). Implementations must be safe to call
 from more than one thread (the built-in one holds a lock).
 
