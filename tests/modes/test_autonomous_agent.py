@@ -21,7 +21,7 @@ from decentralized_support import (
     run_episode,
 )
 
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, InvalidAllocation, InvalidInput
 from agoramesh.modes.decentralized.autonomous_agent import AutonomousAgent
 from agoramesh.modes.decentralized.base import BaseAgent
 from agoramesh.sim import ActionStatus, GridWorld, TrajectoryRecorder, read_trajectory
@@ -451,7 +451,7 @@ def test_mode_name_capabilities_suitability_and_conflicts(
         assert verdict["losers"] == ["agent_2"]
         assert isinstance(verdict["reason"], str) and verdict["reason"]
         assert verdict["keep"] is (agent_id == "agent_1")
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidAllocation):
         agents[0].handle_conflict_resolution({"task_id": "task_1", "claims": []})
 
 
