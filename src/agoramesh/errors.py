@@ -6,7 +6,12 @@
     ├── ConfigError (ValueError)            bad settings, flags or files
     ├── IdentityError                       nkey seeds and key files
     ├── TrustError                          the trust store, JWTs and credentials
-    ├── SubjectError (ValueError)           an invalid capability, agent id or subject
+    ├── SubjectError (ValueError)           an invalid capability, agent id, subject or selector
+    ├── InvalidRequest (ValueError)         a request its protocol refuses before anything runs
+    │   ├── InvalidBallot                   a ballot the voter does not vote on (PROTOCOL.md §17)
+    │   ├── InvalidBid                      a bid or counter-offer that does not parse (§16)
+    │   ├── InvalidAllocation               tasks, agent profiles, strategy or conflict to allocate
+    │   └── InvalidCollaboration            a collaboration request: mode, agents, requirements
     ├── EnvelopeError (ValueError)          a rejected envelope; ``.reason`` says why
     │   ├── MalformedEnvelope               not msgpack, not a map, trailing bytes
     │   ├── SchemaError                     a field missing, extra, or of the wrong type
@@ -32,7 +37,8 @@
     │   ├── NoResponders
     │   └── PermissionDenied                the server refused a subscription (secured mesh)
     ├── TaskError                           a task that could not be done
-    │   ├── InvalidInput (ValueError)       parameters fail the capability's input schema
+    │   ├── InvalidInput (ValueError)       parameters the capability refuses: schema, skill checks
+    │   ├── InvalidTask (ValueError)        a task request's other fields: id, priority, callback…
     │   ├── UnknownCapability (LookupError) no such capability on this agent
     │   ├── TaskCancelled
     │   ├── Overloaded                      at capacity, try another agent (or later)
@@ -41,7 +47,7 @@
     │       ├── BackendAuthError            401/403: bad or missing credentials, never retried
     │       ├── BackendRateLimited          429 after the retries ran out
     │       ├── BackendUnavailable          5xx, connection or timeout after the retries
-    │       └── BackendBadResponse          an answer that does not parse
+    │       └── BackendBadResponse          an answer that does not parse, or lacks what is read
     ├── NegotiationError                    an auction or allocation that found no taker
     │   ├── NoBidders                       no capable agent bid within the bid window
     │   └── AuctionFailed                   every bidder declined, or the attempts ran out
@@ -53,6 +59,7 @@
     │   ├── StoreFull                       the job stream or the result store is full
     │   └── JobNotFound (LookupError)       no job and no result under that task id
     ├── AccessDenied (PermissionError)      an agent's access policy refuses the request
+    ├── InvalidWorldCall (ValueError)       a call the simulated world cannot take (sim/)
     └── RemoteError                         an error raised on another node
 
 Errors cross the bus on purpose (see :func:`error_to_wire`): only types in
@@ -84,7 +91,14 @@ __all__ = (
     "FutureEnvelope",
     "IdentityError",
     "IngressDenied",
+    "InvalidAllocation",
+    "InvalidBallot",
+    "InvalidBid",
+    "InvalidCollaboration",
     "InvalidInput",
+    "InvalidRequest",
+    "InvalidTask",
+    "InvalidWorldCall",
     "JetStreamUnavailable",
     "JobError",
     "JobNotFound",
@@ -143,7 +157,35 @@ class TrustError(AgoraError):
 
 
 class SubjectError(AgoraError, ValueError):
-    """An invalid capability name, agent id or NATS subject."""
+    """An invalid capability name or pattern, agent id, NATS subject or agent selector."""
+
+
+class InvalidRequest(AgoraError, ValueError):
+    """A request its protocol refuses before anything runs: an HTTP request to the API
+    (body, query, headers), a message type the agent does not take. The subclasses name
+    the protocol; the message names the first problem, on one line."""
+
+
+class InvalidBallot(InvalidRequest):
+    """A ballot the voter does not vote on (PROTOCOL.md §17): it breaks a rule of its body,
+    arrived after its deadline, or offers nothing the voter can choose; also a ballot the
+    initiator cannot put or count (voters that are no agent ids, a quorum out of range)."""
+
+
+class InvalidBid(InvalidRequest):
+    """A bid or counter-offer that does not parse (PROTOCOL.md §16): not a map, a term that
+    is not a finite non-negative number, a counter of other terms than deadline and cost."""
+
+
+class InvalidAllocation(InvalidRequest):
+    """What an allocation is asked to settle and cannot: tasks without an id or a capability,
+    repeated ids, agent profiles out of range, an unknown strategy, a conflict without claims."""
+
+
+class InvalidCollaboration(InvalidRequest):
+    """A collaboration request (``{mode, topic, agents, rounds, requirements}``) that cannot
+    run: a field unknown, missing or out of range, a bad reference, or agents named that
+    are not known or do not offer what the mode needs."""
 
 
 class RejectReason(StrEnum):
@@ -274,7 +316,14 @@ class TaskError(AgoraError):
 
 
 class InvalidInput(TaskError, ValueError):
-    """Task parameters that fail the capability's input schema."""
+    """Task parameters the capability refuses: they fail its input schema, or the checks
+    of the skill that reads them (an expression that does not parse, division by zero)."""
+
+
+class InvalidTask(TaskError, ValueError):
+    """A task request refused for anything but its parameters (PROTOCOL.md §15): unknown
+    fields, a task id, priority, deadline or callback out of range, a task id reused for
+    another task, a job that is no task request."""
 
 
 class UnknownCapability(TaskError, LookupError):
@@ -310,7 +359,8 @@ class BackendUnavailable(BackendError):
 
 
 class BackendBadResponse(BackendError):
-    """The backend answered something that does not parse."""
+    """The backend answered something that does not parse, or an output without what its
+    reader needs (a collaboration's field, argument or choice)."""
 
 
 class NegotiationError(AgoraError):
@@ -357,6 +407,11 @@ class AccessDenied(AgoraError, PermissionError):
     """An agent's access policy refuses this requester the action on its capability (M-4.2)."""
 
 
+class InvalidWorldCall(AgoraError, ValueError):
+    """A call the simulated world cannot take: an unknown agent, task or cell, a recorded
+    message that was neither sent nor received. Bad commands are results, not errors."""
+
+
 class RemoteError(AgoraError):
     """An error raised on another node whose type is not rebuilt locally."""
 
@@ -367,51 +422,20 @@ class RemoteError(AgoraError):
 
 
 #: Error types that may be rebuilt from the wire, by name.
-WIRE_ERRORS: dict[str, type[AgoraError]] = {
-    cls.__name__: cls
-    for cls in (
-        ConfigError,
-        SubjectError,
-        MalformedEnvelope,
-        SchemaError,
-        UnsupportedVersion,
-        OversizeEnvelope,
-        BadSignature,
-        ExpiredEnvelope,
-        FutureEnvelope,
-        ReplayedEnvelope,
-        WrongSubject,
-        WrongReply,
-        Misaddressed,
-        SignatureRequired,
-        IngressDenied,
-        UndecryptableEnvelope,
-        BusTimeout,
-        NoResponders,
-        TaskError,
-        InvalidInput,
-        UnknownCapability,
-        TaskCancelled,
-        Overloaded,
-        ResultTooLarge,
-        BackendError,
-        BackendAuthError,
-        BackendRateLimited,
-        BackendUnavailable,
-        BackendBadResponse,
-        NegotiationError,
-        NoBidders,
-        AuctionFailed,
-        WorkflowError,
-        WorkflowInvalid,
-        StepFailed,
-        JobError,
-        JetStreamUnavailable,
-        StoreFull,
-        JobNotFound,
-        AccessDenied,
-    )
-}
+WIRE_ERRORS: dict[str, type[AgoraError]] = {cls.__name__: cls for cls in (
+    ConfigError, SubjectError, InvalidRequest, InvalidBallot,
+    MalformedEnvelope, SchemaError, UnsupportedVersion, OversizeEnvelope, BadSignature,
+    ExpiredEnvelope, FutureEnvelope, ReplayedEnvelope, WrongSubject, WrongReply, Misaddressed,
+    SignatureRequired, IngressDenied, UndecryptableEnvelope,
+    BusTimeout, NoResponders,
+    TaskError, InvalidInput, InvalidTask, UnknownCapability, TaskCancelled, Overloaded,
+    ResultTooLarge, BackendError, BackendAuthError, BackendRateLimited, BackendUnavailable,
+    BackendBadResponse,
+    NegotiationError, NoBidders, AuctionFailed,
+    WorkflowError, WorkflowInvalid, StepFailed,
+    JobError, JetStreamUnavailable, StoreFull, JobNotFound,
+    AccessDenied,
+)}
 
 
 def error_to_wire(exc: BaseException) -> dict[str, Any]:
@@ -442,7 +466,8 @@ _ERROR_CODES: dict[str, int] = {
         "ConfigError", "SubjectError", "EnvelopeError", "MalformedEnvelope", "SchemaError",
         "UnsupportedVersion", "ExpiredEnvelope", "FutureEnvelope", "ReplayedEnvelope",
         "WrongSubject", "WrongReply", "Misaddressed", "UndecryptableEnvelope", "InvalidInput",
-        "WorkflowInvalid"), 400),
+        "InvalidTask", "InvalidRequest", "InvalidBallot", "InvalidBid", "InvalidAllocation",
+        "InvalidCollaboration", "InvalidWorldCall", "WorkflowInvalid"), 400),
     **dict.fromkeys(("BadSignature", "SignatureRequired"), 401),  # not authenticated (as asked)
     **dict.fromkeys(("AccessDenied", "IngressDenied", "PermissionDenied"), 403),
     **dict.fromkeys(("UnknownCapability", "JobNotFound"), 404),
@@ -460,13 +485,14 @@ def error_code(type_name: str) -> int:
     """The HTTP-like status code of an error type, by name (500 for any other name).
 
     By name, because a FAILED task result carries ``{"type", "message"}``, not
-    an exception: 400 a bad request (``InvalidInput``, every envelope error not
-    named below), 401 ``BadSignature``, 403 refused (``AccessDenied``,
-    ``IngressDenied``), 404 nothing of that name (``UnknownCapability``,
-    ``JobNotFound``), 409 ``TaskCancelled``, 413 too large (``OversizeEnvelope``,
-    ``ResultTooLarge``), 502 the backend failed (``Backend*``), 503 nobody can
-    take it now (``Overloaded``, ``NoBidders``, ``AuctionFailed``,
-    ``NoResponders``, ``NotConnected``, ``JetStreamUnavailable``, ``StoreFull``),
-    504 ``BusTimeout``.
+    an exception: 400 a bad request (``InvalidInput``, ``InvalidTask``,
+    ``InvalidRequest`` and its subtypes, every envelope error not named below),
+    401 ``BadSignature``, 403 refused (``AccessDenied``, ``IngressDenied``), 404
+    nothing of that name (``UnknownCapability``, ``JobNotFound``), 409
+    ``TaskCancelled``, 413 too large (``OversizeEnvelope``, ``ResultTooLarge``),
+    502 the backend failed (``Backend*``), 503 nobody can take it now
+    (``Overloaded``, ``NoBidders``, ``AuctionFailed``, ``NoResponders``,
+    ``NotConnected``, ``JetStreamUnavailable``, ``StoreFull``), 504 ``BusTimeout``.
+    The HTTP API answers with these codes too (``api.json_http.status_for``).
     """
     return _ERROR_CODES.get(type_name, 500)

@@ -140,7 +140,7 @@ async def test_http_api_of_a_node_runs_a_debate_for_a_real_http_client(up_mesh: 
         async with http.post(f"{up_mesh.http}/api/collaborate", data=b"{oops",
                              headers={"Content-Type": "application/json"}) as response:
             assert response.status == 400
-            assert (await response.json())["error"]["type"] == "InvalidInput"
+            assert (await response.json())["error"]["type"] == "InvalidRequest"
     assert [(turn["round"], turn["agent"], turn["position"]) for turn in debate[
         "debate_history"]] == [(1, "pro", "for"), (1, "con", "against"),
                                (2, "pro", "for"), (2, "con", "against")]

@@ -23,7 +23,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, JobsConfig, ServerRole
-from agoramesh.errors import InvalidInput, JetStreamUnavailable, StoreFull
+from agoramesh.errors import InvalidTask, JetStreamUnavailable, StoreFull
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.jobs.jobs import Jobs
@@ -211,7 +211,7 @@ async def test_submit_without_jetstream_is_a_clear_error(mesh_factory: MeshFacto
 async def test_durable_task_ids_are_checked(js_mesh: Mesh, bus_factory: BusFactory) -> None:
     client = await bus_factory(js_mesh.url)
     for bad in ("a.b", "with space", "x" * 129, "*", "tab\tid"):
-        with pytest.raises(InvalidInput, match="durable task id"):
+        with pytest.raises(InvalidTask, match="durable task id"):
             await Jobs(client).submit("work.do", {}, task_id=bad)
 
 

@@ -21,7 +21,13 @@ from decentralized_support import (
     run_episode,
 )
 
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import (
+    AgoraError,
+    ConfigError,
+    InvalidAllocation,
+    InvalidRequest,
+    InvalidWorldCall,
+)
 from agoramesh.modes.decentralized.autonomous_agent import AutonomousAgent
 from agoramesh.modes.decentralized.base import BaseAgent
 from agoramesh.sim import ActionStatus, GridWorld, TrajectoryRecorder, read_trajectory
@@ -451,7 +457,7 @@ def test_mode_name_capabilities_suitability_and_conflicts(
         assert verdict["losers"] == ["agent_2"]
         assert isinstance(verdict["reason"], str) and verdict["reason"]
         assert verdict["keep"] is (sim_id == "agent_1")
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidAllocation):
         agents[0].handle_conflict_resolution({"task_id": "task_1", "claims": []})
 
 
@@ -471,16 +477,16 @@ def test_communicate_with_peers_one_and_all(
     for peer in (two, three):
         [got] = peer.comm.receive_messages()
         assert (got["sender_id"], got["receiver_id"]) == ("agent_1", "broadcast")
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidRequest):
         one.communicate_with_peers("hello")  # type: ignore[arg-type]
 
 
 def test_set_task_and_set_peer_agents_check_their_input(
         fresh: tuple[GridWorld, list[AutonomousAgent]]) -> None:
     _, agents = fresh
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidRequest):
         agents[0].set_task(42)  # type: ignore[arg-type]
-    with pytest.raises(InvalidInput):
+    with pytest.raises(ConfigError):
         agents[0].set_peer_agents([agents[1], 5])
     agents[0].set_peer_agents(["agent_2", "agent_3"])  # ids work as well as agents
     assert agents[0].comm.peers == ["agent_2", "agent_3"]
@@ -492,11 +498,11 @@ def test_set_task_and_set_peer_agents_check_their_input(
     assert agents[0].comm.peers == ["agent_2", "agent_3"]
 
 
-def test_a_bad_simulator_or_sim_id_is_invalid_input_before_joining() -> None:
+def test_a_bad_simulator_or_sim_id_is_refused_before_joining() -> None:
     before = set(nats_children())
     world = GridWorld(num_agents=3, seed=HELP_SEED)
-    with pytest.raises(InvalidInput, match="SimulationEngine"):
+    with pytest.raises(ConfigError, match="SimulationEngine"):
         AutonomousAgent(object(), "agent_1", make_config())  # type: ignore[arg-type]
-    with pytest.raises(InvalidInput, match="no agent 'agent_9'"):
+    with pytest.raises(InvalidWorldCall, match="no agent 'agent_9'"):
         AutonomousAgent(world, "agent_9", make_config())
     assert set(nats_children()) == before  # no server was started for them

@@ -20,7 +20,7 @@ from decentralized_support import TIMEOUT, Team, make_config
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.config import BusConfig
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, InvalidRequest, SubjectError
 from agoramesh.modes.decentralized.communication import CommunicationManager, make_message
 from agoramesh.modes.decentralized.member import MAX_MESSAGE_BYTES
 
@@ -252,13 +252,13 @@ def test_a_closed_peer_is_false_within_the_bound(team: Team) -> None:
     ({"message_type": "status_update", "content": {"blob": "x" * (MAX_MESSAGE_BYTES + 1)}},
      f"the limit is {MAX_MESSAGE_BYTES}"),
 ])
-def test_bad_messages_are_one_line_invalid_input(
+def test_bad_messages_are_one_line_invalid_requests(
         mates: dict[str, CommunicationManager], message: Any, says: str) -> None:
     alpha = mates["alpha"]
     sent = alpha.stats.get("sent", 0)
     for call in (lambda: alpha.send_message("beta", message),
                  lambda: alpha.broadcast_message(message)):
-        with pytest.raises(InvalidInput) as caught:
+        with pytest.raises(InvalidRequest) as caught:
             call()
         assert says in str(caught.value)
         assert "\n" not in str(caught.value)
@@ -268,19 +268,19 @@ def test_bad_messages_are_one_line_invalid_input(
 
 @pytest.mark.parametrize("bad_id", ["", "has space", "dot.ted", "x" * 65, "broadcast", 7, None])
 def test_invalid_sim_ids_are_refused_before_joining(bad_id: Any) -> None:
-    with pytest.raises(InvalidInput, match="sim ids are") as caught:
+    with pytest.raises(SubjectError, match="sim ids are") as caught:
         CommunicationManager(bad_id)
     assert "\n" not in str(caught.value)
 
 
-def test_invalid_target_and_peer_ids_are_invalid_input(
+def test_invalid_target_and_peer_ids_are_subject_errors(
         mates: dict[str, CommunicationManager]) -> None:
     alpha = mates["alpha"]
-    with pytest.raises(InvalidInput, match="sim ids are"):
+    with pytest.raises(SubjectError, match="sim ids are"):
         alpha.send_message("agent 2", status())
-    with pytest.raises(InvalidInput, match="sim ids are"):
+    with pytest.raises(SubjectError, match="sim ids are"):
         alpha.send_message("broadcast", status())
-    with pytest.raises(InvalidInput, match="sim ids are"):
+    with pytest.raises(SubjectError, match="sim ids are"):
         alpha.set_peers(["beta", "*"])
 
 
@@ -298,7 +298,7 @@ def test_a_forged_sender_id_from_an_outsider_is_rejected(
         await bus.request(direct_subject(alpha), "help_request", forged,
                           to=alpha.member.agent_id, timeout=TIMEOUT)
 
-    with pytest.raises(InvalidInput, match="not signed by a teammate"):
+    with pytest.raises(InvalidRequest, match="not signed by a teammate"):
         with_bus(alpha, Identity.generate(), send)
     assert alpha.stats["rejected"] == rejected + 1
     assert alpha.stats.get("received", 0) == received
@@ -316,7 +316,7 @@ def test_a_teammate_cannot_speak_for_another_teammate(
                           to=alpha.member.agent_id, timeout=TIMEOUT)
 
     # Signed with beta's own key, claiming to be gamma.
-    with pytest.raises(InvalidInput, match="not signed by a teammate"):
+    with pytest.raises(InvalidRequest, match="not signed by a teammate"):
         with_bus(alpha, beta.member.identity, send)
     assert alpha.stats["rejected"] == rejected + 1
     assert alpha.receive_messages() == []
@@ -331,7 +331,7 @@ def test_an_unknown_envelope_type_is_rejected_with_an_error_reply(
         await bus.request(direct_subject(alpha), "shutdown", {"now": True},
                           to=alpha.member.agent_id, timeout=TIMEOUT)
 
-    with pytest.raises(InvalidInput, match="does not handle 'shutdown'"):
+    with pytest.raises(InvalidRequest, match="does not handle 'shutdown'"):
         with_bus(alpha, mates["beta"].member.identity, send)
     assert alpha.stats["rejected"] == rejected + 1
     assert alpha.receive_messages() == []
@@ -352,7 +352,7 @@ def test_an_outsider_cannot_take_over_a_live_teammates_name(team: Team) -> None:
         try:
             return await bus.request(direct_subject(alpha), "help_request", forged,
                                      to=alpha.member.agent_id, timeout=TIMEOUT)
-        except InvalidInput as exc:
+        except InvalidRequest as exc:
             return exc
 
     outcome = with_bus(alpha, outsider, claim_and_forge)
@@ -363,7 +363,7 @@ def test_an_outsider_cannot_take_over_a_live_teammates_name(team: Team) -> None:
     alpha.receive_messages()
     assert roster_beta == beta.member.agent_id, "the outsider replaced beta on alpha's roster"
     assert alpha.stats.get("roster_conflicts", 0) >= 1  # the claim was noticed and counted
-    assert isinstance(outcome, InvalidInput), "a forged help_request as beta was accepted"
+    assert isinstance(outcome, InvalidRequest), "a forged help_request as beta was accepted"
     assert delivered == []
     assert still_heard is True
 

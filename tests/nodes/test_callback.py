@@ -21,7 +21,7 @@ from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.replies import ERROR_HEADER
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, EnvelopePolicy, ServerConfig
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import InvalidTask
 from agoramesh.nodes.client import stream_task, submit_task
 from agoramesh.nodes.task import MAX_CALLBACK_LENGTH, Chunk, Task, TaskResult, TaskStatus
 from agoramesh.security.trust import TrustStore
@@ -172,9 +172,9 @@ async def test_a_task_answered_from_memory_is_not_published_again(
     assert agent.callbacks == {"published": 2}
 
 
-def test_a_bad_callback_is_invalid_input() -> None:
+def test_a_bad_callback_is_an_invalid_task() -> None:
     for callback in BAD_CALLBACKS:
-        with pytest.raises(InvalidInput, match="callback"):
+        with pytest.raises(InvalidTask, match="callback"):
             Task(capability="echo", callback=callback)
     assert Task(capability="echo", callback="a" * MAX_CALLBACK_LENGTH).callback
     assert Task(capability="echo", callback="results.$x._INBOX").callback == "results.$x._INBOX"
@@ -192,7 +192,7 @@ async def test_a_bad_callback_fails_the_task_at_once_with_one_clear_line(
                        await plain.request("agora.cap.echo", body)):
             assert answer["status"] == "FAILED", callback
             error = answer["error"]
-            assert error["type"] == "InvalidInput" and "callback" in error["message"]
+            assert error["type"] == "InvalidTask" and "callback" in error["message"]
             assert "\n" not in error["message"]
     assert agent.status.tasks_completed == 0 and not agent.callbacks
     mesh_own = (await client.request("agora.cap.echo", "task_request", {
@@ -200,7 +200,7 @@ async def test_a_bad_callback_fails_the_task_at_once_with_one_clear_line(
     assert mesh_own == ("callback 'agora.cap.echo' is one of the mesh's own subjects "
                         "(agora.>): name a subject outside them")
     # agora.task.*: the node taking the task refuses it; the mesh's own, the winner.
-    with pytest.raises(InvalidInput, match=r"^callback 'results\.\*' is not a subject"):
+    with pytest.raises(InvalidTask, match=r"^callback 'results\.\*' is not a subject"):
         await client.request("agora.task.echo", "task_request",
                              {"parameters": {}, "callback": "results.*"})
     desk = await client.request("agora.task.echo", "task_request",

@@ -17,7 +17,7 @@ from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig
-from agoramesh.errors import AgoraError, ConfigError, RejectReason
+from agoramesh.errors import AgoraError, ConfigError, RejectReason, SubjectError
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import submit_task
@@ -95,6 +95,9 @@ async def test_hosted_agents_serve_tasks_discovery_and_the_services_protocol(
                                       {"capability": "echo"}, timeout=2.0, expected=5)
         assert {a.sender for a in answers} == {node.agent_id for node in nodes}
         assert all(a.body["host"] == host.agent_id for a in answers)  # signed by each agent
+        with pytest.raises(SubjectError, match="bad capability pattern 'a b'"):
+            await client.request(client.subjects.discover, "discovery", {"capability": "a b"},
+                                 timeout=2.0)
         pings = await _collect(client, "$SRV.PING", expected=5)
         assert {p["id"] for p in pings} == {node.agent_id for node in nodes}
         service = nodes[2].service

@@ -105,7 +105,7 @@ async def test_plain_json_error_replies_carry_the_services_error_headers(
     unknown = await ask(cli, "agora.cap.echo",
                         b'{"task_id": "t-1", "parameters": {"text": "hi"}, "colour": 1}')
     assert json.loads(unknown.data)["status"] == "FAILED"
-    assert error_of(unknown) == ("400", "InvalidInput: unknown task fields: ['colour']")
+    assert error_of(unknown) == ("400", "InvalidTask: unknown task fields: ['colour']")
 
     extra = await ask(cli, "agora.cap.echo", b'{"text": "hi", "colour": "red"}')
     code, description = error_of(extra) or ("", "")
@@ -167,8 +167,8 @@ async def test_envelope_error_replies_carry_the_headers_over_unchanged_bytes(
     handler_error = await ask(cli, direct, request({}, subject=direct, type="gossip",
                                                    to=agent.agent_id))
     envelope = opened(handler_error, keys, agent.agent_id)
-    assert envelope.type == "error" and envelope.body["type"] == "InvalidInput"
-    assert error_of(handler_error) == ("400", "InvalidInput: agent open does not handle "
+    assert envelope.type == "error" and envelope.body["type"] == "InvalidRequest"
+    assert error_of(handler_error) == ("400", "InvalidRequest: agent open does not handle "
                                               "'gossip'")
 
     refused = await ask(cli, "agora.cap.echo", request({"parameters": {"text": "hi"}},
@@ -239,21 +239,22 @@ async def test_an_unreadable_task_id_is_answered_null(
         cli: NatsClient) -> None:
     url = nats_server.client_url
     agent = await agent_factory(url, "open", [ECHO])
-    cases: list[tuple[bytes, str | None, str]] = [
-        (b'{"parameters": 5}', None, "parameters must be an object"),
-        (b'{"task_id": 7, "parameters": {"text": "x"}}', None,
+    cases: list[tuple[bytes, str | None, str, str]] = [
+        (b'{"parameters": 5}', None, "InvalidInput", "parameters must be an object"),
+        (b'{"task_id": 7, "parameters": {"text": "x"}}', None, "InvalidTask",
          "task_id must be a string of 1-128 characters"),
-        (b'{"task_id": "", "parameters": {"text": "x"}}', None,
+        (b'{"task_id": "", "parameters": {"text": "x"}}', None, "InvalidTask",
          "task_id must be a string of 1-128 characters"),
-        (b'{"task_id": "t-9", "parameters": 5}', "t-9", "parameters must be an object"),
+        (b'{"task_id": "t-9", "parameters": 5}', "t-9", "InvalidInput",
+         "parameters must be an object"),
     ]
-    for payload, task_id, message in cases:
+    for payload, task_id, kind, message in cases:
         answer = await ask(cli, "agora.cap.echo", payload)
         body = json.loads(answer.data)
         assert body["status"] == "FAILED" and body["task_id"] == task_id, body
         expected = message if task_id else message + UNREADABLE_TASK_ID
-        assert body["error"] == {"type": "InvalidInput", "message": expected}
-        assert error_of(answer) == ("400", f"InvalidInput: {expected}")
+        assert body["error"] == {"type": kind, "message": expected}
+        assert error_of(answer) == ("400", f"{kind}: {expected}")
 
     client = await bus_factory(url)
     for body in (5, [1, 2], "text", {"task_id": None, "parameters": []}):

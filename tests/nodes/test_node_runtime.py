@@ -15,7 +15,7 @@ from agoramesh.bus import Identity
 from agoramesh.bus.bus import Delivery
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig
-from agoramesh.errors import BackendUnavailable, NoResponders
+from agoramesh.errors import BackendUnavailable, NoResponders, SubjectError
 from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.client import cancel_task, stream_task, submit_task
@@ -113,6 +113,9 @@ async def test_find_agents_by_capability_with_wildcards(nodes: list[Any]) -> Non
     assert [c.name for c in await alice.find_agents_by_capability("code.>", timeout=0.5)] == [
         "carol"]
     assert await alice.find_agents_by_capability("nothing.here", timeout=0.2) == []
+    with pytest.raises(SubjectError, match="bad capability pattern 'a b'"):
+        await alice.bus.request(alice.bus.subjects.discover, "discovery", {"capability": "a b"},
+                                timeout=2.0)
 
 
 async def test_a_peer_body_that_is_not_an_object_is_ignored(

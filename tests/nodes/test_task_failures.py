@@ -148,14 +148,14 @@ async def test_deeply_nested_parameters_are_invalid_input_on_every_path(
     {"deadline": 9 * 10**400}, {"deadline": 1e308}, {"deadline": -1}, {"deadline": "soon"},
     {"deadline": MAX_DEADLINE + 1}, {"priority": 10**400}, {"priority": 1e308},
     {"priority": 11}, {"priority": True}])
-async def test_out_of_range_numbers_are_invalid_input(
+async def test_out_of_range_numbers_are_an_invalid_task(
         offline: AgentNode, nats_server: EmbeddedServer, field: dict[str, Any]) -> None:
     # Plain JSON carries any number; msgpack no int beyond 64 bits.
     payload = json.dumps({"parameters": {}, **field}).encode()
     for subject in ("agora.cap.echo", "agora.task.echo"):
         answer = await plain(nats_server.client_url, subject, payload)
         error = answer["error"]
-        assert error["type"] == "InvalidInput", answer
+        assert error["type"] == "InvalidTask", answer
         assert next(iter(field)) in error["message"]
         if subject == "agora.cap.echo":
             assert answer["status"] == "FAILED"

@@ -10,7 +10,13 @@ import pytest
 
 from agoramesh.agent import AgentNode
 from agoramesh.bus.server import EmbeddedServer
-from agoramesh.errors import BackendUnavailable, BusTimeout, InvalidInput, NoBidders, NoResponders
+from agoramesh.errors import (
+    BackendUnavailable,
+    BusTimeout,
+    InvalidCollaboration,
+    NoBidders,
+    NoResponders,
+)
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.task import StreamItem, Task
 from agoramesh.protocols.allocation.dispatch import Dispatcher
@@ -230,7 +236,7 @@ async def test_a_field_missing_from_an_output_fails_that_stage(mesh: Mesh) -> No
     assert result["completed"] is False and len(result["steps"]) == 2
     assert result["steps"][1]["status"] == "FAILED"
     assert result["steps"][1]["error"] == {
-        "type": "InvalidInput",
+        "type": "BackendBadResponse",
         "message": "${previous.output.valeu}: no field 'valeu' in output (fields: value)"}
 
 
@@ -269,7 +275,7 @@ def _stages(*parameters: dict[str, Any]) -> dict[str, Any]:
 ])
 def test_reference_errors_are_exact_single_lines(request_body: dict[str, Any],
                                                  message: str) -> None:
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(InvalidCollaboration) as caught:
         CollaborationRequest.from_dict(request_body)
     assert str(caught.value) == message
 
@@ -305,7 +311,7 @@ def test_escaped_references_need_no_topic() -> None:
      "'parameters' must be an object"),
 ])
 def test_requests_are_checked_strictly(request_body: object, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message) as caught:
+    with pytest.raises(InvalidCollaboration, match=message) as caught:
         CollaborationRequest.from_dict(request_body)
     assert "\n" not in str(caught.value)
 
@@ -319,9 +325,9 @@ def test_modes_accept_both_spellings() -> None:
 
 
 def test_a_request_made_directly_is_checked_once_and_planned() -> None:
-    with pytest.raises(InvalidInput, match=r"^'rounds' must be an integer from 1 to 20$"):
+    with pytest.raises(InvalidCollaboration, match=r"^'rounds' must be an integer from 1 to 20$"):
         CollaborationRequest(mode=CollaborationMode.DEBATE, topic="x", rounds=0)
-    with pytest.raises(InvalidInput, match=r"^'topic' is required for voting$"):
+    with pytest.raises(InvalidCollaboration, match=r"^'topic' is required for voting$"):
         CollaborationRequest(mode=CollaborationMode.VOTING, requirements={"options": ["a", "b"]})
     request = CollaborationRequest(mode=CollaborationMode.MAP_REDUCE, agents=(" pro ",),
                                    requirements={"items": ["a"], "collect": None})
@@ -333,28 +339,28 @@ def test_a_request_made_directly_is_checked_once_and_planned() -> None:
 
 async def test_mode_methods_are_checked_by_the_request(mesh: Mesh) -> None:
     collaboration = Collaboration(mesh.dispatcher)
-    with pytest.raises(InvalidInput, match=r"^'rounds' must be an integer from 1 to 20$"):
+    with pytest.raises(InvalidCollaboration, match=r"^'rounds' must be an integer from 1 to 20$"):
         await collaboration.debate("x", ["pro", "con"], rounds=21)
-    with pytest.raises(InvalidInput, match=r"^'options' must be a list of 2-100 distinct"):
+    with pytest.raises(InvalidCollaboration, match=r"^'options' must be a list of 2-100 distinct"):
         await collaboration.voting("q", ["a", "a"])
-    with pytest.raises(InvalidInput, match=r"^'capability': invalid capability"):
+    with pytest.raises(InvalidCollaboration, match=r"^'capability': invalid capability"):
         await collaboration.parallel("bad cap", {})
-    with pytest.raises(InvalidInput, match=r"^'items' must be a list of 1-1000 items$"):
+    with pytest.raises(InvalidCollaboration, match=r"^'items' must be a list of 1-1000 items$"):
         await collaboration.map_reduce([])
-    with pytest.raises(InvalidInput, match=r"^stages\[1\]\.parameters: bad reference"):
+    with pytest.raises(InvalidCollaboration, match=r"^stages\[1\]\.parameters: bad reference"):
         await collaboration.sequential([{"capability": "echo", "parameters": {"v": "${x}"}}])
     # What only the mesh knows is still checked by the mode.
-    with pytest.raises(InvalidInput, match=r"^'positions' names no participant: 'ghost'$"):
+    with pytest.raises(InvalidCollaboration, match=r"^'positions' names no participant: 'ghost'$"):
         await collaboration.debate("x", ["pro", "con"], positions={"ghost": "for"})
 
 
 async def test_unknown_agents_and_missing_capabilities(mesh: Mesh) -> None:
     collaboration = Collaboration(mesh.dispatcher)
-    with pytest.raises(InvalidInput, match="no known agent matches 'ghost'"):
+    with pytest.raises(InvalidCollaboration, match="no known agent matches 'ghost'"):
         await collaboration.debate("x", ["pro", "ghost"])
-    with pytest.raises(InvalidInput, match=r"'analyst' does not offer text\.debate"):
+    with pytest.raises(InvalidCollaboration, match=r"'analyst' does not offer text\.debate"):
         await collaboration.debate("x", ["pro", "analyst"])
-    with pytest.raises(InvalidInput, match="at least 2"):
+    with pytest.raises(InvalidCollaboration, match="at least 2"):
         await collaboration.debate("x", ["pro"])
     with pytest.raises(NoResponders, match=r"code\.run\.python"):
         await collaboration.parallel("code.run.python", {"code": "print(1)"})

@@ -17,7 +17,14 @@ from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
 from agoramesh.bus.e2e import E2EKeys
 from agoramesh.bus.envelope import AUTH_MAC, AUTH_SIG, VERSION, mac, now_ms, parse, seal
-from agoramesh.errors import AuctionFailed, InvalidInput, NoBidders, RejectReason
+from agoramesh.errors import (
+    AuctionFailed,
+    ConfigError,
+    InvalidBid,
+    NoBidders,
+    RejectReason,
+    SubjectError,
+)
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.allocation.dispatch import Dispatcher
@@ -421,13 +428,13 @@ async def test_signed_streaming_request_on_agora_task_shows_progress(
 
 
 def test_scorer_and_bids_reject_bad_values() -> None:
-    with pytest.raises(InvalidInput, match="latency_ms must be a finite number"):
+    with pytest.raises(InvalidBid, match="latency_ms must be a finite number"):
         Bid.from_dict({"latency_ms": "fast"}, agent_id="U1")
-    with pytest.raises(InvalidInput, match="must not be negative"):
+    with pytest.raises(InvalidBid, match="must not be negative"):
         Bid(agent_id="U1", cost_usd=-1)
-    with pytest.raises(InvalidInput, match="counter"):
+    with pytest.raises(InvalidBid, match="counter"):
         Bid.from_dict({"counter": {"bribe": 1}}, agent_id="U1")
-    with pytest.raises(InvalidInput, match="weights"):
+    with pytest.raises(ConfigError, match="weights"):
         weighted(load=-1)
     equal = [Bid(agent_id=name) for name in ("U3", "U1", "U2")]
     assert [bid.agent_id for _, bid in rank(equal)] == ["U1", "U2", "U3"]
@@ -443,7 +450,7 @@ async def test_dispatcher_selectors(nats_server: Any, agent_factory: AgentFactor
     assert [c.name for c in dispatcher.select("type:worker")] == ["a", "b"]
     assert [c.name for c in dispatcher.select(f"id:{nodes['b'].agent_id}")] == ["b"]
     assert dispatcher.select("name:nobody") == []
-    with pytest.raises(InvalidInput, match="unknown selector kind 'colour'"):
+    with pytest.raises(SubjectError, match="unknown selector kind 'colour'"):
         dispatcher.select("colour:blue")
 
 

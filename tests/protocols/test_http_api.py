@@ -78,7 +78,7 @@ async def test_health_and_agents(api: HttpApi, driver: AgentNode,
     assert_error(*await call(http, "GET", f"{api.url}/api/agents",
                              params={"capability": "a b"}), 400, "SubjectError", "capability")
     assert_error(*await call(http, "GET", f"{api.url}/api/agents", params={"limit": "1"}),
-                 400, "InvalidInput", "limit")
+                 400, "InvalidRequest", "limit")
 
 
 async def test_tasks_by_auction_direct_and_agent_id(api: HttpApi, driver: AgentNode,
@@ -125,7 +125,7 @@ async def test_tasks_by_auction_direct_and_agent_id(api: HttpApi, driver: AgentN
 async def test_bad_tasks_are_400(api: HttpApi, http: aiohttp.ClientSession,
                                  body: dict[str, Any], text: str) -> None:
     assert_error(*await call(http, "POST", f"{api.url}/api/tasks", json=body),
-                 400, "InvalidInput", text)
+                 400, "InvalidRequest", text)
 
 
 async def test_collaborate_debate_as_in_the_seed(api: HttpApi,
@@ -169,23 +169,23 @@ async def test_collaborate_every_other_mode(api: HttpApi, http: aiohttp.ClientSe
 async def test_bad_requests_get_json_errors(api: HttpApi, http: aiohttp.ClientSession) -> None:
     url = f"{api.url}/api/collaborate"
     assert_error(*await call(http, "POST", url, data=b"{not json", headers=JSON), 400,
-                 "InvalidInput", "not valid JSON")
+                 "InvalidRequest", "not valid JSON")
     assert_error(*await call(http, "POST", url, data=b"\xff\xfe", headers=JSON), 400,
-                 "InvalidInput", "UTF-8")
+                 "InvalidRequest", "UTF-8")
     assert_error(*await call(http, "POST", url, data=b'{"mode": NaN}', headers=JSON), 400,
-                 "InvalidInput", "NaN")
-    assert_error(*await call(http, "POST", url, json=["debate"]), 400, "InvalidInput",
+                 "InvalidRequest", "NaN")
+    assert_error(*await call(http, "POST", url, json=["debate"]), 400, "InvalidRequest",
                  "JSON object")
     assert_error(*await call(http, "POST", url, json={"mode": "brainstorm", "topic": "x"}),
-                 400, "InvalidInput", "unknown mode 'brainstorm'")
+                 400, "InvalidCollaboration", "unknown mode 'brainstorm'")
     assert_error(*await call(http, "POST", url, json={"mode": "debate", "topic": "x",
                                                       "rounds": "three"}),
-                 400, "InvalidInput", "'rounds' must be an integer")
+                 400, "InvalidCollaboration", "'rounds' must be an integer")
     assert_error(*await call(http, "POST", url, json={"mode": "debate", "topic": 5}),
-                 400, "InvalidInput", "'topic'")
+                 400, "InvalidCollaboration", "'topic'")
     assert_error(*await call(http, "POST", url, json={"mode": "debate", "topic": "x",
                                                       "agents": ["ghost", "pro"]}),
-                 400, "InvalidInput", "no known agent matches 'ghost'")
+                 400, "InvalidCollaboration", "no known agent matches 'ghost'")
     assert_error(*await call(http, "GET", f"{api.url}/api/nowhere"), 404, "NotFound",
                  "no route /api/nowhere")
     async with http.get(url) as response:

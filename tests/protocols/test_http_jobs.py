@@ -211,13 +211,13 @@ async def test_results_by_id_not_found_bad_ids_and_the_token(
     assert_error(*await call(http, "GET", f"{url}/nobody-sent-this", params={"wait": "0.3"}),
                  404, "JobNotFound", "queued, running or unknown")
     for bad in ("a.b", "x" * 129, "with space"):
-        assert_error(*await call(http, "GET", f"{url}/{bad}"), 400, "InvalidInput",
+        assert_error(*await call(http, "GET", f"{url}/{bad}"), 400, "InvalidRequest",
                      "a durable task id is 1-128 letters")
     for wait in ("0", "-1", "21", "soon", "nan", "inf"):
         assert_error(*await call(http, "GET", f"{url}/x", params={"wait": wait}), 400,
-                     "InvalidInput", "'wait' must be a number of seconds above 0 and at most 20")
+                     "InvalidRequest", "'wait' must be a number of seconds above 0 and at most 20")
     assert_error(*await call(http, "GET", f"{url}/x", params={"colour": "red"}), 400,
-                 "InvalidInput", "unknown query parameter(s) colour")
+                 "InvalidRequest", "unknown query parameter(s) colour")
     async with http.post(f"{url}/x", json={}) as response:
         assert (response.status, response.headers["Allow"]) == (405, "GET,HEAD")
 
@@ -289,7 +289,7 @@ async def test_bad_durable_requests_are_400(plain_api: HttpApi, http: aiohttp.Cl
                                             key: str | None, body: dict[str, Any],
                                             query: dict[str, str], text: str) -> None:
     status, answer, _ = await post(http, plain_api, body, key=key, params=query)
-    assert_error(status, answer, 400, "InvalidInput", text)
+    assert_error(status, answer, 400, "InvalidRequest", text)
     if text == KEY_RULES:
         assert repr(key[:60] if key is not None else key) in answer["error"]["message"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError, InvalidAllocation, InvalidBallot
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
 from agoramesh.protocols.allocation.negotiation import (
@@ -76,7 +76,7 @@ def test_suitability_matches_capability_patterns() -> None:
 def test_a_scorer_with_other_weights_is_scaled_to_one() -> None:
     score = suitability_scorer({"load": 1.0, "latency": 0.0, "cost": 0.0, "success": 1.0})
     assert score([B.as_bid(), C.as_bid()]) == [1.0, pytest.approx((0.5 + 0.8) / 2)]
-    with pytest.raises(InvalidInput, match="positive sum"):
+    with pytest.raises(ConfigError, match="positive sum"):
         suitability_scorer({"load": 0.0})
 
 
@@ -250,7 +250,7 @@ def test_an_agent_claiming_twice_keeps_its_best_claim() -> None:
     ({"task_id": "t", "claims": [{"agent_id": "a", "claimed_at": "now"}]}, "claimed_at"),
 ])
 def test_bad_conflicts(conflict: Any, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidAllocation, match=message):
         resolve_conflict(conflict)
 
 
@@ -270,27 +270,27 @@ def test_bad_conflicts(conflict: Any, message: str) -> None:
     ([{"task_id": "x", "capability": "a"}, {"id": "x", "capability": "b"}], "repeated: x"),
 ])
 def test_bad_tasks_are_rejected_clearly(bad: Any, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidAllocation, match=message):
         normalize_tasks(bad)
 
 
 def test_bad_profiles_and_strategies() -> None:
-    with pytest.raises(InvalidInput, match="capacity must be a non-negative integer"):
+    with pytest.raises(InvalidAllocation, match="capacity must be a non-negative integer"):
         AgentProfile(agent_id="a", capacity=-1)
-    with pytest.raises(InvalidInput, match="latency_ms must be a non-negative finite"):
+    with pytest.raises(InvalidAllocation, match="latency_ms must be a non-negative finite"):
         AgentProfile(agent_id="a", latency_ms=math.inf)
-    with pytest.raises(InvalidInput, match="capabilities must be a list"):
+    with pytest.raises(InvalidAllocation, match="capabilities must be a list"):
         AgentProfile(agent_id="a", capabilities="code")  # type: ignore[arg-type]
-    with pytest.raises(InvalidInput, match="invalid capability"):
+    with pytest.raises(InvalidAllocation, match="invalid capability"):
         AgentProfile(agent_id="a", capabilities=("code.*",))
-    with pytest.raises(InvalidInput, match="non-empty agent_id"):
+    with pytest.raises(InvalidAllocation, match="non-empty agent_id"):
         AgentProfile(agent_id="")
-    with pytest.raises(InvalidInput, match="listed twice"):
+    with pytest.raises(InvalidAllocation, match="listed twice"):
         allocate(tasks(), [A, A])
-    with pytest.raises(InvalidInput, match="unknown negotiation strategy 'fastest'; use one "
-                                           "of auction_based, consensus, priority_based"):
+    with pytest.raises(InvalidAllocation, match="unknown negotiation strategy 'fastest'; use "
+                                                "one of auction_based, consensus, priority_based"):
         allocate(tasks(), AGENTS, "fastest")
-    with pytest.raises(InvalidInput, match="quorum"):
+    with pytest.raises(InvalidBallot, match="quorum"):
         allocate([], AGENTS, "consensus", quorum=2)
 
 

@@ -11,7 +11,7 @@ from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import InvalidBallot
 from agoramesh.protocols.allocation.strategies import (
     AgentProfile,
     NegotiationStrategy,
@@ -95,7 +95,7 @@ def test_eligible_voters_count_against_the_quorum() -> None:
     ({"eligible": 1}, "eligible must be an integer of at least the 2"),
 ])
 def test_bad_tally_settings(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidBallot, match=message):
         tally({"v1": "a", "v2": "b"}, **kwargs)
 
 
@@ -115,7 +115,7 @@ def test_bad_tally_settings(kwargs: dict[str, Any], message: str) -> None:
     ({"ballot_id": "b", "options": ["a"], "question": "q", "deadline": "soon"}, "Unix seconds"),
 ])
 def test_bad_ballots(body: Any, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidBallot, match=message):
         check_ballot(body)
 
 
@@ -131,8 +131,15 @@ def test_allocation_ballots_pick_the_most_suitable_bid_with_room() -> None:
     full_fast = AgentProfile(agent_id="fast", capabilities=("code",), capacity=1, in_flight=1)
     assert default_chooser(lambda: full_fast)(ballot)[0] == "slow"
     only_busy = check_ballot(allocation_ballot({"task_id": "t"}, [BUSY.as_bid()]))
-    with pytest.raises(InvalidInput, match="no option has a bid with capacity"):
+    with pytest.raises(InvalidBallot, match="no option has a bid with capacity"):
         default_chooser()(only_busy)
+
+
+def test_an_allocation_ballot_with_a_bid_that_does_not_parse_is_not_voted_on() -> None:
+    ballot = check_ballot({"ballot_id": "b", "question": "who?", "options": ["a"],
+                           "context": {"kind": ALLOCATION, "bids": {"a": {"load": "high"}}}})
+    with pytest.raises(InvalidBallot, match=r"^ballot b: the bid of a: bid field load must be"):
+        default_chooser()(ballot)
 
 
 def test_other_ballots_use_the_offline_vote_skill() -> None:
@@ -193,16 +200,16 @@ async def test_ballot_handler_refuses_bad_and_late_ballots(
     (voter,) = await _voters(url, agent_factory, 1)
     initiator = await bus_factory(url)
     subject = initiator.subjects.agent(voter.agent_id)
-    with pytest.raises(InvalidInput, match="options must be a list"):
+    with pytest.raises(InvalidBallot, match="options must be a list"):
         await initiator.request(subject, "ballot", {"ballot_id": "b", "question": "q"},
                                 to=voter.agent_id, timeout=1.0)
     late = {"ballot_id": "b2", "question": "q", "options": ["x"], "deadline": time.time() - 1}
-    with pytest.raises(InvalidInput, match="closed before it arrived"):
+    with pytest.raises(InvalidBallot, match="closed before it arrived"):
         await initiator.request(subject, "ballot", late, to=voter.agent_id, timeout=1.0)
     reply = await initiator.request(subject, "ballot", {**late, "deadline": None},
                                     to=voter.agent_id, timeout=1.0)
     assert (reply.type, reply.body["ballot_id"], reply.body["choice"]) == ("vote", "b2", "x")
-    with pytest.raises(InvalidInput, match="voters must be agent ids"):
+    with pytest.raises(InvalidBallot, match="voters must be agent ids"):
         await collect_votes(initiator, ["not-an-agent"], late, timeout=0.2)
 
 

@@ -427,7 +427,7 @@ async def target(nats_server: EmbeddedServer, node_factory: NodeFactory,
 
 
 #: ResultTooLarge: an echo of a request just under max_bytes does not fit in the reply.
-TASK_ERRORS = {"InvalidInput", "UnknownCapability", "TaskError", "BackendError",
+TASK_ERRORS = {"InvalidInput", "InvalidTask", "UnknownCapability", "TaskError", "BackendError",
                "BackendBadResponse", "TaskCancelled", "ResultTooLarge"}
 
 
@@ -543,8 +543,8 @@ async def test_deeply_nested_parameters_get_a_task_response(target: Target) -> N
         answer["error"]["type"] == "MalformedEnvelope", answer
 
 
-async def test_a_huge_integer_deadline_is_invalid_input(target: Target) -> None:
+async def test_a_huge_integer_deadline_is_an_invalid_task(target: Target) -> None:
     payload = b'{"parameters": {}, "deadline": ' + b"9" * 400 + b"}"
     answer = strict_json(await target.attacker.request("agora.cap.echo", payload))
     assert answer.get("status") == "FAILED", answer
-    assert answer["error"]["type"] == "InvalidInput"
+    assert answer["error"]["type"] == "InvalidTask"

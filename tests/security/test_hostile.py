@@ -318,7 +318,7 @@ async def test_oversize_envelopes_and_json_are_refused_before_anything_else(
     assert unexpected_errors() == []
 
 
-async def test_wrong_types_are_schema_errors_or_invalid_input(
+async def test_wrong_types_are_schema_errors_invalid_tasks_or_invalid_input(
         nats_server: EmbeddedServer, node_factory: NodeFactory,
         attacker_factory: AttackerFactory, unexpected_errors: Callable[[], list[str]]) -> None:
     url = nats_server.client_url
@@ -342,13 +342,16 @@ async def test_wrong_types_are_schema_errors_or_invalid_input(
         check_error_envelope(reply, signer=target.agent_id, inbox=inbox,
                              reason=RejectReason.SCHEMA)
     # Admitted envelopes whose body is no task: a FAILED task_response, never a crash.
-    for body in ({"parameters": {"seconds": "slow"}}, {"priority": "high", "parameters": {}},
-                 ["not", "a", "task"], {"task_type": "other.thing"}, {"bribe": 1, "parameters": {}},
-                 {"parameters": {"n": 1.5}}, None):
+    for body, kind in (({"parameters": {"seconds": "slow"}}, "InvalidInput"),
+                       ({"priority": "high", "parameters": {}}, "InvalidTask"),
+                       (["not", "a", "task"], "InvalidTask"),
+                       ({"task_type": "other.thing"}, "InvalidTask"),
+                       ({"bribe": 1, "parameters": {}}, "InvalidTask"),
+                       ({"parameters": {"n": 1.5}}, "InvalidInput"), (None, "InvalidTask")):
         answer = attacker.open(await attacker.request(CAP, attacker.forge(
             type="task_request", subject=CAP, body=body)))
         assert answer.type == "task_response" and answer.body["status"] == "FAILED", answer.body
-        assert answer.body["error"]["type"] == "InvalidInput"
+        assert answer.body["error"]["type"] == kind, (body, answer.body)
     assert started(target) == []
     assert counted(target) == Counter({"schema": len(envelope_level)})
     assert target.metrics.tasks[WORK.name, "rejected"] == 7

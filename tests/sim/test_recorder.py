@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, InvalidWorldCall
 from agoramesh.sim import ActionStatus, GridWorld, TrajectoryRecorder, read_trajectory
 from agoramesh.sim.recorder import event_counts
 
@@ -124,7 +124,7 @@ def test_a_closed_recorder_refuses_to_write(tmp_path: Path) -> None:
 
 def test_a_message_goes_one_of_two_ways(tmp_path: Path) -> None:
     with TrajectoryRecorder(tmp_path / "t.jsonl") as recorder:
-        with pytest.raises(InvalidInput, match="direction"):
+        with pytest.raises(InvalidWorldCall, match="direction"):
             recorder.record_message(agent_id="a", direction="sideways",  # type: ignore[arg-type]
                                     message={})
         recorder.record_message(agent_id="a", direction="received", message={"n": 1})

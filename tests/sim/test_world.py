@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agoramesh.sim
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError, InvalidWorldCall
 from agoramesh.sim import ActionStatus, GridWorld, SimulationEngine
 
 OK, FAIL, BAD = ActionStatus.SUCCESS, ActionStatus.FAILURE, ActionStatus.INVALID
@@ -147,7 +147,7 @@ def test_reset_regenerates_and_clears_every_counter() -> None:
     assert world.sim_ids() == [f"agent_{i}" for i in range(1, 6)]
     assert world.render() == GridWorld(seed=5, num_agents=5).render()
     before = (world.render(), world.sim_ids())
-    with pytest.raises(InvalidInput, match="num_agents"):
+    with pytest.raises(ConfigError, match="num_agents"):
         world.reset(seed=9, num_agents=0)
     assert (world.render(), world.sim_ids()) == before  # a refused reset changes nothing
 
@@ -158,8 +158,8 @@ def test_reset_regenerates_and_clears_every_counter() -> None:
     {"obstacle_ratio": 0.31}, {"width": 4, "height": 4, "num_tasks": 30},
     {"width": 4, "height": 4, "num_agents": 20},
 ])
-def test_bad_constructor_arguments_are_one_line_invalid_input(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(InvalidInput) as caught:
+def test_bad_constructor_arguments_are_one_line_config_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
         GridWorld(**kwargs)
     assert "\n" not in str(caught.value) and str(caught.value)
 
@@ -221,9 +221,9 @@ def test_every_free_cell_is_reachable(seed: int) -> None:
     for cell in free:
         assert world.shortest_path_length(free[0], cell) >= abs(cell[0] - free[0][0]) + abs(
             cell[1] - free[0][1])
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidWorldCall):
         world.shortest_path_length(free[0], walls[0])
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidWorldCall):
         world.shortest_path_length(free[0], (12, 0))
 
 
@@ -432,9 +432,9 @@ def test_unknown_agents_are_a_programming_error() -> None:
                  lambda: world.observe("nobody"), lambda: world.describe("agent_0"),
                  lambda: world.supported_actions(""), lambda: world.position("x"),
                  lambda: world.get_agent_capabilities("AGENT_1")):
-        with pytest.raises(InvalidInput, match="unknown agent"):
+        with pytest.raises(InvalidWorldCall, match="unknown agent"):
             call()
-    with pytest.raises(InvalidInput, match="unknown task"):
+    with pytest.raises(InvalidWorldCall, match="unknown task"):
         world.task_status("task_99")
 
 

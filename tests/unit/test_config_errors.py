@@ -24,10 +24,19 @@ from agoramesh.errors import (
     ConfigError,
     EnvelopeError,
     IdentityError,
+    InvalidAllocation,
+    InvalidBallot,
+    InvalidBid,
+    InvalidCollaboration,
+    InvalidInput,
+    InvalidRequest,
+    InvalidTask,
+    InvalidWorldCall,
     NotConnected,
     RejectReason,
     RemoteError,
     ServerNotFound,
+    TaskError,
     error_from_wire,
     error_to_wire,
 )
@@ -242,6 +251,19 @@ def test_builtin_bases() -> None:
         raise BusTimeout("no answer")
     with pytest.raises(OSError):
         raise NotConnected("closed")
+
+
+def test_each_refusal_says_what_was_invalid() -> None:
+    # InvalidInput is for a task's parameters alone; a caller catching ValueError still can.
+    for kind in (InvalidTask, InvalidRequest, InvalidWorldCall):
+        assert issubclass(kind, ValueError) and not issubclass(kind, InvalidInput)
+    assert issubclass(InvalidInput, TaskError) and issubclass(InvalidTask, TaskError)
+    for kind in (InvalidBallot, InvalidBid, InvalidAllocation, InvalidCollaboration):
+        assert issubclass(kind, InvalidRequest) and not issubclass(kind, TaskError)
+    # What a node answers with crosses the bus; the rest is raised where it is made.
+    assert {"InvalidInput", "InvalidTask", "InvalidRequest", "InvalidBallot"} <= set(WIRE_ERRORS)
+    local = {"InvalidBid", "InvalidAllocation", "InvalidCollaboration", "InvalidWorldCall"}
+    assert not local & set(WIRE_ERRORS)
 
 
 def test_every_exported_error_has_the_one_root() -> None:

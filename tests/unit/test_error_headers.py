@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agoramesh import errors
+from agoramesh.api.json_http import status_for
 from agoramesh.bus.bus import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
@@ -23,14 +24,27 @@ from agoramesh.bus.bus import (
     headers_size,
     reply_error,
 )
-from agoramesh.errors import WIRE_ERRORS, EnvelopeError, error_code
+from agoramesh.errors import (
+    WIRE_ERRORS,
+    AgoraError,
+    EnvelopeError,
+    NegotiationError,
+    PermissionDenied,
+    RemoteError,
+    ResultTooLarge,
+    TaskCancelled,
+    UnknownCapability,
+    error_code,
+)
 from agoramesh.nodes.execution import readable_task_id
 from agoramesh.nodes.task import TaskResult, TaskStatus
 
 CODES = {
-    400: ["InvalidInput", "SchemaError", "MalformedEnvelope", "SubjectError", "ConfigError",
-          "WorkflowInvalid", "UnsupportedVersion", "ExpiredEnvelope", "FutureEnvelope",
-          "ReplayedEnvelope", "WrongSubject", "Misaddressed", "UndecryptableEnvelope"],
+    400: ["InvalidInput", "InvalidTask", "InvalidRequest", "InvalidBallot", "InvalidBid",
+          "InvalidAllocation", "InvalidCollaboration", "InvalidWorldCall", "SchemaError",
+          "MalformedEnvelope", "SubjectError", "ConfigError", "WorkflowInvalid",
+          "UnsupportedVersion", "ExpiredEnvelope", "FutureEnvelope", "ReplayedEnvelope",
+          "WrongSubject", "Misaddressed", "UndecryptableEnvelope"],
     401: ["BadSignature"],
     403: ["AccessDenied", "IngressDenied"],
     404: ["UnknownCapability", "JobNotFound"],
@@ -65,6 +79,26 @@ def test_every_wire_error_has_a_code_and_error_code_is_exported() -> None:
     assert functions == sorted(functions) and "error_code" in functions
     assert all(error_code(name) in {400, 401, 403, 404, 409, 413, 500, 502, 503, 504}
                for name in WIRE_ERRORS)
+
+
+def test_the_http_api_answers_with_the_code_an_error_has_on_the_bus() -> None:
+    # But for what reaches the API from the mesh rather than from its client, a 502: a
+    # refused envelope, the server refusing the API's own connection, and every error of
+    # code 500 on the bus (a 500 from the API is a bug in it).
+    kinds = [kind for name in errors.__all__ if isinstance(kind := getattr(errors, name), type)
+             and issubclass(kind, AgoraError)]
+    assert len(kinds) > 50
+    for kind in kinds:
+        error = RemoteError(kind.__name__, "x") if kind is RemoteError else kind("x")
+        code = error_code(kind.__name__)
+        from_the_mesh = issubclass(kind, EnvelopeError | PermissionDenied) or code == 500
+        assert status_for(error) == (502 if from_the_mesh else code), kind.__name__
+    # The four that the API answered with a 502 while their code on the bus was another.
+    assert [status_for(kind("x")) for kind in (
+        UnknownCapability, TaskCancelled, ResultTooLarge, NegotiationError)] == [404, 409, 413, 503]
+    assert status_for(RemoteError("NotConnected", "x")) == 503  # by the type it names
+    assert status_for(RemoteError("Mystery", "x")) == 502
+    assert [status_for(TimeoutError()), status_for(KeyError("x"))] == [504, 500]
 
 
 def test_error_headers_name_the_type_and_message_and_code() -> None:

@@ -96,3 +96,15 @@ def test_section_9_status_codes_are_error_code() -> None:
     codes = {int(cells[0]) for cells in rows}
     assert {400, 401} <= codes
     assert error_code("WrongReply") == 400 and error_code("SignatureRequired") == 401
+    # Every type that crosses the bus with a code of its own is in the table: another
+    # implementation learns the code from the document alone.
+    tabled = {name for cells in rows for name in _NAME.findall(cells[-1])}
+    assert {name for name in WIRE_ERRORS if error_code(name) != 500} - tabled == set()
+
+
+def test_section_9_says_what_each_request_error_means() -> None:
+    rows = table_rows(section(9), r"`Invalid[A-Za-z]+`")
+    described = [_NAME.findall(cells[0])[0] for cells in rows]
+    assert described == ["InvalidInput", "InvalidTask", "InvalidBallot", "InvalidRequest"]
+    assert all(name in WIRE_ERRORS and error_code(name) == 400 for name in described)
+    assert {name for name in WIRE_ERRORS if name.startswith("Invalid")} == set(described)

@@ -1,4 +1,5 @@
-"""Task (nodes/task.py): whatever path a request came by, bad fields are InvalidInput."""
+"""Task (nodes/task.py): whatever path a request came by, bad fields are InvalidTask and bad
+parameters InvalidInput."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 
 from agoramesh.bus.ingress import MAX_JSON_DEPTH
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import InvalidInput, InvalidTask
 from agoramesh.nodes.task import MAX_DEADLINE, MAX_PARAMETER_DEPTH, Task
 
 
@@ -23,9 +24,9 @@ def nested(levels: int) -> Any:
 @pytest.mark.parametrize("deadline", [
     10**400, -(10**400), 9 * 10**30, MAX_DEADLINE + 1, MAX_DEADLINE + 0.5, -1, -0.001,
     math.inf, -math.inf, math.nan, 1e308, True, "1700000000", [1]])
-def test_a_deadline_out_of_range_or_of_the_wrong_type_is_invalid_input(deadline: Any) -> None:
-    with pytest.raises(InvalidInput, match="deadline must be a number of Unix seconds from 0 "
-                                           f"to {MAX_DEADLINE}"):
+def test_a_deadline_out_of_range_or_of_the_wrong_type_is_an_invalid_task(deadline: Any) -> None:
+    with pytest.raises(InvalidTask, match="deadline must be a number of Unix seconds from 0 "
+                                          f"to {MAX_DEADLINE}"):
         Task.from_dict({"parameters": {}, "deadline": deadline}, capability="echo")
 
 
@@ -37,13 +38,13 @@ def test_deadlines_in_range_are_kept_as_given(deadline: float) -> None:
 
 
 @pytest.mark.parametrize("priority", [10**400, -1, 11, 5.0, 1e308, math.nan, True, "5", None])
-def test_a_priority_out_of_range_or_of_the_wrong_type_is_invalid_input(priority: Any) -> None:
-    with pytest.raises(InvalidInput, match="priority must be an integer 0-10"):
+def test_a_priority_out_of_range_or_of_the_wrong_type_is_an_invalid_task(priority: Any) -> None:
+    with pytest.raises(InvalidTask, match="priority must be an integer 0-10"):
         Task(capability="echo", priority=priority)
 
 
 def test_a_huge_value_is_quoted_short_in_the_message() -> None:
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(InvalidTask) as caught:
         Task(capability="echo", priority=10**400)
     assert len(str(caught.value)) < 100
 
@@ -72,7 +73,7 @@ def test_the_capability_is_task_type_on_the_wire() -> None:
     assert body["task_type"] == "echo" and "capability" not in body
     assert Task.from_dict(body) == task
     assert Task.from_dict({"parameters": {}}, capability="echo").capability == "echo"
-    with pytest.raises(InvalidInput, match=r"task_type 'echo' was sent to 'math\.evaluate'"):
+    with pytest.raises(InvalidTask, match=r"task_type 'echo' was sent to 'math\.evaluate'"):
         Task.from_dict(body, capability="math.evaluate")
-    with pytest.raises(InvalidInput, match=r"unknown task fields: \['capability'\]"):
+    with pytest.raises(InvalidTask, match=r"unknown task fields: \['capability'\]"):
         Task.from_dict({"capability": "echo", "parameters": {}})

@@ -20,20 +20,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from agoramesh.api.web import CLIENT_TEXT
 from agoramesh.bus.ingress import encode_json
 from agoramesh.errors import (
-    AccessDenied,
     AgoraError,
-    AuctionFailed,
-    ConfigError,
-    InvalidInput,
-    JetStreamUnavailable,
-    JobNotFound,
-    NoBidders,
-    NoResponders,
-    NotConnected,
-    Overloaded,
-    StoreFull,
-    SubjectError,
-    WorkflowInvalid,
+    EnvelopeError,
+    InvalidRequest,
+    PermissionDenied,
+    error_code,
+    error_to_wire,
 )
 
 __all__ = ("BodyLost", "error_response", "json_response", "only_query", "read_json",
@@ -45,21 +37,18 @@ _BODY_LOST = (ConnectionError, asyncio.IncompleteReadError, HttpProcessingError,
 
 
 def status_for(error: BaseException) -> int:
-    """The HTTP status an error is answered with."""
-    if isinstance(error, InvalidInput | SubjectError | ConfigError | WorkflowInvalid):
-        return 400
-    if isinstance(error, AccessDenied):
-        return 403
-    if isinstance(error, JobNotFound):
-        return 404
-    if isinstance(error, NoResponders | NoBidders | AuctionFailed | NotConnected | Overloaded
-                  | JetStreamUnavailable | StoreFull):
-        return 503
-    if isinstance(error, TimeoutError):  # BusTimeout and asyncio's own
-        return 504
+    """The HTTP status an error is answered with: the code of its type on the bus
+    (:func:`~agoramesh.errors.error_code`, PROTOCOL.md §9), except what only the mesh
+    can have failed, a 502: an envelope refused (the API's own request, or an agent's
+    answer to it; a task too large to send is a 413 decided before sending), the
+    server refusing the API's own connection a subject, and every other error of
+    agoramesh (code 500 on the bus: a 500 here is a bug in the API).
+    """
     if isinstance(error, AgoraError):
-        return 502
-    return 500
+        code = error_code(error_to_wire(error)["type"])
+        return 502 if code == 500 or isinstance(error, EnvelopeError | PermissionDenied) \
+            else code
+    return 504 if isinstance(error, TimeoutError) else 500  # asyncio's own timeouts
 
 
 def json_response(value: Any, status: int = 200, **headers: str) -> web.Response:
@@ -74,10 +63,10 @@ def error_response(status: int, type_name: str, message: str, **headers: str) ->
 
 
 def only_query(request: web.Request, *allowed: str) -> None:
-    """An InvalidInput if the request has a query parameter not in ``allowed``."""
+    """An InvalidRequest if the request has a query parameter not in ``allowed``."""
     unknown = sorted(set(request.query) - set(allowed))
     if unknown:
-        raise InvalidInput(f"unknown query parameter(s) {', '.join(unknown)[:200]}")
+        raise InvalidRequest(f"unknown query parameter(s) {', '.join(unknown)[:200]}")
 
 
 class BodyLost(Exception):
@@ -107,18 +96,18 @@ async def read_json(request: web.Request, max_body: int) -> dict[str, Any]:
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
-        raise InvalidInput("the body is not valid UTF-8") from None
+        raise InvalidRequest("the body is not valid UTF-8") from None
     except (ValueError, RecursionError) as exc:
-        if isinstance(exc, InvalidInput):
+        if isinstance(exc, InvalidRequest):
             raise
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidInput(f"the body must be a JSON object, got {type(value).__name__}")
+        raise InvalidRequest(f"the body must be a JSON object, got {type(value).__name__}")
     return value
 
 
 def _reject_constant(name: str) -> Any:
-    raise InvalidInput(f"the body is not valid JSON: {name} is not a number")
+    raise InvalidRequest(f"the body is not valid JSON: {name} is not a number")
 
 
 def _is_json(content_type: str) -> bool:

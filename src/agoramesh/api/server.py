@@ -81,7 +81,13 @@ from agoramesh.api.json_http import (
 from agoramesh.api.tasks import TaskRoutes
 from agoramesh.api.web import WebServer
 from agoramesh.config import JobsConfig
-from agoramesh.errors import AgoraError, ConfigError, Overloaded, error_to_wire
+from agoramesh.errors import (
+    AgoraError,
+    ConfigError,
+    InvalidRequest,
+    Overloaded,
+    error_to_wire,
+)
 from agoramesh.protocols.allocation.dispatch import Dispatcher
 from agoramesh.protocols.jobs.jobs import Jobs
 
@@ -175,7 +181,8 @@ class HttpApi(WebServer):
             return error_response(exc.status, exc.reason.replace(" ", ""), message, **extra)
         except BodyLost as exc:  # the client's doing, and it has likely gone: no trace
             log.debug("%s %s: the body did not arrive: %s", request.method, request.path, exc)
-            return error_response(400, "InvalidInput", f"the body did not arrive whole: {exc}")
+            return error_response(400, InvalidRequest.__name__,
+                                  f"the body did not arrive whole: {exc}")
         except AgoraError as exc:
             status = status_for(exc)
             if status >= 500:

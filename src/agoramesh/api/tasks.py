@@ -39,7 +39,8 @@ from agoramesh.bus.subjects import validate_capability
 from agoramesh.errors import (
     AgoraError,
     BusTimeout,
-    InvalidInput,
+    InvalidRequest,
+    InvalidTask,
     JobNotFound,
     NotConnected,
     OversizeEnvelope,
@@ -67,12 +68,12 @@ _ENVELOPE_ROOM = 4096
 
 
 def _task_id(given: str, what: str) -> str:
-    """``given`` if it is a valid durable task id, else an InvalidInput starting ``what``."""
+    """``given`` if it is a valid durable task id, else an InvalidRequest starting ``what``."""
     try:
         return valid_task_id(given)
-    except InvalidInput:
-        raise InvalidInput(f"{what} 1-128 letters, digits, '_', '=' or '-', "
-                           f"got {given[:60]!r}") from None
+    except InvalidTask:
+        raise InvalidRequest(f"{what} 1-128 letters, digits, '_', '=' or '-', "
+                             f"got {given[:60]!r}") from None
 
 
 def _job_parameters(data: bytes, capability: str, max_bytes: int) -> dict[str, Any] | None:
@@ -109,38 +110,38 @@ class TaskRoutes:
         body = await read_json(request, api.max_body)
         unknown = sorted(str(key) for key in body if key not in _TASK_FIELDS)
         if unknown:
-            raise InvalidInput(f"unknown task field(s) {', '.join(unknown)[:200]}; "
-                               f"expected {', '.join(_TASK_FIELDS)}")
+            raise InvalidRequest(f"unknown task field(s) {', '.join(unknown)[:200]}; "
+                                 f"expected {', '.join(_TASK_FIELDS)}")
         try:
             capability = validate_capability(body.get("capability"))
         except SubjectError as exc:
-            raise InvalidInput(f"'capability': {exc}") from None
+            raise InvalidRequest(f"'capability': {exc}") from None
         parameters = body.get("parameters", {})
         if not isinstance(parameters, dict):
-            raise InvalidInput("'parameters' must be an object")
+            raise InvalidRequest("'parameters' must be an object")
         try:
             strategy = Strategy(body.get("strategy", Strategy.AUCTION))
         except ValueError:
-            raise InvalidInput("'strategy' must be 'auction' or 'direct'") from None
+            raise InvalidRequest("'strategy' must be 'auction' or 'direct'") from None
         agent_id = body.get("agent_id")
         if agent_id is not None and (not isinstance(agent_id, str) or not agent_id):
-            raise InvalidInput("'agent_id' must be an agent id string")
+            raise InvalidRequest("'agent_id' must be an agent id string")
         timeout = body.get("timeout")
         if "timeout" in body and (not isinstance(timeout, int | float)
                                   or isinstance(timeout, bool) or not 0 < timeout <= api.timeout):
-            raise InvalidInput(f"'timeout' must be a number of seconds above 0 and at most "
-                               f"{api.timeout:g}")
+            raise InvalidRequest(f"'timeout' must be a number of seconds above 0 and at most "
+                                 f"{api.timeout:g}")
         priority = body.get("priority", 5)
         if type(priority) is not int or not 0 <= priority <= 10:
-            raise InvalidInput("'priority' must be an integer from 0 to 10")
+            raise InvalidRequest("'priority' must be an integer from 0 to 10")
         durable, task_id = self._durability(request, body)
         wait = self._wait(request)
         if durable and (strategy is not Strategy.AUCTION or agent_id is not None):
-            raise InvalidInput("'strategy' and 'agent_id' do not apply to a durable task: the "
-                               "node that takes it from the job stream auctions it")
+            raise InvalidRequest("'strategy' and 'agent_id' do not apply to a durable task: the "
+                                 "node that takes it from the job stream auctions it")
         if not durable and wait is not None:
-            raise InvalidInput(f"'?wait' is for durable tasks (an {IDEMPOTENCY_KEY} header or "
-                               f"\"durable\": true); any other task is waited for ('timeout')")
+            raise InvalidRequest(f"'?wait' is for durable tasks (an {IDEMPOTENCY_KEY} header or "
+                                 f"\"durable\": true); any other task is waited for ('timeout')")
         too_large = self._oversize(capability, parameters)
         if too_large is not None:
             return too_large
@@ -177,13 +178,13 @@ class TaskRoutes:
         """Whether the task is durable, and its task id if the client chose it."""
         durable = body.get("durable")
         if durable is not None and not isinstance(durable, bool):
-            raise InvalidInput("'durable' must be true or false")
+            raise InvalidRequest("'durable' must be true or false")
         key = request.headers.get(IDEMPOTENCY_KEY)
         if key is None:
             return bool(durable), None
         if durable is False:
-            raise InvalidInput(f"an {IDEMPOTENCY_KEY} header makes the task durable, and the "
-                               f"body says \"durable\": false")
+            raise InvalidRequest(f"an {IDEMPOTENCY_KEY} header makes the task durable, and the "
+                                 f"body says \"durable\": false")
         return True, _task_id(key, f"the {IDEMPOTENCY_KEY} header is the durable task id:")
 
     def _wait(self, request: web.Request) -> float | None:
@@ -196,8 +197,8 @@ class TaskRoutes:
         except ValueError:
             wait = math.nan
         if not 0 < wait <= self.api.timeout:  # False for NaN
-            raise InvalidInput(f"'wait' must be a number of seconds above 0 and at most "
-                               f"{self.api.timeout:g}, got {given[:40]!r}")
+            raise InvalidRequest(f"'wait' must be a number of seconds above 0 and at most "
+                                 f"{self.api.timeout:g}, got {given[:40]!r}")
         return wait
 
     async def _durable(self, capability: str, parameters: dict[str, Any], *,
@@ -286,7 +287,7 @@ class TaskRoutes:
             encoded = len(msgpack.packb({"task_type": capability, "parameters": parameters},
                                         use_bin_type=True))
         except (TypeError, ValueError, OverflowError) as exc:  # an integer beyond 64 bits
-            raise InvalidInput(f"'parameters' cannot be sent on the mesh: {exc}") from None
+            raise InvalidRequest(f"'parameters' cannot be sent on the mesh: {exc}") from None
         if encoded + _ENVELOPE_ROOM <= limit:
             return None
         message = (f"the task is {encoded} bytes once encoded for the mesh; with its envelope "

@@ -50,7 +50,7 @@ from agoramesh.bus.message import Message
 from agoramesh.config import JobsConfig
 from agoramesh.errors import (
     AgoraError,
-    InvalidInput,
+    InvalidTask,
     JetStreamUnavailable,
     NotConnected,
     StoreFull,
@@ -76,10 +76,10 @@ _DIRECT_GET_HEADERS = frozenset({"Nats-Stream", "Nats-Sequence", "Nats-Subject",
 
 def valid_task_id(task_id: str) -> str:
     """``task_id`` if a durable job may have it (1-128 of ``A-Z a-z 0-9 _ = -``), else
-    a one-line InvalidInput: it is a result key and a subject token."""
+    a one-line InvalidTask: it is a result key and a subject token."""
     if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
-        raise InvalidInput(f"a durable task id must be 1-128 letters, digits, '_', '=' or "
-                           f"'-', got {str(task_id)[:60]!r}")
+        raise InvalidTask(f"a durable task id must be 1-128 letters, digits, '_', '=' or "
+                          f"'-', got {str(task_id)[:60]!r}")
     return task_id
 
 

@@ -72,7 +72,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def build_request(args: argparse.Namespace) -> CollaborationRequest:
-    """The checked request the flags describe; InvalidInput on one line if they are wrong."""
+    """The checked request the flags describe; one line of ConfigError (a flag that is not
+    a JSON object) or InvalidCollaboration (a request that cannot run) if they are wrong."""
     requirements = json_object(args.requirements, "--requirements") if args.requirements \
         else {}
     flags = {"options": args.options, "items": args.items, "capability": args.capability,

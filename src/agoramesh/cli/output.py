@@ -7,20 +7,20 @@ import sys
 from typing import Any
 
 from agoramesh.bus.ingress import encode_json
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError
 
 __all__ = ("clip", "emit", "emit_json", "json_object", "warn")
 
 
 def json_object(text: str, what: str) -> dict[str, Any]:
-    """A JSON object given on the command line as ``what``, or a one-line InvalidInput."""
+    """A JSON object given on the command line as ``what``, or a one-line ConfigError."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{what} is not valid JSON: {exc.msg} at column {exc.colno}"
-                           ) from None
+        raise ConfigError(f"{what} is not valid JSON: {exc.msg} at column {exc.colno}"
+                          ) from None
     if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a JSON object, not {type(value).__name__}")
+        raise ConfigError(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
 
 

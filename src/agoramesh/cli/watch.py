@@ -36,7 +36,7 @@ from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import emit, emit_json
 from agoramesh.cli.runtime import on_signals
 from agoramesh.config import Environment, JobsConfig
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, ConfigError
 from agoramesh.monitoring.job_queue import read_job_queue
 from agoramesh.monitoring.mesh_view import MeshView
 from agoramesh.monitoring.screen import natural_height, render
@@ -173,9 +173,9 @@ async def _watch(args: argparse.Namespace, env: Environment) -> int:
     once = args.once or args.json
     duration: float | None = args.duration
     if args.interval <= 0 or (duration is not None and duration <= 0):
-        raise InvalidInput("--interval and --duration must be positive")
+        raise ConfigError("--interval and --duration must be positive")
     if args.discover_timeout < 0:
-        raise InvalidInput("--discover-timeout must not be negative")
+        raise ConfigError("--discover-timeout must not be negative")
     view = MeshView(server=config.servers[0])
     async with Bus(client_identity(config), config) as bus:
         watcher = MeshWatcher(bus, view)

@@ -28,7 +28,7 @@ from agoramesh.errors import (
     BackendBadResponse,
     BackendError,
     EnvelopeError,
-    InvalidInput,
+    InvalidTask,
     OversizeEnvelope,
     ResultTooLarge,
     TaskCancelled,
@@ -46,7 +46,7 @@ __all__ = ("UNREADABLE_TASK_ID", "TaskRunner", "described", "readable_task_id")
 
 # A failed task's error type -> its outcome label (agoramesh_tasks_total); others: failed.
 _OUTCOMES = {"TaskCancelled": "cancelled", "InvalidInput": "rejected",
-             "UnknownCapability": "rejected"}
+             "InvalidTask": "rejected", "UnknownCapability": "rejected"}
 #: Appended to the error of a FAILED task_response whose request's task_id was unreadable.
 UNREADABLE_TASK_ID = "; the request's task_id could not be read (task_id is null)"
 
@@ -144,12 +144,12 @@ class TaskRunner:
             await self._publish_callback(delivery, callback, result)
 
     def _callback_of(self, task: Task) -> str | None:
-        """The task's callback subject; InvalidInput for one of the mesh's own subjects,
+        """The task's callback subject; InvalidTask for one of the mesh's own subjects,
         where agents would take the result, published in our name, for a request."""
         callback, prefix = task.callback, self.node.bus.subjects.prefix
         if callback is not None and (callback == prefix or callback.startswith(prefix + ".")):
-            raise InvalidInput(f"callback {callback[:80]!r} is one of the mesh's own subjects "
-                               f"({prefix}.>): name a subject outside them")
+            raise InvalidTask(f"callback {callback[:80]!r} is one of the mesh's own subjects "
+                              f"({prefix}.>): name a subject outside them")
         return callback
 
     async def _publish_callback(self, delivery: Delivery, subject: str,
@@ -190,8 +190,8 @@ class TaskRunner:
         known = self.memory.recall(task)
         if known is not None:
             if known.digest != task_digest(task):
-                raise InvalidInput(f"task id {task.task_id} was used here for another task; "
-                                   f"a task id names one task")
+                raise InvalidTask(f"task id {task.task_id} was used here for another task; "
+                                  f"a task id names one task")
             self.node.metrics.answered_from_memory += 1
             if known.done is not None:
                 return known.done, False

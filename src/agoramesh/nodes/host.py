@@ -41,7 +41,7 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.ingress import IngressPolicy, encode_json
 from agoramesh.bus.message import Message
 from agoramesh.config import BusConfig
-from agoramesh.errors import AgoraError, ConfigError, InvalidInput, OversizeEnvelope
+from agoramesh.errors import AgoraError, ConfigError, OversizeEnvelope, SubjectError
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.presence import MAX_BATCH, PeerWatch, beat_every
 from agoramesh.observability.logs import agent_logger
@@ -249,7 +249,7 @@ class AgentHost:
             try:
                 matches = node.card.answers(query)
             except AgoraError:
-                await delivery.respond_error(InvalidInput(
+                await delivery.respond_error(SubjectError(
                     f"bad capability pattern {query.get('capability')!r}"))
                 return
             if matches:

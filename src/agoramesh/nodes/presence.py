@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.envelope import Envelope
 from agoramesh.bus.identity import is_agent_id
-from agoramesh.errors import AgoraError, InvalidInput, SchemaError, WrongSubject
+from agoramesh.errors import AgoraError, SchemaError, SubjectError, WrongSubject
 from agoramesh.nodes.card import AgentCard, AgentStatus, presence_interval
 from agoramesh.nodes.directory import Directory
 
@@ -54,7 +54,7 @@ async def answer_discovery(delivery: Delivery, card: AgentCard,
         if not card.answers(query):
             return
     except AgoraError:
-        await delivery.respond_error(InvalidInput(
+        await delivery.respond_error(SubjectError(
             f"bad capability pattern {query.get('capability')!r}"))
         return
     await delivery.respond("discovery", body(), public=True)  # a card: public anyway

@@ -21,7 +21,7 @@ from agoramesh.errors import (
     AccessDenied,
     AgoraError,
     EnvelopeError,
-    InvalidInput,
+    InvalidRequest,
     UnknownCapability,
     error_to_wire,
 )
@@ -103,8 +103,8 @@ class Reception:
     async def on_direct(self, delivery: Delivery) -> None:
         handler = self.direct_handlers.get(delivery.type or "")
         if handler is None:
-            await delivery.respond_error(
-                InvalidInput(f"agent {self.node.config.name} does not handle {delivery.type!r}"))
+            await delivery.respond_error(InvalidRequest(
+                f"agent {self.node.config.name} does not handle {delivery.type!r}"))
             return
         await handler(delivery)
 

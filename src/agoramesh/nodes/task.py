@@ -4,9 +4,10 @@ The wire shapes (``as_dict``/``from_dict``) are the bodies of the
 ``task_request`` and ``task_response`` envelopes and of plain-JSON ingress;
 a task's :attr:`Task.capability` is ``task_type`` there (PROTOCOL.md §15).
 A :class:`Task` checks what it is given, whatever the path it came by, so a
-hostile request fails as :class:`~agoramesh.errors.InvalidInput`: ``parameters``
-nest at most :data:`MAX_PARAMETER_DEPTH` levels (what runs a task may recurse
-over them), ``priority`` is an int 0-10, ``deadline`` a number of Unix
+hostile request fails as :class:`~agoramesh.errors.InvalidInput` for its
+parameters (an object nesting at most :data:`MAX_PARAMETER_DEPTH` levels: what
+runs a task may recurse over them) and :class:`~agoramesh.errors.InvalidTask`
+for the rest: ``priority`` is an int 0-10, ``deadline`` a number of Unix
 seconds up to :data:`MAX_DEADLINE` (so arithmetic on it never overflows) and
 ``callback`` a subject the agent may publish the result on
 (:func:`validate_callback`).
@@ -21,7 +22,7 @@ from typing import Any
 
 from agoramesh.bus.ingress import MAX_JSON_DEPTH
 from agoramesh.bus.subjects import validate_subject
-from agoramesh.errors import InvalidInput, SubjectError
+from agoramesh.errors import InvalidInput, InvalidTask, SubjectError
 
 __all__ = ("MAX_CALLBACK_LENGTH", "MAX_DEADLINE", "MAX_PARAMETER_DEPTH", "Chunk", "Completion",
            "StreamItem", "Task", "TaskResult", "TaskStatus", "Usage", "validate_callback")
@@ -39,7 +40,7 @@ _CALLBACK_FORBIDDEN = ("_INBOX.", "$")
 
 
 def validate_callback(subject: object) -> str:
-    """A subject a task's result may be published on as well, or InvalidInput.
+    """A subject a task's result may be published on as well, or InvalidTask.
 
     A concrete subject (no wildcards), at most :data:`MAX_CALLBACK_LENGTH`
     characters, that is neither a reply inbox nor one of the server's. The agent
@@ -48,19 +49,19 @@ def validate_callback(subject: object) -> str:
     (the mesh's own subjects are refused by the agent, which knows their prefix).
     """
     if not isinstance(subject, str):
-        raise InvalidInput(f"callback must be a subject string, got {type(subject).__name__}")
+        raise InvalidTask(f"callback must be a subject string, got {type(subject).__name__}")
     if len(subject) > MAX_CALLBACK_LENGTH:
-        raise InvalidInput(f"callback must be a subject of at most {MAX_CALLBACK_LENGTH} "
-                           f"characters, got {len(subject)}")
+        raise InvalidTask(f"callback must be a subject of at most {MAX_CALLBACK_LENGTH} "
+                          f"characters, got {len(subject)}")
     try:
         validate_subject(subject)
     except SubjectError:
-        raise InvalidInput(f"callback {subject[:80]!r} is not a subject to publish on: "
-                           f"dot-separated, non-empty tokens of printable ASCII, no spaces "
-                           f"or wildcards (* >)") from None
+        raise InvalidTask(f"callback {subject[:80]!r} is not a subject to publish on: "
+                          f"dot-separated, non-empty tokens of printable ASCII, no spaces "
+                          f"or wildcards (* >)") from None
     if subject.startswith(_CALLBACK_FORBIDDEN):
-        raise InvalidInput(f"callback {subject[:80]!r} may not be a reply inbox (_INBOX.) "
-                           f"or a server subject ($...)")
+        raise InvalidTask(f"callback {subject[:80]!r} may not be a reply inbox (_INBOX.) "
+                          f"or a server subject ($...)")
     return subject
 
 
@@ -108,22 +109,22 @@ class Task:
 
     def __post_init__(self) -> None:
         if not isinstance(self.capability, str) or not self.capability:
-            raise InvalidInput("the capability (task_type) must be a non-empty string")
+            raise InvalidTask("the capability (task_type) must be a non-empty string")
         if not isinstance(self.parameters, dict):
             raise InvalidInput("parameters must be an object")
         if _deeper_than(self.parameters, MAX_PARAMETER_DEPTH):
             raise InvalidInput(f"parameters nest more than {MAX_PARAMETER_DEPTH} levels deep")
         if type(self.priority) is not int or not 0 <= self.priority <= 10:
-            raise InvalidInput(f"priority must be an integer 0-10, got {self.priority!r:.40}")
+            raise InvalidTask(f"priority must be an integer 0-10, got {self.priority!r:.40}")
         if not isinstance(self.task_id, str) or not 0 < len(self.task_id) <= 128:
-            raise InvalidInput("task_id must be a string of 1-128 characters")
+            raise InvalidTask("task_id must be a string of 1-128 characters")
         # Compared, never converted: an int past the float range (10**400) is simply too
         # large here, where math.isfinite or a subtraction from time.time() would overflow.
         if self.deadline is not None and (
                 not isinstance(self.deadline, int | float) or isinstance(self.deadline, bool)
                 or not 0 <= self.deadline <= MAX_DEADLINE):  # False for NaN too
-            raise InvalidInput(f"deadline must be a number of Unix seconds from 0 to "
-                               f"{MAX_DEADLINE}, got {self.deadline!r:.40}")
+            raise InvalidTask(f"deadline must be a number of Unix seconds from 0 to "
+                              f"{MAX_DEADLINE}, got {self.deadline!r:.40}")
         if self.callback is not None:
             validate_callback(self.callback)
 
@@ -137,19 +138,19 @@ class Task:
         """A task from a request body; ``capability`` fills in for a body without ``task_type``
         (the subject named it) and must match one that has it."""
         if not isinstance(data, dict):
-            raise InvalidInput(f"a task must be an object, got {type(data).__name__}")
+            raise InvalidTask(f"a task must be an object, got {type(data).__name__}")
         known = {"task_id", "task_type", "parameters", "priority", "deadline", "callback"}
         if "parameters" not in data and not data.keys() <= known:
             # `nats req agora.cap.echo '{"text": "hi"}'`: the whole body is the parameters.
             data = {"parameters": data}
         unknown = data.keys() - known
         if unknown:
-            raise InvalidInput(f"unknown task fields: {sorted(map(str, unknown))[:5]}")
+            raise InvalidTask(f"unknown task fields: {sorted(map(str, unknown))[:5]}")
         fields = {"capability" if key == "task_type" else key: value
                   for key, value in data.items()}
         fields.setdefault("capability", capability)
         if capability and fields["capability"] != capability:
-            raise InvalidInput(f"task_type {fields['capability']!r} was sent to {capability!r}")
+            raise InvalidTask(f"task_type {fields['capability']!r} was sent to {capability!r}")
         fields = {key: value for key, value in fields.items() if value is not None}
         return cls(**fields)
 

@@ -9,7 +9,7 @@ this agent bids as the one that ``holds`` it (protocols/auction/scoring.py) and 
 awarded it, and nothing runs twice.
 
 The same id with other content is a different task: asking for it is refused
-(``InvalidInput``), never answered with the other task's result. Content is
+(``InvalidTask``), never answered with the other task's result. Content is
 the capability and parameters, compared by a BLAKE2b digest. Only final
 results are remembered (TaskResult.final), at most ``size`` of them for
 ``ttl`` seconds.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError
 from agoramesh.sim.grid import Cell, Grid, make_walls
 from agoramesh.sim.state import KIND_CAPABILITY, Agent, Item, Task, TaskKind, WorldState
 
@@ -25,13 +25,13 @@ def generate(*, width: int, height: int, obstacle_ratio: float, num_tasks: int |
     """A fresh world; ``num_tasks`` None means twice the agents, at least three."""
     n = num_agents
     if not 1 <= n <= 26:
-        raise InvalidInput(f"num_agents must be 1..26, got {n}")
+        raise ConfigError(f"num_agents must be 1..26, got {n}")
     task_count = num_tasks or max(3, 2 * n)
     area = width * height
     free_cells = area - round(obstacle_ratio * area)  # walls only ever get fewer
     if n > free_cells or task_count + 2 > free_cells:
-        raise InvalidInput(f"{n} agents and {task_count} tasks do not fit a "
-                           f"{width}x{height} grid with {free_cells} free cells")
+        raise ConfigError(f"{n} agents and {task_count} tasks do not fit a "
+                          f"{width}x{height} grid with {free_cells} free cells")
     rng = random.Random(seed)
     caps: list[frozenset[str]] = []
     for i in range(n):

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import InvalidWorldCall
 
 __all__ = ("Cell", "Grid", "fmt", "make_walls", "manhattan")
 
@@ -70,11 +70,11 @@ class Grid:
         return path
 
     def free_cell(self, value: Sequence[int]) -> Cell:
-        """``value`` as a cell, or an :class:`InvalidInput` when it is not a free one."""
+        """``value`` as a cell, or an :class:`InvalidWorldCall` when it is not a free one."""
         cell = (int(value[0]), int(value[1])) if len(value) == 2 else None
         if cell is None or not self.is_open(cell):
-            raise InvalidInput(f"{list(value)!r:.60} is not a free cell of the "
-                               f"{self.width}x{self.height} grid")
+            raise InvalidWorldCall(f"{list(value)!r:.60} is not a free cell of the "
+                                   f"{self.width}x{self.height} grid")
         return cell
 
 

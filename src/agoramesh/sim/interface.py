@@ -8,7 +8,7 @@ typing: no base class to inherit) and its agents run on the mesh unchanged.
 Contract, for every method: agents are named by *sim ids*, strings such as
 ``"agent_1"`` (not the nkey agent ids of the mesh); bad input is never an
 exception but an :attr:`ActionStatus.INVALID` result (``process_command``)
-or a :class:`~agoramesh.errors.InvalidInput` for an unknown sim id (every
+or a :class:`~agoramesh.errors.InvalidWorldCall` for an unknown sim id (every
 other method). Implementations must be safe to call from more than one
 thread (the built-in one holds a lock).
 

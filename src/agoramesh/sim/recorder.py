@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Self
 
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, InvalidWorldCall
 
 __all__ = ("TrajectoryRecorder", "event_counts", "read_trajectory")
 
@@ -122,7 +122,7 @@ class TrajectoryRecorder:
     def record_message(self, *, agent_id: str, direction: Literal["sent", "received"],
                        message: dict[str, Any]) -> None:
         if direction not in ("sent", "received"):
-            raise InvalidInput(f"direction must be 'sent' or 'received', got {direction!r:.40}")
+            raise InvalidWorldCall(f"direction must be 'sent' or 'received', got {direction!r:.40}")
         self.record("message", agent_id=agent_id, direction=direction, message=message)
 
     def record_negotiation(self, *, agent_id: str, result: dict[str, Any]) -> None:

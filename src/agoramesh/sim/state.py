@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import InvalidWorldCall
 from agoramesh.sim.grid import Cell, Grid
 
 __all__ = ("KIND_CAPABILITY", "Agent", "Item", "Task", "TaskKind", "WorldState")
@@ -78,8 +78,8 @@ class WorldState:
     def agent(self, sim_id: str) -> Agent:
         agent = self.agents.get(sim_id)
         if agent is None:
-            raise InvalidInput(f"unknown agent {sim_id!r:.40}; agents are "
-                               f"{', '.join(self.agents)}")
+            raise InvalidWorldCall(f"unknown agent {sim_id!r:.40}; agents are "
+                                   f"{', '.join(self.agents)}")
         return agent
 
     def object_at(self, task: Task) -> Cell | None:

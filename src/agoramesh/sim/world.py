@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError, InvalidWorldCall
 from agoramesh.sim import actions, views
 from agoramesh.sim.generation import generate
 from agoramesh.sim.interface import StepResult
@@ -44,13 +44,13 @@ class GridWorld:
                  view_radius: int = 2, num_tasks: int | None = None,
                  obstacle_ratio: float = 0.1) -> None:
         if not 4 <= width <= 64 or not 4 <= height <= 64:
-            raise InvalidInput(f"width and height must be 4..64, got {width}x{height}")
+            raise ConfigError(f"width and height must be 4..64, got {width}x{height}")
         if view_radius < 0:
-            raise InvalidInput(f"view_radius must be >= 0, got {view_radius}")
+            raise ConfigError(f"view_radius must be >= 0, got {view_radius}")
         if num_tasks is not None and num_tasks < 1:
-            raise InvalidInput(f"num_tasks must be >= 1 or None, got {num_tasks}")
+            raise ConfigError(f"num_tasks must be >= 1 or None, got {num_tasks}")
         if not 0.0 <= obstacle_ratio <= 0.3:
-            raise InvalidInput(f"obstacle_ratio must be 0..0.3, got {obstacle_ratio}")
+            raise ConfigError(f"obstacle_ratio must be 0..0.3, got {obstacle_ratio}")
         self.width, self.height = width, height
         self.view_radius, self.obstacle_ratio = view_radius, obstacle_ratio
         self._requested_tasks = num_tasks
@@ -96,12 +96,12 @@ class GridWorld:
             return [task.as_dict() for task in self._state.tasks]
 
     def task_status(self, task_id: str) -> str:
-        """``"complete"`` or ``"open"``; an unknown task id is an :class:`InvalidInput`."""
+        """``"complete"`` or ``"open"``; an unknown task id is an :class:`InvalidWorldCall`."""
         with self._lock:
             for task in self._state.tasks:
                 if task.task_id == task_id:
                     return "complete" if task.complete else "open"
-            raise InvalidInput(f"unknown task {task_id!r:.40}")
+            raise InvalidWorldCall(f"unknown task {task_id!r:.40}")
 
     def is_done(self) -> bool:
         with self._lock:

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, ConfigError, InvalidRequest
 from agoramesh.modes.decentralized.base import BaseAgent
 from agoramesh.modes.decentralized.bidding import TeamBidder
 from agoramesh.modes.decentralized.communication import CommunicationManager
@@ -103,7 +103,7 @@ class AutonomousAgent(BaseAgent):
         """Name the teammates (agents, or their sim ids); waits until they are on the mesh."""
         ids = [p if isinstance(p, str) else getattr(p, "sim_id", None) for p in peer_agents]
         if not all(isinstance(i, str) for i in ids):
-            raise InvalidInput("peers must be agents (with a sim_id) or sim ids")
+            raise ConfigError("peers must be agents (with a sim_id) or sim ids")
         missing = self.comm.set_peers([str(i) for i in ids])
         if missing:
             raise AgoraError(f"{self.sim_id}: {self.comm.last_error}")
@@ -121,7 +121,7 @@ class AutonomousAgent(BaseAgent):
     def communicate_with_peers(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """Send ``message`` to its ``receiver_id`` (or everyone); what happened, as a dict."""
         if not isinstance(message, Mapping):
-            raise InvalidInput(f"a message must be a dict, got {type(message).__name__}")
+            raise InvalidRequest(f"a message must be a dict, got {type(message).__name__}")
         receiver = message.get("receiver_id", "broadcast")
         if receiver == "broadcast":
             ok = self.comm.broadcast_message(message)

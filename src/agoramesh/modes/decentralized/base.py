@@ -18,7 +18,7 @@ import abc
 from collections.abc import Mapping
 from typing import Any
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError, InvalidRequest, InvalidWorldCall
 from agoramesh.sim.interface import ActionStatus, SimulationEngine, StepResult
 
 __all__ = ("BaseAgent",)
@@ -32,10 +32,10 @@ class BaseAgent(abc.ABC):
     def __init__(self, simulator: SimulationEngine, sim_id: str,
                  config: Mapping[str, Any] | Any = None) -> None:
         if not isinstance(simulator, SimulationEngine):
-            raise InvalidInput(f"simulator must implement SimulationEngine "
+            raise ConfigError(f"simulator must implement SimulationEngine "
                                f"(agoramesh.sim.interface), got {type(simulator).__name__}")
         if sim_id not in simulator.sim_ids():
-            raise InvalidInput(f"the simulator has no agent {sim_id!r:.40}; it has "
+            raise InvalidWorldCall(f"the simulator has no agent {sim_id!r:.40}; it has "
                                f"{', '.join(simulator.sim_ids())}")
         self.simulator = simulator
         self.sim_id = sim_id
@@ -57,7 +57,7 @@ class BaseAgent(abc.ABC):
 
     def set_task(self, task_description: str) -> None:
         if not isinstance(task_description, str):
-            raise InvalidInput("a task description must be a string")
+            raise InvalidRequest("a task description must be a string")
         self.task_description = task_description
 
     def set_trajectory_recorder(self, recorder: Any) -> None:

@@ -20,7 +20,7 @@ message is a dict: ``sender_id``, ``receiver_id`` (a sim id or
 ``"broadcast"``), ``message_type`` (``task_negotiation``, ``status_update``
 or ``help_request``), ``content`` (an object) and ``timestamp`` (ISO 8601,
 UTC); we add ``message_id``. Missing fields are filled in; a message of the
-wrong shape or over 64 KiB is InvalidInput.
+wrong shape or over 64 KiB is InvalidRequest.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, InvalidRequest, SubjectError
 from agoramesh.modes.decentralized.config import CommunicationProtocol, DecentralizedConfig
 from agoramesh.modes.decentralized.member import MAX_MESSAGE_BYTES, MESSAGE_TYPES, Member
 from agoramesh.modes.decentralized.runtime import MeshRuntime
@@ -64,10 +64,10 @@ def make_message(sender_id: str, receiver_id: str, message_type: str,
 
 
 def check_sim_id(sim_id: Any) -> str:
-    """A sim id (an agent's name in the simulator), or InvalidInput."""
+    """A sim id (an agent's name in the simulator), or SubjectError."""
     if (not isinstance(sim_id, str) or not 0 < len(sim_id) <= 64
             or not set(sim_id) <= _ID_CHARS or sim_id == "broadcast"):
-        raise InvalidInput(f"sim ids are 1-64 letters, digits, '_' or '-' (not 'broadcast'), "
+        raise SubjectError(f"sim ids are 1-64 letters, digits, '_' or '-' (not 'broadcast'), "
                            f"got {sim_id!r:.60}")
     return sim_id
 
@@ -219,27 +219,27 @@ class CommunicationManager:
 
     def _prepare(self, message: Mapping[str, Any], receiver: str) -> dict[str, Any]:
         if not isinstance(message, Mapping):
-            raise InvalidInput(f"a message must be a dict, got {type(message).__name__}")
+            raise InvalidRequest(f"a message must be a dict, got {type(message).__name__}")
         kind = message.get("message_type")
         if kind not in MESSAGE_TYPES:
-            raise InvalidInput(f"message_type must be one of {', '.join(MESSAGE_TYPES)}, "
+            raise InvalidRequest(f"message_type must be one of {', '.join(MESSAGE_TYPES)}, "
                                f"got {kind!r:.40}")
         sender = message.get("sender_id", self.sim_id)
         if sender != self.sim_id:
-            raise InvalidInput(f"sender_id must be this agent ({self.sim_id}), "
+            raise InvalidRequest(f"sender_id must be this agent ({self.sim_id}), "
                                f"got {sender!r:.40}")
         content = message.get("content", {})
         if not isinstance(content, Mapping):
-            raise InvalidInput(f"content must be a dict, got {type(content).__name__}")
+            raise InvalidRequest(f"content must be a dict, got {type(content).__name__}")
         prepared = {**make_message(self.sim_id, receiver, kind, content),
                     **{k: v for k, v in message.items() if k in ("timestamp", "message_id")
                        and isinstance(v, str) and v}}
         try:
             size = len(json.dumps(prepared, allow_nan=False))
         except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"a message must be JSON data: {exc}") from None
+            raise InvalidRequest(f"a message must be JSON data: {exc}") from None
         if size > MAX_MESSAGE_BYTES:
-            raise InvalidInput(f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
+            raise InvalidRequest(f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
         return prepared
 
     def _after_send(self, message: dict[str, Any], ok: bool, target: str) -> None:

@@ -40,7 +40,7 @@ from agoramesh.bus.ingress import IngressPolicy
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.bus.subjects import Subjects
 from agoramesh.config import BusConfig
-from agoramesh.errors import AgoraError, BusError, EnvelopeError, InvalidInput
+from agoramesh.errors import AgoraError, BusError, EnvelopeError, InvalidRequest
 from agoramesh.modes.decentralized.config import CommunicationSettings
 from agoramesh.modes.decentralized.presence import TeamPresence
 from agoramesh.modes.decentralized.roster import ROSTER, Roster, Teammate
@@ -64,10 +64,10 @@ Deliver = Callable[[dict[str, Any]], Awaitable[bool]]
 
 
 def _checked(delivery: Delivery, roster: Roster) -> dict[str, Any]:
-    """A team message's body, if it is one a teammate may send (InvalidInput otherwise)."""
+    """A team message's body, if it is one a teammate may send (InvalidRequest otherwise)."""
     body = delivery.body
     if not isinstance(body, dict):
-        raise InvalidInput("a message must be an object")
+        raise InvalidRequest("a message must be an object")
     mate = roster.by_agent(str(delivery.sender))
     signer = mate.sim_id if mate is not None else None
     origin = body.get("sender_id")
@@ -75,14 +75,14 @@ def _checked(delivery: Delivery, roster: Roster) -> dict[str, Any]:
     # vouches for its origin: teammates are trusted to forward what they got.
     relayed = "gossip" in body and body.get("via") == signer
     if signer is None or (origin != signer and not (relayed and origin in roster)):
-        raise InvalidInput(f"message not signed by a teammate of {roster.team} "
+        raise InvalidRequest(f"message not signed by a teammate of {roster.team} "
                            f"(sender_id {origin!r:.40})")
     if body.get("message_type") != delivery.type:
-        raise InvalidInput("message_type does not match the envelope type")
+        raise InvalidRequest("message_type does not match the envelope type")
     if not isinstance(body.get("message_id"), str) or not body["message_id"]:
-        raise InvalidInput("a message needs a message_id")
+        raise InvalidRequest("a message needs a message_id")
     if not isinstance(body.get("content"), dict):
-        raise InvalidInput("a message's content must be an object")
+        raise InvalidRequest("a message's content must be an object")
     return dict(body)
 
 
@@ -261,14 +261,14 @@ class Member:
             await self._receive(delivery)
         else:
             self.stats["rejected"] += 1
-            await delivery.respond_error(InvalidInput(
+            await delivery.respond_error(InvalidRequest(
                 f"agent {self.sim_id} does not handle {kind!r} messages"))
 
     async def _receive(self, delivery: Delivery) -> None:
         """Check, deduplicate, forward (gossip), deliver and acknowledge one message."""
         try:
             message = _checked(delivery, self.roster)
-        except InvalidInput as exc:
+        except InvalidRequest as exc:
             self.stats["rejected"] += 1
             await delivery.respond_error(exc)
             return

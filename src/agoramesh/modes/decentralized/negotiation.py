@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, InvalidAllocation, InvalidBid
 from agoramesh.modes.decentralized.communication import CommunicationManager, make_message
 from agoramesh.protocols.allocation.negotiation import resolve_conflict
 from agoramesh.protocols.allocation.strategies import (
@@ -87,7 +87,7 @@ class Commitment:
     @classmethod
     def from_dict(cls, data: Any) -> Commitment:
         if not isinstance(data, Mapping):
-            raise InvalidInput("an allocation must be an object")
+            raise InvalidAllocation("an allocation must be an object")
         try:
             tasks = tuple(str(t) for t in data["tasks"])
             assignments = {str(k): str(v) for k, v in dict(data["assignments"]).items()}
@@ -99,7 +99,7 @@ class Commitment:
                        scores={str(k): float(v)
                                for k, v in dict(data.get("scores", {})).items()})
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput(f"unusable allocation: {exc}") from None
+            raise InvalidAllocation(f"unusable allocation: {exc}") from None
 
 
 def negotiation_id(team: str, specs: Sequence[TaskSpec]) -> str:
@@ -113,7 +113,7 @@ def bid_of(sim_id: str, profile: AgentProfile, bid: Mapping[str, Any]) -> Bid:
     """A wire bid as the scorer sees it: one step of estimated time is one second."""
     steps = bid.get("estimated_time", 0)
     if isinstance(steps, bool) or not isinstance(steps, int | float) or not steps >= 0:
-        raise InvalidInput(f"estimated_time must be a non-negative number, got {steps!r:.40}")
+        raise InvalidBid(f"estimated_time must be a non-negative number, got {steps!r:.40}")
     return Bid(agent_id=sim_id, load=profile.load, latency_ms=float(steps) * 1000.0,
                success_rate=profile.success_rate, capacity=profile.capacity,
                in_flight=profile.in_flight, priority=profile.priority,
@@ -311,7 +311,7 @@ class Negotiator:
         elif action in ("accept", "reject") and "allocation" in content:
             try:
                 commitment = Commitment.from_dict(content["allocation"])
-            except InvalidInput as exc:
+            except InvalidAllocation as exc:
                 log.info("%s: ignored an award from %s: %s", self.me, sender, exc)
                 return
             if commitment.initiator != sender:
@@ -351,7 +351,7 @@ class Negotiator:
         raw, bids = content.get("profile"), content.get("bids")
         try:
             if not isinstance(raw, Mapping) or not isinstance(bids, list):
-                raise InvalidInput("a bid needs a profile and a list of bids")
+                raise InvalidBid("a bid needs a profile and a list of bids")
             profile = AgentProfile(
                 agent_id=sender, capabilities=tuple(raw.get("capabilities", ())),
                 capacity=int(raw.get("capacity", 1)), in_flight=int(raw.get("in_flight", 0)),
@@ -359,7 +359,7 @@ class Negotiator:
                 success_rate=float(raw.get("success_rate", 1.0)))
             for bid in bids:
                 if not isinstance(bid, Mapping):
-                    raise InvalidInput("each bid must be an object")
+                    raise InvalidBid("each bid must be an object")
                 bid_of(sender, profile, bid)
         except (AgoraError, TypeError, ValueError) as exc:
             log.info("%s: unusable bid from %s: %s", self.me, sender, exc)

@@ -30,7 +30,7 @@ from agoramesh.bus.credentials import client_identity
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.subjects import validate_capability_pattern
 from agoramesh.config import BusConfig
-from agoramesh.errors import InvalidInput, SchemaError
+from agoramesh.errors import SchemaError, SubjectError
 from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.directory import Directory
@@ -54,15 +54,15 @@ class Strategy(StrEnum):
 def parse_selector(selector: str) -> tuple[str, str]:
     """``"type:claude"`` → ``("type", "claude")``; a bare word is a capability pattern."""
     if not isinstance(selector, str) or not selector.strip():
-        raise InvalidInput(f"an agent selector must be a non-empty string, got {selector!r}")
+        raise SubjectError(f"an agent selector must be a non-empty string, got {selector!r}")
     kind, sep, value = selector.strip().partition(":")
     if not sep:
         kind, value = "capability", kind
     if kind not in SELECTOR_KINDS:
-        raise InvalidInput(f"unknown selector kind {kind!r} in {selector!r}; "
+        raise SubjectError(f"unknown selector kind {kind!r} in {selector!r}; "
                            f"use one of {', '.join(k + ':' for k in SELECTOR_KINDS)}")
     if not value:
-        raise InvalidInput(f"selector {selector!r} names nothing after {kind}:")
+        raise SubjectError(f"selector {selector!r} names nothing after {kind}:")
     if kind == "capability":
         validate_capability_pattern(value)
     return kind, value

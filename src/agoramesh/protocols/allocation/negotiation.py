@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import InvalidAllocation
 from agoramesh.protocols.allocation.strategies import (
     AgentProfile,
     NegotiationStrategy,
@@ -78,7 +78,7 @@ def _claim(raw: Any, task_id: Any) -> tuple[float, float, str]:
     raw = {"agent_id": raw} if isinstance(raw, str) else raw
     agent = raw.get("agent_id") if isinstance(raw, Mapping) else None
     if not isinstance(agent, str) or not agent:
-        raise InvalidInput(f"task {task_id!r}: each claim needs an agent_id (or is one)")
+        raise InvalidAllocation(f"task {task_id!r}: each claim needs an agent_id (or is one)")
     score, at = raw.get("score"), raw.get("claimed_at")
     return (math.inf if score is None else -non_negative(score, f"claim of {agent!r:.60}: score"),
             math.inf if at is None else non_negative(at, f"claim of {agent!r:.60}: claimed_at"),
@@ -96,13 +96,13 @@ def resolve_conflict(conflict: Mapping[str, Any]) -> dict[str, Any]:
     ``losers`` are the other agents, best first.
     """
     if not isinstance(conflict, Mapping):
-        raise InvalidInput(f"a conflict must be an object, got {type(conflict).__name__}")
+        raise InvalidAllocation(f"a conflict must be an object, got {type(conflict).__name__}")
     task_id = conflict.get("task_id", conflict.get("id"))
     if isinstance(task_id, bool) or not isinstance(task_id, str | int) or task_id == "":
-        raise InvalidInput("a conflict needs the task_id that is claimed")
+        raise InvalidAllocation("a conflict needs the task_id that is claimed")
     raw = conflict.get("claims", conflict.get("agents"))
     if isinstance(raw, str | Mapping) or not isinstance(raw, Sequence) or not raw:
-        raise InvalidInput(f"task {task_id!r}: claims must be a non-empty list")
+        raise InvalidAllocation(f"task {task_id!r}: claims must be a non-empty list")
     best: dict[str, tuple[float, float, str]] = {}
     for claim in sorted(_claim(item, task_id) for item in raw):
         best.setdefault(claim[2], claim)

@@ -10,7 +10,7 @@ the spellings task maps come in: ``required_capability`` (the decentralized
 mode's task maps, PROTOCOL.md §19), ``capability`` or ``task_type`` (as a §15
 task body names it); ``priority`` 0-10 (default 5); an optional
 ``description``; other keys ride along. A bad task
-raises InvalidInput naming it. An agent can do a task when one of its
+raises InvalidAllocation naming it. An agent can do a task when one of its
 capabilities matches (:func:`~agoramesh.nodes.capability.matches`).
 
 Suitability (:func:`evaluate_task_suitability`) is 0 for an agent that cannot
@@ -65,7 +65,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from agoramesh.bus.subjects import validate_capability, validate_capability_pattern
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, InvalidAllocation
 from agoramesh.nodes.capability import matches
 from agoramesh.nodes.card import AgentStatus
 from agoramesh.protocols.allocation.voting import Tally, allocation_ballot, collect_votes, tally
@@ -91,11 +91,12 @@ class NegotiationStrategy(StrEnum):
 
 
 def non_negative(value: Any, what: str, *, integer: bool = False) -> float:
-    """``value`` as a float, or InvalidInput naming ``what`` if it is not a non-negative number."""
+    """``value`` as a float, or InvalidAllocation naming ``what`` if it is not a non-negative
+    number."""
     if (isinstance(value, bool) or not isinstance(value, int if integer else int | float)
             or not math.isfinite(value) or value < 0):
         noun = "integer" if integer else "finite number"
-        raise InvalidInput(f"{what} must be a non-negative {noun}, got {value!r:.40}")
+        raise InvalidAllocation(f"{what} must be a non-negative {noun}, got {value!r:.40}")
     return float(value)
 
 
@@ -117,18 +118,19 @@ class AgentProfile:
     def __post_init__(self) -> None:
         who = f"agent {self.agent_id!r:.60}"
         if not isinstance(self.agent_id, str) or not self.agent_id:
-            raise InvalidInput(f"an agent profile needs a non-empty agent_id, not {who[6:]}")
+            raise InvalidAllocation(f"an agent profile needs a non-empty agent_id, not {who[6:]}")
         names: object = self.capabilities
         if isinstance(names, str) or not isinstance(names, Iterable):
-            raise InvalidInput(f"{who}: capabilities must be a list of names")
+            raise InvalidAllocation(f"{who}: capabilities must be a list of names")
         try:
             object.__setattr__(self, "capabilities", tuple(map(validate_capability, names)))
         except AgoraError as exc:
-            raise InvalidInput(f"{who}: {exc}") from None
+            raise InvalidAllocation(f"{who}: {exc}") from None
         non_negative(self.capacity, f"{who}: capacity", integer=True)
         non_negative(self.in_flight, f"{who}: in_flight", integer=True)
         if type(self.priority) is not int:
-            raise InvalidInput(f"{who}: priority must be an integer, got {self.priority!r:.40}")
+            raise InvalidAllocation(f"{who}: priority must be an integer, "
+                                    f"got {self.priority!r:.40}")
         for name in ("load", "success_rate", "latency_ms", "cost_usd"):
             non_negative(getattr(self, name), f"{who}: {name}")
 
@@ -182,38 +184,38 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, data: Any) -> TaskSpec:
         if not isinstance(data, Mapping):
-            raise InvalidInput(f"a task must be an object, got {type(data).__name__}")
+            raise InvalidAllocation(f"a task must be an object, got {type(data).__name__}")
         raw_id = next((data[key] for key in _ID_KEYS if key in data), None)
         if (isinstance(raw_id, bool) or not isinstance(raw_id, str | int)
                 or not 0 < len(str(raw_id)) <= 128):
-            raise InvalidInput(f"a task needs a task_id (or id): a string of 1-128 characters "
-                               f"or an integer, got {raw_id!r:.60}")
+            raise InvalidAllocation(f"a task needs a task_id (or id): a string of 1-128 characters "
+                                    f"or an integer, got {raw_id!r:.60}")
         task_id = str(raw_id)
         try:
             capability = validate_capability_pattern(
                 next((data[key] for key in _CAPABILITY_KEYS if key in data), None))
         except AgoraError as exc:
-            raise InvalidInput(f"task {task_id!r} needs a capability as one of "
-                               f"{', '.join(_CAPABILITY_KEYS)}: {exc}") from None
+            raise InvalidAllocation(f"task {task_id!r} needs a capability as one of "
+                                    f"{', '.join(_CAPABILITY_KEYS)}: {exc}") from None
         priority = data.get("priority", 5)
         if type(priority) is not int or not 0 <= priority <= 10:
-            raise InvalidInput(f"task {task_id!r}: priority must be an integer 0-10, "
-                               f"got {priority!r:.40}")
+            raise InvalidAllocation(f"task {task_id!r}: priority must be an integer 0-10, "
+                                    f"got {priority!r:.40}")
         description = data.get("description", "")
         if not isinstance(description, str):
-            raise InvalidInput(f"task {task_id!r}: description must be a string")
+            raise InvalidAllocation(f"task {task_id!r}: description must be a string")
         return cls(task_id=task_id, capability=capability, priority=priority,
                    description=description, source=dict(data))
 
 
 def normalize_tasks(tasks: Iterable[Mapping[str, Any] | TaskSpec]) -> list[TaskSpec]:
-    """Task specs in the order given; InvalidInput on a bad task or a repeated id."""
+    """Task specs in the order given; InvalidAllocation on a bad task or a repeated id."""
     if isinstance(tasks, Mapping | str) or not isinstance(tasks, Iterable):
-        raise InvalidInput(f"tasks must be a list of task objects, got {type(tasks).__name__}")
+        raise InvalidAllocation(f"tasks must be a list of task objects, got {type(tasks).__name__}")
     specs = [task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task) for task in tasks]
     repeated = sorted(tid for tid, n in Counter(s.task_id for s in specs).items() if n > 1)
     if repeated:
-        raise InvalidInput(f"task ids must be unique; repeated: {', '.join(repeated[:5])}")
+        raise InvalidAllocation(f"task ids must be unique; repeated: {', '.join(repeated[:5])}")
     return specs
 
 
@@ -247,7 +249,7 @@ class _Plan:
         self.profiles: dict[str, AgentProfile] = {}
         for profile in profiles:
             if profile.agent_id in self.profiles:
-                raise InvalidInput(f"agent {profile.agent_id!r} is listed twice")
+                raise InvalidAllocation(f"agent {profile.agent_id!r} is listed twice")
             self.profiles[profile.agent_id] = profile
         self.assigned: Counter[str] = Counter()
         self.assignments: dict[str, str] = {}
@@ -403,8 +405,8 @@ def allocate(tasks: Iterable[Mapping[str, Any] | TaskSpec], profiles: Iterable[A
     try:
         chosen = NegotiationStrategy(strategy)
     except ValueError:
-        raise InvalidInput(f"unknown negotiation strategy {strategy!r:.40}; use one of "
-                           f"{', '.join(s.value for s in NegotiationStrategy)}") from None
+        raise InvalidAllocation(f"unknown negotiation strategy {strategy!r:.40}; use one of "
+                                f"{', '.join(s.value for s in NegotiationStrategy)}") from None
     order = _task_order(normalize_tasks(tasks))
     plan = _Plan(profiles, task_bids)
     if chosen is NegotiationStrategy.CONSENSUS:

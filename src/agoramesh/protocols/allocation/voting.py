@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from agoramesh.bus.bus import Delivery, Handler
 from agoramesh.bus.identity import is_agent_id
-from agoramesh.errors import AgoraError, InvalidInput
+from agoramesh.errors import AgoraError, InvalidBallot, InvalidBid
 from agoramesh.nodes.backends import offline_skills
 from agoramesh.protocols.auction.scoring import SUITABILITY, Bid, rank
 
@@ -61,7 +61,7 @@ ALLOCATION = "allocation"
 
 _SPOILED = object()  # a reply that is no vote: never an option, so the tally counts it invalid
 
-#: Picks ``(choice, reason)`` for a checked ballot; InvalidInput to abstain.
+#: Picks ``(choice, reason)`` for a checked ballot; InvalidBallot to abstain.
 Chooser = Callable[[dict[str, Any]], tuple[str, str]]
 
 
@@ -100,7 +100,7 @@ def tally(votes: Mapping[str, object], *, options: Collection[str] | None = None
     """
     if (isinstance(quorum, bool) or not isinstance(quorum, int | float)
             or not 0 <= quorum <= 1):
-        raise InvalidInput(f"quorum must be a fraction in [0, 1], got {quorum!r:.40}")
+        raise InvalidBallot(f"quorum must be a fraction in [0, 1], got {quorum!r:.40}")
     valid: dict[str, str] = {}
     rejected: dict[str, str] = {}
     abstentions = invalid = 0
@@ -116,8 +116,8 @@ def tally(votes: Mapping[str, object], *, options: Collection[str] | None = None
             rejected[voter] = note or f"invalid choice {choice!r:.60}"
     if eligible is not None:
         if type(eligible) is not int or eligible < len(votes):
-            raise InvalidInput(f"eligible must be an integer of at least the {len(votes)} "
-                               f"voter(s) counted, got {eligible!r:.40}")
+            raise InvalidBallot(f"eligible must be an integer of at least the {len(votes)} "
+                                f"voter(s) counted, got {eligible!r:.40}")
         abstentions += eligible - len(votes)
     base = len(valid) if eligible is None else eligible
     # The epsilon keeps 2/3 of 3 from flooring to 1 in binary floating point.
@@ -144,33 +144,33 @@ def tally(votes: Mapping[str, object], *, options: Collection[str] | None = None
 
 
 def check_ballot(body: Any) -> dict[str, Any]:
-    """A ballot body checked and normalised; InvalidInput naming the first problem."""
+    """A ballot body checked and normalised; InvalidBallot naming the first problem."""
     if not isinstance(body, Mapping):
-        raise InvalidInput(f"a ballot must be an object, got {type(body).__name__}")
+        raise InvalidBallot(f"a ballot must be an object, got {type(body).__name__}")
     ballot_id = body.get("ballot_id")
     if not isinstance(ballot_id, str) or not 0 < len(ballot_id) <= 128:
-        raise InvalidInput("a ballot needs a ballot_id of 1-128 characters")
+        raise InvalidBallot("a ballot needs a ballot_id of 1-128 characters")
     options = body.get("options")
     if (not isinstance(options, list | tuple) or not 0 < len(options) <= MAX_OPTIONS
             or not all(isinstance(o, str) and 0 < len(o) <= 256 for o in options)):
-        raise InvalidInput(f"ballot {ballot_id}: options must be a list of 1-{MAX_OPTIONS} "
-                           f"non-empty strings")
+        raise InvalidBallot(f"ballot {ballot_id}: options must be a list of 1-{MAX_OPTIONS} "
+                            f"non-empty strings")
     if len(set(options)) != len(options):
-        raise InvalidInput(f"ballot {ballot_id}: options must be unique")
+        raise InvalidBallot(f"ballot {ballot_id}: options must be unique")
     question, task = body.get("question"), body.get("task")
     if question is not None and not isinstance(question, str):
-        raise InvalidInput(f"ballot {ballot_id}: question must be a string")
+        raise InvalidBallot(f"ballot {ballot_id}: question must be a string")
     if task is not None and not isinstance(task, Mapping):
-        raise InvalidInput(f"ballot {ballot_id}: task must be an object")
+        raise InvalidBallot(f"ballot {ballot_id}: task must be an object")
     if not question and not task:
-        raise InvalidInput(f"ballot {ballot_id}: ask a question or name a task")
+        raise InvalidBallot(f"ballot {ballot_id}: ask a question or name a task")
     context = {} if body.get("context") is None else body["context"]
     if not isinstance(context, Mapping):
-        raise InvalidInput(f"ballot {ballot_id}: context must be an object")
+        raise InvalidBallot(f"ballot {ballot_id}: context must be an object")
     deadline = body.get("deadline")
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(
             deadline, int | float) or not math.isfinite(deadline)):
-        raise InvalidInput(f"ballot {ballot_id}: deadline must be Unix seconds")
+        raise InvalidBallot(f"ballot {ballot_id}: deadline must be Unix seconds")
     return {"ballot_id": ballot_id, "question": question or "",
             "task": dict(task) if task else {}, "options": list(options),
             "context": dict(context), "deadline": deadline}
@@ -204,13 +204,13 @@ async def collect_votes(bus: Bus, voters: Sequence[str], ballot: Mapping[str, An
     now + ``timeout``. Voters are agent ids (repeats are asked once).
     """
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout!r:.40}")
+        raise InvalidBallot(f"timeout must be a positive number of seconds, got {timeout!r:.40}")
     body = check_ballot({"ballot_id": uuid.uuid4().hex, **ballot,
                          "deadline": ballot.get("deadline") or time.time() + timeout})
     unique = list(dict.fromkeys(voters))
     bad = [voter for voter in unique if not is_agent_id(voter)]
     if bad:
-        raise InvalidInput(f"voters must be agent ids; not one: {bad[0]!r:.60}")
+        raise InvalidBallot(f"voters must be agent ids; not one: {bad[0]!r:.60}")
     answers = await asyncio.gather(*(_ask(bus, voter, body, timeout) for voter in unique))
     choices = {voter: choice for voter, (choice, _) in zip(unique, answers, strict=True)}
     notes = {voter: note for voter, (_, note) in zip(unique, answers, strict=True) if note}
@@ -223,22 +223,22 @@ async def collect_votes(bus: Bus, voters: Sequence[str], ballot: Mapping[str, An
 def ballot_handler(chooser: Chooser) -> Handler:
     """A direct handler answering ``ballot`` requests with the ``vote`` ``chooser`` picks.
 
-    A bad ballot, one past its deadline, or a chooser that raises InvalidInput
-    or picks no option gets an InvalidInput error reply (the voter abstains).
+    A bad ballot, one past its deadline, or a chooser that raises InvalidBallot
+    or picks no option gets an InvalidBallot error reply (the voter abstains).
     """
 
     async def on_ballot(delivery: Delivery) -> None:
         try:
             if delivery.is_json:
-                raise InvalidInput("a ballot must be a signed envelope")
+                raise InvalidBallot("a ballot must be a signed envelope")
             ballot = check_ballot(delivery.body)
             if ballot["deadline"] is not None and ballot["deadline"] < time.time():
-                raise InvalidInput(f"ballot {ballot['ballot_id']} closed before it arrived")
+                raise InvalidBallot(f"ballot {ballot['ballot_id']} closed before it arrived")
             choice, reason = chooser(ballot)
             if choice not in ballot["options"]:
-                raise InvalidInput(f"ballot {ballot['ballot_id']}: {choice!r:.60} is not an "
-                                   f"option")
-        except InvalidInput as exc:
+                raise InvalidBallot(f"ballot {ballot['ballot_id']}: {choice!r:.60} is not an "
+                                    f"option")
+        except InvalidBallot as exc:
             await delivery.respond_error(exc)
             return
         await delivery.respond(VOTE_TYPE, {"ballot_id": ballot["ballot_id"], "choice": choice,
@@ -264,19 +264,23 @@ def allocation_ballot(task: Mapping[str, Any], bids: Sequence[Bid], *,
 def _allocation_choice(ballot: dict[str, Any], me: AgentProfile | None) -> tuple[str, str]:
     bids = ballot["context"].get("bids")
     if not isinstance(bids, Mapping):
-        raise InvalidInput(f"ballot {ballot['ballot_id']}: an allocation needs context.bids")
+        raise InvalidBallot(f"ballot {ballot['ballot_id']}: an allocation needs context.bids")
     candidates: list[Bid] = []
     for option in ballot["options"]:
         if option not in bids:
             continue
-        bid = Bid.from_dict(bids[option], agent_id=option)
+        try:
+            bid = Bid.from_dict(bids[option], agent_id=option)
+        except InvalidBid as exc:
+            raise InvalidBallot(f"ballot {ballot['ballot_id']}: the bid of {option}: "
+                                f"{exc}") from None
         # What I know of my own capacity beats what the initiator last heard.
         full = (me.capacity - me.in_flight <= 0 if me is not None and option == me.agent_id
                 else bid.capacity - bid.in_flight <= 0)
         if not full:
             candidates.append(bid)
     if not candidates:
-        raise InvalidInput(f"ballot {ballot['ballot_id']}: no option has a bid with capacity")
+        raise InvalidBallot(f"ballot {ballot['ballot_id']}: no option has a bid with capacity")
     score, best = rank(candidates, SUITABILITY)[0]
     return best.agent_id, f"best suitability {score:.4f} of {len(candidates)} bid(s)"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError
 from agoramesh.nodes.task import TaskResult
 from agoramesh.protocols.auction.scoring import Bid, Scorer
 
@@ -34,11 +34,11 @@ class AuctionPolicy:
 
     def __post_init__(self) -> None:
         if min(self.bid_window, self.award_timeout, self.lease_interval) <= 0:
-            raise InvalidInput("bid_window, award_timeout and lease_interval must be > 0")
+            raise ConfigError("bid_window, award_timeout and lease_interval must be > 0")
         if self.max_wait < 0:
-            raise InvalidInput("max_wait must be >= 0")
+            raise ConfigError("max_wait must be >= 0")
         if self.missed_leases < 1 or self.max_attempts < 1:
-            raise InvalidInput("missed_leases and max_attempts must be >= 1")
+            raise ConfigError("missed_leases and max_attempts must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

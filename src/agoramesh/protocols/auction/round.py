@@ -17,7 +17,7 @@ from typing import Any
 
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import Envelope
-from agoramesh.errors import EnvelopeError, InvalidInput, NoBidders, Overloaded
+from agoramesh.errors import EnvelopeError, InvalidBid, NoBidders, Overloaded
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.protocols.auction.scoring import HOLDS, Bid, rank
@@ -150,7 +150,7 @@ class Auction:
             self.bids_received += 1
             try:
                 offer = Offer(envelope=envelope, bid=Bid.from_dict(body, agent_id=sender))
-            except InvalidInput as exc:
+            except InvalidBid as exc:
                 log.info("unusable bid from %s: %s", sender[:8], exc)
             else:
                 self.offers.append(offer)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError, InvalidBid
 
 __all__ = ("DEFAULT_WEIGHTS", "HOLDS", "SUITABILITY", "Bid", "Scorer", "rank",
            "suitability_scorer", "weighted")
@@ -45,7 +45,7 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {"load": 0.30, "latency": 0.25, "cost": 0
 
 def _unit(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidInput(f"bid field {name} must be a finite number, got {value!r:.40}")
+        raise InvalidBid(f"bid field {name} must be a finite number, got {value!r:.40}")
     return float(value)
 
 
@@ -75,7 +75,7 @@ class Bid:
     def __post_init__(self) -> None:
         for name in ("load", "latency_ms", "cost_usd", "success_rate"):
             if _unit(getattr(self, name), name) < 0:
-                raise InvalidInput(f"bid field {name} must not be negative")
+                raise InvalidBid(f"bid field {name} must not be negative")
 
     @property
     def is_counter_offer(self) -> bool:
@@ -97,11 +97,11 @@ class Bid:
     def from_dict(cls, data: Any, *, agent_id: str) -> Bid:
         """A bid from its wire body; ``agent_id`` is the envelope's signer, never the body's."""
         if not isinstance(data, dict):
-            raise InvalidInput("a bid must be an object")
+            raise InvalidBid("a bid must be an object")
         counter = data.get("counter") or {}
         if not isinstance(counter, dict) or not all(
                 key in ("deadline", "cost_usd") for key in counter):
-            raise InvalidInput("bid counter must be an object of deadline and/or cost_usd")
+            raise InvalidBid("bid counter must be an object of deadline and/or cost_usd")
         try:
             return cls(agent_id=agent_id, load=data.get("load", 0.0),
                        latency_ms=data.get("latency_ms", 0.0),
@@ -114,9 +114,9 @@ class Bid:
                        priority=int(data.get("priority", 0)),
                        holds=data["holds"] if data.get("holds") in HOLDS else "")
         except (TypeError, ValueError, OverflowError) as exc:  # int(inf): OverflowError
-            if isinstance(exc, InvalidInput):
+            if isinstance(exc, InvalidBid):
                 raise
-            raise InvalidInput(f"unusable bid: {exc}") from None
+            raise InvalidBid(f"unusable bid: {exc}") from None
 
 
 Scorer = Callable[[Sequence[Bid]], list[float]]
@@ -136,7 +136,7 @@ def weighted(load: float = DEFAULT_WEIGHTS["load"], latency: float = DEFAULT_WEI
     """A scorer with these weights (the defaults are :data:`DEFAULT_WEIGHTS`)."""
     weights = (load, latency, cost, success)
     if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
-        raise InvalidInput("scoring weights must be non-negative with a positive sum")
+        raise ConfigError("scoring weights must be non-negative with a positive sum")
 
     def score(bids: Sequence[Bid]) -> list[float]:
         if not bids:
@@ -160,7 +160,7 @@ def suitability_scorer(weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Scorer
                                     for key in ("load", "latency", "cost", "success"))
     total = load + latency + cost + success
     if total <= 0:
-        raise InvalidInput("scoring weights must have a positive sum")
+        raise ConfigError("scoring weights must have a positive sum")
 
     def score(bids: Sequence[Bid]) -> list[float]:
         return [(load * (1.0 - min(bid.load, 1.0)) + latency / (1.0 + bid.latency_ms / 1000)
@@ -173,8 +173,8 @@ def suitability_scorer(weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Scorer
 def _weight(value: Any, key: str) -> float:
     if (isinstance(value, bool) or not isinstance(value, int | float)
             or not math.isfinite(value) or value < 0):
-        raise InvalidInput(f"weight {key} must be a non-negative finite number, "
-                           f"got {value!r:.40}")
+        raise ConfigError(f"weight {key} must be a non-negative finite number, "
+                          f"got {value!r:.40}")
     return float(value)
 
 

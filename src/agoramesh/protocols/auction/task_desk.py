@@ -36,9 +36,9 @@ from agoramesh.bus.bus import Delivery, Reply
 from agoramesh.errors import (
     AgoraError,
     BackendBadResponse,
-    InvalidInput,
     OversizeEnvelope,
     ResultTooLarge,
+    SubjectError,
     TaskError,
     error_to_wire,
 )
@@ -72,7 +72,7 @@ class TaskDesk:
             not delivery.is_json and delivery.can_respond
         try:
             if capability is None or "*" in capability or ">" in capability:
-                raise InvalidInput(f"{delivery.subject} names no single capability")
+                raise SubjectError(f"{delivery.subject} names no single capability")
             denied = node.check_access(delivery.sender, capability, Action.SUBMIT)
             if denied is not None:
                 raise denied

@@ -13,9 +13,11 @@ Work for no named agent goes by the dispatcher's default route (an auction).
 
 Failures: the failure of one agent (a FAILED result, a timeout, an agent that
 left) is *recorded* in the result — ``status``/``error`` of that record, an
-abstention in a vote — and the collaboration carries on. What stops it:
-invalid input (:class:`InvalidInput`), nobody offering a capability for unnamed
-work (:class:`NoResponders` / :class:`NoBidders`), and the whole collaboration
+abstention in a vote — and the collaboration carries on; an output without
+what the mode reads from it (a field, an argument, a choice) is such a failure,
+:class:`BackendBadResponse`. What stops it: an invalid request
+(:class:`InvalidCollaboration`), nobody offering a capability for unnamed work
+(:class:`NoResponders` / :class:`NoBidders`), and the whole collaboration
 overrunning ``timeout`` (:class:`BusTimeout`). Every task waits at most
 ``task_timeout``.
 
@@ -68,7 +70,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agoramesh.errors import InvalidInput
+from agoramesh.errors import ConfigError
 from agoramesh.protocols.allocation.dispatch import Dispatcher
 from agoramesh.protocols.collaboration import deliberation, pipeline
 from agoramesh.protocols.collaboration.crew import Crew, EventHandler
@@ -96,7 +98,7 @@ class Collaboration:
                  task_timeout: float = 30.0, concurrency: int = 8,
                  on_event: EventHandler | None = None) -> None:
         if not timeout > 0 or not task_timeout > 0 or concurrency < 1:
-            raise InvalidInput("timeouts must be positive and concurrency at least 1")
+            raise ConfigError("timeouts must be positive and concurrency at least 1")
         self.dispatcher = dispatcher
         self.timeout = timeout
         self.task_timeout = task_timeout
@@ -106,7 +108,7 @@ class Collaboration:
     async def run(self, request: CollaborationRequest | Mapping[str, Any]) -> dict[str, Any]:
         """Run the HTTP/CLI shape ``{mode, topic, agents, rounds, requirements}``.
 
-        The request checks its input (InvalidInput); the modes check only what
+        The request checks its input (InvalidCollaboration); the modes check only what
         needs the mesh: who the named agents are and what they offer.
         """
         if not isinstance(request, CollaborationRequest):

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 from agoramesh.errors import (
     AgoraError,
+    BackendBadResponse,
     BusTimeout,
-    InvalidInput,
+    InvalidCollaboration,
     NoBidders,
     NoResponders,
     SubjectError,
@@ -158,7 +159,7 @@ class Crew:
                 self.emit("vote", **ballot)
                 return ballot, None
             missing = {**seat, "error": record["error"] or error_to_wire(
-                InvalidInput(f"the ballot names none of the options: {output!r:.100}"))}
+                BackendBadResponse(f"the ballot names none of the options: {output!r:.100}"))}
             self.emit("abstain", **missing)
             return None, missing
 
@@ -174,7 +175,7 @@ class Crew:
             try:
                 return self.dispatcher.select(spec)
             except SubjectError as exc:
-                raise InvalidInput(str(exc)) from None
+                raise InvalidCollaboration(str(exc)) from None
         return self.dispatcher.select(f"name:{spec}") or self.dispatcher.select(f"id:{spec}")
 
     def participants(self, specs: Sequence[str] | None, capability: str, *,
@@ -192,11 +193,12 @@ class Crew:
             capable = [card for card in matched if card.offers(capability)]
             if not capable:
                 known = ", ".join(card.name for card in self.dispatcher.agents()[:10]) or "none"
-                raise InvalidInput(f"agent {spec!r} does not offer {capability}" if matched
-                                   else f"no known agent matches {spec!r} (known: {known})")
+                raise InvalidCollaboration(
+                    f"agent {spec!r} does not offer {capability}" if matched
+                    else f"no known agent matches {spec!r} (known: {known})")
             for card in capable:
                 chosen.setdefault(card.id, card)
         if len(chosen) < minimum:
-            raise InvalidInput(f"at least {minimum} agents offering {capability} are needed, "
-                               f"{len(chosen)} named")
+            raise InvalidCollaboration(f"at least {minimum} agents offering {capability} are "
+                                       f"needed, {len(chosen)} named")
         return list(chosen.values())

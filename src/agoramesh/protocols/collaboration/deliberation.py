@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agoramesh.errors import InvalidInput, error_to_wire
+from agoramesh.errors import BackendBadResponse, InvalidCollaboration, error_to_wire
 from agoramesh.protocols.collaboration.crew import (
     COMPLETED,
     DEBATE_CAPABILITY,
@@ -81,7 +81,7 @@ async def debate(crew: Crew, plan: _Debate) -> dict[str, Any]:
     # Only the mesh knows who takes part: the request could not check this.
     unknown = set(sides) - {card.name for card in cards} - {card.id for card in cards}
     if unknown:
-        raise InvalidInput(f"'positions' names no participant: {sorted(unknown)[0]!r}")
+        raise InvalidCollaboration(f"'positions' names no participant: {sorted(unknown)[0]!r}")
     seats = [(card, sides.get(card.name) or sides.get(card.id) or _SIDES[index % 2])
              for index, card in enumerate(cards)]
     participants = [{"agent": card.name, "agent_id": card.id, "position": position}
@@ -106,7 +106,7 @@ async def debate(crew: Crew, plan: _Debate) -> dict[str, Any]:
                 crew.emit("argument", **history[-1])
             else:
                 failed.append({**turn, "error": record["error"] or error_to_wire(
-                    InvalidInput("the answer has no argument"))})
+                    BackendBadResponse("the answer has no argument"))})
                 crew.emit("failed", **failed[-1])
     if plan.voters is not None:
         electorate = crew.participants(plan.voters, VOTE_CAPABILITY)

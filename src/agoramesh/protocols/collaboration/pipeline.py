@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from agoramesh.errors import InvalidInput, NoResponders, error_to_wire
+from agoramesh.errors import BackendBadResponse, NoResponders, error_to_wire
 from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.collaboration.crew import COMPLETED, Crew, failure
@@ -38,7 +38,7 @@ async def sequential(crew: Crew, plan: _Sequential) -> dict[str, Any]:
             parameters = _render(stage.parameters, topic=plan.topic, previous=previous,
                                  outputs=outputs)
         except LookupError as exc:  # a FIELD the earlier output does not have
-            record = failure(card, stage.capability, InvalidInput(str(exc)))
+            record = failure(card, stage.capability, BackendBadResponse(str(exc)))
         else:
             record = await crew.submit(stage.capability, parameters, card)
         steps.append({"stage": number, "name": stage.name, **record})
@@ -95,7 +95,7 @@ async def map_reduce(crew: Crew, plan: _MapReduce) -> dict[str, Any]:
         if record["status"] == COMPLETED and plan.collect is not None and not (
                 isinstance(output, dict) and plan.collect in output):
             record |= {"status": TaskStatus.FAILED.value, "error": error_to_wire(
-                InvalidInput(f"the map output has no field {plan.collect!r}"))}
+                BackendBadResponse(f"the map output has no field {plan.collect!r}"))}
         crew.emit("step", phase="map", **record)
         return record
 

@@ -4,7 +4,7 @@ A :class:`CollaborationRequest` is the HTTP/CLI shape ``{mode, topic, agents,
 rounds, requirements}`` (unknown fields are refused; ``rounds`` is for debate
 only). Making one — :meth:`CollaborationRequest.from_dict` or the constructor
 — checks everything that can be checked without the mesh, once: every problem
-is one line of :class:`~agoramesh.errors.InvalidInput`, and the checked
+is one line of :class:`~agoramesh.errors.InvalidCollaboration`, and the checked
 settings are kept in ``plan`` for the mode runner,
 :class:`~agoramesh.protocols.collaboration.collaboration.Collaboration`, which documents
 what each mode does and returns (and checks only what needs the mesh).
@@ -53,7 +53,7 @@ from enum import StrEnum
 from typing import Any
 
 from agoramesh.bus.subjects import validate_capability
-from agoramesh.errors import InvalidInput, SubjectError
+from agoramesh.errors import InvalidCollaboration, SubjectError
 from agoramesh.protocols.references import Syntax, follow
 
 __all__ = ("CollaborationMode", "CollaborationRequest")
@@ -80,11 +80,11 @@ class CollaborationMode(StrEnum):
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 return cls(value.strip().lower().replace("-", "_"))
-        raise InvalidInput(f"unknown mode {value!r:.60}; use one of "
-                           f"{', '.join(mode.value.replace('_', '-') for mode in cls)}")
+        raise InvalidCollaboration(f"unknown mode {value!r:.60}; use one of "
+                                   f"{', '.join(mode.value.replace('_', '-') for mode in cls)}")
 
 
-# --- validation: one-line InvalidInput messages ---------------------------------------------------
+# --- validation: one-line InvalidCollaboration messages -------------------------------------------
 
 def _given(value: object, default: object) -> Any:
     return default if value is None else value
@@ -92,36 +92,36 @@ def _given(value: object, default: object) -> Any:
 
 def _text(value: object, what: str, max_length: int) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{what!r} must be a non-empty string")
+        raise InvalidCollaboration(f"{what!r} must be a non-empty string")
     if len(value) > max_length:
-        raise InvalidInput(f"{what!r} is longer than {max_length} characters")
+        raise InvalidCollaboration(f"{what!r} is longer than {max_length} characters")
     return value
 
 
 def _integer(value: object, what: str, low: int, high: int) -> int:
     if type(value) is not int or not low <= value <= high:
-        raise InvalidInput(f"{what!r} must be an integer from {low} to {high}")
+        raise InvalidCollaboration(f"{what!r} must be an integer from {low} to {high}")
     return value
 
 
 def _object(value: object, what: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise InvalidInput(f"{what!r} must be an object, got {type(value).__name__}")
+        raise InvalidCollaboration(f"{what!r} must be an object, got {type(value).__name__}")
     return dict(value)
 
 
 def _only(data: Mapping[str, Any], allowed: Sequence[str], what: str) -> None:
     unknown = sorted(str(key) for key in data if key not in allowed)
     if unknown:
-        raise InvalidInput(f"unknown {what} field(s) {', '.join(unknown)[:200]}; "
-                           f"expected {', '.join(allowed) or 'none'}")
+        raise InvalidCollaboration(f"unknown {what} field(s) {', '.join(unknown)[:200]}; "
+                                   f"expected {', '.join(allowed) or 'none'}")
 
 
 def _capability(value: object, what: str) -> str:
     try:
         return validate_capability(value)
     except SubjectError as exc:
-        raise InvalidInput(f"{what!r}: {exc}") from None
+        raise InvalidCollaboration(f"{what!r}: {exc}") from None
 
 
 def _named(value: object, what: str = "agents", *, count: bool = False
@@ -130,8 +130,8 @@ def _named(value: object, what: str = "agents", *, count: bool = False
         return None
     if (not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_AGENTS
             or not all(isinstance(item, str) and 0 < len(item.strip()) <= 200 for item in value)):
-        raise InvalidInput(f"{what!r} must be a list of 1-{_MAX_AGENTS} agent names, ids or "
-                           f"selectors{' or a count' if count else ''}")
+        raise InvalidCollaboration(f"{what!r} must be a list of 1-{_MAX_AGENTS} agent names, "
+                                   f"ids or selectors{' or a count' if count else ''}")
     return tuple(item.strip() for item in value)
 
 
@@ -146,7 +146,7 @@ def _options(value: object) -> tuple[str, ...]:
     if (not isinstance(value, list | tuple) or not 2 <= len(value) <= 100
             or not all(isinstance(item, str) and 0 < len(item) <= 1000 for item in value)
             or len(set(value)) != len(value)):
-        raise InvalidInput("'options' must be a list of 2-100 distinct non-empty strings")
+        raise InvalidCollaboration("'options' must be a list of 2-100 distinct non-empty strings")
     return tuple(value)
 
 
@@ -155,13 +155,13 @@ def _positions(value: object) -> dict[str, str]:
         return {}
     if not isinstance(value, Mapping) or not all(
             isinstance(key, str) and side in _SIDES for key, side in value.items()):
-        raise InvalidInput("'positions' must map agent names or ids to 'for' or 'against'")
+        raise InvalidCollaboration("'positions' must map agent names or ids to 'for' or 'against'")
     return dict(value)
 
 
 def _items(value: object) -> list[Any]:
     if not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_ITEMS:
-        raise InvalidInput(f"'items' must be a list of 1-{_MAX_ITEMS} items")
+        raise InvalidCollaboration(f"'items' must be a list of 1-{_MAX_ITEMS} items")
     return list(value)
 
 
@@ -188,8 +188,8 @@ def _read(parts: list[str], text: str) -> _Ref | None:
     return None
 
 
-_SYNTAX = Syntax(_read, error=InvalidInput, usage="use ${topic}, ${previous.output[.FIELD…]} "
-                                                  "or ${steps.NAME.output[.FIELD…]}")
+_SYNTAX = Syntax(_read, error=InvalidCollaboration,
+                 usage="use ${topic}, ${previous.output[.FIELD…]} or ${steps.NAME.output[.FIELD…]}")
 
 
 def _check_references(parameters: dict[str, Any], topic: str | None, earlier: Sequence[str] = (),
@@ -197,8 +197,8 @@ def _check_references(parameters: dict[str, Any], topic: str | None, earlier: Se
     """Every ``${…}`` must be well formed and name the topic or an earlier stage's output."""
     try:
         refs = _SYNTAX.references(parameters)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{where}: {exc}") from None
+    except InvalidCollaboration as exc:
+        raise InvalidCollaboration(f"{where}: {exc}") from None
     for ref in refs:
         if ref.root == "topic" and topic is None:
             missing = "there is no topic"
@@ -208,7 +208,7 @@ def _check_references(parameters: dict[str, Any], topic: str | None, earlier: Se
             missing = f"there is no earlier stage {ref.stage!r}"
         else:
             continue
-        raise InvalidInput(f"{where}: {ref.text} names nothing: {missing}")
+        raise InvalidCollaboration(f"{where}: {ref.text} names nothing: {missing}")
 
 
 def _render(parameters: dict[str, Any], *, topic: str | None, previous: Any = None,
@@ -290,7 +290,7 @@ _Plan = _Sequential | _Parallel | _MapReduce | _Debate | _Voting
 
 def _sequential_plan(stages: object, topic: str | None) -> _Sequential:
     if not isinstance(stages, list | tuple) or not 0 < len(stages) <= _MAX_STAGES:
-        raise InvalidInput(f"'stages' must be a list of 1-{_MAX_STAGES} stage objects")
+        raise InvalidCollaboration(f"'stages' must be a list of 1-{_MAX_STAGES} stage objects")
     plan: list[_Stage] = []
     for number, raw in enumerate(stages, 1):
         where = f"stages[{number}]"
@@ -298,7 +298,7 @@ def _sequential_plan(stages: object, topic: str | None) -> _Sequential:
         _only(stage, ("name", "capability", "agent", "parameters"), where)
         name = _text(stage.get("name", str(number)), f"{where}.name", 100)
         if name in (earlier := [s.name for s in plan]):
-            raise InvalidInput(f"{where}: the stage name {name!r} is used twice")
+            raise InvalidCollaboration(f"{where}: the stage name {name!r} is used twice")
         agent = stage.get("agent")
         parameters = _object(stage.get("parameters", {}), f"{where}.parameters")
         _check_references(parameters, topic, earlier, where=f"{where}.parameters")
@@ -367,7 +367,7 @@ _REQUIREMENTS: dict[CollaborationMode, tuple[str, ...]] = {
 class CollaborationRequest:
     """A checked ``{mode, topic, agents, rounds, requirements}`` request (see the module doc).
 
-    Made, it has been checked (InvalidInput otherwise): ``mode`` is a
+    Made, it has been checked (InvalidCollaboration otherwise): ``mode`` is a
     :class:`CollaborationMode`, ``agents`` a tuple of stripped names or a
     count, ``requirements`` a dict, and ``plan`` the mode's checked settings.
     """
@@ -381,14 +381,14 @@ class CollaborationRequest:
 
     @classmethod
     def from_dict(cls, data: object) -> CollaborationRequest:
-        """The request in its HTTP/CLI shape, checked; InvalidInput if wrong."""
+        """The request in its HTTP/CLI shape, checked; InvalidCollaboration if wrong."""
         if not isinstance(data, Mapping):
-            raise InvalidInput(f"a collaboration request must be an object, "
-                               f"got {type(data).__name__}")
+            raise InvalidCollaboration(f"a collaboration request must be an object, "
+                                       f"got {type(data).__name__}")
         _only(data, ("mode", "topic", "agents", "rounds", "requirements"), "request")
         if data.get("mode") is None:
-            raise InvalidInput("'mode' is required: sequential, parallel, map-reduce, debate "
-                               "or voting")
+            raise InvalidCollaboration("'mode' is required: sequential, parallel, map-reduce, "
+                                       "debate or voting")
         return cls(mode=data["mode"], topic=data.get("topic"), agents=data.get("agents"),
                    rounds=data.get("rounds"), requirements=data.get("requirements"))
 
@@ -399,11 +399,12 @@ class CollaborationRequest:
             _text(self.topic, "topic", _MAX_QUESTION if mode is CollaborationMode.VOTING
                   else _MAX_TOPIC)
         elif mode in (CollaborationMode.DEBATE, CollaborationMode.VOTING):
-            raise InvalidInput(f"'topic' is required for {mode}")
+            raise InvalidCollaboration(f"'topic' is required for {mode}")
         if self.rounds is not None and mode is not CollaborationMode.DEBATE:
-            raise InvalidInput("'rounds' applies to debate only")
+            raise InvalidCollaboration("'rounds' applies to debate only")
         if self.agents is not None and mode is CollaborationMode.SEQUENTIAL:
-            raise InvalidInput("'agents' does not apply to sequential; name an agent per stage")
+            raise InvalidCollaboration("'agents' does not apply to sequential; name an agent "
+                                       "per stage")
         requirements = {} if self.requirements is None else _object(self.requirements,
                                                                      "requirements")
         _only(requirements, _REQUIREMENTS[mode], f"{mode} requirements")
@@ -427,16 +428,16 @@ class CollaborationRequest:
             return {"question": self.topic, "options": req.get("options"), "agents": self.agents}
         if mode is CollaborationMode.PARALLEL:
             if req.get("capability") is None:
-                raise InvalidInput("parallel needs requirements.capability")
+                raise InvalidCollaboration("parallel needs requirements.capability")
             return {"capability": req["capability"], "parameters": req.get("parameters"),
                     "agents": self.agents, "topic": self.topic}
         if mode is CollaborationMode.MAP_REDUCE:
             if req.get("items") is None:
-                raise InvalidInput("map-reduce needs requirements.items")
+                raise InvalidCollaboration("map-reduce needs requirements.items")
             names = {"map": "map_capability", "reduce": "reduce_capability"}
             return {"items": req["items"], "agents": self.agents, "topic": self.topic,
                     **{names.get(key, key): value for key, value in req.items()
                        if key != "items"}}
         if req.get("stages") is None:
-            raise InvalidInput("sequential needs requirements.stages")
+            raise InvalidCollaboration("sequential needs requirements.stages")
         return {"stages": req["stages"], "topic": self.topic}

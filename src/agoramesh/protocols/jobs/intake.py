@@ -11,10 +11,11 @@ from agoramesh.bus.jetstream import ack, delivery_of, valid_task_id
 from agoramesh.bus.message import Message
 from agoramesh.errors import (
     IngressDenied,
-    InvalidInput,
+    InvalidTask,
     JetStreamUnavailable,
     MalformedEnvelope,
     NotConnected,
+    SubjectError,
     error_to_wire,
 )
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
@@ -33,15 +34,15 @@ def parse_job(node: BaseNode, msg: Message, deliveries: int, stored_ms: int) -> 
     bus = node.bus
     capability = bus.subjects.capability_of(msg.subject)
     if capability is None:
-        raise InvalidInput(f"{msg.subject} is not a job subject")
+        raise SubjectError(f"{msg.subject} is not a job subject")
     data = msg.data
     requester: str | None = None
     if looks_like_envelope(data):
         envelope = bus.guard.admit(data, msg.subject, None, now=stored_ms, stored=True)
         bus.saw(envelope)
         if envelope.type != "task_request":
-            raise InvalidInput(f"a job envelope must be a task_request, not "
-                               f"{envelope.type!r}")
+            raise InvalidTask(f"a job envelope must be a task_request, not "
+                              f"{envelope.type!r}")
         requester, body = envelope.sender, envelope.body
     elif looks_like_json(data):
         if not node.config.json_ingress:
@@ -58,8 +59,8 @@ def parse_job(node: BaseNode, msg: Message, deliveries: int, stored_ms: int) -> 
     given = body.get("task_id") if isinstance(body, dict) else None
     from_body = given if isinstance(given, str) and given == task.task_id else None
     if header and from_body and header != from_body:
-        raise InvalidInput(f"the job's Nats-Msg-Id {header[:60]!r} and its task_id "
-                           f"{from_body[:60]!r} differ")
+        raise InvalidTask(f"the job's Nats-Msg-Id {header[:60]!r} and its task_id "
+                          f"{from_body[:60]!r} differ")
     delivery = delivery_of(msg)
     seq = delivery.sequence if delivery is not None else 0
     task = replace(task, task_id=valid_task_id(header or from_body or f"job-{seq}"))
@@ -82,7 +83,7 @@ async def refuse(node: BaseNode, store: ResultStore, msg: Message,
         result = TaskResult(task_id=valid_task_id(task_id or ""), status=TaskStatus.FAILED,
                             error=error_to_wire(error), agent_id=node.agent_id)
         await store.save(result, stored_by=node.agent_id)
-    except InvalidInput:
+    except InvalidTask:
         pass  # no id to store it under: the refusal is only counted
     except (JetStreamUnavailable, NotConnected):
         return  # delivered again later, refused again then

@@ -166,7 +166,7 @@ class Jobs:
 
         ``timeout`` bounds the wait for the stream to take it: a publish that
         fails while a leader is elected is sent again, with the same task id,
-        so it is stored once. Raises StoreFull, JetStreamUnavailable, InvalidInput.
+        so it is stored once. Raises StoreFull, JetStreamUnavailable, InvalidTask.
         """
         task = Task(capability=capability, parameters=dict(parameters or {}),
                     task_id=valid_task_id(task_id or uuid.uuid4().hex), priority=priority,

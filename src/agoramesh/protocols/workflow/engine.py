@@ -19,8 +19,9 @@ steps run concurrently. Then, for each step:
 4. a FAILED result, no bidders/responders or a timeout is retried up to
    ``retries`` times after a short pause (0.1 s doubling, at most 1 s),
    avoiding the agent that just failed when another can do it. Parameters
-   rejected by the agent's schema (InvalidInput) and refused credentials are
-   not retried: the same input fails the same way.
+   rejected by the agent (InvalidInput), a task request it refuses
+   (InvalidTask) and refused credentials are not retried: the same input
+   fails the same way.
 
 A step that still fails ends the run at once: the steps running are cancelled
 (CANCELLED; an agent already working finishes its task, and the result is
@@ -71,7 +72,8 @@ log = logging.getLogger("agoramesh.workflow")
 RETRY_PAUSE = 0.1  # seconds before the first retry; doubles each time
 MAX_RETRY_PAUSE = 1.0
 ATTEMPT_GRACE = 1.0  # our own bound on an attempt, beyond the timeout given to the dispatcher
-_NOT_RETRIED = frozenset({"InvalidInput", "BackendAuthError", "UnknownCapability"})
+_NOT_RETRIED = frozenset({"InvalidInput", "InvalidTask", "BackendAuthError",
+                          "UnknownCapability"})
 _AUCTION_EVENTS = frozenset({"award", "declined", "lost", "reauction"})
 
 
