@@ -34,6 +34,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from agoramesh.testing import AGORAMESH, assert_stopped, wait_until
 from agoramesh.testing.compose import ServiceNetwork, netns_unavailable
 from agoramesh.testing.prometheus import PrometheusAPI, require_tool
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
 #: Services that run from an image only, with what stands for them here.
@@ -74,7 +75,7 @@ def _require_netns() -> None:
     reason = netns_unavailable()
     if reason is None:
         return
-    if os.environ.get("AGORAMESH_REQUIRE_TOOLS") == "1" and os.geteuid() == 0:
+    if os.environ.get("AGORAMESH_REQUIRE_TOOLS") == "1" and os.geteuid() == 0:  # as CI runs
         pytest.fail(f"{reason} (AGORAMESH_REQUIRE_TOOLS=1)")
     pytest.skip(reason)
 
@@ -149,6 +150,25 @@ async def _target_health(prometheus: PrometheusAPI) -> dict[tuple[str, str], str
             for target in await prometheus.targets()}
 
 
+def test_a_failed_run_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Processes, what they started (an embedded server does), namespaces, links, files."""
+    _require_netns()
+    net = ServiceNetwork(["one", "two"], tmp_path / "logs")
+    started: list[int] = []
+    with pytest.raises(RuntimeError, match="half-way"), net:
+        for service in ("one", "two"):
+            net.spawn(service, ["sh", "-c", "sleep 60 & exec sleep 60"], env={"PATH": "/bin"})
+        wait_for = time.monotonic() + 10
+        while len(net.pids()) < 4 and time.monotonic() < wait_for:
+            time.sleep(0.05)
+        started = sorted(net.pids())
+        raise RuntimeError("failed half-way")
+    assert len(started) == 4, started
+    assert_stopped(started)
+    assert net.leftovers() == []
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_the_compose_topology_runs_as_local_processes(tmp_path: Path) -> None:
     _require_netns()

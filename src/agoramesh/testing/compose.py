@@ -38,21 +38,28 @@ _IP_TIMEOUT = 10.0  # seconds for one `ip` command
 _STOP_GRACE = 10.0  # seconds processes get to stop on SIGTERM before SIGKILL
 
 
-def netns_unavailable() -> str | None:
-    """Why network namespaces cannot be made here, or None when they can."""
-    if os.geteuid() != 0:
-        return "network namespaces need root (ip netns add)"
-    if shutil.which("ip") is None:
-        return "no `ip` command (iproute2) to make network namespaces"
-    return None
-
-
 def _ip(*args: str) -> str:
     done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=_IP_TIMEOUT,
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
     return done.stdout
+
+
+def netns_unavailable() -> str | None:
+    """Why network namespaces cannot be made here, or None when they can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root (ip netns add)"
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2) to make network namespaces"
+    probe = f"am{secrets.token_hex(3)}-probe"
+    try:
+        _ip("netns", "add", probe)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        return f"cannot make a network namespace here: {error}"
+    with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+        _ip("netns", "del", probe)
+    return None
 
 
 def _free_subnet() -> str:
@@ -84,7 +91,7 @@ class ServiceNetwork:
         self.processes: list[subprocess.Popen[bytes]] = []
         self._made_etc = False
         self._namespaces: list[str] = []
-        self._bridge: str | None = None
+        self._links: list[str] = []  # the bridge, then the host ends of the veths
 
     def namespace(self, service: str) -> str:
         return f"{self.token}-{service}"
@@ -100,7 +107,7 @@ class ServiceNetwork:
         self._made_etc = not _NETNS_ETC.exists()
         bridge = f"{self.token}br"
         _ip("link", "add", bridge, "type", "bridge")
-        self._bridge = bridge
+        self._links.append(bridge)
         _ip("addr", "add", f"{self.subnet}.1/24", "dev", bridge)
         _ip("link", "set", bridge, "up")
         hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
@@ -114,6 +121,7 @@ class ServiceNetwork:
             veth = f"{self.token}v{index}"
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0",
                 "netns", namespace)
+            self._links.append(veth)
             _ip("link", "set", veth, "master", bridge)
             _ip("link", "set", veth, "up")
             _ip("-n", namespace, "link", "set", "lo", "up")
@@ -189,19 +197,21 @@ class ServiceNetwork:
         deadline = time.monotonic() + 5
         while any(process_alive(pid) for pid in leftovers) and time.monotonic() < deadline:
             time.sleep(0.05)
+        # A veth goes with either end at once; with its namespace only once the kernel
+        # has torn that down, later.
+        for link in reversed(self._links):
+            try:
+                _ip("link", "del", link)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                errors.append(str(error))
+        self._links.clear()
         for namespace in self._namespaces:
             try:
-                _ip("netns", "del", namespace)  # takes its end of the veth, so both ends
+                _ip("netns", "del", namespace)
             except (RuntimeError, subprocess.TimeoutExpired) as error:
                 errors.append(str(error))
             shutil.rmtree(_NETNS_ETC / namespace, ignore_errors=True)
         self._namespaces.clear()
-        if self._bridge is not None:
-            try:
-                _ip("link", "del", self._bridge)
-                self._bridge = None
-            except (RuntimeError, subprocess.TimeoutExpired) as error:
-                errors.append(str(error))
         if self._made_etc:
             with contextlib.suppress(OSError):
                 _NETNS_ETC.rmdir()  # only if empty: another run may be using it
