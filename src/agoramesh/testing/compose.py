@@ -94,6 +94,7 @@ class ServiceNetwork:
         self._links: list[str] = []  # the bridge, then the host ends of the veths
 
     def namespace(self, service: str) -> str:
+        """The name of the service's network namespace (``ip netns exec NAME``)."""
         return f"{self.token}-{service}"
 
     def address(self, service: str) -> str:
