@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from agoramesh.bus.ingress import MAX_JSON_DEPTH
-from agoramesh.errors import InvalidInput
+from agoramesh.bus.ingress import MAX_JSON_DEPTH, decode_json, encode_json
+from agoramesh.errors import InvalidInput, MalformedEnvelope
 from agoramesh.nodes.task import MAX_DEADLINE, MAX_PARAMETER_DEPTH, Task
 
 
@@ -49,7 +49,11 @@ def test_a_huge_value_is_quoted_short_in_the_message() -> None:
 
 
 def test_parameters_nest_at_most_the_ingress_limit() -> None:
-    assert MAX_PARAMETER_DEPTH == MAX_JSON_DEPTH  # every request ingress takes fits
+    deepest = {"parameters": {"a": nested(MAX_JSON_DEPTH - 2)}}  # as deep as the ingress takes
+    Task.from_dict(decode_json(encode_json(deepest), max_bytes=1 << 20), task_type="echo")
+    with pytest.raises(MalformedEnvelope, match="levels deep"):
+        decode_json(encode_json({"parameters": {"a": nested(MAX_JSON_DEPTH - 1)}}),
+                    max_bytes=1 << 20)
     Task(task_type="echo", parameters={"a": nested(MAX_PARAMETER_DEPTH - 1)})
     Task(task_type="echo", parameters={"a": [1, "x", None, {"b": nested(MAX_PARAMETER_DEPTH - 3)}]})
     for too_deep in ({"a": nested(MAX_PARAMETER_DEPTH)}, {"a": [1, {"b": nested(5000)}]},

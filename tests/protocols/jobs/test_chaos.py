@@ -16,7 +16,7 @@ import pytest
 
 from agoramesh.testing.chaos import ChaosReport, ChaosSettings, Fault, run_chaos
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.timeout(300)]
 
 SCALE = max(1, int(os.environ.get("AGORAMESH_CHAOS_SCALE", "1") or 1))
 

@@ -24,7 +24,7 @@ import pytest
 
 from agoramesh.testing import UpProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.timeout(300)]
 
 BURST = 10_000
 DEADLINE = 120.0  # seconds each request of the burst may wait
