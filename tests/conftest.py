@@ -72,6 +72,7 @@ def _processes_noted() -> Iterator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """While a test runs (fixtures included), what it starts is noted on it."""
     _running.append(item)
     try:
         return (yield)

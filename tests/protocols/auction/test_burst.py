@@ -38,6 +38,7 @@ def outcome(data: bytes) -> str:
     return str((reply.get("error") or {}).get("type"))
 
 
+@pytest.mark.slow
 async def test_a_burst_larger_than_capacity_queues_instead_of_failing(tmp_path: Path) -> None:
     up = UpProcess(tmp_path / "mesh")
     try:
