@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench chaos up clean graph
+.PHONY: demo test test-fast lint bench chaos up clean graph
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 or python3 on PATH)"; exit 1; }
@@ -22,6 +22,10 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# Everything but the CLI subprocesses, the chaos runs and the slow tests (tests/README.md).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not e2e and not chaos and not slow"
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
@@ -35,7 +39,7 @@ bench: $(STAMP)
 
 # The chaos suite at ten times the size `make test` runs it (3,000 jobs a run, faults repeated).
 chaos: $(STAMP)
-	AGORAMESH_CHAOS_SCALE=10 $(BIN)/pytest -m chaos -s tests/chaos
+	AGORAMESH_CHAOS_SCALE=10 $(BIN)/pytest -m chaos -s
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

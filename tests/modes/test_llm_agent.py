@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-import yaml
+from decentralized_support import baseline
 
 from agoramesh.modes.decentralized.autonomous_agent import AutonomousAgent
 from agoramesh.sim import GridWorld
@@ -35,8 +35,7 @@ def _chat_sse(text: str) -> Rendered:
 def test_the_model_picks_commands_and_the_planner_overrules_invalid_ones(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test")
-    with open("config/baseline/decentralized_config.yaml") as file:
-        config = yaml.safe_load(file)
+    config = baseline()
     simulator = GridWorld(num_agents=3, seed=4)
     with FakeHTTPServer(_chat_sse) as server:
         server.script = ["Let me look around first.\nAction: WAIT", "Action: FLY to the moon"]

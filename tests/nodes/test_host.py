@@ -27,6 +27,8 @@ from agoramesh.nodes.presence import MAX_BATCH
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.testing.waiting import wait_until
 
+pytestmark = pytest.mark.integration
+
 BEAT = 0.2
 
 

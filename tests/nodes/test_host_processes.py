@@ -21,6 +21,8 @@ from agoramesh.bus.mesh import Mesh
 from agoramesh.testing.processes import LineReader, alive
 from agoramesh.testing.waiting import wait_until
 
+pytestmark = pytest.mark.integration
+
 PROCESSES, AGENTS, BEAT = 2, 150, 0.5
 
 

@@ -1,7 +1,7 @@
 """Fuzzing what a live node receives: the envelope decoder behind a Bus subscription, and
 the plain-JSON ingress of an AgentNode on ``agora.cap.<capability>`` and ``agora.task.…``.
 
-tests/unit/test_envelope_fuzz.py drives ``parse``/``Guard`` in process; here every
+tests/bus/test_envelope_fuzz.py drives ``parse``/``Guard`` in process; here every
 input crosses a real nats-server and the receiving Bus, and the receiver is judged
 from outside, as a client sees it:
 

@@ -40,6 +40,8 @@ from agoramesh.testing.plugin import AgentFactory
 from agoramesh.testing.processes import assert_stopped
 from agoramesh.testing.waiting import wait_until
 
+pytestmark = pytest.mark.integration
+
 AgentMaker = Callable[..., Awaitable[AgentNode]]
 
 

@@ -1,8 +1,8 @@
 """TLS on client, route and leaf links: certificates, a TLS mesh, and who it refuses.
 
 The plain-vs-TLS runs of the mesh's request/reply, scatter-gather and failover
-tests live in tests/integration/test_mesh.py and of the auction tests in
-tests/protocols/test_contract_net.py (``@over_plain_and_tls``); here is what
+tests live in tests/bus/test_mesh.py and of the auction tests in
+tests/protocols/auction/test_contract_net.py (``@over_plain_and_tls``); here is what
 only TLS has.
 """
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from agoramesh.bus.ingress import MAX_JSON_DEPTH
-from agoramesh.errors import InvalidInput, InvalidTask
+from agoramesh.bus.ingress import MAX_JSON_DEPTH, decode_json, encode_json
+from agoramesh.errors import InvalidInput, InvalidTask, MalformedEnvelope
 from agoramesh.nodes.task import MAX_DEADLINE, MAX_PARAMETER_DEPTH, Task
 
 
@@ -50,7 +50,11 @@ def test_a_huge_value_is_quoted_short_in_the_message() -> None:
 
 
 def test_parameters_nest_at_most_the_ingress_limit() -> None:
-    assert MAX_PARAMETER_DEPTH == MAX_JSON_DEPTH  # every request ingress takes fits
+    deepest = {"parameters": {"a": nested(MAX_JSON_DEPTH - 2)}}  # as deep as the ingress takes
+    Task.from_dict(decode_json(encode_json(deepest), max_bytes=1 << 20), capability="echo")
+    with pytest.raises(MalformedEnvelope, match="levels deep"):
+        decode_json(encode_json({"parameters": {"a": nested(MAX_JSON_DEPTH - 1)}}),
+                    max_bytes=1 << 20)
     Task(capability="echo", parameters={"a": nested(MAX_PARAMETER_DEPTH - 1)})
     Task(capability="echo",
          parameters={"a": [1, "x", None, {"b": nested(MAX_PARAMETER_DEPTH - 3)}]})

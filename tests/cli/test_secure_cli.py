@@ -15,6 +15,7 @@ from agoramesh.testing.cli import assert_one_line_error, cli
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow
 def test_trust_init_admit_creds_list_revoke(tmp_path: Path) -> None:
     trust = str(tmp_path / "trust")
     created = cli("trust", "init", "--dir", trust, "--json")
@@ -48,6 +49,7 @@ def test_trust_init_admit_creds_list_revoke(tmp_path: Path) -> None:
     assert agent_id not in {m["agent_id"] for m in listed["members"]}
 
 
+@pytest.mark.slow
 def test_trust_errors_are_one_line(tmp_path: Path) -> None:
     trust = str(tmp_path / "trust")
     assert_one_line_error(cli("trust", "list", "--dir", trust), "no trust store")
@@ -64,6 +66,7 @@ def test_trust_errors_are_one_line(tmp_path: Path) -> None:
     assert bad_duration.returncode == 2 and "not a duration" in bad_duration.stderr
 
 
+@pytest.mark.slow
 def test_up_secure_admits_only_members(tmp_path: Path) -> None:
     trust = tmp_path / "trust"
     up = UpProcess(tmp_path / "mesh", "--secure", "--trust", str(trust))

@@ -23,7 +23,7 @@ from agoramesh.testing.architecture import (
     package_cycles,
 )
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 #: Lowest first. A module may import modules of its own layer and of layers below.
 LAYERS: tuple[tuple[str, ...], ...] = (

@@ -37,7 +37,7 @@ from agoramesh.protocols.workflow.workflow import Step, Workflow
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "workflows" / "generate_review_run.yaml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "workflows" / "generate_review_run.yaml"
 
 
 def _yaml(steps: str, head: str = "name: t\n") -> str:

@@ -26,6 +26,7 @@ def result_of(url: str, task_id: str, wait: float = 30) -> dict[str, object]:
     return record
 
 
+@pytest.mark.slow
 def test_a_durable_task_outlives_its_killed_client(tmp_path: Path) -> None:
     up = UpProcess(tmp_path / "mesh")
     try:
@@ -62,6 +63,7 @@ def test_a_durable_task_outlives_its_killed_client(tmp_path: Path) -> None:
         up.reap()
 
 
+@pytest.mark.slow
 def test_a_job_waits_for_an_agent_and_survives_a_mesh_restart(tmp_path: Path) -> None:
     data = tmp_path / "mesh"
     up = UpProcess(data, "--no-agents")
@@ -101,6 +103,7 @@ def test_a_job_waits_for_an_agent_and_survives_a_mesh_restart(tmp_path: Path) ->
         up.reap()
 
 
+@pytest.mark.slow
 def test_durable_errors_are_one_line(tmp_path: Path) -> None:
     up = UpProcess(tmp_path / "mesh", "--no-agents", "--no-jetstream")
     try:

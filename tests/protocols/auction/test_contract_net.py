@@ -341,7 +341,7 @@ async def test_a_killed_winner_is_detected_and_the_task_reauctioned(
     assert result.result["by"] == "backup"
     # In-process kill cancels the running task, whose TaskCancelled result sends the task
     # to a new auction; a SIGKILLed process sends nothing and is caught by its lease
-    # (tests/e2e/test_auction_cli.py).
+    # (tests/cli/test_auction_cli.py).
     assert [e.detail for e in events if e.event == "reauction"] == [
         {"failed": first.agent_id, "attempt": 2}]
     assert [e.detail["status"] for e in events if e.event == "result"] == [

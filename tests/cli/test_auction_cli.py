@@ -40,6 +40,7 @@ def workers(tmp_path: Path, nats_server: Any) -> Iterator[dict[str, NodeProcess]
             node.reap()
 
 
+@pytest.mark.integration
 async def test_sigkill_of_the_winner_mid_task_completes_elsewhere_with_one_result(
         nats_server: Any, workers: dict[str, NodeProcess]) -> None:
     by_id = {node.id: node for node in workers.values()}

@@ -16,7 +16,7 @@ import pytest
 
 from agoramesh.testing.chaos import ChaosReport, ChaosSettings, Fault, run_chaos
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.timeout(300)]
 
 SCALE = max(1, int(os.environ.get("AGORAMESH_CHAOS_SCALE", "1") or 1))
 
@@ -48,6 +48,7 @@ def per_thousand(report: ChaosReport, kills: int) -> float:
     return 1000 * extra / len(report.submitted) / max(1, kills)
 
 
+@pytest.mark.slow
 async def test_kills_lose_nothing_and_deliver_each_result_once(tmp_path: Path) -> None:
     """Workers, drivers (auctioneers) and a seed SIGKILLed mid-run; killed ones restart."""
     faults = spread([
@@ -70,6 +71,7 @@ async def test_kills_lose_nothing_and_deliver_each_result_once(tmp_path: Path) -
     assert report.unexplained == {}, report.summary()
 
 
+@pytest.mark.slow
 async def test_freezes_lose_nothing_and_rerun_nothing_for_a_late_result(
         tmp_path: Path) -> None:
     """SIGSTOP/SIGCONT of drivers past ack_wait (their jobs go to the other driver) and of

@@ -24,7 +24,7 @@ import pytest
 
 from agoramesh.testing import UpProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.timeout(300)]
 
 BURST = 10_000
 DEADLINE = 120.0  # seconds each request of the burst may wait
@@ -38,6 +38,7 @@ def outcome(data: bytes) -> str:
     return str((reply.get("error") or {}).get("type"))
 
 
+@pytest.mark.slow
 async def test_a_burst_larger_than_capacity_queues_instead_of_failing(tmp_path: Path) -> None:
     up = UpProcess(tmp_path / "mesh")
     try:

@@ -95,6 +95,7 @@ def test_up_records_a_trajectory_per_agent(up_mesh: UpProcess) -> None:
     assert any(event["event"] == "sent" and event.get("type") == "hello" for event in analyst)
 
 
+@pytest.mark.integration
 def test_node_serves_metrics_and_healthz_and_records_its_trajectory(
         tmp_path: Path, nats_server: Any) -> None:
     trajectory = tmp_path / "solo.jsonl"
@@ -119,6 +120,7 @@ def test_node_serves_metrics_and_healthz_and_records_its_trajectory(
     assert sent[:1] == ["hello"] and sent[-1] == "bye"  # its own bye may still echo back
 
 
+@pytest.mark.integration
 def test_a_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, nats_server: Any) -> None:
     import socket
 

@@ -12,7 +12,8 @@ from agoramesh.testing.cli import assert_one_line_error, cli
 
 pytestmark = pytest.mark.e2e
 
-BASELINE = "config/baseline/decentralized_config.yaml"
+BASELINE = str(Path(__file__).resolve().parents[2] / "config" / "baseline"
+               / "decentralized_config.yaml")
 
 
 def test_episodes_print_success_steps_messages_and_rounds() -> None:
