@@ -101,10 +101,11 @@ def run(rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="agoramesh-bench-mdns-") as tmp:
         base = Path(tmp)
         first = NodeProcess(base / "first", "--name", "first", *LAN, "--mesh", mesh)
-        hellos = Hellos(first.ready["client"])
+        hellos: Hellos | None = None
         member: dict[str, list[float]] = {"mdns": [], "address": []}
         ready: dict[str, list[float]] = {"mdns": [], "address": []}
         try:
+            hellos = Hellos(first.ready["client"])
             for round_ in range(rounds):
                 took, ready_s, info = _join(base, hellos, f"m{round_}", *LAN, "--mesh", mesh)
                 if info.get("discovered") != ["first"]:
@@ -117,7 +118,8 @@ def run(rounds: int) -> dict[str, Any]:
                 ready["address"].append(ready_s)
             first.stop()
         finally:
-            hellos.close()
+            if hellos is not None:
+                hellos.close()
             first.reap()
     summary = {mode: {"member_p50_s": round(statistics.median(member[mode]), 3),
                       "member_max_s": round(max(member[mode]), 3),

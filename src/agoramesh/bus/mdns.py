@@ -124,7 +124,8 @@ class MdnsDiscovery:
         self._heard = asyncio.Event()
         self._listeners: list[Callable[[SeedAd], None]] = []
         self._zc: AsyncZeroconf | None = None
-        self._browser: AsyncServiceBrowser | None = None
+        self._asker: AsyncZeroconf | None = None
+        self._browsers: list[AsyncServiceBrowser] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._announced: list[Any] = []
 
@@ -140,31 +141,40 @@ class MdnsDiscovery:
                               "pip install 'agoramesh[mdns]'")
         interfaces: Any = list(self.interfaces) if self.interfaces else InterfaceChoice.All
         self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
-        # Answers by multicast (QM), never unicast (QU): processes of one host share port
-        # 5353, and a unicast answer reaches only one of them.
-        self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE],
-                                            handlers=[self._on_change],
-                                            question_type=DNSQuestionType.QM)
+        # Two listeners. The responder's own (port 5353) hears announcements and asks
+        # for multicast answers (QM): processes of one host share port 5353, and a
+        # unicast answer to it reaches only one of them. A multicast answer, though,
+        # waits while its record was multicast in the last second (RFC 6762 §6), which
+        # other browsers and announcements make likely; so a second instance asks from
+        # a port of its own (a "legacy unicast" query, §6.7), answered at once, to it.
+        self._asker = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only,
+                                    unicast=True)
+        self._browsers = [
+            AsyncServiceBrowser(self._zc.zeroconf, [SERVICE], handlers=[self._on_change],
+                                question_type=DNSQuestionType.QM),
+            AsyncServiceBrowser(self._asker.zeroconf, [SERVICE], handlers=[self._on_change])]
 
     async def close(self) -> None:
         """Withdraw what we announced (a goodbye packet), stop browsing. Idempotent."""
         zc, self._zc = self._zc, None
+        asker, self._asker = self._asker, None
         if zc is None:
             return
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
-        with contextlib.suppress(Exception):
-            if self._browser is not None:
-                await self._browser.async_cancel()
+        for browser in self._browsers:
+            with contextlib.suppress(Exception):
+                await browser.async_cancel()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 for info in self._announced:
                     await zc.async_unregister_service(info)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(2.0):
-                await zc.async_close()
+        for instance in (zc, asker):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await instance.async_close()  # type: ignore[union-attr]
 
     async def __aenter__(self) -> MdnsDiscovery:
         await self.start()
@@ -224,13 +234,15 @@ class MdnsDiscovery:
     def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str,
                    state_change: Any) -> None:
         if state_change.name in ("Added", "Updated"):
-            self._own(self._resolve(name))
+            self._own(self._resolve(zeroconf, name))
 
-    async def _resolve(self, name: str) -> None:
-        zc = self._require()
+    async def _resolve(self, zeroconf: Zeroconf, name: str) -> None:
+        """Read ``name``'s record through the instance that heard of it (multicast answers
+        for the responder's, unicast ones for the asker's)."""
         info = AsyncServiceInfo(SERVICE, name)
-        if not await info.async_request(zc.zeroconf, _INFO_TIMEOUT_MS,
-                                        question_type=DNSQuestionType.QM):
+        unicast = self._asker is not None and zeroconf is self._asker.zeroconf
+        if not await info.async_request(zeroconf, _INFO_TIMEOUT_MS,
+                                        question_type=None if unicast else DNSQuestionType.QM):
             return
         try:
             ad = SeedAd.parse(name, info.properties)
