@@ -59,7 +59,7 @@ from agoramesh.testing import AGORAMESH, assert_stopped, wait_until
 from agoramesh.testing.compose import ServiceNetwork, netns_unavailable
 from agoramesh.testing.prometheus import PrometheusAPI, require_tool
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 HERE = Path(__file__).resolve().parent
 #: Services that run from an image only, with what stands for them here.
