@@ -1,0 +1,15 @@
+"""Bridges between the mesh and the protocols agents of other ecosystems speak.
+
+- :mod:`~agoramesh.bridges.mesh_client`: :class:`~agoramesh.bridges.mesh_client.MeshClient`,
+  the mesh as a long-lived client sees it (a live directory, a dispatcher, durable jobs).
+- :mod:`~agoramesh.bridges.mcp_catalog`: the MCP tools the mesh offers: one per
+  capability on the mesh, and the fixed ``mesh_*`` tools.
+- :mod:`~agoramesh.bridges.mcp_calls`: what a tool call does on the mesh, with its
+  progress and its cancellation.
+- :mod:`~agoramesh.bridges.mcp_server`: :class:`~agoramesh.bridges.mcp_server.MeshMcpServer`,
+  the MCP server (``agoramesh mcp``) over stdio or streamable HTTP.
+
+The MCP modules need the ``mcp`` extra (``pip install 'agoramesh[mcp]'``).
+"""
+
+__all__ = ()
