@@ -117,6 +117,7 @@ class MeshMcpServer:
     async def serve_stdio(self) -> None:
         """Serve one client over stdin and stdout until stdin ends (or this is cancelled)."""
         async with stdio_streams() as (read, write):
+            log.info("serving MCP on stdio for %s", self.mesh.config.servers[0])
             await self.server.run(read, write, self.server.create_initialization_options())
 
     @property

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 from collections.abc import Coroutine
 from typing import Any
 
@@ -30,8 +29,6 @@ from agoramesh.config import Environment
 from agoramesh.errors import ConfigError, InvalidInput
 
 __all__ = ("register",)
-
-log = logging.getLogger("agoramesh.mcp")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,7 +70,6 @@ async def _mcp(args: argparse.Namespace, env: Environment) -> int:
                               discover_timeout=args.discover_timeout) as mesh:
             server = MeshMcpServer(mesh, task_timeout=args.timeout)
             if args.http_port is None:
-                log.info("serving MCP on stdio for %s", config.servers[0])
                 await _until(stop, server.serve_stdio())
                 return 0
             async with McpHttp(server, host=args.host, port=args.http_port,
