@@ -4,10 +4,14 @@ collaborations, workflows and the agent list, against agents on a real nats-serv
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import anyio
 import pytest
 from mcp import types
 from mcp_support import Agents, http_client
+
+from agoramesh.testing import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +122,20 @@ async def test_agent_list(agents: Agents) -> None:
         assert wrong.is_error and text(wrong).startswith("SubjectError: ")
         extra = await client.call_tool("mesh_agents", {"limit": 1})
         assert extra.is_error and "Additional properties are not allowed" in text(extra)
+
+
+@pytest.mark.parametrize("route", [{"strategy": "direct"}, {"agent": "plodder"},
+                                   {"durable": True}])
+async def test_a_cancelled_call_cancels_the_task_on_its_route(agents: Agents,
+                                                              route: dict[str, Any]) -> None:
+    async with http_client(agents.url) as client:
+        with anyio.move_on_after(1.5):
+            await client.call_tool("mesh_submit", {
+                "capability": "slow.steps", "parameters": {"steps": 600, "pause": 0.1}, **route})
+        backend = agents.backend
+        await wait_until(lambda: len(backend.cancelled) == 1, timeout=15)
+        assert backend.cancelled == backend.started
+        if route.get("durable"):
+            [task_id] = backend.started
+            result = await client.call_tool("mesh_result", {"task_id": task_id})
+            assert result.is_error and text(result).startswith("TaskCancelled: job ")

@@ -10,7 +10,9 @@ store (its result becomes a cancellation unless it has one). A collaboration
 or a workflow is stopped where it is. What happens meanwhile goes to ``note``
 as one line of text: the auction's events, the agent's streamed chunks,
 workflow steps, collaboration events; the server sends them as progress
-notifications.
+notifications. With no ``note`` (the client asked for no progress) a task is
+not streamed: a direct one is one request, as :func:`submit_task` sends it,
+saving the stream's reply subscription.
 
 An answer is the task's result (or the mode's, or the run's) as structured
 content, and text for the model: a task's output itself (as JSON unless it is
@@ -44,6 +46,10 @@ from agoramesh.protocols.workflow.workflow import Workflow
 __all__ = ("Answer", "MeshCalls", "Note", "Run", "failure")
 
 Note = Callable[[str], None]
+
+
+def _ignore(_: str) -> None:
+    """The note of a call that asked for no progress."""
 _NOTE_WIDTH = 300
 
 
@@ -134,11 +140,11 @@ class MeshCalls:
 
     # -- tasks -------------------------------------------------------------------------
 
-    def capability(self, capability: str, parameters: dict[str, Any], note: Note) -> Run:
+    def capability(self, capability: str, parameters: dict[str, Any], note: Note | None) -> Run:
         """A capability tool: the task auctioned with the server's timeout."""
         return self._auction(self._task(capability, parameters, self.task_timeout, 5), note)
 
-    def submit(self, arguments: Mapping[str, Any], note: Note) -> Run:
+    def submit(self, arguments: Mapping[str, Any], note: Note | None) -> Run:
         """``mesh_submit``: auctioned, direct, to a named agent, or durable."""
         try:
             capability = validate_capability(arguments["capability"])
@@ -159,12 +165,13 @@ class MeshCalls:
             task_id = valid_task_id(arguments.get("task_id") or uuid.uuid4().hex)
             return self._durable(capability, parameters, task_id=task_id, priority=priority,
                                  timeout=timeout, wait=bool(arguments.get("wait", True)),
-                                 note=note)
+                                 note=note or _ignore)
         task = self._task(capability, parameters, timeout, priority)
         if agent is not None:
-            return self._to_agent(task, self._agent_id(str(agent)), timeout, note)
+            return self._to_agent(task, self._agent_id(str(agent)), timeout, note or _ignore)
         if strategy is Strategy.DIRECT:
-            return Run(self._streamed(task, timeout, note))
+            return Run(self._sent(task, timeout) if note is None
+                       else self._streamed(task, timeout, note))
         return self._auction(task, note)
 
     @staticmethod
@@ -187,13 +194,14 @@ class MeshCalls:
         raise InvalidInput(f"mesh_submit: no agent named {agent!r} on the mesh (mesh_agents "
                            f"lists them)")
 
-    def _auction(self, task: Task, note: Note) -> Run:
+    def _auction(self, task: Task, note: Note | None) -> Run:
         auctioneer = self.mesh.dispatcher.auctioneer
         timeout = max(0.0, (task.deadline or 0) - time.time())
 
         async def work() -> Answer:
-            outcome = await auctioneer.run(task, timeout=timeout, stream=True,
-                                           progress=self._auction_notes(note))
+            outcome = await auctioneer.run(
+                task, timeout=timeout, stream=note is not None,
+                progress=None if note is None else self._auction_notes(note))
             return _task_answer(outcome.result)
 
         def cancel(running: asyncio.Task[Answer]) -> None:
@@ -202,6 +210,18 @@ class MeshCalls:
                 running.cancel()
 
         return Run(work(), cancel)
+
+    async def _sent(self, task: Task, timeout: float) -> Answer:
+        """Direct through the capability's queue group, one request (cancelled: see
+        :meth:`_streamed`)."""
+        try:
+            return _task_answer(await submit_task(self.mesh.bus, task, timeout=timeout))
+        except asyncio.CancelledError:
+            # Nobody says which agent took it: ask every capable one to let it go.
+            for card in self.mesh.dispatcher.select(f"capability:{task.task_type}"):
+                self.mesh.run(cancel_task(self.mesh.bus, card.id, task.task_id),
+                              f"cancel {task.task_id}")
+            raise
 
     async def _streamed(self, task: Task, timeout: float, note: Note) -> Answer:
         """Direct through the capability's queue group; leaving the stream early (a cancel)
@@ -249,8 +269,9 @@ class MeshCalls:
 
         return Run(work(), cancel)
 
-    def result(self, arguments: Mapping[str, Any], note: Note) -> Run:
+    def result(self, arguments: Mapping[str, Any], note: Note | None) -> Run:
         """``mesh_result``: a durable job's stored result, waited for up to ``wait`` seconds."""
+        say = note or _ignore
         task_id = valid_task_id(arguments["task_id"])
         wait = float(arguments.get("wait") or 0)
         jobs = self.mesh.jobs
@@ -259,7 +280,7 @@ class MeshCalls:
             await jobs.js.ensure(timeout=10.0)
             result = await jobs.result(task_id)
             if result is None and wait > 0:
-                note(f"waiting up to {wait:g}s for the result of {task_id}")
+                say(f"waiting up to {wait:g}s for the result of {task_id}")
                 try:
                     result = await jobs.wait(task_id, timeout=wait)
                 except BusTimeout:
@@ -273,12 +294,14 @@ class MeshCalls:
 
     # -- collaborations and workflows ---------------------------------------------------
 
-    def collaborate(self, arguments: Mapping[str, Any], note: Note) -> Run:
+    def collaborate(self, arguments: Mapping[str, Any], note: Note | None) -> Run:
         """``mesh_collaborate``: the request as the HTTP API takes it, run from here."""
+        say = note or _ignore
+
         def event(record: dict[str, Any]) -> None:
             kind = record.get("event")
             rest = {key: value for key, value in record.items() if key not in ("event", "mode")}
-            note(f"{kind}: {_clip(rest)}" if rest else str(kind))
+            say(f"{kind}: {_clip(rest)}" if rest else str(kind))
 
         collaboration = Collaboration(self.mesh.dispatcher, timeout=self.task_timeout,
                                       task_timeout=self.task_timeout, on_event=event)
@@ -289,8 +312,9 @@ class MeshCalls:
 
         return Run(work())
 
-    def workflow(self, arguments: Mapping[str, Any], note: Note) -> Run:
+    def workflow(self, arguments: Mapping[str, Any], note: Note | None) -> Run:
         """``mesh_workflow``: the workflow (a mapping or YAML text) checked, then run here."""
+        say = note or _ignore
         given = arguments["workflow"]
         flow = (Workflow.from_yaml(given, name="workflow") if isinstance(given, str)
                 else Workflow.from_dict(given, name="workflow"))
@@ -300,7 +324,7 @@ class MeshCalls:
             record = step.as_dict()
             detail = record.get("detail") or record.get("status") or ""
             who = f" ({record['agent_name']})" if record.get("agent_name") else ""
-            note(_one_line(f"{record['step']}: {record['event']}{who} {detail}", _NOTE_WIDTH))
+            say(_one_line(f"{record['step']}: {record['event']}{who} {detail}", _NOTE_WIDTH))
 
         async def work() -> Answer:
             result = await run_workflow(

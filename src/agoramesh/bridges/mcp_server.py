@@ -69,7 +69,7 @@ _SETTLE = 0.05
 #: Sessions remembered for list-changed notifications (HTTP sessions that ended included).
 _MAX_SESSIONS = 1024
 
-_Handler = Callable[[Mapping[str, Any], Note], Run]
+_Handler = Callable[[Mapping[str, Any], Note | None], Run]
 
 
 class _Server(Server[Any]):
@@ -185,40 +185,43 @@ class MeshMcpServer:
         if spec is None:
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
         arguments = params.arguments or {}
-        notes: asyncio.Queue[str | None] = asyncio.Queue()
+        # Progress only for a call that asked: without, the mesh is spared the streaming.
+        notes: asyncio.Queue[str | None] | None = (
+            asyncio.Queue() if ctx.meta and ctx.meta.get("progress_token") is not None
+            else None)
+        note = None if notes is None else notes.put_nowait
         try:
             spec.check(arguments)
             if spec.capability is not None:
-                answer = await self._follow(self.calls.capability(
-                    spec.capability, dict(arguments), notes.put_nowait), notes, ctx.session)
+                run = self.calls.capability(spec.capability, dict(arguments), note)
             elif spec.name in self._runs:
-                answer = await self._follow(self._runs[spec.name](arguments, notes.put_nowait),
-                                            notes, ctx.session)
+                run = self._runs[spec.name](arguments, note)
             else:
-                answer = self.calls.agents(arguments)
+                run = None
+            answer = (self.calls.agents(arguments) if run is None
+                      else await self._follow(run, notes, ctx.session))
         except AgoraError as exc:
             answer = failure(exc)
         return types.CallToolResult(content=[types.TextContent(type="text", text=answer.text)],
                                     structured_content=answer.structured, is_error=answer.error)
 
-    async def _follow(self, run: Run, notes: asyncio.Queue[str | None],
+    async def _follow(self, run: Run, notes: asyncio.Queue[str | None] | None,
                       session: ServerSession) -> Answer:
-        """Await ``run``, sending its notes as progress; a cancelled call cancels the run."""
+        """Await ``run``, sending its ``notes`` as progress; a cancelled call cancels the run."""
         work = asyncio.ensure_future(run.work)
         self.mesh.keep(work)
-        pump = asyncio.ensure_future(_progress(notes, session))
+        pump = None if notes is None else asyncio.ensure_future(_progress(notes, session))
         try:
             answer = await asyncio.shield(work)
-        except asyncio.CancelledError:
+        except BaseException:
             if not work.done():
                 run.cancel(work)  # the work ends on its own, telling the mesh to stop
-            pump.cancel()
+            if pump is not None:
+                pump.cancel()
             raise
-        except BaseException:
-            pump.cancel()
-            raise
-        notes.put_nowait(None)
-        await pump
+        if notes is not None and pump is not None:
+            notes.put_nowait(None)
+            await pump
         return answer
 
 
