@@ -7,9 +7,12 @@
 - :mod:`~agoramesh.bridges.mcp_calls`: what a tool call does on the mesh, with its
   progress and its cancellation.
 - :mod:`~agoramesh.bridges.mcp_server`: :class:`~agoramesh.bridges.mcp_server.MeshMcpServer`,
-  the MCP server (``agoramesh mcp``) over stdio or streamable HTTP.
+  the MCP server (``agoramesh mcp``); its transports: stdio
+  (:mod:`~agoramesh.bridges.mcp_stdio`) and streamable HTTP
+  (:mod:`~agoramesh.bridges.mcp_http`).
 
-The MCP modules need the ``mcp`` extra (``pip install 'agoramesh[mcp]'``).
+The MCP modules need the ``mcp`` extra (``pip install 'agoramesh[mcp]'``); an
+MCP server's tools as an agent are a backend, :mod:`agoramesh.nodes.backends.mcp`.
 """
 
 __all__ = ()

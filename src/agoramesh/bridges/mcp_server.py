@@ -101,6 +101,7 @@ class MeshMcpServer:
             "mesh_submit": self.calls.submit, "mesh_result": self.calls.result,
             "mesh_collaborate": self.calls.collaborate, "mesh_workflow": self.calls.workflow}
         self._tools: dict[str, ToolSpec] = {}
+        self._all: dict[str, ToolSpec] = {}
         self._listed: list[types.Tool] = []
         self._events = InMemorySubscriptionBus()
         self._sessions: OrderedDict[str | None, ServerSession] = OrderedDict()
@@ -123,7 +124,7 @@ class MeshMcpServer:
     @property
     def tools(self) -> dict[str, ToolSpec]:
         """Every tool offered now, by name: the fixed ones, then the capabilities'."""
-        return {**self._fixed, **self._tools}
+        return self._all
 
     # -- the tool list -----------------------------------------------------------------
 
@@ -135,7 +136,8 @@ class MeshMcpServer:
         if tools == self._tools and self._listed:
             return False
         self._tools = tools
-        self._listed = [_tool(spec) for spec in self.tools.values()]
+        self._all = {**self._fixed, **tools}
+        self._listed = [_tool(spec) for spec in self._all.values()]
         return True
 
     def _changed(self) -> None:

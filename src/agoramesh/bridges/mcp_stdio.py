@@ -99,11 +99,13 @@ class _Wire:
         return await anyio.to_thread.run_sync(self._in.read, _CHUNK)
 
     async def write(self, data: bytes) -> None:
-        if self.writer is not None:
-            self.writer.write(data)
-            await self.writer.drain()
-        else:
-            await anyio.to_thread.run_sync(self._out.write, data)
+        """``data`` to stdout; nothing if the reader has gone (its stdin ends next)."""
+        with contextlib.suppress(ConnectionError):
+            if self.writer is not None:
+                self.writer.write(data)
+                await self.writer.drain()
+            else:
+                await anyio.to_thread.run_sync(self._out.write, data)
 
     def close(self) -> None:
         """Close our ends and put fds 0 and 1 back as they were."""
