@@ -17,6 +17,9 @@ alternating (ABBA) blocks:
 * ``auction``      the task auctioned from this process (``Auctioneer.run``; informational);
 * ``mcp-auction``  the ``echo`` capability tool: auctioned from the server (informational).
 
+Then, as what a call costs whatever the load: the CPU time (user + system) the server
+process and this process spend per ``mcp`` call, over ``--cpu-rounds`` more calls.
+
     .venv/bin/python benchmarks/bench_mcp.py [--quick] [--rounds N] [--json FILE]
 """
 
@@ -63,6 +66,34 @@ def echo_agent(url: str) -> AgentNode:
         name="echo", **OFFLINE_CAPABILITIES["echo"]),), heartbeat_interval=1.0)
     return AgentNode(Identity.generate(), config, OfflineBackend(),
                      BusConfig(servers=(url,), name="echo"))
+
+
+def server_pid() -> int:
+    """The ``agoramesh mcp`` child of this process."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid() and b"\0mcp\0" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+    raise RuntimeError("no agoramesh mcp child process found")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_call(op: Op, rounds: int) -> dict[str, float]:
+    """CPU milliseconds per ``op`` in the server process and in this one."""
+    pid = server_pid()
+    server, here = cpu_seconds(pid), time.process_time()
+    for _ in range(rounds):
+        await op()
+    return {"server_ms": round((cpu_seconds(pid) - server) / rounds * 1000, 3),
+            "client_ms": round((time.process_time() - here) / rounds * 1000, 3)}
 
 
 def checked(result: Any) -> None:
@@ -127,10 +158,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(WARM_UP):
                     await op()
             samples, misses, seconds = await alternate(paths, args.rounds, BLOCKS)
+            cpu = await cpu_per_call(paths["mcp"], args.cpu_rounds)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     result: dict[str, Any] = {"rounds": args.rounds, "seconds": round(seconds, 1),
-                              "target_ms": TARGET_MS, "warnings": dict(warnings.seen)}
+                              "target_ms": TARGET_MS, "cpu_per_mcp_call": cpu,
+                              "cpu_rounds": args.cpu_rounds, "warnings": dict(warnings.seen)}
     for side in SIDES:
         result[side] = {"n": len(samples[side]), "misses": misses[side],
                         **latency(samples[side])}
@@ -154,6 +187,9 @@ def report(result: dict[str, Any]) -> None:
           f"+{TARGET_MS:g}); mcp-auction - auction p50: "
           f"{result['mcp_auction_minus_auction_ms']:+.3f} ms  "
           f"{'PASS' if result['pass'] else 'FAIL'}")
+    cpu = result["cpu_per_mcp_call"]
+    print(f"  CPU per mcp call ({result['cpu_rounds']} calls): server {cpu['server_ms']:.3f} ms, "
+          f"client (this process, the echo agent included) {cpu['client_ms']:.3f} ms")
     if result["warnings"]:
         print(f"warnings: {result['warnings']}")
 
@@ -162,10 +198,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200 rounds per path")
     parser.add_argument("--rounds", type=int, default=2000, help="rounds per path")
+    parser.add_argument("--cpu-rounds", type=int, default=1000,
+                        help="mcp calls the CPU per call is measured over")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args()
     if args.quick:
-        args.rounds = 200
+        args.rounds, args.cpu_rounds = 200, 200
     started = time.monotonic()
     code = run_and_report(run(args), report, args.json)
     print(f"({time.monotonic() - started:.0f}s in all)")
