@@ -67,6 +67,7 @@ async def test_a_cli_agent_delegates_through_the_mesh(agents: Agents, agent_fact
         assert given["tool_timeout_sec"] == 90.0
 
 
+@pytest.mark.e2e
 async def test_node_mesh_tools_flag(agents: Agents, tmp_path: Path) -> None:
     """``agoramesh node --type claude-code --mesh-tools``: the agent is given this mesh."""
     program = install(tmp_path / "bin", "claude")

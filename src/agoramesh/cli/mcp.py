@@ -24,7 +24,7 @@ from typing import Any
 from agoramesh.bridges.mesh_client import MeshClient
 from agoramesh.cli.agents import add_client_options, client_config
 from agoramesh.cli.output import emit, emit_json
-from agoramesh.cli.runtime import add_api_token_option, api_token, on_signals
+from agoramesh.cli.runtime import api_token, on_signals
 from agoramesh.config import Environment
 from agoramesh.errors import ConfigError, InvalidInput
 
@@ -43,7 +43,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                              "0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address --http-port listens on (default 127.0.0.1)")
-    add_api_token_option(parser)
+    parser.add_argument("--api-token", metavar="TOKEN",
+                        help="with --http-port: require 'Authorization: Bearer TOKEN' on every "
+                             "request; at least 16 characters; default $AGORAMESH_API_TOKEN")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds a task, collaboration or workflow may take unless the "
                              "call says otherwise (default 120)")
