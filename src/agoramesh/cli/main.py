@@ -25,6 +25,7 @@ from agoramesh.cli import (
     episode,
     jobs,
     keys,
+    mcp,
     node,
     submit,
     trust,
@@ -47,8 +48,8 @@ def build_parser(env: Environment | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"agoramesh {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (up, demo, node, agents, submit, jobs, collaborate, workflow, watch, episode,
-                   keys, trust, certs, decode):
+    for module in (up, demo, node, agents, submit, jobs, collaborate, workflow, watch, mcp,
+                   episode, keys, trust, certs, decode):
         module.register(commands)
     _add_log_options(parser, env or Environment())
     return parser

@@ -12,12 +12,20 @@ restarted node finds them), clustered with the other seeds: its JetStream
 has a leader once a second seed has joined. Leaves and ``--connect`` nodes
 use the seeds' JetStream. Every node takes up to ``--max-jobs`` durable
 jobs at a time from the mesh (0: none).
+
+``--type mcp`` joins an MCP server's tools to the mesh, each tool a
+capability (``--mcp-command``: a server it runs over stdio; ``--mcp-url``: one
+it reaches over streamable HTTP). ``--mesh-tools`` gives a claude-code or
+codex agent this mesh as MCP tools (``agoramesh mcp --server`` this node's
+server), so the agent can hand sub-tasks to the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
+import sys
 from pathlib import Path
 
 from agoramesh.agent import AgentNode
@@ -44,11 +52,20 @@ from agoramesh.cli.runtime import (
     serve_endpoints,
     with_sign_all,
 )
-from agoramesh.config import BusConfig, Environment, ServerConfig, ServerRole
+from agoramesh.config import (
+    DEFAULT_PREFIX,
+    BusConfig,
+    Environment,
+    ServerConfig,
+    ServerRole,
+    TlsConfig,
+)
 from agoramesh.errors import ConfigError
 from agoramesh.monitoring.http import MetricsServer
 from agoramesh.nodes.backends.base import BackendConfig
+from agoramesh.nodes.backends.cli import MCP_SERVER, McpServer
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
+from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.observability.trajectory import Trajectory
@@ -74,6 +91,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                                           "ANTHROPIC_API_KEY)")
     parser.add_argument("--base-url", help="provider URL (OpenAI-compatible servers, Ollama)")
     parser.add_argument("--command", help="program for --type command (JSON in, JSON out)")
+    parser.add_argument("--mcp-command", metavar="COMMAND",
+                        help="--type mcp: the MCP server to run (stdio), e.g. \"npx -y "
+                             "@modelcontextprotocol/server-everything\"; each tool is a "
+                             "capability (--capability: only those)")
+    parser.add_argument("--mcp-url", metavar="URL",
+                        help="--type mcp: the MCP server's streamable HTTP endpoint")
+    parser.add_argument("--mesh-tools", action="store_true",
+                        help="--type claude-code or codex: give the CLI agent this mesh as MCP "
+                             "tools (agoramesh mcp), so it can delegate to other agents")
     where = parser.add_argument_group("mesh")
     where.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
                        help="a seed's cluster address to join (repeatable)")
@@ -164,21 +190,53 @@ def _membership(args: argparse.Namespace, env: Environment, identity: Identity,
     return store.admit(identity.agent_id, capabilities=capabilities, name=args.name).jwt
 
 
+def _check_backend_flags(args: argparse.Namespace) -> None:
+    """The flags of one backend type are not given to another."""
+    if args.type == "mcp" and bool(args.mcp_command) == bool(args.mcp_url):
+        raise ConfigError("--type mcp needs its MCP server: --mcp-command or --mcp-url (one)")
+    if args.type != "mcp" and (args.mcp_command or args.mcp_url):
+        raise ConfigError("--mcp-command and --mcp-url are for --type mcp")
+    if args.mesh_tools and args.type not in ("claude-code", "codex"):
+        raise ConfigError("--mesh-tools is for --type claude-code or codex")
+
+
+def _mesh_tools(args: argparse.Namespace, env: Environment, url: str) -> McpServer:
+    """``agoramesh mcp`` for this node's mesh, as a CLI agent is to start it."""
+    command = [sys.executable, "-m", "agoramesh", "mcp", "--server", url]
+    tls_dir = tls_directory(args, env)
+    if tls_dir is not None:
+        command += ["--tls", str(tls_dir.resolve())]
+    if env.credentials is not None:
+        command += ["--creds", str(env.credentials.resolve())]
+    elif args.jwt is not None or args.trust is not None:
+        raise ConfigError("--mesh-tools on a secured mesh needs credentials for its MCP server: "
+                          "set AGORAMESH_CREDS (agoramesh trust creds)")
+    extra = {"AGORAMESH_PREFIX": env.prefix} if env.prefix != DEFAULT_PREFIX else {}
+    if env.sign_all:
+        extra["AGORAMESH_SIGN_ALL"] = "1"
+    return McpServer(name="agoramesh", command=tuple(command), env=tuple(extra.items()))
+
+
+def _backend_config(args: argparse.Namespace, env: Environment, url: str) -> BackendConfig:
+    if args.mcp_command:
+        command = tuple(shlex.split(args.mcp_command))
+    else:
+        command = tuple(args.command.split()) if args.command else ()
+    return BackendConfig(
+        model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
+        base_url=args.mcp_url or args.base_url, command=command,
+        options=((MCP_SERVER, _mesh_tools(args, env, url)),) if args.mesh_tools else ())
+
+
 async def _node(args: argparse.Namespace, env: Environment) -> int:
     role = _role(args)
     env = with_sign_all(args, env)
     token = api_token(args, env)
-    capabilities = capabilities_for(args.type, args.capability)
-    backend = create_backend(args.type, BackendConfig(
-        model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
-        base_url=args.base_url, command=tuple(args.command.split()) if args.command else ()))
+    _check_backend_flags(args)
+    # An MCP server says what it offers once it is reached; the other types know now.
+    known = None if args.type == "mcp" else capabilities_for(args.type, args.capability)
     access = load_policy(args.acl) if args.acl else AccessPolicy()
     identity = Identity.load_or_create(args.key_file or env.home / f"{args.name}.nk")
-    user_jwt = _membership(args, env, identity, [cap.name for cap in capabilities])
-    if user_jwt is None and args.trust is None:
-        warn("WARNING: open mesh: this node's server admits anyone who can reach its ports; "
-             "fine for a local demo only. Use --trust DIR (agoramesh trust init) to enforce "
-             "membership (docs/SECURITY.md).")
     trust = TrustStore.open(args.trust, prefix=env.prefix) if args.trust else None
     tls_dir = tls_directory(args, env)
     tls = tls_config(tls_dir, client=True) if tls_dir is not None else None
@@ -196,16 +254,7 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
                     server.on_crash.append(lambda _: stop.set())
                     await server.start()
                 url = args.connect or (server.client_url if server else "")
-                trajectory = (Trajectory(args.trajectory, agent=args.name,
-                                         agent_id=identity.agent_id) if args.trajectory else None)
-                node = AgentNode(identity, NodeConfig(
-                    name=args.name, type=args.type, capabilities=capabilities,
-                    max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat,
-                    access=access, max_jobs=args.max_jobs),
-                    backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix,
-                                       tls=tls, user_jwt=user_jwt, envelope=env.envelope),
-                    trajectory=trajectory)
-                await node.start()
+                node = await _start_agent(args, env, identity, known, access, tls, url)
                 seeds = [server] if server is not None and role is ServerRole.SEED else []
                 try:
                     async with announced(discovery, seeds), serve_endpoints(
@@ -223,6 +272,36 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
     if server is not None:
         server.check()  # a crash stopped us: exit with its error
     return 0
+
+
+async def _start_agent(args: argparse.Namespace, env: Environment, identity: Identity,
+                       known: tuple[Capability, ...] | None, access: AccessPolicy,
+                       tls: TlsConfig | None, url: str) -> AgentNode:
+    """The node's agent, started on ``url``: its backend made once the server runs (an MCP
+    server's tools are its capabilities), its membership on a secured mesh."""
+    backend = create_backend(args.type, _backend_config(args, env, url))
+    if args.jwt is None and args.trust is None:
+        warn("WARNING: open mesh: this node's server admits anyone who can reach its "
+             "ports; fine for a local demo only. Use --trust DIR (agoramesh trust init) "
+             "to enforce membership (docs/SECURITY.md).")
+    try:
+        capabilities = known if known is not None else tuple(
+            await backend.offered(args.capability) or ())
+        user_jwt = _membership(args, env, identity, [cap.name for cap in capabilities])
+        trajectory = (Trajectory(args.trajectory, agent=args.name,
+                                 agent_id=identity.agent_id) if args.trajectory else None)
+        node = AgentNode(identity, NodeConfig(
+            name=args.name, type=args.type, capabilities=capabilities,
+            max_concurrent_tasks=args.max_tasks, heartbeat_interval=args.heartbeat,
+            access=access, max_jobs=args.max_jobs),
+            backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix,
+                               tls=tls, user_jwt=user_jwt, envelope=env.envelope),
+            trajectory=trajectory)
+        await node.start()
+    except BaseException:
+        await backend.aclose()
+        raise
+    return node
 
 
 def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | None,

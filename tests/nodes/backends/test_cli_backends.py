@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import tomllib
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from agoramesh.errors import BackendBadResponse, BackendError, BackendUnavailable
 from agoramesh.nodes.backends.base import Backend, BackendConfig, collect
-from agoramesh.nodes.backends.cli import ClaudeCodeBackend, CodexBackend
+from agoramesh.nodes.backends.cli import MCP_SERVER, ClaudeCodeBackend, CodexBackend, McpServer
 from agoramesh.nodes.backends.registry import create_backend
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, Usage
 from agoramesh.testing.processes import alive, assert_stopped
@@ -211,6 +212,51 @@ async def test_codex_streams_agent_messages_and_reports_usage(tmp_path: Path) ->
     assert recorded(tmp_path)["argv"] == [
         "exec", "--skip-git-repo-check", "--json", "--model", "gpt-test", "--",
         "list the files"]
+
+
+MESH = McpServer(name="agoramesh", command=("/opt/agoramesh/bin/python", "-m", "agoramesh",
+                                             "mcp", "--server", "nats://10.0.0.5:4222"),
+                 env=(("AGORAMESH_PREFIX", "team \"a\"\x7f"),))
+
+
+async def test_claude_is_given_the_mcp_server_as_json(tmp_path: Path) -> None:
+    await collect(backend(tmp_path, "claude-code", model="m", options=((MCP_SERVER, MESH),))
+                  .chat([{"role": "user", "content": "delegate"}]))
+    argv = recorded(tmp_path)["argv"]
+    assert argv[:4] == ["-p", "--output-format", "stream-json", "--verbose"]
+    assert argv[4] == "--mcp-config" and argv[6:] == [
+        "--allowedTools", "mcp__agoramesh", "--model", "m", "--", "delegate"]
+    assert json.loads(argv[5]) == {"mcpServers": {"agoramesh": {
+        "type": "stdio", "command": "/opt/agoramesh/bin/python",
+        "args": ["-m", "agoramesh", "mcp", "--server", "nats://10.0.0.5:4222"],
+        "env": {"AGORAMESH_PREFIX": "team \"a\"\x7f"}}}}
+
+
+async def test_codex_is_given_the_mcp_server_as_config_overrides(tmp_path: Path) -> None:
+    await collect(backend(tmp_path, "codex", timeout=600.0, options=((MCP_SERVER, MESH),))
+                  .chat([{"role": "user", "content": "delegate"}]))
+    argv = recorded(tmp_path)["argv"]
+    assert argv[:2] == ["exec", "--json"] and argv[-2:] == ["--", "delegate"]
+    flags = argv[2:-2]
+    assert flags[::2] == ["-c"] * 4
+    settings = dict(setting.split("=", 1) for setting in flags[1::2])
+    values = {key: tomllib.loads(f"value = {value}")["value"] for key, value in settings.items()}
+    assert values == {
+        "mcp_servers.agoramesh.command": "/opt/agoramesh/bin/python",
+        "mcp_servers.agoramesh.args": ["-m", "agoramesh", "mcp", "--server",
+                                       "nats://10.0.0.5:4222"],
+        "mcp_servers.agoramesh.tool_timeout_sec": 600.0,
+        "mcp_servers.agoramesh.env": {"AGORAMESH_PREFIX": "team \"a\"\x7f"}}
+
+
+async def test_mcp_server_option_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="must be an McpServer, not dict"):
+        await collect(backend(tmp_path, "claude-code", options=((MCP_SERVER, {"x": 1}),))
+                      .chat([{"role": "user", "content": "hi"}]))
+    with pytest.raises(BackendError, match="needs a name of letters"):
+        McpServer(name="a.b", command=("x",))
+    with pytest.raises(BackendError, match="needs a name of letters"):
+        McpServer(name="mesh", command=())
 
 
 async def test_codex_error_events_that_were_retried_do_not_fail_the_turn(

@@ -36,6 +36,7 @@ from agoramesh.errors import (
     BackendRateLimited,
     BackendUnavailable,
 )
+from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Completion, StreamItem, Task, Usage
 
 __all__ = (
@@ -277,6 +278,12 @@ class Backend(abc.ABC):
     def model(self) -> str:
         """The configured model, else ``default_model`` ("": none known)."""
         return self.config.model or self.default_model
+
+    async def offered(self, names: Sequence[str] = ()) -> tuple[Capability, ...] | None:
+        """The capabilities this backend finds it has (an MCP server's tools), those of
+        ``names`` only if given; None when the catalogue of its type decides
+        (:func:`~agoramesh.nodes.catalog.capabilities_for`)."""
+        return None
 
     def price(self, usage: Usage) -> Usage:
         return usage.priced(input_per_1k=self.config.input_price_per_1k,

@@ -12,12 +12,23 @@ A chat is flattened into one prompt (``System: …``, ``User: …``).
 
 Neither backend retries: both CLIs retry the API themselves, and re-running an
 agent that may already have edited files is not a safe retry.
+
+With an :class:`McpServer` as the ``mcp_server`` option (``agoramesh node
+--mesh-tools``: the mesh's own ``agoramesh mcp``) the CLI is given that MCP
+server for its run, in addition to those it is configured with: Claude Code
+as ``--mcp-config`` JSON (``{"mcpServers": {NAME: {"type": "stdio",
+"command", "args", "env"}}}``) with its tools allowed (``--allowedTools
+mcp__NAME``, as print mode asks no one); Codex as ``-c`` overrides of
+``mcp_servers.NAME.command``, ``.args``, ``.env`` (TOML values) and
+``.tool_timeout_sec`` (the backend's timeout: a delegated task may take long).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from agoramesh.errors import BackendBadResponse, BackendError
@@ -25,17 +36,50 @@ from agoramesh.nodes.backends.base import Backend, ChatMessage
 from agoramesh.nodes.backends.command import ChildProcess
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Usage
 
-__all__ = ("ClaudeCodeBackend", "CodexBackend")
+__all__ = ("MCP_SERVER", "ClaudeCodeBackend", "CodexBackend", "McpServer")
 
 # Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN); stay well below it.
 _MAX_ARG_BYTES = 100_000
 _ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+_SERVER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+#: The backend option naming the :class:`McpServer` a CLI agent is given.
+MCP_SERVER = "mcp_server"
+
+
+@dataclass(frozen=True, slots=True)
+class McpServer:
+    """An MCP server (stdio) a coding-agent CLI is given for its runs: the name its
+    configuration files it under, the command that starts it, and environment variables it
+    needs beyond those the CLI passes on."""
+
+    name: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _SERVER_NAME.fullmatch(self.name) or not self.command:
+            raise BackendError(f"an MCP server for a CLI agent needs a name of letters, digits, "
+                               f"'_' and '-' and a command, not {self.name!r} {self.command!r}")
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 class _AgentCLI(Backend):
     executable: ClassVar[str]
     subcommand: ClassVar[tuple[str, ...]] = ()
     install_hint: ClassVar[str]
+
+    @property
+    def mcp_server(self) -> McpServer | None:
+        server = self.config.option(MCP_SERVER)
+        if server is not None and not isinstance(server, McpServer):
+            raise BackendError(f"the {MCP_SERVER} option must be an McpServer, "
+                               f"not {type(server).__name__}")
+        return server
 
     def _child(self, flags: Sequence[str], prompt: str, *, stdin_arg: str | None
                ) -> ChildProcess:
@@ -68,8 +112,18 @@ class ClaudeCodeBackend(_AgentCLI):
     executable = "claude"
     install_hint = "install Claude Code or pass its path"
 
+    def mcp_flags(self) -> list[str]:
+        """The flags that give Claude Code the ``mcp_server`` option's server, and its tools."""
+        server = self.mcp_server
+        if server is None:
+            return []
+        program, *arguments = server.command
+        config = {"mcpServers": {server.name: {"type": "stdio", "command": program,
+                                               "args": arguments, "env": dict(server.env)}}}
+        return ["--mcp-config", json.dumps(config), "--allowedTools", f"mcp__{server.name}"]
+
     async def chat(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[StreamItem, None]:
-        flags = ["-p", "--output-format", "stream-json", "--verbose"]
+        flags = ["-p", "--output-format", "stream-json", "--verbose", *self.mcp_flags()]
         model = self.config.model
         completion: Completion | None = None
         async with self._child(flags, _prompt(messages), stdin_arg=None) as child:
@@ -126,12 +180,29 @@ class CodexBackend(_AgentCLI):
     subcommand = ("exec",)  # config.command[1:] are flags of `codex exec`
     install_hint = "install the Codex CLI or pass its path"
 
+    def mcp_flags(self) -> list[str]:
+        """The ``-c`` overrides that give Codex the ``mcp_server`` option's server."""
+        server = self.mcp_server
+        if server is None:
+            return []
+        table = f"mcp_servers.{server.name}"
+        program, *arguments = server.command
+        settings = [f"{table}.command={_toml_string(program)}",
+                    f"{table}.args=[{', '.join(map(_toml_string, arguments))}]",
+                    f"{table}.tool_timeout_sec={float(self.config.timeout)!r}"]
+        if server.env:
+            pairs = ", ".join(f"{_toml_string(key)} = {_toml_string(value)}"
+                              for key, value in server.env)
+            settings.append(f"{table}.env={{{pairs}}}")
+        return [flag for setting in settings for flag in ("-c", setting)]
+
     async def chat(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[StreamItem, None]:
         usage = Usage()
         text = ""
         completed = False
         error: str | None = None  # `error` events also report retries that may still succeed
-        async with self._child(["--json"], _prompt(messages), stdin_arg="-") as child:
+        async with self._child(["--json", *self.mcp_flags()], _prompt(messages),
+                               stdin_arg="-") as child:
             async for line in child:
                 event = _event(line, child.name)
                 kind = event.get("type")

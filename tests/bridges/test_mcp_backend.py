@@ -1,0 +1,195 @@
+"""An MCP server's tools as an agent (``--type mcp``): a server written with the SDK (two
+tools, one slow, one failing) over stdio and over streamable HTTP, auctioned on a real mesh,
+killed and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from agoramesh.agent import AgentNode
+from agoramesh.bus.server import EmbeddedServer
+from agoramesh.errors import ConfigError
+from agoramesh.nodes.backends.base import BackendConfig
+from agoramesh.nodes.backends.mcp import McpBackend
+from agoramesh.nodes.backends.registry import create_backend
+from agoramesh.nodes.task import Task, TaskStatus
+from agoramesh.protocols.auction.policy import Progress
+from agoramesh.testing import alive, wait_until
+from agoramesh.testing.plugin import AgentFactory
+
+pytestmark = pytest.mark.integration
+
+TOOL_SERVER = Path(__file__).with_name("tool_server.py")
+SQUARE_SCHEMA = {"type": "object", "required": ["n"],
+                 "properties": {"n": {"type": "integer"},
+                                "seconds": {"type": "number", "minimum": 0}}}
+
+
+def pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest_asyncio.fixture
+async def driver(js_server: EmbeddedServer, agent_factory: AgentFactory) -> AgentNode:
+    """An agent that runs the auctions (it offers echo only)."""
+    node: AgentNode = await agent_factory(js_server.client_url, "driver", ["echo"])
+    return node
+
+
+async def toolbox(agent_factory: AgentFactory, driver: AgentNode, backend: McpBackend,
+                  *names: str) -> AgentNode:
+    """An agent offering the tools of ``backend``'s server (``names`` only, if given)."""
+    node: AgentNode = await agent_factory(driver.bus.config.servers[0], "toolbox",
+                                          list(await backend.offered(names)), backend=backend,
+                                          agent_type="mcp")
+    await wait_until(lambda: node.agent_id in driver.directory, timeout=10)
+    return node
+
+
+async def test_stdio_server_joins_and_survives_a_restart(driver: AgentNode,
+                                                         agent_factory: AgentFactory,
+                                                         tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    backend = create_backend("mcp", BackendConfig(
+        command=(sys.executable, str(TOOL_SERVER), "stdio", str(pidfile)), timeout=30))
+    assert isinstance(backend, McpBackend)
+    capabilities = await backend.offered()
+    assert [cap.name for cap in capabilities] == ["explode", "slow.square"]
+    assert capabilities[1].description == "Squares n, slowly."
+    assert capabilities[1].input_schema == SQUARE_SCHEMA
+    node = await toolbox(agent_factory, driver, backend)
+    first = pid_in(pidfile)
+
+    chunks: list[str] = []
+
+    def progress(event: Progress) -> None:
+        if event.event == "chunk":
+            chunks.append(event.detail["text"])
+
+    outcome = await driver.dispatcher.auctioneer.run(
+        Task(capability="slow.square", parameters={"n": 7, "seconds": 0.2}), timeout=20,
+        stream=True, progress=progress)
+    assert outcome.winner == node.agent_id
+    assert outcome.result.result == {"square": 49, "pid": first}
+    assert chunks == [f"squaring, step {step} of 10" for step in range(1, 11)]
+
+    failed = await driver.dispatcher.submit("explode", {"reason": "on purpose"})
+    assert failed.status is TaskStatus.FAILED
+    assert failed.error == {"type": "BackendError", "message": "kaboom: on purpose"}
+    refused = await driver.dispatcher.submit("slow.square", {"n": "seven"})
+    assert refused.status is TaskStatus.FAILED and refused.error["type"] == "InvalidInput"
+
+    assert first is not None
+    os.kill(first, signal.SIGKILL)  # the backend starts its server again
+    await wait_until(lambda: backend.connections == 2 and pid_in(pidfile) != first, timeout=20)
+    again = await driver.dispatcher.submit("slow.square", {"n": 3})
+    assert again.status is TaskStatus.COMPLETED, again.error
+    assert again.result == {"square": 9, "pid": pid_in(pidfile)}
+
+
+class HttpToolServer:
+    """``tool_server.py http PORT`` as a process a test kills and starts again."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.pidfile = tmp_path / "http.pid"
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    async def start(self) -> None:
+        self.pidfile.unlink(missing_ok=True)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, str(TOOL_SERVER), "http", str(self.port), str(self.pidfile))
+        await wait_until(lambda: pid_in(self.pidfile) is not None, timeout=30)
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
+
+
+@pytest_asyncio.fixture
+async def http_tools(tmp_path: Path) -> AsyncIterator[HttpToolServer]:
+    server = HttpToolServer(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.returncode is None:
+            await server.kill()
+
+
+async def test_http_server_joins_and_survives_a_restart(driver: AgentNode,
+                                                        agent_factory: AgentFactory,
+                                                        http_tools: HttpToolServer) -> None:
+    backend = McpBackend(BackendConfig(base_url=http_tools.url, timeout=30))
+    node = await toolbox(agent_factory, driver, backend, "slow.square")
+    assert [cap.name for cap in node.config.capabilities] == ["slow.square"]
+    done = await driver.dispatcher.submit("slow.square", {"n": 5})
+    assert done.status is TaskStatus.COMPLETED and done.result["square"] == 25
+
+    slow = asyncio.ensure_future(driver.dispatcher.submit(
+        "slow.square", {"n": 2, "seconds": 20}, timeout=40))
+    await wait_until(lambda: bool(node.tasks.running), timeout=10)
+    await http_tools.kill()
+    lost = await slow
+    assert lost.status is TaskStatus.FAILED
+    assert lost.error["type"] == "BackendUnavailable", lost.error
+
+    await http_tools.start()
+    await wait_until(lambda: backend.connections >= 2, timeout=30)
+    again = await driver.dispatcher.submit("slow.square", {"n": 6})
+    assert again.status is TaskStatus.COMPLETED, again.error
+    assert again.result == {"square": 36, "pid": pid_in(http_tools.pidfile)}
+
+
+async def test_what_the_backend_refuses(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs one MCP server"):
+        McpBackend(BackendConfig())
+    with pytest.raises(ConfigError, match="needs one MCP server"):
+        McpBackend(BackendConfig(command=("x",), base_url="http://127.0.0.1:1/mcp"))
+    unreachable = McpBackend(BackendConfig(base_url="http://127.0.0.1:1/mcp", timeout=1))
+    try:
+        with pytest.raises(Exception, match="is not reachable") as error:
+            await unreachable.offered()
+        assert type(error.value).__name__ == "BackendUnavailable"
+    finally:
+        await unreachable.aclose()
+    backend = McpBackend(BackendConfig(
+        command=(sys.executable, str(TOOL_SERVER), "stdio", str(tmp_path / "pid")), timeout=30))
+    try:
+        with pytest.raises(ConfigError, match=r"offers explode, slow\.square; not nothing"):
+            await backend.offered(["nothing"])
+        items: list[Any] = []
+        with pytest.raises(Exception, match="has tools, not a chat"):
+            async for item in backend.chat([{"role": "user", "content": "hi"}]):
+                items.append(item)
+        assert items == []
+    finally:
+        await backend.aclose()
+    await wait_until(lambda: pid_in(tmp_path / "pid") is not None, timeout=5)
+    pid = pid_in(tmp_path / "pid")
+    assert pid is not None
+    await wait_until(lambda: not alive(pid), timeout=10)
