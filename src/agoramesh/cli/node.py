@@ -37,11 +37,13 @@ from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     add_api_token_option,
     add_jetstream_options,
+    add_otlp_option,
     add_sign_all_option,
     api_token,
     jetstream_config,
     on_signals,
     serve_endpoints,
+    traced,
     with_sign_all,
 )
 from agoramesh.config import BusConfig, Environment, ServerConfig, ServerRole
@@ -113,6 +115,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                         help="serve the HTTP API (/api/agents, /api/tasks, /api/collaborate) "
                              "here; 0 picks a free port")
     add_api_token_option(parser)
+    add_otlp_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_node)
 
@@ -165,6 +168,11 @@ def _membership(args: argparse.Namespace, env: Environment, identity: Identity,
 
 
 async def _node(args: argparse.Namespace, env: Environment) -> int:
+    with traced(args, env, args.name):
+        return await _run_node(args, env)
+
+
+async def _run_node(args: argparse.Namespace, env: Environment) -> int:
     role = _role(args)
     env = with_sign_all(args, env)
     token = api_token(args, env)
