@@ -32,6 +32,10 @@ from agoramesh.bus.tracecontext import (
 from agoramesh.config import Environment
 from agoramesh.observability import tracing
 from agoramesh.protocols.allocation.dispatch import Dispatcher, Strategy
+from agoramesh.protocols.collaboration.collaboration import Collaboration
+from agoramesh.protocols.workflow.engine import run_workflow
+from agoramesh.protocols.workflow.workflow import Workflow
+from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory
 
 SUBJECT = "agora.cap.test"
@@ -264,3 +268,49 @@ async def test_a_direct_task_is_submit_then_execute(
     (execute,) = by_name(finished, "agoramesh.execute")
     assert parent_of(execute) == submit.context.span_id
     assert execute.context.trace_id == submit.context.trace_id
+
+
+WORKFLOW = """\
+name: traced
+steps:
+  - name: first
+    agent: capability:math.evaluate
+    parameters: {expression: "20+22"}
+  - name: second
+    agent: capability:echo
+    parameters: {text: "${steps.first.output.value}"}
+"""
+
+
+@pytest.mark.integration
+async def test_workflow_and_collaboration_steps_are_the_parents_of_their_tasks(
+        nats_server: EmbeddedServer, agent_factory: AgentFactory,
+        spans: InMemorySpanExporter) -> None:
+    url = nats_server.client_url
+    driver = await agent_factory(url, "driver", ["echo"])
+    await agent_factory(url, "worker", ["math.evaluate"])
+    await wait_until(lambda: bool(driver.auctioneer.known_bidders("math.evaluate")), timeout=5)
+    result = await run_workflow(Workflow.from_yaml(WORKFLOW), driver.dispatcher)
+    assert result.outputs["second"] == {"echo": {"text": 42}}
+    finished = spans.get_finished_spans()
+    (workflow,) = by_name(finished, "agoramesh.workflow")
+    steps = by_name(finished, "agoramesh.workflow.step")
+    assert sorted((step.attributes or {})["agoramesh.step"] for step in steps) == [
+        "first", "second"]
+    assert all(parent_of(step) == workflow.context.span_id for step in steps)
+    submits = by_name(finished, "agoramesh.submit")
+    assert sorted(map(parent_of, submits)) == sorted(step.context.span_id for step in steps)
+    assert {item.context.trace_id for item in finished} == {workflow.context.trace_id}
+
+    spans.clear()
+    outcome = await Collaboration(driver.dispatcher, timeout=10).parallel(
+        "math.evaluate", {"expression": "6*7"})
+    assert [record["output"] for record in outcome["results"]] == [{"value": 42}]
+    finished = spans.get_finished_spans()
+    (collaboration,) = by_name(finished, "agoramesh.collaboration")
+    (step,) = by_name(finished, "agoramesh.collaboration.step")
+    (submit,) = by_name(finished, "agoramesh.submit")
+    (execute,) = by_name(finished, "agoramesh.execute")
+    assert parent_of(step) == collaboration.context.span_id
+    assert parent_of(submit) == step.context.span_id
+    assert parent_of(execute) == submit.context.span_id
