@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Iterator
 
 import msgpack
@@ -30,6 +31,7 @@ from agoramesh.bus.tracecontext import (
     valid_traceparent,
 )
 from agoramesh.config import Environment
+from agoramesh.errors import ConfigError
 from agoramesh.observability import tracing
 from agoramesh.protocols.allocation.dispatch import Dispatcher, Strategy
 from agoramesh.protocols.collaboration.collaboration import Collaboration
@@ -102,6 +104,15 @@ def test_a_span_is_a_child_of_a_remote_traceparent(spans: InMemorySpanExporter) 
     assert hex_id(child_span.context.trace_id, 32) == GOOD[3:35]
     assert hex_id(child_span.parent.span_id, 16) == GOOD[36:52]
     assert orphan.parent is None
+
+
+def test_without_the_otel_extra_configure_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.resources", None)
+    with pytest.raises(ConfigError, match=r"pip install 'agoramesh\[otel\]'"):
+        tracing.configure("x", endpoint="http://127.0.0.1:4318/v1/traces")
+    assert not tracing.enabled()
+    assert tracing.configure("x") is False  # neither endpoint nor capture: nothing to set up
 
 
 def test_the_trace_capture_variable_is_read() -> None:
