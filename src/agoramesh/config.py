@@ -334,6 +334,8 @@ class Environment:
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     # AGORAMESH_SIGN_ALL=1: sign every envelope and accept signed ones only (mesh-wide).
     sign_all: bool = False
+    # AGORAMESH_TRACE_CAPTURE: tests: the file a node or up writes its finished spans to.
+    trace_capture: Path | None = None
 
     @property
     def envelope(self) -> EnvelopePolicy:
@@ -357,6 +359,8 @@ class Environment:
             api_token=env.get("AGORAMESH_API_TOKEN") or None,
             api_keys={kind: env[var] for kind, var in _KEY_VARIABLES.items() if env.get(var)},
             sign_all=_flag(env, "AGORAMESH_SIGN_ALL"),
+            trace_capture=(Path(env["AGORAMESH_TRACE_CAPTURE"])
+                           if env.get("AGORAMESH_TRACE_CAPTURE") else None),
         )
 
 

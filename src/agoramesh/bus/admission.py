@@ -27,6 +27,7 @@ from agoramesh.bus.envelope import (
     parse,
 )
 from agoramesh.bus.identity import verify
+from agoramesh.bus.tracecontext import TRACEPARENT, take
 from agoramesh.config import EnvelopePolicy
 from agoramesh.errors import (
     BadSignature,
@@ -103,7 +104,9 @@ class Guard:
     an observer may do. ``opener`` (:meth:`agoramesh.bus.e2e.E2EKeys.open`)
     opens boxed bodies addressed to ``agent_id``: admitted envelopes then carry
     the plaintext body. A boxed body on a broadcast is always rejected; without
-    an opener (an observer) a directed box is passed on shut.
+    an opener (an observer) a directed box is passed on shut. A map body's
+    ``traceparent`` is taken out of it onto the envelope (PROTOCOL.md §5); one that
+    is not valid is dropped and counted in :attr:`bad_traceparents`.
     """
 
     def __init__(self, policy: EnvelopePolicy, *, agent_id: str | None = None,
@@ -113,6 +116,8 @@ class Guard:
         self.opener = opener
         self.pair_key = pair_key
         self.rejections: Counter[RejectReason] = Counter()
+        #: Bodies (and plain-JSON headers) whose ``traceparent`` was invalid, so ignored.
+        self.bad_traceparents = 0
         self.on_reject: list[Callable[[RejectReason], None]] = []
         self._seen: dict[tuple[str, str], int] = {}
         self._expiry: list[tuple[int, str, str]] = []
@@ -143,11 +148,20 @@ class Guard:
             checked = verify and self._verify(envelope)
             if is_boxed(envelope.body):
                 envelope = self._open(envelope)
+            body = envelope.body
+            if type(body) is dict and TRACEPARENT in body:
+                envelope = self._take_traceparent(envelope, body)
             if checked and not stored:
                 self._remember(envelope, now)
         except EnvelopeError as error:
             raise self.reject(error) from None
         return envelope
+
+    def _take_traceparent(self, envelope: Envelope, body: dict[str, object]) -> Envelope:
+        rest, traceparent = take(body)
+        if traceparent is None:
+            self.bad_traceparents += 1
+        return envelope._replace(body=rest, traceparent=traceparent or "")
 
     def confirm(self, envelope: Envelope, *, now: int | None = None) -> Envelope:
         """Finish a deferred admission: expiry, replay and tag."""

@@ -58,6 +58,7 @@ from agoramesh.bus.subscription import (
     Subscription,
     nats_subscribe,
 )
+from agoramesh.bus.tracecontext import TRACEPARENT, current
 from agoramesh.config import BusConfig
 from agoramesh.errors import BusTimeout, NotConnected, OversizeEnvelope
 
@@ -183,7 +184,16 @@ class Bus:
 
     def wire(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
              cid: str | None = None, ttl_ms: int | None = None, reply: str = "") -> bytes:
-        """Envelope bytes for ``subject``, whatever their size; nothing is counted or traced."""
+        """Envelope bytes for ``subject``, whatever their size; nothing is counted or traced.
+
+        While tracing is on (a trace source is installed) a map body sent inside a
+        span carries that span's ``traceparent`` (PROTOCOL.md §5), unless it has one.
+        """
+        source = current()
+        if source is not None and isinstance(body, dict) and TRACEPARENT not in body:
+            traceparent = source()
+            if traceparent is not None:
+                body = {**body, TRACEPARENT: traceparent}
         return seal(self.identity, type=type, subject=subject, body=body, to=to, cid=cid,
                     reply=reply, ttl_ms=ttl_ms or self.config.envelope.default_ttl_ms,
                     box=self._box, pair_key=self._pair_key)

@@ -125,6 +125,8 @@ class Envelope(NamedTuple):
 
     A named tuple, not a frozen dataclass: every message builds one, and a tuple
     is built six times faster (≈ 0.4 µs against 2.7 for these 13 fields).
+    ``traceparent``: the trace context admission took out of the body (PROTOCOL.md §5),
+    "" for none; it is not a field of the format, and ``wire`` still holds it.
     """
 
     v: int
@@ -140,6 +142,7 @@ class Envelope(NamedTuple):
     auth: str
     body: Any
     wire: bytes
+    traceparent: str = ""
 
     @property
     def signed(self) -> bytes:

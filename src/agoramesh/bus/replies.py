@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from agoramesh.bus.envelope import BROADCAST, Envelope
 from agoramesh.bus.ingress import encode_json, encode_json_error
 from agoramesh.bus.message import Message
+from agoramesh.bus.tracecontext import TRACEPARENT, valid_traceparent
 from agoramesh.errors import OversizeEnvelope, error_code, error_to_wire
 
 if TYPE_CHECKING:
@@ -107,6 +108,15 @@ class Delivery:
     @property
     def type(self) -> str | None:
         return self.envelope.type if self.envelope else None
+
+    @property
+    def trace_parent(self) -> str:
+        """The sender's W3C traceparent ("" for none or an invalid one): taken out of an
+        envelope's body on admission, or a plain-JSON request's ``traceparent`` header."""
+        if self.envelope is not None:
+            return self.envelope.traceparent
+        value = (self.msg.headers or {}).get(TRACEPARENT, "")
+        return value if valid_traceparent(value) else ""
 
     @property
     def is_json(self) -> bool:

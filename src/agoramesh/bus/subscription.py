@@ -27,6 +27,7 @@ from agoramesh.bus.envelope import looks_like_envelope
 from agoramesh.bus.ingress import IngressPolicy, decode_json, encode_json_error, looks_like_json
 from agoramesh.bus.message import Message
 from agoramesh.bus.replies import ERROR_TYPE, Delivery, Handler, error_headers
+from agoramesh.bus.tracecontext import TRACEPARENT, valid_traceparent
 from agoramesh.errors import (
     AgoraError,
     BusTimeout,
@@ -183,6 +184,10 @@ class Subscription:
                 policy_error = error
             else:
                 bus.received["json"] += 1
+                headers = msg.headers
+                if headers and TRACEPARENT in headers and \
+                        not valid_traceparent(headers[TRACEPARENT]):
+                    bus.guard.bad_traceparents += 1
                 if bus.trace is not None:
                     bus.trace("saw", {"subject": msg.subject, "type": "json", "body": body})
                 return Delivery(bus, msg, None, body)

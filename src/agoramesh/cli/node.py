@@ -45,11 +45,13 @@ from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     add_api_token_option,
     add_jetstream_options,
+    add_otlp_option,
     add_sign_all_option,
     api_token,
     jetstream_config,
     on_signals,
     serve_endpoints,
+    traced,
     with_sign_all,
 )
 from agoramesh.config import (
@@ -139,6 +141,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                         help="serve the HTTP API (/api/agents, /api/tasks, /api/collaborate) "
                              "here; 0 picks a free port")
     add_api_token_option(parser)
+    add_otlp_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_node)
 
@@ -229,6 +232,11 @@ def _backend_config(args: argparse.Namespace, env: Environment, url: str) -> Bac
 
 
 async def _node(args: argparse.Namespace, env: Environment) -> int:
+    with traced(args, env, args.name):
+        return await _run_node(args, env)
+
+
+async def _run_node(args: argparse.Namespace, env: Environment) -> int:
     role = _role(args)
     env = with_sign_all(args, env)
     token = api_token(args, env)

@@ -18,10 +18,11 @@ from agoramesh.cli.output import warn
 from agoramesh.config import Environment, JetStreamConfig
 from agoramesh.errors import ConfigError
 from agoramesh.monitoring.http import MetricsServer
+from agoramesh.observability import tracing
 
-__all__ = ("Endpoints", "add_api_token_option", "add_jetstream_options", "add_sign_all_option",
-           "api_token", "jetstream_config", "on_signals", "parse_size", "serve_endpoints",
-           "with_sign_all")
+__all__ = ("Endpoints", "add_api_token_option", "add_jetstream_options", "add_otlp_option",
+           "add_sign_all_option", "api_token", "jetstream_config", "on_signals", "parse_size",
+           "serve_endpoints", "traced", "with_sign_all")
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
@@ -68,6 +69,28 @@ def add_sign_all_option(parser: argparse.ArgumentParser) -> None:
 def with_sign_all(args: argparse.Namespace, env: Environment) -> Environment:
     """``env`` with ``--sign-all`` applied (the variable AGORAMESH_SIGN_ALL does the same)."""
     return replace(env, sign_all=True) if args.sign_all else env
+
+
+def add_otlp_option(parser: argparse.ArgumentParser) -> None:
+    """``--otlp-endpoint`` for a command that runs agents (``up``, ``node``)."""
+    parser.add_argument("--otlp-endpoint", metavar="URL",
+                        help="send OpenTelemetry traces to this OTLP/HTTP collector, e.g. "
+                             "http://localhost:4318/v1/traces (needs the otel extra)")
+
+
+@contextlib.contextmanager
+def traced(args: argparse.Namespace, env: Environment, service_name: str) -> Iterator[None]:
+    """Tracing for the command while inside, as ``--otlp-endpoint`` (and the tests'
+    ``AGORAMESH_TRACE_CAPTURE``) ask; nothing is set up without either. The spans still
+    batched are sent on exit. ConfigError without the otel extra."""
+    if not tracing.configure(service_name, endpoint=args.otlp_endpoint,
+                             capture=env.trace_capture):
+        yield
+        return
+    try:
+        yield
+    finally:
+        tracing.shutdown()
 
 
 def add_api_token_option(parser: argparse.ArgumentParser) -> None:

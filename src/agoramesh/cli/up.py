@@ -43,11 +43,13 @@ from agoramesh.cli.runtime import (
     Endpoints,
     add_api_token_option,
     add_jetstream_options,
+    add_otlp_option,
     add_sign_all_option,
     api_token,
     jetstream_config,
     on_signals,
     serve_endpoints,
+    traced,
     with_sign_all,
 )
 from agoramesh.config import (
@@ -103,6 +105,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                         help="serve the HTTP API from the first demo agent on this port "
                              "(0: any free port)")
     add_api_token_option(parser)
+    add_otlp_option(parser)
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus /metrics and /healthz for every agent and server "
                              "here; 0 picks a free port")
@@ -244,6 +247,11 @@ def _describe(server: EmbeddedServer) -> dict[str, object]:
 
 
 async def _up(args: argparse.Namespace, env: Environment) -> int:
+    with traced(args, env, "agoramesh-up"):
+        return await _run_up(args, env)
+
+
+async def _run_up(args: argparse.Namespace, env: Environment) -> int:
     check_discovery_options(args)
     env = with_sign_all(args, env)
     token = api_token(args, env)

@@ -11,16 +11,27 @@ from agoramesh.bus.bus import ERROR_TYPE, Bus
 from agoramesh.bus.envelope import Envelope
 from agoramesh.errors import AgoraError, BusTimeout, NoResponders, error_from_wire
 from agoramesh.nodes.task import Chunk, Task, TaskResult
+from agoramesh.observability.tracing import SpanKind, span
 
 __all__ = ("cancel_task", "stream_task", "submit_task")
 
 
 async def submit_task(bus: Bus, task: Task, *, timeout: float = 30.0,
-                      agent_id: str | None = None) -> TaskResult:
-    """Send ``task`` to one capable agent (queue group), or to ``agent_id`` directly."""
-    subject = bus.subjects.agent(agent_id) if agent_id else bus.subjects.cap(task.capability)
-    reply = await bus.request(subject, "task_request", task.as_dict(), timeout=timeout,
-                              to=agent_id or "*")
+                      agent_id: str | None = None, auction: bool = False) -> TaskResult:
+    """Send ``task`` to one capable agent (queue group), or to ``agent_id`` directly.
+
+    ``auction``: to the mesh's task desk (``agora.task.<capability>``) instead, where
+    one node auctions it for us and answers with the winner's result.
+    """
+    if auction:
+        subject = bus.subjects.task(task.capability)
+    else:
+        subject = bus.subjects.agent(agent_id) if agent_id else bus.subjects.cap(task.capability)
+    with span("agoramesh.submit", SpanKind.CLIENT,
+              attributes={"agoramesh.task_id": task.task_id,
+                          "agoramesh.capability": task.capability}):
+        reply = await bus.request(subject, "task_request", task.as_dict(), timeout=timeout,
+                                  to=agent_id or "*")
     return TaskResult.from_dict(reply.body)
 
 

@@ -7,7 +7,10 @@ capability's input schema, run once per task id (:class:`TaskMemory`), under its
 deadline and ``task_timeout``, cancellable by its requester; the answer is
 sealed before the task counts (a result too large for one message becomes a
 FAILED ``ResultTooLarge``); a durable job's result is stored first; a
-``callback`` subject gets the final result too.
+``callback`` subject gets the final result too. While tracing is on, a task
+runs in an ``agoramesh.execute`` span (a child of the requester's, with the
+GenAI semantic conventions' model and token attributes) and its answer goes out
+in an ``agoramesh.result`` span.
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ from agoramesh.errors import (
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
 from agoramesh.nodes.task_memory import TaskMemory, task_digest
+from agoramesh.observability.tracing import SpanKind, current_span, span
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
 
-__all__ = ("UNREADABLE_TASK_ID", "TaskRunner", "described", "readable_task_id")
+__all__ = ("UNREADABLE_TASK_ID", "TaskRunner", "described", "publish_callback",
+           "readable_task_id")
 
 # A failed task's error type -> its outcome label (agoramesh_tasks_total); others: failed.
 _OUTCOMES = {"TaskCancelled": "cancelled", "InvalidInput": "rejected",
@@ -100,8 +105,13 @@ class TaskRunner:
         final result is stored in the result store before the answer, which
         says ``stored``. A task with a ``callback`` has its final result published
         there too, after the answer, unless it was answered from an earlier run
-        (:meth:`_publish_callback`).
+        (:func:`publish_callback`).
         """
+        with span("agoramesh.execute", SpanKind.SERVER, parent=delivery.trace_parent,
+                  attributes={"agoramesh.capability": capability.name}):
+            await self._serve(delivery, capability, durable)
+
+    async def _serve(self, delivery: Delivery, capability: Capability, durable: bool) -> None:
         started = time.perf_counter()
         body = dict(delivery.body) if isinstance(delivery.body, dict) else delivery.body
         stream = bool(isinstance(body, dict) and body.pop("stream", False)) and not delivery.is_json
@@ -129,19 +139,24 @@ class TaskRunner:
             result = self.failure(task_id, BackendError(
                 f"{self.node.config.type} backend failed: {type(exc).__name__}: {exc}"[:1000]),
                 started)
-        store = durable and task is not None and result.final
-        result, reply = self._prepare(delivery, result, started, stored=store)
-        if store and not await self._store(result) and reply is not None:
-            reply = self._response(delivery, result, stored=False)  # rare: sealed again
-        elapsed = time.perf_counter() - started
-        self.node.reception.endpoint(capability.name).record(int(elapsed * 1e9),
-                                                             described(result.error))
-        if fresh:
-            self._finished(capability.name, result, elapsed)
-        if reply is not None:
-            await self._send(delivery, result, reply)
-        if callback is not None and fresh and result.final:
-            await self._publish_callback(delivery, callback, result)
+        with span("agoramesh.result", SpanKind.PRODUCER) as answer:
+            if answer.is_recording():
+                answer.set_attributes({"agoramesh.task_id": result.task_id,
+                                       "agoramesh.status": result.status.value})
+            store = durable and task is not None and result.final
+            result, reply = self._prepare(delivery, result, started, stored=store)
+            if store and not await self._store(result) and reply is not None:
+                reply = self._response(delivery, result, stored=False)  # rare: sealed again
+            elapsed = time.perf_counter() - started
+            self.node.reception.endpoint(capability.name).record(int(elapsed * 1e9),
+                                                                 described(result.error))
+            if fresh:
+                self._finished(capability.name, result, elapsed)
+            if reply is not None:
+                await self._send(delivery, result, reply)
+            if callback is not None and fresh and result.final:
+                outcome = await publish_callback(self.node, delivery, callback, result)
+                self.callbacks[outcome] += 1
 
     def _callback_of(self, task: Task) -> str | None:
         """The task's callback subject; InvalidTask for one of the mesh's own subjects,
@@ -151,38 +166,6 @@ class TaskRunner:
             raise InvalidTask(f"callback {callback[:80]!r} is one of the mesh's own subjects "
                               f"({prefix}.>): name a subject outside them")
         return callback
-
-    async def _publish_callback(self, delivery: Delivery, subject: str,
-                                result: TaskResult) -> None:
-        """Publish ``result`` on the task's callback subject, as the reply carries it.
-
-        To an envelope: a ``task_response`` addressed to ``*``, so signed and never
-        encrypted (who reads the callback is not known), with the request's cid. To
-        plain JSON: the JSON of the reply. A FAILED result has the error headers.
-        A failure (too large, disconnected) is logged and counted, and is not the
-        task's; the server's refusal of a subject we may not publish on comes later,
-        as every permission refusal does (logged, ``Bus.permission_denials``).
-        """
-        body = result.as_dict()
-        error = reply_error("task_response", body)
-        headers = error_headers(*error) if error else None
-        try:
-            if delivery.envelope is None:
-                payload = encode_json(body)
-                limit = self.node.bus.config.envelope.max_bytes
-                size = len(payload) + headers_size(headers)
-                if size > limit:
-                    raise OversizeEnvelope(f"{size} bytes exceed the {limit}-byte limit")
-                await self.node.bus.publish_raw(subject, payload, headers=headers)
-            else:
-                await self.node.bus.publish(subject, "task_response", body, to=BROADCAST,
-                                       cid=delivery.envelope.cid, headers=headers)
-        except (AgoraError, ValueError) as exc:
-            self.callbacks["failed"] += 1
-            self.node.log.warning("could not publish the result of %s on its callback %s: %s",
-                             result.task_id, subject, exc, extra={"task_id": result.task_id})
-            return
-        self.callbacks["published"] += 1
 
     async def _run_once(self, task: Task, delivery: Delivery, stream: bool,
                         started: float) -> tuple[TaskResult, bool]:
@@ -287,8 +270,18 @@ class TaskRunner:
                 runner.cancel()
         elapsed = (time.perf_counter() - started) * 1000
         usage = completion.usage
-        self.node.metrics.spent(self.node.config.type, completion.model or self.node.backend.model,
-                           usage)
+        model = completion.model or self.node.backend.model
+        self.node.metrics.spent(self.node.config.type, model, usage)
+        execution = current_span()
+        if execution.is_recording():
+            execution.set_attributes({
+                "gen_ai.system": self.node.config.type,
+                "gen_ai.request.model": self.node.backend.model,
+                "gen_ai.response.model": model,
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+                "agoramesh.cost_usd": usage.cost_usd, "agoramesh.task_id": task.task_id,
+                "agoramesh.agent_id": self.node.agent_id})
         self.completed += 1
         self.tokens += usage.total_tokens
         self.total_cost_usd += usage.cost_usd
@@ -364,3 +357,36 @@ class TaskRunner:
         except (EnvelopeError, AgoraError) as exc:
             self.node.log.warning("could not send the result of %s: %s", result.task_id, exc,
                              extra={"task_id": result.task_id})
+
+
+async def publish_callback(node: BaseNode, delivery: Delivery, subject: str,
+                           result: TaskResult) -> str:
+    """Publish ``result`` on the task's callback subject, as the reply carries it; returns
+    "published", or "failed" (logged): what the runner counts in ``callbacks``.
+
+    To an envelope: a ``task_response`` addressed to ``*``, so signed and never
+    encrypted (who reads the callback is not known), with the request's cid. To
+    plain JSON: the JSON of the reply. A FAILED result has the error headers.
+    A failure (too large, disconnected) is not the task's; the server's refusal of a
+    subject we may not publish on comes later, as every permission refusal does
+    (logged, ``Bus.permission_denials``).
+    """
+    body = result.as_dict()
+    error = reply_error("task_response", body)
+    headers = error_headers(*error) if error else None
+    try:
+        if delivery.envelope is None:
+            payload = encode_json(body)
+            limit = node.bus.config.envelope.max_bytes
+            size = len(payload) + headers_size(headers)
+            if size > limit:
+                raise OversizeEnvelope(f"{size} bytes exceed the {limit}-byte limit")
+            await node.bus.publish_raw(subject, payload, headers=headers)
+        else:
+            await node.bus.publish(subject, "task_response", body, to=BROADCAST,
+                                   cid=delivery.envelope.cid, headers=headers)
+    except (AgoraError, ValueError) as exc:
+        node.log.warning("could not publish the result of %s on its callback %s: %s",
+                         result.task_id, subject, exc, extra={"task_id": result.task_id})
+        return "failed"
+    return "published"

@@ -35,6 +35,7 @@ from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task, TaskResult
+from agoramesh.observability.tracing import SpanKind, span
 from agoramesh.protocols.auction.auctioneer import Auctioneer
 from agoramesh.protocols.auction.policy import Progress
 
@@ -142,8 +143,11 @@ class Dispatcher:
         route = Strategy(strategy)
         if agent_id is not None or route is Strategy.DIRECT:
             return await submit_task(self.bus, task, timeout=wait, agent_id=agent_id)
-        outcome = await self.auctioneer.run(task, timeout=wait, exclude=exclude,
-                                            progress=progress)
+        with span("agoramesh.submit", SpanKind.CLIENT,
+                  attributes={"agoramesh.task_id": task.task_id,
+                              "agoramesh.capability": capability}):
+            outcome = await self.auctioneer.run(task, timeout=wait, exclude=exclude,
+                                                progress=progress)
         return outcome.result
 
 

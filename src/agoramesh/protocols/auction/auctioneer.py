@@ -43,6 +43,9 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
   finds the accept, leases and result sitting in its buffer instead of
   re-awarding. A COMPLETED result from a winner given up on earlier is taken
   as the result when it comes first (the current winner is then cancelled).
+- Traced (while tracing is on): each call for proposals is an ``agoramesh.cfp`` span,
+  the parent of the bidders' ``agoramesh.bid`` spans; each award an ``agoramesh.award``
+  span (protocols/auction/award.py), the parent of the winner's.
 - A bid that ``holds`` the task (the agent runs it, or has just finished it:
   a job re-auctioned after its initiator was lost) ranks first, so the work is
   not done twice. A ``durable`` award asks the winner to store its result in
@@ -72,6 +75,7 @@ from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.observability.stats import AgentMetrics
+from agoramesh.observability.tracing import SpanKind, span
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.auction.award import AwardPhase, cancel_lost, cancel_winner
 from agoramesh.protocols.auction.policy import AuctionOutcome, AuctionPolicy, Progress
@@ -263,7 +267,7 @@ class Auctioneer:
                         f"task {task.task_id}: only counter-offers "
                         f"({auction.refused_counters}), and the policy accepts none")
                 if busy and loop.time() + pause < give_up:
-                    pause = await self._pause(auction, pause, notify)
+                    pause = await _pause(auction, pause, notify)
                     continue
                 if lost:
                     raise AuctionFailed(f"task {task.task_id}: winners {', '.join(lost)} were "
@@ -316,7 +320,7 @@ class Auctioneer:
                                       stored=stored)
             else:
                 if busy_declines and loop.time() + pause < give_up:
-                    pause = await self._pause(auction, pause, notify)
+                    pause = await _pause(auction, pause, notify)
                     continue
                 if busy_declines:
                     raise Overloaded(f"task {task.task_id}: every bidder was at capacity for "
@@ -324,15 +328,6 @@ class Auctioneer:
                 raise AuctionFailed(f"task {task.task_id}: all {len(offers)} bidders declined"
                                     if declined else f"task {task.task_id}: no valid bid")
             pause = _RETRY_FIRST  # a re-auction after a loss starts patient again
-
-    async def _pause(self, auction: Auction, pause: float,
-                     notify: Callable[[Progress], None]) -> float:
-        """Wait before calling again for proposals; the next, longer pause."""
-        notify(Progress("waiting", auction.task.task_id, {
-            "attempt": auction.attempt, "busy": auction.busy_refusals,
-            "silent": len(auction.silent), "seconds": round(pause, 3)}))
-        await asyncio.sleep(pause * random.uniform(0.5, 1.0))
-        return min(pause * 2, _RETRY_LAST)
 
     async def _call_for_proposals(self, auction: Auction, attempt: int, excluded: set[str],
                                   notify: Callable[[Progress], None]) -> list[Offer]:
@@ -347,21 +342,28 @@ class Auctioneer:
         window = self.policy.bid_window
         auction.called_at = asyncio.get_running_loop().time()
         deadline = auction.called_at + window
-        await self.bus.publish(self.bus.subjects.cfp(task.capability), "cfp",
-                               auction.cfp_body(self.policy, excluded),
-                               reply=f"{auction.inbox}.b{attempt}",
-                               ttl_ms=max(1000, int(window * 2000)))
-        notify(Progress("cfp", task.task_id, {"attempt": attempt, "known": len(known)}))
-        early = await auction.collect(deadline)
-        if not early and not auction.offers:
-            await self._last_look()  # bids may be read but not yet handled (we were paused)
-        ranked = auction.ranked(self.policy, excluded, notify)
-        if early and not (ranked and auction.verify(ranked[0])):
-            # Answers nobody verified closed the window and no bid (or no best bid) holds:
-            # forgeries in the known bidders' names may have closed it before their bids came.
-            auction.distrust()
-            await auction.collect(deadline)
+        with span("agoramesh.cfp", SpanKind.PRODUCER,
+                  attributes={"agoramesh.task_id": task.task_id, "agoramesh.attempt": attempt,
+                              "agoramesh.auction_id": auction.id,
+                              "agoramesh.known_bidders": len(known)}) as cfp:
+            await self.bus.publish(self.bus.subjects.cfp(task.capability), "cfp",
+                                   auction.cfp_body(self.policy, excluded),
+                                   reply=f"{auction.inbox}.b{attempt}",
+                                   ttl_ms=max(1000, int(window * 2000)))
+            notify(Progress("cfp", task.task_id, {"attempt": attempt, "known": len(known)}))
+            early = await auction.collect(deadline)
+            if not early and not auction.offers:
+                await self._last_look()  # bids may be read but not yet handled (we were paused)
             ranked = auction.ranked(self.policy, excluded, notify)
+            if early and not (ranked and auction.verify(ranked[0])):
+                # Answers nobody verified closed the window and no bid (or no best bid)
+                # holds: forgeries in the known bidders' names may have closed it first.
+                auction.distrust()
+                await auction.collect(deadline)
+                ranked = auction.ranked(self.policy, excluded, notify)
+            if cfp.is_recording():
+                cfp.set_attributes({"agoramesh.bids": len(auction.offers),
+                                    "agoramesh.answers": len(auction.answered)})
         return ranked
 
     def _award_phase(self) -> AwardPhase:
@@ -384,3 +386,12 @@ class Auctioneer:
             if subscription is None or subscription.pending == 0:
                 break
         await asyncio.sleep(0)  # the last one taken from the queue is being handled
+
+
+async def _pause(auction: Auction, pause: float, notify: Callable[[Progress], None]) -> float:
+    """Wait before calling again for proposals; the next, longer pause."""
+    notify(Progress("waiting", auction.task.task_id, {
+        "attempt": auction.attempt, "busy": auction.busy_refusals,
+        "silent": len(auction.silent), "seconds": round(pause, 3)}))
+    await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+    return min(pause * 2, _RETRY_LAST)

@@ -18,6 +18,7 @@ from agoramesh.bus.envelope import Envelope, new_id
 from agoramesh.errors import AgoraError, TaskCancelled
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import TaskResult
+from agoramesh.observability.tracing import SpanKind, current_span, span
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.protocols.auction.round import Auction, Declined, Lost, Offer, busy
@@ -42,7 +43,19 @@ class AwardPhase:
 
     async def award(self, auction: Auction, offer: Offer, notify: Callable[[Progress], None],
                      stream: bool, durable: bool) -> tuple[TaskResult, bool]:
-        """Award ``offer``; the result and whether the winner stored it, or Declined / Lost."""
+        """Award ``offer``; the result and whether the winner stored it, or Declined / Lost.
+
+        Traced as an ``agoramesh.award`` span; the winner's answers are its events.
+        """
+        with span("agoramesh.award", SpanKind.CLIENT,
+                  attributes={"agoramesh.task_id": auction.task.task_id,
+                              "agoramesh.auction_id": auction.id,
+                              "agoramesh.winner": offer.bid.agent_id,
+                              "agoramesh.attempt": auction.attempt}):
+            return await self._award(auction, offer, notify, stream, durable)
+
+    async def _award(self, auction: Auction, offer: Offer, notify: Callable[[Progress], None],
+                     stream: bool, durable: bool) -> tuple[TaskResult, bool]:
         task, policy, bid = auction.task, self.policy, offer.bid
         if auction.go_ahead is not None and auction.ask_go_ahead:
             auction.ask_go_ahead = False
@@ -93,6 +106,7 @@ class AwardPhase:
                     notify(Progress("lost", task.task_id, {"agent": winner}))
                     raise Lost
                 kind = envelope.type
+                current_span().add_event(kind)
                 if kind == "decline" or kind == ERROR_TYPE:
                     reason = (envelope.body.get("reason") or envelope.body.get("message")
                               if isinstance(envelope.body, dict) else None)

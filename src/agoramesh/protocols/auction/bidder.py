@@ -55,6 +55,7 @@ from agoramesh.errors import AgoraError, EnvelopeError
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task
+from agoramesh.observability.tracing import SpanKind, current_span, span
 from agoramesh.protocols.auction.scoring import Bid
 from agoramesh.security.acl import Action
 
@@ -204,10 +205,19 @@ class Bidder:
         self._release(auction_id)
 
     async def answer(self, cfp: _Cfp, capability: Capability) -> None:
-        """Bid or refuse, signed by this agent, on the cfp's reply inbox."""
+        """Bid or refuse, signed by this agent, on the cfp's reply inbox (traced as an
+        ``agoramesh.bid`` span, a child of the cfp's)."""
         node = self.node
         if node.agent_id in cfp.exclude or not cfp.reply:
             return  # excluded agents are not counted among the expected bidders
+        with span("agoramesh.bid", SpanKind.CONSUMER, parent=cfp.envelope.traceparent,
+                  attributes={"agoramesh.auction_id": cfp.auction_id,
+                              "agoramesh.agent_id": node.agent_id,
+                              "agoramesh.capability": capability.name}):
+            await self._answer(cfp, capability)
+
+    async def _answer(self, cfp: _Cfp, capability: Capability) -> None:
+        node = self.node
         offer: Bid | str
         denied = node.check_access(cfp.initiator, capability.name, Action.BID)
         if denied is None and not node.config.access.is_open:
@@ -241,6 +251,7 @@ class Bidder:
                 self._reserve(cfp.auction_id, cfp.share)
             kind, body = "bid", {"auction_id": cfp.auction_id, **offer.as_dict()}
         node.metrics.bids[capability.name, kind] += 1
+        current_span().set_attribute("agoramesh.decision", kind)
         if node.trajectory is not None:
             node.trajectory.decided(kind, capability=capability.name, **body)
         try:
@@ -250,6 +261,13 @@ class Bidder:
                            extra={"auction_id": cfp.auction_id})
 
     async def _on_award(self, delivery: Delivery) -> None:
+        """Decline, or run the task (traced as an ``agoramesh.award`` span on this side, a
+        child of the initiator's, with the leases and the execution inside)."""
+        with span("agoramesh.award", SpanKind.SERVER, parent=delivery.trace_parent,
+                  attributes={"agoramesh.agent_id": self.node.agent_id}):
+            await self._awarded(delivery)
+
+    async def _awarded(self, delivery: Delivery) -> None:
         node = self.node
         body = delivery.body if isinstance(delivery.body, dict) else {}
         auction_id = str(body.get("auction_id", ""))
@@ -283,8 +301,10 @@ class Bidder:
                       **({"holds": holds} if holds else {}))
         lease = asyncio.ensure_future(self._leases(delivery, auction_id, task.task_id,
                                                    lease_interval))
+        # Without the award's traceparent the execution is a child of our award span.
+        award = delivery.envelope._replace(traceparent="") if delivery.envelope else None
         try:
-            await node.serve(Delivery(delivery.bus, delivery.msg, delivery.envelope, task_body),
+            await node.serve(Delivery(delivery.bus, delivery.msg, award, task_body),
                              capability, durable=body.get("durable") is True)
         finally:
             lease.cancel()
@@ -294,6 +314,7 @@ class Bidder:
     def _decided(self, decision: str, capability: str, auction_id: str, **fields: Any) -> None:
         node = self.node
         node.metrics.awards[capability, decision] += 1
+        current_span().set_attribute("agoramesh.decision", decision)
         if node.trajectory is not None:
             node.trajectory.decided(decision, capability=capability, auction_id=auction_id,
                                     **fields)
@@ -304,14 +325,17 @@ class Bidder:
         body = {"auction_id": auction_id, "task_id": task_id}
         await asyncio.sleep(ACCEPT_WINDOW)
         kind = "accept"
-        while True:
-            try:
-                await delivery.respond(kind, body)
-            except AgoraError as exc:  # reconnecting: the next lease may get through
-                self.node.log.debug("lease for %s not sent: %s", task_id, exc,
-                                    extra={"task_id": task_id})
-            kind = "lease"
-            await asyncio.sleep(interval)
+        with span("agoramesh.lease", SpanKind.PRODUCER, errors=False,
+                  attributes={"agoramesh.task_id": task_id}) as leasing:
+            while True:
+                try:
+                    await delivery.respond(kind, body)
+                except AgoraError as exc:  # reconnecting: the next lease may get through
+                    self.node.log.debug("lease for %s not sent: %s", task_id, exc,
+                                        extra={"task_id": task_id})
+                leasing.add_event(kind)
+                kind = "lease"
+                await asyncio.sleep(interval)
 
 
 def _too_late(award: Envelope | None) -> str | None:

@@ -16,6 +16,9 @@ timeout, bad task) are error replies, and so is a requester the node's access
 policy does not let ``submit`` the capability (``AccessDenied``). The node
 auctions as itself: bidders' policies see this node as the initiator.
 
+While tracing is on, the auction runs in an ``agoramesh.auction`` span, a child of
+the requester's (its envelope's ``traceparent``, or a plain-JSON request's header).
+
 The winner's result reached the node in a message, but the node's reply need
 not fit in one: plain JSON takes more bytes than msgpack (numbers, binary),
 and the reply has its own envelope and headers. A result the reply cannot
@@ -43,6 +46,7 @@ from agoramesh.errors import (
     error_to_wire,
 )
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
+from agoramesh.observability.tracing import SpanKind, span
 from agoramesh.protocols.auction.policy import Progress
 from agoramesh.security.acl import Action
 
@@ -86,9 +90,12 @@ class TaskDesk:
         forward: asyncio.Queue[Progress | None] = asyncio.Queue()
         forwarder = asyncio.ensure_future(self._forward(delivery, forward)) if stream else None
         try:
-            outcome = await self.auctioneer.run(
-                task, timeout=timeout, stream=stream,
-                progress=forward.put_nowait if stream else None)
+            with span("agoramesh.auction", SpanKind.SERVER, parent=delivery.trace_parent,
+                      attributes={"agoramesh.task_id": task.task_id,
+                                  "agoramesh.capability": task.capability}):
+                outcome = await self.auctioneer.run(
+                    task, timeout=timeout, stream=stream,
+                    progress=forward.put_nowait if stream else None)
         except AgoraError as exc:
             await self._finish(forwarder, forward)
             await delivery.respond_error(exc)

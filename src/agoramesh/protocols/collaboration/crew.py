@@ -32,6 +32,7 @@ from agoramesh.errors import (
 )
 from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.task import TaskStatus
+from agoramesh.observability.tracing import span
 from agoramesh.protocols.allocation.dispatch import Dispatcher
 from agoramesh.protocols.collaboration.request import CollaborationMode
 
@@ -82,8 +83,9 @@ class Crew:
     async def running(self, mode: CollaborationMode) -> AsyncIterator[None]:
         token = _RUN.set(_Run(mode, asyncio.get_running_loop().time() + self.timeout))
         try:
-            async with asyncio.timeout(self.timeout):
-                yield
+            with span("agoramesh.collaboration", attributes={"agoramesh.mode": mode.value}):
+                async with asyncio.timeout(self.timeout):
+                    yield
         except TimeoutError as exc:
             if isinstance(exc, BusTimeout):
                 raise
@@ -112,9 +114,12 @@ class Crew:
                       card: AgentCard | None) -> dict[str, Any]:
         """One task as a record; only "nobody offers it" for unnamed work is raised."""
         try:
-            result = await self.dispatcher.submit(capability, parameters,
-                                                  agent_id=card.id if card else None,
-                                                  timeout=self._task_timeout())
+            with span("agoramesh.collaboration.step",
+                      attributes={"agoramesh.capability": capability,
+                                  "agoramesh.agent_id": card.id if card else ""}):
+                result = await self.dispatcher.submit(capability, parameters,
+                                                      agent_id=card.id if card else None,
+                                                      timeout=self._task_timeout())
         except (NoResponders, NoBidders):
             if card is None:
                 raise

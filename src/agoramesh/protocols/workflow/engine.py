@@ -57,6 +57,7 @@ from agoramesh.errors import (
     WorkflowError,
 )
 from agoramesh.nodes.task import TaskResult, TaskStatus
+from agoramesh.observability.tracing import span
 from agoramesh.protocols.allocation.dispatch import Dispatcher, Strategy, parse_selector
 from agoramesh.protocols.workflow.expr import Reference, render
 from agoramesh.protocols.workflow.workflow import Step, Workflow
@@ -201,7 +202,9 @@ async def run_workflow(workflow: Workflow, dispatcher: Dispatcher, *,
     """
     values = workflow.validate(dispatcher, inputs)
     run = _Run(workflow, dispatcher, values, on_event, Strategy(strategy))
-    result = await run.run(timeout if timeout is not None else workflow.timeout)
+    with span("agoramesh.workflow", attributes={"agoramesh.workflow": workflow.name}) as traced:
+        result = await run.run(timeout if timeout is not None else workflow.timeout)
+        traced.set_attribute("agoramesh.status", result.status.value)
     return result.raise_for_status() if check else result
 
 
@@ -315,6 +318,12 @@ class _Run:
         return {name: render(value, lenient) for name, value in self.workflow.outputs.items()}
 
     async def _execute(self, step: Step, parameters: dict[str, Any]) -> None:
+        with span("agoramesh.workflow.step",
+                  attributes={"agoramesh.step": step.name,
+                              "agoramesh.capability": step.task_capability}):
+            await self._attempts(step, parameters)
+
+    async def _attempts(self, step: Step, parameters: dict[str, Any]) -> None:
         result = self.results[step.name]
         result.status, result.started_at = StepStatus.RUNNING, self._now()
         avoid: set[str] = set()  # agents that failed this step: others first on a retry

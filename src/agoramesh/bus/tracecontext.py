@@ -1,0 +1,75 @@
+"""W3C trace context on the bus: the ``traceparent`` a body or a NATS header carries.
+
+A map body MAY carry the key ``traceparent`` (PROTOCOL.md §5): the W3C
+traceparent of the span that sent it, covered by the envelope's tag like the
+rest of the body. The Bus adds it when it seals, and only while a trace source
+is installed (:func:`install`, by ``agoramesh.observability.tracing``): with
+tracing off nothing is computed or added. Admission takes it out of the body
+before any handler sees it (:func:`take`); a plain-JSON request carries it as
+the ``traceparent`` NATS header instead (§11). A value that is not a valid
+traceparent is ignored (and counted by the guard), never an error.
+
+The bus knows only the format; spans, providers and contexts are the
+observability layer's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+__all__ = ("TRACEPARENT", "TraceSource", "current", "format_traceparent", "install",
+           "parse_traceparent", "take", "valid_traceparent")
+
+#: The body key (and NATS header name) that carries the trace context.
+TRACEPARENT: Final = "traceparent"
+#: version 00: ``00-<32 hex trace id>-<16 hex span id>-<2 hex flags>``, lowercase, 55 chars.
+_FORMAT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+#: Returns the traceparent of the span current in this context, or None outside one.
+TraceSource = Callable[[], str | None]
+
+_source: TraceSource | None = None
+
+
+def install(source: TraceSource | None) -> None:
+    """Make the Bus add ``source()``'s traceparent to the map bodies it seals (None: stop)."""
+    global _source
+    _source = source
+
+
+def current() -> TraceSource | None:
+    """The installed trace source; None while tracing is off (the Bus then adds nothing)."""
+    return _source
+
+
+def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """The version-00 traceparent of a span context (ids as integers)."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xff:02x}"
+
+
+def parse_traceparent(value: object) -> tuple[int, int, int] | None:
+    """(trace id, span id, flags) of a valid version-00 traceparent, None for anything else
+    (another type or version, upper case, an all-zero id, extra characters)."""
+    if not isinstance(value, str) or len(value) != 55:
+        return None
+    match = _FORMAT.fullmatch(value)
+    if match is None or match[1] == _ZERO_TRACE or match[2] == _ZERO_SPAN:
+        return None
+    return int(match[1], 16), int(match[2], 16), int(match[3], 16)
+
+
+def valid_traceparent(value: object) -> bool:
+    return parse_traceparent(value) is not None
+
+
+def take(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``body`` without its ``traceparent`` key, and the value if it is valid (None if not).
+
+    Called only for a map body that has the key; the body is copied, not changed.
+    """
+    value = body[TRACEPARENT]
+    rest = {key: item for key, item in body.items() if key != TRACEPARENT}
+    return rest, value if valid_traceparent(value) else None
