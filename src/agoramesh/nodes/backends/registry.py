@@ -19,6 +19,7 @@ BACKEND_TYPES: dict[str, str] = {
     "claude-code": "agoramesh.nodes.backends.cli:ClaudeCodeBackend",
     "codex": "agoramesh.nodes.backends.cli:CodexBackend",
     "command": "agoramesh.nodes.backends.command:CommandBackend",
+    "a2a": "agoramesh.nodes.backends.a2a:A2ABackend",
 }
 
 
@@ -32,7 +33,7 @@ def create_backend(kind: str, config: BackendConfig | None = None) -> Backend:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         extra = {"openai": "openai", "anthropic": "anthropic", "claude": "anthropic",
-                 "ollama": "ollama"}.get(kind, "all")
+                 "ollama": "ollama", "a2a": "a2a"}.get(kind, "all")
         raise ConfigError(f"the {kind} backend needs an extra package: "
                           f"pip install 'agoramesh[{extra}]' ({exc.name} missing)") from exc
     backend_class: type[Backend] = getattr(module, class_name)

@@ -128,8 +128,11 @@ class Dispatcher:
                      agent_id: str | None = None, strategy: Strategy | str = Strategy.AUCTION,
                      timeout: float | None = None, priority: int = 5,
                      exclude: Iterable[str] = (), task_id: str | None = None,
-                     progress: Callable[[Progress], None] | None = None) -> TaskResult:
+                     progress: Callable[[Progress], None] | None = None,
+                     stream: bool = False) -> TaskResult:
         """Run one task and return its result (COMPLETED or FAILED).
+
+        ``stream``: an auction's winner streams its output, as ``chunk`` progress events.
 
         Raises only when no result can be had: NoResponders / NoBidders when
         nobody can take it, BusTimeout when ``timeout`` passes, AuctionFailed
@@ -143,7 +146,7 @@ class Dispatcher:
         if agent_id is not None or route is Strategy.DIRECT:
             return await submit_task(self.bus, task, timeout=wait, agent_id=agent_id)
         outcome = await self.auctioneer.run(task, timeout=wait, exclude=exclude,
-                                            progress=progress)
+                                            progress=progress, stream=stream)
         return outcome.result
 
 

@@ -1,0 +1,19 @@
+"""Bridges: the mesh in the agent ecosystem's open protocols (application layer).
+
+Each bridge needs its SDK, an optional extra; nothing here is imported by the
+core, only by the commands and backends that ask for it.
+
+- :mod:`~agoramesh.bridges.a2a_server`: :class:`~agoramesh.bridges.a2a_server.A2AServer`,
+  the mesh's agents as A2A agents (``agoramesh a2a``, ``--a2a-port``): the whole mesh
+  at ``/``, each agent at ``/agents/<name or id>/``, over a2a-sdk's JSON-RPC server.
+- :mod:`~agoramesh.bridges.a2a_executor`: what runs an A2A message on the mesh (an
+  auction, or the named agent) and what streams its progress back.
+- :mod:`~agoramesh.bridges.a2a_cards`: the A2A agent cards of the mesh and of its agents.
+- :mod:`~agoramesh.bridges.a2a_parts`: A2A messages and parts to task parameters and
+  back, skills chosen, numbers normalised.
+
+The other direction, a remote A2A agent as a mesh agent, is a backend like the
+others: :mod:`agoramesh.nodes.backends.a2a` (``agoramesh node --type a2a``).
+"""
+
+__all__ = ()
