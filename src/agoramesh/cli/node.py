@@ -18,12 +18,13 @@ import asyncio
 from pathlib import Path
 
 from agoramesh.agent import AgentNode
-from agoramesh.api.server import HttpApi
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
+    Endpoints,
+    add_a2a_port_option,
     add_api_token_option,
     add_jetstream_options,
     add_sign_all_option,
@@ -35,7 +36,6 @@ from agoramesh.cli.runtime import (
 )
 from agoramesh.config import BusConfig, Environment, ServerConfig, ServerRole
 from agoramesh.errors import ConfigError
-from agoramesh.monitoring.http import MetricsServer
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
 from agoramesh.nodes.catalog import capabilities_for
@@ -63,6 +63,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                                           "ANTHROPIC_API_KEY)")
     parser.add_argument("--base-url", help="provider URL (OpenAI-compatible servers, Ollama)")
     parser.add_argument("--command", help="program for --type command (JSON in, JSON out)")
+    parser.add_argument("--a2a-url", metavar="URL",
+                        help="the A2A agent for --type a2a: its skills become this node's "
+                             "capabilities (token: --api-key or $AGORAMESH_A2A_TOKEN)")
     where = parser.add_argument_group("mesh")
     where.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
                        help="a seed's cluster address to join (repeatable)")
@@ -98,6 +101,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API (/api/agents, /api/tasks, /api/collaborate) "
                              "here; 0 picks a free port")
+    add_a2a_port_option(parser)
     add_api_token_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_node)
@@ -136,10 +140,15 @@ def _membership(args: argparse.Namespace, env: Environment, identity: Identity,
 async def _node(args: argparse.Namespace, env: Environment) -> int:
     env = with_sign_all(args, env)
     token = api_token(args, env)
-    capabilities = capabilities_for(args.type, args.capability)
+    if args.a2a_url is not None and args.type != "a2a":
+        raise ConfigError("--a2a-url is for --type a2a")
     backend = create_backend(args.type, BackendConfig(
         model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
-        base_url=args.base_url, command=tuple(args.command.split()) if args.command else ()))
+        base_url=args.a2a_url or args.base_url,
+        command=tuple(args.command.split()) if args.command else ()))
+    offered = await backend.connect(args.capability)
+    capabilities = (offered if offered is not None
+                    else capabilities_for(args.type, args.capability))
     access = load_policy(args.acl) if args.acl else AccessPolicy()
     identity = Identity.load_or_create(args.key_file or env.home / f"{args.name}.nk")
     user_jwt = _membership(args, env, identity, [cap.name for cap in capabilities])
@@ -174,8 +183,8 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
                         host=args.host, metrics_port=args.metrics_port,
                         http_port=args.http_port, api_agent=node, agents=[node],
                         servers=[server] if server is not None else [],
-                        api_token=token) as endpoints:
-                    _ready(args, node, server, url, endpoints.api, endpoints.metrics)
+                        api_token=token, a2a_port=args.a2a_port) as endpoints:
+                    _ready(args, node, server, url, endpoints)
                     await stop.wait()
             finally:
                 await node.stop()
@@ -188,7 +197,8 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
 
 
 def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | None,
-           url: str, api: HttpApi | None, metrics: MetricsServer | None) -> None:
+           url: str, endpoints: Endpoints) -> None:
+    api, metrics = endpoints.api, endpoints.metrics
     info: dict[str, object] = {"event": "ready", "name": node.config.name, "id": node.agent_id,
                                "type": node.config.type, "client": url,
                                "capabilities": [c.name for c in node.config.capabilities]}
@@ -200,10 +210,13 @@ def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | N
         info["http"] = api.url
     if metrics is not None:
         info["metrics"] = metrics.url + "/metrics"
+    if endpoints.a2a is not None:
+        info["a2a"] = endpoints.a2a.url
     if args.json:
         emit_json(info)
     else:
         emit(f"node ready: {node.config.name} ({node.config.type}) {node.agent_id}")
         emit("  " + "  ".join(f"{k}={v}" for k, v in info.items()
-                              if k in ("client", "cluster", "leaf", "pid", "http", "metrics")))
+                              if k in ("client", "cluster", "leaf", "pid", "http", "metrics",
+                                       "a2a")))
         emit(f"  capabilities: {', '.join(info['capabilities'])}")  # type: ignore[arg-type]

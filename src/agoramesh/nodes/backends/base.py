@@ -36,6 +36,7 @@ from agoramesh.errors import (
     BackendRateLimited,
     BackendUnavailable,
 )
+from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Completion, StreamItem, Task, Usage
 
 __all__ = (
@@ -311,6 +312,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[StreamItem]:
         """Stream a reply to ``messages``: chunks, then one Completion (output: the text)."""
+
+    async def connect(self, names: Sequence[str] = ()) -> tuple[Capability, ...] | None:
+        """Reach what the backend fronts, before its agent starts; the capabilities that
+        decides (``names``: only these) or None, the agent type's own (the default).
+
+        A backend in front of an agent or server that says what it can do (an A2A
+        agent's card) offers that; a ConfigError when it cannot be reached.
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release clients and subprocesses."""
