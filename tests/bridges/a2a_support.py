@@ -74,9 +74,11 @@ class ToolAgent(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
 
 
-def tool_agent_site(agent: ToolAgent, *, name: str = "tools", streaming: bool = True) -> AsgiSite:
+def tool_agent_site(agent: ToolAgent, *, name: str = "tools", streaming: bool = True,
+                    skills: bool = True) -> AsgiSite:
     """``agent`` served by a2a-sdk's own routes (card, JSON-RPC 1.0 and 0.3 at ``/``) on a
-    free loopback port; its card names the URL it is reached at."""
+    free loopback port; its card names the URL it is reached at (and :data:`SKILLS`,
+    unless ``skills`` is false)."""
     card = AgentCard(
         name=name, description="an A2A agent of the tests", version="1.0",
         capabilities=AgentCapabilities(streaming=streaming),
@@ -86,7 +88,7 @@ def tool_agent_site(agent: ToolAgent, *, name: str = "tools", streaming: bool = 
                                              protocol_binding="JSONRPC",
                                              protocol_version="1.0")],
         skills=[AgentSkill(id=skill, name=skill, description=text, tags=["test"])
-                for skill, text in SKILLS])
+                for skill, text in (SKILLS if skills else ())])
     site: AsgiSite
 
     async def located(served: AgentCard) -> AgentCard:

@@ -166,6 +166,7 @@ class A2ABackend(Backend):
         if not self.config.base_url:
             raise ConfigError("--type a2a needs --a2a-url: the A2A agent's URL")
         base, path = _card_location(self.config.base_url)
+        await self.aclose()  # a second connect starts afresh
         headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
         http = httpx.AsyncClient(timeout=self.config.timeout, headers=headers)
         try:
@@ -263,9 +264,11 @@ class A2ABackend(Backend):
             raise BackendUnavailable("the A2A agent's card was not fetched: connect() first")
         run = _Run()
         try:
-            async for event in client.send_message(SendMessageRequest(message=message)):
-                for text in run.take(event):
-                    yield Chunk(text)
+            async with contextlib.aclosing(client.send_message(
+                    SendMessageRequest(message=message))) as events:
+                async for event in events:
+                    for text in run.take(event):
+                        yield Chunk(text)
         except A2AError as exc:
             raise _backend_error(exc) from None
         except BaseException:
