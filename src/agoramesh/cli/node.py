@@ -24,6 +24,7 @@ from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     Endpoints,
+    a2a_bridge,
     add_a2a_port_option,
     add_api_token_option,
     add_jetstream_options,
@@ -142,6 +143,8 @@ async def _node(args: argparse.Namespace, env: Environment) -> int:
     token = api_token(args, env)
     if args.a2a_url is not None and args.type != "a2a":
         raise ConfigError("--a2a-url is for --type a2a")
+    if args.a2a_port is not None:
+        a2a_bridge()  # a missing extra fails before anything starts
     backend = create_backend(args.type, BackendConfig(
         model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
         base_url=args.a2a_url or args.base_url,

@@ -32,6 +32,7 @@ from agoramesh.cli.certs import add_tls_option, tls_directory
 from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     Endpoints,
+    a2a_bridge,
     add_a2a_port_option,
     add_api_token_option,
     add_jetstream_options,
@@ -234,6 +235,8 @@ def _describe(server: EmbeddedServer) -> dict[str, object]:
 async def _up(args: argparse.Namespace, env: Environment) -> int:
     env = with_sign_all(args, env)
     token = api_token(args, env)
+    if args.a2a_port is not None:
+        a2a_bridge()  # a missing extra fails before any server
     access = load_policy(args.acl) if args.acl else None  # a bad file fails before any server
     stop = asyncio.Event()
     trust = _trust_store(args, env)
