@@ -298,6 +298,11 @@ async def test_the_token_the_version_and_a_body_of_unknown_length(a2a: A2AServer
             assert response.headers["WWW-Authenticate"] == "Bearer"
         assert a2a.unauthorized == 3
 
+        for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+            response = await client.post(a2a.url + "/", content=json.dumps(good).encode(),
+                                         headers={**V1, "Content-Type": kind or ""})
+            assert response.status_code == 415, kind
+
         # A 1.0 method without the version header is read as 0.3, as a2a-sdk does.
         response = await client.post(a2a.url + "/", json=good,
                                      headers={"Authorization": f"Bearer {TOKEN}"})
@@ -309,7 +314,8 @@ async def test_the_token_the_version_and_a_body_of_unknown_length(a2a: A2AServer
                 yield b"y" * 8192
             yield b'"}}'
 
-        response = await client.post(a2a.url + "/", content=pieces(), headers=V1)
+        response = await client.post(a2a.url + "/", content=pieces(),
+                                     headers={**V1, "Content-Type": "application/json"})
         assert response.json()["error"]["message"] == "Payload too large"
 
         answer = await client.post(a2a.url + "/", json=good, headers=V1)

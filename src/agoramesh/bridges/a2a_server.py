@@ -25,7 +25,10 @@ message names its skill and carries its parameters is
 With a ``token`` (the HTTP API's, :func:`~agoramesh.api.server.validate_token`),
 every request but the cards' GETs needs ``Authorization: Bearer <token>`` (a 401 with
 ``WWW-Authenticate: Bearer`` otherwise, before the body is read); the cards declare
-the scheme. A body over ``max_body`` is the protocol's ``Invalid Request`` ("Payload
+the scheme. A POST body must be declared JSON (``application/json`` or
+``application/*+json``; a 415 otherwise, before it is read), so a web page elsewhere
+cannot make a browser post a task here without a CORS preflight, which is not
+answered. A body over ``max_body`` is the protocol's ``Invalid Request`` ("Payload
 too large", -32600) without being read past the limit. Malformed JSON, an unknown
 method, wrong parameters get the SDK's JSON-RPC errors; the SDK's log records of
 such client mistakes are DEBUG lines (bounded), not tracebacks.
@@ -123,6 +126,12 @@ class _Gate:
                                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
+        if request.method == "POST" and not _is_json(request.headers.get("content-type", "")):
+            response = JSONResponse({"error": {"type": "UnsupportedMediaType", "message": (
+                "the body must be JSON: send Content-Type: application/json")}},
+                status_code=415)
+            await response(scope, receive, send)
+            return
         await self.app(scope, self._limited(request, receive), send)
 
     def _limited(self, request: Request, receive: Receive) -> Receive:
@@ -140,6 +149,14 @@ class _Gate:
             return message
 
         return limited
+
+
+def _is_json(content_type: str) -> bool:
+    """``application/json`` or ``application/*+json``, any parameters, any case: what a
+    browser cannot send to another site without asking first (CORS preflight)."""
+    kind, _, subtype = content_type.partition(";")[0].strip().lower().partition("/")
+    return kind == "application" and (subtype == "json" or (
+        subtype.endswith("+json") and len(subtype) > len("+json")))
 
 
 class _Context(DefaultServerCallContextBuilder):
