@@ -263,12 +263,16 @@ class A2ABackend(Backend):
         if client is None:
             raise BackendUnavailable("the A2A agent's card was not fetched: connect() first")
         run = _Run()
+        events = client.send_message(SendMessageRequest(message=message))
         try:
-            async with contextlib.aclosing(client.send_message(
-                    SendMessageRequest(message=message))) as events:
+            try:
                 async for event in events:
                     for text in run.take(event):
                         yield Chunk(text)
+            finally:  # a cancelled task must not leave the agent's stream (a connection) open
+                close = getattr(events, "aclose", None)
+                if close is not None:
+                    await close()
         except A2AError as exc:
             raise _backend_error(exc) from None
         except BaseException:
