@@ -4,6 +4,7 @@ nats-server: cards, send, stream, get, cancel, per-agent paths, and bad requests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -166,9 +167,9 @@ async def test_send_stream_get_and_cancel(a2a: A2AServer, driver: AgentNode,
     await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
     # Streamed: the winner's output arrives as chunks of the "stream" artifact.
     seen: list[StreamResponse] = []
-    async with asyncio.timeout(10):
-        async for event in streaming.send_message(SendMessageRequest(
-                message=message("go", "dawdle"))):
+    async with asyncio.timeout(10), contextlib.aclosing(streaming.send_message(
+            SendMessageRequest(message=message("go", "dawdle")))) as stream:
+        async for event in stream:
             seen.append(event)
             if sum(e.WhichOneof("payload") == "artifact_update" for e in seen) == 3:
                 break

@@ -11,6 +11,8 @@ core, only by the commands and backends that ask for it.
 - :mod:`~agoramesh.bridges.a2a_cards`: the A2A agent cards of the mesh and of its agents.
 - :mod:`~agoramesh.bridges.a2a_parts`: A2A messages and parts to task parameters and
   back, skills chosen, numbers normalised.
+- :mod:`~agoramesh.bridges.asgi`: :class:`~agoramesh.bridges.asgi.AsgiSite`, one ASGI
+  app on uvicorn (a2a-sdk serves Starlette apps).
 
 The other direction, a remote A2A agent as a mesh agent, is a backend like the
 others: :mod:`agoramesh.nodes.backends.a2a` (``agoramesh node --type a2a``).
