@@ -24,7 +24,7 @@ from a2a.types import (
     StreamResponse,
     TaskState,
 )
-from a2a.utils.errors import InvalidParamsError
+from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
 from a2a_support import TOKEN
 
 from agoramesh.agent import AgentNode
@@ -193,6 +193,14 @@ async def test_send_stream_get_and_cancel(a2a: A2AServer, driver: AgentNode,
         TaskState.TASK_STATE_CANCELED
     await wait_until(lambda: dawdler.cancelled == 2, timeout=5)
 
+    # Sent to the agent itself (no auction): the cancel reaches it all the same.
+    direct = await client_for(http, f"{a2a.url}/agents/dawdler", streaming=False)
+    answer = await events(direct, message("go"), return_immediately=True)  # its only skill
+    await wait_until(lambda: dawdler.started == 3, timeout=5)
+    cancelled = await direct.cancel_task(CancelTaskRequest(id=answer[0].task.id))
+    assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+    await wait_until(lambda: dawdler.cancelled == 3, timeout=5)
+
 
 async def test_an_agent_path_sends_to_that_agent_only(a2a: A2AServer, driver: AgentNode,
                                                        http: httpx.AsyncClient) -> None:
@@ -322,3 +330,15 @@ async def test_the_token_the_version_and_a_body_of_unknown_length(a2a: A2AServer
         answer = await client.post(a2a.url + "/", json=good, headers=V1)
         assert answer.json()["result"]["task"]["artifacts"][0]["parts"][0]["data"] == {
             "value": 2}
+
+
+async def test_the_oldest_tasks_are_forgotten(driver: AgentNode, http: httpx.AsyncClient) -> None:
+    async with A2AServer(driver.dispatcher, token=TOKEN, max_tasks=2) as small:
+        client = await client_for(http, small.url, streaming=False)
+        ids = [(await events(client, message("1+1", "math.evaluate")))[0].task.id
+               for _ in range(3)]
+        with pytest.raises(TaskNotFoundError):
+            await client.get_task(GetTaskRequest(id=ids[0]))
+        for kept in ids[1:]:
+            assert (await client.get_task(GetTaskRequest(id=kept))).status.state == \
+                TaskState.TASK_STATE_COMPLETED
