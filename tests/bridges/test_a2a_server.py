@@ -211,6 +211,10 @@ async def test_an_agent_path_sends_to_that_agent_only(a2a: A2AServer, driver: Ag
             {"question": "a or b", "options": ["a", "b"]}))], "vote"))
         state, _, meta = result_of(answer)
         assert (state, meta["agent_id"]) == (TaskState.TASK_STATE_COMPLETED, pro.id)
+    streamed = await events(await client_for(http, f"{a2a.url}/agents/pro"), message(
+        [Part(data=to_value({"question": "a or b", "options": ["a", "b"]}))], "vote"))
+    state, _, meta = result_of(streamed)  # streamed, with no auction to relay
+    assert (state, meta["agent_id"]) == (TaskState.TASK_STATE_COMPLETED, pro.id)
     with pytest.raises(InvalidParamsError, match=r"no skill 'math\.evaluate'"):
         await events(client, message("1+1", "math.evaluate"))
 

@@ -179,9 +179,12 @@ class MeshExecutor(AgentExecutor):
         chunks = 0
         while not work.done():
             getter = asyncio.ensure_future(progress.get())
-            await asyncio.wait((getter, work), return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
+            try:
+                await asyncio.wait((getter, work), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if not getter.done() or getter.cancelled():  # the work ended first
                 return
             event = getter.result()
             if event.event == "chunk":
