@@ -11,8 +11,8 @@ timed). Paths, in alternating (ABBA) blocks after a warm-up:
 
 * ``sdk``     an echo agent served by a2a-sdk alone (its ``DefaultRequestHandler`` and
               routes on the same uvicorn server, ``AsgiSite``): the executor answers at
-              once with the same events the bridge sends (the task working, one artifact,
-              completed). The baseline: A2A's own HTTP stack.
+              once with what the bridge sends a blocking send (the whole task in one
+              event: completed, one artifact). The baseline: A2A's own HTTP stack.
 * ``mesh``    the bridge at ``/``: the message becomes a task auctioned among the agents
               offering ``echo`` (one here), the winner's result its artifact.
 * ``agent``   the bridge at ``/agents/echo-agent/``: the task sent to that agent, no
@@ -22,7 +22,11 @@ timed). Paths, in alternating (ABBA) blocks after a warm-up:
 Target: p50 mesh/sdk <= 1.3 (the mesh's negotiation costs less than a third of A2A's
 own HTTP stack).
 
-    .venv/bin/python benchmarks/bench_a2a.py [--quick] [--rounds N] [--json FILE]
+The echo agent runs in this process, or with ``--split`` in a child process
+(``--serve``), as a mesh agent would run on another node: then the bridge's process
+does only the bridge's work (and the client's, on every path alike).
+
+    .venv/bin/python benchmarks/bench_a2a.py [--quick] [--split] [--rounds N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -40,17 +44,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
-from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.server.tasks import InMemoryTaskStore
 from a2a.types import (
     AgentCapabilities,
     AgentCard,
     AgentInterface,
     AgentSkill,
+    Artifact,
     Message,
     Part,
     Role,
@@ -81,7 +87,10 @@ from common import (
     count_warnings,
     latency,
     run_and_report,
+    serve_until_stdin_closes,
+    spawn_child,
     stop_all,
+    stop_child,
     until_answers,
 )
 
@@ -93,17 +102,17 @@ Op = Callable[[], Awaitable[object]]
 
 
 class Echo(AgentExecutor):
-    """The baseline agent: the task working, its echo as one artifact, completed."""
+    """The baseline agent, answering a blocking send as the bridge does: the whole task
+    in one event, completed, its echo as one artifact."""
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         assert context.message is not None and context.task_id and context.context_id
+        echo = to_value({"echo": output_of(context.message.parts)})
         await event_queue.enqueue_event(Task(
             id=context.task_id, context_id=context.context_id,
-            status=TaskStatus(state=TaskState.TASK_STATE_WORKING), history=[context.message]))
-        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
-        await updater.add_artifact([Part(data=to_value({"echo": output_of(
-            context.message.parts)}))], name="result")
-        await updater.complete()
+            status=TaskStatus(state=TaskState.TASK_STATE_COMPLETED), history=[context.message],
+            artifacts=[Artifact(artifact_id=uuid.uuid4().hex, name="result",
+                                parts=[Part(data=echo)])]))
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         raise NotImplementedError
@@ -162,23 +171,41 @@ async def client_for(http: httpx.AsyncClient, url: str) -> Client:
     return ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
 
 
-async def measure(base: Path, rounds: int) -> dict[str, Any]:
+def echo_agent(url: str) -> AgentNode:
+    return AgentNode(Identity.generate(),
+                     NodeConfig(name="echo-agent", capabilities=capabilities_for(
+                         "offline", ["echo"]), heartbeat_interval=1.0),
+                     OfflineBackend(), BusConfig(servers=(url,), name="echo-agent"))
+
+
+async def serve(url: str) -> None:
+    """Child side of --split: the echo agent until stdin closes (bounded)."""
+    agent = echo_agent(url)
+    await agent.start()
+    try:
+        await serve_until_stdin_closes()
+    finally:
+        await stop_all([agent])
+
+
+async def measure(base: Path, rounds: int, split: bool) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         mesh = await Mesh.launch(base / "mesh", seeds=1)
         stack.push_async_callback(mesh.stop, 2.0)
         url = mesh.seeds[0].client_url
-        echo = AgentNode(Identity.generate(),
-                         NodeConfig(name="echo-agent", capabilities=capabilities_for(
-                             "offline", ["echo"]), heartbeat_interval=1.0),
-                         OfflineBackend(), BusConfig(servers=(url,), name="echo-agent"))
-        stack.push_async_callback(stop_all, [echo])
-        await echo.start()
+        if split:
+            child = await spawn_child(__file__, "--serve", url)
+            stack.push_async_callback(stop_child, child)
+        else:
+            echo = echo_agent(url)
+            stack.push_async_callback(stop_all, [echo])
+            await echo.start()
         host = AgentHost(BusConfig(servers=(url,), name="bridge"), name="bridge")
         await host.start()
         stack.push_async_callback(host.stop, 1.0)
-        await host.watch.sweep(0.5)
         dispatcher = Dispatcher(host.bus, host.directory)
         await until_answers(auction_op(dispatcher))
+        await host.watch.sweep(0.5)
         bridge = await stack.enter_async_context(A2AServer(dispatcher))
         baseline = await stack.enter_async_context(sdk_site())
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=TIMEOUT))
@@ -204,9 +231,11 @@ async def measure(base: Path, rounds: int) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> None:
     r = result["send"]
+    where = ("split: the echo agent in a child process" if result["mode"] == "split"
+             else "single process")
     print(f"\nA2A message/send (a2a-sdk client, JSON-RPC 1.0, not streamed); 1-seed mesh; "
-          f"{result['loop']}; {r['rounds']} rounds per path in {result['blocks']} alternating "
-          f"blocks; {r['seconds']} s measured\n")
+          f"{where}; {result['loop']}; {r['rounds']} rounds per path in {result['blocks']} "
+          f"alternating blocks; {r['seconds']} s measured\n")
     print(f"{'path':<60} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'miss':>4} {'/sdk':>5}")
     titles = {"sdk": "sdk: echo agent served by a2a-sdk alone (uvicorn)",
               "mesh": "mesh: A2AServer / -> auction -> offline echo agent",
@@ -226,8 +255,10 @@ def report(result: dict[str, Any]) -> None:
 async def run(args: argparse.Namespace, warnings: Warnings) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="agoramesh-bench-a2a-"))
     try:
-        return {"loop": "uvloop", "blocks": BLOCKS, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "send": await measure(base, args.rounds or (300 if args.quick else 2000)),
+        return {"mode": "split" if args.split else "single", "loop": "uvloop",
+                "blocks": BLOCKS, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "send": await measure(base, args.rounds or (300 if args.quick else 2000),
+                                      args.split),
                 "warnings": warnings.seen}
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -237,8 +268,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 rounds per path")
     parser.add_argument("--rounds", type=int, help="rounds per path (2000)")
+    parser.add_argument("--split", action="store_true",
+                        help="the echo agent in a child process")
     parser.add_argument("--json", type=Path, help="write the results to this file")
+    parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        uvloop.run(serve(args.serve))
+        return 0
     return run_and_report(run(args, count_warnings()), report, args.json)
 
 

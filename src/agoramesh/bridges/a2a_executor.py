@@ -28,8 +28,10 @@ import asyncio
 import collections
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -39,6 +41,7 @@ from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import (
     AgentCard,
+    Artifact,
     Message,
     Part,
     SendMessageRequest,
@@ -98,6 +101,49 @@ class _Job:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How a task ends: its state, the status message's text, the result artifact."""
+
+    state: TaskState
+    text: str | None = None
+    artifact: Artifact | None = None
+
+    @classmethod
+    def of(cls, result: TaskResult) -> _Outcome:
+        """A mesh result's outcome: completed with its result, cancelled, or failed with
+        the error's one-line text."""
+        error = result.error or {}
+        if result.status is MeshStatus.COMPLETED:
+            return cls(TaskState.TASK_STATE_COMPLETED, artifact=Artifact(
+                artifact_id=uuid.uuid4().hex, name="result", parts=result_parts(result.result),
+                metadata={"agent_id": result.agent_id, "task_id": result.task_id,
+                          "execution_time_ms": result.execution_time_ms,
+                          "tokens_used": result.tokens_used, "cost_usd": result.cost_usd}))
+        if error.get("type") == TaskCancelled.__name__:
+            return cls(TaskState.TASK_STATE_CANCELED, "cancelled")
+        text = " ".join(f"{error.get('type', 'Error')}: {error.get('message', '')}".split())
+        return cls(TaskState.TASK_STATE_FAILED, text[:2000])
+
+    async def report(self, updater: TaskUpdater) -> None:
+        """As events on a task that exists: the artifact, then the final status."""
+        if self.artifact is not None:
+            artifact = self.artifact
+            await updater.add_artifact(list(artifact.parts), artifact_id=artifact.artifact_id,
+                                       name=artifact.name, metadata=to_python(artifact.metadata))
+        message = updater.new_agent_message([Part(text=self.text)]) if self.text else None
+        await updater.update_status(self.state, message)
+
+    def task(self, updater: TaskUpdater, asked: Message) -> Task:
+        """As the whole task, in one event (a blocking send's)."""
+        status = TaskStatus(state=self.state)
+        status.timestamp.FromDatetime(datetime.now(UTC))
+        if self.text:
+            status.message.CopyFrom(updater.new_agent_message([Part(text=self.text)]))
+        return Task(id=updater.task_id, context_id=updater.context_id, status=status,
+                    history=[asked], artifacts=[self.artifact] if self.artifact else [])
+
+
 class MeshExecutor(AgentExecutor):
     """Runs planned messages on ``dispatcher``'s mesh; ``task_timeout`` caps each task."""
 
@@ -142,8 +188,12 @@ class MeshExecutor(AgentExecutor):
         if not isinstance(plan, Plan) or message is None:  # a request the handler did not plan
             raise InvalidParamsError(message="no message to run")
         streaming = call is not None and call.state.get("method") in _STREAMING
+        # A blocking send sees nothing but the end, so the task is made once, at the end: the
+        # SDK then saves and relays one event instead of three, none of them mid-auction.
+        quiet = context.current_task is None and not streaming and not (
+            context.configuration is not None and context.configuration.return_immediately)
         updater = TaskUpdater(event_queue, task_id, context_id)
-        if context.current_task is None:
+        if context.current_task is None and not quiet:
             state = TaskState.TASK_STATE_SUBMITTED if streaming else TaskState.TASK_STATE_WORKING
             await event_queue.enqueue_event(Task(id=task_id, context_id=context_id,
                                                  status=TaskStatus(state=state),
@@ -157,21 +207,25 @@ class MeshExecutor(AgentExecutor):
         try:
             if streaming:
                 await self._relay(progress, work, updater, task_id)
-            result = await work
+            outcome = _Outcome.of(await work)
         except (TaskCancelled, asyncio.CancelledError):
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-            await updater.cancel(updater.new_agent_message([Part(text="cancelled")]))
+            outcome = _Outcome(TaskState.TASK_STATE_CANCELED, "cancelled")
         except AgoraError as exc:
-            await updater.failed(updater.new_agent_message([Part(text=_one_line(exc))]))
-        else:
-            await self._finish(result, updater)
+            outcome = _Outcome(TaskState.TASK_STATE_FAILED, _one_line(exc))
         finally:
             self._jobs.pop(task_id, None)
-            job.finished.set()
             if not work.done():  # the SDK stopped us (shutdown): the mesh task stops too
                 self._interrupt(job, task_id)
+        try:
+            if quiet:
+                await event_queue.enqueue_event(outcome.task(updater, message))
+            else:
+                await outcome.report(updater)
+        finally:
+            job.finished.set()
 
     async def _relay(self, progress: asyncio.Queue[Progress], work: asyncio.Future[TaskResult],
                      updater: TaskUpdater, task_id: str) -> None:
@@ -197,21 +251,6 @@ class MeshExecutor(AgentExecutor):
                     TaskState.TASK_STATE_WORKING,
                     updater.new_agent_message([Part(text=_SHOWN[event.event](event.detail))]),
                     metadata={"agoramesh": _json(event.as_dict())})
-
-    @staticmethod
-    async def _finish(result: TaskResult, updater: TaskUpdater) -> None:
-        error = result.error or {}
-        if result.status is MeshStatus.COMPLETED:
-            await updater.add_artifact(result_parts(result.result), name="result", metadata={
-                "agent_id": result.agent_id, "task_id": result.task_id,
-                "execution_time_ms": result.execution_time_ms,
-                "tokens_used": result.tokens_used, "cost_usd": result.cost_usd})
-            await updater.complete()
-        elif error.get("type") == TaskCancelled.__name__:
-            await updater.cancel(updater.new_agent_message([Part(text="cancelled")]))
-        else:
-            text = " ".join(f"{error.get('type', 'Error')}: {error.get('message', '')}".split())
-            await updater.failed(updater.new_agent_message([Part(text=text[:2000])]))
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         """Stop the task's auction (or tell its agent) and wait, bounded, for it to end
