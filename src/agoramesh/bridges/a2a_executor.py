@@ -16,9 +16,9 @@ task. :class:`MeshExecutor` then runs the plan:
 The result is a ``result`` artifact (:func:`~agoramesh.bridges.a2a_parts.result_parts`,
 with the winner, the mesh task id, the time and the cost in its metadata) and a
 ``completed`` task (for a blocking send, made whole at its end: one event for the SDK
-to save and relay instead of three); a FAILED mesh task, or an error that left no result (nobody bid,
-the deadline passed), is a ``failed`` task whose status message is the error's
-one-line text. The mesh task id is the A2A task id. ``CancelTask`` stops the
+to save and relay instead of three); a FAILED mesh task, or an error that left no
+result (nobody bid, the deadline passed), is a ``failed`` task whose status message
+is the error's one-line text. The mesh task id is the A2A task id. ``CancelTask`` stops the
 auction (its winner is told to cancel) or tells the agent, and the task ends
 ``canceled``.
 """
