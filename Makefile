@@ -35,7 +35,8 @@ bench: $(STAMP)
 		&& $(BIN)/python benchmarks/bench_auction.py && $(BIN)/python benchmarks/bench_episodes.py \
 		&& $(BIN)/python benchmarks/bench_e2e.py && $(BIN)/python benchmarks/bench_tls.py \
 		&& $(BIN)/python benchmarks/bench_jobs.py && $(BIN)/python benchmarks/bench_peers.py \
-		&& $(BIN)/python benchmarks/bench_hosting.py && $(BIN)/python benchmarks/bench_mcp.py
+		&& $(BIN)/python benchmarks/bench_hosting.py && $(BIN)/python benchmarks/bench_mcp.py \
+		&& $(BIN)/python benchmarks/bench_a2a.py
 
 # The chaos suite at ten times the size `make test` runs it (3,000 jobs a run, faults repeated).
 chaos: $(STAMP)

@@ -116,7 +116,7 @@ def test_node_api_token_errors_are_one_line(tmp_path: Path) -> None:
     assert _node_fails(tmp_path, "--http-port", "0", token=short) == [expected]
     assert _node_fails(tmp_path, "--http-port", "0", "--api-token", "") == [expected]
     assert _node_fails(tmp_path, "--api-token", API_TOKEN) == [
-        "agoramesh: error: --api-token needs --http-port"]
+        "agoramesh: error: --api-token needs --http-port or --a2a-port"]
     up = subprocess.run([*AGORAMESH, "up", "--http-port", "0", "--api-token", short],
                         capture_output=True, text=True, timeout=30, check=False)
     assert (up.returncode, up.stderr.splitlines()) == (1, [expected])  # before any server

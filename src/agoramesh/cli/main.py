@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from agoramesh._version import __version__
 from agoramesh.cli import (
+    a2a,
     agents,
     certs,
     collaborate,
@@ -49,7 +50,7 @@ def build_parser(env: Environment | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agoramesh {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (up, demo, node, agents, submit, jobs, collaborate, workflow, watch, mcp,
-                   episode, keys, trust, certs, decode):
+                   a2a, episode, keys, trust, certs, decode):
         module.register(commands)
     _add_log_options(parser, env or Environment())
     return parser

@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 from agoramesh.agent import AgentNode
-from agoramesh.api.server import HttpApi
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.mdns import SeedAd
 from agoramesh.bus.server import EmbeddedServer
@@ -43,6 +42,9 @@ from agoramesh.cli.discovery import (
 )
 from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
+    Endpoints,
+    a2a_bridge,
+    add_a2a_port_option,
     add_api_token_option,
     add_jetstream_options,
     add_otlp_option,
@@ -63,11 +65,9 @@ from agoramesh.config import (
     TlsConfig,
 )
 from agoramesh.errors import ConfigError
-from agoramesh.monitoring.http import MetricsServer
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.cli import MCP_SERVER, McpServer
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
-from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.observability.trajectory import Trajectory
@@ -102,6 +102,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--mesh-tools", action="store_true",
                         help="--type claude-code or codex: give the CLI agent this mesh as MCP "
                              "tools (agoramesh mcp), so it can delegate to other agents")
+    parser.add_argument("--a2a-url", metavar="URL",
+                        help="the A2A agent for --type a2a: its skills become this node's "
+                             "capabilities (token: --api-key or $AGORAMESH_A2A_TOKEN)")
     where = parser.add_argument_group("mesh")
     where.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
                        help="a seed's cluster address to join (repeatable)")
@@ -140,6 +143,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API (/api/agents, /api/tasks, /api/collaborate) "
                              "here; 0 picks a free port")
+    add_a2a_port_option(parser)
     add_api_token_option(parser)
     add_otlp_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -199,6 +203,8 @@ def _check_backend_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--type mcp needs its MCP server: --mcp-command or --mcp-url (one)")
     if args.type != "mcp" and (args.mcp_command or args.mcp_url):
         raise ConfigError("--mcp-command and --mcp-url are for --type mcp")
+    if args.a2a_url is not None and args.type != "a2a":
+        raise ConfigError("--a2a-url is for --type a2a")
     if args.mesh_tools and args.type not in ("claude-code", "codex"):
         raise ConfigError("--mesh-tools is for --type claude-code or codex")
 
@@ -227,7 +233,7 @@ def _backend_config(args: argparse.Namespace, env: Environment, url: str) -> Bac
         command = tuple(args.command.split()) if args.command else ()
     return BackendConfig(
         model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
-        base_url=args.mcp_url or args.base_url, command=command,
+        base_url=args.mcp_url or args.a2a_url or args.base_url, command=command,
         options=((MCP_SERVER, _mesh_tools(args, env, url)),) if args.mesh_tools else ())
 
 
@@ -241,8 +247,8 @@ async def _run_node(args: argparse.Namespace, env: Environment) -> int:
     env = with_sign_all(args, env)
     token = api_token(args, env)
     _check_backend_flags(args)
-    # An MCP server says what it offers once it is reached; the other types know now.
-    known = None if args.type == "mcp" else capabilities_for(args.type, args.capability)
+    if args.a2a_port is not None:
+        a2a_bridge()  # a missing extra fails before anything starts
     access = load_policy(args.acl) if args.acl else AccessPolicy()
     identity = Identity.load_or_create(args.key_file or env.home / f"{args.name}.nk")
     trust = TrustStore.open(args.trust, prefix=env.prefix) if args.trust else None
@@ -262,15 +268,15 @@ async def _run_node(args: argparse.Namespace, env: Environment) -> int:
                     server.on_crash.append(lambda _: stop.set())
                     await server.start()
                 url = args.connect or (server.client_url if server else "")
-                node = await _start_agent(args, env, identity, known, access, tls, url)
+                node = await _start_agent(args, env, identity, access, tls, url)
                 seeds = [server] if server is not None and role is ServerRole.SEED else []
                 try:
                     async with announced(discovery, seeds), serve_endpoints(
                             host=args.host, metrics_port=args.metrics_port,
                             http_port=args.http_port, api_agent=node, agents=[node],
                             servers=[server] if server is not None else [],
-                            api_token=token) as endpoints:
-                        _ready(args, node, server, url, endpoints.api, endpoints.metrics, found)
+                            api_token=token, a2a_port=args.a2a_port) as endpoints:
+                        _ready(args, node, server, url, endpoints, found)
                         await stop.wait()
                 finally:
                     await node.stop()
@@ -283,7 +289,7 @@ async def _run_node(args: argparse.Namespace, env: Environment) -> int:
 
 
 async def _start_agent(args: argparse.Namespace, env: Environment, identity: Identity,
-                       known: tuple[Capability, ...] | None, access: AccessPolicy,
+                       access: AccessPolicy,
                        tls: TlsConfig | None, url: str) -> AgentNode:
     """The node's agent, started on ``url``: its backend made once the server runs (an MCP
     server's tools are its capabilities), its membership on a secured mesh."""
@@ -293,8 +299,11 @@ async def _start_agent(args: argparse.Namespace, env: Environment, identity: Ide
              "ports; fine for a local demo only. Use --trust DIR (agoramesh trust init) "
              "to enforce membership (docs/SECURITY.md).")
     try:
-        capabilities = known if known is not None else tuple(
-            await backend.offered(args.capability) or ())
+        # An MCP server or an A2A agent says what it offers once reached; the other
+        # types' capabilities are the catalogue's.
+        offered = await backend.offered(args.capability)
+        capabilities = (offered if offered is not None
+                        else capabilities_for(args.type, args.capability))
         user_jwt = _membership(args, env, identity, [cap.name for cap in capabilities])
         trajectory = (Trajectory(args.trajectory, agent=args.name,
                                  agent_id=identity.agent_id) if args.trajectory else None)
@@ -313,8 +322,8 @@ async def _start_agent(args: argparse.Namespace, env: Environment, identity: Ide
 
 
 def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | None,
-           url: str, api: HttpApi | None, metrics: MetricsServer | None,
-           found: list[SeedAd]) -> None:
+           url: str, endpoints: Endpoints, found: list[SeedAd]) -> None:
+    api, metrics = endpoints.api, endpoints.metrics
     info: dict[str, object] = {"event": "ready", "name": node.config.name, "id": node.agent_id,
                                "type": node.config.type, "client": url,
                                "capabilities": [c.name for c in node.config.capabilities]}
@@ -328,11 +337,13 @@ def _ready(args: argparse.Namespace, node: AgentNode, server: EmbeddedServer | N
         info["http"] = api.url
     if metrics is not None:
         info["metrics"] = metrics.url + "/metrics"
+    if endpoints.a2a is not None:
+        info["a2a"] = endpoints.a2a.url
     if args.json:
         emit_json(info)
     else:
         emit(f"node ready: {node.config.name} ({node.config.type}) {node.agent_id}")
         emit("  " + "  ".join(f"{k}={v}" for k, v in info.items()
                               if k in ("client", "cluster", "leaf", "pid", "http", "metrics",
-                                       "mesh", "discovered")))
+                                       "mesh", "discovered", "a2a")))
         emit(f"  capabilities: {', '.join(info['capabilities'])}")  # type: ignore[arg-type]

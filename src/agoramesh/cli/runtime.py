@@ -1,4 +1,5 @@
-"""What the long-running commands (``node``, ``up``, ``watch``) share: signals and endpoints."""
+"""What the long-running commands (``node``, ``up``, ``watch``, ``a2a``) share: signals and
+endpoints (metrics, the HTTP API, the A2A bridge)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import re
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from agoramesh.agent import AgentNode
 from agoramesh.api.server import HttpApi, validate_token
@@ -19,10 +22,15 @@ from agoramesh.config import Environment, JetStreamConfig
 from agoramesh.errors import ConfigError
 from agoramesh.monitoring.http import MetricsServer
 from agoramesh.observability import tracing
+from agoramesh.protocols.allocation.dispatch import Dispatcher
 
-__all__ = ("Endpoints", "add_api_token_option", "add_jetstream_options", "add_otlp_option",
-           "add_sign_all_option", "api_token", "jetstream_config", "on_signals", "parse_size",
-           "serve_endpoints", "traced", "with_sign_all")
+if TYPE_CHECKING:
+    from agoramesh.bridges.a2a_server import A2AServer
+
+__all__ = ("Endpoints", "a2a_bridge", "add_a2a_port_option", "add_api_token_option",
+           "add_jetstream_options", "add_otlp_option", "add_sign_all_option", "api_token",
+           "jetstream_config", "on_signals", "parse_size", "serve_a2a", "serve_endpoints",
+           "traced", "with_sign_all")
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
@@ -94,30 +102,62 @@ def traced(args: argparse.Namespace, env: Environment, service_name: str) -> Ite
 
 
 def add_api_token_option(parser: argparse.ArgumentParser) -> None:
-    """``--api-token`` for a command that serves the HTTP API (``--http-port``)."""
+    """``--api-token`` for a command that serves the HTTP API (``--http-port``) or A2A."""
     parser.add_argument("--api-token", metavar="TOKEN",
                         help="require 'Authorization: Bearer TOKEN' on the HTTP API (every "
-                             "route but /api/health); at least 16 characters; default "
-                             "$AGORAMESH_API_TOKEN, which other users cannot see in ps")
+                             "route but /api/health) and on A2A (all but the agent cards); "
+                             "at least 16 characters; default $AGORAMESH_API_TOKEN, which "
+                             "other users cannot see in ps")
+
+
+def add_a2a_port_option(parser: argparse.ArgumentParser) -> None:
+    """``--a2a-port`` for a command that runs agents (``node``, ``up``)."""
+    parser.add_argument("--a2a-port", type=int, metavar="PORT",
+                        help="serve the mesh's agents as A2A agents here (the mesh at /, "
+                             "each agent at /agents/<name>/; needs agoramesh[a2a]); 0 picks "
+                             "a free port")
 
 
 def api_token(args: argparse.Namespace, env: Environment) -> str | None:
-    """The HTTP API's token: ``--api-token``, else ``$AGORAMESH_API_TOKEN``, else None.
+    """The bearer token of the HTTP API and of A2A: ``--api-token``, else
+    ``$AGORAMESH_API_TOKEN``, else None.
 
-    Checked before anything starts; an API with no token beyond loopback gets a warning.
+    Checked before anything starts; an endpoint with no token beyond loopback gets a warning.
     """
-    if args.http_port is None:
+    served = [name for name, port in (("the HTTP API", getattr(args, "http_port", None)),
+                                      ("A2A", getattr(args, "a2a_port", None)))
+              if port is not None]
+    if not served:
         if args.api_token is not None:
-            raise ConfigError("--api-token needs --http-port")
+            raise ConfigError("--api-token needs --http-port or --a2a-port")
         return None
     token = args.api_token if args.api_token is not None else env.api_token
     if token is not None:
         return validate_token(token)
     if not _is_loopback(args.host):
-        warn(f"WARNING: the HTTP API on {args.host} has no token: anyone who can reach it "
-             f"submits work as this node. Set AGORAMESH_API_TOKEN or --api-token "
+        warn(f"WARNING: {' and '.join(served)} on {args.host} has no token: anyone who can "
+             f"reach it submits work as this node. Set AGORAMESH_API_TOKEN or --api-token "
              f"(docs/SECURITY.md).")
     return None
+
+
+def a2a_bridge() -> ModuleType:
+    """:mod:`agoramesh.bridges.a2a_server`, or a one-line ConfigError naming the extra."""
+    try:
+        import agoramesh.bridges.a2a_server as bridge
+    except ImportError as exc:
+        raise ConfigError(f"A2A needs an extra package: pip install 'agoramesh[a2a]' "
+                          f"({exc.name} missing)") from None
+    return bridge
+
+
+@contextlib.asynccontextmanager
+async def serve_a2a(dispatcher: Dispatcher, *, host: str, port: int,
+                    token: str | None) -> AsyncIterator[A2AServer]:
+    """The A2A bridge over ``dispatcher`` on ``host:port`` (0: a free port) until exit."""
+    server: A2AServer = a2a_bridge().A2AServer(dispatcher, host=host, port=port, token=token)
+    async with server:
+        yield server
 
 
 def _is_loopback(host: str) -> bool:
@@ -149,20 +189,22 @@ class Endpoints:
 
     metrics: MetricsServer | None
     api: HttpApi | None
+    a2a: A2AServer | None = None
 
 
 @contextlib.asynccontextmanager
 async def serve_endpoints(*, host: str, metrics_port: int | None, http_port: int | None,
                           api_agent: AgentNode | None, agents: Iterable[AgentNode] = (),
                           servers: Iterable[EmbeddedServer] = (),
-                          api_token: str | None = None) -> AsyncIterator[Endpoints]:
-    """Serve /metrics (``agents`` and ``servers``) and the HTTP API of ``api_agent``.
+                          api_token: str | None = None,
+                          a2a_port: int | None = None) -> AsyncIterator[Endpoints]:
+    """Serve /metrics (``agents`` and ``servers``), and the HTTP API and A2A of ``api_agent``.
 
-    A port of None serves nothing; 0 picks a free one. Both stop on exit, the API first.
-    ``api_token``: the bearer token the API requires (None: an open API).
+    A port of None serves nothing; 0 picks a free one. All stop on exit, A2A and the API
+    first. ``api_token``: the bearer token the API and A2A require (None: open).
     """
     async with contextlib.AsyncExitStack() as stack:
-        metrics = api = None
+        metrics = api = a2a = None
         if metrics_port is not None:
             metrics = MetricsServer(host=host, port=metrics_port)
             for server in servers:
@@ -178,4 +220,9 @@ async def serve_endpoints(*, host: str, metrics_port: int | None, http_port: int
                         agent_id=api_agent.agent_id, token=api_token))
             if metrics is not None:
                 metrics.collector.add_api(api, agent=api_agent.config.name)
-        yield Endpoints(metrics=metrics, api=api)
+        if a2a_port is not None:
+            if api_agent is None:
+                raise ConfigError("A2A needs an agent to serve it")
+            a2a = await stack.enter_async_context(serve_a2a(
+                api_agent.dispatcher, host=host, port=a2a_port, token=api_token))
+        yield Endpoints(metrics=metrics, api=api, a2a=a2a)

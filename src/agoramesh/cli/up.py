@@ -41,6 +41,8 @@ from agoramesh.cli.discovery import (
 from agoramesh.cli.output import emit, emit_json, warn
 from agoramesh.cli.runtime import (
     Endpoints,
+    a2a_bridge,
+    add_a2a_port_option,
     add_api_token_option,
     add_jetstream_options,
     add_otlp_option,
@@ -104,6 +106,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--http-port", type=int,
                         help="serve the HTTP API from the first demo agent on this port "
                              "(0: any free port)")
+    add_a2a_port_option(parser)
     add_api_token_option(parser)
     add_otlp_option(parser)
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -255,6 +258,8 @@ async def _run_up(args: argparse.Namespace, env: Environment) -> int:
     check_discovery_options(args)
     env = with_sign_all(args, env)
     token = api_token(args, env)
+    if args.a2a_port is not None:
+        a2a_bridge()  # a missing extra fails before any server
     access = load_policy(args.acl) if args.acl else None  # a bad file fails before any server
     stop = asyncio.Event()
     trust = _trust_store(args, env)
@@ -278,12 +283,14 @@ async def _run_up(args: argparse.Namespace, env: Environment) -> int:
             follower = None if trust is None else asyncio.ensure_future(
                 follow_trust(trust, lambda: mesh.servers))
             try:
-                if args.http_port is not None and not agents:
-                    raise ConfigError("--http-port needs the demo agents (drop --no-agents)")
+                if (args.http_port is not None or args.a2a_port is not None) and not agents:
+                    raise ConfigError("--http-port and --a2a-port need the demo agents "
+                                      "(drop --no-agents)")
                 async with serve_endpoints(
                         host=args.host, metrics_port=args.metrics_port,
                         http_port=args.http_port, api_agent=agents[0] if agents else None,
-                        agents=agents, servers=mesh.servers, api_token=token) as endpoints:
+                        agents=agents, servers=mesh.servers, api_token=token,
+                        a2a_port=args.a2a_port) as endpoints:
                     _ready(args, mesh, agents, endpoints, trust, found)
                     await stop.wait()
             finally:
@@ -329,6 +336,7 @@ def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
                    "secure": trust is not None, "creds": creds, "jetstream": jetstream,
                    "agents": [agent.card.as_dict() for agent in agents],
                    "http": api.url if api else None,
+                   "a2a": endpoints.a2a.url if endpoints.a2a else None,
                    "metrics": f"{metrics.url}/metrics" if metrics else None,
                    "mesh": args.mesh if args.discover else None,
                    "discovered": sorted(ad.server for ad in found or ())})
@@ -340,6 +348,9 @@ def _ready(args: argparse.Namespace, mesh: Mesh, agents: list[AgentNode],
              f"{', '.join(c.name for c in agent.config.capabilities)}")
     if api is not None:
         emit(f"http api: {api.url}")
+    if endpoints.a2a is not None:
+        emit(f"a2a: {endpoints.a2a.url} (agent card: {endpoints.a2a.url}/.well-known/"
+             f"agent-card.json)")
     if metrics is not None:
         emit(f"metrics: {metrics.url}/metrics")
     if jetstream is not None:

@@ -280,9 +280,10 @@ class Backend(abc.ABC):
         return self.config.model or self.default_model
 
     async def offered(self, names: Sequence[str] = ()) -> tuple[Capability, ...] | None:
-        """The capabilities this backend finds it has (an MCP server's tools), those of
-        ``names`` only if given; None when the catalogue of its type decides
-        (:func:`~agoramesh.nodes.catalog.capabilities_for`)."""
+        """The capabilities this backend finds it has once it reaches what it fronts (an MCP
+        server's tools, an A2A agent's skills), those of ``names`` only if given; None when
+        the catalogue of its type decides (:func:`~agoramesh.nodes.catalog.capabilities_for`).
+        A ConfigError when what it fronts cannot be reached."""
         return None
 
     def price(self, usage: Usage) -> Usage:

@@ -20,6 +20,7 @@ BACKEND_TYPES: dict[str, str] = {
     "codex": "agoramesh.nodes.backends.cli:CodexBackend",
     "command": "agoramesh.nodes.backends.command:CommandBackend",
     "mcp": "agoramesh.nodes.backends.mcp:McpBackend",
+    "a2a": "agoramesh.nodes.backends.a2a:A2ABackend",
 }
 
 
@@ -33,7 +34,8 @@ def create_backend(kind: str, config: BackendConfig | None = None) -> Backend:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         extra = {"openai": "openai", "anthropic": "anthropic", "claude": "anthropic",
-                 "ollama": "ollama", "mcp": "mcp"}.get(kind, "all")
+                 "ollama": "ollama", "mcp": "mcp",
+                 "a2a": "a2a"}.get(kind, "all")
         raise ConfigError(f"the {kind} backend needs an extra package: "
                           f"pip install 'agoramesh[{extra}]' ({exc.name} missing)") from exc
     backend_class: type[Backend] = getattr(module, class_name)

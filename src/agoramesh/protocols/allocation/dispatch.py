@@ -129,8 +129,11 @@ class Dispatcher:
                      agent_id: str | None = None, strategy: Strategy | str = Strategy.AUCTION,
                      timeout: float | None = None, priority: int = 5,
                      exclude: Iterable[str] = (), task_id: str | None = None,
-                     progress: Callable[[Progress], None] | None = None) -> TaskResult:
+                     progress: Callable[[Progress], None] | None = None,
+                     stream: bool = False) -> TaskResult:
         """Run one task and return its result (COMPLETED or FAILED).
+
+        ``stream``: an auction's winner streams its output, as ``chunk`` progress events.
 
         Raises only when no result can be had: NoResponders / NoBidders when
         nobody can take it, BusTimeout when ``timeout`` passes, AuctionFailed
@@ -147,7 +150,7 @@ class Dispatcher:
                   attributes={"agoramesh.task_id": task.task_id,
                               "agoramesh.capability": capability}):
             outcome = await self.auctioneer.run(task, timeout=wait, exclude=exclude,
-                                                progress=progress)
+                                                progress=progress, stream=stream)
         return outcome.result
 
 
