@@ -68,6 +68,7 @@ from agoramesh.errors import ConfigError
 from agoramesh.nodes.backends.base import BackendConfig
 from agoramesh.nodes.backends.cli import MCP_SERVER, McpServer
 from agoramesh.nodes.backends.registry import BACKEND_TYPES, create_backend
+from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.observability.trajectory import Trajectory
@@ -249,6 +250,9 @@ async def _run_node(args: argparse.Namespace, env: Environment) -> int:
     _check_backend_flags(args)
     if args.a2a_port is not None:
         a2a_bridge()  # a missing extra fails before anything starts
+    # An MCP server or an A2A agent says what it offers once reached; the other types'
+    # capabilities are the catalogue's, checked now.
+    known = None if args.type in ("mcp", "a2a") else capabilities_for(args.type, args.capability)
     access = load_policy(args.acl) if args.acl else AccessPolicy()
     identity = Identity.load_or_create(args.key_file or env.home / f"{args.name}.nk")
     trust = TrustStore.open(args.trust, prefix=env.prefix) if args.trust else None
@@ -268,7 +272,7 @@ async def _run_node(args: argparse.Namespace, env: Environment) -> int:
                     server.on_crash.append(lambda _: stop.set())
                     await server.start()
                 url = args.connect or (server.client_url if server else "")
-                node = await _start_agent(args, env, identity, access, tls, url)
+                node = await _start_agent(args, env, identity, known, access, tls, url)
                 seeds = [server] if server is not None and role is ServerRole.SEED else []
                 try:
                     async with announced(discovery, seeds), serve_endpoints(
@@ -289,7 +293,7 @@ async def _run_node(args: argparse.Namespace, env: Environment) -> int:
 
 
 async def _start_agent(args: argparse.Namespace, env: Environment, identity: Identity,
-                       access: AccessPolicy,
+                       known: tuple[Capability, ...] | None, access: AccessPolicy,
                        tls: TlsConfig | None, url: str) -> AgentNode:
     """The node's agent, started on ``url``: its backend made once the server runs (an MCP
     server's tools are its capabilities), its membership on a secured mesh."""
@@ -299,11 +303,8 @@ async def _start_agent(args: argparse.Namespace, env: Environment, identity: Ide
              "ports; fine for a local demo only. Use --trust DIR (agoramesh trust init) "
              "to enforce membership (docs/SECURITY.md).")
     try:
-        # An MCP server or an A2A agent says what it offers once reached; the other
-        # types' capabilities are the catalogue's.
-        offered = await backend.offered(args.capability)
-        capabilities = (offered if offered is not None
-                        else capabilities_for(args.type, args.capability))
+        capabilities = known if known is not None else tuple(
+            await backend.offered(args.capability) or ())
         user_jwt = _membership(args, env, identity, [cap.name for cap in capabilities])
         trajectory = (Trajectory(args.trajectory, agent=args.name,
                                  agent_id=identity.agent_id) if args.trajectory else None)
