@@ -44,8 +44,8 @@ def process_kind(args: Any) -> str | None:
     else:
         argv = [os.fsdecode(arg) for arg in args]
     program = Path(argv[0]).name if argv else ""
-    if program == "nats-server" and "-t" not in argv:
-        return "integration"
+    if program == "nats-server" and not {"-t", "-v", "--version"} & set(argv):
+        return "integration"  # a server, not a config check or a version
     modules = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "-m"][:1]
     if program == "agoramesh" or any(module in _CLI_MODULES for module in modules):
         return "e2e"
