@@ -27,6 +27,9 @@ __all__ = ("AwardPhase", "cancel_lost", "cancel_winner")
 
 log = logging.getLogger("agoramesh.auction")
 
+#: Seconds since go_ahead said yes beyond which an award asks it again before it is sent.
+_PAUSED = 1.0
+
 
 class AwardPhase:
     """Awards the bids of one auctioneer, with the policy in force when it is made."""
@@ -54,13 +57,21 @@ class AwardPhase:
                               "agoramesh.attempt": auction.attempt}):
             return await self._award(auction, offer, notify, stream, durable)
 
+    @staticmethod
+    async def _go_ahead(auction: Auction) -> None:
+        """TaskCancelled unless the auction's ``go_ahead`` says to award (a durable job with
+        no stored result, still ours)."""
+        assert auction.go_ahead is not None
+        if not await auction.go_ahead():
+            raise TaskCancelled(f"task {auction.task.task_id} was called off before its award")
+        auction.went_ahead_at = asyncio.get_running_loop().time()
+
     async def _award(self, auction: Auction, offer: Offer, notify: Callable[[Progress], None],
                      stream: bool, durable: bool) -> tuple[TaskResult, bool]:
         task, policy, bid = auction.task, self.policy, offer.bid
         if auction.go_ahead is not None and auction.ask_go_ahead:
             auction.ask_go_ahead = False
-            if not await auction.go_ahead():
-                raise TaskCancelled(f"task {task.task_id} was called off before its award")
+            await self._go_ahead(auction)
         winner, cid = bid.agent_id, new_id()
         auction.awarded(winner, cid)
         body: dict[str, Any] = {
@@ -75,11 +86,22 @@ class AwardPhase:
             self.trajectory.decided("award", auction_id=auction.id, task_id=task.task_id,
                                     capability=task.capability, winner=winner,
                                     attempt=auction.attempt, bids=len(auction.offers))
+        subject, reply = self.bus.subjects.agent(winner), f"{auction.inbox}.w{auction.attempt}"
         try:
-            await self.bus.publish(self.bus.subjects.agent(winner), "award", body, to=winner,
-                                   cid=cid, reply=f"{auction.inbox}.w{auction.attempt}",
-                                   ttl_ms=int(policy.award_timeout * 1000))
+            wire = self.bus.seal(subject, "award", body, to=winner, cid=cid, reply=reply,
+                                 ttl_ms=int(policy.award_timeout * 1000))
+            if (auction.go_ahead is not None
+                    and asyncio.get_running_loop().time() - auction.went_ahead_at > _PAUSED):
+                # Paused since go_ahead said yes (a frozen process): a durable job may be
+                # another node's by now. Sealed first, so an award held up after this look
+                # expires (award_timeout) before it can be taken.
+                await self._go_ahead(auction)
+                wire = self.bus.seal(subject, "award", body, to=winner, cid=cid, reply=reply,
+                                     ttl_ms=int(policy.award_timeout * 1000))
+            await self.bus.publish_raw(subject, wire, reply=reply)
         except AgoraError as exc:
+            if isinstance(exc, TaskCancelled):
+                raise
             log.info("award to %s not sent: %s", winner[:8], exc)
             raise Declined from None
         accepted = False
