@@ -139,7 +139,9 @@ class Assets:
                     return self.config.ack_wait
                 except nats.js.errors.APIError as exc:
                     # 10148: created meanwhile, with another config: its ack_wait is read next.
-                    if exc.code != 503 and exc.err_code not in (*_PLACEMENT, 10148):
+                    # 10059, stream not found: the stream was just created (or found) and a
+                    # server that joined the cluster a moment ago has not applied it yet.
+                    if exc.code != 503 and exc.err_code not in (*_PLACEMENT, 10148, 10059):
                         raise self._error(exc, "creating the job consumer") from None
                     last = exc
             except nats.js.errors.APIError as exc:
