@@ -96,7 +96,8 @@ class AwardPhase:
                 # another node's by now. Sealed first, so an award held up after this look
                 # expires (award_timeout) before it can be taken.
                 await self._go_ahead(auction)
-                wire = self.bus.seal(subject, "award", body, to=winner, cid=cid, reply=reply,
+                # The same award with a fresh lifetime: counted and traced once, above.
+                wire = self.bus.wire(subject, "award", body, to=winner, cid=cid, reply=reply,
                                      ttl_ms=int(policy.award_timeout * 1000))
             await self.bus.publish_raw(subject, wire, reply=reply)
         except AgoraError as exc:
