@@ -341,6 +341,9 @@ async def test_an_inbox_hands_over_admitted_replies_and_no_responders(
     await server.subscribe(SUBJECT, Recorder())
     arrived: list[Envelope | None] = []
     inbox, listener = await client.inbox(arrived.append)
+    # Our own requests need no flush (the server reads our SUB before our PUB); a
+    # stranger's publish on another connection does, or the junk can beat the SUB.
+    await client.flush()
     await raw.publish(inbox, b"junk")  # refused: counted, never handed over
     await client.publish(SUBJECT, "task_request", {"n": 1}, reply=inbox)
     await wait_until(lambda: bool(arrived) and client.rejections[RejectReason.MALFORMED] == 1,
