@@ -17,7 +17,9 @@ import pytest
 
 from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
-from agoramesh.config import BusConfig
+from agoramesh.cli.main import build_parser
+from agoramesh.cli.node import _backend_config
+from agoramesh.config import BusConfig, Environment
 from agoramesh.nodes.backends.base import Backend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.node import NodeConfig
@@ -136,7 +138,7 @@ def test_node_api_token_errors_are_one_line(tmp_path: Path) -> None:
 async def test_node_http_api_requires_the_token_from_the_environment(
         tmp_path: Path, processes: list[NodeProcess]) -> None:
     node = NodeProcess(tmp_path, "--name", "guarded", "--http-port", "0", "--metrics-port", "0",
-                       env={"AGORAMESH_API_TOKEN": API_TOKEN})
+                       "--a2a-port", "0", env={"AGORAMESH_API_TOKEN": API_TOKEN})
     processes.append(node)
     url = node.ready["http"]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
@@ -152,9 +154,25 @@ async def test_node_http_api_requires_the_token_from_the_environment(
         async with http.post(f"{url}/api/tasks", json={},
                              headers={"Authorization": f"Bearer {API_TOKEN}x"}) as response:
             assert response.status == 401
+        async with http.post(node.ready["a2a"], json={}) as response:  # A2A: the same token
+            assert response.status == 401 and response.headers["WWW-Authenticate"] == "Bearer"
         async with http.get(node.ready["metrics"]) as response:
-            refused = [line for line in (await response.text()).splitlines()
-                       if line.startswith("agoramesh_http_unauthorized_total{")]
-    assert refused == ['agoramesh_http_unauthorized_total{agent="guarded"} 2.0']
+            refused = sorted(line for line in (await response.text()).splitlines()
+                             if line.startswith("agoramesh_http_unauthorized_total{"))
+    assert refused == ['agoramesh_http_unauthorized_total{agent="guarded",api="a2a"} 1.0',
+                       'agoramesh_http_unauthorized_total{agent="guarded",api="http"} 2.0']
     assert node.stop() == 0
     assert API_TOKEN not in json.dumps(node.ready) and API_TOKEN not in node.stderr
+
+
+def test_backend_timeout_reaches_the_backend_and_bad_values_are_one_line(
+        tmp_path: Path) -> None:
+    env = Environment.read({"AGORAMESH_HOME": str(tmp_path)})
+    parsed = build_parser(env).parse_args(["node", "--name", "x", "--type", "a2a", "--a2a-url",
+                                           "http://127.0.0.1:9/", "--backend-timeout", "2.5"])
+    assert _backend_config(parsed, env, "nats://127.0.0.1:4222").timeout == 2.5
+    default = build_parser(env).parse_args(["node", "--name", "x"])
+    assert _backend_config(default, env, "nats://127.0.0.1:4222").timeout == 60.0
+    for bad in ("0", "-1", "nan"):
+        assert _node_fails(tmp_path, "--backend-timeout", bad) == [
+            "agoramesh: error: --backend-timeout must be a positive number of seconds"]

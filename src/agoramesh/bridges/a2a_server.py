@@ -38,7 +38,6 @@ It runs on uvicorn, a2a-sdk serving Starlette apps (:class:`~agoramesh.bridges.a
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 from urllib.parse import quote
@@ -56,7 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agoramesh.api.server import MAX_BODY, validate_token
 from agoramesh.bridges.a2a_cards import agent_card, mesh_card
 from agoramesh.bridges.a2a_executor import AGENT, MeshExecutor, MeshRequestHandler
-from agoramesh.bridges.asgi import AsgiSite
+from agoramesh.bridges.asgi import AsgiSite, BearerToken
 from agoramesh.errors import ConfigError, NotConnected
 from agoramesh.protocols.allocation.dispatch import Dispatcher
 
@@ -99,33 +98,17 @@ def _quiet_client_mistakes() -> None:
 
 
 class _Gate:
-    """The bearer token and the body limit, in front of the app (pure ASGI)."""
+    """The body rules, in front of the app (pure ASGI): declared JSON, at most ``max_body``."""
 
-    def __init__(self, app: ASGIApp, *, token: bytes | None, max_body: int,
-                 refused: list[int]) -> None:
+    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
         self.app = app
-        self.token = token
         self.max_body = max_body
-        self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        if self.token is not None and not (request.method in ("GET", "HEAD")
-                                           and request.url.path.endswith(_CARD)):
-            scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-            if not (scheme.lower() == "bearer" and hmac.compare_digest(
-                    credentials.strip(" ").encode("utf-8", "surrogatepass"), self.token)):
-                self.refused[0] += 1
-                message = ("the bearer token is not valid" if scheme.lower() == "bearer"
-                           and credentials else "this A2A server needs an 'Authorization: "
-                                                "Bearer <token>' header")
-                response = JSONResponse({"error": {"type": "Unauthorized", "message": message}},
-                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
         if request.method == "POST" and not _is_json(request.headers.get("content-type", "")):
             response = JSONResponse({"error": {"type": "UnsupportedMediaType", "message": (
                 "the body must be JSON: send Content-Type: application/json")}},
@@ -149,6 +132,11 @@ class _Gate:
             return message
 
         return limited
+
+
+def _card_get(method: str, path: str) -> bool:
+    """An agent card's GET: open to anyone, as the card declares the token it asks for."""
+    return method in ("GET", "HEAD") and path.endswith(_CARD)
 
 
 def _is_json(content_type: str) -> bool:
@@ -191,20 +179,20 @@ class A2AServer:
         self.dispatcher = dispatcher
         self.host = host
         self._requested_port = port
-        self._token = None if token is None else validate_token(token).encode()
+        self._token = None if token is None else validate_token(token)
         self.max_body = max_body
         self.max_connections = max_connections
         self.max_tasks = max_tasks
         self.executor = MeshExecutor(dispatcher, task_timeout=task_timeout)
         self.handler: MeshRequestHandler | None = None
-        self._refused = [0]
+        self._guard: BearerToken | None = None
         self._site: AsgiSite | None = None
         self.port: int | None = None
 
     @property
     def unauthorized(self) -> int:
         """Requests refused for a missing or wrong token."""
-        return self._refused[0]
+        return 0 if self._guard is None else self._guard.unauthorized
 
     @property
     def url(self) -> str:
@@ -228,7 +216,11 @@ class A2AServer:
             Route("/agents/{agent}", rpc.handle_requests, methods=["POST"]),
             Route("/agents/{agent}/", rpc.handle_requests, methods=["POST"]),
         ])
-        return _Gate(app, token=self._token, max_body=self.max_body, refused=self._refused)
+        gated: ASGIApp = _Gate(app, max_body=self.max_body)
+        if self._token is not None:
+            gated = self._guard = BearerToken(gated, self._token, serves="A2A",
+                                              exempt=_card_get)
+        return gated
 
     def _card(self, agent: str | None, base: str) -> Any:
         secured = self._token is not None

@@ -106,6 +106,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--a2a-url", metavar="URL",
                         help="the A2A agent for --type a2a: its skills become this node's "
                              "capabilities (token: --api-key or $AGORAMESH_A2A_TOKEN)")
+    parser.add_argument("--backend-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="the longest one call to the backend may take: a provider's "
+                             "request, a CLI run, an MCP tool call, an A2A message "
+                             "(default 60)")
     where = parser.add_argument_group("mesh")
     where.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
                        help="a seed's cluster address to join (repeatable)")
@@ -208,6 +212,8 @@ def _check_backend_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--a2a-url is for --type a2a")
     if args.mesh_tools and args.type not in ("claude-code", "codex"):
         raise ConfigError("--mesh-tools is for --type claude-code or codex")
+    if not args.backend_timeout > 0:  # NaN too
+        raise ConfigError("--backend-timeout must be a positive number of seconds")
 
 
 def _mesh_tools(args: argparse.Namespace, env: Environment, url: str) -> McpServer:
@@ -235,6 +241,7 @@ def _backend_config(args: argparse.Namespace, env: Environment, url: str) -> Bac
     return BackendConfig(
         model=args.model, api_key=args.api_key or env.api_keys.get(args.type),
         base_url=args.mcp_url or args.a2a_url or args.base_url, command=command,
+        timeout=args.backend_timeout,
         options=((MCP_SERVER, _mesh_tools(args, env, url)),) if args.mesh_tools else ())
 
 

@@ -225,4 +225,6 @@ async def serve_endpoints(*, host: str, metrics_port: int | None, http_port: int
                 raise ConfigError("A2A needs an agent to serve it")
             a2a = await stack.enter_async_context(serve_a2a(
                 api_agent.dispatcher, host=host, port=a2a_port, token=api_token))
+            if metrics is not None:
+                metrics.collector.add_api(a2a, agent=api_agent.config.name, kind="a2a")
         yield Endpoints(metrics=metrics, api=api, a2a=a2a)

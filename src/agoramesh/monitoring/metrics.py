@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -45,10 +45,16 @@ from agoramesh.observability.stats import JOB_EVENTS, Histogram
 
 if TYPE_CHECKING:
     from agoramesh.agent import AgentNode
-    from agoramesh.api.server import HttpApi
     from agoramesh.bus.server import EmbeddedServer
 
-__all__ = ("JOB_STORE_METRICS", "METRICS", "MeshCollector", "new_registry")
+__all__ = ("JOB_STORE_METRICS", "METRICS", "Guarded", "MeshCollector", "new_registry")
+
+
+class Guarded(Protocol):
+    """A server behind the bearer token (the HTTP API, the A2A server): its refusals."""
+
+    @property
+    def unauthorized(self) -> int: ...
 
 #: name -> (type, help). Counters are listed with their ``_total`` suffix.
 METRICS: dict[str, tuple[str, str]] = {
@@ -87,7 +93,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "agoramesh_job_results_stored": ("gauge", "Job results the mesh's result store holds"),
     "agoramesh_job_results_bytes": ("gauge", "Bytes of the mesh's result store"),
     "agoramesh_http_unauthorized_total": (
-        "counter", "HTTP API requests refused for a missing or wrong bearer token"),
+        "counter", "Requests refused for a missing or wrong bearer token, by API served "
+                   "(http: the HTTP API, a2a: the A2A server)"),
     "agoramesh_server_up": ("gauge", "1 if the embedded nats-server answers /healthz"),
     "agoramesh_server_connections": ("gauge", "Client connections of the embedded server"),
     "agoramesh_server_routes": ("gauge", "Routes of the embedded server"),
@@ -121,7 +128,7 @@ class MeshCollector(Collector):
     def __init__(self) -> None:
         self._agents: dict[str, AgentNode] = {}
         self._servers: dict[str, EmbeddedServer] = {}
-        self._apis: dict[str, HttpApi] = {}
+        self._apis: dict[tuple[str, str], Guarded] = {}
         self._server_stats: dict[str, dict[str, Any]] = {}
         self._job_queue: JobQueue | None = None
 
@@ -136,9 +143,10 @@ class MeshCollector(Collector):
     def add_server(self, server: EmbeddedServer) -> None:
         self._servers[server.config.name] = server
 
-    def add_api(self, api: HttpApi, *, agent: str) -> None:
-        """Count ``api``'s refusals under the name of the agent serving it."""
-        self._apis[agent] = api
+    def add_api(self, api: Guarded, *, agent: str, kind: str = "http") -> None:
+        """Count ``api``'s refusals under the name of the agent serving it and the kind
+        of API (``http``, ``a2a``)."""
+        self._apis[agent, kind] = api
 
     # -- embedded servers (async: their monitoring port is HTTP) --------------------
 
@@ -213,9 +221,9 @@ class MeshCollector(Collector):
         build.add_metric([__version__], 1)
         yield build
         yield from self._agent_families(self._labelled())
-        refused = _family("agoramesh_http_unauthorized_total", ["agent"])
-        for agent, api in list(self._apis.items()):
-            refused.add_metric([agent], api.unauthorized)
+        refused = _family("agoramesh_http_unauthorized_total", ["agent", "api"])
+        for (agent, kind), api in list(self._apis.items()):
+            refused.add_metric([agent, kind], api.unauthorized)
         yield refused
         yield from self._server_families()
         yield from self._job_store_families(self._job_queue if self._agents else None)
