@@ -99,6 +99,8 @@ async def test_a_finder_keeps_only_its_mesh_and_operator(seeds: Seeds) -> None:
             assert found[0].leaf == ours.leaf_address
             await wait_until(lambda: finder.skipped["other_mesh"] >= 1
                              and finder.skipped["other_operator"] >= 1, timeout=5.0)
+            await asyncio.sleep(1.0)  # both instances' later answers and updates: not counted
+            assert finder.skipped == {"other_mesh": 1, "other_operator": 1}
         async with MdnsDiscovery(mesh=mesh, operator="0123456789abcdef",
                                  interfaces=LOOPBACK) as trusting:
             found = await trusting.find(10.0, settle=1.5)

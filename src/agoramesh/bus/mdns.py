@@ -119,8 +119,10 @@ class MdnsDiscovery:
         self.interfaces = tuple(interfaces)
         #: Seeds of this mesh heard of, by name (ours included).
         self.seeds: dict[str, SeedAd] = {}
-        #: Announcements skipped: other_mesh, other_operator, malformed.
+        #: Seeds' announcements skipped, each counted once: other_mesh, other_operator,
+        #: malformed.
         self.skipped: Counter[str] = Counter()
+        self._skipped_names: set[tuple[str, str]] = set()
         self._heard = asyncio.Event()
         self._listeners: list[Callable[[SeedAd], None]] = []
         self._zc: AsyncZeroconf | None = None
@@ -247,20 +249,29 @@ class MdnsDiscovery:
         try:
             ad = SeedAd.parse(name, info.properties)
         except ValueError as exc:
-            self.skipped["malformed"] += 1
-            log.debug("mDNS: skipped %s: %s", name, exc)
+            if self._skip(name, "malformed"):
+                log.debug("mDNS: skipped %s: %s", name, exc)
             return
         if ad.mesh != self.mesh:
-            self.skipped["other_mesh"] += 1
+            self._skip(name, "other_mesh")
         elif ad.operator != self.operator:
-            self.skipped["other_operator"] += 1
-            log.info("mDNS: skipped seed %s of mesh %r: another operator (%s)", ad.name,
-                     ad.mesh, ad.operator or "open mesh")
+            if self._skip(name, "other_operator"):
+                log.info("mDNS: skipped seed %s of mesh %r: another operator (%s)", ad.name,
+                         ad.mesh, ad.operator or "open mesh")
         elif ad.name not in self.seeds:
             self.seeds[ad.name] = ad
             self._heard.set()
             for listener in list(self._listeners):
                 listener(ad)
+
+    def _skip(self, name: str, reason: str) -> bool:
+        """Count ``name`` as skipped for ``reason`` the first time it is (both instances hear
+        an announcement, each of them more than once); True that first time."""
+        if (name, reason) in self._skipped_names:
+            return False
+        self._skipped_names.add((name, reason))
+        self.skipped[reason] += 1
+        return True
 
     def _own(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
