@@ -17,7 +17,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from agoramesh.monitoring.records import MeshEvent
 
@@ -149,7 +149,7 @@ def _text(value: Any, limit: int) -> str:
     return str(value)[:limit] if isinstance(value, str | int | float) else ""
 
 
-def _count(value: Any) -> bool:
+def _count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
