@@ -8,7 +8,8 @@ GET      ``/console/{file}``       ``console.js``, ``console.css`` (package data
 GET      ``/api/console/state``    the feed's snapshot (:mod:`agoramesh.console.feed`)
 GET      ``/api/console/events``   ``text/event-stream``: ``data: <snapshot>``, then a
                                    ``data: <frame>`` for each change (``: keep-alive``
-                                   comments between); at most :data:`MAX_STREAMS` at once
+                                   comments between); at most :data:`MAX_STREAMS` at once;
+                                   a browser gone is noticed within a second
 =======  ========================  =====================================================
 
 Every one of them is behind the API's token check (a bearer header or the
@@ -21,6 +22,7 @@ and attributes only, never as markup.
 
 from __future__ import annotations
 
+import contextlib
 from importlib import resources
 
 from aiohttp import web
@@ -29,9 +31,11 @@ from agoramesh.api.json_http import error_response, json_response, only_query
 from agoramesh.api.session import PAGE_HEADERS
 from agoramesh.console.feed import ConsoleFeed
 
-__all__ = ("CSP", "MAX_STREAMS", "Console")
+__all__ = ("CSP", "KEEP_ALIVE", "MAX_STREAMS", "Console")
 
 MAX_STREAMS = 64
+#: Seconds without a frame after which a stream gets a keep-alive comment.
+KEEP_ALIVE = 15
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _FILES = {"index.html": "text/html", "console.js": "text/javascript",
@@ -89,11 +93,19 @@ class Console:
         self.streams += 1
         try:
             await response.prepare(request)
-            async for text in self.feed.frames():
-                await response.write(f"data: {text}\n\n".encode() if text
-                                     else b": keep-alive\n\n")
+            idle = 0
+            async with contextlib.aclosing(self.feed.frames(idle=1.0)) as frames:
+                async for text in frames:
+                    if request.transport is None or request.transport.is_closing():
+                        break  # the browser went away while nothing was sent
+                    idle = 0 if text else idle + 1
+                    if text:
+                        await response.write(f"data: {text}\n\n".encode())
+                    elif idle >= KEEP_ALIVE:
+                        idle = 0
+                        await response.write(b": keep-alive\n\n")
         except ConnectionResetError:
-            pass  # the browser went away
+            pass  # the browser went away as we wrote
         finally:
             self.streams -= 1
         return response

@@ -25,7 +25,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -86,7 +86,7 @@ class ConsoleFeed:
     async def start(self) -> None:
         await self.watcher.start()
         self._discovery = asyncio.create_task(self.watcher.discover(1.0))
-        self.topology.start()
+        await self.topology.start()
 
     async def close_streams(self) -> None:
         """End every browser's stream (the server is shutting down)."""
@@ -181,10 +181,9 @@ class ConsoleFeed:
         finally:
             self.listeners -= 1
             if self.listeners == 0 and self._ticker is not None:
-                self._ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._ticker
-                self._ticker = None
+                ticker, self._ticker = self._ticker, None
+                ticker.cancel()
+                await asyncio.wait([ticker], timeout=1.0)
 
     async def _wait_past(self, sent: int, bound: float) -> None:
         """Until a frame after ``sent`` is built, the streams close, or ``bound`` seconds."""
@@ -194,14 +193,15 @@ class ConsoleFeed:
                     await self._new_frame.wait_for(
                         lambda: self._frame_no > sent or self.closing.is_set())
 
-    async def frames(self, heartbeat: float = 15.0) -> AsyncIterator[str]:
+    async def frames(self, idle: float = 1.0) -> AsyncGenerator[str, None]:
         """JSON texts for one browser: a snapshot, then each frame (another snapshot if it
-        fell behind); ``""`` after ``heartbeat`` seconds without one (a keep-alive)."""
+        fell behind); ``""`` after ``idle`` seconds without one (the caller's chance to see
+        whether the browser is still there)."""
         async with self.listening():
             sent = self._frame_no
             yield json.dumps(self.snapshot())
             while not self.closing.is_set():
-                await self._wait_past(sent, heartbeat)
+                await self._wait_past(sent, idle)
                 if self.closing.is_set():
                     return
                 pending = [(no, text) for no, text in self._frames if no > sent]

@@ -59,8 +59,10 @@ class Topology:
         self.known: dict[str, ServerNode] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Read the servers once (the first snapshot shows them), then every ``every`` s."""
         if self._task is None and self.servers:
+            await self.read()
             self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
@@ -71,8 +73,8 @@ class Topology:
 
     async def _follow(self) -> None:
         while True:
-            await self.read()
             await asyncio.sleep(self.every)
+            await self.read()
 
     async def read(self) -> None:
         """Ask every local server once (at once, each bounded by a second)."""
