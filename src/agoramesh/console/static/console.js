@@ -92,9 +92,9 @@ function renderTopology() {
     if (!centre) continue;
     const outward = Math.atan2(centre[1] - cy, centre[0] - cx) || -Math.PI / 2;
     agents.forEach((agent, i) => {
-      const spread = Math.min(Math.PI * 1.2, 0.45 * agents.length);
+      const spread = Math.min(Math.PI * 1.5, 0.7 * agents.length);
       const angle = outward - spread / 2 + (spread * (i + 0.5)) / agents.length;
-      const x = centre[0] + 62 * Math.cos(angle), y = centre[1] + 62 * Math.sin(angle);
+      const x = centre[0] + 80 * Math.cos(angle), y = centre[1] + 80 * Math.sin(angle);
       links.append(svg("line", {x1: centre[0], y1: centre[1], x2: x, y2: y, class: "agent"}));
       const group = svg("g", {class: "agent-node", "data-id": agent.id});
       group.append(svg("title", {}, `${agent.name} (${agent.presence}) on ${server}`));
