@@ -26,7 +26,16 @@ POST     ``/api/collaborate``   ``{mode, topic, agents, rounds, requirements}`` 
                                 mode's result, e.g. ``{debate_history, consensus, …}``
                                 (request: :mod:`agoramesh.protocols.collaboration.request`;
                                 result: :mod:`agoramesh.protocols.collaboration`)
+POST     ``/api/workflows``     ``{workflow, inputs?, strategy?}`` → the workflow's result
+                                (:mod:`agoramesh.api.workflows`)
+GET      ``/login``             the sign-in form; ``POST /login`` (form ``token``) sets the
+                                session cookie, ``POST /logout`` clears it
+                                (:mod:`agoramesh.api.session`)
 =======  =====================  ==========================================================
+
+``mounts`` add routes of their own: the web console (:mod:`agoramesh.console`) is
+``GET /`` and its data. The collaborations and workflows run here are kept, as
+they go, in :attr:`HttpApi.activity` (:mod:`agoramesh.api.activity`).
 
 A durable task (an ``Idempotency-Key`` header or ``"durable": true``) is
 described in :mod:`agoramesh.api.tasks`; the collaboration route is
@@ -34,10 +43,14 @@ described in :mod:`agoramesh.api.tasks`; the collaboration route is
 errors, :func:`~agoramesh.api.json_http.status_for`) is
 :mod:`agoramesh.api.json_http`.
 
-With a ``token``, every request but ``GET /api/health`` must carry
-``Authorization: Bearer <token>``; without it, or with another token, the
-answer is 401 with ``WWW-Authenticate: Bearer`` before the request is routed
-or its body read. Without a token the API is open to whoever reaches it.
+With a ``token``, every request but ``GET /api/health`` (and the sign-in
+routes) must carry ``Authorization: Bearer <token>`` or the console's session
+cookie; without it, or with another token, the answer is 401 with
+``WWW-Authenticate: Bearer`` (``GET /``: 401 and the sign-in form) before the
+request is routed or its body read; a POST the cookie authenticates without
+``X-Agoramesh-Console: 1`` from this origin is a 403 (CSRF;
+:mod:`agoramesh.api.session`). Without a token the API is open to whoever
+reaches it.
 
 Errors are ``{"error": {"type", "message"}}``, never a stack trace:
 400 invalid JSON, not an object, unknown fields or query parameters, wrong
@@ -138,8 +151,10 @@ class HttpApi(WebServer):
     reads run at once. ``token``: the bearer token every route but ``GET
     /api/health`` requires (see :func:`validate_token`); None leaves the API
     open. ``unauthorized`` counts the requests refused for a missing or wrong
-    one. ``jobs_config``: the durable jobs' settings (their JetStream domain; the
-    limits of a job store this API creates), default :class:`JobsConfig`.
+    one, ``forbidden`` the cookie-authenticated POSTs refused for CSRF. ``mounts``
+    add routes to the application (the web console). ``jobs_config``: the
+    durable jobs' settings (their JetStream domain; the limits of a job store
+    this API creates), default :class:`JobsConfig`.
     Stopping gives requests in progress 2 s to finish.
     """
 

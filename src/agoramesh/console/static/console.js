@@ -474,7 +474,10 @@ function apply(message) {
   if (snapshot || message.tasks || "jobs" in message) renderTasks();
   if (snapshot || state.agents.map((a) => a.id).join() !== before) loadCards();
   setConnection(`live · ${state.agents.filter((a) => a.presence === "live").length} agent(s)`);
-  document.body.dataset.ready = "true";
+  if (!document.body.dataset.ready) {
+    document.body.dataset.readyMs = String(Math.round(performance.now()));  // benchmarks read it
+    document.body.dataset.ready = "true";
+  }
 }
 
 function connect() {
