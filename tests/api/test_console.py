@@ -18,7 +18,8 @@ from agoramesh.api.session import CONSOLE_HEADER, COOKIE, session_value
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.console import Console
 from agoramesh.console.feed import ConsoleFeed, console_feed
-from agoramesh.testing import wait_until
+from agoramesh.console.topology import Topology
+from agoramesh.testing import alive, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -223,3 +224,26 @@ async def test_without_a_token_the_console_is_open_as_the_api_is(
         assert status == 303 and headers["Location"] == "/"
     finally:
         await api.stop()
+
+
+async def test_the_topology_has_seeds_routed_a_leaf_on_its_hub_and_a_server_down(
+        mesh_factory: Any) -> None:
+    mesh = await mesh_factory(seeds=2, leaves=1)
+    topology = Topology(mesh.servers, every=60)
+    await topology.read()
+    graph = topology.graph([], now=0.0, missed=3)
+    assert [(s["name"], s["role"], s["state"]) for s in graph["servers"]] == [
+        ("seed1", "seed", "up"), ("seed2", "seed", "up"), ("leaf1", "leaf", "up")]
+    [route] = [link for link in graph["links"] if link["kind"] == "route"]
+    assert (route["a"], route["b"]) == ("seed1", "seed2")
+    [leaf] = [link for link in graph["links"] if link["kind"] == "leaf"]
+    assert leaf["a"] == "leaf1" and leaf["b"] in ("seed1", "seed2")
+
+    pid = mesh.leaves[0].pid
+    mesh.leaves[0].kill()
+    await wait_until(lambda: not alive(pid), timeout=5)
+    await topology.read()
+    graph = topology.graph([], now=0.0, missed=3)
+    assert ("leaf1", "leaf", "down") in [(s["name"], s["role"], s["state"])
+                                         for s in graph["servers"]]
+    assert not [link for link in graph["links"] if link["kind"] == "leaf"]

@@ -127,6 +127,14 @@ async def _browse(up: UpProcess, browser: Any, victim: NodeProcess, evil_id: str
     assert await seeds.count() == 3
     assert await page.locator("#servers li[data-role=seed]").count() == 3
 
+    # From the keyboard: a view is a link away, and every field has its label.
+    await page.focus("nav a[data-view=agents]")
+    await page.keyboard.press("Enter")
+    await page.locator("section#agents").wait_for()
+    assert await page.locator("section#topology").is_hidden()
+    assert await page.evaluate("""[...document.querySelectorAll('input, select, textarea')]
+        .every((field) => field.labels.length > 0)""")
+
     # Every agent, the one with markup in its name shown as text.
     await page.click("nav a[data-view=agents]")
     names = {"coder", "runner", "analyst", "pro", "con", "victim", EVIL}
@@ -145,6 +153,8 @@ async def _browse(up: UpProcess, browser: Any, victim: NodeProcess, evil_id: str
     await page.click("nav a[data-view=tasks]")
     await page.select_option("#task-capability", "echo")
     await page.fill("#task-fields [data-name=text]", "from the browser")
+    assert await page.evaluate("""[...document.querySelectorAll('#task-form input,'
+        + ' #task-form select, #task-form textarea')].every((field) => field.labels.length)""")
     await page.click("#task-form button[type=submit]")
     done = page.locator("#submitted-table tbody tr[data-state=completed]")
     await done.wait_for()
