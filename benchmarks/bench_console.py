@@ -100,10 +100,10 @@ async def window(pid: int, seconds: float) -> float:
 async def stream(http: aiohttp.ClientSession, url: str, frames: list[int]) -> None:
     """One console stream, read and dropped (frames counted) until cancelled."""
     async with http.get(f"{url}/api/console/events") as response:
-        async for line in response.content:
-            if line.startswith(b"data: "):
-                frames[0] += 1
-                frames[1] += len(line)
+        response.raise_for_status()
+        async for chunk in response.content.iter_any():  # a snapshot is one long line
+            frames[0] += chunk.count(b"\ndata: ") + chunk.startswith(b"data: ")
+            frames[1] += len(chunk)
 
 
 async def page_loads(url: str, loads: int) -> list[float]:
@@ -179,6 +179,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 without = await window(pid, args.window)
                 reader = asyncio.create_task(stream(http, http_url, frames))
                 await asyncio.sleep(1.0)  # the snapshot is sent
+                if reader.done():
+                    reader.result()  # the stream failed: say why
                 sent_before = frames[:]
                 with_stream = await window(pid, args.window)
                 sent = [frames[0] - sent_before[0], frames[1] - sent_before[1]]
