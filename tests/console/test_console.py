@@ -19,6 +19,7 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.console import Console
 from agoramesh.console.feed import ConsoleFeed, console_feed
 from agoramesh.console.topology import Topology
+from agoramesh.monitoring.records import AgentRecord
 from agoramesh.testing import alive, wait_until
 
 pytestmark = pytest.mark.integration
@@ -238,6 +239,19 @@ async def test_the_topology_has_seeds_routed_a_leaf_on_its_hub_and_a_server_down
     assert (route["a"], route["b"]) == ("seed1", "seed2")
     [leaf] = [link for link in graph["links"] if link["kind"] == "leaf"]
     assert leaf["a"] == "leaf1" and leaf["b"] in ("seed1", "seed2")
+
+    # An agent is placed by the server its telemetry names, and moves when it fails over.
+    seed1 = next(s for s in graph["servers"] if s["name"] == "seed1")
+    agent = AgentRecord(id="U" + "B" * 55, first_seen=0.0, last_seen=0.0, name="mover",
+                        server=(seed1["id"], ""))
+    unknown = AgentRecord(id="U" + "C" * 55, first_seen=0.0, last_seen=0.0,
+                          server=("NREMOTE", "<b>far</b>"))
+    placed = topology.graph([agent, unknown], now=0.0, missed=3)
+    assert [(a["name"], a["server"]) for a in placed["agents"]] == [
+        ("mover", "seed1"), (unknown.label, "<b>far</b>")]
+    assert ("<b>far</b>", "") in [(s["name"], s["role"]) for s in placed["servers"]]
+    agent.server = ("NOTHER", "seed2")
+    assert topology.graph([agent], now=0.0, missed=3)["agents"][0]["server"] == "seed2"
 
     pid = mesh.leaves[0].pid
     mesh.leaves[0].kill()

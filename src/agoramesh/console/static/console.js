@@ -218,10 +218,12 @@ function auctionBody(auction) {
       .map(([k, v]) => `${v} × ${k}`).join(" + ") + " (each term in [0, 1], 1 best)"));
   }
   if (!auction.rounds.length) body.append(el("p", {}, "The auctioneer sent no bid details."));
-  for (const round of auction.rounds) {
+  auction.rounds.forEach((round, index) => {
+    const before = index > 0 ? auction.rounds[index - 1].awards.at(-1) : null;
+    const why = !before ? (round.attempt > 1 ? " (called again)" : "")
+      : ["lost", "failed"].includes(before.outcome) ? " (re-auction)" : " (called again: busy)";
     const section = el("div", {class: "round"});
-    section.append(el("h4", {}, `Call ${round.attempt}` +
-      (round.attempt > 1 ? " (re-auction)" : "")));
+    section.append(el("h4", {}, `Call ${round.attempt}${why}`));
     const rows = round.bids.map((bid, index) => {
       const won = bid.agent === auction.winner && round === auction.rounds.at(-1);
       return el("tr", {class: won ? "winner" : null, "data-agent": bid.agent},
@@ -247,7 +249,7 @@ function auctionBody(auction) {
       (award.reason ? ` (${award.reason})` : "")));
     if (awards.length) section.append(el("ol", {class: "awards"}, ...awards));
     body.append(section);
-  }
+  });
   return body;
 }
 
