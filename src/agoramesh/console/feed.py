@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -33,11 +34,14 @@ from agoramesh.api.activity import Activity
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.console.topology import Topology
+from agoramesh.errors import AgoraError
 from agoramesh.monitoring.mesh_view import MeshView
 from agoramesh.monitoring.records import AgentRecord
 from agoramesh.monitoring.watcher import MeshWatcher
 
 __all__ = ("FRAMES", "KEEP_AUCTIONS", "KEEP_TASKS", "ConsoleFeed", "agent_row", "console_feed")
+
+log = logging.getLogger("agoramesh.console")
 
 KEEP_AUCTIONS = 1000
 KEEP_TASKS = 1000
@@ -84,12 +88,20 @@ class ConsoleFeed:
         self.closing = asyncio.Event()
 
     async def start(self) -> None:
+        """Listen to the mesh (one discovery round beside, so the agents already there show
+        at once) and read the local servers once."""
         await self.watcher.start()
-        self._discovery = asyncio.create_task(self.watcher.discover(1.0))
+        self._discovery = asyncio.create_task(self._discover())
         await self.topology.start()
 
+    async def _discover(self) -> None:
+        try:
+            await self.watcher.discover(1.0)
+        except AgoraError as exc:  # the agents still show as they beat
+            log.debug("the console's discovery round failed: %s", exc)
+
     async def close_streams(self) -> None:
-        """End every browser's stream (the server is shutting down)."""
+        """End every browser's stream, for good (the server is shutting down)."""
         self.closing.set()
         async with self._new_frame:
             self._new_frame.notify_all()
