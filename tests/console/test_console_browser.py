@@ -160,6 +160,12 @@ async def _browse(up: UpProcess, browser: Any, victim: NodeProcess, evil_id: str
     await done.wait_for()
     task_id = await done.get_attribute("data-task-id")
     assert "from the browser" in await done.inner_text()
+    await page.fill("#task-fields [data-name=text]", "kept in the job store")
+    await page.check("#task-durable")  # queued in JetStream, then its stored result
+    await page.click("#task-form button[type=submit]")
+    await page.locator("#submitted-table tbody tr[data-state=completed]",
+                       has_text="kept in the job store").wait_for(timeout=15_000)
+    await page.uncheck("#task-durable")
 
     # Its auction: every bid (analyst, victim, the evil agent all offer echo), the winner.
     await page.click("nav a[data-view=auctions]")

@@ -133,7 +133,7 @@ function renderAgents() {
          agent.presence === "live" ? agent.state : agent.presence),
       el("td", {}, agent.type),
       el("td", {}, agent.capabilities.join(", ")),
-      el("td", {class: "num"}, num(agent.load, 2)),
+      el("td", {class: "num"}, `${agent.in_flight}/${agent.capacity}`),
       el("td", {class: "num"}, `${num(agent.latency_ms, 1)} ms`),
       el("td", {class: "num"}, `${Math.round(agent.success_rate * 100)}%`),
       el("td", {class: "num"}, `$${num(agent.cost_usd, 4)}`),
@@ -342,9 +342,32 @@ function readParameters() {
   return parameters;
 }
 
+function settle(entry, answer) {
+  if (answer.error && !answer.task_id) {
+    entry.state = "failed";
+    entry.text = `${answer.error.type}: ${answer.error.message}`;
+    return;
+  }
+  entry.task_id = answer.task_id;
+  entry.state = answer.status === "COMPLETED" ? "completed" : "failed";
+  entry.text = answer.status === "COMPLETED" ? JSON.stringify(answer.result)
+    : `${(answer.error || {}).type || answer.status}: ${(answer.error || {}).message || ""}`;
+}
+
+async function awaitResult(entry) {
+  // A durable task's result, asked for (each ask waits up to 30 s) until it is stored.
+  for (let ask = 0; ask < 20 && entry.state === "queued"; ask++) {
+    const response = await fetch(`/api/tasks/${encodeURIComponent(entry.task_id)}?wait=30`,
+                                 {credentials: "same-origin"});
+    if (response.status === 404) continue;
+    settle(entry, await response.json());
+  }
+}
+
 async function submitTask(event) {
   event.preventDefault();
   const capability = document.getElementById("task-capability").value;
+  const durable = document.getElementById("task-durable").checked;
   const entry = {capability, state: "running", text: "", task_id: "…"};
   state.submitted.unshift(entry);
   try {
@@ -353,16 +376,17 @@ async function submitTask(event) {
     const response = await fetch("/api/tasks", {
       method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-Agoramesh-Console": "1"},
-      body: JSON.stringify({capability, parameters})});
+      body: JSON.stringify(durable ? {capability, parameters, durable: true}
+                                   : {capability, parameters})});
     const answer = await response.json();
-    if (answer.error && !answer.task_id) {
-      entry.state = "failed";
-      entry.text = `${answer.error.type}: ${answer.error.message}`;
-    } else {
+    if (response.status === 202) {
       entry.task_id = answer.task_id;
-      entry.state = answer.status === "COMPLETED" ? "completed" : "failed";
-      entry.text = answer.status === "COMPLETED" ? JSON.stringify(answer.result)
-        : `${(answer.error || {}).type || answer.status}: ${(answer.error || {}).message || ""}`;
+      entry.state = "queued";
+      entry.text = "in the job store";
+      renderSubmitted();
+      await awaitResult(entry);
+    } else {
+      settle(entry, answer);
     }
   } catch (error) {
     entry.state = "failed";
@@ -468,7 +492,8 @@ function apply(message) {
   if (message.rates) {
     const r = message.rates;
     document.getElementById("rates").textContent =
-      `${r.auctions_per_s} auctions/s · ${r.tasks_per_s} tasks/s · ${r.bids_per_s} bids/s`;
+      `${num(r.auctions_per_s, 1)} auctions/s · ${num(r.tasks_per_s, 1)} tasks/s · ` +
+      `${num(r.bids_per_s, 1)} bids/s`;
   }
   if (snapshot || message.agents) renderAgents();
   if (snapshot || message.topology || message.agents) renderTopology();
