@@ -36,7 +36,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("agoramesh.protocols",),
     ("agoramesh.agent",),  # the assembly: AgentNode = BaseNode + its protocols
     ("agoramesh.api", "agoramesh.modes", "agoramesh.cli", "agoramesh.testing",
-     "agoramesh.monitoring", "agoramesh.bridges", "agoramesh.__main__", "agoramesh"),
+     "agoramesh.console", "agoramesh.monitoring", "agoramesh.bridges", "agoramesh.__main__",
+     "agoramesh"),
 )
 
 #: Layering debt: (importer, imported) module pairs that point up.

@@ -12,11 +12,11 @@ from agoramesh.bus.bus import Bus
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.server import EmbeddedServer
-from agoramesh.cli.watch import MeshWatcher
 from agoramesh.config import BusConfig, JetStreamConfig, JobsConfig, ServerConfig
 from agoramesh.monitoring.http import MetricsServer
 from agoramesh.monitoring.mesh_view import MeshView
 from agoramesh.monitoring.screen import render
+from agoramesh.monitoring.watcher import MeshWatcher
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.protocols.jobs.jobs import Jobs
 from agoramesh.testing import wait_until

@@ -16,13 +16,13 @@ from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import names_for
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.bus.subjects import Subjects
-from agoramesh.cli.watch import MeshWatcher
 from agoramesh.config import EnvelopePolicy
 from agoramesh.errors import JetStreamUnavailable
 from agoramesh.monitoring.job_queue import JobQueue, read_job_queue
 from agoramesh.monitoring.mesh_view import MeshView
 from agoramesh.monitoring.records import Presence
 from agoramesh.monitoring.screen import natural_height, render
+from agoramesh.monitoring.watcher import MeshWatcher
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus
 from agoramesh.observability.stats import AgentMetrics

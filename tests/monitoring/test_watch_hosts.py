@@ -21,11 +21,11 @@ from agoramesh.bus.envelope import Envelope, seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.bus.subjects import Subjects
-from agoramesh.cli.watch import MeshWatcher
 from agoramesh.config import BusConfig, EnvelopePolicy
 from agoramesh.monitoring.mesh_view import MeshView
 from agoramesh.monitoring.records import Presence
 from agoramesh.monitoring.screen import render
+from agoramesh.monitoring.watcher import MeshWatcher
 from agoramesh.nodes.backends.offline import OfflineBackend
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.card import AgentCard, AgentStatus

@@ -26,7 +26,16 @@ POST     ``/api/collaborate``   ``{mode, topic, agents, rounds, requirements}`` 
                                 mode's result, e.g. ``{debate_history, consensus, …}``
                                 (request: :mod:`agoramesh.protocols.collaboration.request`;
                                 result: :mod:`agoramesh.protocols.collaboration`)
+POST     ``/api/workflows``     ``{workflow, inputs?, strategy?}`` → the workflow's result
+                                (:mod:`agoramesh.api.workflows`)
+GET      ``/login``             the sign-in form; ``POST /login`` (form ``token``) sets the
+                                session cookie, ``POST /logout`` clears it
+                                (:mod:`agoramesh.api.session`)
 =======  =====================  ==========================================================
+
+``mounts`` add routes of their own: the web console (:mod:`agoramesh.console`) is
+``GET /`` and its data. The collaborations and workflows run here are kept, as
+they go, in :attr:`HttpApi.activity` (:mod:`agoramesh.api.activity`).
 
 A durable task (an ``Idempotency-Key`` header or ``"durable": true``) is
 described in :mod:`agoramesh.api.tasks`; the collaboration route is
@@ -34,10 +43,14 @@ described in :mod:`agoramesh.api.tasks`; the collaboration route is
 errors, :func:`~agoramesh.api.json_http.status_for`) is
 :mod:`agoramesh.api.json_http`.
 
-With a ``token``, every request but ``GET /api/health`` must carry
-``Authorization: Bearer <token>``; without it, or with another token, the
-answer is 401 with ``WWW-Authenticate: Bearer`` before the request is routed
-or its body read. Without a token the API is open to whoever reaches it.
+With a ``token``, every request but ``GET /api/health`` (and the sign-in
+routes) must carry ``Authorization: Bearer <token>`` or the console's session
+cookie; without it, or with another token, the answer is 401 with
+``WWW-Authenticate: Bearer`` (``GET /``: 401 and the sign-in form) before the
+request is routed or its body read; a POST the cookie authenticates without
+``X-Agoramesh-Console: 1`` from this origin is a 403 (CSRF;
+:mod:`agoramesh.api.session`). Without a token the API is open to whoever
+reaches it.
 
 Errors are ``{"error": {"type", "message"}}``, never a stack trace:
 400 invalid JSON, not an object, unknown fields or query parameters, wrong
@@ -66,10 +79,11 @@ import functools
 import hmac
 import logging
 import string
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import hdrs, web
 
+from agoramesh.api.activity import Activity
 from agoramesh.api.collaborate import collaborate
 from agoramesh.api.json_http import (
     BodyLost,
@@ -78,8 +92,17 @@ from agoramesh.api.json_http import (
     only_query,
     status_for,
 )
+from agoramesh.api.session import (
+    CONSOLE_HEADER,
+    PAGE_HEADERS,
+    login_page,
+    same_origin,
+    set_session,
+    valid_session,
+)
 from agoramesh.api.tasks import TaskRoutes
 from agoramesh.api.web import WebServer
+from agoramesh.api.workflows import run_workflow_route
 from agoramesh.config import JobsConfig
 from agoramesh.errors import (
     AgoraError,
@@ -99,7 +122,9 @@ MAX_BODY = 1024 * 1024
 MIN_TOKEN_LENGTH = 16
 # RFC 6750's b64token: what a bearer token may be made of, so any client can send it.
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "-._~+/=")
-_OPEN_ROUTES = frozenset({("GET", "/api/health"), ("HEAD", "/api/health")})
+_OPEN_ROUTES = frozenset({("GET", "/api/health"), ("HEAD", "/api/health"), ("GET", "/login"),
+                          ("HEAD", "/login"), ("POST", "/login"), ("POST", "/logout")})
+_READS = frozenset({"GET", "HEAD"})
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -126,8 +151,10 @@ class HttpApi(WebServer):
     reads run at once. ``token``: the bearer token every route but ``GET
     /api/health`` requires (see :func:`validate_token`); None leaves the API
     open. ``unauthorized`` counts the requests refused for a missing or wrong
-    one. ``jobs_config``: the durable jobs' settings (their JetStream domain; the
-    limits of a job store this API creates), default :class:`JobsConfig`.
+    one, ``forbidden`` the cookie-authenticated POSTs refused for CSRF. ``mounts``
+    add routes to the application (the web console). ``jobs_config``: the
+    durable jobs' settings (their JetStream domain; the limits of a job store
+    this API creates), default :class:`JobsConfig`.
     Stopping gives requests in progress 2 s to finish.
     """
 
@@ -136,7 +163,8 @@ class HttpApi(WebServer):
     def __init__(self, dispatcher: Dispatcher, *, host: str = "127.0.0.1", port: int = 0,
                  agent_id: str | None = None, timeout: float = 120.0, task_timeout: float = 30.0,
                  max_body: int = MAX_BODY, max_concurrent: int = 32,
-                 token: str | None = None, jobs_config: JobsConfig | None = None) -> None:
+                 token: str | None = None, jobs_config: JobsConfig | None = None,
+                 mounts: Sequence[Callable[[web.Application], None]] = ()) -> None:
         if timeout <= 0 or task_timeout <= 0 or max_body < 1:
             raise ConfigError("timeouts and max_body must be positive")
         self._token = None if token is None else validate_token(token).encode()
@@ -149,6 +177,11 @@ class HttpApi(WebServer):
         self.max_concurrent = max_concurrent
         self._in_progress = 0
         self.unauthorized = 0
+        self.forbidden = 0
+        #: The collaborations and workflows run here, as they go (the web console shows them).
+        self.activity = Activity()
+        #: Add routes of their own to the application (the web console, agoramesh.console).
+        self.mounts = tuple(mounts)
         self._jobs_config = jobs_config
         self._jobs: Jobs | None = None
 
@@ -162,6 +195,12 @@ class HttpApi(WebServer):
         app.router.add_post("/api/tasks", tasks.submit)
         app.router.add_get("/api/tasks/{task_id}", tasks.result)
         app.router.add_post("/api/collaborate", functools.partial(collaborate, self))
+        app.router.add_post("/api/workflows", functools.partial(run_workflow_route, self))
+        app.router.add_get("/login", self._login_form)
+        app.router.add_post("/login", self._login)
+        app.router.add_post("/logout", self._logout)
+        for mount in self.mounts:
+            mount(app)
         return app
 
     # --- middleware and handlers --------------------------------------------------------------
@@ -197,6 +236,8 @@ class HttpApi(WebServer):
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path == "/" and "token" in request.query and request.method in _READS:
+            return self._token_in_url(request, request.query["token"])
         if self._token is None or (request.method, request.path) in _OPEN_ROUTES:
             return await handler(request)
         scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
@@ -204,10 +245,61 @@ class HttpApi(WebServer):
         if scheme.lower() == "bearer" and hmac.compare_digest(
                 credentials.strip(" ").encode("utf-8", "surrogatepass"), self._token):
             return await handler(request)
+        if valid_session(request, self._token):
+            if request.method in _READS or (request.headers.get(CONSOLE_HEADER) == "1"
+                                            and same_origin(request)):
+                return await handler(request)
+            self.forbidden += 1
+            return error_response(403, "Forbidden", f"a request the session cookie "
+                                  f"authenticates must carry '{CONSOLE_HEADER}: 1' and come "
+                                  f"from this origin")
         self.unauthorized += 1
+        if request.path == "/" and request.method in _READS:
+            return login_page()
         message = ("the bearer token is not valid" if scheme.lower() == "bearer" and credentials
                    else "this API needs an 'Authorization: Bearer <token>' header")
         return error_response(401, "Unauthorized", message, **{"WWW-Authenticate": "Bearer"})
+
+    def _token_in_url(self, request: web.Request, given: str) -> web.StreamResponse:
+        """``/?token=…``: the right token sets the session cookie; either way the token
+        leaves the address bar (a wrong one gets the sign-in form)."""
+        if self._token is not None and not hmac.compare_digest(
+                given.encode("utf-8", "surrogatepass"), self._token):
+            self.unauthorized += 1
+            return login_page(reason="wrong")
+        response = web.Response(status=303, headers={hdrs.LOCATION: "/", **PAGE_HEADERS})
+        if self._token is not None:
+            set_session(response, request, self._token)
+        return response
+
+    async def _login_form(self, request: web.Request) -> web.StreamResponse:
+        if self._token is None or valid_session(request, self._token):
+            return web.Response(status=303, headers={hdrs.LOCATION: "/", **PAGE_HEADERS})
+        return login_page(status=200)
+
+    async def _login(self, request: web.Request) -> web.StreamResponse:
+        """``POST /login``: a form's token to the session cookie (module docstring)."""
+        if self._token is None:
+            return web.Response(status=303, headers={hdrs.LOCATION: "/", **PAGE_HEADERS})
+        if not same_origin(request):
+            self.forbidden += 1
+            return login_page(status=403, reason="origin")
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise web.HTTPUnsupportedMediaType(
+                text="the sign-in form is sent as application/x-www-form-urlencoded")
+        given = (await request.post()).get("token")
+        if not isinstance(given, str) or not hmac.compare_digest(
+                given.strip().encode("utf-8", "surrogatepass"), self._token):
+            self.unauthorized += 1
+            return login_page(reason="wrong")
+        response = web.Response(status=303, headers={hdrs.LOCATION: "/", **PAGE_HEADERS})
+        set_session(response, request, self._token)
+        return response
+
+    async def _logout(self, request: web.Request) -> web.StreamResponse:
+        response = web.Response(status=303, headers={hdrs.LOCATION: "/login", **PAGE_HEADERS})
+        set_session(response, request, None)
+        return response
 
     async def _health(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok", "agents": len(self.dispatcher.agents()),

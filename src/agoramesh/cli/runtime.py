@@ -19,6 +19,8 @@ from agoramesh.api.server import HttpApi, validate_token
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.cli.output import warn
 from agoramesh.config import Environment, JetStreamConfig
+from agoramesh.console.app import Console
+from agoramesh.console.feed import console_feed
 from agoramesh.errors import ConfigError
 from agoramesh.monitoring.http import MetricsServer
 from agoramesh.observability import tracing
@@ -198,11 +200,13 @@ async def serve_endpoints(*, host: str, metrics_port: int | None, http_port: int
                           servers: Iterable[EmbeddedServer] = (),
                           api_token: str | None = None,
                           a2a_port: int | None = None) -> AsyncIterator[Endpoints]:
-    """Serve /metrics (``agents`` and ``servers``), and the HTTP API and A2A of ``api_agent``.
+    """Serve /metrics (``agents`` and ``servers``), and the HTTP API (with the web console,
+    which draws ``servers``) and A2A of ``api_agent``.
 
     A port of None serves nothing; 0 picks a free one. All stop on exit, A2A and the API
     first. ``api_token``: the bearer token the API and A2A require (None: open).
     """
+    servers = tuple(servers)
     async with contextlib.AsyncExitStack() as stack:
         metrics = api = a2a = None
         if metrics_port is not None:
@@ -215,9 +219,11 @@ async def serve_endpoints(*, host: str, metrics_port: int | None, http_port: int
         if http_port is not None:
             if api_agent is None:
                 raise ConfigError("the HTTP API needs an agent to serve it")
-            api = await stack.enter_async_context(
-                HttpApi(api_agent.dispatcher, host=host, port=http_port,
-                        agent_id=api_agent.agent_id, token=api_token))
+            feed = await stack.enter_async_context(console_feed(api_agent.bus, servers))
+            api = HttpApi(api_agent.dispatcher, host=host, port=http_port,
+                          agent_id=api_agent.agent_id, token=api_token, mounts=(Console(feed),))
+            feed.activity = api.activity
+            await stack.enter_async_context(api)
             if metrics is not None:
                 metrics.collector.add_api(api, agent=api_agent.config.name)
         if a2a_port is not None:

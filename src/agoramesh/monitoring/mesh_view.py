@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from agoramesh.bus.identity import is_agent_id
+from agoramesh.monitoring.auctions import History
 from agoramesh.monitoring.job_queue import JobQueue
 from agoramesh.monitoring.records import AgentRecord, MeshEvent, Presence, Rates
 from agoramesh.nodes.card import AgentStatus
@@ -83,12 +84,13 @@ class MeshView:
 
     ``window``: seconds the rates average over. ``missed``: heartbeats an
     agent may miss before it shows as lost. ``linger``: seconds a gone agent
-    stays on screen. ``keep_events``: recent events kept.
+    stays on screen. ``keep_events``: recent events kept. ``keep_auctions``,
+    ``keep_tasks``: kept in :attr:`history` (the web console's).
     """
 
     def __init__(self, *, server: str = "", window: float = 5.0, missed: int = 3,
-                 linger: float = 30.0, keep_events: int = 100,
-                 started: float | None = None) -> None:
+                 linger: float = 30.0, keep_events: int = 100, keep_auctions: int = 0,
+                 keep_tasks: int = 0, started: float | None = None) -> None:
         self.server = server
         self.window = window
         self.missed = missed
@@ -103,6 +105,7 @@ class MeshView:
         self._unknown: OrderedDict[str, _Unknown] = OrderedDict()
         #: The job store's counts as last read; None while JetStream does not answer.
         self.jobs: JobQueue | None = None
+        self.history = History(keep_auctions=keep_auctions, keep_tasks=keep_tasks)
 
     # -- ingesting -----------------------------------------------------------------
 
@@ -248,12 +251,14 @@ class MeshView:
         record.bids = _counts(body.get("bids"), record.bids)
         record.rejections = _counts(body.get("rejections"), record.rejections)
         record.has_telemetry = True
+        record.server = _server(body.get("server"), record.server)
         self._status(record, body, now)
         recent = body.get("recent")
         for item in recent[:64] if isinstance(recent, list) else ():
             event = _event_from(item, record.id)
             if event is not None:
                 self._event(event)
+                self.history.add(event, item)
 
     def _cfp(self, body: Mapping[str, Any], now: float) -> bool:
         auction_id = body.get("auction_id")
@@ -393,6 +398,13 @@ def _delta(before: list[int | None], during: list[int | None]) -> int:
     """
     known = [v for v in before if v is not None][-1:] + [v for v in during if v is not None]
     return max(0, known[-1] - known[0]) if known else 0
+
+
+def _server(value: Any, previous: tuple[str, str]) -> tuple[str, str]:
+    """(id, name) of the server a telemetry body says its agent is on, else ``previous``."""
+    if isinstance(value, Mapping) and isinstance(value.get("id"), str):
+        return value["id"][:64], str(value.get("name") or "")[:64]
+    return previous
 
 
 def _number(value: Any) -> float | None:

@@ -73,6 +73,7 @@ class AgentRecord:
     status: AgentStatus = field(default_factory=AgentStatus)
     interval: float = 1.0  # its heartbeat interval, seconds
     host: str = ""  # the host its own card body named: whose batches speak for it
+    server: tuple[str, str] = ("", "")  # (id, name) of the server its telemetry named
     left_at: float | None = None
     lost_reported: bool = False
     auctions: dict[str, int] = field(default_factory=dict)

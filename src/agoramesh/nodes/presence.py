@@ -324,12 +324,15 @@ class Presence:
     def telemetry(self) -> dict[str, Any]:
         """The body of this agent's telemetry beat (PROTOCOL.md §18); drains recent events."""
         node = self.node
-        return {"name": node.config.name, "type": node.config.type,
-                "status": node.status_dict(), **node.metrics.totals(),
-                "rejections": {str(reason): count
-                               for reason, count in node.bus.rejections.items()},
-                "denied": node.metrics.denials(),
-                "recent": node.metrics.take_recent()}
+        body: dict[str, Any] = {
+            "name": node.config.name, "type": node.config.type,
+            "status": node.status_dict(), **node.metrics.totals(),
+            "rejections": {str(reason): count for reason, count in node.bus.rejections.items()},
+            "denied": node.metrics.denials(), "recent": node.metrics.take_recent()}
+        server = node.bus.server()
+        if server is not None:
+            body["server"] = server
+        return body
 
     async def publish_telemetry(self) -> None:
         # Nobody but `agoramesh watch` subscribes: with no interest, servers drop it.

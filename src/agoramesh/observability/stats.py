@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter, defaultdict, deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -88,13 +89,17 @@ class AgentMetrics:
                             "ms": round(seconds * 1000, 3)})
 
     def auction_finished(self, capability: str, outcome: str, seconds: float, *,
-                         task_id: str, bids: int, winner: str | None) -> None:
+                         task_id: str, bids: int, winner: str | None,
+                         report: Mapping[str, Any] | None = None) -> None:
+        """``report``: the auction's rounds, bids and awards (protocols/auction/report.py),
+        sent along in its telemetry event."""
         self.auctions[capability, outcome] += 1
         self.auction_seconds[capability].observe(seconds)
         self.auction_bids[capability] += bids
         self.recent.append({"kind": "auction", "ts": time.time(), "task_id": task_id,
                             "capability": capability, "outcome": outcome, "bids": bids,
-                            "winner": winner, "ms": round(seconds * 1000, 3)})
+                            "winner": winner, "ms": round(seconds * 1000, 3),
+                            **(report or {})})
 
     def denied(self, capability: str, action: str) -> None:
         """A request refused by the agent's access policy (security/acl.py)."""

@@ -79,6 +79,7 @@ from agoramesh.observability.tracing import SpanKind, span
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.auction.award import AwardPhase, cancel_lost, cancel_winner
 from agoramesh.protocols.auction.policy import AuctionOutcome, AuctionPolicy, Progress
+from agoramesh.protocols.auction.report import weights_of
 from agoramesh.protocols.auction.round import Auction, Declined, Lost, Offer
 
 __all__ = ("Auctioneer",)
@@ -170,9 +171,12 @@ class Auctioneer:
         award after a winner was lost; False stops the run with TaskCancelled
         and nothing more is awarded.
         """
-        notify = progress or (lambda _: None)
         started = time.perf_counter()
         auction = Auction(self.bus, task, await self._inbox_prefix())
+
+        def notify(event: Progress) -> None:
+            auction.trail.note(event)
+            (progress or _ignore)(event)
         excluded = set(exclude)
         key = auction.id[:16]
         self._open[key] = auction
@@ -213,9 +217,10 @@ class Auctioneer:
                     await asyncio.shield(cancel_lost(self.bus, lost, task.task_id))
             del self._open[key]
             self.metrics.auctions_open -= 1
+            report = auction.trail.as_dict(weights_of(self.policy.scorer))
             self.metrics.auction_finished(task.capability, outcome, time.perf_counter() - started,
                                           task_id=task.task_id, bids=auction.bids_received,
-                                          winner=winner)
+                                          winner=winner, report=report)
 
     def cancel(self, task_id: str) -> bool:
         """Stop the auction of ``task_id`` running here (its winner is told to cancel);
@@ -386,6 +391,10 @@ class Auctioneer:
             if subscription is None or subscription.pending == 0:
                 break
         await asyncio.sleep(0)  # the last one taken from the queue is being handled
+
+
+def _ignore(_: Progress) -> None:
+    pass
 
 
 async def _pause(auction: Auction, pause: float, notify: Callable[[Progress], None]) -> float:

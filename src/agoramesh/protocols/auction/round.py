@@ -20,6 +20,7 @@ from agoramesh.bus.envelope import Envelope
 from agoramesh.errors import EnvelopeError, InvalidBid, NoBidders, Overloaded
 from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
+from agoramesh.protocols.auction.report import AuctionTrail
 from agoramesh.protocols.auction.scoring import HOLDS, Bid, rank
 
 __all__ = ("Answer", "Auction", "Declined", "Late", "Lost", "Offer", "busy")
@@ -113,6 +114,7 @@ class Auction:
         self.called_at = 0.0  # loop time of this round's call for proposals
         #: Stops the run at once (a late result came first, or a cancel): set by run().
         self.interrupt: Callable[[], object] = lambda: None
+        self.trail = AuctionTrail()  # what it reports when it ends
 
     def open_round(self, attempt: int, known: Iterable[str]) -> None:
         self.attempt, self.known = attempt, frozenset(known)
@@ -275,13 +277,17 @@ class Auction:
         if not policy.accept_counter_offers:
             counters = []
         by_bid = {id(offer.bid): offer for offer in offers}
-        ranked = [by_bid[id(bid)] for group in (plain, counters)
-                  for _, bid in rank([offer.bid for offer in group], policy.scorer,
-                                    salt=self.id)]
+        scores: dict[int, float] = {}
+        ranked = []
+        for group in (plain, counters):
+            for score, bid in rank([offer.bid for offer in group], policy.scorer, salt=self.id):
+                scores[id(bid)] = score
+                ranked.append(by_bid[id(bid)])
         # An agent that already holds the task (running, or done) is awarded first: no
         # second execution. Stable, so the scorer's order stands among the rest.
         ranked.sort(key=lambda offer: HOLDS.index(offer.bid.holds) if offer.bid.holds
                     else len(HOLDS))
+        self.trail.scored(self.attempt, [(offer.bid, scores[id(offer.bid)]) for offer in ranked])
         notify(Progress("bids", self.task.task_id, {
             "attempt": self.attempt, "bids": len(offers), "answered": len(self.answered),
             "ranking": [offer.bid.agent_id for offer in ranked]}))

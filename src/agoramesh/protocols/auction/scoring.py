@@ -32,8 +32,8 @@ from typing import Any
 
 from agoramesh.errors import ConfigError, InvalidBid
 
-__all__ = ("DEFAULT_WEIGHTS", "HOLDS", "SUITABILITY", "Bid", "Scorer", "rank",
-           "suitability_scorer", "weighted")
+__all__ = ("DEFAULT_WEIGHTS", "HOLDS", "SUITABILITY", "Bid", "Scorer", "WeightedScorer",
+           "rank", "suitability_scorer", "weighted")
 
 #: What a bid may say it holds of the task already, best first.
 HOLDS = ("done", "running")
@@ -130,24 +130,35 @@ def _spread(values: Sequence[float]) -> list[float]:
     return [1.0 - (value - low) / (high - low) for value in values]
 
 
-def weighted(load: float = DEFAULT_WEIGHTS["load"], latency: float = DEFAULT_WEIGHTS["latency"],
-             cost: float = DEFAULT_WEIGHTS["cost"],
-             success: float = DEFAULT_WEIGHTS["success"]) -> Scorer:
-    """A scorer with these weights (the defaults are :data:`DEFAULT_WEIGHTS`)."""
-    weights = (load, latency, cost, success)
-    if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
-        raise ConfigError("scoring weights must be non-negative with a positive sum")
+class WeightedScorer:
+    """The weighted scorer (module docstring); ``weights`` says its weights, so an auction's
+    report can show what its scores were made of."""
 
-    def score(bids: Sequence[Bid]) -> list[float]:
+    __slots__ = ("weights",)
+
+    def __init__(self, load: float, latency: float, cost: float, success: float) -> None:
+        values = (load, latency, cost, success)
+        if any(w < 0 or not math.isfinite(w) for w in values) or sum(values) <= 0:
+            raise ConfigError("scoring weights must be non-negative with a positive sum")
+        self.weights: Mapping[str, float] = dict(zip(("load", "latency", "cost", "success"),
+                                                     values, strict=True))
+
+    def __call__(self, bids: Sequence[Bid]) -> list[float]:
         if not bids:
             return []
+        load, latency, cost, success = self.weights.values()
         latency_terms = _spread([bid.latency_ms for bid in bids])
         cost_terms = _spread([bid.cost_usd for bid in bids])
         return [load * (1.0 - min(bid.load, 1.0)) + latency * lat + cost * money
                 + success * min(max(bid.success_rate, 0.0), 1.0)
                 for bid, lat, money in zip(bids, latency_terms, cost_terms, strict=True)]
 
-    return score
+
+def weighted(load: float = DEFAULT_WEIGHTS["load"], latency: float = DEFAULT_WEIGHTS["latency"],
+             cost: float = DEFAULT_WEIGHTS["cost"],
+             success: float = DEFAULT_WEIGHTS["success"]) -> WeightedScorer:
+    """A scorer with these weights (the defaults are :data:`DEFAULT_WEIGHTS`)."""
+    return WeightedScorer(load, latency, cost, success)
 
 
 def suitability_scorer(weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Scorer:

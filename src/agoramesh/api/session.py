@@ -1,0 +1,113 @@
+"""The browser's way to the API's token: a login form, ``/?token=…`` once, then a cookie.
+
+A browser cannot put an ``Authorization`` header on a page load or an
+``EventSource``, so the web console (:mod:`agoramesh.console`) authenticates
+with a session cookie instead, and this module is the whole of that:
+
+- ``GET /login`` is a form; ``POST /login`` (form-encoded ``token``) checks
+  the token like the bearer check does (``hmac.compare_digest``) and, if it
+  is the API's, answers ``303 /`` with the cookie; otherwise 401 and the form.
+- ``GET /?token=…`` with the right token sets the cookie the same way and
+  answers ``303 /``, so the token leaves the address bar (and the history).
+- The cookie is ``agoramesh_session``: HttpOnly, SameSite=Strict, Path=/,
+  Secure when the request came over https. Its value is an HMAC of the token
+  (:func:`session_value`), so it does not reveal the token, needs no state on
+  the server, and stops working when the token changes. ``POST /logout``
+  clears it.
+- A request that the cookie (not a bearer header) authenticates and that may
+  change something (any method but GET and HEAD) must also carry
+  ``X-Agoramesh-Console: 1`` and, if it has an ``Origin``, the API's own:
+  SameSite=Strict already keeps the cookie off other sites' requests, and a
+  page elsewhere cannot add that header without a CORS preflight this API
+  never grants (403 ``Forbidden`` otherwise). ``POST /login`` with a foreign
+  ``Origin`` is refused too (login CSRF).
+
+Pages here carry a strict Content-Security-Policy and no data but the
+fixed texts of this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from aiohttp import hdrs, web
+
+__all__ = ("CONSOLE_HEADER", "COOKIE", "PAGE_HEADERS", "login_page", "same_origin",
+           "session_value", "set_session", "valid_session")
+
+COOKIE = "agoramesh_session"
+#: The header a cookie-authenticated request that changes something must carry.
+CONSOLE_HEADER = "X-Agoramesh-Console"
+_SESSION_LABEL = b"agoramesh console session v1"
+
+#: What every HTML page of the API is served with (the console adds its script and style).
+PAGE_HEADERS: Mapping[str, str] = {
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+_LOGIN = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>agoramesh console: sign in</title></head>
+<body>
+<main>
+<h1>agoramesh console</h1>
+<p>{message}</p>
+<form method="post" action="/login">
+<label for="token">API token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+<button type="submit">Sign in</button>
+</form>
+</main>
+</body>
+</html>
+"""
+
+_MESSAGES = {
+    "": "This mesh's HTTP API needs its token (AGORAMESH_API_TOKEN or --api-token).",
+    "wrong": "That token is not this API's token.",
+    "origin": "The sign-in came from another site and was refused.",
+}
+
+
+def session_value(token: bytes) -> str:
+    """The cookie value for ``token``: an HMAC of it, so the cookie never carries the token."""
+    return hmac.new(token, _SESSION_LABEL, hashlib.sha256).hexdigest()
+
+
+def valid_session(request: web.Request, token: bytes) -> bool:
+    cookie = request.cookies.get(COOKIE, "")
+    return hmac.compare_digest(cookie.encode("utf-8", "surrogatepass"),
+                               session_value(token).encode())
+
+
+def set_session(response: web.StreamResponse, request: web.Request, token: bytes | None) -> None:
+    """Give ``response`` the session cookie for ``token``; None clears it."""
+    if token is None:
+        response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
+        return
+    response.set_cookie(COOKIE, session_value(token), path="/", httponly=True,
+                        samesite="Strict", secure=request.secure)
+
+
+def same_origin(request: web.Request) -> bool:
+    """No ``Origin`` header (not a cross-site browser request), or this server's own."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme == request.scheme and parts.netloc == request.host
+
+
+def login_page(status: int = 401, reason: str = "") -> web.Response:
+    """The sign-in form (``reason``: a key of ``_MESSAGES``, never client text)."""
+    return web.Response(status=status, text=_LOGIN.format(message=_MESSAGES[reason]),
+                        content_type="text/html", headers=dict(PAGE_HEADERS))
