@@ -161,7 +161,8 @@ class Guard:
         rest, traceparent = take(body)
         if traceparent is None:
             self.bad_traceparents += 1
-        return envelope._replace(body=rest, traceparent=traceparent or "")
+        # _make, not _replace: built as parse builds it, a tuple, on every traced message.
+        return Envelope._make((*envelope[:-3], rest, envelope.wire, traceparent or ""))
 
     def confirm(self, envelope: Envelope, *, now: int | None = None) -> Envelope:
         """Finish a deferred admission: expiry, replay and tag."""

@@ -139,24 +139,25 @@ class TaskRunner:
             result = self.failure(task_id, BackendError(
                 f"{self.node.config.type} backend failed: {type(exc).__name__}: {exc}"[:1000]),
                 started)
-        with span("agoramesh.result", SpanKind.PRODUCER) as answer:
-            if answer.is_recording():
-                answer.set_attributes({"agoramesh.task_id": result.task_id,
-                                       "agoramesh.status": result.status.value})
-            store = durable and task is not None and result.final
-            result, reply = self._prepare(delivery, result, started, stored=store)
-            if store and not await self._store(result) and reply is not None:
-                reply = self._response(delivery, result, stored=False)  # rare: sealed again
-            elapsed = time.perf_counter() - started
-            self.node.reception.endpoint(capability.name).record(int(elapsed * 1e9),
-                                                                 described(result.error))
-            if fresh:
-                self._finished(capability.name, result, elapsed)
-            if reply is not None:
-                await self._send(delivery, result, reply)
-            if callback is not None and fresh and result.final:
-                outcome = await publish_callback(self.node, delivery, callback, result)
-                self.callbacks[outcome] += 1
+        execution = current_span()
+        if execution.is_recording():
+            execution.set_attributes({"agoramesh.task_id": result.task_id,
+                                      "agoramesh.status": result.status.value})
+        store = durable and task is not None and result.final
+        result, reply = self._prepare(delivery, result, started, stored=store)
+        if store and not await self._store(result) and reply is not None:
+            reply = self._response(delivery, result, stored=False)  # rare: sealed again
+        elapsed = time.perf_counter() - started
+        self.node.reception.endpoint(capability.name).record(int(elapsed * 1e9),
+                                                             described(result.error))
+        if fresh:
+            self._finished(capability.name, result, elapsed)
+        if reply is not None:
+            await self._send(delivery, result, reply)
+            execution.add_event("task_response")
+        if callback is not None and fresh and result.final:
+            outcome = await publish_callback(self.node, delivery, callback, result)
+            self.callbacks[outcome] += 1
 
     def _callback_of(self, task: Task) -> str | None:
         """The task's callback subject; InvalidTask for one of the mesh's own subjects,

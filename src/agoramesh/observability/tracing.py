@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -40,6 +41,7 @@ from agoramesh._version import __version__
 from agoramesh.bus import tracecontext
 from agoramesh.bus.tracecontext import format_traceparent, parse_traceparent
 from agoramesh.errors import ConfigError
+from agoramesh.observability.spans import Recorder, RecordingSpan
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -52,6 +54,7 @@ __all__ = ("SCOPE", "SpanKind", "configure", "context_of", "current_span", "curr
 SCOPE: Final = "agoramesh"
 
 _tracer: Tracer | None = None
+_recorder: Recorder | None = None
 _provider: TracerProvider | None = None
 _capture: tuple[Path, InMemorySpanExporter] | None = None
 _OFF: Final = contextlib.nullcontext(INVALID_SPAN)
@@ -63,16 +66,19 @@ def enabled() -> bool:
 
 def enable(provider: TracerProvider) -> None:
     """Trace from now on with ``provider``'s tracer; the Bus propagates the context."""
-    global _tracer, _provider
+    global _tracer, _provider, _recorder
     _provider = provider
     _tracer = provider.get_tracer(SCOPE, __version__)
+    sdk = sys.modules.get("opentelemetry.sdk.trace")
+    _recorder = (Recorder(_tracer, SCOPE, __version__)
+                 if sdk is not None and isinstance(_tracer, sdk.Tracer) else None)
     tracecontext.install(current_traceparent)
 
 
 def disable() -> None:
     """Stop tracing (the provider is left as it is: :func:`shutdown` ends it)."""
-    global _tracer
-    _tracer = None
+    global _tracer, _recorder
+    _tracer = _recorder = None
     tracecontext.install(None)
 
 
@@ -83,10 +89,21 @@ def current_span() -> Span:
 
 def current_traceparent() -> str | None:
     """The traceparent of the span current in this context; None outside a valid one."""
-    context = trace.get_current_span().get_span_context()
+    current = trace.get_current_span()
+    if type(current) is RecordingSpan:
+        return current.traceparent
+    context = current.get_span_context()
     if not context.is_valid:
         return None
     return format_traceparent(context.trace_id, context.span_id, context.trace_flags)
+
+
+def _remote(traceparent: str) -> SpanContext | None:
+    parsed = parse_traceparent(traceparent) if traceparent else None
+    if parsed is None:
+        return None
+    trace_id, span_id, flags = parsed
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
 
 
 def context_of(traceparent: str) -> Any:
@@ -113,6 +130,9 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, *, parent: str = "",
     tracer = _tracer
     if tracer is None:
         return _OFF
+    recorder = _recorder
+    if recorder is not None:
+        return recorder.start(name, kind, _remote(parent), attributes, errors)
     return tracer.start_as_current_span(name, context=context_of(parent), kind=kind,
                                         attributes=dict(attributes) if attributes else None,
                                         record_exception=errors,
