@@ -158,11 +158,11 @@ class Guard:
         return envelope
 
     def _take_traceparent(self, envelope: Envelope, body: dict[str, object]) -> Envelope:
-        rest, traceparent = take(body)
+        traceparent = take(body)
         if traceparent is None:
             self.bad_traceparents += 1
-        # _make, not _replace: built as parse builds it, a tuple, on every traced message.
-        return Envelope._make((*envelope[:-3], rest, envelope.wire, traceparent or ""))
+            return envelope
+        return Envelope._make((*envelope[:-1], traceparent))
 
     def confirm(self, envelope: Envelope, *, now: int | None = None) -> Envelope:
         """Finish a deferred admission: expiry, replay and tag."""

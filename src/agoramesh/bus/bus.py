@@ -189,7 +189,8 @@ class Bus:
 
         While tracing is on (a trace source is installed) a map body sent inside a
         span carries that span's ``traceparent`` (PROTOCOL.md §5), unless it has one
-        or is not ``traced``: a reply, whose requester is in the trace already.
+        or is not ``traced``: an answer (a reply, a bid), whose receiver is in the
+        trace already.
         """
         source = current()
         if (source is not None and traced and isinstance(body, dict)
@@ -227,10 +228,12 @@ class Bus:
 
     async def publish(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
                       cid: str | None = None, ttl_ms: int | None = None,
-                      reply: str = "", headers: dict[str, str] | None = None) -> None:
-        """Seal and publish one envelope (with NATS ``headers``, if given)."""
+                      reply: str = "", headers: dict[str, str] | None = None,
+                      traced: bool = True) -> None:
+        """Seal and publish one envelope (with NATS ``headers``, if given); ``traced``: as
+        for :meth:`wire`."""
         wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms, reply=reply,
-                         headers=headers)
+                         headers=headers, traced=traced)
         await self.publish_raw(subject, wire, reply=reply, headers=headers)
 
     async def publish_raw(self, subject: str, payload: bytes, *, reply: str = "",

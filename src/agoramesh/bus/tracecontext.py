@@ -27,6 +27,7 @@ TRACEPARENT: Final = "traceparent"
 #: version 00: ``00-<32 hex trace id>-<16 hex span id>-<2 hex flags>``, lowercase, 55 chars.
 _FORMAT: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+_FLAGS: Final = tuple(f"{value:02x}" for value in range(256))
 
 #: Returns the traceparent of the span current in this context, or None outside one.
 TraceSource = Callable[[], str | None]
@@ -47,7 +48,8 @@ def current() -> TraceSource | None:
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
     """The version-00 traceparent of a span context (ids as integers)."""
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xff:02x}"
+    return (f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}"
+            f"-{_FLAGS[flags & 0xff]}")
 
 
 def parse_traceparent(value: object) -> tuple[int, int, int] | None:
@@ -64,11 +66,8 @@ def valid_traceparent(value: object) -> bool:
             and value[3:35] != _ZERO_TRACE and value[36:52] != _ZERO_SPAN)
 
 
-def take(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """``body`` without its ``traceparent`` key, and the value if it is valid (None if not).
-
-    Called only for a map body that has the key; the body is copied, not changed.
-    """
-    rest = body.copy()
-    value = rest.pop(TRACEPARENT)
-    return rest, value if valid_traceparent(value) else None
+def take(body: dict[str, Any]) -> str | None:
+    """Take the ``traceparent`` key out of ``body``, a map just decoded from the wire that
+    has it (so changed in place, not copied): its value if valid, None if not."""
+    value = body.pop(TRACEPARENT)
+    return value if valid_traceparent(value) else None

@@ -4,13 +4,17 @@ The SDK's ``start_as_current_span`` costs 25 to 40 µs a span (its sampler
 plumbing, attribute cleaning under a lock, two generator context managers), and
 a task makes 3 to 9 of them on the hot path (benchmarks/RESULTS.md, "Tracing on
 vs off"). A :class:`RecordingSpan` does the same work with less: ids from the
-provider's id generator, the provider's sampler asked once, our own attributes
-taken as they are (they are typed at the call sites; anything set from outside
-is checked), the span made current through the OpenTelemetry context (so spans
-other libraries start inside it are its children), and on end one SDK
+provider's id generator; the provider's sampler asked only where it decides
+something (ParentBased with its default delegates follows the parent, so only a
+root asks it, and not even a root when its root sampler is AlwaysOn); the
+attributes given at the start taken as they are (the call sites build them),
+anything set later checked; the span made current in the OpenTelemetry context,
+so spans other libraries start inside it are its children; and on end one SDK
 ``ReadableSpan`` handed to the provider's span processors, which export it as
 they would the SDK's own. Not done: the SDK's self-observability metrics and
-its tracer configurator, neither of which agoramesh sets.
+its tracer configurator (neither of which agoramesh sets); a processor's
+``on_start`` is given the remote parent's context only where a sampler was
+given it too, else None (the current context, whose baggage is the same).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import (
+    INVALID_SPAN,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -42,7 +48,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.util.types import AttributeValue
 
-__all__ = ("Recorder", "RecordingSpan")
+__all__ = ("Recorder", "RecordingSpan", "current")
 
 _log = logging.getLogger(__name__)
 _SCALARS: Final = (str, bool, int, float)
@@ -50,6 +56,11 @@ _PLAIN: Final = frozenset(_SCALARS)
 _SAMPLED: Final = TraceFlags.SAMPLED
 _RANDOM: Final = TraceFlags.RANDOM_TRACE_ID
 _UNSET: Final = Status(StatusCode.UNSET)
+_FLAGS: Final = tuple(TraceFlags(value) for value in range(256))
+#: The key of the current span in an OpenTelemetry Context: the one key of a context
+#: that holds only a span (``trace.set_span_in_context``, without its copying).
+_SPAN_KEY: Final = next(iter(trace.set_span_in_context(INVALID_SPAN, Context())))
+_ROOTS_SAMPLED: Final = "ParentBased{root:AlwaysOnSampler,"
 #: How ParentBased describes itself with its default delegates, after its root.
 _FOLLOWS_PARENT: Final = (",remoteParentSampled:AlwaysOnSampler,"
                           "remoteParentNotSampled:AlwaysOffSampler,"
@@ -66,6 +77,22 @@ def _clean(value: object) -> AttributeValue | None:
     return None
 
 
+def current() -> object:
+    """The span current in this context (None outside one): what
+    ``trace.get_current_span`` reads, without its checks."""
+    return otel_context.get_current().get(_SPAN_KEY)
+
+
+def _parent_of(span: object) -> SpanContext | None:
+    """The context of the current ``span`` if it can be a parent (valid), else None."""
+    if type(span) is RecordingSpan:
+        return span._context
+    if not isinstance(span, Span):
+        return None
+    context = span.get_span_context()
+    return context if context.is_valid else None
+
+
 class Recorder:
     """What the spans of one SDK tracer share: where they go and how they are sampled."""
 
@@ -80,10 +107,12 @@ class Recorder:
         self.resource = tracer.resource
         self.sampler = sampler = tracer.sampler
         self.sample, self.drop = Decision.RECORD_AND_SAMPLE, Decision.DROP
-        #: The sampler is ParentBased with its default delegates: a child is sampled
-        #: exactly when its parent is, so only a root span asks it.
-        self.follows_parent = (type(sampler).should_sample is ParentBased.should_sample
-                               and sampler.get_description().endswith(_FOLLOWS_PARENT))
+        described = (sampler.get_description()
+                     if type(sampler).should_sample is ParentBased.should_sample else "")
+        #: ParentBased with its default delegates: a child is sampled exactly when its
+        #: parent is. ``roots_sampled``: and its root sampler is AlwaysOn (the default).
+        self.follows_parent = described.endswith(_FOLLOWS_PARENT)
+        self.roots_sampled = self.follows_parent and described.startswith(_ROOTS_SAMPLED)
         self.ids = tracer.id_generator
         self.random_ids = self.ids.is_trace_id_random()
         self.info = tracer.instrumentation_info
@@ -97,24 +126,23 @@ class Recorder:
               errors: bool) -> contextlib.AbstractContextManager[Span]:
         """A span that is current inside its ``with``; a child of ``parent`` (a remote span's
         context) if given, else of the current span. Non-recording if sampled out."""
+        context = None
         if parent is None:
-            context = None
-            parent = trace.get_current_span().get_span_context()
-        else:
-            context = trace.set_span_in_context(NonRecordingSpan(parent))
+            parent = _parent_of(current())
         trace_state = None
-        if not parent.is_valid:
+        if parent is None:
             trace_id = self.ids.generate_trace_id()
-            flags = _RANDOM if self.random_ids else 0
-            parent = None
+            flags = (_RANDOM if self.random_ids else 0) | (_SAMPLED if self.roots_sampled else 0)
+            decided = self.roots_sampled
         else:
-            trace_id = parent.trace_id
-            flags = parent.trace_flags & _RANDOM
-        if parent is not None and self.follows_parent:
-            flags |= parent.trace_flags & _SAMPLED
-            trace_state = parent.trace_state
-            recording = bool(flags & _SAMPLED)
-        else:
+            trace_id, flags, decided = parent.trace_id, parent.trace_flags, self.follows_parent
+            flags &= (_SAMPLED | _RANDOM) if decided else _RANDOM
+            if decided:
+                trace_state = parent.trace_state
+        recording = bool(flags & _SAMPLED)
+        if not decided:
+            if parent is not None and parent.is_remote:
+                context = trace.set_span_in_context(NonRecordingSpan(parent))
             sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes)
             decision, trace_state = sampled.decision, sampled.trace_state
             if decision is self.sample:
@@ -122,7 +150,7 @@ class Recorder:
             recording = decision is not self.drop
             if recording and sampled.attributes:
                 attributes = {**(attributes or {}), **sampled.attributes}
-        own = SpanContext(trace_id, self.ids.generate_span_id(), False, TraceFlags(flags),
+        own = SpanContext(trace_id, self.ids.generate_span_id(), False, _FLAGS[flags],
                           trace_state)
         if not recording:
             return trace.use_span(NonRecordingSpan(own), end_on_exit=False)
@@ -164,7 +192,8 @@ class RecordingSpan(trace.Span):
         return self._traceparent
 
     def __enter__(self) -> RecordingSpan:
-        self._token = otel_context.attach(trace.set_span_in_context(self))
+        self._token = otel_context.attach(Context({**otel_context.get_current(),
+                                                   _SPAN_KEY: self}))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
