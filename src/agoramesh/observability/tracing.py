@@ -62,6 +62,7 @@ _recorder: Recorder | None = None
 _provider: TracerProvider | None = None
 _capture: tuple[Path, InMemorySpanExporter] | None = None
 _OFF: Final = contextlib.nullcontext(INVALID_SPAN)
+_FLAGS: Final = tuple(TraceFlags(value) for value in range(256))
 
 
 def enabled() -> bool:
@@ -88,7 +89,12 @@ def disable() -> None:
 
 def current_span() -> Span:
     """The span current in this context; a non-recording one while tracing is off."""
-    return INVALID_SPAN if _tracer is None else trace.get_current_span()
+    if _tracer is None:
+        return INVALID_SPAN
+    current = spans.current()
+    if type(current) is RecordingSpan or isinstance(current, Span):
+        return current
+    return INVALID_SPAN
 
 
 def current_traceparent() -> str | None:
@@ -110,7 +116,7 @@ def _remote(traceparent: str) -> SpanContext | None:
     if parsed is None:
         return None
     trace_id, span_id, flags = parsed
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    return SpanContext(trace_id, span_id, True, _FLAGS[flags])
 
 
 def context_of(traceparent: str) -> Any:
