@@ -163,11 +163,14 @@ def test_a_parentbased_ratio_sampler_follows_the_parent_and_samples_roots() -> N
             # Sent on unsampled (and random), so the next process does not record either.
             assert (tracing.current_traceparent() or "").endswith("-02")
             with tracing.span("child") as child:
-                assert not child.is_recording()
+                # Nothing new to say downstream: the root's context is what is sent on.
+                assert not child.is_recording() and child is root
         with tracing.span("joined", parent=SAMPLED) as joined:
             assert joined.is_recording()
         with tracing.span("skipped", parent=UNSAMPLED) as skipped:
             assert not skipped.is_recording()
+            assert tracing.current_traceparent() == UNSAMPLED
+        assert tracing.current_traceparent() is None
         assert [item.name for item in exporter.get_finished_spans()] == ["joined"]
 
 

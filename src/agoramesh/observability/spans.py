@@ -11,7 +11,10 @@ attributes given at the start taken as they are (the call sites build them),
 anything set later checked; the span made current in the OpenTelemetry context,
 so spans other libraries start inside it are its children; and on end one SDK
 ``ReadableSpan`` handed to the provider's span processors, which export it as
-they would the SDK's own. Not done: the SDK's self-observability metrics and
+they would the SDK's own. A span the sampler leaves out is a non-recording
+span current inside its ``with`` (so the next process leaves it out too), and
+not even that under a parent that was not sampled: the parent's context is
+what is sent on, as OpenTelemetry's API does without an SDK. Not done: the SDK's self-observability metrics and
 its tracer configurator (neither of which agoramesh sets); a processor's
 ``on_start`` is given the remote parent's context only where a sampler was
 given it too, else None (the current context, whose baggage is the same).
@@ -25,7 +28,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -44,11 +47,13 @@ from opentelemetry.trace import (
 from agoramesh.bus.tracecontext import format_traceparent
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from opentelemetry.sdk.trace import Event
     from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.util.types import AttributeValue
 
-__all__ = ("Recorder", "RecordingSpan", "current")
+__all__ = ("Ours", "Recorder", "RecordingSpan", "UnsampledSpan", "current")
 
 _log = logging.getLogger(__name__)
 _SCALARS: Final = (str, bool, int, float)
@@ -85,7 +90,7 @@ def current() -> object:
 
 def _parent_of(span: object) -> SpanContext | None:
     """The context of the current ``span`` if it can be a parent (valid), else None."""
-    if type(span) is RecordingSpan:
+    if isinstance(span, Ours):
         return span._context
     if not isinstance(span, Span):
         return None
@@ -126,9 +131,10 @@ class Recorder:
               errors: bool) -> contextlib.AbstractContextManager[Span]:
         """A span that is current inside its ``with``; a child of ``parent`` (a remote span's
         context) if given, else of the current span. Non-recording if sampled out."""
-        context = None
+        context = holder = None
         if parent is None:
-            parent = _parent_of(current())
+            holder = current()
+            parent = _parent_of(holder)
         trace_state = None
         if parent is None:
             trace_id = self.ids.generate_trace_id()
@@ -150,21 +156,68 @@ class Recorder:
             recording = decision is not self.drop
             if recording and sampled.attributes:
                 attributes = {**(attributes or {}), **sampled.attributes}
+        if not recording and decided and parent is not None:
+            # The parent was not sampled: what is sent on says just that, so its
+            # context serves (as OpenTelemetry's API does without an SDK).
+            if holder is not None:
+                return contextlib.nullcontext(cast(Span, holder))
+            return UnsampledSpan(parent)
         own = SpanContext(trace_id, self.ids.generate_span_id(), False, _FLAGS[flags],
                           trace_state)
         if not recording:
-            return trace.use_span(NonRecordingSpan(own), end_on_exit=False)
+            return UnsampledSpan(own)
         span = RecordingSpan(self, name, kind, own, parent,
                              dict(attributes) if attributes else {}, errors)
         self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
 
-class RecordingSpan(trace.Span):
+class Ours:
+    """What our spans share: current inside their ``with``, and the traceparent of
+    what is sent from there formatted once."""
+
+    __slots__ = ("_context", "_token", "_traceparent")
+    _context: SpanContext
+    _token: Token[Context] | None
+    _traceparent: str
+
+    @property
+    def traceparent(self) -> str:
+        """This span's W3C traceparent."""
+        if not self._traceparent:
+            context = self._context
+            self._traceparent = format_traceparent(context.trace_id, context.span_id,
+                                                   context.trace_flags)
+        return self._traceparent
+
+    def _attach(self) -> None:
+        self._token = otel_context.attach(Context({**otel_context.get_current(),
+                                                   _SPAN_KEY: self}))
+
+
+class UnsampledSpan(Ours, NonRecordingSpan):
+    """A span the sampler left out: nothing recorded, but its context (not sampled)
+    is what is sent from inside it, so the processes it reaches leave it out too."""
+
+    def __init__(self, context: SpanContext) -> None:
+        super().__init__(context)
+        self._token = None
+        self._traceparent = ""
+
+    def __enter__(self) -> UnsampledSpan:
+        self._attach()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
+
+
+class RecordingSpan(Ours, trace.Span):
     """A recorded span, current inside its ``with`` and ended when it is left."""
 
-    __slots__ = ("_attributes", "_context", "_end", "_errors", "_events", "_kind", "_name",
-                 "_parent", "_recorder", "_start", "_status", "_token", "_traceparent")
+    __slots__ = ("_attributes", "_end", "_errors", "_events", "_kind", "_name", "_parent",
+                 "_recorder", "_start", "_status")
 
     def __init__(self, recorder: Recorder, name: str, kind: SpanKind, context: SpanContext,
                  parent: SpanContext | None, attributes: dict[str, Any], errors: bool) -> None:
@@ -177,23 +230,13 @@ class RecordingSpan(trace.Span):
         self._errors = errors
         self._events: list[Event] = []
         self._status = _UNSET
-        self._token: object = None
+        self._token = None
         self._traceparent = ""
         self._end: int | None = None
         self._start = time.time_ns()
 
-    @property
-    def traceparent(self) -> str:
-        """This span's W3C traceparent, formatted once."""
-        if not self._traceparent:
-            context = self._context
-            self._traceparent = format_traceparent(context.trace_id, context.span_id,
-                                                   context.trace_flags)
-        return self._traceparent
-
     def __enter__(self) -> RecordingSpan:
-        self._token = otel_context.attach(Context({**otel_context.get_current(),
-                                                   _SPAN_KEY: self}))
+        self._attach()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -203,7 +246,7 @@ class RecordingSpan(trace.Span):
                 self.record_exception(exc, escaped=True)
                 self.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         finally:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
             self.end()
 
     def end(self, end_time: int | None = None) -> None:

@@ -45,7 +45,7 @@ from agoramesh.bus import tracecontext
 from agoramesh.bus.tracecontext import format_traceparent, parse_traceparent
 from agoramesh.errors import ConfigError
 from agoramesh.observability import spans
-from agoramesh.observability.spans import Recorder, RecordingSpan
+from agoramesh.observability.spans import Ours, Recorder
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -92,7 +92,7 @@ def current_span() -> Span:
     if _tracer is None:
         return INVALID_SPAN
     current = spans.current()
-    if type(current) is RecordingSpan or isinstance(current, Span):
+    if isinstance(current, Span):
         return current
     return INVALID_SPAN
 
@@ -100,7 +100,7 @@ def current_span() -> Span:
 def current_traceparent() -> str | None:
     """The traceparent of the span current in this context; None outside a valid one."""
     current = spans.current()
-    if type(current) is RecordingSpan:
+    if isinstance(current, Ours):
         return current.traceparent
     if not isinstance(current, Span):
         return None
