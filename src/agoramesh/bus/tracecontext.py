@@ -55,10 +55,10 @@ def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
 def parse_traceparent(value: object) -> tuple[int, int, int] | None:
     """(trace id, span id, flags) of a valid version-00 traceparent, None for anything else
     (another type or version, upper case, an all-zero id, extra characters)."""
-    if not valid_traceparent(value):
+    if type(value) is not str or len(value) != 55 or _FORMAT.fullmatch(value) is None:
         return None
-    text: str = value  # type: ignore[assignment]
-    return int(text[3:35], 16), int(text[36:52], 16), int(text[53:], 16)
+    trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+    return (trace_id, span_id, int(value[53:], 16)) if trace_id and span_id else None
 
 
 def valid_traceparent(value: object) -> bool:

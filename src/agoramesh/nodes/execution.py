@@ -41,7 +41,7 @@ from agoramesh.errors import (
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
 from agoramesh.nodes.task_memory import TaskMemory, task_digest
-from agoramesh.observability.tracing import SpanKind, current_span, span
+from agoramesh.observability.tracing import Span, SpanKind, current_span, span
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
@@ -108,10 +108,11 @@ class TaskRunner:
         (:func:`publish_callback`).
         """
         with span("agoramesh.execute", SpanKind.SERVER, parent=delivery.trace_parent,
-                  attributes={"agoramesh.capability": capability.name}):
-            await self._serve(delivery, capability, durable)
+                  attributes={"agoramesh.capability": capability.name}) as execution:
+            await self._serve(delivery, capability, durable, execution)
 
-    async def _serve(self, delivery: Delivery, capability: Capability, durable: bool) -> None:
+    async def _serve(self, delivery: Delivery, capability: Capability, durable: bool,
+                     execution: Span) -> None:
         started = time.perf_counter()
         body = dict(delivery.body) if isinstance(delivery.body, dict) else delivery.body
         stream = bool(isinstance(body, dict) and body.pop("stream", False)) and not delivery.is_json
@@ -139,7 +140,6 @@ class TaskRunner:
             result = self.failure(task_id, BackendError(
                 f"{self.node.config.type} backend failed: {type(exc).__name__}: {exc}"[:1000]),
                 started)
-        execution = current_span()
         if execution.is_recording():
             execution.set_attributes({"agoramesh.task_id": result.task_id,
                                       "agoramesh.status": result.status.value})

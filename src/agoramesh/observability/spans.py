@@ -14,10 +14,12 @@ so spans other libraries start inside it are its children; and on end one SDK
 they would the SDK's own. A span the sampler leaves out is a non-recording
 span current inside its ``with`` (so the next process leaves it out too), and
 not even that under a parent that was not sampled: the parent's context is
-what is sent on, as OpenTelemetry's API does without an SDK. Not done: the SDK's self-observability metrics and
-its tracer configurator (neither of which agoramesh sets); a processor's
-``on_start`` is given the remote parent's context only where a sampler was
-given it too, else None (the current context, whose baggage is the same).
+what is sent on, as OpenTelemetry's API does without an SDK. Not done: the
+SDK's self-observability metrics and its tracer configurator (neither of
+which agoramesh sets); a processor's ``on_start`` is given the remote
+parent's context only where a sampler was given it too, else None (the
+current context, whose baggage is the same). A span is current in the
+context it was started in (``span()`` is entered at once where it is used).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
-from agoramesh.bus.tracecontext import format_traceparent
+from agoramesh.bus.tracecontext import format_traceparent, parse_traceparent
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -98,6 +100,14 @@ def _parent_of(span: object) -> SpanContext | None:
     return context if context.is_valid else None
 
 
+def _remote(traceparent: str) -> SpanContext | None:
+    """The span context of a remote ``traceparent``; None for "" or an invalid one."""
+    parsed = parse_traceparent(traceparent) if traceparent else None
+    if parsed is None:
+        return None
+    return SpanContext(parsed[0], parsed[1], True, _FLAGS[parsed[2]])
+
+
 class Recorder:
     """What the spans of one SDK tracer share: where they go and how they are sampled."""
 
@@ -126,14 +136,17 @@ class Recorder:
         self.max_attributes = limits.max_span_attributes or 128
         self.max_events = limits.max_events or 128
 
-    def start(self, name: str, kind: SpanKind, parent: SpanContext | None,
+    def start(self, name: str, kind: SpanKind, traceparent: str,
               attributes: Mapping[str, Any] | None,
               errors: bool) -> contextlib.AbstractContextManager[Span]:
-        """A span that is current inside its ``with``; a child of ``parent`` (a remote span's
-        context) if given, else of the current span. Non-recording if sampled out."""
+        """A span that is current inside its ``with``: a child of the remote
+        ``traceparent`` when it is valid, else of the current span. Non-recording if
+        sampled out."""
         context = holder = None
+        base = otel_context.get_current()
+        parent = _remote(traceparent)
         if parent is None:
-            holder = current()
+            holder = base.get(_SPAN_KEY)
             parent = _parent_of(holder)
         trace_state = None
         if parent is None:
@@ -161,22 +174,23 @@ class Recorder:
             # context serves (as OpenTelemetry's API does without an SDK).
             if holder is not None:
                 return contextlib.nullcontext(cast(Span, holder))
-            return UnsampledSpan(parent)
+            return UnsampledSpan(parent, base)
         own = SpanContext(trace_id, self.ids.generate_span_id(), False, _FLAGS[flags],
                           trace_state)
         if not recording:
-            return UnsampledSpan(own)
+            return UnsampledSpan(own, base)
         span = RecordingSpan(self, name, kind, own, parent,
-                             dict(attributes) if attributes else {}, errors)
+                             dict(attributes) if attributes else {}, errors, base)
         self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
 
 class Ours:
-    """What our spans share: current inside their ``with``, and the traceparent of
-    what is sent from there formatted once."""
+    """What our spans share: current inside their ``with`` (in the context they were
+    started in), and the traceparent of what is sent from there formatted once."""
 
-    __slots__ = ("_context", "_token", "_traceparent")
+    __slots__ = ("_base", "_context", "_token", "_traceparent")
+    _base: Context
     _context: SpanContext
     _token: Token[Context] | None
     _traceparent: str
@@ -190,22 +204,20 @@ class Ours:
                                                    context.trace_flags)
         return self._traceparent
 
-    def _attach(self) -> None:
-        self._token = otel_context.attach(Context({**otel_context.get_current(),
-                                                   _SPAN_KEY: self}))
 
 
 class UnsampledSpan(Ours, NonRecordingSpan):
     """A span the sampler left out: nothing recorded, but its context (not sampled)
     is what is sent from inside it, so the processes it reaches leave it out too."""
 
-    def __init__(self, context: SpanContext) -> None:
+    def __init__(self, context: SpanContext, base: Context) -> None:
         super().__init__(context)
+        self._base = base
         self._token = None
         self._traceparent = ""
 
     def __enter__(self) -> UnsampledSpan:
-        self._attach()
+        self._token = otel_context.attach(Context({**self._base, _SPAN_KEY: self}))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -220,7 +232,9 @@ class RecordingSpan(Ours, trace.Span):
                  "_recorder", "_start", "_status")
 
     def __init__(self, recorder: Recorder, name: str, kind: SpanKind, context: SpanContext,
-                 parent: SpanContext | None, attributes: dict[str, Any], errors: bool) -> None:
+                 parent: SpanContext | None, attributes: dict[str, Any], errors: bool,
+                 base: Context) -> None:
+        self._base = base
         self._recorder = recorder
         self._name = name
         self._kind = kind
@@ -236,7 +250,7 @@ class RecordingSpan(Ours, trace.Span):
         self._start = time.time_ns()
 
     def __enter__(self) -> RecordingSpan:
-        self._attach()
+        self._token = otel_context.attach(Context({**self._base, _SPAN_KEY: self}))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -51,8 +51,9 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-__all__ = ("SCOPE", "SpanKind", "configure", "context_of", "current_span", "current_traceparent",
-           "disable", "enable", "enabled", "shutdown", "span", "span_record")
+__all__ = ("SCOPE", "Span", "SpanKind", "configure", "context_of", "current_span",
+           "current_traceparent", "disable", "enable", "enabled", "shutdown", "span",
+           "span_record")
 
 #: The instrumentation scope of every agoramesh span.
 SCOPE: Final = "agoramesh"
@@ -62,7 +63,6 @@ _recorder: Recorder | None = None
 _provider: TracerProvider | None = None
 _capture: tuple[Path, InMemorySpanExporter] | None = None
 _OFF: Final = contextlib.nullcontext(INVALID_SPAN)
-_FLAGS: Final = tuple(TraceFlags(value) for value in range(256))
 
 
 def enabled() -> bool:
@@ -110,20 +110,15 @@ def current_traceparent() -> str | None:
     return format_traceparent(context.trace_id, context.span_id, context.trace_flags)
 
 
-def _remote(traceparent: str) -> SpanContext | None:
-    """The span context of a remote ``traceparent``; None for "" or an invalid one."""
+def context_of(traceparent: str) -> Any:
+    """An OpenTelemetry context whose current span is the remote ``traceparent`` (None for
+    "" or an invalid one: the current context then stands)."""
     parsed = parse_traceparent(traceparent) if traceparent else None
     if parsed is None:
         return None
     trace_id, span_id, flags = parsed
-    return SpanContext(trace_id, span_id, True, _FLAGS[flags])
-
-
-def context_of(traceparent: str) -> Any:
-    """An OpenTelemetry context whose current span is the remote ``traceparent`` (None for
-    "" or an invalid one: the current context then stands)."""
-    remote = _remote(traceparent)
-    return None if remote is None else trace.set_span_in_context(NonRecordingSpan(remote))
+    remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    return trace.set_span_in_context(NonRecordingSpan(remote))
 
 
 def span(name: str, kind: SpanKind = SpanKind.INTERNAL, *, parent: str = "",
@@ -141,7 +136,7 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, *, parent: str = "",
         return _OFF
     recorder = _recorder
     if recorder is not None:
-        return recorder.start(name, kind, _remote(parent), attributes, errors)
+        return recorder.start(name, kind, parent, attributes, errors)
     return tracer.start_as_current_span(name, context=context_of(parent), kind=kind,
                                         attributes=dict(attributes) if attributes else None,
                                         record_exception=errors,
