@@ -2,7 +2,7 @@
 
 The SDK's ``start_as_current_span`` costs 25 to 40 µs a span (its sampler
 plumbing, attribute cleaning under a lock, two generator context managers), and
-a task makes 3 to 9 of them on the hot path (benchmarks/RESULTS.md, "Tracing on
+a task makes 2 to 8 of them on the hot path (benchmarks/RESULTS.md, "Tracing on
 vs off"). A :class:`RecordingSpan` does the same work with less: ids from the
 provider's id generator; the provider's sampler asked only where it decides
 something (ParentBased with its default delegates follows the parent, so only a
@@ -94,7 +94,7 @@ def _parent_of(span: object) -> SpanContext | None:
     """The context of the current ``span`` if it can be a parent (valid), else None."""
     if isinstance(span, Ours):
         return span._context
-    if not isinstance(span, Span):
+    if span is None or not isinstance(span, Span):
         return None
     context = span.get_span_context()
     return context if context.is_valid else None
@@ -205,7 +205,6 @@ class Ours:
         return self._traceparent
 
 
-
 class UnsampledSpan(Ours, NonRecordingSpan):
     """A span the sampler left out: nothing recorded, but its context (not sampled)
     is what is sent from inside it, so the processes it reaches leave it out too."""
@@ -281,7 +280,8 @@ class RecordingSpan(Ours, trace.Span):
             return
         kept, room = self._attributes, self._recorder.max_attributes
         for key, value in attributes.items():
-            if type(value) in _PLAIN and (key in kept or len(kept) < room):
+            if type(value) in _PLAIN and type(key) is str and key and (
+                    key in kept or len(kept) < room):
                 kept[key] = value
             else:
                 self.set_attribute(key, value)
