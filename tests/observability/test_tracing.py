@@ -163,6 +163,21 @@ async def test_the_senders_span_travels_signed_in_the_body_and_is_taken_out(
     assert TRACEPARENT not in msgpack.unpackb(reply.wire[:-TAG_SIZE])["body"]
 
 
+@pytest.mark.integration
+async def test_an_answer_published_untraced_carries_no_traceparent(
+        nats_server: EmbeddedServer, bus_factory: BusFactory,
+        spans: InMemorySpanExporter) -> None:
+    sender, receiver = await _pair(nats_server, bus_factory)
+    raw = await _wire_of(receiver)
+    await receiver.flush()
+    with tracing.span("agoramesh.bid", tracing.SpanKind.CONSUMER):
+        await sender.publish(SUBJECT, "bid", {"auction_id": "a"}, traced=False)
+        await sender.publish(SUBJECT, "cfp", {"auction_id": "a"})
+    await wait_until(lambda: len(raw) == 2, timeout=5)
+    bid, cfp = (msgpack.unpackb(item[:-TAG_SIZE])["body"] for item in raw)
+    assert bid == {"auction_id": "a"} and valid_traceparent(cfp[TRACEPARENT])
+
+
 async def _wire_of(bus: Bus) -> list[bytes]:
     """What arrives on SUBJECT, as bytes (a plain subscription beside the admitted one)."""
     raw: list[bytes] = []
