@@ -7,14 +7,18 @@ servers alike) is paid in the measured loop.
 
 * ``off``  no TracerProvider: the API's no-op, nothing added to any message;
 * ``on``   the SDK's TracerProvider with no span processor (spans are made, sampled,
-           recorded and ended; the exporter is off), the traceparent in every body.
+           recorded and ended; the exporter is off), the traceparent in every request;
+           every task traced (``ParentBased(ALWAYS_ON)``), or with ``--sample R`` one
+           in 1/R (``ParentBased(TraceIdRatioBased(R))``, what
+           ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` sets up).
 
 Both are measured in alternating blocks (off, on, on, off, ...) of ``--rounds`` tasks
 each, per path: ``auction`` = ``Dispatcher.submit`` (a contract-net auction among the
 two workers), ``direct`` = ``submit_task`` to ``agora.cap.echo``. Target: the on/off
 ratio of each path's p50 within 1.05.
 
-    .venv/bin/python benchmarks/bench_tracing.py [--rounds 200] [--blocks 8] [--json FILE]
+    .venv/bin/python benchmarks/bench_tracing.py [--rounds 200] [--blocks 8] [--sample 1]
+                                                 [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 import uvloop
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 from agoramesh.agent import AgentNode
 from agoramesh.bus.identity import Identity
@@ -63,14 +68,16 @@ async def _agents(url: str) -> tuple[AgentNode, list[AgentNode]]:
     return driver, workers
 
 
-async def run(rounds: int, blocks: int) -> dict[str, Any]:
-    provider = TracerProvider()  # no span processor: spans are made and dropped
+async def run(rounds: int, blocks: int, sample: float) -> dict[str, Any]:
+    # No span processor: spans are made and dropped.
+    provider = TracerProvider(sampler=ParentBased(
+        ALWAYS_ON if sample >= 1 else TraceIdRatioBased(sample)))
     with tempfile.TemporaryDirectory() as base:
         mesh = await Mesh.launch(Path(base) / "mesh", seeds=1)
         try:
             driver, workers = await _agents(mesh.seeds[0].client_url)
             try:
-                return await _measure(driver, provider, rounds, blocks)
+                return {"sample": sample, **await _measure(driver, provider, rounds, blocks)}
             finally:
                 await stop_all([driver, *workers])
         finally:
@@ -116,10 +123,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=200, help="tasks per block (default 200)")
     parser.add_argument("--blocks", type=int, default=8,
                         help="alternating blocks per path, a multiple of 4 (default 8)")
+    parser.add_argument("--sample", type=float, default=1.0,
+                        help="the share of tasks traced while on (default 1: every one)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
+    if not 0 <= args.sample <= 1:
+        parser.error("--sample is a share of tasks, from 0 to 1")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        report = runner.run(run(args.rounds, args.blocks))
+        report = runner.run(run(args.rounds, args.blocks, args.sample))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json is not None:

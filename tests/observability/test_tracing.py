@@ -130,7 +130,8 @@ class Catch:
     async def __call__(self, delivery: Delivery) -> None:
         self.deliveries.append(delivery)
         self.arrived.set()
-        await delivery.respond("task_response", {"ok": True})
+        with tracing.span("agoramesh.handle", parent=delivery.trace_parent):
+            await delivery.respond("task_response", {"ok": True})
 
 
 async def _pair(nats_server: EmbeddedServer, bus_factory: BusFactory) -> tuple[Bus, Bus]:
@@ -147,7 +148,7 @@ async def test_the_senders_span_travels_signed_in_the_body_and_is_taken_out(
     raw = await _wire_of(receiver)
     await receiver.flush()
     with tracing.span("agoramesh.test", tracing.SpanKind.CLIENT) as sent:
-        await sender.request(SUBJECT, "task_request", {"x": 1}, timeout=2)
+        reply = await sender.request(SUBJECT, "task_request", {"x": 1}, timeout=2)
     (delivery,) = catch.deliveries
     context = sent.get_span_context()
     assert delivery.trace_parent == format_traceparent(context.trace_id, context.span_id,
@@ -156,6 +157,25 @@ async def test_the_senders_span_travels_signed_in_the_body_and_is_taken_out(
     assert delivery.envelope is not None and delivery.envelope.traceparent
     # On the wire: in the signed body (so covered by the tag), not beside it.
     assert msgpack.unpackb(raw[0][:-TAG_SIZE])["body"][TRACEPARENT] == delivery.trace_parent
+    # The reply, sent inside the receiver's span (a child of ours), carries none.
+    (handled,) = [item for item in spans.get_finished_spans() if item.name == "agoramesh.handle"]
+    assert handled.parent is not None and handled.parent.span_id == context.span_id
+    assert TRACEPARENT not in msgpack.unpackb(reply.wire[:-TAG_SIZE])["body"]
+
+
+@pytest.mark.integration
+async def test_an_answer_published_untraced_carries_no_traceparent(
+        nats_server: EmbeddedServer, bus_factory: BusFactory,
+        spans: InMemorySpanExporter) -> None:
+    sender, receiver = await _pair(nats_server, bus_factory)
+    raw = await _wire_of(receiver)
+    await receiver.flush()
+    with tracing.span("agoramesh.bid", tracing.SpanKind.CONSUMER):
+        await sender.publish(SUBJECT, "bid", {"auction_id": "a"}, traced=False)
+        await sender.publish(SUBJECT, "cfp", {"auction_id": "a"})
+    await wait_until(lambda: len(raw) == 2, timeout=5)
+    bid, cfp = (msgpack.unpackb(item[:-TAG_SIZE])["body"] for item in raw)
+    assert bid == {"auction_id": "a"} and valid_traceparent(cfp[TRACEPARENT])
 
 
 async def _wire_of(bus: Bus) -> list[bytes]:
@@ -259,9 +279,10 @@ async def test_an_auction_is_one_trace_from_submit_to_result(
     assert attributes["agoramesh.task_id"] == result.task_id
     assert {"gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "agoramesh.cost_usd",
             "gen_ai.request.model"} <= set(attributes)
-    (answer,) = by_name(finished, "agoramesh.result")
-    assert parent_of(answer) == execute.context.span_id
+    assert attributes["agoramesh.status"] == "COMPLETED"
+    assert [event.name for event in execute.events] == ["task_response"]  # when it answered
     assert "task_response" in [event.name for event in client_award.events]
+    assert not by_name(finished, "agoramesh.result")
 
 
 @pytest.mark.integration

@@ -102,7 +102,7 @@ async def test_one_trace_across_client_auctioneer_and_winner(
     execute = one(children(winner, awarded, "agoramesh.execute"))
     assert execute["attributes"]["agoramesh.task_id"] == result.task_id
     assert execute["attributes"]["gen_ai.system"] == "offline"
-    one(children(winner, execute, "agoramesh.result"))
+    assert "task_response" in execute["events"]
     # Parents start before their children, across the processes' clocks (one machine).
     assert submit["start"] <= auction["start"] <= cfp["start"] <= bids[0]["start"]
     assert cfp["end"] <= award["start"] <= awarded["start"] <= execute["start"]

@@ -158,10 +158,11 @@ class Guard:
         return envelope
 
     def _take_traceparent(self, envelope: Envelope, body: dict[str, object]) -> Envelope:
-        rest, traceparent = take(body)
+        traceparent = take(body)
         if traceparent is None:
             self.bad_traceparents += 1
-        return envelope._replace(body=rest, traceparent=traceparent or "")
+            return envelope
+        return Envelope._make((*envelope[:-1], traceparent))
 
     def confirm(self, envelope: Envelope, *, now: int | None = None) -> Envelope:
         """Finish a deferred admission: expiry, replay and tag."""

@@ -191,14 +191,18 @@ class Bus:
     # -- sending -------------------------------------------------------------------
 
     def wire(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
-             cid: str | None = None, ttl_ms: int | None = None, reply: str = "") -> bytes:
+             cid: str | None = None, ttl_ms: int | None = None, reply: str = "",
+             traced: bool = True) -> bytes:
         """Envelope bytes for ``subject``, whatever their size; nothing is counted or traced.
 
         While tracing is on (a trace source is installed) a map body sent inside a
-        span carries that span's ``traceparent`` (PROTOCOL.md §5), unless it has one.
+        span carries that span's ``traceparent`` (PROTOCOL.md §5), unless it has one
+        or is not ``traced``: an answer (a reply, a bid), whose receiver is in the
+        trace already.
         """
         source = current()
-        if source is not None and isinstance(body, dict) and TRACEPARENT not in body:
+        if (source is not None and traced and isinstance(body, dict)
+                and TRACEPARENT not in body):
             traceparent = source()
             if traceparent is not None:
                 body = {**body, TRACEPARENT: traceparent}
@@ -208,7 +212,7 @@ class Bus:
 
     def seal(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
              cid: str | None = None, ttl_ms: int | None = None, reply: str = "",
-             headers: Mapping[str, str] | None = None) -> bytes:
+             headers: Mapping[str, str] | None = None, traced: bool = True) -> bytes:
         """Envelope bytes for ``subject`` (to be published with reply subject ``reply``);
         OversizeEnvelope if they would be rejected.
 
@@ -216,9 +220,10 @@ class Bus:
         MACed with the key we share with it (unless ``sign_all``); everything else
         is signed. ``trace`` still records the plaintext. ``headers``: those it will
         be sent with, which count towards ``max_bytes`` (servers count them in
-        ``max_payload``).
+        ``max_payload``). ``traced``: as for :meth:`wire`.
         """
-        wire = self.wire(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms, reply=reply)
+        wire = self.wire(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms, reply=reply,
+                         traced=traced)
         size = len(wire) + headers_size(headers)
         if size > self.config.envelope.max_bytes:
             raise OversizeEnvelope(f"envelope of {size} bytes exceeds the "
@@ -231,10 +236,12 @@ class Bus:
 
     async def publish(self, subject: str, type: str, body: Any, *, to: str = BROADCAST,
                       cid: str | None = None, ttl_ms: int | None = None,
-                      reply: str = "", headers: dict[str, str] | None = None) -> None:
-        """Seal and publish one envelope (with NATS ``headers``, if given)."""
+                      reply: str = "", headers: dict[str, str] | None = None,
+                      traced: bool = True) -> None:
+        """Seal and publish one envelope (with NATS ``headers``, if given); ``traced``: as
+        for :meth:`wire`."""
         wire = self.seal(subject, type, body, to=to, cid=cid, ttl_ms=ttl_ms, reply=reply,
-                         headers=headers)
+                         headers=headers, traced=traced)
         await self.publish_raw(subject, wire, reply=reply, headers=headers)
 
     async def publish_raw(self, subject: str, payload: bytes, *, reply: str = "",

@@ -148,7 +148,7 @@ class Delivery:
         else:
             to = BROADCAST if public else self.envelope.sender
             payload = self.bus.seal(self.msg.reply, type, body, to=to,
-                                    cid=self.envelope.cid, headers=headers)
+                                    cid=self.envelope.cid, headers=headers, traced=False)
         return Reply(payload, headers)
 
     def measure(self, type: str, body: Any) -> int:
@@ -158,7 +158,7 @@ class Delivery:
         if self.envelope is None:
             return len(encode_json(body)) + extra
         return len(self.bus.wire(self.msg.reply, type, body, to=self.envelope.sender,
-                                 cid=self.envelope.cid)) + extra
+                                 cid=self.envelope.cid, traced=False)) + extra
 
     async def send(self, reply: Reply) -> None:
         """Publish a prepared reply on the reply subject (none: nothing is sent)."""

@@ -212,7 +212,8 @@ class Subscription:
         headers = error_headers(wire_error["type"], wire_error["message"])
         with contextlib.suppress(AgoraError):  # closed meanwhile, an answer over max_bytes
             payload = (encode_json_error(error) if as_json else
-                       bus.seal(msg.reply, ERROR_TYPE, wire_error, headers=headers))
+                       bus.seal(msg.reply, ERROR_TYPE, wire_error, headers=headers,
+                                traced=False))
             await bus.publish_raw(msg.reply, payload, headers=headers)
 
     async def stop(self, timeout: float | None = None) -> None:

@@ -25,8 +25,9 @@ __all__ = ("TRACEPARENT", "TraceSource", "current", "format_traceparent", "insta
 #: The body key (and NATS header name) that carries the trace context.
 TRACEPARENT: Final = "traceparent"
 #: version 00: ``00-<32 hex trace id>-<16 hex span id>-<2 hex flags>``, lowercase, 55 chars.
-_FORMAT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_FORMAT: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+_FLAGS: Final = tuple(f"{value:02x}" for value in range(256))
 
 #: Returns the traceparent of the span current in this context, or None outside one.
 TraceSource = Callable[[], str | None]
@@ -47,29 +48,26 @@ def current() -> TraceSource | None:
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
     """The version-00 traceparent of a span context (ids as integers)."""
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xff:02x}"
+    return (f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}"
+            f"-{_FLAGS[flags & 0xff]}")
 
 
 def parse_traceparent(value: object) -> tuple[int, int, int] | None:
     """(trace id, span id, flags) of a valid version-00 traceparent, None for anything else
     (another type or version, upper case, an all-zero id, extra characters)."""
-    if not isinstance(value, str) or len(value) != 55:
+    if type(value) is not str or len(value) != 55 or _FORMAT.fullmatch(value) is None:
         return None
-    match = _FORMAT.fullmatch(value)
-    if match is None or match[1] == _ZERO_TRACE or match[2] == _ZERO_SPAN:
-        return None
-    return int(match[1], 16), int(match[2], 16), int(match[3], 16)
+    trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+    return (trace_id, span_id, int(value[53:], 16)) if trace_id and span_id else None
 
 
 def valid_traceparent(value: object) -> bool:
-    return parse_traceparent(value) is not None
+    return (type(value) is str and len(value) == 55 and _FORMAT.fullmatch(value) is not None
+            and value[3:35] != _ZERO_TRACE and value[36:52] != _ZERO_SPAN)
 
 
-def take(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """``body`` without its ``traceparent`` key, and the value if it is valid (None if not).
-
-    Called only for a map body that has the key; the body is copied, not changed.
-    """
-    value = body[TRACEPARENT]
-    rest = {key: item for key, item in body.items() if key != TRACEPARENT}
-    return rest, value if valid_traceparent(value) else None
+def take(body: dict[str, Any]) -> str | None:
+    """Take the ``traceparent`` key out of ``body``, a map just decoded from the wire that
+    has it (so changed in place, not copied): its value if valid, None if not."""
+    value = body.pop(TRACEPARENT)
+    return value if valid_traceparent(value) else None

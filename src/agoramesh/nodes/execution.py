@@ -41,7 +41,7 @@ from agoramesh.errors import (
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
 from agoramesh.nodes.task_memory import TaskMemory, task_digest
-from agoramesh.observability.tracing import SpanKind, current_span, span
+from agoramesh.observability.tracing import Span, SpanKind, current_span, span
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
@@ -108,10 +108,11 @@ class TaskRunner:
         (:func:`publish_callback`).
         """
         with span("agoramesh.execute", SpanKind.SERVER, parent=delivery.trace_parent,
-                  attributes={"agoramesh.capability": capability.name}):
-            await self._serve(delivery, capability, durable)
+                  attributes={"agoramesh.capability": capability.name}) as execution:
+            await self._serve(delivery, capability, durable, execution)
 
-    async def _serve(self, delivery: Delivery, capability: Capability, durable: bool) -> None:
+    async def _serve(self, delivery: Delivery, capability: Capability, durable: bool,
+                     execution: Span) -> None:
         started = time.perf_counter()
         body = dict(delivery.body) if isinstance(delivery.body, dict) else delivery.body
         stream = bool(isinstance(body, dict) and body.pop("stream", False)) and not delivery.is_json
@@ -139,24 +140,24 @@ class TaskRunner:
             result = self.failure(task_id, BackendError(
                 f"{self.node.config.type} backend failed: {type(exc).__name__}: {exc}"[:1000]),
                 started)
-        with span("agoramesh.result", SpanKind.PRODUCER) as answer:
-            if answer.is_recording():
-                answer.set_attributes({"agoramesh.task_id": result.task_id,
-                                       "agoramesh.status": result.status.value})
-            store = durable and task is not None and result.final
-            result, reply = self._prepare(delivery, result, started, stored=store)
-            if store and not await self._store(result) and reply is not None:
-                reply = self._response(delivery, result, stored=False)  # rare: sealed again
-            elapsed = time.perf_counter() - started
-            self.node.reception.endpoint(capability.name).record(int(elapsed * 1e9),
-                                                                 described(result.error))
-            if fresh:
-                self._finished(capability.name, result, elapsed)
-            if reply is not None:
-                await self._send(delivery, result, reply)
-            if callback is not None and fresh and result.final:
-                outcome = await publish_callback(self.node, delivery, callback, result)
-                self.callbacks[outcome] += 1
+        if execution.is_recording():
+            execution.set_attributes({"agoramesh.task_id": result.task_id,
+                                      "agoramesh.status": result.status.value})
+        store = durable and task is not None and result.final
+        result, reply = self._prepare(delivery, result, started, stored=store)
+        if store and not await self._store(result) and reply is not None:
+            reply = self._response(delivery, result, stored=False)  # rare: sealed again
+        elapsed = time.perf_counter() - started
+        self.node.reception.endpoint(capability.name).record(int(elapsed * 1e9),
+                                                             described(result.error))
+        if fresh:
+            self._finished(capability.name, result, elapsed)
+        if reply is not None:
+            await self._send(delivery, result, reply)
+            execution.add_event("task_response")
+        if callback is not None and fresh and result.final:
+            outcome = await publish_callback(self.node, delivery, callback, result)
+            self.callbacks[outcome] += 1
 
     def _callback_of(self, task: Task) -> str | None:
         """The task's callback subject; InvalidTask for one of the mesh's own subjects,

@@ -201,7 +201,7 @@ class AwardPhase:
             return
         with contextlib.suppress(AgoraError):
             await self.bus.publish(self.bus.subjects.cfp(auction.task.capability), "reject",
-                                   {"auction_id": auction.id, "winner": winner})
+                                   {"auction_id": auction.id, "winner": winner}, traced=False)
 
 
 

@@ -255,7 +255,8 @@ class Bidder:
         if node.trajectory is not None:
             node.trajectory.decided(kind, capability=capability.name, **body)
         try:
-            await node.bus.publish(cfp.reply, kind, body, to=cfp.initiator, cid=cfp.cid)
+            await node.bus.publish(cfp.reply, kind, body, to=cfp.initiator, cid=cfp.cid,
+                                   traced=False)
         except AgoraError as exc:  # the initiator will not hear from us; its window closes
             node.log.debug("%s for %s not sent: %s", kind, cfp.auction_id, exc,
                            extra={"auction_id": cfp.auction_id})

@@ -1,0 +1,334 @@
+"""The spans agoramesh records itself for an OpenTelemetry SDK TracerProvider.
+
+The SDK's ``start_as_current_span`` costs 25 to 40 µs a span (its sampler
+plumbing, attribute cleaning under a lock, two generator context managers), and
+a task makes 2 to 8 of them on the hot path (benchmarks/RESULTS.md, "Tracing on
+vs off"). A :class:`RecordingSpan` does the same work with less: ids from the
+provider's id generator; the provider's sampler asked only where it decides
+something (ParentBased with its default delegates follows the parent, so only a
+root asks it, and not even a root when its root sampler is AlwaysOn); the
+attributes given at the start taken as they are (the call sites build them),
+anything set later checked; the span made current in the OpenTelemetry context,
+so spans other libraries start inside it are its children; and on end one SDK
+``ReadableSpan`` handed to the provider's span processors, which export it as
+they would the SDK's own. A span the sampler leaves out is a non-recording
+span current inside its ``with`` (so the next process leaves it out too), and
+not even that under a parent that was not sampled: the parent's context is
+what is sent on, as OpenTelemetry's API does without an SDK. Not done: the
+SDK's self-observability metrics and its tracer configurator (neither of
+which agoramesh sets); a processor's ``on_start`` is given the remote
+parent's context only where a sampler was given it too, else None (the
+current context, whose baggage is the same). A span is current in the
+context it was started in (``span()`` is entered at once where it is used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+
+from agoramesh.bus.tracecontext import format_traceparent, parse_traceparent
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.sdk.trace import Event
+    from opentelemetry.sdk.trace import Tracer as SdkTracer
+    from opentelemetry.util.types import AttributeValue
+
+__all__ = ("Ours", "Recorder", "RecordingSpan", "UnsampledSpan", "current")
+
+_log = logging.getLogger(__name__)
+_SCALARS: Final = (str, bool, int, float)
+_PLAIN: Final = frozenset(_SCALARS)
+_SAMPLED: Final = TraceFlags.SAMPLED
+_RANDOM: Final = TraceFlags.RANDOM_TRACE_ID
+_UNSET: Final = Status(StatusCode.UNSET)
+_FLAGS: Final = tuple(TraceFlags(value) for value in range(256))
+#: The key of the current span in an OpenTelemetry Context: the one key of a context
+#: that holds only a span (``trace.set_span_in_context``, without its copying).
+_SPAN_KEY: Final = next(iter(trace.set_span_in_context(INVALID_SPAN, Context())))
+_ROOTS_SAMPLED: Final = "ParentBased{root:AlwaysOnSampler,"
+#: How ParentBased describes itself with its default delegates, after its root.
+_FOLLOWS_PARENT: Final = (",remoteParentSampled:AlwaysOnSampler,"
+                          "remoteParentNotSampled:AlwaysOffSampler,"
+                          "localParentSampled:AlwaysOnSampler,"
+                          "localParentNotSampled:AlwaysOffSampler}")
+
+
+def _clean(value: object) -> AttributeValue | None:
+    """An attribute value as OpenTelemetry takes it (a sequence as a tuple); None if not one."""
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, Sequence) and all(isinstance(item, _SCALARS) for item in value):
+        return tuple(value)
+    return None
+
+
+def current() -> object:
+    """The span current in this context (None outside one): what
+    ``trace.get_current_span`` reads, without its checks."""
+    return otel_context.get_current().get(_SPAN_KEY)
+
+
+def _parent_of(span: object) -> SpanContext | None:
+    """The context of the current ``span`` if it can be a parent (valid), else None."""
+    if isinstance(span, Ours):
+        return span._context
+    if span is None or not isinstance(span, Span):
+        return None
+    context = span.get_span_context()
+    return context if context.is_valid else None
+
+
+def _remote(traceparent: str) -> SpanContext | None:
+    """The span context of a remote ``traceparent``; None for "" or an invalid one."""
+    parsed = parse_traceparent(traceparent) if traceparent else None
+    if parsed is None:
+        return None
+    return SpanContext(parsed[0], parsed[1], True, _FLAGS[parsed[2]])
+
+
+class Recorder:
+    """What the spans of one SDK tracer share: where they go and how they are sampled."""
+
+    def __init__(self, tracer: SdkTracer, name: str, version: str) -> None:
+        from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+        from opentelemetry.sdk.trace.sampling import Decision, ParentBased
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self.event = Event
+        self.readable = ReadableSpan
+        self.processor = tracer.span_processor
+        self.resource = tracer.resource
+        self.sampler = sampler = tracer.sampler
+        self.sample, self.drop = Decision.RECORD_AND_SAMPLE, Decision.DROP
+        described = (sampler.get_description()
+                     if type(sampler).should_sample is ParentBased.should_sample else "")
+        #: ParentBased with its default delegates: a child is sampled exactly when its
+        #: parent is. ``roots_sampled``: and its root sampler is AlwaysOn (the default).
+        self.follows_parent = described.endswith(_FOLLOWS_PARENT)
+        self.roots_sampled = self.follows_parent and described.startswith(_ROOTS_SAMPLED)
+        self.ids = tracer.id_generator
+        self.random_ids = self.ids.is_trace_id_random()
+        self.info = tracer.instrumentation_info
+        self.scope = InstrumentationScope(name, version)
+        limits = SpanLimits()
+        self.max_attributes = limits.max_span_attributes or 128
+        self.max_events = limits.max_events or 128
+
+    def start(self, name: str, kind: SpanKind, traceparent: str,
+              attributes: Mapping[str, Any] | None,
+              errors: bool) -> contextlib.AbstractContextManager[Span]:
+        """A span that is current inside its ``with``: a child of the remote
+        ``traceparent`` when it is valid, else of the current span. Non-recording if
+        sampled out."""
+        context = holder = None
+        base = otel_context.get_current()
+        parent = _remote(traceparent)
+        if parent is None:
+            holder = base.get(_SPAN_KEY)
+            parent = _parent_of(holder)
+        trace_state = None
+        if parent is None:
+            trace_id = self.ids.generate_trace_id()
+            flags = (_RANDOM if self.random_ids else 0) | (_SAMPLED if self.roots_sampled else 0)
+            decided = self.roots_sampled
+        else:
+            trace_id, flags, decided = parent.trace_id, parent.trace_flags, self.follows_parent
+            flags &= (_SAMPLED | _RANDOM) if decided else _RANDOM
+            if decided:
+                trace_state = parent.trace_state
+        recording = bool(flags & _SAMPLED)
+        if not decided:
+            if parent is not None and parent.is_remote:
+                context = trace.set_span_in_context(NonRecordingSpan(parent))
+            sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes)
+            decision, trace_state = sampled.decision, sampled.trace_state
+            if decision is self.sample:
+                flags |= _SAMPLED
+            recording = decision is not self.drop
+            if recording and sampled.attributes:
+                attributes = {**(attributes or {}), **sampled.attributes}
+        if not recording and decided and parent is not None:
+            # The parent was not sampled: what is sent on says just that, so its
+            # context serves (as OpenTelemetry's API does without an SDK).
+            if holder is not None:
+                return contextlib.nullcontext(cast(Span, holder))
+            return UnsampledSpan(parent, base)
+        own = SpanContext(trace_id, self.ids.generate_span_id(), False, _FLAGS[flags],
+                          trace_state)
+        if not recording:
+            return UnsampledSpan(own, base)
+        span = RecordingSpan(self, name, kind, own, parent,
+                             dict(attributes) if attributes else {}, errors, base)
+        self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+        return span
+
+
+class Ours:
+    """What our spans share: current inside their ``with`` (in the context they were
+    started in), and the traceparent of what is sent from there formatted once."""
+
+    __slots__ = ("_base", "_context", "_token", "_traceparent")
+    _base: Context
+    _context: SpanContext
+    _token: Token[Context] | None
+    _traceparent: str
+
+    @property
+    def traceparent(self) -> str:
+        """This span's W3C traceparent."""
+        if not self._traceparent:
+            context = self._context
+            self._traceparent = format_traceparent(context.trace_id, context.span_id,
+                                                   context.trace_flags)
+        return self._traceparent
+
+
+class UnsampledSpan(Ours, NonRecordingSpan):
+    """A span the sampler left out: nothing recorded, but its context (not sampled)
+    is what is sent from inside it, so the processes it reaches leave it out too."""
+
+    def __init__(self, context: SpanContext, base: Context) -> None:
+        super().__init__(context)
+        self._base = base
+        self._token = None
+        self._traceparent = ""
+
+    def __enter__(self) -> UnsampledSpan:
+        self._token = otel_context.attach(Context({**self._base, _SPAN_KEY: self}))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
+
+
+class RecordingSpan(Ours, trace.Span):
+    """A recorded span, current inside its ``with`` and ended when it is left."""
+
+    __slots__ = ("_attributes", "_end", "_errors", "_events", "_kind", "_name", "_parent",
+                 "_recorder", "_start", "_status")
+
+    def __init__(self, recorder: Recorder, name: str, kind: SpanKind, context: SpanContext,
+                 parent: SpanContext | None, attributes: dict[str, Any], errors: bool,
+                 base: Context) -> None:
+        self._base = base
+        self._recorder = recorder
+        self._name = name
+        self._kind = kind
+        self._context = context
+        self._parent = parent
+        self._attributes = attributes
+        self._errors = errors
+        self._events: list[Event] = []
+        self._status = _UNSET
+        self._token = None
+        self._traceparent = ""
+        self._end: int | None = None
+        self._start = time.time_ns()
+
+    def __enter__(self) -> RecordingSpan:
+        self._token = otel_context.attach(Context({**self._base, _SPAN_KEY: self}))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if isinstance(exc, Exception) and self._errors:
+                self.record_exception(exc, escaped=True)
+                self.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
+            self.end()
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end is not None:
+            return
+        self._end = end_time if end_time is not None else time.time_ns()
+        recorder = self._recorder
+        recorder.processor.on_end(recorder.readable(
+            self._name, self._context, self._parent, recorder.resource, self._attributes,
+            self._events, (), self._kind, recorder.info, self._status, self._start, self._end,
+            recorder.scope))
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if self._end is not None:
+            return
+        kept, room = self._attributes, self._recorder.max_attributes
+        for key, value in attributes.items():
+            if type(value) in _PLAIN and type(key) is str and key and (
+                    key in kept or len(kept) < room):
+                kept[key] = value
+            else:
+                self.set_attribute(key, value)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self._end is not None:
+            return
+        clean = _clean(value)
+        if clean is None or not key or not isinstance(key, str):
+            _log.warning("span attribute %r dropped: %r is not an attribute value", key, value)
+        elif key in self._attributes or len(self._attributes) < self._recorder.max_attributes:
+            self._attributes[key] = clean
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None,
+                  timestamp: int | None = None) -> None:
+        if self._end is None and len(self._events) < self._recorder.max_events:
+            kept = {key: clean for key, value in attributes.items()
+                    if (clean := _clean(value)) is not None} if attributes else None
+            self._events.append(self._recorder.event(name, kept, timestamp))
+
+    def update_name(self, name: str) -> None:
+        if self._end is None:
+            self._name = name
+
+    def is_recording(self) -> bool:
+        return self._end is None
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._end is not None or self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is not StatusCode.UNSET:
+            self._status = status
+
+    def record_exception(self, exception: BaseException, attributes: Any = None,
+                         timestamp: int | None = None, escaped: bool = False) -> None:
+        self.add_event("exception", {**_exception_attributes(exception, escaped),
+                                     **(attributes or {})}, timestamp)
+
+
+def _exception_attributes(exception: BaseException, escaped: bool) -> dict[str, str]:
+    """The semantic-convention attributes of an exception event, as the SDK writes them."""
+    kind = type(exception)
+    module = kind.__module__
+    return {"exception.type": (f"{module}.{kind.__qualname__}" if module and module != "builtins"
+                               else kind.__qualname__),
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped)}
