@@ -217,8 +217,53 @@ async def _browse(up: UpProcess, browser: Any, victim: NodeProcess, evil_id: str
     await stranger.close()
 
 
+#: The text in the page whose contrast with what is behind it is under WCAG 2's AA
+#: (4.5:1, large text 3:1), as "<tag>.<class> <ratio>: <text>".
+LOW_CONTRAST = r"""() => {
+  const parse = (text) => {
+    const m = /rgba?\(([^)]+)\)/.exec(text || "");
+    if (!m) return null;
+    const p = m[1].split(",").map(Number);
+    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+  };
+  const luminance = ({r, g, b}) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const behind = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) return c;
+    }
+    return {r: 255, g: 255, b: 255, a: 1};
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    const box = el.getBoundingClientRect();
+    if (!own || box.width === 0 || box.height === 0 || box.right < 0 || el.closest("[hidden]")) {
+      continue;
+    }
+    const style = getComputedStyle(el);
+    if (style.visibility === "hidden" || el.disabled) continue;
+    const ink = parse(el instanceof SVGElement ? style.fill : style.color);
+    if (!ink) continue;
+    const [hi, lo] = [luminance(ink), luminance(behind(el))].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    const size = parseFloat(style.fontSize), bold = parseInt(style.fontWeight, 10) >= 700;
+    const large = size >= 24 || (size >= 18.66 && bold);
+    if (ratio < (large ? 3 : 4.5)) {
+      low.push(`${el.tagName.toLowerCase()}.${el.getAttribute("class") || ""} `
+               + `${ratio.toFixed(2)}: ${el.textContent.trim().slice(0, 40)}`);
+    }
+  }
+  return low;
+}"""
+
+
 async def _screenshots(browser: Any, context: Any, page: Any, artifacts: Path) -> None:
-    """Every view at both sizes, desktop in ``page``, the phone in a context of its own."""
+    """Every view at both sizes, desktop in ``page``, the phone in a context of its own;
+    in each, no text under AA contrast."""
     width, height = SIZES["phone"]
     phone = await browser.new_context(viewport={"width": width, "height": height},
                                       storage_state=await context.storage_state())
@@ -233,5 +278,7 @@ async def _screenshots(browser: Any, context: Any, page: Any, artifacts: Path) -
             await shown.click(f"nav a[data-view={view}]")
             await shown.locator(f"section#{view}").wait_for()
             await shown.screenshot(path=str(artifacts / f"{view}-{name}.png"), full_page=True)
+            low = await shown.evaluate(LOW_CONTRAST)
+            assert low == [], f"{view} ({name}): text under AA contrast: {low[:5]}"
     await phone.close()
     assert errors == []

@@ -117,14 +117,6 @@ class Bus:
 
     # -- connection ----------------------------------------------------------------
 
-    def server(self) -> dict[str, str] | None:
-        """``{id, name}`` of the server this bus is connected to now (its INFO), or None."""
-        nc = self._nc
-        info = getattr(nc, "_server_info", None) if nc is not None and nc.is_connected else None
-        if not isinstance(info, dict) or not isinstance(info.get("server_id"), str):
-            return None
-        return {"id": info["server_id"][:64], "name": str(info.get("server_name") or "")[:64]}
-
     @classmethod
     async def connect(cls, identity: Identity, config: BusConfig) -> Bus:
         bus = cls(identity, config)

@@ -99,6 +99,14 @@ class Connection:
         """The nats-py client while the connection is open, else None."""
         return self._nc if self._nc is not None and not self._nc.is_closed else None
 
+    def server(self) -> dict[str, str] | None:
+        """``{id, name}`` of the server this connection is on now (its INFO), or None."""
+        nc = self._nc
+        info = getattr(nc, "_server_info", None) if nc is not None and nc.is_connected else None
+        if not isinstance(info, dict) or not isinstance(info.get("server_id"), str):
+            return None
+        return {"id": info["server_id"][:64], "name": str(info.get("server_name") or "")[:64]}
+
     def new_inbox(self, agent_id: str) -> str:
         """A fresh reply subject of ``agent_id``'s: ``_INBOX.<agent-id>.<nuid>``.
 

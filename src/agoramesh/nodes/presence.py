@@ -329,7 +329,7 @@ class Presence:
             "status": node.status_dict(), **node.metrics.totals(),
             "rejections": {str(reason): count for reason, count in node.bus.rejections.items()},
             "denied": node.metrics.denials(), "recent": node.metrics.take_recent()}
-        server = node.bus.server()
+        server = node.bus.connection.server()
         if server is not None:
             body["server"] = server
         return body
