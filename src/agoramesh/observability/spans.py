@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -57,7 +58,6 @@ from agoramesh.bus.tracecontext import format_traceparent, parse_traceparent
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Event
     from opentelemetry.sdk.trace import Tracer as SdkTracer
-    from opentelemetry.trace.span import TraceState
     from opentelemetry.util.types import AttributeValue
 
 __all__ = ("Ours", "Recorder", "RecordingSpan", "UnsampledSpan", "current")
@@ -129,14 +129,6 @@ def current() -> object:
     return _get_current().get(_SPAN_KEY)
 
 
-def _span_context(trace_id: int, span_id: int, remote: bool, flags: TraceFlags,
-                  state: TraceState | None) -> SpanContext:
-    """``SpanContext(...)`` without its keyword handling (the same tuple)."""
-    return tuple.__new__(SpanContext, (
-        trace_id, span_id, remote, flags, state or _NO_STATE,
-        0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID))
-
-
 def _parent_of(span: object) -> SpanContext | None:
     """The context of the current ``span`` if it can be a parent (valid), else None."""
     if isinstance(span, Ours):
@@ -147,12 +139,6 @@ def _parent_of(span: object) -> SpanContext | None:
     return context if context.is_valid else None
 
 
-def _remote(traceparent: str) -> SpanContext | None:
-    """The span context of a remote ``traceparent``; None for "" or an invalid one."""
-    parsed = parse_traceparent(traceparent) if traceparent else None
-    if parsed is None:
-        return None
-    return _span_context(parsed[0], parsed[1], True, _FLAGS[parsed[2]], None)
 
 
 class Recorder:
@@ -160,6 +146,7 @@ class Recorder:
 
     def __init__(self, tracer: SdkTracer, name: str, version: str) -> None:
         from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
         from opentelemetry.sdk.trace.sampling import Decision, ParentBased
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -181,6 +168,9 @@ class Recorder:
         self.follows_parent = described.endswith(_FOLLOWS_PARENT)
         self.roots_sampled = self.follows_parent and described.startswith(_ROOTS_SAMPLED)
         self.ids = tracer.id_generator
+        #: The SDK's default id generator draws ``random.getrandbits``: drawn here directly
+        #: (the generator asked only for the one draw in 2**64 that is 0, not an id).
+        self.bits = random.getrandbits if type(self.ids) is RandomIdGenerator else None
         self.random_ids = self.ids.is_trace_id_random()
         self.info = tracer.instrumentation_info
         self.scope = InstrumentationScope(name, version)
@@ -194,15 +184,19 @@ class Recorder:
         """A span that is current inside its ``with``: a child of the remote
         ``traceparent`` when it is valid, else of the current span. Non-recording if
         sampled out."""
-        context = holder = None
+        context = holder = parent = None
         base = _get_current()
-        parent = _remote(traceparent)
-        if parent is None:
+        if traceparent and (remote := parse_traceparent(traceparent)) is not None:
+            # SpanContext's own tuple, built without its checks: parsed ids are valid.
+            parent = tuple.__new__(SpanContext, (remote[0], remote[1], True, _FLAGS[remote[2]],
+                                                 _NO_STATE, True))
+        else:
             holder = base.get(_SPAN_KEY)
             parent = _parent_of(holder)
-        trace_state = None
+        bits = self.bits
+        trace_state = _NO_STATE
         if parent is None:
-            trace_id = self.ids.generate_trace_id()
+            trace_id = (bits(128) if bits is not None else 0) or self.ids.generate_trace_id()
             flags = (_RANDOM if self.random_ids else 0) | (_SAMPLED if self.roots_sampled else 0)
             decided = self.roots_sampled
         else:
@@ -215,7 +209,7 @@ class Recorder:
             if parent is not None and parent.is_remote:
                 context = trace.set_span_in_context(NonRecordingSpan(parent))
             sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes)
-            decision, trace_state = sampled.decision, sampled.trace_state
+            decision, trace_state = sampled.decision, sampled.trace_state or _NO_STATE
             if decision is self.sample:
                 flags |= _SAMPLED
             recording = decision is not self.drop
@@ -227,8 +221,10 @@ class Recorder:
             if holder is not None:
                 return contextlib.nullcontext(cast(Span, holder))
             return UnsampledSpan(parent, base)
-        own = _span_context(trace_id, self.ids.generate_span_id(), False, _FLAGS[flags],
-                            trace_state)
+        span_id = (bits(64) if bits is not None else 0) or self.ids.generate_span_id()
+        own = tuple.__new__(SpanContext, (trace_id, span_id, False, _FLAGS[flags], trace_state,
+                                          0 < trace_id <= _MAX_TRACE_ID
+                                          and 0 < span_id <= _MAX_SPAN_ID))
         if not recording:
             return UnsampledSpan(own, base)
         span = RecordingSpan(self, name, kind, own, parent, attributes, errors, base)
