@@ -83,4 +83,4 @@ def take(body: dict[str, Any]) -> str | None:
     """Take the ``traceparent`` key out of ``body``, a map just decoded from the wire that
     has it (so changed in place, not copied): its value if valid, None if not."""
     value = body.pop(TRACEPARENT)
-    return value if valid_traceparent(value) else None
+    return value if parse_traceparent(value) is not None else None

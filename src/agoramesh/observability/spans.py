@@ -60,7 +60,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.util.types import AttributeValue
 
-__all__ = ("Ours", "Recorder", "RecordingSpan", "UnsampledSpan", "current")
+__all__ = ("Ours", "Recorder", "RecordingSpan", "UnsampledSpan", "current",
+           "current_traceparent")
 
 _log = logging.getLogger(__name__)
 _SCALARS: Final = (str, bool, int, float)
@@ -129,11 +130,23 @@ def current() -> object:
     return _get_current().get(_SPAN_KEY)
 
 
-def _parent_of(span: object) -> SpanContext | None:
-    """The context of the current ``span`` if it can be a parent (valid), else None."""
+def current_traceparent() -> str | None:
+    """The traceparent of the span current in this context; None outside a valid one."""
+    span = _get_current().get(_SPAN_KEY)
     if isinstance(span, Ours):
-        return span._context
-    if span is None or not isinstance(span, Span):
+        return span._traceparent or span.traceparent
+    if not isinstance(span, Span):
+        return None
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return format_traceparent(context.trace_id, context.span_id, context.trace_flags)
+
+
+def _parent_of(span: object) -> SpanContext | None:
+    """The context of the current ``span``, not one of ours, if it can be a parent (valid),
+    else None."""
+    if not isinstance(span, Span):
         return None
     context = span.get_span_context()
     return context if context.is_valid else None
@@ -190,8 +203,9 @@ class Recorder:
             # SpanContext's own tuple, built without its checks: parsed ids are valid.
             parent = tuple.__new__(SpanContext, (remote[0], remote[1], True, _FLAGS[remote[2]],
                                                  _NO_STATE, True))
-        else:
-            holder = base.get(_SPAN_KEY)
+        elif isinstance(holder := base.get(_SPAN_KEY), Ours):
+            parent = holder._context
+        elif holder is not None:
             parent = _parent_of(holder)
         bits = self.bits
         trace_state = _NO_STATE
