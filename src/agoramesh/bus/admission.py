@@ -27,7 +27,7 @@ from agoramesh.bus.envelope import (
     parse,
 )
 from agoramesh.bus.identity import verify
-from agoramesh.bus.tracecontext import TRACEPARENT, take
+from agoramesh.bus.tracecontext import TRACEPARENT, parse_traceparent
 from agoramesh.config import EnvelopePolicy
 from agoramesh.errors import (
     BadSignature,
@@ -158,8 +158,11 @@ class Guard:
         return envelope
 
     def _take_traceparent(self, envelope: Envelope, body: dict[str, object]) -> Envelope:
-        traceparent = take(body)
-        if traceparent is None:
+        """The envelope with the ``traceparent`` of ``body``, a map just decoded from the
+        wire that has one, taken out of it (so changed in place, not copied); the envelope
+        as it is if the value is not valid (counted)."""
+        traceparent = body.pop(TRACEPARENT)
+        if parse_traceparent(traceparent) is None:  # parsed once: the handler's span reuses it
             self.bad_traceparents += 1
             return envelope
         return Envelope._make((*envelope[:-1], traceparent))

@@ -5,7 +5,7 @@ traceparent of the span that sent it, covered by the envelope's tag like the
 rest of the body. The Bus adds it when it seals, and only while a trace source
 is installed (:func:`install`, by ``agoramesh.observability.tracing``): with
 tracing off nothing is computed or added. Admission takes it out of the body
-before any handler sees it (:func:`take`); a plain-JSON request carries it as
+before any handler sees it (``Guard.admit``); a plain-JSON request carries it as
 the ``traceparent`` NATS header instead (§11). A value that is not a valid
 traceparent is ignored (and counted by the guard), never an error.
 
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 __all__ = ("TRACEPARENT", "TraceSource", "current", "format_traceparent", "install",
-           "parse_traceparent", "take", "valid_traceparent")
+           "parse_traceparent", "valid_traceparent")
 
 #: The body key (and NATS header name) that carries the trace context.
 TRACEPARENT: Final = "traceparent"
@@ -77,10 +77,3 @@ def parse_traceparent(value: object) -> tuple[int, int, int] | None:
 
 def valid_traceparent(value: object) -> bool:
     return parse_traceparent(value) is not None
-
-
-def take(body: dict[str, Any]) -> str | None:
-    """Take the ``traceparent`` key out of ``body``, a map just decoded from the wire that
-    has it (so changed in place, not copied): its value if valid, None if not."""
-    value = body.pop(TRACEPARENT)
-    return value if parse_traceparent(value) is not None else None

@@ -323,21 +323,35 @@ class RecordingSpan(Ours, trace.Span):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
-            if isinstance(exc, Exception) and self._errors:
+            if exc is not None and self._errors and isinstance(exc, Exception):
                 self.record_exception(exc, escaped=True)
                 self.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         finally:
-            _detach(self._token)  # type: ignore[arg-type]  # set on entry
-            self.end()
+            # _detach and end(), written out: this runs for every span.
+            if _VARIABLE is None:
+                otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
+            else:
+                try:
+                    _VARIABLE.reset(self._token)  # type: ignore[arg-type]  # set on entry
+                except Exception:  # OpenTelemetry's own detach logs and goes on
+                    _log.exception("Failed to detach context")
+            if self._end is None:
+                self._end = time.time_ns()
+                multi = self._recorder.multi
+                if multi is None or multi._span_processors:
+                    self._export()
 
     def end(self, end_time: int | None = None) -> None:
         if self._end is not None:
             return
         self._end = end_time if end_time is not None else time.time_ns()
+        multi = self._recorder.multi
+        if multi is None or multi._span_processors:
+            self._export()
+
+    def _export(self) -> None:
+        """Hand the ended span to the provider's span processors as an SDK ReadableSpan."""
         recorder = self._recorder
-        multi = recorder.multi
-        if multi is not None and not multi._span_processors:
-            return
         recorder.processor.on_end(recorder.readable(
             self._name, self._context, self._parent, recorder.resource,
             self._exported_attributes(), self._exported_events(), (), self._kind,
