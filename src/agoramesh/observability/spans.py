@@ -214,10 +214,11 @@ class Recorder:
             flags = (_RANDOM if self.random_ids else 0) | (_SAMPLED if self.roots_sampled else 0)
             decided = self.roots_sampled
         else:
-            trace_id, flags, decided = parent.trace_id, parent.trace_flags, self.follows_parent
+            # By index: SpanContext's named fields are properties, a Python call each.
+            trace_id, flags, decided = parent[0], parent[3], self.follows_parent
             flags &= (_SAMPLED | _RANDOM) if decided else _RANDOM
             if decided:
-                trace_state = parent.trace_state
+                trace_state = parent[4]
         recording = bool(flags & _SAMPLED)
         if not decided:
             if parent is not None and parent.is_remote:
@@ -263,8 +264,7 @@ class Ours:
         """This span's W3C traceparent."""
         if not self._traceparent:
             context = self._context
-            self._traceparent = format_traceparent(context.trace_id, context.span_id,
-                                                   context.trace_flags)
+            self._traceparent = format_traceparent(context[0], context[1], context[3])
         return self._traceparent
 
 
