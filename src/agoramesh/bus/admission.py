@@ -150,22 +150,18 @@ class Guard:
                 envelope = self._open(envelope)
             body = envelope.body
             if type(body) is dict and TRACEPARENT in body:
-                envelope = self._take_traceparent(envelope, body)
+                # Taken out of the freshly decoded body in place; parsed once here, for
+                # the handler's span too (tracecontext remembers it).
+                traceparent = body.pop(TRACEPARENT)
+                if parse_traceparent(traceparent) is None:
+                    self.bad_traceparents += 1
+                else:  # Envelope._make without its Python frame
+                    envelope = tuple.__new__(Envelope, (*envelope[:-1], traceparent))
             if checked and not stored:
                 self._remember(envelope, now)
         except EnvelopeError as error:
             raise self.reject(error) from None
         return envelope
-
-    def _take_traceparent(self, envelope: Envelope, body: dict[str, object]) -> Envelope:
-        """The envelope with the ``traceparent`` of ``body``, a map just decoded from the
-        wire that has one, taken out of it (so changed in place, not copied); the envelope
-        as it is if the value is not valid (counted)."""
-        traceparent = body.pop(TRACEPARENT)
-        if parse_traceparent(traceparent) is None:  # parsed once: the handler's span reuses it
-            self.bad_traceparents += 1
-            return envelope
-        return Envelope._make((*envelope[:-1], traceparent))
 
     def confirm(self, envelope: Envelope, *, now: int | None = None) -> Envelope:
         """Finish a deferred admission: expiry, replay and tag."""

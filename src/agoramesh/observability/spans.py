@@ -134,7 +134,10 @@ def current_traceparent() -> str | None:
     """The traceparent of the span current in this context; None outside a valid one."""
     span = _get_current().get(_SPAN_KEY)
     if isinstance(span, Ours):
-        return span._traceparent or span.traceparent
+        if not span._traceparent:
+            context = span._context
+            span._traceparent = format_traceparent(context[0], context[1], context[3])
+        return span._traceparent
     if not isinstance(span, Span):
         return None
     context = span.get_span_context()
@@ -257,15 +260,8 @@ class Ours:
     _base: Context
     _context: SpanContext
     _token: Token[Context] | None
+    #: This span's W3C traceparent once :func:`current_traceparent` has formatted it.
     _traceparent: str
-
-    @property
-    def traceparent(self) -> str:
-        """This span's W3C traceparent."""
-        if not self._traceparent:
-            context = self._context
-            self._traceparent = format_traceparent(context[0], context[1], context[3])
-        return self._traceparent
 
 
 class UnsampledSpan(Ours, NonRecordingSpan):
