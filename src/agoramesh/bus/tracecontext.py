@@ -27,6 +27,7 @@ TRACEPARENT: Final = "traceparent"
 #: version 00: ``00-<32 hex trace id>-<16 hex span id>-<2 hex flags>``, lowercase, 55 chars.
 _FORMAT: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _FLAGS: Final = tuple(f"{value:02x}" for value in range(256))
+_FLAG_VALUES: Final = {text: value for value, text in enumerate(_FLAGS)}
 #: How many valid traceparents :func:`parse_traceparent` remembers before it starts over.
 _REMEMBERED: Final = 256
 
@@ -71,7 +72,7 @@ def parse_traceparent(value: object) -> tuple[int, int, int] | None:
         return None
     if len(_parsed) >= _REMEMBERED:
         _parsed.clear()
-    parsed = _parsed[value] = (trace_id, span_id, int(value[53:], 16))
+    parsed = _parsed[value] = (trace_id, span_id, _FLAG_VALUES[value[53:]])
     return parsed
 
 

@@ -182,6 +182,9 @@ class Recorder:
         #: ParentBased with its default delegates: a child is sampled exactly when its
         #: parent is. ``roots_sampled``: and its root sampler is AlwaysOn (the default).
         self.follows_parent = described.endswith(_FOLLOWS_PARENT)
+        #: The parent's flags a child keeps: sampled and random when it follows the parent,
+        #: else random only (its sampler decides the rest).
+        self.inherited = (_SAMPLED | _RANDOM) if self.follows_parent else _RANDOM
         self.roots_sampled = self.follows_parent and described.startswith(_ROOTS_SAMPLED)
         self.ids = tracer.id_generator
         #: The SDK's default id generator draws ``random.getrandbits``: drawn here directly
@@ -218,13 +221,12 @@ class Recorder:
             decided = self.roots_sampled
         else:
             # By index: SpanContext's named fields are properties, a Python call each.
-            trace_id, flags, decided = parent[0], parent[3], self.follows_parent
-            flags &= (_SAMPLED | _RANDOM) if decided else _RANDOM
+            trace_id, flags, decided = parent[0], parent[3] & self.inherited, self.follows_parent
             if decided:
                 trace_state = parent[4]
         recording = bool(flags & _SAMPLED)
         if not decided:
-            if parent is not None and parent.is_remote:
+            if parent is not None and parent[2]:  # remote
                 context = trace.set_span_in_context(NonRecordingSpan(parent))
             sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes)
             decision, trace_state = sampled.decision, sampled.trace_state or _NO_STATE
