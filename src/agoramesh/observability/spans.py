@@ -155,8 +155,6 @@ def _parent_of(span: object) -> SpanContext | None:
     return context if context.is_valid else None
 
 
-
-
 class Recorder:
     """What the spans of one SDK tracer share: where they go and how they are sampled."""
 
