@@ -27,7 +27,7 @@ from agoramesh.bus.envelope import (
     parse,
 )
 from agoramesh.bus.identity import verify
-from agoramesh.bus.tracecontext import TRACEPARENT, take
+from agoramesh.bus.tracecontext import TRACEPARENT, parse_traceparent
 from agoramesh.config import EnvelopePolicy
 from agoramesh.errors import (
     BadSignature,
@@ -150,19 +150,18 @@ class Guard:
                 envelope = self._open(envelope)
             body = envelope.body
             if type(body) is dict and TRACEPARENT in body:
-                envelope = self._take_traceparent(envelope, body)
+                # Taken out of the freshly decoded body in place; parsed once here, for
+                # the handler's span too (tracecontext remembers it).
+                traceparent = body.pop(TRACEPARENT)
+                if parse_traceparent(traceparent) is None:
+                    self.bad_traceparents += 1
+                else:  # Envelope._make without its Python frame
+                    envelope = tuple.__new__(Envelope, (*envelope[:-1], traceparent))
             if checked and not stored:
                 self._remember(envelope, now)
         except EnvelopeError as error:
             raise self.reject(error) from None
         return envelope
-
-    def _take_traceparent(self, envelope: Envelope, body: dict[str, object]) -> Envelope:
-        traceparent = take(body)
-        if traceparent is None:
-            self.bad_traceparents += 1
-            return envelope
-        return Envelope._make((*envelope[:-1], traceparent))
 
     def confirm(self, envelope: Envelope, *, now: int | None = None) -> Envelope:
         """Finish a deferred admission: expiry, replay and tag."""

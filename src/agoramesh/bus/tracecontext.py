@@ -5,7 +5,7 @@ traceparent of the span that sent it, covered by the envelope's tag like the
 rest of the body. The Bus adds it when it seals, and only while a trace source
 is installed (:func:`install`, by ``agoramesh.observability.tracing``): with
 tracing off nothing is computed or added. Admission takes it out of the body
-before any handler sees it (:func:`take`); a plain-JSON request carries it as
+before any handler sees it (``Guard.admit``); a plain-JSON request carries it as
 the ``traceparent`` NATS header instead (§11). A value that is not a valid
 traceparent is ignored (and counted by the guard), never an error.
 
@@ -17,22 +17,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 __all__ = ("TRACEPARENT", "TraceSource", "current", "format_traceparent", "install",
-           "parse_traceparent", "take", "valid_traceparent")
+           "parse_traceparent", "valid_traceparent")
 
 #: The body key (and NATS header name) that carries the trace context.
 TRACEPARENT: Final = "traceparent"
 #: version 00: ``00-<32 hex trace id>-<16 hex span id>-<2 hex flags>``, lowercase, 55 chars.
 _FORMAT: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _FLAGS: Final = tuple(f"{value:02x}" for value in range(256))
+_FLAG_VALUES: Final = {text: value for value, text in enumerate(_FLAGS)}
+#: How many valid traceparents :func:`parse_traceparent` remembers before it starts over.
+_REMEMBERED: Final = 256
 
 #: Returns the traceparent of the span current in this context, or None outside one.
 TraceSource = Callable[[], str | None]
 
 _source: TraceSource | None = None
+#: Valid traceparents lately parsed, by value: the one admission checks is the one the
+#: handler's span is then started from, parsed once for both.
+_parsed: dict[str, tuple[int, int, int]] = {}
 
 
 def install(source: TraceSource | None) -> None:
@@ -55,19 +60,21 @@ def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
 def parse_traceparent(value: object) -> tuple[int, int, int] | None:
     """(trace id, span id, flags) of a valid version-00 traceparent, None for anything else
     (another type or version, upper case, an all-zero id, extra characters)."""
-    if type(value) is not str or len(value) != 55 or _FORMAT.fullmatch(value) is None:
+    if type(value) is not str:
+        return None
+    known = _parsed.get(value)
+    if known is not None:
+        return known
+    if len(value) != 55 or _FORMAT.fullmatch(value) is None:
         return None
     trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
-    return (trace_id, span_id, int(value[53:], 16)) if trace_id and span_id else None
+    if not (trace_id and span_id):
+        return None
+    if len(_parsed) >= _REMEMBERED:
+        _parsed.clear()
+    parsed = _parsed[value] = (trace_id, span_id, _FLAG_VALUES[value[53:]])
+    return parsed
 
 
 def valid_traceparent(value: object) -> bool:
-    return (type(value) is str and len(value) == 55 and _FORMAT.fullmatch(value) is not None
-            and value[3:35] != _ZERO_TRACE and value[36:52] != _ZERO_SPAN)
-
-
-def take(body: dict[str, Any]) -> str | None:
-    """Take the ``traceparent`` key out of ``body``, a map just decoded from the wire that
-    has it (so changed in place, not copied): its value if valid, None if not."""
-    value = body.pop(TRACEPARENT)
-    return value if valid_traceparent(value) else None
+    return parse_traceparent(value) is not None

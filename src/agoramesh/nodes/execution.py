@@ -41,7 +41,7 @@ from agoramesh.errors import (
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Chunk, Completion, Task, TaskResult, TaskStatus
 from agoramesh.nodes.task_memory import TaskMemory, task_digest
-from agoramesh.observability.tracing import Span, SpanKind, current_span, span
+from agoramesh.observability.tracing import Span, SpanKind, span
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
@@ -125,7 +125,7 @@ class TaskRunner:
             task_id = task.task_id
             callback = self._callback_of(task)
             capability.validate_input(task.parameters)
-            result, fresh = await self._run_once(task, delivery, stream, started)
+            result, fresh = await self._run_once(task, delivery, stream, started, execution)
         except TaskError as error:
             result = self.failure(task_id, error, started)
         except asyncio.CancelledError:  # the node is stopping: tell the requester, then go
@@ -169,7 +169,7 @@ class TaskRunner:
         return callback
 
     async def _run_once(self, task: Task, delivery: Delivery, stream: bool,
-                        started: float) -> tuple[TaskResult, bool]:
+                        started: float, execution: Span) -> tuple[TaskResult, bool]:
         """The task's result, from this run or from the run of it already made here."""
         known = self.memory.recall(task)
         if known is not None:
@@ -184,7 +184,7 @@ class TaskRunner:
         self.memory.begin(task)
         result: TaskResult | None = None
         try:
-            result = await self._run(task, delivery, stream, started)
+            result = await self._run(task, delivery, stream, started, execution)
         except TaskError as error:
             result = self.failure(task.task_id, error, started)
         finally:
@@ -254,7 +254,7 @@ class TaskRunner:
                                     outcome=outcome, ms=round(seconds * 1000, 3))
 
     async def _run(self, task: Task, delivery: Delivery, stream: bool,
-                   started: float) -> TaskResult:
+                   started: float, execution: Span) -> TaskResult:
         runner = asyncio.ensure_future(self._execute(task, delivery, stream))
         self.running[task.task_id] = (runner, delivery.sender, task.capability)
         try:
@@ -273,7 +273,6 @@ class TaskRunner:
         usage = completion.usage
         model = completion.model or self.node.backend.model
         self.node.metrics.spent(self.node.config.type, model, usage)
-        execution = current_span()
         if execution.is_recording():
             execution.set_attributes({
                 "gen_ai.system": self.node.config.type,

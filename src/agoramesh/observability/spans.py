@@ -8,10 +8,14 @@ provider's id generator; the provider's sampler asked only where it decides
 something (ParentBased with its default delegates follows the parent, so only a
 root asks it, and not even a root when its root sampler is AlwaysOn); the
 attributes given at the start taken as they are (the call sites build them),
-anything set later checked; the span made current in the OpenTelemetry context,
-so spans other libraries start inside it are its children; and on end one SDK
+anything set later kept as given and checked when the span is exported; the
+span made current in the OpenTelemetry context (its context variable read and
+set directly when the runtime context is the default one), so spans other
+libraries start inside it are its children; and on end one SDK
 ``ReadableSpan`` handed to the provider's span processors, which export it as
-they would the SDK's own. A span the sampler leaves out is a non-recording
+they would the SDK's own. While the provider has no span processor (tracing
+with the exporter off), nothing is built for them: the span is its context and
+its traceparent. A span the sampler leaves out is a non-recording
 span current inside its ``with`` (so the next process leaves it out too), and
 not even that under a parent that was not sampled: the parent's context is
 what is sent on, as OpenTelemetry's API does without an SDK. Not done: the
@@ -26,15 +30,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.trace import (
     INVALID_SPAN,
     NonRecordingSpan,
@@ -49,13 +56,12 @@ from opentelemetry.trace import (
 from agoramesh.bus.tracecontext import format_traceparent, parse_traceparent
 
 if TYPE_CHECKING:
-    from contextvars import Token
-
     from opentelemetry.sdk.trace import Event
     from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.util.types import AttributeValue
 
-__all__ = ("Ours", "Recorder", "RecordingSpan", "UnsampledSpan", "current")
+__all__ = ("Ours", "Recorder", "RecordingSpan", "UnsampledSpan", "current",
+           "current_traceparent")
 
 _log = logging.getLogger(__name__)
 _SCALARS: Final = (str, bool, int, float)
@@ -64,6 +70,9 @@ _SAMPLED: Final = TraceFlags.SAMPLED
 _RANDOM: Final = TraceFlags.RANDOM_TRACE_ID
 _UNSET: Final = Status(StatusCode.UNSET)
 _FLAGS: Final = tuple(TraceFlags(value) for value in range(256))
+_NO_STATE: Final = SpanContext(1, 1, False).trace_state
+_MAX_TRACE_ID: Final = 2**128 - 1
+_MAX_SPAN_ID: Final = 2**64 - 1
 #: The key of the current span in an OpenTelemetry Context: the one key of a context
 #: that holds only a span (``trace.set_span_in_context``, without its copying).
 _SPAN_KEY: Final = next(iter(trace.set_span_in_context(INVALID_SPAN, Context())))
@@ -84,28 +93,66 @@ def _clean(value: object) -> AttributeValue | None:
     return None
 
 
+def _context_variable() -> ContextVar[Context] | None:
+    """The context variable holding OpenTelemetry's current context, when its runtime
+    context is the default one (``OTEL_PYTHON_CONTEXT`` unset); else None."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is not ContextVarsRuntimeContext:
+        return None
+    variable = getattr(runtime, "_current_context", None)
+    return variable if isinstance(variable, ContextVar) else None
+
+
+_VARIABLE: Final = _context_variable()
+#: OpenTelemetry's current context, its attach and detach: the context variable's own
+#: methods where it is the default runtime (three Python calls fewer each).
+_get_current: Final[Callable[[], Context]] = (
+    otel_context.get_current if _VARIABLE is None else _VARIABLE.get)
+_attach: Final[Callable[[Context], Token[Context]]] = (
+    otel_context.attach if _VARIABLE is None else _VARIABLE.set)
+
+
+def _detach(token: Token[Context]) -> None:
+    """Restore the context from before ``token``'s attach (a failure logged, as
+    ``opentelemetry.context.detach`` does)."""
+    if _VARIABLE is None:
+        otel_context.detach(token)
+        return
+    try:
+        _VARIABLE.reset(token)
+    except Exception:  # OpenTelemetry's own detach logs and goes on
+        _log.exception("Failed to detach context")
+
+
 def current() -> object:
     """The span current in this context (None outside one): what
     ``trace.get_current_span`` reads, without its checks."""
-    return otel_context.get_current().get(_SPAN_KEY)
+    return _get_current().get(_SPAN_KEY)
+
+
+def current_traceparent() -> str | None:
+    """The traceparent of the span current in this context; None outside a valid one."""
+    span = _get_current().get(_SPAN_KEY)
+    if isinstance(span, Ours):
+        if not span._traceparent:
+            context = span._context
+            span._traceparent = format_traceparent(context[0], context[1], context[3])
+        return span._traceparent
+    if not isinstance(span, Span):
+        return None
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return format_traceparent(context.trace_id, context.span_id, context.trace_flags)
 
 
 def _parent_of(span: object) -> SpanContext | None:
-    """The context of the current ``span`` if it can be a parent (valid), else None."""
-    if isinstance(span, Ours):
-        return span._context
-    if span is None or not isinstance(span, Span):
+    """The context of the current ``span``, not one of ours, if it can be a parent (valid),
+    else None."""
+    if not isinstance(span, Span):
         return None
     context = span.get_span_context()
     return context if context.is_valid else None
-
-
-def _remote(traceparent: str) -> SpanContext | None:
-    """The span context of a remote ``traceparent``; None for "" or an invalid one."""
-    parsed = parse_traceparent(traceparent) if traceparent else None
-    if parsed is None:
-        return None
-    return SpanContext(parsed[0], parsed[1], True, _FLAGS[parsed[2]])
 
 
 class Recorder:
@@ -113,12 +160,18 @@ class Recorder:
 
     def __init__(self, tracer: SdkTracer, name: str, version: str) -> None:
         from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
         from opentelemetry.sdk.trace.sampling import Decision, ParentBased
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.event = Event
         self.readable = ReadableSpan
-        self.processor = tracer.span_processor
+        self.processor = processor = tracer.span_processor
+        #: The provider's multi-processor, whose ``_span_processors`` tuple (replaced when
+        #: one is added) is read at each span: nothing is built for none. None: a
+        #: multi-processor of another kind, always given the spans.
+        self.multi: Any = (processor if isinstance(getattr(processor, "_span_processors", None),
+                                                   tuple) else None)
         self.resource = tracer.resource
         self.sampler = sampler = tracer.sampler
         self.sample, self.drop = Decision.RECORD_AND_SAMPLE, Decision.DROP
@@ -127,8 +180,14 @@ class Recorder:
         #: ParentBased with its default delegates: a child is sampled exactly when its
         #: parent is. ``roots_sampled``: and its root sampler is AlwaysOn (the default).
         self.follows_parent = described.endswith(_FOLLOWS_PARENT)
+        #: The parent's flags a child keeps: sampled and random when it follows the parent,
+        #: else random only (its sampler decides the rest).
+        self.inherited = (_SAMPLED | _RANDOM) if self.follows_parent else _RANDOM
         self.roots_sampled = self.follows_parent and described.startswith(_ROOTS_SAMPLED)
         self.ids = tracer.id_generator
+        #: The SDK's default id generator draws ``random.getrandbits``: drawn here directly
+        #: (the generator asked only for the one draw in 2**64 that is 0, not an id).
+        self.bits = random.getrandbits if type(self.ids) is RandomIdGenerator else None
         self.random_ids = self.ids.is_trace_id_random()
         self.info = tracer.instrumentation_info
         self.scope = InstrumentationScope(name, version)
@@ -142,28 +201,33 @@ class Recorder:
         """A span that is current inside its ``with``: a child of the remote
         ``traceparent`` when it is valid, else of the current span. Non-recording if
         sampled out."""
-        context = holder = None
-        base = otel_context.get_current()
-        parent = _remote(traceparent)
-        if parent is None:
-            holder = base.get(_SPAN_KEY)
+        context = holder = parent = None
+        base = _get_current()
+        if traceparent and (remote := parse_traceparent(traceparent)) is not None:
+            # SpanContext's own tuple, built without its checks: parsed ids are valid.
+            parent = tuple.__new__(SpanContext, (remote[0], remote[1], True, _FLAGS[remote[2]],
+                                                 _NO_STATE, True))
+        elif isinstance(holder := base.get(_SPAN_KEY), Ours):
+            parent = holder._context
+        elif holder is not None:
             parent = _parent_of(holder)
-        trace_state = None
+        bits = self.bits
+        trace_state = _NO_STATE
         if parent is None:
-            trace_id = self.ids.generate_trace_id()
+            trace_id = (bits(128) if bits is not None else 0) or self.ids.generate_trace_id()
             flags = (_RANDOM if self.random_ids else 0) | (_SAMPLED if self.roots_sampled else 0)
             decided = self.roots_sampled
         else:
-            trace_id, flags, decided = parent.trace_id, parent.trace_flags, self.follows_parent
-            flags &= (_SAMPLED | _RANDOM) if decided else _RANDOM
+            # By index: SpanContext's named fields are properties, a Python call each.
+            trace_id, flags, decided = parent[0], parent[3] & self.inherited, self.follows_parent
             if decided:
-                trace_state = parent.trace_state
+                trace_state = parent[4]
         recording = bool(flags & _SAMPLED)
         if not decided:
-            if parent is not None and parent.is_remote:
+            if parent is not None and parent[2]:  # remote
                 context = trace.set_span_in_context(NonRecordingSpan(parent))
             sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes)
-            decision, trace_state = sampled.decision, sampled.trace_state
+            decision, trace_state = sampled.decision, sampled.trace_state or _NO_STATE
             if decision is self.sample:
                 flags |= _SAMPLED
             recording = decision is not self.drop
@@ -175,13 +239,16 @@ class Recorder:
             if holder is not None:
                 return contextlib.nullcontext(cast(Span, holder))
             return UnsampledSpan(parent, base)
-        own = SpanContext(trace_id, self.ids.generate_span_id(), False, _FLAGS[flags],
-                          trace_state)
+        span_id = (bits(64) if bits is not None else 0) or self.ids.generate_span_id()
+        own = tuple.__new__(SpanContext, (trace_id, span_id, False, _FLAGS[flags], trace_state,
+                                          0 < trace_id <= _MAX_TRACE_ID
+                                          and 0 < span_id <= _MAX_SPAN_ID))
         if not recording:
             return UnsampledSpan(own, base)
-        span = RecordingSpan(self, name, kind, own, parent,
-                             dict(attributes) if attributes else {}, errors, base)
-        self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+        span = RecordingSpan(self, name, kind, own, parent, attributes, errors, base)
+        multi = self.multi
+        if multi is None or multi._span_processors:
+            self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
 
@@ -193,16 +260,8 @@ class Ours:
     _base: Context
     _context: SpanContext
     _token: Token[Context] | None
+    #: This span's W3C traceparent once :func:`current_traceparent` has formatted it.
     _traceparent: str
-
-    @property
-    def traceparent(self) -> str:
-        """This span's W3C traceparent."""
-        if not self._traceparent:
-            context = self._context
-            self._traceparent = format_traceparent(context.trace_id, context.span_id,
-                                                   context.trace_flags)
-        return self._traceparent
 
 
 class UnsampledSpan(Ours, NonRecordingSpan):
@@ -216,23 +275,27 @@ class UnsampledSpan(Ours, NonRecordingSpan):
         self._traceparent = ""
 
     def __enter__(self) -> UnsampledSpan:
-        self._token = otel_context.attach(Context({**self._base, _SPAN_KEY: self}))
+        self._token = _attach(Context({**self._base, _SPAN_KEY: self}))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
+        _detach(self._token)  # type: ignore[arg-type]  # set on entry
 
 
 class RecordingSpan(Ours, trace.Span):
-    """A recorded span, current inside its ``with`` and ended when it is left."""
+    """A recorded span, current inside its ``with`` and ended when it is left.
 
-    __slots__ = ("_attributes", "_end", "_errors", "_events", "_kind", "_name", "_parent",
-                 "_recorder", "_start", "_status")
+    What is set on it is kept as given (attributes set later and events in the order
+    they came) and made into the SDK's attributes and events only when it is exported.
+    """
+
+    __slots__ = ("_attributes", "_end", "_errors", "_events", "_kind", "_later", "_name",
+                 "_parent", "_recorder", "_start", "_status")
 
     def __init__(self, recorder: Recorder, name: str, kind: SpanKind, context: SpanContext,
-                 parent: SpanContext | None, attributes: dict[str, Any], errors: bool,
-                 base: Context) -> None:
+                 parent: SpanContext | None, attributes: Mapping[str, Any] | None,
+                 errors: bool, base: Context) -> None:
         self._base = base
         self._recorder = recorder
         self._name = name
@@ -240,8 +303,9 @@ class RecordingSpan(Ours, trace.Span):
         self._context = context
         self._parent = parent
         self._attributes = attributes
+        self._later: list[Mapping[Any, Any]] = []
         self._errors = errors
-        self._events: list[Event] = []
+        self._events: list[tuple[str, Mapping[str, Any] | None, int]] = []
         self._status = _UNSET
         self._token = None
         self._traceparent = ""
@@ -249,58 +313,85 @@ class RecordingSpan(Ours, trace.Span):
         self._start = time.time_ns()
 
     def __enter__(self) -> RecordingSpan:
-        self._token = otel_context.attach(Context({**self._base, _SPAN_KEY: self}))
+        self._token = _attach(Context({**self._base, _SPAN_KEY: self}))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
-            if isinstance(exc, Exception) and self._errors:
+            if exc is not None and self._errors and isinstance(exc, Exception):
                 self.record_exception(exc, escaped=True)
                 self.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         finally:
-            otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
-            self.end()
+            # _detach and end(), written out: this runs for every span.
+            if _VARIABLE is None:
+                otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
+            else:
+                try:
+                    _VARIABLE.reset(self._token)  # type: ignore[arg-type]  # set on entry
+                except Exception:  # OpenTelemetry's own detach logs and goes on
+                    _log.exception("Failed to detach context")
+            if self._end is None:
+                self._end = time.time_ns()
+                multi = self._recorder.multi
+                if multi is None or multi._span_processors:
+                    self._export()
 
     def end(self, end_time: int | None = None) -> None:
         if self._end is not None:
             return
         self._end = end_time if end_time is not None else time.time_ns()
+        multi = self._recorder.multi
+        if multi is None or multi._span_processors:
+            self._export()
+
+    def _export(self) -> None:
+        """Hand the ended span to the provider's span processors as an SDK ReadableSpan."""
         recorder = self._recorder
         recorder.processor.on_end(recorder.readable(
-            self._name, self._context, self._parent, recorder.resource, self._attributes,
-            self._events, (), self._kind, recorder.info, self._status, self._start, self._end,
-            recorder.scope))
+            self._name, self._context, self._parent, recorder.resource,
+            self._exported_attributes(), self._exported_events(), (), self._kind,
+            recorder.info, self._status, self._start, self._end, recorder.scope))
+
+    def _exported_attributes(self) -> dict[str, Any]:
+        """The attributes as the SDK keeps them: those of the start, then those set later
+        that are attribute values (any other dropped with a warning), up to the limit."""
+        kept = dict(self._attributes) if self._attributes else {}
+        room = self._recorder.max_attributes
+        for later in self._later:
+            for key, value in later.items():
+                clean = value if type(value) in _PLAIN else _clean(value)
+                if clean is None or type(key) is not str or not key:
+                    _log.warning("span attribute %r dropped: %r is not an attribute value",
+                                 key, value)
+                elif key in kept or len(kept) < room:
+                    kept[key] = clean
+        return kept
+
+    def _exported_events(self) -> list[Event]:
+        """The events as the SDK keeps them (attributes that are not values left out)."""
+        event = self._recorder.event
+        return [event(name, {key: clean for key, value in attributes.items()
+                             if (clean := _clean(value)) is not None} if attributes else None,
+                      timestamp)
+                for name, attributes, timestamp in self._events]
 
     def get_span_context(self) -> SpanContext:
         return self._context
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        if self._end is not None:
-            return
-        kept, room = self._attributes, self._recorder.max_attributes
-        for key, value in attributes.items():
-            if type(value) in _PLAIN and type(key) is str and key and (
-                    key in kept or len(kept) < room):
-                kept[key] = value
-            else:
-                self.set_attribute(key, value)
+        if self._end is None:
+            self._later.append(dict(attributes))
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self._end is not None:
-            return
-        clean = _clean(value)
-        if clean is None or not key or not isinstance(key, str):
-            _log.warning("span attribute %r dropped: %r is not an attribute value", key, value)
-        elif key in self._attributes or len(self._attributes) < self._recorder.max_attributes:
-            self._attributes[key] = clean
+        if self._end is None:
+            self._later.append({key: value})
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None,
                   timestamp: int | None = None) -> None:
         if self._end is None and len(self._events) < self._recorder.max_events:
-            kept = {key: clean for key, value in attributes.items()
-                    if (clean := _clean(value)) is not None} if attributes else None
-            self._events.append(self._recorder.event(name, kept, timestamp))
+            self._events.append((name, dict(attributes) if attributes else None,
+                                 timestamp if timestamp is not None else time.time_ns()))
 
     def update_name(self, name: str) -> None:
         if self._end is None:

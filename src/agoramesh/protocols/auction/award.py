@@ -18,7 +18,7 @@ from agoramesh.bus.envelope import Envelope, new_id
 from agoramesh.errors import AgoraError, TaskCancelled
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import TaskResult
-from agoramesh.observability.tracing import SpanKind, current_span, span
+from agoramesh.observability.tracing import Span, SpanKind, span
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.protocols.auction.round import Auction, Declined, Lost, Offer, busy
@@ -54,8 +54,8 @@ class AwardPhase:
                   attributes={"agoramesh.task_id": auction.task.task_id,
                               "agoramesh.auction_id": auction.id,
                               "agoramesh.winner": offer.bid.agent_id,
-                              "agoramesh.attempt": auction.attempt}):
-            return await self._award(auction, offer, notify, stream, durable)
+                              "agoramesh.attempt": auction.attempt}) as awarding:
+            return await self._award(auction, offer, notify, stream, durable, awarding)
 
     @staticmethod
     async def _go_ahead(auction: Auction) -> None:
@@ -67,7 +67,7 @@ class AwardPhase:
         auction.went_ahead_at = asyncio.get_running_loop().time()
 
     async def _award(self, auction: Auction, offer: Offer, notify: Callable[[Progress], None],
-                     stream: bool, durable: bool) -> tuple[TaskResult, bool]:
+                     stream: bool, durable: bool, awarding: Span) -> tuple[TaskResult, bool]:
         task, policy, bid = auction.task, self.policy, offer.bid
         if auction.go_ahead is not None and auction.ask_go_ahead:
             auction.ask_go_ahead = False
@@ -129,7 +129,7 @@ class AwardPhase:
                     notify(Progress("lost", task.task_id, {"agent": winner}))
                     raise Lost
                 kind = envelope.type
-                current_span().add_event(kind)
+                awarding.add_event(kind)
                 if kind == "decline" or kind == ERROR_TYPE:
                     reason = (envelope.body.get("reason") or envelope.body.get("message")
                               if isinstance(envelope.body, dict) else None)

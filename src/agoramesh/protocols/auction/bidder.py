@@ -55,7 +55,7 @@ from agoramesh.errors import AgoraError, EnvelopeError
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.task import Task
-from agoramesh.observability.tracing import SpanKind, current_span, span
+from agoramesh.observability.tracing import Span, SpanKind, span
 from agoramesh.protocols.auction.scoring import Bid
 from agoramesh.security.acl import Action
 
@@ -213,10 +213,10 @@ class Bidder:
         with span("agoramesh.bid", SpanKind.CONSUMER, parent=cfp.envelope.traceparent,
                   attributes={"agoramesh.auction_id": cfp.auction_id,
                               "agoramesh.agent_id": node.agent_id,
-                              "agoramesh.capability": capability.name}):
-            await self._answer(cfp, capability)
+                              "agoramesh.capability": capability.name}) as bidding:
+            await self._answer(cfp, capability, bidding)
 
-    async def _answer(self, cfp: _Cfp, capability: Capability) -> None:
+    async def _answer(self, cfp: _Cfp, capability: Capability, bidding: Span) -> None:
         node = self.node
         offer: Bid | str
         denied = node.check_access(cfp.initiator, capability.name, Action.BID)
@@ -251,7 +251,7 @@ class Bidder:
                 self._reserve(cfp.auction_id, cfp.share)
             kind, body = "bid", {"auction_id": cfp.auction_id, **offer.as_dict()}
         node.metrics.bids[capability.name, kind] += 1
-        current_span().set_attribute("agoramesh.decision", kind)
+        bidding.set_attribute("agoramesh.decision", kind)
         if node.trajectory is not None:
             node.trajectory.decided(kind, capability=capability.name, **body)
         try:
@@ -265,10 +265,10 @@ class Bidder:
         """Decline, or run the task (traced as an ``agoramesh.award`` span on this side, a
         child of the initiator's, with the leases and the execution inside)."""
         with span("agoramesh.award", SpanKind.SERVER, parent=delivery.trace_parent,
-                  attributes={"agoramesh.agent_id": self.node.agent_id}):
-            await self._awarded(delivery)
+                  attributes={"agoramesh.agent_id": self.node.agent_id}) as awarded:
+            await self._awarded(delivery, awarded)
 
-    async def _awarded(self, delivery: Delivery) -> None:
+    async def _awarded(self, delivery: Delivery, awarded: Span) -> None:
         node = self.node
         body = delivery.body if isinstance(delivery.body, dict) else {}
         auction_id = str(body.get("auction_id", ""))
@@ -282,7 +282,8 @@ class Bidder:
             task = Task.from_dict({k: v for k, v in task_body.items() if k != "stream"})
             capability = next(c for c in node.config.capabilities if c.name == task.capability)
         except (KeyError, TypeError, ValueError, StopIteration, AgoraError) as exc:
-            self._decided("decline", "unknown", auction_id, reason=f"unusable award: {exc}")
+            self._decided(awarded, "decline", "unknown", auction_id,
+                          reason=f"unusable award: {exc}")
             await delivery.respond("decline", {"auction_id": auction_id,
                                                "reason": f"unusable award: {exc}"})
             return
@@ -292,13 +293,13 @@ class Bidder:
             None if holds else _too_late(delivery.envelope)
             or self.strategy.accept(node, task, terms))
         if reason is not None:
-            self._decided("decline", capability.name, auction_id, reason=reason)
+            self._decided(awarded, "decline", capability.name, auction_id, reason=reason)
             decline: dict[str, Any] = {"auction_id": auction_id, "reason": reason}
             if reason in (AT_CAPACITY, AWARD_TOO_LATE):
                 decline["retry"] = True
             await delivery.respond("decline", decline)
             return
-        self._decided("accept", capability.name, auction_id, task_id=task.task_id,
+        self._decided(awarded, "accept", capability.name, auction_id, task_id=task.task_id,
                       **({"holds": holds} if holds else {}))
         lease = asyncio.ensure_future(self._leases(delivery, auction_id, task.task_id,
                                                    lease_interval))
@@ -312,10 +313,11 @@ class Bidder:
             with contextlib.suppress(asyncio.CancelledError):
                 await lease
 
-    def _decided(self, decision: str, capability: str, auction_id: str, **fields: Any) -> None:
+    def _decided(self, awarded: Span, decision: str, capability: str, auction_id: str,
+                 **fields: Any) -> None:
         node = self.node
         node.metrics.awards[capability, decision] += 1
-        current_span().set_attribute("agoramesh.decision", decision)
+        awarded.set_attribute("agoramesh.decision", decision)
         if node.trajectory is not None:
             node.trajectory.decided(decision, capability=capability, auction_id=auction_id,
                                     **fields)
