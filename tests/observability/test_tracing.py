@@ -16,8 +16,8 @@ import msgpack
 import pytest
 from nats.aio.client import Client as NatsClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_spans import trace_with
 
 from agoramesh.bus import Bus, Delivery, IngressPolicy
 from agoramesh.bus.envelope import TAG_SIZE
@@ -47,15 +47,7 @@ GOOD = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """Tracing on for the test, every finished span kept in memory."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    try:
-        yield exporter
-    finally:
-        tracing.disable()
-        provider.shutdown()
+    yield from trace_with(TracerProvider())
 
 
 def hex_id(value: int, width: int) -> str:
