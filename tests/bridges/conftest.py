@@ -17,22 +17,16 @@ from agoramesh.agent import AgentNode
 from agoramesh.bridges.a2a_server import A2AServer
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import JetStreamConfig, ServerConfig
-from agoramesh.testing.plugin import AgentFactory
-from agoramesh.testing.processes import assert_stopped
+from agoramesh.testing.plugin import AgentFactory, running_server
 
 
 @pytest_asyncio.fixture
 async def js_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
     """One seed with JetStream of its own (durable jobs need no second seed)."""
-    server = EmbeddedServer(ServerConfig(name="mcp", data_dir=tmp_path / "mcp",
-                                         jetstream=JetStreamConfig(), standalone=True))
-    await server.start()
-    try:
+    async with running_server(ServerConfig(name="mcp", data_dir=tmp_path / "mcp",
+                                           jetstream=JetStreamConfig(),
+                                           standalone=True)) as server:
         yield server
-    finally:
-        pid = server.pid
-        await server.stop(grace=2.0)
-        assert_stopped([pid])
 
 
 @pytest_asyncio.fixture

@@ -23,8 +23,8 @@ from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, JetStreamConfig, JobsConfig, ServerConfig
 from agoramesh.monitoring.http import MetricsServer
 from agoramesh.nodes.task import TaskStatus
-from agoramesh.testing import assert_stopped, wait_until
-from agoramesh.testing.plugin import AgentFactory
+from agoramesh.testing import wait_until
+from agoramesh.testing.plugin import AgentFactory, running_server
 
 DASHBOARD = (Path(__file__).resolve().parents[2] / "src" / "agoramesh" / "monitoring"
              / "dashboards" / "agoramesh.json")
@@ -33,17 +33,12 @@ DASHBOARD = (Path(__file__).resolve().parents[2] / "src" / "agoramesh" / "monito
 @pytest_asyncio.fixture
 async def js_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
     """A standalone seed running JetStream, the job stream and result store created."""
-    server = EmbeddedServer(ServerConfig(name="solo", data_dir=tmp_path / "solo",
-                                         jetstream=JetStreamConfig(), standalone=True))
-    await server.start()
-    try:
+    async with running_server(ServerConfig(name="solo", data_dir=tmp_path / "solo",
+                                           jetstream=JetStreamConfig(),
+                                           standalone=True)) as server:
         async with Bus(Identity.generate(), BusConfig(servers=(server.client_url,))) as bus:
             await JetStream(bus, JobsConfig(replicas=1)).ensure()
         yield server
-    finally:
-        pid = server.pid
-        await server.stop(grace=2.0)
-        assert_stopped([pid])
 
 
 @pytest.mark.integration

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter, defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ JOB_EVENTS = ("taken", "redelivered", "completed", "failed", "deduplicated", "re
               "cancelled", "abandoned")
 AUCTION_OUTCOMES = ("awarded", "no_bidders", "overloaded", "failed", "timeout")
 RECENT = 32  # events kept between two telemetry beats
+_REPORT = "_report"  # an auction event's report maker, until the event is taken
 _LE = (*map(repr, BUCKETS), "+Inf")  # the buckets' "le" labels
 
 
@@ -90,16 +91,19 @@ class AgentMetrics:
 
     def auction_finished(self, capability: str, outcome: str, seconds: float, *,
                          task_id: str, bids: int, winner: str | None,
-                         report: Mapping[str, Any] | None = None) -> None:
-        """``report``: the auction's rounds, bids and awards (protocols/auction/report.py),
-        sent along in its telemetry event."""
+                         report: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        """``report`` makes the auction's rounds, bids and awards
+        (protocols/auction/report.py), sent along in its telemetry event: made when the
+        event is taken, so an event dropped from a full ``recent`` costs nothing."""
         self.auctions[capability, outcome] += 1
         self.auction_seconds[capability].observe(seconds)
         self.auction_bids[capability] += bids
-        self.recent.append({"kind": "auction", "ts": time.time(), "task_id": task_id,
-                            "capability": capability, "outcome": outcome, "bids": bids,
-                            "winner": winner, "ms": round(seconds * 1000, 3),
-                            **(report or {})})
+        event: dict[str, Any] = {"kind": "auction", "ts": time.time(), "task_id": task_id,
+                                 "capability": capability, "outcome": outcome, "bids": bids,
+                                 "winner": winner, "ms": round(seconds * 1000, 3)}
+        if report is not None:
+            event[_REPORT] = report
+        self.recent.append(event)
 
     def denied(self, capability: str, action: str) -> None:
         """A request refused by the agent's access policy (security/acl.py)."""
@@ -124,6 +128,10 @@ class AgentMetrics:
         """The events since the last call, oldest first (at most :data:`RECENT`)."""
         events = list(self.recent)
         self.recent.clear()
+        for event in events:
+            report = event.pop(_REPORT, None)
+            if report is not None:
+                event.update(report())
         return events
 
     def totals(self) -> dict[str, dict[str, int]]:

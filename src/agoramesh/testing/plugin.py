@@ -11,6 +11,7 @@ fixture: decorate it with :data:`over_plain_and_tls` (or parametrize
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from agoramesh.security.certs import CertificateSet, issue_certificates
 from agoramesh.testing.processes import assert_stopped
 
 __all__ = ("AgentFactory", "BusFactory", "MeshFactory", "agent_factory", "bus_factory",
-           "mesh_factory", "mesh_tls", "nats_server", "over_plain_and_tls", "tls_certs")
+           "mesh_factory", "mesh_tls", "nats_server", "over_plain_and_tls", "running_server",
+           "tls_certs")
 
 MeshFactory = Callable[..., Awaitable[Mesh]]
 BusFactory = Callable[..., Awaitable[Bus]]
@@ -66,11 +68,10 @@ def _client_tls(server_tls: TlsConfig | None) -> TlsConfig | None:
     return None if server_tls is None else TlsConfig(ca_file=server_tls.ca_file)
 
 
-@pytest_asyncio.fixture
-async def nats_server(tmp_path: Path, mesh_tls: TlsConfig | None
-                      ) -> AsyncIterator[EmbeddedServer]:
-    """One standalone embedded server (a seed with no peers)."""
-    server = EmbeddedServer(ServerConfig(name="solo", data_dir=tmp_path / "solo", tls=mesh_tls))
+@contextlib.asynccontextmanager
+async def running_server(config: ServerConfig) -> AsyncIterator[EmbeddedServer]:
+    """An embedded server of ``config``, started; on exit stopped, and its process gone."""
+    server = EmbeddedServer(config)
     await server.start()
     try:
         yield server
@@ -78,6 +79,15 @@ async def nats_server(tmp_path: Path, mesh_tls: TlsConfig | None
         pid = server.pid
         await server.stop(grace=2.0)
         assert_stopped([pid])
+
+
+@pytest_asyncio.fixture
+async def nats_server(tmp_path: Path, mesh_tls: TlsConfig | None
+                      ) -> AsyncIterator[EmbeddedServer]:
+    """One standalone embedded server (a seed with no peers)."""
+    async with running_server(ServerConfig(name="solo", data_dir=tmp_path / "solo",
+                                           tls=mesh_tls)) as server:
+        yield server
 
 
 @pytest_asyncio.fixture

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -217,7 +218,7 @@ class Auctioneer:
                     await asyncio.shield(cancel_lost(self.bus, lost, task.task_id))
             del self._open[key]
             self.metrics.auctions_open -= 1
-            report = auction.trail.as_dict(weights_of(self.policy.scorer))
+            report = functools.partial(auction.trail.as_dict, weights_of(self.policy.scorer))
             self.metrics.auction_finished(task.capability, outcome, time.perf_counter() - started,
                                           task_id=task.task_id, bids=auction.bids_received,
                                           winner=winner, report=report)

@@ -38,8 +38,7 @@ class AuctionTrail:
     def scored(self, attempt: int, ranked: Sequence[tuple[Bid, float]]) -> None:
         """A round's bids, best first, with the score each got (a round ranked again,
         after a distrustful window, replaces what it said before)."""
-        entry = {"attempt": attempt, "bids": [_bid(bid, score) for bid, score
-                                              in ranked[:MAX_BIDS]],
+        entry = {"attempt": attempt, "bids": ranked[:MAX_BIDS],
                  "more": max(0, len(ranked) - MAX_BIDS), "awards": []}
         if self.rounds and self.rounds[-1]["attempt"] == attempt:
             self.rounds[-1] = entry
@@ -66,7 +65,9 @@ class AuctionTrail:
 
     def as_dict(self, weights: Mapping[str, float] | None) -> dict[str, Any]:
         """The report's fields of a telemetry ``auction`` event."""
-        report: dict[str, Any] = {"attempts": self.attempts, "rounds": list(self.rounds)}
+        rounds = [{**entry, "bids": [_bid(bid, score) for bid, score in entry["bids"]]}
+                  for entry in self.rounds]
+        report: dict[str, Any] = {"attempts": self.attempts, "rounds": rounds}
         if weights is not None:
             report["weights"] = dict(weights)
         return report
