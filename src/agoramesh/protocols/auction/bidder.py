@@ -192,6 +192,8 @@ class Bidder:
         desk = self._desk = _desk_for(self.node.directory)
         for capability in self.node.config.capabilities:
             await desk.join(self, capability)
+        if self.node.is_running:  # started again on a running agent: listening on return
+            await self.node.bus.confirm()
 
     async def stop(self) -> None:
         desk = self._desk
