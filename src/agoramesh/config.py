@@ -330,8 +330,9 @@ class Environment:
     trust_dir: Path | None = None  # AGORAMESH_TRUST: the trust store (default <home>/trust)
     # AGORAMESH_API_TOKEN: default --api-token of the HTTP API; a secret, so not in repr.
     api_token: str | None = field(default=None, repr=False)
-    # Provider keys by agent type, from OPENAI_API_KEY / ANTHROPIC_API_KEY (and the A2A
-    # backend's bearer token from AGORAMESH_A2A_TOKEN); secrets, not in repr.
+    # Provider keys by agent type, from OPENAI_API_KEY / ANTHROPIC_API_KEY (and the bearer
+    # tokens of the A2A and MCP backends from AGORAMESH_A2A_TOKEN / AGORAMESH_MCP_TOKEN);
+    # secrets, not in repr.
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     # AGORAMESH_SIGN_ALL=1: sign every envelope and accept signed ones only (mesh-wide).
     sign_all: bool = False
@@ -390,4 +391,5 @@ def _choice(kind: type[_E], env: Mapping[str, str], name: str, default: _E) -> _
 
 _KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "codex": "OPENAI_API_KEY",
                   "anthropic": "ANTHROPIC_API_KEY", "claude": "ANTHROPIC_API_KEY",
-                  "claude-code": "ANTHROPIC_API_KEY", "a2a": "AGORAMESH_A2A_TOKEN"}
+                  "claude-code": "ANTHROPIC_API_KEY", "a2a": "AGORAMESH_A2A_TOKEN",
+                  "mcp": "AGORAMESH_MCP_TOKEN"}

@@ -109,9 +109,10 @@ async def test_stdio_server_joins_and_survives_a_restart(driver: AgentNode,
 class HttpToolServer:
     """``tool_server.py http PORT`` as a process a test kills and starts again."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, token: str = "") -> None:
         self.port = free_port()
         self.pidfile = tmp_path / "http.pid"
+        self.token = token
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -121,7 +122,8 @@ class HttpToolServer:
     async def start(self) -> None:
         self.pidfile.unlink(missing_ok=True)
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, str(TOOL_SERVER), "http", str(self.port), str(self.pidfile))
+            sys.executable, str(TOOL_SERVER), "http", str(self.port), str(self.pidfile),
+            *([self.token] if self.token else []))
         await wait_until(lambda: pid_in(self.pidfile) is not None, timeout=30)
 
     async def kill(self) -> None:
@@ -130,9 +132,10 @@ class HttpToolServer:
         await self.process.wait()
 
 
-@pytest_asyncio.fixture
-async def http_tools(tmp_path: Path) -> AsyncIterator[HttpToolServer]:
-    server = HttpToolServer(tmp_path)
+@pytest_asyncio.fixture(params=[""], ids=["open"])
+async def http_tools(tmp_path: Path, request: pytest.FixtureRequest
+                     ) -> AsyncIterator[HttpToolServer]:
+    server = HttpToolServer(tmp_path, request.param)
     await server.start()
     try:
         yield server
@@ -163,6 +166,36 @@ async def test_http_server_joins_and_survives_a_restart(driver: AgentNode,
     again = await driver.dispatcher.submit("slow.square", {"n": 6})
     assert again.status is TaskStatus.COMPLETED, again.error
     assert again.result == {"square": 36, "pid": pid_in(http_tools.pidfile)}
+
+
+@pytest.mark.parametrize("http_tools", ["s3cret-token"], ids=["guarded"], indirect=True)
+async def test_an_http_server_behind_a_bearer_token(driver: AgentNode,
+                                                    agent_factory: AgentFactory,
+                                                    http_tools: HttpToolServer,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The token (``--api-key`` / ``$AGORAMESH_MCP_TOKEN``) goes with every request; without
+    it, or with another, the server's 401 is the one-line reason the node cannot start."""
+    for wrong in ("", "not-the-token"):
+        caplog.clear()
+        refused = McpBackend(BackendConfig(base_url=http_tools.url, api_key=wrong or None,
+                                           timeout=30))
+        try:
+            expected = (r"is not reachable: HTTP 401 Unauthorized \(its token: --api-key or "
+                        r"\$AGORAMESH_MCP_TOKEN\): Server returned an error response$")
+            with pytest.raises(Exception, match=expected) as error:
+                await refused.offered()
+            assert type(error.value).__name__ == "BackendUnavailable"
+            assert "\n" not in str(error.value)
+            # Refused after the first attempt: retrying cannot mend a token.
+            assert sum("connecting again" in record.message for record in caplog.records) == 1
+        finally:
+            await refused.aclose()
+    backend = McpBackend(BackendConfig(base_url=http_tools.url, api_key=http_tools.token,
+                                       timeout=30))
+    await toolbox(agent_factory, driver, backend, "slow.square")
+    done = await driver.dispatcher.submit("slow.square", {"n": 7})
+    assert done.status is TaskStatus.COMPLETED, done.error
+    assert done.result == {"square": 49, "pid": pid_in(http_tools.pidfile)}
 
 
 async def test_what_the_backend_refuses(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -128,3 +130,47 @@ def test_node_flags_of_other_types() -> None:
                           r"--mcp-command and --mcp-url are for --type mcp")
     assert_one_line_error(cli("node", "--name", "x", "--mesh-tools"),
                           r"--mesh-tools is for --type claude-code or codex")
+
+
+def test_node_type_mcp_over_http_with_a_token(js_server: EmbeddedServer, tmp_path: Path) -> None:
+    """``--mcp-url`` to a server behind a bearer token: ``$AGORAMESH_MCP_TOKEN`` gets the node
+    in; without it the node does not start, and says the server answered 401."""
+    url, pidfile = js_server.client_url, tmp_path / "http.pid"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(TOOL_SERVER), "http", str(port),
+                               str(pidfile), "tool-token"])
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.05)
+        assert pidfile.exists(), "the tool server did not start"
+        mcp_url = f"http://127.0.0.1:{port}/mcp"
+        refused = cli("node", "--type", "mcp", "--name", "toolbox", "--connect", url,
+                      "--mcp-url", mcp_url, "--api-key", "another-token")
+        assert refused.returncode == 1
+        last = refused.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(r"agoramesh: error: the MCP server \S+ is not reachable: HTTP 401 "
+                            r"Unauthorized \(its token: --api-key or \$AGORAMESH_MCP_TOKEN\): "
+                            r"Server returned an error response", last), refused.stderr
+        node = NodeProcess(tmp_path / "home", "--type", "mcp", "--name", "toolbox",
+                           "--connect", url, "--mcp-url", mcp_url, "--heartbeat", "0.2",
+                           env={"AGORAMESH_MCP_TOKEN": "tool-token"})
+        try:
+            assert node.ready["capabilities"] == ["explode", "slow.square"]
+            result = cli("submit", "slow.square", '{"n": 5}', "--server", url, "--json")
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["result"]["square"] == 25
+            assert node.stop() == 0, node.stderr
+        finally:
+            node.reap()
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def test_a_token_for_a_stdio_server_is_refused() -> None:
+    assert_one_line_error(cli("node", "--type", "mcp", "--name", "x", "--mcp-command", "true",
+                              "--api-key", "a-token"),
+                          r"--api-key is the token of an MCP server over HTTP \(--mcp-url\)")

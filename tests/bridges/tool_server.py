@@ -1,8 +1,9 @@
 """An MCP server written with the SDK, for the ``--type mcp`` tests: two tools, one slow.
 
 ``python tool_server.py stdio PIDFILE`` serves stdio; ``python tool_server.py http PORT
-PIDFILE`` serves streamable HTTP on 127.0.0.1:PORT at /mcp. Either way it writes its pid to
-PIDFILE once it listens, so a test can kill it.
+PIDFILE [TOKEN]`` serves streamable HTTP on 127.0.0.1:PORT at /mcp (with TOKEN: only to
+requests bearing it, 401 to the rest). Either way it writes its pid to PIDFILE once it
+listens, so a test can kill it.
 
 - ``slow.square`` {n, seconds?}: sleeps ``seconds`` in ten steps, reporting each as progress,
   then answers ``{"square": n*n, "pid": …}`` as structured content;
@@ -52,6 +53,22 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
 server = Server("tool-server", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
+def guarded(app: Any, token: str) -> Any:
+    """``app`` answering 401 to an HTTP request without ``Authorization: Bearer <token>``."""
+    expected = f"Bearer {token}".encode()
+
+    async def guard(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != expected:
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"text/plain"),
+                                    (b"www-authenticate", b"Bearer")]})
+            await send({"type": "http.response.body", "body": b"unauthorized"})
+            return
+        await app(scope, receive, send)
+
+    return guard
+
+
 def served(pidfile: str) -> None:
     with open(pidfile + ".tmp", "w") as handle:
         handle.write(str(os.getpid()))
@@ -64,12 +81,14 @@ async def main(mode: str, *rest: str) -> None:
             served(rest[0])
             await server.run(read, write, server.create_initialization_options())
         return
-    port, pidfile = int(rest[0]), rest[1]
+    port, pidfile, *token = rest
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock.bind(("127.0.0.1", int(port)))
     sock.listen(16)
-    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
+    app = server.streamable_http_app()
+    config = uvicorn.Config(guarded(app, token[0]) if token else app, log_level="warning",
+                            lifespan="on")
     served(pidfile)  # it listens already: connections wait in the backlog
     await uvicorn.Server(config).serve(sockets=[sock])
 

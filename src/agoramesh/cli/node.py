@@ -99,7 +99,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                              "@modelcontextprotocol/server-everything\"; each tool is a "
                              "capability (--capability: only those)")
     parser.add_argument("--mcp-url", metavar="URL",
-                        help="--type mcp: the MCP server's streamable HTTP endpoint")
+                        help="--type mcp: the MCP server's streamable HTTP endpoint (bearer "
+                             "token: --api-key or $AGORAMESH_MCP_TOKEN)")
     parser.add_argument("--mesh-tools", action="store_true",
                         help="--type claude-code or codex: give the CLI agent this mesh as MCP "
                              "tools (agoramesh mcp), so it can delegate to other agents")
@@ -208,6 +209,9 @@ def _check_backend_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--type mcp needs its MCP server: --mcp-command or --mcp-url (one)")
     if args.type != "mcp" and (args.mcp_command or args.mcp_url):
         raise ConfigError("--mcp-command and --mcp-url are for --type mcp")
+    if args.mcp_command and args.api_key:
+        raise ConfigError("--api-key is the token of an MCP server over HTTP (--mcp-url); a "
+                          "server run with --mcp-command takes its secrets from its environment")
     if args.a2a_url is not None and args.type != "a2a":
         raise ConfigError("--a2a-url is for --type a2a")
     if args.mesh_tools and args.type not in ("claude-code", "codex"):

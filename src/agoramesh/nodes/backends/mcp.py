@@ -3,12 +3,14 @@
 The server is a child process spoken to over stdio (``config.command``: the
 program and its arguments, ``--mcp-command``; it gets our environment plus
 ``config.env``, and ``config.workdir`` as its directory) or a streamable HTTP
-endpoint (``config.base_url``, ``--mcp-url``), through the official SDK's
-client. One connection serves the node's life: a supervisor task opens it,
-pings it when idle, and when it is lost (the child exited, the HTTP server
-went away) opens it again, after 0.1 s doubling to 2 s between attempts; a
-stdio server that exited is started again. A task that arrives meanwhile
-waits for the connection, up to ``config.timeout``.
+endpoint (``config.base_url``, ``--mcp-url``; ``config.api_key`` is sent as its
+bearer token, and an HTTP error it answers is named in the reason a connection
+failed), through the official SDK's client. One connection serves the node's
+life: a supervisor task opens it, pings it when idle, and when it is lost (the
+child exited, the HTTP server went away) opens it again, after 0.1 s doubling
+to 2 s between attempts; a stdio server that exited is started again. A task that arrives meanwhile
+waits for the connection, up to ``config.timeout``, unless the server refused
+our token (401, 403) on the last attempt: that fails at once.
 
 Each tool is a capability (:func:`capability_name`: the tool's name with
 anything but letters, digits, ``_``, ``-`` and ``.`` as ``_``), with the
@@ -37,8 +39,10 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
+import httpx2
 import jsonschema
 from mcp import Client, StdioServerParameters, types
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from agoramesh.bus.subjects import MAX_CAPABILITY_LENGTH
@@ -121,6 +125,12 @@ class McpBackend(Backend):
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._problem = "not connected yet"
+        #: The last HTTP error status the server answered (the SDK reports only that one
+        #: came), for the reason a connection failed; ``_denied``: the last attempt's was
+        #: 401 or 403. ``_attempted`` is set when an attempt ends, up or not.
+        self._refused = ""
+        self._denied = False
+        self._attempted = asyncio.Event()
         self._tools: dict[str, tuple[str, Capability]] = {}
         #: Connections opened so far (1 once up; each reconnection adds one).
         self.connections = 0
@@ -205,19 +215,36 @@ class McpBackend(Backend):
         """The connection, once up (within ``config.timeout``), started if need be."""
         if self._supervisor is None:
             self._supervisor = asyncio.ensure_future(self._supervise())
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                # Until it is up, or refuses our token: no retry within a call mends that.
+                while not self._up.is_set() and not self._denied:
+                    self._attempted.clear()
+                    await self._attempted.wait()
+        except TimeoutError:
+            pass
         if not self._up.is_set():
-            try:
-                async with asyncio.timeout(self.config.timeout):
-                    await self._up.wait()
-            except TimeoutError:
-                raise BackendUnavailable(f"the MCP server {self.server} is not reachable: "
-                                         f"{self._problem}") from None
+            raise BackendUnavailable(f"the MCP server {self.server} is not reachable: "
+                                     f"{self._problem}")
         assert self._client is not None
         return self._client
 
-    def _open(self) -> Client:
+    def _open(self, stack: contextlib.AsyncExitStack) -> Client:
         if self.config.base_url:
-            return Client(self.config.base_url, mode="legacy")
+            key = self.config.api_key
+
+            async def seen(response: httpx2.Response) -> None:
+                if response.status_code >= 400:
+                    self._refused = f"HTTP {response.status_code} {response.reason_phrase}"
+
+            # The SDK's HTTP client type and default timeouts (a response stream may stay
+            # open), with our token; a client handed to the transport is ours to close.
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"} if key else {},
+                                      timeout=httpx2.Timeout(30.0, read=300.0),
+                                      event_hooks={"response": [seen]})
+            stack.push_async_callback(http.aclose)
+            return Client(streamable_http_client(self.config.base_url, http_client=http),
+                          mode="legacy")
         program, *arguments = self.config.command
         return Client(StdioServerParameters(
             command=program, args=arguments, env={**os.environ, **dict(self.config.env)},
@@ -227,16 +254,18 @@ class McpBackend(Backend):
         """Keep a connection open, opening it again (with backoff) whenever it is lost."""
         pause = _FIRST_PAUSE
         while True:
+            self._refused, self._denied = "", False
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     async with asyncio.timeout(self.config.timeout):
-                        client = await stack.enter_async_context(self._open())
+                        client = await stack.enter_async_context(self._open(stack))
                         tools = await _list_tools(client)
                     self._adopt(tools)
                     self._client, self._problem = client, ""
                     self.connections += 1
                     self._lost.clear()
                     self._up.set()
+                    self._attempted.set()
                     pause = _FIRST_PAUSE
                     await self._watch(client)
                     self._problem = "the connection was lost"
@@ -244,9 +273,14 @@ class McpBackend(Backend):
                 self._problem = f"no answer within {self.config.timeout:g}s"
             except Exception as exc:
                 self._problem = _describe(exc)
+                if self._refused:
+                    self._denied = self._refused[5:8] in ("401", "403")
+                    hint = " (its token: --api-key or $AGORAMESH_MCP_TOKEN)" if self._denied else ""
+                    self._problem = f"{self._refused}{hint}: {self._problem}"
             finally:
                 self._up.clear()
                 self._client = None
+                self._attempted.set()
             log.warning("MCP server %s: %s; connecting again in %.1fs", self.server,
                         self._problem, pause)
             await asyncio.sleep(pause)
