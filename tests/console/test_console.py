@@ -213,6 +213,34 @@ async def test_a_listener_gets_only_what_changed_and_the_stream_ends_with_the_se
     assert events[0]["kind"] == "snapshot" and result.status.value == "COMPLETED"
 
 
+async def test_a_frame_that_fails_is_logged_once_and_the_stream_goes_on(
+        api: HttpApi, feed: ConsoleFeed, driver: AgentNode, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in building one frame must not freeze every open console."""
+    await wait_until(lambda: len(feed.view.agents) >= 3, timeout=5)
+    build = feed.frame
+    failures = 0
+
+    def broken() -> dict[str, Any] | None:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise RuntimeError("a bug in a view")
+        return build()
+
+    monkeypatch.setattr(feed, "frame", broken)
+    reader = asyncio.create_task(first_events(http, api.url, 2, BEARER))
+    await wait_until(lambda: failures == 3, timeout=5)
+    await driver.dispatcher.submit("echo", {"text": "after the failures"})
+    snapshot, update = await reader
+    assert snapshot["kind"] == "snapshot" and update["kind"] == "update"
+    logged = [record for record in caplog.records if record.name == "agoramesh.console"]
+    assert [record.getMessage() for record in logged] == [
+        "a console frame could not be built; the stream goes on",
+        "console frames are built again"]
+    assert logged[0].exc_info is not None and "a bug in a view" in str(logged[0].exc_info[1])
+
+
 async def test_without_a_token_the_console_is_open_as_the_api_is(
         driver: AgentNode, feed: ConsoleFeed, http: aiohttp.ClientSession) -> None:
     api = await serve(driver, feed, None)

@@ -170,8 +170,18 @@ class ConsoleFeed:
                 **update}
 
     async def _tick(self) -> None:
+        failing = False  # logged once while frames fail, again once they stop failing
         while True:
-            frame = self.frame()
+            try:
+                frame = self.frame()
+            except Exception:
+                if not failing:
+                    log.exception("a console frame could not be built; the stream goes on")
+                failing, frame = True, None
+            else:
+                if failing:
+                    log.warning("console frames are built again")
+                failing = False
             if frame is not None:
                 async with self._new_frame:
                     self._frame_no += 1
