@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest_asyncio
 
 from agoramesh.agent import AgentNode
 from agoramesh.api.server import HttpApi
-from agoramesh.api.session import CONSOLE_HEADER, COOKIE, session_value
+from agoramesh.api.session import CONSOLE_HEADER, COOKIE, SESSION_SECONDS, session_value
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.console import Console
 from agoramesh.console.feed import ConsoleFeed, console_feed
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.integration
 TOKEN = "console-test-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {"Content-Type": "application/json"}
-SESSION = {"Cookie": f"{COOKIE}={session_value(TOKEN.encode())}"}
+SESSION = {"Cookie": f"{COOKIE}={session_value(TOKEN.encode(), int(time.time()) + 3600)}"}
 WORKFLOW = {"name": "sum-then-echo", "steps": [
     {"name": "add", "capability": "math.evaluate", "parameters": {"expression": "2+3"}},
     {"name": "say", "capability": "echo", "parameters": {"text": "${steps.add.output.value}"},
@@ -94,12 +95,22 @@ async def test_without_the_token_the_page_its_files_data_and_stream_are_refused(
                  "/console/console.css", "/api/agents"):
         status, text, headers = await status_of(http, "GET", f"{api.url}{path}")
         assert status == 401 and json.loads(text)["error"]["type"] == "Unauthorized", path
-    wrong = {"Cookie": f"{COOKIE}={session_value(b'another-token-0123456789')}"}
-    assert (await status_of(http, "GET", f"{api.url}/api/console/events", headers=wrong))[0] == 401
+    now = int(time.time())
+    refused = [session_value(b"another-token-0123456789", now + 3600),  # another token's
+               session_value(TOKEN.encode(), now - 1),  # expired
+               # The right MAC, but an expiry further out than a session lasts: not made here.
+               session_value(TOKEN.encode(), now + SESSION_SECONDS + 3600),
+               session_value(TOKEN.encode(), now + 3600)[:-1] + "0",  # a MAC changed
+               "", "123", f"{now + 3600}.", ".deadbeef", f"{now + 3600}.zz",
+               "\u0661\u0662\u0663.ab", f"-{now}.ab", "9" * 40 + ".ab"]
+    for value in refused:
+        cookie = {"Cookie": f'{COOKIE}="{value}"'}
+        assert (await status_of(http, "GET", f"{api.url}/api/console/events",
+                                headers=cookie))[0] == 401, value
     status, text, _ = await status_of(http, "GET", f"{api.url}/?token=not-the-token")
     assert status == 401 and "not this API's token" in text
     assert (await status_of(http, "GET", f"{api.url}/api/health"))[0] == 200
-    assert api.unauthorized == 8
+    assert api.unauthorized == 7 + len(refused)
 
 
 async def test_the_token_in_the_url_or_the_form_becomes_an_httponly_strict_cookie(
@@ -109,9 +120,12 @@ async def test_the_token_in_the_url_or_the_form_becomes_an_httponly_strict_cooki
             await status_of(http, "POST", f"{api.url}/login", data={"token": TOKEN})):
         assert status == 303 and headers["Location"] == "/"
         cookie = headers["Set-Cookie"]
-        assert cookie.startswith(f"{COOKIE}={session_value(TOKEN.encode())};")
+        value = cookie.split(";")[0].removeprefix(f"{COOKIE}=")
+        expires = int(value.partition(".")[0])
+        assert 0 < expires - time.time() <= SESSION_SECONDS  # 12 hours from now, at most
+        assert value == session_value(TOKEN.encode(), expires)
         assert TOKEN not in cookie
-        assert {"HttpOnly", "Path=/", "SameSite=Strict"} <= {
+        assert {"HttpOnly", "Path=/", "SameSite=Strict", f"Max-Age={SESSION_SECONDS}"} <= {
             part.strip() for part in cookie.split(";")}
         assert "Secure" not in cookie  # plain http on loopback; over https it is set
     status, text, _ = await status_of(http, "POST", f"{api.url}/login", data={"token": "x"})

@@ -10,10 +10,13 @@ with a session cookie instead, and this module is the whole of that:
 - ``GET /?token=…`` with the right token sets the cookie the same way and
   answers ``303 /``, so the token leaves the address bar (and the history).
 - The cookie is ``agoramesh_session``: HttpOnly, SameSite=Strict, Path=/,
-  Secure when the request came over https. Its value is an HMAC of the token
-  (:func:`session_value`), so it does not reveal the token, needs no state on
-  the server, and stops working when the token changes. ``POST /logout``
-  clears it.
+  Secure when the request came over https, Max-Age 12 hours
+  (:data:`SESSION_SECONDS`). Its value is ``<expiry>.<HMAC of the expiry under
+  the token>`` (:func:`session_value`; the expiry in Unix seconds): it does not
+  reveal the token, needs no state on the server, and stops working when the
+  token changes or the expiry passes, whatever the browser does with Max-Age.
+  ``POST /logout`` clears it (a copy taken before stays valid until its
+  expiry: a stateless session cannot be revoked but by changing the token).
 - A request that the cookie (not a bearer header) authenticates and that may
   change something (any method but GET and HEAD) must also carry
   ``X-Agoramesh-Console: 1`` and, if it has an ``Origin``, the API's own:
@@ -30,18 +33,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
-__all__ = ("CONSOLE_HEADER", "COOKIE", "PAGE_HEADERS", "login_page", "same_origin",
-           "session_value", "set_session", "valid_session")
+__all__ = ("CONSOLE_HEADER", "COOKIE", "PAGE_HEADERS", "SESSION_SECONDS", "login_page",
+           "same_origin", "session_value", "set_session", "valid_session")
 
 COOKIE = "agoramesh_session"
 #: The header a cookie-authenticated request that changes something must carry.
 CONSOLE_HEADER = "X-Agoramesh-Console"
-_SESSION_LABEL = b"agoramesh console session v1"
+_SESSION_LABEL = b"agoramesh console session v2:"
+#: How long a session cookie is good for: a working day, then the token again.
+SESSION_SECONDS = 12 * 3600
 
 #: What every HTML page of the API is served with (the console adds its script and style).
 PAGE_HEADERS: Mapping[str, str] = {
@@ -78,15 +84,24 @@ _MESSAGES = {
 }
 
 
-def session_value(token: bytes) -> str:
-    """The cookie value for ``token``: an HMAC of it, so the cookie never carries the token."""
-    return hmac.new(token, _SESSION_LABEL, hashlib.sha256).hexdigest()
+def session_value(token: bytes, expires: int) -> str:
+    """The cookie value for ``token`` until ``expires`` (Unix seconds): the expiry and an
+    HMAC of it under the token, so the cookie never carries the token."""
+    mac = hmac.new(token, _SESSION_LABEL + str(expires).encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
 
 
-def valid_session(request: web.Request, token: bytes) -> bool:
-    cookie = request.cookies.get(COOKIE, "")
-    return hmac.compare_digest(cookie.encode("utf-8", "surrogatepass"),
-                               session_value(token).encode())
+def valid_session(request: web.Request, token: bytes, now: float | None = None) -> bool:
+    """The request carries a session cookie for ``token`` that has not expired."""
+    expires, _, mac = request.cookies.get(COOKIE, "").partition(".")
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12 and mac):
+        return False
+    left = int(expires) - (time.time() if now is None else now)
+    # Never longer than a session lasts: an expiry further out was not made here.
+    if not 0 < left <= SESSION_SECONDS:
+        return False
+    return hmac.compare_digest(f"{expires}.{mac}".encode("utf-8", "surrogatepass"),
+                               session_value(token, int(expires)).encode())
 
 
 def set_session(response: web.StreamResponse, request: web.Request, token: bytes | None) -> None:
@@ -94,8 +109,9 @@ def set_session(response: web.StreamResponse, request: web.Request, token: bytes
     if token is None:
         response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
         return
-    response.set_cookie(COOKIE, session_value(token), path="/", httponly=True,
-                        samesite="Strict", secure=request.secure)
+    expires = int(time.time()) + SESSION_SECONDS
+    response.set_cookie(COOKIE, session_value(token, expires), path="/", httponly=True,
+                        samesite="Strict", secure=request.secure, max_age=SESSION_SECONDS)
 
 
 def same_origin(request: web.Request) -> bool:
