@@ -27,12 +27,19 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.util.types import Attributes
 
 from agoramesh import __version__
 from agoramesh.observability import tracing
-from agoramesh.observability.spans import RecordingSpan
+from agoramesh.observability.spans import ContextSpan, RecordingSpan
 
 SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 UNSAMPLED = SAMPLED[:-2] + "00"
@@ -219,3 +226,40 @@ def test_another_providers_tracer_makes_its_spans_itself() -> None:
             assert not isinstance(nothing, RecordingSpan) and not nothing.is_recording()
     finally:
         tracing.disable()
+
+
+def test_without_a_span_processor_a_span_is_its_context_only() -> None:
+    """The exporter off: nothing would receive what a span records, so none is made; the
+    context still nests, is sent on, continues a remote parent and follows its sampling."""
+    provider = TracerProvider()
+    tracing.enable(provider)
+    try:
+        with tracing.span("root") as root:
+            assert isinstance(root, ContextSpan) and not root.is_recording()
+            outer = root.get_span_context()
+            assert outer.is_valid and not outer.is_remote and outer.trace_flags == 0x03
+            assert tracing.current_traceparent() == (
+                f"00-{outer.trace_id:032x}-{outer.span_id:016x}-03")
+            with tracing.span("child") as child:
+                inner = child.get_span_context()
+                assert isinstance(child, ContextSpan)
+                assert inner.trace_id == outer.trace_id and inner.span_id != outer.span_id
+        with tracing.span("remote", parent=SAMPLED) as remote:
+            context = remote.get_span_context()
+            assert f"{context.trace_id:032x}" == SAMPLED[3:35] and context.trace_flags == 0x01
+            assert context.span_id != int(SAMPLED[36:52], 16)
+        with tracing.span("skipped", parent=UNSAMPLED) as skipped:
+            assert not skipped.get_span_context().trace_flags.sampled
+            assert tracing.current_traceparent() == UNSAMPLED  # sent on as it came
+        theirs = SpanContext(0x1234, 0x5678, False, TraceFlags(TraceFlags.SAMPLED))
+        with trace.use_span(NonRecordingSpan(theirs)), tracing.span("inside") as inside:
+            assert isinstance(inside, ContextSpan)
+            assert inside.get_span_context().trace_id == 0x1234  # another library's parent
+        exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with tracing.span("recorded") as later:
+            assert isinstance(later, RecordingSpan) and later.is_recording()
+        assert [item.name for item in exporter.get_finished_spans()] == ["recorded"]
+    finally:
+        tracing.disable()
+        provider.shutdown()

@@ -14,11 +14,16 @@ set directly when the runtime context is the default one), so spans other
 libraries start inside it are its children; and on end one SDK
 ``ReadableSpan`` handed to the provider's span processors, which export it as
 they would the SDK's own. While the provider has no span processor (tracing
-with the exporter off), nothing is built for them: the span is its context and
-its traceparent. A span the sampler leaves out is a non-recording
-span current inside its ``with`` (so the next process leaves it out too), and
-not even that under a parent that was not sampled: the parent's context is
-what is sent on, as OpenTelemetry's API does without an SDK. Not done: the
+with the exporter off), nothing would receive what a span records, so a span
+records nothing: it is a :class:`ContextSpan`, its context current inside its
+``with`` and its traceparent sent from there (``is_recording()`` is False, so
+call sites build no attributes for it), started on a short path where the
+sampler is the default kind (ParentBased following the parent, roots
+sampled by AlwaysOn); a processor added later is given the spans started
+after. A span the sampler leaves out is a ContextSpan too, not sampled (so
+the next process leaves it out as well), and not even that under a parent
+that was not sampled: the parent's context is what is sent on, as
+OpenTelemetry's API does without an SDK. Not done: the
 SDK's self-observability metrics and its tracer configurator (neither of
 which agoramesh sets); a processor's ``on_start`` is given the remote
 parent's context only where a sampler was given it too, else None (the
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.util.types import AttributeValue
 
-__all__ = ("Ours", "Recorder", "RecordingSpan", "UnsampledSpan", "current",
+__all__ = ("ContextSpan", "Ours", "Recorder", "RecordingSpan", "current",
            "current_traceparent")
 
 _log = logging.getLogger(__name__)
@@ -189,6 +194,10 @@ class Recorder:
         #: (the generator asked only for the one draw in 2**64 that is 0, not an id).
         self.bits = random.getrandbits if type(self.ids) is RandomIdGenerator else None
         self.random_ids = self.ids.is_trace_id_random()
+        #: Spans of a provider without processors may take :meth:`_unrecorded`: the
+        #: default sampler (nothing to ask) and id generator (random ids drawn here).
+        self.lean = self.follows_parent and self.bits is not None and self.random_ids
+        self.root_flags = _FLAGS[_RANDOM | _SAMPLED]
         self.info = tracer.instrumentation_info
         self.scope = InstrumentationScope(name, version)
         limits = SpanLimits()
@@ -200,7 +209,12 @@ class Recorder:
               errors: bool) -> contextlib.AbstractContextManager[Span]:
         """A span that is current inside its ``with``: a child of the remote
         ``traceparent`` when it is valid, else of the current span. Non-recording if
-        sampled out."""
+        sampled out, or if the provider has no span processor."""
+        multi = self.multi
+        if self.lean and multi is not None and not multi._span_processors:
+            lean = self._unrecorded(traceparent)
+            if lean is not None:
+                return lean
         context = holder = parent = None
         base = _get_current()
         if traceparent and (remote := parse_traceparent(traceparent)) is not None:
@@ -238,18 +252,40 @@ class Recorder:
             # context serves (as OpenTelemetry's API does without an SDK).
             if holder is not None:
                 return contextlib.nullcontext(cast(Span, holder))
-            return UnsampledSpan(parent, base)
+            return ContextSpan(parent, base)
         span_id = (bits(64) if bits is not None else 0) or self.ids.generate_span_id()
         own = tuple.__new__(SpanContext, (trace_id, span_id, False, _FLAGS[flags], trace_state,
                                           0 < trace_id <= _MAX_TRACE_ID
                                           and 0 < span_id <= _MAX_SPAN_ID))
-        if not recording:
-            return UnsampledSpan(own, base)
+        if not recording or (multi is not None and not multi._span_processors):
+            return ContextSpan(own, base)
         span = RecordingSpan(self, name, kind, own, parent, attributes, errors, base)
-        multi = self.multi
-        if multi is None or multi._span_processors:
-            self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+        self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
+
+    def _unrecorded(self, traceparent: str) -> ContextSpan | None:
+        """:meth:`start`'s short path while the provider has no span processor: the
+        sampled child of a sampled remote ``traceparent`` or of our current span, or a
+        sampled root; None where it takes more (another parent, a sampler to ask)."""
+        base = _get_current()
+        bits = self.bits
+        assert bits is not None  # self.lean
+        if traceparent and (remote := parse_traceparent(traceparent)) is not None:
+            if not remote[2] & _SAMPLED:
+                return None
+            trace_id, flags = remote[0], _FLAGS[remote[2] & self.inherited]
+        elif (holder := base.get(_SPAN_KEY)) is None:
+            if not self.roots_sampled:
+                return None
+            trace_id, flags = bits(128) or self.ids.generate_trace_id(), self.root_flags
+        elif isinstance(holder, Ours) and holder._context[3] & _SAMPLED:
+            trace_id, flags = holder._context[0], holder._context[3]
+        else:
+            return None
+        span_id = bits(64) or self.ids.generate_span_id()
+        # SpanContext's own tuple, built without its checks: both ids are drawn non-zero.
+        return ContextSpan(tuple.__new__(SpanContext, (trace_id, span_id, False, flags,
+                                                       _NO_STATE, True)), base)
 
 
 class Ours:
@@ -264,17 +300,18 @@ class Ours:
     _traceparent: str
 
 
-class UnsampledSpan(Ours, NonRecordingSpan):
-    """A span the sampler left out: nothing recorded, but its context (not sampled)
-    is what is sent from inside it, so the processes it reaches leave it out too."""
+class ContextSpan(Ours, NonRecordingSpan):
+    """A span that records nothing, only its context, sent from inside it: one the
+    sampler left out (not sampled, so the processes it reaches leave it out too), or
+    one of a provider with no span processor (sampled: nothing would receive it)."""
 
     def __init__(self, context: SpanContext, base: Context) -> None:
-        super().__init__(context)
+        self._context = context  # NonRecordingSpan.__init__'s one line, without its call
         self._base = base
         self._token = None
         self._traceparent = ""
 
-    def __enter__(self) -> UnsampledSpan:
+    def __enter__(self) -> ContextSpan:
         self._token = _attach(Context({**self._base, _SPAN_KEY: self}))
         return self
 
