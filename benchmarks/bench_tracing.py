@@ -12,28 +12,48 @@ servers alike) is paid in the measured loop.
            in 1/R (``ParentBased(TraceIdRatioBased(R))``, what
            ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` sets up).
 
+``--export otlp``: *on* as ``agoramesh node --otlp-endpoint URL`` sets it up
+(``tracing.configure``): the provider also has a BatchSpanProcessor (its defaults,
+or the ``OTEL_BSP_*`` variables) with the OTLP/HTTP exporter, sending to a receiver
+this script starts on 127.0.0.1 (``otlp_sink.py``). The receiver is a child
+process, not a thread: decoding protobuf in a thread would hold this process's GIL
+against the measured loop and add to its CPU time, and a collector is another
+process in a deployment; it still competes for the machine's cores, as a local
+collector would. Reported besides the ratios: the spans ended, handed to the
+exporter, dropped by the processor's queue and received; the exporter's CPU time
+(on the processor's thread); and this process's CPU time per task, on and off
+(``time.process_time``: the loop's and the export thread's; an export triggered
+during an *on* block may run into the next *off* block). The processor counts the
+spans it is given: one addition on the loop per span.
+
 Both are measured in alternating blocks (off, on, on, off, ...) of ``--rounds`` tasks
 each, per path: ``auction`` = ``Dispatcher.submit`` (a contract-net auction among the
-two workers), ``direct`` = ``submit_task`` to ``agora.cap.echo``. Target: the on/off
-ratio of each path's p50 within 1.05.
+two workers), ``direct`` = ``submit_task`` to ``agora.cap.echo``. Target (``--export
+none`` only; with ``otlp`` the figures are information and the exit status 0): the
+on/off ratio of each path's p50 within 1.05.
 
     .venv/bin/python benchmarks/bench_tracing.py [--rounds 200] [--blocks 8] [--sample 1]
-                                                 [--json FILE]
+                                                 [--export none|otlp] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvloop
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 from agoramesh.agent import AgentNode
@@ -47,9 +67,48 @@ from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.observability import tracing
 from agoramesh.testing import wait_until
-from common import latency, stop_all, time_rounds
+from common import latency, spawn_child, stop_all, stop_child, time_rounds
 
 TARGET = 1.05
+SINK = str(Path(__file__).with_name("otlp_sink.py"))
+
+
+class CountedProcessor(BatchSpanProcessor):
+    """The SDK's BatchSpanProcessor, counting the spans it is given."""
+
+    ended = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended += 1
+        super().on_end(span)
+
+
+class TimedExporter(SpanExporter):
+    """The OTLP/HTTP exporter, its calls counted and their CPU time taken (on the
+    thread that exports: the processor's)."""
+
+    def __init__(self, exporter: OTLPSpanExporter) -> None:
+        self.exporter = exporter
+        self.batches = self.spans = self.failed = 0
+        self.cpu = 0.0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        started = time.thread_time()
+        try:
+            result = self.exporter.export(spans)
+        finally:
+            self.cpu += time.thread_time() - started
+        self.batches += 1
+        self.spans += len(spans)
+        if result is not SpanExportResult.SUCCESS:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
 
 
 async def _agents(url: str) -> tuple[AgentNode, list[AgentNode]]:
@@ -68,24 +127,57 @@ async def _agents(url: str) -> tuple[AgentNode, list[AgentNode]]:
     return driver, workers
 
 
-async def run(rounds: int, blocks: int, sample: float) -> dict[str, Any]:
-    # No span processor: spans are made and dropped.
-    provider = TracerProvider(sampler=ParentBased(
-        ALWAYS_ON if sample >= 1 else TraceIdRatioBased(sample)))
-    with tempfile.TemporaryDirectory() as base:
-        mesh = await Mesh.launch(Path(base) / "mesh", seeds=1)
-        try:
-            driver, workers = await _agents(mesh.seeds[0].client_url)
-            try:
-                return {"sample": sample, **await _measure(driver, provider, rounds, blocks)}
-            finally:
-                await stop_all([driver, *workers])
-        finally:
-            await mesh.stop(2.0)
+@contextlib.asynccontextmanager
+async def _sink(report: dict[str, Any]) -> AsyncIterator[str]:
+    """The OTLP/HTTP receiver's endpoint while inside; what it received in ``report``
+    once it is stopped (at most 10 s for its answer)."""
+    child = await spawn_child(SINK)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        async with asyncio.timeout(10):
+            port = int(await child.stdout.readline())
+        yield f"http://127.0.0.1:{port}/v1/traces"
+        child.stdin.close()
+        async with asyncio.timeout(10):
+            report.update(json.loads(await child.stdout.readline()))
+    finally:
+        await stop_child(child)
+
+
+async def run(rounds: int, blocks: int, sample: float, export: str) -> dict[str, Any]:
+    provider = TracerProvider(
+        sampler=ParentBased(ALWAYS_ON if sample >= 1 else TraceIdRatioBased(sample)),
+        resource=Resource.create({"service.name": "bench-tracing"}))
+    received: dict[str, Any] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        processor = exporter = None
+        if export == "otlp":
+            endpoint = await stack.enter_async_context(_sink(received))
+            exporter = TimedExporter(OTLPSpanExporter(endpoint=endpoint, timeout=5))
+            processor = CountedProcessor(exporter)
+            provider.add_span_processor(processor)
+            stack.callback(provider.shutdown)  # its waits bounded: 30 s, 5 s a request
+        # With --export none, no span processor: spans are made and dropped.
+        base = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        mesh = await Mesh.launch(base / "mesh", seeds=1)
+        stack.push_async_callback(mesh.stop, 2.0)
+        driver, workers = await _agents(mesh.seeds[0].client_url)
+        stack.push_async_callback(stop_all, [driver, *workers])
+        report = {"sample": sample, "export": export,
+                  **await _measure(driver, provider, rounds, blocks, processor)}
+    if processor is not None and exporter is not None:
+        report["spans"] = {
+            "ended": processor.ended, "exported": exporter.spans,
+            "dropped_in_queue": processor.ended - exporter.spans,
+            "export_failed": exporter.failed, "received": received.get("spans", 0),
+            "batches": exporter.batches,
+            "export_cpu_us_per_span": round(exporter.cpu / max(exporter.spans, 1) * 1e6, 2),
+            "export_cpu_s": round(exporter.cpu, 3), "sink": received}
+    return report
 
 
 async def _measure(driver: AgentNode, provider: TracerProvider, rounds: int,
-                   blocks: int) -> dict[str, Any]:
+                   blocks: int, processor: CountedProcessor | None) -> dict[str, Any]:
     async def auction() -> None:
         result = await driver.dispatcher.submit("echo", {"text": "hi"}, timeout=5)
         assert result.status is TaskStatus.COMPLETED
@@ -96,25 +188,48 @@ async def _measure(driver: AgentNode, provider: TracerProvider, rounds: int,
         assert result.status is TaskStatus.COMPLETED
 
     paths: dict[str, Callable[[], Awaitable[None]]] = {"auction": auction, "direct": direct}
+    modes = ("off", "on")
     samples: dict[tuple[str, str], list[int]] = {(path, mode): [] for path in paths
-                                                 for mode in ("off", "on")}
+                                                 for mode in modes}
+    # CPU seconds of the process and of the loop's thread, and tasks, per path and mode.
+    cpu = {key: [0.0, 0.0, 0] for key in samples}
+    ended: dict[str, int] = {}
     missed = 0
     for path, op in paths.items():
         await time_rounds(op, [], 20)  # warm-up
+        before = processor.ended if processor is not None else 0
         for block in range(blocks):
             mode = "on" if block % 4 in (1, 2) else "off"
             if mode == "on":
                 tracing.enable(provider)
+            process, loop = time.process_time(), time.thread_time()
             try:
                 missed += await time_rounds(op, samples[path, mode], rounds)
             finally:
                 tracing.disable()
+                spent = cpu[path, mode]
+                spent[0] += time.process_time() - process
+                spent[1] += time.thread_time() - loop
+                spent[2] += rounds
+        if processor is not None:
+            ended[path] = processor.ended - before
     report: dict[str, Any] = {"rounds_per_block": rounds, "blocks": blocks, "missed": missed}
     for path in paths:
         off, on = latency(samples[path, "off"]), latency(samples[path, "on"])
         ratio = on["p50"] / off["p50"] if off["p50"] else 0.0
         report[path] = {"off": off, "on": on, "p50_ratio": round(ratio, 3),
-                        "within_target": ratio <= TARGET}
+                        "cpu_us_per_task": {
+                            mode: {"process": round(cpu[path, mode][0] / cpu[path, mode][2]
+                                                    * 1e6, 1),
+                                   "loop": round(cpu[path, mode][1] / cpu[path, mode][2]
+                                                 * 1e6, 1)}
+                            for mode in modes}}
+        if processor is None:
+            report[path]["within_target"] = ratio <= TARGET
+        else:
+            tasks_on = cpu[path, "on"][2]
+            report[path].update(tasks_on=tasks_on, spans_ended=ended[path],
+                                spans_per_task_on=round(ended[path] / tasks_on, 3))
     return report
 
 
@@ -125,16 +240,21 @@ def main() -> int:
                         help="alternating blocks per path, a multiple of 4 (default 8)")
     parser.add_argument("--sample", type=float, default=1.0,
                         help="the share of tasks traced while on (default 1: every one)")
+    parser.add_argument("--export", choices=("none", "otlp"), default="none",
+                        help="none: no span processor (default); otlp: batched to a local "
+                             "OTLP/HTTP receiver, the figures information only")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
     if not 0 <= args.sample <= 1:
         parser.error("--sample is a share of tasks, from 0 to 1")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        report = runner.run(run(args.rounds, args.blocks, args.sample))
+        report = runner.run(run(args.rounds, args.blocks, args.sample, args.export))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
+    if args.export != "none":
+        return 0
     return 0 if all(report[path]["within_target"] for path in ("auction", "direct")) else 1
 
 
