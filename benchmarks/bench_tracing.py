@@ -32,7 +32,7 @@ two workers), ``direct`` = ``submit_task`` to ``agora.cap.echo``. Target (``--ex
 none`` only; with ``otlp`` the figures are information and the exit status 0): the
 on/off ratio of each path's p50 within 1.05.
 
-    .venv/bin/python benchmarks/bench_tracing.py [--rounds 200] [--blocks 8] [--sample 1]
+    .venv/bin/python benchmarks/bench_tracing.py [--rounds 25] [--blocks 160] [--sample 1]
                                                  [--export none|otlp] [--json FILE]
 """
 
@@ -235,9 +235,10 @@ async def _measure(driver: AgentNode, provider: TracerProvider, rounds: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=200, help="tasks per block (default 200)")
-    parser.add_argument("--blocks", type=int, default=8,
-                        help="alternating blocks per path, a multiple of 4 (default 8)")
+    parser.add_argument("--rounds", type=int, default=25, help="tasks per block (default 25)")
+    parser.add_argument("--blocks", type=int, default=160,
+                        help="alternating blocks per path, a multiple of 4 (default 160: short "
+                             "blocks follow a shared machine's load closely)")
     parser.add_argument("--sample", type=float, default=1.0,
                         help="the share of tasks traced while on (default 1: every one)")
     parser.add_argument("--export", choices=("none", "otlp"), default="none",
