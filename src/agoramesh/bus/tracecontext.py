@@ -25,7 +25,7 @@ __all__ = ("TRACEPARENT", "TraceSource", "current", "format_traceparent", "insta
 #: The body key (and NATS header name) that carries the trace context.
 TRACEPARENT: Final = "traceparent"
 #: version 00: ``00-<32 hex trace id>-<16 hex span id>-<2 hex flags>``, lowercase, 55 chars.
-_FORMAT: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_FORMAT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _FLAGS: Final = tuple(f"{value:02x}" for value in range(256))
 _FLAG_VALUES: Final = {text: value for value, text in enumerate(_FLAGS)}
 #: How many valid traceparents :func:`parse_traceparent` remembers before it starts over.
@@ -65,14 +65,16 @@ def parse_traceparent(value: object) -> tuple[int, int, int] | None:
     known = _parsed.get(value)
     if known is not None:
         return known
-    if len(value) != 55 or _FORMAT.fullmatch(value) is None:
+    match = _FORMAT.fullmatch(value) if len(value) == 55 else None
+    if match is None:
         return None
-    trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+    trace, span, flags = match.groups()
+    trace_id, span_id = int(trace, 16), int(span, 16)
     if not (trace_id and span_id):
         return None
     if len(_parsed) >= _REMEMBERED:
         _parsed.clear()
-    parsed = _parsed[value] = (trace_id, span_id, _FLAG_VALUES[value[53:]])
+    parsed = _parsed[value] = (trace_id, span_id, _FLAG_VALUES[flags])
     return parsed
 
 
