@@ -16,6 +16,7 @@ from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
 from a2a.types import (
     CancelTaskRequest,
     GetTaskRequest,
+    ListTasksRequest,
     Message,
     Part,
     Role,
@@ -24,7 +25,7 @@ from a2a.types import (
     StreamResponse,
     TaskState,
 )
-from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
+from a2a.utils.errors import InvalidParamsError, TaskNotCancelableError, TaskNotFoundError
 from a2a_support import TOKEN
 
 from agoramesh.agent import AgentNode
@@ -200,6 +201,40 @@ async def test_send_stream_get_and_cancel(a2a: A2AServer, driver: AgentNode,
     cancelled = await direct.cancel_task(CancelTaskRequest(id=answer[0].task.id))
     assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
     await wait_until(lambda: dawdler.cancelled == 3, timeout=5)
+
+
+async def test_a_blocking_send_at_work_is_listed_fetched_and_cancelled(
+        a2a: A2AServer, driver: AgentNode, http: httpx.AsyncClient, agent_factory: Any) -> None:
+    """A blocking send runs outside the SDK's task machinery: its task is still there,
+    working, for ListTasks and GetTask, and CancelTask stops the mesh task and ends the
+    send ``canceled``."""
+    dawdler = Dawdler()
+    await agent_factory(driver.bus.config.servers[0], "dawdler", [Capability(name="dawdle")],
+                        backend=dawdler)
+    await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
+    plain = await client_for(http, a2a.url, streaming=False)
+    sending = asyncio.ensure_future(events(plain, message("go", "dawdle")))
+    try:
+        await wait_until(lambda: dawdler.started == 1, timeout=5)
+        listed = await plain.list_tasks(ListTasksRequest())
+        (working,) = [task for task in listed.tasks
+                      if task.status.state == TaskState.TASK_STATE_WORKING]
+        fetched = await plain.get_task(GetTaskRequest(id=working.id))
+        assert fetched.status.state == TaskState.TASK_STATE_WORKING
+        assert fetched.history[0].parts[0].text == "go"
+        cancelled = await plain.cancel_task(CancelTaskRequest(id=working.id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        async with asyncio.timeout(10):
+            (answer,) = await sending
+    finally:
+        sending.cancel()
+    assert answer.task.id == working.id
+    assert answer.task.status.state == TaskState.TASK_STATE_CANCELED
+    await wait_until(lambda: dawdler.cancelled == 1, timeout=5)  # the mesh task stopped
+    with pytest.raises(TaskNotCancelableError):
+        await plain.cancel_task(CancelTaskRequest(id=working.id))
+    with pytest.raises(TaskNotFoundError):
+        await plain.cancel_task(CancelTaskRequest(id=str(uuid.uuid4())))
 
 
 async def test_an_agent_path_sends_to_that_agent_only(a2a: A2AServer, driver: AgentNode,

@@ -15,8 +15,8 @@ task. :class:`MeshExecutor` then runs the plan:
 
 The result is a ``result`` artifact (:func:`~agoramesh.bridges.a2a_parts.result_parts`,
 with the winner, the mesh task id, the time and the cost in its metadata) and a
-``completed`` task (for a blocking send, made whole at its end: one event for the SDK
-to save and relay instead of three); a FAILED mesh task, or an error that left no
+``completed`` task (for a blocking send, made whole at its end, by the handler itself
+for a new task: :class:`MeshRequestHandler`); a FAILED mesh task, or an error that left no
 result (nobody bid, the deadline passed), is a ``failed`` task whose status message
 is the error's one-line text. The mesh task id is the A2A task id. ``CancelTask`` stops the
 auction (its winner is told to cancel) or tells the agent, and the task ends
@@ -30,7 +30,7 @@ import collections
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,14 +43,18 @@ from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import (
     AgentCard,
     Artifact,
+    CancelTaskRequest,
     Message,
     Part,
+    Role,
     SendMessageRequest,
     Task,
     TaskState,
     TaskStatus,
 )
-from a2a.utils.errors import InvalidParamsError
+from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
+from a2a.utils.proto_utils import validate_proto_required_fields
+from a2a.utils.task import apply_history_length, validate_history_length
 
 from agoramesh.bridges.a2a_cards import skills_of
 from agoramesh.bridges.a2a_parts import choose_skill, parameters_from, result_parts, timeout_of
@@ -135,13 +139,16 @@ class _Outcome:
         message = updater.new_agent_message([Part(text=self.text)]) if self.text else None
         await updater.update_status(self.state, message)
 
-    def task(self, updater: TaskUpdater, asked: Message) -> Task:
+    def task(self, task_id: str, context_id: str, asked: Message) -> Task:
         """As the whole task, in one event (a blocking send's)."""
         status = TaskStatus(state=self.state)
         status.timestamp.FromDatetime(datetime.now(UTC))
         if self.text:
-            status.message.CopyFrom(updater.new_agent_message([Part(text=self.text)]))
-        return Task(id=updater.task_id, context_id=updater.context_id, status=status,
+            status.message.CopyFrom(Message(role=Role.ROLE_AGENT, task_id=task_id,
+                                            context_id=context_id,
+                                            message_id=str(uuid.uuid4()),
+                                            parts=[Part(text=self.text)]))
+        return Task(id=task_id, context_id=context_id, status=status,
                     history=[asked], artifacts=[self.artifact] if self.artifact else [])
 
 
@@ -199,19 +206,47 @@ class MeshExecutor(AgentExecutor):
             await event_queue.enqueue_event(Task(id=task_id, context_id=context_id,
                                                  status=TaskStatus(state=state),
                                                  history=[message]))
+        relay = ((lambda progress, work: self._relay(progress, work, updater, task_id))
+                 if streaming else None)
+        outcome, job = await self._run(plan, task_id, relay)
+        try:
+            if quiet:
+                await event_queue.enqueue_event(outcome.task(task_id, context_id, message))
+            else:
+                await outcome.report(updater)
+        finally:
+            job.finished.set()
+
+    async def run_blocking(self, plan: Plan, message: Message, task_id: str,
+                           context_id: str) -> Task:
+        """``plan`` run to its end as the whole task a blocking send answers with, outside
+        the SDK's task machinery (:meth:`MeshRequestHandler.on_message_send`)."""
+        outcome, job = await self._run(plan, task_id, None)
+        try:
+            return outcome.task(task_id, context_id, message)
+        finally:
+            job.finished.set()
+
+    async def _run(self, plan: Plan, task_id: str,
+                   relay: Callable[[asyncio.Queue[Progress], asyncio.Future[TaskResult]],
+                                   Awaitable[None]] | None) -> tuple[_Outcome, _Job]:
+        """Submit ``plan`` as mesh task ``task_id`` (its progress to ``relay``, if any) and
+        return how it ended, with its job (whose ``finished`` the caller sets once the end
+        is told: :meth:`cancel` waits for that)."""
         progress: asyncio.Queue[Progress] = asyncio.Queue()
         work = asyncio.ensure_future(self.dispatcher.submit(
             plan.capability, plan.parameters, agent_id=plan.agent_id, timeout=plan.timeout,
-            task_id=task_id, stream=streaming,
-            progress=progress.put_nowait if streaming else None))
+            task_id=task_id, stream=relay is not None,
+            progress=progress.put_nowait if relay is not None else None))
         job = self._jobs[task_id] = _Job(plan, work)
         try:
-            if streaming:
-                await self._relay(progress, work, updater, task_id)
+            if relay is not None:
+                await relay(progress, work)
             outcome = _Outcome.of(await work)
         except (TaskCancelled, asyncio.CancelledError):
             current = asyncio.current_task()
             if current is not None and current.cancelling():
+                job.finished.set()
                 raise
             outcome = _Outcome(TaskState.TASK_STATE_CANCELED, "cancelled")
         except AgoraError as exc:
@@ -220,13 +255,10 @@ class MeshExecutor(AgentExecutor):
             self._jobs.pop(task_id, None)
             if not work.done():  # the SDK stopped us (shutdown): the mesh task stops too
                 self._interrupt(job, task_id)
-        try:
-            if quiet:
-                await event_queue.enqueue_event(outcome.task(updater, message))
-            else:
-                await outcome.report(updater)
-        finally:
-            job.finished.set()
+        return outcome, job
+
+    def running(self, task_id: str) -> bool:
+        return task_id in self._jobs
 
     async def _relay(self, progress: asyncio.Queue[Progress], work: asyncio.Future[TaskResult],
                      updater: TaskUpdater, task_id: str) -> None:
@@ -256,7 +288,10 @@ class MeshExecutor(AgentExecutor):
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         """Stop the task's auction (or tell its agent) and wait, bounded, for it to end
         ``canceled``; a task no longer running here is the SDK's to close."""
-        task_id = context.task_id or ""
+        await self.stop(context.task_id or "")
+
+    async def stop(self, task_id: str) -> None:
+        """:meth:`cancel` for the task with id ``task_id``."""
         job = self._jobs.get(task_id)
         if job is None:
             return
@@ -280,12 +315,22 @@ class MeshExecutor(AgentExecutor):
 
 
 class MeshRequestHandler(DefaultRequestHandler):
-    """a2a-sdk's request handler, planning each message before a task is made of it."""
+    """a2a-sdk's request handler, planning each message before a task is made of it.
+
+    A blocking send of a new task (no ``task_id``, no ``return_immediately``, no push
+    configuration: what most clients send) is run without the SDK's task machinery,
+    whose producer, consumer and event queue cost more than the auction itself
+    (benchmarks/RESULTS.md, "A2A through the mesh"): its task is saved ``working``
+    (so GetTask, ListTasks and CancelTask find it), run on the mesh, and saved whole
+    at its end, the answer. Everything else is the SDK's.
+    """
 
     def __init__(self, executor: MeshExecutor, card: AgentCard, *, max_tasks: int) -> None:
-        super().__init__(agent_executor=executor, task_store=BoundedTaskStore(max_tasks),
-                         agent_card=card)
+        self._tasks = BoundedTaskStore(max_tasks)
+        super().__init__(agent_executor=executor, task_store=self._tasks, agent_card=card)
         self._planner = executor
+        #: Blocking sends at work, by task id: set once their task is saved whole.
+        self._blocking: dict[str, asyncio.Event] = {}
 
     def _plan(self, params: SendMessageRequest, context: ServerCallContext) -> None:
         context.state[PLAN] = self._planner.plan(params.message, context.state.get(AGENT))
@@ -293,8 +338,49 @@ class MeshRequestHandler(DefaultRequestHandler):
     async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext
                               ) -> Message | Task:
         self._plan(params, context)
+        configuration = params.configuration
+        if not (params.message.task_id or configuration.return_immediately
+                or configuration.HasField("task_push_notification_config")):
+            return await self._send_blocking(params, context)
         answer: Message | Task = await super().on_message_send(params, context)
         return answer
+
+    async def _send_blocking(self, params: SendMessageRequest,
+                             context: ServerCallContext) -> Task:
+        validate_proto_required_fields(params)  # what the SDK's handler checks first
+        validate_history_length(params.configuration)
+        plan = context.state[PLAN]
+        message = params.message
+        message.task_id = task_id = str(uuid.uuid4())
+        message.context_id = context_id = message.context_id or str(uuid.uuid4())
+        done = self._blocking[task_id] = asyncio.Event()
+        try:
+            await self._tasks.save(Task(
+                id=task_id, context_id=context_id,
+                status=TaskStatus(state=TaskState.TASK_STATE_WORKING), history=[message]),
+                context)
+            task = await self._planner.run_blocking(plan, message, task_id, context_id)
+            await self._tasks.save(task, context)
+        finally:
+            del self._blocking[task_id]
+            done.set()
+        return apply_history_length(task, params.configuration)
+
+    async def on_cancel_task(self, params: CancelTaskRequest,
+                             context: ServerCallContext) -> Task | None:
+        """A blocking send at work is cancelled here (the mesh task stopped, its end
+        awaited, bounded); any other task as the SDK cancels it."""
+        done = self._blocking.get(params.id)
+        if done is None:
+            cancelled: Task | None = await super().on_cancel_task(params, context)
+            return cancelled
+        if await self._tasks.get(params.id, context) is None:  # another owner's
+            raise TaskNotFoundError
+        await self._planner.stop(params.id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CANCEL_WAIT):
+                await done.wait()
+        return await self._tasks.get(params.id, context)
 
     async def on_message_send_stream(self, params: SendMessageRequest,
                                      context: ServerCallContext) -> AsyncGenerator[Event, None]:
