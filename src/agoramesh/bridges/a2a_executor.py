@@ -53,11 +53,11 @@ from a2a.types import (
     TaskStatus,
 )
 from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
-from a2a.utils.proto_utils import validate_proto_required_fields
 from a2a.utils.task import apply_history_length, validate_history_length
 
 from agoramesh.bridges.a2a_cards import skills_of
 from agoramesh.bridges.a2a_parts import choose_skill, parameters_from, result_parts, timeout_of
+from agoramesh.bridges.a2a_required import check_required
 from agoramesh.errors import AgoraError, TaskCancelled
 from agoramesh.nodes.backends.a2a import to_python
 from agoramesh.nodes.card import AgentCard as MeshCard
@@ -347,7 +347,7 @@ class MeshRequestHandler(DefaultRequestHandler):
 
     async def _send_blocking(self, params: SendMessageRequest,
                              context: ServerCallContext) -> Task:
-        validate_proto_required_fields(params)  # what the SDK's handler checks first
+        check_required(params)  # what the SDK's handler checks first
         validate_history_length(params.configuration)
         plan = context.state[PLAN]
         message = params.message
