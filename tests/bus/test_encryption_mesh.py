@@ -25,6 +25,7 @@ from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.task import Completion, StreamItem, Task, TaskStatus
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory
+from agoramesh.testing.raw import flush
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,27 @@ class Sniffer:
             self.payloads.append(bytes(msg.data))
 
         await self.client.subscribe(">", cb=capture)
-        await self.client.flush(timeout=2)
+        await flush(self.client)
+
+    async def hear(self, urls: Sequence[str]) -> None:
+        """Return once a message published on each server of ``urls`` reaches us: the
+        ``>`` interest crosses the routes asynchronously, and a body sent before it has
+        would pass unseen (a test would find no ciphertext, or no plaintext)."""
+        for url in urls:
+            probe = NatsClient()
+            await probe.connect(url, connect_timeout=2, allow_reconnect=False)
+            payload = f"probe {uuid.uuid4().hex}".encode()
+
+            async def heard(probe: NatsClient = probe, payload: bytes = payload) -> bool:
+                await probe.publish("sniffer.probe", payload)
+                await flush(probe)
+                return self.saw(payload)
+
+            try:
+                await wait_until(heard, timeout=10, interval=0.05)
+            finally:
+                await probe.close()
+        self.payloads.clear()
 
     def saw(self, needle: bytes) -> bool:
         return any(needle in payload for payload in self.payloads)
@@ -85,6 +106,7 @@ async def mesh(mesh_factory: MeshFactory) -> Mesh:
 async def sniffer(mesh: Mesh) -> AsyncIterator[Sniffer]:
     spy = Sniffer()
     await spy.start(mesh.seeds[2].client_url)
+    await spy.hear([server.client_url for server in mesh.seeds[:2]])
     try:
         yield spy
     finally:
