@@ -38,6 +38,7 @@ from agoramesh.security import jwt
 from agoramesh.security.trust import MemberRole, TrustStore, follow_trust, permissions_for
 from agoramesh.testing.plugin import AgentFactory
 from agoramesh.testing.processes import assert_stopped
+from agoramesh.testing.raw import flush
 from agoramesh.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -273,7 +274,20 @@ async def test_a_wildcard_sniffer_with_credentials_sees_only_ciphertext(
             sniffed.append((msg.subject, bytes(msg.data)))
 
         await sniffer.subscribe(">", cb=capture)
-        await sniffer.flush()
+        await flush(sniffer)
+
+        probes = {node.bus.subjects.help(f"probe.{node.config.name}"): node
+                  for node in (requester, worker)}
+
+        async def heard_from_both_leaves() -> bool:
+            # The SUB crosses seed → seed → leaf asynchronously: the sniffer is ready once it
+            # hears both agents on a subject only it listens to, or it may miss the request
+            # or its reply.
+            for subject, node in probes.items():
+                await node.bus.publish_raw(subject, b"probe")
+            return set(probes) <= {subject for subject, _ in sniffed}
+
+        await wait_until(heard_from_both_leaves, timeout=10.0, interval=0.05)
         await wait_until(lambda: worker.agent_id in requester.directory, timeout=5.0)
         result = await requester.dispatcher.submit("echo", {"text": secret},
                                                    agent_id=worker.agent_id, timeout=3.0)
