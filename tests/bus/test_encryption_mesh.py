@@ -106,8 +106,8 @@ async def mesh(mesh_factory: MeshFactory) -> Mesh:
 async def sniffer(mesh: Mesh) -> AsyncIterator[Sniffer]:
     spy = Sniffer()
     await spy.start(mesh.seeds[2].client_url)
-    await spy.hear([server.client_url for server in mesh.seeds[:2]])
     try:
+        await spy.hear([server.client_url for server in mesh.seeds[:2]])
         yield spy
     finally:
         await spy.client.close()
