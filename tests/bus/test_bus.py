@@ -27,6 +27,7 @@ from agoramesh.errors import (
 )
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import BusFactory
+from agoramesh.testing.raw import flush
 
 pytestmark = pytest.mark.integration
 
@@ -199,10 +200,7 @@ async def test_replayed_envelope_is_delivered_once(pair: tuple[Bus, Bus],
     wire = sender.seal(SUBJECT, "status_update", {"n": 1})
     for _ in range(3):
         await raw.publish(SUBJECT, wire)
-    # Twice: nats-py writes a flush's PING ahead of publishes still queued for its writer,
-    # so one round trip does not mean the server has them (Bus.flush says more).
-    await raw.flush()
-    await raw.flush()
+    await flush(raw)  # the server has the replays (one nats-py flush does not promise it)
     await sender.publish(SUBJECT, "status_update", {"n": 2})  # a fresh one still arrives
     await wait_until(lambda: len(recorder.deliveries) >= 2, timeout=2)
     assert [d.body["n"] for d in recorder.deliveries] == [1, 2]
@@ -324,7 +322,7 @@ async def test_gather_without_verification_then_confirm(pair: tuple[Bus, Bus],
         await raw.publish(msg.reply, bytes(wire))  # type: ignore[attr-defined]
 
     await raw.subscribe(asker.subjects.discover, cb=forge)
-    await raw.flush()
+    await flush(raw)  # at the server before the gather: raw.flush() alone can return first
     replies = await asker.gather(asker.subjects.discover, "discovery", {}, expected=2,
                                  timeout=5, verify=False)  # returns once both are in
     assert {r.sender for r in replies} == {honest.agent_id, liar.agent_id}, asker.rejections
@@ -374,7 +372,7 @@ async def test_listen_hands_over_plain_messages_until_stopped(pair: tuple[Bus, B
     await listener.stop()
     await client.flush()
     await raw.publish("plain.two", b"again")
-    await raw.flush()
+    await flush(raw)
     await client.flush()
     assert len(heard) == 1
 

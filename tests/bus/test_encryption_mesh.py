@@ -25,6 +25,7 @@ from agoramesh.nodes.client import submit_task
 from agoramesh.nodes.task import Completion, StreamItem, Task, TaskStatus
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory
+from agoramesh.testing.raw import flush
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,30 @@ class Sniffer:
             self.payloads.append(bytes(msg.data))
 
         await self.client.subscribe(">", cb=capture)
-        await self.client.flush(timeout=2)
+        await flush(self.client)
+
+    async def hear(self, urls: Sequence[str]) -> None:
+        """Return once a message published on each server of ``urls`` reaches us.
+
+        First, to be ready: the ``>`` interest crosses the routes asynchronously, and
+        a body sent before it has would pass unseen (a test would find no ciphertext,
+        or no plaintext). Later, to have every copy those servers sent before: a route
+        delivers in order, but our copies take other routes than the peers' messages.
+        """
+        for url in urls:
+            probe = NatsClient()
+            await probe.connect(url, connect_timeout=2, allow_reconnect=False)
+            payload = f"probe {uuid.uuid4().hex}".encode()
+
+            async def heard(probe: NatsClient = probe, payload: bytes = payload) -> bool:
+                await probe.publish("sniffer.probe", payload)
+                await flush(probe)
+                return self.saw(payload)
+
+            try:
+                await wait_until(heard, timeout=10, interval=0.05)
+            finally:
+                await probe.close()
 
     def saw(self, needle: bytes) -> bool:
         return any(needle in payload for payload in self.payloads)
@@ -81,11 +105,18 @@ async def mesh(mesh_factory: MeshFactory) -> Mesh:
     return await mesh_factory(seeds=3)
 
 
+def others(mesh: Mesh) -> list[str]:
+    """The client URLs of the seeds the sniffer is not on (it is on the third)."""
+    return [server.client_url for server in mesh.seeds[:2]]
+
+
 @pytest.fixture
 async def sniffer(mesh: Mesh) -> AsyncIterator[Sniffer]:
     spy = Sniffer()
     await spy.start(mesh.seeds[2].client_url)
     try:
+        await spy.hear(others(mesh))
+        spy.payloads.clear()
         yield spy
     finally:
         await spy.client.close()
@@ -131,7 +162,7 @@ async def test_task_result_is_ciphertext_on_the_wire(
     assert await shout(secret) == {"text": secret.upper()}
     # Addressed to the agent, the request is encrypted too.
     assert await shout(direct_secret, agent.agent_id) == {"text": direct_secret.upper()}
-    await sniffer.client.flush(timeout=2)
+    await sniffer.hear(others(mesh))  # every copy sent before is in
     await wait_until(lambda: sniffer.saw(secret.encode()), timeout=2)  # the broadcast request
     assert_boxed_only(sniffer, secret.upper().encode(), direct_secret.encode(),
                       direct_secret.upper().encode())
@@ -173,7 +204,7 @@ async def test_direct_message_is_ciphertext_on_the_wire(
     texts = [delivery.body["text"] for delivery in deliveries]
     assert secret in texts and secret + "?" in texts  # and so does the recipient
     assert all(delivery.sender == alice.agent_id for delivery in deliveries)
-    await sniffer.client.flush(timeout=2)
+    await sniffer.hear(others(mesh))  # every copy sent before is in
     await wait_until(lambda: len(sniffer.directed()) >= 3, timeout=2)
     assert_boxed_only(sniffer, secret.encode(), secret[::-1].encode())
     assert alice.rejections.total() == 0 and bob.rejections.total() == 0

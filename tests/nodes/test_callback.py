@@ -28,6 +28,7 @@ from agoramesh.security.trust import TrustStore
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory
 from agoramesh.testing.processes import assert_stopped
+from agoramesh.testing.raw import flush
 from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,7 @@ class Listener:
 
         if subject is not None:
             await self.client.subscribe(subject, cb=keep)
-            await self.client.flush()
+            await flush(self.client)  # at the server: nats-py's flush() can return first
         return self
 
     async def request(self, subject: str, body: Any) -> Any:

@@ -246,7 +246,9 @@ async def test_an_auction_is_one_trace_from_submit_to_result(
     url = nats_server.client_url
     driver = await agent_factory(url, "driver", ["echo"])
     workers = [await agent_factory(url, name, ["math.evaluate"]) for name in ("w1", "w2")]
-    await asyncio.sleep(0.5)  # heartbeats: the driver knows both bidders
+    # Their hellos: the driver knows both bidders, so its bid window waits for both bids.
+    await wait_until(lambda: {w.agent_id for w in workers}
+                     <= set(driver.directory.capable("math.evaluate")), timeout=5)
     dispatcher: Dispatcher = driver.dispatcher
     result = await dispatcher.submit("math.evaluate", {"expression": "6*7"}, timeout=10)
     assert result.result == {"value": 42}

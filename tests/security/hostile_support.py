@@ -44,6 +44,7 @@ from agoramesh.bus.identity import Identity, is_agent_id, verify
 from agoramesh.config import MAX_MESSAGE_BYTES, EnvelopePolicy
 from agoramesh.errors import EnvelopeError, RejectReason
 from agoramesh.monitoring.metrics import MeshCollector, new_registry
+from agoramesh.testing.raw import flush
 from agoramesh.testing.workers import Worker
 
 #: The capability subject of the :data:`~agoramesh.testing.workers.WORK` agents under attack.
@@ -193,7 +194,7 @@ class Attacker:
                          max_reconnect_attempts=0)
         attacker = cls(nc, Identity.generate())
         await nc.subscribe(f"{attacker.prefix}.>", cb=attacker._on_reply)
-        await nc.flush()
+        await flush(nc)
         return attacker
 
     async def _on_reply(self, msg: Msg) -> None:
@@ -251,10 +252,11 @@ class Attacker:
     async def listen(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> None:
         """Hear ``subject`` (wildcards allowed); returns once the server has the interest."""
         await self.nc.subscribe(subject, cb=callback)
-        await self.nc.flush()
+        await flush(self.nc)
 
     async def flush(self) -> None:
-        await self.nc.flush(timeout=5)
+        """Return once the server has processed everything sent so far."""
+        await flush(self.nc)
 
     async def close(self) -> None:
         if not self.nc.is_closed:

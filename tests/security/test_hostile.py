@@ -493,9 +493,12 @@ async def test_a_flood_on_a_cfp_subject_is_counted_and_auctions_go_on(
         nats_server: EmbeddedServer, node_factory: NodeFactory,
         attacker_factory: AttackerFactory, unexpected_errors: Callable[[], list[str]]) -> None:
     url = nats_server.client_url
-    bidders = [await node_factory(url, f"bidder{i}", [WORK], backend=Worker(f"bidder{i}"))
-               for i in range(2)]
-    client = await node_factory(url, "client", ["echo"])
+    # Slow beats, as on the direct subject: a heartbeat queued behind the flood (two
+    # bidders read it in this one process) must not expire and add to the counts. The
+    # client first, so it learns the bidders from their hellos, not a beat 5 s later.
+    client = await node_factory(url, "client", ["echo"], heartbeat_interval=5.0)
+    bidders = [await node_factory(url, f"bidder{i}", [WORK], backend=Worker(f"bidder{i}"),
+                                  heartbeat_interval=5.0) for i in range(2)]
     await knows(client, *bidders)
     attacker = await attacker_factory(url)
     cfp = client.bus.subjects.cfp(WORK.name)

@@ -38,6 +38,7 @@ from agoramesh.security import jwt
 from agoramesh.security.trust import MemberRole, TrustStore, follow_trust, permissions_for
 from agoramesh.testing.plugin import AgentFactory
 from agoramesh.testing.processes import assert_stopped
+from agoramesh.testing.raw import flush
 from agoramesh.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -273,13 +274,34 @@ async def test_a_wildcard_sniffer_with_credentials_sees_only_ciphertext(
             sniffed.append((msg.subject, bytes(msg.data)))
 
         await sniffer.subscribe(">", cb=capture)
-        await sniffer.flush()
+        await flush(sniffer)
+
+        probes = {node.bus.subjects.help(f"probe.{node.config.name}"): node
+                  for node in (requester, worker)}
+
+        async def heard_from_both_leaves() -> bool:
+            # The SUB crosses seed → seed → leaf asynchronously: the sniffer is ready once it
+            # hears both agents on a subject only it listens to, or it may miss the request
+            # or its reply.
+            for subject, node in probes.items():
+                await node.bus.publish_raw(subject, b"probe")
+            return set(probes) <= {subject for subject, _ in sniffed}
+
+        await wait_until(heard_from_both_leaves, timeout=10.0, interval=0.05)
         await wait_until(lambda: worker.agent_id in requester.directory, timeout=5.0)
         result = await requester.dispatcher.submit("echo", {"text": secret},
                                                    agent_id=worker.agent_id, timeout=3.0)
         assert secret in json.dumps(result.result)  # the recipient reads it
-        await wait_until(lambda: any(subject.startswith(f"_INBOX.{requester.agent_id}")
-                                     for subject, _ in sniffed), timeout=3.0)
+        request_subject = worker.bus.subjects.agent(worker.agent_id)
+
+        def saw_the_request_and_its_answer() -> bool:
+            # The sniffer's copies take other links than the requester's: the requester can
+            # have its answer first (and a card reply on its inbox is no task's answer).
+            return any(subject == request_subject for subject, _ in sniffed) and any(
+                subject.startswith(f"_INBOX.{requester.agent_id}")
+                and parse(data).type == "task_response" for subject, data in sniffed)
+
+        await wait_until(saw_the_request_and_its_answer, timeout=5.0)
     finally:
         await sniffer.close()
     # Cards (a card reply, a discovery answer) are public, as every hello says them.
@@ -288,8 +310,7 @@ async def test_a_wildcard_sniffer_with_credentials_sees_only_ciphertext(
                if reply.type not in ("card", "discovery")]
     assert any(reply.type == "task_response" for reply in replies)
     assert all(is_boxed(reply.body) for reply in replies)
-    requests = [parse(data) for subject, data in sniffed
-                if subject == f"agora.agent.{worker.agent_id}"]
+    requests = [parse(data) for subject, data in sniffed if subject == request_subject]
     assert requests and all(is_boxed(request.body) for request in requests)
     assert not any(secret.encode() in data for _, data in sniffed)
     # The observer may read, but not speak.

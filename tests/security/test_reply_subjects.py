@@ -62,6 +62,15 @@ async def test_a_request_republished_with_another_reply_subject_is_refused_as_wr
     near, far = (server.client_url for server in mesh.servers)
     target = await node_factory(far, "target", [WORK], backend=Worker("target"))
     requester = await bus_factory(near)
+
+    async def target_reachable() -> bool:
+        answers = await requester.gather(requester.subjects.discover, "discovery", {},
+                                         expected=1, timeout=0.5)
+        return any(answer.sender == target.agent_id for answer in answers)
+
+    # The target's interest crosses the route asynchronously; its server sent it along
+    # before the target's answer, so once an answer is in, the near server has it.
+    await wait_until(target_reachable, timeout=10)
     attacker = await attacker_factory(near)
     direct = target.bus.subjects.agent(target.agent_id)
     rewritten: list[tuple[str, str, str]] = []  # (subject, the genuine inbox, the attacker's)

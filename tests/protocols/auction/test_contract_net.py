@@ -33,6 +33,7 @@ from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.protocols.auction.scoring import Bid, rank, weighted
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory, MeshFactory, over_plain_and_tls
+from agoramesh.testing.raw import flush
 from agoramesh.testing.workers import WORK, Worker
 
 pytestmark = pytest.mark.integration
@@ -205,7 +206,7 @@ async def test_a_forged_bid_is_never_awarded(nats_server: Any, agent_factory: Ag
                                                    initiator=cfp.sender, auth=auth))
 
     await raw.subscribe("agora.cfp.work.do", cb=inject)
-    await raw.flush()
+    await flush(raw)  # at the server before the client's cfp: raw.flush() can return first
     client = nodes["client"]
     events: list[Progress] = []
     try:
