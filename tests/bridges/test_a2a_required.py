@@ -3,6 +3,7 @@ requests alike (``bridges/a2a_required.py`` keeps the SDK's rules per message ty
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -51,17 +52,10 @@ CASES = {
 }
 
 
-def _sdk(message: ProtoMessage) -> Any:
+def _verdict(check: Callable[[ProtoMessage], None], message: ProtoMessage) -> Any:
+    """None if ``check`` passes ``message``, else its error's message and data."""
     try:
-        validate_proto_required_fields(message)
-    except InvalidParamsError as error:
-        return error.message, error.data
-    return None
-
-
-def _ours(message: ProtoMessage) -> Any:
-    try:
-        check_required(message)
+        check(message)
     except InvalidParamsError as error:
         return error.message, error.data
     return None
@@ -70,8 +64,9 @@ def _ours(message: ProtoMessage) -> Any:
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_same_verdict_as_the_sdks(name: str) -> None:
     message = CASES[name]
-    assert _ours(message) == _sdk(message)
+    ours = _verdict(check_required, message)
+    assert ours == _verdict(validate_proto_required_fields, message)
     if name.startswith("valid") or name == "a cancel":
-        assert _ours(message) is None
+        assert ours is None
     else:
-        assert _ours(message) is not None, name  # each broken case is one the SDK refuses
+        assert ours is not None, name  # each broken case is one the SDK refuses

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agoramesh.testing import UpProcess, assert_stopped
+from agoramesh.testing import UpProcess
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +20,7 @@ def up_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
                    "--trajectory-dir", str(base / "trajectories"))
     try:
         yield up
-        up.interrupt()
-        assert up.process.returncode == 0, up.stderr
-        assert_stopped(up.pids)
+        up.stop_cleanly()
     finally:
         up.reap()
 

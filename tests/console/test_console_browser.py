@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from agoramesh.nodes.capability import Capability
-from agoramesh.testing import NodeProcess, UpProcess, assert_stopped
+from agoramesh.testing import NodeProcess, UpProcess
 from agoramesh.testing.plugin import AgentFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -60,9 +60,7 @@ def up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[UpProcess]:
     process = UpProcess(tmp_path / "mesh", "--http-port", "0")
     try:
         yield process
-        process.interrupt()
-        assert process.process.returncode == 0, process.stderr
-        assert_stopped(process.pids)
+        process.stop_cleanly()
     finally:
         process.reap()
 

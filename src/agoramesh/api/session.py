@@ -91,12 +91,12 @@ def session_value(token: bytes, expires: int) -> str:
     return f"{expires}.{mac}"
 
 
-def valid_session(request: web.Request, token: bytes, now: float | None = None) -> bool:
+def valid_session(request: web.Request, token: bytes) -> bool:
     """The request carries a session cookie for ``token`` that has not expired."""
     expires, _, mac = request.cookies.get(COOKIE, "").partition(".")
     if not (expires.isascii() and expires.isdigit() and len(expires) <= 12 and mac):
         return False
-    left = int(expires) - (time.time() if now is None else now)
+    left = int(expires) - time.time()
     # Never longer than a session lasts: an expiry further out was not made here.
     if not 0 < left <= SESSION_SECONDS:
         return False

@@ -257,9 +257,6 @@ class MeshExecutor(AgentExecutor):
                 self._interrupt(job, task_id)
         return outcome, job
 
-    def running(self, task_id: str) -> bool:
-        return task_id in self._jobs
-
     async def _relay(self, progress: asyncio.Queue[Progress], work: asyncio.Future[TaskResult],
                      updater: TaskUpdater, task_id: str) -> None:
         """Pass the auction's progress on until ``work`` ends."""

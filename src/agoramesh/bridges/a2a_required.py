@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from a2a.types import a2a_pb2
 from a2a.utils.errors import InvalidParamsError
 from google.api.field_behavior_pb2 import REQUIRED, field_behavior
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -53,9 +52,8 @@ def _rules(descriptor: Descriptor) -> tuple[_Rule, ...]:
 
 def _rule(field: FieldDescriptor) -> _Rule:
     # protobuf >= 6.31 says is_repeated; before, the label did (as the SDK reads it).
-    repeated = bool(getattr(field, "is_repeated", None)
-                    if hasattr(field, "is_repeated")
-                    else getattr(field, "label", None) == FieldDescriptor.LABEL_REPEATED)
+    repeated = bool(field.is_repeated if hasattr(field, "is_repeated")
+                    else field.label == FieldDescriptor.LABEL_REPEATED)
     below = _FLAT
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         if not repeated:
@@ -111,7 +109,3 @@ def check_required(message: ProtoMessage) -> None:
     errors = _errors(message)
     if errors:
         raise InvalidParamsError(message="Validation failed", data={"errors": errors})
-
-
-# The one request type checked on the hot path: its rules read at import, not mid-request.
-_errors(a2a_pb2.SendMessageRequest())

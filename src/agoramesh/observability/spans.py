@@ -75,6 +75,8 @@ _SAMPLED: Final = TraceFlags.SAMPLED
 _RANDOM: Final = TraceFlags.RANDOM_TRACE_ID
 _UNSET: Final = Status(StatusCode.UNSET)
 _FLAGS: Final = tuple(TraceFlags(value) for value in range(256))
+#: A root's flags on the short path: sampled (by AlwaysOn), its trace id random.
+_ROOT_FLAGS: Final = _FLAGS[_RANDOM | _SAMPLED]
 _NO_STATE: Final = SpanContext(1, 1, False).trace_state
 _MAX_TRACE_ID: Final = 2**128 - 1
 _MAX_SPAN_ID: Final = 2**64 - 1
@@ -197,7 +199,6 @@ class Recorder:
         #: Spans of a provider without processors may take :meth:`_unrecorded`: the
         #: default sampler (nothing to ask) and id generator (random ids drawn here).
         self.lean = self.follows_parent and self.bits is not None and self.random_ids
-        self.root_flags = _FLAGS[_RANDOM | _SAMPLED]
         self.info = tracer.instrumentation_info
         self.scope = InstrumentationScope(name, version)
         limits = SpanLimits()
@@ -277,7 +278,7 @@ class Recorder:
         elif (holder := base.get(_SPAN_KEY)) is None:
             if not self.roots_sampled:
                 return None
-            trace_id, flags = bits(128) or self.ids.generate_trace_id(), self.root_flags
+            trace_id, flags = bits(128) or self.ids.generate_trace_id(), _ROOT_FLAGS
         elif isinstance(holder, Ours) and holder._context[3] & _SAMPLED:
             trace_id, flags = holder._context[0], holder._context[3]
         else:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from agoramesh.testing.processes import AGORAMESH, CLIProcess, LineReader
+from agoramesh.testing.processes import AGORAMESH, CLIProcess, LineReader, assert_stopped
 
 __all__ = ("AGORAMESH", "READY_TIMEOUT", "UpProcess")
 
@@ -65,6 +65,12 @@ class UpProcess(CLIProcess):
         """SIGINT, as Ctrl-C: the orderly stop. Returns the rest of (stdout, stderr)."""
         out = self._stop(signal.SIGINT, timeout)
         return self._lines.rest() + out, self.stderr
+
+    def stop_cleanly(self) -> None:
+        """:meth:`interrupt`, then assert it exited 0 and every server it started is gone."""
+        self.interrupt()
+        assert self.process.returncode == 0, self.stderr
+        assert_stopped(self.pids)
 
     def servers(self) -> Iterable[int]:
         """The servers it printed as started."""

@@ -125,10 +125,10 @@ class McpBackend(Backend):
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._problem = "not connected yet"
-        #: The last HTTP error status the server answered (the SDK reports only that one
-        #: came), for the reason a connection failed; ``_denied``: the last attempt's was
-        #: 401 or 403. ``_attempted`` is set when an attempt ends, up or not.
-        self._refused = ""
+        #: The attempt's last HTTP error (status, reason; the SDK reports only that one
+        #: came), for the reason a connection failed; ``_denied``: the last failed attempt's
+        #: was 401 or 403. ``_attempted`` is set when an attempt ends, up or not.
+        self._refused: tuple[int, str] | None = None
         self._denied = False
         self._attempted = asyncio.Event()
         self._tools: dict[str, tuple[str, Capability]] = {}
@@ -230,12 +230,14 @@ class McpBackend(Backend):
         return self._client
 
     def _open(self, stack: contextlib.AsyncExitStack) -> Client:
+        """A client for one attempt (its HTTP refusal, if any, this attempt's)."""
+        self._refused, self._denied = None, False
         if self.config.base_url:
             key = self.config.api_key
 
             async def seen(response: httpx2.Response) -> None:
                 if response.status_code >= 400:
-                    self._refused = f"HTTP {response.status_code} {response.reason_phrase}"
+                    self._refused = (response.status_code, response.reason_phrase)
 
             # The SDK's HTTP client type and default timeouts (a response stream may stay
             # open), with our token; a client handed to the transport is ours to close.
@@ -254,7 +256,6 @@ class McpBackend(Backend):
         """Keep a connection open, opening it again (with backoff) whenever it is lost."""
         pause = _FIRST_PAUSE
         while True:
-            self._refused, self._denied = "", False
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     async with asyncio.timeout(self.config.timeout):
@@ -273,10 +274,11 @@ class McpBackend(Backend):
                 self._problem = f"no answer within {self.config.timeout:g}s"
             except Exception as exc:
                 self._problem = _describe(exc)
-                if self._refused:
-                    self._denied = self._refused[5:8] in ("401", "403")
+                if self._refused is not None:
+                    status, reason = self._refused
+                    self._denied = status in (401, 403)
                     hint = " (its token: --api-key or $AGORAMESH_MCP_TOKEN)" if self._denied else ""
-                    self._problem = f"{self._refused}{hint}: {self._problem}"
+                    self._problem = f"HTTP {status} {reason}{hint}: {self._problem}"
             finally:
                 self._up.clear()
                 self._client = None
