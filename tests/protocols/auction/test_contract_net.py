@@ -24,6 +24,7 @@ from agoramesh.errors import (
     NoBidders,
     RejectReason,
     SubjectError,
+    TaskCancelled,
 )
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Task, TaskStatus
@@ -129,6 +130,33 @@ async def test_a_declining_winner_falls_to_the_next_bidder(
     assert declined[0].detail["reason"] == "I am busy after all"
     assert nodes["best"].metrics.awards == Counter({("work.do", "decline"): 1})
     assert nodes["best"].backend.started == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("each", [False, True])
+async def test_go_ahead_is_asked_before_the_first_award_or_before_every_award(
+        nats_server: Any, agent_factory: AgentFactory, each: bool) -> None:
+    """A durable job another node may be driving as well asks ``go_ahead`` before every
+    award (``go_ahead_each``): a result stored while the first winner declined stops the
+    second award. Otherwise it is asked once, before the first."""
+    nodes = await start_workers(agent_factory, [nats_server.client_url], {
+        "best": Fixed(latency_ms=1, decline=True), "second": Fixed(latency_ms=50),
+        "third": Fixed(latency_ms=500)})
+    asked: list[int] = []
+
+    async def go_ahead() -> bool:
+        asked.append(len(asked))
+        return len(asked) == 1  # stored elsewhere once the first award was made
+
+    task = Task(capability="work.do", parameters={}, task_id=f"go-ahead-{each}")
+    if each:
+        with pytest.raises(TaskCancelled, match="called off before its award"):
+            await nodes["third"].auctioneer.run(task, timeout=10, go_ahead=go_ahead,
+                                                go_ahead_each=True)
+        assert nodes["second"].backend.started == []  # type: ignore[attr-defined]
+    else:
+        outcome = await nodes["third"].auctioneer.run(task, timeout=10, go_ahead=go_ahead)
+        assert outcome.result.result["by"] == "second"
+    assert asked == ([0, 1] if each else [0])
 
 
 async def test_every_bidder_declining_is_a_clear_error(

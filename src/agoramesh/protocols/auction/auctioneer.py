@@ -157,9 +157,9 @@ class Auctioneer:
 
     async def run(self, task: Task, *, timeout: float = 30.0, exclude: Iterable[str] = (),
                   progress: Callable[[Progress], None] | None = None,
-                  stream: bool = False, durable: bool = False,
-                  max_wait: float | None = None,
-                  go_ahead: Callable[[], Awaitable[bool]] | None = None) -> AuctionOutcome:
+                  stream: bool = False, durable: bool = False, max_wait: float | None = None,
+                  go_ahead: Callable[[], Awaitable[bool]] | None = None,
+                  go_ahead_each: bool = False) -> AuctionOutcome:
         """Auction ``task`` until one agent returns its result.
 
         Raises NoBidders if nobody bids, Overloaded if every capable agent stayed
@@ -169,8 +169,8 @@ class Auctioneer:
         ``durable``: the winner stores the result in the result store itself.
         ``go_ahead``: called and awaited before the first award, if there is one
         (start its work early: it overlaps the bids), and again before the first
-        award after a winner was lost; False stops the run with TaskCancelled
-        and nothing more is awarded.
+        award after a winner was lost (``go_ahead_each``: before every award);
+        False stops the run with TaskCancelled and nothing more is awarded.
         """
         started = time.perf_counter()
         auction = Auction(self.bus, task, await self._inbox_prefix())
@@ -184,7 +184,7 @@ class Auctioneer:
         self.metrics.auctions_open += 1
         outcome, winner = "failed", None
         patience = self.policy.max_wait if max_wait is None else max_wait
-        auction.go_ahead = go_ahead
+        auction.go_ahead, auction.go_ahead_each = go_ahead, go_ahead_each
         runner = asyncio.ensure_future(self._run(auction, excluded, notify, stream, durable,
                                                  min(patience, timeout)))
         auction.interrupt = runner.cancel

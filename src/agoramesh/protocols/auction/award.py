@@ -69,7 +69,7 @@ class AwardPhase:
     async def _award(self, auction: Auction, offer: Offer, notify: Callable[[Progress], None],
                      stream: bool, durable: bool, awarding: Span) -> tuple[TaskResult, bool]:
         task, policy, bid = auction.task, self.policy, offer.bid
-        if auction.go_ahead is not None and auction.ask_go_ahead:
+        if auction.go_ahead is not None and (auction.ask_go_ahead or auction.go_ahead_each):
             auction.ask_go_ahead = False
             await self._go_ahead(auction)
         winner, cid = bid.agent_id, new_id()

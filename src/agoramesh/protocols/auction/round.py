@@ -109,6 +109,7 @@ class Auction:
         #: the auction off (a durable job found stored meanwhile).
         self.go_ahead: Callable[[], Awaitable[bool]] | None = None
         self.ask_go_ahead = True
+        self.go_ahead_each = False  # asked before every award, not only the first
         self.went_ahead_at = 0.0  # loop time go_ahead last said yes
         self.lost: list[str] = []  # winners given up on (silent), told to stop at the end
         self.called_at = 0.0  # loop time of this round's call for proposals

@@ -63,6 +63,9 @@ class Job:
     had_result: bool = False  # a result was stored before this delivery ran anything
     last_progress: float = 0.0  # loop time of our last "in progress"
     abandoned: bool = False  # we were paused past ack_wait: JetStream gave it to another
+    #: Another node may be driving it as well (delivered before, or we were paused): only
+    #: a lookup begun after the bids, before each award, says it has no result yet.
+    suspect: bool = False
     handler: asyncio.Task[None] | None = None
 
 
@@ -146,7 +149,8 @@ class Delivery:
         async def go_ahead() -> bool:
             """No result stored yet, by a lookup begun less than _FRESH_LOOKUP ago: the
             early one if it still is (we were not paused, no winner was lost meanwhile, who
-            may have stored its result before it was lost), else a new one."""
+            may have stored its result before it was lost, and no other node may be driving
+            it: the job is not suspect), else a new one."""
             nonlocal early
             for _ in range(3):  # each round asks again only if this process was paused
                 if job.cancelled:
@@ -158,7 +162,7 @@ class Delivery:
                     return False
                 current, begun = early, early_begun
                 early = None  # the next call (after a lost winner) asks anew
-                if current is None or loop.time() - begun >= _FRESH_LOOKUP:
+                if current is None or job.suspect or loop.time() - begun >= _FRESH_LOOKUP:
                     current, begun = asyncio.ensure_future(self._lookup(task.task_id)), loop.time()
                 if await self._has_result(current):
                     return False
@@ -173,7 +177,8 @@ class Delivery:
                                                 f"an agent could take it")), False
         try:
             outcome = await self.auctioneer.run(task, timeout=timeout, durable=True,
-                                                max_wait=_JOB_PATIENCE, go_ahead=go_ahead)
+                                                max_wait=_JOB_PATIENCE, go_ahead=go_ahead,
+                                                go_ahead_each=job.suspect)
         except TaskCancelled:
             return None, True
         except (NoBidders, Overloaded, AuctionFailed, BusTimeout) as exc:

@@ -52,6 +52,7 @@ from agoramesh.errors import (
 from agoramesh.protocols.jobs.delivery import Delivery, Job, Requeue
 from agoramesh.protocols.jobs.intake import parse_job, refuse
 from agoramesh.protocols.jobs.jobs import ResultStore
+from agoramesh.protocols.jobs.stalls import StallWatch
 
 if TYPE_CHECKING:
     from agoramesh.nodes.node import BaseNode
@@ -90,6 +91,8 @@ class JobWorker:
         self._stopping = False
         self._abandon = False  # killed: hand nothing back, as a crash would
         self._main: asyncio.Task[None] | None = None
+        self._stalls = StallWatch()
+        self._stall_watch: asyncio.Task[None] | None = None
         self._subscriptions: list[Listener] = []
 
     @property
@@ -102,6 +105,7 @@ class JobWorker:
         if self.max_jobs > 0 and self._main is None:
             self._main = asyncio.ensure_future(self._serve())
             self._main.set_name(f"{self.node.config.name}-jobs")
+            self._stall_watch = asyncio.ensure_future(self._stalls.run())
 
     async def stop(self, grace: float = 5.0) -> None:
         """Take no more jobs; running ones get ``grace`` seconds, the rest go back at once."""
@@ -113,15 +117,16 @@ class JobWorker:
                 task.cancel()  # each hands its job back (-NAK) as it unwinds
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-        if self._main is not None:
-            self._main.cancel()
-            await asyncio.wait([self._main], timeout=2.0)
+        for owned in (self._main, self._stall_watch):
+            if owned is not None:
+                owned.cancel()
+                await asyncio.wait([owned], timeout=2.0)
         await self._unsubscribe()
 
     async def kill(self) -> None:
         """Stop at once, as a crash would: running jobs are left for JetStream to redeliver."""
         self._stopping = self._abandon = True
-        for task in [*self._tasks, *([self._main] if self._main else [])]:
+        for task in [*self._tasks, *(t for t in (self._main, self._stall_watch) if t)]:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2.0)
@@ -269,6 +274,9 @@ class JobWorker:
             self.node.log.info("job %s: delivery %d, already running here", job.task.task_id,
                                deliveries, extra={"task_id": job.task.task_id})
             return
+        # Delivered before, or it may have sat here while we were paused past ack_wait:
+        # another node may be driving it too.
+        job.suspect = deliveries > 1 or self._stalls.within(self.js.ack_wait)
         self._jobs[job.task.task_id] = job
         job.handler = asyncio.current_task()
         job.last_progress = asyncio.get_running_loop().time()

@@ -1,0 +1,46 @@
+"""Whether this process was paused lately (SIGSTOP, a starved machine, a debugger).
+
+A job that reached us while we were paused may have sat in our socket past its
+ack_wait; JetStream has then given it to another node as well, which drives it
+too. Such a delivery trusts only a result lookup made just before each award
+(:mod:`~agoramesh.protocols.jobs.delivery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+__all__ = ("StallWatch",)
+
+
+class StallWatch:
+    """Ticks every ``every`` seconds; a tick more than ``late`` seconds behind is a stall."""
+
+    def __init__(self, every: float = 0.25, late: float = 0.5) -> None:
+        self.every = every
+        self.late = late
+        self._last: float | None = None  # loop time of the latest tick; None: not running
+        self._stall_ended = -math.inf  # loop time at which the latest stall was noticed
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        try:
+            while True:
+                await asyncio.sleep(self.every)
+                now = loop.time()
+                if now - self._last > self.every + self.late:
+                    self._stall_ended = now
+                self._last = now
+        finally:
+            self._last = None
+
+    def within(self, window: float) -> bool:
+        """True if a stall ended less than ``window`` seconds ago, or one is going on now
+        (no tick yet since it: we were just resumed). False while not running."""
+        if self._last is None:
+            return False
+        now = asyncio.get_running_loop().time()
+        return now - self._last > self.every + self.late or now - self._stall_ended < window
