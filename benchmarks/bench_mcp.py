@@ -12,6 +12,9 @@ alternating (ABBA) blocks:
                    stdout, the server's argument checks, the same task sent direct (streamed)
                    from the server's process, its result back as a tool result and checked.
                    Target: p50(mcp) - p50(direct) <= 1.5 ms;
+* ``mcp-sdk``      the same call to a second ``agoramesh mcp --sdk-calls``, whose every call
+                   goes through the SDK's dispatcher (informational: what the stdio fast path,
+                   bridges/mcp_fast.py, saves);
 * ``ping``         the SDK client's ``send_ping()``: MCP over stdio with no mesh behind it
                    (informational: the transport's share of the overhead);
 * ``auction``      the task auctioned from this process (``Auctioneer.run``; informational);
@@ -57,7 +60,7 @@ PARAMS: dict[str, Any] = {"text": "The quick brown fox jumps over the lazy dog."
 EXPECTED = {"echo": PARAMS}
 TIMEOUT, BLOCKS, WARM_UP = 10.0, 10, 50
 TARGET_MS = 1.5  # p50 mcp - p50 direct
-SIDES = ("direct", "mcp", "ping", "auction", "mcp-auction")
+SIDES = ("direct", "mcp", "mcp-sdk", "ping", "auction", "mcp-auction")
 Op = Callable[[], Awaitable[None]]
 
 
@@ -110,12 +113,17 @@ async def ops(stack: contextlib.AsyncExitStack, url: str, agent: AgentNode) -> d
     auctioneer = Auctioneer(bus, directory)
     await auctioneer.start()
     path = os.environ.get("PYTHONPATH")  # a host passes little on; this checkout's code, if set
-    server = StdioServerParameters(command=AGORAMESH[0], args=[
-        *AGORAMESH[1:], "mcp", "--server", url, "--log-level", "warning"],
-        env={"PYTHONPATH": path} if path else None)
-    client = await stack.enter_async_context(Client(server, mode="legacy",
-                                                    read_timeout_seconds=TIMEOUT))
-    await client.list_tools()
+
+    async def spawned(*extra: str) -> Client:
+        server = StdioServerParameters(command=AGORAMESH[0], args=[
+            *AGORAMESH[1:], "mcp", "--server", url, "--log-level", "warning", *extra],
+            env={"PYTHONPATH": path} if path else None)
+        client = await stack.enter_async_context(Client(server, mode="legacy",
+                                                        read_timeout_seconds=TIMEOUT))
+        await client.list_tools()
+        return client
+
+    client, sdk_client = await spawned(), await spawned("--sdk-calls")
 
     async def direct() -> None:
         result = await submit_task(bus, Task(capability="echo", parameters=PARAMS),
@@ -125,6 +133,10 @@ async def ops(stack: contextlib.AsyncExitStack, url: str, agent: AgentNode) -> d
 
     async def mcp() -> None:
         checked(await client.call_tool("mesh_submit", {
+            "capability": "echo", "parameters": PARAMS, "strategy": "direct"}))
+
+    async def mcp_sdk() -> None:
+        checked(await sdk_client.call_tool("mesh_submit", {
             "capability": "echo", "parameters": PARAMS, "strategy": "direct"}))
 
     async def ping() -> None:
@@ -139,7 +151,7 @@ async def ops(stack: contextlib.AsyncExitStack, url: str, agent: AgentNode) -> d
     async def mcp_auction() -> None:
         checked(await client.call_tool("echo", PARAMS))
 
-    return {"direct": direct, "mcp": mcp, "ping": ping, "auction": auction,
+    return {"direct": direct, "mcp": mcp, "mcp-sdk": mcp_sdk, "ping": ping, "auction": auction,
             "mcp-auction": mcp_auction}
 
 
@@ -169,6 +181,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         **latency(samples[side])}
     overhead = result["mcp"]["p50"] - result["direct"]["p50"]
     result["mcp_minus_direct_ms"] = round(overhead, 3)
+    result["mcp_sdk_minus_direct_ms"] = round(result["mcp-sdk"]["p50"] - result["direct"]["p50"], 3)
     result["mcp_auction_minus_auction_ms"] = round(
         result["mcp-auction"]["p50"] - result["auction"]["p50"], 3)
     result["pass"] = overhead <= TARGET_MS and not any(misses.values())
@@ -187,6 +200,8 @@ def report(result: dict[str, Any]) -> None:
           f"+{TARGET_MS:g}); mcp-auction - auction p50: "
           f"{result['mcp_auction_minus_auction_ms']:+.3f} ms  "
           f"{'PASS' if result['pass'] else 'FAIL'}")
+    print(f"  mcp-sdk - direct p50 (every call through the SDK's dispatcher, --sdk-calls): "
+          f"{result['mcp_sdk_minus_direct_ms']:+.3f} ms")
     cpu = result["cpu_per_mcp_call"]
     print(f"  CPU per mcp call ({result['cpu_rounds']} calls): server {cpu['server_ms']:.3f} ms, "
           f"client (this process, the echo agent included) {cpu['client_ms']:.3f} ms")

@@ -67,8 +67,11 @@ def tool_error(answer: dict[str, Any]) -> str:
     return str(result["content"][0]["text"])
 
 
-async def test_raw_json_rpc_over_stdio(agents: Agents) -> None:
-    command = mcp_command(agents.url)
+@pytest.mark.parametrize("calls", ["fast", "sdk"])
+async def test_raw_json_rpc_over_stdio(agents: Agents, calls: str) -> None:
+    """The same lines, answered the same way whether the common tools/call is answered by
+    the fast path (the default) or by the SDK's dispatcher (--sdk-calls)."""
+    command = mcp_command(agents.url, *(["--sdk-calls"] if calls == "sdk" else []))
     process = await asyncio.create_subprocess_exec(
         command.command, *command.args, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, env={**{k: os.environ[k] for k in ("HOME", "PATH")
@@ -101,6 +104,9 @@ async def test_raw_json_rpc_over_stdio(agents: Agents) -> None:
 
         done = await raw.call(9, "echo", {"text": "still here"})
         assert done["result"]["structuredContent"]["result"] == {"echo": {"text": "still here"}}
+        assert done["result"]["content"] == [{"type": "text", "text": '{"echo": {"text": '
+                                                                     '"still here"}}'}]
+        assert done["result"]["isError"] is False and done.keys() == {"jsonrpc", "id", "result"}
         assert process.returncode is None
         assert agents.alpha.is_running and agents.plodder.is_running
     finally:

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from mcp import types
@@ -49,11 +49,12 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from agoramesh._version import __version__
 from agoramesh.bridges.mcp_calls import Answer, MeshCalls, Note, Run, failure
 from agoramesh.bridges.mcp_catalog import FIXED_TOOLS, ToolSpec, capability_tools
+from agoramesh.bridges.mcp_fast import FastCalls
 from agoramesh.bridges.mcp_stdio import stdio_streams
 from agoramesh.bridges.mesh_client import MeshClient
 from agoramesh.errors import AgoraError
 
-__all__ = ("INSTRUCTIONS", "MeshMcpServer")
+__all__ = ("INSTRUCTIONS", "MeshMcpServer", "Report")
 
 log = logging.getLogger("agoramesh.mcp")
 
@@ -70,6 +71,8 @@ _SETTLE = 0.05
 _MAX_SESSIONS = 1024
 
 _Handler = Callable[[Mapping[str, Any], Note | None], Run]
+#: Sends one progress notification: its count (from 1) and its message.
+Report = Callable[[int, str], Awaitable[None]]
 
 
 class _Server(Server[Any]):
@@ -115,9 +118,14 @@ class MeshMcpServer:
         self._update(self._catalog())
         mesh.on_change.append(self._changed)
 
-    async def serve_stdio(self) -> None:
-        """Serve one client over stdin and stdout until stdin ends (or this is cancelled)."""
-        async with stdio_streams() as (read, write):
+    async def serve_stdio(self, *, fast: bool = True) -> None:
+        """Serve one client over stdin and stdout until stdin ends (or this is cancelled).
+
+        ``fast``: the common ``tools/call`` is answered by :class:`FastCalls`, without the
+        SDK's dispatcher; False leaves every call to the SDK.
+        """
+        shortcut = (lambda write: FastCalls(self, write)) if fast else None
+        async with stdio_streams(shortcut=shortcut) as (read, write):
             log.info("serving MCP on stdio for %s", self.mesh.config.servers[0])
             await self.server.run(read, write, self.server.create_initialization_options())
 
@@ -180,17 +188,31 @@ class MeshMcpServer:
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any],
                          params: types.CallToolRequestParams) -> types.CallToolResult:
-        spec = self.tools.get(params.name)
-        if spec is None and self._update(self._catalog()):  # an agent that just joined
-            self.mesh.run(self._announce(), "announce")
-            spec = self.tools.get(params.name)
+        spec = self.tool(params.name)
         if spec is None:
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
-        arguments = params.arguments or {}
         # Progress only for a call that asked: without, the mesh is spared the streaming.
-        notes: asyncio.Queue[str | None] | None = (
-            asyncio.Queue() if ctx.meta and ctx.meta.get("progress_token") is not None
-            else None)
+        session = ctx.session
+        report = (None if not ctx.meta or ctx.meta.get("progress_token") is None
+                  else lambda count, note: session.report_progress(count, None, note))
+        answer = await self.answer(spec, params.arguments or {}, report)
+        return types.CallToolResult(content=[types.TextContent(type="text", text=answer.text)],
+                                    structured_content=answer.structured, is_error=answer.error)
+
+    def tool(self, name: str) -> ToolSpec | None:
+        """The tool called ``name``, looking at the mesh again if there is none (an agent
+        that just joined)."""
+        spec = self.tools.get(name)
+        if spec is None and self._update(self._catalog()):
+            self.mesh.run(self._announce(), "announce")
+            spec = self.tools.get(name)
+        return spec
+
+    async def answer(self, spec: ToolSpec, arguments: Mapping[str, Any],
+                     report: Report | None) -> Answer:
+        """What a call of ``spec`` answers: its arguments checked, its work run on the mesh
+        (each note to ``report`` as progress, if given), every agoramesh error a failure."""
+        notes: asyncio.Queue[str | None] | None = None if report is None else asyncio.Queue()
         note = None if notes is None else notes.put_nowait
         try:
             spec.check(arguments)
@@ -199,20 +221,18 @@ class MeshMcpServer:
             elif spec.name in self._runs:
                 run = self._runs[spec.name](arguments, note)
             else:
-                run = None
-            answer = (self.calls.agents(arguments) if run is None
-                      else await self._follow(run, notes, ctx.session))
+                return self.calls.agents(arguments)
+            return await self._follow(run, notes, report)
         except AgoraError as exc:
-            answer = failure(exc)
-        return types.CallToolResult(content=[types.TextContent(type="text", text=answer.text)],
-                                    structured_content=answer.structured, is_error=answer.error)
+            return failure(exc)
 
     async def _follow(self, run: Run, notes: asyncio.Queue[str | None] | None,
-                      session: ServerSession) -> Answer:
+                      report: Report | None) -> Answer:
         """Await ``run``, sending its ``notes`` as progress; a cancelled call cancels the run."""
         work = asyncio.ensure_future(run.work)
         self.mesh.keep(work)
-        pump = None if notes is None else asyncio.ensure_future(_progress(notes, session))
+        pump = (None if notes is None or report is None
+                else asyncio.ensure_future(_progress(notes, report)))
         try:
             answer = await asyncio.shield(work)
         except BaseException:
@@ -227,13 +247,13 @@ class MeshMcpServer:
         return answer
 
 
-async def _progress(notes: asyncio.Queue[str | None], session: ServerSession) -> None:
+async def _progress(notes: asyncio.Queue[str | None], report: Report) -> None:
     """Each note as a progress notification (none unless the call asked), until None."""
     count = 0
     while (note := await notes.get()) is not None:
         count += 1
         with contextlib.suppress(Exception):  # progress is advisory: a gone client is fine
-            await session.report_progress(count, None, note)
+            await report(count, note)
 
 
 def _tool(spec: ToolSpec) -> types.Tool:

@@ -18,6 +18,9 @@ not a JSON-RPC message without a word. Here:
   not an object) with an Invalid Request (-32600) carrying its id when it has a
   usable one; a line longer than ``max_line`` bytes is dropped whole and
   answered with a Parse error. Nothing of that reaches the server.
+- a :class:`Shortcut` (the MCP server's :class:`~agoramesh.bridges.mcp_fast.FastCalls`)
+  may take a line before the SDK sees it and answer it on the wire itself; it
+  is shown every message the SDK sends.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import json
 import os
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -36,11 +39,24 @@ from mcp import types
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-__all__ = ("MAX_LINE", "stdio_streams")
+__all__ = ("MAX_LINE", "Shortcut", "stdio_streams")
 
 #: The longest line (one message) read from stdin, in bytes.
 MAX_LINE = 64 * 1024 * 1024
 _CHUNK = 1 << 16
+
+
+class Shortcut(Protocol):
+    """Takes some lines off the SDK: answers them with its own writes."""
+
+    def take(self, line: bytes) -> bool:
+        """True if ``line`` is taken (the SDK does not see it)."""
+
+    def outbound(self, message: types.JSONRPCMessage) -> None:
+        """Shown each message the SDK sends, before it is written."""
+
+    async def close(self) -> None:
+        """Stop what was taken and is still running (the session ends)."""
 
 
 def _is_stream(fd: int) -> bool:
@@ -146,24 +162,33 @@ async def _lines(wire: _Wire, max_line: int, line: Callable[[bytes], Awaitable[N
 
 
 @contextlib.asynccontextmanager
-async def stdio_streams(max_line: int = MAX_LINE) -> AsyncIterator[
+async def stdio_streams(max_line: int = MAX_LINE, shortcut: Callable[
+        [Callable[[bytes], Awaitable[None]]], Shortcut] | None = None) -> AsyncIterator[
         tuple[MemoryObjectReceiveStream[SessionMessage | Exception],
               MemoryObjectSendStream[SessionMessage]]]:
     """The read and write streams a :class:`mcp.server.lowlevel.Server` runs on, over stdio.
 
-    The read stream ends at the end of stdin.
+    The read stream ends at the end of stdin. ``shortcut(write)``: the :class:`Shortcut`
+    of this session, given the function that writes one line.
     """
     wire = _Wire()
     inbound_send, inbound = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     outbound, outbound_receive = anyio.create_memory_object_stream[SessionMessage](0)
     writing = anyio.Lock()
 
-    async def send(message: types.JSONRPCMessage) -> None:
-        data = message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+    async def write_line(data: bytes) -> None:
         async with writing:
             await wire.write(data)
 
+    async def send(message: types.JSONRPCMessage) -> None:
+        await write_line(message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                         + b"\n")
+
+    taker = None if shortcut is None else shortcut(write_line)
+
     async def line(text: bytes) -> None:
+        if taker is not None and taker.take(text):
+            return
         try:
             message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
         except ValidationError:
@@ -182,6 +207,8 @@ async def stdio_streams(max_line: int = MAX_LINE) -> AsyncIterator[
     async def write() -> None:
         async with outbound_receive:
             async for item in outbound_receive:
+                if taker is not None:
+                    taker.outbound(item.message)
                 await send(item.message)
 
     try:
@@ -192,6 +219,8 @@ async def stdio_streams(max_line: int = MAX_LINE) -> AsyncIterator[
             try:
                 yield inbound, outbound
             finally:
+                if taker is not None:
+                    await taker.close()
                 tasks.cancel_scope.cancel()
     finally:
         wire.close()

@@ -52,6 +52,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--discover-timeout", type=float, default=0.5,
                         help="seconds to learn the agents already on the mesh at start "
                              "(default 0.5)")
+    parser.add_argument("--sdk-calls", action="store_true",
+                        help="on stdio, leave every tools/call to the MCP SDK's dispatcher "
+                             "(by default the common call is answered without it: faster, "
+                             "the same on the wire)")
     parser.set_defaults(handler=_mcp)
 
 
@@ -72,7 +76,7 @@ async def _mcp(args: argparse.Namespace, env: Environment) -> int:
                               discover_timeout=args.discover_timeout) as mesh:
             server = MeshMcpServer(mesh, task_timeout=args.timeout)
             if args.http_port is None:
-                await _until(stop, server.serve_stdio())
+                await _until(stop, server.serve_stdio(fast=not args.sdk_calls))
                 return 0
             async with McpHttp(server, host=args.host, port=args.http_port,
                                token=token) as http:
