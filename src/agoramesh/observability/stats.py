@@ -25,7 +25,7 @@ BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
                               1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TASK_OUTCOMES = ("completed", "failed", "cancelled", "rejected")
 #: What happens to the durable jobs a node takes (protocols/jobs/worker.py); "abandoned":
-#: a job left to another node after this one was paused past ack_wait.
+#: a job left to another node (or to JetStream) after this one was paused about ack_wait.
 JOB_EVENTS = ("taken", "redelivered", "completed", "failed", "deduplicated", "requeued",
               "cancelled", "abandoned")
 AUCTION_OUTCOMES = ("awarded", "no_bidders", "overloaded", "failed", "timeout")

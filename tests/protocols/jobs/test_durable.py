@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from agoramesh.agent import AgentNode
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
+from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.mesh import Mesh
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig, JobsConfig, ServerRole
@@ -332,3 +334,25 @@ async def test_a_first_seed_whose_picked_cluster_port_was_taken_picks_again(
             assert "address already in use" in server.log_path.read_text()
     finally:
         squatter.close()
+
+
+async def test_a_job_read_after_a_pause_about_as_long_as_ack_wait_is_left_to_jetstream(
+        mesh_factory: MeshFactory, agent_factory: AgentFactory, bus_factory: BusFactory,
+        tmp_path: Path) -> None:
+    """A job that waited in a paused node's socket (here: the event loop held, as SIGSTOP
+    would) may have been delivered to another node meanwhile: read after the pause, it is
+    left to JetStream (no ack), which delivers it again once ack_wait has passed. It runs
+    once, and its result is stored."""
+    mesh = await mesh_factory(seeds=1, template=js_template(tmp_path / "js"))
+    client = await bus_factory(mesh.url)
+    await JetStream(client, JobsConfig(ack_wait=1.0, replicas=1)).ensure()
+    node, backend = await worker(agent_factory, mesh.url)
+    jobs = Jobs(client)
+    warm = await jobs.run("work.do", {"n": 1}, timeout=10)  # the node is taking jobs
+    assert warm.status is TaskStatus.COMPLETED
+    receipt = await jobs.submit("work.do", {"n": 2})
+    time.sleep(1.5)  # noqa: ASYNC251 - this whole process stops, the node's worker too
+    result = await jobs.wait(receipt.task_id, timeout=20)
+    assert result.result == {"by": "worker", "n": 2}
+    assert node.metrics.jobs["abandoned"] >= 1
+    assert backend.started.count(receipt.task_id) == 1

@@ -265,6 +265,15 @@ class JobWorker:
         except (EnvelopeError, TaskError, AccessDenied) as exc:
             await refuse(self.node, self.store, msg, exc)
             return
+        stalled = self._stalls.latest(self.js.ack_wait)
+        if stalled >= self.js.ack_wait - max(0.5, self.js.ack_wait / 6):
+            # Read after we were paused for about ack_wait or longer: it may have sat here
+            # past its ack_wait and been delivered to another node, which drives it now.
+            # Left to JetStream (no ack): it comes back after ack_wait if nobody has it.
+            metrics.jobs["abandoned"] += 1
+            self.node.log.info("job %s: read after a %.1fs pause, left to JetStream",
+                               job.task.task_id, stalled, extra={"task_id": job.task.task_id})
+            return
         running = self._jobs.get(job.task.task_id)
         if running is not None and not running.abandoned:
             # Delivered again while we still drive it (our "in progress" got lost, or the
@@ -274,9 +283,11 @@ class JobWorker:
             self.node.log.info("job %s: delivery %d, already running here", job.task.task_id,
                                deliveries, extra={"task_id": job.task.task_id})
             return
-        # Delivered before, or it may have sat here while we were paused past ack_wait:
-        # another node may be driving it too.
-        job.suspect = deliveries > 1 or self._stalls.within(self.js.ack_wait)
+        # Delivered before, or read after a shorter pause: another node may have driven
+        # it, or be driving it. Ours now at once (the pause ate into its ack_wait).
+        job.suspect = deliveries > 1 or stalled > 0
+        if job.suspect:
+            await ack(self.node.bus, msg, b"+WPI")
         self._jobs[job.task.task_id] = job
         job.handler = asyncio.current_task()
         job.last_progress = asyncio.get_running_loop().time()
