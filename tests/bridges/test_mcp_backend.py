@@ -226,3 +226,48 @@ async def test_what_the_backend_refuses(tmp_path: Path) -> None:
     pid = pid_in(tmp_path / "pid")
     assert pid is not None
     await wait_until(lambda: not alive(pid), timeout=10)
+
+
+async def test_close_ends_a_supervisor_whose_cancel_was_absorbed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancellation can be lost inside the SDK's anyio scopes (one landing as an attempt
+    times out): aclose cancels again, and the supervisor stops at its next attempt anyway,
+    instead of reconnecting for ever while aclose waits."""
+    backend = McpBackend(BackendConfig(base_url="http://127.0.0.1:1/mcp", timeout=30))
+    inside, absorbed = asyncio.Event(), []
+
+    class Absorbing:
+        """An attempt that swallows the first cancel it gets, as an anyio scope may."""
+
+        async def __aenter__(self) -> None:
+            inside.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if absorbed or task is None:
+                    raise
+                absorbed.append(task.uncancel())
+            raise OSError("connection refused")
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            return None
+
+    monkeypatch.setattr(backend, "_open", lambda stack: Absorbing())
+    waiting = asyncio.ensure_future(backend.offered())
+    try:
+        async with asyncio.timeout(5):
+            await inside.wait()
+        supervisor = backend._supervisor
+        assert supervisor is not None
+        closing = asyncio.ensure_future(backend.aclose())
+        await asyncio.wait({closing}, timeout=5)  # (a timeout here would cancel nothing)
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+    if not closing.done():
+        supervisor.cancel()  # so the test ends: what aclose should have done
+        await asyncio.gather(closing, return_exceptions=True)
+        pytest.fail("aclose still waits for a supervisor that goes on reconnecting")
+    assert absorbed == [0]  # the first cancel was lost,
+    assert supervisor.done()  # and the supervisor stopped anyway

@@ -61,6 +61,7 @@ __all__ = ("McpBackend", "capability_name")
 log = logging.getLogger("agoramesh.backends")
 
 _FIRST_PAUSE, _MAX_PAUSE = 0.1, 2.0
+_CLOSE_TRIES = 50  # cancels of the supervisor, 0.1 s apart, before aclose gives up
 #: How often an idle connection is pinged, and how long a ping may take.
 _PING_EVERY, _PING_TIMEOUT = 2.0, 5.0
 _MAX_LEVELS = 16
@@ -124,6 +125,7 @@ class McpBackend(Backend):
         self._up = asyncio.Event()
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._generation = 0  # of the supervisor: one of an older one stops at its next try
         self._problem = "not connected yet"
         #: The attempt's last HTTP error (status, reason; the SDK reports only that one
         #: came), for the reason a connection failed; ``_denied``: the last failed attempt's
@@ -203,18 +205,30 @@ class McpBackend(Backend):
                                      "tasks of its tools' capabilities"))
 
     async def aclose(self) -> None:
+        """Close the connection and stop reconnecting. A cancellation the SDK's anyio scopes
+        absorb (one landing as an attempt times out) does not keep the supervisor going: it
+        is cancelled again until it ends (bounded), and ends at its next attempt anyway."""
         supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
+        if supervisor is None:
+            return
+        self._generation += 1
+        for _ in range(_CLOSE_TRIES):
             supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+            done, _ = await asyncio.wait({supervisor}, timeout=0.1)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    supervisor.result()
+                return
+        log.warning("MCP server %s: its connection did not close within %.0fs", self.server,
+                    _CLOSE_TRIES * 0.1)
 
     # -- the connection ----------------------------------------------------------------
 
     async def _connected(self) -> Client:
         """The connection, once up (within ``config.timeout``), started if need be."""
         if self._supervisor is None:
-            self._supervisor = asyncio.ensure_future(self._supervise())
+            self._generation += 1
+            self._supervisor = asyncio.ensure_future(self._supervise(self._generation))
         try:
             async with asyncio.timeout(self.config.timeout):
                 # Until it is up, or refuses our token: no retry within a call mends that.
@@ -252,10 +266,11 @@ class McpBackend(Backend):
             command=program, args=arguments, env={**os.environ, **dict(self.config.env)},
             cwd=self.config.workdir), mode="legacy")
 
-    async def _supervise(self) -> None:
-        """Keep a connection open, opening it again (with backoff) whenever it is lost."""
+    async def _supervise(self, generation: int) -> None:
+        """Keep a connection open, opening it again (with backoff) whenever it is lost, while
+        ``generation`` is the current one (aclose ends it)."""
         pause = _FIRST_PAUSE
-        while True:
+        while generation == self._generation:
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     async with asyncio.timeout(self.config.timeout):
