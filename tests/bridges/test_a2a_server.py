@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from a2a.client import A2ACardResolver, Client, ClientConfig, ClientFactory
+from a2a.server.context import ServerCallContext
 from a2a.types import (
     CancelTaskRequest,
     GetTaskRequest,
@@ -235,6 +236,33 @@ async def test_a_blocking_send_at_work_is_listed_fetched_and_cancelled(
         await plain.cancel_task(CancelTaskRequest(id=working.id))
     with pytest.raises(TaskNotFoundError):
         await plain.cancel_task(CancelTaskRequest(id=str(uuid.uuid4())))
+
+
+async def test_a_blocking_send_cut_off_by_a_stop_leaves_its_task_cancelled(
+        a2a: A2AServer, driver: AgentNode, http: httpx.AsyncClient, agent_factory: Any) -> None:
+    """The server stops while a blocking send waits for its mesh task: past the stop's grace
+    the send is cut off, the mesh task stopped, and the task is left ``canceled`` in the
+    store, not ``working`` for ever."""
+    dawdler = Dawdler()
+    await agent_factory(driver.bus.config.servers[0], "dawdler", [Capability(name="dawdle")],
+                        backend=dawdler)
+    await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
+    plain = await client_for(http, a2a.url, streaming=False)
+    sending = asyncio.ensure_future(events(plain, message("go", "dawdle")))
+    try:
+        await wait_until(lambda: dawdler.started == 1, timeout=5)
+        handler = a2a.handler
+        assert handler is not None
+        async with asyncio.timeout(15):
+            await a2a.stop()
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+    await wait_until(lambda: dawdler.cancelled == 1, timeout=5)  # the mesh task stopped
+    listed = await handler.task_store.list(ListTasksRequest(), ServerCallContext())
+    (task,) = listed.tasks
+    assert task.status.state == TaskState.TASK_STATE_CANCELED
+    assert "the request ended before the task did" in task.status.message.parts[0].text
 
 
 async def test_an_agent_path_sends_to_that_agent_only(a2a: A2AServer, driver: AgentNode,

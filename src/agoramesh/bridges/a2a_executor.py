@@ -84,6 +84,8 @@ _SHOWN: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 _STREAMING = frozenset({"SendStreamingMessage", "message/stream"})
 _CANCEL_WAIT = 3.0
+#: The status text of a blocking send's task whose request ended before it did.
+_ABANDONED = "the request ended before the task did (the server stopped, or the client left)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +244,7 @@ class MeshExecutor(AgentExecutor):
         try:
             if relay is not None:
                 await relay(progress, work)
-            outcome = _Outcome.of(await work)
+            outcome = _Outcome.of(await asyncio.shield(work))  # cut off: _interrupt, below
         except (TaskCancelled, asyncio.CancelledError):
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -358,6 +360,14 @@ class MeshRequestHandler(DefaultRequestHandler):
                 context)
             task = await self._planner.run_blocking(plan, message, task_id, context_id)
             await self._tasks.save(task, context)
+        except asyncio.CancelledError:
+            # The server stops (past its grace) or the request was dropped: the mesh task
+            # was stopped, and the task must not be left working in the store.
+            ended = _Outcome(TaskState.TASK_STATE_CANCELED, _ABANDONED).task(
+                task_id, context_id, message)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._tasks.save(ended, context))
+            raise
         finally:
             del self._blocking[task_id]
             done.set()
