@@ -24,6 +24,7 @@ from a2a.types import (
     SendMessageConfiguration,
     SendMessageRequest,
     StreamResponse,
+    SubscribeToTaskRequest,
     TaskState,
 )
 from a2a.utils.errors import InvalidParamsError, TaskNotCancelableError, TaskNotFoundError
@@ -43,8 +44,8 @@ CARD = "/.well-known/agent-card.json"
 
 
 class Dawdler(OfflineBackend):
-    """``dawdle``: a line every 50 ms for ten seconds, then ``{"done": true}``; counts
-    the tasks cancelled on the way."""
+    """``dawdle``: a line every 50 ms for ten seconds (or ``ticks`` lines), then
+    ``{"done": true}``; counts the tasks cancelled on the way."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,7 +55,7 @@ class Dawdler(OfflineBackend):
                       ) -> AsyncIterator[StreamItem]:
         self.started += 1
         try:
-            for tick in range(200):
+            for tick in range(int(task.parameters.get("ticks", 200))):
                 yield Chunk(f"tick {tick}\n")
                 await asyncio.sleep(0.05)
         except asyncio.CancelledError:
@@ -236,6 +237,64 @@ async def test_a_blocking_send_at_work_is_listed_fetched_and_cancelled(
         await plain.cancel_task(CancelTaskRequest(id=working.id))
     with pytest.raises(TaskNotFoundError):
         await plain.cancel_task(CancelTaskRequest(id=str(uuid.uuid4())))
+
+
+async def test_a_blocking_send_at_work_can_be_subscribed_to(
+        a2a: A2AServer, driver: AgentNode, http: httpx.AsyncClient, agent_factory: Any) -> None:
+    """SubscribeToTask on a blocking send's task: the task as it is (working), then its end;
+    once it has ended, the SDK's answer for a terminal task."""
+    dawdler = Dawdler()
+    await agent_factory(driver.bus.config.servers[0], "dawdler", [Capability(name="dawdle")],
+                        backend=dawdler)
+    await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
+    plain = await client_for(http, a2a.url, streaming=False)
+    streaming = await client_for(http, a2a.url)
+    sending = asyncio.ensure_future(events(plain, message("go", "dawdle")))
+    try:
+        await wait_until(lambda: dawdler.started == 1, timeout=5)
+        listed = await plain.list_tasks(ListTasksRequest())
+        (working,) = listed.tasks
+        followed: list[StreamResponse] = []
+
+        async def follow() -> None:
+            async for event in streaming.subscribe(SubscribeToTaskRequest(id=working.id)):
+                followed.append(event)
+
+        following = asyncio.ensure_future(follow())
+        await wait_until(lambda: len(followed) == 1, timeout=5)
+        assert followed[0].task.status.state == TaskState.TASK_STATE_WORKING
+        await plain.cancel_task(CancelTaskRequest(id=working.id))
+        async with asyncio.timeout(10):
+            await following
+            (answer,) = await sending
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+    assert [event.WhichOneof("payload") for event in followed] == ["task", "status_update"]
+    assert followed[-1].status_update.status.state == TaskState.TASK_STATE_CANCELED
+    assert answer.task.status.state == TaskState.TASK_STATE_CANCELED
+    with pytest.raises(Exception, match="terminal state"):
+        async for _ in streaming.subscribe(SubscribeToTaskRequest(id=working.id)):
+            pass
+
+    quick = asyncio.ensure_future(events(plain, message(
+        [Part(data=to_value({"ticks": 20}))], "dawdle")))  # about a second
+    try:
+        await wait_until(lambda: dawdler.started == 2, timeout=5)
+        (working,) = [task for task in (await plain.list_tasks(ListTasksRequest())).tasks
+                      if task.status.state == TaskState.TASK_STATE_WORKING]
+        async with asyncio.timeout(10):
+            followed = [event async for event in streaming.subscribe(
+                SubscribeToTaskRequest(id=working.id))]
+            (answer,) = await quick
+    finally:
+        quick.cancel()
+        await asyncio.gather(quick, return_exceptions=True)
+    assert [event.WhichOneof("payload") for event in followed] == [
+        "task", "artifact_update", "status_update"]
+    assert _data(followed[1].artifact_update.artifact.parts) == {"done": True}
+    assert followed[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    assert result_of([answer])[:2] == (TaskState.TASK_STATE_COMPLETED, {"done": True})
 
 
 async def test_a_blocking_send_cut_off_by_a_stop_leaves_its_task_cancelled(

@@ -48,9 +48,12 @@ from a2a.types import (
     Part,
     Role,
     SendMessageRequest,
+    SubscribeToTaskRequest,
     Task,
+    TaskArtifactUpdateEvent,
     TaskState,
     TaskStatus,
+    TaskStatusUpdateEvent,
 )
 from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
 from a2a.utils.task import apply_history_length, validate_history_length
@@ -388,6 +391,32 @@ class MeshRequestHandler(DefaultRequestHandler):
             async with asyncio.timeout(_CANCEL_WAIT):
                 await done.wait()
         return await self._tasks.get(params.id, context)
+
+    async def on_subscribe_to_task(self, params: SubscribeToTaskRequest,
+                                   context: ServerCallContext) -> AsyncGenerator[Event, None]:
+        """A blocking send at work is followed here: the task as it is, then its artifacts
+        and its final status once it ends (the run relays no progress: it is not streamed).
+        Any other task as the SDK follows it."""
+        done = self._blocking.get(params.id)
+        if done is None:
+            async with contextlib.aclosing(super().on_subscribe_to_task(params, context)
+                                           ) as events:
+                async for event in events:
+                    yield event
+            return
+        task = await self._tasks.get(params.id, context)
+        if task is None:  # another owner's
+            raise TaskNotFoundError
+        yield task
+        await done.wait()  # as long as the send: bounded by the task's timeout
+        ended = await self._tasks.get(params.id, context)
+        if ended is None:  # forgotten meanwhile (the store keeps the newest max_tasks)
+            return
+        for artifact in ended.artifacts:
+            yield TaskArtifactUpdateEvent(task_id=ended.id, context_id=ended.context_id,
+                                          artifact=artifact, last_chunk=True)
+        yield TaskStatusUpdateEvent(task_id=ended.id, context_id=ended.context_id,
+                                    status=ended.status)
 
     async def on_message_send_stream(self, params: SendMessageRequest,
                                      context: ServerCallContext) -> AsyncGenerator[Event, None]:
