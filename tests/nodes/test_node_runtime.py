@@ -7,12 +7,15 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from agoramesh.agent import AgentNode
 from agoramesh.bus import Identity
 from agoramesh.bus.bus import Delivery
+from agoramesh.bus.envelope import parse
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import BusConfig
 from agoramesh.errors import BackendUnavailable, NoResponders, SubjectError
@@ -23,6 +26,7 @@ from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Chunk, Completion, StreamItem, Task, TaskResult, TaskStatus, Usage
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import BusFactory
+from agoramesh.testing.raw import flush
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +290,31 @@ async def test_hosted_agents_share_one_directory(nats_server: EmbeddedServer) ->
     finally:
         for node in everyone:
             await node.stop(grace=0.5)
+
+
+async def test_no_heartbeat_follows_a_bye_and_the_agent_stays_gone(
+        nodes: list[Any], bus_factory: BusFactory, nats_server: EmbeddedServer) -> None:
+    """An agent finishing its tasks after its bye sends no heartbeat meanwhile: one would
+    have its peers fetch its card and list it again until it fell silent."""
+    alice = await nodes[0]("alice", SLOW, interval=0.05)
+    bob = await nodes[0]("bob", UPPER)
+    await wait_until(lambda: alice.agent_id in bob.directory, timeout=2)
+    watcher = await nats.connect(nats_server.client_url)
+    kinds: list[str] = []
+
+    async def heard(msg: Msg) -> None:  # what goes on the wire, as a sniffer sees it
+        kinds.append(parse(msg.data).type)
+
+    await watcher.subscribe(alice.bus.subjects.presence(alice.agent_id), cb=heard)
+    await flush(watcher)
+    client = await bus_factory(nats_server.client_url)
+    pending = asyncio.create_task(submit_task(
+        client, Task(capability="slow", parameters={"seconds": 30}), timeout=5))
+    await wait_until(lambda: bool(alice.running_tasks), timeout=2)
+    await wait_until(lambda: "heartbeat" in kinds, timeout=2)
+    await alice.stop(grace=0.6)  # twelve of its intervals spent finishing the task
+    assert (await pending).status is TaskStatus.FAILED  # cancelled at the end of the grace
+    assert kinds[-1] == "bye" and kinds.count("bye") == 1, kinds
+    await asyncio.sleep(0.3)
+    await watcher.close()
+    assert alice.agent_id not in bob.directory

@@ -318,6 +318,8 @@ class Presence:
                          self._send_beat, self.node.log)
 
     async def _send_beat(self) -> None:
+        if not self.node.is_running:  # stopping: our bye was (or is about to be) the last word
+            return
         await self.announce("heartbeat")
         await self.publish_telemetry()
 
