@@ -56,7 +56,16 @@ class Mesh:
         try:
             if seeds:
                 await mesh.add_seed(join=join)  # the others bootstrap from this one
-            await asyncio.gather(*(mesh.add_seed() for _ in range(seeds - 1)))
+            if join and seeds and mesh.template.jetstream is not None:
+                # Joining a running mesh: each new seed joins its JetStream meta group
+                # before the next starts. New seeds started together can elect a meta
+                # leader of their own (two JetStreams in one cluster, each refusing what
+                # the other holds: "stream not found").
+                await mesh.seeds[0].wait_jetstream()
+                for _ in range(seeds - 1):
+                    await (await mesh.add_seed()).wait_jetstream()
+            else:
+                await asyncio.gather(*(mesh.add_seed() for _ in range(seeds - 1)))
             await mesh.wait_full_mesh()
             if mesh.template.jetstream is not None:
                 await mesh.wait_jetstream()
