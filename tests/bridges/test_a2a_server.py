@@ -64,6 +64,15 @@ class Dawdler(OfflineBackend):
         yield Completion(output={"done": True})
 
 
+async def dawdler_on(driver: AgentNode, agent_factory: Any) -> Dawdler:
+    """A ``dawdle`` agent on ``driver``'s mesh, known to its dispatcher."""
+    dawdler = Dawdler()
+    await agent_factory(driver.bus.config.servers[0], "dawdler", [Capability(name="dawdle")],
+                        backend=dawdler)
+    await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
+    return dawdler
+
+
 def message(parts: list[Part] | str, skill: str | None = None, **metadata: Any) -> Message:
     if skill is not None:
         metadata["skill"] = skill
@@ -164,10 +173,7 @@ async def test_send_stream_get_and_cancel(a2a: A2AServer, driver: AgentNode,
     assert state == TaskState.TASK_STATE_COMPLETED and data["choice"] in ("tea", "coffee")
     assert meta["agent_id"] != driver.agent_id  # pro or con won
 
-    dawdler = Dawdler()
-    await agent_factory(driver.bus.config.servers[0], "dawdler", [Capability(name="dawdle")],
-                        backend=dawdler)
-    await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
+    dawdler = await dawdler_on(driver, agent_factory)
     # Streamed: the winner's output arrives as chunks of the "stream" artifact.
     seen: list[StreamResponse] = []
     async with asyncio.timeout(10), contextlib.aclosing(streaming.send_message(
@@ -210,10 +216,7 @@ async def test_a_blocking_send_at_work_is_listed_fetched_and_cancelled(
     """A blocking send runs outside the SDK's task machinery: its task is still there,
     working, for ListTasks and GetTask, and CancelTask stops the mesh task and ends the
     send ``canceled``."""
-    dawdler = Dawdler()
-    await agent_factory(driver.bus.config.servers[0], "dawdler", [Capability(name="dawdle")],
-                        backend=dawdler)
-    await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
+    dawdler = await dawdler_on(driver, agent_factory)
     plain = await client_for(http, a2a.url, streaming=False)
     sending = asyncio.ensure_future(events(plain, message("go", "dawdle")))
     try:
@@ -243,10 +246,7 @@ async def test_a_blocking_send_at_work_can_be_subscribed_to(
         a2a: A2AServer, driver: AgentNode, http: httpx.AsyncClient, agent_factory: Any) -> None:
     """SubscribeToTask on a blocking send's task: the task as it is (working), then its end;
     once it has ended, the SDK's answer for a terminal task."""
-    dawdler = Dawdler()
-    await agent_factory(driver.bus.config.servers[0], "dawdler", [Capability(name="dawdle")],
-                        backend=dawdler)
-    await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
+    dawdler = await dawdler_on(driver, agent_factory)
     plain = await client_for(http, a2a.url, streaming=False)
     streaming = await client_for(http, a2a.url)
     sending = asyncio.ensure_future(events(plain, message("go", "dawdle")))
@@ -302,10 +302,7 @@ async def test_a_blocking_send_cut_off_by_a_stop_leaves_its_task_cancelled(
     """The server stops while a blocking send waits for its mesh task: past the stop's grace
     the send is cut off, the mesh task stopped, and the task is left ``canceled`` in the
     store, not ``working`` for ever."""
-    dawdler = Dawdler()
-    await agent_factory(driver.bus.config.servers[0], "dawdler", [Capability(name="dawdle")],
-                        backend=dawdler)
-    await wait_until(lambda: driver.dispatcher.select("dawdle"), timeout=5)
+    dawdler = await dawdler_on(driver, agent_factory)
     plain = await client_for(http, a2a.url, streaming=False)
     sending = asyncio.ensure_future(events(plain, message("go", "dawdle")))
     try:

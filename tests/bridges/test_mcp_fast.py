@@ -186,3 +186,18 @@ async def test_a_cancelled_call_is_cancelled_on_the_mesh_and_not_answered(
     assert sorted(backend.cancelled) == sorted(backend.started)
     await asyncio.sleep(0.2)
     assert wire.lines.empty()  # neither was answered
+
+
+async def test_a_call_that_breaks_is_a_json_rpc_error_not_silence(
+        server: MeshMcpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure that is no tool error (a bug of ours) still answers the call, as the SDK's
+    dispatcher does: code 0 and the exception's text."""
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("the handler broke")
+
+    monkeypatch.setattr(server, "answer", broken)
+    wire = Wire(server)
+    assert wire.fast.take(line({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                                "params": {"name": "echo", "arguments": {"text": "x"}}}))
+    assert await wire.next() == {"jsonrpc": "2.0", "id": 5,
+                                 "error": {"code": 0, "message": "the handler broke"}}

@@ -16,7 +16,9 @@ in flight here, params of only ``name`` (a tool that exists), ``arguments``
 (an object, or absent) and ``_meta`` (only a ``progressToken``, a string or an
 integer), while tracing is off (the SDK's span of the call is then part of
 the trace). Its ``notifications/cancelled`` is taken here too: the call is
-cancelled on the mesh and, as the SDK does, never answered. Anything else,
+cancelled on the mesh and, as the SDK does, never answered; a call that fails
+other than with a tool error (a bug) is the JSON-RPC error the SDK's dispatcher
+would send (code 0, the exception's text). Anything else,
 malformed or unusual, is the SDK's, so it is answered exactly as before.
 """
 
@@ -35,6 +37,7 @@ from agoramesh.bus import tracecontext
 
 if TYPE_CHECKING:
     from agoramesh.bridges.mcp_calls import Answer
+    from agoramesh.bridges.mcp_catalog import ToolSpec
     from agoramesh.bridges.mcp_server import MeshMcpServer
 
 __all__ = ("FAST_VERSIONS", "FastCalls", "result_of")
@@ -149,9 +152,15 @@ class FastCalls:
                                                  "progress": float(count), "message": note}}))
         return report
 
-    async def _answer(self, request: str | int, spec: Any, arguments: dict[str, Any],
+    async def _answer(self, request: str | int, spec: ToolSpec, arguments: dict[str, Any],
                       report: Callable[[int, str], Awaitable[None]] | None) -> None:
-        answer = await self.server.answer(spec, arguments, report)
+        try:
+            answer = await self.server.answer(spec, arguments, report)
+        except Exception as exc:  # a bug of ours: answered as the SDK's dispatcher answers it
+            log.exception("tools/call %s failed", spec.name)
+            await self.write(_encode({"jsonrpc": "2.0", "id": request,
+                                      "error": {"code": 0, "message": str(exc)}}))
+            return
         response = {"jsonrpc": "2.0", "id": request, "result": result_of(answer)}
         try:
             data = _encode(response)
