@@ -221,11 +221,25 @@ async def test_what_the_backend_refuses(tmp_path: Path) -> None:
                 items.append(item)
         assert items == []
     finally:
+        pid = pid_in(tmp_path / "pid")
         await backend.aclose()
-    await wait_until(lambda: pid_in(tmp_path / "pid") is not None, timeout=5)
-    pid = pid_in(tmp_path / "pid")
     assert pid is not None
-    await wait_until(lambda: not alive(pid), timeout=10)
+    assert not alive(pid)  # aclose saw the SDK's shutdown through: the server exited, reaped
+
+
+async def test_close_sees_the_server_exit(tmp_path: Path) -> None:
+    """aclose lets the SDK's shutdown run to its end: stdin closed, then the server's own
+    exit (here a second after stdin ends) awaited and reaped, not left behind running."""
+    backend = McpBackend(BackendConfig(
+        command=(sys.executable, str(TOOL_SERVER), "stdio", str(tmp_path / "pid"), "1"),
+        timeout=30))
+    try:
+        assert [c.name for c in await backend.offered()] == ["explode", "slow.square"]
+    finally:
+        pid = pid_in(tmp_path / "pid")
+        await backend.aclose()
+    assert pid is not None
+    assert not alive(pid)
 
 
 async def test_close_ends_a_supervisor_whose_cancel_was_absorbed(

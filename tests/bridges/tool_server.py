@@ -76,10 +76,11 @@ def served(pidfile: str) -> None:
 
 
 async def main(mode: str, *rest: str) -> None:
-    if mode == "stdio":
+    if mode == "stdio":  # stdio PIDFILE [LINGER]: LINGER seconds more once stdin has ended
         async with stdio_server() as (read, write):
             served(rest[0])
             await server.run(read, write, server.create_initialization_options())
+        await asyncio.sleep(float(rest[1]) if rest[1:] else 0)
         return
     port, pidfile, *token = rest
     sock = socket.socket()

@@ -61,7 +61,10 @@ __all__ = ("McpBackend", "capability_name")
 log = logging.getLogger("agoramesh.backends")
 
 _FIRST_PAUSE, _MAX_PAUSE = 0.1, 2.0
-_CLOSE_TRIES = 50  # cancels of the supervisor, 0.1 s apart, before aclose gives up
+#: How long aclose waits for the supervisor to end on its own: more than the SDK's stdio
+#: shutdown takes at most (a flush, the server's grace to exit, a kill, its reaping).
+_CLOSE_WAIT = 8.0
+_CLOSE_TRIES = 20  # then cancels of the supervisor, 0.1 s apart, before aclose gives up
 #: How often an idle connection is pinged, and how long a ping may take.
 _PING_EVERY, _PING_TIMEOUT = 2.0, 5.0
 _MAX_LEVELS = 16
@@ -205,22 +208,30 @@ class McpBackend(Backend):
                                      "tasks of its tools' capabilities"))
 
     async def aclose(self) -> None:
-        """Close the connection and stop reconnecting. A cancellation the SDK's anyio scopes
-        absorb (one landing as an attempt times out) does not keep the supervisor going: it
-        is cancelled again until it ends (bounded), and ends at its next attempt anyway."""
+        """Close the connection and stop reconnecting. A connection that is up closes in
+        order (its watch returns: the SDK's shutdown, stdin closed, the server awaited and
+        reaped, runs to its end, uncancelled); an attempt or a pause between attempts is
+        cancelled. A cancellation the SDK's anyio scopes absorb (one landing as an attempt
+        times out) does not keep the supervisor going: it ends at its next step anyway, and
+        is cancelled again if it has not ended once the SDK's shutdown would have."""
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is None:
             return
         self._generation += 1
-        for _ in range(_CLOSE_TRIES):
+        if self._up.is_set():
+            self._lost.set()  # its watch returns: the SDK closes the connection in order
+        else:
             supervisor.cancel()
-            done, _ = await asyncio.wait({supervisor}, timeout=0.1)
+        done, _ = await asyncio.wait({supervisor}, timeout=_CLOSE_WAIT)
+        for _ in range(_CLOSE_TRIES):
             if done:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     supervisor.result()
                 return
+            supervisor.cancel()
+            done, _ = await asyncio.wait({supervisor}, timeout=0.1)
         log.warning("MCP server %s: its connection did not close within %.0fs", self.server,
-                    _CLOSE_TRIES * 0.1)
+                    _CLOSE_WAIT + _CLOSE_TRIES * 0.1)
 
     # -- the connection ----------------------------------------------------------------
 
@@ -283,7 +294,7 @@ class McpBackend(Backend):
                     self._up.set()
                     self._attempted.set()
                     pause = _FIRST_PAUSE
-                    await self._watch(client)
+                    await self._watch(client, generation)
                     self._problem = "the connection was lost"
             except TimeoutError:
                 self._problem = f"no answer within {self.config.timeout:g}s"
@@ -298,6 +309,8 @@ class McpBackend(Backend):
                 self._up.clear()
                 self._client = None
                 self._attempted.set()
+            if generation != self._generation:
+                return  # closed
             log.warning("MCP server %s: %s; connecting again in %.1fs", self.server,
                         self._problem, pause)
             await asyncio.sleep(pause)
@@ -311,9 +324,9 @@ class McpBackend(Backend):
             log.warning("MCP server %s came back with other tools (%s); this node still offers "
                         "%s", self.server, ", ".join(sorted(mapped)), ", ".join(self._tools))
 
-    async def _watch(self, client: Client) -> None:
-        """Return once the connection is lost: a call saw it, or a ping failed."""
-        while True:
+    async def _watch(self, client: Client, generation: int) -> None:
+        """Return once the connection is lost (a call saw it, or a ping failed) or closed."""
+        while generation == self._generation:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PING_EVERY):
                     await self._lost.wait()

@@ -286,8 +286,6 @@ class JobWorker:
         # Delivered before, or read after a shorter pause: another node may have driven
         # it, or be driving it. Ours now at once (the pause ate into its ack_wait).
         job.suspect = deliveries > 1 or stalled > 0
-        if job.suspect:
-            await ack(self.node.bus, msg, b"+WPI")
         self._jobs[job.task.task_id] = job
         job.handler = asyncio.current_task()
         job.last_progress = asyncio.get_running_loop().time()
@@ -297,6 +295,8 @@ class JobWorker:
         delivery = Delivery(job, self.node, self.auctioneer, self.js, self.store, self.config)
         keepalive = asyncio.ensure_future(delivery.keep_alive())
         try:
+            if job.suspect:  # after it is registered: a delivery meanwhile finds it running
+                await ack(self.node.bus, msg, b"+WPI")
             await delivery.see_through()
         except Requeue as requeue:
             metrics.jobs["requeued"] += 1
