@@ -20,6 +20,7 @@ from agoramesh.agent import AgentNode
 from agoramesh.api.json_http import status_for
 from agoramesh.api.server import MAX_BODY, HttpApi, validate_token
 from agoramesh.api.web import CLIENT_TEXT, RECORD_TEXT, ClientTextFilter
+from agoramesh.bus.bus import Delivery
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.config import MAX_MESSAGE_BYTES
 from agoramesh.errors import NotConnected
@@ -111,6 +112,22 @@ async def test_tasks_by_auction_direct_and_agent_id(api: HttpApi, driver: AgentN
         assert status == 503 and body["error"]["type"] in ("NoBidders", "NoResponders")
 
 
+async def test_a_task_s_callback_gets_its_result(api: HttpApi, driver: AgentNode,
+                                              http: aiohttp.ClientSession) -> None:
+    arrived: list[Delivery] = []
+
+    async def keep(delivery: Delivery) -> None:
+        arrived.append(delivery)
+
+    await driver.bus.subscribe("results.http", keep)
+    status, result = await call(http, "POST", f"{api.url}/api/tasks", json={
+        "capability": "echo", "parameters": {"text": "back"}, "callback": "results.http"})
+    assert (status, result["status"]) == (200, "COMPLETED")
+    await wait_until(lambda: len(arrived) == 1, timeout=5)
+    assert arrived[0].body == result and arrived[0].envelope is not None
+    assert arrived[0].envelope.sender == result["agent_id"]
+
+
 @pytest.mark.parametrize(("body", "text"), [
     ({"parameters": {}}, "capability"),
     ({"capability": "echo", "parameters": []}, "'parameters' must be an object"),
@@ -120,6 +137,9 @@ async def test_tasks_by_auction_direct_and_agent_id(api: HttpApi, driver: AgentN
     ({"capability": "echo", "priority": 11}, "'priority'"),
     ({"capability": "echo", "agent_id": 7}, "'agent_id'"),
     ({"capability": "echo", "colour": "red"}, "unknown task field(s) colour"),
+    ({"capability": "echo", "callback": "results.*"}, "'callback': callback 'results.*'"),
+    ({"capability": "echo", "callback": "_INBOX.a.b"}, "'callback': callback '_INBOX.a.b'"),
+    ({"capability": "echo", "callback": 5}, "'callback': callback must be a subject string"),
     ({"capability": "echo", "parameters": {"n": 10**30}}, "cannot be sent on the mesh"),
 ])
 async def test_bad_tasks_are_400(api: HttpApi, http: aiohttp.ClientSession,

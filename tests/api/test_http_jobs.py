@@ -21,7 +21,7 @@ from agoramesh.agent import AgentNode
 from agoramesh.api.json_http import status_for
 from agoramesh.api.server import HttpApi
 from agoramesh.api.tasks import IDEMPOTENCY_KEY
-from agoramesh.bus.bus import Bus
+from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
 from agoramesh.bus.mesh import Mesh
@@ -149,6 +149,24 @@ async def test_wait_answers_the_result_on_post_and_on_get(api: HttpApi, backend:
     assert (status, result["task_id"], result["result"]) == (
         200, task_id, {"by": "worker", "n": 2})
     assert backend.started == ["waited", task_id]
+
+
+async def test_a_durable_task_s_callback_gets_its_result(
+        api: HttpApi, backend: Worker, gateway: AgentNode,
+        http: aiohttp.ClientSession) -> None:
+    arrived: list[Delivery] = []
+
+    async def keep(delivery: Delivery) -> None:
+        arrived.append(delivery)
+
+    await gateway.bus.subscribe("orders.done", keep)
+    status, result, _ = await post(http, api, {**work(3), "callback": "orders.done"},
+                                   key="called-back", params={"wait": "15"})
+    assert (status, result["task_id"], result["status"]) == (200, "called-back", "COMPLETED")
+    await wait_until(lambda: len(arrived) == 1, timeout=5)
+    assert arrived[0].body == result and backend.started == ["called-back"]
+    status, body, _ = await post(http, api, {**work(4), "durable": True, "callback": "a.>"})
+    assert_error(status, body, 400, "InvalidRequest", "'callback': callback 'a.>'")
 
 
 async def test_the_same_key_twice_runs_the_task_once(api: HttpApi, backend: Worker,

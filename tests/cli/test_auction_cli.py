@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -14,11 +15,13 @@ import aiohttp
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from agoramesh.bus.envelope import AUTH_SIG, parse
 from agoramesh.config import BusConfig
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.allocation.dispatch import client_dispatcher
 from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.testing import NodeProcess, UpProcess
+from agoramesh.testing.raw import flush
 from agoramesh.testing.up import AGORAMESH
 
 pytestmark = pytest.mark.e2e
@@ -110,6 +113,26 @@ def test_submit_errors_are_one_line(up_mesh: UpProcess, args: tuple[str, ...],
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("agoramesh: error: "), done.stderr
     assert re.search(pattern, lines[0]), lines[0]
+
+
+async def test_submit_with_a_callback_publishes_the_result_there(up_mesh: UpProcess) -> None:
+    """``nats sub results.cli`` sees the result of ``submit --callback results.cli``."""
+    client = NatsClient()
+    await client.connect(up_mesh.url, connect_timeout=2, allow_reconnect=False)
+    try:
+        heard = await client.subscribe("results.cli")
+        await flush(client)
+        done = await asyncio.to_thread(submit, up_mesh, "echo", '{"text": "back"}', "--json",
+                                       "--callback", "results.cli")
+        assert done.returncode == 0, done.stderr
+        published = parse((await heard.next_msg(timeout=5)).data)
+    finally:
+        await client.close()
+    assert published.type == "task_response" and published.auth == AUTH_SIG
+    assert published.body == json.loads(done.stdout)
+    refused = submit(up_mesh, "echo", "{}", "--callback", "results.>")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("agoramesh: error: callback 'results.>' is not a subject")
 
 
 async def test_nats_req_on_agora_task_gets_the_negotiated_result(up_mesh: UpProcess) -> None:

@@ -209,15 +209,21 @@ async def test_a_bad_callback_fails_the_task_at_once_with_one_clear_line(
     assert desk.body["status"] == "FAILED" and desk.body["error"]["message"] == mesh_own
 
 
-async def test_the_winner_of_an_auction_publishes_on_the_callback(
-        nats_server: EmbeddedServer, agent_factory: AgentFactory,
-        bus_factory: BusFactory, listen: Any) -> None:
-    url = nats_server.client_url
+async def workers_and_results(url: str, agent_factory: AgentFactory, bus_factory: BusFactory
+                              ) -> tuple[list[AgentNode], list[Delivery]]:
+    """Two workers that know each other, and what a subscriber hears on ``results.>``."""
     workers = [await agent_factory(url, name, [WORK], backend=Worker(name),
                                    agent_type="worker") for name in ("w1", "w2")]
     for worker in workers:
         await wait_until(lambda w=worker: len(w.directory) >= 1, timeout=5.0)
-    arrived = await collect(await bus_factory(url), "results.>")
+    return workers, await collect(await bus_factory(url), "results.>")
+
+
+async def test_the_winner_of_an_auction_publishes_on_the_callback(
+        nats_server: EmbeddedServer, agent_factory: AgentFactory,
+        bus_factory: BusFactory, listen: Any) -> None:
+    workers, arrived = await workers_and_results(nats_server.client_url, agent_factory,
+                                                 bus_factory)
     # An auction this agent runs itself (Dispatcher.submit's path).
     outcome = await workers[0].auctioneer.run(
         Task(capability="work.do", parameters={"n": 1}, callback="results.auctioned"),
@@ -237,6 +243,30 @@ async def test_the_winner_of_an_auction_publishes_on_the_callback(
     assert arrived[1].subject == "results.desk" and arrived[1].envelope is not None
     assert arrived[1].envelope.sender == desk["agent_id"]
     assert arrived[1].body == desk
+    assert sum(w.callbacks["published"] for w in workers) == 2
+
+
+async def test_dispatcher_submit_names_a_callback_auctioned_or_direct(
+        nats_server: EmbeddedServer, agent_factory: AgentFactory,
+        bus_factory: BusFactory) -> None:
+    workers, arrived = await workers_and_results(nats_server.client_url, agent_factory,
+                                                 bus_factory)
+    dispatcher = workers[0].dispatcher
+    auctioned = await dispatcher.submit(WORK.name, {"n": 1}, callback="results.auction",
+                                        timeout=10)
+    direct = await dispatcher.submit(WORK.name, {"n": 2}, strategy="direct",
+                                     callback="results.direct", timeout=10)
+    assert auctioned.status is direct.status is TaskStatus.COMPLETED
+    await wait_until(lambda: len(arrived) == 2, timeout=3.0)
+    by_subject = {delivery.subject: delivery for delivery in arrived}
+    assert by_subject.keys() == {"results.auction", "results.direct"}
+    for subject, result in (("results.auction", auctioned), ("results.direct", direct)):
+        published = by_subject[subject].envelope
+        assert published is not None and published.sender == result.agent_id
+        assert TaskResult.from_dict(published.body) == result
+    for bad in ("results.*", "_INBOX.x.1", 7):
+        with pytest.raises(InvalidTask, match="callback"):
+            await dispatcher.submit(WORK.name, {"n": 3}, callback=bad, timeout=5)  # type: ignore[arg-type]
     assert sum(w.callbacks["published"] for w in workers) == 2
 
 

@@ -1,21 +1,21 @@
 """The task routes of the HTTP API: ``POST /api/tasks`` and ``GET /api/tasks/{id}``.
 
 A task is run where the client asks (``strategy``, ``agent_id``) and its result
-answered, or it is durable (:mod:`agoramesh.protocols.jobs.jobs`: stored in
-JetStream, run by whichever node takes it, its result stored once by task id)
-when the POST has an ``Idempotency-Key`` header, whose value is its task id
-(1-128 of ``A-Z a-z 0-9 _ = -``), or ``"durable": true`` (a fresh id);
-``"durable": false`` with a key, ``strategy: direct`` or ``agent_id`` are a
-400. Its ``timeout``, if given, becomes its deadline. The answer is 202 at
-once; with ``?wait=SECONDS`` (at most ``timeout``) the result if it is stored
-in time (200), else the 202. The key is the idempotency key end to end, so
-the same key twice runs the task once: a result already stored under it is
-answered (``duplicate: true``) without submitting anything; a key the stream
-has seen within its duplicate window (``duplicate: true``) whose job is still
-there (queued or running) is compared with the request, and another
-capability or other parameters are a 409 ``Conflict``. That is all that is
-checked: a finished job is gone from the stream and its result does not say
-what task it was for, so a key reused for another task after the first one
+answered, or it is durable (:mod:`agoramesh.protocols.jobs.jobs`: stored in JetStream,
+run by whichever node takes it, its result stored once by task id) when the POST has
+an ``Idempotency-Key`` header, whose value is its task id (1-128 of ``A-Z a-z 0-9 _ =
+-``), or ``"durable": true`` (a fresh id); ``"durable": false`` with a key,
+``strategy: direct`` or ``agent_id`` are a 400. Its ``timeout``, if given, becomes its
+deadline; its ``callback``, if given, is a subject the agent that runs it also
+publishes the final result on (PROTOCOL.md §15). The answer is 202 at once; with
+``?wait=SECONDS`` (at most ``timeout``) the result if it is stored in time (200), else
+the 202. The key is the idempotency key end to end, so the same key twice runs the
+task once: a result already stored under it is answered (``duplicate: true``) without
+submitting anything; a key the stream has seen within its duplicate window
+(``duplicate: true``) whose job is still there (queued or running) is compared with
+the request, and another capability or other parameters are a 409 ``Conflict``. That
+is all that is checked: a finished job is gone from the stream and its result does not
+say what task it was for, so a key reused for another task after the first one
 finished answers the first one's result.
 """
 
@@ -46,7 +46,7 @@ from agoramesh.errors import (
     OversizeEnvelope,
     SubjectError,
 )
-from agoramesh.nodes.task import Task, TaskResult
+from agoramesh.nodes.task import Task, TaskResult, validate_callback
 from agoramesh.protocols.allocation.dispatch import Strategy
 from agoramesh.protocols.jobs.jobs import JobReceipt
 
@@ -58,7 +58,7 @@ __all__ = ("IDEMPOTENCY_KEY", "TaskRoutes")
 #: The header that makes a POST /api/tasks durable; its value is the task id.
 IDEMPOTENCY_KEY = "Idempotency-Key"
 _TASK_FIELDS = ("capability", "parameters", "strategy", "agent_id", "timeout", "priority",
-                "durable")
+                "durable", "callback")
 # How long a durable POST or result read may take to reach JetStream (and create the
 # job store where it is missing), within the API's own timeout.
 _JOBS_TIMEOUT = 10.0
@@ -134,6 +134,12 @@ class TaskRoutes:
         priority = body.get("priority", 5)
         if type(priority) is not int or not 0 <= priority <= 10:
             raise InvalidRequest("'priority' must be an integer from 0 to 10")
+        callback = body.get("callback")
+        if callback is not None:
+            try:
+                callback = validate_callback(callback)
+            except InvalidTask as exc:
+                raise InvalidRequest(f"'callback': {exc}") from None
         durable, task_id = self._durability(request, body)
         wait = self._wait(request)
         if durable and (strategy is not Strategy.AUCTION or agent_id is not None):
@@ -147,12 +153,13 @@ class TaskRoutes:
             return too_large
         if durable:
             return await self._durable(capability, parameters, task_id=task_id,
-                                       priority=priority, timeout=timeout, wait=wait)
+                                       priority=priority, timeout=timeout, wait=wait,
+                                       callback=callback)
         wait_for = float(api.task_timeout if timeout is None else timeout)
         async with api.slot(wait_for):
             result = await api.dispatcher.submit(capability, parameters, agent_id=agent_id,
                                                  strategy=strategy, timeout=wait_for,
-                                                 priority=priority)
+                                                 priority=priority, callback=callback)
         return json_response(result.as_dict())
 
     async def result(self, request: web.Request) -> web.Response:
@@ -203,7 +210,7 @@ class TaskRoutes:
 
     async def _durable(self, capability: str, parameters: dict[str, Any], *,
                        task_id: str | None, priority: int, timeout: float | None,
-                       wait: float | None) -> web.Response:
+                       wait: float | None, callback: str | None) -> web.Response:
         """Store the task as a job; 202 at once, or its result if it comes within ``wait``.
 
         With a task id (the Idempotency-Key): a result stored under it is answered
@@ -225,7 +232,8 @@ class TaskRoutes:
             else:
                 receipt = await jobs.submit(
                     capability, parameters, task_id=task_id, priority=priority, timeout=reach,
-                    deadline=None if timeout is None else time.time() + timeout)
+                    deadline=None if timeout is None else time.time() + timeout,
+                    callback=callback)
                 job_id, duplicate = receipt.task_id, receipt.duplicate
                 if duplicate:
                     conflict = await self._conflict(receipt, capability, parameters)

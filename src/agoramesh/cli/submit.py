@@ -10,6 +10,10 @@ task id is printed at once and any node runs it, even after this process is
 gone; ``--wait`` follows it to its result (``agoramesh jobs result ID`` reads it
 later). The task id (``--task-id``, else a fresh one) is the idempotency key:
 submitting the same id again does not run it again.
+
+``--callback SUBJECT``: the agent that runs the task also publishes its final
+result on SUBJECT (a signed ``task_response`` envelope), so a ``nats sub`` or
+another program there sees it; with ``--durable``, each run that finishes it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from agoramesh.cli.jobs import print_result
 from agoramesh.cli.output import emit, emit_json, json_object
 from agoramesh.config import Environment
 from agoramesh.errors import ConfigError
+from agoramesh.nodes.task import validate_callback
 from agoramesh.protocols.allocation.dispatch import Dispatcher, Strategy, client_dispatcher
 from agoramesh.protocols.auction.policy import Progress
 from agoramesh.protocols.jobs.jobs import Jobs
@@ -50,6 +55,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--discover-timeout", type=float, default=0.5,
                         help="seconds to learn the agents first (default 0.5)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--callback", metavar="SUBJECT",
+                        help="the agent that runs the task also publishes its final result on "
+                             "this subject (a `nats sub SUBJECT` sees it)")
     durable = parser.add_argument_group("durable jobs")
     durable.add_argument("--durable", action="store_true",
                          help="hand the task to the mesh as a durable job: print its task id "
@@ -96,6 +104,8 @@ def progress_printer(dispatcher: Dispatcher) -> Any:
 
 async def _submit(args: argparse.Namespace, env: Environment) -> int:
     parameters = json_object(args.parameters, "parameters")
+    if args.callback is not None:
+        validate_callback(args.callback)  # before connecting: one line, exit 1
     if args.durable or args.wait or args.task_id:
         return await _durable(args, env, parameters)
     async with client_dispatcher(client_config(args, env, "agoramesh-submit"),
@@ -104,7 +114,8 @@ async def _submit(args: argparse.Namespace, env: Environment) -> int:
         progress = None if args.quiet or args.json else progress_printer(dispatcher)
         result = await dispatcher.submit(args.capability, parameters, agent_id=args.agent,
                                          strategy=args.strategy, priority=args.priority,
-                                         timeout=args.timeout, progress=progress)
+                                         timeout=args.timeout, progress=progress,
+                                         callback=args.callback)
     return print_result(result, as_json=args.json)
 
 
@@ -118,7 +129,8 @@ async def _durable(args: argparse.Namespace, env: Environment, parameters: dict[
     async with Bus(client_identity(config), config) as bus:
         jobs = Jobs(bus)
         receipt = await jobs.submit(args.capability, parameters, task_id=args.task_id,
-                                    priority=args.priority, timeout=min(args.timeout, 30.0))
+                                    priority=args.priority, timeout=min(args.timeout, 30.0),
+                                    callback=args.callback)
         if args.json and not args.wait:
             emit_json({"task_id": receipt.task_id, "seq": receipt.seq,
                        "duplicate": receipt.duplicate})

@@ -18,7 +18,7 @@ import pytest
 from jobs_support import js_template
 
 from agoramesh.agent import AgentNode
-from agoramesh.bus.bus import Bus
+from agoramesh.bus.bus import Bus, Delivery
 from agoramesh.bus.envelope import seal
 from agoramesh.bus.identity import Identity
 from agoramesh.bus.jetstream import JetStream
@@ -62,6 +62,27 @@ async def test_a_durable_task_runs_once_and_its_result_is_stored(
     assert record["status"] == "COMPLETED" and record["result"] == {"by": "worker", "n": 1}
     assert record["stored_by"] == node.agent_id  # the winner stored it itself
     await wait_until(lambda: node.metrics.jobs["taken"] == 1, timeout=5)
+
+
+async def test_a_durable_task_s_callback_gets_its_stored_result(
+        js_mesh: Mesh, agent_factory: AgentFactory, bus_factory: BusFactory) -> None:
+    node, backend = await worker(agent_factory, js_mesh.seeds[1].client_url)
+    client = await bus_factory(js_mesh.leaves[0].client_url)
+    arrived: list[Delivery] = []
+
+    async def keep(delivery: Delivery) -> None:
+        arrived.append(delivery)
+
+    await client.subscribe("results.jobs", keep)
+    jobs = Jobs(client)
+    result = await jobs.run("work.do", {"n": 4}, callback="results.jobs", timeout=20)
+    assert result.status is TaskStatus.COMPLETED and backend.started == [result.task_id]
+    await wait_until(lambda: len(arrived) == 1, timeout=5)
+    published = arrived[0].envelope
+    assert published is not None and published.sender == node.agent_id
+    assert TaskResult.from_dict(published.body) == result == await jobs.result(result.task_id)
+    with pytest.raises(InvalidTask, match="callback"):
+        await jobs.submit("work.do", {"n": 5}, callback="$JS.API.STREAM.DELETE.x")
 
 
 async def test_the_task_id_is_the_idempotency_key(js_mesh: Mesh, agent_factory: AgentFactory,

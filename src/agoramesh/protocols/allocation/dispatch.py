@@ -130,10 +130,12 @@ class Dispatcher:
                      timeout: float | None = None, priority: int = 5,
                      exclude: Iterable[str] = (), task_id: str | None = None,
                      progress: Callable[[Progress], None] | None = None,
-                     stream: bool = False) -> TaskResult:
+                     stream: bool = False, callback: str | None = None) -> TaskResult:
         """Run one task and return its result (COMPLETED or FAILED).
 
         ``stream``: an auction's winner streams its output, as ``chunk`` progress events.
+        ``callback``: a subject the agent that runs it also publishes its final result on
+        (PROTOCOL.md §15; InvalidTask if it is not one a callback may name).
 
         Raises only when no result can be had: NoResponders / NoBidders when
         nobody can take it, BusTimeout when ``timeout`` passes, AuctionFailed
@@ -142,7 +144,7 @@ class Dispatcher:
         wait = timeout or self.timeout
         extra = {"task_id": task_id} if task_id else {}
         task = Task(capability=capability, parameters=dict(parameters or {}), priority=priority,
-                    deadline=time.time() + wait, **extra)
+                    deadline=time.time() + wait, callback=callback, **extra)
         route = Strategy(strategy)
         if agent_id is not None or route is Strategy.DIRECT:
             return await submit_task(self.bus, task, timeout=wait, agent_id=agent_id)

@@ -161,8 +161,10 @@ class Jobs:
 
     async def submit(self, capability: str, parameters: dict[str, Any] | None = None, *,
                      task_id: str | None = None, priority: int = 5,
-                     deadline: float | None = None, timeout: float = 10.0) -> JobReceipt:
-        """Store a job (signed by this bus's identity) until a node takes it.
+                     deadline: float | None = None, timeout: float = 10.0,
+                     callback: str | None = None) -> JobReceipt:
+        """Store a job (signed by this bus's identity) until a node takes it; ``callback``:
+        a subject its winner also publishes the result on (each run that finishes it).
 
         ``timeout`` bounds the wait for the stream to take it: a publish that
         fails while a leader is elected is sent again, with the same task id,
@@ -170,7 +172,7 @@ class Jobs:
         """
         task = Task(capability=capability, parameters=dict(parameters or {}),
                     task_id=valid_task_id(task_id or uuid.uuid4().hex), priority=priority,
-                    deadline=deadline)
+                    deadline=deadline, callback=callback)
         return await self.submit_task(task, timeout=timeout)
 
     async def submit_task(self, task: Task, *, timeout: float = 10.0) -> JobReceipt:
@@ -201,11 +203,12 @@ class Jobs:
 
     async def run(self, capability: str, parameters: dict[str, Any] | None = None, *,
                   timeout: float = 60.0, task_id: str | None = None,
-                  priority: int = 5, deadline: float | None = None) -> TaskResult:
+                  priority: int = 5, deadline: float | None = None,
+                  callback: str | None = None) -> TaskResult:
         """Submit and wait: the result, stored and delivered once, within ``timeout``."""
         task = Task(capability=capability, parameters=dict(parameters or {}),
                     task_id=valid_task_id(task_id or uuid.uuid4().hex), priority=priority,
-                    deadline=deadline)
+                    deadline=deadline, callback=callback)
         async with self._listening(task.task_id) as arrived:
             await self.submit_task(task, timeout=min(timeout, 10.0))
             return await self._await(task.task_id, arrived, timeout)
