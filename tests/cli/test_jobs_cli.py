@@ -118,3 +118,16 @@ def test_durable_errors_are_one_line(tmp_path: Path) -> None:
         assert up.process.returncode == 0, up.stderr
     finally:
         up.reap()
+
+
+def test_a_lone_first_seed_says_why_it_takes_no_durable_job_yet(tmp_path: Path) -> None:
+    """`agoramesh node` alone is a clustered JetStream seed with no leader until a second
+    seed joins: a durable submit says so in its one line, instead of only 'unavailable'."""
+    node = NodeProcess(tmp_path / "lone", "--name", "lone")
+    try:
+        assert_one_line_error(
+            cli("submit", "echo", "{}", "--durable", "--timeout", "2", "--server",
+                node.ready["client"]),
+            "a lone first seed has none until a second joins")
+    finally:
+        node.reap()

@@ -218,7 +218,10 @@ class JetStream:
                     self._raise_for(error, "an account info request")
                 why = error[2]
             if time.monotonic() >= deadline:
-                raise JetStreamUnavailable(f"JetStream is not available yet: {why}")
+                raise JetStreamUnavailable(
+                    f"JetStream is not available yet: {why} (its seeds have no leader: a "
+                    f"clustered JetStream needs two seeds up, so a lone first seed has none "
+                    f"until a second joins; `agoramesh up --seeds 1` runs a standalone one)")
             await asyncio.sleep(0.1)
 
     async def available(self) -> bool:
