@@ -37,8 +37,13 @@ class Bulky(Backend):
 
     type = "bulky"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
     async def execute(self, task: Task, context: dict[str, Any] | None = None
                       ) -> AsyncGenerator[StreamItem, None]:
+        self.runs += 1
         yield Completion(output={"text": "x" * int(task.parameters.get("size", 1_200_000))})
 
     async def chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[StreamItem]:
@@ -128,3 +133,21 @@ async def test_a_one_mebibyte_result_fits(nats_server: EmbeddedServer,
     body = json.loads(answer.data)
     assert body["status"] == "COMPLETED" and body["result"] == {"echo": {"text": text}}
     assert not answer.headers
+
+
+async def test_the_agent_remembers_the_failure_it_answered_not_the_oversize_result(
+        bulky: AgentNode, bus_factory: BusFactory, nats_server: EmbeddedServer) -> None:
+    """Asked again for the same task, the agent answers from memory what it answered the
+    first time, and holds that failure (a few hundred bytes), not the 1.2 MB result."""
+    client = await bus_factory(nats_server.client_url)
+    task = Task(capability="bulk.make")
+    first = await submit_task(client, task, timeout=10)
+    again = await submit_task(client, task, timeout=10)
+    too_large(first, task.task_id)
+    assert again == first
+    assert isinstance(bulky.backend, Bulky) and bulky.backend.runs == 1
+    assert bulky.metrics.answered_from_memory == 1
+    remembered = bulky.tasks.memory.recall(task)
+    assert remembered is not None and remembered.done is not None
+    assert (remembered.done.status, remembered.done.error) == (first.status, first.error)
+    assert 0 < bulky.tasks.memory.held_bytes < 2_000

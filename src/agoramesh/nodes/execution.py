@@ -26,6 +26,7 @@ from agoramesh.bus.bus import Delivery, Reply
 from agoramesh.bus.envelope import BROADCAST
 from agoramesh.bus.ingress import encode_json
 from agoramesh.bus.replies import error_headers, headers_size, reply_error
+from agoramesh.config import MAX_MESSAGE_BYTES
 from agoramesh.errors import (
     AgoraError,
     BackendBadResponse,
@@ -145,6 +146,8 @@ class TaskRunner:
                                       "agoramesh.status": result.status.value})
         store = durable and task is not None and result.final
         result, reply = self._prepare(delivery, result, started, stored=store)
+        if fresh and task is not None:
+            self.memory.weigh(task.task_id, result, _answered_size(delivery, result, reply))
         if store and not await self._store(result) and reply is not None:
             reply = self._response(delivery, result, stored=False)  # rare: sealed again
         elapsed = time.perf_counter() - started
@@ -357,6 +360,16 @@ class TaskRunner:
         except (EnvelopeError, AgoraError) as exc:
             self.node.log.warning("could not send the result of %s: %s", result.task_id, exc,
                              extra={"task_id": result.task_id})
+
+
+def _answered_size(delivery: Delivery, result: TaskResult, reply: Reply | None) -> int:
+    """How many bytes ``result`` took (or would take) as its answer to ``delivery``."""
+    if reply is not None:
+        return reply.size
+    try:  # no reply subject (or not even a failure fits): what it would have taken
+        return delivery.measure("task_response", result.as_dict())
+    except (AgoraError, ValueError, TypeError):
+        return MAX_MESSAGE_BYTES  # not even encodable: weighed as the largest message
 
 
 async def publish_callback(node: BaseNode, delivery: Delivery, subject: str,

@@ -12,7 +12,12 @@ The same id with other content is a different task: asking for it is refused
 (``InvalidTask``), never answered with the other task's result. Content is
 the capability and parameters, compared by a BLAKE2b digest. Only final
 results are remembered (TaskResult.final), at most ``size`` of them for
-``ttl`` seconds.
+``ttl`` seconds, and at most ``max_bytes`` of them as messages: once a result
+is answered, :meth:`TaskMemory.weigh` puts what was answered in its place
+(a result too large to send becomes the ``ResultTooLarge`` failure the
+requester got) with its size, and the oldest results go first when the sum
+is over. A result is held as it came until it is weighed: a moment, on the
+way to its answer.
 """
 
 from __future__ import annotations
@@ -52,11 +57,15 @@ class Remembered:
 class TaskMemory:
     """Running tasks and recent final results by task id."""
 
-    def __init__(self, *, size: int = 1024, ttl: float = 600.0) -> None:
+    def __init__(self, *, size: int = 1024, ttl: float = 600.0,
+                 max_bytes: int = 32 * 1024 * 1024) -> None:
         self.size = size
         self.ttl = ttl
+        self.max_bytes = max_bytes
         self._running: dict[str, tuple[str, asyncio.Future[TaskResult]]] = {}
-        self._done: OrderedDict[str, tuple[float, str, TaskResult]] = OrderedDict()
+        #: Final results by task id, oldest first: (expires, digest, result, bytes).
+        self._done: OrderedDict[str, tuple[float, str, TaskResult, int]] = OrderedDict()
+        self._bytes = 0  # the weighed results' sum
 
     def recall(self, task: Task) -> Remembered | None:
         """What is known of ``task.task_id``: None if nothing (or only an expired result)."""
@@ -66,9 +75,9 @@ class TaskMemory:
         done = self._done.get(task.task_id)
         if done is None:
             return None
-        expires, digest, result = done
+        expires, digest, result, _ = done
         if expires < time.monotonic():
-            del self._done[task.task_id]
+            self._forget(task.task_id)
             return None
         return Remembered(digest=digest, running=None, done=result)
 
@@ -92,13 +101,39 @@ class TaskMemory:
             entry[1].set_result(result)
         if not result.final:
             return
-        now = time.monotonic()
-        self._done[task.task_id] = (now + self.ttl, entry[0] if entry else task_digest(task),
-                                    result)
-        self._done.move_to_end(task.task_id)
-        done = self._done  # oldest first, and so soonest to expire (one ttl for all)
-        while done and (len(done) > self.size or next(iter(done.values()))[0] < now):
-            done.popitem(last=False)
+        self._forget(task.task_id)
+        self._done[task.task_id] = (time.monotonic() + self.ttl,
+                                    entry[0] if entry else task_digest(task), result, 0)
+        self._trim()
+
+    def weigh(self, task_id: str, answered: TaskResult, nbytes: int) -> None:
+        """The result of ``task_id`` was answered as ``answered``, ``nbytes`` as a message:
+        remember that (a too-large result's failure, not the result) at that size."""
+        known = self._done.get(task_id)
+        if known is None or not answered.final:
+            return
+        expires, digest, _, before = known
+        self._done[task_id] = (expires, digest, answered, nbytes)
+        self._bytes += nbytes - before
+        self._trim()
+
+    def _forget(self, task_id: str) -> None:
+        known = self._done.pop(task_id, None)
+        if known is not None:
+            self._bytes -= known[3]
+
+    def _trim(self) -> None:
+        """Drop the oldest results (and so the soonest to expire: one ttl for all) while
+        there are too many, too many bytes of them, or the oldest has expired."""
+        done, now = self._done, time.monotonic()
+        while done and (len(done) > self.size or self._bytes > self.max_bytes
+                        or next(iter(done.values()))[0] < now):
+            self._bytes -= done.popitem(last=False)[1][3]
+
+    @property
+    def held_bytes(self) -> int:
+        """The remembered results' size as the messages that answered them."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._running) + len(self._done)
