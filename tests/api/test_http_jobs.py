@@ -214,6 +214,8 @@ async def test_a_key_in_use_by_another_task_is_a_409(api: HttpApi, backend: Work
                  409, "Conflict", "of capability 'work.later', not 'work.do'")
     assert_error(*(await post(http, api, {**queued, "parameters": {"n": 7}}, key="clash"))[:2],
                  409, "Conflict", "with other parameters")
+    assert_error(*(await post(http, api, {**queued, "callback": "b.c"}, key="clash"))[:2],
+                 409, "Conflict", "with another callback (none)")
     assert (await post(http, api, queued, key="clash"))[:2] == (
         202, accepted("clash", duplicate=True))
     assert_error(*await call(http, "GET", f"{api.url}/api/tasks/clash"), 404, "JobNotFound",

@@ -13,10 +13,10 @@ the 202. The key is the idempotency key end to end, so the same key twice runs t
 task once: a result already stored under it is answered (``duplicate: true``) without
 submitting anything; a key the stream has seen within its duplicate window
 (``duplicate: true``) whose job is still there (queued or running) is compared with
-the request, and another capability or other parameters are a 409 ``Conflict``. That
-is all that is checked: a finished job is gone from the stream and its result does not
-say what task it was for, so a key reused for another task after the first one
-finished answers the first one's result.
+the request, and another capability, other parameters or another callback are a 409
+``Conflict``. That is all that is checked: a finished job is gone from the stream and
+its result does not say what task it was for, so a key reused for another task after
+the first one finished answers the first one's result.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def _task_id(given: str, what: str) -> str:
                              f"got {given[:60]!r}") from None
 
 
-def _job_parameters(data: bytes, capability: str, max_bytes: int) -> dict[str, Any] | None:
-    """The parameters of a job as the stream holds it, or None if they cannot be read.
+def _queued_task(data: bytes, capability: str, max_bytes: int) -> Task | None:
+    """A job's task as the stream holds it, or None if it cannot be read.
 
     Read for comparison only: the envelope is parsed, not verified (nothing is
     admitted, so the node's replay protection never sees it).
@@ -91,7 +91,7 @@ def _job_parameters(data: bytes, capability: str, max_bytes: int) -> dict[str, A
             return None
         if is_boxed(body):
             return None
-        return Task.from_dict(body, capability=capability).parameters
+        return Task.from_dict(body, capability=capability)
     except (AgoraError, TypeError, ValueError):
         return None
 
@@ -236,7 +236,7 @@ class TaskRoutes:
                     callback=callback)
                 job_id, duplicate = receipt.task_id, receipt.duplicate
                 if duplicate:
-                    conflict = await self._conflict(receipt, capability, parameters)
+                    conflict = await self._conflict(receipt, capability, parameters, callback)
                     if conflict is not None:
                         return error_response(409, "Conflict", conflict)
                 if wait is not None:
@@ -248,7 +248,7 @@ class TaskRoutes:
                               "result_url": location}, 202, Location=location)
 
     async def _conflict(self, receipt: JobReceipt, capability: str,
-                        parameters: dict[str, Any]) -> str | None:
+                        parameters: dict[str, Any], callback: str | None) -> str | None:
         """Why the job the stream already holds under this task id is another task, or None.
 
         Only a job still in the stream (queued or running) can be compared: once done,
@@ -265,9 +265,11 @@ class TaskRoutes:
             return None
         if theirs != capability:
             return f"{prefix} of capability {theirs!r}, not {capability!r}"
-        queued = _job_parameters(stored.data, theirs, bus.config.envelope.max_bytes)
-        if queued is not None and queued != parameters:
+        queued = _queued_task(stored.data, theirs, bus.config.envelope.max_bytes)
+        if queued is not None and queued.parameters != parameters:
             return f"{prefix} with other parameters"
+        if queued is not None and queued.callback != callback:
+            return f"{prefix} with another callback ({queued.callback or 'none'})"
         return None
 
     async def _await_result(self, task_id: str, wait: float) -> TaskResult | None:
