@@ -10,8 +10,11 @@ import anyio
 import pytest
 from mcp import types
 from mcp_support import Agents, http_client
+from nats.aio.client import Client as NatsClient
 
+from agoramesh.bus.envelope import parse
 from agoramesh.testing import wait_until
+from agoramesh.testing.raw import flush
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +65,33 @@ async def test_durable_jobs_and_their_results(agents: Agents) -> None:
         bad_id = await client.call_tool("mesh_result", {"task_id": "no spaces"})
         assert bad_id.is_error and text(bad_id).startswith("InvalidRequest: mesh_result: "
                                                            "arguments.task_id: ")
+
+
+async def test_mesh_submit_names_a_callback(agents: Agents) -> None:
+    """The result is also published on the callback, as `nats sub` sees it; a subject no
+    callback may name is a tool error."""
+    listener = NatsClient()
+    await listener.connect(agents.url, allow_reconnect=False)
+    try:
+        heard = await listener.subscribe("results.mcp.>")
+        await flush(listener)
+        async with http_client(agents.url) as client:
+            for route, extra in (("direct", {"strategy": "direct"}), ("durable",
+                                                                     {"durable": True})):
+                done = await client.call_tool("mesh_submit", {
+                    "capability": "echo", "parameters": {"text": route},
+                    "callback": f"results.mcp.{route}", **extra})
+                assert not done.is_error, text(done)
+                published = parse((await heard.next_msg(timeout=5)).data)
+                assert published.subject == f"results.mcp.{route}"
+                assert published.body["result"] == {"echo": {"text": route}}
+                assert published.body["task_id"] == done.structured_content["task_id"]
+            bad = await client.call_tool("mesh_submit", {"capability": "echo",
+                                                         "callback": "results.*"})
+            assert bad.is_error and text(bad).startswith(
+                "InvalidRequest: mesh_submit: arguments.callback: callback 'results.*'")
+    finally:
+        await listener.close()
 
 
 async def test_collaborations_and_workflows(agents: Agents) -> None:

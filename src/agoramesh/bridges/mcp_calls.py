@@ -36,7 +36,7 @@ from agoramesh.bus.subjects import validate_capability
 from agoramesh.errors import AgoraError, BusTimeout, InvalidRequest, JobNotFound
 from agoramesh.nodes.card import AgentCard
 from agoramesh.nodes.client import cancel_task, stream_task, submit_task
-from agoramesh.nodes.task import Chunk, Task, TaskResult, TaskStatus
+from agoramesh.nodes.task import Chunk, Task, TaskResult, TaskStatus, validate_callback
 from agoramesh.protocols.allocation.dispatch import Strategy
 from agoramesh.protocols.auction.policy import Progress
 from agoramesh.protocols.collaboration.collaboration import Collaboration
@@ -155,6 +155,12 @@ class MeshCalls:
         priority = int(arguments.get("priority", 5))
         strategy = Strategy(arguments.get("strategy", Strategy.AUCTION))
         agent = arguments.get("agent")
+        callback = arguments.get("callback")
+        if callback is not None:
+            try:
+                validate_callback(callback)
+            except AgoraError as exc:
+                raise InvalidRequest(f"mesh_submit: arguments.callback: {exc}") from None
         if arguments.get("durable") or "task_id" in arguments or "wait" in arguments:
             if agent is not None or "strategy" in arguments:
                 raise InvalidRequest("mesh_submit: 'strategy' and 'agent' do not apply to a "
@@ -165,8 +171,8 @@ class MeshCalls:
             task_id = valid_task_id(arguments.get("task_id") or uuid.uuid4().hex)
             return self._durable(capability, parameters, task_id=task_id, priority=priority,
                                  timeout=timeout, wait=bool(arguments.get("wait", True)),
-                                 note=note or _ignore)
-        task = self._task(capability, parameters, timeout, priority)
+                                 note=note or _ignore, callback=callback)
+        task = self._task(capability, parameters, timeout, priority, callback)
         if agent is not None:
             return self._to_agent(task, self._agent_id(str(agent)), timeout, note or _ignore)
         if strategy is Strategy.DIRECT:
@@ -176,9 +182,9 @@ class MeshCalls:
 
     @staticmethod
     def _task(capability: str, parameters: dict[str, Any], timeout: float,
-              priority: int) -> Task:
+              priority: int, callback: str | None = None) -> Task:
         return Task(capability=capability, parameters=parameters, priority=priority,
-                    deadline=time.time() + timeout)
+                    deadline=time.time() + timeout, callback=callback)
 
     def _agent_id(self, agent: str) -> str:
         """The id of the agent named (or identified by) ``agent``."""
@@ -247,13 +253,14 @@ class MeshCalls:
         return Run(work(), cancel)
 
     def _durable(self, capability: str, parameters: dict[str, Any], *, task_id: str,
-                 priority: int, timeout: float, wait: bool, note: Note) -> Run:
+                 priority: int, timeout: float, wait: bool, note: Note,
+                 callback: str | None) -> Run:
         jobs = self.mesh.jobs
 
         async def work() -> Answer:
             receipt = await jobs.submit(capability, parameters, task_id=task_id,
                                         priority=priority, timeout=min(timeout, 10.0),
-                                        deadline=time.time() + timeout)
+                                        deadline=time.time() + timeout, callback=callback)
             pending = {"task_id": receipt.task_id, "status": "PENDING",
                        "duplicate": receipt.duplicate}
             if not wait:

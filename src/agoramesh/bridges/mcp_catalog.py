@@ -157,7 +157,10 @@ FIXED_TOOLS: tuple[ToolSpec, ...] = (
                                                       "(default true)"},
             "timeout": _TIMEOUT,
             "priority": {"type": "integer", "minimum": 0, "maximum": 10,
-                         "description": "0 (low) to 10 (default 5)"}}}),
+                         "description": "0 (low) to 10 (default 5)"},
+            "callback": {"type": "string", "description": "a NATS subject the agent that "
+                                                          "runs the task also publishes its "
+                                                          "final result on"}}}),
     ToolSpec(
         name="mesh_result", read_only=True,
         description="The result of a durable job submitted earlier (mesh_submit with "
