@@ -131,3 +131,6 @@ def test_a_lone_first_seed_says_why_it_takes_no_durable_job_yet(tmp_path: Path) 
             "a lone first seed has none until a second joins")
     finally:
         node.reap()
+    # and the node said so when it started
+    assert "note: this first seed's JetStream is clustered and has no leader until a " \
+           "second seed joins" in node.stderr, node.stderr

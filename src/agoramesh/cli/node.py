@@ -282,6 +282,7 @@ async def _run_node(args: argparse.Namespace, env: Environment) -> int:
                 if server is not None:
                     server.on_crash.append(lambda _: stop.set())
                     await server.start()
+                    _note_a_lone_jetstream(server.config)
                 url = args.connect or (server.client_url if server else "")
                 node = await _start_agent(args, env, identity, known, access, tls, url)
                 seeds = [server] if server is not None and role is ServerRole.SEED else []
@@ -301,6 +302,14 @@ async def _run_node(args: argparse.Namespace, env: Environment) -> int:
     if server is not None:
         server.check()  # a crash stopped us: exit with its error
     return 0
+
+
+def _note_a_lone_jetstream(config: ServerConfig) -> None:
+    """A first seed's JetStream is clustered and elects no leader alone: say so at start."""
+    if config.role is ServerRole.SEED and config.jetstream is not None and not config.bootstrap:
+        warn("note: this first seed's JetStream is clustered and has no leader until a "
+             "second seed joins (--bootstrap to this one): durable jobs wait until then. "
+             "`agoramesh up --seeds 1` runs a standalone seed.")
 
 
 async def _start_agent(args: argparse.Namespace, env: Environment, identity: Identity,
