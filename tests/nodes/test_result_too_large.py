@@ -151,3 +151,22 @@ async def test_the_agent_remembers_the_failure_it_answered_not_the_oversize_resu
     assert remembered is not None and remembered.done is not None
     assert (remembered.done.status, remembered.done.error) == (first.status, first.error)
     assert 0 < bulky.tasks.memory.held_bytes < 2_000
+
+
+async def test_a_result_nobody_is_answered_with_is_weighed_by_its_body(
+        bulky: AgentNode, nats_server: EmbeddedServer) -> None:
+    """A task published without a reply subject (``nats pub``) is run and its result kept,
+    weighed by its body's size as JSON (no reply is sealed to measure it)."""
+    cli = NatsClient()
+    await cli.connect(nats_server.client_url, allow_reconnect=False)
+    try:
+        await cli.publish("agora.cap.bulk.make", b'{"task_id": "unanswered-1"}')
+        await cli.flush()
+    finally:
+        await cli.close()
+    memory = bulky.tasks.memory
+    await wait_until(lambda: memory.held_bytes > 0, timeout=10)
+    assert 1_200_000 < memory.held_bytes < 1_201_000  # the 1.2 MB text, as JSON
+    remembered = memory.recall(Task(capability="bulk.make", task_id="unanswered-1"))
+    assert remembered is not None and remembered.done is not None
+    assert remembered.done.status is TaskStatus.COMPLETED

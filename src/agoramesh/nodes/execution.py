@@ -366,8 +366,9 @@ def _answered_size(delivery: Delivery, result: TaskResult, reply: Reply | None) 
     """How many bytes ``result`` took (or would take) as its answer to ``delivery``."""
     if reply is not None:
         return reply.size
-    try:  # no reply subject (or not even a failure fits): what it would have taken
-        return delivery.measure("task_response", result.as_dict())
+    try:  # no reply subject (or not even a failure fits): its body's size, as JSON (an
+        # estimate within the envelope's few hundred bytes; sealing it would sign it)
+        return len(encode_json(result.as_dict()))
     except (AgoraError, ValueError, TypeError):
         return MAX_MESSAGE_BYTES  # not even encodable: weighed as the largest message
 

@@ -61,12 +61,13 @@ __all__ = ("McpBackend", "capability_name")
 log = logging.getLogger("agoramesh.backends")
 
 _FIRST_PAUSE, _MAX_PAUSE = 0.1, 2.0
-#: How long aclose waits for the supervisor to end on its own: more than the SDK's stdio
-#: shutdown takes at most (a flush, the server's grace to exit, a kill, its reaping).
-_CLOSE_WAIT = 8.0
-_CLOSE_TRIES = 20  # then cancels of the supervisor, 0.1 s apart, before aclose gives up
 #: How often an idle connection is pinged, and how long a ping may take.
 _PING_EVERY, _PING_TIMEOUT = 2.0, 5.0
+#: How long aclose waits for the supervisor to end on its own: a ping under way (its watch
+#: returns after it; a frozen server lets it time out), then the SDK's stdio shutdown at
+#: its longest (a 0.5 s flush, 2 s for the server to exit, 2 s after the kill, 2 s to reap).
+_CLOSE_WAIT = _PING_TIMEOUT + 7.0
+_CLOSE_TRIES = 20  # then cancels of the supervisor, 0.1 s apart, before aclose gives up
 _MAX_LEVELS = 16
 _NOT_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
