@@ -14,7 +14,11 @@ timed). Paths, in alternating (ABBA) blocks after a warm-up:
               once with what the bridge sends a blocking send (the whole task in one
               event: completed, one artifact). The baseline: A2A's own HTTP stack.
 * ``mesh``    the bridge at ``/``: the message becomes a task auctioned among the agents
-              offering ``echo`` (one here), the winner's result its artifact.
+              offering ``echo`` (one here, so the auction awards it directly, without
+              a call for proposals: PROTOCOL.md §16), the winner's result its artifact.
+* ``cfp``     the same, with direct awards off (``AuctionPolicy(direct_award=False)``
+              for these sends): a call for proposals, its bid, then the award (info:
+              the auction of a capability more than one agent offers).
 * ``agent``   the bridge at ``/agents/echo-agent/``: the task sent to that agent, no
               auction (info).
 * ``auction`` ``Dispatcher.submit`` alone, no A2A (info: what the mesh part costs).
@@ -80,6 +84,8 @@ from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import TaskStatus as MeshStatus
 from agoramesh.protocols.allocation.dispatch import Dispatcher
+from agoramesh.protocols.auction.auctioneer import Auctioneer
+from agoramesh.protocols.auction.policy import AuctionPolicy
 from common import (
     Warnings,
     WrongAnswer,
@@ -97,7 +103,7 @@ from common import (
 PARAMS: dict[str, Any] = {"text": "The quick brown fox jumps over the lazy dog."}
 EXPECTED = {"echo": PARAMS}
 TARGET, BLOCKS, TIMEOUT = 1.3, 10, 10.0  # p50 mesh/sdk; ABBA blocks; seconds per call
-SIDES = ("sdk", "mesh", "agent", "auction")
+SIDES = ("sdk", "mesh", "cfp", "agent", "auction")
 Op = Callable[[], Awaitable[object]]
 
 
@@ -157,6 +163,18 @@ def a2a_op(client: Client) -> Op:
     return send
 
 
+def with_policy(op: Op, auctioneer: Auctioneer, policy: AuctionPolicy) -> Op:
+    """``op`` with the auctioneer running ``policy`` (the paths run one at a time)."""
+    async def run() -> None:
+        saved, auctioneer.policy = auctioneer.policy, policy
+        try:
+            await op()
+        finally:
+            auctioneer.policy = saved
+
+    return run
+
+
 def auction_op(dispatcher: Dispatcher) -> Op:
     async def submit() -> None:
         result = await dispatcher.submit("echo", PARAMS, timeout=TIMEOUT)
@@ -211,6 +229,8 @@ async def measure(base: Path, rounds: int, split: bool) -> dict[str, Any]:
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=TIMEOUT))
         ops = {"sdk": a2a_op(await client_for(http, baseline.url)),
                "mesh": a2a_op(await client_for(http, bridge.url)),
+               "cfp": with_policy(a2a_op(await client_for(http, bridge.url)),
+                                  dispatcher.auctioneer, AuctionPolicy(direct_award=False)),
                "agent": a2a_op(await client_for(http, bridge.url + "/agents/echo-agent")),
                "auction": auction_op(dispatcher)}
         for op in ops.values():  # warm-up
@@ -239,6 +259,7 @@ def report(result: dict[str, Any]) -> None:
     print(f"{'path':<60} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'miss':>4} {'/sdk':>5}")
     titles = {"sdk": "sdk: echo agent served by a2a-sdk alone (uvicorn)",
               "mesh": "mesh: A2AServer / -> auction -> offline echo agent",
+              "cfp": "cfp: the same, direct awards off (cfp, bid, award)",
               "agent": "agent: A2AServer /agents/echo-agent/ -> that agent",
               "auction": "auction: Dispatcher.submit alone (no A2A)"}
     for side in SIDES:

@@ -1,8 +1,10 @@
 """The two bridges meet: an MCP client calls a tool whose work an A2A agent in the mesh does,
 won in an auction (issue 18, item 4).
 
-The A2A agent is written with a2a-sdk alone (a2a_support.ToolAgent) and joins as a mesh agent
-through the A2A backend; a local offline agent bids for ``echo`` beside it. The MCP client is
+The A2A agent is written with a2a-sdk alone (a2a_support.ToolAgent) and joins as two mesh
+agents through the A2A backend (so its skills are auctioned: with one agent known to offer a
+capability the mesh awards it directly, without a call for proposals); a local offline agent
+bids for ``echo`` beside them. The MCP client is
 the SDK's own, on the mesh's MCP server over streamable HTTP.
 """
 
@@ -32,10 +34,13 @@ async def test_an_mcp_tool_call_is_auctioned_to_an_a2a_agent(
         nats_server: EmbeddedServer, agent_factory: Any, tool_agent: ToolAgent,
         tool_url: str) -> None:
     url = nats_server.client_url
-    backend = A2ABackend(BackendConfig(base_url=tool_url))
-    remote: AgentNode = await agent_factory(url, "tools", await backend.offered(),
-                                            backend=backend, agent_type="a2a")
+    remotes: list[AgentNode] = []
+    for name in ("tools", "tools-2"):
+        backend = A2ABackend(BackendConfig(base_url=tool_url))
+        remotes.append(await agent_factory(url, name, await backend.offered(),
+                                           backend=backend, agent_type="a2a"))
     local: AgentNode = await agent_factory(url, "local", ["echo"])
+    by_id = {remote.agent_id: remote for remote in remotes}
     notes: list[str] = []
 
     async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -54,10 +59,10 @@ async def test_an_mcp_tool_call_is_auctioned_to_an_a2a_agent(
         assert not hello.is_error, _text(hello)
         assert hello.structured_content is not None
         assert hello.structured_content["result"] == {"text": "hello"}
-        assert hello.structured_content["agent_id"] == remote.agent_id
+        winner = by_id[hello.structured_content["agent_id"]]
         assert tool_agent.seen[-1] == ("Say hello!", {"text": "hi"})  # the A2A agent did it
-        assert notes[0].startswith("call for proposals #1")  # through an auction
-        assert "awarded to tools" in notes
+        assert notes[0] == "call for proposals #1 to 2 known capable agent(s)"  # an auction
+        assert notes[1].startswith("2 bid(s)") and f"awarded to {winner.config.name}" in notes
 
         broke = await client.call_tool("tool_fail", {"text": "x"})
         assert broke.is_error and "the tool broke" in _text(broke)
@@ -70,5 +75,5 @@ async def test_an_mcp_tool_call_is_auctioned_to_an_a2a_agent(
             assert not echoed.is_error, _text(echoed)
             assert echoed.structured_content is not None
             winners.add(echoed.structured_content["agent_id"])
-        assert winners <= {remote.agent_id, local.agent_id}
-    assert remote.metrics.tasks["Say-hello", "completed"] == 1
+        assert winners <= {*by_id, local.agent_id}
+    assert winner.metrics.tasks["Say-hello", "completed"] == 1

@@ -85,9 +85,17 @@ def test_submit_auctions_and_shows_progress(up_mesh: UpProcess) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"value": 42}
     progress = done.stderr.splitlines()
-    assert progress[0].startswith("… call for proposals #1: 1 capable agent(s) known")
-    assert any(line.startswith("… awarded to analyst") for line in progress)
+    # The analyst alone offers math.evaluate: awarded directly, no call for proposals.
+    assert progress[0].startswith("… awarded directly to analyst ("), progress
+    assert "the one capable agent known (no call for proposals)" in progress[0]
     assert progress[-1].startswith("… result from analyst") and "COMPLETED" in progress[-1]
+    # vote is offered by two agents (pro, con): a call for proposals, bids, an award.
+    done = submit(up_mesh, "vote", '{"question": "tea or coffee", "options": ["tea", "coffee"]}')
+    assert done.returncode == 0, done.stderr
+    progress = done.stderr.splitlines()
+    assert progress[0].startswith("… call for proposals #1: "), progress
+    assert progress[1].startswith("… ") and " bid(s) from " in progress[1]
+    assert any(line.startswith("… awarded to ") for line in progress)
 
 
 def test_submit_direct_and_json(up_mesh: UpProcess) -> None:

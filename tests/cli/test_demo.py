@@ -118,7 +118,9 @@ def test_demo_json_summary_and_progress() -> None:
 
     totals = summary["totals"]
     assert totals["agents"] == 6 and totals["killed"] == 1 and totals["tasks_failed"] == 0
-    assert totals["auctions"] >= 5 and totals["bids"] >= 7
+    # Steps whose capability one agent offers award it directly (no bids): the auction
+    # step's bids are the ones sure to be counted.
+    assert totals["auctions"] >= 5 and totals["bids"] >= auction["bids"]
     assert totals["rejections"] == {"bad_signature": 1}
     assert set(summary["steps_ms"]) == {"mesh", "request", "gather", "forgery", "agents",
                                         "discovery", "auction", "workflow", "debate", "vote",

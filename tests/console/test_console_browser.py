@@ -179,6 +179,20 @@ async def _browse(up: UpProcess, browser: Any, victim: NodeProcess, evil_id: str
     assert await winner.count() == 1 and "winner" in await winner.inner_text()
     assert await item.get_by_text("Score = 0.3 \u00d7 load").count() == 1
 
+    # math.evaluate has one agent (the analyst): a direct award, shown as such, no bids.
+    evaluated = await asyncio.to_thread(post, f"{http}/api/tasks", {
+        "capability": "math.evaluate", "parameters": {"expression": "6*7"}})
+    assert evaluated["status"] == "COMPLETED"
+    item = page.locator(f"#auction-list li[data-task-id='{evaluated['task_id']}']")
+    await item.wait_for(timeout=10_000)
+    await item.locator("summary").click()
+    direct = item.locator("p.direct")
+    await direct.wait_for()
+    assert "analyst was the one agent known to offer math.evaluate" in await \
+        direct.inner_text()
+    assert "a direct award" in await item.locator("h4").inner_text()
+    assert await item.locator("table.bids").count() == 0
+
     # A debate and a workflow run through the API, shown as a transcript and a DAG.
     await asyncio.to_thread(post, f"{http}/api/collaborate", {
         "mode": "debate", "topic": "tabs or spaces", "agents": ["pro", "con"], "rounds": 1})

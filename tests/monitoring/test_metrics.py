@@ -20,6 +20,7 @@ from agoramesh.errors import ConfigError
 from agoramesh.monitoring.metrics import JOB_STORE_METRICS, METRICS, MeshCollector
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.observability.stats import BUCKETS, AgentMetrics, Histogram
+from agoramesh.protocols.auction.policy import AuctionPolicy
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory
 from agoramesh.testing.prometheus import promtool_check_metrics
@@ -102,7 +103,9 @@ async def test_a_live_node_exports_every_family_and_passes_promtool(
         nats_server: EmbeddedServer, agent_factory: AgentFactory, bus_factory: BusFactory,
         metrics_server: Any) -> None:
     url = nats_server.client_url
-    boss = await agent_factory(url, "boss", ["math.evaluate"])
+    # Bids to count: with one agent known it would be awarded directly, without a cfp.
+    boss = await agent_factory(url, "boss", ["math.evaluate"],
+                               auction_policy=AuctionPolicy(direct_award=False))
     worker = await agent_factory(url, "worker", ["echo", "text.summarize"])
     metrics_server.collector.add_agent(boss)
     metrics_server.collector.add_agent(worker)

@@ -280,6 +280,29 @@ async def test_an_auction_is_one_trace_from_submit_to_result(
 
 
 @pytest.mark.integration
+async def test_a_direct_award_is_submit_award_execute_with_no_cfp(
+        nats_server: EmbeddedServer, agent_factory: AgentFactory,
+        spans: InMemorySpanExporter) -> None:
+    url = nats_server.client_url
+    driver = await agent_factory(url, "driver", ["echo"])
+    worker = await agent_factory(url, "worker", ["math.evaluate"])
+    await wait_until(lambda: worker.agent_id in driver.directory, timeout=5)
+    result = await driver.dispatcher.submit("math.evaluate", {"expression": "6*7"}, timeout=10)
+    assert result.result == {"value": 42}
+    finished = spans.get_finished_spans()
+    (submit,) = by_name(finished, "agoramesh.submit")
+    assert not by_name(finished, "agoramesh.cfp") and not by_name(finished, "agoramesh.bid")
+    client_award, winner_award = sorted(by_name(finished, "agoramesh.award"),
+                                        key=lambda item: item.kind.value, reverse=True)
+    assert parent_of(client_award) == submit.context.span_id
+    assert (client_award.attributes or {})["agoramesh.direct"] is True
+    assert parent_of(winner_award) == client_award.context.span_id
+    assert (winner_award.attributes or {})["agoramesh.decision"] == "accept"
+    (execute,) = by_name(finished, "agoramesh.execute")
+    assert parent_of(execute) == winner_award.context.span_id
+
+
+@pytest.mark.integration
 async def test_a_direct_task_is_submit_then_execute(
         nats_server: EmbeddedServer, agent_factory: AgentFactory,
         spans: InMemorySpanExporter) -> None:

@@ -37,8 +37,11 @@ def nodes(tmp_path: Path) -> Iterator[dict[str, NodeProcess]]:
     started: dict[str, NodeProcess] = {}
     common = ("--heartbeat", "0.2", "--no-jetstream")
     try:
+        # It always calls for proposals: with one agent known it would award it directly
+        # (no cfp, no bid: tests/observability/test_tracing.py has that trace).
         started["auctioneer"] = NodeProcess(
             tmp_path / "auctioneer", "--name", "auctioneer", "--capability", "echo", *common,
+            "--no-direct-award",
             env={"AGORAMESH_TRACE_CAPTURE": str(tmp_path / "auctioneer.jsonl")})
         started["winner"] = NodeProcess(
             tmp_path / "winner", "--name", "winner", "--capability", "math.evaluate", *common,

@@ -12,6 +12,7 @@ from agoramesh.bus.bus import Delivery
 from agoramesh.bus.server import EmbeddedServer
 from agoramesh.nodes.task import TaskStatus
 from agoramesh.observability.trajectory import Trajectory, read_trajectory
+from agoramesh.protocols.auction.policy import AuctionPolicy
 from agoramesh.testing import wait_until
 from agoramesh.testing.plugin import AgentFactory, BusFactory
 
@@ -43,7 +44,9 @@ async def test_agents_publish_telemetry_with_counters_and_recent_events(
                      and events(worker.agent_id, "task"), timeout=5)
     [auction] = events(boss.agent_id, "auction")
     assert auction["outcome"] == "awarded" and auction["winner"] == worker.agent_id
-    assert auction["bids"] == 1 and auction["capability"] == "echo"
+    # The one agent known to offer echo was awarded directly: no bid, a direct round.
+    assert auction["bids"] == 0 and auction["capability"] == "echo"
+    assert [r.get("direct") for r in auction["rounds"]] == [worker.agent_id]
     [task] = events(worker.agent_id, "task")
     assert task["outcome"] == "completed" and task["task_id"] == result.task_id
     latest = [beat.body for beat in beats if beat.sender == boss.agent_id][-1]
@@ -61,7 +64,8 @@ async def test_a_trajectory_records_what_each_side_saw_decided_and_sent(
     url = nats_server.client_url
     boss_path, worker_path = tmp_path / "boss.jsonl", tmp_path / "worker.jsonl"
     boss = await agent_factory(url, "boss", ["math.evaluate"],
-                               trajectory=Trajectory(boss_path, agent="boss"))
+                               trajectory=Trajectory(boss_path, agent="boss"),
+                               auction_policy=AuctionPolicy(direct_award=False))  # a cfp
     worker_id = Identity.generate()
     worker = await agent_factory(url, "worker", ["echo"], identity=worker_id,
                                  trajectory=Trajectory(worker_path, agent="worker",

@@ -354,13 +354,16 @@ async def test_a_denied_requester_gets_no_bid_and_another_agent_wins(
     assert guarded.metrics.bids["echo", "bid"] == 0
     with pytest.raises(NoBidders):  # the guarded agent alone: it refuses, nobody bids
         await boss.dispatcher.submit("echo", ECHO, timeout=5, exclude=[other.agent_id])
-    assert denials(guarded) == {("echo", "bid"): 4}
+    # Known alone, it was awarded directly first: declined for the bid it may not make
+    # (denied before anything is run), then the cfp that followed refused.
+    assert denials(guarded) == {("echo", "bid"): 5}
+    assert guarded.metrics.awards["echo", "decline"] == 1
 
     # An allowed requester's auction: the guarded agent bids, wins and runs it.
     won = await friend.dispatcher.submit("echo", ECHO, timeout=5, exclude=[other.agent_id])
     assert won.status is TaskStatus.COMPLETED and won.agent_id == guarded.agent_id
     assert guarded.metrics.awards["echo", "accept"] == 1
-    assert denials(guarded) == {("echo", "bid"): 4}
+    assert denials(guarded) == {("echo", "bid"): 5}
 
 
 @pytest.mark.integration
@@ -376,8 +379,11 @@ async def test_an_award_the_policy_denies_is_declined_with_the_reason(
         await boss.dispatcher.submit("echo", ECHO, timeout=5, progress=seen.append)
     declined = [event for event in seen if event.event == "declined"]
     assert declined and "refuses execute on echo" in json.dumps(declined[0].detail)
-    assert guarded.metrics.awards["echo", "decline"] == 1
-    assert denials(guarded) == {("echo", "execute"): 1}
+    # Declined twice: the direct award (it is the one agent known), then the cfp's award.
+    assert [event.detail.get("direct") for event in seen if event.event == "award"] == [
+        True, None]
+    assert guarded.metrics.awards["echo", "decline"] == 2
+    assert denials(guarded) == {("echo", "execute"): 2}
 
 
 @pytest.mark.integration

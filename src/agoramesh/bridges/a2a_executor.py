@@ -80,6 +80,8 @@ PLAN = "agoramesh.plan"
 #: The auction events a streaming client is told of, as the status message's text.
 _SHOWN: dict[str, Callable[[dict[str, Any]], str]] = {
     "bids": lambda d: f"{d.get('bids')} bid(s) from {d.get('answered')} answer(s)",
+    "award": lambda d: f"awarded {'directly ' if d.get('direct') else ''}to agent "
+                       f"{str(d.get('agent'))[:12]}",
     "accepted": lambda d: f"agent {str(d.get('agent'))[:12]} is working on it",
     "declined": lambda d: f"agent {str(d.get('agent'))[:12]} declined: {d.get('reason')}",
     "lost": lambda d: f"agent {str(d.get('agent'))[:12]} was lost; re-auctioning",

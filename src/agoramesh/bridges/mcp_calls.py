@@ -363,7 +363,10 @@ class MeshCalls:
                     self._name(agent) for agent in detail.get("ranking", [])[:3]),
                 "waiting": lambda: f"every capable agent is busy; calling again in "
                                    f"{detail.get('seconds')}s",
-                "award": lambda: f"awarded to {self._name(detail.get('agent'))}",
+                "award": lambda: f"awarded {'directly ' if detail.get('direct') else ''}"
+                                 f"to {self._name(detail.get('agent'))}"
+                                 + (" (the one agent known to offer it)"
+                                    if detail.get("direct") else ""),
                 "accepted": lambda: f"{self._name(detail.get('agent'))} is working on it",
                 "declined": lambda: f"{self._name(detail.get('agent'))} declined: "
                                     f"{detail.get('reason')}",

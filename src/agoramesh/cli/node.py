@@ -72,6 +72,7 @@ from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.observability.trajectory import Trajectory
+from agoramesh.protocols.auction.policy import AuctionPolicy
 from agoramesh.security.acl import AccessPolicy, load_policy
 from agoramesh.security.certs import tls_config
 from agoramesh.security.trust import TrustStore, load_user_jwt
@@ -139,6 +140,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--acl", type=Path, metavar="FILE",
                         help="access policy (YAML or JSON, docs/SECURITY.md): who may ask this "
                              "agent for what; default: everyone, everything")
+    parser.add_argument("--no-direct-award", action="store_true",
+                        help="always call for proposals in this node's auctions, even when "
+                             "one agent alone is known to offer the capability (default: "
+                             "award that one directly, one round trip fewer)")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
     parser.add_argument("--key-file", type=Path, help="seed file (default $AGORAMESH_HOME/"
                                                       "<name>.nk, created if missing)")
@@ -334,7 +339,8 @@ async def _start_agent(args: argparse.Namespace, env: Environment, identity: Ide
             access=access, max_jobs=args.max_jobs),
             backend, BusConfig(servers=(url,), name=args.name, prefix=env.prefix,
                                tls=tls, user_jwt=user_jwt, envelope=env.envelope),
-            trajectory=trajectory)
+            trajectory=trajectory,
+            auction_policy=AuctionPolicy(direct_award=False) if args.no_direct_award else None)
         await node.start()
     except BaseException:
         await backend.aclose()

@@ -86,9 +86,12 @@ def progress_printer(dispatcher: Dispatcher) -> Any:
             "bids": lambda: f"{detail.get('bids')} bid(s) from {detail.get('answered')} "
                             f"answer(s); best: "
                             + ", ".join(name(a) for a in detail.get("ranking", [])[:3]),
-            "award": lambda: f"awarded to {name(detail.get('agent'))}"
-                             + (f" on its counter-offer {detail['counter']}"
-                                if detail.get("counter") else ""),
+            "award": lambda: (f"awarded directly to {name(detail.get('agent'))}, the one "
+                              f"capable agent known (no call for proposals)"
+                              if detail.get("direct") else
+                              f"awarded to {name(detail.get('agent'))}"
+                              + (f" on its counter-offer {detail['counter']}"
+                                 if detail.get("counter") else "")),
             "accepted": lambda: f"accepted by {name(detail.get('agent'))}, working…",
             "declined": lambda: f"declined by {name(detail.get('agent'))}: "
                                 f"{detail.get('reason')}",

@@ -103,8 +103,9 @@ def _round(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, Mapping):
         return None
     bids, awards = value.get("bids"), value.get("awards")
-    more = value.get("more")
+    more, direct = value.get("more"), value.get("direct")
     return {"attempt": value.get("attempt") if _count(value.get("attempt")) else 0,
+            **({"direct": direct[:64]} if isinstance(direct, str) and direct else {}),
             "bids": [bid for bid in map(_bid, bids[:_BIDS] if isinstance(bids, list) else ())
                      if bid is not None],
             "more": more if _count(more) else 0,

@@ -29,7 +29,13 @@ from agoramesh.errors import (
 from agoramesh.nodes.capability import Capability
 from agoramesh.nodes.task import Task, TaskStatus
 from agoramesh.protocols.allocation.dispatch import Dispatcher
-from agoramesh.protocols.auction.bidder import AWARD_TOO_LATE, Bidder, BidStrategy, _desk_for
+from agoramesh.protocols.auction.bidder import (
+    AWARD_TOO_LATE,
+    COUNTER_OFFER,
+    Bidder,
+    BidStrategy,
+    _desk_for,
+)
 from agoramesh.protocols.auction.policy import AuctionPolicy, Progress
 from agoramesh.protocols.auction.scoring import Bid, rank, weighted
 from agoramesh.testing import wait_until
@@ -256,8 +262,12 @@ async def test_counter_offers_are_awarded_only_when_the_policy_accepts_them(
                                auction_policy=AuctionPolicy(max_cost_usd=0.001, bid_window=5))
     events: list[Progress] = []
     result = await node.dispatcher.submit("work.do", {"n": 3}, progress=events.append)
-    award = next(e for e in events if e.event == "award")
-    assert award.detail["counter"]["cost_usd"] > 0.001
+    # The one agent known is awarded directly first; a bid would have countered the
+    # price, so it declines and the cfp that follows gets that counter-offer.
+    direct, declined, award = (e for e in events if e.event in ("award", "declined"))
+    assert direct.detail["direct"] is True
+    assert declined.detail["reason"] == f"{COUNTER_OFFER}: cost_usd"
+    assert award.detail["counter"]["cost_usd"] > 0.001 and "direct" not in award.detail
     assert result.result["by"] == "dear"
     strict = AuctionPolicy(max_cost_usd=0.001, accept_counter_offers=False, bid_window=5)
     node.auctioneer.policy = strict
@@ -431,9 +441,13 @@ async def test_plain_json_on_agora_task_gets_the_negotiated_result(
     assert auctions == Counter({("work.do", "awarded"): 1, ("no.such", "no_bidders"): 1})
 
 
+@pytest.mark.parametrize(("workers", "first"), [
+    (("solo",), ["award"]),  # the one agent known is awarded directly: no cfp
+    (("one", "two"), ["cfp", "bids", "award"])])
 async def test_signed_streaming_request_on_agora_task_shows_progress(
-        nats_server: Any, agent_factory: AgentFactory, bus_factory: BusFactory) -> None:
-    await start_workers(agent_factory, [nats_server.client_url], {"solo": None})
+        nats_server: Any, agent_factory: AgentFactory, bus_factory: BusFactory,
+        workers: tuple[str, ...], first: list[str]) -> None:
+    await start_workers(agent_factory, [nats_server.client_url], dict.fromkeys(workers))
     bus = await bus_factory(nats_server.client_url)
     inbox = bus.nats.new_inbox()
     seen: asyncio.Queue[Any] = asyncio.Queue()
@@ -451,9 +465,9 @@ async def test_signed_streaming_request_on_agora_task_shows_progress(
             envelope = await seen.get()
             kinds.append(envelope.type if envelope.type != "progress"
                          else envelope.body["event"])
-    assert kinds[:3] == ["cfp", "bids", "award"]
+    assert kinds[:len(first)] == first
     assert kinds[-2:] == ["result", "task_response"]
-    assert envelope.body["result"] == {"by": "solo", "n": 9}
+    assert envelope.body["result"]["n"] == 9 and envelope.body["result"]["by"] in workers
 
 
 def test_scorer_and_bids_reject_bad_values() -> None:

@@ -106,3 +106,23 @@ async def test_a_winner_frozen_past_its_lease_is_replaced_and_its_late_result_ke
     assert report.second_results == {}, report.summary()
     assert report.failed == {}, report.failed
     assert report.unexplained == {}, report.summary()
+
+
+async def test_a_lone_worker_awarded_directly_survives_its_kill_and_a_long_freeze(
+        tmp_path: Path) -> None:
+    """One worker: every auction the drivers run starts with a direct award (the one agent
+    they know, PROTOCOL.md §16), so this is that path under faults. Killed and started
+    again, then frozen past its lease: direct awards go unanswered, the cfps that follow
+    meet silence, jobs wait for it (back to the stream) and a re-delivered job it still
+    holds is answered from its run. Nothing lost, nothing delivered twice; a task runs
+    twice only where the kill or the freeze explains it."""
+    faults = [Fault(at=1.5, action="kill", target="worker", index=0, duration=0.5),
+              Fault(at=3.5, action="freeze", target="worker", index=0, duration=4.0)]
+    report = await run_chaos(tmp_path, ChaosSettings(tasks=150 * SCALE, rate=40.0, workers=1,
+                                                     worker_slots=8), faults)
+    show(report)
+    assert report.lost == [], report.summary()
+    assert report.second_results == {}, report.summary()
+    assert report.failed == {}, report.failed
+    assert report.unexplained == {}, report.summary()
+    assert sum(report.executions.values()) >= len(report.submitted)

@@ -212,7 +212,7 @@ function auctionItem(auction) {
 function auctionBody(auction) {
   const body = el("div", {});
   body.append(el("p", {}, `Run by ${nameOf(auction.auctioneer, auction.auctioneer_name)} ` +
-    `in ${num(auction.ms, 1)} ms; ${auction.attempts} call(s) for proposals.`));
+    `in ${num(auction.ms, 1)} ms; ${auction.attempts} round(s).`));
   if (auction.weights) {
     body.append(el("p", {class: "weights"}, "Score = " + Object.entries(auction.weights)
       .map(([k, v]) => `${v} × ${k}`).join(" + ") + " (each term in [0, 1], 1 best)"));
@@ -224,6 +224,12 @@ function auctionBody(auction) {
       : ["lost", "failed"].includes(before.outcome) ? " (re-auction)" : " (called again: busy)";
     const section = el("div", {class: "round"});
     section.append(el("h4", {}, `Call ${round.attempt}${why}`));
+    if (round.direct) {
+      section.firstChild.append(": a direct award");
+      section.append(el("p", {class: "direct"}, `No call for proposals: ` +
+        `${nameOf(round.direct)} was the one agent known to offer ${auction.capability}, ` +
+        `so it was awarded the task directly (it declines what it would not have bid on).`));
+    }
     const rows = round.bids.map((bid, index) => {
       const won = bid.agent === auction.winner && round === auction.rounds.at(-1);
       return el("tr", {class: won ? "winner" : null, "data-agent": bid.agent},
@@ -243,7 +249,7 @@ function auctionBody(auction) {
       el("thead", {}, el("tr", {}, ...["#", "Agent", "Score", "Load", "Latency ms", "Cost $",
                                        "Success", "Terms"].map((h) => el("th", {scope: "col"}, h)))),
       el("tbody", {}, ...rows));
-    section.append(el("div", {class: "scroll"}, table));
+    if (!round.direct) section.append(el("div", {class: "scroll"}, table));
     const awards = round.awards.map((award) => el("li", {},
       `awarded to ${nameOf(award.agent, award.agent_name)}: ${award.outcome}` +
       (award.reason ? ` (${award.reason})` : "")));

@@ -46,6 +46,12 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
 - Traced (while tracing is on): each call for proposals is an ``agoramesh.cfp`` span,
   the parent of the bidders' ``agoramesh.bid`` spans; each award an ``agoramesh.award``
   span (protocols/auction/award.py), the parent of the winner's.
+- A direct award: when exactly one agent is known to offer the capability, it is
+  awarded without a call for proposals (one round trip instead of two). It judges
+  the award as it would a cfp and declines what it would not have bid on (busy,
+  terms it cannot meet); a decline, or no answer within the bid window, and the
+  auction calls for proposals as usual. ``AuctionPolicy.direct_award=False`` always
+  calls for proposals (strangers the directory does not know yet may then bid).
 - A bid that ``holds`` the task (the agent runs it, or has just finished it:
   a job re-auctioned after its initiator was lost) ranks first, so the work is
   not done twice. A ``durable`` award asks the winner to store its result in
@@ -126,6 +132,11 @@ class Auctioneer:
             known.add(own.id)
         return known.difference(exclude)
 
+    def _lone(self, capability: str, excluded: Iterable[str]) -> str | None:
+        """The one agent known to offer ``capability``, if exactly one is known."""
+        known = self.known_bidders(capability, excluded)
+        return next(iter(known)) if len(known) == 1 else None
+
     async def start(self, *, confirm: bool = True) -> None:
         """Subscribe the reply inbox now, so its interest has crossed the mesh by the
         first auction (a bid from a far leaf cannot arrive before the interest does).
@@ -196,7 +207,7 @@ class Auctioneer:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise  # we are cancelled ourselves, not interrupted
-                won = await self._interrupted(auction, notify)
+                won = await _interrupted(self.bus, self.trajectory, auction, notify)
             outcome, winner = "awarded", won.winner
             return won
         except TimeoutError:
@@ -233,27 +244,6 @@ class Auctioneer:
                 return True
         return False
 
-    async def _interrupted(self, auction: Auction, notify: Callable[[Progress], None]
-                           ) -> AuctionOutcome:
-        """The run stopped early: a cancel (raise) or a former winner's late result (take it)."""
-        task = auction.task
-        if auction.cancelled:
-            await cancel_winner(self.bus, auction)
-            raise TaskCancelled(f"task {task.task_id} was cancelled")
-        late = auction.late
-        assert late is not None
-        if auction.winner != late.winner:
-            await cancel_winner(self.bus, auction)  # the current one runs it a second time
-        notify(Progress("late", task.task_id, {"agent": late.winner}))
-        notify(Progress("result", task.task_id, {"agent": late.winner,
-                                                  "status": late.result.status.value}))
-        if self.trajectory is not None:
-            self.trajectory.decided("late_result", auction_id=auction.id, task_id=task.task_id,
-                                    winner=late.winner)
-        return AuctionOutcome(result=late.result, winner=late.winner,
-                              bids=tuple(o.bid for o in auction.offers), attempts=auction.attempt,
-                              duplicates=auction.duplicates, stored=late.stored)
-
     async def _run(self, auction: Auction, excluded: set[str],
                    notify: Callable[[Progress], None], stream: bool, durable: bool,
                    patience: float) -> AuctionOutcome:
@@ -263,9 +253,15 @@ class Auctioneer:
         pause = _RETRY_FIRST
         lost: list[str] = []
         auctions = 1  # auctions of this task: a lost winner or a retryable failure adds one
+        direct = policy.direct_award  # a lone known agent may be awarded once without a cfp
         while True:
-            offers = await self._call_for_proposals(auction, auction.attempt + 1, excluded,
-                                                    notify)
+            lone = self._lone(task.capability, excluded) if direct else None
+            if lone is not None:
+                direct = False
+                offers = auction.open_direct(auction.attempt + 1, lone)
+            else:
+                offers = await self._call_for_proposals(auction, auction.attempt + 1,
+                                                        excluded, notify)
             busy = bool(auction.busy_refusals or auction.silent)
             if not offers:
                 if auction.refused_counters:
@@ -295,6 +291,8 @@ class Auctioneer:
                     result, stored = await self._award_phase().award(auction, offer, notify,
                                                                      stream, durable)
                 except Declined as decline:
+                    if lone is not None:
+                        break  # it would not have bid (or is not there): call for proposals
                     declined += 1
                     busy_declines += decline.busy
                     continue
@@ -321,7 +319,7 @@ class Auctioneer:
                         "failed": offer.bid.agent_id, "attempt": auction.attempt + 1}))
                     break
                 return AuctionOutcome(result=result, winner=offer.bid.agent_id,
-                                      bids=tuple(o.bid for o in offers),
+                                      bids=tuple(o.bid for o in offers if o.envelope),
                                       attempts=auction.attempt, duplicates=auction.duplicates,
                                       stored=stored)
             else:
@@ -392,6 +390,28 @@ class Auctioneer:
             if subscription is None or subscription.pending == 0:
                 break
         await asyncio.sleep(0)  # the last one taken from the queue is being handled
+
+
+async def _interrupted(bus: Bus, trajectory: Trajectory | None, auction: Auction,
+                       notify: Callable[[Progress], None]) -> AuctionOutcome:
+    """The run stopped early: a cancel (raise) or a former winner's late result (take it)."""
+    task = auction.task
+    if auction.cancelled:
+        await cancel_winner(bus, auction)
+        raise TaskCancelled(f"task {task.task_id} was cancelled")
+    late = auction.late
+    assert late is not None
+    if auction.winner != late.winner:
+        await cancel_winner(bus, auction)  # the current one runs it a second time
+    notify(Progress("late", task.task_id, {"agent": late.winner}))
+    notify(Progress("result", task.task_id, {"agent": late.winner,
+                                              "status": late.result.status.value}))
+    if trajectory is not None:
+        trajectory.decided("late_result", auction_id=auction.id, task_id=task.task_id,
+                           winner=late.winner)
+    return AuctionOutcome(result=late.result, winner=late.winner,
+                          bids=tuple(o.bid for o in auction.offers), attempts=auction.attempt,
+                          duplicates=auction.duplicates, stored=late.stored)
 
 
 def _ignore(_: Progress) -> None:

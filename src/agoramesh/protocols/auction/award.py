@@ -77,11 +77,21 @@ class AwardPhase:
         body: dict[str, Any] = {
             "auction_id": auction.id, "task": {**task.as_dict(), "stream": stream},
             "lease_interval": policy.lease_interval}
-        if bid.counter:
+        direct = offer.envelope is None
+        # A direct award asks no bid first: the agent judges the requested terms itself,
+        # and its first answer is awaited no longer than a bid would have been.
+        first_wait = min(policy.award_timeout, policy.bid_window) if direct \
+            else policy.award_timeout
+        if direct:
+            awarding.set_attribute("agoramesh.direct", True)
+            body["direct"] = True
+            body["terms"] = auction.terms(policy)
+        elif bid.counter:
             body["terms"] = dict(bid.counter)
         if durable:
             body["durable"] = True
-        notify(Progress("award", task.task_id, {"agent": winner, "counter": dict(bid.counter)}))
+        notify(Progress("award", task.task_id, {"agent": winner, "counter": dict(bid.counter),
+                                                **({"direct": True} if direct else {})}))
         if self.trajectory is not None:
             self.trajectory.decided("award", auction_id=auction.id, task_id=task.task_id,
                                     capability=task.capability, winner=winner,
@@ -89,7 +99,7 @@ class AwardPhase:
         subject, reply = self.bus.subjects.agent(winner), f"{auction.inbox}.w{auction.attempt}"
         try:
             wire = self.bus.seal(subject, "award", body, to=winner, cid=cid, reply=reply,
-                                 ttl_ms=int(policy.award_timeout * 1000))
+                                 ttl_ms=int(first_wait * 1000))
             if (auction.go_ahead is not None
                     and asyncio.get_running_loop().time() - auction.went_ahead_at > _PAUSED):
                 # Paused since go_ahead said yes (a frozen process): a durable job may be
@@ -98,7 +108,7 @@ class AwardPhase:
                 await self._go_ahead(auction)
                 # The same award with a fresh lifetime: counted and traced once, above.
                 wire = self.bus.wire(subject, "award", body, to=winner, cid=cid, reply=reply,
-                                     ttl_ms=int(policy.award_timeout * 1000))
+                                     ttl_ms=int(first_wait * 1000))
             await self.bus.publish_raw(subject, wire, reply=reply)
         except AgoraError as exc:
             if isinstance(exc, TaskCancelled):
@@ -110,7 +120,7 @@ class AwardPhase:
         try:
             while True:
                 wait = (policy.lease_interval * policy.missed_leases if accepted
-                        else policy.award_timeout)
+                        else first_wait)
                 envelope, left = await self._next(auction, wait)
                 if envelope is None:  # silence, or it left: unless that is our own pause
                     await self._last_look()  # what reached us while we were not looking

@@ -75,6 +75,8 @@ AT_CAPACITY = "at capacity"
 #: the initiator is about to give up on it and award again, so running it would run
 #: the task twice. Sent with ``retry: true``.
 AWARD_TOO_LATE = "award arrived too late"
+#: A direct award's decline when a bid would have been a counter-offer (then one is made).
+COUNTER_OFFER = "would counter-offer"
 LATE_AWARD_MS = 250
 #: Seconds a bid's reservation lasts without an award or a reject.
 RESERVATION_TTL = 5.0
@@ -289,11 +291,16 @@ class Bidder:
             await delivery.respond("decline", {"auction_id": auction_id,
                                                "reason": f"unusable award: {exc}"})
             return
-        denied = node.check_access(delivery.sender, capability.name, Action.EXECUTE)
+        direct = body.get("direct") is True  # no cfp came first: would we have bid?
+        denied = node.check_access(delivery.sender, capability.name, Action.BID) \
+            if direct else None
+        if denied is None:
+            denied = node.check_access(delivery.sender, capability.name, Action.EXECUTE)
         holds = node.memory.holds(task) if denied is None else ""
         reason = str(denied) if denied is not None else (
             None if holds else _too_late(delivery.envelope)
-            or self.strategy.accept(node, task, terms))
+            or (self._unbid(task, capability, terms) if direct
+                else self.strategy.accept(node, task, terms)))
         if reason is not None:
             self._decided(awarded, "decline", capability.name, auction_id, reason=reason)
             decline: dict[str, Any] = {"auction_id": auction_id, "reason": reason}
@@ -314,6 +321,20 @@ class Bidder:
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease
+
+    def _unbid(self, task: Task, capability: Capability, terms: dict[str, Any]) -> str | None:
+        """Why a direct award (no cfp came first) is declined: what the cfp would have
+        been refused for, or terms that a bid would have countered; None to take it."""
+        node = self.node
+        try:
+            offer = self.strategy.quote(node, task, capability, terms, self.reserved)
+        except AgoraError as exc:
+            return f"unusable award: {exc}"
+        if isinstance(offer, str):
+            return offer
+        if offer.counter:
+            return f"{COUNTER_OFFER}: {', '.join(sorted(offer.counter))}"
+        return self.strategy.accept(node, task, terms)
 
     def _decided(self, awarded: Span, decision: str, capability: str, auction_id: str,
                  **fields: Any) -> None:

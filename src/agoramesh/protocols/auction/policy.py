@@ -31,6 +31,10 @@ class AuctionPolicy:
     #: How long to keep calling for proposals while every capable agent is busy (or
     #: unreachable) before failing with Overloaded; bounded by the run's timeout.
     max_wait: float = 30.0
+    #: When exactly one agent is known to offer the capability (not excluded), award it
+    #: without calling for proposals first; it declines if it would not have bid, and
+    #: the auction then calls for proposals as usual (PROTOCOL.md §16, direct awards).
+    direct_award: bool = True
 
     def __post_init__(self) -> None:
         if min(self.bid_window, self.award_timeout, self.lease_interval) <= 0:

@@ -46,6 +46,12 @@ class AuctionTrail:
             self.rounds.append(entry)
         self.attempts = max(self.attempts, attempt)
 
+    def direct(self, attempt: int, agent_id: str) -> None:
+        """A round without bids: the one agent known to offer the capability is awarded."""
+        self.rounds.append({"attempt": attempt, "direct": agent_id, "bids": [], "more": 0,
+                            "awards": []})
+        self.attempts = max(self.attempts, attempt)
+
     def note(self, progress: Progress) -> None:
         """Follow the awards of the current round: each award, then how it ended."""
         if not self.rounds:

@@ -37,7 +37,8 @@ _MAX_OFFERS = 1024
 class Answer:
     """A bid or refusal; its signature is checked once, and only when it matters."""
 
-    envelope: Envelope
+    #: None only for the initiator's own pick of a direct award: nothing was received.
+    envelope: Envelope | None
     verified: bool | None = None  # None: not checked; False: forged or replayed, dropped
 
 
@@ -46,6 +47,12 @@ class Offer(Answer):
     """A usable bid."""
 
     bid: Bid
+
+    @classmethod
+    def direct(cls, agent_id: str) -> Offer:
+        """The one agent known to offer a capability, awarded without a call for
+        proposals (PROTOCOL.md §16, direct awards): no bid was sent, none to verify."""
+        return cls(envelope=None, verified=True, bid=Bid(agent_id=agent_id))
 
 
 class Lost(Exception):
@@ -124,6 +131,14 @@ class Auction:
         self.busy_refusals = 0
         self.enough.clear()
 
+    def open_direct(self, attempt: int, agent_id: str) -> list[Offer]:
+        """A round without a call for proposals: ``agent_id`` is awarded directly."""
+        self.open_round(attempt, (agent_id,))
+        self.closed_bidding = True  # bids are not asked for: any that come are not ours
+        self.called_at = asyncio.get_running_loop().time()
+        self.trail.direct(attempt, agent_id)
+        return [Offer.direct(agent_id)]
+
     @property
     def silent(self) -> frozenset[str]:
         """Known capable agents that have not answered this round."""
@@ -169,6 +184,7 @@ class Auction:
 
     def _count(self, answer: Answer) -> None:
         """Count a known bidder's answer towards the early close (verified if distrustful)."""
+        assert answer.envelope is not None  # answers are received
         sender = answer.envelope.sender
         if sender in self.answered or (self.distrustful and not self.verify(answer)):
             return
@@ -179,6 +195,7 @@ class Auction:
     def verify(self, answer: Answer) -> bool:
         """Finish the answer's admission, once: False if forged or replayed (counted)."""
         if answer.verified is None:
+            assert answer.envelope is not None  # only an offer picked directly has none
             try:
                 self.bus.guard.confirm(answer.envelope)
             except EnvelopeError:
@@ -247,13 +264,17 @@ class Auction:
         self.interrupt()
 
 
-    def cfp_body(self, policy: AuctionPolicy, excluded: set[str]) -> dict[str, Any]:
+    def terms(self, policy: AuctionPolicy) -> dict[str, Any]:
+        """The terms asked of bidders (and of a direct award's agent)."""
         terms: dict[str, Any] = {}
         if self.task.deadline is not None:
             terms["deadline"] = self.task.deadline
         if policy.max_cost_usd is not None:
             terms["max_cost_usd"] = policy.max_cost_usd
-        return {"auction_id": self.id, "task": self.task.as_dict(), "terms": terms,
+        return terms
+
+    def cfp_body(self, policy: AuctionPolicy, excluded: set[str]) -> dict[str, Any]:
+        return {"auction_id": self.id, "task": self.task.as_dict(), "terms": self.terms(policy),
                 "exclude": sorted(excluded), "bidders": len(self.known)}
 
     async def collect(self, deadline: float) -> bool:
