@@ -159,22 +159,26 @@ def test_recent_events_come_from_telemetry_newest_first_with_names() -> None:
                                   winner=worker.id)
     desk.metrics.auction_finished("echo", "no_bidders", 0.5, task_id="t2", bids=0,
                                   winner=None)
+    desk.metrics.auction_finished("echo", "awarded", 0.002, task_id="t3", bids=0,
+                                  winner=worker.id)  # a direct award: no bid asked
     view.ingest(worker.telemetry(), now=T0 + 1)
     view.ingest(desk.telemetry(), now=T0 + 1)
     snapshot = view.snapshot(T0 + 1)
     kinds = [(e["kind"], e["outcome"]) for e in snapshot["recent"] if e["kind"] != "agent"]
-    assert kinds == [("task", "completed"), ("auction", "awarded"), ("auction", "no_bidders")]
+    assert kinds == [("task", "completed"), ("auction", "awarded"), ("auction", "no_bidders"),
+                     ("auction", "awarded")]
     awarded = next(e for e in snapshot["recent"] if e["outcome"] == "awarded")
     assert awarded["agent_name"] == "desk" and awarded["winner_name"] == "worker"
-    assert snapshot["totals"]["auctions"] == {"awarded": 1, "no_bidders": 1, "overloaded": 0,
+    assert snapshot["totals"]["auctions"] == {"awarded": 2, "no_bidders": 1, "overloaded": 0,
                                               "failed": 0, "timeout": 0}
     lines = lines_of(render(view, 120, 30, T0 + 1))
     recent = lines[next(i for i, line in enumerate(lines) if line.startswith("RECENT")) + 1:]
-    assert "no_bidders" in recent[0] and "500.0" in recent[0]
-    assert "awarded" in recent[1] and "worker  (run by desk, 2 bids)" in recent[1]
-    assert recent[2].split()[1:5] == ["task", "echo", "completed", "4.0"]
-    assert recent[2].rstrip().endswith("worker")
-    assert "joined" in recent[3]  # desk's hello
+    assert "awarded" in recent[0] and "worker  (run by desk, direct)" in recent[0]
+    assert "no_bidders" in recent[1] and "500.0" in recent[1]
+    assert "awarded" in recent[2] and "worker  (run by desk, 2 bids)" in recent[2]
+    assert recent[3].split()[1:5] == ["task", "echo", "completed", "4.0"]
+    assert recent[3].rstrip().endswith("worker")
+    assert "joined" in recent[4]  # desk's hello
     json.dumps(snapshot)  # JSON-ready as it is
 
 

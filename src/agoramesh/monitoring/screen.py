@@ -164,7 +164,10 @@ def _recent(view: MeshView, events: list[MeshEvent], lines: int) -> list[str]:
         agent = names.get(event.agent, event.agent[:8] + "…")
         if event.kind == "auction":
             winner = names.get(event.winner, event.winner[:8] + "…") if event.winner else "-"
-            bids = f"{event.bids} bid{'s' * (event.bids != 1)}" if event.bids is not None else ""
+            # Awarded on no bid: a direct award (one agent known to offer the capability).
+            bids = ("direct" if event.bids == 0 and event.outcome == "awarded"
+                    else f"{event.bids} bid{'s' * (event.bids != 1)}"
+                    if event.bids is not None else "")
             who = f"{winner}  (run by {agent}{', ' + bids if bids else ''})"
         else:
             who = agent
