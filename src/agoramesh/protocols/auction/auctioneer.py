@@ -22,10 +22,8 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
   ``decline`` at once, or the result; if the result is not ready within a few
   milliseconds it sends ``accept`` and then a ``lease`` every ``lease_interval``. Silence for
   ``missed_leases`` intervals, or the winner leaving the directory, loses the
-  task: it is re-auctioned (``max_attempts`` in all), the lost winner not waited
-  for but still asked (ranked last: awarded again only if nobody else bids), and
-  asked to cancel once the result is in. With nobody else bidding, the auction keeps calling until
-  ``max_wait``, so a winner that was only paused is waited for, not given up on.
+  task: it is re-auctioned without that agent (``max_attempts`` in all), and
+  the lost winner is asked to cancel.
 - Exactly one result comes back: a ``task_response`` from an earlier winner of
   the auction (one thought lost) is counted in the outcome's ``duplicates`` and
   dropped. Anything else on the inbox that does not answer an award is ignored:
@@ -270,9 +268,7 @@ class Auctioneer:
                     raise AuctionFailed(
                         f"task {task.task_id}: only counter-offers "
                         f"({auction.refused_counters}), and the policy accepts none")
-                # A lost winner may only be paused: until max_wait, its late result or
-                # its bid holding the task may still come.
-                if (busy or lost) and loop.time() + pause < give_up:
+                if busy and loop.time() + pause < give_up:
                     pause = await _pause(auction, pause, notify)
                     continue
                 if lost:
@@ -302,7 +298,8 @@ class Auctioneer:
                     continue
                 except Lost:
                     winner = offer.bid.agent_id
-                    lost.append(winner[:8])  # not excluded: not waited for (below)
+                    lost.append(winner[:8])
+                    excluded.add(winner)
                     auction.ask_go_ahead = True  # the lost one may have finished it after all
                     if self.trajectory is not None:
                         self.trajectory.decided("reauction", auction_id=auction.id,
@@ -344,9 +341,7 @@ class Auctioneer:
         honest round needs (the award does not repeat it).
         """
         task = auction.task
-        # Winners lost earlier are asked again but not waited for (and rank last): if
-        # nobody else bids, one that was only paused may bid holding the task.
-        known = self.known_bidders(task.capability, excluded.union(auction.lost))
+        known = self.known_bidders(task.capability, excluded)
         auction.open_round(attempt, known)  # nobody known: wait for strangers' bids
         window = self.policy.bid_window
         auction.called_at = asyncio.get_running_loop().time()

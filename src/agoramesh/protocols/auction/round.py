@@ -306,13 +306,9 @@ class Auction:
                 scores[id(bid)] = score
                 ranked.append(by_bid[id(bid)])
         # An agent that already holds the task (running, or done) is awarded first: no
-        # second execution. A winner lost earlier comes after everyone else, holding it
-        # or not: it bids, so it is not paused, yet its leases did not come. Stable, so
-        # the scorer's order stands among the rest.
-        lost = frozenset(self.lost)
-        ranked.sort(key=lambda offer: (offer.bid.agent_id in lost,
-                                       HOLDS.index(offer.bid.holds) if offer.bid.holds
-                                       else len(HOLDS)))
+        # second execution. Stable, so the scorer's order stands among the rest.
+        ranked.sort(key=lambda offer: HOLDS.index(offer.bid.holds) if offer.bid.holds
+                    else len(HOLDS))
         self.trail.scored(self.attempt, [(offer.bid, scores[id(offer.bid)]) for offer in ranked])
         notify(Progress("bids", self.task.task_id, {
             "attempt": self.attempt, "bids": len(offers), "answered": len(self.answered),
