@@ -6,8 +6,9 @@ Setup: a 1-seed Mesh on loopback in this process; a driver AgentNode (capability
 servers alike) is paid in the measured loop.
 
 * ``off``  no TracerProvider: the API's no-op, nothing added to any message;
-* ``on``   the SDK's TracerProvider with no span processor (spans are made, sampled,
-           recorded and ended; the exporter is off), the traceparent in every request;
+* ``on``   the SDK's TracerProvider with no span processor (the exporter off: spans are
+           made, sampled, current and ended, but record nothing, since nothing would
+           receive it: ``spans.ContextSpan``), the traceparent in every request;
            every task traced (``ParentBased(ALWAYS_ON)``), or with ``--sample R`` one
            in 1/R (``ParentBased(TraceIdRatioBased(R))``, what
            ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` sets up).

@@ -58,7 +58,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
-from agoramesh.bus.tracecontext import format_traceparent, parse_traceparent
+from agoramesh.bus.tracecontext import format_traceparent, parse_traceparent, remembered
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Event
@@ -78,6 +78,10 @@ _FLAGS: Final = tuple(TraceFlags(value) for value in range(256))
 #: A root's flags on the short path: sampled (by AlwaysOn), its trace id random.
 _ROOT_FLAGS: Final = _FLAGS[_RANDOM | _SAMPLED]
 _NO_STATE: Final = SpanContext(1, 1, False).trace_state
+#: The flags a child keeps of a parent it follows (sampled and random trace id).
+_KEPT: Final = _SAMPLED | _RANDOM
+#: Ids as the SDK's default generator draws them (a :attr:`Recorder.lean` one's).
+_draw: Final = random.getrandbits
 _MAX_TRACE_ID: Final = 2**128 - 1
 _MAX_SPAN_ID: Final = 2**64 - 1
 #: The key of the current span in an OpenTelemetry Context: the one key of a context
@@ -141,10 +145,13 @@ def current_traceparent() -> str | None:
     """The traceparent of the span current in this context; None outside a valid one."""
     span = _get_current().get(_SPAN_KEY)
     if isinstance(span, Ours):
-        if not span._traceparent:
+        traceparent = span._traceparent
+        if not traceparent:
             context = span._context
-            span._traceparent = format_traceparent(context[0], context[1], context[3])
-        return span._traceparent
+            traceparent = format_traceparent(context[0], context[1], context[3])
+            # Kept in the span's instance dict (Ours has no slot for it).
+            span._traceparent = traceparent  # type: ignore[misc]
+        return traceparent
     if not isinstance(span, Span):
         return None
     context = span.get_span_context()
@@ -196,9 +203,10 @@ class Recorder:
         #: (the generator asked only for the one draw in 2**64 that is 0, not an id).
         self.bits = random.getrandbits if type(self.ids) is RandomIdGenerator else None
         self.random_ids = self.ids.is_trace_id_random()
-        #: Spans of a provider without processors may take :meth:`_unrecorded`: the
+        #: Spans of a provider without processors may take :meth:`quick`: the
         #: default sampler (nothing to ask) and id generator (random ids drawn here).
-        self.lean = self.follows_parent and self.bits is not None and self.random_ids
+        self.lean = (self.follows_parent and self.bits is not None and self.random_ids
+                     and self.multi is not None)
         self.info = tracer.instrumentation_info
         self.scope = InstrumentationScope(name, version)
         limits = SpanLimits()
@@ -212,10 +220,6 @@ class Recorder:
         ``traceparent`` when it is valid, else of the current span. Non-recording if
         sampled out, or if the provider has no span processor."""
         multi = self.multi
-        if self.lean and multi is not None and not multi._span_processors:
-            lean = self._unrecorded(traceparent)
-            if lean is not None:
-                return lean
         context = holder = parent = None
         base = _get_current()
         if traceparent and (remote := parse_traceparent(traceparent)) is not None:
@@ -264,41 +268,50 @@ class Recorder:
         self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
-    def _unrecorded(self, traceparent: str) -> ContextSpan | None:
-        """:meth:`start`'s short path while the provider has no span processor: the
-        sampled child of a sampled remote ``traceparent`` or of our current span, or a
-        sampled root; None where it takes more (another parent, a sampler to ask)."""
+    def quick(self, traceparent: str) -> ContextSpan | None:
+        """:meth:`start`'s short path, for a :attr:`lean` recorder while its provider has
+        no span processor (the caller checks both): the sampled child of a sampled remote
+        ``traceparent`` or of our current span, or a sampled root; None where it takes
+        more (another parent, a sampler to ask). Written for the fewest steps: it runs for
+        every span of a process that traces with the exporter off."""
         base = _get_current()
-        bits = self.bits
-        assert bits is not None  # self.lean
-        if traceparent and (remote := parse_traceparent(traceparent)) is not None:
-            if not remote[2] & _SAMPLED:
-                return None
-            trace_id, flags = remote[0], _FLAGS[remote[2] & self.inherited]
-        elif (holder := base.get(_SPAN_KEY)) is None:
+        if traceparent:
+            remote = remembered(traceparent) or parse_traceparent(traceparent)
+            if remote is not None:
+                if not remote[2] & 1:  # not sampled
+                    return None
+                # SpanContext's own tuple, built without its checks: both ids are non-zero.
+                return ContextSpan(tuple.__new__(SpanContext, (
+                    remote[0], _draw(64) or self.ids.generate_span_id(), False,
+                    _FLAGS[remote[2] & _KEPT], _NO_STATE, True)), base)
+        holder = base.get(_SPAN_KEY)
+        if holder is None:
             if not self.roots_sampled:
                 return None
-            trace_id, flags = bits(128) or self.ids.generate_trace_id(), _ROOT_FLAGS
-        elif isinstance(holder, Ours) and holder._context[3] & _SAMPLED:
-            trace_id, flags = holder._context[0], holder._context[3]
-        else:
-            return None
-        span_id = bits(64) or self.ids.generate_span_id()
-        # SpanContext's own tuple, built without its checks: both ids are drawn non-zero.
-        return ContextSpan(tuple.__new__(SpanContext, (trace_id, span_id, False, flags,
-                                                       _NO_STATE, True)), base)
+            return ContextSpan(tuple.__new__(SpanContext, (
+                _draw(128) or self.ids.generate_trace_id(),
+                _draw(64) or self.ids.generate_span_id(), False, _ROOT_FLAGS, _NO_STATE,
+                True)), base)
+        if isinstance(holder, Ours):
+            parent = holder._context
+            if parent[3] & 1:  # sampled
+                return ContextSpan(tuple.__new__(SpanContext, (
+                    parent[0], _draw(64) or self.ids.generate_span_id(), False, parent[3],
+                    _NO_STATE, True)), base)
+        return None
 
 
 class Ours:
     """What our spans share: current inside their ``with`` (in the context they were
     started in), and the traceparent of what is sent from there formatted once."""
 
-    __slots__ = ("_base", "_context", "_token", "_traceparent")
+    __slots__ = ("_base", "_context", "_token")
     _base: Context
     _context: SpanContext
     _token: Token[Context] | None
-    #: This span's W3C traceparent once :func:`current_traceparent` has formatted it.
-    _traceparent: str
+    #: This span's W3C traceparent once :func:`current_traceparent` has formatted it (in
+    #: the instance's dict, which its OpenTelemetry base gives it: most spans send none).
+    _traceparent: str = ""
 
 
 class ContextSpan(Ours, NonRecordingSpan):
@@ -309,8 +322,6 @@ class ContextSpan(Ours, NonRecordingSpan):
     def __init__(self, context: SpanContext, base: Context) -> None:
         self._context = context  # NonRecordingSpan.__init__'s one line, without its call
         self._base = base
-        self._token = None
-        self._traceparent = ""
 
     def __enter__(self) -> ContextSpan:
         self._token = _attach(Context({**self._base, _SPAN_KEY: self}))
@@ -318,7 +329,13 @@ class ContextSpan(Ours, NonRecordingSpan):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        _detach(self._token)  # type: ignore[arg-type]  # set on entry
+        if _VARIABLE is None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
+            return
+        try:  # _detach, written out: this runs for every span
+            _VARIABLE.reset(self._token)  # type: ignore[arg-type]  # set on entry
+        except Exception:  # OpenTelemetry's own detach logs and goes on
+            _log.exception("Failed to detach context")
 
 
 class RecordingSpan(Ours, trace.Span):
@@ -346,7 +363,6 @@ class RecordingSpan(Ours, trace.Span):
         self._events: list[tuple[str, Mapping[str, Any] | None, int]] = []
         self._status = _UNSET
         self._token = None
-        self._traceparent = ""
         self._end: int | None = None
         self._start = time.time_ns()
 

@@ -125,12 +125,16 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, *, parent: str = "",
     exception leaving the block is recorded on the span and sets its status,
     unless ``errors`` is False (a block that ends by being cancelled).
     """
+    recorder = _recorder
+    if recorder is not None:
+        if recorder.lean and not recorder.multi._span_processors:
+            quick = recorder.quick(parent)
+            if quick is not None:
+                return quick
+        return recorder.start(name, kind, parent, attributes, errors)
     tracer = _tracer
     if tracer is None:
         return _OFF
-    recorder = _recorder
-    if recorder is not None:
-        return recorder.start(name, kind, parent, attributes, errors)
     return tracer.start_as_current_span(name, context=context_of(parent), kind=kind,
                                         attributes=dict(attributes) if attributes else None,
                                         record_exception=errors,
