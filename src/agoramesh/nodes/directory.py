@@ -22,6 +22,8 @@ __all__ = ("Directory", "PeerEntry")
 # card is parsed once however many local agents (or clients) hear the same one.
 _CARDS: dict[tuple[str, str], AgentCard] = {}
 _CARD_CACHE_SIZE = 4096
+#: Peers evicted for silence a directory remembers at most (the oldest forgotten first).
+_LAPSED_SIZE = 1024
 
 
 @dataclass(slots=True)
@@ -48,6 +50,8 @@ class Directory:
         self._peers: dict[str, PeerEntry] = {}
         self._local: dict[str, AgentCard] = {}  # agents of this process sharing the directory
         self._capable: dict[str, frozenset[str]] = {}  # pattern -> ids; cleared on any change
+        #: Peers evicted for silence, with when: they may only be paused (:meth:`lapsed`).
+        self._lapsed: dict[str, tuple[AgentCard, float]] = {}
         self.on_join: list[Callable[[PeerEntry], None]] = []
         self.on_leave: list[Callable[[str, str], None]] = []  # (agent id, reason)
 
@@ -70,6 +74,7 @@ class Directory:
         now = self._clock()
         if entry is None:
             self._capable.clear()
+            self._lapsed.pop(card.id, None)
             entry = self._peers[card.id] = PeerEntry(card, status, now, interval, digest, host)
             for hook in self.on_join:
                 hook(entry)
@@ -122,8 +127,16 @@ class Directory:
         return True
 
     def remove(self, agent_id: str, reason: str = "bye") -> bool:
-        if self._peers.pop(agent_id, None) is None:
+        entry = self._peers.pop(agent_id, None)
+        if entry is None:
+            self._lapsed.pop(agent_id, None)  # a bye from an agent already evicted
             return False
+        if reason == "silent":
+            if len(self._lapsed) >= _LAPSED_SIZE:
+                del self._lapsed[next(iter(self._lapsed))]
+            self._lapsed[agent_id] = (entry.card, self._clock())
+        else:
+            self._lapsed.pop(agent_id, None)
         self._capable.clear()
         for hook in self.on_leave:
             hook(agent_id, reason)
@@ -144,6 +157,19 @@ class Directory:
         for agent_id in silent:
             self.remove(agent_id, "silent")
         return silent
+
+    def lapsed(self, pattern: str, within: float) -> frozenset[str]:
+        """Ids of agents offering ``pattern`` that were evicted for silence in the last
+        ``within`` seconds and not heard from since: a frozen process (SIGSTOP, a long
+        pause) looks like this until it resumes. Older ones are forgotten."""
+        if not self._lapsed:
+            return frozenset()
+        now = self._clock()
+        for agent_id in [agent_id for agent_id, (_, when) in self._lapsed.items()
+                         if now - when > within]:
+            del self._lapsed[agent_id]
+        return frozenset(agent_id for agent_id, (card, _) in self._lapsed.items()
+                         if card.offers(pattern))
 
     def add_local(self, card: AgentCard) -> None:
         """An agent of this process that shares the directory (never evicted, not a peer)."""

@@ -36,7 +36,8 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
   capable agents did not answer (a link reconnecting), is called again after a
   growing pause (50 ms to 1 s) for up to ``max_wait``; then the run fails with
   ``Overloaded`` (or ``NoBidders`` when nobody answered). ``NoBidders`` at once
-  means nobody known offers the capability and nobody answered.
+  means nobody known offers the capability and nobody answered; agents evicted
+  for silence within ``max_wait`` (maybe only paused) count as known ones then.
 - Nothing that already arrived is ignored: before a wait for the winner ends in
   "declined" or "lost", the initiator reads what its server already delivered
   (a flush round trip), so an initiator that was paused (SIGSTOP, a long GC)
@@ -342,6 +343,11 @@ class Auctioneer:
         """
         task = auction.task
         known = self.known_bidders(task.capability, excluded)
+        if not known and self.directory is not None:
+            # Nobody known, but some lately evicted for silence may only be paused: they
+            # count as known ones that did not answer (busy), called until max_wait.
+            known = set(self.directory.lapsed(task.capability, self.policy.max_wait))
+            known.difference_update(excluded)
         auction.open_round(attempt, known)  # nobody known: wait for strangers' bids
         window = self.policy.bid_window
         auction.called_at = asyncio.get_running_loop().time()
