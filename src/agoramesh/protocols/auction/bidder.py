@@ -310,17 +310,23 @@ class Bidder:
             return
         self._decided(awarded, "accept", capability.name, auction_id, task_id=task.task_id,
                       **({"holds": holds} if holds else {}))
-        lease = asyncio.ensure_future(self._leases(delivery, auction_id, task.task_id,
-                                                   lease_interval))
+        # Leases start once the result is not instant: a timer until then, not a task
+        # (most results are instant, and a task created and cancelled costs more).
+        leases: list[asyncio.Future[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            ACCEPT_WINDOW, lambda: leases.append(asyncio.ensure_future(
+                self._leases(delivery, auction_id, task.task_id, lease_interval))))
         # Without the award's traceparent the execution is a child of our award span.
         award = delivery.envelope._replace(traceparent="") if delivery.envelope else None
         try:
             await node.serve(Delivery(delivery.bus, delivery.msg, award, task_body),
                              capability, durable=body.get("durable") is True)
         finally:
-            lease.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lease
+            timer.cancel()
+            for lease in leases:
+                lease.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lease
 
     def _unbid(self, task: Task, capability: Capability, terms: dict[str, Any]) -> str | None:
         """Why a direct award (no cfp came first) is declined: what the cfp would have
@@ -347,9 +353,8 @@ class Bidder:
 
     async def _leases(self, delivery: Delivery, auction_id: str, task_id: str,
                       interval: float) -> None:
-        """``accept`` once the result is not instant, then a ``lease`` per interval."""
+        """``accept`` (the result was not instant), then a ``lease`` per interval."""
         body = {"auction_id": auction_id, "task_id": task_id}
-        await asyncio.sleep(ACCEPT_WINDOW)
         kind = "accept"
         with span("agoramesh.lease", SpanKind.PRODUCER, errors=False,
                   attributes={"agoramesh.task_id": task_id}) as leasing:
