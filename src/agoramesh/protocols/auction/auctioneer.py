@@ -23,7 +23,9 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
   milliseconds it sends ``accept`` and then a ``lease`` every ``lease_interval``. Silence for
   ``missed_leases`` intervals, or the winner leaving the directory, loses the
   task: it is re-auctioned without that agent (``max_attempts`` in all), and
-  the lost winner is asked to cancel.
+  the lost winner is asked to cancel once there is a result. With nobody else
+  bidding, a run that is not a durable job's keeps calling until ``max_wait`` for
+  it: a winner that was only paused returns its late result, which is taken.
 - Exactly one result comes back: a ``task_response`` from an earlier winner of
   the auction (one thought lost) is counted in the outcome's ``duplicates`` and
   dropped. Anything else on the inbox that does not answer an award is ignored:
@@ -269,7 +271,9 @@ class Auctioneer:
                     raise AuctionFailed(
                         f"task {task.task_id}: only counter-offers "
                         f"({auction.refused_counters}), and the policy accepts none")
-                if busy and loop.time() + pause < give_up:
+                # A lost winner may be paused: its late result is awaited (never re-awarded);
+                # a durable job goes back to its stream instead, for the next auction.
+                if (busy or (lost and not durable)) and loop.time() + pause < give_up:
                     pause = await _pause(auction, pause, notify)
                     continue
                 if lost:
@@ -342,12 +346,8 @@ class Auctioneer:
         honest round needs (the award does not repeat it).
         """
         task = auction.task
-        known = self.known_bidders(task.capability, excluded)
-        if not known and self.directory is not None:
-            # Nobody known, but some lately evicted for silence may only be paused: they
-            # count as known ones that did not answer (busy), called until max_wait.
-            known = set(self.directory.lapsed(task.capability, self.policy.max_wait))
-            known.difference_update(excluded)
+        known = self.known_bidders(task.capability, excluded) or _lapsed(
+            self.directory, task.capability, self.policy.max_wait, excluded)
         auction.open_round(attempt, known)  # nobody known: wait for strangers' bids
         window = self.policy.bid_window
         auction.called_at = asyncio.get_running_loop().time()
@@ -418,6 +418,15 @@ async def _interrupted(bus: Bus, trajectory: Trajectory | None, auction: Auction
     return AuctionOutcome(result=late.result, winner=late.winner,
                           bids=tuple(o.bid for o in auction.offers), attempts=auction.attempt,
                           duplicates=auction.duplicates, stored=late.stored)
+
+
+def _lapsed(directory: Directory | None, capability: str, within: float,
+            excluded: set[str]) -> set[str]:
+    """Nobody is known, but agents evicted for silence in the last ``within`` seconds may
+    only be paused (SIGSTOP): they count as known ones that did not answer (busy)."""
+    if directory is None:
+        return set()
+    return set(directory.lapsed(capability, within)).difference(excluded)
 
 
 def _ignore(_: Progress) -> None:
