@@ -56,6 +56,20 @@ def test_a_bye_or_age_forgets_a_lapsed_peer() -> None:
     assert directory.lapsed("work.do", 30) == frozenset()
 
 
+def test_agents_of_a_host_that_said_bye_are_not_lapsed() -> None:
+    clock = Clock()
+    directory = Directory(missed=3, clock=clock)
+    host = Identity.generate().agent_id
+    hosted, own = card("hosted", "work.do"), card("own", "work.do")
+    directory.seen(hosted, AgentStatus(), 1.0, host=host)
+    directory.seen(own, AgentStatus(), 1.0)
+    clock.now += 4
+    directory.evict_silent()
+    assert directory.lapsed("work.do", 30) == {hosted.id, own.id}
+    assert directory.remove_hosted(host) == []  # none left among the peers
+    assert directory.lapsed("work.do", 30) == {own.id}
+
+
 def test_a_peer_that_said_bye_is_not_lapsed() -> None:
     directory = Directory(missed=3, clock=Clock())
     peer = card("polite", "work.do")

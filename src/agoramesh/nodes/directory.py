@@ -51,7 +51,7 @@ class Directory:
         self._local: dict[str, AgentCard] = {}  # agents of this process sharing the directory
         self._capable: dict[str, frozenset[str]] = {}  # pattern -> ids; cleared on any change
         #: Peers evicted for silence, with when: they may only be paused (:meth:`lapsed`).
-        self._lapsed: dict[str, tuple[AgentCard, float]] = {}
+        self._lapsed: dict[str, tuple[PeerEntry, float]] = {}
         self.on_join: list[Callable[[PeerEntry], None]] = []
         self.on_leave: list[Callable[[str, str], None]] = []  # (agent id, reason)
 
@@ -134,7 +134,7 @@ class Directory:
         if reason == "silent":
             if len(self._lapsed) >= _LAPSED_SIZE:
                 del self._lapsed[next(iter(self._lapsed))]
-            self._lapsed[agent_id] = (entry.card, self._clock())
+            self._lapsed[agent_id] = (entry, self._clock())
         else:
             self._lapsed.pop(agent_id, None)
         self._capable.clear()
@@ -143,7 +143,11 @@ class Directory:
         return True
 
     def remove_hosted(self, host: str) -> list[str]:
-        """Drop every peer whose card body named ``host`` as its host (the host said bye)."""
+        """Drop every peer whose card body named ``host`` as its host (the host said bye),
+        and forget those evicted for silence: they are not paused, they are gone."""
+        for agent_id in [agent_id for agent_id, (entry, _) in self._lapsed.items()
+                         if entry.host == host]:
+            del self._lapsed[agent_id]
         hosted = [entry.id for entry in self._peers.values() if entry.host == host]
         for agent_id in hosted:
             self.remove(agent_id, "bye")
@@ -168,8 +172,8 @@ class Directory:
         for agent_id in [agent_id for agent_id, (_, when) in self._lapsed.items()
                          if now - when > within]:
             del self._lapsed[agent_id]
-        return frozenset(agent_id for agent_id, (card, _) in self._lapsed.items()
-                         if card.offers(pattern))
+        return frozenset(agent_id for agent_id, (entry, _) in self._lapsed.items()
+                         if entry.card.offers(pattern))
 
     def add_local(self, card: AgentCard) -> None:
         """An agent of this process that shares the directory (never evicted, not a peer)."""

@@ -116,23 +116,14 @@ def _context_variable() -> ContextVar[Context] | None:
 
 _VARIABLE: Final = _context_variable()
 #: OpenTelemetry's current context, its attach and detach: the context variable's own
-#: methods where it is the default runtime (three Python calls fewer each).
+#: methods where it is the default runtime (three Python calls fewer each). A failed
+#: detach is logged by the caller, as ``opentelemetry.context.detach`` does itself.
 _get_current: Final[Callable[[], Context]] = (
     otel_context.get_current if _VARIABLE is None else _VARIABLE.get)
 _attach: Final[Callable[[Context], Token[Context]]] = (
     otel_context.attach if _VARIABLE is None else _VARIABLE.set)
-
-
-def _detach(token: Token[Context]) -> None:
-    """Restore the context from before ``token``'s attach (a failure logged, as
-    ``opentelemetry.context.detach`` does)."""
-    if _VARIABLE is None:
-        otel_context.detach(token)
-        return
-    try:
-        _VARIABLE.reset(token)
-    except Exception:  # OpenTelemetry's own detach logs and goes on
-        _log.exception("Failed to detach context")
+_detach: Final[Callable[[Token[Context]], object]] = (
+    otel_context.detach if _VARIABLE is None else _VARIABLE.reset)
 
 
 def current() -> object:
@@ -275,30 +266,23 @@ class Recorder:
         more (another parent, a sampler to ask). Written for the fewest steps: it runs for
         every span of a process that traces with the exporter off."""
         base = _get_current()
-        if traceparent:
-            remote = remembered(traceparent) or parse_traceparent(traceparent)
-            if remote is not None:
-                if not remote[2] & 1:  # not sampled
-                    return None
-                # SpanContext's own tuple, built without its checks: both ids are non-zero.
-                return ContextSpan(tuple.__new__(SpanContext, (
-                    remote[0], _draw(64) or self.ids.generate_span_id(), False,
-                    _FLAGS[remote[2] & _KEPT], _NO_STATE, True)), base)
-        holder = base.get(_SPAN_KEY)
-        if holder is None:
+        remote = traceparent and (remembered(traceparent) or parse_traceparent(traceparent))
+        if remote:
+            if not remote[2] & 1:  # not sampled
+                return None
+            trace_id, flags = remote[0], _FLAGS[remote[2] & _KEPT]
+        elif (holder := base.get(_SPAN_KEY)) is None:
             if not self.roots_sampled:
                 return None
-            return ContextSpan(tuple.__new__(SpanContext, (
-                _draw(128) or self.ids.generate_trace_id(),
-                _draw(64) or self.ids.generate_span_id(), False, _ROOT_FLAGS, _NO_STATE,
-                True)), base)
-        if isinstance(holder, Ours):
-            parent = holder._context
-            if parent[3] & 1:  # sampled
-                return ContextSpan(tuple.__new__(SpanContext, (
-                    parent[0], _draw(64) or self.ids.generate_span_id(), False, parent[3],
-                    _NO_STATE, True)), base)
-        return None
+            trace_id, flags = _draw(128) or self.ids.generate_trace_id(), _ROOT_FLAGS
+        elif isinstance(holder, Ours) and holder._context[3] & 1:  # sampled
+            trace_id, flags = holder._context[0], holder._context[3]
+        else:
+            return None
+        # SpanContext's own tuple, built without its checks: both ids are non-zero.
+        return ContextSpan(tuple.__new__(SpanContext, (
+            trace_id, _draw(64) or self.ids.generate_span_id(), False, flags, _NO_STATE,
+            True)), base)
 
 
 class Ours:
@@ -329,11 +313,8 @@ class ContextSpan(Ours, NonRecordingSpan):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if _VARIABLE is None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
-            return
-        try:  # _detach, written out: this runs for every span
-            _VARIABLE.reset(self._token)  # type: ignore[arg-type]  # set on entry
+        try:
+            _detach(self._token)  # type: ignore[arg-type]  # set on entry
         except Exception:  # OpenTelemetry's own detach logs and goes on
             _log.exception("Failed to detach context")
 
@@ -377,14 +358,11 @@ class RecordingSpan(Ours, trace.Span):
                 self.record_exception(exc, escaped=True)
                 self.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         finally:
-            # _detach and end(), written out: this runs for every span.
-            if _VARIABLE is None:
-                otel_context.detach(self._token)  # type: ignore[arg-type]  # set on entry
-            else:
-                try:
-                    _VARIABLE.reset(self._token)  # type: ignore[arg-type]  # set on entry
-                except Exception:  # OpenTelemetry's own detach logs and goes on
-                    _log.exception("Failed to detach context")
+            try:
+                _detach(self._token)  # type: ignore[arg-type]  # set on entry
+            except Exception:  # OpenTelemetry's own detach logs and goes on
+                _log.exception("Failed to detach context")
+            # end(), written out: this runs for every span.
             if self._end is None:
                 self._end = time.time_ns()
                 multi = self._recorder.multi
