@@ -136,3 +136,16 @@ def test_a_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, nats_server: 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         f"agoramesh: error: cannot serve metrics on 127.0.0.1:{port}: address already in use")
+
+
+@pytest.mark.parametrize("command", ["node", "up"])
+def test_exporting_and_only_propagating_traces_exclude_each_other(command: str,
+                                                                   tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*AGORAMESH, command, *(["--name", "both"] if command == "node" else []),
+         "--otlp-endpoint", "http://127.0.0.1:9/v1/traces", "--propagate-traces"],
+        env={**os.environ, "AGORAMESH_HOME": str(tmp_path)}, capture_output=True, text=True,
+        timeout=30, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "argument --propagate-traces: not allowed with argument --otlp-endpoint")

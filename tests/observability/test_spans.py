@@ -219,6 +219,28 @@ def test_any_other_sampler_is_asked_for_every_span_and_its_attributes_kept() -> 
                                                                   "sampled.by": "counting"}
 
 
+def test_without_a_span_processor_any_sampler_passes_a_parent_through() -> None:
+    """Where the sampler is asked (not ParentBased), a span under a parent still takes the
+    parent's context when its own would say the same; where it would not, its own ids."""
+    sampler = Counting()
+    provider = TracerProvider(sampler=sampler)
+    tracing.enable(provider)
+    try:
+        with tracing.span("root") as root, tracing.span("child") as child:
+            assert isinstance(root, ContextSpan) and child is root
+        with tracing.span("remote", parent=SAMPLED) as remote:
+            assert remote.get_span_context().is_remote
+            assert tracing.current_traceparent() == SAMPLED
+        with tracing.span("sampled in", parent=UNSAMPLED) as sampled_in:
+            context = sampled_in.get_span_context()  # this sampler samples it: its own
+            assert context.trace_flags.sampled and not context.is_remote
+            assert f"{context.span_id:016x}" != UNSAMPLED[36:52]
+        assert sampler.asked == ["root", "child", "remote", "sampled in"]
+    finally:
+        tracing.disable()
+        provider.shutdown()
+
+
 def test_another_providers_tracer_makes_its_spans_itself() -> None:
     tracing.enable(trace.NoOpTracerProvider())
     try:
@@ -228,9 +250,11 @@ def test_another_providers_tracer_makes_its_spans_itself() -> None:
         tracing.disable()
 
 
-def test_without_a_span_processor_a_span_is_its_context_only() -> None:
-    """The exporter off: nothing would receive what a span records, so none is made; the
-    context still nests, is sent on, continues a remote parent and follows its sampling."""
+def test_without_a_span_processor_a_span_is_its_parents_context() -> None:
+    """The exporter off: nothing would receive what a span records, so none is made. A
+    root draws its ids; under a parent a span is that parent's context, sent on as it came
+    (as OpenTelemetry's API does without an SDK), so the spans other processes record on
+    either side are parent and child; sampling is followed."""
     provider = TracerProvider()
     tracing.enable(provider)
     try:
@@ -238,23 +262,26 @@ def test_without_a_span_processor_a_span_is_its_context_only() -> None:
             assert isinstance(root, ContextSpan) and not root.is_recording()
             outer = root.get_span_context()
             assert outer.is_valid and not outer.is_remote and outer.trace_flags == 0x03
-            assert tracing.current_traceparent() == (
-                f"00-{outer.trace_id:032x}-{outer.span_id:016x}-03")
+            sent = tracing.current_traceparent()
+            assert sent == f"00-{outer.trace_id:032x}-{outer.span_id:016x}-03"
             with tracing.span("child") as child:
-                inner = child.get_span_context()
-                assert isinstance(child, ContextSpan)
-                assert inner.trace_id == outer.trace_id and inner.span_id != outer.span_id
+                assert child is root and tracing.current_traceparent() == sent
         with tracing.span("remote", parent=SAMPLED) as remote:
             context = remote.get_span_context()
-            assert f"{context.trace_id:032x}" == SAMPLED[3:35] and context.trace_flags == 0x01
-            assert context.span_id != int(SAMPLED[36:52], 16)
+            assert isinstance(remote, ContextSpan) and not remote.is_recording()
+            assert context.is_remote and context.trace_flags == 0x01
+            assert tracing.current_traceparent() == SAMPLED  # sent on as it came
+            with tracing.span("again", parent=SAMPLED) as again, tracing.span("inner") as inner:
+                assert again is remote and inner is remote
+            assert tracing.current_traceparent() == SAMPLED
+        assert tracing.current_traceparent() is None
         with tracing.span("skipped", parent=UNSAMPLED) as skipped:
             assert not skipped.get_span_context().trace_flags.sampled
             assert tracing.current_traceparent() == UNSAMPLED  # sent on as it came
         theirs = SpanContext(0x1234, 0x5678, False, TraceFlags(TraceFlags.SAMPLED))
         with trace.use_span(NonRecordingSpan(theirs)), tracing.span("inside") as inside:
-            assert isinstance(inside, ContextSpan)
-            assert inside.get_span_context().trace_id == 0x1234  # another library's parent
+            assert isinstance(inside, ContextSpan)  # another library's parent, not given out
+            assert inside.get_span_context() == theirs
         exporter = InMemorySpanExporter()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         with tracing.span("recorded") as later:

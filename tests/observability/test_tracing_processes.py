@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 from agoramesh.bus import Bus, Identity
 from agoramesh.config import BusConfig
 from agoramesh.nodes.client import submit_task
-from agoramesh.nodes.task import Task, TaskStatus
+from agoramesh.nodes.task import Task, TaskResult, TaskStatus
 from agoramesh.testing import NodeProcess
 from agoramesh.testing.tracing import SpanRecord, captured, children, read_spans
 
@@ -30,10 +30,10 @@ CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[dict[str, NodeProcess]]:
-    """The auctioneer (a seed offering only ``echo``: it auctions, never bids) and the winner
-    (a leaf of its server, offering math.evaluate), both capturing their spans."""
+def start_nodes(tmp_path: Path, *auctioneer_tracing: str, **auctioneer_env: str
+                ) -> Iterator[dict[str, NodeProcess]]:
+    """The auctioneer (a seed offering only ``echo``: it auctions, never bids; tracing as
+    given) and the winner (a leaf of its server, offering math.evaluate, capturing its spans)."""
     started: dict[str, NodeProcess] = {}
     common = ("--heartbeat", "0.2", "--no-jetstream")
     try:
@@ -41,8 +41,7 @@ def nodes(tmp_path: Path) -> Iterator[dict[str, NodeProcess]]:
         # (no cfp, no bid: tests/observability/test_tracing.py has that trace).
         started["auctioneer"] = NodeProcess(
             tmp_path / "auctioneer", "--name", "auctioneer", "--capability", "echo", *common,
-            "--no-direct-award",
-            env={"AGORAMESH_TRACE_CAPTURE": str(tmp_path / "auctioneer.jsonl")})
+            "--no-direct-award", *auctioneer_tracing, env=auctioneer_env)
         started["winner"] = NodeProcess(
             tmp_path / "winner", "--name", "winner", "--capability", "math.evaluate", *common,
             "--leaf", started["auctioneer"].ready["leaf"],
@@ -53,13 +52,27 @@ def nodes(tmp_path: Path) -> Iterator[dict[str, NodeProcess]]:
             node.reap()
 
 
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[dict[str, NodeProcess]]:
+    """Both nodes capturing their spans."""
+    yield from start_nodes(tmp_path, AGORAMESH_TRACE_CAPTURE=str(tmp_path / "auctioneer.jsonl"))
+
+
+@pytest.fixture
+def transparent(tmp_path: Path) -> Iterator[dict[str, NodeProcess]]:
+    """The auctioneer with ``--propagate-traces``: it records nothing."""
+    yield from start_nodes(tmp_path, "--propagate-traces")
+
+
 def one(spans: list[SpanRecord]) -> SpanRecord:
     assert len(spans) == 1, spans
     return spans[0]
 
 
-async def test_one_trace_across_client_auctioneer_and_winner(
-        tmp_path: Path, nodes: dict[str, NodeProcess]) -> None:
+async def two_tasks(nodes: dict[str, NodeProcess]) -> tuple[TaskResult, list[SpanRecord]]:
+    """A traced client's auction of 6*7 and a plain-JSON caller's of 2+3 (its traceparent
+    CALLER_SPAN's), both answered; then the nodes stopped (they write their spans as they
+    end). The client's result and spans."""
     # The client talks to the auctioneer's server, which gives a queue group's message to a
     # member of its own before one behind a leafnode link: the auctioneer takes the task.
     url = nodes["auctioneer"].ready["client"]
@@ -83,14 +96,20 @@ async def test_one_trace_across_client_auctioneer_and_winner(
         await raw.close()
     assert json.loads(reply.data)["result"] == {"value": 5}
     for node in nodes.values():
-        assert node.stop() == 0  # spans are written as the process ends
+        assert node.stop() == 0
+    return result, client_spans.records()
+
+
+async def test_one_trace_across_client_auctioneer_and_winner(
+        tmp_path: Path, nodes: dict[str, NodeProcess]) -> None:
+    result, client = await two_tasks(nodes)
     auctioneer = read_spans(tmp_path / "auctioneer.jsonl")
     winner = read_spans(tmp_path / "winner.jsonl")
     assert {item["service"] for item in auctioneer} == {"auctioneer"}
     assert {item["service"] for item in winner} == {"winner"}
-    everything = [*client_spans.records(), *auctioneer, *winner]
+    everything = [*client, *auctioneer, *winner]
 
-    submit = one([item for item in client_spans.records() if item["name"] == "agoramesh.submit"])
+    submit = one([item for item in client if item["name"] == "agoramesh.submit"])
     assert submit["kind"] == "CLIENT"
     trace = [item for item in everything if item["trace_id"] == submit["trace_id"]]
     auction = one(children(auctioneer, submit, "agoramesh.auction"))
@@ -115,3 +134,26 @@ async def test_one_trace_across_client_auctioneer_and_winner(
     assert joined["parent_id"] == CALLER_SPAN
     assert one([item for item in winner if item["name"] == "agoramesh.execute"
                 and item["trace_id"] == CALLER_TRACE])
+
+
+async def test_a_node_that_only_propagates_is_a_transparent_hop(
+        tmp_path: Path, transparent: dict[str, NodeProcess]) -> None:
+    """The auctioneer traces with ``--propagate-traces`` (no exporter): it records nothing
+    and sends on the context it was given, so the winner's spans are children of the
+    client's submit, in one trace, and a plain-JSON caller's span is the winner's parent."""
+    result, client = await two_tasks(transparent)
+    winner = read_spans(tmp_path / "winner.jsonl")
+    submit = one([item for item in client if item["name"] == "agoramesh.submit"])
+    bids = children(winner, submit, "agoramesh.bid")
+    assert bids and all(bid["attributes"]["agoramesh.decision"] == "bid" for bid in bids)
+    awarded = one(children(winner, submit, "agoramesh.award"))
+    execute = one(children(winner, awarded, "agoramesh.execute"))
+    assert execute["attributes"]["agoramesh.task_id"] == result.task_id
+    ours = [item for item in winner if item["trace_id"] == submit["trace_id"]]
+    assert sorted(item["name"] for item in ours) == sorted(
+        ["agoramesh.award", "agoramesh.execute", *["agoramesh.bid"] * len(bids)])
+
+    caller = {"trace_id": CALLER_TRACE, "span_id": CALLER_SPAN}
+    assert children(winner, caller, "agoramesh.bid")
+    awarded = one(children(winner, caller, "agoramesh.award"))
+    assert one(children(winner, awarded, "agoramesh.execute"))

@@ -82,19 +82,25 @@ def with_sign_all(args: argparse.Namespace, env: Environment) -> Environment:
 
 
 def add_otlp_option(parser: argparse.ArgumentParser) -> None:
-    """``--otlp-endpoint`` for a command that runs agents (``up``, ``node``)."""
-    parser.add_argument("--otlp-endpoint", metavar="URL",
-                        help="send OpenTelemetry traces to this OTLP/HTTP collector, e.g. "
-                             "http://localhost:4318/v1/traces (needs the otel extra)")
+    """``--otlp-endpoint`` or ``--propagate-traces`` for a command that runs agents (``up``,
+    ``node``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--otlp-endpoint", metavar="URL",
+                       help="send OpenTelemetry traces to this OTLP/HTTP collector, e.g. "
+                            "http://localhost:4318/v1/traces (needs the otel extra)")
+    group.add_argument("--propagate-traces", action="store_true",
+                       help="carry W3C trace context through this process without recording "
+                            "or sending spans: what others record on either side joins one "
+                            "trace (needs the otel extra)")
 
 
 @contextlib.contextmanager
 def traced(args: argparse.Namespace, env: Environment, service_name: str) -> Iterator[None]:
-    """Tracing for the command while inside, as ``--otlp-endpoint`` (and the tests'
-    ``AGORAMESH_TRACE_CAPTURE``) ask; nothing is set up without either. The spans still
-    batched are sent on exit. ConfigError without the otel extra."""
+    """Tracing for the command while inside, as ``--otlp-endpoint``, ``--propagate-traces``
+    (and the tests' ``AGORAMESH_TRACE_CAPTURE``) ask; nothing is set up without one. The
+    spans still batched are sent on exit. ConfigError without the otel extra."""
     if not tracing.configure(service_name, endpoint=args.otlp_endpoint,
-                             capture=env.trace_capture):
+                             capture=env.trace_capture, propagate=args.propagate_traces):
         yield
         return
     try:

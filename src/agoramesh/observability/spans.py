@@ -15,15 +15,18 @@ libraries start inside it are its children; and on end one SDK
 ``ReadableSpan`` handed to the provider's span processors, which export it as
 they would the SDK's own. While the provider has no span processor (tracing
 with the exporter off), nothing would receive what a span records, so a span
-records nothing: it is a :class:`ContextSpan`, its context current inside its
-``with`` and its traceparent sent from there (``is_recording()`` is False, so
-call sites build no attributes for it), started on a short path where the
-sampler is the default kind (ParentBased following the parent, roots
-sampled by AlwaysOn); a processor added later is given the spans started
-after. A span the sampler leaves out is a ContextSpan too, not sampled (so
-the next process leaves it out as well), and not even that under a parent
-that was not sampled: the parent's context is what is sent on, as
-OpenTelemetry's API does without an SDK. Not done: the
+records nothing, and under a parent whose context would say what its own
+says it is that parent's context, passed through as OpenTelemetry's API does
+without an SDK: a remote parent's current inside its ``with`` (a
+:class:`ContextSpan`) and its traceparent sent on as it came, or our current
+span again (:class:`Same`); only a root draws ids. A process that traces but
+records nothing is a transparent hop: what others record on either side is
+parent and child. ``is_recording()`` is False (call sites build no
+attributes); with the default sampler (ParentBased following the parent,
+roots sampled by AlwaysOn) these spans take a short path. A processor added
+later is given the spans started after. A span the sampler leaves out is a
+ContextSpan too, not sampled (so the next process leaves it out as well),
+and under a parent that was not sampled that parent's context. Not done: the
 SDK's self-observability metrics and its tracer configurator (neither of
 which agoramesh sets); a processor's ``on_start`` is given the remote
 parent's context only where a sampler was given it too, else None (the
@@ -65,7 +68,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.util.types import AttributeValue
 
-__all__ = ("ContextSpan", "Ours", "Recorder", "RecordingSpan", "current",
+__all__ = ("ContextSpan", "Ours", "Recorder", "RecordingSpan", "Same", "current",
            "current_traceparent")
 
 _log = logging.getLogger(__name__)
@@ -140,8 +143,7 @@ def current_traceparent() -> str | None:
         if not traceparent:
             context = span._context
             traceparent = format_traceparent(context[0], context[1], context[3])
-            # Kept in the span's instance dict (Ours has no slot for it).
-            span._traceparent = traceparent  # type: ignore[misc]
+            span._traceparent = traceparent
         return traceparent
     if not isinstance(span, Span):
         return None
@@ -243,12 +245,18 @@ class Recorder:
             recording = decision is not self.drop
             if recording and sampled.attributes:
                 attributes = {**(attributes or {}), **sampled.attributes}
-        if not recording and decided and parent is not None:
-            # The parent was not sampled: what is sent on says just that, so its
-            # context serves (as OpenTelemetry's API does without an SDK).
-            if holder is not None:
-                return contextlib.nullcontext(cast(Span, holder))
-            return ContextSpan(parent, base)
+        if parent is not None and (
+                (decided and not recording)  # the parent was not sampled
+                or (recording and multi is not None and not multi._span_processors
+                    and flags == parent[3] and trace_state is parent[4])):
+            # Nothing records this span and its context would say what its parent's
+            # says: the parent's context serves, sent on as it came (as OpenTelemetry's
+            # API does without an SDK).
+            if holder is None:  # the remote parent
+                return _remote(parent, traceparent, base)
+            if not recording or type(holder) is ContextSpan:
+                return Same(cast(Span, holder))
+            return ContextSpan(parent, base)  # a span that records: not ours to give out
         span_id = (bits(64) if bits is not None else 0) or self.ids.generate_span_id()
         own = tuple.__new__(SpanContext, (trace_id, span_id, False, _FLAGS[flags], trace_state,
                                           0 < trace_id <= _MAX_TRACE_ID
@@ -259,53 +267,85 @@ class Recorder:
         self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
-    def quick(self, traceparent: str) -> ContextSpan | None:
+    def quick(self, traceparent: str) -> contextlib.AbstractContextManager[Span] | None:
         """:meth:`start`'s short path, for a :attr:`lean` recorder while its provider has
-        no span processor (the caller checks both): the sampled child of a sampled remote
-        ``traceparent`` or of our current span, or a sampled root; None where it takes
-        more (another parent, a sampler to ask). Written for the fewest steps: it runs for
-        every span of a process that traces with the exporter off."""
+        no span processor (the caller checks both): a sampled remote ``traceparent`` or
+        our sampled current span passed through, or a sampled root; None where it takes
+        more (another parent, other flags, a sampler to ask). Written for the
+        fewest steps: it runs for every span of a process that traces with the exporter
+        off."""
         base = _get_current()
+        holder = base.get(_SPAN_KEY)
         remote = traceparent and (remembered(traceparent) or parse_traceparent(traceparent))
         if remote:
-            if not remote[2] & 1:  # not sampled
+            if remote[2] != 1 and remote[2] != 3:  # not sampled, or flags a child drops
                 return None
-            trace_id, flags = remote[0], _FLAGS[remote[2] & _KEPT]
-        elif (holder := base.get(_SPAN_KEY)) is None:
+            if type(holder) is ContextSpan and holder._traceparent == traceparent:
+                return Same(holder)  # that context already: an execution inside its award
+            # SpanContext's own tuple, built without its checks: parsed ids are valid.
+            return _remote(tuple.__new__(SpanContext, (remote[0], remote[1], True,
+                                                       _FLAGS[remote[2]], _NO_STATE, True)),
+                           traceparent, base)
+        if holder is None:
             if not self.roots_sampled:
                 return None
-            trace_id, flags = _draw(128) or self.ids.generate_trace_id(), _ROOT_FLAGS
-        elif isinstance(holder, Ours) and holder._context[3] & 1:  # sampled
-            trace_id, flags = holder._context[0], holder._context[3]
-        else:
-            return None
-        # SpanContext's own tuple, built without its checks: both ids are non-zero.
-        return ContextSpan(tuple.__new__(SpanContext, (
-            trace_id, _draw(64) or self.ids.generate_span_id(), False, flags, _NO_STATE,
-            True)), base)
+            # SpanContext's own tuple, built without its checks: both ids are non-zero.
+            return ContextSpan(tuple.__new__(SpanContext, (
+                _draw(128) or self.ids.generate_trace_id(),
+                _draw(64) or self.ids.generate_span_id(), False, _ROOT_FLAGS, _NO_STATE,
+                True)), base)
+        if type(holder) is ContextSpan and holder._context[3] & 1:  # sampled
+            return Same(holder)
+        return None
+
+
+def _remote(parent: SpanContext, traceparent: str, base: Context) -> ContextSpan:
+    """The remote ``parent`` itself current, its ``traceparent`` sent on as it came."""
+    span = ContextSpan(parent, base)
+    span._traceparent = traceparent
+    return span
+
+
+class Same(contextlib.AbstractContextManager[Span]):
+    """The current span, again: what a span nothing records is inside another that
+    records nothing either (its context would say the same)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        return None
 
 
 class Ours:
     """What our spans share: current inside their ``with`` (in the context they were
     started in), and the traceparent of what is sent from there formatted once."""
 
-    __slots__ = ("_base", "_context", "_token")
+    __slots__ = ("_base", "_context", "_token", "_traceparent")
     _base: Context
     _context: SpanContext
     _token: Token[Context] | None
-    #: This span's W3C traceparent once :func:`current_traceparent` has formatted it (in
-    #: the instance's dict, which its OpenTelemetry base gives it: most spans send none).
-    _traceparent: str = ""
+    #: This span's W3C traceparent once :func:`current_traceparent` has formatted it, or
+    #: the remote parent's it passes through ("" until then).
+    _traceparent: str
 
 
 class ContextSpan(Ours, NonRecordingSpan):
     """A span that records nothing, only its context, sent from inside it: one the
     sampler left out (not sampled, so the processes it reaches leave it out too), or
-    one of a provider with no span processor (sampled: nothing would receive it)."""
+    one of a provider with no span processor (sampled: nothing would receive it), a
+    root's own context or a parent's passed through."""
 
     def __init__(self, context: SpanContext, base: Context) -> None:
         self._context = context  # NonRecordingSpan.__init__'s one line, without its call
         self._base = base
+        self._traceparent = ""
 
     def __enter__(self) -> ContextSpan:
         self._token = _attach(Context({**self._base, _SPAN_KEY: self}))
@@ -333,6 +373,7 @@ class RecordingSpan(Ours, trace.Span):
                  parent: SpanContext | None, attributes: Mapping[str, Any] | None,
                  errors: bool, base: Context) -> None:
         self._base = base
+        self._traceparent = ""
         self._recorder = recorder
         self._name = name
         self._kind = kind

@@ -142,13 +142,14 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, *, parent: str = "",
 
 
 def configure(service_name: str, *, endpoint: str | None = None,
-              capture: Path | None = None) -> bool:
+              capture: Path | None = None, propagate: bool = False) -> bool:
     """Set up the SDK's TracerProvider for this process and :func:`enable` it: spans
     batched to the OTLP/HTTP collector at ``endpoint``, and/or kept in memory and
-    written to ``capture`` at exit. Neither: nothing (False). ConfigError without the
-    ``otel`` extra."""
+    written to ``capture`` at exit; ``propagate`` alone: no span processor, so spans
+    record nothing and the context passes through (:mod:`.spans`). None of them:
+    nothing (False). ConfigError without the ``otel`` extra."""
     global _capture
-    if endpoint is None and capture is None:
+    if endpoint is None and capture is None and not propagate:
         return False
     try:
         from opentelemetry.sdk.resources import Resource
