@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from agoramesh.bus.bus import Bus
     from agoramesh.bus.subscription import Listener
 
-__all__ = ("Requests",)
+__all__ = ("Requests", "ping")
 
 
 class Requests:
@@ -185,3 +185,17 @@ class Requests:
         finally:
             await listener.stop()
         return replies
+
+
+async def ping(bus: Bus, subject: str, *, timeout: float) -> bool | None:
+    """Whether anyone subscribes ``subject``, by an empty plain request there: True if it
+    was answered, False if the server said nobody does ("no responders", status 503),
+    None if no answer came within ``timeout`` (a subscriber that did not answer, or a
+    request not let through)."""
+    try:
+        await bus.nats.request(subject, b"", timeout=timeout)
+    except nats.errors.NoRespondersError:
+        return False
+    except (nats.errors.Error, TimeoutError):
+        return None
+    return True

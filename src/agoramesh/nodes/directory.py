@@ -67,6 +67,17 @@ class Directory:
     def get(self, agent_id: str) -> PeerEntry | None:
         return self._peers.get(agent_id)
 
+    def name_of(self, agent_id: str) -> str | None:
+        """The name on ``agent_id``'s card: a peer's, one lately evicted for silence, or an
+        agent of this process; None for an agent not known here."""
+        entry = self._peers.get(agent_id) or self._lapsed.get(agent_id, (None, 0.0))[0]
+        card = entry.card if entry is not None else self._local.get(agent_id)
+        return card.name if card is not None else None
+
+    def forget_lapsed(self, agent_id: str) -> None:
+        """Stop counting ``agent_id`` as lately evicted and maybe paused: it is gone."""
+        self._lapsed.pop(agent_id, None)
+
     def seen(self, card: AgentCard, status: AgentStatus, interval: float, *,
              digest: str = "", host: str = "") -> PeerEntry:
         """Record a peer's card (hello, card reply, discovery answer)."""

@@ -1,7 +1,8 @@
 """A lone capable agent frozen before an auction (SIGSTOP, evicted from the initiator's
 directory for silence) is called until ``max_wait``, not given up on at once: when it
 resumes within that time it bids and runs the task, once (PROTOCOL.md §16, "Busy is not
-absent"). One that said bye is gone: nobody is known, NoBidders at once."""
+absent"). One that said bye is gone, and so is one that was killed (no responders to its
+ping): nobody is known, NoBidders at once."""
 
 from __future__ import annotations
 
@@ -62,6 +63,17 @@ async def lone(tmp_path: Path, url: str, factory: AgentFactory) -> AsyncIterator
         await asyncio.to_thread(worker.reap)
 
 
+async def nobody_waited_for(found: Lone) -> None:
+    """The auction finds nobody known and fails at once: called once, not again until
+    max_wait."""
+    events: list[Progress] = []
+    with pytest.raises(NoBidders, match="none is known here"):
+        await found.driver.dispatcher.submit(CAPABILITY, {"n": 1}, timeout=30,
+                                             progress=events.append)
+    assert [e.event for e in events if e.event in ("cfp", "waiting")] == ["cfp"], events
+    assert events[0].detail["known"] == 0
+
+
 async def test_a_lone_agent_frozen_before_the_auction_is_called_until_it_resumes(
         tmp_path: Path, nats_server: Any, agent_factory: AgentFactory) -> None:
     async with lone(tmp_path, nats_server.client_url, agent_factory) as found:
@@ -94,10 +106,16 @@ async def test_a_lone_agent_that_said_bye_is_not_waited_for(
         assert await asyncio.to_thread(found.worker.stop) == 0
         await wait_until(lambda: found.agent_id not in found.driver.directory, timeout=10)
         assert found.left[found.agent_id] == "bye"
-        events: list[Progress] = []
-        with pytest.raises(NoBidders, match="none is known here"):
-            await found.driver.dispatcher.submit(CAPABILITY, {"n": 1}, timeout=30,
-                                                 progress=events.append)
-        # Called once, nobody waited for: not again until max_wait.
-        assert [e.event for e in events if e.event in ("cfp", "waiting")] == ["cfp"], events
-        assert events[0].detail["known"] == 0
+        await nobody_waited_for(found)
+
+
+async def test_a_lone_agent_that_was_killed_is_not_waited_for(
+        tmp_path: Path, nats_server: Any, agent_factory: AgentFactory) -> None:
+    async with lone(tmp_path, nats_server.client_url, agent_factory) as found:
+        found.worker.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(found.worker.reap)
+        await wait_until(lambda: found.agent_id not in found.driver.directory, timeout=10)
+        assert found.left[found.agent_id] == "silent"  # no bye: it may have been paused
+        assert found.driver.directory.lapsed(CAPABILITY, 20) == {found.agent_id}
+        await nobody_waited_for(found)
+        assert found.driver.directory.lapsed(CAPABILITY, 20) == frozenset()  # forgotten

@@ -25,7 +25,9 @@ One auction, as the initiator runs it (docs/PROTOCOL.md §16 has the bodies)::
   task: it is re-auctioned without that agent (``max_attempts`` in all), and
   the lost winner is asked to cancel once there is a result. With nobody else
   bidding, a run that is not a durable job's keeps calling until ``max_wait`` for
-  it: a winner that was only paused returns its late result, which is taken.
+  it: a winner that was only paused returns its late result, which is taken. One
+  gone from the mesh (its ping draws "no responders": protocols/auction/liveness.py)
+  is not waited for.
 - Exactly one result comes back: a ``task_response`` from an earlier winner of
   the auction (one thought lost) is counted in the outcome's ``duplicates`` and
   dropped. Anything else on the inbox that does not answer an award is ignored:
@@ -88,6 +90,7 @@ from agoramesh.observability.stats import AgentMetrics
 from agoramesh.observability.tracing import SpanKind, span
 from agoramesh.observability.trajectory import Trajectory
 from agoramesh.protocols.auction.award import AwardPhase, cancel_lost, cancel_winner
+from agoramesh.protocols.auction.liveness import gone
 from agoramesh.protocols.auction.policy import AuctionOutcome, AuctionPolicy, Progress
 from agoramesh.protocols.auction.report import weights_of
 from agoramesh.protocols.auction.round import Auction, Declined, Lost, Offer
@@ -254,7 +257,7 @@ class Auctioneer:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + patience
         pause = _RETRY_FIRST
-        lost: list[str] = []
+        lost: list[str] = []  # winners lost to silence, their full ids
         auctions = 1  # auctions of this task: a lost winner or a retryable failure adds one
         direct = policy.direct_award  # a lone known agent may be awarded once without a cfp
         while True:
@@ -271,14 +274,19 @@ class Auctioneer:
                     raise AuctionFailed(
                         f"task {task.task_id}: only counter-offers "
                         f"({auction.refused_counters}), and the policy accepts none")
-                # A lost winner may be paused: its late result is awaited (never re-awarded);
-                # a durable job goes back to its stream instead, for the next auction.
-                if (busy or (lost and not durable)) and loop.time() + pause < give_up:
+                # A lost winner may be paused: its late result is awaited (never re-awarded),
+                # unless all are gone from the mesh; a durable job goes back to its stream
+                # instead, for the next auction.
+                dead = bool(lost) and not durable and not busy and set(lost) <= await gone(
+                    self.bus, self.directory, lost, _probe_timeout(policy))
+                if (busy or (lost and not durable and not dead)) and loop.time() + pause < give_up:
                     pause = await _pause(auction, pause, notify)
                     continue
                 if lost:
-                    raise AuctionFailed(f"task {task.task_id}: winners {', '.join(lost)} were "
-                                        f"lost and no other agent bid")
+                    raise AuctionFailed(f"task {task.task_id}: winners "
+                                        f"{', '.join(w[:8] for w in lost)} were lost"
+                                        f"{', gone from the mesh,' if dead else ''} and no "
+                                        f"other agent bid")
                 raise auction.nobody(self.policy.bid_window, patience)
             declined = busy_declines = 0
             tried: set[str] = set()
@@ -303,7 +311,7 @@ class Auctioneer:
                     continue
                 except Lost:
                     winner = offer.bid.agent_id
-                    lost.append(winner[:8])
+                    lost.append(winner)
                     excluded.add(winner)
                     auction.ask_go_ahead = True  # the lost one may have finished it after all
                     if self.trajectory is not None:
@@ -346,8 +354,8 @@ class Auctioneer:
         honest round needs (the award does not repeat it).
         """
         task = auction.task
-        known = self.known_bidders(task.capability, excluded) or _lapsed(
-            self.directory, task.capability, self.policy.max_wait, excluded)
+        known = self.known_bidders(task.capability, excluded) or await _lapsed(
+            self.bus, self.directory, task.capability, self.policy, excluded)
         auction.open_round(attempt, known)  # nobody known: wait for strangers' bids
         window = self.policy.bid_window
         auction.called_at = asyncio.get_running_loop().time()
@@ -420,13 +428,24 @@ async def _interrupted(bus: Bus, trajectory: Trajectory | None, auction: Auction
                           duplicates=auction.duplicates, stored=late.stored)
 
 
-def _lapsed(directory: Directory | None, capability: str, within: float,
-            excluded: set[str]) -> set[str]:
-    """Nobody is known, but agents evicted for silence in the last ``within`` seconds may
-    only be paused (SIGSTOP): they count as known ones that did not answer (busy)."""
+async def _lapsed(bus: Bus, directory: Directory | None, capability: str,
+                  policy: AuctionPolicy, excluded: set[str]) -> set[str]:
+    """Nobody is known, but agents evicted for silence in the last ``max_wait`` seconds
+    may only be paused (SIGSTOP): they count as known ones that did not answer (busy).
+    Those gone from the mesh (their process died) are not, and are forgotten."""
     if directory is None:
         return set()
-    return set(directory.lapsed(capability, within)).difference(excluded)
+    lapsed = set(directory.lapsed(capability, policy.max_wait)).difference(excluded)
+    for agent_id in await gone(bus, directory, lapsed, _probe_timeout(policy)):
+        directory.forget_lapsed(agent_id)
+        lapsed.discard(agent_id)
+    return lapsed
+
+
+def _probe_timeout(policy: AuctionPolicy) -> float:
+    """How long a silent agent's ping is given: "no responders" comes at once, and an
+    agent that answers at all does within a bid window."""
+    return min(policy.bid_window, 1.0)
 
 
 def _ignore(_: Progress) -> None:
