@@ -28,12 +28,15 @@ from agoramesh.bus.mesh import Mesh
 from agoramesh.config import BusConfig, ServerConfig
 from agoramesh.errors import NoResponders, NotConnected, PermissionDenied, TrustError
 from agoramesh.nodes.backends.offline import OfflineBackend
+from agoramesh.nodes.card import AgentStatus
 from agoramesh.nodes.catalog import capabilities_for
 from agoramesh.nodes.client import stream_task
+from agoramesh.nodes.directory import Directory
 from agoramesh.nodes.host import AgentHost
 from agoramesh.nodes.node import NodeConfig
 from agoramesh.nodes.task import Chunk, Task, TaskResult
 from agoramesh.protocols.allocation.dispatch import client_dispatcher
+from agoramesh.protocols.auction.liveness import gone
 from agoramesh.security import jwt
 from agoramesh.security.trust import MemberRole, TrustStore, follow_trust, permissions_for
 from agoramesh.testing.plugin import AgentFactory
@@ -375,6 +378,7 @@ def test_permissions_follow_capabilities_and_role() -> None:
     assert f"agora.agent.{agent}" in perms.subscribe
     assert not any(s.startswith("_INBOX.") and agent not in s for s in perms.subscribe)
     assert f"agora.presence.{agent}" in perms.publish and "agora.presence.>" not in perms.publish
+    assert "$SRV.PING.>" in perms.publish and "$SRV.>" not in perms.publish
     assert perms.responses > 0
     observer = permissions_for(agent, MemberRole.OBSERVER)
     assert observer.subscribe == (">",) and observer.deny_publish == (">",)
@@ -447,3 +451,28 @@ async def test_a_host_admitted_with_no_capability_beats_for_agents_with_their_ow
         await host.stop(grace=1.0)
     await wait_until(lambda: not any(n.agent_id in observer.directory for n in agents),
                      timeout=3.0)
+
+
+async def test_an_admitted_agent_may_ask_whether_a_silent_one_is_gone(
+        secure_mesh: Mesh, admitted: AgentMaker) -> None:
+    """What an auction does before waiting for a silent agent (protocols/auction/liveness.py)
+    is allowed by the agent role: a ping answered, then "no responders" once it stopped."""
+    leaf1, leaf2 = secure_mesh.leaves
+    asker = await admitted(leaf1.client_url, "asker", ["echo"])
+    silent = await admitted(leaf2.client_url, "silent", ["echo"])
+    await wait_until(lambda: silent.agent_id in asker.directory, timeout=10)
+    entry = asker.directory.get(silent.agent_id)
+    assert entry is not None
+    denied = len(asker.bus.permission_denials)
+    assert await gone(asker.bus, asker.directory, [silent.agent_id], timeout=2) == set()
+    await silent.stop()
+    # Its bye drops it from the asker's directory (whenever that arrives): one that still
+    # names it, as a lapsed entry would.
+    named = Directory()
+    named.seen(entry.card, AgentStatus(), 1.0)
+
+    async def is_gone() -> bool:  # once its interest has left leaf2, the seeds and leaf1
+        return await gone(asker.bus, named, [silent.agent_id], timeout=1) == {silent.agent_id}
+
+    await wait_until(is_gone, timeout=5, interval=0.05)
+    assert asker.bus.permission_denials[denied:] == []

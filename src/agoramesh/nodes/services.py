@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ("EndpointStats", "ServiceInfo", "service_name", "service_subjects")
+__all__ = ("EndpointStats", "ServiceInfo", "instance_subject", "service_name",
+           "service_subjects")
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -31,7 +32,12 @@ def service_subjects(name: str, service_id: str) -> list[str]:
     """Every ``$SRV`` subject one service instance answers on."""
     return [subject for verb in ("PING", "INFO", "STATS")
             for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{name}",
-                            f"$SRV.{verb}.{name}.{service_id}")]
+                            instance_subject(verb, name, service_id))]
+
+
+def instance_subject(verb: str, name: str, service_id: str) -> str:
+    """The ``$SRV`` subject only one service instance answers ``verb`` on."""
+    return f"$SRV.{verb}.{name}.{service_id}"
 
 
 @dataclass(slots=True)

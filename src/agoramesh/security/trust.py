@@ -93,8 +93,9 @@ def permissions_for(agent_id: str, role: MemberRole, capabilities: Iterable[str]
             raise TrustError(str(exc)) from None
         serve += [f"{p}.cap.{capability}", f"{p}.cfp.{capability}", f"{p}.help.{capability}"]
     return Permissions(
+        # $SRV.PING: an auction asks a silent agent whether it is gone (no responders).
         publish=(*ask, f"{p}.help.>", f"{p}.team.>", f"{p}.presence.{agent_id}",
-                 f"{p}.status.{agent_id}", f"{p}.telemetry.{agent_id}"),
+                 f"{p}.status.{agent_id}", f"{p}.telemetry.{agent_id}", "$SRV.PING.>"),
         subscribe=(inbox, f"{p}.agent.{agent_id}", *serve, f"{p}.task.>",
                    f"{p}.presence.>", f"{p}.discover", f"{p}.status.>", f"{p}.team.>",
                    "$SRV.>"),

@@ -19,7 +19,7 @@ from collections.abc import Collection
 from agoramesh.bus.bus import Bus
 from agoramesh.bus.requests import ping
 from agoramesh.nodes.directory import Directory
-from agoramesh.nodes.services import service_name
+from agoramesh.nodes.services import instance_subject, service_name
 
 __all__ = ("gone",)
 
@@ -34,7 +34,7 @@ async def gone(bus: Bus, directory: Directory | None, agent_ids: Collection[str]
     named = [(agent_id, name) for agent_id in agent_ids
              if (name := directory.name_of(agent_id)) is not None]
     answers = await asyncio.gather(*(
-        ping(bus, f"$SRV.PING.{service_name(name)}.{agent_id}", timeout=timeout)
+        ping(bus, instance_subject("PING", service_name(name), agent_id), timeout=timeout)
         for agent_id, name in named))
     return {agent_id for (agent_id, _), answer in zip(named, answers, strict=True)
             if answer is False}
